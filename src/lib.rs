@@ -1,0 +1,17 @@
+//! # outpost
+//!
+//! Facade over the outpost libraries: each module re-exports one crate.
+//!
+//! | module | crate | what it is for |
+//! |---|---|---|
+//! | [`wire`] | `outpost-wire` | frame format, message catalogue, codec |
+//! | [`pki`] | `outpost-pki` | certificate authority and rustls configurations |
+//! | [`policy`] | `outpost-policy` | policies, profiles, effective settings |
+//! | [`election`] | `outpost-election` | distribution point scopes and election |
+//! | [`multicast`] | `outpost-multicast` | reliable UDP multicast distribution |
+
+pub use outpost_election as election;
+pub use outpost_multicast as multicast;
+pub use outpost_pki as pki;
+pub use outpost_policy as policy;
+pub use outpost_wire as wire;

@@ -1,0 +1,567 @@
+//! Configuration of a gateway and of the server-side connector, as serde structs with
+//! defaults, validated once with errors that name the field.
+//!
+//! A gateway configuration in TOML (every field but `gateway_id` and `tls` has a default):
+//!
+//! ```
+//! let cfg: outpost_gateway::GatewayConfig = toml::from_str(r#"
+//!     gateway_id = "dmz-gw-1"
+//!     mode = "dmz"
+//!     listen = "127.0.0.1:13000"
+//!     web_console_listen = "127.0.0.1:8443"
+//!
+//!     [tls]
+//!     cert = "gw.chain.pem"
+//!     key = "gw.key.pem"
+//!     server_ca = "ca.pem"
+//!
+//!     [limits]
+//!     max_devices = 10000
+//! "#).unwrap();
+//! cfg.validate().unwrap();
+//! assert!(cfg.mode.is_dmz());
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use outpost_pki::{CaCertificate, Crl, IssuedCert, store};
+use serde::{Deserialize, Serialize};
+
+use crate::GatewayError;
+
+/// Limits and timeouts of a gateway. Defaults are sized for one gateway serving 10,000
+/// devices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Devices relayed at once (default 10,000). A device above the limit is closed at once.
+    pub max_devices: usize,
+    /// Devices waiting for a data connection at once (default 1,000).
+    pub max_pending: usize,
+    /// Time allowed for a TLS handshake plus the first protocol message (default 10 s).
+    pub handshake_timeout_ms: u64,
+    /// A relayed connection with no traffic either way for this long is closed (default 10 min).
+    pub idle_timeout_ms: u64,
+    /// Lifetime of a connect ticket (default 10 s).
+    pub ticket_ttl_ms: u64,
+    /// A signal connection with nothing from the server for this long is dead (default 30 s).
+    pub signal_dead_after_ms: u64,
+    /// Largest control frame accepted on signal and data connections (default 64 KiB).
+    pub max_frame_len: usize,
+    /// Relay buffer per direction in bytes (default 16 KiB; 10,000 devices hold 320 MiB of it).
+    pub relay_buffer: usize,
+    /// Time graceful shutdown waits for relayed connections to finish (default 30 s).
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_devices: 10_000,
+            max_pending: 1_000,
+            handshake_timeout_ms: 10_000,
+            idle_timeout_ms: 600_000,
+            ticket_ttl_ms: 10_000,
+            signal_dead_after_ms: 30_000,
+            max_frame_len: 64 * 1024,
+            relay_buffer: 16 * 1024,
+            drain_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks every limit; `prefix` is prepended to field names in errors.
+    pub fn validate(&self, prefix: &str) -> Result<(), GatewayError> {
+        let positive = [
+            ("max_devices", self.max_devices as u64),
+            ("max_pending", self.max_pending as u64),
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("ticket_ttl_ms", self.ticket_ttl_ms),
+            ("signal_dead_after_ms", self.signal_dead_after_ms),
+            ("relay_buffer", self.relay_buffer as u64),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(GatewayError::config(
+                    format!("{prefix}{name}"),
+                    "must be above 0",
+                ));
+            }
+        }
+        if self.max_frame_len < 1024 || self.max_frame_len > outpost_wire::DEFAULT_MAX_FRAME_LEN {
+            return Err(GatewayError::config(
+                format!("{prefix}max_frame_len"),
+                format!(
+                    "must be between 1024 and {}, got {}",
+                    outpost_wire::DEFAULT_MAX_FRAME_LEN,
+                    self.max_frame_len
+                ),
+            ));
+        }
+        if self.relay_buffer > 16 * 1024 * 1024 {
+            return Err(GatewayError::config(
+                format!("{prefix}relay_buffer"),
+                format!("must be at most 16 MiB, got {}", self.relay_buffer),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+    pub(crate) fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+}
+
+/// How the gateway reaches the Administration Server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum GatewayMode {
+    /// DMZ: the server dials the gateway and keeps a signal connection; the gateway never
+    /// opens a connection toward the server.
+    Dmz,
+    /// Remote office ("keep connection"): the gateway dials the server for each device.
+    RemoteOffice {
+        /// The server's address.
+        server: SocketAddr,
+        /// The name the server certificate must carry.
+        server_name: String,
+    },
+}
+
+impl GatewayMode {
+    /// Whether this is DMZ (server-initiated) mode.
+    pub fn is_dmz(&self) -> bool {
+        matches!(self, GatewayMode::Dmz)
+    }
+}
+
+/// Where the gateway's certificate, key and trust anchors are.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TlsFiles {
+    /// Certificate chain (PEM): the certificate first, then its CA.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8 PEM, mode 0600).
+    pub key: PathBuf,
+    /// The server CA certificate (PEM).
+    pub server_ca: PathBuf,
+    /// The mobile CA certificate (PEM); needed for a mobile port with client authentication.
+    #[serde(default)]
+    pub mobile_ca: Option<PathBuf>,
+    /// Revocation lists to honour (PEM).
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+}
+
+/// Loaded TLS material.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct TlsMaterial {
+    /// This side's certificate and key.
+    pub identity: IssuedCert,
+    /// The server CA.
+    pub server_ca: CaCertificate,
+    /// The mobile CA, if configured.
+    pub mobile_ca: Option<CaCertificate>,
+    /// Revocation lists.
+    pub crls: Vec<Crl>,
+}
+
+impl TlsMaterial {
+    /// Material from values already in memory.
+    pub fn new(identity: IssuedCert, server_ca: CaCertificate) -> Self {
+        TlsMaterial {
+            identity,
+            server_ca,
+            mobile_ca: None,
+            crls: Vec::new(),
+        }
+    }
+
+    /// Adds the mobile CA.
+    pub fn with_mobile_ca(mut self, mobile_ca: CaCertificate) -> Self {
+        self.mobile_ca = Some(mobile_ca);
+        self
+    }
+
+    /// Adds revocation lists.
+    pub fn with_crls(mut self, crls: Vec<Crl>) -> Self {
+        self.crls = crls;
+        self
+    }
+}
+
+impl TlsFiles {
+    /// Reads every file; relative paths are taken from `base` (the configuration file's
+    /// directory).
+    pub fn load(&self, base: &Path) -> Result<TlsMaterial, GatewayError> {
+        let at = |p: &Path| base.join(p);
+        let chain = store::read_certificates(&at(&self.cert))?;
+        let key = store::read_private_key_der(&at(&self.key))?;
+        let identity = IssuedCert::from_parts(chain, key)?;
+        let server_ca = store::read_ca_certificate(&at(&self.server_ca))?;
+        let mobile_ca = match &self.mobile_ca {
+            Some(p) => Some(store::read_ca_certificate(&at(p))?),
+            None => None,
+        };
+        let crls = self
+            .crls
+            .iter()
+            .map(|p| store::read_crl(&at(p)))
+            .collect::<Result<_, _>>()?;
+        Ok(TlsMaterial {
+            identity,
+            server_ca,
+            mobile_ca,
+            crls,
+        })
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 13000))
+}
+
+/// Configuration of a connection gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct GatewayConfig {
+    /// The gateway's identifier, as registered on the server.
+    pub gateway_id: String,
+    /// DMZ or remote office (default DMZ).
+    #[serde(default = "GatewayConfig::default_mode")]
+    pub mode: GatewayMode,
+    /// The agent port (default `0.0.0.0:13000`). In DMZ mode the server's signal and data
+    /// connections arrive here too, told apart by their TLS ALPN protocol.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Mobile port with client authentication (mobile CA); off unless set.
+    #[serde(default)]
+    pub mobile_listen: Option<SocketAddr>,
+    /// Mobile port without client authentication; off unless set, and then logged as such.
+    #[serde(default)]
+    pub mobile_unauthenticated_listen: Option<SocketAddr>,
+    /// Local port tunnelled to the server side's Web Console (DMZ mode only).
+    #[serde(default)]
+    pub web_console_listen: Option<SocketAddr>,
+    /// Certificate files (used by [`GatewayConfig::load_tls`]; a library caller may build
+    /// [`TlsMaterial`] itself).
+    #[serde(default)]
+    pub tls: TlsFiles,
+    /// Limits and timeouts.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+impl GatewayConfig {
+    fn default_mode() -> GatewayMode {
+        GatewayMode::Dmz
+    }
+
+    /// A DMZ gateway listening on `listen`, other settings at their defaults.
+    pub fn dmz(gateway_id: impl Into<String>, listen: SocketAddr) -> Self {
+        GatewayConfig {
+            gateway_id: gateway_id.into(),
+            mode: GatewayMode::Dmz,
+            listen,
+            mobile_listen: None,
+            mobile_unauthenticated_listen: None,
+            web_console_listen: None,
+            tls: TlsFiles::default(),
+            limits: Limits::default(),
+        }
+    }
+
+    /// A remote-office gateway listening on `listen` and dialling `server`.
+    pub fn remote_office(
+        gateway_id: impl Into<String>,
+        listen: SocketAddr,
+        server: SocketAddr,
+        server_name: impl Into<String>,
+    ) -> Self {
+        GatewayConfig {
+            mode: GatewayMode::RemoteOffice {
+                server,
+                server_name: server_name.into(),
+            },
+            ..Self::dmz(gateway_id, listen)
+        }
+    }
+
+    /// Parses TOML.
+    pub fn from_toml(text: &str) -> Result<Self, GatewayError> {
+        toml::from_str(text).map_err(|e| GatewayError::ConfigSyntax(e.to_string()))
+    }
+
+    /// Checks the configuration as a whole.
+    pub fn validate(&self) -> Result<(), GatewayError> {
+        if self.gateway_id.trim().is_empty() {
+            return Err(GatewayError::config("gateway_id", "must not be empty"));
+        }
+        if self.web_console_listen.is_some() && !self.mode.is_dmz() {
+            return Err(GatewayError::config(
+                "web_console_listen",
+                "the Web Console tunnel is allowed only in DMZ mode (server-initiated connections)",
+            ));
+        }
+        if let GatewayMode::RemoteOffice { server_name, .. } = &self.mode
+            && server_name.trim().is_empty()
+        {
+            return Err(GatewayError::config(
+                "mode.remote_office.server_name",
+                "must not be empty",
+            ));
+        }
+        let ports = [
+            ("listen", Some(self.listen)),
+            ("mobile_listen", self.mobile_listen),
+            (
+                "mobile_unauthenticated_listen",
+                self.mobile_unauthenticated_listen,
+            ),
+            ("web_console_listen", self.web_console_listen),
+        ];
+        for (i, (a, x)) in ports.iter().enumerate() {
+            for (b, y) in &ports[i + 1..] {
+                if let (Some(x), Some(y)) = (x, y)
+                    && x == y
+                    && x.port() != 0
+                {
+                    return Err(GatewayError::config(
+                        *b,
+                        format!("{y} is already used by {a}"),
+                    ));
+                }
+            }
+        }
+        self.limits.validate("limits.")
+    }
+
+    /// Loads the TLS files named in [`tls`](Self::tls), relative to `base`, and checks that a
+    /// mobile CA is there if the authenticated mobile port is on.
+    pub fn load_tls(&self, base: &Path) -> Result<TlsMaterial, GatewayError> {
+        let m = self.tls.load(base)?;
+        self.check_material(&m)?;
+        Ok(m)
+    }
+
+    pub(crate) fn check_material(&self, m: &TlsMaterial) -> Result<(), GatewayError> {
+        if self.mobile_listen.is_some() && m.mobile_ca.is_none() {
+            return Err(GatewayError::config(
+                "tls.mobile_ca",
+                "required when mobile_listen is set (mobile devices must present a certificate from the mobile CA)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A DMZ gateway the server dials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DmzGatewayEntry {
+    /// The gateway's identifier.
+    pub id: String,
+    /// The address to dial.
+    pub addr: SocketAddr,
+    /// The DNS name (or IP address) its certificate must carry.
+    pub name: String,
+}
+
+impl DmzGatewayEntry {
+    /// An entry.
+    pub fn new(id: impl Into<String>, addr: SocketAddr, name: impl Into<String>) -> Self {
+        DmzGatewayEntry {
+            id: id.into(),
+            addr,
+            name: name.into(),
+        }
+    }
+}
+
+/// Configuration of the server-side connector: which DMZ gateways to dial and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ConnectorConfig {
+    /// The server instance id sent in `SignalHello`.
+    pub server_id: String,
+    /// DMZ gateways to keep signal connections with.
+    pub gateways: Vec<DmzGatewayEntry>,
+    /// Keepalive interval on signal connections (default 5 s).
+    pub keepalive_ms: u64,
+    /// First reconnect delay after a signal connection fails (default 200 ms), doubled on each
+    /// failure up to `backoff_max_ms`.
+    pub backoff_initial_ms: u64,
+    /// Longest reconnect delay (default 30 s).
+    pub backoff_max_ms: u64,
+    /// Time allowed to connect and complete the TLS handshake (default 10 s).
+    pub connect_timeout_ms: u64,
+    /// Where Web Console tunnels from DMZ gateways are connected to; tunnels are refused when
+    /// unset.
+    pub web_console_target: Option<SocketAddr>,
+    /// Largest control frame accepted (default 64 KiB).
+    pub max_frame_len: usize,
+    /// Idle timeout of Web Console tunnels (default 10 min).
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for ConnectorConfig {
+    fn default() -> Self {
+        ConnectorConfig {
+            server_id: "server".into(),
+            gateways: Vec::new(),
+            keepalive_ms: 5_000,
+            backoff_initial_ms: 200,
+            backoff_max_ms: 30_000,
+            connect_timeout_ms: 10_000,
+            web_console_target: None,
+            max_frame_len: 64 * 1024,
+            idle_timeout_ms: 600_000,
+        }
+    }
+}
+
+impl ConnectorConfig {
+    /// Checks the configuration.
+    pub fn validate(&self) -> Result<(), GatewayError> {
+        if self.server_id.trim().is_empty() {
+            return Err(GatewayError::config("server_id", "must not be empty"));
+        }
+        for (field, v) in [
+            ("keepalive_ms", self.keepalive_ms),
+            ("backoff_initial_ms", self.backoff_initial_ms),
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(GatewayError::config(field, "must be above 0"));
+            }
+        }
+        if self.keepalive_ms > u64::from(u32::MAX) {
+            return Err(GatewayError::config("keepalive_ms", "must fit in 32 bits"));
+        }
+        if self.backoff_max_ms < self.backoff_initial_ms {
+            return Err(GatewayError::config(
+                "backoff_max_ms",
+                format!(
+                    "must be at least backoff_initial_ms ({})",
+                    self.backoff_initial_ms
+                ),
+            ));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, g) in self.gateways.iter().enumerate() {
+            if !ids.insert(&g.id) {
+                return Err(GatewayError::config(
+                    format!("gateways[{i}].id"),
+                    format!("duplicate id {:?}", g.id),
+                ));
+            }
+            if outpost_pki::pki_types::ServerName::try_from(g.name.as_str()).is_err() {
+                return Err(GatewayError::config(
+                    format!("gateways[{i}].name"),
+                    format!("{:?} is not a DNS name or IP address", g.name),
+                ));
+            }
+        }
+        if self.max_frame_len < 1024 || self.max_frame_len > outpost_wire::DEFAULT_MAX_FRAME_LEN {
+            return Err(GatewayError::config(
+                "max_frame_len",
+                format!(
+                    "must be between 1024 and 16 MiB, got {}",
+                    self.max_frame_len
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn web_console_only_in_dmz_mode() {
+        let mut c = GatewayConfig::remote_office(
+            "g",
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:1".parse().unwrap(),
+            "server",
+        );
+        c.web_console_listen = Some("127.0.0.1:0".parse().unwrap());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("web_console_listen") && err.contains("only in DMZ"),
+            "{err}"
+        );
+        c.mode = GatewayMode::Dmz;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let mut c = GatewayConfig::dmz("g", "127.0.0.1:13000".parse().unwrap());
+        c.limits.max_devices = 0;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("limits.max_devices")
+        );
+        let mut c = GatewayConfig::dmz("g", "127.0.0.1:13000".parse().unwrap());
+        c.mobile_listen = Some("127.0.0.1:13000".parse().unwrap());
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("mobile_listen")
+        );
+        let err =
+            GatewayConfig::from_toml("gateway_id = \"g\"\nlisten = \"nonsense\"").unwrap_err();
+        assert!(err.to_string().contains("listen"), "{err}");
+        let err = GatewayConfig::from_toml("gateway_id = \"g\"\nunknown_knob = 1").unwrap_err();
+        assert!(err.to_string().contains("unknown_knob"), "{err}");
+        let mut k = ConnectorConfig::default();
+        k.gateways.push(DmzGatewayEntry::new(
+            "a",
+            "127.0.0.1:1".parse().unwrap(),
+            "not a name!",
+        ));
+        assert!(
+            k.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("gateways[0].name")
+        );
+    }
+
+    #[test]
+    fn remote_office_mode_from_toml() {
+        let c = GatewayConfig::from_toml(
+            "gateway_id = \"ro\"\n[mode.remote_office]\nserver = \"127.0.0.1:13000\"\nserver_name = \"localhost\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.mode,
+            GatewayMode::RemoteOffice {
+                server: "127.0.0.1:13000".parse().unwrap(),
+                server_name: "localhost".into()
+            }
+        );
+        c.validate().unwrap();
+    }
+}

@@ -1,0 +1,874 @@
+//! The gateway runtime: a thin tokio adapter around the ticket table and the splice.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use outpost_pki::tls::{self as pki_tls, ALPN_DATA, ALPN_SIGNAL, TlsOptions};
+use outpost_wire::messages::*;
+use outpost_wire::{Message, MessageCodec};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ServerConfig};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor, TlsConnector};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{GatewayConfig, GatewayMode, TlsMaterial};
+use crate::io::{read_message, write_message};
+use crate::peer::{BoxStream, DevicePeer, cert_fingerprint, random_u128};
+use crate::splice::{RelayCounters, splice};
+use crate::tickets::{Binding, IssueError, TicketStats, TicketTable};
+use crate::{ALPN_TUNNEL, GatewayError};
+
+type ServerLink = tokio_rustls::server::TlsStream<TcpStream>;
+
+enum Outcome {
+    Link(Box<ServerLink>),
+    Refused(RefusalCode, String),
+}
+
+struct Waiter {
+    tx: oneshot::Sender<Outcome>,
+    peer: PeerIdentity,
+}
+
+struct SignalEntry {
+    tx: mpsc::Sender<Message>,
+    server: [u8; 32],
+}
+
+#[derive(Default)]
+struct Counters {
+    devices_accepted: AtomicU64,
+    devices_active: AtomicUsize,
+    refused_limit: AtomicU64,
+    refused_unreachable: AtomicU64,
+    refused_overloaded: AtomicU64,
+    handshake_failures: AtomicU64,
+    signal_sessions_total: AtomicU64,
+    data_connections: AtomicU64,
+    relays_finished: AtomicU64,
+    relay_errors: AtomicU64,
+}
+
+/// A snapshot of a gateway's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GatewayStats {
+    /// Device connections that completed their TLS handshake.
+    pub devices_accepted: u64,
+    /// Devices being relayed or waiting for a data connection now.
+    pub devices_active: usize,
+    /// Devices closed because `max_devices` were already connected.
+    pub refused_limit: u64,
+    /// Devices refused because no signal connection was up (or it broke, or no data
+    /// connection came in time).
+    pub refused_unreachable: u64,
+    /// Devices refused because `max_pending` were already waiting.
+    pub refused_overloaded: u64,
+    /// TLS handshakes that failed or timed out (unauthenticated devices among them).
+    pub handshake_failures: u64,
+    /// Signal connections up now.
+    pub signal_sessions: usize,
+    /// Signal connections accepted since start.
+    pub signal_sessions_total: u64,
+    /// Data connections accepted (tickets redeemed) or, in remote-office mode, tunnels opened.
+    pub data_connections: u64,
+    /// Ticket counters (refused presentations: unknown, replayed, late, wrong session).
+    pub tickets: TicketStats,
+    /// Bytes relayed from devices to the server.
+    pub bytes_up: u64,
+    /// Bytes relayed from the server to devices.
+    pub bytes_down: u64,
+    /// Relays finished cleanly.
+    pub relays_finished: u64,
+    /// Relays ended by an error or the idle timeout.
+    pub relay_errors: u64,
+}
+
+struct RemoteOffice {
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+    addr: SocketAddr,
+}
+
+struct Shared {
+    config: GatewayConfig,
+    agent_cfg: Arc<ServerConfig>,
+    signal_cfg: Arc<ServerConfig>,
+    data_cfg: Arc<ServerConfig>,
+    remote: Option<RemoteOffice>,
+    tickets: Mutex<TicketTable<Waiter>>,
+    sessions: Mutex<BTreeMap<u64, SignalEntry>>,
+    next_session: AtomicU64,
+    round_robin: AtomicUsize,
+    device_slots: Arc<Semaphore>,
+    counters: Counters,
+    relayed: Arc<RelayCounters>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    hard_stop: CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave them inconsistent (single inserts and
+    // removals), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum DevicePort {
+    Mobile,
+    MobileUnauthenticated,
+    WebConsole,
+}
+
+/// A running gateway. See [`Gateway::start`].
+pub struct Gateway;
+
+impl Gateway {
+    /// Validates the configuration, builds every TLS configuration, binds every configured
+    /// port and starts serving. Returns once the ports are bound.
+    pub async fn start(
+        config: GatewayConfig,
+        tls: TlsMaterial,
+    ) -> Result<GatewayHandle, GatewayError> {
+        config.validate()?;
+        config.check_material(&tls)?;
+        let opts = TlsOptions::default().with_crls(tls.crls.clone());
+        let id = &tls.identity;
+        let agent_cfg = pki_tls::agent_port_server_config(id, &tls.server_ca, &opts)?;
+        let signal_cfg = pki_tls::gateway_signal_server_config(id, &tls.server_ca, &opts)?;
+        let data_cfg = pki_tls::gateway_data_server_config(id, &tls.server_ca, &opts)?;
+        let remote = match &config.mode {
+            GatewayMode::Dmz => None,
+            GatewayMode::RemoteOffice {
+                server,
+                server_name,
+            } => Some(RemoteOffice {
+                config: pki_tls::agent_client_config(
+                    id,
+                    &tls.server_ca,
+                    &opts.clone().with_alpn(vec![ALPN_TUNNEL.to_vec()]),
+                )?,
+                name: ServerName::try_from(server_name.clone()).map_err(|_| {
+                    GatewayError::config(
+                        "mode.remote_office.server_name",
+                        format!("{server_name:?} is not a DNS name or IP address"),
+                    )
+                })?,
+                addr: *server,
+            }),
+        };
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| GatewayError::Bind { addr, source })
+        };
+        let main = bind(config.listen).await?;
+        let mut extra = Vec::new();
+        if let Some(addr) = config.mobile_listen {
+            let mobile_ca = tls.mobile_ca.as_ref().ok_or_else(|| {
+                GatewayError::config("tls.mobile_ca", "required when mobile_listen is set")
+            })?;
+            let cfg = pki_tls::mobile_port_server_config(id, mobile_ca, &opts)?;
+            extra.push((bind(addr).await?, DevicePort::Mobile, Some(cfg)));
+        }
+        if let Some(addr) = config.mobile_unauthenticated_listen {
+            let cfg = pki_tls::mobile_port_server_config_without_client_auth(id, &opts)?;
+            let l = bind(addr).await?;
+            log::warn!(
+                "gateway {}: mobile port WITHOUT client authentication is open on {} (explicitly enabled)",
+                config.gateway_id,
+                l.local_addr()?
+            );
+            extra.push((l, DevicePort::MobileUnauthenticated, Some(cfg)));
+        }
+        if let Some(addr) = config.web_console_listen {
+            let l = bind(addr).await?;
+            log::info!(
+                "gateway {}: Web Console tunnel on {}",
+                config.gateway_id,
+                l.local_addr()?
+            );
+            extra.push((l, DevicePort::WebConsole, None));
+        }
+        let limits = &config.limits;
+        let shared = Arc::new(Shared {
+            tickets: Mutex::new(TicketTable::new(
+                Duration::from_millis(limits.ticket_ttl_ms),
+                limits.max_pending,
+            )),
+            sessions: Mutex::new(BTreeMap::new()),
+            next_session: AtomicU64::new(1),
+            round_robin: AtomicUsize::new(0),
+            device_slots: Arc::new(Semaphore::new(limits.max_devices)),
+            counters: Counters::default(),
+            relayed: Arc::new(RelayCounters::default()),
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            agent_cfg,
+            signal_cfg,
+            data_cfg,
+            remote,
+            config,
+        });
+        let mut addrs = LocalAddrs {
+            main: main.local_addr()?,
+            ..LocalAddrs::default()
+        };
+        let mut accept_tasks = vec![tokio::spawn(accept_loop(shared.clone(), main, None))];
+        for (l, port, cfg) in extra {
+            let a = l.local_addr()?;
+            match port {
+                DevicePort::Mobile => addrs.mobile = Some(a),
+                DevicePort::MobileUnauthenticated => addrs.mobile_unauthenticated = Some(a),
+                DevicePort::WebConsole => addrs.web_console = Some(a),
+            }
+            accept_tasks.push(tokio::spawn(accept_loop(
+                shared.clone(),
+                l,
+                Some((port, cfg)),
+            )));
+        }
+        log::info!(
+            "gateway {} ({}) listening on {}",
+            shared.config.gateway_id,
+            if shared.config.mode.is_dmz() {
+                "DMZ"
+            } else {
+                "remote office"
+            },
+            addrs.main
+        );
+        Ok(GatewayHandle {
+            shared,
+            addrs,
+            accept_tasks,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LocalAddrs {
+    main: SocketAddr,
+    mobile: Option<SocketAddr>,
+    mobile_unauthenticated: Option<SocketAddr>,
+    web_console: Option<SocketAddr>,
+}
+
+impl Default for LocalAddrs {
+    fn default() -> Self {
+        LocalAddrs {
+            main: SocketAddr::from(([0, 0, 0, 0], 0)),
+            mobile: None,
+            mobile_unauthenticated: None,
+            web_console: None,
+        }
+    }
+}
+
+/// Control of a running gateway.
+pub struct GatewayHandle {
+    shared: Arc<Shared>,
+    addrs: LocalAddrs,
+    accept_tasks: Vec<JoinHandle<()>>,
+}
+
+impl GatewayHandle {
+    /// The agent port's bound address (also where the server dials in DMZ mode).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addrs.main
+    }
+    /// The mobile port's address, if on.
+    pub fn mobile_addr(&self) -> Option<SocketAddr> {
+        self.addrs.mobile
+    }
+    /// The unauthenticated mobile port's address, if on.
+    pub fn mobile_unauthenticated_addr(&self) -> Option<SocketAddr> {
+        self.addrs.mobile_unauthenticated
+    }
+    /// The Web Console tunnel port's address, if on.
+    pub fn web_console_addr(&self) -> Option<SocketAddr> {
+        self.addrs.web_console
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> GatewayStats {
+        let c = &self.shared.counters;
+        GatewayStats {
+            devices_accepted: c.devices_accepted.load(Ordering::Relaxed),
+            devices_active: c.devices_active.load(Ordering::Relaxed),
+            refused_limit: c.refused_limit.load(Ordering::Relaxed),
+            refused_unreachable: c.refused_unreachable.load(Ordering::Relaxed),
+            refused_overloaded: c.refused_overloaded.load(Ordering::Relaxed),
+            handshake_failures: c.handshake_failures.load(Ordering::Relaxed),
+            signal_sessions: lock(&self.shared.sessions).len(),
+            signal_sessions_total: c.signal_sessions_total.load(Ordering::Relaxed),
+            data_connections: c.data_connections.load(Ordering::Relaxed),
+            tickets: lock(&self.shared.tickets).stats(),
+            bytes_up: self.shared.relayed.a_to_b.load(Ordering::Relaxed),
+            bytes_down: self.shared.relayed.b_to_a.load(Ordering::Relaxed),
+            relays_finished: c.relays_finished.load(Ordering::Relaxed),
+            relay_errors: c.relay_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Graceful shutdown: stops accepting, closes signal connections (waiting devices are
+    /// refused), lets relayed connections finish for up to `limits.drain_timeout_ms`, then
+    /// closes the rest.
+    pub async fn shutdown(self) {
+        let s = &self.shared;
+        s.shutdown.cancel();
+        for t in self.accept_tasks {
+            let _ = t.await;
+        }
+        s.tracker.close();
+        let drain = Duration::from_millis(s.config.limits.drain_timeout_ms);
+        if tokio::time::timeout(drain, s.tracker.wait()).await.is_err() {
+            log::warn!(
+                "gateway {}: drain timeout, closing remaining connections",
+                s.config.gateway_id
+            );
+            s.hard_stop.cancel();
+            s.tracker.wait().await;
+        }
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    port: Option<(DevicePort, Option<Arc<ServerConfig>>)>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((tcp, addr)) => {
+                let _ = tcp.set_nodelay(true);
+                let s = shared.clone();
+                let port = port.clone();
+                shared.tracker.spawn(async move {
+                    match port {
+                        None => s.handle_main(tcp, addr).await,
+                        Some((p, cfg)) => s.handle_device_port(tcp, addr, p, cfg).await,
+                    }
+                });
+            }
+            Err(e) => {
+                // Out of descriptors or similar: back off briefly instead of spinning.
+                log::warn!("gateway {}: accept failed: {e}", shared.config.gateway_id);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn handshake_deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.config.limits.handshake_timeout()
+    }
+
+    fn device_slot(&self) -> Option<OwnedSemaphorePermit> {
+        match self.device_slots.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                self.counters.refused_limit.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    async fn handle_main(self: Arc<Self>, tcp: TcpStream, addr: SocketAddr) {
+        let deadline = self.handshake_deadline();
+        let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
+        let start = match tokio::time::timeout_at(deadline, acceptor).await {
+            Ok(Ok(s)) => s,
+            _ => {
+                self.counters
+                    .handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let alpn: Vec<Vec<u8>> = start
+            .client_hello()
+            .alpn()
+            .map(|it| it.map(<[u8]>::to_vec).collect())
+            .unwrap_or_default();
+        let wants = |p: &[u8]| alpn.iter().any(|a| a == p);
+        let dmz = self.config.mode.is_dmz();
+        if dmz && wants(ALPN_SIGNAL) {
+            let cfg = self.signal_cfg.clone();
+            if let Some(tls) = self
+                .finish_handshake(start.into_stream(cfg), deadline)
+                .await
+            {
+                self.serve_signal(tls, addr).await;
+            }
+        } else if dmz && wants(ALPN_DATA) {
+            let cfg = self.data_cfg.clone();
+            if let Some(tls) = self
+                .finish_handshake(start.into_stream(cfg), deadline)
+                .await
+            {
+                self.serve_data(tls, addr).await;
+            }
+        } else {
+            let Some(permit) = self.device_slot() else {
+                return;
+            };
+            let cfg = self.agent_cfg.clone();
+            let Some(tls) = self
+                .finish_handshake(start.into_stream(cfg), deadline)
+                .await
+            else {
+                return;
+            };
+            let peer = DevicePeer::from_certificates(
+                tls.get_ref().1.peer_certificates(),
+                addr.to_string(),
+                ChannelKind::Agent,
+            );
+            self.relay_device(Box::new(tls), peer, permit, true).await;
+        }
+    }
+
+    async fn finish_handshake(
+        &self,
+        accept: tokio_rustls::Accept<TcpStream>,
+        deadline: tokio::time::Instant,
+    ) -> Option<ServerLink> {
+        match tokio::time::timeout_at(deadline, accept).await {
+            Ok(Ok(tls)) => Some(tls),
+            Ok(Err(e)) => {
+                log::debug!(
+                    "gateway {}: TLS handshake failed: {e}",
+                    self.config.gateway_id
+                );
+                self.counters
+                    .handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(_) => {
+                self.counters
+                    .handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    async fn handle_device_port(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        port: DevicePort,
+        cfg: Option<Arc<ServerConfig>>,
+    ) {
+        let Some(permit) = self.device_slot() else {
+            return;
+        };
+        let (channel, speaks_wire) = match port {
+            DevicePort::Mobile => (ChannelKind::Mobile, true),
+            DevicePort::MobileUnauthenticated => (ChannelKind::MobileUnauthenticated, true),
+            DevicePort::WebConsole => (ChannelKind::WebConsole, false),
+        };
+        let (stream, peer): (BoxStream, DevicePeer) = match cfg {
+            Some(cfg) => {
+                let deadline = self.handshake_deadline();
+                let Some(tls) = self
+                    .finish_handshake(TlsAcceptor::from(cfg).accept(tcp), deadline)
+                    .await
+                else {
+                    return;
+                };
+                let peer = DevicePeer::from_certificates(
+                    tls.get_ref().1.peer_certificates(),
+                    addr.to_string(),
+                    channel,
+                );
+                (Box::new(tls), peer)
+            }
+            None => (
+                Box::new(tcp),
+                DevicePeer {
+                    cert_sha256: None,
+                    subject: String::new(),
+                    remote_addr: addr.to_string(),
+                    channel,
+                },
+            ),
+        };
+        self.relay_device(stream, peer, permit, speaks_wire).await;
+    }
+
+    async fn relay_device(
+        &self,
+        mut device: BoxStream,
+        peer: DevicePeer,
+        _permit: OwnedSemaphorePermit,
+        speaks_wire: bool,
+    ) {
+        self.counters
+            .devices_accepted
+            .fetch_add(1, Ordering::Relaxed);
+        self.counters.devices_active.fetch_add(1, Ordering::Relaxed);
+        let link: Result<BoxStream, (RefusalCode, String)> = match &self.remote {
+            None => self
+                .request_data_link(&peer)
+                .await
+                .map(|l| Box::new(l) as BoxStream),
+            Some(ro) => self
+                .open_tunnel(ro, &peer)
+                .await
+                .map(|l| Box::new(l) as BoxStream),
+        };
+        match link {
+            Ok(link) => self.relay(device, link).await,
+            Err((code, reason)) => {
+                match code {
+                    RefusalCode::Overloaded => &self.counters.refused_overloaded,
+                    _ => &self.counters.refused_unreachable,
+                }
+                .fetch_add(1, Ordering::Relaxed);
+                log::info!(
+                    "gateway {}: refusing {} ({}): {reason}",
+                    self.config.gateway_id,
+                    peer.remote_addr,
+                    peer.subject
+                );
+                if speaks_wire {
+                    let refusal = Refusal {
+                        code: code as i32,
+                        reason,
+                    };
+                    let write = async {
+                        write_message(&mut device, refusal).await?;
+                        device.shutdown().await?;
+                        Ok::<(), GatewayError>(())
+                    };
+                    let _ =
+                        tokio::time::timeout(self.config.limits.handshake_timeout(), write).await;
+                }
+            }
+        }
+        self.counters.devices_active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    async fn relay(&self, device: BoxStream, link: BoxStream) {
+        let limits = &self.config.limits;
+        let relay = splice(
+            device,
+            link,
+            limits.relay_buffer,
+            limits.idle_timeout(),
+            Some(self.relayed.clone()),
+        );
+        tokio::select! {
+            r = relay => match r {
+                Ok(_) => { self.counters.relays_finished.fetch_add(1, Ordering::Relaxed); }
+                Err(e) => {
+                    log::debug!("gateway {}: relay ended: {e}", self.config.gateway_id);
+                    self.counters.relay_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+            () = self.hard_stop.cancelled() => {
+                self.counters.relay_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn pick_session(&self) -> Option<(u64, mpsc::Sender<Message>, [u8; 32])> {
+        let sessions = lock(&self.sessions);
+        if sessions.is_empty() {
+            return None;
+        }
+        let i = self.round_robin.fetch_add(1, Ordering::Relaxed) % sessions.len();
+        let (id, e) = sessions.iter().nth(i)?;
+        Some((*id, e.tx.clone(), e.server))
+    }
+
+    async fn request_data_link(
+        &self,
+        peer: &DevicePeer,
+    ) -> Result<ServerLink, (RefusalCode, String)> {
+        let Some((session, signal, server)) = self.pick_session() else {
+            return Err((
+                RefusalCode::ServerUnreachable,
+                "no signal connection to the Administration Server is up".into(),
+            ));
+        };
+        let Some(ticket) = random_u128() else {
+            return Err((
+                RefusalCode::Internal,
+                "the random source failed; no ticket issued".into(),
+            ));
+        };
+        let (tx, rx) = oneshot::channel();
+        let wire_peer = peer.to_wire();
+        let ttl = Duration::from_millis(self.config.limits.ticket_ttl_ms);
+        let issued = lock(&self.tickets).issue(
+            ticket,
+            Binding { session, server },
+            Instant::now(),
+            Waiter {
+                tx,
+                peer: wire_peer.clone(),
+            },
+        );
+        match issued {
+            Ok(_) => {}
+            Err(IssueError::Full { max_pending }) => {
+                return Err((
+                    RefusalCode::Overloaded,
+                    format!("{max_pending} devices already wait for the server"),
+                ));
+            }
+            Err(_) => {
+                return Err((RefusalCode::Internal, "ticket collision".into()));
+            }
+        }
+        let request = ConnectRequest {
+            ticket: Some(Ticket::from_u128(ticket)),
+            peer: Some(wire_peer),
+            expires_in_ms: u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX),
+        };
+        if signal.try_send(request.into()).is_err() {
+            lock(&self.tickets).cancel(ticket);
+            return Err((
+                RefusalCode::ServerUnreachable,
+                "the signal connection is closing or congested".into(),
+            ));
+        }
+        match tokio::time::timeout(ttl, rx).await {
+            Ok(Ok(Outcome::Link(link))) => Ok(*link),
+            Ok(Ok(Outcome::Refused(code, reason))) => Err((code, reason)),
+            Ok(Err(_)) => Err((
+                RefusalCode::ServerUnreachable,
+                "the signal connection closed".into(),
+            )),
+            Err(_) => {
+                lock(&self.tickets).cancel(ticket);
+                Err((
+                    RefusalCode::ServerUnreachable,
+                    format!(
+                        "no data connection from the server within {} ms",
+                        ttl.as_millis()
+                    ),
+                ))
+            }
+        }
+    }
+
+    async fn open_tunnel(
+        &self,
+        ro: &RemoteOffice,
+        peer: &DevicePeer,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, (RefusalCode, String)> {
+        let unreachable = |e: String| (RefusalCode::ServerUnreachable, e);
+        let open = async {
+            let tcp = TcpStream::connect(ro.addr)
+                .await
+                .map_err(|e| unreachable(format!("cannot connect to {}: {e}", ro.addr)))?;
+            let _ = tcp.set_nodelay(true);
+            let mut tls = TlsConnector::from(ro.config.clone())
+                .connect(ro.name.clone(), tcp)
+                .await
+                .map_err(|e| unreachable(format!("TLS with {} failed: {e}", ro.addr)))?;
+            let open = TunnelOpen {
+                peer: Some(peer.to_wire()),
+                gateway_id: self.config.gateway_id.clone(),
+            };
+            write_message(&mut tls, open)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            match read_message(&mut tls, self.config.limits.max_frame_len).await {
+                Ok(Message::TunnelAccept(_)) => Ok(tls),
+                Ok(Message::Refusal(r)) => Err((
+                    RefusalCode::try_from(r.code).unwrap_or(RefusalCode::Unspecified),
+                    r.reason,
+                )),
+                Ok(other) => Err(unreachable(format!(
+                    "server answered TunnelOpen with {}",
+                    other.message_type().name()
+                ))),
+                Err(e) => Err(unreachable(e.to_string())),
+            }
+        };
+        let r = tokio::time::timeout(self.config.limits.handshake_timeout(), open)
+            .await
+            .unwrap_or_else(|_| Err(unreachable("the server did not answer in time".into())));
+        if r.is_ok() {
+            self.counters
+                .data_connections
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    async fn serve_signal(&self, tls: ServerLink, addr: SocketAddr) {
+        let Some(server) = cert_fingerprint(tls.get_ref().1.peer_certificates()) else {
+            return;
+        };
+        let limits = &self.config.limits;
+        let mut framed = Framed::new(tls, MessageCodec::with_max_frame_len(limits.max_frame_len));
+        let hello = match tokio::time::timeout(limits.handshake_timeout(), framed.next()).await {
+            Ok(Some(Ok(Message::SignalHello(h)))) => h,
+            _ => {
+                log::warn!(
+                    "gateway {}: {addr} opened a signal connection without SignalHello",
+                    self.config.gateway_id
+                );
+                return;
+            }
+        };
+        let dead_after = Duration::from_millis(
+            limits
+                .signal_dead_after_ms
+                .max(3 * u64::from(hello.keepalive_ms)),
+        );
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::channel(limits.max_pending.clamp(16, 4096));
+        let ack = SignalHelloAck {
+            gateway_id: self.config.gateway_id.clone(),
+            session_id: session,
+        };
+        if framed.send(Message::from(ack)).await.is_err() {
+            return;
+        }
+        lock(&self.sessions).insert(session, SignalEntry { tx, server });
+        self.counters
+            .signal_sessions_total
+            .fetch_add(1, Ordering::Relaxed);
+        log::info!(
+            "gateway {}: signal connection {session} from server {:?} at {addr} is up",
+            self.config.gateway_id,
+            hello.server_id
+        );
+        let why = loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => {
+                    let bye = Refusal { code: RefusalCode::ShuttingDown as i32, reason: "gateway shutting down".into() };
+                    let _ = tokio::time::timeout(Duration::from_secs(1), framed.send(Message::from(bye))).await;
+                    break "shutdown".to_string();
+                }
+                m = tokio::time::timeout(dead_after, framed.next()) => match m {
+                    Err(_) => break format!("nothing from the server for {} ms", dead_after.as_millis()),
+                    Ok(None) => break "closed by the server".into(),
+                    Ok(Some(Err(e))) => break e.to_string(),
+                    Ok(Some(Ok(Message::Keepalive(k)))) => {
+                        if !k.reply && framed.send(Message::from(Keepalive { seq: k.seq, reply: true })).await.is_err() {
+                            break "write failed".into();
+                        }
+                    }
+                    Ok(Some(Ok(Message::ConnectRefusal(r)))) => {
+                        let waiter = r.ticket.and_then(|t| lock(&self.tickets).cancel(t.as_u128()));
+                        if let Some(w) = waiter {
+                            let code = RefusalCode::try_from(r.code).unwrap_or(RefusalCode::Unspecified);
+                            let _ = w.tx.send(Outcome::Refused(code, r.reason));
+                        }
+                    }
+                    Ok(Some(Ok(other))) => break format!("unexpected {} on the signal connection", other.message_type().name()),
+                },
+                out = rx.recv() => match out {
+                    Some(m) => if framed.send(m).await.is_err() { break "write failed".into() },
+                    None => break "channel closed".into(),
+                },
+            }
+        };
+        // Order matters: stop new requests reaching this session, then fail those pending.
+        drop(rx);
+        lock(&self.sessions).remove(&session);
+        let orphans = lock(&self.tickets).drop_session(session);
+        for (_, w) in orphans {
+            let _ = w.tx.send(Outcome::Refused(
+                RefusalCode::ServerUnreachable,
+                "the signal connection to the server was lost".into(),
+            ));
+        }
+        log::info!(
+            "gateway {}: signal connection {session} ended: {why}",
+            self.config.gateway_id
+        );
+    }
+
+    async fn serve_data(&self, mut tls: ServerLink, addr: SocketAddr) {
+        let Some(server) = cert_fingerprint(tls.get_ref().1.peer_certificates()) else {
+            return;
+        };
+        let limits = &self.config.limits;
+        let first = tokio::time::timeout(
+            limits.handshake_timeout(),
+            read_message(&mut tls, limits.max_frame_len),
+        )
+        .await;
+        let (ticket, session) = match first {
+            Ok(Ok(Message::DataAttach(d))) => match d.ticket {
+                Some(t) => (t, d.session_id),
+                None => return,
+            },
+            _ => {
+                log::warn!(
+                    "gateway {}: {addr} opened a data connection without DataAttach",
+                    self.config.gateway_id
+                );
+                return;
+            }
+        };
+        let redeemed = lock(&self.tickets).redeem(
+            ticket.as_u128(),
+            Binding { session, server },
+            Instant::now(),
+        );
+        match redeemed {
+            Ok(w) => {
+                let ack = DataAttachAck {
+                    ticket: Some(ticket),
+                    peer: Some(w.peer),
+                };
+                if write_message(&mut tls, ack).await.is_err() {
+                    let _ = w.tx.send(Outcome::Refused(
+                        RefusalCode::ServerUnreachable,
+                        "the data connection failed".into(),
+                    ));
+                    return;
+                }
+                self.counters
+                    .data_connections
+                    .fetch_add(1, Ordering::Relaxed);
+                // If the device gave up meanwhile, the link is dropped (closed) here.
+                let _ = w.tx.send(Outcome::Link(Box::new(tls)));
+            }
+            Err(why) => {
+                log::warn!(
+                    "gateway {}: refused ticket from {addr}: {why:?}",
+                    self.config.gateway_id
+                );
+                let refusal = Refusal {
+                    code: RefusalCode::BadTicket as i32,
+                    reason: format!("ticket refused: {why:?}"),
+                };
+                let _ = tokio::time::timeout(limits.handshake_timeout(), async {
+                    write_message(&mut tls, refusal).await?;
+                    tls.shutdown().await?;
+                    Ok::<(), GatewayError>(())
+                })
+                .await;
+            }
+        }
+    }
+}

@@ -1,0 +1,596 @@
+//! The Administration Server's half: a connector that dials registered DMZ gateways and keeps
+//! their signal connections, and a listener for devices that come directly or through a
+//! remote-office gateway. Both feed one channel of [`DeviceConnection`]s.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use outpost_pki::tls::{self as pki_tls, TlsOptions};
+use outpost_wire::messages::*;
+use outpost_wire::{Message, MessageCodec};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ServerConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_rustls::{LazyConfigAcceptor, TlsConnector};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{ConnectorConfig, DmzGatewayEntry, TlsMaterial};
+use crate::io::{read_message, write_message};
+use crate::peer::{DeviceConnection, DevicePeer, Via};
+use crate::splice::splice;
+use crate::{ALPN_TUNNEL, GatewayError};
+
+/// Counters of the connector, per gateway and in total.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct ConnectorStats {
+    /// Signal connections established (including re-establishments).
+    pub signal_established: AtomicU64,
+    /// Signal connection attempts that failed.
+    pub signal_failures: AtomicU64,
+    /// Data connections opened for devices.
+    pub data_connections: AtomicU64,
+    /// Data connections that failed.
+    pub data_failures: AtomicU64,
+    /// Web Console tunnels carried.
+    pub web_console_tunnels: AtomicU64,
+}
+
+/// The server-side connector. See [`ServerConnector::start`].
+pub struct ServerConnector;
+
+/// Control of a running connector.
+pub struct ConnectorHandle {
+    stats: Arc<ConnectorStats>,
+    up: Arc<Mutex<BTreeMap<String, u64>>>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    tracker: TaskTracker,
+}
+
+impl ConnectorHandle {
+    /// Counters.
+    pub fn stats(&self) -> &ConnectorStats {
+        &self.stats
+    }
+
+    /// The gateways whose signal connection is up now, with their signal session ids.
+    pub fn connected(&self) -> BTreeMap<String, u64> {
+        self.up.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Closes every signal connection and stops reconnecting; data connections already
+    /// handed out are not affected.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+struct Link {
+    config: ConnectorConfig,
+    signal: Arc<ClientConfig>,
+    data: Arc<ClientConfig>,
+    out: mpsc::Sender<DeviceConnection>,
+    stats: Arc<ConnectorStats>,
+    up: Arc<Mutex<BTreeMap<String, u64>>>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl ServerConnector {
+    /// Starts one task per configured DMZ gateway: each dials its gateway, keeps the signal
+    /// connection with keepalives, re-establishes it with exponential backoff whenever it
+    /// breaks, and answers connect requests by opening data connections, handing each
+    /// device to `out` (or, for Web Console tunnels, splicing to the configured target).
+    ///
+    /// `tls` holds the server's own certificate and the server CA that gateway certificates
+    /// must chain to.
+    pub fn start(
+        config: ConnectorConfig,
+        tls: &TlsMaterial,
+        out: mpsc::Sender<DeviceConnection>,
+    ) -> Result<ConnectorHandle, GatewayError> {
+        config.validate()?;
+        let opts = TlsOptions::default().with_crls(tls.crls.clone());
+        let signal = pki_tls::gateway_signal_client_config(&tls.identity, &tls.server_ca, &opts)?;
+        let data = pki_tls::gateway_data_client_config(&tls.identity, &tls.server_ca, &opts)?;
+        let link = Arc::new(Link {
+            signal,
+            data,
+            out,
+            stats: Arc::new(ConnectorStats::default()),
+            up: Arc::new(Mutex::new(BTreeMap::new())),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            config,
+        });
+        let tasks = link
+            .config
+            .gateways
+            .iter()
+            .cloned()
+            .map(|gw| tokio::spawn(link.clone().keep(gw)))
+            .collect();
+        Ok(ConnectorHandle {
+            stats: link.stats.clone(),
+            up: link.up.clone(),
+            shutdown: link.shutdown.clone(),
+            tracker: link.tracker.clone(),
+            tasks,
+        })
+    }
+}
+
+impl Link {
+    async fn connect(
+        &self,
+        gw: &DmzGatewayEntry,
+        cfg: &Arc<ClientConfig>,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, GatewayError> {
+        let name = ServerName::try_from(gw.name.clone()).map_err(|_| {
+            GatewayError::config("gateways.name", format!("{:?} is not a name", gw.name))
+        })?;
+        let timeout = Duration::from_millis(self.config.connect_timeout_ms);
+        let fut = async {
+            let tcp = TcpStream::connect(gw.addr)
+                .await
+                .map_err(|e| GatewayError::Connect {
+                    addr: gw.addr,
+                    reason: e.to_string(),
+                })?;
+            let _ = tcp.set_nodelay(true);
+            TlsConnector::from(cfg.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|source| GatewayError::Handshake {
+                    peer: gw.addr,
+                    source,
+                })
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| GatewayError::Timeout {
+                what: "connecting to the gateway",
+                millis: self.config.connect_timeout_ms,
+            })?
+    }
+
+    /// Keeps the signal connection to one gateway up until shutdown.
+    async fn keep(self: Arc<Self>, gw: DmzGatewayEntry) {
+        let initial = Duration::from_millis(self.config.backoff_initial_ms);
+        let max = Duration::from_millis(self.config.backoff_max_ms);
+        let mut backoff = initial;
+        while !self.shutdown.is_cancelled() {
+            match self.signal_session(&gw).await {
+                Ok(()) => backoff = initial,
+                Err((e, established)) => {
+                    if established {
+                        backoff = initial;
+                    }
+                    self.stats.signal_failures.fetch_add(1, Ordering::Relaxed);
+                    log::warn!(
+                        "signal connection to gateway {} ({}): {e}; retrying in {} ms",
+                        gw.id,
+                        gw.addr,
+                        backoff.as_millis()
+                    );
+                }
+            }
+            self.up
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&gw.id);
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(max);
+        }
+    }
+
+    /// One signal session. `Err((e, true))` if it was established before failing.
+    async fn signal_session(
+        self: &Arc<Self>,
+        gw: &DmzGatewayEntry,
+    ) -> Result<(), (GatewayError, bool)> {
+        let tls = self
+            .connect(gw, &self.signal)
+            .await
+            .map_err(|e| (e, false))?;
+        let mut framed = Framed::new(
+            tls,
+            MessageCodec::with_max_frame_len(self.config.max_frame_len),
+        );
+        let keepalive = Duration::from_millis(self.config.keepalive_ms);
+        let hello = SignalHello {
+            server_id: self.config.server_id.clone(),
+            keepalive_ms: u32::try_from(self.config.keepalive_ms).unwrap_or(u32::MAX),
+        };
+        framed
+            .send(Message::from(hello))
+            .await
+            .map_err(|e| (e.into(), false))?;
+        let ack = tokio::time::timeout(keepalive * 3, framed.next()).await;
+        let session = match ack {
+            Ok(Some(Ok(Message::SignalHelloAck(a)))) => a.session_id,
+            Ok(Some(Ok(Message::Refusal(r)))) => {
+                return Err((
+                    GatewayError::Refused {
+                        peer: gw.addr,
+                        code: RefusalCode::try_from(r.code).unwrap_or(RefusalCode::Unspecified),
+                        reason: r.reason,
+                    },
+                    false,
+                ));
+            }
+            Ok(Some(Err(e))) => return Err((e.into(), false)),
+            _ => {
+                return Err((
+                    GatewayError::Protocol {
+                        peer: gw.addr,
+                        reason: "no SignalHelloAck".into(),
+                    },
+                    false,
+                ));
+            }
+        };
+        self.stats
+            .signal_established
+            .fetch_add(1, Ordering::Relaxed);
+        self.up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(gw.id.clone(), session);
+        log::info!(
+            "signal connection to gateway {} ({}) is up, session {session}",
+            gw.id,
+            gw.addr
+        );
+        let (refuse_tx, mut refuse_rx) = mpsc::channel::<ConnectRefusal>(256);
+        let mut tick = tokio::time::interval(keepalive);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seq = 0u64;
+        let dead_after = keepalive * 3;
+        let mut last_heard = tokio::time::Instant::now();
+        let err = |e: GatewayError| (e, true);
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return Ok(()),
+                _ = tick.tick() => {
+                    if last_heard.elapsed() > dead_after {
+                        return Err(err(GatewayError::Timeout { what: "signal keepalive", millis: dead_after.as_millis() as u64 }));
+                    }
+                    seq += 1;
+                    framed.send(Message::from(Keepalive { seq, reply: false })).await.map_err(|e| err(e.into()))?;
+                }
+                r = refuse_rx.recv() => {
+                    if let Some(r) = r {
+                        framed.send(Message::from(r)).await.map_err(|e| err(e.into()))?;
+                    }
+                }
+                m = framed.next() => {
+                    last_heard = tokio::time::Instant::now();
+                    match m {
+                        None => return Err(err(GatewayError::Protocol { peer: gw.addr, reason: "gateway closed the signal connection".into() })),
+                        Some(Err(e)) => return Err(err(e.into())),
+                        Some(Ok(Message::Keepalive(k))) => {
+                            if !k.reply {
+                                framed.send(Message::from(Keepalive { seq: k.seq, reply: true })).await.map_err(|e| err(e.into()))?;
+                            }
+                        }
+                        Some(Ok(Message::ConnectRequest(req))) => {
+                            let this = self.clone();
+                            let gw = gw.clone();
+                            let refuse = refuse_tx.clone();
+                            self.tracker.spawn(async move { this.answer(gw, session, req, refuse).await });
+                        }
+                        Some(Ok(Message::Refusal(r))) => {
+                            return Err(err(GatewayError::Refused {
+                                peer: gw.addr,
+                                code: RefusalCode::try_from(r.code).unwrap_or(RefusalCode::Unspecified),
+                                reason: r.reason,
+                            }));
+                        }
+                        Some(Ok(other)) => {
+                            return Err(err(GatewayError::Protocol {
+                                peer: gw.addr,
+                                reason: format!("unexpected {} on the signal connection", other.message_type().name()),
+                            }));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers one connect request: opens the data connection, presents the ticket, and
+    /// hands the device over (or splices a Web Console tunnel).
+    async fn answer(
+        self: Arc<Self>,
+        gw: DmzGatewayEntry,
+        session: u64,
+        req: ConnectRequest,
+        refuse: mpsc::Sender<ConnectRefusal>,
+    ) {
+        let (Some(ticket), Some(peer)) = (req.ticket, req.peer) else {
+            return;
+        };
+        let channel = ChannelKind::try_from(peer.channel).unwrap_or(ChannelKind::Unspecified);
+        let web_target = match (channel, self.config.web_console_target) {
+            (ChannelKind::WebConsole, None) => {
+                let _ = refuse
+                    .send(ConnectRefusal {
+                        ticket: Some(ticket),
+                        code: RefusalCode::NotAuthorized as i32,
+                        reason: "no Web Console target is configured on the server side".into(),
+                    })
+                    .await;
+                return;
+            }
+            (ChannelKind::WebConsole, Some(t)) => Some(t),
+            _ => None,
+        };
+        let opened = async {
+            let mut tls = self.connect(&gw, &self.data).await?;
+            write_message(
+                &mut tls,
+                DataAttach {
+                    ticket: Some(ticket),
+                    session_id: session,
+                },
+            )
+            .await?;
+            match read_message(&mut tls, self.config.max_frame_len).await? {
+                Message::DataAttachAck(ack) => Ok((tls, ack.peer.unwrap_or(peer))),
+                Message::Refusal(r) => Err(GatewayError::Refused {
+                    peer: gw.addr,
+                    code: RefusalCode::try_from(r.code).unwrap_or(RefusalCode::Unspecified),
+                    reason: r.reason,
+                }),
+                other => Err(GatewayError::Protocol {
+                    peer: gw.addr,
+                    reason: format!("answered DataAttach with {}", other.message_type().name()),
+                }),
+            }
+        };
+        let (tls, peer) = match opened.await {
+            Ok(x) => x,
+            Err(e) => {
+                self.stats.data_failures.fetch_add(1, Ordering::Relaxed);
+                log::warn!("data connection to gateway {}: {e}", gw.id);
+                return;
+            }
+        };
+        self.stats.data_connections.fetch_add(1, Ordering::Relaxed);
+        if let Some(target) = web_target {
+            self.stats
+                .web_console_tunnels
+                .fetch_add(1, Ordering::Relaxed);
+            let Ok(console) = TcpStream::connect(target).await else {
+                log::warn!("Web Console target {target} unreachable");
+                return;
+            };
+            let idle = Duration::from_millis(self.config.idle_timeout_ms);
+            tokio::select! {
+                r = splice(tls, console, 16 * 1024, idle, None) => {
+                    if let Err(e) = r { log::debug!("Web Console tunnel ended: {e}"); }
+                }
+                () = self.shutdown.cancelled() => {}
+            }
+            return;
+        }
+        let conn = DeviceConnection {
+            stream: Box::new(tls),
+            peer: DevicePeer::from_wire(&peer),
+            via: Via::DmzGateway(gw.id.clone()),
+        };
+        let _ = self.out.send(conn).await;
+    }
+}
+
+/// The server's own TLS port: devices that connect directly (agent port rules: a client
+/// certificate from the server CA) and remote-office gateways that open tunnels for their
+/// devices (TLS ALPN `outpost-tunnel/1`, gateway certificate required).
+pub struct DeviceListener;
+
+/// Control of a running [`DeviceListener`].
+pub struct ListenerHandle {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+    tracker: TaskTracker,
+    handshake_failures: Arc<AtomicU64>,
+}
+
+impl ListenerHandle {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+    /// TLS handshakes and tunnel openings that failed.
+    pub fn handshake_failures(&self) -> u64 {
+        self.handshake_failures.load(Ordering::Relaxed)
+    }
+    /// Stops accepting and waits for pending handshakes.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+impl DeviceListener {
+    /// Binds `addr` and hands every authenticated device to `out`. `handshake_timeout`
+    /// bounds the TLS handshake and the tunnel opening.
+    pub async fn start(
+        addr: SocketAddr,
+        tls: &TlsMaterial,
+        handshake_timeout: Duration,
+        out: mpsc::Sender<DeviceConnection>,
+    ) -> Result<ListenerHandle, GatewayError> {
+        let opts = TlsOptions::default().with_crls(tls.crls.clone());
+        let direct = pki_tls::agent_port_server_config(&tls.identity, &tls.server_ca, &opts)?;
+        let tunnel = pki_tls::agent_port_server_config(
+            &tls.identity,
+            &tls.server_ca,
+            &opts.clone().with_alpn(vec![ALPN_TUNNEL.to_vec()]),
+        )?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| GatewayError::Bind { addr, source })?;
+        let bound = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let failures = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(accept_devices(
+            listener,
+            direct,
+            tunnel,
+            handshake_timeout,
+            out,
+            shutdown.clone(),
+            tracker.clone(),
+            failures.clone(),
+        ));
+        Ok(ListenerHandle {
+            addr: bound,
+            shutdown,
+            task,
+            tracker,
+            handshake_failures: failures,
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn accept_devices(
+    listener: TcpListener,
+    direct: Arc<ServerConfig>,
+    tunnel: Arc<ServerConfig>,
+    timeout: Duration,
+    out: mpsc::Sender<DeviceConnection>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    failures: Arc<AtomicU64>,
+) {
+    loop {
+        let (tcp, addr) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    log::warn!("server port: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let (direct, tunnel, out, failures) = (
+            direct.clone(),
+            tunnel.clone(),
+            out.clone(),
+            failures.clone(),
+        );
+        tracker.spawn(async move {
+            let accepted = tokio::time::timeout(timeout, async {
+                let start =
+                    LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+                let is_tunnel = start
+                    .client_hello()
+                    .alpn()
+                    .is_some_and(|mut it| it.any(|p| p == ALPN_TUNNEL));
+                if !is_tunnel {
+                    let tls = start.into_stream(direct).await?;
+                    let peer = DevicePeer::from_certificates(
+                        tls.get_ref().1.peer_certificates(),
+                        addr.to_string(),
+                        ChannelKind::Agent,
+                    );
+                    return Ok::<_, GatewayError>(DeviceConnection {
+                        stream: Box::new(tls),
+                        peer,
+                        via: Via::Direct,
+                    });
+                }
+                let mut tls = start.into_stream(tunnel).await?;
+                let gateway = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(<[_]>::first)
+                    .and_then(|c| outpost_pki::PeerIdentity::from_der(c).ok());
+                if gateway.as_ref().and_then(|g| g.role) != Some(outpost_pki::Role::Gateway) {
+                    let refusal = Refusal {
+                        code: RefusalCode::NotAuthorized as i32,
+                        reason: "tunnels are opened only by connection gateways".into(),
+                    };
+                    let _ = write_message(&mut tls, refusal).await;
+                    return Err(GatewayError::Protocol {
+                        peer: addr,
+                        reason: "tunnel from a non-gateway certificate".into(),
+                    });
+                }
+                let open = match read_message(&mut tls, 64 * 1024).await? {
+                    Message::TunnelOpen(o) => o,
+                    other => {
+                        return Err(GatewayError::Protocol {
+                            peer: addr,
+                            reason: format!(
+                                "expected TunnelOpen, got {}",
+                                other.message_type().name()
+                            ),
+                        });
+                    }
+                };
+                write_message(
+                    &mut tls,
+                    TunnelAccept {
+                        idle_timeout_ms: 600_000,
+                    },
+                )
+                .await?;
+                let peer = open
+                    .peer
+                    .as_ref()
+                    .map(DevicePeer::from_wire)
+                    .ok_or_else(|| GatewayError::Protocol {
+                        peer: addr,
+                        reason: "TunnelOpen without peer".into(),
+                    })?;
+                Ok(DeviceConnection {
+                    stream: Box::new(tls),
+                    peer,
+                    via: Via::RemoteGateway(open.gateway_id),
+                })
+            })
+            .await;
+            match accepted {
+                Ok(Ok(conn)) => {
+                    let _ = out.send(conn).await;
+                }
+                Ok(Err(e)) => {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                    log::debug!("server port: {addr}: {e}");
+                }
+                Err(_) => {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,186 @@
+//! Test harness: an in-memory PKI, an echoing Administration Server, and devices.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use outpost_gateway::{DeviceConnection, DevicePeer, TlsMaterial, Via};
+use outpost_pki::tls::{TlsOptions, agent_client_config, mobile_client_config};
+use outpost_pki::{IssuedCert, PkiConfig, ServerCa};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+
+pub const GATEWAY_NAME: &str = "gateway.test";
+pub const SERVER_NAME: &str = "server.test";
+
+pub struct Pki {
+    pub ca: ServerCa,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        Pki {
+            ca: ServerCa::create(PkiConfig::default(), SystemTime::now()).unwrap(),
+        }
+    }
+    pub fn server(&self) -> TlsMaterial {
+        let id = self
+            .ca
+            .issue_server(
+                "server-1",
+                &[SERVER_NAME.to_string()],
+                &[],
+                SystemTime::now(),
+            )
+            .unwrap();
+        TlsMaterial::new(id, self.ca.server_ca().clone())
+    }
+    pub fn gateway(&self) -> TlsMaterial {
+        let id = self
+            .ca
+            .issue_gateway(
+                &[GATEWAY_NAME.to_string()],
+                &["127.0.0.1".parse().unwrap()],
+                SystemTime::now(),
+            )
+            .unwrap();
+        TlsMaterial::new(id, self.ca.server_ca().clone())
+            .with_mobile_ca(self.ca.mobile_ca().clone())
+    }
+    pub fn agent(&self, device: &str) -> IssuedCert {
+        self.ca.issue_agent(device, SystemTime::now()).unwrap()
+    }
+    pub fn mobile(&self, device: &str) -> IssuedCert {
+        self.ca.issue_mobile(device, SystemTime::now()).unwrap()
+    }
+}
+
+pub type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// A Network Agent's TLS connection to `addr`, verifying the peer by `name`.
+pub async fn agent_connect(
+    pki: &Pki,
+    cert: &IssuedCert,
+    addr: SocketAddr,
+    name: &str,
+) -> std::io::Result<Tls> {
+    let cfg = agent_client_config(cert, pki.ca.server_ca(), &TlsOptions::default()).unwrap();
+    let tcp = TcpStream::connect(addr).await?;
+    TlsConnector::from(cfg)
+        .connect(ServerName::try_from(name.to_string()).unwrap(), tcp)
+        .await
+}
+
+/// A mobile device's TLS connection, with or without a client certificate.
+pub async fn mobile_connect(
+    pki: &Pki,
+    cert: Option<&IssuedCert>,
+    addr: SocketAddr,
+) -> std::io::Result<Tls> {
+    let cfg = mobile_client_config(cert, pki.ca.server_ca(), &TlsOptions::default()).unwrap();
+    let tcp = TcpStream::connect(addr).await?;
+    TlsConnector::from(cfg)
+        .connect(ServerName::try_from(GATEWAY_NAME.to_string()).unwrap(), tcp)
+        .await
+}
+
+/// Everything the echo server saw.
+#[derive(Default)]
+pub struct Seen {
+    pub peers: Vec<(DevicePeer, Via)>,
+}
+
+/// An Administration Server that echoes every device's bytes back until the device
+/// half-closes, then half-closes too.
+pub fn echo_server(mut rx: mpsc::Receiver<DeviceConnection>) -> Arc<Mutex<Seen>> {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let s = seen.clone();
+    tokio::spawn(async move {
+        while let Some(conn) = rx.recv().await {
+            s.lock()
+                .unwrap()
+                .peers
+                .push((conn.peer.clone(), conn.via.clone()));
+            tokio::spawn(async move {
+                let (mut r, mut w) = tokio::io::split(conn.stream);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    seen
+}
+
+/// Deterministic bytes for device `seed`.
+pub fn payload(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Writes `data` while reading the echo concurrently, half-closes, and checks the echo is
+/// byte-exact and followed by end of stream.
+pub async fn echo_roundtrip<S>(stream: S, data: Vec<u8>) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut r, mut w) = tokio::io::split(stream);
+    let len = data.len();
+    let writer = tokio::spawn(async move {
+        for chunk in data.chunks(50_000) {
+            w.write_all(chunk)
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+        }
+        w.shutdown().await.map_err(|e| format!("shutdown: {e}"))?;
+        Ok::<_, String>(data)
+    });
+    let mut back = Vec::with_capacity(len);
+    r.read_to_end(&mut back)
+        .await
+        .map_err(|e| format!("read after {} bytes: {e}", back.len()))?;
+    let data = writer.await.map_err(|e| e.to_string())??;
+    if back != data {
+        return Err(format!(
+            "echo differs: sent {} bytes, got {}",
+            data.len(),
+            back.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Polls `cond` every 20 ms for up to 15 s.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..750 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Bounds a test step so a bug shows as a failure, not a hang.
+pub async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish"))
+}
+
+pub fn sha256(der: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+    d.as_ref().try_into().unwrap()
+}

@@ -1,0 +1,588 @@
+//! Device ↔ gateway ↔ server over loopback with real TLS, in both modes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use outpost_gateway::{
+    ConnectorConfig, DeviceListener, DmzGatewayEntry, Gateway, GatewayConfig, ServerConnector, Via,
+};
+use outpost_pki::tls::{TlsOptions, gateway_data_client_config, gateway_signal_client_config};
+use outpost_wire::messages::*;
+use outpost_wire::{Message, MessageCodec};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+use tokio_util::codec::Framed;
+
+fn connector_config(gateways: Vec<DmzGatewayEntry>) -> ConnectorConfig {
+    let mut c = ConnectorConfig::default();
+    c.server_id = "server-1".into();
+    c.gateways = gateways;
+    c.keepalive_ms = 200;
+    c.backoff_initial_ms = 50;
+    c.backoff_max_ms = 400;
+    c
+}
+
+fn local() -> std::net::SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+async fn read_refusal<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Refusal {
+    match outpost_gateway::io::read_message(s, 65536).await {
+        Ok(Message::Refusal(r)) => r,
+        other => panic!("expected a Refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dmz_echo_many_devices_byte_exact() {
+    let pki = Pki::new();
+    let gw = Gateway::start(GatewayConfig::dmz("gw-dmz", local()), pki.gateway())
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(64);
+    let seen = echo_server(rx);
+    let conn = ServerConnector::start(
+        connector_config(vec![DmzGatewayEntry::new(
+            "gw-dmz",
+            gw.local_addr(),
+            GATEWAY_NAME,
+        )]),
+        &pki.server(),
+        tx,
+    )
+    .unwrap();
+    wait_until("signal connection", || gw.stats().signal_sessions == 1).await;
+
+    const DEVICES: u64 = 12;
+    const SIZE: usize = 3 * 1024 * 1024;
+    let mut tasks = Vec::new();
+    let mut fingerprints = Vec::new();
+    for i in 0..DEVICES {
+        let cert = pki.agent(&format!("device-{i}"));
+        fingerprints.push(sha256(&cert.cert_der));
+        let tls = agent_connect(&pki, &cert, gw.local_addr(), GATEWAY_NAME)
+            .await
+            .unwrap();
+        tasks.push(tokio::spawn(echo_roundtrip(tls, payload(i, SIZE))));
+    }
+    for t in tasks {
+        bounded("device echo", t).await.unwrap().unwrap();
+    }
+    let s = gw.stats();
+    assert_eq!(s.tickets.redeemed, DEVICES);
+    assert_eq!(s.tickets.refused(), 0);
+    assert_eq!(s.bytes_up, DEVICES * SIZE as u64);
+    assert_eq!(s.bytes_down, DEVICES * SIZE as u64);
+    wait_until("relays finished", || gw.stats().relays_finished == DEVICES).await;
+    // The server saw every device, with the identity the gateway authenticated.
+    let seen = seen.lock().unwrap().peers.clone();
+    assert_eq!(seen.len(), DEVICES as usize);
+    for (peer, via) in &seen {
+        assert_eq!(via, &Via::DmzGateway("gw-dmz".into()));
+        assert_eq!(peer.channel, ChannelKind::Agent);
+        assert!(
+            fingerprints.contains(&peer.cert_sha256.unwrap()),
+            "unknown fingerprint"
+        );
+        assert!(peer.subject.contains("device-"), "{}", peer.subject);
+    }
+    assert_eq!(
+        conn.stats()
+            .data_connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        DEVICES
+    );
+    conn.shutdown().await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_office_and_direct_devices_reach_the_server_as_one_type() {
+    let pki = Pki::new();
+    let (tx, rx) = mpsc::channel(64);
+    let seen = echo_server(rx);
+    let listener = DeviceListener::start(local(), &pki.server(), Duration::from_secs(10), tx)
+        .await
+        .unwrap();
+    let gw = Gateway::start(
+        GatewayConfig::remote_office("gw-ro", local(), listener.local_addr(), SERVER_NAME),
+        pki.gateway(),
+    )
+    .await
+    .unwrap();
+    let cert = pki.agent("office-device");
+    let tls = agent_connect(&pki, &cert, gw.local_addr(), GATEWAY_NAME)
+        .await
+        .unwrap();
+    bounded(
+        "remote office echo",
+        echo_roundtrip(tls, payload(1, 2 << 20)),
+    )
+    .await
+    .unwrap();
+    let direct = pki.agent("direct-device");
+    let tls = agent_connect(&pki, &direct, listener.local_addr(), SERVER_NAME)
+        .await
+        .unwrap();
+    bounded("direct echo", echo_roundtrip(tls, payload(2, 1 << 20)))
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap().peers.clone();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].1, Via::RemoteGateway("gw-ro".into()));
+    assert_eq!(seen[0].0.cert_sha256, Some(sha256(&cert.cert_der)));
+    assert_eq!(seen[1].1, Via::Direct);
+    assert_eq!(seen[1].0.cert_sha256, Some(sha256(&direct.cert_der)));
+    assert_eq!(gw.stats().data_connections, 1);
+    gw.shutdown().await;
+    listener.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_console_tunnel_carries_tcp_to_the_configured_target() {
+    let pki = Pki::new();
+    // The Web Console on the server side: a plain TCP echo.
+    let console = tokio::net::TcpListener::bind(local()).await.unwrap();
+    let console_addr = console.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = console.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    let mut cfg = GatewayConfig::dmz("gw-dmz", local());
+    cfg.web_console_listen = Some(local());
+    let gw = Gateway::start(cfg, pki.gateway()).await.unwrap();
+    let (tx, _rx) = mpsc::channel(4);
+    let mut cc = connector_config(vec![DmzGatewayEntry::new(
+        "gw-dmz",
+        gw.local_addr(),
+        GATEWAY_NAME,
+    )]);
+    cc.web_console_target = Some(console_addr);
+    let conn = ServerConnector::start(cc, &pki.server(), tx).unwrap();
+    wait_until("signal connection", || gw.stats().signal_sessions == 1).await;
+    let tcp = TcpStream::connect(gw.web_console_addr().unwrap())
+        .await
+        .unwrap();
+    bounded("web console echo", echo_roundtrip(tcp, payload(9, 1 << 20)))
+        .await
+        .unwrap();
+    assert_eq!(
+        conn.stats()
+            .web_console_tunnels
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    conn.shutdown().await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_devices_are_refused() {
+    let pki = Pki::new();
+    let mut cfg = GatewayConfig::dmz("gw-dmz", local());
+    cfg.mobile_listen = Some(local());
+    let gw = Gateway::start(cfg, pki.gateway()).await.unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    let seen = echo_server(rx);
+    let conn = ServerConnector::start(
+        connector_config(vec![DmzGatewayEntry::new(
+            "gw-dmz",
+            gw.local_addr(),
+            GATEWAY_NAME,
+        )]),
+        &pki.server(),
+        tx,
+    )
+    .unwrap();
+    wait_until("signal connection", || gw.stats().signal_sessions == 1).await;
+
+    // No client certificate on the agent port.
+    let tls = mobile_connect(&pki, None, gw.local_addr()).await;
+    if let Ok(tls) = tls {
+        assert!(
+            echo_roundtrip(tls, payload(1, 1000)).await.is_err(),
+            "a device without a certificate was relayed"
+        );
+    }
+    // A mobile certificate is not an agent certificate.
+    let mobile = pki.mobile("phone-1");
+    if let Ok(tls) = mobile_connect(&pki, Some(&mobile), gw.local_addr()).await {
+        assert!(
+            echo_roundtrip(tls, payload(2, 1000)).await.is_err(),
+            "a mobile certificate was accepted on the agent port"
+        );
+    }
+    // An agent certificate is not a mobile certificate.
+    let agent = pki.agent("device-1");
+    let mobile_port = gw.mobile_addr().unwrap();
+    if let Ok(tls) = agent_connect(&pki, &agent, mobile_port, GATEWAY_NAME).await {
+        assert!(
+            echo_roundtrip(tls, payload(3, 1000)).await.is_err(),
+            "an agent certificate was accepted on the mobile port"
+        );
+    }
+    // A certificate from another CA entirely.
+    let other = Pki::new();
+    let stranger = other.agent("stranger");
+    let cfg = outpost_pki::tls::agent_client_config(
+        &stranger,
+        pki.ca.server_ca(),
+        &TlsOptions::default(),
+    )
+    .unwrap();
+    let tcp = TcpStream::connect(gw.local_addr()).await.unwrap();
+    if let Ok(tls) = TlsConnector::from(cfg)
+        .connect(ServerName::try_from(GATEWAY_NAME).unwrap(), tcp)
+        .await
+    {
+        assert!(
+            echo_roundtrip(tls, payload(4, 1000)).await.is_err(),
+            "a foreign certificate was accepted"
+        );
+    }
+    wait_until("handshake failures counted", || {
+        gw.stats().handshake_failures >= 4
+    })
+    .await;
+    // But the right mobile certificate on the mobile port goes through.
+    let tls = mobile_connect(&pki, Some(&mobile), mobile_port)
+        .await
+        .unwrap();
+    bounded("mobile echo", echo_roundtrip(tls, payload(5, 100_000)))
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap().peers.clone();
+    assert_eq!(
+        seen.len(),
+        1,
+        "only the authenticated mobile device reached the server"
+    );
+    assert_eq!(seen[0].0.channel, ChannelKind::Mobile);
+    conn.shutdown().await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_mobile_port_only_when_enabled() {
+    let pki = Pki::new();
+    let mut cfg = GatewayConfig::dmz("gw-dmz", local());
+    cfg.mobile_unauthenticated_listen = Some(local());
+    let gw = Gateway::start(cfg, pki.gateway()).await.unwrap();
+    assert!(gw.mobile_addr().is_none());
+    let (tx, rx) = mpsc::channel(8);
+    let seen = echo_server(rx);
+    let conn = ServerConnector::start(
+        connector_config(vec![DmzGatewayEntry::new(
+            "gw-dmz",
+            gw.local_addr(),
+            GATEWAY_NAME,
+        )]),
+        &pki.server(),
+        tx,
+    )
+    .unwrap();
+    wait_until("signal connection", || gw.stats().signal_sessions == 1).await;
+    let tls = mobile_connect(&pki, None, gw.mobile_unauthenticated_addr().unwrap())
+        .await
+        .unwrap();
+    bounded(
+        "unauthenticated mobile echo",
+        echo_roundtrip(tls, payload(6, 10_000)),
+    )
+    .await
+    .unwrap();
+    let seen = seen.lock().unwrap().peers.clone();
+    assert_eq!(seen[0].0.channel, ChannelKind::MobileUnauthenticated);
+    assert_eq!(seen[0].0.cert_sha256, None);
+    conn.shutdown().await;
+    gw.shutdown().await;
+}
+
+/// A hand-driven server: opens the signal connection itself so the test sees the tickets.
+async fn manual_signal(
+    server: &outpost_gateway::TlsMaterial,
+    gw: std::net::SocketAddr,
+) -> (
+    Framed<tokio_rustls::client::TlsStream<TcpStream>, MessageCodec>,
+    u64,
+) {
+    let cfg =
+        gateway_signal_client_config(&server.identity, &server.server_ca, &TlsOptions::default())
+            .unwrap();
+    let tcp = TcpStream::connect(gw).await.unwrap();
+    let tls = TlsConnector::from(cfg)
+        .connect(ServerName::try_from(GATEWAY_NAME).unwrap(), tcp)
+        .await
+        .unwrap();
+    let mut framed = Framed::new(tls, MessageCodec::new());
+    framed
+        .send(Message::from(SignalHello {
+            server_id: "manual".into(),
+            keepalive_ms: 60_000,
+        }))
+        .await
+        .unwrap();
+    let Some(Ok(Message::SignalHelloAck(ack))) = framed.next().await else {
+        panic!("no ack")
+    };
+    (framed, ack.session_id)
+}
+
+async fn manual_data(
+    server: &outpost_gateway::TlsMaterial,
+    gw: std::net::SocketAddr,
+    ticket: Ticket,
+    session: u64,
+) -> (Message, tokio_rustls::client::TlsStream<TcpStream>) {
+    let cfg =
+        gateway_data_client_config(&server.identity, &server.server_ca, &TlsOptions::default())
+            .unwrap();
+    let tcp = TcpStream::connect(gw).await.unwrap();
+    let mut tls = TlsConnector::from(cfg)
+        .connect(ServerName::try_from(GATEWAY_NAME).unwrap(), tcp)
+        .await
+        .unwrap();
+    outpost_gateway::io::write_message(
+        &mut tls,
+        DataAttach {
+            ticket: Some(ticket),
+            session_id: session,
+        },
+    )
+    .await
+    .unwrap();
+    let m = outpost_gateway::io::read_message(&mut tls, 65536)
+        .await
+        .unwrap();
+    (m, tls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_unknown_and_foreign_session_tickets_are_refused_and_counted() {
+    let pki = Pki::new();
+    let gw = Gateway::start(GatewayConfig::dmz("gw-dmz", local()), pki.gateway())
+        .await
+        .unwrap();
+    let server = pki.server();
+    let (mut signal, session) = manual_signal(&server, gw.local_addr()).await;
+    let (mut other_signal, other_session) = manual_signal(&server, gw.local_addr()).await;
+    assert_ne!(session, other_session);
+
+    let cert = pki.agent("device-1");
+    let device = tokio::spawn({
+        let addr = gw.local_addr();
+        let tls = agent_connect(&pki, &cert, addr, GATEWAY_NAME)
+            .await
+            .unwrap();
+        async move {
+            let (mut r, mut w) = tokio::io::split(tls);
+            w.write_all(b"hello server").await.unwrap();
+            let mut buf = [0u8; 12];
+            r.read_exact(&mut buf).await.unwrap();
+            buf
+        }
+    });
+    // The request arrives on one of the two signal connections (round robin).
+    let (req, on_session) = tokio::select! {
+        m = signal.next() => (m, session),
+        m = other_signal.next() => (m, other_session),
+    };
+    let Some(Ok(Message::ConnectRequest(req))) = req else {
+        panic!("expected ConnectRequest")
+    };
+    let ticket = req.ticket.unwrap();
+    assert_eq!(
+        req.peer.unwrap().cert_sha256.as_ref(),
+        &sha256(&cert.cert_der)[..]
+    );
+    let wrong = if on_session == session {
+        other_session
+    } else {
+        session
+    };
+
+    // Presented on the wrong session: refused, and the ticket stays valid.
+    let (m, _) = manual_data(&server, gw.local_addr(), ticket, wrong).await;
+    assert!(matches!(m, Message::Refusal(r) if r.code == RefusalCode::BadTicket as i32));
+    // Presented by another server certificate (same CA, right session): refused too.
+    let (m, _) = manual_data(&pki.server(), gw.local_addr(), ticket, on_session).await;
+    assert!(matches!(m, Message::Refusal(r) if r.code == RefusalCode::BadTicket as i32));
+    // The right presentation is accepted and spliced.
+    let (m, mut link) = manual_data(&server, gw.local_addr(), ticket, on_session).await;
+    assert!(matches!(m, Message::DataAttachAck(_)), "{m:?}");
+    let mut buf = [0u8; 12];
+    link.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"hello server");
+    link.write_all(b"hello device").await.unwrap();
+    assert_eq!(&bounded("device", device).await.unwrap(), b"hello device");
+    // Replay: refused.
+    let (m, _) = manual_data(&server, gw.local_addr(), ticket, on_session).await;
+    assert!(matches!(m, Message::Refusal(r) if r.code == RefusalCode::BadTicket as i32));
+    // Never issued: refused.
+    let (m, _) = manual_data(
+        &server,
+        gw.local_addr(),
+        Ticket::from_u128(12345),
+        on_session,
+    )
+    .await;
+    assert!(matches!(m, Message::Refusal(r) if r.code == RefusalCode::BadTicket as i32));
+
+    let t = gw.stats().tickets;
+    assert_eq!(
+        (t.redeemed, t.replayed, t.unknown, t.wrong_session),
+        (1, 1, 1, 2)
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_signal_connection_devices_are_refused_promptly() {
+    let pki = Pki::new();
+    let gw = Gateway::start(GatewayConfig::dmz("gw-dmz", local()), pki.gateway())
+        .await
+        .unwrap();
+    let cert = pki.agent("device-1");
+    let mut tls = agent_connect(&pki, &cert, gw.local_addr(), GATEWAY_NAME)
+        .await
+        .unwrap();
+    // Far below the 10 s ticket lifetime: the refusal does not wait for anything.
+    let r = tokio::time::timeout(Duration::from_secs(5), read_refusal(&mut tls))
+        .await
+        .expect("prompt refusal");
+    assert_eq!(r.code, RefusalCode::ServerUnreachable as i32);
+    let mut rest = Vec::new();
+    assert_eq!(
+        tls.read_to_end(&mut rest).await.unwrap_or(0),
+        0,
+        "closed after the refusal"
+    );
+    assert_eq!(gw.stats().refused_unreachable, 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_and_gateway_restart_recover_by_themselves() {
+    let pki = Pki::new();
+    let gw = Gateway::start(GatewayConfig::dmz("gw-dmz", local()), pki.gateway())
+        .await
+        .unwrap();
+    let addr = gw.local_addr();
+    let entry = vec![DmzGatewayEntry::new("gw-dmz", addr, GATEWAY_NAME)];
+    let (tx, rx) = mpsc::channel(16);
+    let _seen = echo_server(rx);
+    let conn =
+        ServerConnector::start(connector_config(entry.clone()), &pki.server(), tx.clone()).unwrap();
+    wait_until("signal connection", || gw.stats().signal_sessions == 1).await;
+    let cert = pki.agent("device-1");
+    let tls = agent_connect(&pki, &cert, addr, GATEWAY_NAME)
+        .await
+        .unwrap();
+    bounded("echo before", echo_roundtrip(tls, payload(1, 100_000)))
+        .await
+        .unwrap();
+
+    // The server goes away: devices are refused promptly, not left hanging.
+    conn.shutdown().await;
+    wait_until("signal connection gone", || gw.stats().signal_sessions == 0).await;
+    let mut tls = agent_connect(&pki, &cert, addr, GATEWAY_NAME)
+        .await
+        .unwrap();
+    assert_eq!(
+        bounded("refusal", read_refusal(&mut tls)).await.code,
+        RefusalCode::ServerUnreachable as i32
+    );
+
+    // A restarted server re-establishes the signal connection.
+    let conn =
+        ServerConnector::start(connector_config(entry.clone()), &pki.server(), tx.clone()).unwrap();
+    wait_until("signal connection again", || {
+        gw.stats().signal_sessions == 1
+    })
+    .await;
+    let tls = agent_connect(&pki, &cert, addr, GATEWAY_NAME)
+        .await
+        .unwrap();
+    bounded(
+        "echo after server restart",
+        echo_roundtrip(tls, payload(2, 100_000)),
+    )
+    .await
+    .unwrap();
+
+    // The gateway restarts on the same address; the connector finds it again by itself.
+    gw.shutdown().await;
+    wait_until("connector notices", || conn.connected().is_empty()).await;
+    let mut cfg = GatewayConfig::dmz("gw-dmz", addr);
+    cfg.limits.drain_timeout_ms = 1000;
+    let gw = Gateway::start(cfg, pki.gateway()).await.unwrap();
+    wait_until("signal connection to new gateway", || {
+        gw.stats().signal_sessions == 1
+    })
+    .await;
+    let tls = agent_connect(&pki, &cert, addr, GATEWAY_NAME)
+        .await
+        .unwrap();
+    bounded(
+        "echo after gateway restart",
+        echo_roundtrip(tls, payload(3, 100_000)),
+    )
+    .await
+    .unwrap();
+    assert!(
+        conn.stats()
+            .signal_established
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2
+    );
+    conn.shutdown().await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_limit_closes_extra_devices_at_once() {
+    let pki = Pki::new();
+    let mut cfg = GatewayConfig::dmz("gw-dmz", local());
+    cfg.limits.max_devices = 1;
+    let gw = Gateway::start(cfg, pki.gateway()).await.unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    let _seen = echo_server(rx);
+    let conn = ServerConnector::start(
+        connector_config(vec![DmzGatewayEntry::new(
+            "gw-dmz",
+            gw.local_addr(),
+            GATEWAY_NAME,
+        )]),
+        &pki.server(),
+        tx,
+    )
+    .unwrap();
+    wait_until("signal connection", || gw.stats().signal_sessions == 1).await;
+    let cert = pki.agent("device-1");
+    let first = agent_connect(&pki, &cert, gw.local_addr(), GATEWAY_NAME)
+        .await
+        .unwrap();
+    let (mut fr, mut fw) = tokio::io::split(first);
+    fw.write_all(b"x").await.unwrap();
+    let mut one = [0u8; 1];
+    fr.read_exact(&mut one).await.unwrap();
+    // The first device holds the only slot; the second is closed without a handshake.
+    let second = agent_connect(&pki, &cert, gw.local_addr(), GATEWAY_NAME).await;
+    assert!(second.is_err(), "second device got a TLS session");
+    assert_eq!(gw.stats().refused_limit, 1);
+    drop((fr, fw));
+    conn.shutdown().await;
+    gw.shutdown().await;
+}

@@ -9,8 +9,10 @@
 //! | [`policy`] | `outpost-policy` | policies, profiles, effective settings |
 //! | [`election`] | `outpost-election` | distribution point scopes and election |
 //! | [`multicast`] | `outpost-multicast` | reliable UDP multicast distribution |
+//! | [`gateway`] | `outpost-gateway` | connection gateway relay (DMZ and remote office) and the server-side connector |
 
 pub use outpost_election as election;
+pub use outpost_gateway as gateway;
 pub use outpost_multicast as multicast;
 pub use outpost_pki as pki;
 pub use outpost_policy as policy;

@@ -565,3 +565,73 @@ mod tests {
         c.validate().unwrap();
     }
 }
+
+fn default_server_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 13000))
+}
+
+/// Configuration of the Administration Server's side of the gateways: its own device port
+/// (direct devices and remote-office tunnels) and the DMZ gateways it dials.
+///
+/// ```
+/// let cfg: outpost_gateway::ServerSideConfig = toml::from_str(r#"
+///     listen = "127.0.0.1:13100"
+///     [tls]
+///     cert = "server.chain.pem"
+///     key = "server.key.pem"
+///     server_ca = "ca.pem"
+///     [connector]
+///     server_id = "server-1"
+///     web_console_target = "127.0.0.1:8080"
+///     [[connector.gateways]]
+///     id = "dmz-1"
+///     addr = "127.0.0.1:13000"
+///     name = "gw.example.test"
+/// "#).unwrap();
+/// cfg.validate().unwrap();
+/// assert_eq!(cfg.connector.gateways.len(), 1);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServerSideConfig {
+    /// The server's own device port (default `0.0.0.0:13000`).
+    #[serde(default = "default_server_listen")]
+    pub listen: SocketAddr,
+    /// The server's certificate files.
+    pub tls: TlsFiles,
+    /// The DMZ gateways to dial.
+    #[serde(default)]
+    pub connector: ConnectorConfig,
+    /// Time allowed for a device's TLS handshake on the server's port, in ms (default 10 s).
+    #[serde(default = "ServerSideConfig::default_handshake_ms")]
+    pub handshake_timeout_ms: u64,
+}
+
+impl ServerSideConfig {
+    fn default_handshake_ms() -> u64 {
+        10_000
+    }
+
+    /// Parses TOML.
+    pub fn from_toml(text: &str) -> Result<Self, GatewayError> {
+        toml::from_str(text).map_err(|e| GatewayError::ConfigSyntax(e.to_string()))
+    }
+
+    /// Checks the configuration.
+    pub fn validate(&self) -> Result<(), GatewayError> {
+        if self.handshake_timeout_ms == 0 {
+            return Err(GatewayError::config(
+                "handshake_timeout_ms",
+                "must be above 0",
+            ));
+        }
+        self.connector.validate().map_err(|e| match e {
+            GatewayError::Config { field, reason } => GatewayError::Config {
+                field: format!("connector.{field}"),
+                reason,
+            },
+            other => other,
+        })
+    }
+}

@@ -50,7 +50,8 @@ pub mod splice;
 pub mod tickets;
 
 pub use config::{
-    ConnectorConfig, DmzGatewayEntry, GatewayConfig, GatewayMode, Limits, TlsFiles, TlsMaterial,
+    ConnectorConfig, DmzGatewayEntry, GatewayConfig, GatewayMode, Limits, ServerSideConfig,
+    TlsFiles, TlsMaterial,
 };
 pub use error::GatewayError;
 pub use gateway::{Gateway, GatewayHandle, GatewayStats};

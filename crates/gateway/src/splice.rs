@@ -31,7 +31,7 @@ async fn pump<R, W>(
     mut r: R,
     mut w: W,
     buf_size: usize,
-    counter: &AtomicU64,
+    counters: [&AtomicU64; 2],
     activity: &AtomicU64,
 ) -> std::io::Result<()>
 where
@@ -48,13 +48,16 @@ where
         }
         w.write_all(&buf[..n]).await?;
         w.flush().await?;
-        counter.fetch_add(n as u64, Ordering::Relaxed);
+        for c in counters {
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        }
         activity.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 /// Relays between `a` and `b` until both directions have ended, either side fails, or no
-/// byte moves for `idle`. Also adds to `totals` as bytes move.
+/// byte moves for `idle`. Also adds to `totals` as bytes move (so a relay that ends in an
+/// error is counted too).
 pub async fn splice<A, B>(
     a: A,
     b: B,
@@ -71,20 +74,20 @@ where
     let activity = AtomicU64::new(0);
     let (ar, aw) = tokio::io::split(a);
     let (br, bw) = tokio::io::split(b);
-    let up = async {
-        let r = pump(ar, bw, buf_size, &local.a_to_b, &activity).await;
-        counters
-            .a_to_b
-            .fetch_add(local.a_to_b.load(Ordering::Relaxed), Ordering::Relaxed);
-        r
-    };
-    let down = async {
-        let r = pump(br, aw, buf_size, &local.b_to_a, &activity).await;
-        counters
-            .b_to_a
-            .fetch_add(local.b_to_a.load(Ordering::Relaxed), Ordering::Relaxed);
-        r
-    };
+    let up = pump(
+        ar,
+        bw,
+        buf_size,
+        [&local.a_to_b, &counters.a_to_b],
+        &activity,
+    );
+    let down = pump(
+        br,
+        aw,
+        buf_size,
+        [&local.b_to_a, &counters.b_to_a],
+        &activity,
+    );
     let both = async { tokio::try_join!(up, down) };
     let watchdog = async {
         let mut seen = activity.load(Ordering::Relaxed);

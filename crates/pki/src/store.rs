@@ -1,0 +1,274 @@
+//! Keys and certificates on disk, as PEM.
+//!
+//! Private keys are written with mode 0600 and refused on load if the group or others may
+//! access them. Every file is size-checked before it is read.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use rcgen::KeyPair;
+use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+
+use crate::ca::{CaCertificate, CaKind, CertificateAuthority, Crl, ServerCa};
+use crate::config::PkiConfig;
+use crate::error::{PkiError, Result};
+use crate::pem_util::all_pem_blocks;
+
+/// Largest key file accepted (an RSA-4096 PKCS#8 PEM is about 3.3 KiB).
+pub const MAX_KEY_FILE: u64 = 64 * 1024;
+/// Largest certificate (or chain) file accepted.
+pub const MAX_CERT_FILE: u64 = 1024 * 1024;
+/// Largest CRL file accepted (room for about a million revoked serials).
+pub const MAX_CRL_FILE: u64 = 64 * 1024 * 1024;
+
+/// File names used by [`save_server_ca`] and [`load_server_ca`] inside the CA directory.
+pub mod files {
+    /// Server CA certificate.
+    pub const CA_CERT: &str = "ca.crt";
+    /// Server CA private key (mode 0600).
+    pub const CA_KEY: &str = "ca.key";
+    /// Server CA revocation list.
+    pub const CA_CRL: &str = "ca.crl";
+    /// Mobile CA certificate.
+    pub const MOBILE_CA_CERT: &str = "mobile-ca.crt";
+    /// Mobile CA private key (mode 0600).
+    pub const MOBILE_CA_KEY: &str = "mobile-ca.key";
+    /// Mobile CA revocation list.
+    pub const MOBILE_CA_CRL: &str = "mobile-ca.crl";
+}
+
+/// Writes a private key PEM with mode 0600 (also tightening an existing file's mode).
+///
+/// # Errors
+/// [`PkiError::Io`] naming the path.
+pub fn write_private_key(path: &Path, pem: &str) -> Result<()> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(PkiError::io("create", path))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(PkiError::io("set permissions of", path))?;
+    }
+    f.write_all(pem.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(PkiError::io("write", path))
+}
+
+/// Writes a public file (certificate, chain or CRL), mode 0644 on creation.
+///
+/// # Errors
+/// [`PkiError::Io`] naming the path.
+pub fn write_public(path: &Path, pem: &str) -> Result<()> {
+    fs::write(path, pem).map_err(PkiError::io("write", path))
+}
+
+fn read_bounded(path: &Path, max: u64, what: &'static str) -> Result<String> {
+    let f = fs::File::open(path).map_err(PkiError::io("open", path))?;
+    let len = f.metadata().map_err(PkiError::io("stat", path))?.len();
+    if len > max {
+        return Err(PkiError::FileTooLarge {
+            path: path.to_path_buf(),
+            len,
+            max,
+            what,
+        });
+    }
+    let mut s = String::new();
+    // `take` also bounds a file that grows while it is read.
+    f.take(max + 1)
+        .read_to_string(&mut s)
+        .map_err(PkiError::io("read", path))?;
+    if s.len() as u64 > max {
+        return Err(PkiError::FileTooLarge {
+            path: path.to_path_buf(),
+            len: s.len() as u64,
+            max,
+            what,
+        });
+    }
+    Ok(s)
+}
+
+/// Reads a private key file, refusing one the group or others may access and one that does
+/// not hold a well-formed key.
+///
+/// # Errors
+/// [`PkiError::KeyFileTooOpen`], [`PkiError::FileTooLarge`], [`PkiError::MalformedKey`] or
+/// [`PkiError::Io`], each naming the path.
+pub fn read_private_key(path: &Path) -> Result<KeyPair> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = fs::metadata(path).map_err(PkiError::io("stat", path))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(PkiError::KeyFileTooOpen {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+    }
+    let text = read_bounded(path, MAX_KEY_FILE, "private key")?;
+    if !text.contains("-----BEGIN") {
+        return Err(PkiError::MalformedKey {
+            what: path.display().to_string(),
+            reason: "no PEM block".to_owned(),
+        });
+    }
+    KeyPair::from_pem(&text).map_err(|e| PkiError::MalformedKey {
+        what: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Reads a private key file as PKCS#8 DER (for [`crate::IssuedCert::from_parts`] and rustls).
+///
+/// # Errors
+/// As [`read_private_key`].
+pub fn read_private_key_der(path: &Path) -> Result<PrivatePkcs8KeyDer<'static>> {
+    let key = read_private_key(path)?;
+    Ok(PrivatePkcs8KeyDer::from(key.serialize_der()))
+}
+
+/// Reads every `CERTIFICATE` block of a PEM file, in order (a chain file reads as a chain).
+///
+/// # Errors
+/// [`PkiError::MalformedPem`] if there is none, [`PkiError::FileTooLarge`] or [`PkiError::Io`].
+pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let text = read_bounded(path, MAX_CERT_FILE, "certificate")?;
+    let bad = |reason: String| PkiError::MalformedPem {
+        path: path.to_path_buf(),
+        what: "CERTIFICATE",
+        reason,
+    };
+    let blocks = all_pem_blocks(&text, "CERTIFICATE").map_err(bad)?;
+    if blocks.is_empty() {
+        return Err(bad("no CERTIFICATE block".to_owned()));
+    }
+    Ok(blocks.into_iter().map(CertificateDer::from).collect())
+}
+
+/// Reads a CA certificate file and checks that it is a CA.
+///
+/// # Errors
+/// As [`read_certificates`] and [`CaCertificate::from_der`].
+pub fn read_ca_certificate(path: &Path) -> Result<CaCertificate> {
+    let first =
+        read_certificates(path)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| PkiError::MalformedPem {
+                path: path.to_path_buf(),
+                what: "CERTIFICATE",
+                reason: "empty".to_owned(),
+            })?;
+    CaCertificate::from_der(first)
+}
+
+/// Reads a CRL PEM file.
+///
+/// # Errors
+/// [`PkiError::MalformedPem`], [`PkiError::FileTooLarge`] or [`PkiError::Io`].
+pub fn read_crl(path: &Path) -> Result<Crl> {
+    let text = read_bounded(path, MAX_CRL_FILE, "CRL")?;
+    let der = all_pem_blocks(&text, "X509 CRL")
+        .map_err(|reason| PkiError::MalformedPem {
+            path: path.to_path_buf(),
+            what: "X509 CRL",
+            reason,
+        })?
+        .into_iter()
+        .next()
+        .ok_or_else(|| PkiError::MalformedPem {
+            path: path.to_path_buf(),
+            what: "X509 CRL",
+            reason: "no X509 CRL block".to_owned(),
+        })?;
+    Ok(Crl::from_der(der))
+}
+
+/// Reads a CSR file (PEM or DER), bounded by [`crate::MAX_CSR_LEN`].
+///
+/// # Errors
+/// [`PkiError::FileTooLarge`] or [`PkiError::Io`].
+pub fn read_csr_file(path: &Path) -> Result<Vec<u8>> {
+    let max = crate::csr::MAX_CSR_LEN as u64;
+    let f = fs::File::open(path).map_err(PkiError::io("open", path))?;
+    let len = f.metadata().map_err(PkiError::io("stat", path))?.len();
+    if len > max {
+        return Err(PkiError::FileTooLarge {
+            path: path.to_path_buf(),
+            len,
+            max,
+            what: "CSR",
+        });
+    }
+    let mut buf = Vec::new();
+    f.take(max)
+        .read_to_end(&mut buf)
+        .map_err(PkiError::io("read", path))?;
+    Ok(buf)
+}
+
+fn join(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}
+
+/// Writes both CAs (certificates, keys with mode 0600, fresh CRLs) into `dir`, creating it.
+///
+/// # Errors
+/// [`PkiError::Io`] naming the path, or a CRL signing failure.
+pub fn save_server_ca(ca: &mut ServerCa, dir: &Path, now: SystemTime) -> Result<()> {
+    fs::create_dir_all(dir).map_err(PkiError::io("create directory", dir))?;
+    for (kind, cert, key, crl) in [
+        (CaKind::Server, files::CA_CERT, files::CA_KEY, files::CA_CRL),
+        (
+            CaKind::Mobile,
+            files::MOBILE_CA_CERT,
+            files::MOBILE_CA_KEY,
+            files::MOBILE_CA_CRL,
+        ),
+    ] {
+        let list = ca.crl(kind, now)?;
+        let auth = ca.authority(kind);
+        write_private_key(&join(dir, key), &auth.private_key_pem())?;
+        write_public(&join(dir, cert), &auth.certificate().to_pem())?;
+        write_public(&join(dir, crl), &list.to_pem())?;
+    }
+    Ok(())
+}
+
+/// Loads both CAs from `dir` (as written by [`save_server_ca`]), restoring their revocation
+/// lists from the CRL files when present.
+///
+/// # Errors
+/// Any read error naming the file, [`PkiError::NotACa`], [`PkiError::KeyMismatch`],
+/// [`PkiError::MalformedCrl`] or [`PkiError::InvalidConfig`].
+pub fn load_server_ca(dir: &Path, config: PkiConfig) -> Result<ServerCa> {
+    let load = |cert: &str, key: &str, crl: &str| -> Result<CertificateAuthority> {
+        let cert = read_ca_certificate(&join(dir, cert))?;
+        let key = read_private_key(&join(dir, key))?;
+        let mut auth = CertificateAuthority::from_parts(cert, key)?;
+        let crl_path = join(dir, crl);
+        if crl_path.exists() {
+            auth.load_crl(&read_crl(&crl_path)?)?;
+        }
+        Ok(auth)
+    };
+    let root = load(files::CA_CERT, files::CA_KEY, files::CA_CRL)?;
+    let mobile = load(
+        files::MOBILE_CA_CERT,
+        files::MOBILE_CA_KEY,
+        files::MOBILE_CA_CRL,
+    )?;
+    ServerCa::from_parts(config, root, mobile)
+}

@@ -1,0 +1,105 @@
+//! The Administration Server's side of the gateways: its own device port (direct devices and
+//! remote-office tunnels) and the DMZ gateways it dials, from a TOML file. Every device, however
+//! it came, is answered with the wire protocol's hello and sync exchange and logged with the
+//! identity that was authenticated for it.
+//!
+//! `cargo run --release --example gateway_server -- --config examples/config/server.toml`
+
+mod common;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use outpost::gateway::{DeviceConnection, DeviceListener, ServerConnector, ServerSideConfig};
+use outpost::wire::messages::{HelloAck, Refusal, RefusalCode, Role, SyncResponse};
+use outpost::wire::{Message, MessageCodec, VersionRange, negotiate};
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+
+const PROGRAM: &str = "gateway_server";
+
+/// Answers one device: version negotiation, then sync requests, until it leaves.
+async fn answer(conn: DeviceConnection) {
+    let who = format!(
+        "{} [{}] via {}",
+        conn.peer.subject,
+        conn.peer.fingerprint(),
+        conn.via
+    );
+    let mut framed = Framed::new(conn.stream, MessageCodec::new());
+    while let Some(Ok(m)) = framed.next().await {
+        let reply = match m {
+            Message::Hello(h) => match VersionRange::new(h.min_version, h.max_version)
+                .and_then(|v| negotiate(VersionRange::CURRENT, v))
+            {
+                Ok(version) => {
+                    println!("hello from {} ({who}), protocol {version}", h.node_id);
+                    Message::from(HelloAck {
+                        version,
+                        role: Role::Server as i32,
+                        node_id: "server".into(),
+                    })
+                }
+                Err(e) => Message::from(Refusal {
+                    code: RefusalCode::VersionMismatch as i32,
+                    reason: e.to_string(),
+                }),
+            },
+            Message::SyncRequest(r) => {
+                println!("sync from {} ({who})", r.device_id);
+                Message::from(SyncResponse {
+                    next_sync_secs: 900,
+                    ..Default::default()
+                })
+            }
+            other => Message::from(Refusal {
+                code: RefusalCode::ProtocolViolation as i32,
+                reason: format!("{} is not served here", other.message_type().name()),
+            }),
+        };
+        if framed.send(reply).await.is_err() {
+            break;
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    common::init_logger();
+    let flags = common::Flags::parse(PROGRAM, &["config"], &[]);
+    let (text, base) = flags.config(PROGRAM);
+    let config = ServerSideConfig::from_toml(&text).unwrap_or_else(|e| common::die(PROGRAM, e));
+    config
+        .validate()
+        .unwrap_or_else(|e| common::die(PROGRAM, e));
+    let tls = config
+        .tls
+        .load(&base)
+        .unwrap_or_else(|e| common::die(PROGRAM, e));
+    let (tx, mut rx) = mpsc::channel(1024);
+    let listener = DeviceListener::start(
+        config.listen,
+        &tls,
+        Duration::from_millis(config.handshake_timeout_ms),
+        tx.clone(),
+    )
+    .await
+    .unwrap_or_else(|e| common::die(PROGRAM, e));
+    println!("device port: {}", listener.local_addr());
+    let connector = ServerConnector::start(config.connector.clone(), &tls, tx)
+        .unwrap_or_else(|e| common::die(PROGRAM, e));
+    for g in &config.connector.gateways {
+        println!("dialling DMZ gateway {} at {} ({})", g.id, g.addr, g.name);
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            c = rx.recv() => match c {
+                Some(c) => { tokio::spawn(answer(c)); }
+                None => break,
+            },
+        }
+    }
+    connector.shutdown().await;
+    listener.shutdown().await;
+}

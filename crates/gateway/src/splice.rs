@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Bytes carried by a finished relay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -27,37 +30,56 @@ pub struct RelayCounters {
     pub b_to_a: AtomicU64,
 }
 
-async fn pump<R, W>(
-    mut r: R,
-    mut w: W,
-    buf_size: usize,
-    counters: [&AtomicU64; 2],
-    activity: &AtomicU64,
-) -> std::io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; buf_size];
-    loop {
-        let n = r.read(&mut buf).await?;
-        if n == 0 {
-            // Half-close: tell the other side no more bytes come this way.
-            w.shutdown().await?;
-            return Ok(());
+/// A stream that counts the bytes read from it into two counters and bumps an activity
+/// counter, so the relay can report progress and notice idleness without a lock.
+struct Counted<'a, S> {
+    inner: S,
+    counters: [&'a AtomicU64; 2],
+    activity: &'a AtomicU64,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            for c in self.counters {
+                c.fetch_add(n, Ordering::Relaxed);
+            }
+            self.activity.fetch_add(1, Ordering::Relaxed);
         }
-        w.write_all(&buf[..n]).await?;
-        w.flush().await?;
-        for c in counters {
-            c.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        activity.fetch_add(1, Ordering::Relaxed);
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
 /// Relays between `a` and `b` until both directions have ended, either side fails, or no
 /// byte moves for `idle`. Also adds to `totals` as bytes move (so a relay that ends in an
 /// error is counted too).
+///
+/// Both directions are driven from one task without splitting the streams (no lock around
+/// a TLS session), each through its own `buf_size` buffer; a write side is flushed when its
+/// reader has nothing more at the moment, and shut down when its reader reaches the end.
 pub async fn splice<A, B>(
     a: A,
     b: B,
@@ -66,29 +88,23 @@ pub async fn splice<A, B>(
     totals: Option<Arc<RelayCounters>>,
 ) -> std::io::Result<Relayed>
 where
-    A: AsyncRead + AsyncWrite + Send,
-    B: AsyncRead + AsyncWrite + Send,
+    A: AsyncRead + AsyncWrite + Unpin + Send,
+    B: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let counters = totals.unwrap_or_default();
+    let totals = totals.unwrap_or_default();
     let local = RelayCounters::default();
     let activity = AtomicU64::new(0);
-    let (ar, aw) = tokio::io::split(a);
-    let (br, bw) = tokio::io::split(b);
-    let up = pump(
-        ar,
-        bw,
-        buf_size,
-        [&local.a_to_b, &counters.a_to_b],
-        &activity,
-    );
-    let down = pump(
-        br,
-        aw,
-        buf_size,
-        [&local.b_to_a, &counters.b_to_a],
-        &activity,
-    );
-    let both = async { tokio::try_join!(up, down) };
+    let mut a = Counted {
+        inner: a,
+        counters: [&local.a_to_b, &totals.a_to_b],
+        activity: &activity,
+    };
+    let mut b = Counted {
+        inner: b,
+        counters: [&local.b_to_a, &totals.b_to_a],
+        activity: &activity,
+    };
+    let both = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, buf_size, buf_size);
     let watchdog = async {
         let mut seen = activity.load(Ordering::Relaxed);
         loop {
@@ -113,6 +129,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
     async fn relays_both_ways_and_propagates_half_close() {

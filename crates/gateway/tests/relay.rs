@@ -586,3 +586,104 @@ async fn device_limit_closes_extra_devices_at_once() {
     conn.shutdown().await;
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_reset_closes_the_server_side_too() {
+    let pki = Pki::new();
+    let gw = Gateway::start(GatewayConfig::dmz("gw-dmz", local()), pki.gateway())
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::channel(8);
+    let conn = ServerConnector::start(
+        connector_config(vec![DmzGatewayEntry::new(
+            "gw-dmz",
+            gw.local_addr(),
+            GATEWAY_NAME,
+        )]),
+        &pki.server(),
+        tx,
+    )
+    .unwrap();
+    wait_until("signal connection", || gw.stats().signal_sessions == 1).await;
+    let cert = pki.agent("device-1");
+    // Connect over a socket we can reset.
+    let tcp = TcpStream::connect(gw.local_addr()).await.unwrap();
+    let cfg =
+        outpost_pki::tls::agent_client_config(&cert, pki.ca.server_ca(), &TlsOptions::default())
+            .unwrap();
+    let mut tls = TlsConnector::from(cfg)
+        .connect(ServerName::try_from(GATEWAY_NAME).unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"ping").await.unwrap();
+    tls.flush().await.unwrap();
+    let server_side = bounded("device reaches the server", rx.recv())
+        .await
+        .unwrap();
+    let mut stream = server_side.stream;
+    let mut buf = [0u8; 4];
+    stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+    // Reset: SO_LINGER 0 and drop, no TLS close_notify.
+    let (tcp, _) = tls.into_inner();
+    tcp.set_linger(Some(Duration::ZERO)).unwrap();
+    drop(tcp);
+    // The server's side ends (error or end of stream), it is not left open.
+    let mut rest = Vec::new();
+    let r = bounded("server side closes", stream.read_to_end(&mut rest)).await;
+    assert!(
+        r.is_err() || rest.is_empty(),
+        "server side kept receiving after the reset"
+    );
+    wait_until("relay counted as ended", || gw.stats().devices_active == 0).await;
+    assert_eq!(gw.stats().relay_errors, 1);
+    conn.shutdown().await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_drains_active_relays_and_accepts_no_more() {
+    let pki = Pki::new();
+    let gw = Gateway::start(GatewayConfig::dmz("gw-dmz", local()), pki.gateway())
+        .await
+        .unwrap();
+    let addr = gw.local_addr();
+    let (tx, rx) = mpsc::channel(8);
+    let _seen = echo_server(rx);
+    let conn = ServerConnector::start(
+        connector_config(vec![DmzGatewayEntry::new("gw-dmz", addr, GATEWAY_NAME)]),
+        &pki.server(),
+        tx,
+    )
+    .unwrap();
+    wait_until("signal connection", || gw.stats().signal_sessions == 1).await;
+    let cert = pki.agent("device-1");
+    let tls = agent_connect(&pki, &cert, addr, GATEWAY_NAME)
+        .await
+        .unwrap();
+    let (mut r, mut w) = tokio::io::split(tls);
+    w.write_all(b"first half ").await.unwrap();
+    w.flush().await.unwrap();
+    let mut buf = vec![0u8; 11];
+    r.read_exact(&mut buf).await.unwrap();
+    // Shut down while the relay is active.
+    let shutdown = tokio::spawn(gw.shutdown());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown did not wait for the active relay"
+    );
+    // New devices are no longer accepted...
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "still accepting during drain"
+    );
+    // ...but the active one finishes its exchange.
+    w.write_all(b"second half").await.unwrap();
+    w.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(rest, b"second half");
+    bounded("shutdown after drain", shutdown).await.unwrap();
+    conn.shutdown().await;
+}

@@ -10,10 +10,12 @@
 //! | [`election`] | `outpost-election` | distribution point scopes and election |
 //! | [`multicast`] | `outpost-multicast` | reliable UDP multicast distribution |
 //! | [`gateway`] | `outpost-gateway` | connection gateway relay (DMZ and remote office) and the server-side connector |
+//! | [`server`] | `outpost-server` | Administration Server core: persistent registry, enrollment |
 
 pub use outpost_election as election;
 pub use outpost_gateway as gateway;
 pub use outpost_multicast as multicast;
 pub use outpost_pki as pki;
+pub use outpost_server as server;
 pub use outpost_policy as policy;
 pub use outpost_wire as wire;

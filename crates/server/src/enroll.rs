@@ -1,0 +1,73 @@
+//! Enrollment: a Network Agent presents a certificate signing request and the one-time token
+//! the administrator issued; the server signs the request (taking only its public key) with an
+//! agent profile bound to the device id, places the device in the token's group, and uses the
+//! token up.
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use outpost_pki::{CertProfile, ServerCa};
+use outpost_wire::messages::{EnrollRequest, EnrollResponse, RefusalCode};
+
+use crate::error::EnrollmentRefusal;
+use crate::{Registry, ServerError};
+
+/// Enrolls the device of `req`. On success the registry holds the device (save it); on
+/// refusal nothing changes and the token stays usable (a request with a bad CSR does not burn
+/// the legitimate agent's token).
+pub fn enroll(
+    registry: &mut Registry,
+    ca: &ServerCa,
+    req: &EnrollRequest,
+    now: SystemTime,
+) -> Result<EnrollResponse, ServerError> {
+    let device = req.device_id.as_str();
+    let refuse = |reason| ServerError::EnrollmentRefused {
+        device: device.chars().take(200).collect(),
+        reason,
+    };
+    crate::registry::check_id("device id", device)?;
+    if registry.device(device).is_some() {
+        return Err(refuse(EnrollmentRefusal::AlreadyEnrolled));
+    }
+    let group = registry
+        .check_token(&req.enrollment_token, device, now)
+        .map_err(refuse)?
+        .group
+        .clone();
+    let profile =
+        CertProfile::agent(device).map_err(|e| refuse(EnrollmentRefusal::BadCsr(e.to_string())))?;
+    let signed = ca
+        .sign_csr(&req.csr_der, &profile, now)
+        .map_err(|e| refuse(EnrollmentRefusal::BadCsr(e.to_string())))?;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &signed.cert_der);
+    registry.complete_enrollment(&req.enrollment_token, device, &group, digest.as_ref(), now);
+    Ok(EnrollResponse {
+        certificate_der: Bytes::copy_from_slice(&signed.cert_der),
+        chain_der: signed
+            .chain
+            .iter()
+            .skip(1)
+            .map(|c| Bytes::copy_from_slice(c))
+            .collect(),
+        ca_der: Bytes::copy_from_slice(ca.server_ca().der()),
+        group,
+    })
+}
+
+/// The wire refusal code for an error from [`enroll`].
+pub fn refusal_code(e: &ServerError) -> RefusalCode {
+    match e {
+        ServerError::EnrollmentRefused {
+            reason: EnrollmentRefusal::BadCsr(_),
+            ..
+        } => RefusalCode::BadCsr,
+        ServerError::EnrollmentRefused {
+            reason: EnrollmentRefusal::AlreadyEnrolled,
+            ..
+        } => RefusalCode::NotAuthorized,
+        ServerError::EnrollmentRefused { .. } => RefusalCode::BadEnrollmentToken,
+        ServerError::InvalidId { .. } => RefusalCode::ProtocolViolation,
+        _ => RefusalCode::Internal,
+    }
+}

@@ -1,0 +1,110 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the server core.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// Reading or writing the state file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The state file is larger than the configured bound.
+    #[error("{path}: {len} bytes, more than the maximum of {max}")]
+    StateTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its length.
+        len: u64,
+        /// The bound.
+        max: u64,
+    },
+    /// The state file is not a valid registry.
+    #[error("{path}: not a valid registry: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What the parser found (with line and column).
+        reason: String,
+    },
+    /// The state file was written by a newer format.
+    #[error("{path}: registry format {found}, this server reads up to {supported}")]
+    UnsupportedFormat {
+        /// The file.
+        path: PathBuf,
+        /// The format version found.
+        found: u32,
+        /// The newest format this server reads.
+        supported: u32,
+    },
+    /// A group id is unknown.
+    #[error("unknown group {0:?}")]
+    UnknownGroup(String),
+    /// A device id is unknown.
+    #[error("unknown device {0:?}")]
+    UnknownDevice(String),
+    /// An object with this id already exists.
+    #[error("{kind} {id:?} already exists")]
+    Duplicate {
+        /// What kind of object.
+        kind: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// Moving a group would make it its own ancestor.
+    #[error("moving group {group:?} under {parent:?} would create a cycle")]
+    Cycle {
+        /// The group.
+        group: String,
+        /// The requested parent.
+        parent: String,
+    },
+    /// An identifier is not acceptable.
+    #[error("invalid {what} {value:?}: {reason}")]
+    InvalidId {
+        /// What kind of identifier.
+        what: &'static str,
+        /// The value.
+        value: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The enrollment was refused.
+    #[error("enrollment of {device:?} refused: {reason}")]
+    EnrollmentRefused {
+        /// The device id asked for.
+        device: String,
+        /// Why.
+        reason: EnrollmentRefusal,
+    },
+    /// The random source failed.
+    #[error("the operating system's random source failed")]
+    Random,
+}
+
+/// Why an enrollment was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnrollmentRefusal {
+    /// The token is not one the server issued, or it was already used.
+    #[error("unknown or already used enrollment token")]
+    UnknownToken,
+    /// The token expired.
+    #[error("the enrollment token expired")]
+    ExpiredToken,
+    /// The token was issued for another device.
+    #[error("the enrollment token was issued for device {0:?}")]
+    OtherDevice(String),
+    /// The device is already enrolled.
+    #[error("the device is already enrolled")]
+    AlreadyEnrolled,
+    /// The certificate request is not acceptable.
+    #[error("certificate request refused: {0}")]
+    BadCsr(String),
+}

@@ -1,0 +1,51 @@
+//! # outpost-server
+//!
+//! The Administration Server's core, growing piece by piece:
+//!
+//! - [`Registry`]: administration groups (a tree under the root group), enrolled devices,
+//!   registered connection gateways (remote-office and DMZ) and one-time enrollment tokens,
+//!   all belonging to one server instance id and persisted as one JSON document written
+//!   atomically ([`store`]), so a restart keeps the state and a crash never tears it.
+//! - [`enroll()`]: an agent's certificate signing request plus a token becomes a signed agent
+//!   certificate bound to its device id (through `outpost-pki`), and a device in the token's
+//!   group.
+//!
+//! ```
+//! use std::time::{Duration, SystemTime};
+//! use outpost_pki::{PkiConfig, ServerCa};
+//! use outpost_server::{Registry, enroll};
+//! use outpost_wire::messages::EnrollRequest;
+//!
+//! let now = SystemTime::now();
+//! let ca = ServerCa::create(PkiConfig::default(), now).unwrap();
+//! let mut reg = Registry::new("server-1").unwrap();
+//! reg.add_group("office", "Office", None).unwrap();
+//! let token = reg.issue_token("office", None, Duration::from_secs(600), now).unwrap();
+//!
+//! // The agent makes a key pair and a CSR (here with rcgen).
+//! let key = rcgen::KeyPair::generate().unwrap();
+//! let csr = rcgen::CertificateParams::new(vec![]).unwrap().serialize_request(&key).unwrap();
+//! let req = EnrollRequest {
+//!     device_id: "laptop-1".into(),
+//!     csr_der: csr.der().to_vec().into(),
+//!     enrollment_token: token.clone(),
+//!     group_hint: String::new(),
+//! };
+//! let resp = enroll(&mut reg, &ca, &req, now).unwrap();
+//! assert_eq!(resp.group, "office");
+//! assert!(reg.device("laptop-1").is_some());
+//! // The token was single-use.
+//! assert!(enroll(&mut reg, &ca, &EnrollRequest { device_id: "laptop-2".into(), ..req }, now).is_err());
+//! ```
+
+mod enroll;
+mod error;
+mod registry;
+pub mod store;
+
+pub use enroll::{enroll, refusal_code};
+pub use error::{EnrollmentRefusal, ServerError};
+pub use registry::{
+    Device, FORMAT, GatewayRegistration, Group, MAX_REGISTRY_BYTES, ROOT_GROUP, Registry,
+    TokenRecord, check_id,
+};

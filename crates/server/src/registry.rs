@@ -1,0 +1,479 @@
+//! The server's registry of administration groups, devices, gateways and enrollment tokens,
+//! persisted as one JSON document written atomically.
+//!
+//! ```
+//! use std::time::{Duration, SystemTime};
+//! use outpost_server::Registry;
+//!
+//! let dir = std::env::temp_dir().join(format!("outpost-registry-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir).unwrap();
+//! let path = dir.join("registry.json");
+//!
+//! let mut reg = Registry::new("server-1").unwrap();
+//! reg.add_group("accounting", "Accounting", None).unwrap();
+//! let token = reg.issue_token("accounting", Some("laptop-7"), Duration::from_secs(3600), SystemTime::now()).unwrap();
+//! reg.save(&path).unwrap();
+//!
+//! // After a restart, the same state.
+//! let back = Registry::load(&path).unwrap().unwrap();
+//! assert_eq!(back, reg);
+//! assert_eq!(token.len(), 64);
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::EnrollmentRefusal;
+use crate::{ServerError, store};
+
+/// The registry format this crate writes and the newest it reads.
+pub const FORMAT: u32 = 1;
+/// The id of the root administration group ("Managed devices").
+pub const ROOT_GROUP: &str = "root";
+/// The largest registry file read (64 MiB: ample for 100,000 devices).
+pub const MAX_REGISTRY_BYTES: u64 = 64 * 1024 * 1024;
+
+/// An administration group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Group {
+    /// Display name.
+    pub name: String,
+    /// The parent group (`None` only for the root).
+    pub parent: Option<String>,
+}
+
+/// An enrolled device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Device {
+    /// Its administration group.
+    pub group: String,
+    /// SHA-256 of its certificate, lower-case hex.
+    pub cert_sha256: String,
+    /// When it enrolled, seconds since the Unix epoch.
+    pub enrolled_at_unix: u64,
+}
+
+/// A registered connection gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum GatewayRegistration {
+    /// A remote-office gateway: a distribution point with "keep connection" that dials the
+    /// server itself.
+    RemoteOffice {
+        /// The device that holds the role.
+        device_id: String,
+    },
+    /// A DMZ gateway: the server dials it.
+    Dmz {
+        /// The address the server dials.
+        addr: SocketAddr,
+        /// The DNS names its certificate carries (the first is dialled by name).
+        dns_names: Vec<String>,
+    },
+}
+
+/// An unused enrollment token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TokenRecord {
+    /// The group an enrolling device is placed in.
+    pub group: String,
+    /// If set, only this device id may use the token.
+    pub device: Option<String>,
+    /// Expiry, seconds since the Unix epoch.
+    pub expires_unix: u64,
+}
+
+/// The registry. Every object belongs to the server instance named by
+/// [`instance_id`](Self::instance_id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    format: u32,
+    /// The server instance the objects belong to.
+    pub instance_id: String,
+    groups: BTreeMap<String, Group>,
+    devices: BTreeMap<String, Device>,
+    gateways: BTreeMap<String, GatewayRegistration>,
+    /// Keyed by the SHA-256 (hex) of the token: the token itself is never stored.
+    tokens: BTreeMap<String, TokenRecord>,
+}
+
+pub(crate) fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn token_key(token: &str) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref())
+}
+
+/// Checks an identifier: 1 to 128 characters of `A-Z a-z 0-9 . _ : -`.
+pub fn check_id(what: &'static str, value: &str) -> Result<(), ServerError> {
+    let bad = |reason| {
+        Err(ServerError::InvalidId {
+            what,
+            value: value.chars().take(200).collect(),
+            reason,
+        })
+    };
+    if value.is_empty() {
+        return bad("empty");
+    }
+    if value.len() > 128 {
+        return bad("longer than 128 characters");
+    }
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
+    {
+        return bad("only letters, digits and . _ : - are allowed");
+    }
+    Ok(())
+}
+
+impl Registry {
+    /// An empty registry with only the root group.
+    pub fn new(instance_id: &str) -> Result<Self, ServerError> {
+        check_id("server instance id", instance_id)?;
+        let mut groups = BTreeMap::new();
+        groups.insert(
+            ROOT_GROUP.to_string(),
+            Group {
+                name: "Managed devices".into(),
+                parent: None,
+            },
+        );
+        Ok(Registry {
+            format: FORMAT,
+            instance_id: instance_id.into(),
+            groups,
+            devices: BTreeMap::new(),
+            gateways: BTreeMap::new(),
+            tokens: BTreeMap::new(),
+        })
+    }
+
+    /// Loads the registry at `path`; `Ok(None)` if there is none yet. The whole document is
+    /// checked (known parents, no cycles, devices in known groups).
+    pub fn load(path: &Path) -> Result<Option<Self>, ServerError> {
+        let Some(bytes) = store::read_bounded(path, MAX_REGISTRY_BYTES)? else {
+            return Ok(None);
+        };
+        let corrupt = |reason: String| ServerError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        };
+        #[derive(Deserialize)]
+        struct Head {
+            format: u32,
+        }
+        let head: Head = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        if head.format > FORMAT {
+            return Err(ServerError::UnsupportedFormat {
+                path: path.to_path_buf(),
+                found: head.format,
+                supported: FORMAT,
+            });
+        }
+        let reg: Registry = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        reg.check().map_err(|e| corrupt(e.to_string()))?;
+        Ok(Some(reg))
+    }
+
+    /// Writes the registry to `path` atomically.
+    pub fn save(&self, path: &Path) -> Result<(), ServerError> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| ServerError::Corrupt {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        store::write_atomic(path, &bytes)
+    }
+
+    fn check(&self) -> Result<(), ServerError> {
+        check_id("server instance id", &self.instance_id)?;
+        match self.groups.get(ROOT_GROUP) {
+            Some(Group { parent: None, .. }) => {}
+            _ => return Err(ServerError::UnknownGroup(ROOT_GROUP.into())),
+        }
+        for (id, g) in &self.groups {
+            check_id("group id", id)?;
+            if id != ROOT_GROUP {
+                let parent = g
+                    .parent
+                    .as_deref()
+                    .ok_or_else(|| ServerError::UnknownGroup(format!("parent of {id}")))?;
+                if !self.groups.contains_key(parent) {
+                    return Err(ServerError::UnknownGroup(parent.into()));
+                }
+            }
+            // Walking up must reach the root within the number of groups.
+            let mut at = id.as_str();
+            for _ in 0..=self.groups.len() {
+                match self.groups.get(at).and_then(|g| g.parent.as_deref()) {
+                    Some(p) => at = p,
+                    None => break,
+                }
+            }
+            if at != ROOT_GROUP {
+                return Err(ServerError::Cycle {
+                    group: id.clone(),
+                    parent: g.parent.clone().unwrap_or_default(),
+                });
+            }
+        }
+        for (id, d) in &self.devices {
+            check_id("device id", id)?;
+            if !self.groups.contains_key(&d.group) {
+                return Err(ServerError::UnknownGroup(d.group.clone()));
+            }
+        }
+        for t in self.tokens.values() {
+            if !self.groups.contains_key(&t.group) {
+                return Err(ServerError::UnknownGroup(t.group.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a group under `parent` (the root if `None`).
+    pub fn add_group(
+        &mut self,
+        id: &str,
+        name: &str,
+        parent: Option<&str>,
+    ) -> Result<(), ServerError> {
+        check_id("group id", id)?;
+        let parent = parent.unwrap_or(ROOT_GROUP);
+        if !self.groups.contains_key(parent) {
+            return Err(ServerError::UnknownGroup(parent.into()));
+        }
+        if self.groups.contains_key(id) {
+            return Err(ServerError::Duplicate {
+                kind: "group",
+                id: id.into(),
+            });
+        }
+        self.groups.insert(
+            id.into(),
+            Group {
+                name: name.into(),
+                parent: Some(parent.into()),
+            },
+        );
+        Ok(())
+    }
+
+    /// Moves a group under another.
+    pub fn move_group(&mut self, id: &str, parent: &str) -> Result<(), ServerError> {
+        if id == ROOT_GROUP || !self.groups.contains_key(id) {
+            return Err(ServerError::UnknownGroup(id.into()));
+        }
+        if !self.groups.contains_key(parent) {
+            return Err(ServerError::UnknownGroup(parent.into()));
+        }
+        let mut at = Some(parent);
+        while let Some(g) = at {
+            if g == id {
+                return Err(ServerError::Cycle {
+                    group: id.into(),
+                    parent: parent.into(),
+                });
+            }
+            at = self.groups.get(g).and_then(|g| g.parent.as_deref());
+        }
+        if let Some(g) = self.groups.get_mut(id) {
+            g.parent = Some(parent.into());
+        }
+        Ok(())
+    }
+
+    /// The groups.
+    pub fn groups(&self) -> &BTreeMap<String, Group> {
+        &self.groups
+    }
+
+    /// The enrolled devices.
+    pub fn devices(&self) -> &BTreeMap<String, Device> {
+        &self.devices
+    }
+
+    /// One device.
+    pub fn device(&self, id: &str) -> Option<&Device> {
+        self.devices.get(id)
+    }
+
+    /// Moves a device to another group.
+    pub fn move_device(&mut self, id: &str, group: &str) -> Result<(), ServerError> {
+        if !self.groups.contains_key(group) {
+            return Err(ServerError::UnknownGroup(group.into()));
+        }
+        let d = self
+            .devices
+            .get_mut(id)
+            .ok_or_else(|| ServerError::UnknownDevice(id.into()))?;
+        d.group = group.into();
+        Ok(())
+    }
+
+    /// Issues a one-time enrollment token placing the device in `group`, usable until
+    /// `now + ttl`, optionally only by `device`. The token is returned once and stored only
+    /// as its SHA-256.
+    pub fn issue_token(
+        &mut self,
+        group: &str,
+        device: Option<&str>,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<String, ServerError> {
+        use aws_lc_rs::rand::SecureRandom;
+        if !self.groups.contains_key(group) {
+            return Err(ServerError::UnknownGroup(group.into()));
+        }
+        if let Some(d) = device {
+            check_id("device id", d)?;
+        }
+        let mut raw = [0u8; 32];
+        aws_lc_rs::rand::SystemRandom::new()
+            .fill(&mut raw)
+            .map_err(|_| ServerError::Random)?;
+        let token = hex(&raw);
+        self.tokens.insert(
+            token_key(&token),
+            TokenRecord {
+                group: group.into(),
+                device: device.map(Into::into),
+                expires_unix: unix(now + ttl),
+            },
+        );
+        Ok(token)
+    }
+
+    /// Number of unused tokens.
+    pub fn pending_tokens(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Drops expired tokens; returns how many.
+    pub fn purge_expired_tokens(&mut self, now: SystemTime) -> usize {
+        let before = self.tokens.len();
+        let now = unix(now);
+        self.tokens.retain(|_, t| t.expires_unix > now);
+        before - self.tokens.len()
+    }
+
+    /// Checks a token for `device` without using it up.
+    pub(crate) fn check_token(
+        &self,
+        token: &str,
+        device: &str,
+        now: SystemTime,
+    ) -> Result<&TokenRecord, EnrollmentRefusal> {
+        let t = self
+            .tokens
+            .get(&token_key(token))
+            .ok_or(EnrollmentRefusal::UnknownToken)?;
+        if unix(now) >= t.expires_unix {
+            return Err(EnrollmentRefusal::ExpiredToken);
+        }
+        if let Some(d) = &t.device
+            && d != device
+        {
+            return Err(EnrollmentRefusal::OtherDevice(d.clone()));
+        }
+        Ok(t)
+    }
+
+    /// Uses up a token and records the enrolled device.
+    pub(crate) fn complete_enrollment(
+        &mut self,
+        token: &str,
+        device: &str,
+        group: &str,
+        cert_sha256: &[u8],
+        now: SystemTime,
+    ) {
+        self.tokens.remove(&token_key(token));
+        self.devices.insert(
+            device.into(),
+            Device {
+                group: group.into(),
+                cert_sha256: hex(cert_sha256),
+                enrolled_at_unix: unix(now),
+            },
+        );
+    }
+
+    /// Registers a remote-office gateway held by an enrolled device.
+    pub fn register_remote_office_gateway(
+        &mut self,
+        id: &str,
+        device_id: &str,
+    ) -> Result<(), ServerError> {
+        check_id("gateway id", id)?;
+        if !self.devices.contains_key(device_id) {
+            return Err(ServerError::UnknownDevice(device_id.into()));
+        }
+        self.add_gateway(
+            id,
+            GatewayRegistration::RemoteOffice {
+                device_id: device_id.into(),
+            },
+        )
+    }
+
+    /// Registers a DMZ gateway the server dials at `addr`; `dns_names` are the names its
+    /// certificate carries.
+    pub fn register_dmz_gateway(
+        &mut self,
+        id: &str,
+        addr: SocketAddr,
+        dns_names: Vec<String>,
+    ) -> Result<(), ServerError> {
+        check_id("gateway id", id)?;
+        for n in &dns_names {
+            outpost_pki::validate_dns_name(n).map_err(|_| ServerError::InvalidId {
+                what: "gateway DNS name",
+                value: n.clone(),
+                reason: "not a valid DNS name",
+            })?;
+        }
+        if dns_names.is_empty() {
+            return Err(ServerError::InvalidId {
+                what: "gateway DNS names",
+                value: String::new(),
+                reason: "at least one is needed",
+            });
+        }
+        self.add_gateway(id, GatewayRegistration::Dmz { addr, dns_names })
+    }
+
+    fn add_gateway(&mut self, id: &str, g: GatewayRegistration) -> Result<(), ServerError> {
+        if self.gateways.contains_key(id) {
+            return Err(ServerError::Duplicate {
+                kind: "gateway",
+                id: id.into(),
+            });
+        }
+        self.gateways.insert(id.into(), g);
+        Ok(())
+    }
+
+    /// The registered gateways.
+    pub fn gateways(&self) -> &BTreeMap<String, GatewayRegistration> {
+        &self.gateways
+    }
+}

@@ -62,3 +62,6 @@ pub use server::{
 
 /// TLS ALPN protocol of a remote-office gateway's tunnel to the server.
 pub const ALPN_TUNNEL: &[u8] = b"outpost-tunnel/1";
+/// TLS ALPN protocol of the server's enrollment channel: a device without a certificate yet
+/// connects with it (no client certificate asked) and may only enroll.
+pub const ALPN_ENROLL: &[u8] = outpost_pki::tls::ALPN_ENROLL;

@@ -26,7 +26,7 @@ use crate::config::{ConnectorConfig, DmzGatewayEntry, TlsMaterial};
 use crate::io::{read_message, write_message};
 use crate::peer::{DeviceConnection, DevicePeer, Via};
 use crate::splice::splice;
-use crate::{ALPN_TUNNEL, GatewayError};
+use crate::{ALPN_ENROLL, ALPN_TUNNEL, GatewayError};
 
 /// Counters of the connector, per gateway and in total.
 #[derive(Debug, Default)]
@@ -402,8 +402,11 @@ impl Link {
 }
 
 /// The server's own TLS port: devices that connect directly (agent port rules: a client
-/// certificate from the server CA) and remote-office gateways that open tunnels for their
-/// devices (TLS ALPN `outpost-tunnel/1`, gateway certificate required).
+/// certificate from the server CA), remote-office gateways that open tunnels for their
+/// devices (TLS ALPN `outpost-tunnel/1`, gateway certificate required), and devices without a
+/// certificate yet on the enrollment channel (TLS ALPN `outpost-enroll/1`, no client
+/// certificate; handed over with [`ChannelKind::Enrollment`], which the server must restrict
+/// to enrollment).
 pub struct DeviceListener;
 
 /// Control of a running [`DeviceListener`].
@@ -449,6 +452,10 @@ impl DeviceListener {
             &tls.server_ca,
             &opts.clone().with_alpn(vec![ALPN_TUNNEL.to_vec()]),
         )?;
+        let enroll = pki_tls::mobile_port_server_config_without_client_auth(
+            &tls.identity,
+            &opts.clone().with_alpn(vec![ALPN_ENROLL.to_vec()]),
+        )?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| GatewayError::Bind { addr, source })?;
@@ -458,8 +465,11 @@ impl DeviceListener {
         let failures = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(accept_devices(
             listener,
-            direct,
-            tunnel,
+            Configs {
+                direct,
+                tunnel,
+                enroll,
+            },
             handshake_timeout,
             out,
             shutdown.clone(),
@@ -476,11 +486,16 @@ impl DeviceListener {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn accept_devices(
-    listener: TcpListener,
+#[derive(Clone)]
+struct Configs {
     direct: Arc<ServerConfig>,
     tunnel: Arc<ServerConfig>,
+    enroll: Arc<ServerConfig>,
+}
+
+async fn accept_devices(
+    listener: TcpListener,
+    configs: Configs,
     timeout: Duration,
     out: mpsc::Sender<DeviceConnection>,
     shutdown: CancellationToken,
@@ -500,22 +515,33 @@ async fn accept_devices(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let (direct, tunnel, out, failures) = (
-            direct.clone(),
-            tunnel.clone(),
-            out.clone(),
-            failures.clone(),
-        );
+        let (configs, out, failures) = (configs.clone(), out.clone(), failures.clone());
         tracker.spawn(async move {
             let accepted = tokio::time::timeout(timeout, async {
                 let start =
                     LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
-                let is_tunnel = start
+                let alpn: Vec<Vec<u8>> = start
                     .client_hello()
                     .alpn()
-                    .is_some_and(|mut it| it.any(|p| p == ALPN_TUNNEL));
-                if !is_tunnel {
-                    let tls = start.into_stream(direct).await?;
+                    .map(|it| it.map(<[u8]>::to_vec).collect())
+                    .unwrap_or_default();
+                let wants = |p: &[u8]| alpn.iter().any(|a| a == p);
+                if wants(ALPN_ENROLL) {
+                    let tls = start.into_stream(configs.enroll).await?;
+                    let peer = DevicePeer {
+                        cert_sha256: None,
+                        subject: String::new(),
+                        remote_addr: addr.to_string(),
+                        channel: ChannelKind::Enrollment,
+                    };
+                    return Ok(DeviceConnection {
+                        stream: Box::new(tls),
+                        peer,
+                        via: Via::Direct,
+                    });
+                }
+                if !wants(ALPN_TUNNEL) {
+                    let tls = start.into_stream(configs.direct).await?;
                     let peer = DevicePeer::from_certificates(
                         tls.get_ref().1.peer_certificates(),
                         addr.to_string(),
@@ -527,7 +553,7 @@ async fn accept_devices(
                         via: Via::Direct,
                     });
                 }
-                let mut tls = start.into_stream(tunnel).await?;
+                let mut tls = start.into_stream(configs.tunnel).await?;
                 let gateway = tls
                     .get_ref()
                     .1

@@ -626,7 +626,7 @@ async fn a_device_reset_closes_the_server_side_too() {
     assert_eq!(&buf, b"ping");
     // Reset: SO_LINGER 0 and drop, no TLS close_notify.
     let (tcp, _) = tls.into_inner();
-    tcp.set_linger(Some(Duration::ZERO)).unwrap();
+    socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO)).unwrap();
     drop(tcp);
     // The server's side ends (error or end of stream), it is not left open.
     let mut rest = Vec::new();

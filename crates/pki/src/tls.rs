@@ -9,6 +9,7 @@
 //! | signal / data link, server side | [`gateway_signal_client_config`], [`gateway_data_client_config`] | a gateway certificate (role `gateway`) naming the dialled host |
 //! | agent dialling the server or a gateway | [`agent_client_config`] | a server or gateway certificate naming the dialled host |
 //! | mobile device dialling a gateway | [`mobile_client_config`] | a gateway certificate naming the dialled host |
+//! | device enrolling at the server | [`enrollment_client_config`] | a server certificate naming the dialled host (no client certificate) |
 //!
 //! All use the aws-lc-rs provider ([`provider`]). Every verifier honours the CRLs given in
 //! [`TlsOptions`]: a certificate listed on its issuer's CRL is refused; a certificate whose
@@ -38,6 +39,9 @@ use crate::verify::PeerIdentity;
 pub const ALPN_SIGNAL: &[u8] = b"outpost-signal/1";
 /// ALPN protocol of a data connection (server to DMZ gateway, spliced to one device).
 pub const ALPN_DATA: &[u8] = b"outpost-data/1";
+/// ALPN protocol of the server's enrollment channel: a device without a certificate yet asks
+/// for one there (no client certificate is presented).
+pub const ALPN_ENROLL: &[u8] = b"outpost-enroll/1";
 
 /// The crypto provider of the whole workspace: aws-lc-rs.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -364,6 +368,25 @@ pub fn agent_client_config(
         roles: &[Role::Server, Role::Gateway],
     });
     client_config(Some(agent_identity), v, opts, opts.alpn_or(&[]), what)
+}
+
+/// A device without a certificate yet, dialling the server's enrollment channel: accepts only
+/// a server certificate signed by the server CA naming the host dialled, presents no client
+/// certificate, and offers ALPN [`ALPN_ENROLL`] unless `opts` says otherwise.
+///
+/// # Errors
+/// As [`agent_port_server_config`].
+pub fn enrollment_client_config(
+    server_ca: &CaCertificate,
+    opts: &TlsOptions,
+) -> Result<Arc<ClientConfig>> {
+    let what = "enrollment client";
+    let inner = server_verifier(server_ca, opts, what)?;
+    let v = Arc::new(RoleServerVerifier {
+        inner,
+        roles: &[Role::Server],
+    });
+    client_config(None, v, opts, opts.alpn_or(&[ALPN_ENROLL]), what)
 }
 
 /// A mobile device dialling a gateway: accepts a gateway certificate signed by the server CA

@@ -9,6 +9,12 @@
 //! - [`enroll()`]: an agent's certificate signing request plus a token becomes a signed agent
 //!   certificate bound to its device id (through `outpost-pki`), and a device in the token's
 //!   group.
+//! - [`AdminService`]: the server's side of every device connection, whether it came
+//!   directly, through a DMZ gateway or through a remote-office gateway (the
+//!   `outpost-gateway` crate hands them all over as one type): version negotiation,
+//!   enrollment on the enrollment channel, and on authenticated connections sync (answered by
+//!   a pluggable [`SyncSource`]), events, file chunks (from an [`ObjectStore`]) and pushed
+//!   "sync now" over the kept connection.
 //!
 //! ```
 //! use std::time::{Duration, SystemTime};
@@ -41,6 +47,7 @@
 mod enroll;
 mod error;
 mod registry;
+mod service;
 pub mod store;
 
 pub use enroll::{enroll, refusal_code};
@@ -48,4 +55,8 @@ pub use error::{EnrollmentRefusal, ServerError};
 pub use registry::{
     Device, FORMAT, GatewayRegistration, Group, MAX_REGISTRY_BYTES, ROOT_GROUP, Registry,
     TokenRecord, check_id,
+};
+pub use service::{
+    AdminService, DeviceContext, FixedInterval, MemoryObjects, ObjectStore, ServiceConfig,
+    ServiceStats, SyncSource,
 };

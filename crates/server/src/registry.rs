@@ -316,6 +316,15 @@ impl Registry {
         self.devices.get(id)
     }
 
+    /// The enrolled device whose certificate has this SHA-256.
+    pub fn device_by_fingerprint(&self, sha256: &[u8; 32]) -> Option<(&str, &Device)> {
+        let want = hex(sha256);
+        self.devices
+            .iter()
+            .find(|(_, d)| d.cert_sha256 == want)
+            .map(|(id, d)| (id.as_str(), d))
+    }
+
     /// Moves a device to another group.
     pub fn move_device(&mut self, id: &str, group: &str) -> Result<(), ServerError> {
         if !self.groups.contains_key(group) {

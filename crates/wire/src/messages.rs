@@ -79,6 +79,9 @@ pub enum ChannelKind {
     MobileUnauthenticated = 3,
     /// A Web Console connection tunnelled to the server side.
     WebConsole = 4,
+    /// A device without a certificate yet, on the server's enrollment channel: only
+    /// `EnrollRequest` is served.
+    Enrollment = 5,
 }
 
 /// The role of a distribution point within its scope.

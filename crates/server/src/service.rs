@@ -1,0 +1,416 @@
+//! The server's side of every device connection: version negotiation, enrollment on the
+//! enrollment channel, then sync, events and file chunks on an authenticated connection,
+//! which the server keeps open to push "sync now".
+//!
+//! What a sync answers comes from a [`SyncSource`] (the policy and election crates plug in
+//! there), and file chunks from an [`ObjectStore`]; the service itself holds no policy.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use outpost_gateway::{DeviceConnection, Via};
+use outpost_pki::ServerCa;
+use outpost_wire::messages::*;
+use outpost_wire::{Message, MessageCodec, VersionRange, negotiate};
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+
+use crate::{Registry, ServerError, enroll, refusal_code};
+
+/// Who a sync is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeviceContext {
+    /// The enrolled device id (from its certificate, never from what it claims).
+    pub device_id: String,
+    /// Its administration group.
+    pub group: String,
+    /// How it reached the server.
+    pub via: Via,
+}
+
+/// Answers a device's sync: what changed for it and when to sync next.
+pub trait SyncSource: Send + Sync + 'static {
+    /// The answer to `req` from `device`.
+    fn sync(&self, device: &DeviceContext, req: &SyncRequest) -> SyncResponse;
+}
+
+/// A sync source that only hands out the next sync interval.
+#[derive(Debug, Clone, Copy)]
+pub struct FixedInterval(pub u32);
+
+impl SyncSource for FixedInterval {
+    fn sync(&self, _: &DeviceContext, _: &SyncRequest) -> SyncResponse {
+        SyncResponse {
+            next_sync_secs: self.0,
+            ..Default::default()
+        }
+    }
+}
+
+/// Serves byte ranges of published objects (updates, installation packages).
+pub trait ObjectStore: Send + Sync + 'static {
+    /// Up to `len` bytes of `object_id` from `offset`, and the object's total size; `None` if
+    /// there is no such object.
+    fn read(&self, object_id: &str, offset: u64, len: u32) -> Option<(Bytes, u64)>;
+}
+
+/// Objects held in memory.
+#[derive(Debug, Default)]
+pub struct MemoryObjects {
+    objects: RwLock<HashMap<String, Bytes>>,
+}
+
+impl MemoryObjects {
+    /// Publishes `data` as `object_id` and returns its announcement (with its SHA-256).
+    pub fn publish(
+        &self,
+        object_id: &str,
+        name: &str,
+        version: u64,
+        data: Bytes,
+    ) -> UpdateAnnouncement {
+        let sha = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &data);
+        let a = UpdateAnnouncement {
+            object_id: object_id.into(),
+            name: name.into(),
+            version,
+            size: data.len() as u64,
+            sha256: Bytes::copy_from_slice(sha.as_ref()),
+        };
+        self.objects
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(object_id.into(), data);
+        a
+    }
+}
+
+impl ObjectStore for MemoryObjects {
+    fn read(&self, object_id: &str, offset: u64, len: u32) -> Option<(Bytes, u64)> {
+        let objects = self.objects.read().unwrap_or_else(|e| e.into_inner());
+        let data = objects.get(object_id)?;
+        let total = data.len() as u64;
+        let start = offset.min(total) as usize;
+        let end = (start as u64).saturating_add(u64::from(len)).min(total) as usize;
+        Some((data.slice(start..end), total))
+    }
+}
+
+/// Settings of the service.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServiceConfig {
+    /// Where the registry is saved after every change.
+    pub registry_path: PathBuf,
+    /// Largest chunk served per request (default 1 MiB).
+    pub max_chunk: u32,
+    /// Time allowed for a device's first message (default 10 s).
+    pub hello_timeout: Duration,
+    /// Largest frame accepted from a device (default 16 MiB).
+    pub max_frame_len: usize,
+}
+
+impl ServiceConfig {
+    /// Defaults, saving the registry at `registry_path`.
+    pub fn new(registry_path: impl Into<PathBuf>) -> Self {
+        ServiceConfig {
+            registry_path: registry_path.into(),
+            max_chunk: 1 << 20,
+            hello_timeout: Duration::from_secs(10),
+            max_frame_len: outpost_wire::DEFAULT_MAX_FRAME_LEN,
+        }
+    }
+}
+
+/// Counters of the service.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct ServiceStats {
+    /// Devices enrolled.
+    pub enrolled: AtomicU64,
+    /// Enrollments refused.
+    pub enroll_refused: AtomicU64,
+    /// Syncs answered.
+    pub syncs: AtomicU64,
+    /// Connections refused (unknown certificate, version, protocol).
+    pub refused: AtomicU64,
+    /// Events received.
+    pub events: AtomicU64,
+    /// Chunk bytes served.
+    pub bytes_served: AtomicU64,
+    /// "Sync now" pushes sent.
+    pub pushes: AtomicU64,
+}
+
+/// The Administration Server's device service. Hand every [`DeviceConnection`] to
+/// [`serve`](Self::serve), from whatever listener or gateway connector it came.
+pub struct AdminService {
+    config: ServiceConfig,
+    ca: Arc<ServerCa>,
+    registry: Mutex<Registry>,
+    sync: Arc<dyn SyncSource>,
+    objects: Arc<dyn ObjectStore>,
+    online: Mutex<HashMap<String, (u64, mpsc::Sender<Message>)>>,
+    next_conn: AtomicU64,
+    stats: ServiceStats,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl AdminService {
+    /// A service over `registry` (saved to `config.registry_path` after every change).
+    pub fn new(
+        config: ServiceConfig,
+        ca: Arc<ServerCa>,
+        registry: Registry,
+        sync: Arc<dyn SyncSource>,
+        objects: Arc<dyn ObjectStore>,
+    ) -> Arc<Self> {
+        Arc::new(AdminService {
+            config,
+            ca,
+            registry: Mutex::new(registry),
+            sync,
+            objects,
+            online: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            stats: ServiceStats::default(),
+        })
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &ServiceStats {
+        &self.stats
+    }
+
+    /// Runs `f` on the registry and saves it if `f` succeeds.
+    pub fn update_registry<T>(
+        &self,
+        f: impl FnOnce(&mut Registry) -> Result<T, ServerError>,
+    ) -> Result<T, ServerError> {
+        let mut reg = lock(&self.registry);
+        let out = f(&mut reg)?;
+        reg.save(&self.config.registry_path)?;
+        Ok(out)
+    }
+
+    /// A copy of the registry.
+    pub fn registry(&self) -> Registry {
+        lock(&self.registry).clone()
+    }
+
+    /// The devices with a kept connection now.
+    pub fn online(&self) -> Vec<String> {
+        let mut v: Vec<String> = lock(&self.online).keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Pushes "sync now" to a device over its kept connection; `false` if it has none.
+    pub fn push_sync_now(&self, device: &str, reason: &str, nonce: u64) -> bool {
+        let tx = lock(&self.online).get(device).map(|(_, tx)| tx.clone());
+        let sent = tx.is_some_and(|tx| {
+            tx.try_send(Message::from(SyncNow {
+                reason: reason.into(),
+                nonce,
+            }))
+            .is_ok()
+        });
+        if sent {
+            self.stats.pushes.fetch_add(1, Ordering::Relaxed);
+        }
+        sent
+    }
+
+    /// Serves one device connection until it closes.
+    pub async fn serve(self: Arc<Self>, conn: DeviceConnection) {
+        let peer = conn.peer.clone();
+        let via = conn.via.clone();
+        let mut framed = Framed::new(
+            conn.stream,
+            MessageCodec::with_max_frame_len(self.config.max_frame_len),
+        );
+        let refuse = |code: RefusalCode, reason: String| {
+            Message::from(Refusal {
+                code: code as i32,
+                reason,
+            })
+        };
+        let hello = match tokio::time::timeout(self.config.hello_timeout, framed.next()).await {
+            Ok(Some(Ok(Message::Hello(h)))) => h,
+            _ => {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let version = match VersionRange::new(hello.min_version, hello.max_version)
+            .and_then(|v| negotiate(VersionRange::CURRENT, v))
+        {
+            Ok(v) => v,
+            Err(e) => {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                let _ = framed
+                    .send(refuse(RefusalCode::VersionMismatch, e.to_string()))
+                    .await;
+                return;
+            }
+        };
+        let ack = HelloAck {
+            version,
+            role: Role::Server as i32,
+            node_id: self.registry().instance_id,
+        };
+        if framed.send(Message::from(ack)).await.is_err() {
+            return;
+        }
+
+        if peer.channel == ChannelKind::Enrollment {
+            let reply = match tokio::time::timeout(self.config.hello_timeout, framed.next()).await {
+                Ok(Some(Ok(Message::EnrollRequest(req)))) => {
+                    let result =
+                        self.update_registry(|reg| enroll(reg, &self.ca, &req, SystemTime::now()));
+                    match result {
+                        Ok(resp) => {
+                            self.stats.enrolled.fetch_add(1, Ordering::Relaxed);
+                            log::info!(
+                                "enrolled device {:?} from {}",
+                                req.device_id,
+                                peer.remote_addr
+                            );
+                            Message::from(resp)
+                        }
+                        Err(e) => {
+                            self.stats.enroll_refused.fetch_add(1, Ordering::Relaxed);
+                            log::warn!("enrollment from {} refused: {e}", peer.remote_addr);
+                            refuse(refusal_code(&e), e.to_string())
+                        }
+                    }
+                }
+                _ => refuse(
+                    RefusalCode::ProtocolViolation,
+                    "only EnrollRequest is served on the enrollment channel".into(),
+                ),
+            };
+            let _ = framed.send(reply).await;
+            return;
+        }
+
+        // An authenticated device: who it is comes from its certificate.
+        let known = peer.cert_sha256.as_ref().and_then(|fp| {
+            let reg = lock(&self.registry);
+            reg.device_by_fingerprint(fp)
+                .map(|(id, d)| (id.to_string(), d.group.clone()))
+        });
+        let Some((device_id, group)) = known else {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            let _ = framed
+                .send(refuse(
+                    RefusalCode::NotAuthorized,
+                    format!("certificate {} is not enrolled here", peer.fingerprint()),
+                ))
+                .await;
+            return;
+        };
+        let ctx = DeviceContext {
+            device_id: device_id.clone(),
+            group,
+            via,
+        };
+        let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::channel(16);
+        lock(&self.online).insert(device_id.clone(), (conn_id, tx));
+
+        loop {
+            let reply = tokio::select! {
+                pushed = rx.recv() => match pushed {
+                    Some(m) => m,
+                    None => break,
+                },
+                incoming = framed.next() => match incoming {
+                    Some(Ok(m)) => match self.answer(&ctx, m) {
+                        Some(r) => r,
+                        None => continue,
+                    },
+                    _ => break,
+                },
+            };
+            let closing = matches!(reply, Message::Refusal(_));
+            if framed.send(reply).await.is_err() || closing {
+                break;
+            }
+        }
+        let mut online = lock(&self.online);
+        if online.get(&device_id).is_some_and(|(id, _)| *id == conn_id) {
+            online.remove(&device_id);
+        }
+    }
+
+    fn answer(&self, ctx: &DeviceContext, m: Message) -> Option<Message> {
+        let refuse = |code: RefusalCode, reason: String| {
+            Message::from(Refusal {
+                code: code as i32,
+                reason,
+            })
+        };
+        Some(match m {
+            Message::SyncRequest(r) => {
+                if !r.device_id.is_empty() && r.device_id != ctx.device_id {
+                    return Some(refuse(
+                        RefusalCode::NotAuthorized,
+                        format!(
+                            "the certificate belongs to {:?}, not {:?}",
+                            ctx.device_id, r.device_id
+                        ),
+                    ));
+                }
+                self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+                Message::from(self.sync.sync(ctx, &r))
+            }
+            Message::EventBatch(b) => {
+                self.stats
+                    .events
+                    .fetch_add(b.events.len() as u64, Ordering::Relaxed);
+                Message::from(EventAck {
+                    up_to_id: b.events.iter().map(|e| e.id).max().unwrap_or(0),
+                })
+            }
+            Message::ChunkRequest(c) => {
+                let len = c.length.min(self.config.max_chunk);
+                match self.objects.read(&c.object_id, c.offset, len) {
+                    Some((data, total)) => {
+                        self.stats
+                            .bytes_served
+                            .fetch_add(data.len() as u64, Ordering::Relaxed);
+                        Message::from(ChunkResponse {
+                            object_id: c.object_id,
+                            offset: c.offset,
+                            data,
+                            total_size: total,
+                        })
+                    }
+                    None => refuse(
+                        RefusalCode::NotFound,
+                        format!("no object {:?}", c.object_id),
+                    ),
+                }
+            }
+            Message::Keepalive(k) if !k.reply => Message::from(Keepalive {
+                seq: k.seq,
+                reply: true,
+            }),
+            Message::Keepalive(_) | Message::EventAck(_) => return None,
+            other => refuse(
+                RefusalCode::ProtocolViolation,
+                format!("{} is not served here", other.message_type().name()),
+            ),
+        })
+    }
+}

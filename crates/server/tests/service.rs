@@ -1,0 +1,359 @@
+//! The device service end to end over loopback TLS: enrollment, sync, events, chunks and
+//! push, directly and through a DMZ gateway, and a restart with the registry kept.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use outpost_gateway::{
+    ConnectorConfig, DeviceConnection, DeviceListener, DmzGatewayEntry, Gateway, GatewayConfig,
+    ServerConnector, TlsMaterial,
+};
+use outpost_pki::tls::{TlsOptions, agent_client_config, enrollment_client_config};
+use outpost_pki::{IssuedCert, PkiConfig, ServerCa};
+use outpost_server::{
+    AdminService, DeviceContext, MemoryObjects, Registry, ServiceConfig, SyncSource,
+};
+use outpost_wire::messages::*;
+use outpost_wire::{Message, MessageCodec};
+use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+use tokio_util::codec::Framed;
+
+const SERVER: &str = "server.test";
+const GATEWAY: &str = "gateway.test";
+
+/// Answers with the device's group as a settings document.
+struct GroupSettings;
+impl SyncSource for GroupSettings {
+    fn sync(&self, d: &DeviceContext, _: &SyncRequest) -> SyncResponse {
+        let json = format!("{{\"group\":\"{}\",\"via\":\"{}\"}}", d.group, d.via);
+        SyncResponse {
+            settings: vec![AppSettings {
+                application: "agent".into(),
+                version: 1,
+                json: json.into(),
+            }],
+            next_sync_secs: 900,
+            ..Default::default()
+        }
+    }
+}
+
+type Conn = Framed<tokio_rustls::client::TlsStream<TcpStream>, MessageCodec>;
+
+async fn dial(cfg: Arc<rustls::ClientConfig>, addr: std::net::SocketAddr, name: &str) -> Conn {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = TlsConnector::from(cfg)
+        .connect(ServerName::try_from(name.to_string()).unwrap(), tcp)
+        .await
+        .unwrap();
+    Framed::new(tls, MessageCodec::new())
+}
+
+async fn call(conn: &mut Conn, m: impl Into<Message>) -> Message {
+    conn.send(m.into()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), conn.next())
+        .await
+        .expect("answer in time")
+        .expect("open")
+        .expect("valid")
+}
+
+async fn hello(conn: &mut Conn, device: &str) {
+    let h = Hello {
+        min_version: 1,
+        max_version: 1,
+        role: Role::Agent as i32,
+        node_id: device.into(),
+        software: "test".into(),
+    };
+    assert!(matches!(call(conn, h).await, Message::HelloAck(a) if a.version == 1));
+}
+
+/// Enrolls `device` with `token` the way an agent does: its own key, a CSR, the enrollment
+/// channel.
+async fn enroll(
+    ca: &ServerCa,
+    addr: std::net::SocketAddr,
+    device: &str,
+    token: &str,
+) -> Result<IssuedCert, Refusal> {
+    let cfg = enrollment_client_config(ca.server_ca(), &TlsOptions::default()).unwrap();
+    let mut conn = dial(cfg, addr, SERVER).await;
+    hello(&mut conn, device).await;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::new(vec![])
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap();
+    let req = EnrollRequest {
+        device_id: device.into(),
+        csr_der: csr.der().to_vec().into(),
+        enrollment_token: token.into(),
+        group_hint: String::new(),
+    };
+    match call(&mut conn, req).await {
+        Message::EnrollResponse(r) => {
+            let chain = vec![
+                CertificateDer::from(r.certificate_der.to_vec()),
+                CertificateDer::from(r.ca_der.to_vec()),
+            ];
+            Ok(
+                IssuedCert::from_parts(chain, PrivatePkcs8KeyDer::from(key.serialize_der()))
+                    .unwrap(),
+            )
+        }
+        Message::Refusal(r) => Err(r),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+struct Server {
+    service: Arc<AdminService>,
+    listener: outpost_gateway::ListenerHandle,
+    tx: mpsc::Sender<DeviceConnection>,
+}
+
+async fn start_server(
+    ca: &Arc<ServerCa>,
+    registry: Registry,
+    path: &std::path::Path,
+    objects: Arc<MemoryObjects>,
+) -> Server {
+    let service = AdminService::new(
+        ServiceConfig::new(path),
+        ca.clone(),
+        registry,
+        Arc::new(GroupSettings),
+        objects,
+    );
+    let (tx, mut rx) = mpsc::channel::<DeviceConnection>(64);
+    let s = service.clone();
+    tokio::spawn(async move {
+        while let Some(c) = rx.recv().await {
+            tokio::spawn(s.clone().serve(c));
+        }
+    });
+    let id = ca
+        .issue_server("server-1", &[SERVER.to_string()], &[], SystemTime::now())
+        .unwrap();
+    let listener = DeviceListener::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &TlsMaterial::new(id, ca.server_ca().clone()),
+        Duration::from_secs(10),
+        tx.clone(),
+    )
+    .await
+    .unwrap();
+    Server {
+        service,
+        listener,
+        tx,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enroll_sync_fetch_and_push_directly_and_through_a_dmz_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.json");
+    let now = SystemTime::now();
+    let ca = Arc::new(ServerCa::create(PkiConfig::default(), now).unwrap());
+    let mut reg = Registry::new("server-1").unwrap();
+    reg.add_group("branch", "Branch office", None).unwrap();
+    let t1 = reg
+        .issue_token("branch", Some("laptop-1"), Duration::from_secs(600), now)
+        .unwrap();
+    let t2 = reg
+        .issue_token("root", None, Duration::from_secs(600), now)
+        .unwrap();
+    let objects = Arc::new(MemoryObjects::default());
+    let update: Bytes = (0..3_000_000u32)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    let ann = objects.publish("update-1", "signatures", 7, update.clone());
+    let server = start_server(&ca, reg, &path, objects).await;
+    let addr = server.listener.local_addr();
+
+    // Enrollment: the right token, once; a used token is refused.
+    let cert = enroll(&ca, addr, "laptop-1", &t1).await.expect("enrolled");
+    let again = enroll(&ca, addr, "laptop-2", &t1).await.unwrap_err();
+    assert_eq!(again.code, RefusalCode::BadEnrollmentToken as i32);
+    assert_eq!(server.service.stats().enrolled.load(Ordering::Relaxed), 1);
+
+    // Sync directly: identity comes from the certificate.
+    let agent_cfg = agent_client_config(&cert, ca.server_ca(), &TlsOptions::default()).unwrap();
+    let mut conn = dial(agent_cfg.clone(), addr, SERVER).await;
+    hello(&mut conn, "laptop-1").await;
+    let Message::SyncResponse(s) = call(
+        &mut conn,
+        SyncRequest {
+            device_id: "laptop-1".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    else {
+        panic!("expected SyncResponse");
+    };
+    assert_eq!(s.next_sync_secs, 900);
+    assert_eq!(
+        &s.settings[0].json[..],
+        br#"{"group":"branch","via":"direct"}"#
+    );
+    // Claiming to be someone else is refused.
+    let lie = call(
+        &mut conn,
+        SyncRequest {
+            device_id: "laptop-9".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(matches!(lie, Message::Refusal(r) if r.code == RefusalCode::NotAuthorized as i32));
+
+    // Chunks, byte-exact and hash-checked.
+    let mut conn = dial(agent_cfg.clone(), addr, SERVER).await;
+    hello(&mut conn, "laptop-1").await;
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        let req = ChunkRequest {
+            object_id: "update-1".into(),
+            offset: got.len() as u64,
+            length: 1 << 20,
+        };
+        let Message::ChunkResponse(c) = call(&mut conn, req).await else {
+            panic!("expected a chunk")
+        };
+        got.extend_from_slice(&c.data);
+        if got.len() as u64 == c.total_size {
+            break;
+        }
+    }
+    assert_eq!(got, update);
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &got);
+    assert_eq!(digest.as_ref(), &ann.sha256[..]);
+    let missing = call(
+        &mut conn,
+        ChunkRequest {
+            object_id: "nope".into(),
+            offset: 0,
+            length: 10,
+        },
+    )
+    .await;
+    assert!(matches!(missing, Message::Refusal(r) if r.code == RefusalCode::NotFound as i32));
+
+    // Push over the kept connection.
+    let mut kept = dial(agent_cfg.clone(), addr, SERVER).await;
+    hello(&mut kept, "laptop-1").await;
+    for _ in 0..500 {
+        if server.service.online().contains(&"laptop-1".to_string()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        server
+            .service
+            .push_sync_now("laptop-1", "policy changed", 42)
+    );
+    let pushed = tokio::time::timeout(Duration::from_secs(10), kept.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        pushed,
+        Message::from(SyncNow {
+            reason: "policy changed".into(),
+            nonce: 42
+        })
+    );
+    assert!(!server.service.push_sync_now("nobody", "x", 1));
+
+    // Through a DMZ gateway, the same device is the same device.
+    let gw_id = ca.issue_gateway(&[GATEWAY.to_string()], &[], now).unwrap();
+    let gw = Gateway::start(
+        GatewayConfig::dmz("dmz-1", "127.0.0.1:0".parse().unwrap()),
+        TlsMaterial::new(gw_id, ca.server_ca().clone()),
+    )
+    .await
+    .unwrap();
+    let mut cc = ConnectorConfig::default();
+    cc.gateways = vec![DmzGatewayEntry::new("dmz-1", gw.local_addr(), GATEWAY)];
+    let server_id = ca
+        .issue_server("server-1", &[SERVER.to_string()], &[], now)
+        .unwrap();
+    let connector = ServerConnector::start(
+        cc,
+        &TlsMaterial::new(server_id, ca.server_ca().clone()),
+        server.tx.clone(),
+    )
+    .unwrap();
+    for _ in 0..500 {
+        if gw.stats().signal_sessions == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut via_gw = dial(agent_cfg.clone(), gw.local_addr(), GATEWAY).await;
+    hello(&mut via_gw, "laptop-1").await;
+    let Message::SyncResponse(s) = call(&mut via_gw, SyncRequest::default()).await else {
+        panic!("expected SyncResponse")
+    };
+    assert_eq!(
+        &s.settings[0].json[..],
+        br#"{"group":"branch","via":"DMZ gateway dmz-1"}"#
+    );
+
+    // A certificate from the right CA that never enrolled is refused.
+    let stranger = ca.issue_agent("stranger", now).unwrap();
+    let cfg = agent_client_config(&stranger, ca.server_ca(), &TlsOptions::default()).unwrap();
+    let mut conn = dial(cfg, addr, SERVER).await;
+    conn.send(Message::from(Hello {
+        min_version: 1,
+        max_version: 1,
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let _ack = conn.next().await;
+    let refused = conn.next().await.unwrap().unwrap();
+    assert!(matches!(refused, Message::Refusal(r) if r.code == RefusalCode::NotAuthorized as i32));
+
+    // The enrollment channel serves nothing else.
+    let cfg = enrollment_client_config(ca.server_ca(), &TlsOptions::default()).unwrap();
+    let mut conn = dial(cfg, addr, SERVER).await;
+    hello(&mut conn, "x").await;
+    let r = call(&mut conn, SyncRequest::default()).await;
+    assert!(matches!(r, Message::Refusal(r) if r.code == RefusalCode::ProtocolViolation as i32));
+
+    // A second token is still usable; then a restart keeps everything.
+    enroll(&ca, addr, "desktop-1", &t2).await.expect("enrolled");
+    drop((via_gw, kept, conn));
+    connector.shutdown().await;
+    gw.shutdown().await;
+    server.listener.shutdown().await;
+    drop(server.service);
+
+    let reg = Registry::load(&path).unwrap().expect("saved");
+    assert_eq!(reg.devices().len(), 2);
+    assert_eq!(reg.device("laptop-1").unwrap().group, "branch");
+    let server = start_server(&ca, reg, &path, Arc::new(MemoryObjects::default())).await;
+    let mut conn = dial(agent_cfg, server.listener.local_addr(), SERVER).await;
+    hello(&mut conn, "laptop-1").await;
+    let Message::SyncResponse(s) = call(&mut conn, SyncRequest::default()).await else {
+        panic!("expected SyncResponse")
+    };
+    assert_eq!(
+        &s.settings[0].json[..],
+        br#"{"group":"branch","via":"direct"}"#
+    );
+    assert!(matches!(server.service.registry().device("desktop-1"), Some(d) if d.group == "root"));
+}

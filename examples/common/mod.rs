@@ -43,8 +43,18 @@ pub struct Flags(Vec<(String, String)>);
 impl Flags {
     /// Parses the process arguments; `switches` are flags without a value.
     pub fn parse(program: &str, allowed: &[&str], switches: &[&str]) -> Flags {
+        Self::parse_from(program, std::env::args().skip(1), allowed, switches)
+    }
+
+    /// Parses `args` (without the program name).
+    pub fn parse_from(
+        program: &str,
+        args: impl IntoIterator<Item = String>,
+        allowed: &[&str],
+        switches: &[&str],
+    ) -> Flags {
         let mut out = Vec::new();
-        let mut it = std::env::args().skip(1);
+        let mut it = args.into_iter();
         while let Some(f) = it.next() {
             let Some(name) = f.strip_prefix("--") else {
                 die(program, format!("unexpected argument {f:?}"));

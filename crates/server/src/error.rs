@@ -86,6 +86,15 @@ pub enum ServerError {
     /// The random source failed.
     #[error("the operating system's random source failed")]
     Random,
+    /// A configuration value or file is not acceptable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Certificates or keys could not be loaded.
+    #[error(transparent)]
+    Pki(#[from] outpost_pki::PkiError),
+    /// The listener or the gateway connector could not start.
+    #[error(transparent)]
+    Gateway(#[from] outpost_gateway::GatewayError),
 }
 
 /// Why an enrollment was refused.

@@ -15,6 +15,8 @@
 //!   enrollment on the enrollment channel, and on authenticated connections sync (answered by
 //!   a pluggable [`SyncSource`]), events, file chunks (from an [`ObjectStore`]) and pushed
 //!   "sync now" over the kept connection.
+//! - [`AdminServer`]: all of it assembled from an [`AdminServerConfig`] (TOML): the CA and
+//!   registry from the data directory, the server's device port, and the DMZ gateways it dials.
 //!
 //! ```
 //! use std::time::{Duration, SystemTime};
@@ -47,6 +49,7 @@
 mod enroll;
 mod error;
 mod registry;
+mod runtime;
 mod service;
 pub mod store;
 
@@ -56,6 +59,7 @@ pub use registry::{
     Device, FORMAT, GatewayRegistration, Group, MAX_REGISTRY_BYTES, ROOT_GROUP, Registry,
     TokenRecord, check_id,
 };
+pub use runtime::{AdminServer, AdminServerConfig};
 pub use service::{
     AdminService, DeviceContext, FixedInterval, MemoryObjects, ObjectStore, ServiceConfig,
     ServiceStats, SyncSource,

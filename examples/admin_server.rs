@@ -1,0 +1,145 @@
+//! The Administration Server: its device port, the DMZ gateways it dials, enrollment, sync,
+//! files and push, with the registry kept in its data directory.
+//!
+//! ```text
+//! cargo run --release --example admin_server -- run   --config examples/config/admin-server.toml
+//! cargo run --example admin_server -- group --config F --id ID --name NAME [--parent P]
+//! cargo run --example admin_server -- token --config F --group G [--device D] [--ttl-secs N]
+//! cargo run --example admin_server -- register-dmz-gateway --config F --id ID --addr A --dns NAME
+//! cargo run --example admin_server -- register-remote-office-gateway --config F --id ID --device D
+//! ```
+//! The registry commands edit the registry file: run them while the server is stopped.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use outpost::server::{AdminServer, AdminServerConfig, MemoryObjects, Registry, ServerError};
+
+const PROGRAM: &str = "admin_server";
+
+fn edit(
+    config: &AdminServerConfig,
+    base: &std::path::Path,
+    f: impl FnOnce(&mut Registry) -> Result<(), ServerError>,
+) {
+    let mut reg = config
+        .load_registry(base)
+        .unwrap_or_else(|e| common::die(PROGRAM, e));
+    f(&mut reg).unwrap_or_else(|e| common::die(PROGRAM, e));
+    reg.save(&config.registry_path(base))
+        .unwrap_or_else(|e| common::die(PROGRAM, e));
+}
+
+#[tokio::main]
+async fn main() {
+    common::init_logger();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let command = if args.first().is_some_and(|a| !a.starts_with("--")) {
+        args.remove(0)
+    } else {
+        "run".to_string()
+    };
+    let allowed = [
+        "config", "id", "name", "parent", "group", "device", "ttl-secs", "addr", "dns",
+    ];
+    let flags = common::Flags::parse_from(PROGRAM, args, &allowed, &[]);
+    let (text, base) = flags.config(PROGRAM);
+    let config = AdminServerConfig::from_toml(&text).unwrap_or_else(|e| common::die(PROGRAM, e));
+    config
+        .validate()
+        .unwrap_or_else(|e| common::die(PROGRAM, e));
+    match command.as_str() {
+        "run" => {}
+        "group" => {
+            edit(&config, &base, |r| {
+                r.add_group(
+                    flags.need(PROGRAM, "id"),
+                    flags.need(PROGRAM, "name"),
+                    flags.get("parent"),
+                )
+            });
+            println!("group {} added", flags.need(PROGRAM, "id"));
+            return;
+        }
+        "token" => {
+            let ttl: u64 = flags
+                .get("ttl-secs")
+                .unwrap_or("86400")
+                .parse()
+                .unwrap_or_else(|e| common::die(PROGRAM, format!("--ttl-secs: {e}")));
+            let mut token = String::new();
+            edit(&config, &base, |r| {
+                token = r.issue_token(
+                    flags.need(PROGRAM, "group"),
+                    flags.get("device"),
+                    Duration::from_secs(ttl),
+                    SystemTime::now(),
+                )?;
+                Ok(())
+            });
+            println!("{token}");
+            return;
+        }
+        "register-dmz-gateway" => {
+            let addr = flags
+                .need(PROGRAM, "addr")
+                .parse()
+                .unwrap_or_else(|e| common::die(PROGRAM, format!("--addr: {e}")));
+            edit(&config, &base, |r| {
+                r.register_dmz_gateway(
+                    flags.need(PROGRAM, "id"),
+                    addr,
+                    vec![flags.need(PROGRAM, "dns").to_string()],
+                )
+            });
+            println!(
+                "DMZ gateway {} registered; the server dials it from its next start",
+                flags.need(PROGRAM, "id")
+            );
+            return;
+        }
+        "register-remote-office-gateway" => {
+            edit(&config, &base, |r| {
+                r.register_remote_office_gateway(
+                    flags.need(PROGRAM, "id"),
+                    flags.need(PROGRAM, "device"),
+                )
+            });
+            println!(
+                "remote-office gateway {} registered",
+                flags.need(PROGRAM, "id")
+            );
+            return;
+        }
+        other => common::die(
+            PROGRAM,
+            format!(
+                "unknown command {other:?} (commands: run, group, token, register-dmz-gateway, register-remote-office-gateway)"
+            ),
+        ),
+    }
+    let server = AdminServer::start(config, &base, None, Arc::new(MemoryObjects::default()))
+        .await
+        .unwrap_or_else(|e| common::die(PROGRAM, e));
+    println!("device port: {}", server.local_addr());
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tick.tick() => {
+                let s = server.service().stats();
+                println!(
+                    "online {}, enrolled {}, syncs {}, gateways up {:?}",
+                    server.service().online().len(),
+                    s.enrolled.load(std::sync::atomic::Ordering::Relaxed),
+                    s.syncs.load(std::sync::atomic::Ordering::Relaxed),
+                    server.gateways_connected().keys().collect::<Vec<_>>()
+                );
+            }
+        }
+    }
+    server.shutdown().await;
+}

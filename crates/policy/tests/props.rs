@@ -1,0 +1,372 @@
+//! Property tests for the resolver's invariants and the value codecs.
+
+use std::collections::BTreeMap;
+
+use outpost_policy::{
+    AppSchema, Change, Condition, Device, Group, Policy, PolicySetting, PolicyStatus, Profile,
+    Resolver, SettingSpec, State, TagRule, Value, ValueKind,
+};
+use proptest::prelude::*;
+
+const APP: &str = "app";
+const SCALARS: [&str; 3] = ["s0", "s1", "s2"];
+const MERGED: &str = "m";
+const TAGS: [&str; 3] = ["t0", "t1", "t2"];
+const PROFILE_NAMES: [&str; 3] = ["pa", "pb", "pc"];
+
+fn schema() -> AppSchema {
+    let mut s = AppSchema::new(APP);
+    for p in SCALARS {
+        let mut spec = SettingSpec::new(ValueKind::Int);
+        spec.min = Some(0);
+        spec.max = Some(99);
+        s = s.with(p, spec);
+    }
+    let mut m = SettingSpec::new(ValueKind::List);
+    m.item = Some(Box::new(SettingSpec::new(ValueKind::Int)));
+    m.merge = true;
+    s.with(MERGED, m)
+}
+
+fn paths() -> Vec<&'static str> {
+    let mut v = SCALARS.to_vec();
+    v.push(MERGED);
+    v
+}
+
+fn value_for(path: &str, n: i64) -> Value {
+    if path == MERGED {
+        Value::List(vec![Value::Int(n % 5), Value::Int((n / 5) % 5)])
+    } else {
+        Value::Int(n)
+    }
+}
+
+fn setting_map() -> impl Strategy<Value = BTreeMap<String, PolicySetting>> {
+    proptest::collection::vec((0usize..4, 0i64..100, any::<bool>()), 0..4).prop_map(|v| {
+        v.into_iter()
+            .map(|(p, n, locked)| {
+                let path = paths()[p];
+                let v = value_for(path, n);
+                let setting = if locked {
+                    PolicySetting::locked(v)
+                } else {
+                    PolicySetting::unlocked(v)
+                };
+                (path.to_string(), setting)
+            })
+            .collect()
+    })
+}
+
+fn profile() -> impl Strategy<Value = Profile> {
+    (
+        0usize..3,
+        0usize..3,
+        any::<bool>(),
+        prop::bool::weighted(0.9),
+        proptest::collection::vec((0usize..4, 0i64..100), 0..3),
+    )
+        .prop_map(|(name, tag, invert, enabled, settings)| {
+            let mut rule = TagRule::has(TAGS[tag]);
+            rule.invert = invert;
+            let mut p = Profile::new(PROFILE_NAMES[name], Condition::Tags(rule));
+            p.enabled = enabled;
+            for (i, n) in settings {
+                let path = paths()[i];
+                p = p.with(path, value_for(path, n));
+            }
+            p
+        })
+}
+
+fn policy(status: PolicyStatus) -> impl Strategy<Value = Policy> {
+    (
+        setting_map(),
+        prop::bool::weighted(0.8),
+        prop::bool::weighted(0.2),
+        proptest::collection::vec(profile(), 0..3),
+    )
+        .prop_map(move |(settings, inherit, force, profiles)| {
+            let mut p = Policy::new("", APP, "");
+            p.status = status;
+            p.settings = settings;
+            p.inherit = inherit;
+            p.force_inheritance = force;
+            // Profile names must be unique within a policy.
+            let mut seen = std::collections::BTreeSet::new();
+            p.profiles = profiles
+                .into_iter()
+                .filter(|pr| seen.insert(pr.name.clone()))
+                .collect();
+            p
+        })
+}
+
+fn state() -> impl Strategy<Value = State> {
+    (1usize..7)
+        .prop_flat_map(|n_groups| {
+            let parents = proptest::collection::vec(any::<prop::sample::Index>(), n_groups);
+            let pols = proptest::collection::vec(
+                (
+                    proptest::option::weighted(0.7, policy(PolicyStatus::Active)),
+                    proptest::option::weighted(0.2, policy(PolicyStatus::OutOfOffice)),
+                    proptest::option::weighted(0.2, policy(PolicyStatus::Inactive)),
+                ),
+                n_groups,
+            );
+            let devices = proptest::collection::vec(
+                (
+                    any::<prop::sample::Index>(),
+                    proptest::collection::btree_set(0usize..3, 0..3),
+                    prop::bool::weighted(0.8),
+                    proptest::collection::vec((0usize..4, 0i64..100), 0..2),
+                ),
+                1..8,
+            );
+            (Just(n_groups), parents, pols, devices)
+        })
+        .prop_map(|(n, parents, pols, devices)| {
+            let mut s = State::default();
+            s.schemas = vec![schema()];
+            for (i, parent) in parents.iter().enumerate() {
+                let id = format!("g{i}");
+                s.groups.push(if i == 0 || parent.index(i + 1) == i {
+                    Group::root(id)
+                } else {
+                    Group::child(id, format!("g{}", parent.index(i)))
+                });
+            }
+            for (g, (a, o, x)) in pols.into_iter().enumerate() {
+                for (k, p) in [a, o, x].into_iter().enumerate() {
+                    if let Some(mut p) = p {
+                        p.id = format!("p{g}-{k}");
+                        p.group = format!("g{g}");
+                        s.policies.push(p);
+                    }
+                }
+            }
+            for (i, (g, tags, office, locals)) in devices.into_iter().enumerate() {
+                let mut d = Device::new(format!("d{i}"), format!("g{}", g.index(n)));
+                d.tags = tags.into_iter().map(|t| TAGS[t].to_string()).collect();
+                d.on_corporate_network = office;
+                for (p, v) in locals {
+                    let path = paths()[p];
+                    d = d.with_local(APP, path, value_for(path, v));
+                }
+                s.devices.push(d);
+            }
+            s
+        })
+}
+
+/// Every device's `(path, value, locked)` triples.
+type Snapshot = Vec<(String, Vec<(String, Value, bool)>)>;
+
+fn all_effective(r: &Resolver, s: &State) -> Snapshot {
+    s.devices
+        .iter()
+        .map(|d| {
+            let e = r.effective(&d.id).expect("device");
+            let v = e
+                .iter(APP)
+                .map(|(p, v, l)| (p.to_string(), v.clone(), l))
+                .collect();
+            (d.id.clone(), v)
+        })
+        .collect()
+}
+
+fn rotate<T: Clone>(v: &[T], by: usize) -> Vec<T> {
+    let mut out: Vec<T> = v.to_vec();
+    if !out.is_empty() {
+        let k = by % out.len();
+        out.rotate_left(k);
+        out.reverse();
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn explain_agrees_with_effective(s in state()) {
+        let r = Resolver::new(&s).unwrap();
+        for d in &s.devices {
+            let e = r.effective(&d.id).unwrap();
+            for p in paths() {
+                let why = r.explain(&d.id, APP, p).unwrap();
+                prop_assert_eq!(Some(&why.value), e.get(APP, p));
+                prop_assert_eq!(Some(why.locked), e.is_locked(APP, p));
+                prop_assert_eq!(why.candidates.iter().filter(|c| c.outcome == outpost_policy::Outcome::Won).count(),
+                    usize::from(!matches!(why.source, outpost_policy::Source::Merged)));
+            }
+        }
+    }
+
+    #[test]
+    fn resolving_twice_gives_the_same_result(s in state()) {
+        let mut r = Resolver::new(&s).unwrap();
+        let first = all_effective(&r, &s);
+        r.resolve_all();
+        prop_assert_eq!(&first, &all_effective(&r, &s));
+        let again = Resolver::new(&s).unwrap();
+        prop_assert_eq!(&first, &all_effective(&again, &s));
+    }
+
+    #[test]
+    fn result_does_not_depend_on_insertion_order(s in state(), by in 0usize..16) {
+        let r = Resolver::new(&s).unwrap();
+        let mut shuffled = s.clone();
+        shuffled.groups = rotate(&s.groups, by);
+        shuffled.policies = rotate(&s.policies, by + 1);
+        shuffled.devices = rotate(&s.devices, by + 2);
+        let r2 = Resolver::new(&shuffled).unwrap();
+        prop_assert_eq!(all_effective(&r, &s), all_effective(&r2, &s));
+    }
+
+    #[test]
+    fn locked_forced_ancestor_value_always_wins(s in state(), n in 0i64..100, path_i in 0usize..4) {
+        // Give g0's active policy a forced, locked value and no profile for that path.
+        let mut s = s;
+        let path = paths()[path_i];
+        let v = value_for(path, n);
+        if let Some(p) = s.policies.iter_mut().find(|p| p.id == "p0-0") {
+            p.force_inheritance = true;
+            p.settings.insert(path.to_string(), PolicySetting::locked(v.clone()));
+            for pr in &mut p.profiles {
+                pr.settings.remove(path);
+            }
+        } else {
+            let mut p = Policy::new("p0-0", APP, "g0").with(path, PolicySetting::locked(v.clone()));
+            p.force_inheritance = true;
+            s.policies.push(p);
+        }
+        // Same-named profiles of descendants merge into g0's: drop their values for the path too,
+        // since a profile of the ancestor policy itself may change its own lock.
+        let g0_names: Vec<String> = s.policies.iter().find(|p| p.id == "p0-0").unwrap()
+            .profiles.iter().map(|p| p.name.clone()).collect();
+        for p in &mut s.policies {
+            for pr in &mut p.profiles {
+                if g0_names.contains(&pr.name) {
+                    pr.settings.remove(path);
+                }
+            }
+        }
+        let r = Resolver::new(&s).unwrap();
+        let parents: BTreeMap<String, Option<String>> =
+            s.groups.iter().map(|g| (g.id.clone(), g.parent.clone())).collect();
+        let g0_has_ooo = s.policies.iter().any(|p| p.group == "g0" && p.status == PolicyStatus::OutOfOffice);
+        for d in &s.devices {
+            let mut g = Some(d.group.clone());
+            let mut under_g0 = false;
+            while let Some(cur) = g {
+                if cur == "g0" { under_g0 = true; }
+                g = parents.get(&cur).cloned().flatten();
+            }
+            if !under_g0 || (d.group == "g0" && !d.on_corporate_network && g0_has_ooo) {
+                continue;
+            }
+            let got = r.effective(&d.id).unwrap().get(APP, path).cloned().unwrap();
+            if path == MERGED {
+                let (Value::List(got), Value::List(want)) = (&got, &v) else { panic!("lists") };
+                let mut dedup: Vec<Value> = Vec::new();
+                for x in want { if !dedup.contains(x) { dedup.push(x.clone()); } }
+                prop_assert!(got.starts_with(&dedup), "{:?} should start with {:?}", got, dedup);
+            } else {
+                prop_assert_eq!(&got, &v, "device {}", d.id);
+            }
+            prop_assert_eq!(r.effective(&d.id).unwrap().is_locked(APP, path), Some(true));
+        }
+    }
+
+    #[test]
+    fn incremental_edit_matches_fresh_resolution(s in state(), edit in policy(PolicyStatus::Active), g in any::<prop::sample::Index>()) {
+        let mut r = Resolver::new(&s).unwrap();
+        let before = Resolver::new(&s).unwrap();
+        let group = format!("g{}", g.index(s.groups.len()));
+        let mut edit = edit;
+        // Replace the group's active policy (or add one).
+        edit.id = s.policies.iter()
+            .find(|p| p.group == group && p.status == PolicyStatus::Active)
+            .map_or_else(|| "edited".to_string(), |p| p.id.clone());
+        edit.group = group;
+        let report = r.apply(Change::UpsertPolicy(edit.clone())).unwrap();
+        let mut s2 = s.clone();
+        s2.policies.retain(|p| p.id != edit.id);
+        s2.policies.push(edit);
+        let fresh = Resolver::new(&s2).unwrap();
+        prop_assert_eq!(all_effective(&r, &s), all_effective(&fresh, &s));
+        let expected: Vec<String> = s.devices.iter()
+            .filter(|d| before.effective(&d.id).unwrap() != fresh.effective(&d.id).unwrap())
+            .map(|d| d.id.clone())
+            .collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        prop_assert_eq!(report.changed, expected);
+    }
+
+    #[test]
+    fn moving_a_policy_reports_exactly_the_changed_devices(
+        s in state(),
+        pick in any::<prop::sample::Index>(),
+        g in any::<prop::sample::Index>(),
+        status in prop_oneof![Just(PolicyStatus::Active), Just(PolicyStatus::Inactive), Just(PolicyStatus::OutOfOffice)],
+    ) {
+        prop_assume!(!s.policies.is_empty());
+        let mut moved = s.policies[pick.index(s.policies.len())].clone();
+        moved.group = format!("g{}", g.index(s.groups.len()));
+        moved.status = status;
+        let mut s2 = s.clone();
+        s2.policies.retain(|p| p.id != moved.id);
+        s2.policies.push(moved.clone());
+        let mut r = Resolver::new(&s).unwrap();
+        let before = all_effective(&r, &s);
+        match Resolver::new(&s2) {
+            Err(_) => {
+                prop_assert!(r.apply(Change::UpsertPolicy(moved)).is_err());
+                prop_assert_eq!(before, all_effective(&r, &s), "refused change left no trace");
+            }
+            Ok(fresh) => {
+                let report = r.apply(Change::UpsertPolicy(moved)).unwrap();
+                prop_assert_eq!(all_effective(&r, &s), all_effective(&fresh, &s));
+                let old = Resolver::new(&s).unwrap();
+                let expected: Vec<String> = s.devices.iter()
+                    .filter(|d| old.effective(&d.id).unwrap() != fresh.effective(&d.id).unwrap())
+                    .map(|d| d.id.clone())
+                    .collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+                prop_assert_eq!(report.changed, expected);
+            }
+        }
+    }
+
+    #[test]
+    fn state_json_round_trips(s in state()) {
+        let json = s.to_json();
+        let back = State::from_json(json.as_bytes()).unwrap();
+        prop_assert_eq!(&back, &s);
+        let toml_text = toml::to_string(&s).unwrap();
+        let back = State::from_toml(&toml_text).unwrap();
+        prop_assert_eq!(&back, &s);
+    }
+
+    #[test]
+    fn value_json_round_trips(v in value_strategy()) {
+        let text = serde_json::to_string(&v).unwrap();
+        let back: Value = serde_json::from_str(&text).unwrap();
+        prop_assert_eq!(back, v);
+    }
+}
+
+fn value_strategy() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::Int),
+        "[a-z]{0,8}".prop_map(Value::Str),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::List),
+            proptest::collection::btree_map("[a-z]{1,4}", inner, 0..4).prop_map(Value::Map),
+        ]
+    })
+}

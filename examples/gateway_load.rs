@@ -1,8 +1,8 @@
 //! Load test of a DMZ connection gateway over loopback with real TLS.
 //!
-//! The gateway runs in a child process (so its memory is its own); this process plays the
-//! Administration Server (the DMZ connector plus its own device port, for the direct
-//! baseline) and the devices. It reports, in one run:
+//! Three processes: the gateway, the server side (the DMZ connector plus the server's own
+//! device port, for the direct baseline), and the devices (this process). Each holds its own
+//! descriptors, and the gateway's memory is its own. Reported in one run:
 //! - connection setup (TCP + TLS + first echoed byte), through the gateway vs directly to the
 //!   server: median and p99, and the ratio;
 //! - throughput of one device streaming to the server, through the gateway vs directly;
@@ -10,6 +10,10 @@
 //!   and the gateway's resident memory.
 //!
 //! `cargo run --release --example gateway_load -- [--sessions 10000] [--mib 256] [--samples 300] [--relay-kib 16]`
+//!
+//! A gateway holds two sockets per session (the device's and the server's data connection),
+//! so N sessions need 2N descriptors in the gateway process; the example raises its
+//! open-file limit as far as the system lets it and says when that is short.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -20,24 +24,32 @@ use std::time::{Duration, Instant, SystemTime};
 
 use outpost::gateway::{
     ConnectorConfig, DeviceConnection, DeviceListener, DmzGatewayEntry, Gateway, GatewayConfig,
-    ServerConnector, TlsFiles, TlsMaterial,
+    ServerConnector, TlsFiles,
 };
 use outpost::pki::tls::{TlsOptions, agent_client_config};
 use outpost::pki::{PkiConfig, ServerCa, store};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::process::{Child, ChildStdout};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsConnector;
 
 const GATEWAY_NAME: &str = "gateway.load.test";
+const SERVER_NAME: &str = "server.load.test";
+
+enum Role {
+    Devices,
+    Gateway(PathBuf),
+    Server(PathBuf, SocketAddr),
+}
 
 struct Args {
     sessions: usize,
     mib: usize,
     samples: usize,
     relay_kib: usize,
-    role_gateway: Option<PathBuf>,
+    role: Role,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -46,24 +58,30 @@ fn parse_args() -> Result<Args, String> {
         mib: 256,
         samples: 300,
         relay_kib: 16,
-        role_gateway: None,
+        role: Role::Devices,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut num = |name: &str, max: usize| -> Result<usize, String> {
-            let v = it.next().ok_or(format!("{name} needs a value"))?;
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        let num = |name: &str, v: String, max: usize| -> Result<usize, String> {
             v.parse()
                 .ok()
                 .filter(|n| (1..=max).contains(n))
                 .ok_or(format!("{name} must be 1..={max}, got {v:?}"))
         };
         match flag.as_str() {
-            "--sessions" => a.sessions = num("--sessions", 100_000)?,
-            "--mib" => a.mib = num("--mib", 65_536)?,
-            "--samples" => a.samples = num("--samples", 100_000)?,
-            "--relay-kib" => a.relay_kib = num("--relay-kib", 16_384)?,
-            "--role-gateway" => {
-                a.role_gateway = Some(it.next().ok_or("--role-gateway needs a directory")?.into())
+            "--sessions" => a.sessions = num("--sessions", value("--sessions")?, 100_000)?,
+            "--mib" => a.mib = num("--mib", value("--mib")?, 65_536)?,
+            "--samples" => a.samples = num("--samples", value("--samples")?, 100_000)?,
+            "--relay-kib" => a.relay_kib = num("--relay-kib", value("--relay-kib")?, 16_384)?,
+            "--role-gateway" => a.role = Role::Gateway(value("--role-gateway")?.into()),
+            "--role-server" => {
+                let dir = value("--role-server")?;
+                let gw = value("--role-server")?;
+                let gw = gw
+                    .parse()
+                    .map_err(|e| format!("gateway address {gw:?}: {e}"))?;
+                a.role = Role::Server(dir.into(), gw);
             }
             other => {
                 return Err(format!(
@@ -80,14 +98,25 @@ fn fail(msg: impl std::fmt::Display) -> ! {
     std::process::exit(1);
 }
 
-/// The child process: a DMZ gateway from the files in `dir`.
-async fn run_gateway(dir: &Path, sessions: usize, relay_kib: usize) {
+fn tls_files(cert: &str, key: &str) -> TlsFiles {
     let mut tls = TlsFiles::default();
-    tls.cert = "gw.chain.pem".into();
-    tls.key = "gw.key.pem".into();
+    tls.cert = cert.into();
+    tls.key = key.into();
     tls.server_ca = "ca.pem".into();
+    tls
+}
+
+async fn wait_for_stdin_close() {
+    let mut line = String::new();
+    let _ = BufReader::new(tokio::io::stdin())
+        .read_line(&mut line)
+        .await;
+}
+
+/// The gateway process.
+async fn run_gateway(dir: &Path, sessions: usize, relay_kib: usize) {
     let mut cfg = GatewayConfig::dmz("load-gw", "127.0.0.1:0".parse().expect("addr"));
-    cfg.tls = tls;
+    cfg.tls = tls_files("gw.chain.pem", "gw.key.pem");
     cfg.limits.max_devices = sessions + 1_000;
     cfg.limits.max_pending = 2_000;
     cfg.limits.relay_buffer = relay_kib * 1024;
@@ -96,11 +125,7 @@ async fn run_gateway(dir: &Path, sessions: usize, relay_kib: usize) {
         .await
         .unwrap_or_else(|e| fail(e));
     println!("LISTEN {}", gw.local_addr());
-    // Run until the parent closes our stdin.
-    let mut line = String::new();
-    let _ = BufReader::new(tokio::io::stdin())
-        .read_line(&mut line)
-        .await;
+    wait_for_stdin_close().await;
     let s = gw.stats();
     println!(
         "STATS accepted={} refused_limit={} refused_unreachable={} refused_overloaded={} handshake_failures={} tickets_redeemed={} tickets_refused={} bytes_up={} bytes_down={}",
@@ -117,15 +142,8 @@ async fn run_gateway(dir: &Path, sessions: usize, relay_kib: usize) {
     gw.shutdown().await;
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// The server's per-device behaviour, chosen by the device's first byte:
-/// `E` echo, `S` sink (count to end of stream, answer the count), `H` hold (answer one byte,
-/// then wait for end of stream).
+/// The server's behaviour per device, chosen by the device's first byte: `E` echo, `S` sink
+/// (count to end of stream, answer the count), `H` hold (answer `!`, then wait for the end).
 async fn serve(conn: DeviceConnection) {
     let (mut r, mut w) = tokio::io::split(conn.stream);
     let mut mode = [0u8; 1];
@@ -135,22 +153,97 @@ async fn serve(conn: DeviceConnection) {
     match mode[0] {
         b'E' => {
             let _ = tokio::io::copy(&mut r, &mut w).await;
-            let _ = w.shutdown().await;
         }
         b'S' => {
             let n = tokio::io::copy(&mut r, &mut tokio::io::sink())
                 .await
                 .unwrap_or(0);
             let _ = w.write_all(&n.to_be_bytes()).await;
-            let _ = w.shutdown().await;
         }
         b'H' => {
             if w.write_all(b"!").await.is_ok() && w.flush().await.is_ok() {
                 let _ = tokio::io::copy(&mut r, &mut tokio::io::sink()).await;
             }
-            let _ = w.shutdown().await;
         }
         _ => {}
+    }
+    let _ = w.shutdown().await;
+}
+
+/// The server process: the DMZ connector and the server's own device port.
+async fn run_server(dir: &Path, gw_addr: SocketAddr) {
+    let material = tls_files("server.chain.pem", "server.key.pem")
+        .load(dir)
+        .unwrap_or_else(|e| fail(e));
+    let (tx, mut rx) = mpsc::channel::<DeviceConnection>(4096);
+    tokio::spawn(async move {
+        while let Some(c) = rx.recv().await {
+            tokio::spawn(serve(c));
+        }
+    });
+    let mut cc = ConnectorConfig::default();
+    cc.server_id = "load-server".into();
+    cc.gateways = vec![DmzGatewayEntry::new("load-gw", gw_addr, GATEWAY_NAME)];
+    let connector = ServerConnector::start(cc, &material, tx.clone()).unwrap_or_else(|e| fail(e));
+    let direct = DeviceListener::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        &material,
+        Duration::from_secs(30),
+        tx,
+    )
+    .await
+    .unwrap_or_else(|e| fail(e));
+    for _ in 0..500 {
+        if !connector.connected().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if connector.connected().is_empty() {
+        fail("the signal connection to the gateway did not come up");
+    }
+    println!("LISTEN {}", direct.local_addr());
+    wait_for_stdin_close().await;
+    connector.shutdown().await;
+    direct.shutdown().await;
+}
+
+type Lines = tokio::io::Lines<BufReader<ChildStdout>>;
+
+/// Starts this program again in another role and reads its `LISTEN addr` line.
+async fn spawn_role(args: &[String]) -> (Child, Lines, SocketAddr) {
+    let exe = std::env::current_exe().unwrap_or_else(|e| fail(e));
+    let mut child = tokio::process::Command::new(exe)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| fail(format!("cannot start {args:?}: {e}")));
+    let mut out = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let addr = match out.next_line().await {
+        Ok(Some(l)) if l.starts_with("LISTEN ") => l[7..].parse().unwrap_or_else(|e| fail(e)),
+        other => fail(format!("{args:?} did not start: {other:?}")),
+    };
+    (child, out, addr)
+}
+
+/// Resident memory of a process, read through a handle opened once (reading it then needs no
+/// new descriptor when the process is near its limit).
+struct Rss(Option<std::fs::File>);
+
+impl Rss {
+    fn open(pid: u32) -> Self {
+        Rss(std::fs::File::open(format!("/proc/{pid}/status")).ok())
+    }
+    fn kib(&mut self) -> Option<u64> {
+        use std::io::{Read, Seek};
+        let f = self.0.as_mut()?;
+        f.seek(std::io::SeekFrom::Start(0)).ok()?;
+        let mut status = String::new();
+        f.read_to_string(&mut status).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
     }
 }
 
@@ -179,14 +272,31 @@ impl Client {
             .await
     }
 
-    /// Connect, then one echoed byte: the time a device waits before it can talk.
-    async fn setup(&self, addr: SocketAddr, name: &str) -> std::io::Result<Duration> {
-        let t = Instant::now();
-        let mut tls = self.connect(addr, name, None).await?;
-        tls.write_all(b"Ex").await?;
+    /// Sends the mode byte (and more) and checks the server's first answer byte; a refusal
+    /// from the gateway is a Refusal frame, which starts with another byte.
+    async fn open(
+        &self,
+        addr: SocketAddr,
+        name: &str,
+        source: Option<IpAddr>,
+        hello: &[u8],
+        expect: u8,
+    ) -> std::io::Result<Tls> {
+        let mut tls = self.connect(addr, name, source).await?;
+        tls.write_all(hello).await?;
         tls.flush().await?;
         let mut b = [0u8; 1];
         tls.read_exact(&mut b).await?;
+        if b[0] != expect {
+            return Err(std::io::Error::other("refused by the gateway"));
+        }
+        Ok(tls)
+    }
+
+    /// Connect, then one echoed byte: the time a device waits before it can talk.
+    async fn setup(&self, addr: SocketAddr, name: &str) -> std::io::Result<Duration> {
+        let t = Instant::now();
+        let mut tls = self.open(addr, name, None, b"Ex", b'x').await?;
         let d = t.elapsed();
         tls.shutdown().await?;
         Ok(d)
@@ -230,6 +340,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// Raises the open-file limit towards `want`; returns the soft limit in force.
 fn raise_fd_limit(want: u64) -> u64 {
     use rlimit::Resource;
     if Resource::NOFILE.set(want, want).is_err() {
@@ -244,23 +355,37 @@ async fn main() {
         eprintln!("gateway_load: {e}");
         std::process::exit(2)
     });
-    let want = (args.sessions as u64) * 3 + 2_048;
+    // The gateway holds two sockets per session; the others one.
+    let want = (args.sessions as u64) * 2 + 1_024;
     let limit = raise_fd_limit(want);
-    if let Some(dir) = &args.role_gateway {
-        run_gateway(dir, args.sessions, args.relay_kib).await;
-        return;
-    }
-    if limit < want {
-        eprintln!(
-            "gateway_load: open-file limit is {limit}, {want} wanted; sessions may fail for lack of descriptors"
-        );
+    match &args.role {
+        Role::Gateway(dir) => {
+            if limit < want {
+                eprintln!(
+                    "gateway_load: the gateway process may open {limit} files, {want} wanted for {} sessions (2 per session); the hard limit can only be raised with CAP_SYS_RESOURCE",
+                    args.sessions
+                );
+            }
+            return run_gateway(dir, args.sessions, args.relay_kib).await;
+        }
+        Role::Server(dir, gw) => return run_server(dir, *gw).await,
+        Role::Devices => {}
     }
 
-    // PKI in memory; the gateway's files for the child process.
+    // PKI in memory; the files the other two processes need.
     let now = SystemTime::now();
     let ca = ServerCa::create(PkiConfig::default(), now).unwrap_or_else(|e| fail(e));
     let dir = std::env::temp_dir().join(format!("outpost-gateway-load-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| fail(format!("{}: {e}", dir.display())));
+    let write = |name: &str, pem: String, secret: bool| {
+        let path = dir.join(name);
+        let r = if secret {
+            store::write_private_key(&path, &pem)
+        } else {
+            store::write_public(&path, &pem)
+        };
+        r.unwrap_or_else(|e| fail(e));
+    };
     let gw_cert = ca
         .issue_gateway(
             &[GATEWAY_NAME.to_string()],
@@ -268,65 +393,29 @@ async fn main() {
             now,
         )
         .unwrap_or_else(|e| fail(e));
-    store::write_public(&dir.join("gw.chain.pem"), &gw_cert.chain_pem())
+    write("gw.chain.pem", gw_cert.chain_pem(), false);
+    write("gw.key.pem", gw_cert.key_pem(), true);
+    let server_cert = ca
+        .issue_server("server", &[SERVER_NAME.to_string()], &[], now)
         .unwrap_or_else(|e| fail(e));
-    store::write_private_key(&dir.join("gw.key.pem"), &gw_cert.key_pem())
-        .unwrap_or_else(|e| fail(e));
-    store::write_public(&dir.join("ca.pem"), &ca.server_ca().to_pem()).unwrap_or_else(|e| fail(e));
+    write("server.chain.pem", server_cert.chain_pem(), false);
+    write("server.key.pem", server_cert.key_pem(), true);
+    write("ca.pem", ca.server_ca().to_pem(), false);
 
-    let exe = std::env::current_exe().unwrap_or_else(|e| fail(e));
-    let mut child = tokio::process::Command::new(exe)
-        .arg("--role-gateway")
-        .arg(&dir)
-        .arg("--sessions")
-        .arg(args.sessions.to_string())
-        .arg("--relay-kib")
-        .arg(args.relay_kib.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| fail(format!("cannot start the gateway process: {e}")));
-    let gw_pid = child.id().unwrap_or(0);
-    let mut child_out = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let gw_addr: SocketAddr = match child_out.next_line().await {
-        Ok(Some(l)) if l.starts_with("LISTEN ") => l[7..].parse().unwrap_or_else(|e| fail(e)),
-        other => fail(format!("gateway process did not start: {other:?}")),
-    };
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let (mut gw_child, mut gw_out, gw_addr) = spawn_role(&[
+        "--role-gateway".into(),
+        dir_arg.clone(),
+        "--sessions".into(),
+        args.sessions.to_string(),
+        "--relay-kib".into(),
+        args.relay_kib.to_string(),
+    ])
+    .await;
+    let mut gw_rss = Rss::open(gw_child.id().unwrap_or(0));
+    let (mut server_child, _server_out, direct_addr) =
+        spawn_role(&["--role-server".into(), dir_arg, gw_addr.to_string()]).await;
     let _ = std::fs::remove_dir_all(&dir);
-
-    // The server: DMZ connector to the gateway, and its own device port for the baseline.
-    let server_id = ca
-        .issue_server("server", &["server.load.test".to_string()], &[], now)
-        .unwrap_or_else(|e| fail(e));
-    let server = TlsMaterial::new(server_id, ca.server_ca().clone());
-    let (tx, mut rx) = mpsc::channel::<DeviceConnection>(4096);
-    tokio::spawn(async move {
-        while let Some(c) = rx.recv().await {
-            tokio::spawn(serve(c));
-        }
-    });
-    let mut cc = ConnectorConfig::default();
-    cc.server_id = "load-server".into();
-    cc.gateways = vec![DmzGatewayEntry::new("load-gw", gw_addr, GATEWAY_NAME)];
-    let connector = ServerConnector::start(cc, &server, tx.clone()).unwrap_or_else(|e| fail(e));
-    let direct = DeviceListener::start(
-        "127.0.0.1:0".parse().expect("addr"),
-        &server,
-        Duration::from_secs(30),
-        tx,
-    )
-    .await
-    .unwrap_or_else(|e| fail(e));
-    for _ in 0..500 {
-        if !connector.connected().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    if connector.connected().is_empty() {
-        fail("the signal connection to the gateway did not come up");
-    }
 
     let agent = ca
         .issue_agent("load-device", now)
@@ -335,15 +424,17 @@ async fn main() {
         cfg: agent_client_config(&agent, ca.server_ca(), &TlsOptions::default())
             .unwrap_or_else(|e| fail(e)),
     });
-    let direct_addr = direct.local_addr();
-    println!("gateway {gw_addr} (pid {gw_pid}), server port {direct_addr}");
+    println!(
+        "gateway {gw_addr}, server port {direct_addr}, relay buffer {} KiB per direction",
+        args.relay_kib
+    );
 
     // 1. Connection setup, interleaved.
     let (mut via_gw, mut via_direct) = (Vec::new(), Vec::new());
     for _ in 0..args.samples {
         via_direct.push(
             client
-                .setup(direct_addr, "server.load.test")
+                .setup(direct_addr, SERVER_NAME)
                 .await
                 .unwrap_or_else(|e| fail(format!("direct setup: {e}"))),
         );
@@ -356,12 +447,8 @@ async fn main() {
     }
     via_gw.sort();
     via_direct.sort();
-    let (gm, g99, dm, d99) = (
-        percentile(&via_gw, 0.5),
-        percentile(&via_gw, 0.99),
-        percentile(&via_direct, 0.5),
-        percentile(&via_direct, 0.99),
-    );
+    let (gm, g99) = (percentile(&via_gw, 0.5), percentile(&via_gw, 0.99));
+    let (dm, d99) = (percentile(&via_direct, 0.5), percentile(&via_direct, 0.99));
     println!(
         "setup ({} samples each): direct median {:.2} ms p99 {:.2} ms; via gateway median {:.2} ms p99 {:.2} ms; ratio {:.2}x",
         args.samples,
@@ -378,7 +465,7 @@ async fn main() {
     for _ in 0..3 {
         td.push(
             client
-                .stream(direct_addr, "server.load.test", bytes)
+                .stream(direct_addr, SERVER_NAME, bytes)
                 .await
                 .unwrap_or_else(|e| fail(format!("direct stream: {e}"))),
         );
@@ -401,7 +488,7 @@ async fn main() {
     );
 
     // 3. Concurrent sessions held through the gateway.
-    let rss_before = rss_kib(gw_pid).unwrap_or(0);
+    let rss_before = gw_rss.kib().unwrap_or(0);
     let handshakes = Arc::new(Semaphore::new(128));
     let (close_tx, close_rx) = watch::channel(false);
     let failures = Arc::new(AtomicU64::new(0));
@@ -419,15 +506,10 @@ async fn main() {
         tasks.push(tokio::spawn(async move {
             let permit = handshakes.acquire().await.ok();
             let t = Instant::now();
-            let opened = async {
-                let mut tls = client.connect(gw_addr, GATEWAY_NAME, Some(source)).await?;
-                tls.write_all(b"H").await?;
-                tls.flush().await?;
-                let mut b = [0u8; 1];
-                tls.read_exact(&mut b).await?;
-                Ok::<_, std::io::Error>(tls)
-            };
-            let mut tls = match opened.await {
+            let mut tls = match client
+                .open(gw_addr, GATEWAY_NAME, Some(source), b"H", b'!')
+                .await
+            {
                 Ok(tls) => tls,
                 Err(e) => {
                     failures.fetch_add(1, Ordering::Relaxed);
@@ -451,13 +533,12 @@ async fn main() {
     while setups.len() + (failures.load(Ordering::Relaxed) as usize) < args.sessions {
         match tokio::time::timeout(Duration::from_secs(60), held_rx.recv()).await {
             Ok(Some(d)) => setups.push(d),
-            Ok(None) => break,
-            Err(_) => break,
+            Ok(None) | Err(_) => break,
         }
     }
     let ramp = started.elapsed();
     let held = setups.len();
-    let rss_peak = rss_kib(gw_pid).unwrap_or(0);
+    let rss_peak = gw_rss.kib().unwrap_or(0);
     setups.sort();
     println!(
         "sessions: {held} of {} held at once, {} failures, ramp-up {:.1} s, setup median {:.2} ms p99 {:.2} ms (128 handshakes in flight)",
@@ -484,16 +565,16 @@ async fn main() {
     for t in tasks {
         let _ = t.await;
     }
-    drop(child.stdin.take());
-    if let Ok(Some(l)) = child_out.next_line().await {
+    drop(gw_child.stdin.take());
+    if let Ok(Some(l)) = gw_out.next_line().await {
         println!(
             "gateway {}",
             l.trim_start_matches("STATS ").replace(' ', ", ")
         );
     }
-    let _ = child.wait().await;
-    connector.shutdown().await;
-    direct.shutdown().await;
+    let _ = gw_child.wait().await;
+    drop(server_child.stdin.take());
+    let _ = server_child.wait().await;
     if failures.load(Ordering::Relaxed) > 0 || held < args.sessions {
         std::process::exit(1);
     }

@@ -48,6 +48,7 @@
 
 mod enroll;
 mod error;
+mod policy_sync;
 mod registry;
 mod runtime;
 mod service;
@@ -55,6 +56,7 @@ pub mod store;
 
 pub use enroll::{enroll, refusal_code};
 pub use error::{EnrollmentRefusal, ServerError};
+pub use policy_sync::{PolicySync, settings_document};
 pub use registry::{
     Device, FORMAT, GatewayRegistration, Group, MAX_REGISTRY_BYTES, ROOT_GROUP, Registry,
     TokenRecord, check_id,

@@ -32,6 +32,25 @@ pub struct DeviceContext {
     pub group: String,
     /// How it reached the server.
     pub via: Via,
+    /// The number of enrolled devices (the sync interval grows with it).
+    pub fleet_size: u64,
+}
+
+impl DeviceContext {
+    /// A context (the service builds these; this is for sync sources' own tests and tools).
+    pub fn new(
+        device_id: impl Into<String>,
+        group: impl Into<String>,
+        via: Via,
+        fleet_size: u64,
+    ) -> Self {
+        DeviceContext {
+            device_id: device_id.into(),
+            group: group.into(),
+            via,
+            fleet_size,
+        }
+    }
 }
 
 /// Answers a device's sync: what changed for it and when to sync next.
@@ -214,6 +233,15 @@ impl AdminService {
         v
     }
 
+    /// Pushes "sync now" to each of `devices` that has a kept connection; returns how many
+    /// were reached (the others get the change at their next sync).
+    pub fn push_all(&self, devices: &[String], reason: &str, nonce: u64) -> usize {
+        devices
+            .iter()
+            .filter(|d| self.push_sync_now(d, reason, nonce))
+            .count()
+    }
+
     /// Pushes "sync now" to a device over its kept connection; `false` if it has none.
     pub fn push_sync_now(&self, device: &str, reason: &str, nonce: u64) -> bool {
         let tx = lock(&self.online).get(device).map(|(_, tx)| tx.clone());
@@ -306,10 +334,11 @@ impl AdminService {
         // An authenticated device: who it is comes from its certificate.
         let known = peer.cert_sha256.as_ref().and_then(|fp| {
             let reg = lock(&self.registry);
+            let fleet = reg.devices().len() as u64;
             reg.device_by_fingerprint(fp)
-                .map(|(id, d)| (id.to_string(), d.group.clone()))
+                .map(|(id, d)| (id.to_string(), d.group.clone(), fleet))
         });
-        let Some((device_id, group)) = known else {
+        let Some((device_id, group, fleet_size)) = known else {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
             let _ = framed
                 .send(refuse(
@@ -323,6 +352,7 @@ impl AdminService {
             device_id: device_id.clone(),
             group,
             via,
+            fleet_size,
         };
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::channel(16);

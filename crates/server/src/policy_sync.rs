@@ -1,0 +1,109 @@
+//! Sync answered from policies: each device gets the effective settings of every application
+//! (from `outpost-policy`) that differ from the versions it holds, and a sync interval that
+//! grows with the fleet (from `outpost-election`'s rule).
+//!
+//! Each application's settings travel as one JSON document:
+//! `{"values": {<nested settings>}, "locked": ["path.a", ...]}`. `values` is the policy crate's
+//! effective settings for the application; `locked` lists the paths a policy locked, so the
+//! agent overlays its local settings only on the other paths. A document's version is the
+//! first 8 bytes of its SHA-256, so it changes exactly when the document does.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use bytes::Bytes;
+use outpost_election::SyncIntervalPolicy;
+use outpost_policy::{Change, EffectiveSettings, PolicyError, Resolver};
+use outpost_wire::messages::{AppSettings, ObjectKind, SyncRequest, SyncResponse};
+
+use crate::{DeviceContext, SyncSource};
+
+/// A [`SyncSource`] backed by a policy [`Resolver`].
+pub struct PolicySync {
+    resolver: RwLock<Resolver>,
+    interval: SyncIntervalPolicy,
+}
+
+/// One application's settings document and its version.
+pub fn settings_document(settings: &EffectiveSettings, app: &str) -> Option<(u64, Bytes)> {
+    let values = settings.app_json(app)?;
+    let locked: Vec<&str> = settings
+        .iter(app)
+        .filter(|(_, _, locked)| *locked)
+        .map(|(p, _, _)| p)
+        .collect();
+    let doc = serde_json::json!({ "values": values, "locked": locked });
+    let bytes = serde_json::to_vec(&doc).ok()?;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&digest.as_ref()[..8]);
+    Some((u64::from_be_bytes(v), Bytes::from(bytes)))
+}
+
+impl PolicySync {
+    /// A source over `resolver`, handing out sync intervals by `interval`.
+    pub fn new(resolver: Resolver, interval: SyncIntervalPolicy) -> Self {
+        PolicySync {
+            resolver: RwLock::new(resolver),
+            interval,
+        }
+    }
+
+    /// Applies an administrator's change and returns the devices whose effective settings
+    /// changed: push "sync now" to exactly these.
+    pub fn apply(&self, change: Change) -> Result<Vec<String>, PolicyError> {
+        let mut r = self.resolver.write().unwrap_or_else(|e| e.into_inner());
+        Ok(r.apply(change)?.changed)
+    }
+
+    /// The effective settings of a device, if the policies know it.
+    pub fn effective(&self, device: &str) -> Option<EffectiveSettings> {
+        self.resolver
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .effective(device)
+            .ok()
+    }
+}
+
+impl SyncSource for PolicySync {
+    fn sync(&self, device: &DeviceContext, req: &SyncRequest) -> SyncResponse {
+        let next = self.interval.interval(device.fleet_size).as_secs();
+        let mut resp = SyncResponse {
+            next_sync_secs: u32::try_from(next).unwrap_or(u32::MAX),
+            ..Default::default()
+        };
+        let held: HashMap<&str, u64> = req
+            .held
+            .iter()
+            .filter(|h| h.kind == ObjectKind::Settings as i32)
+            .map(|h| (h.id.as_str(), h.version))
+            .collect();
+        let Some(settings) = self.effective(&device.device_id) else {
+            // Unknown to the policies: nothing to apply, and nothing the agent holds stays.
+            resp.removed_settings = held.keys().map(|s| s.to_string()).collect();
+            return resp;
+        };
+        let mut apps: Vec<&str> = settings.apps().collect();
+        apps.sort_unstable();
+        for app in &apps {
+            if let Some((version, json)) = settings_document(&settings, app)
+                && held.get(app) != Some(&version)
+            {
+                resp.settings.push(AppSettings {
+                    application: app.to_string(),
+                    version,
+                    json,
+                });
+            }
+        }
+        let mut removed: Vec<String> = held
+            .keys()
+            .filter(|a| !apps.contains(a))
+            .map(|a| a.to_string())
+            .collect();
+        removed.sort();
+        resp.removed_settings = removed;
+        resp
+    }
+}

@@ -1,0 +1,148 @@
+//! Sync answered from policies.
+
+use outpost_election::SyncIntervalPolicy;
+use outpost_gateway::Via;
+use outpost_policy::{Change, Policy, PolicySetting, Resolver, State, Value};
+use outpost_server::{DeviceContext, PolicySync, SyncSource};
+use outpost_wire::messages::{HeldVersion, ObjectKind, SyncRequest};
+
+const STATE: &str = r#"{
+  "schemas": [
+    {"app": "endpoint", "settings": {
+        "device_control.flash_drives": {"type": "bool", "default": true},
+        "scan.interval_hours": {"type": "int", "default": 24, "min": 1, "max": 168}}},
+    {"app": "agent", "settings": {"sync.quiet": {"type": "bool", "default": false}}}
+  ],
+  "groups": [{"id": "company"}, {"id": "accounting", "parent": "company"}, {"id": "lab", "parent": "company"}],
+  "policies": [{
+      "id": "accountants", "app": "endpoint", "group": "accounting",
+      "settings": {"device_control.flash_drives": {"value": false, "locked": true}},
+      "profiles": [{"name": "senior accountants", "condition": {"tags": {"names": ["senior"]}},
+                    "settings": {"device_control.flash_drives": true}}]}],
+  "devices": [{"id": "pc-junior", "group": "accounting"},
+              {"id": "pc-senior", "group": "accounting", "tags": ["senior"]},
+              {"id": "pc-lab", "group": "lab"}]
+}"#;
+
+fn ctx(device: &str, fleet: u64) -> DeviceContext {
+    DeviceContext::new(device, "accounting", Via::Direct, fleet)
+}
+
+fn source() -> PolicySync {
+    let state = State::from_json(STATE.as_bytes()).unwrap();
+    PolicySync::new(
+        Resolver::new(&state).unwrap(),
+        SyncIntervalPolicy::default(),
+    )
+}
+
+fn held(resp: &outpost_wire::messages::SyncResponse) -> Vec<HeldVersion> {
+    resp.settings
+        .iter()
+        .map(|s| HeldVersion {
+            kind: ObjectKind::Settings as i32,
+            id: s.application.clone(),
+            version: s.version,
+        })
+        .collect()
+}
+
+#[test]
+fn only_changed_documents_are_sent_with_their_locks() {
+    let sync = source();
+    let first = sync.sync(&ctx("pc-junior", 1), &SyncRequest::default());
+    let apps: Vec<&str> = first
+        .settings
+        .iter()
+        .map(|s| s.application.as_str())
+        .collect();
+    assert_eq!(apps, ["agent", "endpoint"]);
+    let endpoint: serde_json::Value = serde_json::from_slice(&first.settings[1].json).unwrap();
+    assert_eq!(endpoint["values"]["device_control"]["flash_drives"], false);
+    assert_eq!(
+        endpoint["locked"],
+        serde_json::json!(["device_control.flash_drives"])
+    );
+    // Holding what it was given, the device gets nothing new.
+    let again = sync.sync(
+        &ctx("pc-junior", 1),
+        &SyncRequest {
+            held: held(&first),
+            ..Default::default()
+        },
+    );
+    assert!(again.settings.is_empty() && again.removed_settings.is_empty());
+    // The senior accountant's profile allows flash drives.
+    let senior = sync.sync(&ctx("pc-senior", 1), &SyncRequest::default());
+    let doc: serde_json::Value = serde_json::from_slice(&senior.settings[1].json).unwrap();
+    assert_eq!(doc["values"]["device_control"]["flash_drives"], true);
+    // An application the device holds but no longer has is removed.
+    let mut stale = held(&first);
+    stale.push(HeldVersion {
+        kind: ObjectKind::Settings as i32,
+        id: "retired-app".into(),
+        version: 1,
+    });
+    let r = sync.sync(
+        &ctx("pc-junior", 1),
+        &SyncRequest {
+            held: stale,
+            ..Default::default()
+        },
+    );
+    assert_eq!(r.removed_settings, ["retired-app"]);
+    // A device the policies do not know gets nothing and keeps nothing.
+    let r = sync.sync(
+        &ctx("stranger", 1),
+        &SyncRequest {
+            held: held(&first),
+            ..Default::default()
+        },
+    );
+    assert!(r.settings.is_empty());
+    assert_eq!(r.removed_settings.len(), 2);
+}
+
+#[test]
+fn an_edit_names_exactly_the_devices_to_push_and_changes_their_documents() {
+    let sync = source();
+    let before = sync.sync(&ctx("pc-lab", 1), &SyncRequest::default());
+    let policy = Policy::new("lab-scan", "endpoint", "lab")
+        .with("scan.interval_hours", PolicySetting::locked(Value::Int(4)));
+    let changed = sync.apply(Change::UpsertPolicy(policy)).unwrap();
+    assert_eq!(changed, ["pc-lab"]);
+    let after = sync.sync(
+        &ctx("pc-lab", 1),
+        &SyncRequest {
+            held: held(&before),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        after.settings.len(),
+        1,
+        "only the endpoint document changed"
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&after.settings[0].json).unwrap();
+    assert_eq!(doc["values"]["scan"]["interval_hours"], 4);
+}
+
+#[test]
+fn the_sync_interval_grows_with_the_fleet() {
+    let sync = source();
+    assert_eq!(
+        sync.sync(&ctx("pc-lab", 500), &SyncRequest::default())
+            .next_sync_secs,
+        900
+    );
+    assert_eq!(
+        sync.sync(&ctx("pc-lab", 20_000), &SyncRequest::default())
+            .next_sync_secs,
+        1800
+    );
+    assert_eq!(
+        sync.sync(&ctx("pc-lab", 100_000), &SyncRequest::default())
+            .next_sync_secs,
+        9000
+    );
+}

@@ -46,6 +46,7 @@
 //! assert!(enroll(&mut reg, &ca, &EnrollRequest { device_id: "laptop-2".into(), ..req }, now).is_err());
 //! ```
 
+mod dp;
 mod enroll;
 mod error;
 mod policy_sync;
@@ -54,6 +55,7 @@ mod runtime;
 mod service;
 pub mod store;
 
+pub use dp::DpCoordinator;
 pub use enroll::{enroll, refusal_code};
 pub use error::{EnrollmentRefusal, ServerError};
 pub use policy_sync::{PolicySync, settings_document};

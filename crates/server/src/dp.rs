@@ -1,0 +1,211 @@
+//! Distribution points on the server: the bridge between the registry (string ids) and the
+//! election engine (`outpost-election`, numeric ids), fed by the agents' syncs.
+//!
+//! A DP's sync carries its health (free disk, uptime, load) in `SyncRequest.dp_status`; each
+//! sync is a heartbeat, followed by a decision round at the time passed in. The answer carries
+//! the device's own roles (one [`DpAssignment`] per scope it is registered for, with the
+//! scope's fencing epoch and the DP's multicast group) and, for every device, the DP that
+//! serves it (role `Active`, `dp_device_id` naming that DP).
+//!
+//! `upstream` in an assignment names where a DP takes files from: `"server"` for the active
+//! DP, the active DP's device id for a standby.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use outpost_election::{
+    DeviceId, DevicePlacement, Election, ElectionConfig, GroupEdge, GroupId, GroupTree, NodeFacts,
+    Origin, Role, ScopeId,
+};
+use outpost_wire::messages::{DpAssignment, DpRole, ScopeKind, ScopeRef, SyncRequest};
+
+use crate::{Registry, ServerError};
+
+#[derive(Default)]
+struct Names {
+    by_name: HashMap<String, u64>,
+    by_id: Vec<String>,
+}
+
+impl Names {
+    fn id(&mut self, name: &str) -> u64 {
+        if let Some(id) = self.by_name.get(name) {
+            return *id;
+        }
+        let id = self.by_id.len() as u64;
+        self.by_id.push(name.to_string());
+        self.by_name.insert(name.to_string(), id);
+        id
+    }
+    fn get(&self, name: &str) -> Option<u64> {
+        self.by_name.get(name).copied()
+    }
+    fn name(&self, id: u64) -> &str {
+        self.by_id
+            .get(id as usize)
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+}
+
+fn election_error(e: outpost_election::ElectionError) -> ServerError {
+    ServerError::Config(format!("distribution points: {e}"))
+}
+
+/// The server's distribution point coordinator.
+pub struct DpCoordinator {
+    election: Election,
+    devices: Names,
+    groups: Names,
+}
+
+impl DpCoordinator {
+    /// A coordinator over the registry's groups and devices.
+    pub fn new(config: ElectionConfig, registry: &Registry) -> Result<Self, ServerError> {
+        let mut groups = Names::default();
+        // Parents first: ids for every group, then the edges.
+        for id in registry.groups().keys() {
+            groups.id(id);
+        }
+        let edges: Vec<GroupEdge> = registry
+            .groups()
+            .iter()
+            .map(|(id, g)| GroupEdge {
+                group: GroupId(groups.id(id)),
+                parent: g.parent.as_deref().map(|p| GroupId(groups.id(p))),
+            })
+            .collect();
+        let tree = GroupTree::from_edges(edges).map_err(election_error)?;
+        let election = Election::new(config, tree).map_err(election_error)?;
+        let mut c = DpCoordinator {
+            election,
+            devices: Names::default(),
+            groups,
+        };
+        for (id, d) in registry.devices() {
+            c.place(id, &d.group)?;
+        }
+        Ok(c)
+    }
+
+    /// Places (or moves) a device in a group.
+    pub fn place(&mut self, device: &str, group: &str) -> Result<(), ServerError> {
+        let g = self
+            .groups
+            .get(group)
+            .ok_or_else(|| ServerError::UnknownGroup(group.into()))?;
+        let d = DeviceId(self.devices.id(device));
+        if self.election.placement(d).is_some() {
+            self.election
+                .move_device(d, GroupId(g))
+                .map_err(election_error)
+        } else {
+            self.election
+                .place_device(d, DevicePlacement::in_group(GroupId(g)))
+                .map_err(election_error)
+        }
+    }
+
+    /// Registers `device` as a distribution point for `group` and its subgroups; returns its
+    /// multicast group address.
+    pub fn register_group_dp(&mut self, device: &str, group: &str) -> Result<IpAddr, ServerError> {
+        let g = self
+            .groups
+            .get(group)
+            .ok_or_else(|| ServerError::UnknownGroup(group.into()))?;
+        let d = DeviceId(self.devices.id(device));
+        self.election
+            .register(d, ScopeId::Group(GroupId(g)), Origin::Manual)
+            .map_err(election_error)
+    }
+
+    /// The election engine (decisions, epochs, serving table).
+    pub fn election(&self) -> &Election {
+        &self.election
+    }
+
+    /// Records a device's sync at `now` (a heartbeat if it is a DP), runs a decision round, and
+    /// returns the assignments its answer carries.
+    pub fn on_sync(&mut self, device: &str, req: &SyncRequest, now: Instant) -> Vec<DpAssignment> {
+        let Some(id) = self.devices.get(device).map(DeviceId) else {
+            return Vec::new();
+        };
+        if !self.election.scopes_of(id).is_empty() {
+            let load = req
+                .dp_status
+                .iter()
+                .map(|s| s.load_milli)
+                .max()
+                .unwrap_or(0);
+            let facts = NodeFacts::new(req.free_disk_bytes)
+                .with_uptime_secs(req.uptime_secs)
+                .with_load_percent(u8::try_from((load / 10).min(100)).unwrap_or(100));
+            // An out-of-order heartbeat is refused by the engine; the round still runs.
+            let _ = self
+                .election
+                .heartbeat(outpost_election::Heartbeat::new(id, facts), now);
+        }
+        self.election.round(now);
+        let mut out = Vec::new();
+        for scope in self.election.scopes_of(id) {
+            let Some(d) = self.election.decision(scope) else {
+                continue;
+            };
+            let role = if d.active == Some(id) {
+                Role::Active
+            } else if d.standbys.contains(&id) {
+                Role::Standby
+            } else {
+                Role::Inactive
+            };
+            out.push(self.assignment(id, scope, role, d.epoch, d.active));
+        }
+        if let Ok(Some(s)) = self.election.serving(id) {
+            out.push(self.assignment(s.dp, s.scope, Role::Active, s.epoch, Some(s.dp)));
+        }
+        out
+    }
+
+    fn assignment(
+        &self,
+        dp: DeviceId,
+        scope: ScopeId,
+        role: Role,
+        epoch: u64,
+        active: Option<DeviceId>,
+    ) -> DpAssignment {
+        let (kind, id) = match scope {
+            ScopeId::Group(g) => (ScopeKind::Group, self.groups.name(g.0).to_string()),
+            ScopeId::BroadcastDomain(b) => (ScopeKind::BroadcastDomain, b.0.to_string()),
+            ScopeId::NetworkLocation(l) => (ScopeKind::NetworkLocation, l.0.to_string()),
+            _ => (ScopeKind::Unspecified, scope.raw().to_string()),
+        };
+        let wire_role = match role {
+            Role::Active => DpRole::Active,
+            Role::Standby => DpRole::Standby,
+            _ => DpRole::None,
+        };
+        let upstream = match (role, active) {
+            (Role::Standby, Some(a)) => self.devices.name(a.0).to_string(),
+            (Role::Active, _) => "server".to_string(),
+            _ => String::new(),
+        };
+        DpAssignment {
+            scope: Some(ScopeRef {
+                kind: kind as i32,
+                id,
+            }),
+            dp_device_id: self.devices.name(dp.0).to_string(),
+            role: wire_role as i32,
+            epoch,
+            multicast_group: self
+                .election
+                .multicast_group(dp)
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            multicast_port: 15001,
+            upstream,
+        }
+    }
+}

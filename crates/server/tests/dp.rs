@@ -1,0 +1,109 @@
+//! Distribution points chosen from the agents' syncs.
+
+use std::time::{Duration, Instant};
+
+use outpost_election::ElectionConfig;
+use outpost_server::{DpCoordinator, Registry};
+use outpost_wire::messages::{DpAssignment, DpRole, DpStatus, SyncRequest};
+
+const GIB: u64 = 1 << 30;
+
+fn registry() -> Registry {
+    let mut r = Registry::new("s").unwrap();
+    r.add_group("office", "Office", None).unwrap();
+    r.add_group("office-2f", "Second floor", Some("office"))
+        .unwrap();
+    r
+}
+
+fn heartbeat(free_gib: u64) -> SyncRequest {
+    SyncRequest {
+        free_disk_bytes: free_gib * GIB,
+        uptime_secs: 3600,
+        dp_status: vec![DpStatus::default()],
+        ..Default::default()
+    }
+}
+
+/// The DP's own role: its own entries come before the "served by" entry.
+fn own(a: &[DpAssignment], dp: &str) -> Option<(DpRole, u64)> {
+    a.iter()
+        .find(|x| x.dp_device_id == dp)
+        .map(|x| (DpRole::try_from(x.role).unwrap(), x.epoch))
+}
+
+#[test]
+fn failover_with_fencing_from_syncs() {
+    let mut c = DpCoordinator::new(ElectionConfig::default(), &registry()).unwrap();
+    for (d, g) in [
+        ("dp-a", "office"),
+        ("dp-b", "office"),
+        ("pc-1", "office-2f"),
+    ] {
+        c.place(d, g).unwrap();
+    }
+    let ga = c.register_group_dp("dp-a", "office").unwrap();
+    let gb = c.register_group_dp("dp-b", "office").unwrap();
+    assert_ne!(ga, gb, "each DP has its own multicast group");
+    let t0 = Instant::now();
+
+    // Both report healthy; dp-a (lower id on equal facts) becomes active, dp-b standby.
+    c.on_sync("dp-a", &heartbeat(50), t0);
+    let b = c.on_sync("dp-b", &heartbeat(50), t0);
+    let a = c.on_sync("dp-a", &heartbeat(50), t0 + Duration::from_secs(1));
+    let (role_a, epoch1) = own(&a, "dp-a").unwrap();
+    assert_eq!(role_a, DpRole::Active);
+    assert_eq!(own(&b, "dp-b").map(|x| x.0), Some(DpRole::Standby));
+    // The standby takes files from the active DP; the active one from the server.
+    assert!(
+        b.iter()
+            .any(|x| x.dp_device_id == "dp-b" && x.upstream == "dp-a")
+    );
+    assert!(a.iter().any(|x| x.dp_device_id == "dp-a"
+        && x.upstream == "server"
+        && x.multicast_group == ga.to_string()));
+
+    // A device below the scope is served by the active DP.
+    let pc = c.on_sync("pc-1", &SyncRequest::default(), t0 + Duration::from_secs(2));
+    assert_eq!(pc.len(), 1);
+    assert_eq!(pc[0].dp_device_id, "dp-a");
+    assert_eq!(pc[0].epoch, epoch1);
+
+    // dp-a falls silent; dp-b keeps syncing. After missed heartbeats dp-b is active.
+    let down_after = ElectionConfig::default().down_after();
+    let mut t = t0 + Duration::from_secs(2);
+    let mut promoted = None;
+    for _ in 0..10 {
+        t += Duration::from_secs(60);
+        let b = c.on_sync("dp-b", &heartbeat(50), t);
+        if let Some((DpRole::Active, e)) = own(&b, "dp-b") {
+            promoted = Some((t, e));
+            break;
+        }
+    }
+    let (when, epoch2) = promoted.expect("standby promoted");
+    assert!(epoch2 > epoch1, "a change of active raises the epoch");
+    assert!(
+        when - t0 <= down_after + Duration::from_secs(62),
+        "replaced within the missed heartbeats"
+    );
+    // The old active learns at its next sync that it was replaced (higher epoch, not active).
+    let a = c.on_sync("dp-a", &heartbeat(50), t + Duration::from_secs(1));
+    let (role, epoch) = own(&a, "dp-a").unwrap();
+    assert_ne!(role, DpRole::Active);
+    assert!(epoch >= epoch2);
+    // The device follows.
+    let pc = c.on_sync("pc-1", &SyncRequest::default(), t + Duration::from_secs(2));
+    assert_eq!(pc[0].dp_device_id, "dp-b");
+
+    // Short of disk, a DP cannot be active.
+    let mut c2 = DpCoordinator::new(ElectionConfig::default(), &registry()).unwrap();
+    c2.place("dp-x", "office").unwrap();
+    c2.register_group_dp("dp-x", "office").unwrap();
+    let x = c2.on_sync("dp-x", &heartbeat(1), t0);
+    assert_ne!(own(&x, "dp-x").map(|x| x.0), Some(DpRole::Active));
+    assert!(matches!(
+        c2.place("dp-x", "nowhere"),
+        Err(outpost_server::ServerError::UnknownGroup(_))
+    ));
+}

@@ -49,6 +49,7 @@
 mod dp;
 mod enroll;
 mod error;
+mod fleet;
 mod policy_sync;
 mod registry;
 mod runtime;
@@ -58,6 +59,7 @@ pub mod store;
 pub use dp::DpCoordinator;
 pub use enroll::{enroll, refusal_code};
 pub use error::{EnrollmentRefusal, ServerError};
+pub use fleet::FleetSync;
 pub use policy_sync::{PolicySync, settings_document};
 pub use registry::{
     Device, FORMAT, GatewayRegistration, Group, MAX_REGISTRY_BYTES, ROOT_GROUP, Registry,

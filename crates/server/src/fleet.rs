@@ -1,0 +1,82 @@
+//! The sync source a full server uses: settings from policies, distribution point roles and
+//! serving DPs from the election, and the updates a device does not hold yet.
+
+use std::sync::{Mutex, RwLock};
+use std::time::Instant;
+
+use outpost_election::SyncIntervalPolicy;
+use outpost_wire::messages::{ObjectKind, SyncRequest, SyncResponse, UpdateAnnouncement};
+
+use crate::{DeviceContext, DpCoordinator, PolicySync, SyncSource};
+
+/// Settings, DP assignments and update announcements in one answer.
+pub struct FleetSync {
+    policy: Option<PolicySync>,
+    dps: Option<Mutex<DpCoordinator>>,
+    updates: RwLock<Vec<UpdateAnnouncement>>,
+    interval: SyncIntervalPolicy,
+}
+
+impl FleetSync {
+    /// A source from its parts; either may be absent.
+    pub fn new(
+        policy: Option<PolicySync>,
+        dps: Option<DpCoordinator>,
+        interval: SyncIntervalPolicy,
+    ) -> Self {
+        FleetSync {
+            policy,
+            dps: dps.map(Mutex::new),
+            updates: RwLock::new(Vec::new()),
+            interval,
+        }
+    }
+
+    /// Announces an update to every device that does not hold this version of it.
+    pub fn publish_update(&self, a: UpdateAnnouncement) {
+        let mut u = self.updates.write().unwrap_or_else(|e| e.into_inner());
+        u.retain(|x| x.object_id != a.object_id);
+        u.push(a);
+    }
+
+    /// The policies, to apply changes (and learn whom to push).
+    pub fn policy(&self) -> Option<&PolicySync> {
+        self.policy.as_ref()
+    }
+
+    /// Runs `f` on the DP coordinator.
+    pub fn with_dps<T>(&self, f: impl FnOnce(&mut DpCoordinator) -> T) -> Option<T> {
+        let dps = self.dps.as_ref()?;
+        Some(f(&mut dps.lock().unwrap_or_else(|e| e.into_inner())))
+    }
+}
+
+impl SyncSource for FleetSync {
+    fn sync(&self, device: &DeviceContext, req: &SyncRequest) -> SyncResponse {
+        let mut resp = match &self.policy {
+            Some(p) => p.sync(device, req),
+            None => SyncResponse {
+                next_sync_secs: u32::try_from(self.interval.interval(device.fleet_size).as_secs())
+                    .unwrap_or(u32::MAX),
+                ..Default::default()
+            },
+        };
+        if let Some(a) = self.with_dps(|c| c.on_sync(&device.device_id, req, Instant::now())) {
+            resp.assignments = a;
+        }
+        let held = |u: &UpdateAnnouncement| {
+            req.held.iter().any(|h| {
+                h.kind == ObjectKind::Update as i32 && h.id == u.object_id && h.version == u.version
+            })
+        };
+        resp.updates = self
+            .updates
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|u| !held(u))
+            .cloned()
+            .collect();
+        resp
+    }
+}

@@ -7,6 +7,7 @@
 //! cargo run --example admin_server -- token --config F --group G [--device D] [--ttl-secs N]
 //! cargo run --example admin_server -- register-dmz-gateway --config F --id ID --addr A --dns NAME
 //! cargo run --example admin_server -- register-remote-office-gateway --config F --id ID --device D
+//! cargo run --example admin_server -- register-dp --config F --device D --group G
 //! ```
 //! The registry commands edit the registry file: run them while the server is stopped.
 
@@ -100,6 +101,17 @@ async fn main() {
             );
             return;
         }
+        "register-dp" => {
+            edit(&config, &base, |r| {
+                r.register_dp(flags.need(PROGRAM, "device"), flags.need(PROGRAM, "group"))
+            });
+            println!(
+                "{} is a distribution point for {}",
+                flags.need(PROGRAM, "device"),
+                flags.need(PROGRAM, "group")
+            );
+            return;
+        }
         "register-remote-office-gateway" => {
             edit(&config, &base, |r| {
                 r.register_remote_office_gateway(
@@ -116,7 +128,7 @@ async fn main() {
         other => common::die(
             PROGRAM,
             format!(
-                "unknown command {other:?} (commands: run, group, token, register-dmz-gateway, register-remote-office-gateway)"
+                "unknown command {other:?} (commands: run, group, token, register-dp, register-dmz-gateway, register-remote-office-gateway)"
             ),
         ),
     }

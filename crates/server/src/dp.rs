@@ -86,6 +86,11 @@ impl DpCoordinator {
         for (id, d) in registry.devices() {
             c.place(id, &d.group)?;
         }
+        for (dp, groups) in registry.dps() {
+            for g in groups {
+                c.register_group_dp(dp, g)?;
+            }
+        }
         Ok(c)
     }
 

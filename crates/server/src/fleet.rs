@@ -79,4 +79,17 @@ impl SyncSource for FleetSync {
             .collect();
         resp
     }
+
+    fn on_enrolled(&self, device: &str, group: &str) {
+        if let Some(p) = &self.policy
+            && let Err(e) = p.apply(outpost_policy::Change::UpsertDevice(
+                outpost_policy::Device::new(device, group),
+            ))
+        {
+            log::warn!("policies do not take device {device:?} in group {group:?}: {e}");
+        }
+        if let Some(Err(e)) = self.with_dps(|c| c.place(device, group)) {
+            log::warn!("distribution points do not take device {device:?}: {e}");
+        }
+    }
 }

@@ -105,6 +105,10 @@ pub struct Registry {
     gateways: BTreeMap<String, GatewayRegistration>,
     /// Keyed by the SHA-256 (hex) of the token: the token itself is never stored.
     tokens: BTreeMap<String, TokenRecord>,
+    /// Distribution points registered by the administrator: device id → the groups whose
+    /// subtrees each serves.
+    #[serde(default)]
+    dps: BTreeMap<String, Vec<String>>,
 }
 
 pub(crate) fn unix(t: SystemTime) -> u64 {
@@ -164,6 +168,7 @@ impl Registry {
             devices: BTreeMap::new(),
             gateways: BTreeMap::new(),
             tokens: BTreeMap::new(),
+            dps: BTreeMap::new(),
         })
     }
 
@@ -244,6 +249,14 @@ impl Registry {
         for t in self.tokens.values() {
             if !self.groups.contains_key(&t.group) {
                 return Err(ServerError::UnknownGroup(t.group.clone()));
+            }
+        }
+        for (d, groups) in &self.dps {
+            if !self.devices.contains_key(d) {
+                return Err(ServerError::UnknownDevice(d.clone()));
+            }
+            if let Some(g) = groups.iter().find(|g| !self.groups.contains_key(*g)) {
+                return Err(ServerError::UnknownGroup(g.clone()));
             }
         }
         Ok(())
@@ -479,6 +492,30 @@ impl Registry {
         }
         self.gateways.insert(id.into(), g);
         Ok(())
+    }
+
+    /// Registers enrolled `device` as a distribution point for `group` and its subgroups.
+    pub fn register_dp(&mut self, device: &str, group: &str) -> Result<(), ServerError> {
+        if !self.devices.contains_key(device) {
+            return Err(ServerError::UnknownDevice(device.into()));
+        }
+        if !self.groups.contains_key(group) {
+            return Err(ServerError::UnknownGroup(group.into()));
+        }
+        let scopes = self.dps.entry(device.into()).or_default();
+        if scopes.iter().any(|g| g == group) {
+            return Err(ServerError::Duplicate {
+                kind: "distribution point",
+                id: format!("{device} for {group}"),
+            });
+        }
+        scopes.push(group.into());
+        Ok(())
+    }
+
+    /// The registered distribution points: device id → groups served.
+    pub fn dps(&self) -> &BTreeMap<String, Vec<String>> {
+        &self.dps
     }
 
     /// The registered gateways.

@@ -15,15 +15,16 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use outpost_election::ElectionConfig;
+use outpost_policy::{Resolver, State};
+
 use crate::{
-    AdminService, FixedInterval, ObjectStore, Registry, ServerError, ServiceConfig, SyncSource,
+    AdminService, DpCoordinator, FleetSync, ObjectStore, PolicySync, Registry, ServerError,
+    ServiceConfig, SyncSource,
 };
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 13000))
-}
-fn default_interval() -> u32 {
-    900
 }
 fn default_handshake() -> u64 {
     10_000
@@ -47,7 +48,7 @@ fn default_handshake() -> u64 {
 ///     addr = "127.0.0.1:13000"
 ///     name = "gw.example.test"
 /// "#).unwrap();
-/// assert_eq!(cfg.sync_interval_secs, 900);
+/// assert!(cfg.policy_state.is_none());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,12 +66,17 @@ pub struct AdminServerConfig {
     /// DMZ gateways to dial.
     #[serde(default)]
     pub connector: ConnectorConfig,
-    /// Sync interval handed to agents when no other sync source is plugged in (default 900 s).
-    #[serde(default = "default_interval")]
-    pub sync_interval_secs: u32,
     /// Time allowed for a device's TLS handshake, in ms (default 10 s).
     #[serde(default = "default_handshake")]
     pub handshake_timeout_ms: u64,
+    /// The policies (an `outpost-policy` state document, `.json` or `.toml`), relative to
+    /// the configuration file. Without it devices get no settings.
+    #[serde(default)]
+    pub policy_state: Option<PathBuf>,
+    /// Distribution point election settings (heartbeats, disk thresholds, multicast range,
+    /// the sync interval rule).
+    #[serde(default)]
+    pub election: ElectionConfig,
 }
 
 impl AdminServerConfig {
@@ -87,19 +93,48 @@ impl AdminServerConfig {
     /// Checks the configuration.
     pub fn validate(&self) -> Result<(), ServerError> {
         crate::check_id("instance_id", &self.instance_id)?;
-        if self.sync_interval_secs == 0 {
-            return Err(ServerError::Config(
-                "sync_interval_secs: must be above 0".into(),
-            ));
-        }
         if self.handshake_timeout_ms == 0 {
             return Err(ServerError::Config(
                 "handshake_timeout_ms: must be above 0".into(),
             ));
         }
+        self.election
+            .validate()
+            .map_err(|e| ServerError::Config(format!("election: {e}")))?;
         self.connector
             .validate()
             .map_err(|e| ServerError::Config(format!("connector: {e}")))
+    }
+
+    /// The sync source these settings describe: policies from `policy_state` (if set),
+    /// distribution points from the registry, the election's sync interval rule.
+    pub fn fleet_sync(&self, base: &Path, registry: &Registry) -> Result<FleetSync, ServerError> {
+        let policy = match &self.policy_state {
+            None => None,
+            Some(p) => {
+                let path = base.join(p);
+                let bad = |e: String| {
+                    ServerError::Config(format!("policy_state: {}: {e}", path.display()))
+                };
+                let bytes = crate::store::read_bounded(&path, 64 * 1024 * 1024)?
+                    .ok_or_else(|| bad("does not exist".into()))?;
+                let state = if path.extension().is_some_and(|e| e == "toml") {
+                    let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8".into()))?;
+                    State::from_toml(&text)
+                } else {
+                    State::from_json(&bytes)
+                }
+                .map_err(|e| bad(e.to_string()))?;
+                let resolver = Resolver::new(&state).map_err(|e| bad(e.to_string()))?;
+                Some(PolicySync::new(resolver, self.election.sync))
+            }
+        };
+        let dps = DpCoordinator::new(self.election.clone(), registry)?;
+        Ok(FleetSync::new(
+            policy,
+            Some(dps),
+            self.election.sync,
+        ))
     }
 
     /// Loads the registry, or makes a new one for this instance.
@@ -128,8 +163,9 @@ pub struct AdminServer {
 
 impl AdminServer {
     /// Loads the CA and registry, binds the device port, starts dialling the DMZ gateways and
-    /// serves every device. `sync` answers syncs (a fixed interval if `None`); `objects` serves
-    /// file chunks. `base` is the configuration file's directory.
+    /// serves every device. `sync` answers syncs (if `None`, the configuration's
+    /// [`fleet_sync`](AdminServerConfig::fleet_sync)); `objects` serves file chunks. `base` is
+    /// the configuration file's directory.
     pub async fn start(
         config: AdminServerConfig,
         base: &Path,
@@ -145,7 +181,10 @@ impl AdminServer {
         let registry_path = config.registry_path(base);
         registry.save(&registry_path)?;
         let tls = config.tls.load(base)?;
-        let sync = sync.unwrap_or_else(|| Arc::new(FixedInterval(config.sync_interval_secs)));
+        let sync: Arc<dyn SyncSource> = match sync {
+            Some(s) => s,
+            None => Arc::new(config.fleet_sync(base, &registry)?),
+        };
         let service = AdminService::new(
             ServiceConfig::new(registry_path),
             ca,

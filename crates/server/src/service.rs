@@ -57,6 +57,9 @@ impl DeviceContext {
 pub trait SyncSource: Send + Sync + 'static {
     /// The answer to `req` from `device`.
     fn sync(&self, device: &DeviceContext, req: &SyncRequest) -> SyncResponse;
+
+    /// A device was enrolled into `group` (the default does nothing).
+    fn on_enrolled(&self, _device: &str, _group: &str) {}
 }
 
 /// A sync source that only hands out the next sync interval.
@@ -307,6 +310,7 @@ impl AdminService {
                         self.update_registry(|reg| enroll(reg, &self.ca, &req, SystemTime::now()));
                     match result {
                         Ok(resp) => {
+                            self.sync.on_enrolled(&req.device_id, &resp.group);
                             self.stats.enrolled.fetch_add(1, Ordering::Relaxed);
                             log::info!(
                                 "enrolled device {:?} from {}",

@@ -3,9 +3,18 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use futures_util::{SinkExt, StreamExt};
 use outpost_gateway::{Gateway, GatewayConfig, TlsMaterial};
+use outpost_pki::IssuedCert;
+use outpost_pki::tls::{TlsOptions, agent_client_config, enrollment_client_config};
 use outpost_pki::{PkiConfig, ServerCa, store};
 use outpost_server::{AdminServer, AdminServerConfig, MemoryObjects};
+use outpost_wire::messages::{EnrollRequest, Hello, SyncRequest};
+use outpost_wire::{Message, MessageCodec};
+use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_util::codec::Framed;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registered_dmz_gateways_are_dialled_and_state_is_kept() {
@@ -84,4 +93,111 @@ async fn registered_dmz_gateways_are_dialled_and_state_is_kept() {
     assert_eq!(reg.pending_tokens(), 1);
     assert!(!token.is_empty());
     gw.shutdown().await;
+}
+
+async fn exchange(
+    cfg: Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+    m: Message,
+) -> Message {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = TlsConnector::from(cfg)
+        .connect(ServerName::try_from("server.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    let mut f = Framed::new(tls, MessageCodec::new());
+    f.send(Message::from(Hello {
+        min_version: 1,
+        max_version: 1,
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    assert!(matches!(f.next().await, Some(Ok(Message::HelloAck(_)))));
+    f.send(m).await.unwrap();
+    f.next().await.unwrap().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolled_devices_get_their_policy_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    let now = SystemTime::now();
+    let mut ca = ServerCa::create(PkiConfig::default(), now).unwrap();
+    store::save_server_ca(&mut ca, &base.join("state"), now).unwrap();
+    let server = ca
+        .issue_server("server-1", &["server.test".into()], &[], now)
+        .unwrap();
+    store::write_public(&base.join("state/server.chain.pem"), &server.chain_pem()).unwrap();
+    store::write_private_key(&base.join("state/server.key"), &server.key_pem()).unwrap();
+    std::fs::write(
+        base.join("policies.json"),
+        br#"{"schemas": [{"app": "endpoint", "settings": {"usb.block": {"type": "bool", "default": false}}}],
+             "groups": [{"id": "root"}, {"id": "lab", "parent": "root"}],
+             "policies": [{"id": "lab-usb", "app": "endpoint", "group": "lab",
+                           "settings": {"usb.block": {"value": true, "locked": true}}}]}"#,
+    )
+    .unwrap();
+    let config = AdminServerConfig::from_toml(
+        r#"
+        instance_id = "server-1"
+        data_dir = "state"
+        listen = "127.0.0.1:0"
+        policy_state = "policies.json"
+        [tls]
+        cert = "state/server.chain.pem"
+        key = "state/server.key"
+        server_ca = "state/ca.crt"
+    "#,
+    )
+    .unwrap();
+    let mut reg = config.load_registry(base).unwrap();
+    reg.add_group("lab", "Lab", None).unwrap();
+    let token = reg
+        .issue_token("lab", None, Duration::from_secs(60), now)
+        .unwrap();
+    reg.save(&config.registry_path(base)).unwrap();
+    let running = AdminServer::start(config, base, None, Arc::new(MemoryObjects::default()))
+        .await
+        .unwrap();
+    let addr = running.local_addr();
+
+    let key = outpost_pki::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::new(vec![])
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap();
+    let req = EnrollRequest {
+        device_id: "bench-1".into(),
+        csr_der: csr.der().to_vec().into(),
+        enrollment_token: token,
+        group_hint: String::new(),
+    };
+    let Message::EnrollResponse(r) = exchange(
+        enrollment_client_config(ca.server_ca(), &TlsOptions::default()).unwrap(),
+        addr,
+        req.into(),
+    )
+    .await
+    else {
+        panic!("not enrolled");
+    };
+    let chain = vec![
+        CertificateDer::from(r.certificate_der.to_vec()),
+        CertificateDer::from(r.ca_der.to_vec()),
+    ];
+    let me = IssuedCert::from_parts(chain, PrivatePkcs8KeyDer::from(key.serialize_der())).unwrap();
+    let cfg = agent_client_config(&me, ca.server_ca(), &TlsOptions::default()).unwrap();
+    let Message::SyncResponse(s) = exchange(cfg, addr, SyncRequest::default().into()).await else {
+        panic!("no sync")
+    };
+    assert_eq!(
+        s.settings.len(),
+        1,
+        "the newly enrolled device has its group's policy"
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&s.settings[0].json).unwrap();
+    assert_eq!(doc["values"]["usb"]["block"], true);
+    assert_eq!(doc["locked"], serde_json::json!(["usb.block"]));
+    running.shutdown().await;
 }

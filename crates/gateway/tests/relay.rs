@@ -2,12 +2,14 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use outpost_gateway::{
-    ConnectorConfig, DeviceListener, DmzGatewayEntry, Gateway, GatewayConfig, ServerConnector, Via,
+    ConnectorConfig, ConnectorHandle, DeviceConnection, DeviceListener, DmzGatewayEntry, Gateway,
+    GatewayConfig, GatewayHandle, ServerConnector, Via,
 };
 use outpost_pki::tls::{TlsOptions, gateway_data_client_config, gateway_signal_client_config};
 use outpost_wire::messages::*;
@@ -33,6 +35,37 @@ fn local() -> std::net::SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
+/// A DMZ gateway started with `cfg`, and a connector that dials it and hands devices to
+/// `tx` (`tweak` adjusts its configuration); returns once the signal connection is up.
+async fn dmz_pair(
+    pki: &Pki,
+    cfg: GatewayConfig,
+    tx: mpsc::Sender<DeviceConnection>,
+    tweak: impl FnOnce(&mut ConnectorConfig),
+) -> (GatewayHandle, ConnectorHandle) {
+    let gw = Gateway::start(cfg, pki.gateway()).await.unwrap();
+    let mut cc = connector_config(vec![DmzGatewayEntry::new(
+        "gw-dmz",
+        gw.local_addr(),
+        GATEWAY_NAME,
+    )]);
+    tweak(&mut cc);
+    let conn = ServerConnector::start(cc, &pki.server(), tx).unwrap();
+    wait_until("signal connection", || gw.stats().signal_sessions == 1).await;
+    (gw, conn)
+}
+
+/// [`dmz_pair`] with an echoing server behind it.
+async fn dmz_echo(
+    pki: &Pki,
+    cfg: GatewayConfig,
+) -> (GatewayHandle, ConnectorHandle, Arc<Mutex<Seen>>) {
+    let (tx, rx) = mpsc::channel(64);
+    let seen = echo_server(rx);
+    let (gw, conn) = dmz_pair(pki, cfg, tx, |_| {}).await;
+    (gw, conn, seen)
+}
+
 async fn read_refusal<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Refusal {
     match outpost_gateway::io::read_message(s, 65536).await {
         Ok(Message::Refusal(r)) => r,
@@ -43,22 +76,7 @@ async fn read_refusal<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Refusal {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dmz_echo_many_devices_byte_exact() {
     let pki = Pki::new();
-    let gw = Gateway::start(GatewayConfig::dmz("gw-dmz", local()), pki.gateway())
-        .await
-        .unwrap();
-    let (tx, rx) = mpsc::channel(64);
-    let seen = echo_server(rx);
-    let conn = ServerConnector::start(
-        connector_config(vec![DmzGatewayEntry::new(
-            "gw-dmz",
-            gw.local_addr(),
-            GATEWAY_NAME,
-        )]),
-        &pki.server(),
-        tx,
-    )
-    .unwrap();
-    wait_until("signal connection", || gw.stats().signal_sessions == 1).await;
+    let (gw, conn, seen) = dmz_echo(&pki, GatewayConfig::dmz("gw-dmz", local())).await;
 
     const DEVICES: u64 = 12;
     const SIZE: usize = 3 * 1024 * 1024;
@@ -162,16 +180,11 @@ async fn web_console_tunnel_carries_tcp_to_the_configured_target() {
     });
     let mut cfg = GatewayConfig::dmz("gw-dmz", local());
     cfg.web_console_listen = Some(local());
-    let gw = Gateway::start(cfg, pki.gateway()).await.unwrap();
     let (tx, _rx) = mpsc::channel(4);
-    let mut cc = connector_config(vec![DmzGatewayEntry::new(
-        "gw-dmz",
-        gw.local_addr(),
-        GATEWAY_NAME,
-    )]);
-    cc.web_console_target = Some(console_addr);
-    let conn = ServerConnector::start(cc, &pki.server(), tx).unwrap();
-    wait_until("signal connection", || gw.stats().signal_sessions == 1).await;
+    let (gw, conn) = dmz_pair(&pki, cfg, tx, |cc| {
+        cc.web_console_target = Some(console_addr)
+    })
+    .await;
     let tcp = TcpStream::connect(gw.web_console_addr().unwrap())
         .await
         .unwrap();
@@ -193,20 +206,7 @@ async fn unauthenticated_devices_are_refused() {
     let pki = Pki::new();
     let mut cfg = GatewayConfig::dmz("gw-dmz", local());
     cfg.mobile_listen = Some(local());
-    let gw = Gateway::start(cfg, pki.gateway()).await.unwrap();
-    let (tx, rx) = mpsc::channel(8);
-    let seen = echo_server(rx);
-    let conn = ServerConnector::start(
-        connector_config(vec![DmzGatewayEntry::new(
-            "gw-dmz",
-            gw.local_addr(),
-            GATEWAY_NAME,
-        )]),
-        &pki.server(),
-        tx,
-    )
-    .unwrap();
-    wait_until("signal connection", || gw.stats().signal_sessions == 1).await;
+    let (gw, conn, seen) = dmz_echo(&pki, cfg).await;
 
     // No client certificate on the agent port.
     let tls = mobile_connect(&pki, None, gw.local_addr()).await;
@@ -556,20 +556,7 @@ async fn device_limit_closes_extra_devices_at_once() {
     let pki = Pki::new();
     let mut cfg = GatewayConfig::dmz("gw-dmz", local());
     cfg.limits.max_devices = 1;
-    let gw = Gateway::start(cfg, pki.gateway()).await.unwrap();
-    let (tx, rx) = mpsc::channel(8);
-    let _seen = echo_server(rx);
-    let conn = ServerConnector::start(
-        connector_config(vec![DmzGatewayEntry::new(
-            "gw-dmz",
-            gw.local_addr(),
-            GATEWAY_NAME,
-        )]),
-        &pki.server(),
-        tx,
-    )
-    .unwrap();
-    wait_until("signal connection", || gw.stats().signal_sessions == 1).await;
+    let (gw, conn, _seen) = dmz_echo(&pki, cfg).await;
     let cert = pki.agent("device-1");
     let first = agent_connect(&pki, &cert, gw.local_addr(), GATEWAY_NAME)
         .await
@@ -590,21 +577,8 @@ async fn device_limit_closes_extra_devices_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_reset_closes_the_server_side_too() {
     let pki = Pki::new();
-    let gw = Gateway::start(GatewayConfig::dmz("gw-dmz", local()), pki.gateway())
-        .await
-        .unwrap();
     let (tx, mut rx) = mpsc::channel(8);
-    let conn = ServerConnector::start(
-        connector_config(vec![DmzGatewayEntry::new(
-            "gw-dmz",
-            gw.local_addr(),
-            GATEWAY_NAME,
-        )]),
-        &pki.server(),
-        tx,
-    )
-    .unwrap();
-    wait_until("signal connection", || gw.stats().signal_sessions == 1).await;
+    let (gw, conn) = dmz_pair(&pki, GatewayConfig::dmz("gw-dmz", local()), tx, |_| {}).await;
     let cert = pki.agent("device-1");
     // Connect over a socket we can reset.
     let tcp = TcpStream::connect(gw.local_addr()).await.unwrap();
@@ -626,7 +600,9 @@ async fn a_device_reset_closes_the_server_side_too() {
     assert_eq!(&buf, b"ping");
     // Reset: SO_LINGER 0 and drop, no TLS close_notify.
     let (tcp, _) = tls.into_inner();
-    socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO)).unwrap();
+    socket2::SockRef::from(&tcp)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
     drop(tcp);
     // The server's side ends (error or end of stream), it is not left open.
     let mut rest = Vec::new();
@@ -644,19 +620,8 @@ async fn a_device_reset_closes_the_server_side_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_drains_active_relays_and_accepts_no_more() {
     let pki = Pki::new();
-    let gw = Gateway::start(GatewayConfig::dmz("gw-dmz", local()), pki.gateway())
-        .await
-        .unwrap();
+    let (gw, conn, _seen) = dmz_echo(&pki, GatewayConfig::dmz("gw-dmz", local())).await;
     let addr = gw.local_addr();
-    let (tx, rx) = mpsc::channel(8);
-    let _seen = echo_server(rx);
-    let conn = ServerConnector::start(
-        connector_config(vec![DmzGatewayEntry::new("gw-dmz", addr, GATEWAY_NAME)]),
-        &pki.server(),
-        tx,
-    )
-    .unwrap();
-    wait_until("signal connection", || gw.stats().signal_sessions == 1).await;
     let cert = pki.agent("device-1");
     let tls = agent_connect(&pki, &cert, addr, GATEWAY_NAME)
         .await

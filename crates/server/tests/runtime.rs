@@ -16,11 +16,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registered_dmz_gateways_are_dialled_and_state_is_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path();
-    let now = SystemTime::now();
+/// A data directory `base/state` as `pki init` and `issue-server` leave it: both CAs, and the
+/// server's certificate for `server.test`.
+fn state_dir(base: &std::path::Path, now: SystemTime) -> ServerCa {
     let mut ca = ServerCa::create(PkiConfig::default(), now).unwrap();
     store::save_server_ca(&mut ca, &base.join("state"), now).unwrap();
     let server = ca
@@ -28,6 +26,15 @@ async fn registered_dmz_gateways_are_dialled_and_state_is_kept() {
         .unwrap();
     store::write_public(&base.join("state/server.chain.pem"), &server.chain_pem()).unwrap();
     store::write_private_key(&base.join("state/server.key"), &server.key_pem()).unwrap();
+    ca
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_dmz_gateways_are_dialled_and_state_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    let now = SystemTime::now();
+    let ca = state_dir(base, now);
     let gw_cert = ca.issue_gateway(&["gw.test".into()], &[], now).unwrap();
     let gw = Gateway::start(
         GatewayConfig::dmz("dmz-1", "127.0.0.1:0".parse().unwrap()),
@@ -123,13 +130,7 @@ async fn enrolled_devices_get_their_policy_settings() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path();
     let now = SystemTime::now();
-    let mut ca = ServerCa::create(PkiConfig::default(), now).unwrap();
-    store::save_server_ca(&mut ca, &base.join("state"), now).unwrap();
-    let server = ca
-        .issue_server("server-1", &["server.test".into()], &[], now)
-        .unwrap();
-    store::write_public(&base.join("state/server.chain.pem"), &server.chain_pem()).unwrap();
-    store::write_private_key(&base.join("state/server.key"), &server.key_pem()).unwrap();
+    let ca = state_dir(base, now);
     std::fs::write(
         base.join("policies.json"),
         br#"{"schemas": [{"app": "endpoint", "settings": {"usb.block": {"type": "bool", "default": false}}}],

@@ -1,0 +1,666 @@
+//! The sans-IO agent: a state machine fed with what happened (connected, a message, a timer)
+//! and the current time, answering with actions (connect, send, apply settings, close). It
+//! never reads the clock and never touches a socket; [`crate::Agent`] drives it over TLS.
+//!
+//! Life of a connection: `Connect` to the endpoints in order until one connects; `Hello`,
+//! wait for `HelloAck`; then a sync at once, and every interval the server gives (clamped to
+//! [`MIN_SYNC`]..=[`MAX_SYNC`]); events in batches; a keepalive after a quiet period. Any
+//! unanswered request past the timeout, a lost connection or a refusal other than
+//! `NotAuthorized` closes the connection and retries after the backoff delay, from the first
+//! endpoint again. A `NotAuthorized` refusal stops the agent.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use outpost_wire::messages::{
+    AppSettings, Event, EventBatch, HeldVersion, Hello, Keepalive, ObjectKind, Refusal,
+    RefusalCode, Role, Severity, SyncRequest,
+};
+use outpost_wire::{Message, VersionRange};
+
+use crate::backoff::Backoff;
+use crate::config::{AgentConfig, Endpoint};
+
+/// The shortest sync interval accepted from the server.
+pub const MIN_SYNC: Duration = Duration::from_secs(5);
+/// The longest sync interval accepted from the server.
+pub const MAX_SYNC: Duration = Duration::from_secs(24 * 3600);
+/// How many "sync now" nonces are remembered to ignore repeats.
+pub const NONCES_REMEMBERED: usize = 256;
+
+/// Something that happened, for [`AgentCore::handle`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Input {
+    /// The connection asked for by [`Action::Connect`] is up (TLS done).
+    Connected,
+    /// The connection asked for could not be made.
+    ConnectFailed(String),
+    /// The connection broke (closed, reset, undecodable bytes).
+    Disconnected(String),
+    /// A message arrived.
+    Received(Message),
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Action {
+    /// Dial this endpoint, then report [`Input::Connected`] or [`Input::ConnectFailed`].
+    Connect(Endpoint),
+    /// Send this message on the current connection.
+    Send(Message),
+    /// Close the current connection (no [`Input::Disconnected`] needed after it).
+    Close,
+    /// Store these settings documents and drop these applications' documents.
+    ApplySettings {
+        /// New or changed documents.
+        settings: Vec<AppSettings>,
+        /// Applications whose documents are dropped.
+        removed: Vec<String>,
+    },
+    /// Stop for good: the server refused this agent.
+    Stop {
+        /// The refusal code's name.
+        code: String,
+        /// The reason given.
+        reason: String,
+    },
+}
+
+/// The connection state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Not connected; waiting for the backoff delay (or for [`AgentCore::start`]).
+    Waiting,
+    /// Dialling an endpoint.
+    Connecting,
+    /// Hello sent, waiting for HelloAck.
+    Handshaking,
+    /// Connected and synchronising.
+    Ready,
+    /// Stopped for good.
+    Stopped,
+}
+
+/// What the agent knows about the device at the time of a sync.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LocalStatus {
+    /// Free disk bytes of the data directory's file system.
+    pub free_disk_bytes: u64,
+    /// Peers heard in the broadcast domain.
+    pub visible_peers: Vec<String>,
+}
+
+impl LocalStatus {
+    /// A status with these values.
+    pub fn new(free_disk_bytes: u64, visible_peers: Vec<String>) -> Self {
+        LocalStatus {
+            free_disk_bytes,
+            visible_peers,
+        }
+    }
+}
+
+/// Counters and state, for display and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CoreStatus {
+    /// The connection state.
+    pub phase: Phase,
+    /// The endpoint of the current (or last tried) connection.
+    pub endpoint: Option<Endpoint>,
+    /// Connections that reached `Ready`.
+    pub connections: u64,
+    /// Sync answers received.
+    pub syncs: u64,
+    /// The sync interval in force.
+    pub sync_interval: Duration,
+    /// Events waiting for an acknowledgement.
+    pub events_queued: usize,
+    /// Events dropped because the queue was full.
+    pub events_dropped: u64,
+    /// Events the server acknowledged.
+    pub events_acknowledged: u64,
+    /// "Sync now" pushes acted on.
+    pub pushes: u64,
+    /// Why the last connection ended or failed.
+    pub last_error: Option<String>,
+}
+
+/// The parameters of the core, taken from [`AgentConfig`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CoreConfig {
+    /// The device id.
+    pub device_id: String,
+    /// Endpoints, tried in order.
+    pub endpoints: Vec<Endpoint>,
+    /// First backoff delay.
+    pub backoff_initial: Duration,
+    /// Largest backoff delay.
+    pub backoff_max: Duration,
+    /// Jitter seed.
+    pub seed: u64,
+    /// Sync interval before the server names one.
+    pub default_sync: Duration,
+    /// Time allowed for any answer.
+    pub request_timeout: Duration,
+    /// Quiet time before a keepalive.
+    pub keepalive: Duration,
+    /// Event queue bound.
+    pub event_queue: usize,
+    /// Events per batch.
+    pub event_batch: usize,
+    /// Reported in every sync.
+    pub on_corporate_network: bool,
+}
+
+impl CoreConfig {
+    /// From a validated agent configuration; `seed` is used when the configuration names
+    /// none.
+    pub fn from_agent(c: &AgentConfig, seed: u64) -> Self {
+        CoreConfig {
+            device_id: c.device_id.clone(),
+            endpoints: c.endpoints.clone(),
+            backoff_initial: Duration::from_millis(c.backoff.initial_ms),
+            backoff_max: Duration::from_millis(c.backoff.max_ms),
+            seed: c.backoff.seed.unwrap_or(seed),
+            default_sync: Duration::from_secs(c.default_sync_secs),
+            request_timeout: Duration::from_millis(c.request_timeout_ms),
+            keepalive: Duration::from_millis(c.keepalive_ms),
+            event_queue: c.event_queue.max(1),
+            event_batch: c.event_batch.max(1),
+            on_corporate_network: c.on_corporate_network,
+        }
+    }
+}
+
+/// The sans-IO Network Agent.
+#[derive(Debug)]
+pub struct AgentCore {
+    cfg: CoreConfig,
+    started: Instant,
+    phase: Phase,
+    endpoint_idx: usize,
+    retry_at: Option<Instant>,
+    handshake_since: Option<Instant>,
+    backoff: Backoff,
+    actions: VecDeque<Action>,
+    held: BTreeMap<String, u64>,
+    status: LocalStatus,
+    sync_interval: Duration,
+    next_sync: Option<Instant>,
+    sync_sent: Option<Instant>,
+    sync_pending: bool,
+    events: VecDeque<Event>,
+    next_event_id: u64,
+    batch_sent: Option<(u64, Instant)>,
+    last_traffic: Instant,
+    keepalive_sent: Option<(u64, Instant)>,
+    keepalive_seq: u64,
+    nonces: VecDeque<u64>,
+    nonce_set: HashSet<u64>,
+    connections: u64,
+    syncs: u64,
+    pushes: u64,
+    dropped: u64,
+    acked: u64,
+    last_error: Option<String>,
+}
+
+/// Clamps a server-given interval (0 keeps `current`).
+pub fn clamp_interval(secs: u32, current: Duration) -> Duration {
+    if secs == 0 {
+        return current;
+    }
+    Duration::from_secs(u64::from(secs)).clamp(MIN_SYNC, MAX_SYNC)
+}
+
+impl AgentCore {
+    /// A core created at `now`, holding the settings versions in `held`.
+    pub fn new(cfg: CoreConfig, held: BTreeMap<String, u64>, now: Instant) -> Self {
+        let backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max, cfg.seed);
+        let sync_interval = cfg.default_sync.clamp(MIN_SYNC, MAX_SYNC);
+        AgentCore {
+            started: now,
+            phase: Phase::Waiting,
+            endpoint_idx: 0,
+            retry_at: None,
+            handshake_since: None,
+            backoff,
+            actions: VecDeque::new(),
+            held,
+            status: LocalStatus::default(),
+            sync_interval,
+            next_sync: None,
+            sync_sent: None,
+            sync_pending: false,
+            events: VecDeque::new(),
+            next_event_id: 1,
+            batch_sent: None,
+            last_traffic: now,
+            keepalive_sent: None,
+            keepalive_seq: 0,
+            nonces: VecDeque::new(),
+            nonce_set: HashSet::new(),
+            connections: 0,
+            syncs: 0,
+            pushes: 0,
+            dropped: 0,
+            acked: 0,
+            last_error: None,
+            cfg,
+        }
+    }
+
+    /// Starts connecting to the first endpoint.
+    pub fn start(&mut self, now: Instant) {
+        if self.phase == Phase::Waiting {
+            self.begin_round(now);
+        }
+    }
+
+    /// The next action to carry out, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let t = self.request_timeout();
+        match self.phase {
+            Phase::Waiting => self.retry_at,
+            Phase::Connecting | Phase::Stopped => None,
+            Phase::Handshaking => self.handshake_since.map(|s| s + t),
+            Phase::Ready => [
+                if self.sync_sent.is_none() {
+                    self.next_sync
+                } else {
+                    None
+                },
+                self.sync_sent.map(|s| s + t),
+                self.batch_sent.map(|(_, s)| s + t),
+                self.keepalive_sent.map(|(_, s)| s + t),
+                if self.keepalive_sent.is_none() {
+                    Some(self.last_traffic + self.cfg.keepalive)
+                } else {
+                    None
+                },
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
+        }
+    }
+
+    fn request_timeout(&self) -> Duration {
+        self.cfg.request_timeout
+    }
+
+    /// Updates what the next sync reports.
+    pub fn set_local_status(&mut self, status: LocalStatus) {
+        self.status = status;
+    }
+
+    /// The settings versions held.
+    pub fn held(&self) -> &BTreeMap<String, u64> {
+        &self.held
+    }
+
+    /// Forgets an application's settings (the driver could not store them), so the next
+    /// sync asks for them again.
+    pub fn forget_settings(&mut self, application: &str) {
+        self.held.remove(application);
+    }
+
+    /// The state and counters.
+    pub fn status(&self) -> CoreStatus {
+        CoreStatus {
+            phase: self.phase,
+            endpoint: self.cfg.endpoints.get(self.endpoint_idx).cloned(),
+            connections: self.connections,
+            syncs: self.syncs,
+            sync_interval: self.sync_interval,
+            events_queued: self.events.len(),
+            events_dropped: self.dropped,
+            events_acknowledged: self.acked,
+            pushes: self.pushes,
+            last_error: self.last_error.clone(),
+        }
+    }
+
+    /// Queues an event (dropping the oldest past the bound) and sends it when connected.
+    /// Returns its id.
+    pub fn push_event(
+        &mut self,
+        kind: &str,
+        severity: Severity,
+        body: &str,
+        time_unix_ms: i64,
+        now: Instant,
+    ) -> u64 {
+        let id = self.next_event_id;
+        self.next_event_id += 1;
+        if self.events.len() >= self.cfg.event_queue {
+            self.events.pop_front();
+            self.dropped += 1;
+        }
+        self.events.push_back(Event {
+            id,
+            time_unix_ms,
+            severity: severity as i32,
+            kind: kind.into(),
+            body: body.into(),
+        });
+        if self.phase == Phase::Ready {
+            self.send_events(now);
+        }
+        id
+    }
+
+    /// Handles something that happened at `now`.
+    pub fn handle(&mut self, input: Input, now: Instant) {
+        match input {
+            Input::Connected if self.phase == Phase::Connecting => {
+                self.phase = Phase::Handshaking;
+                self.handshake_since = Some(now);
+                self.last_traffic = now;
+                self.send(
+                    Message::from(Hello {
+                        min_version: VersionRange::CURRENT.min,
+                        max_version: VersionRange::CURRENT.max,
+                        role: Role::Agent as i32,
+                        node_id: self.cfg.device_id.clone(),
+                        software: concat!("outpost-agent ", env!("CARGO_PKG_VERSION")).into(),
+                    }),
+                    now,
+                );
+            }
+            Input::ConnectFailed(reason) if self.phase == Phase::Connecting => {
+                let ep = &self.cfg.endpoints[self.endpoint_idx];
+                self.last_error = Some(format!("{} ({}): {reason}", ep.name, ep.addr));
+                if self.endpoint_idx + 1 < self.cfg.endpoints.len() {
+                    self.endpoint_idx += 1;
+                    self.actions.push_back(Action::Connect(
+                        self.cfg.endpoints[self.endpoint_idx].clone(),
+                    ));
+                } else {
+                    self.wait(now);
+                }
+            }
+            Input::Disconnected(reason)
+                if matches!(self.phase, Phase::Handshaking | Phase::Ready) =>
+            {
+                self.lost(format!("connection lost: {reason}"), now, false);
+            }
+            Input::Received(m) if matches!(self.phase, Phase::Handshaking | Phase::Ready) => {
+                self.last_traffic = now;
+                self.received(m, now);
+            }
+            other => {
+                log::debug!("agent core: {other:?} ignored in phase {:?}", self.phase);
+            }
+        }
+    }
+
+    /// Handles the timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let t = self.request_timeout();
+        match self.phase {
+            Phase::Waiting => {
+                if self.retry_at.is_some_and(|r| r <= now) {
+                    self.begin_round(now);
+                }
+            }
+            Phase::Handshaking => {
+                if self.handshake_since.is_some_and(|s| s + t <= now) {
+                    self.lost(format!("no HelloAck within {t:?}"), now, true);
+                }
+            }
+            Phase::Ready => {
+                let late = [
+                    ("SyncResponse", self.sync_sent),
+                    ("EventAck", self.batch_sent.map(|b| b.1)),
+                    ("keepalive answer", self.keepalive_sent.map(|k| k.1)),
+                ]
+                .into_iter()
+                .find(|(_, s)| s.is_some_and(|s| s + t <= now));
+                if let Some((what, _)) = late {
+                    self.lost(format!("no {what} within {t:?}"), now, true);
+                    return;
+                }
+                if self.sync_sent.is_none() && self.next_sync.is_some_and(|n| n <= now) {
+                    self.send_sync(now);
+                }
+                if self.keepalive_sent.is_none() && self.last_traffic + self.cfg.keepalive <= now {
+                    self.keepalive_seq += 1;
+                    self.keepalive_sent = Some((self.keepalive_seq, now));
+                    self.send(
+                        Message::from(Keepalive {
+                            seq: self.keepalive_seq,
+                            reply: false,
+                        }),
+                        now,
+                    );
+                }
+            }
+            Phase::Connecting | Phase::Stopped => {}
+        }
+    }
+
+    fn begin_round(&mut self, _now: Instant) {
+        self.phase = Phase::Connecting;
+        self.retry_at = None;
+        self.endpoint_idx = 0;
+        self.actions
+            .push_back(Action::Connect(self.cfg.endpoints[0].clone()));
+    }
+
+    fn wait(&mut self, now: Instant) {
+        self.phase = Phase::Waiting;
+        let delay = self.backoff.next_delay();
+        self.retry_at = Some(now + delay);
+        log::info!(
+            "agent {}: retrying in {delay:?} ({})",
+            self.cfg.device_id,
+            self.last_error.as_deref().unwrap_or("")
+        );
+    }
+
+    fn lost(&mut self, reason: String, now: Instant, close: bool) {
+        log::warn!("agent {}: {reason}", self.cfg.device_id);
+        self.last_error = Some(reason);
+        if close {
+            self.actions.push_back(Action::Close);
+        }
+        self.handshake_since = None;
+        self.sync_sent = None;
+        self.sync_pending = false;
+        self.batch_sent = None;
+        self.keepalive_sent = None;
+        self.next_sync = None;
+        self.wait(now);
+    }
+
+    fn send(&mut self, m: Message, now: Instant) {
+        self.last_traffic = now;
+        self.actions.push_back(Action::Send(m));
+    }
+
+    fn send_sync(&mut self, now: Instant) {
+        let req = SyncRequest {
+            device_id: self.cfg.device_id.clone(),
+            held: self
+                .held
+                .iter()
+                .map(|(app, v)| HeldVersion {
+                    kind: ObjectKind::Settings as i32,
+                    id: app.clone(),
+                    version: *v,
+                })
+                .collect(),
+            on_corporate_network: self.cfg.on_corporate_network,
+            free_disk_bytes: self.status.free_disk_bytes,
+            uptime_secs: now.saturating_duration_since(self.started).as_secs(),
+            visible_peers: self.status.visible_peers.clone(),
+            dp_status: Vec::new(),
+        };
+        self.sync_sent = Some(now);
+        self.sync_pending = false;
+        self.send(Message::from(req), now);
+    }
+
+    fn send_events(&mut self, now: Instant) {
+        if self.batch_sent.is_some() || self.events.is_empty() {
+            return;
+        }
+        let events: Vec<Event> = self
+            .events
+            .iter()
+            .take(self.cfg.event_batch)
+            .cloned()
+            .collect();
+        let last = events.last().map_or(0, |e| e.id);
+        self.batch_sent = Some((last, now));
+        self.send(
+            Message::from(EventBatch {
+                device_id: self.cfg.device_id.clone(),
+                events,
+            }),
+            now,
+        );
+    }
+
+    fn refused(&mut self, r: Refusal, now: Instant) {
+        let code = RefusalCode::try_from(r.code).unwrap_or(RefusalCode::Unspecified);
+        let name = format!("{code:?}");
+        if code == RefusalCode::NotAuthorized {
+            log::error!(
+                "agent {}: refused, not authorized: {}",
+                self.cfg.device_id,
+                r.reason
+            );
+            self.last_error = Some(format!("refused ({name}): {}", r.reason));
+            self.phase = Phase::Stopped;
+            self.actions.push_back(Action::Close);
+            self.actions.push_back(Action::Stop {
+                code: name,
+                reason: r.reason,
+            });
+        } else {
+            self.lost(format!("refused ({name}): {}", r.reason), now, true);
+        }
+    }
+
+    fn received(&mut self, m: Message, now: Instant) {
+        if self.phase == Phase::Handshaking {
+            match m {
+                Message::HelloAck(a) if VersionRange::CURRENT.contains(a.version) => {
+                    self.phase = Phase::Ready;
+                    self.handshake_since = None;
+                    self.connections += 1;
+                    self.backoff.reset();
+                    self.send_sync(now);
+                    self.send_events(now);
+                }
+                Message::HelloAck(a) => self.lost(
+                    format!(
+                        "the peer chose protocol version {}, outside {}",
+                        a.version,
+                        VersionRange::CURRENT
+                    ),
+                    now,
+                    true,
+                ),
+                Message::Refusal(r) => self.refused(r, now),
+                other => self.lost(
+                    format!("expected HelloAck, got {}", other.message_type().name()),
+                    now,
+                    true,
+                ),
+            }
+            return;
+        }
+        match m {
+            Message::SyncResponse(r) => {
+                if self.sync_sent.take().is_none() {
+                    self.lost("a SyncResponse nobody asked for".into(), now, true);
+                    return;
+                }
+                self.syncs += 1;
+                for s in &r.settings {
+                    self.held.insert(s.application.clone(), s.version);
+                }
+                for app in &r.removed_settings {
+                    self.held.remove(app);
+                }
+                if !r.settings.is_empty() || !r.removed_settings.is_empty() {
+                    self.actions.push_back(Action::ApplySettings {
+                        settings: r.settings,
+                        removed: r.removed_settings,
+                    });
+                }
+                self.sync_interval = clamp_interval(r.next_sync_secs, self.sync_interval);
+                self.next_sync = Some(now + self.sync_interval);
+                if self.sync_pending {
+                    self.send_sync(now);
+                }
+            }
+            Message::EventAck(a) => {
+                if self.batch_sent.take().is_none() {
+                    self.lost("an EventAck nobody asked for".into(), now, true);
+                    return;
+                }
+                while self.events.front().is_some_and(|e| e.id <= a.up_to_id) {
+                    self.events.pop_front();
+                    self.acked += 1;
+                }
+                self.send_events(now);
+            }
+            Message::SyncNow(s) => {
+                if !self.nonce_set.insert(s.nonce) {
+                    log::debug!(
+                        "agent {}: sync-now nonce {} seen before",
+                        self.cfg.device_id,
+                        s.nonce
+                    );
+                    return;
+                }
+                self.nonces.push_back(s.nonce);
+                if self.nonces.len() > NONCES_REMEMBERED
+                    && let Some(old) = self.nonces.pop_front()
+                {
+                    self.nonce_set.remove(&old);
+                }
+                self.pushes += 1;
+                log::info!("agent {}: sync now ({})", self.cfg.device_id, s.reason);
+                if self.sync_sent.is_some() {
+                    self.sync_pending = true;
+                } else {
+                    self.send_sync(now);
+                }
+            }
+            Message::Keepalive(k) if k.reply => {
+                if self.keepalive_sent.is_some_and(|(seq, _)| seq == k.seq) {
+                    self.keepalive_sent = None;
+                }
+            }
+            Message::Keepalive(k) => self.send(
+                Message::from(Keepalive {
+                    seq: k.seq,
+                    reply: true,
+                }),
+                now,
+            ),
+            Message::Refusal(r) => self.refused(r, now),
+            other => self.lost(
+                format!("unexpected {}", other.message_type().name()),
+                now,
+                true,
+            ),
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! The tokio driver: carries out the [`AgentCore`]'s actions over a real TLS connection,
+//! feeds it what happens, and keeps the settings store and discovery beside it.
+
+use std::collections::BTreeMap;
+use std::future::pending;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::{SinkExt, StreamExt};
+use outpost_pki::tls::{TlsOptions, agent_client_config};
+use outpost_wire::messages::Severity;
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_rustls::rustls::ClientConfig;
+
+use crate::AgentError;
+use crate::config::AgentConfig;
+use crate::core::{Action, AgentCore, CoreConfig, CoreStatus, Input, LocalStatus};
+use crate::discovery::{self, DiscoveryHandle};
+use crate::identity::{self, Connection};
+use crate::overlay;
+use crate::store::{SettingsStore, free_disk_bytes};
+
+/// What the agent is doing, published after every step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AgentStatus {
+    /// The core's state and counters.
+    pub core: CoreStatus,
+    /// Why the agent stopped, once it has.
+    pub stopped: Option<String>,
+}
+
+enum Command {
+    Event {
+        kind: String,
+        severity: Severity,
+        body: String,
+    },
+    Shutdown,
+}
+
+/// The Network Agent runtime. See [`Agent::start`].
+#[derive(Debug)]
+pub struct Agent;
+
+/// Control of a running agent.
+#[derive(Debug)]
+pub struct AgentHandle {
+    cmd: mpsc::Sender<Command>,
+    pub(crate) status: watch::Receiver<AgentStatus>,
+    settings: Arc<Mutex<SettingsStore>>,
+    local: BTreeMap<String, Value>,
+    task: Option<JoinHandle<Result<(), AgentError>>>,
+    enrolled: bool,
+    discovery_addr: Option<SocketAddr>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn seed_from(device_id: &str) -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    // FNV-1a of the device id, mixed with the clock.
+    let h = device_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    h ^ nanos
+}
+
+impl Agent {
+    /// Validates `config`, loads the identity from the data directory (enrolling first if
+    /// there is none), opens the settings store, starts discovery if enabled and starts
+    /// connecting. Returns once the agent runs.
+    ///
+    /// # Errors
+    /// A configuration, file, enrollment or discovery error; connection failures after
+    /// this point are retried with backoff and show in [`AgentHandle::status`].
+    pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(AgentError::io("create", &config.data_dir))?;
+        let (id, enrolled) = identity::load_or_enroll(&config).await?;
+        let tls = agent_client_config(&id.cert, &id.ca, &TlsOptions::default())?;
+        let settings = Arc::new(Mutex::new(SettingsStore::open(&config.data_dir)?));
+        let discovery = if config.discovery.enabled {
+            Some(discovery::spawn(&config.device_id, &config.discovery)?)
+        } else {
+            None
+        };
+        let discovery_addr = discovery.as_ref().map(DiscoveryHandle::local_addr);
+        let now = Instant::now();
+        let held = lock(&settings).versions();
+        let core = AgentCore::new(
+            CoreConfig::from_agent(&config, seed_from(&config.device_id)),
+            held,
+            now,
+        );
+        let (status_tx, status) = watch::channel(AgentStatus {
+            core: core.status(),
+            stopped: None,
+        });
+        let (cmd, cmd_rx) = mpsc::channel(1024);
+        let driver = Driver {
+            core,
+            tls,
+            config: config.clone(),
+            settings: settings.clone(),
+            discovery,
+            conn: None,
+            status: status_tx,
+        };
+        let task = tokio::spawn(driver.run(cmd_rx));
+        Ok(AgentHandle {
+            cmd,
+            status,
+            settings,
+            local: config.local_settings,
+            task: Some(task),
+            enrolled,
+            discovery_addr,
+        })
+    }
+}
+
+impl AgentHandle {
+    /// Whether this start enrolled (rather than loading a stored identity).
+    pub fn enrolled(&self) -> bool {
+        self.enrolled
+    }
+
+    /// The discovery socket's address, if discovery runs.
+    pub fn discovery_addr(&self) -> Option<SocketAddr> {
+        self.discovery_addr
+    }
+
+    /// The latest status.
+    pub fn status(&self) -> AgentStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Waits until `pred` holds for the status, at most `timeout`.
+    ///
+    /// # Errors
+    /// [`AgentError::Protocol`] describing the last status if the time runs out, or
+    /// [`AgentError::Stopped`] if the agent stops first.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&AgentStatus) -> bool,
+    ) -> Result<AgentStatus, AgentError> {
+        let mut rx = self.status.clone();
+        let r = tokio::time::timeout(timeout, rx.wait_for(|s| pred(s))).await;
+        match r {
+            Ok(Ok(s)) => Ok(s.clone()),
+            Ok(Err(_)) => Err(AgentError::Stopped),
+            Err(_) => Err(AgentError::Protocol(format!(
+                "condition not met within {timeout:?}; status {:?}",
+                self.status()
+            ))),
+        }
+    }
+
+    /// The received settings document of `application` and its version.
+    pub fn settings(&self, application: &str) -> Option<(u64, Value)> {
+        lock(&self.settings)
+            .get(application)
+            .map(|s| (s.version, s.document.clone()))
+    }
+
+    /// The effective settings of `application`: the received document with the configured
+    /// local settings overlaid on the paths it does not lock ([`overlay::effective`]);
+    /// `None` until the server has sent a document for it.
+    pub fn effective(&self, application: &str) -> Option<Value> {
+        let store = lock(&self.settings);
+        let doc = &store.get(application)?.document;
+        Some(overlay::effective(doc, self.local.get(application)))
+    }
+
+    /// Queues an event for the server.
+    ///
+    /// # Errors
+    /// [`AgentError::Stopped`] if the agent is no longer running.
+    pub async fn push_event(
+        &self,
+        kind: &str,
+        severity: Severity,
+        body: &str,
+    ) -> Result<(), AgentError> {
+        self.cmd
+            .send(Command::Event {
+                kind: kind.into(),
+                severity,
+                body: body.into(),
+            })
+            .await
+            .map_err(|_| AgentError::Stopped)
+    }
+
+    /// Runs until the agent stops by itself (a `NotAuthorized` refusal) and returns why.
+    ///
+    /// # Errors
+    /// [`AgentError::Refused`] with the server's reason.
+    pub async fn wait(mut self) -> Result<(), AgentError> {
+        match self.task.take() {
+            Some(t) => t.await.unwrap_or(Err(AgentError::Stopped)),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the agent: closes the connection and discovery.
+    pub async fn shutdown(mut self) {
+        let _ = self.cmd.send(Command::Shutdown).await;
+        if let Some(t) = self.task.take() {
+            let abort = t.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for AgentHandle {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+struct Driver {
+    core: AgentCore,
+    tls: Arc<ClientConfig>,
+    config: AgentConfig,
+    settings: Arc<Mutex<SettingsStore>>,
+    discovery: Option<DiscoveryHandle>,
+    conn: Option<Connection>,
+    status: watch::Sender<AgentStatus>,
+}
+
+async fn next_message(
+    conn: &mut Option<Connection>,
+) -> Option<Result<outpost_wire::Message, outpost_wire::WireError>> {
+    match conn {
+        Some(c) => c.next().await,
+        None => pending().await,
+    }
+}
+
+impl Driver {
+    fn refresh_local_status(&mut self, now: Instant) {
+        let peers = self
+            .discovery
+            .as_ref()
+            .map(|d| d.visible(now))
+            .unwrap_or_default();
+        self.core.set_local_status(LocalStatus::new(
+            free_disk_bytes(&self.config.data_dir),
+            peers,
+        ));
+    }
+
+    fn publish(&self, stopped: Option<String>) {
+        self.status.send_replace(AgentStatus {
+            core: self.core.status(),
+            stopped,
+        });
+    }
+
+    async fn run(mut self, mut cmds: mpsc::Receiver<Command>) -> Result<(), AgentError> {
+        self.refresh_local_status(Instant::now());
+        self.core.start(Instant::now());
+        loop {
+            if let Err(e) = self.act().await {
+                self.publish(Some(e.to_string()));
+                return Err(e);
+            }
+            self.publish(None);
+            let deadline = self.core.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => pending().await,
+                }
+            };
+            tokio::select! {
+                m = next_message(&mut self.conn) => {
+                    let now = Instant::now();
+                    self.refresh_local_status(now);
+                    let input = match m {
+                        Some(Ok(m)) => Input::Received(m),
+                        Some(Err(e)) => {
+                            self.conn = None;
+                            Input::Disconnected(e.to_string())
+                        }
+                        None => {
+                            self.conn = None;
+                            Input::Disconnected("closed by the peer".into())
+                        }
+                    };
+                    self.core.handle(input, now);
+                }
+                () = sleep => {
+                    let now = Instant::now();
+                    self.refresh_local_status(now);
+                    self.core.handle_timeout(now);
+                }
+                c = cmds.recv() => match c {
+                    Some(Command::Event { kind, severity, body }) => {
+                        let ms = SystemTime::now()
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as i64);
+                        self.core.push_event(&kind, severity, &body, ms, Instant::now());
+                    }
+                    Some(Command::Shutdown) | None => {
+                        self.conn = None;
+                        self.publish(Some("shut down".into()));
+                        return Ok(());
+                    }
+                },
+            }
+        }
+    }
+
+    /// Carries out every pending action.
+    async fn act(&mut self) -> Result<(), AgentError> {
+        while let Some(a) = self.core.poll_action() {
+            match a {
+                Action::Connect(ep) => {
+                    self.publish(None);
+                    let r =
+                        identity::dial(self.tls.clone(), &ep, self.config.connect_timeout()).await;
+                    let now = Instant::now();
+                    match r {
+                        Ok(c) => {
+                            log::info!(
+                                "agent {}: connected to {} at {}",
+                                self.config.device_id,
+                                ep.name,
+                                ep.addr
+                            );
+                            self.conn = Some(c);
+                            self.core.handle(Input::Connected, now);
+                        }
+                        Err(e) => self.core.handle(Input::ConnectFailed(e.to_string()), now),
+                    }
+                }
+                Action::Send(m) => {
+                    let Some(c) = self.conn.as_mut() else {
+                        continue;
+                    };
+                    let t = Duration::from_millis(self.config.request_timeout_ms);
+                    let r = match tokio::time::timeout(t, c.send(m)).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err(format!("send blocked for {t:?}")),
+                    };
+                    if let Err(e) = r {
+                        self.conn = None;
+                        self.core.handle(Input::Disconnected(e), Instant::now());
+                    }
+                }
+                Action::Close => {
+                    if let Some(mut c) = self.conn.take() {
+                        let _ = tokio::time::timeout(
+                            Duration::from_millis(200),
+                            SinkExt::<outpost_wire::Message>::close(&mut c),
+                        )
+                        .await;
+                    }
+                }
+                Action::ApplySettings { settings, removed } => {
+                    let mut store = lock(&self.settings);
+                    for s in settings {
+                        if let Err(e) = store.put(&s.application, s.version, &s.json) {
+                            log::error!("agent {}: {e}", self.config.device_id);
+                            self.core.forget_settings(&s.application);
+                        }
+                    }
+                    for app in removed {
+                        if let Err(e) = store.remove(&app) {
+                            log::error!("agent {}: {e}", self.config.device_id);
+                        }
+                    }
+                }
+                Action::Stop { code, reason } => {
+                    self.conn = None;
+                    return Err(AgentError::Refused { code, reason });
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -130,11 +130,7 @@ impl AdminServerConfig {
             }
         };
         let dps = DpCoordinator::new(self.election.clone(), registry)?;
-        Ok(FleetSync::new(
-            policy,
-            Some(dps),
-            self.election.sync,
-        ))
+        Ok(FleetSync::new(policy, Some(dps), self.election.sync))
     }
 
     /// Loads the registry, or makes a new one for this instance.

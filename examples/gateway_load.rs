@@ -160,10 +160,8 @@ async fn serve(conn: DeviceConnection) {
                 .unwrap_or(0);
             let _ = w.write_all(&n.to_be_bytes()).await;
         }
-        b'H' => {
-            if w.write_all(b"!").await.is_ok() && w.flush().await.is_ok() {
-                let _ = tokio::io::copy(&mut r, &mut tokio::io::sink()).await;
-            }
+        b'H' if w.write_all(b"!").await.is_ok() && w.flush().await.is_ok() => {
+            let _ = tokio::io::copy(&mut r, &mut tokio::io::sink()).await;
         }
         _ => {}
     }

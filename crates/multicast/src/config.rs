@@ -1,0 +1,263 @@
+//! Sender and receiver configuration (serde, with defaults, validated once).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::manifest::{validate_block_symbols, validate_symbol_size};
+
+/// Default UDP port for multicast distribution.
+pub const DEFAULT_PORT: u16 = 15001;
+
+/// Sender settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SenderConfig {
+    /// Bytes of file data per packet. 1400 keeps a data packet inside a 1500-byte Ethernet MTU
+    /// over IPv4 and IPv6.
+    pub symbol_size: u16,
+    /// Source symbols per FEC block.
+    pub block_symbols: u32,
+    /// Rate ceiling in bits per second (token bucket).
+    pub max_rate_bps: u64,
+    /// Rate never backed off below this, bits per second.
+    pub min_rate_bps: u64,
+    /// Token bucket depth in bytes (at least 2 ms of the ceiling is used when larger).
+    pub burst_bytes: u64,
+    /// Loss (per mille) reported by a receiver above which the rate is cut.
+    pub loss_backoff_permille: u16,
+    /// Factor (0..1) the rate is multiplied by on back-off.
+    pub backoff_factor: f64,
+    /// Repeat the manifest every this many milliseconds.
+    pub announce_interval_ms: u64,
+    /// Send a poll after every this many blocks.
+    pub poll_every_blocks: u32,
+    /// Milliseconds between polls once all data is sent.
+    pub poll_interval_ms: u64,
+    /// Polls in a row without any NAK that end the session.
+    pub quiet_polls: u32,
+    /// Most polls after the data is sent before the session ends regardless.
+    pub max_drain_polls: u32,
+    /// Extra repair symbols sent beyond the worst reported loss per block.
+    pub repair_margin: u32,
+    /// Repair symbols sent with every block up front, per mille of the block.
+    pub proactive_fec_permille: u32,
+    /// Most repair symbols planned for one block in one poll round, per mille of the block.
+    pub max_repair_permille: u32,
+    /// Copies of each End packet.
+    pub end_copies: u32,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        SenderConfig {
+            symbol_size: 1400,
+            block_symbols: 1024,
+            max_rate_bps: 100_000_000,
+            min_rate_bps: 1_000_000,
+            burst_bytes: 64 * 1024,
+            loss_backoff_permille: 100,
+            backoff_factor: 0.75,
+            announce_interval_ms: 250,
+            poll_every_blocks: 4,
+            poll_interval_ms: 30,
+            quiet_polls: 3,
+            max_drain_polls: 200,
+            repair_margin: 1,
+            proactive_fec_permille: 0,
+            max_repair_permille: 500,
+            end_copies: 3,
+        }
+    }
+}
+
+impl SenderConfig {
+    /// Checks every field; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        validate_symbol_size(self.symbol_size, "symbol_size").map_err(|_| {
+            Error::config(
+                "symbol_size",
+                format!("{} not in 16..=65479", self.symbol_size),
+            )
+        })?;
+        validate_block_symbols(self.block_symbols, "block_symbols").map_err(|_| {
+            Error::config(
+                "block_symbols",
+                format!("{} not in 1..=56403", self.block_symbols),
+            )
+        })?;
+        if self.max_rate_bps < 8_000 {
+            return Err(Error::config(
+                "max_rate_bps",
+                format!("{} below 8000", self.max_rate_bps),
+            ));
+        }
+        if self.min_rate_bps == 0 || self.min_rate_bps > self.max_rate_bps {
+            return Err(Error::config(
+                "min_rate_bps",
+                format!(
+                    "{} not in 1..=max_rate_bps ({})",
+                    self.min_rate_bps, self.max_rate_bps
+                ),
+            ));
+        }
+        if self.burst_bytes < 65_536 {
+            return Err(Error::config(
+                "burst_bytes",
+                format!("{} below 65536", self.burst_bytes),
+            ));
+        }
+        if self.loss_backoff_permille > 1000 {
+            return Err(Error::config(
+                "loss_backoff_permille",
+                format!("{} above 1000", self.loss_backoff_permille),
+            ));
+        }
+        if !(self.backoff_factor > 0.0 && self.backoff_factor < 1.0) {
+            return Err(Error::config(
+                "backoff_factor",
+                format!("{} not in (0, 1)", self.backoff_factor),
+            ));
+        }
+        if self.announce_interval_ms == 0 {
+            return Err(Error::config("announce_interval_ms", "must be positive"));
+        }
+        if self.poll_every_blocks == 0 {
+            return Err(Error::config("poll_every_blocks", "must be positive"));
+        }
+        if self.poll_interval_ms == 0 {
+            return Err(Error::config("poll_interval_ms", "must be positive"));
+        }
+        if self.quiet_polls == 0 {
+            return Err(Error::config("quiet_polls", "must be positive"));
+        }
+        if self.max_drain_polls < self.quiet_polls {
+            return Err(Error::config(
+                "max_drain_polls",
+                format!(
+                    "{} below quiet_polls ({})",
+                    self.max_drain_polls, self.quiet_polls
+                ),
+            ));
+        }
+        if self.proactive_fec_permille > 1000 {
+            return Err(Error::config(
+                "proactive_fec_permille",
+                format!("{} above 1000", self.proactive_fec_permille),
+            ));
+        }
+        if self.max_repair_permille == 0 || self.max_repair_permille > 2000 {
+            return Err(Error::config(
+                "max_repair_permille",
+                format!("{} not in 1..=2000", self.max_repair_permille),
+            ));
+        }
+        if self.end_copies == 0 || self.end_copies > 100 {
+            return Err(Error::config(
+                "end_copies",
+                format!("{} not in 1..=100", self.end_copies),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Bounds a receiver applies to anything a manifest claims.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Largest file accepted, bytes.
+    pub max_file_size: u64,
+    /// Largest signed manifest accepted, bytes.
+    pub max_manifest_len: u32,
+    /// Largest block (symbol size × block symbols) accepted, bytes.
+    pub max_block_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_file_size: 64 << 30,
+            max_manifest_len: 4 << 20,
+            max_block_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Receiver settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ReceiverConfig {
+    /// Bounds on what a manifest may claim.
+    pub limits: Limits,
+    /// Most bytes held in not-yet-verified blocks; symbols beyond it are dropped and repaired later.
+    pub max_buffered_bytes: u64,
+    /// A NAK is sent after a random delay up to this many milliseconds (suppression window).
+    pub nak_backoff_ms: u64,
+    /// With no packet for this long, the session is taken as over, milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Seed of the NAK delay generator (vary it per receiver).
+    pub seed: u64,
+    /// Above this loss (per mille, measured by the receiver since it joined) it sends no NAK
+    /// and fetches what it lacks by unicast after the session, so one bad link does not
+    /// make every receiver take its repair.
+    pub nak_max_loss_permille: u16,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        ReceiverConfig {
+            limits: Limits::default(),
+            max_buffered_bytes: 256 << 20,
+            nak_backoff_ms: 5,
+            idle_timeout_ms: 5_000,
+            seed: 0,
+            nak_max_loss_permille: 400,
+        }
+    }
+}
+
+impl ReceiverConfig {
+    /// Checks every field; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        if self.limits.max_manifest_len < 256 {
+            return Err(Error::config(
+                "limits.max_manifest_len",
+                format!("{} below 256", self.limits.max_manifest_len),
+            ));
+        }
+        if self.limits.max_block_bytes < 16 {
+            return Err(Error::config(
+                "limits.max_block_bytes",
+                format!("{} below 16", self.limits.max_block_bytes),
+            ));
+        }
+        if self.max_buffered_bytes < self.limits.max_block_bytes.min(1 << 20) {
+            return Err(Error::config(
+                "max_buffered_bytes",
+                format!("{} below one block", self.max_buffered_bytes),
+            ));
+        }
+        if self.nak_max_loss_permille > 1000 {
+            return Err(Error::config(
+                "nak_max_loss_permille",
+                format!("{} above 1000", self.nak_max_loss_permille),
+            ));
+        }
+        if self.idle_timeout_ms == 0 {
+            return Err(Error::config("idle_timeout_ms", "must be positive"));
+        }
+        if self.nak_backoff_ms >= self.idle_timeout_ms {
+            return Err(Error::config(
+                "nak_backoff_ms",
+                format!(
+                    "{} not below idle_timeout_ms ({})",
+                    self.nak_backoff_ms, self.idle_timeout_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,674 @@
+//! Thin tokio driver: socket2 sockets for the group, a file source, a file sink with a
+//! temporary name and resume, and a pluggable unicast [`Fetcher`].
+
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+
+use crate::error::{Error, Result};
+use crate::manifest::{FileHasher, Manifest, ManifestBuilder, sha256};
+use crate::packet::MAX_DATAGRAM;
+use crate::receiver::{Receiver, ReceiverEvent};
+use crate::sender::{BlockSource, Sender, SenderEvent, SenderStats};
+
+/// Socket settings for one group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SocketConfig {
+    /// Group address and port (the election crate allocates one per distribution point).
+    pub group: SocketAddr,
+    /// IPv4: address of the interface to join on and send from (unspecified: let the
+    /// kernel choose).
+    pub iface_v4: Ipv4Addr,
+    /// IPv6: interface index (0: let the kernel choose).
+    pub iface_v6: u32,
+    /// Multicast TTL / hop limit (1 keeps traffic on the local link).
+    pub ttl: u32,
+    /// Deliver our own multicast to local listeners.
+    pub loopback: bool,
+    /// Receive buffer size requested, bytes.
+    pub recv_buffer: usize,
+    /// Send buffer size requested, bytes.
+    pub send_buffer: usize,
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        SocketConfig {
+            group: SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(239, 255, 0, 1)),
+                crate::DEFAULT_PORT,
+            ),
+            iface_v4: Ipv4Addr::UNSPECIFIED,
+            iface_v6: 0,
+            ttl: 1,
+            loopback: false,
+            recv_buffer: 8 << 20,
+            send_buffer: 4 << 20,
+        }
+    }
+}
+
+impl SocketConfig {
+    /// Checks the fields; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        if !self.group.ip().is_multicast() {
+            return Err(Error::config(
+                "group",
+                format!("{} is not a multicast address", self.group.ip()),
+            ));
+        }
+        if self.group.port() == 0 {
+            return Err(Error::config("group", "port 0"));
+        }
+        if self.ttl > 255 {
+            return Err(Error::config("ttl", format!("{} above 255", self.ttl)));
+        }
+        if self.recv_buffer == 0 || self.send_buffer == 0 {
+            return Err(Error::config("recv_buffer/send_buffer", "must be positive"));
+        }
+        Ok(())
+    }
+
+    fn local_unicast(&self) -> SocketAddr {
+        match self.group {
+            SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(self.iface_v4), 0),
+            SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+        }
+    }
+}
+
+fn sockerr(what: &str, cfg: &SocketConfig) -> impl FnOnce(std::io::Error) -> Error {
+    let ctx = format!("{what} (group {})", cfg.group);
+    move |e| Error::io(ctx, e)
+}
+
+fn new_socket(cfg: &SocketConfig) -> Result<Socket> {
+    let s = Socket::new(
+        Domain::for_address(cfg.group),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )
+    .map_err(sockerr("create socket", cfg))?;
+    s.set_nonblocking(true)
+        .map_err(sockerr("set non-blocking", cfg))?;
+    Ok(s)
+}
+
+/// A socket bound to the group's address and port, joined on the configured interface,
+/// with address and port reuse so several receivers on one host can share the port.
+pub fn group_socket(cfg: &SocketConfig) -> Result<UdpSocket> {
+    cfg.validate()?;
+    let s = new_socket(cfg)?;
+    s.set_reuse_address(true)
+        .map_err(sockerr("SO_REUSEADDR", cfg))?;
+    #[cfg(all(
+        unix,
+        not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))
+    ))]
+    s.set_reuse_port(true)
+        .map_err(sockerr("SO_REUSEPORT", cfg))?;
+    s.set_recv_buffer_size(cfg.recv_buffer)
+        .map_err(sockerr("SO_RCVBUF", cfg))?;
+    match cfg.group {
+        SocketAddr::V4(g) => {
+            s.bind(&SocketAddr::V4(g).into())
+                .map_err(sockerr("bind group", cfg))?;
+            s.join_multicast_v4(g.ip(), &cfg.iface_v4)
+                .map_err(sockerr("join group (IPv4)", cfg))?;
+        }
+        SocketAddr::V6(g) => {
+            s.set_only_v6(true).map_err(sockerr("IPV6_V6ONLY", cfg))?;
+            s.bind(&SocketAddr::V6(g).into())
+                .map_err(sockerr("bind group", cfg))?;
+            s.join_multicast_v6(g.ip(), cfg.iface_v6)
+                .map_err(sockerr("join group (IPv6)", cfg))?;
+        }
+    }
+    UdpSocket::from_std(s.into()).map_err(sockerr("register socket", cfg))
+}
+
+/// A socket for sending to the group (interface, TTL, loopback set) that also receives the
+/// unicast replies (NAKs, completion reports) sent back to it.
+pub fn send_socket(cfg: &SocketConfig) -> Result<UdpSocket> {
+    cfg.validate()?;
+    let s = new_socket(cfg)?;
+    s.set_send_buffer_size(cfg.send_buffer)
+        .map_err(sockerr("SO_SNDBUF", cfg))?;
+    s.set_recv_buffer_size(cfg.recv_buffer.min(4 << 20))
+        .map_err(sockerr("SO_RCVBUF", cfg))?;
+    match cfg.group {
+        SocketAddr::V4(_) => {
+            s.set_multicast_if_v4(&cfg.iface_v4)
+                .map_err(sockerr("IP_MULTICAST_IF", cfg))?;
+            s.set_multicast_ttl_v4(cfg.ttl)
+                .map_err(sockerr("IP_MULTICAST_TTL", cfg))?;
+            s.set_multicast_loop_v4(cfg.loopback)
+                .map_err(sockerr("IP_MULTICAST_LOOP", cfg))?;
+        }
+        SocketAddr::V6(_) => {
+            s.set_only_v6(true).map_err(sockerr("IPV6_V6ONLY", cfg))?;
+            s.set_multicast_if_v6(cfg.iface_v6)
+                .map_err(sockerr("IPV6_MULTICAST_IF", cfg))?;
+            s.set_multicast_hops_v6(cfg.ttl)
+                .map_err(sockerr("IPV6_MULTICAST_HOPS", cfg))?;
+            s.set_multicast_loop_v6(cfg.loopback)
+                .map_err(sockerr("IPV6_MULTICAST_LOOP", cfg))?;
+        }
+    }
+    s.bind(&cfg.local_unicast().into())
+        .map_err(sockerr("bind sender", cfg))?;
+    UdpSocket::from_std(s.into()).map_err(sockerr("register socket", cfg))
+}
+
+/// A unicast socket a receiver sends its NAKs and completion report from.
+pub fn control_socket(cfg: &SocketConfig) -> Result<UdpSocket> {
+    cfg.validate()?;
+    let s = new_socket(cfg)?;
+    s.bind(&cfg.local_unicast().into())
+        .map_err(sockerr("bind control", cfg))?;
+    UdpSocket::from_std(s.into()).map_err(sockerr("register socket", cfg))
+}
+
+/// Reads blocks of a file for the sender.
+pub struct FileSource {
+    file: File,
+    path: PathBuf,
+}
+
+impl FileSource {
+    /// Opens `path`.
+    pub fn open(path: &Path) -> Result<FileSource> {
+        let file =
+            File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+        Ok(FileSource {
+            file,
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl BlockSource for FileSource {
+    fn read_block(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.file
+            .seek(SeekFrom::Start(offset))
+            .and_then(|_| self.file.read_exact(buf))
+            .map_err(|e| {
+                Error::io(
+                    format!(
+                        "read {} bytes at {offset} of {}",
+                        buf.len(),
+                        self.path.display()
+                    ),
+                    e,
+                )
+            })
+    }
+}
+
+/// Hashes `path` block by block into a manifest for a session.
+pub fn manifest_for_file(
+    path: &Path,
+    session_id: u64,
+    name: &str,
+    symbol_size: u16,
+    block_symbols: u32,
+) -> Result<Manifest> {
+    let mut b = ManifestBuilder::new(session_id, name, symbol_size, block_symbols)?;
+    let mut f = File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+    let mut buf = vec![0u8; b.block_bytes()];
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match f.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        b.push_block(&buf[..filled]);
+        if filled < buf.len() {
+            break;
+        }
+    }
+    b.finish()
+}
+
+/// Where a receiver puts the file.
+pub trait Sink: Send {
+    /// Prepares storage for `manifest`.
+    fn begin(&mut self, manifest: &Manifest) -> Result<()>;
+    /// Bytes already stored for block `block` from an earlier run, if any (resume).
+    fn stored_block(&mut self, manifest: &Manifest, block: u32) -> Result<Option<Vec<u8>>>;
+    /// Stores a verified block.
+    fn write_block(&mut self, offset: u64, data: &[u8]) -> Result<()>;
+    /// SHA-256 of the stored file, read back.
+    fn file_hash(&mut self) -> Result<[u8; 32]>;
+    /// Makes the stored file final (after its hash matched).
+    fn commit(&mut self) -> Result<()>;
+}
+
+/// Writes `DIR/<name>.<session>.part`, then renames it to `DIR/<name>` once the whole-file
+/// hash matches. A restart with the same manifest resumes from the verified blocks in the
+/// `.part` file.
+pub struct FileSink {
+    dir: PathBuf,
+    file: Option<File>,
+    part: PathBuf,
+    done: PathBuf,
+}
+
+impl FileSink {
+    /// A sink writing into directory `dir`.
+    pub fn new(dir: &Path) -> Result<FileSink> {
+        if !dir.is_dir() {
+            return Err(Error::BadPath(dir.to_owned()));
+        }
+        Ok(FileSink {
+            dir: dir.to_owned(),
+            file: None,
+            part: PathBuf::new(),
+            done: PathBuf::new(),
+        })
+    }
+
+    /// Path of the final file (valid after [`Sink::begin`]).
+    pub fn final_path(&self) -> &Path {
+        &self.done
+    }
+
+    fn file(&mut self) -> Result<&mut File> {
+        let p = self.part.clone();
+        self.file.as_mut().ok_or(Error::BadPath(p))
+    }
+}
+
+impl Sink for FileSink {
+    fn begin(&mut self, m: &Manifest) -> Result<()> {
+        // The name was checked when the manifest was parsed: no separators, no leading dot.
+        self.done = self.dir.join(&m.name);
+        self.part = self
+            .dir
+            .join(format!("{}.{:016x}.part", m.name, m.session_id));
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.part)
+            .map_err(|e| Error::io(format!("open {}", self.part.display()), e))?;
+        f.set_len(m.file_size).map_err(|e| {
+            Error::io(
+                format!("size {} to {}", self.part.display(), m.file_size),
+                e,
+            )
+        })?;
+        self.file = Some(f);
+        Ok(())
+    }
+
+    fn stored_block(&mut self, m: &Manifest, block: u32) -> Result<Option<Vec<u8>>> {
+        let mut buf = vec![0u8; m.block_len(block)];
+        let off = m.block_offset(block);
+        let part = self.part.clone();
+        let f = self.file()?;
+        f.seek(SeekFrom::Start(off))
+            .and_then(|_| f.read_exact(&mut buf))
+            .map_err(|e| Error::io(format!("read block {block} of {}", part.display()), e))?;
+        Ok(Some(buf))
+    }
+
+    fn write_block(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        let part = self.part.clone();
+        let f = self.file()?;
+        f.seek(SeekFrom::Start(offset))
+            .and_then(|_| f.write_all(data))
+            .map_err(|e| {
+                Error::io(
+                    format!(
+                        "write {} bytes at {offset} of {}",
+                        data.len(),
+                        part.display()
+                    ),
+                    e,
+                )
+            })
+    }
+
+    fn file_hash(&mut self) -> Result<[u8; 32]> {
+        let part = self.part.clone();
+        let f = self.file()?;
+        f.sync_all()
+            .map_err(|e| Error::io(format!("sync {}", part.display()), e))?;
+        f.seek(SeekFrom::Start(0))
+            .map_err(|e| Error::io(format!("seek {}", part.display()), e))?;
+        let mut h = FileHasher::default();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io(format!("read {}", part.display()), e)),
+            };
+            h.update(&buf[..n]);
+        }
+        Ok(h.finish())
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        self.file = None;
+        std::fs::rename(&self.part, &self.done).map_err(|e| {
+            Error::io(
+                format!("rename {} to {}", self.part.display(), self.done.display()),
+                e,
+            )
+        })
+    }
+}
+
+/// A sink that keeps nothing: blocks are verified against their hashes by the receiver
+/// core, then dropped. The whole-file hash is taken as the manifest's (used for measuring
+/// the protocol without a disk).
+#[derive(Default)]
+pub struct DiscardSink {
+    file_hash: [u8; 32],
+    /// Bytes of verified blocks handed over.
+    pub bytes: u64,
+}
+
+impl Sink for DiscardSink {
+    fn begin(&mut self, m: &Manifest) -> Result<()> {
+        self.file_hash = m.file_hash;
+        Ok(())
+    }
+    fn stored_block(&mut self, _: &Manifest, _: u32) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+    fn write_block(&mut self, _: u64, data: &[u8]) -> Result<()> {
+        self.bytes += data.len() as u64;
+        Ok(())
+    }
+    fn file_hash(&mut self) -> Result<[u8; 32]> {
+        Ok(self.file_hash)
+    }
+    fn commit(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Boxed future returned by a [`Fetcher`].
+pub type FetchFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<u8>>> + Send + 'a>>;
+
+/// Fetches a block by unicast from the distribution point (late joiners, blocks the session
+/// did not deliver). The agent supplies the real one.
+pub trait Fetcher: Send {
+    /// Fetches block `block` of `manifest`.
+    fn fetch_block<'a>(&'a mut self, manifest: &'a Manifest, block: u32) -> FetchFuture<'a>;
+}
+
+/// A fetcher with no unicast source: every fetch fails with a clear error.
+pub struct NoFetcher;
+
+impl Fetcher for NoFetcher {
+    fn fetch_block<'a>(&'a mut self, _: &'a Manifest, block: u32) -> FetchFuture<'a> {
+        Box::pin(async move {
+            Err(Error::Fetch {
+                block,
+                reason: "no unicast source configured".into(),
+            })
+        })
+    }
+}
+
+/// Serves blocks from a local copy of the file (for tests and for a distribution point
+/// that fetches from itself).
+pub struct LocalFileFetcher {
+    source: FileSource,
+}
+
+impl LocalFileFetcher {
+    /// Serves `path`.
+    pub fn open(path: &Path) -> Result<LocalFileFetcher> {
+        Ok(LocalFileFetcher {
+            source: FileSource::open(path)?,
+        })
+    }
+}
+
+impl Fetcher for LocalFileFetcher {
+    fn fetch_block<'a>(&'a mut self, m: &'a Manifest, block: u32) -> FetchFuture<'a> {
+        Box::pin(async move {
+            let mut buf = vec![0u8; m.block_len(block)];
+            self.source.read_block(m.block_offset(block), &mut buf)?;
+            Ok(buf)
+        })
+    }
+}
+
+/// Runs a sender until its session ends, calling `progress` about every 250 ms.
+pub async fn run_sender(
+    socket: &UdpSocket,
+    group: SocketAddr,
+    sender: &mut Sender,
+    mut progress: impl FnMut(&SenderStats, Option<SenderEvent>),
+) -> Result<SenderStats> {
+    let mut buf = Vec::with_capacity(MAX_DATAGRAM);
+    let mut rbuf = vec![0u8; MAX_DATAGRAM];
+    let mut last_progress = Instant::now();
+    loop {
+        let mut now = Instant::now();
+        drain(socket, &mut rbuf, |from, d| {
+            sender.handle_datagram(now, from, d)
+        })?;
+        let mut n = 0u32;
+        while sender.poll_transmit(now, &mut buf)? {
+            send_retrying(socket, &buf, group).await?;
+            n += 1;
+            if n.is_multiple_of(64) {
+                now = Instant::now();
+                drain(socket, &mut rbuf, |from, d| {
+                    sender.handle_datagram(now, from, d)
+                })?;
+            }
+        }
+        while let Some(ev) = sender.poll_event() {
+            progress(sender.stats(), Some(ev));
+        }
+        if now >= last_progress + Duration::from_millis(250) {
+            last_progress = now;
+            progress(sender.stats(), None);
+        }
+        if sender.is_finished() {
+            return Ok(sender.stats().clone());
+        }
+        let deadline = sender
+            .next_timeout()
+            .unwrap_or(now + Duration::from_millis(50));
+        if deadline > Instant::now() {
+            tokio::select! {
+                r = socket.readable() => r.map_err(|e| Error::io("wait for NAKs", e))?,
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+        }
+    }
+}
+
+async fn send_retrying(socket: &UdpSocket, buf: &[u8], to: SocketAddr) -> Result<()> {
+    // ENOBUFS: the device queue is full; back off briefly (bounded) and retry.
+    for _ in 0..1000 {
+        match socket.send_to(buf, to).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(105) => {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            Err(e) => return Err(Error::io(format!("send {} bytes to {to}", buf.len()), e)),
+        }
+    }
+    Err(Error::io(
+        format!("send to {to}"),
+        std::io::Error::other("no buffer space after 1000 retries"),
+    ))
+}
+
+/// Reads what is waiting on `socket`, at most 256 datagrams so timers get their turn.
+fn drain(socket: &UdpSocket, rbuf: &mut [u8], mut f: impl FnMut(SocketAddr, &[u8])) -> Result<()> {
+    for _ in 0..256 {
+        match socket.try_recv_from(rbuf) {
+            Ok((n, from)) => f(from, &rbuf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            // An ICMP error for an earlier datagram (peer gone): not fatal.
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
+            Err(e) => return Err(Error::io("receive", e)),
+        }
+    }
+    Ok(())
+}
+
+/// Options for [`run_receiver`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ReceiveOptions {
+    /// Drop this fraction of incoming datagrams (seeded), to measure repair under loss.
+    pub inject_loss: f64,
+    /// Seed for the injected loss.
+    pub loss_seed: u64,
+}
+
+impl ReceiveOptions {
+    /// Injects `loss` (0..1) with `seed`.
+    pub fn with_loss(loss: f64, seed: u64) -> ReceiveOptions {
+        ReceiveOptions {
+            inject_loss: loss,
+            loss_seed: seed,
+        }
+    }
+}
+
+/// What a receive run ended with.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ReceiveOutcome {
+    /// The manifest received.
+    pub manifest: Manifest,
+    /// Blocks fetched by unicast.
+    pub fetched_blocks: u32,
+    /// Blocks found verified on disk from an earlier run.
+    pub resumed_blocks: u32,
+    /// Datagrams dropped by injected loss.
+    pub injected_drops: u64,
+    /// Receiver counters.
+    pub stats: crate::receiver::ReceiverStats,
+}
+
+/// Runs a receiver until the file is complete, verified, committed and reported.
+/// Wrap in `tokio::time::timeout` to bound the wait for a session to appear.
+pub async fn run_receiver(
+    group_sock: &UdpSocket,
+    control_sock: &UdpSocket,
+    rx: &mut Receiver,
+    sink: &mut dyn Sink,
+    fetcher: &mut dyn Fetcher,
+    opts: &ReceiveOptions,
+    mut progress: impl FnMut(&Receiver),
+) -> Result<ReceiveOutcome> {
+    let mut rbuf = vec![0u8; MAX_DATAGRAM];
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.loss_seed);
+    let loss = opts.inject_loss.clamp(0.0, 1.0);
+    let mut drops = 0u64;
+    let mut fetched = 0u32;
+    let mut resumed = 0u32;
+    let mut last_progress = Instant::now();
+    loop {
+        drain(group_sock, &mut rbuf, |from, d| {
+            if loss > 0.0 && rng.random_bool(loss) {
+                drops += 1;
+            } else {
+                rx.handle_datagram(Instant::now(), from, d);
+            }
+        })?;
+        let now = Instant::now();
+        if rx.next_timeout().is_some_and(|t| t <= now) {
+            rx.handle_timeout(now);
+        }
+        while let Some(ev) = rx.poll_event() {
+            match ev {
+                ReceiverEvent::ManifestAccepted(m) => {
+                    sink.begin(&m)?;
+                    for b in 0..m.block_count() {
+                        if let Some(d) = sink.stored_block(&m, b)?
+                            && sha256(&d) == m.block_hashes[b as usize]
+                            && rx.offer_block(b, &d)?
+                        {
+                            resumed += 1;
+                        }
+                    }
+                }
+                ReceiverEvent::BlockVerified { offset, data, .. } => {
+                    sink.write_block(offset, &data)?
+                }
+                ReceiverEvent::FetchNeeded { blocks } => {
+                    let Some(m) = rx.manifest().cloned() else {
+                        continue;
+                    };
+                    for b in blocks {
+                        let data = fetcher.fetch_block(&m, b).await?;
+                        if rx.offer_block(b, &data)? {
+                            sink.write_block(m.block_offset(b), &data)?;
+                            fetched += 1;
+                        }
+                    }
+                }
+                ReceiverEvent::Complete { .. } => {
+                    let h = sink.file_hash()?;
+                    rx.finish(h)?;
+                    sink.commit()?;
+                }
+            }
+        }
+        while let Some((to, p)) = rx.poll_transmit() {
+            send_retrying(control_sock, &p, to).await?;
+        }
+        if now >= last_progress + Duration::from_millis(250) {
+            last_progress = now;
+            progress(rx);
+        }
+        if rx.is_finished() {
+            progress(rx);
+            let manifest = rx
+                .manifest()
+                .cloned()
+                .ok_or_else(|| Error::invalid("finished without manifest", 0))?;
+            return Ok(ReceiveOutcome {
+                manifest,
+                fetched_blocks: fetched,
+                resumed_blocks: resumed,
+                injected_drops: drops,
+                stats: rx.stats().clone(),
+            });
+        }
+        let deadline = rx
+            .next_timeout()
+            .unwrap_or(now + Duration::from_millis(250))
+            .min(now + Duration::from_millis(250));
+        tokio::select! {
+            r = group_sock.readable() => r.map_err(|e| Error::io("wait for group data", e))?,
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+        }
+    }
+}

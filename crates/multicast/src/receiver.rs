@@ -1,0 +1,793 @@
+//! The sans-IO receiver state machine.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use raptorq::{EncodingPacket, ObjectTransmissionInformation, PayloadId, SourceBlockDecoder};
+
+use crate::config::ReceiverConfig;
+use crate::error::{Error, Result};
+use crate::manifest::{Manifest, hex, sha256};
+use crate::packet::{BlockCount, Packet};
+
+/// Something the receiver asks its driver to do or reports to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReceiverEvent {
+    /// An authenticated manifest was accepted; the driver opens the temporary file and may
+    /// offer blocks already on disk through [`Receiver::offer_block`].
+    ManifestAccepted(Box<Manifest>),
+    /// A block was verified against its hash; write `data` at `offset`.
+    BlockVerified {
+        /// Block index.
+        block: u32,
+        /// Byte offset in the file.
+        offset: u64,
+        /// The block's bytes (its real length).
+        data: Vec<u8>,
+    },
+    /// The multicast session is over and these blocks are still missing: fetch them by unicast
+    /// and hand them to [`Receiver::offer_block`].
+    FetchNeeded {
+        /// Missing block indices.
+        blocks: Vec<u32>,
+    },
+    /// Every block is verified; the driver checks the whole-file hash, renames the file and
+    /// calls [`Receiver::finish`].
+    Complete {
+        /// The manifest's whole-file hash.
+        file_hash: [u8; 32],
+    },
+}
+
+/// Counters kept by the receiver. Every dropped datagram lands in exactly one counter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReceiverStats {
+    /// Datagrams fed in.
+    pub datagrams: u64,
+    /// Datagrams that did not decode.
+    pub malformed: u64,
+    /// Data or control for a session not announced (or not yet authenticated).
+    pub unknown_session: u64,
+    /// Manifests that failed to parse, exceeded limits or did not verify.
+    pub manifests_rejected: u64,
+    /// Manifest pieces inconsistent with earlier pieces or limits.
+    pub bad_announce: u64,
+    /// Data packets whose block, symbol id or length do not fit the manifest.
+    pub bad_data: u64,
+    /// Symbols for blocks already complete, or repeated.
+    pub duplicates: u64,
+    /// Symbols dropped because the buffer budget was used up.
+    pub over_budget: u64,
+    /// Source symbols accepted.
+    pub source_symbols: u64,
+    /// Repair symbols accepted.
+    pub repair_symbols: u64,
+    /// Blocks completed with the help of FEC decoding.
+    pub blocks_decoded: u64,
+    /// Blocks (assembled or offered) that failed their hash and were thrown away.
+    pub blocks_rejected: u64,
+    /// Blocks obtained by unicast fetch or resumed from disk.
+    pub blocks_offered: u64,
+    /// Requests for the manifest (NAKs without entries) sent.
+    pub manifest_requests: u64,
+    /// NAKs not sent because this receiver's loss since it joined was above
+    /// `nak_max_loss_permille`.
+    pub naks_withheld: u64,
+    /// NAKs sent.
+    pub naks_sent: u64,
+    /// NAKs suppressed by a confirmation that covered them.
+    pub naks_suppressed: u64,
+}
+
+struct Partial {
+    data: Vec<u8>,
+    have: Vec<bool>,
+    sources: u32,
+    repairs: Vec<EncodingPacket>,
+    repair_ids: HashSet<u32>,
+    failed_at: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BlockState {
+    Missing,
+    Partial,
+    Done,
+}
+
+struct PendingNak {
+    poll: u32,
+    due: Instant,
+    entries: Vec<BlockCount>,
+    loss_permille: u16,
+}
+
+struct Active {
+    manifest: Manifest,
+    oti: ObjectTransmissionInformation,
+    state: Vec<BlockState>,
+    partial: HashMap<u32, Partial>,
+    buffered: u64,
+    done: u32,
+    join_block: Option<u32>,
+    sender: Option<SocketAddr>,
+    pending_nak: Option<PendingNak>,
+    high_seq: u64,
+    report_seq: u64,
+    received_since: u64,
+    total_expected: u64,
+    total_received: u64,
+    ended: bool,
+    fetch_requested: bool,
+    complete: bool,
+    finished: bool,
+}
+
+struct Assembly {
+    session: u64,
+    total: u32,
+    chunks: u16,
+    piece: usize,
+    got: Vec<bool>,
+    n_got: usize,
+    buf: Vec<u8>,
+}
+
+const MAX_ASSEMBLIES: usize = 4;
+
+/// The receiving side of one session.
+pub struct Receiver {
+    cfg: ReceiverConfig,
+    sender_key: Vec<u8>,
+    assemblies: VecDeque<Assembly>,
+    active: Option<Active>,
+    events: VecDeque<ReceiverEvent>,
+    transmit: VecDeque<(SocketAddr, Vec<u8>)>,
+    stats: ReceiverStats,
+    rng: ChaCha8Rng,
+    last_activity: Option<Instant>,
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field(
+                "session",
+                &self.active.as_ref().map(|a| a.manifest.session_id),
+            )
+            .field("blocks_done", &self.blocks_done())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Receiver {
+    /// A receiver that accepts sessions whose manifest verifies with `sender_key`
+    /// (a raw 32-byte Ed25519 public key the server vouches for).
+    pub fn new(cfg: ReceiverConfig, sender_key: &[u8]) -> Result<Receiver> {
+        cfg.validate()?;
+        if sender_key.len() != crate::manifest::PUBLIC_KEY_LEN {
+            return Err(Error::config(
+                "sender_key",
+                format!("{} bytes, expected 32", sender_key.len()),
+            ));
+        }
+        Ok(Receiver {
+            rng: ChaCha8Rng::seed_from_u64(cfg.seed),
+            cfg,
+            sender_key: sender_key.to_vec(),
+            assemblies: VecDeque::new(),
+            active: None,
+            events: VecDeque::new(),
+            transmit: VecDeque::new(),
+            stats: ReceiverStats::default(),
+            last_activity: None,
+        })
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &ReceiverStats {
+        &self.stats
+    }
+
+    /// The accepted manifest, once there is one.
+    pub fn manifest(&self) -> Option<&Manifest> {
+        self.active.as_ref().map(|a| &a.manifest)
+    }
+
+    /// Blocks verified so far.
+    pub fn blocks_done(&self) -> u32 {
+        self.active.as_ref().map_or(0, |a| a.done)
+    }
+
+    /// Whether every block is verified.
+    pub fn is_complete(&self) -> bool {
+        self.active.as_ref().is_some_and(|a| a.complete)
+    }
+
+    /// Whether [`Receiver::finish`] succeeded.
+    pub fn is_finished(&self) -> bool {
+        self.active.as_ref().is_some_and(|a| a.finished)
+    }
+
+    /// Whether the sender ended the session (or it went idle).
+    pub fn session_ended(&self) -> bool {
+        self.active.as_ref().is_some_and(|a| a.ended)
+    }
+
+    /// Next event, if any.
+    pub fn poll_event(&mut self) -> Option<ReceiverEvent> {
+        self.events.pop_front()
+    }
+
+    /// Next datagram to send (unicast to the sender), if any.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.transmit.pop_front()
+    }
+
+    /// When [`Receiver::handle_timeout`] should run next.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        let a = self.active.as_ref()?;
+        if a.complete {
+            return None;
+        }
+        let nak = a.pending_nak.as_ref().map(|p| p.due);
+        let idle = if a.ended {
+            None
+        } else {
+            self.last_activity
+                .map(|t| t + Duration::from_millis(self.cfg.idle_timeout_ms))
+        };
+        match (nak, idle) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        }
+    }
+
+    /// Runs timers: sends a due NAK, notices an idle session.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let idle_ms = self.cfg.idle_timeout_ms;
+        let last = self.last_activity;
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        if let Some(p) = a.pending_nak.take_if(|p| now >= p.due)
+            && let Some(to) = a.sender
+        {
+            let mut out = Vec::new();
+            Packet::Nak {
+                session: a.manifest.session_id,
+                poll: p.poll,
+                loss_permille: p.loss_permille,
+                entries: p.entries,
+            }
+            .encode(&mut out);
+            self.transmit.push_back((to, out));
+            self.stats.naks_sent += 1;
+        }
+        if !a.ended
+            && !a.complete
+            && last.is_some_and(|t| now >= t + Duration::from_millis(idle_ms))
+        {
+            a.ended = true;
+        }
+        self.request_fetch();
+    }
+
+    fn request_fetch(&mut self) {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        if a.ended && !a.complete && !a.fetch_requested {
+            a.fetch_requested = true;
+            a.pending_nak = None;
+            let blocks = (0..a.manifest.block_count())
+                .filter(|b| a.state[*b as usize] != BlockState::Done)
+                .collect();
+            self.events.push_back(ReceiverEvent::FetchNeeded { blocks });
+        }
+    }
+
+    /// Feeds one datagram received from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        self.stats.datagrams += 1;
+        let p = match Packet::decode(data) {
+            Ok(p) => p,
+            Err(_) => {
+                self.stats.malformed += 1;
+                return;
+            }
+        };
+        let session = p.session();
+        if let Packet::Announce {
+            chunk,
+            chunks,
+            total,
+            bytes,
+            ..
+        } = p
+        {
+            self.handle_announce(now, session, chunk, chunks, total, bytes);
+            return;
+        }
+        let matches = self
+            .active
+            .as_ref()
+            .is_some_and(|a| a.manifest.session_id == session);
+        if !matches {
+            self.stats.unknown_session += 1;
+            // A poll while no session is accepted yet: ask its sender for the manifest (a NAK
+            // without entries; one small datagram per poll, no amplification).
+            if let Packet::Poll { poll, .. } = p
+                && self.active.is_none()
+            {
+                let mut out = Vec::new();
+                Packet::Nak {
+                    session,
+                    poll,
+                    loss_permille: 0,
+                    entries: Vec::new(),
+                }
+                .encode(&mut out);
+                self.transmit.push_back((from, out));
+                self.stats.manifest_requests += 1;
+            }
+            return;
+        }
+        match p {
+            Packet::Data {
+                seq,
+                block,
+                esi,
+                symbol,
+                ..
+            } => {
+                self.last_activity = Some(now);
+                self.handle_data(from, seq, block, esi, symbol);
+            }
+            Packet::Poll {
+                poll,
+                upto_block,
+                high_seq,
+                ..
+            } => {
+                self.last_activity = Some(now);
+                self.handle_poll(now, from, poll, upto_block, high_seq);
+            }
+            Packet::Ncf { poll, entries, .. } => {
+                self.last_activity = Some(now);
+                self.handle_ncf(poll, &entries);
+            }
+            Packet::End { .. } => {
+                if let Some(a) = self.active.as_mut() {
+                    a.ended = true;
+                    if a.sender.is_none() {
+                        a.sender = Some(from);
+                    }
+                }
+                self.request_fetch();
+            }
+            // NAKs and completion reports are for the sender.
+            _ => {}
+        }
+    }
+
+    fn handle_announce(
+        &mut self,
+        now: Instant,
+        session: u64,
+        chunk: u16,
+        chunks: u16,
+        total: u32,
+        bytes: &[u8],
+    ) {
+        if let Some(a) = &self.active {
+            if a.manifest.session_id != session {
+                self.stats.unknown_session += 1;
+            }
+            return;
+        }
+        if total == 0 || total > self.cfg.limits.max_manifest_len {
+            self.stats.bad_announce += 1;
+            return;
+        }
+        let piece = (total as usize).div_ceil(usize::from(chunks));
+        if (usize::from(chunks) - 1) * piece >= total as usize {
+            self.stats.bad_announce += 1;
+            return;
+        }
+        let start = usize::from(chunk) * piece;
+        let expected = piece.min(total as usize - start);
+        if bytes.len() != expected {
+            self.stats.bad_announce += 1;
+            return;
+        }
+        let pos = self
+            .assemblies
+            .iter()
+            .position(|x| x.session == session && x.total == total && x.chunks == chunks);
+        let idx = match pos {
+            Some(i) => i,
+            None => {
+                if self.assemblies.len() >= MAX_ASSEMBLIES {
+                    self.assemblies.pop_front();
+                }
+                self.assemblies.push_back(Assembly {
+                    session,
+                    total,
+                    chunks,
+                    piece,
+                    got: vec![false; usize::from(chunks)],
+                    n_got: 0,
+                    buf: vec![0; total as usize],
+                });
+                self.assemblies.len() - 1
+            }
+        };
+        let asm = &mut self.assemblies[idx];
+        let c = usize::from(chunk);
+        if asm.got[c] {
+            return;
+        }
+        asm.got[c] = true;
+        asm.n_got += 1;
+        let start = c * asm.piece;
+        asm.buf[start..start + bytes.len()].copy_from_slice(bytes);
+        if asm.n_got < asm.got.len() {
+            return;
+        }
+        let Some(asm) = self.assemblies.remove(idx) else {
+            return;
+        };
+        match Manifest::decode_verified(&asm.buf, &self.sender_key, &self.cfg.limits) {
+            Ok(m) if m.session_id == session => self.accept(now, m),
+            _ => self.stats.manifests_rejected += 1,
+        }
+    }
+
+    fn accept(&mut self, now: Instant, manifest: Manifest) {
+        self.assemblies.clear();
+        let n = manifest.block_count() as usize;
+        let oti = ObjectTransmissionInformation::new(0, manifest.symbol_size, 0, 1, 1);
+        self.active = Some(Active {
+            oti,
+            state: vec![BlockState::Missing; n],
+            partial: HashMap::new(),
+            buffered: 0,
+            done: 0,
+            join_block: None,
+            sender: None,
+            pending_nak: None,
+            high_seq: 0,
+            report_seq: 0,
+            received_since: 0,
+            total_expected: 0,
+            total_received: 0,
+            ended: false,
+            fetch_requested: false,
+            complete: false,
+            finished: false,
+            manifest: manifest.clone(),
+        });
+        self.last_activity = Some(now);
+        self.events
+            .push_back(ReceiverEvent::ManifestAccepted(Box::new(manifest)));
+    }
+
+    fn handle_data(&mut self, from: SocketAddr, seq: u64, block: u32, esi: u32, symbol: &[u8]) {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let m = &a.manifest;
+        if block >= m.block_count() || symbol.len() != usize::from(m.symbol_size) {
+            self.stats.bad_data += 1;
+            return;
+        }
+        if a.sender.is_none() {
+            a.sender = Some(from);
+        }
+        let k = m.symbols_in_block(block);
+        // The first source symbol heard marks where this receiver joined; blocks before it
+        // went by unheard and are fetched by unicast rather than repaired for everyone.
+        if a.join_block.is_none() && esi < k {
+            a.join_block = Some(block);
+            a.report_seq = seq.saturating_sub(1);
+            a.received_since = 0;
+        }
+        a.high_seq = a.high_seq.max(seq);
+        a.received_since += 1;
+        let b = block as usize;
+        if a.state[b] == BlockState::Done {
+            self.stats.duplicates += 1;
+            return;
+        }
+        let t = usize::from(m.symbol_size);
+        if a.state[b] == BlockState::Missing {
+            let bytes = k as u64 * t as u64;
+            if a.buffered + bytes > self.cfg.max_buffered_bytes {
+                self.stats.over_budget += 1;
+                return;
+            }
+            a.buffered += bytes;
+            a.state[b] = BlockState::Partial;
+            a.partial.insert(
+                block,
+                Partial {
+                    data: vec![0; k as usize * t],
+                    have: vec![false; k as usize],
+                    sources: 0,
+                    repairs: Vec::new(),
+                    repair_ids: HashSet::new(),
+                    failed_at: 0,
+                },
+            );
+        }
+        let Some(p) = a.partial.get_mut(&block) else {
+            return;
+        };
+        if esi < k {
+            let i = esi as usize;
+            if p.have[i] {
+                self.stats.duplicates += 1;
+                return;
+            }
+            p.have[i] = true;
+            p.sources += 1;
+            p.data[i * t..(i + 1) * t].copy_from_slice(symbol);
+            self.stats.source_symbols += 1;
+        } else {
+            if !p.repair_ids.insert(esi) {
+                self.stats.duplicates += 1;
+                return;
+            }
+            p.repairs
+                .push(EncodingPacket::new(PayloadId::new(0, esi), symbol.to_vec()));
+            self.stats.repair_symbols += 1;
+        }
+        let count = p.sources + p.repairs.len() as u32;
+        if count >= k && count > p.failed_at {
+            self.try_complete(block);
+        }
+    }
+
+    fn try_complete(&mut self, block: u32) {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let Some(mut p) = a.partial.remove(&block) else {
+            return;
+        };
+        let k = a.manifest.symbols_in_block(block);
+        let t = usize::from(a.manifest.symbol_size);
+        let data = if p.sources == k {
+            std::mem::take(&mut p.data)
+        } else {
+            let mut dec = SourceBlockDecoder::new(0, &a.oti, (k as usize * t) as u64);
+            let sources: Vec<EncodingPacket> = p
+                .have
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| **h)
+                .map(|(i, _)| {
+                    EncodingPacket::new(
+                        PayloadId::new(0, i as u32),
+                        p.data[i * t..(i + 1) * t].to_vec(),
+                    )
+                })
+                .collect();
+            match dec.decode(sources.into_iter().chain(p.repairs.iter().cloned())) {
+                Some(d) => {
+                    self.stats.blocks_decoded += 1;
+                    d
+                }
+                None => {
+                    p.failed_at = p.sources + p.repairs.len() as u32;
+                    a.partial.insert(block, p);
+                    return;
+                }
+            }
+        };
+        let bytes = k as u64 * t as u64;
+        a.buffered -= bytes;
+        let mut data = data;
+        data.truncate(a.manifest.block_len(block));
+        if sha256(&data) != a.manifest.block_hashes[block as usize] {
+            // A forged or corrupted symbol: throw the block away and collect it again.
+            self.stats.blocks_rejected += 1;
+            a.state[block as usize] = BlockState::Missing;
+            return;
+        }
+        let offset = a.manifest.block_offset(block);
+        self.mark_done(block);
+        self.events.push_back(ReceiverEvent::BlockVerified {
+            block,
+            offset,
+            data,
+        });
+        self.check_complete();
+    }
+
+    fn mark_done(&mut self, block: u32) {
+        if let Some(a) = self.active.as_mut() {
+            if let Some(p) = a.partial.remove(&block) {
+                a.buffered -= (p.have.len() * usize::from(a.manifest.symbol_size)) as u64;
+            }
+            if a.state[block as usize] != BlockState::Done {
+                a.state[block as usize] = BlockState::Done;
+                a.done += 1;
+            }
+        }
+    }
+
+    fn check_complete(&mut self) {
+        if let Some(a) = self.active.as_mut()
+            && !a.complete
+            && a.done == a.manifest.block_count()
+        {
+            a.complete = true;
+            a.pending_nak = None;
+            self.events.push_back(ReceiverEvent::Complete {
+                file_hash: a.manifest.file_hash,
+            });
+        }
+    }
+
+    /// Offers a whole block obtained another way (resumed from disk or fetched by unicast).
+    /// Returns `Ok(true)` if it was new and verified, `Ok(false)` if already held; an error
+    /// (and nothing kept) if it does not match the manifest.
+    pub fn offer_block(&mut self, block: u32, data: &[u8]) -> Result<bool> {
+        let Some(a) = self.active.as_ref() else {
+            return Err(Error::invalid("offered block without manifest", block));
+        };
+        if block >= a.manifest.block_count() {
+            return Err(Error::invalid("offered block index", block));
+        }
+        if data.len() != a.manifest.block_len(block) {
+            return Err(Error::invalid(
+                "offered block length",
+                format!(
+                    "{} for block {block}, expected {}",
+                    data.len(),
+                    a.manifest.block_len(block)
+                ),
+            ));
+        }
+        if a.state[block as usize] == BlockState::Done {
+            return Ok(false);
+        }
+        if sha256(data) != a.manifest.block_hashes[block as usize] {
+            self.stats.blocks_rejected += 1;
+            return Err(Error::BlockHashMismatch { block });
+        }
+        self.stats.blocks_offered += 1;
+        self.mark_done(block);
+        self.check_complete();
+        Ok(true)
+    }
+
+    /// Reports the whole-file hash the driver computed over the written file. On a match,
+    /// queues the completion report to the sender.
+    pub fn finish(&mut self, computed: [u8; 32]) -> Result<()> {
+        let Some(a) = self.active.as_mut() else {
+            return Err(Error::invalid("finish without manifest", hex(&computed)));
+        };
+        if computed != a.manifest.file_hash {
+            return Err(Error::FileHashMismatch {
+                expected: hex(&a.manifest.file_hash),
+                actual: hex(&computed),
+            });
+        }
+        a.finished = true;
+        if let Some(to) = a.sender {
+            let mut out = Vec::new();
+            Packet::Done {
+                session: a.manifest.session_id,
+                file_hash: computed,
+            }
+            .encode(&mut out);
+            self.transmit.push_back((to, out));
+        }
+        Ok(())
+    }
+
+    fn handle_poll(&mut self, now: Instant, from: SocketAddr, poll: u32, upto: u32, high_seq: u64) {
+        let backoff_us = self.cfg.nak_backoff_ms * 1000;
+        let delay = Duration::from_micros(self.rng.random_range(0..=backoff_us));
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        if a.sender.is_none() {
+            a.sender = Some(from);
+        }
+        if a.complete || a.ended {
+            return;
+        }
+        // Loss seen since the last report, from the sender's sequence numbers.
+        a.high_seq = a.high_seq.max(high_seq);
+        let expected = a.high_seq.saturating_sub(a.report_seq);
+        let loss_permille = if expected == 0 {
+            0
+        } else {
+            let got = a.received_since.min(expected);
+            ((expected - got) * 1000 / expected) as u16
+        };
+        a.report_seq = a.high_seq;
+        a.total_expected += expected;
+        a.total_received += a.received_since.min(expected);
+        a.received_since = 0;
+        let total_loss_permille = ((a.total_expected - a.total_received) * 1000)
+            .checked_div(a.total_expected)
+            .unwrap_or(0);
+        // Blocks that went by before this receiver joined are fetched by unicast, and so is
+        // everything for a receiver losing more than the configured share: repair sized for
+        // it would cost every other receiver.
+        let Some(join) = a.join_block else {
+            return;
+        };
+        if total_loss_permille > u64::from(self.cfg.nak_max_loss_permille) {
+            self.stats.naks_withheld += 1;
+            a.pending_nak = None;
+            return;
+        }
+        let max_entries =
+            (usize::from(a.manifest.symbol_size) / 8).clamp(16, crate::packet::MAX_ENTRIES);
+        let mut entries = Vec::new();
+        for b in join..upto.min(a.manifest.block_count()) {
+            if entries.len() >= max_entries {
+                break;
+            }
+            let have = match a.state[b as usize] {
+                BlockState::Done => continue,
+                BlockState::Missing => 0,
+                BlockState::Partial => a
+                    .partial
+                    .get(&b)
+                    .map_or(0, |p| p.sources + p.repairs.len() as u32),
+            };
+            let k = a.manifest.symbols_in_block(b);
+            entries.push(BlockCount {
+                block: b,
+                count: k.saturating_sub(have).max(1),
+            });
+        }
+        // A newer poll replaces a NAK not yet sent, but never postpones it.
+        let due = a
+            .pending_nak
+            .as_ref()
+            .map_or(now + delay, |p| p.due.min(now + delay));
+        a.pending_nak = if entries.is_empty() {
+            None
+        } else {
+            Some(PendingNak {
+                poll,
+                due,
+                entries,
+                loss_permille,
+            })
+        };
+    }
+
+    fn handle_ncf(&mut self, poll: u32, confirmed: &[BlockCount]) {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let Some(p) = a.pending_nak.as_mut() else {
+            return;
+        };
+        if p.poll != poll {
+            return;
+        }
+        let planned: HashMap<u32, u32> = confirmed.iter().map(|e| (e.block, e.count)).collect();
+        p.entries
+            .retain(|e| planned.get(&e.block).is_none_or(|c| *c < e.count));
+        if p.entries.is_empty() {
+            a.pending_nak = None;
+            self.stats.naks_suppressed += 1;
+        }
+    }
+}

@@ -1,0 +1,606 @@
+//! The sans-IO sender state machine.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use raptorq::{ObjectTransmissionInformation, SourceBlockEncoder};
+
+use crate::config::SenderConfig;
+use crate::error::{Error, Result};
+use crate::manifest::Manifest;
+use crate::packet::{self, BlockCount, DATA_HEADER_LEN, MAX_ESI, Packet};
+use crate::rate::TokenBucket;
+
+/// Where the sender reads block data from.
+pub trait BlockSource {
+    /// Fills `buf` (exactly the block's real length) with the bytes at `offset`.
+    fn read_block(&mut self, offset: u64, buf: &mut [u8]) -> Result<()>;
+}
+
+impl BlockSource for Arc<[u8]> {
+    fn read_block(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        read_from_slice(self, offset, buf)
+    }
+}
+
+impl BlockSource for Vec<u8> {
+    fn read_block(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        read_from_slice(self, offset, buf)
+    }
+}
+
+/// Splits a manifest of `total` bytes into `chunks` pieces of `piece` bytes (the last one
+/// shorter, never empty) with pieces at most `max_piece` bytes. Receivers derive the same
+/// `piece` as `ceil(total / chunks)`.
+pub(crate) fn manifest_pieces(total: usize, max_piece: usize) -> Option<(usize, usize)> {
+    if total == 0 {
+        return None;
+    }
+    let max_piece = max_piece.max(256);
+    let mut chunks = total.div_ceil(max_piece);
+    while chunks <= usize::from(u16::MAX) {
+        let piece = total.div_ceil(chunks);
+        if (chunks - 1) * piece < total && piece <= max_piece {
+            return Some((chunks, piece));
+        }
+        chunks += 1;
+    }
+    None
+}
+
+fn read_from_slice(data: &[u8], offset: u64, buf: &mut [u8]) -> Result<()> {
+    let start = usize::try_from(offset).map_err(|_| Error::invalid("read offset", offset))?;
+    let end = start
+        .checked_add(buf.len())
+        .filter(|e| *e <= data.len())
+        .ok_or_else(|| Error::invalid("read range", format!("{start}+{}", buf.len())))?;
+    buf.copy_from_slice(&data[start..end]);
+    Ok(())
+}
+
+/// Something the sender reports to its driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SenderEvent {
+    /// A receiver reported the file complete.
+    ReceiverDone {
+        /// Where the report came from.
+        from: SocketAddr,
+        /// Whether its hash matches the manifest.
+        hash_matches: bool,
+    },
+    /// The session is over (End packets sent).
+    Finished,
+}
+
+/// Counters kept by the sender.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct SenderStats {
+    /// Datagrams sent, all kinds.
+    pub packets_sent: u64,
+    /// Bytes sent in datagrams, all kinds, headers included.
+    pub bytes_sent: u64,
+    /// Source symbols sent.
+    pub source_packets: u64,
+    /// Repair symbols sent.
+    pub repair_packets: u64,
+    /// Manifest pieces sent.
+    pub announce_packets: u64,
+    /// Polls sent.
+    pub polls: u64,
+    /// NAKs accepted.
+    pub naks: u64,
+    /// Datagrams that did not decode.
+    pub malformed: u64,
+    /// Datagrams for other sessions.
+    pub foreign_session: u64,
+    /// NAK entries naming blocks not yet sent or out of range.
+    pub bad_nak_entries: u64,
+    /// Receivers that reported done with the right hash.
+    pub receivers_done: u64,
+    /// Rate back-offs taken.
+    pub backoffs: u64,
+    /// Current rate, bits per second.
+    pub rate_bps: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct RepairState {
+    next_repair: u32,
+    pending: u32,
+    plan_poll: u32,
+    plan_count: u32,
+    queued: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Data,
+    Drain,
+    Ending,
+    Finished,
+}
+
+const ENCODER_CACHE: usize = 32;
+
+/// The sender of one session.
+pub struct Sender {
+    cfg: SenderConfig,
+    manifest: Manifest,
+    announce: Vec<Vec<u8>>,
+    source: Box<dyn BlockSource + Send>,
+    bucket: TokenBucket,
+    seq: u64,
+    next_block: u32,
+    next_esi: u32,
+    cur_block: Option<u32>,
+    cur_data: Vec<u8>,
+    control: VecDeque<Vec<u8>>,
+    repair_queue: VecDeque<u32>,
+    blocks: Vec<RepairState>,
+    encoders: HashMap<u32, SourceBlockEncoder>,
+    encoder_order: VecDeque<u32>,
+    poll_seq: u32,
+    want_poll: bool,
+    last_poll: Option<Instant>,
+    naks_since_poll: u64,
+    quiet: u32,
+    drain_polls: u32,
+    next_announce: Instant,
+    announce_pos: usize,
+    phase: Phase,
+    last_backoff: Option<Instant>,
+    last_reannounce: Option<Instant>,
+    backoff_since_poll: bool,
+    events: VecDeque<SenderEvent>,
+    stats: SenderStats,
+    oti: ObjectTransmissionInformation,
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender")
+            .field("session", &self.manifest.session_id)
+            .field("next_block", &self.next_block)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sender {
+    /// Starts a session for `manifest`, announcing `signed_manifest` (from [`Manifest::sign`]),
+    /// reading blocks from `source`.
+    pub fn new(
+        cfg: SenderConfig,
+        manifest: Manifest,
+        signed_manifest: &[u8],
+        source: Box<dyn BlockSource + Send>,
+        now: Instant,
+    ) -> Result<Sender> {
+        cfg.validate()?;
+        let (chunks, piece) =
+            manifest_pieces(signed_manifest.len(), usize::from(manifest.symbol_size))
+                .ok_or_else(|| Error::invalid("manifest length", signed_manifest.len()))?;
+        let chunks16 =
+            u16::try_from(chunks).map_err(|_| Error::invalid("manifest pieces", chunks))?;
+        let total = u32::try_from(signed_manifest.len())
+            .map_err(|_| Error::invalid("manifest length", signed_manifest.len()))?;
+        let mut announce = Vec::with_capacity(chunks);
+        for (i, bytes) in signed_manifest.chunks(piece).enumerate() {
+            let mut out = Vec::new();
+            Packet::Announce {
+                session: manifest.session_id,
+                chunk: i as u16,
+                chunks: chunks16,
+                total,
+                bytes,
+            }
+            .encode(&mut out);
+            announce.push(out);
+        }
+        let rate = cfg.max_rate_bps as f64 / 8.0;
+        let capacity = (cfg.burst_bytes as f64).max(rate * 0.002);
+        let oti = ObjectTransmissionInformation::new(0, manifest.symbol_size, 0, 1, 1);
+        let stats = SenderStats {
+            rate_bps: cfg.max_rate_bps,
+            ..SenderStats::default()
+        };
+        Ok(Sender {
+            blocks: vec![RepairState::default(); manifest.block_count() as usize],
+            bucket: TokenBucket::new(now, rate, capacity),
+            cfg,
+            manifest,
+            announce,
+            source,
+            seq: 0,
+            next_block: 0,
+            next_esi: 0,
+            cur_block: None,
+            cur_data: Vec::new(),
+            control: VecDeque::new(),
+            repair_queue: VecDeque::new(),
+            encoders: HashMap::new(),
+            encoder_order: VecDeque::new(),
+            poll_seq: 0,
+            want_poll: false,
+            last_poll: None,
+            naks_since_poll: 0,
+            quiet: 0,
+            drain_polls: 0,
+            next_announce: now,
+            announce_pos: 0,
+            phase: Phase::Data,
+            last_backoff: None,
+            last_reannounce: None,
+            backoff_since_poll: false,
+            events: VecDeque::new(),
+            stats,
+            oti,
+        })
+    }
+
+    /// The manifest being sent.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &SenderStats {
+        &self.stats
+    }
+
+    /// Whether the session is over.
+    pub fn is_finished(&self) -> bool {
+        self.phase == Phase::Finished
+    }
+
+    /// Next event, if any.
+    pub fn poll_event(&mut self) -> Option<SenderEvent> {
+        self.events.pop_front()
+    }
+
+    fn data_len(&self) -> usize {
+        DATA_HEADER_LEN + usize::from(self.manifest.symbol_size)
+    }
+
+    /// When the driver should call [`Sender::poll_transmit`] next (if nothing arrives before).
+    pub fn next_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Finished => None,
+            Phase::Ending => Some(self.bucket.ready_at(0)),
+            _ if !self.control.is_empty() => Some(self.bucket.ready_at(0)),
+            Phase::Data => Some(
+                self.bucket
+                    .ready_at(self.data_len())
+                    .min(self.next_announce),
+            ),
+            Phase::Drain => {
+                if !self.repair_queue.is_empty() {
+                    return Some(self.bucket.ready_at(self.data_len()));
+                }
+                let poll_at = self
+                    .last_poll
+                    .map(|t| t + Duration::from_millis(self.cfg.poll_interval_ms))
+                    .unwrap_or(self.next_announce);
+                Some(poll_at.min(self.next_announce))
+            }
+        }
+    }
+
+    /// Writes the next datagram to send to the group into `out` (cleared first).
+    /// Returns `Ok(false)` when nothing may be sent now; see [`Sender::next_timeout`].
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> Result<bool> {
+        out.clear();
+        if self.phase == Phase::Finished {
+            return Ok(false);
+        }
+        self.bucket.refill(now);
+        if let Some(p) = self.control.pop_front() {
+            *out = p;
+            return Ok(self.sent(out.len()));
+        }
+        if self.phase == Phase::Ending {
+            self.phase = Phase::Finished;
+            self.events.push_back(SenderEvent::Finished);
+            return Ok(false);
+        }
+        if !self.bucket.has(self.data_len()) {
+            return Ok(false);
+        }
+        if now >= self.next_announce {
+            out.extend_from_slice(&self.announce[self.announce_pos]);
+            self.announce_pos += 1;
+            if self.announce_pos == self.announce.len() {
+                self.announce_pos = 0;
+                self.next_announce = now + Duration::from_millis(self.cfg.announce_interval_ms);
+            }
+            self.stats.announce_packets += 1;
+            return Ok(self.sent(out.len()));
+        }
+        if let Some(&block) = self.repair_queue.front() {
+            self.write_repair(block, out)?;
+            return Ok(self.sent(out.len()));
+        }
+        if self.want_poll {
+            self.want_poll = false;
+            self.write_poll(now, out);
+            return Ok(self.sent(out.len()));
+        }
+        match self.phase {
+            Phase::Data => {
+                self.write_source(out)?;
+                Ok(self.sent(out.len()))
+            }
+            Phase::Drain => {
+                let due = self
+                    .last_poll
+                    .is_none_or(|t| now >= t + Duration::from_millis(self.cfg.poll_interval_ms));
+                if !due {
+                    return Ok(false);
+                }
+                if self.naks_since_poll == 0 {
+                    self.quiet += 1;
+                } else {
+                    self.quiet = 0;
+                }
+                if self.quiet >= self.cfg.quiet_polls
+                    || self.drain_polls >= self.cfg.max_drain_polls
+                {
+                    for _ in 0..self.cfg.end_copies {
+                        let mut p = Vec::new();
+                        Packet::End {
+                            session: self.manifest.session_id,
+                            high_seq: self.seq,
+                        }
+                        .encode(&mut p);
+                        self.control.push_back(p);
+                    }
+                    self.phase = Phase::Ending;
+                    return self.poll_transmit(now, out);
+                }
+                self.drain_polls += 1;
+                self.write_poll(now, out);
+                Ok(self.sent(out.len()))
+            }
+            Phase::Ending | Phase::Finished => Ok(false),
+        }
+    }
+
+    fn sent(&mut self, len: usize) -> bool {
+        self.bucket.consume(len);
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += len as u64;
+        true
+    }
+
+    fn write_poll(&mut self, now: Instant, out: &mut Vec<u8>) {
+        // Every poll is followed by the manifest, so receivers that missed a piece of it
+        // (or joined late) can take part.
+        if self.announce_pos == 0 {
+            self.next_announce = now;
+        }
+        self.poll_seq += 1;
+        self.naks_since_poll = 0;
+        self.last_poll = Some(now);
+        self.stats.polls += 1;
+        if !self.backoff_since_poll {
+            let max = self.cfg.max_rate_bps as f64 / 8.0;
+            let r = (self.bucket.rate() + max / 8.0).min(max);
+            self.bucket.set_rate(now, r);
+            self.stats.rate_bps = (r * 8.0) as u64;
+        }
+        self.backoff_since_poll = false;
+        Packet::Poll {
+            session: self.manifest.session_id,
+            poll: self.poll_seq,
+            upto_block: self.next_block,
+            high_seq: self.seq,
+        }
+        .encode(out);
+    }
+
+    fn load_block(&mut self, block: u32, buf: &mut Vec<u8>) -> Result<()> {
+        let k = self.manifest.symbols_in_block(block) as usize;
+        let len = self.manifest.block_len(block);
+        buf.clear();
+        buf.resize(k * usize::from(self.manifest.symbol_size), 0);
+        self.source
+            .read_block(self.manifest.block_offset(block), &mut buf[..len])
+    }
+
+    fn write_source(&mut self, out: &mut Vec<u8>) -> Result<()> {
+        let block = self.next_block;
+        if self.cur_block != Some(block) {
+            let mut buf = std::mem::take(&mut self.cur_data);
+            self.load_block(block, &mut buf)?;
+            self.cur_data = buf;
+            self.cur_block = Some(block);
+        }
+        let t = usize::from(self.manifest.symbol_size);
+        let esi = self.next_esi;
+        let start = esi as usize * t;
+        packet::write_header(out, 1, self.manifest.session_id);
+        packet::write_data_header(out, self.seq, block, esi);
+        out.extend_from_slice(&self.cur_data[start..start + t]);
+        self.seq += 1;
+        self.stats.source_packets += 1;
+        self.next_esi += 1;
+        let k = self.manifest.symbols_in_block(block);
+        if self.next_esi == k {
+            self.next_esi = 0;
+            self.next_block += 1;
+            let proactive =
+                (u64::from(k) * u64::from(self.cfg.proactive_fec_permille)).div_ceil(1000);
+            if proactive > 0 {
+                self.add_repair(block, proactive as u32);
+            }
+            let last = self.next_block == self.manifest.block_count();
+            if last || self.next_block.is_multiple_of(self.cfg.poll_every_blocks) {
+                self.want_poll = true;
+            }
+            if last {
+                self.phase = Phase::Drain;
+                self.cur_block = None;
+                self.cur_data = Vec::new();
+            }
+        }
+        Ok(())
+    }
+
+    fn add_repair(&mut self, block: u32, n: u32) {
+        let st = &mut self.blocks[block as usize];
+        st.pending = st.pending.saturating_add(n);
+        if !st.queued {
+            st.queued = true;
+            self.repair_queue.push_back(block);
+        }
+    }
+
+    fn write_repair(&mut self, block: u32, out: &mut Vec<u8>) -> Result<()> {
+        if !self.encoders.contains_key(&block) {
+            let mut buf = Vec::new();
+            self.load_block(block, &mut buf)?;
+            let enc = SourceBlockEncoder::new(0, &self.oti, &buf);
+            if self.encoder_order.len() >= ENCODER_CACHE
+                && let Some(old) = self.encoder_order.pop_front()
+            {
+                self.encoders.remove(&old);
+            }
+            self.encoders.insert(block, enc);
+            self.encoder_order.push_back(block);
+        }
+        let st = &mut self.blocks[block as usize];
+        let enc = &self.encoders[&block];
+        let pkt = enc
+            .repair_packets(st.next_repair, 1)
+            .pop()
+            .ok_or_else(|| Error::invalid("repair symbol", block))?;
+        let esi = pkt.payload_id().encoding_symbol_id();
+        packet::write_header(out, 1, self.manifest.session_id);
+        packet::write_data_header(out, self.seq, block, esi);
+        out.extend_from_slice(pkt.data());
+        self.seq += 1;
+        self.stats.repair_packets += 1;
+        st.pending -= 1;
+        // Repair ids wrap before the 24-bit limit; old ids are long gone by then.
+        st.next_repair = if esi >= MAX_ESI - 1 {
+            0
+        } else {
+            st.next_repair + 1
+        };
+        if st.pending == 0 {
+            st.queued = false;
+            self.repair_queue.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Feeds a datagram that arrived from `from` (NAKs and completion reports).
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let p = match Packet::decode(data) {
+            Ok(p) => p,
+            Err(_) => {
+                self.stats.malformed += 1;
+                return;
+            }
+        };
+        if p.session() != self.manifest.session_id {
+            self.stats.foreign_session += 1;
+            return;
+        }
+        match p {
+            Packet::Nak {
+                poll,
+                loss_permille,
+                entries,
+                ..
+            } => self.handle_nak(now, poll, loss_permille, &entries),
+            Packet::Done { file_hash, .. } => {
+                let hash_matches = file_hash == self.manifest.file_hash;
+                if hash_matches {
+                    self.stats.receivers_done += 1;
+                }
+                self.events
+                    .push_back(SenderEvent::ReceiverDone { from, hash_matches });
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_nak(&mut self, now: Instant, poll: u32, loss_permille: u16, entries: &[BlockCount]) {
+        if self.phase == Phase::Finished || self.phase == Phase::Ending || poll > self.poll_seq {
+            self.stats.bad_nak_entries += entries.len() as u64;
+            return;
+        }
+        self.stats.naks += 1;
+        self.naks_since_poll += 1;
+        if entries.is_empty() {
+            // A receiver lacks part of the manifest: announce again, at most once per poll interval.
+            let hold = Duration::from_millis(self.cfg.poll_interval_ms);
+            if self.last_reannounce.is_none_or(|t| now >= t + hold) {
+                self.last_reannounce = Some(now);
+                self.next_announce = now;
+                self.announce_pos = 0;
+            }
+            return;
+        }
+        let mut confirmed = Vec::with_capacity(entries.len());
+        for e in entries {
+            if e.block >= self.next_block || e.count == 0 {
+                self.stats.bad_nak_entries += 1;
+                continue;
+            }
+            let k = self.manifest.symbols_in_block(e.block);
+            let missing = e.count.min(k);
+            let inflate = (u64::from(missing) * u64::from(loss_permille)).div_ceil(1000) as u32;
+            let cap =
+                (u64::from(k) * u64::from(self.cfg.max_repair_permille)).div_ceil(1000) as u32;
+            let want = (missing + inflate + self.cfg.repair_margin).min(cap.max(1));
+            let st = &mut self.blocks[e.block as usize];
+            if poll < st.plan_poll {
+                continue;
+            }
+            let extra = if poll == st.plan_poll {
+                let extra = want.saturating_sub(st.plan_count);
+                st.plan_count = st.plan_count.max(want);
+                extra
+            } else {
+                st.plan_poll = poll;
+                st.plan_count = want;
+                want.saturating_sub(st.pending)
+            };
+            confirmed.push(BlockCount {
+                block: e.block,
+                count: st.plan_count,
+            });
+            if extra > 0 {
+                self.add_repair(e.block, extra);
+            }
+        }
+        if !confirmed.is_empty() {
+            let mut p = Vec::new();
+            Packet::Ncf {
+                session: self.manifest.session_id,
+                poll,
+                entries: confirmed,
+            }
+            .encode(&mut p);
+            self.control.push_back(p);
+        }
+        if loss_permille > self.cfg.loss_backoff_permille {
+            let hold = Duration::from_millis(self.cfg.poll_interval_ms);
+            if self.last_backoff.is_none_or(|t| now >= t + hold) {
+                let min = self.cfg.min_rate_bps as f64 / 8.0;
+                let r = (self.bucket.rate() * self.cfg.backoff_factor).max(min);
+                self.bucket.set_rate(now, r);
+                self.stats.rate_bps = (r * 8.0) as u64;
+                self.stats.backoffs += 1;
+                self.last_backoff = Some(now);
+                self.backoff_since_poll = true;
+            }
+        }
+    }
+}

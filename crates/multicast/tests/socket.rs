@@ -1,0 +1,220 @@
+//! Real sockets over loopback: one sender, three receivers on this host, multicast joined on
+//! 127.0.0.1, sent with IP_MULTICAST_IF 127.0.0.1 and TTL 1, receivers sharing the port.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdp};
+use std::time::{Duration, Instant};
+
+use outpost_multicast::driver::{
+    self, FileSink, LocalFileFetcher, NoFetcher, ReceiveOptions, SocketConfig,
+};
+use outpost_multicast::{Receiver, ReceiverConfig, Sender, SenderConfig, SigningKey};
+
+fn loopback_config(group_last: u8) -> SocketConfig {
+    // A port that is free right now on loopback.
+    let port = StdUdp::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cfg = SocketConfig::default();
+    cfg.group = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(239, 255, 61, group_last)), port);
+    cfg.iface_v4 = Ipv4Addr::LOCALHOST;
+    cfg.ttl = 1;
+    cfg.loopback = true;
+    cfg.recv_buffer = 4 << 20;
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_receivers_over_loopback_multicast() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("update.bin");
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&src, &data).unwrap();
+    let sock_cfg = loopback_config(1);
+    let key = SigningKey::from_seed(&[7u8; 32]).unwrap();
+    let pk = key.public_key();
+
+    // Receivers first, so they hear the first announcement.
+    let mut handles = Vec::new();
+    for i in 0..3u64 {
+        let out = tempfile::tempdir().unwrap();
+        let g = driver::group_socket(&sock_cfg).unwrap();
+        let c = driver::control_socket(&sock_cfg).unwrap();
+        assert_eq!(
+            c.local_addr().unwrap().ip(),
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        );
+        let src = src.clone();
+        handles.push(tokio::spawn(async move {
+            let mut rcfg = ReceiverConfig::default();
+            rcfg.seed = i;
+            let mut rx = Receiver::new(rcfg, &pk).unwrap();
+            let mut sink = FileSink::new(out.path()).unwrap();
+            let mut fetcher = LocalFileFetcher::open(&src).unwrap();
+            // Receiver 2 loses 5% of what arrives (seeded), to exercise repair.
+            let opts = if i == 2 {
+                ReceiveOptions::with_loss(0.05, 99)
+            } else {
+                ReceiveOptions::default()
+            };
+            let res = tokio::time::timeout(
+                Duration::from_secs(30),
+                driver::run_receiver(&g, &c, &mut rx, &mut sink, &mut fetcher, &opts, |_| {}),
+            )
+            .await
+            .expect("receiver finished in time")
+            .expect("receiver ok");
+            let written = std::fs::read(sink.final_path()).unwrap();
+            (res, written, out)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let mut scfg = SenderConfig::default();
+    scfg.max_rate_bps = 400_000_000;
+    // Generous poll spacing: test builds are slow and the machine is shared.
+    scfg.poll_interval_ms = 100;
+    // Small blocks keep RaptorQ quick in unoptimised test builds.
+    scfg.block_symbols = 64;
+    let manifest = driver::manifest_for_file(
+        &src,
+        0x1234,
+        "update.bin",
+        scfg.symbol_size,
+        scfg.block_symbols,
+    )
+    .unwrap();
+    let signed = manifest.sign(key.key_pair());
+    let source = driver::FileSource::open(&src).unwrap();
+    let mut sender =
+        Sender::new(scfg, manifest, &signed, Box::new(source), Instant::now()).unwrap();
+    let sock = driver::send_socket(&sock_cfg).unwrap();
+    assert_eq!(
+        sock.local_addr().unwrap().ip(),
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    );
+    let stats = tokio::time::timeout(
+        Duration::from_secs(30),
+        driver::run_sender(&sock, sock_cfg.group, &mut sender, |_, _| {}),
+    )
+    .await
+    .expect("sender finished in time")
+    .expect("sender ok");
+
+    let mut lossy_repaired = false;
+    let i_lossy = |r: &driver::ReceiveOutcome| r.injected_drops > 0;
+    for h in handles {
+        let (res, written, _dir) = h.await.unwrap();
+        assert!(written == data, "file byte-exact");
+        assert_eq!(
+            res.manifest.file_hash,
+            outpost_multicast::manifest::sha256(&data)
+        );
+        // Most blocks arrive by multicast, repaired where lost; under heavy machine load a
+        // slow receiver may still finish a few blocks through the unicast fetcher.
+        assert!(
+            res.fetched_blocks * 4 < res.manifest.block_count(),
+            "fetched {} of {} blocks: {:?}, sender {stats:?}",
+            res.fetched_blocks,
+            res.manifest.block_count(),
+            res.stats
+        );
+        if i_lossy(&res) {
+            lossy_repaired = res.stats.repair_symbols > 0;
+        }
+    }
+    assert!(
+        stats.repair_packets > 0,
+        "the lossy receiver was repaired: {stats:?}"
+    );
+    assert!(lossy_repaired, "repair symbols reached the lossy receiver");
+    // Repair covers the one lossy receiver, not one copy per receiver.
+    assert!(stats.repair_packets < stats.source_packets / 5, "{stats:?}");
+    assert!(stats.receivers_done >= 1, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_receiver_fetches_and_crash_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("pkg.bin");
+    let data: Vec<u8> = (0..1_500_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&src, &data).unwrap();
+    let sock_cfg = loopback_config(2);
+    let key = SigningKey::from_seed(&[9u8; 32]).unwrap();
+    let pk = key.public_key();
+    let mut scfg = SenderConfig::default();
+    scfg.max_rate_bps = 50_000_000;
+    scfg.announce_interval_ms = 20;
+    scfg.block_symbols = 64;
+    let manifest =
+        driver::manifest_for_file(&src, 0x77, "pkg.bin", scfg.symbol_size, scfg.block_symbols)
+            .unwrap();
+    let signed = manifest.sign(key.key_pair());
+
+    // A previous run left half of the blocks on disk, plus one corrupted block.
+    let out = tempfile::tempdir().unwrap();
+    let part = out.path().join(format!("pkg.bin.{:016x}.part", 0x77));
+    let mut partial = vec![0u8; data.len()];
+    let half = manifest.block_offset(manifest.block_count() / 2) as usize;
+    partial[..half].copy_from_slice(&data[..half]);
+    partial[10] ^= 0xff;
+    std::fs::write(&part, &partial).unwrap();
+
+    let sock = driver::send_socket(&sock_cfg).unwrap();
+    let mut sender = Sender::new(
+        scfg,
+        manifest.clone(),
+        &signed,
+        Box::new(driver::FileSource::open(&src).unwrap()),
+        Instant::now(),
+    )
+    .unwrap();
+    let send = tokio::spawn(async move {
+        driver::run_sender(&sock, sock_cfg.group, &mut sender, |_, _| {})
+            .await
+            .unwrap()
+    });
+    // Join late: the first blocks have gone by.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let g = driver::group_socket(&sock_cfg).unwrap();
+    let c = driver::control_socket(&sock_cfg).unwrap();
+    let mut rx = Receiver::new(ReceiverConfig::default(), &pk).unwrap();
+    let mut sink = FileSink::new(out.path()).unwrap();
+    let mut fetcher = LocalFileFetcher::open(&src).unwrap();
+    let res = tokio::time::timeout(
+        Duration::from_secs(30),
+        driver::run_receiver(
+            &g,
+            &c,
+            &mut rx,
+            &mut sink,
+            &mut fetcher,
+            &ReceiveOptions::default(),
+            |_| {},
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(std::fs::read(out.path().join("pkg.bin")).unwrap(), data);
+    assert!(!part.exists(), "temporary file renamed");
+    let half_blocks = manifest.block_count() / 2;
+    assert_eq!(
+        res.resumed_blocks,
+        half_blocks - 1,
+        "all intact blocks resumed, the corrupted one not"
+    );
+    send.await.unwrap();
+
+    // Without a fetcher, a missing block is a clear error naming the block.
+    use outpost_multicast::driver::Fetcher;
+    let err = NoFetcher
+        .fetch_block(&manifest, 3)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("block 3"), "{err}");
+}

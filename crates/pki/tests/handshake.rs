@@ -333,3 +333,46 @@ async fn chain_through_a_ca_false_certificate_is_refused() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn enrollment_channel_needs_the_server_and_asks_no_client_certificate() {
+    let f = fleet();
+    let enroll_alpn = TlsOptions::default().with_alpn(vec![tls::ALPN_ENROLL.to_vec()]);
+    let srv = tls::mobile_port_server_config_without_client_auth(&f.server, &enroll_alpn).unwrap();
+    let client = tls::enrollment_client_config(f.ca.server_ca(), &opts()).unwrap();
+    let out = handshake(srv.clone(), client.clone(), "ksc.example.com").await;
+    assert!(out.accepted(), "{:?} {:?}", out.server, out.client);
+    let (peer, alpn) = out.server.unwrap();
+    assert!(
+        peer.is_none(),
+        "the enrolling device presents no certificate"
+    );
+    assert_eq!(alpn.as_deref(), Some(tls::ALPN_ENROLL));
+    // A gateway certificate is not the server's: a device does not enroll through it.
+    let gw = tls::mobile_port_server_config_without_client_auth(&f.gateway, &enroll_alpn).unwrap();
+    let out = handshake(gw, client.clone(), "gw.example.com").await;
+    assert!(out.refused());
+    assert!(out.client.unwrap_err().contains("WrongRole"));
+    // Nor is a server certificate from another CA, nor a name it does not hold.
+    let rogue_ca = ServerCa::create(
+        outpost_pki::PkiConfig::default(),
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    let rogue = rogue_ca
+        .issue_server(
+            "admin-server",
+            &names(&["ksc.example.com"]),
+            &[],
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+    let srv_rogue =
+        tls::mobile_port_server_config_without_client_auth(&rogue, &enroll_alpn).unwrap();
+    assert!(
+        handshake(srv_rogue, client.clone(), "ksc.example.com")
+            .await
+            .refused()
+    );
+    assert!(handshake(srv, client, "other.example.com").await.refused());
+}

@@ -199,5 +199,34 @@ fn main() -> std::io::Result<()> {
     for (name, data) in seeds {
         std::fs::write(format!("{dir}/{name}"), data)?;
     }
+    // Seeds of the `wire_push` target, beside the `wire_decode` ones.
+    let push_dir = std::path::Path::new(&dir).with_file_name("wire_push");
+    std::fs::create_dir_all(&push_dir)?;
+    let d = outpost_wire::push::PushDatagram {
+        nonce: 42,
+        issued_at_unix: 1_800_000_000,
+        device_id: "laptop-7".into(),
+        signer_cert_der: Bytes::from(vec![0x30; 300]),
+        signature: Bytes::from(vec![0x5a; 71]),
+    };
+    let valid = d.encode().expect("encodes");
+    let everyone = outpost_wire::push::PushDatagram {
+        device_id: String::new(),
+        ..d
+    }
+    .encode()
+    .expect("encodes");
+    let mut trailing = valid.clone();
+    trailing.push(0);
+    let push_seeds: [(&str, &[u8]); 5] = [
+        ("valid", &valid),
+        ("everyone", &everyone),
+        ("truncated", &valid[..valid.len() - 10]),
+        ("trailing", &trailing),
+        ("bad_magic", b"OPSX\x01"),
+    ];
+    for (name, data) in push_seeds {
+        std::fs::write(push_dir.join(name), data)?;
+    }
     Ok(())
 }

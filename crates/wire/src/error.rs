@@ -137,6 +137,12 @@ pub enum WireError {
         /// The stated maximum.
         max: u32,
     },
+    /// A datagram (see [`crate::push`]) is malformed.
+    #[error("malformed datagram: {reason}")]
+    BadDatagram {
+        /// What is wrong, and where.
+        reason: String,
+    },
     /// An I/O error from the transport under a `Framed` stream.
     #[error("transport error: {0}")]
     Io(#[from] std::io::Error),

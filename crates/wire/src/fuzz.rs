@@ -40,3 +40,17 @@ pub fn decode_stream(data: &[u8]) -> Vec<Message> {
     }
     out
 }
+
+/// Decodes `data` as a "sync now" datagram; whatever decodes must encode back to the same
+/// bytes.
+pub fn decode_push(data: &[u8]) -> bool {
+    match crate::push::PushDatagram::decode(data) {
+        Ok((d, signed)) => {
+            let again = d.encode().expect("a decoded datagram re-encodes");
+            assert_eq!(again, data, "decode and encode disagree");
+            assert_eq!(&again[..signed], &d.signed_part().expect("encodes")[..]);
+            true
+        }
+        Err(_) => false,
+    }
+}

@@ -17,6 +17,7 @@
 //! - [`Message`] / [`MessageType`]: the catalogue; [`MessageCodec`] decodes frames into
 //!   messages, skipping unknown types the sender marked ignorable and refusing the others.
 //! - [`negotiate`]: the highest protocol version both sides speak.
+//! - [`push`]: the signed "sync now" datagram for UDP port 15000.
 //!
 //! The byte-by-byte format is in `docs/protocol.md`.
 //!
@@ -54,6 +55,7 @@ mod codec;
 mod error;
 pub mod frame;
 pub mod messages;
+pub mod push;
 mod version;
 
 pub use catalogue::{Message, MessageType};

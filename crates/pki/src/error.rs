@@ -93,6 +93,20 @@ pub enum PkiError {
         /// Subject of the certificate.
         subject: String,
     },
+    /// A signature does not verify with the key of the certificate that claims it.
+    #[error("signature does not verify with the key of certificate {subject:?}")]
+    BadSignature {
+        /// Subject of the certificate.
+        subject: String,
+    },
+    /// Signing failed.
+    #[error("signing with the key of {subject:?} failed: {reason}")]
+    SigningFailed {
+        /// Subject of the certificate.
+        subject: String,
+        /// Why.
+        reason: String,
+    },
     /// A CA may not issue at this time because its own certificate is not valid then.
     #[error("CA {subject:?} is not valid at {now} (valid {not_before} to {not_after})")]
     CaNotValid {

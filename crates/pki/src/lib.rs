@@ -56,6 +56,7 @@ mod error;
 mod names;
 mod pem_util;
 mod rotation;
+mod sign;
 pub mod store;
 mod time;
 pub mod tls;
@@ -73,6 +74,7 @@ pub use names::{
     validate_dns_name,
 };
 pub use rotation::{Rotation, RotationEvent, RotationSchedule, RotationState};
+pub use sign::{sign_with, verify_signature};
 pub use time::{DAY, Timestamp};
 pub use verify::{CertChecker, PeerIdentity, check_client_certificate, check_server_certificate};
 

@@ -560,3 +560,35 @@ fn invalid_device_ids_are_refused() {
         assert!(ca.issue_mobile(bad, t0()).is_err());
     }
 }
+
+#[test]
+fn messages_signed_with_an_identity_verify_only_with_its_certificate() {
+    let now = std::time::SystemTime::now();
+    for alg in [
+        outpost_pki::KeyAlgorithm::EcdsaP256,
+        outpost_pki::KeyAlgorithm::Ed25519,
+    ] {
+        let mut cfg = outpost_pki::PkiConfig::default();
+        cfg.leaf_key_algorithm = alg;
+        let ca = outpost_pki::ServerCa::create(cfg, now).unwrap();
+        let server = ca
+            .issue_server("server-1", &["server.example".into()], &[], now)
+            .unwrap();
+        let other = ca
+            .issue_server("server-2", &["server.example".into()], &[], now)
+            .unwrap();
+        let sig = outpost_pki::sign_with(&server, b"sync now 42").unwrap();
+        outpost_pki::verify_signature(&server.cert_der, b"sync now 42", &sig).unwrap();
+        let e = outpost_pki::verify_signature(&other.cert_der, b"sync now 42", &sig).unwrap_err();
+        assert!(
+            matches!(e, outpost_pki::PkiError::BadSignature { .. }),
+            "{e}"
+        );
+        let mut tampered = sig.clone();
+        tampered[10] ^= 1;
+        assert!(
+            outpost_pki::verify_signature(&server.cert_der, b"sync now 42", &tampered).is_err()
+        );
+        assert!(outpost_pki::verify_signature(b"not a certificate", b"x", &sig).is_err());
+    }
+}

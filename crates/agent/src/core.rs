@@ -406,6 +406,41 @@ impl AgentCore {
         }
     }
 
+    /// Whether `nonce` is new (and remembers it); a push with a nonce seen before is ignored.
+    fn fresh_nonce(&mut self, nonce: u64) -> bool {
+        if !self.nonce_set.insert(nonce) {
+            log::debug!(
+                "agent {}: sync-now nonce {nonce} seen before",
+                self.cfg.device_id
+            );
+            return false;
+        }
+        self.nonces.push_back(nonce);
+        if self.nonces.len() > NONCES_REMEMBERED
+            && let Some(old) = self.nonces.pop_front()
+        {
+            self.nonce_set.remove(&old);
+        }
+        true
+    }
+
+    /// A verified "sync now" that came outside the connection (the server's signed UDP
+    /// datagram): sync at once when connected; when waiting to reconnect, stop waiting and
+    /// connect now. A nonce seen before is ignored.
+    pub fn sync_now_from_outside(&mut self, nonce: u64, now: Instant) {
+        if self.phase == Phase::Ready {
+            let m = outpost_wire::messages::SyncNow {
+                reason: "signed datagram".into(),
+                nonce,
+            };
+            self.received(Message::from(m), now);
+        } else if self.phase == Phase::Waiting && self.fresh_nonce(nonce) {
+            self.pushes += 1;
+            self.retry_at = Some(now);
+            self.handle_timeout(now);
+        }
+    }
+
     /// Handles the timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         let t = self.request_timeout();
@@ -621,19 +656,8 @@ impl AgentCore {
                 self.send_events(now);
             }
             Message::SyncNow(s) => {
-                if !self.nonce_set.insert(s.nonce) {
-                    log::debug!(
-                        "agent {}: sync-now nonce {} seen before",
-                        self.cfg.device_id,
-                        s.nonce
-                    );
+                if !self.fresh_nonce(s.nonce) {
                     return;
-                }
-                self.nonces.push_back(s.nonce);
-                if self.nonces.len() > NONCES_REMEMBERED
-                    && let Some(old) = self.nonces.pop_front()
-                {
-                    self.nonce_set.remove(&old);
                 }
                 self.pushes += 1;
                 log::info!("agent {}: sync now ({})", self.cfg.device_id, s.reason);

@@ -206,6 +206,17 @@ impl Drop for DiscoveryHandle {
 /// [`AgentError::Io`] naming the address if the socket cannot be bound;
 /// [`AgentError::Discovery`] for an id that cannot be announced.
 pub fn spawn(device_id: &str, config: &DiscoveryConfig) -> Result<DiscoveryHandle, AgentError> {
+    spawn_with_pushes(device_id, config, None)
+}
+
+/// As [`spawn`], also handing every datagram that looks like the server's signed "sync now"
+/// (magic `OPSN`) to `pushes`, unchecked: the receiver verifies it. When `pushes` is full the
+/// datagram is dropped.
+pub fn spawn_with_pushes(
+    device_id: &str,
+    config: &DiscoveryConfig,
+    pushes: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+) -> Result<DiscoveryHandle, AgentError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let datagram = encode(device_id)?;
     let bind = config.bind;
@@ -240,7 +251,7 @@ pub fn spawn(device_id: &str, config: &DiscoveryConfig) -> Result<DiscoveryHandl
     let interval = Duration::from_millis(config.interval_ms);
     let t = table.clone();
     let task = tokio::spawn(async move {
-        let mut buf = [0u8; MAX_DATAGRAM + 1];
+        let mut buf = vec![0u8; MAX_DATAGRAM.max(outpost_wire::push::MAX_DATAGRAM) + 1];
         let mut tick = tokio::time::interval(interval);
         loop {
             tokio::select! {
@@ -252,6 +263,13 @@ pub fn spawn(device_id: &str, config: &DiscoveryConfig) -> Result<DiscoveryHandl
                     }
                 }
                 r = socket.recv_from(&mut buf) => match r {
+                    Ok((n, from)) if buf[..n].starts_with(&outpost_wire::push::MAGIC) => {
+                        if let Some(p) = &pushes
+                            && p.try_send(buf[..n].to_vec()).is_err()
+                        {
+                            log::debug!("discovery: push datagram from {from} dropped (queue full)");
+                        }
+                    }
                     Ok((n, from)) => {
                         let now = Instant::now();
                         let mut table = t.lock().unwrap_or_else(|e| e.into_inner());

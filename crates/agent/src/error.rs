@@ -97,6 +97,9 @@ pub enum AgentError {
     /// A discovery datagram could not be decoded.
     #[error("discovery datagram: {0}")]
     Discovery(String),
+    /// A pushed "sync now" datagram failed a check.
+    #[error("push datagram refused: {0}")]
+    PushRefused(String),
     /// A settings document received or stored is unusable.
     #[error("settings of application {application:?}: {reason}")]
     Settings {

@@ -53,6 +53,7 @@ pub mod discovery;
 mod error;
 pub mod identity;
 pub mod overlay;
+pub mod push;
 mod runtime;
 pub mod store;
 

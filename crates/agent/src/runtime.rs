@@ -21,6 +21,7 @@ use crate::core::{Action, AgentCore, CoreConfig, CoreStatus, Input, LocalStatus}
 use crate::discovery::{self, DiscoveryHandle};
 use crate::identity::{self, Connection};
 use crate::overlay;
+use crate::push::PushVerifier;
 use crate::store::{SettingsStore, free_disk_bytes};
 
 /// What the agent is doing, published after every step.
@@ -88,8 +89,27 @@ impl Agent {
         let (id, enrolled) = identity::load_or_enroll(&config).await?;
         let tls = agent_client_config(&id.cert, &id.ca, &TlsOptions::default())?;
         let settings = Arc::new(Mutex::new(SettingsStore::open(&config.data_dir)?));
+        // Signed "sync now" datagrams arrive on the discovery port; they are trusted when
+        // signed by the certificate of the server this agent enrolls with.
+        let (push_tx, pushes) = match (&config.enrollment.server, config.discovery.enabled) {
+            (Some(server), true) => {
+                let (tx, rx) = mpsc::channel(64);
+                let verifier = PushVerifier::new(
+                    outpost_pki::CertChecker::new(&id.ca, &[])?,
+                    server.name.clone(),
+                    config.device_id.clone(),
+                    PUSH_MAX_AGE,
+                );
+                (Some(tx), Some((rx, verifier)))
+            }
+            _ => (None, None),
+        };
         let discovery = if config.discovery.enabled {
-            Some(discovery::spawn(&config.device_id, &config.discovery)?)
+            Some(discovery::spawn_with_pushes(
+                &config.device_id,
+                &config.discovery,
+                push_tx,
+            )?)
         } else {
             None
         };
@@ -112,6 +132,7 @@ impl Agent {
             config: config.clone(),
             settings: settings.clone(),
             discovery,
+            pushes,
             conn: None,
             status: status_tx,
         };
@@ -242,8 +263,21 @@ struct Driver {
     config: AgentConfig,
     settings: Arc<Mutex<SettingsStore>>,
     discovery: Option<DiscoveryHandle>,
+    pushes: Option<(mpsc::Receiver<Vec<u8>>, PushVerifier)>,
     conn: Option<Connection>,
     status: watch::Sender<AgentStatus>,
+}
+
+/// How old a signed "sync now" datagram may be (or how far ahead of the local clock).
+const PUSH_MAX_AGE: Duration = Duration::from_secs(300);
+
+async fn next_push(
+    pushes: &mut Option<(mpsc::Receiver<Vec<u8>>, PushVerifier)>,
+) -> Option<Vec<u8>> {
+    match pushes {
+        Some((rx, _)) => rx.recv().await,
+        None => pending().await,
+    }
 }
 
 async fn next_message(
@@ -307,6 +341,15 @@ impl Driver {
                         }
                     };
                     self.core.handle(input, now);
+                }
+                Some(d) = next_push(&mut self.pushes) => {
+                    let now = Instant::now();
+                    let verified = self.pushes.as_ref().map(|(_, v)| v.verify(&d, SystemTime::now()));
+                    match verified {
+                        Some(Ok(nonce)) => self.core.sync_now_from_outside(nonce, now),
+                        Some(Err(e)) => log::warn!("agent {}: {e}", self.config.device_id),
+                        None => {}
+                    }
                 }
                 () = sleep => {
                     let now = Instant::now();

@@ -498,3 +498,54 @@ fn protocol_surprises_reconnect() {
     core.handle(Input::Received(SyncResponse::default().into()), t0);
     assert!(matches!(&drain(&mut core)[..], [Action::Close]));
 }
+
+#[test]
+fn a_push_from_outside_syncs_now_or_ends_the_wait_and_ignores_replays() {
+    let c = config(1);
+    let t0 = Instant::now();
+    // Connected: sync at once, long before the 600 s interval.
+    let mut core = ready(&c, BTreeMap::new(), t0);
+    let t1 = t0 + Duration::from_secs(5);
+    core.sync_now_from_outside(77, t1);
+    let a = drain(&mut core);
+    assert!(matches!(sent(&a)[..], [Message::SyncRequest(_)]), "{a:?}");
+    core.handle(
+        Input::Received(
+            SyncResponse {
+                next_sync_secs: 600,
+                ..Default::default()
+            }
+            .into(),
+        ),
+        t1,
+    );
+    drain(&mut core);
+    // The same nonce again: nothing.
+    core.sync_now_from_outside(77, t1 + Duration::from_secs(1));
+    assert!(drain(&mut core).is_empty());
+
+    // Waiting for the backoff after a lost connection: connect now instead.
+    core.handle(
+        Input::Disconnected("gone".into()),
+        t1 + Duration::from_secs(2),
+    );
+    drain(&mut core);
+    assert_eq!(core.status().phase, Phase::Waiting);
+    let t2 = t1 + Duration::from_secs(2);
+    assert!(
+        core.poll_timeout().is_some_and(|d| d > t2),
+        "the retry is in the future"
+    );
+    core.sync_now_from_outside(78, t2);
+    let a = drain(&mut core);
+    assert!(a.iter().any(|x| matches!(x, Action::Connect(_))), "{a:?}");
+    // A replayed nonce while waiting does nothing either.
+    core.handle(Input::ConnectFailed("refused".into()), t2);
+    drain(&mut core);
+    core.sync_now_from_outside(78, t2);
+    assert!(
+        !drain(&mut core)
+            .iter()
+            .any(|x| matches!(x, Action::Connect(_)))
+    );
+}

@@ -497,3 +497,58 @@ async fn missing_enrollment_settings_and_partial_identities_are_named() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_udp_push_makes_the_agent_sync_now_and_forgeries_do_not() {
+    let s = setup();
+    let (reg, tokens) = registry_with_tokens(&["laptop-1"]);
+    let server = start_server(&s.ca, reg, s.dir.path()).await;
+    let mut c = agent_config(&s, "laptop-1", server.addr(), &tokens[0]);
+    c.discovery.enabled = true;
+    c.discovery.bind = "127.0.0.1:0".parse().unwrap();
+    // Announcements go to the test's own loopback socket.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.discovery.targets = vec![udp.local_addr().unwrap()];
+    let agent = Agent::start(c).await.unwrap();
+    synced(&agent, 1).await;
+    let to = agent.discovery_addr().expect("discovery on");
+    let now = SystemTime::now();
+    let pushes = |a: &AgentHandle| a.status().core.pushes;
+
+    // Forged: a server certificate from another CA, and one for another device. Neither
+    // makes the agent sync (the server asked for a sync every 900 s).
+    let rogue_ca = ServerCa::create(PkiConfig::default(), now).unwrap();
+    let rogue = outpost_server::SyncNowSigner::new(
+        rogue_ca
+            .issue_server("server-1", &[SERVER.to_string()], &[], now)
+            .unwrap(),
+    );
+    udp.send_to(&rogue.datagram(Some("laptop-1"), 1, now).unwrap(), to)
+        .unwrap();
+    let real = outpost_server::SyncNowSigner::new(
+        s.ca.issue_server("server-1", &[SERVER.to_string()], &[], now)
+            .unwrap(),
+    );
+    udp.send_to(&real.datagram(Some("laptop-2"), 2, now).unwrap(), to)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        agent.status().core.syncs,
+        1,
+        "a forged or foreign push made the agent sync"
+    );
+    assert_eq!(pushes(&agent), 0);
+
+    // The server's own, for this device: the agent syncs at once.
+    udp.send_to(&real.datagram(Some("laptop-1"), 3, now).unwrap(), to)
+        .unwrap();
+    synced(&agent, 2).await;
+    assert_eq!(pushes(&agent), 1);
+    // Replayed: ignored.
+    udp.send_to(&real.datagram(Some("laptop-1"), 3, now).unwrap(), to)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(agent.status().core.syncs, 2);
+    agent.shutdown().await;
+    server.listener.shutdown().await;
+}

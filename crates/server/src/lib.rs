@@ -55,6 +55,7 @@ mod registry;
 mod runtime;
 mod service;
 pub mod store;
+mod udp_push;
 
 pub use dp::DpCoordinator;
 pub use enroll::{enroll, refusal_code};
@@ -70,3 +71,4 @@ pub use service::{
     AdminService, DeviceContext, FixedInterval, MemoryObjects, ObjectStore, ServiceConfig,
     ServiceStats, SyncSource,
 };
+pub use udp_push::SyncNowSigner;

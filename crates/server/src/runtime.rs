@@ -20,7 +20,7 @@ use outpost_policy::{Resolver, State};
 
 use crate::{
     AdminService, DpCoordinator, FleetSync, ObjectStore, PolicySync, Registry, ServerError,
-    ServiceConfig, SyncSource,
+    ServiceConfig, SyncNowSigner, SyncSource,
 };
 
 fn default_listen() -> SocketAddr {
@@ -152,6 +152,7 @@ impl AdminServerConfig {
 /// A running Administration Server.
 pub struct AdminServer {
     service: Arc<AdminService>,
+    push: SyncNowSigner,
     listener: ListenerHandle,
     connector: ConnectorHandle,
     dispatch: JoinHandle<()>,
@@ -218,6 +219,7 @@ impl AdminServer {
             }
         });
         Ok(AdminServer {
+            push: SyncNowSigner::new(tls.identity),
             service,
             listener,
             connector,
@@ -228,6 +230,36 @@ impl AdminServer {
     /// The device service (registry, push, counters).
     pub fn service(&self) -> &Arc<AdminService> {
         &self.service
+    }
+
+    /// Sends a signed "sync now" datagram to each of `targets` (agents' discovery ports, or a
+    /// broadcast address of a domain, port 15000), for `device` or, with `None`, every device
+    /// that hears it. Returns how many datagrams were sent.
+    pub fn push_udp(
+        &self,
+        targets: &[SocketAddr],
+        device: Option<&str>,
+        nonce: u64,
+    ) -> Result<usize, ServerError> {
+        let datagram = self
+            .push
+            .datagram(device, nonce, std::time::SystemTime::now())?;
+        let bind: SocketAddr = match targets.first() {
+            Some(SocketAddr::V6(_)) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+            _ => SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)),
+        };
+        let io = |e: std::io::Error| ServerError::Io {
+            path: "UDP sync-now socket".into(),
+            source: e,
+        };
+        let socket = std::net::UdpSocket::bind(bind).map_err(io)?;
+        socket.set_broadcast(true).map_err(io)?;
+        let mut sent = 0;
+        for t in targets {
+            socket.send_to(&datagram, t).map_err(io)?;
+            sent += 1;
+        }
+        Ok(sent)
     }
 
     /// The bound device port.

@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{GatewayConfig, GatewayMode, TlsMaterial};
 use crate::io::{read_message, write_message};
-use crate::peer::{BoxStream, DevicePeer, cert_fingerprint, random_u128};
+use crate::peer::{BoxStream, DevicePeer, cert_fingerprint, offered_alpn, random_u128};
 use crate::splice::{RelayCounters, splice};
 use crate::tickets::{Binding, IssueError, TicketStats, TicketTable};
 use crate::{ALPN_TUNNEL, GatewayError};
@@ -403,11 +403,7 @@ impl Shared {
                 return;
             }
         };
-        let alpn: Vec<Vec<u8>> = start
-            .client_hello()
-            .alpn()
-            .map(|it| it.map(<[u8]>::to_vec).collect())
-            .unwrap_or_default();
+        let alpn = offered_alpn(&start);
         let wants = |p: &[u8]| alpn.iter().any(|a| a == p);
         let dmz = self.config.mode.is_dmz();
         if dmz && wants(ALPN_SIGNAL) {
@@ -451,25 +447,19 @@ impl Shared {
         accept: tokio_rustls::Accept<TcpStream>,
         deadline: tokio::time::Instant,
     ) -> Option<ServerLink> {
-        match tokio::time::timeout_at(deadline, accept).await {
-            Ok(Ok(tls)) => Some(tls),
-            Ok(Err(e)) => {
-                log::debug!(
-                    "gateway {}: TLS handshake failed: {e}",
-                    self.config.gateway_id
-                );
-                self.counters
-                    .handshake_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                None
-            }
-            Err(_) => {
-                self.counters
-                    .handshake_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                None
-            }
-        }
+        let why = match tokio::time::timeout_at(deadline, accept).await {
+            Ok(Ok(tls)) => return Some(tls),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".to_string(),
+        };
+        log::debug!(
+            "gateway {}: TLS handshake failed: {why}",
+            self.config.gateway_id
+        );
+        self.counters
+            .handshake_failures
+            .fetch_add(1, Ordering::Relaxed);
+        None
     }
 
     async fn handle_device_port(

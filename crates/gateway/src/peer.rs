@@ -141,3 +141,15 @@ pub(crate) fn random_u128() -> Option<u128> {
     aws_lc_rs::rand::SystemRandom::new().fill(&mut b).ok()?;
     Some(u128::from_be_bytes(b))
 }
+
+/// The ALPN protocols a client offered in its ClientHello (empty if none).
+pub(crate) fn offered_alpn<IO>(start: &tokio_rustls::StartHandshake<IO>) -> Vec<Vec<u8>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    start
+        .client_hello()
+        .alpn()
+        .map(|it| it.map(<[u8]>::to_vec).collect())
+        .unwrap_or_default()
+}

@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{ConnectorConfig, DmzGatewayEntry, TlsMaterial};
 use crate::io::{read_message, write_message};
-use crate::peer::{DeviceConnection, DevicePeer, Via};
+use crate::peer::{DeviceConnection, DevicePeer, Via, offered_alpn};
 use crate::splice::splice;
 use crate::{ALPN_ENROLL, ALPN_TUNNEL, GatewayError};
 
@@ -520,11 +520,7 @@ async fn accept_devices(
             let accepted = tokio::time::timeout(timeout, async {
                 let start =
                     LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
-                let alpn: Vec<Vec<u8>> = start
-                    .client_hello()
-                    .alpn()
-                    .map(|it| it.map(<[u8]>::to_vec).collect())
-                    .unwrap_or_default();
+                let alpn = offered_alpn(&start);
                 let wants = |p: &[u8]| alpn.iter().any(|a| a == p);
                 if wants(ALPN_ENROLL) {
                     let tls = start.into_stream(configs.enroll).await?;

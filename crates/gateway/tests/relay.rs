@@ -483,16 +483,25 @@ async fn server_restart_and_gateway_restart_recover_by_themselves() {
     let entry = vec![DmzGatewayEntry::new("gw-dmz", addr, GATEWAY_NAME)];
     let (tx, rx) = mpsc::channel(16);
     let _seen = echo_server(rx);
-    let conn =
-        ServerConnector::start(connector_config(entry.clone()), &pki.server(), tx.clone()).unwrap();
-    wait_until("signal connection", || gw.stats().signal_sessions == 1).await;
     let cert = pki.agent("device-1");
-    let tls = agent_connect(&pki, &cert, addr, GATEWAY_NAME)
-        .await
-        .unwrap();
-    bounded("echo before", echo_roundtrip(tls, payload(1, 100_000)))
-        .await
-        .unwrap();
+    let start_server = || {
+        ServerConnector::start(connector_config(entry.clone()), &pki.server(), tx.clone()).unwrap()
+    };
+    // One device session through the gateway, once the signal connection is up.
+    let echo = |seed: u64, gw: &GatewayHandle| {
+        let up = gw.stats().signal_sessions;
+        let (pki, cert) = (&pki, &cert);
+        async move {
+            assert_eq!(up, 1, "signal connection up before the device comes");
+            let tls = agent_connect(pki, cert, addr, GATEWAY_NAME).await.unwrap();
+            bounded("echo", echo_roundtrip(tls, payload(seed, 100_000)))
+                .await
+                .unwrap();
+        }
+    };
+    let conn = start_server();
+    wait_until("signal connection", || gw.stats().signal_sessions == 1).await;
+    echo(1, &gw).await;
 
     // The server goes away: devices are refused promptly, not left hanging.
     conn.shutdown().await;
@@ -506,21 +515,12 @@ async fn server_restart_and_gateway_restart_recover_by_themselves() {
     );
 
     // A restarted server re-establishes the signal connection.
-    let conn =
-        ServerConnector::start(connector_config(entry.clone()), &pki.server(), tx.clone()).unwrap();
+    let conn = start_server();
     wait_until("signal connection again", || {
         gw.stats().signal_sessions == 1
     })
     .await;
-    let tls = agent_connect(&pki, &cert, addr, GATEWAY_NAME)
-        .await
-        .unwrap();
-    bounded(
-        "echo after server restart",
-        echo_roundtrip(tls, payload(2, 100_000)),
-    )
-    .await
-    .unwrap();
+    echo(2, &gw).await;
 
     // The gateway restarts on the same address; the connector finds it again by itself.
     gw.shutdown().await;
@@ -532,15 +532,7 @@ async fn server_restart_and_gateway_restart_recover_by_themselves() {
         gw.stats().signal_sessions == 1
     })
     .await;
-    let tls = agent_connect(&pki, &cert, addr, GATEWAY_NAME)
-        .await
-        .unwrap();
-    bounded(
-        "echo after gateway restart",
-        echo_roundtrip(tls, payload(3, 100_000)),
-    )
-    .await
-    .unwrap();
+    echo(3, &gw).await;
     assert!(
         conn.stats()
             .signal_established

@@ -5,7 +5,9 @@
 //! sync is a heartbeat, followed by a decision round at the time passed in. The answer carries
 //! the device's own roles (one [`DpAssignment`] per scope it is registered for, with the
 //! scope's fencing epoch and the DP's multicast group) and, for every device, the DP that
-//! serves it (role `Active`, `dp_device_id` naming that DP).
+//! serves it (role `Active`, `dp_device_id` naming that DP). Every assignment carries the
+//! multicast signing key its DP last reported in `dp_status.signing_key`, so the devices it
+//! serves accept only that DP's sessions.
 //!
 //! `upstream` in an assignment names where a DP takes files from: `"server"` for the active
 //! DP, the active DP's device id for a standby.
@@ -13,6 +15,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Instant;
+
+use bytes::Bytes;
 
 use outpost_election::{
     DeviceId, DevicePlacement, Election, ElectionConfig, GroupEdge, GroupId, GroupTree, NodeFacts,
@@ -58,6 +62,8 @@ pub struct DpCoordinator {
     election: Election,
     devices: Names,
     groups: Names,
+    /// The multicast signing key each DP last reported.
+    keys: HashMap<DeviceId, Bytes>,
 }
 
 impl DpCoordinator {
@@ -82,6 +88,7 @@ impl DpCoordinator {
             election,
             devices: Names::default(),
             groups,
+            keys: HashMap::new(),
         };
         for (id, d) in registry.devices() {
             c.place(id, &d.group)?;
@@ -146,6 +153,14 @@ impl DpCoordinator {
             let facts = NodeFacts::new(req.free_disk_bytes)
                 .with_uptime_secs(req.uptime_secs)
                 .with_load_percent(u8::try_from((load / 10).min(100)).unwrap_or(100));
+            if let Some(k) = req
+                .dp_status
+                .iter()
+                .map(|s| &s.signing_key)
+                .find(|k| !k.is_empty())
+            {
+                self.keys.insert(id, k.clone());
+            }
             // An out-of-order heartbeat is refused by the engine; the round still runs.
             let _ = self
                 .election
@@ -211,6 +226,7 @@ impl DpCoordinator {
                 .unwrap_or_default(),
             multicast_port: 15001,
             upstream,
+            signing_key: self.keys.get(&dp).cloned().unwrap_or_default(),
         }
     }
 }

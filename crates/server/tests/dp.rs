@@ -63,11 +63,17 @@ fn failover_with_fencing_from_syncs() {
         && x.upstream == "server"
         && x.multicast_group == ga.to_string()));
 
-    // A device below the scope is served by the active DP.
+    // A device below the scope is served by the active DP, and learns the key that signs
+    // that DP's multicast sessions.
+    let key_a = bytes::Bytes::from(vec![0xA1; 32]);
+    let mut hb = heartbeat(50);
+    hb.dp_status[0].signing_key = key_a.clone();
+    c.on_sync("dp-a", &hb, t0 + Duration::from_secs(1));
     let pc = c.on_sync("pc-1", &SyncRequest::default(), t0 + Duration::from_secs(2));
     assert_eq!(pc.len(), 1);
     assert_eq!(pc[0].dp_device_id, "dp-a");
     assert_eq!(pc[0].epoch, epoch1);
+    assert_eq!(pc[0].signing_key, key_a);
 
     // dp-a falls silent; dp-b keeps syncing. After missed heartbeats dp-b is active.
     let down_after = ElectionConfig::default().down_after();

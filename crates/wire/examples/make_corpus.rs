@@ -128,6 +128,7 @@ fn main() -> std::io::Result<()> {
                             multicast_group: "239.255.0.1".into(),
                             multicast_port: 15001,
                             upstream: "127.0.0.1:13000".into(),
+                            signing_key: Bytes::new(),
                         }],
                         ..Default::default()
                     }

@@ -196,6 +196,23 @@ fn check_digest(
     })
 }
 
+fn check_key(
+    v: &Bytes,
+    offset: u64,
+    message: &'static str,
+    field: &'static str,
+) -> Result<(), WireError> {
+    if v.is_empty() || v.len() == 32 {
+        return Ok(());
+    }
+    Err(WireError::InvalidField {
+        offset,
+        message,
+        field,
+        reason: format!("an Ed25519 public key is 32 bytes, got {}", v.len()),
+    })
+}
+
 fn check_peer(
     peer: &Option<PeerIdentity>,
     offset: u64,
@@ -237,13 +254,33 @@ impl Message {
                 check_peer(&m.peer, offset, "DataAttachAck")
             }
             Message::TunnelOpen(m) => check_peer(&m.peer, offset, "TunnelOpen"),
-            Message::DpAssignment(m) => require(&m.scope, offset, "DpAssignment", "scope"),
+            Message::DpAssignment(m) => {
+                require(&m.scope, offset, "DpAssignment", "scope")?;
+                check_key(&m.signing_key, offset, "DpAssignment", "signing_key")
+            }
             Message::UpdateAnnouncement(m) => {
                 check_digest(&m.sha256, false, offset, "UpdateAnnouncement", "sha256")
+            }
+            Message::SyncRequest(m) => {
+                for d in &m.dp_status {
+                    check_key(
+                        &d.signing_key,
+                        offset,
+                        "SyncRequest",
+                        "dp_status.signing_key",
+                    )?;
+                }
+                Ok(())
             }
             Message::SyncResponse(m) => {
                 for a in &m.assignments {
                     require(&a.scope, offset, "SyncResponse", "assignments.scope")?;
+                    check_key(
+                        &a.signing_key,
+                        offset,
+                        "SyncResponse",
+                        "assignments.signing_key",
+                    )?;
                 }
                 for u in &m.updates {
                     check_digest(&u.sha256, false, offset, "SyncResponse", "updates.sha256")?;

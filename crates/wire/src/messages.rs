@@ -327,6 +327,10 @@ pub struct DpStatus {
     /// Load in thousandths (1000 = one busy core).
     #[prost(uint32, tag = "6")]
     pub load_milli: u32,
+    /// The Ed25519 public key (32 bytes) that signs this DP's multicast session manifests;
+    /// empty if it does not send multicast.
+    #[prost(bytes = "bytes", tag = "7")]
+    pub signing_key: Bytes,
 }
 
 /// The agent's periodic heartbeat.
@@ -584,6 +588,11 @@ pub struct DpAssignment {
     /// `host:port`.
     #[prost(string, tag = "7")]
     pub upstream: String,
+    /// The DP's multicast manifest signing key (Ed25519 public key, 32 bytes) as the DP
+    /// reported it to the server: receivers accept only sessions signed with it. Empty if
+    /// unknown.
+    #[prost(bytes = "bytes", tag = "8")]
+    pub signing_key: Bytes,
 }
 
 /// An update or installation package available to the receiver.

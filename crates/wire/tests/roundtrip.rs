@@ -37,9 +37,24 @@ fn peer() -> impl Strategy<Value = PeerIdentity> {
 fn scope() -> impl Strategy<Value = ScopeRef> {
     (e(), s()).prop_map(|(kind, id)| ScopeRef { kind, id })
 }
+fn key() -> impl Strategy<Value = Bytes> {
+    prop_oneof![
+        Just(Bytes::new()),
+        vec(any::<u8>(), 32).prop_map(Bytes::from)
+    ]
+}
 fn assignment() -> impl Strategy<Value = DpAssignment> {
-    (scope(), s(), e(), any::<u64>(), s(), any::<u32>(), s()).prop_map(
-        |(sc, dp, role, epoch, g, port, up)| DpAssignment {
+    (
+        scope(),
+        s(),
+        e(),
+        any::<u64>(),
+        s(),
+        any::<u32>(),
+        s(),
+        key(),
+    )
+        .prop_map(|(sc, dp, role, epoch, g, port, up, k)| DpAssignment {
             scope: Some(sc),
             dp_device_id: dp,
             role,
@@ -47,8 +62,8 @@ fn assignment() -> impl Strategy<Value = DpAssignment> {
             multicast_group: g,
             multicast_port: port,
             upstream: up,
-        },
-    )
+            signing_key: k,
+        })
 }
 fn update() -> impl Strategy<Value = UpdateAnnouncement> {
     (s(), s(), any::<u64>(), any::<u64>(), digest()).prop_map(|(o, n, v, size, h)| {
@@ -108,7 +123,8 @@ fn message() -> impl Strategy<Value = Message> {
                     e(),
                     any::<u64>(),
                     any::<u64>(),
-                    any::<u32>()
+                    any::<u32>(),
+                    key()
                 ),
                 0..3
             )
@@ -125,13 +141,14 @@ fn message() -> impl Strategy<Value = Message> {
                 visible_peers: peers,
                 dp_status: dps
                     .into_iter()
-                    .map(|(scope, epoch, role, f, u, l)| DpStatus {
+                    .map(|(scope, epoch, role, f, u, l, k)| DpStatus {
                         scope,
                         epoch,
                         role,
                         free_disk_bytes: f,
                         uptime_secs: u,
-                        load_milli: l
+                        load_milli: l,
+                        signing_key: k
                     })
                     .collect(),
             }

@@ -243,7 +243,7 @@ impl Facts {
 }
 
 /// A condition with strings interned.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Compiled {
     All(Vec<Compiled>),
     Any(Vec<Compiled>),

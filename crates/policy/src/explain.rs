@@ -188,7 +188,7 @@ impl fmt::Display for Explanation {
 /// One application's resolved values, shared between devices that resolve identically.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct AppValues {
-    pub(crate) values: Vec<Value>,
+    pub(crate) values: Vec<Arc<Value>>,
     pub(crate) locked: Vec<bool>,
 }
 
@@ -244,7 +244,7 @@ impl EffectiveSettings {
     pub fn get(&self, app: &str, path: &str) -> Option<&Value> {
         let a = self.app(app)?;
         let i = a.paths.binary_search_by(|p| p.as_str().cmp(path)).ok()?;
-        a.values.values.get(i)
+        a.values.values.get(i).map(|v| &**v)
     }
 
     /// Whether `app`'s setting `path` is locked for the device.
@@ -261,7 +261,7 @@ impl EffectiveSettings {
                 .iter()
                 .zip(&a.values.values)
                 .zip(&a.values.locked)
-                .map(|((p, v), l)| (p.as_str(), v, *l))
+                .map(|((p, v), l)| (p.as_str(), &**v, *l))
         })
     }
 

@@ -126,9 +126,14 @@
 //!
 //! # Costs
 //!
-//! Devices that share a group chain and the same set of active profiles, and have no local
-//! values, share one resolved result; resolution of a device is then a condition evaluation
-//! per profile in its chain and one lookup.
+//! Devices of one group that share a mode (in or out of the office) and the same set of
+//! active profiles form a class with one resolved result; resolution of a device is then a
+//! condition evaluation per profile in its chain and one lookup. After a policy edit each
+//! class is re-resolved once, on the changed paths only, and a changed class marks all its
+//! members changed without visiting them; devices are visited one by one only when they
+//! have local values for the application or when a profile's condition changed (then only
+//! that condition is evaluated). [`Resolver::apply_each`] reports the changed devices
+//! without allocating per device.
 
 mod condition;
 mod error;

@@ -23,7 +23,7 @@ struct AppInfo {
     paths: Arc<[String]>,
     specs: Vec<SettingSpec>,
     index: HashMap<String, usize>,
-    defaults: Vec<Value>,
+    defaults: Vec<Arc<Value>>,
 }
 
 struct GroupInfo {
@@ -37,14 +37,14 @@ struct ProfileRec {
     name: String,
     enabled: bool,
     cond: Arc<Compiled>,
-    settings: Vec<(usize, Value)>,
+    settings: Vec<(usize, Arc<Value>)>,
 }
 
 struct PolicyRec {
     original: Policy,
     app: usize,
     group: usize,
-    settings: Vec<(usize, Value, bool)>,
+    settings: Vec<(usize, Arc<Value>, bool)>,
     profiles: Vec<ProfileRec>,
 }
 
@@ -55,12 +55,12 @@ struct MergedProfile {
     cond: Arc<Compiled>,
 }
 
-#[derive(Default)]
+#[derive(Default, PartialEq)]
 struct PathLayers {
     /// (level, value, locked), root-most first.
-    policy: Vec<(usize, Value, bool)>,
+    policy: Vec<(usize, Arc<Value>, bool)>,
     /// (merged profile index, level, value), by priority then level.
-    profile: Vec<(usize, usize, Value)>,
+    profile: Vec<(usize, usize, Arc<Value>)>,
 }
 
 /// The set of active profiles of a chain, by index: inline up to 128 profiles.
@@ -125,16 +125,58 @@ impl Hasher for FastHasher {
 type Fast = BuildHasherDefault<FastHasher>;
 
 /// The policies that apply to one group for one application in one mode, merged.
+///
+/// A chain whose policy adds no profiles shares its parent's profile set, and every path its
+/// policy does not set shares the parent's layers, so building a subgroup's chain costs in
+/// proportion to its own policy.
 struct Chain {
     levels: Vec<Arc<PolicyRec>>,
     forced: bool,
+    set: Arc<ProfileSet>,
+    by_path: Vec<Arc<PathLayers>>,
+    cache: Mutex<HashMap<Mask, Arc<AppValues>, Fast>>,
+}
+
+/// A chain's merged profiles, in priority order.
+#[derive(Default)]
+struct ProfileSet {
     profiles: Vec<MergedProfile>,
     /// Enabled profiles whose condition is "has any of these tags", by tag id.
     tag_index: HashMap<u32, Vec<usize>, Fast>,
     /// Enabled profiles with any other condition.
     general: Vec<usize>,
-    by_path: Vec<PathLayers>,
-    cache: Mutex<HashMap<Mask, Arc<AppValues>, Fast>>,
+}
+
+impl Chain {
+    /// Whether devices' active-profile masks computed against `self` hold for `other`.
+    fn same_masks(&self, other: &Chain) -> bool {
+        Arc::ptr_eq(&self.set, &other.set)
+            || (self.set.profiles.len() == other.set.profiles.len()
+                && self
+                    .set
+                    .profiles
+                    .iter()
+                    .zip(&other.set.profiles)
+                    .all(|(o, n)| o.enabled == n.enabled && *o.cond == *n.cond))
+    }
+}
+
+/// The devices of one group that resolve one application identically: same mode (on or off
+/// the corporate network) and same active profiles. They share one result.
+struct Class {
+    off_net: bool,
+    mask: Mask,
+    result: Arc<AppValues>,
+    /// Devices that use `result`.
+    plain: Vec<u32>,
+    /// Devices with local values for the application: each has its own result.
+    owned: Vec<u32>,
+}
+
+impl Class {
+    fn is_free(&self) -> bool {
+        self.plain.is_empty() && self.owned.is_empty()
+    }
 }
 
 struct Slot {
@@ -142,14 +184,62 @@ struct Slot {
     away_policy: Option<Arc<PolicyRec>>,
     office: Arc<Chain>,
     away: Option<Arc<Chain>>,
+    classes: Vec<Class>,
+    class_index: HashMap<(bool, Mask), u32, Fast>,
+    free: Vec<u32>,
 }
+
+impl Slot {
+    fn new(n_paths: usize) -> Slot {
+        Slot {
+            active: None,
+            away_policy: None,
+            office: empty_chain(n_paths),
+            away: None,
+            classes: Vec::new(),
+            class_index: HashMap::default(),
+            free: Vec::new(),
+        }
+    }
+
+    /// The chain used by devices on (`off_net` false) or off the corporate network.
+    fn chain(&self, off_net: bool) -> &Arc<Chain> {
+        match (&self.away, off_net) {
+            (Some(away), true) => away,
+            _ => &self.office,
+        }
+    }
+
+    fn clear_classes(&mut self) {
+        self.classes.clear();
+        self.class_index.clear();
+        self.free.clear();
+    }
+}
+
+/// Marks a device whose result for an application is its own (it has local values).
+const OWN_RESULT: u32 = 1 << 31;
 
 struct DeviceRec {
     device: Device,
     group: usize,
     facts: Facts,
-    local: Vec<Vec<(usize, Value)>>,
-    results: Vec<Arc<AppValues>>,
+    local: Vec<Vec<(usize, Arc<Value>)>>,
+    /// The device's own results, for the applications it has local values for.
+    own: Vec<(usize, Arc<AppValues>)>,
+}
+
+impl DeviceRec {
+    fn own_result(&self, a: usize) -> Option<&Arc<AppValues>> {
+        self.own.iter().find(|(x, _)| *x == a).map(|(_, v)| v)
+    }
+
+    fn set_own(&mut self, a: usize, value: Option<Arc<AppValues>>) {
+        self.own.retain(|(x, _)| *x != a);
+        if let Some(v) = value {
+            self.own.push((a, v));
+        }
+    }
 }
 
 /// A change to the state, applied with [`Resolver::apply`].
@@ -201,6 +291,19 @@ pub struct ChangeReport {
     pub resolved: usize,
 }
 
+/// Changed device indices (unsorted) and the number of devices re-resolved.
+#[derive(Default)]
+struct Changed {
+    idx: Vec<usize>,
+    resolved: usize,
+    /// Replaced results and chains, freed after the report is built (their memory is then
+    /// not in the way of the report's allocations).
+    garbage: Garbage,
+}
+
+/// Replaced results and chains (office, out-of-office), held until the report is built.
+type Garbage = (Vec<Arc<AppValues>>, Vec<(Arc<Chain>, Option<Arc<Chain>>)>);
+
 /// Resolves every device's effective settings and keeps them current under changes.
 ///
 /// Built from a [`State`] with [`Resolver::new`], which validates everything and resolves
@@ -217,6 +320,16 @@ pub struct Resolver {
     devices: Vec<Option<DeviceRec>>,
     device_index: HashMap<String, usize>,
     group_devices: Vec<BTreeSet<usize>>,
+    /// class_of[app][device]: the device's class in its group's slot (`| OWN_RESULT` when
+    /// it has its own result) and its position in the class's member list.
+    class_of: Vec<Vec<(u32, u32)>>,
+    /// Device ids by index, packed into one buffer (`id_text[start..end]`), so that
+    /// listing many changed devices reads memory in order.
+    id_text: String,
+    id_spans: Vec<(usize, usize)>,
+    /// Whether device indices are in id order (true until a device is added out of order),
+    /// so that sorting changed devices by index sorts them by id.
+    ids_sorted: bool,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -231,30 +344,90 @@ impl std::fmt::Debug for Resolver {
 }
 
 fn empty_chain(n_paths: usize) -> Arc<Chain> {
+    let none = Arc::new(PathLayers::default());
     Arc::new(Chain {
         levels: Vec::new(),
         forced: false,
-        profiles: Vec::new(),
-        tag_index: HashMap::default(),
-        general: Vec::new(),
-        by_path: (0..n_paths).map(|_| PathLayers::default()).collect(),
+        set: Arc::new(ProfileSet::default()),
+        by_path: vec![none; n_paths],
         cache: Mutex::new(HashMap::default()),
     })
 }
 
-fn build_chain(parent: Option<&Chain>, own: &Arc<PolicyRec>, n_paths: usize) -> Arc<Chain> {
+/// Builds the chain of a group whose policy is `own` below a parent chain. Parts equal to
+/// those of `prev` (the chain this one replaces) are shared with it, so that comparing the
+/// two after an edit, and the chains built on top of this one, is mostly pointer equality.
+fn build_chain(
+    parent: Option<&Chain>,
+    own: &Arc<PolicyRec>,
+    n_paths: usize,
+    prev: Option<&Chain>,
+) -> Arc<Chain> {
+    let mut chain = build_chain_fresh(parent, own, n_paths);
+    if let (Some(prev), Some(new)) = (prev, Arc::get_mut(&mut chain)) {
+        if prev.by_path.len() == new.by_path.len() {
+            for (n, o) in new.by_path.iter_mut().zip(&prev.by_path) {
+                if !Arc::ptr_eq(n, o) && **n == **o {
+                    *n = o.clone();
+                }
+            }
+        }
+        if !Arc::ptr_eq(&new.set, &prev.set)
+            && new.set.profiles.len() == prev.set.profiles.len()
+            && new
+                .set
+                .profiles
+                .iter()
+                .zip(&prev.set.profiles)
+                .all(|(n, o)| n.name == o.name && n.enabled == o.enabled && *n.cond == *o.cond)
+        {
+            new.set = prev.set.clone();
+        }
+    }
+    chain
+}
+
+fn build_chain_fresh(parent: Option<&Chain>, own: &Arc<PolicyRec>, n_paths: usize) -> Arc<Chain> {
     let mut levels: Vec<Arc<PolicyRec>> = Vec::new();
+    let mut inherited = None;
     if let Some(p) = parent
         && (own.original.inherit || p.forced)
     {
         levels.extend(p.levels.iter().cloned());
+        inherited = Some(p);
     }
     levels.push(own.clone());
     let forced = levels.iter().any(|l| l.original.force_inheritance);
+    if let Some(p) = inherited
+        && own.profiles.is_empty()
+        && p.by_path.len() == n_paths
+    {
+        // The parent's chain plus one level without profiles: share the profile set and
+        // the layers of every path this policy does not set.
+        let level = levels.len() - 1;
+        let mut by_path = p.by_path.clone();
+        for (path, value, locked) in &own.settings {
+            if let Some(slot) = by_path.get_mut(*path) {
+                let mut layers = PathLayers {
+                    policy: slot.policy.clone(),
+                    profile: slot.profile.clone(),
+                };
+                layers.policy.push((level, value.clone(), *locked));
+                *slot = Arc::new(layers);
+            }
+        }
+        return Arc::new(Chain {
+            levels,
+            forced,
+            set: p.set.clone(),
+            by_path,
+            cache: Mutex::new(HashMap::default()),
+        });
+    }
     let mut by_path: Vec<PathLayers> = (0..n_paths).map(|_| PathLayers::default()).collect();
     let mut profiles: Vec<MergedProfile> = Vec::new();
     let mut by_name: HashMap<&str, usize> = HashMap::new();
-    let mut prof_entries: Vec<(usize, usize, usize, &Value)> = Vec::new();
+    let mut prof_entries: Vec<(usize, usize, usize, &Arc<Value>)> = Vec::new();
     for (level, rec) in levels.iter().enumerate() {
         for (path, value, locked) in &rec.settings {
             if let Some(l) = by_path.get_mut(*path) {
@@ -307,10 +480,12 @@ fn build_chain(parent: Option<&Chain>, own: &Arc<PolicyRec>, n_paths: usize) -> 
     Arc::new(Chain {
         levels,
         forced,
-        profiles,
-        tag_index,
-        general,
-        by_path,
+        set: Arc::new(ProfileSet {
+            profiles,
+            tag_index,
+            general,
+        }),
+        by_path: by_path.into_iter().map(Arc::new).collect(),
         cache: Mutex::new(HashMap::default()),
     })
 }
@@ -321,15 +496,16 @@ fn mask_has(mask: &[u64], i: usize) -> bool {
 }
 
 fn profile_mask(chain: &Chain, facts: &Facts) -> Mask {
-    let mut mask = Mask::new(chain.profiles.len());
-    for &i in &chain.general {
-        if chain.profiles[i].cond.eval(facts) {
+    let set = &*chain.set;
+    let mut mask = Mask::new(set.profiles.len());
+    for &i in &set.general {
+        if set.profiles[i].cond.eval(facts) {
             mask.set(i);
         }
     }
-    if !chain.tag_index.is_empty() {
+    if !set.tag_index.is_empty() {
         for tag in facts.tags() {
-            if let Some(list) = chain.tag_index.get(tag) {
+            if let Some(list) = set.tag_index.get(tag) {
                 for &i in list {
                     mask.set(i);
                 }
@@ -384,7 +560,7 @@ impl Recorder {
 struct PathCtx<'a> {
     groups: &'a [GroupInfo],
     chain: &'a Chain,
-    default: &'a Value,
+    default: &'a Arc<Value>,
     merge: bool,
     mask: &'a [u64],
 }
@@ -401,14 +577,14 @@ impl PathCtx<'_> {
     fn profile_source(&self, idx: usize, level: usize) -> Source {
         let rec = &self.chain.levels[level];
         Source::Profile {
-            profile: self.chain.profiles[idx].name.clone(),
+            profile: self.chain.set.profiles[idx].name.clone(),
             policy: rec.original.id.clone(),
             group: self.groups[rec.group].id.clone(),
             rank: idx + 1,
         }
     }
     fn inactive_reason(&self, idx: usize) -> LossReason {
-        if self.chain.profiles[idx].enabled {
+        if self.chain.set.profiles[idx].enabled {
             LossReason::ConditionNotMet
         } else {
             LossReason::ProfileDisabled
@@ -420,13 +596,13 @@ impl PathCtx<'_> {
     fn resolve(
         &self,
         layers: &PathLayers,
-        local: Option<&Value>,
+        local: Option<&Arc<Value>>,
         rec: &mut Recorder,
-    ) -> (Value, bool, Source) {
+    ) -> (Arc<Value>, bool, Source) {
         if self.merge {
             return self.resolve_merge(layers, local, rec);
         }
-        let mut value: &Value = self.default;
+        let mut value: &Arc<Value> = self.default;
         rec.win(Source::Default, value);
         let mut lock_level: Option<usize> = None;
         for (level, v, locked) in &layers.policy {
@@ -498,9 +674,9 @@ impl PathCtx<'_> {
     fn resolve_merge(
         &self,
         layers: &PathLayers,
-        local: Option<&Value>,
+        local: Option<&Arc<Value>>,
         rec: &mut Recorder,
-    ) -> (Value, bool, Source) {
+    ) -> (Arc<Value>, bool, Source) {
         let mut items: Option<Vec<Value>> = None;
         let mut contributors = 0usize;
         let mut single: Option<Source> = None;
@@ -569,14 +745,14 @@ impl PathCtx<'_> {
                 } else {
                     Source::Merged
                 };
-                (Value::List(list), source)
+                (Arc::new(Value::List(list)), source)
             }
         };
         if let Some(c) = rec.cands.as_mut() {
             if let Some(v) = local_lost {
                 c.push(Candidate {
                     source: Source::Local,
-                    value: v.clone(),
+                    value: Value::clone(v),
                     outcome: Outcome::Lost(LossReason::Locked { by: Source::Merged }),
                 });
             }
@@ -603,7 +779,7 @@ fn resolve_app(
     app: &AppInfo,
     chain: &Chain,
     mask: &[u64],
-    local: &[(usize, Value)],
+    local: &[(usize, Arc<Value>)],
 ) -> AppValues {
     let mut values = Vec::with_capacity(app.specs.len());
     let mut locked = Vec::with_capacity(app.specs.len());
@@ -663,7 +839,7 @@ impl Resolver {
                     .enumerate()
                     .map(|(i, p)| (p.clone(), i))
                     .collect(),
-                defaults: specs.iter().map(SettingSpec::default_value).collect(),
+                defaults: specs.iter().map(|s| Arc::new(s.default_value())).collect(),
                 paths: paths.into(),
                 specs,
             });
@@ -736,17 +912,12 @@ impl Resolver {
         let mut r = Resolver {
             interner: Interner::default(),
             slots: (0..n_groups)
-                .map(|_| {
-                    apps.iter()
-                        .map(|a| Slot {
-                            active: None,
-                            away_policy: None,
-                            office: empty_chain(a.specs.len()),
-                            away: None,
-                        })
-                        .collect()
-                })
+                .map(|_| apps.iter().map(|a| Slot::new(a.specs.len())).collect())
                 .collect(),
+            class_of: vec![Vec::with_capacity(state.devices.len()); apps.len()],
+            id_text: String::new(),
+            id_spans: Vec::with_capacity(state.devices.len()),
+            ids_sorted: true,
             apps,
             app_index,
             groups,
@@ -789,6 +960,10 @@ impl Resolver {
             r.group_devices[rec.group].insert(idx);
             r.device_index.insert(d.id.clone(), idx);
             r.devices.push(Some(rec));
+            r.push_id(&d.id);
+            for row in &mut r.class_of {
+                row.push((0, 0));
+            }
         }
         r.resolve_all();
         Ok(r)
@@ -808,10 +983,13 @@ impl Resolver {
         // Group by group, so that consecutive devices share chains and cached results.
         let mut n = 0;
         for g in 0..self.groups.len() {
+            for slot in &mut self.slots[g] {
+                slot.clear_classes();
+            }
             let devs: Vec<usize> = self.group_devices[g].iter().copied().collect();
             for i in devs {
                 for a in 0..self.apps.len() {
-                    self.resolve_device_app(i, a);
+                    self.assign(i, a);
                 }
                 n += 1;
             }
@@ -826,17 +1004,18 @@ impl Resolver {
 
     /// The device's effective settings for every application.
     pub fn effective(&self, device: &str) -> Result<EffectiveSettings, PolicyError> {
+        let i = self.device_idx(device)?;
         let d = self.device(device)?;
         Ok(EffectiveSettings {
             device: d.device.id.clone(),
             apps: self
                 .apps
                 .iter()
-                .zip(&d.results)
-                .map(|(a, v)| AppEffective {
-                    app: a.id.clone(),
-                    paths: a.paths.clone(),
-                    values: v.clone(),
+                .enumerate()
+                .map(|(a, info)| AppEffective {
+                    app: info.id.clone(),
+                    paths: info.paths.clone(),
+                    values: self.result_of(d, i, a).clone(),
                 })
                 .collect(),
         })
@@ -882,7 +1061,7 @@ impl Resolver {
             device: d.device.id.clone(),
             app: app.to_owned(),
             path: path.to_owned(),
-            value,
+            value: Arc::unwrap_or_clone(value),
             locked,
             source,
             candidates: rec.cands.unwrap_or_default(),
@@ -907,6 +1086,51 @@ impl Resolver {
     /// group (old and new group) for that application only; for a device change, that
     /// device; adding a group re-resolves nothing.
     pub fn apply(&mut self, change: Change) -> Result<ChangeReport, PolicyError> {
+        let mut done = self.apply_inner(change)?;
+        self.sort_changed(&mut done.idx);
+        let report = ChangeReport {
+            changed: done.idx.iter().map(|&i| self.id(i).to_owned()).collect(),
+            resolved: done.resolved,
+        };
+        drop(done.garbage);
+        Ok(report)
+    }
+
+    /// Like [`Resolver::apply`], but hands each changed device's id to `on_changed` (in id
+    /// order) instead of collecting them, and returns how many devices were re-resolved.
+    ///
+    /// For a server that pushes to the changed devices as it learns of them: an edit that
+    /// changes the whole fleet then allocates nothing per device.
+    ///
+    /// ```
+    /// use outpost_policy::{Change, Policy, PolicySetting, Resolver, State};
+    /// let state = State::from_json(br#"{
+    ///   "schemas": [{"app": "a", "settings": {"x": {"type": "int"}}}],
+    ///   "groups": [{"id": "g"}],
+    ///   "devices": [{"id": "d1", "group": "g"}, {"id": "d2", "group": "g"}]}"#)?;
+    /// let mut resolver = Resolver::new(&state)?;
+    /// let edit = Policy::new("p", "a", "g").with("x", PolicySetting::locked(5));
+    /// let mut pushed = Vec::new();
+    /// let resolved = resolver.apply_each(Change::UpsertPolicy(edit), |id| pushed.push(id.to_owned()))?;
+    /// assert_eq!(pushed, ["d1", "d2"]);
+    /// assert_eq!(resolved, 2);
+    /// # Ok::<(), outpost_policy::PolicyError>(())
+    /// ```
+    pub fn apply_each(
+        &mut self,
+        change: Change,
+        mut on_changed: impl FnMut(&str),
+    ) -> Result<usize, PolicyError> {
+        let mut done = self.apply_inner(change)?;
+        self.sort_changed(&mut done.idx);
+        for &i in &done.idx {
+            on_changed(self.id(i));
+        }
+        drop(done.garbage);
+        Ok(done.resolved)
+    }
+
+    fn apply_inner(&mut self, change: Change) -> Result<Changed, PolicyError> {
         match change {
             Change::UpsertPolicy(p) => {
                 let rec = Arc::new(self.compile_policy_excluding(&p, Some(&p.id))?);
@@ -946,42 +1170,51 @@ impl Resolver {
                 let idx = match self.device_index.get(&d.id) {
                     Some(&i) => i,
                     None => {
+                        let idx = self.devices.len();
+                        if self
+                            .id_spans
+                            .last()
+                            .is_some_and(|&(s, e)| self.id_text[s..e] > *d.id)
+                        {
+                            self.ids_sorted = false;
+                        }
                         self.devices.push(None);
-                        self.device_index
-                            .insert(d.id.clone(), self.devices.len() - 1);
-                        self.devices.len() - 1
+                        self.push_id(&d.id);
+                        for row in &mut self.class_of {
+                            row.push((0, 0));
+                        }
+                        self.device_index.insert(d.id.clone(), idx);
+                        idx
                     }
                 };
-                let old = self.devices[idx].take();
-                if let Some(o) = &old {
-                    self.group_devices[o.group].remove(&idx);
-                }
+                let old = self.detach_device(idx);
                 self.group_devices[rec.group].insert(idx);
                 self.devices[idx] = Some(rec);
-                Ok(self.refresh_device(idx, old.map(|o| o.results)))
+                for a in 0..self.apps.len() {
+                    self.assign(idx, a);
+                }
+                Ok(self.device_report(idx, old))
             }
             Change::RemoveDevice(id) => {
                 let idx = self.device_idx(&id)?;
-                if let Some(o) = self.devices[idx].take() {
-                    self.group_devices[o.group].remove(&idx);
-                }
+                self.detach_device(idx);
                 self.device_index.remove(&id);
-                Ok(ChangeReport::default())
+                Ok(Changed::default())
             }
             Change::MoveDevice { device, group } => {
                 let mut d = self.device(&device)?.device.clone();
                 d.group = group;
-                self.apply(Change::UpsertDevice(d))
+                self.apply_inner(Change::UpsertDevice(d))
             }
             Change::AddTag { device, tag } => {
                 let mut d = self.device(&device)?.device.clone();
                 d.tags.insert(tag);
-                self.apply(Change::UpsertDevice(d))
+                self.apply_inner(Change::UpsertDevice(d))
             }
             Change::RemoveTag { device, tag } => {
                 let mut d = self.device(&device)?.device.clone();
                 d.tags.remove(&tag);
-                self.apply(Change::UpsertDevice(d))
+                self.apply_inner(Change::UpsertDevice(d))
             }
             Change::AddGroup(g) => {
                 check_id("group", &g.id)?;
@@ -1021,21 +1254,12 @@ impl Resolver {
                 }
                 self.group_index.insert(g.id.clone(), idx);
                 self.group_devices.push(BTreeSet::new());
-                let row = self
-                    .apps
-                    .iter()
-                    .map(|a| Slot {
-                        active: None,
-                        away_policy: None,
-                        office: empty_chain(a.specs.len()),
-                        away: None,
-                    })
-                    .collect();
+                let row = self.apps.iter().map(|a| Slot::new(a.specs.len())).collect();
                 self.slots.push(row);
                 for a in 0..self.apps.len() {
                     self.rebuild_slot(idx, a);
                 }
-                Ok(ChangeReport::default())
+                Ok(Changed::default())
             }
         }
     }
@@ -1157,7 +1381,7 @@ impl Resolver {
         let mut settings = Vec::with_capacity(p.settings.len());
         for (path, s) in &p.settings {
             let i = check(&|| who.clone(), path, &s.value)?;
-            settings.push((i, s.value.clone(), s.locked));
+            settings.push((i, Arc::new(s.value.clone()), s.locked));
         }
         settings.sort_by_key(|s| s.0);
         if p.profiles.len() > MAX_PROFILES {
@@ -1191,7 +1415,7 @@ impl Resolver {
             let origin = || format!("profile {:?} of policy {:?}", prof.name, p.id);
             let mut ps = Vec::with_capacity(prof.settings.len());
             for (path, v) in &prof.settings {
-                ps.push((check(&origin, path, v)?, v.clone()));
+                ps.push((check(&origin, path, v)?, Arc::new(v.clone())));
             }
             ps.sort_by_key(|s| s.0);
             conds.push(&prof.condition);
@@ -1264,14 +1488,19 @@ impl Resolver {
             .map(|p| self.slots[p][a].office.clone());
         let slot = &self.slots[g][a];
         let office = match (&slot.active, &parent) {
-            (Some(p), par) => build_chain(par.as_deref(), p, n_paths),
+            (Some(p), par) => build_chain(par.as_deref(), p, n_paths, Some(&slot.office)),
             (None, Some(par)) => par.clone(),
+            (None, None) if slot.office.levels.is_empty() => slot.office.clone(),
             (None, None) => empty_chain(n_paths),
         };
-        let away = slot
-            .away_policy
-            .as_ref()
-            .map(|p| build_chain(parent.as_deref(), p, n_paths));
+        let away = slot.away_policy.as_ref().map(|p| {
+            build_chain(
+                parent.as_deref(),
+                p,
+                n_paths,
+                Some(slot.away.as_deref().unwrap_or(&slot.office)),
+            )
+        });
         let slot = &mut self.slots[g][a];
         slot.office = office;
         slot.away = away;
@@ -1318,127 +1547,551 @@ impl Resolver {
                         value: v.to_string(),
                         rule,
                     })?;
-                local[a].push((i, v.clone()));
+                local[a].push((i, Arc::new(v.clone())));
             }
-            local[a].sort_by_key(|e: &(usize, Value)| e.0);
+            local[a].sort_by_key(|e: &(usize, Arc<Value>)| e.0);
         }
         let facts = Facts::new(d, &mut self.interner);
-        let empty = Arc::new(AppValues {
-            values: Vec::new(),
-            locked: Vec::new(),
-        });
         Ok(DeviceRec {
             device: d.clone(),
             group,
             facts,
             local,
-            results: vec![empty; self.apps.len()],
+            own: Vec::new(),
         })
     }
 
-    /// Resolves one device for one application; returns the previous result.
-    fn resolve_device_app(&mut self, i: usize, a: usize) -> Option<Arc<AppValues>> {
+    /// The device's current result for one application.
+    fn result_of<'a>(&'a self, d: &'a DeviceRec, i: usize, a: usize) -> &'a Arc<AppValues> {
+        let e = self.class_of[a][i].0;
+        if e & OWN_RESULT != 0
+            && let Some(own) = d.own_result(a)
+        {
+            return own;
+        }
+        &self.slots[d.group][a].classes[(e & !OWN_RESULT) as usize].result
+    }
+
+    /// Takes a device out of its group and classes; returns its results (every application)
+    /// when it existed.
+    fn detach_device(&mut self, i: usize) -> Option<Vec<Arc<AppValues>>> {
         let d = self.devices[i].as_ref()?;
-        let chain = self.chain_for(d, a);
-        let mask = profile_mask(chain, &d.facts);
-        let info = &self.apps[a];
-        let shared = {
-            let mut cache = chain.cache.lock().unwrap_or_else(PoisonError::into_inner);
-            match cache.get(&mask) {
-                Some(v) => v.clone(),
-                None => {
-                    let v = Arc::new(resolve_app(&self.groups, info, chain, mask.words(), &[]));
-                    cache.insert(mask.clone(), v.clone());
-                    v
-                }
-            }
+        let results: Vec<Arc<AppValues>> = (0..self.apps.len())
+            .map(|a| self.result_of(d, i, a).clone())
+            .collect();
+        for a in 0..self.apps.len() {
+            self.unassign(i, a);
+        }
+        if let Some(d) = self.devices[i].take() {
+            self.group_devices[d.group].remove(&i);
+        }
+        Some(results)
+    }
+
+    /// The shared result of devices without local values in group `g`, for application `a`,
+    /// in one mode with one set of active profiles (memoised on the chain).
+    fn shared_result(&self, g: usize, a: usize, off_net: bool, mask: &Mask) -> Arc<AppValues> {
+        let chain = self.slots[g][a].chain(off_net);
+        let mut cache = chain.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(v) = cache.get(mask) {
+            return v.clone();
+        }
+        let v = Arc::new(resolve_app(
+            &self.groups,
+            &self.apps[a],
+            chain,
+            mask.words(),
+            &[],
+        ));
+        cache.insert(mask.clone(), v.clone());
+        v
+    }
+
+    /// Resolves device `i` (present, in `group_devices`, not yet in a class) for application
+    /// `a`: finds or creates its class, and computes its own result when it has local values.
+    fn assign(&mut self, i: usize, a: usize) {
+        let Some(d) = self.devices[i].as_ref() else {
+            return;
         };
-        let new = if d.local[a].is_empty() {
-            shared
+        let g = d.group;
+        let off_net = !d.device.on_corporate_network;
+        let chain = self.slots[g][a].chain(off_net).clone();
+        let mask = profile_mask(&chain, &d.facts);
+        let own = if d.local[a].is_empty() {
+            None
         } else {
-            Arc::new(resolve_app(
+            Some(Arc::new(resolve_app(
                 &self.groups,
-                info,
-                chain,
+                &self.apps[a],
+                &chain,
                 mask.words(),
                 &d.local[a],
-            ))
+            )))
         };
-        let d = self.devices[i].as_mut()?;
-        Some(std::mem::replace(&mut d.results[a], new))
+        let key = (off_net, mask);
+        let c = match self.slots[g][a].class_index.get(&key) {
+            Some(&c) => c,
+            None => {
+                let result = self.shared_result(g, a, off_net, &key.1);
+                let slot = &mut self.slots[g][a];
+                let class = Class {
+                    off_net,
+                    mask: key.1.clone(),
+                    result,
+                    plain: Vec::new(),
+                    owned: Vec::new(),
+                };
+                let c = match slot.free.pop() {
+                    Some(c) => {
+                        slot.classes[c as usize] = class;
+                        c
+                    }
+                    None => {
+                        slot.classes.push(class);
+                        u32::try_from(slot.classes.len() - 1).unwrap_or(u32::MAX)
+                    }
+                };
+                slot.class_index.insert(key, c);
+                c
+            }
+        };
+        let class = &mut self.slots[g][a].classes[c as usize];
+        let dev = u32::try_from(i).unwrap_or(u32::MAX);
+        let entry = if own.is_some() {
+            class.owned.push(dev);
+            (c | OWN_RESULT, class.owned.len() - 1)
+        } else {
+            class.plain.push(dev);
+            (c, class.plain.len() - 1)
+        };
+        self.class_of[a][i] = (entry.0, u32::try_from(entry.1).unwrap_or(u32::MAX));
+        if let Some(d) = self.devices[i].as_mut() {
+            d.set_own(a, own);
+        }
     }
 
-    fn refresh_device(&mut self, i: usize, old: Option<Vec<Arc<AppValues>>>) -> ChangeReport {
-        let mut changed = false;
-        for a in 0..self.apps.len() {
-            self.resolve_device_app(i, a);
-        }
-        if let Some(d) = self.devices[i].as_ref() {
-            changed = match old {
-                None => true,
-                Some(old) => old
-                    .iter()
-                    .zip(&d.results)
-                    .any(|(o, n)| !(Arc::ptr_eq(o, n) || **o == **n)),
-            };
-        }
-        let changed = match (changed, self.devices[i].as_ref()) {
-            (true, Some(d)) => vec![d.device.id.clone()],
-            _ => Vec::new(),
+    /// Removes device `i` from its class for application `a` (freeing an emptied class).
+    fn unassign(&mut self, i: usize, a: usize) {
+        let Some(d) = self.devices[i].as_mut() else {
+            return;
         };
-        ChangeReport {
-            changed,
+        let (e, pos) = self.class_of[a][i];
+        let slot = &mut self.slots[d.group][a];
+        let owned = e & OWN_RESULT != 0;
+        if owned {
+            d.set_own(a, None);
+        }
+        let c = (e & !OWN_RESULT) as usize;
+        let Some(class) = slot.classes.get_mut(c) else {
+            return;
+        };
+        let list = if owned {
+            &mut class.owned
+        } else {
+            &mut class.plain
+        };
+        let pos = pos as usize;
+        if list.get(pos) == Some(&u32::try_from(i).unwrap_or(u32::MAX)) {
+            list.swap_remove(pos);
+            if let Some(&moved) = list.get(pos)
+                && let Some(entry) = self.class_of[a].get_mut(moved as usize)
+            {
+                entry.1 = u32::try_from(pos).unwrap_or(u32::MAX);
+            }
+        }
+        if class.is_free() {
+            let key = (
+                class.off_net,
+                std::mem::replace(&mut class.mask, Mask::new(0)),
+            );
+            class.result = Arc::new(AppValues {
+                values: Vec::new(),
+                locked: Vec::new(),
+            });
+            slot.class_index.remove(&key);
+            slot.free.push(c as u32);
+        }
+        self.class_of[a][i] = (0, 0);
+    }
+
+    /// The report for a device that was (re)assigned: changed when new or when any result
+    /// differs from `old`.
+    fn device_report(&self, i: usize, old: Option<Vec<Arc<AppValues>>>) -> Changed {
+        let Some(d) = self.devices[i].as_ref() else {
+            return Changed::default();
+        };
+        let changed = match old {
+            None => true,
+            Some(old) => old.iter().enumerate().any(|(a, o)| {
+                let n = self.result_of(d, i, a);
+                !(Arc::ptr_eq(o, n) || **o == **n)
+            }),
+        };
+        Changed {
+            idx: if changed { vec![i] } else { Vec::new() },
             resolved: 1,
+            garbage: Garbage::default(),
         }
     }
 
-    fn refresh_subtrees(&mut self, targets: &[(usize, usize)]) -> ChangeReport {
-        let mut changed_idx: Vec<usize> = Vec::new();
+    /// The id of the device with index `i`.
+    fn id(&self, i: usize) -> &str {
+        let (s, e) = self.id_spans[i];
+        &self.id_text[s..e]
+    }
+
+    fn push_id(&mut self, id: &str) {
+        let start = self.id_text.len();
+        self.id_text.push_str(id);
+        self.id_spans.push((start, self.id_text.len()));
+    }
+
+    /// Sorts changed device indices by device id, without duplicates.
+    fn sort_changed(&self, idx: &mut Vec<usize>) {
+        // Usually already in index order (collected from a bit set): then a linear check.
+        if !idx.is_sorted_by(|a, b| a < b) {
+            idx.sort_unstable();
+            idx.dedup();
+        }
+        if !self.ids_sorted {
+            idx.sort_unstable_by(|&x, &y| self.id(x).cmp(self.id(y)));
+        }
+    }
+
+    /// After a policy change: rebuilds the chains of each target subtree for its application
+    /// and brings every class and device of the subtree up to date.
+    ///
+    /// Work is shared: a class (devices of a group with the same mode and active profiles)
+    /// is re-resolved once, only on the paths whose layers the change touched, and the
+    /// result is memoised on the new chain for the groups that share it; the members of a
+    /// changed class are marked changed without being visited. Devices with local values
+    /// for the application have their own results patched. When profiles' conditions,
+    /// enabled flags or positions changed, only those profiles are evaluated per device of
+    /// the affected classes; the devices whose set of active profiles changes move to
+    /// another class and are compared one by one.
+    fn refresh_subtrees(&mut self, targets: &[(usize, usize)]) -> Changed {
+        // Changed devices as a bit set over device indices: sorted and free of duplicates
+        // by construction.
+        let mut changed_bits = vec![0u64; self.devices.len().div_ceil(64)];
+        let mut mark = |i: usize| {
+            if let Some(w) = changed_bits.get_mut(i / 64) {
+                *w |= 1u64 << (i % 64);
+            }
+        };
         let mut resolved = 0;
-        // Devices mostly move from one shared result to another: compare each pair once.
-        // `kept` holds the old results alive so that their addresses stay unique.
+        // Results compared once per (old, new) pair; `kept` holds old results alive so that
+        // their addresses stay unique while the memo is in use.
         let mut same: HashMap<(usize, usize), bool, Fast> = HashMap::default();
         let mut kept: Vec<Arc<AppValues>> = Vec::new();
+        let mut owned_updates: Vec<(usize, Arc<AppValues>)> = Vec::new();
+        let mut old_chains = Vec::new();
         for &(g, a) in targets {
             let order = self.topo_order(Some(g));
+            let mut old: Vec<(Arc<Chain>, Option<Arc<Chain>>)> = order
+                .iter()
+                .map(|&sub| {
+                    let s = &self.slots[sub][a];
+                    (s.office.clone(), s.away.clone())
+                })
+                .collect();
             for &sub in &order {
                 self.rebuild_slot(sub, a);
             }
-            for &sub in &order {
-                let devs: Vec<usize> = self.group_devices[sub].iter().copied().collect();
-                for i in devs {
-                    resolved += 1;
-                    let (Some(old), Some(d)) = (self.resolve_device_app(i, a), &self.devices[i])
-                    else {
+            // Per (old chain, new chain): the paths whose layers differ and the profiles whose
+            // bit must be re-evaluated.
+            let mut diffs: HashMap<(usize, usize), Diff, Fast> = HashMap::default();
+            for (k, &sub) in order.iter().enumerate() {
+                resolved += self.group_devices[sub].len();
+                let (old_office, old_away) = &old[k];
+                let mut mode_diff: [Option<Diff>; 2] = [None, None];
+                for (m, off_net) in [false, true].into_iter().enumerate() {
+                    let o = match (old_away, off_net) {
+                        (Some(away), true) => away,
+                        _ => old_office,
+                    };
+                    let n = self.slots[sub][a].chain(off_net);
+                    let key = (Arc::as_ptr(o) as usize, Arc::as_ptr(n) as usize);
+                    mode_diff[m] =
+                        Some(diffs.entry(key).or_insert_with(|| chain_diff(o, n)).clone());
+                }
+                let [Some(office_diff), Some(away_diff)] = mode_diff else {
+                    continue;
+                };
+                // Devices whose active profiles changed leave their class first; they are
+                // re-resolved one by one once the classes are up to date.
+                let mut movers: Vec<(usize, Arc<AppValues>)> = Vec::new();
+                if office_diff.remask || away_diff.remask {
+                    for (i, old_result) in self.find_movers(sub, a, &office_diff, &away_diff) {
+                        movers.push((i, old_result));
+                        self.unassign(i, a);
+                    }
+                }
+                let office_dirty = office_diff.paths;
+                let away_dirty = away_diff.paths;
+                for c in 0..self.slots[sub][a].classes.len() {
+                    let class = &self.slots[sub][a].classes[c];
+                    let dirty = if class.off_net {
+                        &away_dirty
+                    } else {
+                        &office_dirty
+                    };
+                    if class.is_free() || dirty.is_empty() {
+                        continue;
+                    }
+                    let chain = self.slots[sub][a].chain(class.off_net).clone();
+                    let old_result = class.result.clone();
+                    if !class.plain.is_empty() {
+                        let cached = chain
+                            .cache
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .get(&class.mask)
+                            .cloned();
+                        let new = match cached {
+                            Some(v) => v,
+                            None => {
+                                let v = match patch(
+                                    &self.groups,
+                                    &self.apps[a],
+                                    &chain,
+                                    class.mask.words(),
+                                    &old_result,
+                                    dirty,
+                                    &[],
+                                ) {
+                                    Some(v) => Arc::new(v),
+                                    None => old_result.clone(),
+                                };
+                                chain
+                                    .cache
+                                    .lock()
+                                    .unwrap_or_else(PoisonError::into_inner)
+                                    .insert(class.mask.clone(), v.clone());
+                                v
+                            }
+                        };
+                        let key = (
+                            Arc::as_ptr(&old_result) as usize,
+                            Arc::as_ptr(&new) as usize,
+                        );
+                        let equal = *same.entry(key).or_insert_with(|| {
+                            Arc::ptr_eq(&old_result, &new) || *old_result == *new
+                        });
+                        if !equal {
+                            for &i in &class.plain {
+                                mark(i as usize);
+                            }
+                        }
+                        kept.push(old_result);
+                        self.slots[sub][a].classes[c].result = new;
+                    } else {
+                        // Only devices with their own results: the shared result is
+                        // recomputed when a plain device joins.
+                        let v = self.shared_result(sub, a, class.off_net, &class.mask);
+                        kept.push(old_result);
+                        self.slots[sub][a].classes[c].result = v;
+                    }
+                    // Devices with local values: patch their own results.
+                    let class = &self.slots[sub][a].classes[c];
+                    for &i in &class.owned {
+                        let i = i as usize;
+                        let Some(d) = self.devices[i].as_ref() else {
+                            continue;
+                        };
+                        let Some(own) = d.own_result(a) else {
+                            continue;
+                        };
+                        if let Some(v) = patch(
+                            &self.groups,
+                            &self.apps[a],
+                            &chain,
+                            class.mask.words(),
+                            own,
+                            dirty,
+                            &d.local[a],
+                        ) {
+                            mark(i);
+                            owned_updates.push((i, Arc::new(v)));
+                        }
+                    }
+                    for (i, v) in owned_updates.drain(..) {
+                        if let Some(d) = self.devices[i].as_mut() {
+                            d.set_own(a, Some(v));
+                        }
+                    }
+                }
+                for (i, old_result) in movers {
+                    self.assign(i, a);
+                    let Some(d) = self.devices[i].as_ref() else {
                         continue;
                     };
-                    let new = &d.results[a];
-                    let key = (Arc::as_ptr(&old) as usize, Arc::as_ptr(new) as usize);
-                    let equal = match same.get(&key) {
-                        Some(e) => *e,
-                        None => {
-                            let e = Arc::ptr_eq(&old, new) || *old == **new;
-                            same.insert(key, e);
-                            e
-                        }
-                    };
+                    let new = self.result_of(d, i, a);
+                    let key = (Arc::as_ptr(&old_result) as usize, Arc::as_ptr(new) as usize);
+                    let equal = *same
+                        .entry(key)
+                        .or_insert_with(|| Arc::ptr_eq(&old_result, new) || *old_result == **new);
                     if !equal {
-                        changed_idx.push(i);
+                        mark(i);
                     }
-                    kept.push(old);
+                    kept.push(old_result);
+                }
+            }
+            old_chains.append(&mut old);
+        }
+        let mut idx = Vec::new();
+        for (k, &w) in changed_bits.iter().enumerate() {
+            let mut w = w;
+            while w != 0 {
+                idx.push(k * 64 + w.trailing_zeros() as usize);
+                w &= w - 1;
+            }
+        }
+        Changed {
+            idx,
+            resolved,
+            garbage: (kept, old_chains),
+        }
+    }
+
+    /// The devices of group `g` whose active profiles for application `a` differ under the
+    /// group's new chains, with their current results. Only the profiles listed in the
+    /// diffs are evaluated; the others keep the bit the class already has.
+    fn find_movers(
+        &self,
+        g: usize,
+        a: usize,
+        office: &Diff,
+        away: &Diff,
+    ) -> Vec<(usize, Arc<AppValues>)> {
+        let slot = &self.slots[g][a];
+        let mut out = Vec::new();
+        for class in &slot.classes {
+            let diff = if class.off_net { away } else { office };
+            if class.is_free() || !diff.remask {
+                continue;
+            }
+            let set = &slot.chain(class.off_net).set;
+            // The class's mask carried over: unchanged profiles keep their bits.
+            let mut base = Mask::new(set.profiles.len());
+            let old = class.mask.words();
+            for i in 0..set.profiles.len() {
+                if mask_has(old, i) && diff.bits.binary_search(&i).is_err() {
+                    base.set(i);
+                }
+            }
+            for &i in class.plain.iter().chain(&class.owned) {
+                let i = i as usize;
+                let Some(d) = self.devices[i].as_ref() else {
+                    continue;
+                };
+                let mut m = base.clone();
+                for &b in diff.bits.iter() {
+                    let p = &set.profiles[b];
+                    if p.enabled && p.cond.eval(&d.facts) {
+                        m.set(b);
+                    }
+                }
+                if m != class.mask {
+                    out.push((i, self.result_of(d, i, a).clone()));
                 }
             }
         }
-        changed_idx.sort_unstable();
-        changed_idx.dedup();
-        let mut changed: Vec<String> = changed_idx
-            .into_iter()
-            .filter_map(|i| self.devices[i].as_ref().map(|d| d.device.id.clone()))
-            .collect();
-        changed.sort_unstable();
-        drop(kept);
-        ChangeReport { changed, resolved }
+        out
     }
+}
+
+/// What changed between a group's chain before and after an edit.
+#[derive(Clone)]
+struct Diff {
+    /// Whether active-profile masks may differ (some profile's condition, enabled flag or
+    /// position changed, or profiles were added or removed).
+    remask: bool,
+    /// Profiles (new indices, ascending) whose bit must be re-evaluated per device.
+    bits: Arc<[usize]>,
+    /// Paths whose layers differ.
+    paths: Arc<[usize]>,
+}
+
+/// What changed between two chains of one group.
+fn chain_diff(old: &Chain, new: &Chain) -> Diff {
+    if std::ptr::eq(old, new) {
+        return Diff {
+            remask: false,
+            bits: Arc::from(Vec::new()),
+            paths: Arc::from(Vec::new()),
+        };
+    }
+    let remask = !old.same_masks(new);
+    let bits: Vec<usize> = if remask {
+        let (o, n) = (&old.set.profiles, &new.set.profiles);
+        (0..n.len())
+            .filter(|&i| {
+                o.get(i)
+                    .is_none_or(|p| p.enabled != n[i].enabled || *p.cond != *n[i].cond)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let paths: Vec<usize> = old
+        .by_path
+        .iter()
+        .zip(&new.by_path)
+        .enumerate()
+        .filter(|(_, (o, n))| !(Arc::ptr_eq(o, n) || o == n))
+        .map(|(i, _)| i)
+        .collect();
+    Diff {
+        remask,
+        bits: bits.into(),
+        paths: paths.into(),
+    }
+}
+
+/// Re-resolves the `dirty` paths of `base` (a result for this chain's previous version with
+/// the same mask and local values); `None` when none of them changed.
+fn patch(
+    groups: &[GroupInfo],
+    app: &AppInfo,
+    chain: &Chain,
+    mask: &[u64],
+    base: &AppValues,
+    dirty: &[usize],
+    local: &[(usize, Arc<Value>)],
+) -> Option<AppValues> {
+    let mut fresh: Vec<(usize, Arc<Value>, bool)> = Vec::new();
+    for &i in dirty {
+        let (Some(spec), Some(layers)) = (app.specs.get(i), chain.by_path.get(i)) else {
+            continue;
+        };
+        let ctx = PathCtx {
+            groups,
+            chain,
+            default: &app.defaults[i],
+            merge: spec.merge,
+            mask,
+        };
+        let mut rec = Recorder {
+            cands: None,
+            winner: None,
+        };
+        let lv = local.iter().find(|(p, _)| *p == i).map(|(_, v)| v);
+        let (v, l, _) = ctx.resolve(layers, lv, &mut rec);
+        if base.values.get(i) != Some(&v) || base.locked.get(i) != Some(&l) {
+            fresh.push((i, v, l));
+        }
+    }
+    if fresh.is_empty() {
+        return None;
+    }
+    let mut out = base.clone();
+    for (i, v, l) in fresh {
+        if let (Some(slot_v), Some(slot_l)) = (out.values.get_mut(i), out.locked.get_mut(i)) {
+            *slot_v = v;
+            *slot_l = l;
+        }
+    }
+    Some(out)
 }
 
 fn clear_cache(chain: &Chain) {

@@ -182,6 +182,8 @@ async fn send(a: Args) -> Result<(), String> {
         .to_owned();
     let mut cfg = SenderConfig::default();
     cfg.max_rate_bps = a.rate_mbit * 1_000_000;
+    // Encoders are built on a worker thread while data keeps going out.
+    cfg.offload_encoding = true;
     let session = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -244,6 +246,8 @@ async fn receive(a: Args) -> Result<(), String> {
     let pk = a.sender_key.clone().ok_or("--sender-key is required")?;
     let mut rcfg = ReceiverConfig::default();
     rcfg.seed = u64::from(std::process::id());
+    // Blocks are decoded and hashed on a worker thread while the socket keeps being read.
+    rcfg.offload_block_work = true;
     let mut rx = Receiver::new(rcfg, &pk).map_err(|e| e.to_string())?;
     let mut sink = FileSink::new(&out).map_err(|e| e.to_string())?;
     let mut fetcher: Box<dyn Fetcher> = match &a.fetch_from {

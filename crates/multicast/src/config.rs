@@ -46,6 +46,12 @@ pub struct SenderConfig {
     pub max_repair_permille: u32,
     /// Copies of each End packet.
     pub end_copies: u32,
+    /// Hand the building of blocks' RaptorQ encoders out as
+    /// [`crate::sender::EncodeJob`]s through [`crate::Sender::poll_job`] instead of doing it
+    /// inside [`crate::Sender::poll_transmit`]. [`crate::driver::run_sender`] then runs them on
+    /// a worker thread while source data keeps flowing. Callers that drive the core
+    /// themselves must run the jobs when this is set.
+    pub offload_encoding: bool,
 }
 
 impl Default for SenderConfig {
@@ -67,6 +73,7 @@ impl Default for SenderConfig {
             proactive_fec_permille: 0,
             max_repair_permille: 500,
             end_copies: 3,
+            offload_encoding: false,
         }
     }
 }
@@ -204,6 +211,12 @@ pub struct ReceiverConfig {
     /// and fetches what it lacks by unicast after the session, so one bad link does not
     /// make every receiver take its repair.
     pub nak_max_loss_permille: u16,
+    /// Hand the work that completes a block (FEC decoding, block hash) out as
+    /// [`crate::receiver::BlockJob`]s through [`crate::Receiver::poll_job`] instead of
+    /// doing it inside [`crate::Receiver::handle_datagram`]. [`crate::driver::run_receiver`]
+    /// then runs it on a worker thread, so the socket keeps being read while a block is
+    /// decoded. Callers that drive the core themselves must run the jobs when this is set.
+    pub offload_block_work: bool,
 }
 
 impl Default for ReceiverConfig {
@@ -215,6 +228,7 @@ impl Default for ReceiverConfig {
             idle_timeout_ms: 5_000,
             seed: 0,
             nak_max_loss_permille: 400,
+            offload_block_work: false,
         }
     }
 }

@@ -18,8 +18,8 @@ use tokio::net::UdpSocket;
 use crate::error::{Error, Result};
 use crate::manifest::{FileHasher, Manifest, ManifestBuilder, sha256};
 use crate::packet::MAX_DATAGRAM;
-use crate::receiver::{Receiver, ReceiverEvent};
-use crate::sender::{BlockSource, Sender, SenderEvent, SenderStats};
+use crate::receiver::{BlockJob, Receiver, ReceiverEvent};
+use crate::sender::{BlockSource, EncodeJob, Sender, SenderEvent, SenderStats};
 
 /// Socket settings for one group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -462,6 +462,9 @@ impl Fetcher for LocalFileFetcher {
 }
 
 /// Runs a sender until its session ends, calling `progress` about every 250 ms.
+///
+/// With [`crate::SenderConfig::offload_encoding`] set, blocks' encoders are built on a
+/// separate thread while source data keeps going out.
 pub async fn run_sender(
     socket: &UdpSocket,
     group: SocketAddr,
@@ -471,11 +474,15 @@ pub async fn run_sender(
     let mut buf = Vec::with_capacity(MAX_DATAGRAM);
     let mut rbuf = vec![0u8; MAX_DATAGRAM];
     let mut last_progress = Instant::now();
+    let mut worker = Worker::new("multicast-encode", EncodeJob::run);
     loop {
         let mut now = Instant::now();
         drain(socket, &mut rbuf, |from, d| {
             sender.handle_datagram(now, from, d)
         })?;
+        while let Some(r) = worker.try_result() {
+            sender.complete_job(r);
+        }
         let mut n = 0u32;
         while sender.poll_transmit(now, &mut buf)? {
             send_retrying(socket, &buf, group).await?;
@@ -485,7 +492,16 @@ pub async fn run_sender(
                 drain(socket, &mut rbuf, |from, d| {
                     sender.handle_datagram(now, from, d)
                 })?;
+                while let Some(job) = sender.poll_job() {
+                    worker.submit(job)?;
+                }
+                while let Some(r) = worker.try_result() {
+                    sender.complete_job(r);
+                }
             }
+        }
+        while let Some(job) = sender.poll_job() {
+            worker.submit(job)?;
         }
         while let Some(ev) = sender.poll_event() {
             progress(sender.stats(), Some(ev));
@@ -503,6 +519,7 @@ pub async fn run_sender(
         if deadline > Instant::now() {
             tokio::select! {
                 r = socket.readable() => r.map_err(|e| Error::io("wait for NAKs", e))?,
+                r = worker.next_result() => sender.complete_job(r?),
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
         }
@@ -576,8 +593,88 @@ pub struct ReceiveOutcome {
     pub stats: crate::receiver::ReceiverStats,
 }
 
+/// A thread that runs compute jobs (block decoding and hashing, encoder building) off the
+/// socket loop, started on the first job and ended when the loop drops it.
+struct Worker<J, R> {
+    name: &'static str,
+    run: fn(J) -> R,
+    jobs: Option<std::sync::mpsc::Sender<J>>,
+    results: tokio::sync::mpsc::UnboundedReceiver<R>,
+    results_tx: Option<tokio::sync::mpsc::UnboundedSender<R>>,
+    out: usize,
+}
+
+impl<J: Send + 'static, R: Send + 'static> Worker<J, R> {
+    fn new(name: &'static str, run: fn(J) -> R) -> Worker<J, R> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        Worker {
+            name,
+            run,
+            jobs: None,
+            results: rx,
+            results_tx: Some(tx),
+            out: 0,
+        }
+    }
+
+    fn submit(&mut self, job: J) -> Result<()> {
+        if self.jobs.is_none() {
+            let (jtx, jrx) = std::sync::mpsc::channel::<J>();
+            let rtx = self
+                .results_tx
+                .take()
+                .ok_or_else(|| Error::invalid("worker thread", self.name))?;
+            let run = self.run;
+            std::thread::Builder::new()
+                .name(self.name.into())
+                .spawn(move || {
+                    // Ends when the socket loop drops its end of the job channel.
+                    while let Ok(job) = jrx.recv() {
+                        if rtx.send(run(job)).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .map_err(|e| Error::io(format!("start {} thread", self.name), e))?;
+            self.jobs = Some(jtx);
+        }
+        self.jobs
+            .as_ref()
+            .and_then(|j| j.send(job).ok())
+            .ok_or_else(|| Error::invalid("worker thread stopped", self.name))?;
+        self.out += 1;
+        Ok(())
+    }
+
+    fn try_result(&mut self) -> Option<R> {
+        let r = self.results.try_recv().ok()?;
+        self.out -= 1;
+        Some(r)
+    }
+
+    /// Waits for the next result; pends forever when nothing is out.
+    async fn next_result(&mut self) -> Result<R> {
+        if self.out == 0 {
+            std::future::pending::<()>().await;
+        }
+        match self.results.recv().await {
+            Some(r) => {
+                self.out -= 1;
+                Ok(r)
+            }
+            None => Err(Error::invalid(
+                "worker thread",
+                format!("{} stopped with {} jobs out", self.name, self.out),
+            )),
+        }
+    }
+}
+
 /// Runs a receiver until the file is complete, verified, committed and reported.
 /// Wrap in `tokio::time::timeout` to bound the wait for a session to appear.
+///
+/// With [`crate::ReceiverConfig::offload_block_work`] set, block decoding and hashing run
+/// on a separate thread so the group socket keeps being read meanwhile.
 pub async fn run_receiver(
     group_sock: &UdpSocket,
     control_sock: &UdpSocket,
@@ -594,6 +691,7 @@ pub async fn run_receiver(
     let mut fetched = 0u32;
     let mut resumed = 0u32;
     let mut last_progress = Instant::now();
+    let mut worker = Worker::new("multicast-blocks", BlockJob::run);
     loop {
         drain(group_sock, &mut rbuf, |from, d| {
             if loss > 0.0 && rng.random_bool(loss) {
@@ -602,6 +700,12 @@ pub async fn run_receiver(
                 rx.handle_datagram(Instant::now(), from, d);
             }
         })?;
+        while let Some(r) = worker.try_result() {
+            rx.complete_job(r);
+        }
+        while let Some(job) = rx.poll_job() {
+            worker.submit(job)?;
+        }
         let now = Instant::now();
         if rx.next_timeout().is_some_and(|t| t <= now) {
             rx.handle_timeout(now);
@@ -620,7 +724,8 @@ pub async fn run_receiver(
                     }
                 }
                 ReceiverEvent::BlockVerified { offset, data, .. } => {
-                    sink.write_block(offset, &data)?
+                    sink.write_block(offset, &data)?;
+                    rx.recycle(data);
                 }
                 ReceiverEvent::FetchNeeded { blocks } => {
                     let Some(m) = rx.manifest().cloned() else {
@@ -668,6 +773,7 @@ pub async fn run_receiver(
             .min(now + Duration::from_millis(250));
         tokio::select! {
             r = group_sock.readable() => r.map_err(|e| Error::io("wait for group data", e))?,
+            r = worker.next_result() => rx.complete_job(r?),
             _ = tokio::time::sleep_until(deadline.into()) => {}
         }
     }

@@ -17,6 +17,9 @@
 //! * [`driver`]: socket2/tokio sockets (group join, interface, TTL, loopback, buffers; IPv4
 //!   and IPv6), file source and sink with temporary name, whole-file check, rename and resume,
 //!   and a pluggable unicast [`driver::Fetcher`] for blocks the session did not deliver.
+//!   With [`SenderConfig::offload_encoding`] and [`ReceiverConfig::offload_block_work`] the
+//!   cores hand their FEC and hashing work out as [`EncodeJob`]s / [`BlockJob`]s, which the
+//!   driver runs on worker threads so the sockets keep being served.
 //!
 //! ```
 //! use outpost_multicast::sim::{self, LinkModel, SimConfig};
@@ -46,5 +49,5 @@ pub use config::{DEFAULT_PORT, Limits, ReceiverConfig, SenderConfig};
 pub use error::{Error, Result};
 pub use manifest::{Manifest, ManifestBuilder, SigningKey};
 pub use packet::{Packet, fuzz_decode};
-pub use receiver::{Receiver, ReceiverEvent, ReceiverStats};
-pub use sender::{BlockSource, Sender, SenderEvent, SenderStats};
+pub use receiver::{BlockJob, BlockResult, Receiver, ReceiverEvent, ReceiverStats};
+pub use sender::{BlockSource, EncodeJob, EncodeResult, Sender, SenderEvent, SenderStats};

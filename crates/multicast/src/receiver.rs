@@ -93,11 +93,157 @@ struct Partial {
     failed_at: u32,
 }
 
+/// Symbols that arrived for a block while its job was out (kept in case decoding fails).
+#[derive(Default)]
+struct Late {
+    symbols: Vec<(u32, Vec<u8>)>,
+    ids: HashSet<u32>,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum BlockState {
     Missing,
     Partial,
+    /// Handed out as a [`BlockJob`]; its result is not back yet.
+    Working,
     Done,
+}
+
+/// The work that completes one block: FEC decoding when source symbols are missing, then
+/// the check against the block's SHA-256. Handed out by [`Receiver::poll_job`] when
+/// [`ReceiverConfig::offload_block_work`] is set, so the driver can run it on another
+/// thread while it keeps reading the socket; the result goes back through
+/// [`Receiver::complete_job`].
+pub struct BlockJob {
+    block: u32,
+    k: u32,
+    symbol_size: u16,
+    len: usize,
+    expected: [u8; 32],
+    partial: Partial,
+}
+
+impl std::fmt::Debug for BlockJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockJob")
+            .field("block", &self.block)
+            .field("sources", &self.partial.sources)
+            .field("repairs", &self.partial.repairs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl BlockJob {
+    /// The block this job completes.
+    pub fn block(&self) -> u32 {
+        self.block
+    }
+
+    /// Whether the job needs FEC decoding (some source symbols are missing).
+    pub fn needs_decoding(&self) -> bool {
+        self.partial.sources < self.k
+    }
+
+    /// Decodes (if needed) and checks the block hash. Pure computation: no IO, no clock.
+    pub fn run(self) -> BlockResult {
+        let BlockJob {
+            block,
+            k,
+            symbol_size,
+            len,
+            expected,
+            mut partial,
+        } = self;
+        let t = usize::from(symbol_size);
+        let decoded = partial.sources < k;
+        let data = if decoded {
+            match decode_partial(&partial, k, symbol_size) {
+                Some(d) => {
+                    partial.repairs = Vec::new();
+                    d
+                }
+                None => {
+                    partial.failed_at = partial.sources + partial.repairs.len() as u32;
+                    return BlockResult {
+                        block,
+                        outcome: Outcome::Undecodable(partial),
+                    };
+                }
+            }
+        } else {
+            std::mem::take(&mut partial.data)
+        };
+        debug_assert_eq!(data.len(), k as usize * t);
+        let mut data = data;
+        data.truncate(len);
+        let outcome = if sha256(&data) == expected {
+            Outcome::Verified {
+                data,
+                decoded,
+                spare: partial.data,
+            }
+        } else {
+            Outcome::Rejected
+        };
+        BlockResult { block, outcome }
+    }
+}
+
+/// What a [`BlockJob`] ended with; hand it to [`Receiver::complete_job`].
+pub struct BlockResult {
+    block: u32,
+    outcome: Outcome,
+}
+
+impl std::fmt::Debug for BlockResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match &self.outcome {
+            Outcome::Verified { .. } => "verified",
+            Outcome::Rejected => "rejected",
+            Outcome::Undecodable(_) => "undecodable",
+        };
+        f.debug_struct("BlockResult")
+            .field("block", &self.block)
+            .field("outcome", &what)
+            .finish()
+    }
+}
+
+impl BlockResult {
+    /// The block the job was for.
+    pub fn block(&self) -> u32 {
+        self.block
+    }
+}
+
+enum Outcome {
+    /// `spare`: the symbol buffer, free again when the data came from the decoder.
+    Verified {
+        data: Vec<u8>,
+        decoded: bool,
+        spare: Vec<u8>,
+    },
+    Rejected,
+    Undecodable(Partial),
+}
+
+/// Runs the RaptorQ decoder over what `p` holds. `None`: not decodable yet.
+fn decode_partial(p: &Partial, k: u32, symbol_size: u16) -> Option<Vec<u8>> {
+    let t = usize::from(symbol_size);
+    let oti = ObjectTransmissionInformation::new(0, symbol_size, 0, 1, 1);
+    let mut dec = SourceBlockDecoder::new(0, &oti, (k as usize * t) as u64);
+    let sources = p
+        .have
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| **h)
+        .map(|(i, _)| {
+            EncodingPacket::new(
+                PayloadId::new(0, i as u32),
+                p.data[i * t..(i + 1) * t].to_vec(),
+            )
+        });
+    dec.decode(sources.chain(p.repairs.iter().cloned()))
 }
 
 struct PendingNak {
@@ -109,9 +255,10 @@ struct PendingNak {
 
 struct Active {
     manifest: Manifest,
-    oti: ObjectTransmissionInformation,
     state: Vec<BlockState>,
     partial: HashMap<u32, Partial>,
+    late: HashMap<u32, Late>,
+    jobs_out: u32,
     buffered: u64,
     done: u32,
     join_block: Option<u32>,
@@ -140,6 +287,9 @@ struct Assembly {
 
 const MAX_ASSEMBLIES: usize = 4;
 
+/// Block buffers kept for reuse (see [`Receiver::recycle`]).
+const MAX_SPARE_BUFFERS: usize = 8;
+
 /// The receiving side of one session.
 pub struct Receiver {
     cfg: ReceiverConfig,
@@ -148,6 +298,8 @@ pub struct Receiver {
     active: Option<Active>,
     events: VecDeque<ReceiverEvent>,
     transmit: VecDeque<(SocketAddr, Vec<u8>)>,
+    jobs: VecDeque<BlockJob>,
+    spare: Vec<Vec<u8>>,
     stats: ReceiverStats,
     rng: ChaCha8Rng,
     last_activity: Option<Instant>,
@@ -185,6 +337,8 @@ impl Receiver {
             active: None,
             events: VecDeque::new(),
             transmit: VecDeque::new(),
+            jobs: VecDeque::new(),
+            spare: Vec::new(),
             stats: ReceiverStats::default(),
             last_activity: None,
         })
@@ -283,7 +437,7 @@ impl Receiver {
         let Some(a) = self.active.as_mut() else {
             return;
         };
-        if a.ended && !a.complete && !a.fetch_requested {
+        if a.ended && !a.complete && !a.fetch_requested && a.jobs_out == 0 {
             a.fetch_requested = true;
             a.pending_nak = None;
             let blocks = (0..a.manifest.block_count())
@@ -453,11 +607,11 @@ impl Receiver {
     fn accept(&mut self, now: Instant, manifest: Manifest) {
         self.assemblies.clear();
         let n = manifest.block_count() as usize;
-        let oti = ObjectTransmissionInformation::new(0, manifest.symbol_size, 0, 1, 1);
         self.active = Some(Active {
-            oti,
             state: vec![BlockState::Missing; n],
             partial: HashMap::new(),
+            late: HashMap::new(),
+            jobs_out: 0,
             buffered: 0,
             done: 0,
             join_block: None,
@@ -506,6 +660,23 @@ impl Receiver {
             self.stats.duplicates += 1;
             return;
         }
+        if a.state[b] == BlockState::Working {
+            // Kept until the job's result is back, in case decoding needs more symbols.
+            let t = usize::from(m.symbol_size);
+            let late = a.late.entry(block).or_default();
+            if late.ids.len() >= k as usize || !late.ids.insert(esi) {
+                self.stats.duplicates += 1;
+                return;
+            }
+            if a.buffered + t as u64 > self.cfg.max_buffered_bytes {
+                late.ids.remove(&esi);
+                self.stats.over_budget += 1;
+                return;
+            }
+            a.buffered += t as u64;
+            late.symbols.push((esi, symbol.to_vec()));
+            return;
+        }
         let t = usize::from(m.symbol_size);
         if a.state[b] == BlockState::Missing {
             let bytes = k as u64 * t as u64;
@@ -515,10 +686,14 @@ impl Receiver {
             }
             a.buffered += bytes;
             a.state[b] = BlockState::Partial;
+            // A buffer handed back through `recycle` is already mapped: no page faults.
+            let mut data = self.spare.pop().unwrap_or_default();
+            data.clear();
+            data.resize(k as usize * t, 0);
             a.partial.insert(
                 block,
                 Partial {
-                    data: vec![0; k as usize * t],
+                    data,
                     have: vec![false; k as usize],
                     sources: 0,
                     repairs: Vec::new(),
@@ -559,57 +734,153 @@ impl Receiver {
         let Some(a) = self.active.as_mut() else {
             return;
         };
-        let Some(mut p) = a.partial.remove(&block) else {
+        let Some(p) = a.partial.remove(&block) else {
             return;
         };
+        let job = BlockJob {
+            block,
+            k: a.manifest.symbols_in_block(block),
+            symbol_size: a.manifest.symbol_size,
+            len: a.manifest.block_len(block),
+            expected: a.manifest.block_hashes[block as usize],
+            partial: p,
+        };
+        if self.cfg.offload_block_work {
+            a.state[block as usize] = BlockState::Working;
+            a.jobs_out += 1;
+            self.jobs.push_back(job);
+        } else {
+            let result = job.run();
+            self.apply_result(result);
+        }
+    }
+
+    /// Hands back the buffer of a [`ReceiverEvent::BlockVerified`] once its bytes are
+    /// stored, so the next block reuses it instead of fresh memory (a few are kept; the
+    /// rest are freed). Optional.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        if self.spare.len() < MAX_SPARE_BUFFERS && buf.capacity() > 0 {
+            self.spare.push(buf);
+        }
+    }
+
+    /// Next block job to run, when [`ReceiverConfig::offload_block_work`] is set (never
+    /// otherwise). Run it with [`BlockJob::run`], anywhere, and hand the result to
+    /// [`Receiver::complete_job`].
+    pub fn poll_job(&mut self) -> Option<BlockJob> {
+        self.jobs.pop_front()
+    }
+
+    /// Takes back the result of a job from [`Receiver::poll_job`]: a verified block becomes
+    /// a [`ReceiverEvent::BlockVerified`]; a block that failed its hash is collected again;
+    /// one that could not be decoded yet goes on collecting symbols (including those that
+    /// arrived meanwhile). A result for a block that is no longer out (another session, or
+    /// completed by [`Receiver::offer_block`] meanwhile) is ignored.
+    pub fn complete_job(&mut self, result: BlockResult) {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let b = result.block as usize;
+        match a.state.get(b) {
+            Some(BlockState::Working) => {
+                a.jobs_out = a.jobs_out.saturating_sub(1);
+                self.apply_result(result);
+            }
+            Some(BlockState::Done) => {
+                // Completed another way (offered) while the job was out.
+                a.jobs_out = a.jobs_out.saturating_sub(1);
+                let bytes = a.manifest.symbols_in_block(result.block) as u64
+                    * u64::from(a.manifest.symbol_size);
+                a.buffered = a.buffered.saturating_sub(bytes);
+                self.drop_late(result.block);
+            }
+            _ => return,
+        }
+        self.request_fetch();
+    }
+
+    fn drop_late(&mut self, block: u32) {
+        if let Some(a) = self.active.as_mut()
+            && let Some(late) = a.late.remove(&block)
+        {
+            let t = u64::from(a.manifest.symbol_size);
+            a.buffered = a.buffered.saturating_sub(late.symbols.len() as u64 * t);
+            self.stats.duplicates += late.symbols.len() as u64;
+        }
+    }
+
+    fn apply_result(&mut self, result: BlockResult) {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let block = result.block;
         let k = a.manifest.symbols_in_block(block);
         let t = usize::from(a.manifest.symbol_size);
-        let data = if p.sources == k {
-            std::mem::take(&mut p.data)
-        } else {
-            let mut dec = SourceBlockDecoder::new(0, &a.oti, (k as usize * t) as u64);
-            let sources: Vec<EncodingPacket> = p
-                .have
-                .iter()
-                .enumerate()
-                .filter(|(_, h)| **h)
-                .map(|(i, _)| {
-                    EncodingPacket::new(
-                        PayloadId::new(0, i as u32),
-                        p.data[i * t..(i + 1) * t].to_vec(),
-                    )
-                })
-                .collect();
-            match dec.decode(sources.into_iter().chain(p.repairs.iter().cloned())) {
-                Some(d) => {
-                    self.stats.blocks_decoded += 1;
-                    d
+        let bytes = k as u64 * t as u64;
+        match result.outcome {
+            Outcome::Undecodable(mut p) => {
+                a.state[block as usize] = BlockState::Partial;
+                if let Some(late) = a.late.remove(&block) {
+                    a.buffered = a
+                        .buffered
+                        .saturating_sub(late.symbols.len() as u64 * t as u64);
+                    for (esi, sym) in late.symbols {
+                        if esi < k {
+                            let i = esi as usize;
+                            if p.have[i] {
+                                self.stats.duplicates += 1;
+                            } else {
+                                p.have[i] = true;
+                                p.sources += 1;
+                                p.data[i * t..(i + 1) * t].copy_from_slice(&sym);
+                                self.stats.source_symbols += 1;
+                            }
+                        } else if p.repair_ids.insert(esi) {
+                            p.repairs
+                                .push(EncodingPacket::new(PayloadId::new(0, esi), sym));
+                            self.stats.repair_symbols += 1;
+                        } else {
+                            self.stats.duplicates += 1;
+                        }
+                    }
                 }
-                None => {
-                    p.failed_at = p.sources + p.repairs.len() as u32;
-                    a.partial.insert(block, p);
-                    return;
+                let count = p.sources + p.repairs.len() as u32;
+                a.partial.insert(block, p);
+                if count >= k && count > a.partial[&block].failed_at {
+                    self.try_complete(block);
                 }
             }
-        };
-        let bytes = k as u64 * t as u64;
-        a.buffered -= bytes;
-        let mut data = data;
-        data.truncate(a.manifest.block_len(block));
-        if sha256(&data) != a.manifest.block_hashes[block as usize] {
-            // A forged or corrupted symbol: throw the block away and collect it again.
-            self.stats.blocks_rejected += 1;
-            a.state[block as usize] = BlockState::Missing;
-            return;
+            Outcome::Rejected => {
+                a.buffered = a.buffered.saturating_sub(bytes);
+                // A forged or corrupted symbol: throw the block away and collect it again.
+                self.stats.blocks_rejected += 1;
+                a.state[block as usize] = BlockState::Missing;
+                self.drop_late(block);
+            }
+            Outcome::Verified {
+                data,
+                decoded,
+                spare,
+            } => {
+                a.buffered = a.buffered.saturating_sub(bytes);
+                self.recycle(spare);
+                if decoded {
+                    self.stats.blocks_decoded += 1;
+                }
+                self.drop_late(block);
+                let offset = self
+                    .active
+                    .as_ref()
+                    .map_or(0, |a| a.manifest.block_offset(block));
+                self.mark_done(block);
+                self.events.push_back(ReceiverEvent::BlockVerified {
+                    block,
+                    offset,
+                    data,
+                });
+                self.check_complete();
+            }
         }
-        let offset = a.manifest.block_offset(block);
-        self.mark_done(block);
-        self.events.push_back(ReceiverEvent::BlockVerified {
-            block,
-            offset,
-            data,
-        });
-        self.check_complete();
     }
 
     fn mark_done(&mut self, block: u32) {
@@ -742,7 +1013,8 @@ impl Receiver {
                 break;
             }
             let have = match a.state[b as usize] {
-                BlockState::Done => continue,
+                // A block whose job is out holds at least K symbols already.
+                BlockState::Done | BlockState::Working => continue,
                 BlockState::Missing => 0,
                 BlockState::Partial => a
                     .partial

@@ -126,6 +126,65 @@ enum Phase {
 
 const ENCODER_CACHE: usize = 32;
 
+/// Most encoder jobs out at once when encoding is offloaded.
+const MAX_ENCODE_JOBS: usize = 2;
+
+/// Building one block's RaptorQ encoder (the work before its first repair symbol), handed
+/// out by [`Sender::poll_job`] when [`SenderConfig::offload_encoding`] is set so the driver
+/// can run it on another thread while source data keeps flowing. Give the result to
+/// [`Sender::complete_job`].
+pub struct EncodeJob {
+    block: u32,
+    symbol_size: u16,
+    data: Vec<u8>,
+}
+
+impl std::fmt::Debug for EncodeJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncodeJob")
+            .field("block", &self.block)
+            .field("bytes", &self.data.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EncodeJob {
+    /// The block this job encodes.
+    pub fn block(&self) -> u32 {
+        self.block
+    }
+
+    /// Builds the encoder. Pure computation: no IO, no clock.
+    pub fn run(self) -> EncodeResult {
+        let oti = ObjectTransmissionInformation::new(0, self.symbol_size, 0, 1, 1);
+        EncodeResult {
+            block: self.block,
+            encoder: SourceBlockEncoder::new(0, &oti, &self.data),
+        }
+    }
+}
+
+/// A built encoder from an [`EncodeJob`].
+pub struct EncodeResult {
+    block: u32,
+    encoder: SourceBlockEncoder,
+}
+
+impl std::fmt::Debug for EncodeResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncodeResult")
+            .field("block", &self.block)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EncodeResult {
+    /// The block the encoder is for.
+    pub fn block(&self) -> u32 {
+        self.block
+    }
+}
+
 /// The sender of one session.
 pub struct Sender {
     cfg: SenderConfig,
@@ -143,6 +202,8 @@ pub struct Sender {
     blocks: Vec<RepairState>,
     encoders: HashMap<u32, SourceBlockEncoder>,
     encoder_order: VecDeque<u32>,
+    encoding: Vec<u32>,
+    jobs: VecDeque<EncodeJob>,
     poll_seq: u32,
     want_poll: bool,
     last_poll: Option<Instant>,
@@ -224,6 +285,8 @@ impl Sender {
             repair_queue: VecDeque::new(),
             encoders: HashMap::new(),
             encoder_order: VecDeque::new(),
+            encoding: Vec::new(),
+            jobs: VecDeque::new(),
             poll_seq: 0,
             want_poll: false,
             last_poll: None,
@@ -278,8 +341,16 @@ impl Sender {
                     .min(self.next_announce),
             ),
             Phase::Drain => {
-                if !self.repair_queue.is_empty() {
+                if self.ready_repair().is_some() {
                     return Some(self.bucket.ready_at(self.data_len()));
+                }
+                if !self.repair_queue.is_empty() {
+                    // Waiting for encoder jobs (their results wake the driver); only the
+                    // manifest repeat may go out meanwhile.
+                    return Some(
+                        self.next_announce
+                            .max(self.bucket.ready_at(self.data_len())),
+                    );
                 }
                 let poll_at = self
                     .last_poll
@@ -298,6 +369,7 @@ impl Sender {
             return Ok(false);
         }
         self.bucket.refill(now);
+        self.schedule_encodes()?;
         if let Some(p) = self.control.pop_front() {
             *out = p;
             return Ok(self.sent(out.len()));
@@ -320,11 +392,13 @@ impl Sender {
             self.stats.announce_packets += 1;
             return Ok(self.sent(out.len()));
         }
-        if let Some(&block) = self.repair_queue.front() {
-            self.write_repair(block, out)?;
+        if let Some(pos) = self.ready_repair() {
+            self.write_repair(pos, out)?;
             return Ok(self.sent(out.len()));
         }
-        if self.want_poll {
+        // A poll goes out behind all planned repair, so the answers reflect it.
+        let repair_waiting = !self.repair_queue.is_empty();
+        if self.want_poll && !repair_waiting {
             self.want_poll = false;
             self.write_poll(now, out);
             return Ok(self.sent(out.len()));
@@ -335,6 +409,9 @@ impl Sender {
                 Ok(self.sent(out.len()))
             }
             Phase::Drain => {
+                if repair_waiting {
+                    return Ok(false);
+                }
                 let due = self
                     .last_poll
                     .is_none_or(|t| now >= t + Duration::from_millis(self.cfg.poll_interval_ms));
@@ -459,18 +536,94 @@ impl Sender {
         }
     }
 
-    fn write_repair(&mut self, block: u32, out: &mut Vec<u8>) -> Result<()> {
+    /// Position in the repair queue of the first block whose encoder is ready (inline
+    /// encoding: the head, built on demand).
+    fn ready_repair(&self) -> Option<usize> {
+        if !self.cfg.offload_encoding {
+            return if self.repair_queue.is_empty() {
+                None
+            } else {
+                Some(0)
+            };
+        }
+        self.repair_queue
+            .iter()
+            .position(|b| self.encoders.contains_key(b))
+    }
+
+    /// Offloaded encoding: hands out jobs for the first blocks waiting for repair that have
+    /// no encoder yet, at most [`MAX_ENCODE_JOBS`] out at once.
+    fn schedule_encodes(&mut self) -> Result<()> {
+        if !self.cfg.offload_encoding || self.encoding.len() >= MAX_ENCODE_JOBS {
+            return Ok(());
+        }
+        let wanted: Vec<u32> = self
+            .repair_queue
+            .iter()
+            .filter(|b| !self.encoders.contains_key(b) && !self.encoding.contains(b))
+            .take(MAX_ENCODE_JOBS - self.encoding.len())
+            .copied()
+            .collect();
+        for block in wanted {
+            let mut data = Vec::new();
+            self.load_block(block, &mut data)?;
+            self.encoding.push(block);
+            self.jobs.push_back(EncodeJob {
+                block,
+                symbol_size: self.manifest.symbol_size,
+                data,
+            });
+        }
+        Ok(())
+    }
+
+    /// Next encoder job to run, when [`SenderConfig::offload_encoding`] is set (never
+    /// otherwise). Run it with [`EncodeJob::run`], anywhere, and hand the result to
+    /// [`Sender::complete_job`].
+    pub fn poll_job(&mut self) -> Option<EncodeJob> {
+        self.jobs.pop_front()
+    }
+
+    /// Takes back a built encoder; the repair waiting for it becomes sendable. A result
+    /// for a block not handed out is ignored.
+    pub fn complete_job(&mut self, result: EncodeResult) {
+        let Some(i) = self.encoding.iter().position(|b| *b == result.block) else {
+            return;
+        };
+        self.encoding.swap_remove(i);
+        if matches!(self.phase, Phase::Data | Phase::Drain) {
+            self.cache_encoder(result.block, result.encoder);
+        }
+    }
+
+    fn cache_encoder(&mut self, block: u32, enc: SourceBlockEncoder) {
+        // Evict the oldest encoder no repair is waiting for.
+        while self.encoder_order.len() >= ENCODER_CACHE {
+            let blocks = &self.blocks;
+            match self
+                .encoder_order
+                .iter()
+                .position(|b| !blocks[*b as usize].queued)
+            {
+                Some(i) => {
+                    if let Some(old) = self.encoder_order.remove(i) {
+                        self.encoders.remove(&old);
+                    }
+                }
+                None => break,
+            }
+        }
+        self.encoders.insert(block, enc);
+        self.encoder_order.push_back(block);
+    }
+
+    fn write_repair(&mut self, pos: usize, out: &mut Vec<u8>) -> Result<()> {
+        let block = self.repair_queue[pos];
         if !self.encoders.contains_key(&block) {
             let mut buf = Vec::new();
             self.load_block(block, &mut buf)?;
             let enc = SourceBlockEncoder::new(0, &self.oti, &buf);
-            if self.encoder_order.len() >= ENCODER_CACHE
-                && let Some(old) = self.encoder_order.pop_front()
-            {
-                self.encoders.remove(&old);
-            }
-            self.encoders.insert(block, enc);
-            self.encoder_order.push_back(block);
+            self.cache_encoder(block, enc);
         }
         let st = &mut self.blocks[block as usize];
         let enc = &self.encoders[&block];
@@ -493,7 +646,7 @@ impl Sender {
         };
         if st.pending == 0 {
             st.queued = false;
-            self.repair_queue.pop_front();
+            self.repair_queue.remove(pos);
         }
         Ok(())
     }

@@ -15,8 +15,8 @@ use rand_chacha::ChaCha8Rng;
 use crate::config::{ReceiverConfig, SenderConfig};
 use crate::error::Result;
 use crate::manifest::{Manifest, SigningKey, sha256};
-use crate::receiver::{Receiver, ReceiverEvent, ReceiverStats};
-use crate::sender::{Sender, SenderStats};
+use crate::receiver::{BlockJob, Receiver, ReceiverEvent, ReceiverStats};
+use crate::sender::{EncodeJob, Sender, SenderStats};
 
 /// Behaviour of one link (sender → receiver, and back).
 #[derive(Debug, Clone, PartialEq)]
@@ -116,6 +116,10 @@ pub struct SimConfig {
     pub crash: Vec<(usize, u32)>,
     /// The run gives up after this much virtual time.
     pub max_time: Duration,
+    /// When the sender or receiver settings hand their compute work out as jobs
+    /// (`offload_encoding`, `offload_block_work`), each job's result comes back this much
+    /// virtual time after it was handed out; datagrams keep arriving meanwhile.
+    pub job_delay: Duration,
 }
 
 impl SimConfig {
@@ -135,6 +139,7 @@ impl SimConfig {
             late: Vec::new(),
             crash: Vec::new(),
             max_time: Duration::from_secs(120),
+            job_delay: Duration::from_micros(500),
         }
     }
 }
@@ -178,6 +183,7 @@ struct Node {
     start: Duration,
     crash_at: Option<u32>,
     rcfg: ReceiverConfig,
+    jobs: Vec<(Duration, BlockJob)>,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -238,6 +244,7 @@ pub fn run(cfg: &SimConfig, data: &[u8]) -> Result<SimOutcome> {
             start,
             crash_at: cfg.crash.iter().find(|(r, _)| *r == i).map(|(_, b)| *b),
             rcfg,
+            jobs: Vec::new(),
         });
     }
     let pk = key.public_key();
@@ -248,12 +255,31 @@ pub fn run(cfg: &SimConfig, data: &[u8]) -> Result<SimOutcome> {
     let mut ev_seq = 0u64;
     let mut now = Duration::ZERO;
     let mut buf = Vec::new();
+    let mut sender_jobs: Vec<(Duration, EncodeJob)> = Vec::new();
     loop {
         let t = base + now;
         // Start receivers whose time has come.
         for n in nodes.iter_mut() {
             if n.rx.is_none() && now >= n.start {
                 n.rx = Some(Receiver::new(n.rcfg.clone(), &pk)?);
+            }
+        }
+        // Offloaded work whose result is due.
+        for (due, job) in std::mem::take(&mut sender_jobs) {
+            if due <= now {
+                sender.complete_job(job.run());
+            } else {
+                sender_jobs.push((due, job));
+            }
+        }
+        for n in nodes.iter_mut() {
+            let Some(rx) = n.rx.as_mut() else { continue };
+            for (due, job) in std::mem::take(&mut n.jobs) {
+                if due <= now {
+                    rx.complete_job(job.run());
+                } else {
+                    n.jobs.push((due, job));
+                }
             }
         }
         // Deliver everything due now.
@@ -276,6 +302,13 @@ pub fn run(cfg: &SimConfig, data: &[u8]) -> Result<SimOutcome> {
                 sender.handle_datagram(t, addr_of(ev.from), &bytes);
             } else if let Some(rx) = nodes[ev.to].rx.as_mut() {
                 rx.handle_datagram(t, sender_addr, &bytes);
+            }
+        }
+        for n in nodes.iter_mut() {
+            if let Some(rx) = n.rx.as_mut() {
+                while let Some(job) = rx.poll_job() {
+                    n.jobs.push((now + cfg.job_delay, job));
+                }
             }
         }
         // Timers.
@@ -310,6 +343,9 @@ pub fn run(cfg: &SimConfig, data: &[u8]) -> Result<SimOutcome> {
                 payloads.insert(id, (p, copies));
             }
         }
+        while let Some(job) = sender.poll_job() {
+            sender_jobs.push((now + cfg.job_delay, job));
+        }
         while sender.poll_event().is_some() {}
         // Receiver output and events.
         for (i, n) in nodes.iter_mut().enumerate() {
@@ -332,6 +368,7 @@ pub fn run(cfg: &SimConfig, data: &[u8]) -> Result<SimOutcome> {
                         let off = offset as usize;
                         n.disk[off..off + data.len()].copy_from_slice(&data);
                         n.written += data.len() as u64;
+                        rx.recycle(data);
                         if n.crash_at.is_some_and(|c| rx.blocks_done() >= c) {
                             crash = true;
                         }
@@ -360,6 +397,7 @@ pub fn run(cfg: &SimConfig, data: &[u8]) -> Result<SimOutcome> {
             if crash {
                 // Lose all in-memory state; the disk survives.
                 n.crash_at = None;
+                n.jobs.clear();
                 n.rx = Some(Receiver::new(n.rcfg.clone(), &pk)?);
                 continue;
             }
@@ -393,6 +431,10 @@ pub fn run(cfg: &SimConfig, data: &[u8]) -> Result<SimOutcome> {
         }
         if let Some(s) = sender.next_timeout() {
             next = next.min(s.saturating_duration_since(base));
+        }
+        let job_dues = sender_jobs.iter().map(|(d, _)| *d);
+        for due in job_dues.chain(nodes.iter().flat_map(|n| n.jobs.iter().map(|(d, _)| *d))) {
+            next = next.min(due);
         }
         for n in &nodes {
             match &n.rx {

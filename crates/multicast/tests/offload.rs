@@ -1,0 +1,318 @@
+//! Compute work handed out as jobs (receiver block decoding and hashing, sender encoder
+//! building): the result must be the same byte-exact file, whatever arrives while a job is
+//! out, including forged symbols and blocks completed another way meanwhile.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use outpost_multicast::packet::Packet;
+use outpost_multicast::sim::{self, LinkModel, SimConfig};
+use outpost_multicast::{Manifest, Receiver, ReceiverConfig, ReceiverEvent, SigningKey};
+use proptest::prelude::*;
+use raptorq::{ObjectTransmissionInformation, SourceBlockEncoder};
+
+const T: u16 = 64;
+const K: u32 = 8;
+
+fn from() -> SocketAddr {
+    "127.0.0.1:40000".parse().unwrap()
+}
+
+fn file(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(seed | 1).rotate_left(5) >> 2) as u8)
+        .collect()
+}
+
+fn announce(session: u64, signed: &[u8]) -> Vec<Vec<u8>> {
+    let chunks = signed.len().div_ceil(256);
+    let piece = signed.len().div_ceil(chunks);
+    signed
+        .chunks(piece)
+        .enumerate()
+        .map(|(i, b)| {
+            let mut out = Vec::new();
+            Packet::Announce {
+                session,
+                chunk: i as u16,
+                chunks: chunks as u16,
+                total: signed.len() as u32,
+                bytes: b,
+            }
+            .encode(&mut out);
+            out
+        })
+        .collect()
+}
+
+fn data_packet(session: u64, seq: u64, block: u32, esi: u32, symbol: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    Packet::Data {
+        session,
+        seq,
+        block,
+        esi,
+        symbol,
+    }
+    .encode(&mut out);
+    out
+}
+
+/// Source symbol `esi` of `block` (zero-padded past the end of the file).
+fn symbol(data: &[u8], block: u32, esi: u32) -> Vec<u8> {
+    let t = usize::from(T);
+    let start = (block * K + esi) as usize * t;
+    let mut s = vec![0u8; t];
+    if start < data.len() {
+        let end = (start + t).min(data.len());
+        s[..end - start].copy_from_slice(&data[start..end]);
+    }
+    s
+}
+
+/// Repair symbol `n` (ESI K + n) of `block`.
+fn repair(data: &[u8], m: &Manifest, block: u32, n: u32) -> (u32, Vec<u8>) {
+    let off = m.block_offset(block) as usize;
+    let mut buf = data[off..off + m.block_len(block)].to_vec();
+    buf.resize((K * u32::from(T)) as usize, 0);
+    let oti = ObjectTransmissionInformation::new(0, T, 0, 1, 1);
+    let p = SourceBlockEncoder::new(0, &oti, &buf)
+        .repair_packets(n, 1)
+        .pop()
+        .unwrap();
+    (p.payload_id().encoding_symbol_id(), p.data().to_vec())
+}
+
+fn offloading_receiver() -> (Vec<u8>, Manifest, Receiver) {
+    let key = SigningKey::from_seed(&[4u8; 32]).unwrap();
+    let data = file(3 * (K * u32::from(T)) as usize - 10, 11);
+    let m = Manifest::for_bytes(9, "j.bin", &data, T, K).unwrap();
+    let mut cfg = ReceiverConfig::default();
+    cfg.offload_block_work = true;
+    let mut rx = Receiver::new(cfg, &key.public_key()).unwrap();
+    for p in announce(9, &m.sign(key.key_pair())) {
+        rx.handle_datagram(Instant::now(), from(), &p);
+    }
+    assert!(rx.manifest().is_some());
+    assert!(matches!(
+        rx.poll_event(),
+        Some(ReceiverEvent::ManifestAccepted(_))
+    ));
+    (data, m, rx)
+}
+
+fn verified(rx: &mut Receiver) -> Vec<(u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    while let Some(ev) = rx.poll_event() {
+        if let ReceiverEvent::BlockVerified { block, data, .. } = ev {
+            out.push((block, data));
+        }
+    }
+    out
+}
+
+#[test]
+fn decoding_job_uses_symbols_and_checks_hash() {
+    let (data, m, mut rx) = offloading_receiver();
+    let now = Instant::now();
+    let mut seq = 0;
+    let mut feed = |rx: &mut Receiver, block: u32, esi: u32, sym: &[u8]| {
+        seq += 1;
+        rx.handle_datagram(now, from(), &data_packet(9, seq, block, esi, sym));
+    };
+    // Block 0: one source symbol lost, one repair symbol instead.
+    for esi in (0..K).filter(|e| *e != 3) {
+        feed(&mut rx, 0, esi, &symbol(&data, 0, esi));
+    }
+    let (esi, sym) = repair(&data, &m, 0, 0);
+    feed(&mut rx, 0, esi, &sym);
+    // Nothing is decoded inside handle_datagram: the work is a job.
+    assert!(verified(&mut rx).is_empty());
+    let job = rx.poll_job().expect("a job for block 0");
+    assert_eq!(job.block(), 0);
+    assert!(job.needs_decoding());
+    assert!(rx.poll_job().is_none());
+    // Symbols arriving meanwhile are held, then dropped as duplicates on success.
+    feed(&mut rx, 0, 3, &symbol(&data, 0, 3));
+    rx.complete_job(job.run());
+    let got = verified(&mut rx);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, 0);
+    assert_eq!(got[0].1, data[..m.block_len(0)]);
+    assert_eq!(rx.stats().blocks_decoded, 1);
+    assert_eq!(rx.stats().duplicates, 1);
+    assert_eq!(rx.blocks_done(), 1);
+
+    // Block 1: a forged symbol makes the job fail the block hash; nothing is written and
+    // the block is collected again.
+    for esi in 0..K {
+        let mut s = symbol(&data, 1, esi);
+        if esi == 5 {
+            s[0] ^= 0x80;
+        }
+        feed(&mut rx, 1, esi, &s);
+    }
+    let job = rx.poll_job().expect("a job for block 1");
+    assert!(!job.needs_decoding());
+    rx.complete_job(job.run());
+    assert!(verified(&mut rx).is_empty());
+    assert_eq!(rx.stats().blocks_rejected, 1);
+    for esi in 0..K {
+        feed(&mut rx, 1, esi, &symbol(&data, 1, esi));
+    }
+    let job = rx.poll_job().expect("block 1 again");
+    rx.complete_job(job.run());
+    let got = verified(&mut rx);
+    assert_eq!(got.len(), 1);
+    let off = m.block_offset(1) as usize;
+    assert_eq!(got[0].1, data[off..off + m.block_len(1)]);
+}
+
+#[test]
+fn block_offered_while_its_job_is_out() {
+    let (data, m, mut rx) = offloading_receiver();
+    let now = Instant::now();
+    for esi in 0..K {
+        let p = data_packet(9, u64::from(esi) + 1, 2, esi, &symbol(&data, 2, esi));
+        rx.handle_datagram(now, from(), &p);
+    }
+    let job = rx.poll_job().expect("a job for block 2");
+    let off = m.block_offset(2) as usize;
+    assert!(rx.offer_block(2, &data[off..off + m.block_len(2)]).unwrap());
+    assert_eq!(rx.blocks_done(), 1);
+    // The late result changes nothing: no second write, no second count.
+    rx.complete_job(job.run());
+    assert!(verified(&mut rx).is_empty());
+    assert_eq!(rx.blocks_done(), 1);
+}
+
+#[test]
+fn offloaded_runs_are_byte_exact_under_heavy_loss() {
+    let data = file(150_000, 7);
+    let links = (0..24)
+        .map(|i| LinkModel::lossy(f64::from(i % 5) * 0.05)) // 0% .. 20%
+        .collect();
+    let mut cfg = SimConfig::new(3, 0, LinkModel::default());
+    cfg.links = links;
+    cfg.sender.offload_encoding = true;
+    cfg.receiver.offload_block_work = true;
+    cfg.job_delay = Duration::from_millis(2);
+    let out = sim::run(&cfg, &data).unwrap();
+    assert!(out.sender_finished);
+    for (i, r) in out.receivers.iter().enumerate() {
+        assert!(r.finished, "receiver {i}: {:?}", r.stats);
+        assert!(r.data == data, "receiver {i} differs");
+    }
+    assert!(out.sender.repair_packets > 0);
+    let decoded: u64 = out.receivers.iter().map(|r| r.stats.blocks_decoded).sum();
+    assert!(decoded > 0, "jobs decoded blocks");
+    // Offloading changes when work is done, not how much repair the protocol needs.
+    cfg.sender.offload_encoding = false;
+    cfg.receiver.offload_block_work = false;
+    let inline = sim::run(&cfg, &data).unwrap();
+    assert!(
+        out.sender.repair_packets <= inline.sender.repair_packets * 3 / 2 + 20,
+        "offloaded {} vs inline {} repair symbols",
+        out.sender.repair_packets,
+        inline.sender.repair_packets
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    #[test]
+    fn offloaded_sessions_end_byte_exact(
+        seed in any::<u64>(),
+        len in 1usize..40_000,
+        receivers in 1usize..6,
+        loss in 0.0f64..0.25,
+        delay_us in 0u64..20_000,
+        send_side in any::<bool>(),
+    ) {
+        let data = file(len, seed as u32);
+        let mut cfg = SimConfig::new(seed, receivers, LinkModel::lossy(loss));
+        cfg.sender.offload_encoding = send_side;
+        cfg.receiver.offload_block_work = true;
+        cfg.job_delay = Duration::from_micros(delay_us);
+        let out = sim::run(&cfg, &data).unwrap();
+        prop_assert!(out.sender_finished);
+        for r in &out.receivers {
+            prop_assert!(r.finished, "{:?}", r.stats);
+            prop_assert!(r.data == data);
+        }
+    }
+}
+
+/// Real loopback sockets with both sides offloading: the driver runs the jobs on worker
+/// threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_runs_jobs_over_loopback_multicast() {
+    use outpost_multicast::driver::{self, FileSink, NoFetcher, ReceiveOptions, SocketConfig};
+    use outpost_multicast::{Sender, SenderConfig};
+    use std::net::{IpAddr, Ipv4Addr, UdpSocket as StdUdp};
+
+    let port = StdUdp::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut sc = SocketConfig::default();
+    sc.group = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(239, 255, 61, 9)), port);
+    sc.iface_v4 = Ipv4Addr::LOCALHOST;
+    sc.ttl = 1;
+    sc.loopback = true;
+    sc.recv_buffer = 4 << 20;
+    let data = file(2_000_000, 13);
+    let key = SigningKey::from_seed(&[6u8; 32]).unwrap();
+    let pk = key.public_key();
+    let mut handles = Vec::new();
+    for i in 0..2u64 {
+        let g = driver::group_socket(&sc).unwrap();
+        let c = driver::control_socket(&sc).unwrap();
+        handles.push(tokio::spawn(async move {
+            let out = tempfile::tempdir().unwrap();
+            let mut rcfg = ReceiverConfig::default();
+            rcfg.seed = i;
+            rcfg.offload_block_work = true;
+            let mut rx = Receiver::new(rcfg, &pk).unwrap();
+            let mut sink = FileSink::new(out.path()).unwrap();
+            // Receiver 1 loses 5% (seeded), so blocks need decoding.
+            let opts = ReceiveOptions::with_loss(if i == 1 { 0.05 } else { 0.0 }, 5);
+            let res = tokio::time::timeout(
+                Duration::from_secs(30),
+                driver::run_receiver(&g, &c, &mut rx, &mut sink, &mut NoFetcher, &opts, |_| {}),
+            )
+            .await
+            .expect("receiver finished in time")
+            .expect("receiver ok");
+            (res, std::fs::read(sink.final_path()).unwrap())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut scfg = SenderConfig::default();
+    scfg.max_rate_bps = 400_000_000;
+    scfg.poll_interval_ms = 100;
+    scfg.block_symbols = 64;
+    scfg.offload_encoding = true;
+    let m =
+        Manifest::for_bytes(0x51, "o.bin", &data, scfg.symbol_size, scfg.block_symbols).unwrap();
+    let signed = m.sign(key.key_pair());
+    let mut sender = Sender::new(scfg, m, &signed, Box::new(data.clone()), Instant::now()).unwrap();
+    let sock = driver::send_socket(&sc).unwrap();
+    let stats = tokio::time::timeout(
+        Duration::from_secs(30),
+        driver::run_sender(&sock, sc.group, &mut sender, |_, _| {}),
+    )
+    .await
+    .expect("sender finished in time")
+    .expect("sender ok");
+    assert!(stats.repair_packets > 0, "{stats:?}");
+    for h in handles {
+        let (res, written) = h.await.unwrap();
+        assert!(written == data, "file byte-exact");
+        if res.injected_drops > 0 {
+            assert!(res.stats.blocks_decoded > 0, "{:?}", res.stats);
+        }
+    }
+}

@@ -287,6 +287,11 @@ pub struct CertInfo {
     pub profile: CertProfile,
 }
 
+/// Certificates as concatenated PEM blocks.
+fn chain_pem(chain: &[CertificateDer<'static>]) -> String {
+    chain.iter().map(|c| encode_pem("CERTIFICATE", c)).collect()
+}
+
 /// A certificate issued for a public key the server did not generate (from a CSR).
 #[derive(Debug, Clone)]
 pub struct SignedCert {
@@ -306,10 +311,7 @@ impl SignedCert {
 
     /// The chain (certificate then CA) as concatenated PEM blocks.
     pub fn chain_pem(&self) -> String {
-        self.chain
-            .iter()
-            .map(|c| encode_pem("CERTIFICATE", c))
-            .collect()
+        chain_pem(&self.chain)
     }
 }
 
@@ -333,10 +335,7 @@ impl IssuedCert {
 
     /// The chain (certificate then CA) as concatenated PEM blocks.
     pub fn chain_pem(&self) -> String {
-        self.chain
-            .iter()
-            .map(|c| encode_pem("CERTIFICATE", c))
-            .collect()
+        chain_pem(&self.chain)
     }
 
     /// The private key as PKCS#8 PEM (`PRIVATE KEY`). Secret.

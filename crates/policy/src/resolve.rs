@@ -774,6 +774,32 @@ impl PathCtx<'_> {
     }
 }
 
+/// The value and lock of path `i` of `app` from `layers` (its chain's layers for that path)
+/// and the device's local value, without recording an explanation.
+fn resolve_value(
+    groups: &[GroupInfo],
+    app: &AppInfo,
+    chain: &Chain,
+    mask: &[u64],
+    i: usize,
+    layers: &PathLayers,
+    local: Option<&Arc<Value>>,
+) -> (Arc<Value>, bool) {
+    let ctx = PathCtx {
+        groups,
+        chain,
+        default: &app.defaults[i],
+        merge: app.specs[i].merge,
+        mask,
+    };
+    let mut rec = Recorder {
+        cands: None,
+        winner: None,
+    };
+    let (v, l, _) = ctx.resolve(layers, local, &mut rec);
+    (v, l)
+}
+
 fn resolve_app(
     groups: &[GroupInfo],
     app: &AppInfo,
@@ -784,23 +810,12 @@ fn resolve_app(
     let mut values = Vec::with_capacity(app.specs.len());
     let mut locked = Vec::with_capacity(app.specs.len());
     let mut li = 0;
-    for (i, spec) in app.specs.iter().enumerate() {
+    for i in 0..app.specs.len() {
         while li < local.len() && local[li].0 < i {
             li += 1;
         }
         let lv = local.get(li).filter(|(p, _)| *p == i).map(|(_, v)| v);
-        let ctx = PathCtx {
-            groups,
-            chain,
-            default: &app.defaults[i],
-            merge: spec.merge,
-            mask,
-        };
-        let mut rec = Recorder {
-            cands: None,
-            winner: None,
-        };
-        let (v, l, _) = ctx.resolve(&chain.by_path[i], lv, &mut rec);
+        let (v, l) = resolve_value(groups, app, chain, mask, i, &chain.by_path[i], lv);
         values.push(v);
         locked.push(l);
     }
@@ -2061,22 +2076,11 @@ fn patch(
 ) -> Option<AppValues> {
     let mut fresh: Vec<(usize, Arc<Value>, bool)> = Vec::new();
     for &i in dirty {
-        let (Some(spec), Some(layers)) = (app.specs.get(i), chain.by_path.get(i)) else {
+        let (Some(_), Some(layers)) = (app.specs.get(i), chain.by_path.get(i)) else {
             continue;
         };
-        let ctx = PathCtx {
-            groups,
-            chain,
-            default: &app.defaults[i],
-            merge: spec.merge,
-            mask,
-        };
-        let mut rec = Recorder {
-            cands: None,
-            winner: None,
-        };
         let lv = local.iter().find(|(p, _)| *p == i).map(|(_, v)| v);
-        let (v, l, _) = ctx.resolve(layers, lv, &mut rec);
+        let (v, l) = resolve_value(groups, app, chain, mask, i, layers, lv);
         if base.values.get(i) != Some(&v) || base.locked.get(i) != Some(&l) {
             fresh.push((i, v, l));
         }

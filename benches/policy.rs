@@ -4,9 +4,10 @@
 //! Measures full resolution (validation + every device, and every device alone), and the
 //! incremental re-resolution after one policy edit, next to a full re-resolution of the same
 //! fleet as the baseline. For the root edit, which changes every device, it also measures
-//! `apply_each` (changed ids handed to a callback instead of a 100,000-string report), the
-//! cost of such a report alone (cloning and freeing 100,000 device ids), and an edit of a
-//! root profile's condition (active profiles re-evaluated for every device).
+//! `apply_each` (changed ids handed to a callback instead of a report of 100,000 shared
+//! ids), the cost of cloning and freeing 100,000 ids as `String`s (what a report of owned
+//! strings would cost by itself), and an edit of a root profile's condition (active
+//! profiles re-checked for every device of the application).
 //!
 //! `cargo bench --bench policy -- --warm-up-time 1 --measurement-time 3`
 
@@ -255,7 +256,8 @@ fn bench(c: &mut Criterion) {
             black_box(n)
         })
     });
-    // What a report listing every device costs by itself: clone and free 100,000 ids.
+    // What a report of owned strings listing every device would cost by itself: clone and
+    // free 100,000 ids.
     let ids: Vec<String> = f.state.devices.iter().map(|d| d.id.clone()).collect();
     g.bench_function("report_100k_ids_alone (floor)", |b| {
         b.iter(|| {

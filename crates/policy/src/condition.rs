@@ -200,8 +200,9 @@ impl Interner {
     }
 }
 
-/// Device facts with strings interned, for fast condition evaluation.
-#[derive(Debug, Clone)]
+/// Device facts with strings interned, for fast condition evaluation. Devices with equal
+/// facts satisfy exactly the same conditions.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Facts {
     online: bool,
     location: Option<u32>,
@@ -220,6 +221,24 @@ impl Facts {
     /// Interned tag ids, sorted.
     pub(crate) fn tags(&self) -> &[u32] {
         &self.tags
+    }
+
+    /// Facts with only these tags (sorted interned ids) and nothing else: what a condition
+    /// that reads only tags sees of a device with them.
+    pub(crate) fn only_tags(tags: Vec<u32>) -> Facts {
+        Facts {
+            online: false,
+            location: None,
+            tags,
+            owner: None,
+            roles: Vec::new(),
+            ou: None,
+            owner_ou: None,
+            groups: Vec::new(),
+            owner_groups: Vec::new(),
+            ram_mb: None,
+            cpus: None,
+        }
     }
 
     pub(crate) fn new(d: &Device, i: &mut Interner) -> Facts {
@@ -296,6 +315,20 @@ impl Compiled {
             },
             Condition::RamMb(r) => Compiled::Ram(*r),
             Condition::CpuCount(r) => Compiled::Cpu(*r),
+        }
+    }
+
+    /// When the condition reads no fact but the device's tags, adds the tag ids it looks
+    /// at to `out` and returns true; otherwise returns false.
+    pub(crate) fn tags_read(&self, out: &mut Vec<u32>) -> bool {
+        match self {
+            Compiled::All(v) | Compiled::Any(v) => v.iter().all(|c| c.tags_read(out)),
+            Compiled::Not(c) => c.tags_read(out),
+            Compiled::Tags { ids, .. } => {
+                out.extend_from_slice(ids);
+                true
+            }
+            _ => false,
         }
     }
 

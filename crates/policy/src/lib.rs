@@ -131,9 +131,13 @@
 //! condition evaluation per profile in its chain and one lookup. After a policy edit each
 //! class is re-resolved once, on the changed paths only, and a changed class marks all its
 //! members changed without visiting them; devices are visited one by one only when they
-//! have local values for the application or when a profile's condition changed (then only
-//! that condition is evaluated). [`Resolver::apply_each`] reports the changed devices
-//! without allocating per device.
+//! have local values for the application or when a profile's condition changed (then the
+//! changed conditions are evaluated once per distinct set of device facts, or, for
+//! conditions on tags only, once per distinct combination of the tags they read; then only
+//! the devices that carry one of those tags are looked at when the others keep their
+//! profiles). [`ChangeReport::changed`] lists the changed devices' ids
+//! as `Arc<str>`s shared with the resolver, and [`Resolver::apply_each`] hands them to a
+//! callback: neither allocates per device.
 
 mod condition;
 mod error;

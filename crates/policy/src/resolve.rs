@@ -84,6 +84,12 @@ impl Mask {
             Mask::Heap(b) => b,
         }
     }
+    fn words_mut(&mut self) -> &mut [u64] {
+        match self {
+            Mask::Inline(w) => w,
+            Mask::Heap(b) => b,
+        }
+    }
     fn set(&mut self, i: usize) {
         let words: &mut [u64] = match self {
             Mask::Inline(w) => w,
@@ -92,6 +98,262 @@ impl Mask {
         if let Some(w) = words.get_mut(i / 64) {
             *w |= 1u64 << (i % 64);
         }
+    }
+}
+
+/// `fact_of` entry of an index that holds no device.
+const NO_FACTS: u32 = u32::MAX;
+
+/// Distinct device facts with reference counts, so that work that depends only on a
+/// device's facts (evaluating a changed profile condition) is done once per distinct set.
+#[derive(Default)]
+struct FactTable {
+    /// (facts, number of devices with them); `None` for a free entry.
+    entries: Vec<Option<(Arc<Facts>, u32)>>,
+    index: HashMap<Arc<Facts>, u32>,
+    free: Vec<u32>,
+    /// Entries by tag: the entries whose facts carry the tag.
+    by_tag: HashMap<u32, Vec<u32>, Fast>,
+}
+
+impl FactTable {
+    /// Counts one more device with `facts` and returns its entry; `facts` then shares the
+    /// table's copy.
+    fn intern(&mut self, facts: &mut Arc<Facts>) -> u32 {
+        if let Some(&id) = self.index.get(facts)
+            && let Some(Some((shared, refs))) = self.entries.get_mut(id as usize)
+        {
+            *refs += 1;
+            *facts = shared.clone();
+            return id;
+        }
+        let entry = Some((facts.clone(), 1));
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.entries[id as usize] = entry;
+                id
+            }
+            None => {
+                self.entries.push(entry);
+                u32::try_from(self.entries.len() - 1).unwrap_or(NO_FACTS)
+            }
+        };
+        for &t in facts.tags() {
+            self.by_tag.entry(t).or_default().push(id);
+        }
+        self.index.insert(facts.clone(), id);
+        id
+    }
+
+    /// Counts one device fewer with entry `id`, freeing the entry with the last one.
+    fn release(&mut self, id: u32) {
+        let Some(slot) = self.entries.get_mut(id as usize) else {
+            return;
+        };
+        if let Some((facts, refs)) = slot {
+            *refs -= 1;
+            if *refs == 0 {
+                for t in facts.tags() {
+                    if let Some(list) = self.by_tag.get_mut(t) {
+                        if let Some(pos) = list.iter().position(|&x| x == id) {
+                            list.swap_remove(pos);
+                        }
+                        if list.is_empty() {
+                            self.by_tag.remove(t);
+                        }
+                    }
+                }
+                self.index.remove(facts);
+                *slot = None;
+                self.free.push(id);
+            }
+        }
+    }
+
+    fn get(&self, id: u32) -> Option<&Facts> {
+        self.entries
+            .get(id as usize)
+            .and_then(|e| e.as_ref())
+            .map(|(f, _)| &**f)
+    }
+}
+
+/// Re-evaluations of changed profiles, memoised per distinct device facts for the duration
+/// of one edit. One entry per distinct list of re-evaluated profiles (position, enabled
+/// condition) and profile count: chains that share those share the entry.
+#[derive(Default)]
+struct MoverMemo {
+    entries: Vec<MemoEntry>,
+    /// Entry position by (profile set, re-evaluated profile list) address: both are held
+    /// alive by the chains for the whole edit.
+    by_addr: HashMap<(usize, usize), usize, Fast>,
+}
+
+struct MemoEntry {
+    n_profiles: usize,
+    /// (profile position, condition when enabled).
+    key: Vec<(usize, Option<Arc<Compiled>>)>,
+    /// Per fact entry: index into `patterns`, or `NO_FACTS` when not evaluated yet.
+    pattern_of: Vec<u32>,
+    /// Distinct results: the re-evaluated profiles that hold, as a mask.
+    patterns: Vec<Mask>,
+    pattern_index: HashMap<Mask, u32, Fast>,
+    /// When every fact entry is filled in (conditions on tags only): the pattern of devices
+    /// with none of the tags read, and, by group, the devices with another pattern.
+    none: Option<u32>,
+    special: HashMap<usize, Vec<u32>, Fast>,
+}
+
+impl MemoEntry {
+    /// The pattern index of `m`, added when new.
+    fn intern(&mut self, m: Mask) -> u32 {
+        let next = u32::try_from(self.patterns.len()).unwrap_or(NO_FACTS);
+        let p = *self.pattern_index.entry(m.clone()).or_insert(next);
+        if p == next {
+            self.patterns.push(m);
+        }
+        p
+    }
+
+    fn eval(&self, facts: &Facts) -> Mask {
+        let mut m = Mask::new(self.n_profiles);
+        for (b, cond) in &self.key {
+            if cond.as_ref().is_some_and(|c| c.eval(facts)) {
+                m.set(*b);
+            }
+        }
+        m
+    }
+
+    /// When every condition reads only tags: fills in every fact entry at once, evaluating
+    /// once per distinct combination of the tags read (reading only the entries that carry
+    /// one of them, through the table's tag index). Otherwise leaves the entries to be
+    /// evaluated on first use.
+    fn prefill(&mut self, facts: &FactTable, fact_of: &[u32], devices: &[Option<DeviceRec>]) {
+        let mut read = Vec::new();
+        for (_, cond) in &self.key {
+            if let Some(c) = cond
+                && !c.tags_read(&mut read)
+            {
+                return;
+            }
+        }
+        read.sort_unstable();
+        read.dedup();
+        let none = self.eval(&Facts::only_tags(Vec::new()));
+        let none = self.intern(none);
+        self.pattern_of.fill(none);
+        let mut by_tags: HashMap<Vec<u32>, u32> = HashMap::new();
+        for t in &read {
+            let Some(list) = facts.by_tag.get(t) else {
+                continue;
+            };
+            for &f in list {
+                let Some(fs) = facts.get(f) else {
+                    continue;
+                };
+                let seen: Vec<u32> = fs
+                    .tags()
+                    .iter()
+                    .copied()
+                    .filter(|x| read.binary_search(x).is_ok())
+                    .collect();
+                let p = match by_tags.get(&seen) {
+                    Some(&p) => p,
+                    None => {
+                        let m = self.eval(&Facts::only_tags(seen.clone()));
+                        let p = self.intern(m);
+                        by_tags.insert(seen, p);
+                        p
+                    }
+                };
+                if let Some(slot) = self.pattern_of.get_mut(f as usize) {
+                    *slot = p;
+                }
+            }
+        }
+        self.none = Some(none);
+        // The devices whose pattern is not `none`, by group: one pass over a compact column.
+        if self.patterns.len() > 1 {
+            for (i, &f) in fact_of.iter().enumerate() {
+                if self.pattern_of.get(f as usize).is_some_and(|&p| p != none)
+                    && let Some(Some(d)) = devices.get(i)
+                {
+                    let dev = u32::try_from(i).unwrap_or(NO_FACTS);
+                    self.special.entry(d.group).or_default().push(dev);
+                }
+            }
+        }
+    }
+
+    /// The result pattern for fact entry `f`, evaluating the profiles on first use.
+    fn pattern(&mut self, f: u32, facts: &FactTable) -> Option<u32> {
+        let slot = self.pattern_of.get_mut(f as usize)?;
+        if *slot != NO_FACTS {
+            return Some(*slot);
+        }
+        let fs = facts.get(f)?;
+        let m = self.eval(fs);
+        let p = self.intern(m);
+        self.pattern_of[f as usize] = p;
+        Some(p)
+    }
+}
+
+impl MoverMemo {
+    /// The position of the entry for re-evaluating profiles `bits` of `set`.
+    fn entry(
+        &mut self,
+        set: &Arc<ProfileSet>,
+        bits: &Arc<[usize]>,
+        facts: &FactTable,
+        fact_of: &[u32],
+        devices: &[Option<DeviceRec>],
+    ) -> usize {
+        let addr = (Arc::as_ptr(set) as usize, bits.as_ptr() as usize);
+        if let Some(&pos) = self.by_addr.get(&addr) {
+            return pos;
+        }
+        let n = set.profiles.len();
+        let key: Vec<(usize, Option<Arc<Compiled>>)> = bits
+            .iter()
+            .filter_map(|&b| {
+                set.profiles
+                    .get(b)
+                    .map(|p| (b, p.enabled.then(|| p.cond.clone())))
+            })
+            .collect();
+        let same = |e: &MemoEntry| {
+            e.n_profiles == n
+                && e.key.len() == key.len()
+                && e.key.iter().zip(&key).all(|((b1, c1), (b2, c2))| {
+                    b1 == b2
+                        && match (c1, c2) {
+                            (None, None) => true,
+                            (Some(x), Some(y)) => Arc::ptr_eq(x, y) || **x == **y,
+                            _ => false,
+                        }
+                })
+        };
+        let pos = match self.entries.iter().position(same) {
+            Some(pos) => pos,
+            None => {
+                let mut e = MemoEntry {
+                    n_profiles: n,
+                    key,
+                    pattern_of: vec![NO_FACTS; facts.entries.len()],
+                    patterns: Vec::new(),
+                    pattern_index: HashMap::default(),
+                    none: None,
+                    special: HashMap::default(),
+                };
+                e.prefill(facts, fact_of, devices);
+                self.entries.push(e);
+                self.entries.len() - 1
+            }
+        };
+        self.by_addr.insert(addr, pos);
+        pos
     }
 }
 
@@ -223,7 +485,8 @@ const OWN_RESULT: u32 = 1 << 31;
 struct DeviceRec {
     device: Device,
     group: usize,
-    facts: Facts,
+    /// Shared with the resolver's fact table and with devices that have equal facts.
+    facts: Arc<Facts>,
     local: Vec<Vec<(usize, Arc<Value>)>>,
     /// The device's own results, for the applications it has local values for.
     own: Vec<(usize, Arc<AppValues>)>,
@@ -285,8 +548,11 @@ pub enum Change {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ChangeReport {
-    /// Devices whose effective settings changed, sorted: push to exactly these.
-    pub changed: Vec<String>,
+    /// Devices whose effective settings changed, sorted by id: push to exactly these.
+    ///
+    /// The ids are shared with the resolver (cloning one is a reference-count increment),
+    /// so a report listing the whole fleet allocates one vector, not one string per device.
+    pub changed: Vec<Arc<str>>,
     /// Devices that were re-resolved (a superset of `changed`).
     pub resolved: usize,
 }
@@ -323,10 +589,12 @@ pub struct Resolver {
     /// class_of[app][device]: the device's class in its group's slot (`| OWN_RESULT` when
     /// it has its own result) and its position in the class's member list.
     class_of: Vec<Vec<(u32, u32)>>,
-    /// Device ids by index, packed into one buffer (`id_text[start..end]`), so that
-    /// listing many changed devices reads memory in order.
-    id_text: String,
-    id_spans: Vec<(usize, usize)>,
+    /// Device ids by index, allocated once and shared with change reports.
+    ids: Vec<Arc<str>>,
+    /// Distinct device facts; `fact_of[device]` is the device's entry (`NO_FACTS` when the
+    /// index holds no device). A changed profile condition is evaluated once per entry.
+    facts: FactTable,
+    fact_of: Vec<u32>,
     /// Whether device indices are in id order (true until a device is added out of order),
     /// so that sorting changed devices by index sorts them by id.
     ids_sorted: bool,
@@ -930,8 +1198,9 @@ impl Resolver {
                 .map(|_| apps.iter().map(|a| Slot::new(a.specs.len())).collect())
                 .collect(),
             class_of: vec![Vec::with_capacity(state.devices.len()); apps.len()],
-            id_text: String::new(),
-            id_spans: Vec::with_capacity(state.devices.len()),
+            ids: Vec::with_capacity(state.devices.len()),
+            facts: FactTable::default(),
+            fact_of: Vec::with_capacity(state.devices.len()),
             ids_sorted: true,
             apps,
             app_index,
@@ -963,19 +1232,23 @@ impl Resolver {
 
         let mut devices: Vec<&Device> = state.devices.iter().collect();
         devices.sort_by(|a, b| a.id.cmp(&b.id));
-        for d in devices {
+        // Ids first, allocated one after another: a report listing many devices then reads
+        // (and counts references in) memory in order.
+        let ids: Vec<Arc<str>> = devices.iter().map(|d| Arc::from(d.id.as_str())).collect();
+        for (d, id) in devices.into_iter().zip(ids) {
             if r.device_index.contains_key(&d.id) {
                 return Err(PolicyError::DuplicateId {
                     kind: "device",
                     id: d.id.clone(),
                 });
             }
-            let rec = r.compile_device(d)?;
+            let mut rec = r.compile_device(d)?;
             let idx = r.devices.len();
             r.group_devices[rec.group].insert(idx);
             r.device_index.insert(d.id.clone(), idx);
+            r.fact_of.push(r.facts.intern(&mut rec.facts));
             r.devices.push(Some(rec));
-            r.push_id(&d.id);
+            r.ids.push(id);
             for row in &mut r.class_of {
                 row.push((0, 0));
             }
@@ -1104,7 +1377,7 @@ impl Resolver {
         let mut done = self.apply_inner(change)?;
         self.sort_changed(&mut done.idx);
         let report = ChangeReport {
-            changed: done.idx.iter().map(|&i| self.id(i).to_owned()).collect(),
+            changed: done.idx.iter().map(|&i| self.ids[i].clone()).collect(),
             resolved: done.resolved,
         };
         drop(done.garbage);
@@ -1181,19 +1454,16 @@ impl Resolver {
                 Ok(self.refresh_subtrees(&[(old.group, old.app)]))
             }
             Change::UpsertDevice(d) => {
-                let rec = self.compile_device(&d)?;
+                let mut rec = self.compile_device(&d)?;
                 let idx = match self.device_index.get(&d.id) {
                     Some(&i) => i,
                     None => {
                         let idx = self.devices.len();
-                        if self
-                            .id_spans
-                            .last()
-                            .is_some_and(|&(s, e)| self.id_text[s..e] > *d.id)
-                        {
+                        if self.ids.last().is_some_and(|last| **last > *d.id) {
                             self.ids_sorted = false;
                         }
                         self.devices.push(None);
+                        self.fact_of.push(NO_FACTS);
                         self.push_id(&d.id);
                         for row in &mut self.class_of {
                             row.push((0, 0));
@@ -1204,6 +1474,7 @@ impl Resolver {
                 };
                 let old = self.detach_device(idx);
                 self.group_devices[rec.group].insert(idx);
+                self.fact_of[idx] = self.facts.intern(&mut rec.facts);
                 self.devices[idx] = Some(rec);
                 for a in 0..self.apps.len() {
                     self.assign(idx, a);
@@ -1566,7 +1837,7 @@ impl Resolver {
             }
             local[a].sort_by_key(|e: &(usize, Arc<Value>)| e.0);
         }
-        let facts = Facts::new(d, &mut self.interner);
+        let facts = Arc::new(Facts::new(d, &mut self.interner));
         Ok(DeviceRec {
             device: d.clone(),
             group,
@@ -1599,6 +1870,10 @@ impl Resolver {
         }
         if let Some(d) = self.devices[i].take() {
             self.group_devices[d.group].remove(&i);
+            if let Some(f) = self.fact_of.get_mut(i) {
+                self.facts.release(*f);
+                *f = NO_FACTS;
+            }
         }
         Some(results)
     }
@@ -1751,14 +2026,11 @@ impl Resolver {
 
     /// The id of the device with index `i`.
     fn id(&self, i: usize) -> &str {
-        let (s, e) = self.id_spans[i];
-        &self.id_text[s..e]
+        &self.ids[i]
     }
 
     fn push_id(&mut self, id: &str) {
-        let start = self.id_text.len();
-        self.id_text.push_str(id);
-        self.id_spans.push((start, self.id_text.len()));
+        self.ids.push(Arc::from(id));
     }
 
     /// Sorts changed device indices by device id, without duplicates.
@@ -1781,9 +2053,9 @@ impl Resolver {
     /// result is memoised on the new chain for the groups that share it; the members of a
     /// changed class are marked changed without being visited. Devices with local values
     /// for the application have their own results patched. When profiles' conditions,
-    /// enabled flags or positions changed, only those profiles are evaluated per device of
-    /// the affected classes; the devices whose set of active profiles changes move to
-    /// another class and are compared one by one.
+    /// enabled flags or positions changed, only those profiles are evaluated, once per
+    /// distinct set of the facts they read (see `find_movers`); the devices whose set of
+    /// active profiles changes move to another class and are compared one by one.
     fn refresh_subtrees(&mut self, targets: &[(usize, usize)]) -> Changed {
         // Changed devices as a bit set over device indices: sorted and free of duplicates
         // by construction.
@@ -1800,7 +2072,10 @@ impl Resolver {
         let mut kept: Vec<Arc<AppValues>> = Vec::new();
         let mut owned_updates: Vec<(usize, Arc<AppValues>)> = Vec::new();
         let mut old_chains = Vec::new();
+        let mut memo = MoverMemo::default();
         for &(g, a) in targets {
+            // Entry addresses are only known to stay unique within one target.
+            memo.by_addr.clear();
             let order = self.topo_order(Some(g));
             let mut old: Vec<(Arc<Chain>, Option<Arc<Chain>>)> = order
                 .iter()
@@ -1815,6 +2090,9 @@ impl Resolver {
             // Per (old chain, new chain): the paths whose layers differ and the profiles whose
             // bit must be re-evaluated.
             let mut diffs: HashMap<(usize, usize), Diff, Fast> = HashMap::default();
+            // Per (old, new) profile set: whether masks may differ and which profiles to
+            // re-evaluate (chains below a group without profiles share its sets).
+            let mut set_diffs: SetDiffs = HashMap::default();
             for (k, &sub) in order.iter().enumerate() {
                 resolved += self.group_devices[sub].len();
                 let (old_office, old_away) = &old[k];
@@ -1826,8 +2104,14 @@ impl Resolver {
                     };
                     let n = self.slots[sub][a].chain(off_net);
                     let key = (Arc::as_ptr(o) as usize, Arc::as_ptr(n) as usize);
-                    mode_diff[m] =
-                        Some(diffs.entry(key).or_insert_with(|| chain_diff(o, n)).clone());
+                    mode_diff[m] = Some(match diffs.get(&key) {
+                        Some(d) => d.clone(),
+                        None => {
+                            let d = chain_diff(o, n, &mut set_diffs);
+                            diffs.insert(key, d.clone());
+                            d
+                        }
+                    });
                 }
                 let [Some(office_diff), Some(away_diff)] = mode_diff else {
                     continue;
@@ -1836,7 +2120,9 @@ impl Resolver {
                 // re-resolved one by one once the classes are up to date.
                 let mut movers: Vec<(usize, Arc<AppValues>)> = Vec::new();
                 if office_diff.remask || away_diff.remask {
-                    for (i, old_result) in self.find_movers(sub, a, &office_diff, &away_diff) {
+                    for (i, old_result) in
+                        self.find_movers(sub, a, &office_diff, &away_diff, &mut memo)
+                    {
                         movers.push((i, old_result));
                         self.unassign(i, a);
                     }
@@ -1970,49 +2256,138 @@ impl Resolver {
 
     /// The devices of group `g` whose active profiles for application `a` differ under the
     /// group's new chains, with their current results. Only the profiles listed in the
-    /// diffs are evaluated; the others keep the bit the class already has.
+    /// diffs are evaluated, once per distinct set of device facts (memoised in `memo`
+    /// across the groups of one edit); the others keep the bit the class already has. When
+    /// the evaluated conditions read only tags and a class's devices without those tags
+    /// keep their mask, only the devices of the group that carry one of the tags are
+    /// checked, not the class's members.
     fn find_movers(
         &self,
         g: usize,
         a: usize,
         office: &Diff,
         away: &Diff,
+        memo: &mut MoverMemo,
     ) -> Vec<(usize, Arc<AppValues>)> {
         let slot = &self.slots[g][a];
         let mut out = Vec::new();
-        for class in &slot.classes {
+        // Per result pattern: 0 not known yet, 1 the device stays, 2 it moves.
+        let mut moves: Vec<u8> = Vec::new();
+        // Classes whose devices with the common pattern stay: only the entry's special
+        // devices of this group need a look (by class: the entry).
+        let mut pending: Vec<Option<usize>> = Vec::new();
+        let mut pending_entries: Vec<usize> = Vec::new();
+        for (c, class) in slot.classes.iter().enumerate() {
             let diff = if class.off_net { away } else { office };
             if class.is_free() || !diff.remask {
                 continue;
             }
             let set = &slot.chain(class.off_net).set;
-            // The class's mask carried over: unchanged profiles keep their bits.
-            let mut base = Mask::new(set.profiles.len());
-            let old = class.mask.words();
-            for i in 0..set.profiles.len() {
-                if mask_has(old, i) && diff.bits.binary_search(&i).is_err() {
-                    base.set(i);
+            let base = carried_mask(&class.mask, set.profiles.len(), &diff.bits);
+            let e = memo.entry(set, &diff.bits, &self.facts, &self.fact_of, &self.devices);
+            let entry = &mut memo.entries[e];
+            if let Some(none) = entry.none
+                && !moves_with(&base, &entry.patterns[none as usize], &class.mask)
+            {
+                if pending.len() <= c {
+                    pending.resize(c + 1, None);
                 }
+                pending[c] = Some(e);
+                if !pending_entries.contains(&e) {
+                    pending_entries.push(e);
+                }
+                continue;
             }
+            moves.clear();
             for &i in class.plain.iter().chain(&class.owned) {
                 let i = i as usize;
-                let Some(d) = self.devices[i].as_ref() else {
+                let Some(p) = self
+                    .fact_of
+                    .get(i)
+                    .and_then(|&f| entry.pattern(f, &self.facts))
+                else {
                     continue;
                 };
-                let mut m = base.clone();
-                for &b in diff.bits.iter() {
-                    let p = &set.profiles[b];
-                    if p.enabled && p.cond.eval(&d.facts) {
-                        m.set(b);
-                    }
+                let p = p as usize;
+                if moves.len() <= p {
+                    moves.resize(p + 1, 0);
                 }
-                if m != class.mask {
+                if moves[p] == 0 {
+                    moves[p] = if moves_with(&base, &entry.patterns[p], &class.mask) {
+                        2
+                    } else {
+                        1
+                    };
+                }
+                if moves[p] == 2
+                    && let Some(d) = self.devices[i].as_ref()
+                {
+                    out.push((i, self.result_of(d, i, a).clone()));
+                }
+            }
+        }
+        for e in pending_entries {
+            let entry = &memo.entries[e];
+            let Some(list) = entry.special.get(&g) else {
+                continue;
+            };
+            for &i in list {
+                let i = i as usize;
+                let Some(&(cls, _)) = self.class_of[a].get(i) else {
+                    continue;
+                };
+                let c = (cls & !OWN_RESULT) as usize;
+                if pending.get(c) != Some(&Some(e)) {
+                    continue;
+                }
+                let class = &slot.classes[c];
+                let diff = if class.off_net { away } else { office };
+                let set = &slot.chain(class.off_net).set;
+                let base = carried_mask(&class.mask, set.profiles.len(), &diff.bits);
+                let Some(&p) = self
+                    .fact_of
+                    .get(i)
+                    .and_then(|&f| entry.pattern_of.get(f as usize))
+                else {
+                    continue;
+                };
+                if let Some(pattern) = entry.patterns.get(p as usize)
+                    && moves_with(&base, pattern, &class.mask)
+                    && let Some(d) = self.devices[i].as_ref()
+                {
                     out.push((i, self.result_of(d, i, a).clone()));
                 }
             }
         }
         out
     }
+}
+
+/// A class's mask carried over to a chain with `n` profiles: the bits of the profiles that
+/// are not re-evaluated (`bits`, ascending).
+fn carried_mask(mask: &Mask, n: usize, bits: &[usize]) -> Mask {
+    let mut base = Mask::new(n);
+    for (w, &word) in mask.words().iter().enumerate() {
+        let mut word = word;
+        while word != 0 {
+            let i = w * 64 + word.trailing_zeros() as usize;
+            word &= word - 1;
+            if i < n && bits.binary_search(&i).is_err() {
+                base.set(i);
+            }
+        }
+    }
+    base
+}
+
+/// Whether a device whose re-evaluated profiles give `pattern` leaves the class with
+/// `mask` (carried over as `base`).
+fn moves_with(base: &Mask, pattern: &Mask, mask: &Mask) -> bool {
+    let mut m = base.clone();
+    for (x, y) in m.words_mut().iter_mut().zip(pattern.words()) {
+        *x |= *y;
+    }
+    m != *mask
 }
 
 /// What changed between a group's chain before and after an edit.
@@ -2027,8 +2402,12 @@ struct Diff {
     paths: Arc<[usize]>,
 }
 
+/// (remask, bits) of [`Diff`] by the addresses of the old and new profile sets, which the
+/// chains keep alive for the whole edit.
+type SetDiffs = HashMap<(usize, usize), (bool, Arc<[usize]>), Fast>;
+
 /// What changed between two chains of one group.
-fn chain_diff(old: &Chain, new: &Chain) -> Diff {
+fn chain_diff(old: &Chain, new: &Chain, set_diffs: &mut SetDiffs) -> Diff {
     if std::ptr::eq(old, new) {
         return Diff {
             remask: false,
@@ -2036,18 +2415,28 @@ fn chain_diff(old: &Chain, new: &Chain) -> Diff {
             paths: Arc::from(Vec::new()),
         };
     }
-    let remask = !old.same_masks(new);
-    let bits: Vec<usize> = if remask {
-        let (o, n) = (&old.set.profiles, &new.set.profiles);
-        (0..n.len())
-            .filter(|&i| {
-                o.get(i)
-                    .is_none_or(|p| p.enabled != n[i].enabled || *p.cond != *n[i].cond)
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let key = (
+        Arc::as_ptr(&old.set) as usize,
+        Arc::as_ptr(&new.set) as usize,
+    );
+    let (remask, bits) = set_diffs
+        .entry(key)
+        .or_insert_with(|| {
+            let remask = !old.same_masks(new);
+            let bits: Vec<usize> = if remask {
+                let (o, n) = (&old.set.profiles, &new.set.profiles);
+                (0..n.len())
+                    .filter(|&i| {
+                        o.get(i)
+                            .is_none_or(|p| p.enabled != n[i].enabled || *p.cond != *n[i].cond)
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (remask, bits.into())
+        })
+        .clone();
     let paths: Vec<usize> = old
         .by_path
         .iter()
@@ -2058,7 +2447,7 @@ fn chain_diff(old: &Chain, new: &Chain) -> Diff {
         .collect();
     Diff {
         remask,
-        bits: bits.into(),
+        bits,
         paths: paths.into(),
     }
 }

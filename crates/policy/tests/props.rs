@@ -302,7 +302,7 @@ proptest! {
             .filter(|d| before.effective(&d.id).unwrap() != fresh.effective(&d.id).unwrap())
             .map(|d| d.id.clone())
             .collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-        prop_assert_eq!(report.changed, expected);
+        prop_assert_eq!(report.changed.iter().map(|id| id.to_string()).collect::<Vec<String>>(), expected);
     }
 
     #[test]
@@ -334,7 +334,7 @@ proptest! {
                     .filter(|d| old.effective(&d.id).unwrap() != fresh.effective(&d.id).unwrap())
                     .map(|d| d.id.clone())
                     .collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-                prop_assert_eq!(report.changed, expected);
+                prop_assert_eq!(report.changed.iter().map(|id| id.to_string()).collect::<Vec<String>>(), expected);
             }
         }
     }
@@ -522,7 +522,7 @@ proptest! {
                 let mut ids = Vec::new();
                 r.apply_each(change, |id| ids.push(id.to_string())).map(|_| ids)
             } else {
-                r.apply(change).map(|rep| rep.changed)
+                r.apply(change).map(|rep| rep.changed.iter().map(|id| id.to_string()).collect())
             };
             let Ok(fresh) = fresh else {
                 prop_assert!(result.is_err(), "a change the state refuses must be refused");

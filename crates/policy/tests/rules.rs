@@ -8,6 +8,11 @@ use outpost_policy::{
 
 const APP: &str = "endpoint";
 
+/// Device ids as a change report lists them.
+fn ids(v: &[&str]) -> Vec<std::sync::Arc<str>> {
+    v.iter().map(|&s| std::sync::Arc::from(s)).collect()
+}
+
 fn int(min: i64, max: i64, default: i64) -> SettingSpec {
     let mut s = SettingSpec::new(ValueKind::Int);
     s.min = Some(min);
@@ -873,13 +878,13 @@ fn policy_edit_reports_exactly_the_changed_devices() {
         .with("flash", PolicySetting::locked(true))
         .with_profile(Profile::new("senior accountants", tag("senior")).with("flash", true));
     let report = r.apply(Change::UpsertPolicy(p.clone())).unwrap();
-    assert_eq!(report.changed, vec!["junior-pc".to_string()]);
+    assert_eq!(report.changed, ids(&["junior-pc"]));
     assert_eq!(report.resolved, 2);
     assert_eq!(get(&r, "junior-pc", "flash"), Value::Bool(true));
     let report = r2.apply(Change::UpsertPolicy(p.clone())).unwrap();
     assert_eq!(
         report.changed,
-        vec!["junior-pc".to_string()],
+        ids(&["junior-pc"]),
         "it-pc is outside the subtree"
     );
     // Applying the same policy again changes nothing.
@@ -895,7 +900,7 @@ fn tag_move_and_removal_changes_are_incremental() {
             tag: "senior".into(),
         })
         .unwrap();
-    assert_eq!(rep.changed, vec!["junior-pc".to_string()]);
+    assert_eq!(rep.changed, ids(&["junior-pc"]));
     assert_eq!(get(&r, "junior-pc", "flash"), Value::Bool(true));
     let rep = r
         .apply(Change::AddTag {
@@ -910,7 +915,7 @@ fn tag_move_and_removal_changes_are_incremental() {
             group: "it".into(),
         })
         .unwrap();
-    assert_eq!(rep.changed, vec!["senior-pc".to_string()]);
+    assert_eq!(rep.changed, ids(&["senior-pc"]));
     assert_eq!(
         get(&r, "senior-pc", "flash"),
         Value::Bool(false),
@@ -918,7 +923,7 @@ fn tag_move_and_removal_changes_are_incremental() {
     );
     assert_eq!(level(&r, "senior-pc"), 3);
     let rep = r.apply(Change::RemovePolicy("accountants".into())).unwrap();
-    assert_eq!(rep.changed, vec!["junior-pc".to_string()]);
+    assert_eq!(rep.changed, ids(&["junior-pc"]));
     assert_eq!(
         get(&r, "junior-pc", "flash"),
         Value::Bool(true),
@@ -952,7 +957,7 @@ fn incremental_results_match_a_fresh_resolution() {
     s.devices.push(d);
     let p = Policy::new("audit-pol", APP, "audit").with("scan.level", locked(5));
     let rep = r.apply(Change::UpsertPolicy(p.clone())).unwrap();
-    assert_eq!(rep.changed, vec!["auditor".to_string()]);
+    assert_eq!(rep.changed, ids(&["auditor"]));
     s.policies.push(p);
     let fresh = Resolver::new(&s).unwrap();
     for d in &s.devices {

@@ -9,7 +9,7 @@
 //! first 8 bytes of its SHA-256, so it changes exactly when the document does.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use outpost_election::SyncIntervalPolicy;
@@ -50,8 +50,9 @@ impl PolicySync {
     }
 
     /// Applies an administrator's change and returns the devices whose effective settings
-    /// changed: push "sync now" to exactly these.
-    pub fn apply(&self, change: Change) -> Result<Vec<String>, PolicyError> {
+    /// changed, sorted by id: push "sync now" to exactly these. The ids are shared with the
+    /// resolver, so a change that touches the whole fleet allocates no string per device.
+    pub fn apply(&self, change: Change) -> Result<Vec<Arc<str>>, PolicyError> {
         let mut r = self.resolver.write().unwrap_or_else(|e| e.into_inner());
         Ok(r.apply(change)?.changed)
     }

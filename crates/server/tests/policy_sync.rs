@@ -110,7 +110,7 @@ fn an_edit_names_exactly_the_devices_to_push_and_changes_their_documents() {
     let policy = Policy::new("lab-scan", "endpoint", "lab")
         .with("scan.interval_hours", PolicySetting::locked(Value::Int(4)));
     let changed = sync.apply(Change::UpsertPolicy(policy)).unwrap();
-    assert_eq!(changed, ["pc-lab"]);
+    assert_eq!(changed, [std::sync::Arc::<str>::from("pc-lab")]);
     let after = sync.sync(
         &ctx("pc-lab", 1),
         &SyncRequest {

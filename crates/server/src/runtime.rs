@@ -7,12 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outpost_gateway::{
-    ConnectorConfig, ConnectorHandle, DeviceConnection, DeviceListener, DmzGatewayEntry,
-    ListenerHandle, ServerConnector, TlsFiles,
+    ConnectorConfig, ConnectorHandle, DeviceListener, DmzGatewayEntry, ListenerHandle,
+    ServerConnector, TlsFiles,
 };
 use outpost_pki::{PkiConfig, store};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use outpost_election::ElectionConfig;
@@ -189,7 +188,7 @@ impl AdminServer {
             sync,
             objects,
         );
-        let (tx, mut rx) = mpsc::channel::<DeviceConnection>(1024);
+        let (tx, dispatch) = service.dispatcher(1024);
         let listener = DeviceListener::start(
             config.listen,
             &tls,
@@ -212,12 +211,6 @@ impl AdminServer {
             }
         }
         let connector = ServerConnector::start(connector_config, &tls, tx)?;
-        let s = service.clone();
-        let dispatch = tokio::spawn(async move {
-            while let Some(c) = rx.recv().await {
-                tokio::spawn(s.clone().serve(c));
-            }
-        });
         Ok(AdminServer {
             push: SyncNowSigner::new(tls.identity),
             service,

@@ -261,6 +261,22 @@ impl AdminService {
         sent
     }
 
+    /// A channel to hand device connections to (from a `DeviceListener`, a
+    /// `ServerConnector`, or both), and the task that serves each one it receives.
+    pub fn dispatcher(
+        self: &Arc<Self>,
+        capacity: usize,
+    ) -> (mpsc::Sender<DeviceConnection>, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::channel::<DeviceConnection>(capacity);
+        let service = self.clone();
+        let task = tokio::spawn(async move {
+            while let Some(c) = rx.recv().await {
+                tokio::spawn(service.clone().serve(c));
+            }
+        });
+        (tx, task)
+    }
+
     /// Serves one device connection until it closes.
     pub async fn serve(self: Arc<Self>, conn: DeviceConnection) {
         let peer = conn.peer.clone();

@@ -132,13 +132,7 @@ async fn start_server(
         Arc::new(GroupSettings),
         objects,
     );
-    let (tx, mut rx) = mpsc::channel::<DeviceConnection>(64);
-    let s = service.clone();
-    tokio::spawn(async move {
-        while let Some(c) = rx.recv().await {
-            tokio::spawn(s.clone().serve(c));
-        }
-    });
+    let (tx, _dispatch) = service.dispatcher(64);
     let id = ca
         .issue_server("server-1", &[SERVER.to_string()], &[], SystemTime::now())
         .unwrap();

@@ -54,18 +54,16 @@ fn one_answer_carries_settings_roles_and_missing_updates() {
 
     // A device that holds the update is not told again; it is served by dp-1.
     let pc = DeviceContext::new("pc-1", "office", Via::Direct, 2);
-    let held = vec![HeldVersion {
-        kind: ObjectKind::Update as i32,
-        id: "sig".into(),
-        version: 3,
-    }];
-    let r = fleet.sync(
-        &pc,
-        &SyncRequest {
-            held,
-            ..Default::default()
-        },
-    );
+    // Its sync says it holds version 3 of the update.
+    let holding_v3 = SyncRequest {
+        held: vec![HeldVersion {
+            kind: ObjectKind::Update as i32,
+            id: "sig".into(),
+            version: 3,
+        }],
+        ..Default::default()
+    };
+    let r = fleet.sync(&pc, &holding_v3);
     assert!(r.updates.is_empty());
     assert_eq!(r.assignments.len(), 1);
     assert_eq!(r.assignments[0].dp_device_id, "dp-1");
@@ -74,18 +72,7 @@ fn one_answer_carries_settings_roles_and_missing_updates() {
         version: 4,
         ..update
     });
-    let held = vec![HeldVersion {
-        kind: ObjectKind::Update as i32,
-        id: "sig".into(),
-        version: 3,
-    }];
-    let r = fleet.sync(
-        &pc,
-        &SyncRequest {
-            held,
-            ..Default::default()
-        },
-    );
+    let r = fleet.sync(&pc, &holding_v3);
     assert_eq!(r.updates.len(), 1);
     assert_eq!(r.updates[0].version, 4);
 }

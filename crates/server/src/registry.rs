@@ -21,7 +21,7 @@
 //! # std::fs::remove_dir_all(&dir).unwrap();
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -109,6 +109,10 @@ pub struct Registry {
     /// subtrees each serves.
     #[serde(default)]
     dps: BTreeMap<String, Vec<String>>,
+    /// Device id by certificate SHA-256 (hex): derived from `devices`, rebuilt on load, so a
+    /// connecting device is found without a scan.
+    #[serde(skip)]
+    by_fingerprint: HashMap<String, String>,
 }
 
 pub(crate) fn unix(t: SystemTime) -> u64 {
@@ -169,6 +173,7 @@ impl Registry {
             gateways: BTreeMap::new(),
             tokens: BTreeMap::new(),
             dps: BTreeMap::new(),
+            by_fingerprint: HashMap::new(),
         })
     }
 
@@ -194,8 +199,14 @@ impl Registry {
                 supported: FORMAT,
             });
         }
-        let reg: Registry = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let mut reg: Registry =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
         reg.check().map_err(|e| corrupt(e.to_string()))?;
+        reg.by_fingerprint = reg
+            .devices
+            .iter()
+            .map(|(id, d)| (d.cert_sha256.clone(), id.clone()))
+            .collect();
         Ok(Some(reg))
     }
 
@@ -331,11 +342,9 @@ impl Registry {
 
     /// The enrolled device whose certificate has this SHA-256.
     pub fn device_by_fingerprint(&self, sha256: &[u8; 32]) -> Option<(&str, &Device)> {
-        let want = hex(sha256);
-        self.devices
-            .iter()
-            .find(|(_, d)| d.cert_sha256 == want)
-            .map(|(id, d)| (id.as_str(), d))
+        let id = self.by_fingerprint.get(&hex(sha256))?;
+        let (id, d) = self.devices.get_key_value(id)?;
+        Some((id.as_str(), d))
     }
 
     /// Moves a device to another group.
@@ -429,6 +438,8 @@ impl Registry {
         now: SystemTime,
     ) {
         self.tokens.remove(&token_key(token));
+        self.by_fingerprint
+            .insert(hex(cert_sha256), device.to_string());
         self.devices.insert(
             device.into(),
             Device {

@@ -3,7 +3,7 @@
 //! directory by [`AgentConfig::load`].
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -121,6 +121,72 @@ impl Default for DiscoveryConfig {
     }
 }
 
+/// Update distribution: downloading announced updates, and acting as a distribution point
+/// (DP) when the server elects this device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DistributionConfig {
+    /// Whether announced updates are downloaded into `data_dir/updates` (default true).
+    pub enabled: bool,
+    /// Whether this device may act as a DP: serve blocks by unicast on `unicast_bind` and
+    /// multicast updates to its scope when it is the active DP (default false; a DP role
+    /// given by the server without it is ignored with a warning).
+    pub serve: bool,
+    /// Where the DP serves blocks by unicast (default `0.0.0.0:15002`; port 0 picks one).
+    pub unicast_bind: SocketAddr,
+    /// The `host:port` devices are told to fetch blocks from. Default: the bound address,
+    /// with an unspecified IP replaced by `multicast_iface`; when both are unspecified
+    /// nothing is advertised and the DP's devices fetch what they miss from the server.
+    pub unicast_advertise: Option<String>,
+    /// The IPv4 interface address multicast is sent and received on (default 0.0.0.0: the
+    /// system's choice).
+    pub multicast_iface: Ipv4Addr,
+    /// Whether a DP's own multicast is looped back to receivers on the same host (default
+    /// false; true when DP and devices share a host, as in tests and the demo).
+    pub multicast_loopback: bool,
+    /// The multicast TTL (default 1: the local network only).
+    pub multicast_ttl: u32,
+    /// The DP's sending rate ceiling in Mbit/s (default 100).
+    pub max_rate_mbps: u64,
+    /// Payload bytes per multicast datagram (default 1400, to fit a 1500-byte MTU).
+    pub symbol_size: u16,
+    /// Symbols per block (default 1024).
+    pub block_symbols: u32,
+    /// How long an active DP waits after it holds an update before sending it, so the
+    /// devices of its scope have joined the group, milliseconds (default 2000).
+    pub start_delay_ms: u64,
+    /// How long a device waits for a multicast session before fetching the whole update
+    /// from its DP by unicast, milliseconds (default 30 000).
+    pub session_wait_ms: u64,
+    /// Silence after which a multicast session counts as over and missing blocks are fetched
+    /// by unicast, milliseconds (default 3000).
+    pub session_idle_ms: u64,
+    /// Bytes per chunk request (default 1 MiB, the server's largest).
+    pub chunk_bytes: u32,
+}
+
+impl Default for DistributionConfig {
+    fn default() -> Self {
+        DistributionConfig {
+            enabled: true,
+            serve: false,
+            unicast_bind: SocketAddr::from(([0, 0, 0, 0], 15002)),
+            unicast_advertise: None,
+            multicast_iface: Ipv4Addr::UNSPECIFIED,
+            multicast_loopback: false,
+            multicast_ttl: 1,
+            max_rate_mbps: 100,
+            symbol_size: 1400,
+            block_symbols: 1024,
+            start_delay_ms: 2000,
+            session_wait_ms: 30_000,
+            session_idle_ms: 3000,
+            chunk_bytes: 1 << 20,
+        }
+    }
+}
+
 /// The Network Agent's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -157,6 +223,8 @@ pub struct AgentConfig {
     pub local_settings: BTreeMap<String, serde_json::Value>,
     /// Broadcast-domain discovery.
     pub discovery: DiscoveryConfig,
+    /// Update distribution and the DP role.
+    pub distribution: DistributionConfig,
 }
 
 impl Default for AgentConfig {
@@ -176,6 +244,7 @@ impl Default for AgentConfig {
             event_batch: 100,
             local_settings: BTreeMap::new(),
             discovery: DiscoveryConfig::default(),
+            distribution: DistributionConfig::default(),
         }
     }
 }
@@ -289,7 +358,12 @@ impl AgentConfig {
         {
             return Err(AgentError::config(
                 "default_sync_secs",
-                format!("{} is outside 5..=86400", self.default_sync_secs),
+                format!(
+                    "{} is outside {}..={}",
+                    self.default_sync_secs,
+                    crate::core::MIN_SYNC.as_secs(),
+                    crate::core::MAX_SYNC.as_secs()
+                ),
             ));
         }
         for (field, v) in [
@@ -354,6 +428,60 @@ impl AgentConfig {
                 ));
             }
         }
+        let t = &self.distribution;
+        if t.max_rate_mbps == 0 || t.max_rate_mbps > 100_000 {
+            return Err(AgentError::config(
+                "distribution.max_rate_mbps",
+                format!("{} is outside 1..=100000", t.max_rate_mbps),
+            ));
+        }
+        if !(512..=16_384).contains(&t.symbol_size) {
+            return Err(AgentError::config(
+                "distribution.symbol_size",
+                format!("{} is outside 512..=16384", t.symbol_size),
+            ));
+        }
+        if !(1..=8192).contains(&t.block_symbols) {
+            return Err(AgentError::config(
+                "distribution.block_symbols",
+                format!("{} is outside 1..=8192", t.block_symbols),
+            ));
+        }
+        if t.multicast_ttl > 255 {
+            return Err(AgentError::config(
+                "distribution.multicast_ttl",
+                format!("{} is above 255", t.multicast_ttl),
+            ));
+        }
+        if !(4096..=(1 << 20)).contains(&t.chunk_bytes) {
+            return Err(AgentError::config(
+                "distribution.chunk_bytes",
+                format!("{} is outside 4096..=1048576", t.chunk_bytes),
+            ));
+        }
+        for (field, v) in [
+            ("distribution.start_delay_ms", t.start_delay_ms),
+            ("distribution.session_wait_ms", t.session_wait_ms),
+            ("distribution.session_idle_ms", t.session_idle_ms),
+        ] {
+            if v > 3_600_000 {
+                return Err(AgentError::config(field, format!("{v} is above 3600000")));
+            }
+        }
+        if t.session_idle_ms == 0 {
+            return Err(AgentError::config(
+                "distribution.session_idle_ms",
+                "0 must be at least 1",
+            ));
+        }
+        if let Some(a) = &t.unicast_advertise
+            && (a.is_empty() || a.len() > 255 || !a.contains(':'))
+        {
+            return Err(AgentError::config(
+                "distribution.unicast_advertise",
+                format!("{a:?} is not host:port"),
+            ));
+        }
         Ok(())
     }
 
@@ -410,13 +538,24 @@ mod tests {
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("endpoints[0].name"), "{e}");
         let mut c = base();
-        c.default_sync_secs = 1;
+        c.default_sync_secs = 0;
         assert!(
             c.validate()
                 .unwrap_err()
                 .to_string()
                 .contains("default_sync_secs")
         );
+        let mut c = base();
+        c.distribution.symbol_size = 100;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("distribution.symbol_size") && e.contains("100"),
+            "{e}"
+        );
+        let mut c = base();
+        c.distribution.unicast_advertise = Some("no-port".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("distribution.unicast_advertise"), "{e}");
     }
 
     #[test]

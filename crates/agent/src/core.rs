@@ -13,16 +13,17 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use outpost_wire::messages::{
-    AppSettings, Event, EventBatch, HeldVersion, Hello, Keepalive, ObjectKind, Refusal,
-    RefusalCode, Role, Severity, SyncRequest,
+    AppSettings, DpAssignment, DpStatus, Event, EventBatch, HeldVersion, Hello, Keepalive,
+    ObjectKind, Refusal, RefusalCode, Role, Severity, SyncRequest, UpdateAnnouncement,
 };
 use outpost_wire::{Message, VersionRange};
 
 use crate::backoff::Backoff;
 use crate::config::{AgentConfig, Endpoint};
 
-/// The shortest sync interval accepted from the server.
-pub const MIN_SYNC: Duration = Duration::from_secs(5);
+/// The shortest sync interval accepted from the server (a distribution point syncs at its
+/// heartbeat interval, which may be this short).
+pub const MIN_SYNC: Duration = Duration::from_secs(1);
 /// The longest sync interval accepted from the server.
 pub const MAX_SYNC: Duration = Duration::from_secs(24 * 3600);
 /// How many "sync now" nonces are remembered to ignore repeats.
@@ -58,6 +59,15 @@ pub enum Action {
         settings: Vec<AppSettings>,
         /// Applications whose documents are dropped.
         removed: Vec<String>,
+    },
+    /// What the last sync said about distribution: the DP assignments (this device's own
+    /// roles, and the DP serving it) and the updates it does not hold yet. Emitted after
+    /// every sync answer, so an empty list means "none any more".
+    Distribution {
+        /// DP assignments.
+        assignments: Vec<DpAssignment>,
+        /// Updates announced.
+        updates: Vec<UpdateAnnouncement>,
     },
     /// Stop for good: the server refused this agent.
     Stop {
@@ -190,6 +200,8 @@ pub struct AgentCore {
     backoff: Backoff,
     actions: VecDeque<Action>,
     held: BTreeMap<String, u64>,
+    held_updates: BTreeMap<String, u64>,
+    dp_status: Vec<DpStatus>,
     status: LocalStatus,
     sync_interval: Duration,
     next_sync: Option<Instant>,
@@ -233,6 +245,8 @@ impl AgentCore {
             backoff,
             actions: VecDeque::new(),
             held,
+            held_updates: BTreeMap::new(),
+            dp_status: Vec::new(),
             status: LocalStatus::default(),
             sync_interval,
             next_sync: None,
@@ -303,6 +317,31 @@ impl AgentCore {
     /// Updates what the next sync reports.
     pub fn set_local_status(&mut self, status: LocalStatus) {
         self.status = status;
+    }
+
+    /// Records that this version of an update is held (verified on disk); syncs report it
+    /// so the server stops announcing it.
+    pub fn set_update_held(&mut self, object_id: &str, version: u64) {
+        self.held_updates.insert(object_id.to_string(), version);
+    }
+
+    /// The distribution point status the next syncs carry (the DP's heartbeat details).
+    pub fn set_dp_status(&mut self, status: Vec<DpStatus>) {
+        self.dp_status = status;
+    }
+
+    /// Syncs as soon as possible: at once when connected and no sync is in flight, after the
+    /// one in flight otherwise; when not connected, at the next connection (which syncs
+    /// first anyway).
+    pub fn sync_soon(&mut self, now: Instant) {
+        if self.phase != Phase::Ready {
+            return;
+        }
+        if self.sync_sent.is_some() {
+            self.sync_pending = true;
+        } else {
+            self.send_sync(now);
+        }
     }
 
     /// The settings versions held.
@@ -536,12 +575,17 @@ impl AgentCore {
                     id: app.clone(),
                     version: *v,
                 })
+                .chain(self.held_updates.iter().map(|(id, v)| HeldVersion {
+                    kind: ObjectKind::Update as i32,
+                    id: id.clone(),
+                    version: *v,
+                }))
                 .collect(),
             on_corporate_network: self.cfg.on_corporate_network,
             free_disk_bytes: self.status.free_disk_bytes,
             uptime_secs: now.saturating_duration_since(self.started).as_secs(),
             visible_peers: self.status.visible_peers.clone(),
-            dp_status: Vec::new(),
+            dp_status: self.dp_status.clone(),
         };
         self.sync_sent = Some(now);
         self.sync_pending = false;
@@ -638,6 +682,10 @@ impl AgentCore {
                         removed: r.removed_settings,
                     });
                 }
+                self.actions.push_back(Action::Distribution {
+                    assignments: r.assignments,
+                    updates: r.updates,
+                });
                 self.sync_interval = clamp_interval(r.next_sync_secs, self.sync_interval);
                 self.next_sync = Some(now + self.sync_interval);
                 if self.sync_pending {
@@ -661,11 +709,7 @@ impl AgentCore {
                 }
                 self.pushes += 1;
                 log::info!("agent {}: sync now ({})", self.cfg.device_id, s.reason);
-                if self.sync_sent.is_some() {
-                    self.sync_pending = true;
-                } else {
-                    self.send_sync(now);
-                }
+                self.sync_soon(now);
             }
             Message::Keepalive(k) if k.reply => {
                 if self.keepalive_sent.is_some_and(|(seq, _)| seq == k.seq) {

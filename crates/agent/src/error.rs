@@ -108,6 +108,9 @@ pub enum AgentError {
         /// What is wrong.
         reason: String,
     },
+    /// Update distribution failed (multicast sockets, sessions, manifests).
+    #[error("update distribution: {0}")]
+    Distribution(String),
     /// The agent was stopped.
     #[error("agent stopped")]
     Stopped,

@@ -50,6 +50,7 @@ pub mod backoff;
 mod config;
 pub mod core;
 pub mod discovery;
+pub mod distribution;
 mod error;
 pub mod identity;
 pub mod overlay;
@@ -58,8 +59,8 @@ mod runtime;
 pub mod store;
 
 pub use config::{
-    AgentConfig, BackoffConfig, DiscoveryConfig, Endpoint, EnrollmentConfig, MAX_CONFIG_FILE,
-    MAX_DEVICE_ID, valid_id,
+    AgentConfig, BackoffConfig, DiscoveryConfig, DistributionConfig, Endpoint, EnrollmentConfig,
+    MAX_CONFIG_FILE, MAX_DEVICE_ID, valid_id,
 };
 pub use error::AgentError;
 pub use runtime::{Agent, AgentHandle, AgentStatus};

@@ -19,6 +19,8 @@ use crate::AgentError;
 use crate::config::AgentConfig;
 use crate::core::{Action, AgentCore, CoreConfig, CoreStatus, Input, LocalStatus};
 use crate::discovery::{self, DiscoveryHandle};
+use crate::distribution::DistributionStatus;
+use crate::distribution::plane::{self, Done, Plane};
 use crate::identity::{self, Connection};
 use crate::overlay;
 use crate::push::PushVerifier;
@@ -57,6 +59,7 @@ pub struct AgentHandle {
     task: Option<JoinHandle<Result<(), AgentError>>>,
     enrolled: bool,
     discovery_addr: Option<SocketAddr>,
+    distribution: Option<Arc<Mutex<DistributionStatus>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -125,8 +128,29 @@ impl Agent {
             core: core.status(),
             stopped: None,
         });
+        let (plane, plane_done) = if config.distribution.enabled {
+            let (p, done) = Plane::start(plane::Params {
+                device_id: config.device_id.clone(),
+                data_dir: config.data_dir.clone(),
+                cfg: config.distribution.clone(),
+                tls: tls.clone(),
+                endpoints: config.endpoints.clone(),
+                timeout: Duration::from_millis(config.request_timeout_ms),
+            })
+            .await?;
+            (Some(p), Some(done))
+        } else {
+            (None, None)
+        };
+        let distribution = plane.as_ref().map(Plane::status);
+        let mut core = core;
+        if let Some(p) = &plane {
+            core.set_dp_status(p.dp_status());
+        }
         let (cmd, cmd_rx) = mpsc::channel(1024);
         let driver = Driver {
+            plane,
+            plane_done,
             core,
             tls,
             config: config.clone(),
@@ -145,6 +169,7 @@ impl Agent {
             task: Some(task),
             enrolled,
             discovery_addr,
+            distribution,
         })
     }
 }
@@ -158,6 +183,12 @@ impl AgentHandle {
     /// The discovery socket's address, if discovery runs.
     pub fn discovery_addr(&self) -> Option<SocketAddr> {
         self.discovery_addr
+    }
+
+    /// Update distribution: roles, updates in progress, sessions sent (`None` when
+    /// `distribution.enabled` is off).
+    pub fn distribution(&self) -> Option<DistributionStatus> {
+        self.distribution.as_ref().map(|d| lock(d).clone())
     }
 
     /// The latest status.
@@ -266,6 +297,8 @@ struct Driver {
     pushes: Option<(mpsc::Receiver<Vec<u8>>, PushVerifier)>,
     conn: Option<Connection>,
     status: watch::Sender<AgentStatus>,
+    plane: Option<Plane>,
+    plane_done: Option<mpsc::UnboundedReceiver<Done>>,
 }
 
 /// How old a signed "sync now" datagram may be (or how far ahead of the local clock).
@@ -276,6 +309,13 @@ async fn next_push(
 ) -> Option<Vec<u8>> {
     match pushes {
         Some((rx, _)) => rx.recv().await,
+        None => pending().await,
+    }
+}
+
+async fn next_done(done: &mut Option<mpsc::UnboundedReceiver<Done>>) -> Option<Done> {
+    match done {
+        Some(rx) => rx.recv().await,
         None => pending().await,
     }
 }
@@ -350,6 +390,14 @@ impl Driver {
                         Some(Err(e)) => log::warn!("agent {}: {e}", self.config.device_id),
                         None => {}
                     }
+                }
+                Some(d) = next_done(&mut self.plane_done) => {
+                    if let Some(p) = self.plane.as_mut() {
+                        p.on_done(&d);
+                    }
+                    let now = Instant::now();
+                    self.core.set_update_held(&d.object_id, d.version);
+                    self.core.sync_soon(now);
                 }
                 () = sleep => {
                     let now = Instant::now();
@@ -432,6 +480,15 @@ impl Driver {
                         if let Err(e) = store.remove(&app) {
                             log::error!("agent {}: {e}", self.config.device_id);
                         }
+                    }
+                }
+                Action::Distribution {
+                    assignments,
+                    updates,
+                } => {
+                    if let Some(p) = self.plane.as_mut() {
+                        p.apply(&assignments, updates);
+                        self.core.set_dp_status(p.dp_status());
                     }
                 }
                 Action::Stop { code, reason } => {

@@ -186,8 +186,8 @@ fn hello_then_sync_with_held_versions_and_status_then_interval_clamped() {
             version: 3
         }]
     );
-    // The answer brings a new document, drops another, and asks for a 1 s interval,
-    // which is clamped to 5 s.
+    // The answer brings a new document, drops another, and asks for a 2 s interval
+    // (1 s is the shortest accepted); the distribution part (nothing here) is handed on.
     core.handle(
         Input::Received(
             SyncResponse {
@@ -197,7 +197,7 @@ fn hello_then_sync_with_held_versions_and_status_then_interval_clamped() {
                     json: "{}".into(),
                 }],
                 removed_settings: vec!["agent".into()],
-                next_sync_secs: 1,
+                next_sync_secs: 2,
                 ..Default::default()
             }
             .into(),
@@ -206,13 +206,14 @@ fn hello_then_sync_with_held_versions_and_status_then_interval_clamped() {
     );
     let a = drain(&mut core);
     assert!(
-        matches!(&a[..], [Action::ApplySettings { settings, removed }]
-        if settings[0].application == "av" && removed == &["agent".to_string()])
+        matches!(&a[..], [Action::ApplySettings { settings, removed }, Action::Distribution { assignments, updates }]
+        if settings[0].application == "av" && removed == &["agent".to_string()]
+            && assignments.is_empty() && updates.is_empty())
     );
     assert_eq!(core.held(), &BTreeMap::from([("av".to_string(), 9)]));
-    assert_eq!(core.status().sync_interval, Duration::from_secs(5));
-    assert_eq!(core.poll_timeout(), Some(t1 + Duration::from_secs(5)));
-    core.handle_timeout(t1 + Duration::from_secs(5));
+    assert_eq!(core.status().sync_interval, Duration::from_secs(2));
+    assert_eq!(core.poll_timeout(), Some(t1 + Duration::from_secs(2)));
+    core.handle_timeout(t1 + Duration::from_secs(2));
     let a = drain(&mut core);
     let [Message::SyncRequest(r)] = &sent(&a)[..] else {
         panic!("{a:?}")
@@ -227,7 +228,7 @@ fn hello_then_sync_with_held_versions_and_status_then_interval_clamped() {
             }
             .into(),
         ),
-        t1 + Duration::from_secs(5),
+        t1 + Duration::from_secs(2),
     );
     assert_eq!(core.status().sync_interval, Duration::from_secs(86_400));
 }

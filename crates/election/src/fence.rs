@@ -33,49 +33,60 @@ pub enum FenceOutcome {
 /// epoch is not lower than the one already known for the scope, so a delayed or replayed
 /// message from before a failover can never make a replaced DP active again, and a DP that
 /// was cut off learns it has been replaced from the first newer message it sees.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RoleFence {
-    roles: BTreeMap<ScopeId, (Role, u64)>,
+///
+/// Scopes are keyed by `S`: the engine's [`ScopeId`] by default, or whatever names the
+/// scope on the DP's side (the agent keys by the scope as the wire names it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleFence<S: Ord = ScopeId> {
+    roles: BTreeMap<S, (Role, u64)>,
 }
 
-impl RoleFence {
+impl<S: Ord> Default for RoleFence<S> {
+    fn default() -> Self {
+        RoleFence {
+            roles: BTreeMap::new(),
+        }
+    }
+}
+
+impl RoleFence<ScopeId> {
+    /// Applies a role message addressed to this DP.
+    pub fn apply(&mut self, a: &Assignment) -> FenceOutcome {
+        self.apply_role(a.scope, a.role, a.epoch)
+    }
+}
+
+impl<S: Ord + Clone> RoleFence<S> {
     /// An empty record.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Applies a role message addressed to this DP.
-    pub fn apply(&mut self, a: &Assignment) -> FenceOutcome {
-        match self.roles.get(&a.scope) {
-            Some(&(_, known)) if known > a.epoch => FenceOutcome::Stale {
-                known,
-                got: a.epoch,
-            },
+    /// Applies a role message for `scope` carrying `role` at `epoch`.
+    pub fn apply_role(&mut self, scope: S, role: Role, epoch: u64) -> FenceOutcome {
+        match self.roles.get(&scope) {
+            Some(&(_, known)) if known > epoch => FenceOutcome::Stale { known, got: epoch },
             prev => {
-                let stepped_down =
-                    matches!(prev, Some(&(Role::Active, _))) && a.role != Role::Active;
-                self.roles.insert(a.scope, (a.role, a.epoch));
-                FenceOutcome::Accepted {
-                    role: a.role,
-                    stepped_down,
-                }
+                let stepped_down = matches!(prev, Some(&(Role::Active, _))) && role != Role::Active;
+                self.roles.insert(scope, (role, epoch));
+                FenceOutcome::Accepted { role, stepped_down }
             }
         }
     }
 
     /// The role and epoch held for `scope`.
-    pub fn role(&self, scope: ScopeId) -> Option<(Role, u64)> {
-        self.roles.get(&scope).copied()
+    pub fn role(&self, scope: &S) -> Option<(Role, u64)> {
+        self.roles.get(scope).copied()
     }
 
     /// Whether this DP believes it is active in `scope`.
-    pub fn is_active(&self, scope: ScopeId) -> bool {
-        matches!(self.roles.get(&scope), Some(&(Role::Active, _)))
+    pub fn is_active(&self, scope: &S) -> bool {
+        matches!(self.roles.get(scope), Some(&(Role::Active, _)))
     }
 
     /// Every scope with its role and epoch.
-    pub fn iter(&self) -> impl Iterator<Item = (ScopeId, Role, u64)> + '_ {
-        self.roles.iter().map(|(&s, &(r, e))| (s, r, e))
+    pub fn iter(&self) -> impl Iterator<Item = (&S, Role, u64)> + '_ {
+        self.roles.iter().map(|(s, &(r, e))| (s, r, e))
     }
 }
 
@@ -105,7 +116,7 @@ mod tests {
                 stepped_down: false
             }
         );
-        assert!(f.is_active(s));
+        assert!(f.is_active(&s));
         assert_eq!(
             f.apply(&msg(Role::Standby, 4)),
             FenceOutcome::Accepted {
@@ -118,7 +129,7 @@ mod tests {
             f.apply(&msg(Role::Active, 3)),
             FenceOutcome::Stale { known: 4, got: 3 }
         );
-        assert_eq!(f.role(s), Some((Role::Standby, 4)));
-        assert!(!f.is_active(s));
+        assert_eq!(f.role(&s), Some((Role::Standby, 4)));
+        assert!(!f.is_active(&s));
     }
 }

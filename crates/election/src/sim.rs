@@ -662,7 +662,7 @@ impl Sim {
         // Nodes' own view: at most one node believes it is active per (scope, epoch).
         let mut believers: BTreeMap<(ScopeId, u64), DpId> = BTreeMap::new();
         for n in &self.nodes {
-            for (scope, role, epoch) in n.believed.iter() {
+            for (&scope, role, epoch) in n.believed.iter() {
                 if role == Role::Active
                     && let Some(&other) = believers.get(&(scope, epoch))
                     && other != n.dp
@@ -684,7 +684,7 @@ impl Sim {
             for scope in self.engine.scopes_of(n.dp) {
                 if let Some(d) = self.engine.decision(scope) {
                     let actual = (role_in(&d, n.dp), d.epoch);
-                    let believed = n.believed.role(scope);
+                    let believed = n.believed.role(&scope);
                     if believed != Some(actual) {
                         violations.push(Violation::StaleBelief {
                             dp: n.dp,

@@ -263,14 +263,18 @@ pub trait Sink: Send {
     fn commit(&mut self) -> Result<()>;
 }
 
-/// Writes `DIR/<name>.<session>.part`, then renames it to `DIR/<name>` once the whole-file
-/// hash matches. A restart with the same manifest resumes from the verified blocks in the
-/// `.part` file.
+/// Writes `DIR/<name>.<hash>.part` (`<hash>`: the first 8 bytes of the whole-file SHA-256,
+/// in hex), then renames it to `DIR/<name>` once the whole-file hash matches. A restart, or
+/// a later session of the same file from another sender (a standby distribution point that
+/// took over), resumes from the verified blocks in the `.part` file; a `.part` file it has just
+/// created is not scanned.
 pub struct FileSink {
     dir: PathBuf,
     file: Option<File>,
     part: PathBuf,
     done: PathBuf,
+    /// The `.part` file was created by this `begin`: nothing on it to resume.
+    fresh: bool,
 }
 
 impl FileSink {
@@ -284,6 +288,7 @@ impl FileSink {
             file: None,
             part: PathBuf::new(),
             done: PathBuf::new(),
+            fresh: false,
         })
     }
 
@@ -302,9 +307,12 @@ impl Sink for FileSink {
     fn begin(&mut self, m: &Manifest) -> Result<()> {
         // The name was checked when the manifest was parsed: no separators, no leading dot.
         self.done = self.dir.join(&m.name);
-        self.part = self
-            .dir
-            .join(format!("{}.{:016x}.part", m.name, m.session_id));
+        self.part = self.dir.join(format!(
+            "{}.{}.part",
+            m.name,
+            crate::manifest::hex(&m.file_hash[..8])
+        ));
+        self.fresh = std::fs::metadata(&self.part).map_or(true, |md| md.len() != m.file_size);
         let f = OpenOptions::new()
             .read(true)
             .write(true)
@@ -323,6 +331,9 @@ impl Sink for FileSink {
     }
 
     fn stored_block(&mut self, m: &Manifest, block: u32) -> Result<Option<Vec<u8>>> {
+        if self.fresh {
+            return Ok(None);
+        }
         let mut buf = vec![0u8; m.block_len(block)];
         let off = m.block_offset(block);
         let part = self.part.clone();
@@ -557,6 +568,15 @@ fn drain(socket: &UdpSocket, rbuf: &mut [u8], mut f: impl FnMut(SocketAddr, &[u8
     Ok(())
 }
 
+/// Runs synchronous file work (reading back and hashing a whole file) without holding up the
+/// other tasks of a multi-threaded runtime: they move to another worker meanwhile.
+fn heavy<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Options for [`run_receiver`].
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -714,14 +734,18 @@ pub async fn run_receiver(
             match ev {
                 ReceiverEvent::ManifestAccepted(m) => {
                     sink.begin(&m)?;
-                    for b in 0..m.block_count() {
-                        if let Some(d) = sink.stored_block(&m, b)?
-                            && sha256(&d) == m.block_hashes[b as usize]
-                            && rx.offer_block(b, &d)?
-                        {
-                            resumed += 1;
+                    resumed += heavy(|| -> Result<u32> {
+                        let mut n = 0;
+                        for b in 0..m.block_count() {
+                            if let Some(d) = sink.stored_block(&m, b)?
+                                && sha256(&d) == m.block_hashes[b as usize]
+                                && rx.offer_block(b, &d)?
+                            {
+                                n += 1;
+                            }
                         }
-                    }
+                        Ok(n)
+                    })?;
                 }
                 ReceiverEvent::BlockVerified { offset, data, .. } => {
                     sink.write_block(offset, &data)?;
@@ -740,7 +764,7 @@ pub async fn run_receiver(
                     }
                 }
                 ReceiverEvent::Complete { .. } => {
-                    let h = sink.file_hash()?;
+                    let h = heavy(|| sink.file_hash())?;
                     rx.finish(h)?;
                     sink.commit()?;
                 }

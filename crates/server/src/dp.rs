@@ -10,7 +10,8 @@
 //! serves accept only that DP's sessions.
 //!
 //! `upstream` in an assignment names where a DP takes files from: `"server"` for the active
-//! DP, the active DP's device id for a standby.
+//! DP, the active DP's device id for a standby. `unicast_addr` is where the DP said (in
+//! `dp_status.unicast_addr`) it serves blocks to devices that missed them.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -53,6 +54,10 @@ impl Names {
     }
 }
 
+/// The multicast UDP port assignments name unless told otherwise (the same as
+/// `outpost_multicast::DEFAULT_PORT`).
+pub const DEFAULT_MULTICAST_PORT: u16 = 15001;
+
 fn election_error(e: outpost_election::ElectionError) -> ServerError {
     ServerError::Config(format!("distribution points: {e}"))
 }
@@ -64,6 +69,11 @@ pub struct DpCoordinator {
     groups: Names,
     /// The multicast signing key each DP last reported.
     keys: HashMap<DeviceId, Bytes>,
+    /// Where each DP last said it serves blocks by unicast.
+    addrs: HashMap<DeviceId, String>,
+    multicast_port: u16,
+    /// The epochs when [`DpCoordinator::tick`] last looked.
+    seen_epochs: std::collections::BTreeMap<ScopeId, u64>,
 }
 
 impl DpCoordinator {
@@ -89,6 +99,9 @@ impl DpCoordinator {
             devices: Names::default(),
             groups,
             keys: HashMap::new(),
+            addrs: HashMap::new(),
+            multicast_port: DEFAULT_MULTICAST_PORT,
+            seen_epochs: Default::default(),
         };
         for (id, d) in registry.devices() {
             c.place(id, &d.group)?;
@@ -132,6 +145,29 @@ impl DpCoordinator {
             .map_err(election_error)
     }
 
+    /// Sets the multicast UDP port named in assignments (default 15001).
+    pub fn set_multicast_port(&mut self, port: u16) {
+        self.multicast_port = port;
+    }
+
+    /// Whether `device` is registered as a distribution point for any scope.
+    pub fn is_dp(&self, device: &str) -> bool {
+        self.devices
+            .get(device)
+            .is_some_and(|d| !self.election.scopes_of(DeviceId(d)).is_empty())
+    }
+
+    /// Runs a decision round at `now`, so a DP that stopped sending heartbeats is replaced
+    /// even when no device syncs, and says whether any scope's epoch changed since the last
+    /// call (its active DP changed: devices should be told to sync).
+    pub fn tick(&mut self, now: Instant) -> bool {
+        self.election.round(now);
+        let epochs = self.election.epochs();
+        let changed = epochs != self.seen_epochs;
+        self.seen_epochs = epochs;
+        changed
+    }
+
     /// The election engine (decisions, epochs, serving table).
     pub fn election(&self) -> &Election {
         &self.election
@@ -160,6 +196,14 @@ impl DpCoordinator {
                 .find(|k| !k.is_empty())
             {
                 self.keys.insert(id, k.clone());
+            }
+            if let Some(a) = req
+                .dp_status
+                .iter()
+                .map(|s| &s.unicast_addr)
+                .find(|a| !a.is_empty())
+            {
+                self.addrs.insert(id, a.clone());
             }
             // An out-of-order heartbeat is refused by the engine; the round still runs.
             let _ = self
@@ -224,9 +268,10 @@ impl DpCoordinator {
                 .multicast_group(dp)
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
-            multicast_port: 15001,
+            multicast_port: u32::from(self.multicast_port),
             upstream,
             signing_key: self.keys.get(&dp).cloned().unwrap_or_default(),
+            unicast_addr: self.addrs.get(&dp).cloned().unwrap_or_default(),
         }
     }
 }

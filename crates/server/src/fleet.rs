@@ -61,8 +61,16 @@ impl SyncSource for FleetSync {
                 ..Default::default()
             },
         };
-        if let Some(a) = self.with_dps(|c| c.on_sync(&device.device_id, req, Instant::now())) {
+        if let Some((a, heartbeat)) = self.with_dps(|c| {
+            let a = c.on_sync(&device.device_id, req, Instant::now());
+            let hb = c.election().config().heartbeat_interval_secs;
+            (a, c.is_dp(&device.device_id).then_some(hb))
+        }) {
             resp.assignments = a;
+            // A DP's sync is its heartbeat: it comes at the heartbeat interval.
+            if let Some(hb) = heartbeat {
+                resp.next_sync_secs = u32::try_from(hb.max(1)).unwrap_or(u32::MAX);
+            }
         }
         let held = |u: &UpdateAnnouncement| {
             req.held.iter().any(|h| {
@@ -80,8 +88,14 @@ impl SyncSource for FleetSync {
         resp
     }
 
+    fn tick(&self, now: Instant) -> bool {
+        self.with_dps(|c| c.tick(now)).unwrap_or(false)
+    }
+
     fn on_enrolled(&self, device: &str, group: &str) {
+        // A device the policy state already describes keeps its tags and facts.
         if let Some(p) = &self.policy
+            && p.effective(device).is_none()
             && let Err(e) = p.apply(outpost_policy::Change::UpsertDevice(
                 outpost_policy::Device::new(device, group),
             ))

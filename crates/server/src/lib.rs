@@ -57,7 +57,7 @@ mod service;
 pub mod store;
 mod udp_push;
 
-pub use dp::DpCoordinator;
+pub use dp::{DEFAULT_MULTICAST_PORT, DpCoordinator};
 pub use enroll::{enroll, refusal_code};
 pub use error::{EnrollmentRefusal, ServerError};
 pub use fleet::FleetSync;

@@ -25,6 +25,9 @@ use crate::{
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 13000))
 }
+fn default_multicast_port() -> u16 {
+    crate::dp::DEFAULT_MULTICAST_PORT
+}
 fn default_handshake() -> u64 {
     10_000
 }
@@ -76,6 +79,9 @@ pub struct AdminServerConfig {
     /// the sync interval rule).
     #[serde(default)]
     pub election: ElectionConfig,
+    /// The multicast UDP port distribution points send on (default 15001).
+    #[serde(default = "default_multicast_port")]
+    pub multicast_port: u16,
 }
 
 impl AdminServerConfig {
@@ -92,6 +98,11 @@ impl AdminServerConfig {
     /// Checks the configuration.
     pub fn validate(&self) -> Result<(), ServerError> {
         crate::check_id("instance_id", &self.instance_id)?;
+        if self.multicast_port == 0 {
+            return Err(ServerError::Config(
+                "multicast_port: must be above 0".into(),
+            ));
+        }
         if self.handshake_timeout_ms == 0 {
             return Err(ServerError::Config(
                 "handshake_timeout_ms: must be above 0".into(),
@@ -128,7 +139,8 @@ impl AdminServerConfig {
                 Some(PolicySync::new(resolver, self.election.sync))
             }
         };
-        let dps = DpCoordinator::new(self.election.clone(), registry)?;
+        let mut dps = DpCoordinator::new(self.election.clone(), registry)?;
+        dps.set_multicast_port(self.multicast_port);
         Ok(FleetSync::new(policy, Some(dps), self.election.sync))
     }
 
@@ -155,6 +167,26 @@ pub struct AdminServer {
     listener: ListenerHandle,
     connector: ConnectorHandle,
     dispatch: JoinHandle<()>,
+    ticker: JoinHandle<()>,
+}
+
+/// Every second: let the sync source run its timers (distribution point failover) and push
+/// "sync now" to every device with a kept connection when it says something changed.
+async fn tick(service: Arc<AdminService>, sync: Arc<dyn SyncSource>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    loop {
+        every.tick().await;
+        if sync.tick(std::time::Instant::now()) {
+            nonce = nonce.wrapping_add(1);
+            let online = service.online();
+            let n = service.push_all(&online, "distribution point roles changed", nonce);
+            log::info!("distribution point roles changed: pushed sync-now to {n} devices");
+        }
+    }
 }
 
 impl AdminServer {
@@ -181,6 +213,7 @@ impl AdminServer {
             Some(s) => s,
             None => Arc::new(config.fleet_sync(base, &registry)?),
         };
+        let sync_for_tick = sync.clone();
         let service = AdminService::new(
             ServiceConfig::new(registry_path),
             ca,
@@ -211,12 +244,14 @@ impl AdminServer {
             }
         }
         let connector = ServerConnector::start(connector_config, &tls, tx)?;
+        let ticker = tokio::spawn(tick(service.clone(), sync_for_tick));
         Ok(AdminServer {
             push: SyncNowSigner::new(tls.identity),
             service,
             listener,
             connector,
             dispatch,
+            ticker,
         })
     }
 
@@ -271,5 +306,6 @@ impl AdminServer {
         self.connector.shutdown().await;
         self.listener.shutdown().await;
         self.dispatch.abort();
+        self.ticker.abort();
     }
 }

@@ -60,6 +60,13 @@ pub trait SyncSource: Send + Sync + 'static {
 
     /// A device was enrolled into `group` (the default does nothing).
     fn on_enrolled(&self, _device: &str, _group: &str) {}
+
+    /// Called about once a second by the server runtime; `true` when what devices should
+    /// know changed without any of them asking (a distribution point was replaced), so
+    /// every device with a kept connection is pushed "sync now". The default does nothing.
+    fn tick(&self, _now: std::time::Instant) -> bool {
+        false
+    }
 }
 
 /// A sync source that only hands out the next sync interval.
@@ -229,7 +236,7 @@ impl AdminService {
         lock(&self.registry).clone()
     }
 
-    /// The devices with a kept connection now.
+    /// The devices with a kept connection now (one they have synced on).
     pub fn online(&self) -> Vec<String> {
         let mut v: Vec<String> = lock(&self.online).keys().cloned().collect();
         v.sort();
@@ -262,17 +269,30 @@ impl AdminService {
     }
 
     /// A channel to hand device connections to (from a `DeviceListener`, a
-    /// `ServerConnector`, or both), and the task that serves each one it receives.
+    /// `ServerConnector`, or both), and the task that serves each one it receives; aborting
+    /// the task closes them all.
     pub fn dispatcher(
         self: &Arc<Self>,
         capacity: usize,
     ) -> (mpsc::Sender<DeviceConnection>, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<DeviceConnection>(capacity);
         let service = self.clone();
+        // Connections are served in a set the task owns: aborting the task (server shutdown)
+        // closes every connection it serves.
         let task = tokio::spawn(async move {
-            while let Some(c) = rx.recv().await {
-                tokio::spawn(service.clone().serve(c));
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    c = rx.recv() => match c {
+                        Some(c) => {
+                            conns.spawn(service.clone().serve(c));
+                        }
+                        None => break,
+                    },
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                }
             }
+            while conns.join_next().await.is_some() {}
         });
         (tx, task)
     }
@@ -376,7 +396,9 @@ impl AdminService {
         };
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::channel(16);
-        lock(&self.online).insert(device_id.clone(), (conn_id, tx));
+        // The connection a device syncs on is the one pushes go to; a device may hold others
+        // (fetching chunks) that never see a push.
+        let mut syncing = false;
 
         loop {
             let reply = tokio::select! {
@@ -385,10 +407,16 @@ impl AdminService {
                     None => break,
                 },
                 incoming = framed.next() => match incoming {
-                    Some(Ok(m)) => match self.answer(&ctx, m) {
+                    Some(Ok(m)) => {
+                        if !syncing && matches!(m, Message::SyncRequest(_)) {
+                            syncing = true;
+                            lock(&self.online).insert(device_id.clone(), (conn_id, tx.clone()));
+                        }
+                        match self.answer(&ctx, m) {
                         Some(r) => r,
                         None => continue,
-                    },
+                        }
+                    }
                     _ => break,
                 },
             };

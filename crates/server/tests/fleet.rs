@@ -50,7 +50,11 @@ fn one_answer_carries_settings_roles_and_missing_updates() {
             .any(|a| a.dp_device_id == "dp-1" && a.role == 1),
         "dp-1 is active"
     );
-    assert_eq!(r.next_sync_secs, 900);
+    // A DP's sync is its heartbeat: it is asked back at the heartbeat interval.
+    assert_eq!(
+        u64::from(r.next_sync_secs),
+        ElectionConfig::default().heartbeat_interval_secs
+    );
 
     // A device that holds the update is not told again; it is served by dp-1.
     let pc = DeviceContext::new("pc-1", "office", Via::Direct, 2);
@@ -64,6 +68,7 @@ fn one_answer_carries_settings_roles_and_missing_updates() {
         ..Default::default()
     };
     let r = fleet.sync(&pc, &holding_v3);
+    assert_eq!(r.next_sync_secs, 900, "not a DP: the fleet's interval");
     assert!(r.updates.is_empty());
     assert_eq!(r.assignments.len(), 1);
     assert_eq!(r.assignments[0].dp_device_id, "dp-1");

@@ -243,9 +243,13 @@ async fn enroll_sync_fetch_and_push_directly_and_through_a_dmz_gateway() {
     .await;
     assert!(matches!(missing, Message::Refusal(r) if r.code == RefusalCode::NotFound as i32));
 
-    // Push over the kept connection.
+    // Push over the kept connection: the one the device syncs on, not the chunk one.
     let mut kept = dial(agent_cfg.clone(), addr, SERVER).await;
     hello(&mut kept, "laptop-1").await;
+    assert!(matches!(
+        call(&mut kept, SyncRequest::default()).await,
+        Message::SyncResponse(_)
+    ));
     for _ in 0..500 {
         if server.service.online().contains(&"laptop-1".to_string()) {
             break;

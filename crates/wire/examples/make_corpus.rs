@@ -129,6 +129,7 @@ fn main() -> std::io::Result<()> {
                             multicast_port: 15001,
                             upstream: "127.0.0.1:13000".into(),
                             signing_key: Bytes::new(),
+                            unicast_addr: String::new(),
                         }],
                         ..Default::default()
                     }

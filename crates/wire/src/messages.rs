@@ -331,6 +331,10 @@ pub struct DpStatus {
     /// empty if it does not send multicast.
     #[prost(bytes = "bytes", tag = "7")]
     pub signing_key: Bytes,
+    /// Where this DP serves blocks by unicast (`host:port`, chunk requests over the wire
+    /// protocol); empty if it does not.
+    #[prost(string, tag = "8")]
+    pub unicast_addr: String,
 }
 
 /// The agent's periodic heartbeat.
@@ -593,6 +597,10 @@ pub struct DpAssignment {
     /// unknown.
     #[prost(bytes = "bytes", tag = "8")]
     pub signing_key: Bytes,
+    /// Where the DP serves blocks by unicast (`host:port`), as it reported it; empty if
+    /// unknown.
+    #[prost(string, tag = "9")]
+    pub unicast_addr: String,
 }
 
 /// An update or installation package available to the receiver.

@@ -52,9 +52,9 @@ fn assignment() -> impl Strategy<Value = DpAssignment> {
         s(),
         any::<u32>(),
         s(),
-        key(),
+        (key(), s()),
     )
-        .prop_map(|(sc, dp, role, epoch, g, port, up, k)| DpAssignment {
+        .prop_map(|(sc, dp, role, epoch, g, port, up, (k, ua))| DpAssignment {
             scope: Some(sc),
             dp_device_id: dp,
             role,
@@ -63,6 +63,7 @@ fn assignment() -> impl Strategy<Value = DpAssignment> {
             multicast_port: port,
             upstream: up,
             signing_key: k,
+            unicast_addr: ua,
         })
 }
 fn update() -> impl Strategy<Value = UpdateAnnouncement> {
@@ -148,7 +149,8 @@ fn message() -> impl Strategy<Value = Message> {
                         free_disk_bytes: f,
                         uptime_secs: u,
                         load_milli: l,
-                        signing_key: k
+                        signing_key: k,
+                        unicast_addr: String::new(),
                     })
                     .collect(),
             }

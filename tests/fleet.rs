@@ -1,0 +1,219 @@
+//! End to end over loopback: a server, a DMZ gateway and a small fleet in one process
+//! (enrollment, policies with a profile, DP election, multicast distribution, failover of an
+//! active DP halfway), and a server restart that keeps its state while agents come back to
+//! it directly and through the gateway. Every wait is bounded.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use outpost::agent::{Agent, AgentConfig, AgentHandle, Endpoint};
+use outpost::fleet::{self, FleetConfig};
+use outpost::gateway::{Gateway, GatewayConfig, TlsMaterial};
+use outpost::pki::{PkiConfig, ServerCa, store};
+use outpost::server::{AdminServer, AdminServerConfig, MemoryObjects};
+
+/// A UDP port free on 127.0.0.1 now, so concurrent runs do not share a multicast port.
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_fleet_ends_byte_exact_through_a_dp_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = FleetConfig::default();
+    cfg.agents = 14;
+    cfg.groups = 2;
+    cfg.update_bytes = 6 << 20;
+    cfg.rate_mbps = 30;
+    cfg.kill_at = Some(0.3);
+    cfg.multicast_port = free_udp_port();
+    cfg.timeout = Duration::from_secs(240);
+    let mut lines = Vec::new();
+    let r = fleet::run(&cfg, dir.path(), |l| lines.push(l))
+        .await
+        .unwrap();
+    assert!(
+        r.ok(),
+        "{:?}\n{}\n{}",
+        r.failures,
+        r.table(),
+        lines.join("\n")
+    );
+    assert_eq!(r.devices, 14);
+    assert_eq!(r.delivered_bytes, 14 * (6 << 20), "every copy verified");
+    assert!(r.via_gateway > 0 && r.kiosks > 0, "{}", r.table());
+    // The active DPs took the update from the server once each; the devices got theirs by
+    // multicast, not from the server.
+    assert_eq!(r.server_egress_bytes, 2 * (6 << 20), "{}", r.table());
+    assert!(
+        r.via.get("multicast").copied().unwrap_or(0) >= 8,
+        "{}",
+        r.table()
+    );
+    assert_eq!(r.via.get("server").copied(), Some(2), "{}", r.table());
+    // The first group's active DP was killed, and its standby took over.
+    assert!(
+        r.killed
+            .as_deref()
+            .is_some_and(|k| k.starts_with("site-1-dp-"))
+    );
+    assert!(
+        r.failover_secs.is_some() && r.resume_secs.is_some(),
+        "{}",
+        r.table()
+    );
+}
+
+fn state_dir(base: &std::path::Path, now: SystemTime) -> ServerCa {
+    let mut ca = ServerCa::create(PkiConfig::default(), now).unwrap();
+    store::save_server_ca(&mut ca, &base.join("state"), now).unwrap();
+    let server = ca
+        .issue_server("server-1", &["server.test".into()], &[], now)
+        .unwrap();
+    store::write_public(&base.join("state/server.chain.pem"), &server.chain_pem()).unwrap();
+    store::write_private_key(&base.join("state/server.key"), &server.key_pem()).unwrap();
+    ca
+}
+
+fn agent(
+    base: &std::path::Path,
+    id: &str,
+    endpoint: Endpoint,
+    server: SocketAddr,
+    token: &str,
+) -> AgentConfig {
+    let mut c = AgentConfig::new(id, base.join(id));
+    c.endpoints = vec![endpoint];
+    c.enrollment.server = Some(Endpoint::new(server, "server.test"));
+    c.enrollment.server_ca = base.join("state/ca.crt");
+    c.enrollment.token = token.into();
+    c.backoff.initial_ms = 50;
+    c.backoff.max_ms = 300;
+    c.distribution.enabled = false;
+    c
+}
+
+async fn syncs_past(a: &AgentHandle, n: u64) {
+    a.wait_for(Duration::from_secs(60), |s| s.core.syncs > n)
+        .await
+        .unwrap_or_else(|e| panic!("no sync past {n}: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_keeps_its_state_and_its_agents_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    let now = SystemTime::now();
+    let ca = state_dir(base, now);
+    let gw = Gateway::start(
+        GatewayConfig::dmz("dmz-1", "127.0.0.1:0".parse().unwrap()),
+        TlsMaterial::new(
+            ca.issue_gateway(&["gw.test".into()], &[], now).unwrap(),
+            ca.server_ca().clone(),
+        ),
+    )
+    .await
+    .unwrap();
+    // A fixed device port, so the agents find the restarted server where they left it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let text = format!(
+        r#"
+        instance_id = "server-1"
+        data_dir = "state"
+        listen = "127.0.0.1:{port}"
+        [tls]
+        cert = "state/server.chain.pem"
+        key = "state/server.key"
+        server_ca = "state/ca.crt"
+        [connector]
+        server_id = "server-1"
+        keepalive_ms = 200
+        backoff_initial_ms = 50
+        "#
+    );
+    let config = AdminServerConfig::from_toml(&text).unwrap();
+    let mut reg = config.load_registry(base).unwrap();
+    reg.add_group("lab", "Lab", None).unwrap();
+    reg.register_dmz_gateway("dmz-1", gw.local_addr(), vec!["gw.test".into()])
+        .unwrap();
+    let t1 = reg
+        .issue_token("lab", Some("direct-1"), Duration::from_secs(600), now)
+        .unwrap();
+    let t2 = reg
+        .issue_token("lab", Some("behind-gw-1"), Duration::from_secs(600), now)
+        .unwrap();
+    reg.save(&config.registry_path(base)).unwrap();
+    let objects = Arc::new(MemoryObjects::default());
+    let server = AdminServer::start(config.clone(), base, None, objects.clone())
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let direct = Agent::start(agent(
+        base,
+        "direct-1",
+        Endpoint::new(addr, "server.test"),
+        addr,
+        &t1,
+    ))
+    .await
+    .unwrap();
+    let behind = Agent::start(agent(
+        base,
+        "behind-gw-1",
+        Endpoint::new(gw.local_addr(), "gw.test"),
+        addr,
+        &t2,
+    ))
+    .await
+    .unwrap();
+    assert!(direct.enrolled() && behind.enrolled());
+    syncs_past(&direct, 0).await;
+    syncs_past(&behind, 0).await;
+    let enrolled_before = server.service().registry().devices().len();
+    assert_eq!(enrolled_before, 2);
+
+    // Stop the server; the agents lose it and retry with backoff.
+    server.shutdown().await;
+    let (d0, b0) = (direct.status().core.syncs, behind.status().core.syncs);
+    direct
+        .wait_for(Duration::from_secs(30), |s| {
+            s.core.phase != outpost::agent::core::Phase::Ready
+        })
+        .await
+        .unwrap();
+
+    // The same configuration again: same registry (the devices and spent tokens), same CA;
+    // the agents come back without enrolling again, one of them through the gateway, which
+    // the restarted server dials again from its registry.
+    let server = AdminServer::start(config, base, None, objects)
+        .await
+        .unwrap();
+    let reg = server.service().registry();
+    assert_eq!(reg.devices().len(), 2, "devices kept");
+    assert_eq!(reg.pending_tokens(), 0, "spent tokens stay spent");
+    syncs_past(&direct, d0).await;
+    syncs_past(&behind, b0).await;
+    assert_eq!(
+        server.service().stats().enrolled.load(Ordering::Relaxed),
+        0,
+        "nobody enrolled again"
+    );
+    let st = behind.status().core;
+    assert_eq!(
+        st.endpoint.as_ref().map(|e| e.name.as_str()),
+        Some("gw.test")
+    );
+    assert!(st.connections >= 2, "{st:?}");
+    direct.shutdown().await;
+    behind.shutdown().await;
+    server.shutdown().await;
+    gw.shutdown().await;
+}

@@ -354,7 +354,7 @@ keepalive_ms = 1000
 backoff_initial_ms = 50
 [election]
 heartbeat_interval_secs = 1
-missed_heartbeats = 3
+missed_heartbeats = 5
 min_free_disk_bytes = 268435456
 warn_free_disk_bytes = 134217728
 [election.auto_assignment]

@@ -8,13 +8,16 @@
 //! - [`core::AgentCore`]: the sans-IO state machine. It connects to the configured endpoints
 //!   (the server or connection gateways) in order with exponential backoff and seeded
 //!   jitter ([`backoff`]), negotiates the protocol version, syncs at once and then every
-//!   interval the server gives (clamped to 5 s..=24 h) or when the server pushes "sync now",
+//!   interval the server gives (clamped to 1 s..=24 h) or when the server pushes "sync now",
 //!   reports the settings versions it holds, queues events (bounded, oldest dropped and
 //!   counted) and drops them once acknowledged. It never reads the clock: time is passed in.
 //! - [`Agent`]: the tokio driver over real TLS sockets, with the settings store
 //!   ([`store`], written atomically) and broadcast-domain [`discovery`] beside it.
 //! - [`overlay::effective`]: local settings over the received document, only on the paths
 //!   the document does not lock (the convention is in [`overlay`]).
+//! - [`distribution`]: announced updates and the distribution point role: fenced roles,
+//!   multicast sending and receiving, the DP's unicast block service and resumable, verified
+//!   downloads.
 //!
 //! The core on a virtual clock, with no sockets:
 //!
@@ -40,6 +43,8 @@
 //! assert!(matches!(core.poll_action(), Some(Action::Send(Message::SyncRequest(_)))));
 //! let answer = SyncResponse { next_sync_secs: 60, ..Default::default() };
 //! core.handle(Input::Received(answer.into()), t0);
+//! // The answer's distribution part (DP assignments, updates) goes to the driver.
+//! assert!(matches!(core.poll_action(), Some(Action::Distribution { .. })));
 //! assert_eq!(core.poll_timeout(), Some(t0 + Duration::from_secs(60)));
 //! core.handle_timeout(t0 + Duration::from_secs(60));
 //! assert!(matches!(core.poll_action(), Some(Action::Send(Message::SyncRequest(_)))));

@@ -32,7 +32,7 @@ use outpost_agent::distribution::{DistributionStatus, Via};
 use outpost_agent::{Agent, AgentConfig, AgentHandle, Endpoint};
 use outpost_election::sim::SplitMix64;
 use outpost_gateway::{Gateway, GatewayConfig, GatewayHandle, TlsMaterial};
-use outpost_pki::{PkiConfig, ServerCa, store};
+use outpost_pki::store;
 use outpost_server::{AdminServer, AdminServerConfig, MemoryObjects};
 use outpost_wire::messages::DpRole;
 
@@ -461,15 +461,13 @@ pub async fn run(
     // The server's state directory: CAs and its certificate; the gateway's certificate.
     let now = SystemTime::now();
     std::fs::create_dir_all(base).map_err(|e| setup("create base directory")(&e))?;
-    let mut ca = ServerCa::create(PkiConfig::default(), now).map_err(|e| setup("create CA")(&e))?;
-    let state = base.join("state");
-    store::save_server_ca(&mut ca, &state, now).map_err(|e| setup("save CA")(&e))?;
-    let server_cert = ca
-        .issue_server("fleet-server", &[SERVER_NAME.into()], &[], now)
-        .map_err(|e| setup("issue server certificate")(&e))?;
-    store::write_public(&state.join("server.chain.pem"), &server_cert.chain_pem())
-        .and_then(|()| store::write_private_key(&state.join("server.key"), &server_cert.key_pem()))
-        .map_err(|e| setup("write server certificate")(&e))?;
+    let ca = store::init_server_dir(
+        &base.join("state"),
+        "fleet-server",
+        &[SERVER_NAME.into()],
+        now,
+    )
+    .map_err(|e| setup("server CA and certificate")(&e))?;
     let gw_cert = ca
         .issue_gateway(&[GATEWAY_NAME.into()], &[], now)
         .map_err(|e| setup("issue gateway certificate")(&e))?;

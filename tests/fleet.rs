@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use outpost::agent::{Agent, AgentConfig, AgentHandle, Endpoint};
 use outpost::fleet::{self, FleetConfig};
 use outpost::gateway::{Gateway, GatewayConfig, TlsMaterial};
-use outpost::pki::{PkiConfig, ServerCa, store};
+use outpost::pki::{ServerCa, store};
 use outpost::server::{AdminServer, AdminServerConfig, MemoryObjects};
 
 /// A UDP port free on 127.0.0.1 now, so concurrent runs do not share a multicast port.
@@ -70,14 +70,13 @@ async fn a_small_fleet_ends_byte_exact_through_a_dp_failover() {
 }
 
 fn state_dir(base: &std::path::Path, now: SystemTime) -> ServerCa {
-    let mut ca = ServerCa::create(PkiConfig::default(), now).unwrap();
-    store::save_server_ca(&mut ca, &base.join("state"), now).unwrap();
-    let server = ca
-        .issue_server("server-1", &["server.test".into()], &[], now)
-        .unwrap();
-    store::write_public(&base.join("state/server.chain.pem"), &server.chain_pem()).unwrap();
-    store::write_private_key(&base.join("state/server.key"), &server.key_pem()).unwrap();
-    ca
+    store::init_server_dir(
+        &base.join("state"),
+        "server-1",
+        &["server.test".into()],
+        now,
+    )
+    .unwrap()
 }
 
 fn agent(

@@ -247,6 +247,25 @@ pub fn save_server_ca(ca: &mut ServerCa, dir: &Path, now: SystemTime) -> Result<
     Ok(())
 }
 
+/// A server's state directory from nothing: both CAs ([`save_server_ca`]) and a server
+/// certificate for `dns_names` as `server.chain.pem` and `server.key` (0600). Returns the CA.
+///
+/// # Errors
+/// As [`save_server_ca`] and [`ServerCa::issue_server`].
+pub fn init_server_dir(
+    dir: &Path,
+    common_name: &str,
+    dns_names: &[String],
+    now: SystemTime,
+) -> Result<ServerCa> {
+    let mut ca = ServerCa::create(PkiConfig::default(), now)?;
+    save_server_ca(&mut ca, dir, now)?;
+    let server = ca.issue_server(common_name, dns_names, &[], now)?;
+    write_public(&dir.join("server.chain.pem"), &server.chain_pem())?;
+    write_private_key(&dir.join("server.key"), &server.key_pem())?;
+    Ok(ca)
+}
+
 /// Loads both CAs from `dir` (as written by [`save_server_ca`]), restoring their revocation
 /// lists from the CRL files when present.
 ///

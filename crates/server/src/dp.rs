@@ -189,21 +189,13 @@ impl DpCoordinator {
             let facts = NodeFacts::new(req.free_disk_bytes)
                 .with_uptime_secs(req.uptime_secs)
                 .with_load_percent(u8::try_from((load / 10).min(100)).unwrap_or(100));
-            if let Some(k) = req
-                .dp_status
-                .iter()
-                .map(|s| &s.signing_key)
-                .find(|k| !k.is_empty())
-            {
-                self.keys.insert(id, k.clone());
+            // What the DP reports about itself: the first non-empty value of each.
+            let reported = req.dp_status.iter();
+            if let Some(s) = reported.clone().find(|s| !s.signing_key.is_empty()) {
+                self.keys.insert(id, s.signing_key.clone());
             }
-            if let Some(a) = req
-                .dp_status
-                .iter()
-                .map(|s| &s.unicast_addr)
-                .find(|a| !a.is_empty())
-            {
-                self.addrs.insert(id, a.clone());
+            if let Some(s) = reported.clone().find(|s| !s.unicast_addr.is_empty()) {
+                self.addrs.insert(id, s.unicast_addr.clone());
             }
             // An out-of-order heartbeat is refused by the engine; the round still runs.
             let _ = self

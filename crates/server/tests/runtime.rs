@@ -7,7 +7,7 @@ use futures_util::{SinkExt, StreamExt};
 use outpost_gateway::{Gateway, GatewayConfig, TlsMaterial};
 use outpost_pki::IssuedCert;
 use outpost_pki::tls::{TlsOptions, agent_client_config, enrollment_client_config};
-use outpost_pki::{PkiConfig, ServerCa, store};
+use outpost_pki::{ServerCa, store};
 use outpost_server::{AdminServer, AdminServerConfig, MemoryObjects};
 use outpost_wire::messages::{EnrollRequest, Hello, SyncRequest};
 use outpost_wire::{Message, MessageCodec};
@@ -19,14 +19,13 @@ use tokio_util::codec::Framed;
 /// A data directory `base/state` as `pki init` and `issue-server` leave it: both CAs, and the
 /// server's certificate for `server.test`.
 fn state_dir(base: &std::path::Path, now: SystemTime) -> ServerCa {
-    let mut ca = ServerCa::create(PkiConfig::default(), now).unwrap();
-    store::save_server_ca(&mut ca, &base.join("state"), now).unwrap();
-    let server = ca
-        .issue_server("server-1", &["server.test".into()], &[], now)
-        .unwrap();
-    store::write_public(&base.join("state/server.chain.pem"), &server.chain_pem()).unwrap();
-    store::write_private_key(&base.join("state/server.key"), &server.key_pem()).unwrap();
-    ca
+    store::init_server_dir(
+        &base.join("state"),
+        "server-1",
+        &["server.test".into()],
+        now,
+    )
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

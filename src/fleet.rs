@@ -426,7 +426,7 @@ async fn until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 fn role_in(st: &DistributionStatus, group: &str) -> Option<(DpRole, u64)> {
     st.roles
         .iter()
-        .find(|(s, _, _)| s.rsplit(':').next() == Some(group))
+        .find(|((_, id), _, _)| id == group)
         .map(|(_, r, e)| (*r, *e))
 }
 

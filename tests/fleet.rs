@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use outpost::agent::{Agent, AgentConfig, AgentHandle, Endpoint};
 use outpost::fleet::{self, FleetConfig};
 use outpost::gateway::{Gateway, GatewayConfig, TlsMaterial};
-use outpost::pki::{ServerCa, store};
+use outpost::pki::store;
 use outpost::server::{AdminServer, AdminServerConfig, MemoryObjects};
 
 /// A UDP port free on 127.0.0.1 now, so concurrent runs do not share a multicast port.
@@ -69,16 +69,6 @@ async fn a_small_fleet_ends_byte_exact_through_a_dp_failover() {
     );
 }
 
-fn state_dir(base: &std::path::Path, now: SystemTime) -> ServerCa {
-    store::init_server_dir(
-        &base.join("state"),
-        "server-1",
-        &["server.test".into()],
-        now,
-    )
-    .unwrap()
-}
-
 fn agent(
     base: &std::path::Path,
     id: &str,
@@ -108,7 +98,13 @@ async fn a_restarted_server_keeps_its_state_and_its_agents_come_back() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path();
     let now = SystemTime::now();
-    let ca = state_dir(base, now);
+    let ca = store::init_server_dir(
+        &base.join("state"),
+        "server-1",
+        &["server.test".into()],
+        now,
+    )
+    .unwrap();
     let gw = Gateway::start(
         GatewayConfig::dmz("dmz-1", "127.0.0.1:0".parse().unwrap()),
         TlsMaterial::new(

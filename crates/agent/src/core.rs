@@ -223,6 +223,17 @@ pub struct AgentCore {
     last_error: Option<String>,
 }
 
+/// The agent's opening message on any connection: the versions it speaks, its role and id.
+pub fn hello(device_id: &str) -> Message {
+    Message::from(Hello {
+        min_version: VersionRange::CURRENT.min,
+        max_version: VersionRange::CURRENT.max,
+        role: Role::Agent as i32,
+        node_id: device_id.into(),
+        software: concat!("outpost-agent ", env!("CARGO_PKG_VERSION")).into(),
+    })
+}
+
 /// Clamps a server-given interval (0 keeps `current`).
 pub fn clamp_interval(secs: u32, current: Duration) -> Duration {
     if secs == 0 {
@@ -407,16 +418,7 @@ impl AgentCore {
                 self.phase = Phase::Handshaking;
                 self.handshake_since = Some(now);
                 self.last_traffic = now;
-                self.send(
-                    Message::from(Hello {
-                        min_version: VersionRange::CURRENT.min,
-                        max_version: VersionRange::CURRENT.max,
-                        role: Role::Agent as i32,
-                        node_id: self.cfg.device_id.clone(),
-                        software: concat!("outpost-agent ", env!("CARGO_PKG_VERSION")).into(),
-                    }),
-                    now,
-                );
+                self.send(hello(&self.cfg.device_id), now);
             }
             Input::ConnectFailed(reason) if self.phase == Phase::Connecting => {
                 let ep = &self.cfg.endpoints[self.endpoint_idx];

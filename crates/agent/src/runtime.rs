@@ -60,6 +60,7 @@ pub struct AgentHandle {
     enrolled: bool,
     discovery_addr: Option<SocketAddr>,
     distribution: Option<Arc<Mutex<DistributionStatus>>>,
+    unicast_served: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -119,7 +120,7 @@ impl Agent {
         let discovery_addr = discovery.as_ref().map(DiscoveryHandle::local_addr);
         let now = Instant::now();
         let held = lock(&settings).versions();
-        let core = AgentCore::new(
+        let mut core = AgentCore::new(
             CoreConfig::from_agent(&config, seed_from(&config.device_id)),
             held,
             now,
@@ -143,7 +144,7 @@ impl Agent {
             (None, None)
         };
         let distribution = plane.as_ref().map(Plane::status);
-        let mut core = core;
+        let unicast_served = plane.as_ref().and_then(Plane::served_counter);
         if let Some(p) = &plane {
             core.set_dp_status(p.dp_status());
         }
@@ -170,6 +171,7 @@ impl Agent {
             enrolled,
             discovery_addr,
             distribution,
+            unicast_served,
         })
     }
 }
@@ -188,7 +190,11 @@ impl AgentHandle {
     /// Update distribution: roles, updates in progress, sessions sent (`None` when
     /// `distribution.enabled` is off).
     pub fn distribution(&self) -> Option<DistributionStatus> {
-        self.distribution.as_ref().map(|d| lock(d).clone())
+        let mut d = self.distribution.as_ref().map(|d| lock(d).clone())?;
+        if let Some(c) = &self.unicast_served {
+            d.unicast_bytes_served = c.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        Some(d)
     }
 
     /// The latest status.

@@ -28,6 +28,21 @@ fn drain(core: &mut AgentCore) -> Vec<Action> {
     std::iter::from_fn(|| core.poll_action()).collect()
 }
 
+/// Feeds a HelloAck choosing `version` at `t` and returns what the core does.
+fn hello_ack(core: &mut AgentCore, version: u32, t: Instant) -> Vec<Action> {
+    core.handle(
+        Input::Received(
+            HelloAck {
+                version,
+                ..Default::default()
+            }
+            .into(),
+        ),
+        t,
+    );
+    drain(core)
+}
+
 fn sent(actions: &[Action]) -> Vec<&Message> {
     actions
         .iter()
@@ -45,17 +60,7 @@ fn ready(c: &AgentConfig, held: BTreeMap<String, u64>, t0: Instant) -> AgentCore
     drain(&mut core);
     core.handle(Input::Connected, t0);
     drain(&mut core);
-    core.handle(
-        Input::Received(
-            HelloAck {
-                version: 1,
-                ..Default::default()
-            }
-            .into(),
-        ),
-        t0,
-    );
-    let a = drain(&mut core);
+    let a = hello_ack(&mut core, 1, t0);
     assert!(matches!(sent(&a)[..], [Message::SyncRequest(_)]), "{a:?}");
     core.handle(
         Input::Received(
@@ -159,17 +164,7 @@ fn hello_then_sync_with_held_versions_and_status_then_interval_clamped() {
         (1, 1, "laptop-1")
     );
     let t1 = t0 + Duration::from_secs(7);
-    core.handle(
-        Input::Received(
-            HelloAck {
-                version: 1,
-                ..Default::default()
-            }
-            .into(),
-        ),
-        t1,
-    );
-    let a = drain(&mut core);
+    let a = hello_ack(&mut core, 1, t1);
     let [Message::SyncRequest(r)] = &sent(&a)[..] else {
         panic!("{a:?}")
     };
@@ -288,17 +283,7 @@ fn events_are_batched_bounded_and_dropped_once_acknowledged() {
     drain(&mut core);
     core.handle(Input::Connected, t0);
     drain(&mut core);
-    core.handle(
-        Input::Received(
-            HelloAck {
-                version: 1,
-                ..Default::default()
-            }
-            .into(),
-        ),
-        t0,
-    );
-    let a = drain(&mut core);
+    let a = hello_ack(&mut core, 1, t0);
     let msgs = sent(&a);
     assert!(matches!(msgs[0], Message::SyncRequest(_)));
     let Message::EventBatch(b) = msgs[1] else {
@@ -357,17 +342,7 @@ fn unanswered_requests_and_lost_connections_reconnect_and_keep_events() {
     assert!(matches!(&drain(&mut core)[..], [Action::Connect(_)]));
     core.handle(Input::Connected, retry);
     drain(&mut core);
-    core.handle(
-        Input::Received(
-            HelloAck {
-                version: 1,
-                ..Default::default()
-            }
-            .into(),
-        ),
-        retry,
-    );
-    let a = drain(&mut core);
+    let a = hello_ack(&mut core, 1, retry);
     assert!(matches!(
         sent(&a)[..],
         [Message::SyncRequest(_), Message::EventBatch(_)]
@@ -473,17 +448,7 @@ fn protocol_surprises_reconnect() {
     drain(&mut core);
     core.handle(Input::Connected, t0);
     drain(&mut core);
-    core.handle(
-        Input::Received(
-            HelloAck {
-                version: 9,
-                ..Default::default()
-            }
-            .into(),
-        ),
-        t0,
-    );
-    assert!(matches!(&drain(&mut core)[..], [Action::Close]));
+    assert!(matches!(&hello_ack(&mut core, 9, t0)[..], [Action::Close]));
     assert!(core.status().last_error.unwrap().contains("version 9"));
     // No HelloAck at all.
     let r = core.poll_timeout().unwrap();

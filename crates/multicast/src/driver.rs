@@ -263,6 +263,13 @@ pub trait Sink: Send {
     fn commit(&mut self) -> Result<()>;
 }
 
+/// The name of the partial file [`FileSink`] writes for `name` with whole-file SHA-256
+/// `file_hash`: `<name>.<first 8 bytes of the hash, hex>.part`.
+pub fn part_file_name(name: &str, file_hash: &[u8]) -> String {
+    let n = file_hash.len().min(8);
+    format!("{name}.{}.part", crate::manifest::hex(&file_hash[..n]))
+}
+
 /// Writes `DIR/<name>.<hash>.part` (`<hash>`: the first 8 bytes of the whole-file SHA-256,
 /// in hex), then renames it to `DIR/<name>` once the whole-file hash matches. A restart, or
 /// a later session of the same file from another sender (a standby distribution point that
@@ -307,11 +314,7 @@ impl Sink for FileSink {
     fn begin(&mut self, m: &Manifest) -> Result<()> {
         // The name was checked when the manifest was parsed: no separators, no leading dot.
         self.done = self.dir.join(&m.name);
-        self.part = self.dir.join(format!(
-            "{}.{}.part",
-            m.name,
-            crate::manifest::hex(&m.file_hash[..8])
-        ));
+        self.part = self.dir.join(part_file_name(&m.name, &m.file_hash));
         self.fresh = std::fs::metadata(&self.part).map_or(true, |md| md.len() != m.file_size);
         let f = OpenOptions::new()
             .read(true)

@@ -156,10 +156,9 @@ async fn late_receiver_fetches_and_crash_resumes() {
 
     // A previous run left half of the blocks on disk, plus one corrupted block.
     let out = tempfile::tempdir().unwrap();
-    let part = out.path().join(format!(
-        "pkg.bin.{}.part",
-        outpost_multicast::manifest::hex(&manifest.file_hash[..8])
-    ));
+    let part = out
+        .path()
+        .join(driver::part_file_name("pkg.bin", &manifest.file_hash));
     let mut partial = vec![0u8; data.len()];
     let half = manifest.block_offset(manifest.block_count() / 2) as usize;
     partial[..half].copy_from_slice(&data[..half]);

@@ -71,31 +71,33 @@ pub fn write_public(path: &Path, pem: &str) -> Result<()> {
     fs::write(path, pem).map_err(PkiError::io("write", path))
 }
 
-fn read_bounded(path: &Path, max: u64, what: &'static str) -> Result<String> {
+fn read_bounded_bytes(path: &Path, max: u64, what: &'static str) -> Result<Vec<u8>> {
     let f = fs::File::open(path).map_err(PkiError::io("open", path))?;
     let len = f.metadata().map_err(PkiError::io("stat", path))?.len();
+    let too_large = |len: u64| PkiError::FileTooLarge {
+        path: path.to_path_buf(),
+        len,
+        max,
+        what,
+    };
     if len > max {
-        return Err(PkiError::FileTooLarge {
-            path: path.to_path_buf(),
-            len,
-            max,
-            what,
-        });
+        return Err(too_large(len));
     }
-    let mut s = String::new();
+    let mut buf = Vec::new();
     // `take` also bounds a file that grows while it is read.
     f.take(max + 1)
-        .read_to_string(&mut s)
+        .read_to_end(&mut buf)
         .map_err(PkiError::io("read", path))?;
-    if s.len() as u64 > max {
-        return Err(PkiError::FileTooLarge {
-            path: path.to_path_buf(),
-            len: s.len() as u64,
-            max,
-            what,
-        });
+    if buf.len() as u64 > max {
+        return Err(too_large(buf.len() as u64));
     }
-    Ok(s)
+    Ok(buf)
+}
+
+fn read_bounded(path: &Path, max: u64, what: &'static str) -> Result<String> {
+    String::from_utf8(read_bounded_bytes(path, max, what)?).map_err(|e| {
+        PkiError::io("read", path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    })
 }
 
 /// Reads a private key file, refusing one the group or others may access and one that does
@@ -201,22 +203,7 @@ pub fn read_crl(path: &Path) -> Result<Crl> {
 /// # Errors
 /// [`PkiError::FileTooLarge`] or [`PkiError::Io`].
 pub fn read_csr_file(path: &Path) -> Result<Vec<u8>> {
-    let max = crate::csr::MAX_CSR_LEN as u64;
-    let f = fs::File::open(path).map_err(PkiError::io("open", path))?;
-    let len = f.metadata().map_err(PkiError::io("stat", path))?.len();
-    if len > max {
-        return Err(PkiError::FileTooLarge {
-            path: path.to_path_buf(),
-            len,
-            max,
-            what: "CSR",
-        });
-    }
-    let mut buf = Vec::new();
-    f.take(max)
-        .read_to_end(&mut buf)
-        .map_err(PkiError::io("read", path))?;
-    Ok(buf)
+    read_bounded_bytes(path, crate::csr::MAX_CSR_LEN as u64, "CSR")
 }
 
 fn join(dir: &Path, name: &str) -> PathBuf {

@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 use futures_util::{SinkExt, StreamExt};
 use outpost_gateway::{Gateway, GatewayConfig, TlsMaterial};
 use outpost_pki::IssuedCert;
+use outpost_pki::store;
 use outpost_pki::tls::{TlsOptions, agent_client_config, enrollment_client_config};
-use outpost_pki::{ServerCa, store};
 use outpost_server::{AdminServer, AdminServerConfig, MemoryObjects};
 use outpost_wire::messages::{EnrollRequest, Hello, SyncRequest};
 use outpost_wire::{Message, MessageCodec};
@@ -16,24 +16,18 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 
-/// A data directory `base/state` as `pki init` and `issue-server` leave it: both CAs, and the
-/// server's certificate for `server.test`.
-fn state_dir(base: &std::path::Path, now: SystemTime) -> ServerCa {
-    store::init_server_dir(
-        &base.join("state"),
-        "server-1",
-        &["server.test".into()],
-        now,
-    )
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registered_dmz_gateways_are_dialled_and_state_is_kept() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path();
     let now = SystemTime::now();
-    let ca = state_dir(base, now);
+    let ca = store::init_server_dir(
+        &base.join("state"),
+        "server-1",
+        &["server.test".into()],
+        now,
+    )
+    .unwrap();
     let gw_cert = ca.issue_gateway(&["gw.test".into()], &[], now).unwrap();
     let gw = Gateway::start(
         GatewayConfig::dmz("dmz-1", "127.0.0.1:0".parse().unwrap()),
@@ -129,7 +123,13 @@ async fn enrolled_devices_get_their_policy_settings() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path();
     let now = SystemTime::now();
-    let ca = state_dir(base, now);
+    let ca = store::init_server_dir(
+        &base.join("state"),
+        "server-1",
+        &["server.test".into()],
+        now,
+    )
+    .unwrap();
     std::fs::write(
         base.join("policies.json"),
         br#"{"schemas": [{"app": "endpoint", "settings": {"usb.block": {"type": "bool", "default": false}}}],

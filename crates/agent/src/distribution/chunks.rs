@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use outpost_multicast::manifest::{FileHasher, hex};
 use outpost_wire::messages::{
-    ChunkRequest, ChunkResponse, Hello, HelloAck, Refusal, RefusalCode, Role, UpdateAnnouncement,
+    ChunkRequest, ChunkResponse, HelloAck, Refusal, RefusalCode, Role, UpdateAnnouncement,
 };
 use outpost_wire::{Message, MessageCodec, VersionRange, negotiate};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
@@ -75,17 +75,7 @@ pub async fn hello<T: AsyncRead + AsyncWrite + Unpin>(
     device_id: &str,
     timeout: Duration,
 ) -> Result<(), AgentError> {
-    send(
-        conn,
-        Message::from(Hello {
-            min_version: VersionRange::CURRENT.min,
-            max_version: VersionRange::CURRENT.max,
-            role: Role::Agent as i32,
-            node_id: device_id.into(),
-            software: concat!("outpost-agent ", env!("CARGO_PKG_VERSION")).into(),
-        }),
-    )
-    .await?;
+    send(conn, crate::core::hello(device_id)).await?;
     match next_within(conn, timeout, "HelloAck").await? {
         Message::HelloAck(a) if VersionRange::CURRENT.contains(a.version) => Ok(()),
         Message::HelloAck(a) => Err(protocol(format!(
@@ -282,6 +272,8 @@ pub async fn download<T: AsyncRead + AsyncWrite + Unpin>(
     let id = &ann.object_id;
     let done = dir.join(id);
     let part = dir.join(format!("{id}.{}.download", hex(&ann.sha256[..8])));
+    // (A multicast reception of the same update uses `driver::part_file_name`; the two
+    // layouts differ: this one is a prefix, that one a sparse file.)
     let mut f = tokio::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -421,6 +413,11 @@ impl ChunkService {
     /// Chunk bytes served so far.
     pub fn bytes_served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
+    }
+
+    /// The counter behind [`bytes_served`](Self::bytes_served), to read it elsewhere.
+    pub fn counter(&self) -> Arc<AtomicU64> {
+        self.served.clone()
     }
 }
 

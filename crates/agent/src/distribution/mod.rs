@@ -326,8 +326,8 @@ pub struct SentSession {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DistributionStatus {
-    /// The DP roles this device holds, by scope (`kind:id`).
-    pub roles: Vec<(String, DpRole, u64)>,
+    /// The DP roles this device holds, by scope, with their epochs.
+    pub roles: Vec<(ScopeKey, DpRole, u64)>,
     /// Updates by object id.
     pub updates: BTreeMap<String, UpdateProgress>,
     /// Multicast sessions sent (as an active DP).

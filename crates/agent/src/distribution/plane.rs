@@ -203,6 +203,11 @@ impl Plane {
         self.ctx.status.clone()
     }
 
+    /// The block service's count of bytes served, if this device may serve.
+    pub(crate) fn served_counter(&self) -> Option<Arc<std::sync::atomic::AtomicU64>> {
+        self.service.as_ref().map(ChunkService::counter)
+    }
+
     /// What the next sync reports as this DP's heartbeat details (empty unless it serves).
     pub(crate) fn dp_status(&self) -> Vec<DpStatus> {
         let Some(key) = &self.key else {
@@ -246,17 +251,7 @@ impl Plane {
                 self.ctx.p.device_id
             );
         }
-        {
-            let mut st = lock(&self.ctx.status);
-            st.roles = plan
-                .roles
-                .iter()
-                .map(|((kind, id), r, e)| (format!("{kind}:{id}"), *r, *e))
-                .collect();
-            if let Some(s) = &self.service {
-                st.unicast_bytes_served = s.bytes_served();
-            }
-        }
+        lock(&self.ctx.status).roles = plan.roles.clone();
         let fresh: Vec<UpdateAnnouncement> = plan
             .updates
             .iter()
@@ -393,11 +388,7 @@ async fn obtain(ctx: &Ctx, ann: &UpdateAnnouncement, mut plan: watch::Receiver<A
             r = attempt(ctx, ann, &route) => match r {
                 Ok(via) => {
                     // A partial multicast file left by an earlier route is of no use now.
-                    let part = ctx.dir.join(format!(
-                        "{}.{}.part",
-                        ann.object_id,
-                        outpost_multicast::manifest::hex(&ann.sha256[..8])
-                    ));
+                    let part = ctx.dir.join(driver::part_file_name(&ann.object_id, &ann.sha256));
                     let _ = tokio::fs::remove_file(part).await;
                     log::info!("agent {id}: update {:?} complete from {source}", ann.object_id);
                     return via;

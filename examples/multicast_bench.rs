@@ -19,8 +19,10 @@
 //! `--rate` takes one ceiling, or one per entry of `--receivers`.
 //!
 //! Loss is injected per receiver (seeded) on what it reads from its socket. Receivers verify
-//! every block against its SHA-256 and then drop it (no disk), so the figures are those of
-//! the protocol and the sockets. Traffic stays on 127.0.0.1: the group is joined on
+//! every block against its hash (BLAKE3) and then drop it (no disk), so the figures are
+//! those of the protocol and the sockets. Sockets use the `SocketConfig` defaults (8 MiB
+//! receive buffers, granted beyond `net.core.rmem_max` only to a process allowed to force
+//! them). The raw blast runs three times per receiver count and the fastest is the ceiling. Traffic stays on 127.0.0.1: the group is joined on
 //! 127.0.0.1 and sent with IP_MULTICAST_IF 127.0.0.1, TTL 1.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdp};
@@ -130,8 +132,6 @@ fn group_config(last: u8) -> SocketConfig {
     c.iface_v4 = Ipv4Addr::LOCALHOST;
     c.ttl = 1;
     c.loopback = true;
-    c.recv_buffer = 4 << 20;
-    c.send_buffer = 4 << 20;
     c
 }
 
@@ -145,6 +145,9 @@ impl Fetcher for MemFetcher {
         })
     }
 }
+
+/// Raw blasts per receiver count; the fastest is the ceiling.
+const RAW_BLASTS: usize = 3;
 
 /// Raw blast: the same number of datagrams of the same size, no pacing, no repair.
 /// Returns (received bytes per receiver / time at that receiver, delivered share).
@@ -260,32 +263,35 @@ async fn distribute(
     // The sender runs on its own thread and runtime, as a distribution point's sender
     // would, so receivers' decoding never holds up its pacing timer.
     let (m, sg, d, group) = (manifest.clone(), signed.to_vec(), data.clone(), sc.group);
-    let sender_thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("sender runtime");
-        rt.block_on(async move {
-            let mut sender = Sender::new(cfg, m, &sg, Box::new(d), t0).expect("sender");
-            let sock = driver::send_socket(&sc).expect("send socket");
-            driver::run_sender(&sock, group, &mut sender, |s, _| {
-                if std::env::var_os("MULTICAST_BENCH_VERBOSE").is_some() {
-                    eprintln!(
-                        "{:.3}s sent {} src {} rep {} polls {} naks {} rate {}",
-                        t0.elapsed().as_secs_f64(),
-                        s.bytes_sent,
-                        s.source_packets,
-                        s.repair_packets,
-                        s.polls,
-                        s.naks,
-                        s.rate_bps
-                    );
-                }
+    let sender_thread = std::thread::Builder::new()
+        .name("bench-sender".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("sender runtime");
+            rt.block_on(async move {
+                let mut sender = Sender::new(cfg, m, &sg, Box::new(d), t0).expect("sender");
+                let sock = driver::send_socket(&sc).expect("send socket");
+                driver::run_sender(&sock, group, &mut sender, |s, _| {
+                    if std::env::var_os("MULTICAST_BENCH_VERBOSE").is_some() {
+                        eprintln!(
+                            "{:.3}s sent {} src {} rep {} polls {} naks {} rate {}",
+                            t0.elapsed().as_secs_f64(),
+                            s.bytes_sent,
+                            s.source_packets,
+                            s.repair_packets,
+                            s.polls,
+                            s.naks,
+                            s.rate_bps
+                        );
+                    }
+                })
+                .await
+                .expect("send")
             })
-            .await
-            .expect("send")
         })
-    });
+        .expect("sender thread");
     let stats = tokio::task::spawn_blocking(move || sender_thread.join().expect("sender thread"))
         .await
         .expect("join sender");
@@ -438,7 +444,7 @@ async fn main() {
         o.size_mib, o.symbol, o.block, o.rate_mbit
     );
     println!(
-        "| receivers | ceiling Mbit/s | loss | goodput per receiver Gbit/s (min / mean) | vs 0% loss | raw blast Gbit/s (mean, delivered) | goodput / raw | bytes sent / file | repair pkts | fetched blocks | back-offs | CPU s / wall s |"
+        "| receivers | ceiling Mbit/s | loss | goodput per receiver Gbit/s (min / mean) | vs 0% loss | raw blast Gbit/s (best of 3, delivered) | goodput / raw | bytes sent / file | repair pkts | fetched blocks | back-offs | CPU s / wall s |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (idx, &n) in o.receivers.iter().enumerate() {
@@ -448,8 +454,17 @@ async fn main() {
             o.rate_mbit[0]
         };
         let mut loss_free: Option<f64> = None;
-        let (raw, delivered) = raw_blast(n, packets, len).await;
-        let raw_mean = raw.iter().sum::<f64>() / raw.len() as f64;
+        // The ceiling is the best of three blasts: the strictest yardstick on a shared
+        // machine, where any one blast may be slowed by other load.
+        let mut raw_mean = 0.0f64;
+        let mut delivered = 0.0;
+        for _ in 0..RAW_BLASTS {
+            let (raw, d) = raw_blast(n, packets, len).await;
+            let m = raw.iter().sum::<f64>() / raw.len() as f64;
+            if m > raw_mean {
+                (raw_mean, delivered) = (m, d);
+            }
+        }
         for &loss in &o.losses {
             let r = distribute(&o, data.clone(), &session, n, loss, rate).await;
             let min = r.goodput.iter().cloned().fold(f64::INFINITY, f64::min);

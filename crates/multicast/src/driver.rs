@@ -16,7 +16,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
 use crate::error::{Error, Result};
-use crate::manifest::{FileHasher, Manifest, ManifestBuilder, sha256};
+use crate::manifest::{FileHasher, Manifest, ManifestBuilder, block_hash};
 use crate::packet::MAX_DATAGRAM;
 use crate::receiver::{BlockJob, Receiver, ReceiverEvent};
 use crate::sender::{BlockSource, EncodeJob, Sender, SenderEvent, SenderStats};
@@ -106,6 +106,40 @@ fn new_socket(cfg: &SocketConfig) -> Result<Socket> {
     Ok(s)
 }
 
+#[derive(Clone, Copy)]
+enum Buffer {
+    Recv,
+    Send,
+}
+
+/// Sets a socket buffer size. The kernel caps the request at `net.core.rmem_max` /
+/// `wmem_max`; a process allowed to (`CAP_NET_ADMIN`, Linux) gets the size it asked for
+/// through `SO_RCVBUFFORCE` / `SO_SNDBUFFORCE` instead, so a receiver rides out a few
+/// milliseconds without being scheduled at multi-gigabit rates. Unprivileged, the capped
+/// size stands.
+fn set_buffer(s: &Socket, which: Buffer, size: usize, cfg: &SocketConfig) -> Result<()> {
+    let (set, what) = match which {
+        Buffer::Recv => (s.set_recv_buffer_size(size), "SO_RCVBUF"),
+        Buffer::Send => (s.set_send_buffer_size(size), "SO_SNDBUF"),
+    };
+    set.map_err(sockerr(what, cfg))?;
+    #[cfg(target_os = "linux")]
+    {
+        let got = match which {
+            Buffer::Recv => s.recv_buffer_size(),
+            Buffer::Send => s.send_buffer_size(),
+        };
+        // Linux reports twice the size granted (the other half is bookkeeping).
+        if got.is_ok_and(|g| g < size.saturating_mul(2)) {
+            let _ = match which {
+                Buffer::Recv => rustix::net::sockopt::set_socket_recv_buffer_size_force(s, size),
+                Buffer::Send => rustix::net::sockopt::set_socket_send_buffer_size_force(s, size),
+            };
+        }
+    }
+    Ok(())
+}
+
 /// A socket bound to the group's address and port, joined on the configured interface,
 /// with address and port reuse so several receivers on one host can share the port.
 pub fn group_socket(cfg: &SocketConfig) -> Result<UdpSocket> {
@@ -119,8 +153,7 @@ pub fn group_socket(cfg: &SocketConfig) -> Result<UdpSocket> {
     ))]
     s.set_reuse_port(true)
         .map_err(sockerr("SO_REUSEPORT", cfg))?;
-    s.set_recv_buffer_size(cfg.recv_buffer)
-        .map_err(sockerr("SO_RCVBUF", cfg))?;
+    set_buffer(&s, Buffer::Recv, cfg.recv_buffer, cfg)?;
     match cfg.group {
         SocketAddr::V4(g) => {
             s.bind(&SocketAddr::V4(g).into())
@@ -144,10 +177,8 @@ pub fn group_socket(cfg: &SocketConfig) -> Result<UdpSocket> {
 pub fn send_socket(cfg: &SocketConfig) -> Result<UdpSocket> {
     cfg.validate()?;
     let s = new_socket(cfg)?;
-    s.set_send_buffer_size(cfg.send_buffer)
-        .map_err(sockerr("SO_SNDBUF", cfg))?;
-    s.set_recv_buffer_size(cfg.recv_buffer.min(4 << 20))
-        .map_err(sockerr("SO_RCVBUF", cfg))?;
+    set_buffer(&s, Buffer::Send, cfg.send_buffer, cfg)?;
+    set_buffer(&s, Buffer::Recv, cfg.recv_buffer.min(4 << 20), cfg)?;
     match cfg.group {
         SocketAddr::V4(_) => {
             s.set_multicast_if_v4(&cfg.iface_v4)
@@ -741,7 +772,7 @@ pub async fn run_receiver(
                         let mut n = 0;
                         for b in 0..m.block_count() {
                             if let Some(d) = sink.stored_block(&m, b)?
-                                && sha256(&d) == m.block_hashes[b as usize]
+                                && block_hash(&d) == m.block_hashes[b as usize]
                                 && rx.offer_block(b, &d)?
                             {
                                 n += 1;

@@ -4,7 +4,7 @@
 //! [`DEFAULT_PORT`], 15001) and every receiver of its scope ends with a byte-exact copy,
 //! however many receivers listen and whatever each of them loses.
 //!
-//! * [`Manifest`]: object name, size, block layout, per-block and whole-file SHA-256, signed
+//! * [`Manifest`]: object name, size, block layout, per-block BLAKE3 and whole-file SHA-256, signed
 //!   with the sender's Ed25519 key. Receivers accept data only for a session whose manifest
 //!   verifies with the key they were given, and keep only blocks that match their hash.
 //! * [`Sender`] / [`Receiver`]: sans-IO state machines (datagrams and the current time in,

@@ -10,7 +10,7 @@ use raptorq::{EncodingPacket, ObjectTransmissionInformation, PayloadId, SourceBl
 
 use crate::config::ReceiverConfig;
 use crate::error::{Error, Result};
-use crate::manifest::{Manifest, hex, sha256};
+use crate::manifest::{Manifest, block_hash, hex};
 use crate::packet::{BlockCount, Packet};
 
 /// Something the receiver asks its driver to do or reports to it.
@@ -110,7 +110,7 @@ enum BlockState {
 }
 
 /// The work that completes one block: FEC decoding when source symbols are missing, then
-/// the check against the block's SHA-256. Handed out by [`Receiver::poll_job`] when
+/// the check against the block's hash. Handed out by [`Receiver::poll_job`] when
 /// [`ReceiverConfig::offload_block_work`] is set, so the driver can run it on another
 /// thread while it keeps reading the socket; the result goes back through
 /// [`Receiver::complete_job`].
@@ -176,7 +176,7 @@ impl BlockJob {
         debug_assert_eq!(data.len(), k as usize * t);
         let mut data = data;
         data.truncate(len);
-        let outcome = if sha256(&data) == expected {
+        let outcome = if block_hash(&data) == expected {
             Outcome::Verified {
                 data,
                 decoded,
@@ -686,9 +686,10 @@ impl Receiver {
             }
             a.buffered += bytes;
             a.state[b] = BlockState::Partial;
-            // A buffer handed back through `recycle` is already mapped: no page faults.
+            // A buffer handed back through `recycle` is already mapped (no page faults) and
+            // is not zeroed again: every byte of it is either overwritten by a symbol or
+            // not read (decoding takes only the symbols marked in `have`).
             let mut data = self.spare.pop().unwrap_or_default();
-            data.clear();
             data.resize(k as usize * t, 0);
             a.partial.insert(
                 block,
@@ -931,7 +932,7 @@ impl Receiver {
         if a.state[block as usize] == BlockState::Done {
             return Ok(false);
         }
-        if sha256(data) != a.manifest.block_hashes[block as usize] {
+        if block_hash(data) != a.manifest.block_hashes[block as usize] {
             self.stats.blocks_rejected += 1;
             return Err(Error::BlockHashMismatch { block });
         }

@@ -482,8 +482,10 @@ impl Sender {
     fn load_block(&mut self, block: u32, buf: &mut Vec<u8>) -> Result<()> {
         let k = self.manifest.symbols_in_block(block) as usize;
         let len = self.manifest.block_len(block);
-        buf.clear();
+        // The buffer is reused from block to block and not zeroed first: the read fills
+        // `..len`, the padding of a short last symbol is zeroed here.
         buf.resize(k * usize::from(self.manifest.symbol_size), 0);
+        buf[len..].fill(0);
         self.source
             .read_block(self.manifest.block_offset(block), &mut buf[..len])
     }

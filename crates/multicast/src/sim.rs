@@ -14,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::config::{ReceiverConfig, SenderConfig};
 use crate::error::Result;
-use crate::manifest::{Manifest, SigningKey, sha256};
+use crate::manifest::{Manifest, SigningKey, block_hash, sha256};
 use crate::receiver::{BlockJob, Receiver, ReceiverEvent, ReceiverStats};
 use crate::sender::{EncodeJob, Sender, SenderStats};
 
@@ -359,7 +359,7 @@ pub fn run(cfg: &SimConfig, data: &[u8]) -> Result<SimOutcome> {
                             let off = m.block_offset(b) as usize;
                             let len = m.block_len(b);
                             let stored = &n.disk[off..off + len];
-                            if sha256(stored) == m.block_hashes[b as usize] {
+                            if block_hash(stored) == m.block_hashes[b as usize] {
                                 rx.offer_block(b, stored)?;
                             }
                         }

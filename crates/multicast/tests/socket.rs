@@ -220,3 +220,31 @@ async fn late_receiver_fetches_and_crash_resumes() {
         .to_string();
     assert!(err.contains("block 3"), "{err}");
 }
+
+/// A receive buffer above the system cap (`net.core.rmem_max`) is granted in full to a
+/// process allowed to force it (`CAP_NET_ADMIN`) and capped for any other.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn receive_buffer_beyond_the_system_cap_when_allowed() {
+    let cap: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut cfg = loopback_config(9);
+    cfg.recv_buffer = cap * 2;
+    let g = driver::group_socket(&cfg).unwrap();
+    // Linux reports twice the size granted.
+    let got = socket2::SockRef::from(&g).recv_buffer_size().unwrap();
+    let probe = StdUdp::bind("127.0.0.1:0").unwrap();
+    let allowed = rustix::net::sockopt::set_socket_recv_buffer_size_force(&probe, cap * 2).is_ok();
+    assert_eq!(
+        got >= 2 * cfg.recv_buffer,
+        allowed,
+        "granted {got} (reported), asked {}, cap {cap}, force allowed: {allowed}",
+        cfg.recv_buffer
+    );
+    if !allowed {
+        assert!(got <= 2 * cap, "unprivileged socket above the cap: {got}");
+    }
+}

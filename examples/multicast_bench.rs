@@ -20,9 +20,9 @@
 //!
 //! Loss is injected per receiver (seeded) on what it reads from its socket. Receivers verify
 //! every block against its hash (BLAKE3) and then drop it (no disk), so the figures are
-//! those of the protocol and the sockets. Sockets use the `SocketConfig` defaults (8 MiB
-//! receive buffers, granted beyond `net.core.rmem_max` only to a process allowed to force
-//! them). The raw blast runs three times per receiver count and the fastest is the ceiling. Traffic stays on 127.0.0.1: the group is joined on
+//! those of the protocol and the sockets. Receive buffers hold 32 ms at the row's rate ceiling
+//! (at least the 8 MiB `SocketConfig` default; granted beyond `net.core.rmem_max` only to a
+//! process allowed to force them), for the raw blast as for the protocol. The raw blast runs three times per receiver count and the fastest is the ceiling. Traffic stays on 127.0.0.1: the group is joined on
 //! 127.0.0.1 and sent with IP_MULTICAST_IF 127.0.0.1, TTL 1.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdp};
@@ -122,7 +122,14 @@ fn cpu_seconds() -> f64 {
     (tick(11) + tick(12)) / 100.0
 }
 
-fn group_config(last: u8) -> SocketConfig {
+/// Receive buffer for a rate ceiling: 32 ms of it (the time a receiver may go without a
+/// core on this shared two-core host), at least the `SocketConfig` default.
+fn recv_buffer_for(rate_mbit: u64) -> usize {
+    let bytes = rate_mbit.saturating_mul(1_000_000 / 8) as usize / 1000 * 32;
+    bytes.max(SocketConfig::default().recv_buffer)
+}
+
+fn group_config(last: u8, recv_buffer: usize) -> SocketConfig {
     let port = StdUdp::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
         .map(|a| a.port())
@@ -132,6 +139,7 @@ fn group_config(last: u8) -> SocketConfig {
     c.iface_v4 = Ipv4Addr::LOCALHOST;
     c.ttl = 1;
     c.loopback = true;
+    c.recv_buffer = recv_buffer;
     c
 }
 
@@ -151,8 +159,8 @@ const RAW_BLASTS: usize = 3;
 
 /// Raw blast: the same number of datagrams of the same size, no pacing, no repair.
 /// Returns (received bytes per receiver / time at that receiver, delivered share).
-async fn raw_blast(n: usize, packets: usize, len: usize) -> (Vec<f64>, f64) {
-    let sc = group_config(200);
+async fn raw_blast(n: usize, packets: usize, len: usize, recv_buffer: usize) -> (Vec<f64>, f64) {
+    let sc = group_config(200, recv_buffer);
     let mut handles = Vec::new();
     for _ in 0..n {
         let g = driver::group_socket(&sc).expect("group socket");
@@ -224,7 +232,7 @@ async fn distribute(
     rate_mbit: u64,
 ) -> RunResult {
     let (manifest, signed, pk) = (session.manifest, session.signed, session.pk);
-    let sc = group_config(1);
+    let sc = group_config(1, recv_buffer_for(rate_mbit));
     let mut handles = Vec::new();
     for i in 0..n {
         let g = driver::group_socket(&sc).expect("group socket");
@@ -459,7 +467,7 @@ async fn main() {
         let mut raw_mean = 0.0f64;
         let mut delivered = 0.0;
         for _ in 0..RAW_BLASTS {
-            let (raw, d) = raw_blast(n, packets, len).await;
+            let (raw, d) = raw_blast(n, packets, len, recv_buffer_for(rate)).await;
             let m = raw.iter().sum::<f64>() / raw.len() as f64;
             if m > raw_mean {
                 (raw_mean, delivered) = (m, d);

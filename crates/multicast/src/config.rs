@@ -22,7 +22,9 @@ pub struct SenderConfig {
     pub max_rate_bps: u64,
     /// Rate never backed off below this, bits per second.
     pub min_rate_bps: u64,
-    /// Token bucket depth in bytes (at least 2 ms of the ceiling is used when larger).
+    /// Token bucket depth in bytes (at least 4 ms of the ceiling is used when larger: the
+    /// pacing timer wakes with millisecond granularity, and a shallower bucket would
+    /// overflow while the sender sleeps and so pace below the ceiling).
     pub burst_bytes: u64,
     /// Loss (per mille) reported by a receiver above which the rate is cut.
     pub loss_backoff_permille: u16,

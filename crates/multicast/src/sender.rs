@@ -263,7 +263,7 @@ impl Sender {
             announce.push(out);
         }
         let rate = cfg.max_rate_bps as f64 / 8.0;
-        let capacity = (cfg.burst_bytes as f64).max(rate * 0.002);
+        let capacity = (cfg.burst_bytes as f64).max(rate * 0.004);
         let oti = ObjectTransmissionInformation::new(0, manifest.symbol_size, 0, 1, 1);
         let stats = SenderStats {
             rate_bps: cfg.max_rate_bps,

@@ -11,6 +11,10 @@
 //! of the interface to use, or for an IPv6 group the interface index. `--rate` is the
 //! ceiling in Mbit/s (default 100). The sender's key file holds a 64-hex-digit Ed25519
 //! seed; receivers are given the matching public key with `--sender-key`.
+//!
+//! After the session the sender listens `--linger-ms` (default 3000) for receivers'
+//! completion reports and prints a line per receiver; with `--expect N` it ends as soon as
+//! N receivers have reported.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -26,7 +30,7 @@ use outpost::multicast::{
 
 const USAGE: &str = "usage:
   multicast keygen --out KEYFILE
-  multicast send --group ADDR[:PORT] --iface IF --key KEYFILE [--rate MBIT] [--ttl N] [--loopback] FILE
+  multicast send --group ADDR[:PORT] --iface IF --key KEYFILE [--rate MBIT] [--ttl N] [--loopback] [--expect N] [--linger-ms MS] FILE
   multicast receive --group ADDR[:PORT] --iface IF --sender-key HEX --out DIR [--fetch-from FILE] [--loss FRACTION] [--loopback]";
 
 struct Args {
@@ -41,6 +45,8 @@ struct Args {
     ttl: u32,
     loss: f64,
     loopback: bool,
+    expect: u32,
+    linger_ms: u64,
     file: Option<PathBuf>,
 }
 
@@ -69,6 +75,8 @@ fn parse_args() -> Result<Args, String> {
         ttl: 1,
         loss: 0.0,
         loopback: false,
+        expect: 0,
+        linger_ms: 3000,
         file: None,
     };
     while let Some(flag) = it.next() {
@@ -125,6 +133,20 @@ fn parse_args() -> Result<Args, String> {
                     .ok_or(format!("--loss: {v:?} not in [0, 1)"))?;
             }
             "--loopback" => a.loopback = true,
+            "--expect" => {
+                let v = value("--expect")?;
+                a.expect = v
+                    .parse()
+                    .map_err(|_| format!("--expect: {v:?} is not a number of receivers"))?;
+            }
+            "--linger-ms" => {
+                let v = value("--linger-ms")?;
+                a.linger_ms = v
+                    .parse()
+                    .ok()
+                    .filter(|&ms| ms <= 600_000)
+                    .ok_or(format!("--linger-ms: {v:?} not in 0..=600000"))?;
+            }
             f if f.starts_with("--") => return Err(format!("unknown flag {f}")),
             f => {
                 if a.file.replace(f.into()).is_some() {
@@ -184,6 +206,8 @@ async fn send(a: Args) -> Result<(), String> {
     cfg.max_rate_bps = a.rate_mbit * 1_000_000;
     // Encoders are built on a worker thread while data keeps going out.
     cfg.offload_encoding = true;
+    cfg.done_linger_ms = a.linger_ms;
+    cfg.expect_receivers = a.expect;
     let session = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)

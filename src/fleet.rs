@@ -879,14 +879,24 @@ mod tests {
         let copies = vec![
             ("dev-good".to_string(), put("good", &data)),
             ("dev-flipped".to_string(), put("flipped", &flipped)),
-            ("dev-short".to_string(), put("short", &data[..data.len() - 1])),
+            (
+                "dev-short".to_string(),
+                put("short", &data[..data.len() - 1]),
+            ),
             ("dev-missing".to_string(), dir.path().join("missing")),
             ("dev-good-2".to_string(), put("good2", &data)),
         ];
         let (delivered, wrong) = verify_copies(copies, &sha).await;
-        assert_eq!(delivered, 2 * data.len() as u64, "only the two good copies count");
+        assert_eq!(
+            delivered,
+            2 * data.len() as u64,
+            "only the two good copies count"
+        );
         assert_eq!(wrong.len(), 3, "{wrong:?}");
-        for (line, id) in wrong.iter().zip(["dev-flipped", "dev-short", "dev-missing"]) {
+        for (line, id) in wrong
+            .iter()
+            .zip(["dev-flipped", "dev-short", "dev-missing"])
+        {
             assert!(line.starts_with(&format!("{id}: ")), "{line}");
         }
         assert!(wrong[0].contains("does not match"), "{}", wrong[0]);
@@ -904,6 +914,9 @@ mod tests {
             .lines()
             .find(|l| l.contains("devices ending wrong"))
             .expect("row present");
-        assert!(row.trim_end_matches('|').trim_end().ends_with(" 3"), "{row}");
+        assert!(
+            row.trim_end_matches('|').trim_end().ends_with(" 3"),
+            "{row}"
+        );
     }
 }

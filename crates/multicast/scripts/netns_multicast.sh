@@ -110,7 +110,7 @@ done
 sleep 1
 start=$(date +%s.%N)
 ip netns exec "${PFX}n0" "$BIN" send --group "$GROUP" --iface "$(iface 0)" --key "$WORK/key" \
-    --rate "$RATE" "$WORK/update.bin"
+    --rate "$RATE" --expect "$N" "$WORK/update.bin"
 status=0
 for p in "${pids[@]}"; do wait "$p" || status=1; done
 end=$(date +%s.%N)

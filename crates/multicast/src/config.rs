@@ -48,6 +48,13 @@ pub struct SenderConfig {
     pub max_repair_permille: u32,
     /// Copies of each End packet.
     pub end_copies: u32,
+    /// After the End packets, keep listening this many milliseconds for receivers' `Done`
+    /// reports (a receiver sends its report after checking the whole file, which may be
+    /// after the sender has ended). 0: finish at once.
+    pub done_linger_ms: u64,
+    /// Receivers expected to report `Done` (0: unknown). Once that many have reported, the
+    /// session ends without waiting for further quiet polls, and the linger stops.
+    pub expect_receivers: u32,
     /// Hand the building of blocks' RaptorQ encoders out as
     /// [`crate::sender::EncodeJob`]s through [`crate::Sender::poll_job`] instead of doing it
     /// inside [`crate::Sender::poll_transmit`]. [`crate::driver::run_sender`] then runs them on
@@ -75,6 +82,8 @@ impl Default for SenderConfig {
             proactive_fec_permille: 0,
             max_repair_permille: 500,
             end_copies: 3,
+            done_linger_ms: 0,
+            expect_receivers: 0,
             offload_encoding: false,
         }
     }
@@ -159,6 +168,12 @@ impl SenderConfig {
             return Err(Error::config(
                 "max_repair_permille",
                 format!("{} not in 1..=2000", self.max_repair_permille),
+            ));
+        }
+        if self.done_linger_ms > 600_000 {
+            return Err(Error::config(
+                "done_linger_ms",
+                format!("{} above 600000 (10 minutes)", self.done_linger_ms),
             ));
         }
         if self.end_copies == 0 || self.end_copies > 100 {

@@ -1,6 +1,6 @@
 //! The sans-IO sender state machine.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -99,7 +99,7 @@ pub struct SenderStats {
     pub foreign_session: u64,
     /// NAK entries naming blocks not yet sent or out of range.
     pub bad_nak_entries: u64,
-    /// Receivers that reported done with the right hash.
+    /// Receivers (distinct addresses) that reported done with the right hash.
     pub receivers_done: u64,
     /// Rate back-offs taken.
     pub backoffs: u64,
@@ -121,10 +121,15 @@ enum Phase {
     Data,
     Drain,
     Ending,
+    /// End sent; collecting `Done` reports until the instant.
+    Lingering(Instant),
     Finished,
 }
 
 const ENCODER_CACHE: usize = 32;
+
+/// Most distinct receivers counted in [`SenderStats::receivers_done`].
+const MAX_DONE_TRACKED: usize = 1 << 16;
 
 /// Most encoder jobs out at once when encoding is offloaded.
 const MAX_ENCODE_JOBS: usize = 2;
@@ -203,6 +208,8 @@ pub struct Sender {
     encoders: HashMap<u32, SourceBlockEncoder>,
     encoder_order: VecDeque<u32>,
     encoding: Vec<u32>,
+    /// Addresses that reported done with the right hash (bounded).
+    done_from: HashSet<SocketAddr>,
     jobs: VecDeque<EncodeJob>,
     poll_seq: u32,
     want_poll: bool,
@@ -286,6 +293,7 @@ impl Sender {
             encoders: HashMap::new(),
             encoder_order: VecDeque::new(),
             encoding: Vec::new(),
+            done_from: HashSet::new(),
             jobs: VecDeque::new(),
             poll_seq: 0,
             want_poll: false,
@@ -334,6 +342,7 @@ impl Sender {
         match self.phase {
             Phase::Finished => None,
             Phase::Ending => Some(self.bucket.ready_at(0)),
+            Phase::Lingering(until) => Some(until),
             _ if !self.control.is_empty() => Some(self.bucket.ready_at(0)),
             Phase::Data => Some(
                 self.bucket
@@ -375,8 +384,14 @@ impl Sender {
             return Ok(self.sent(out.len()));
         }
         if self.phase == Phase::Ending {
-            self.phase = Phase::Finished;
-            self.events.push_back(SenderEvent::Finished);
+            let linger = Duration::from_millis(self.cfg.done_linger_ms);
+            self.phase = Phase::Lingering(now + linger);
+        }
+        if let Phase::Lingering(until) = self.phase {
+            if now >= until || self.all_expected_done() {
+                self.phase = Phase::Finished;
+                self.events.push_back(SenderEvent::Finished);
+            }
             return Ok(false);
         }
         if !self.bucket.has(self.data_len()) {
@@ -425,6 +440,7 @@ impl Sender {
                 }
                 if self.quiet >= self.cfg.quiet_polls
                     || self.drain_polls >= self.cfg.max_drain_polls
+                    || self.all_expected_done()
                 {
                     for _ in 0..self.cfg.end_copies {
                         let mut p = Vec::new();
@@ -442,8 +458,13 @@ impl Sender {
                 self.write_poll(now, out);
                 Ok(self.sent(out.len()))
             }
-            Phase::Ending | Phase::Finished => Ok(false),
+            Phase::Ending | Phase::Lingering(_) | Phase::Finished => Ok(false),
         }
+    }
+
+    fn all_expected_done(&self) -> bool {
+        self.cfg.expect_receivers > 0
+            && self.stats.receivers_done >= u64::from(self.cfg.expect_receivers)
     }
 
     fn sent(&mut self, len: usize) -> bool {
@@ -675,7 +696,13 @@ impl Sender {
             } => self.handle_nak(now, poll, loss_permille, &entries),
             Packet::Done { file_hash, .. } => {
                 let hash_matches = file_hash == self.manifest.file_hash;
-                if hash_matches {
+                // Counted once per address; the set stops growing at MAX_DONE_TRACKED (a
+                // flood of forged reports can at worst end the session early: receivers
+                // still lacking blocks then fetch them by unicast).
+                if hash_matches
+                    && self.done_from.len() < MAX_DONE_TRACKED
+                    && self.done_from.insert(from)
+                {
                     self.stats.receivers_done += 1;
                 }
                 self.events
@@ -686,7 +713,11 @@ impl Sender {
     }
 
     fn handle_nak(&mut self, now: Instant, poll: u32, loss_permille: u16, entries: &[BlockCount]) {
-        if self.phase == Phase::Finished || self.phase == Phase::Ending || poll > self.poll_seq {
+        if matches!(
+            self.phase,
+            Phase::Finished | Phase::Ending | Phase::Lingering(_)
+        ) || poll > self.poll_seq
+        {
             self.stats.bad_nak_entries += entries.len() as u64;
             return;
         }

@@ -148,3 +148,35 @@ proptest! {
         }
     }
 }
+
+/// With `done_linger_ms`, the sender keeps collecting `Done` reports after the End packets;
+/// with `expect_receivers`, it stops as soon as that many distinct receivers reported.
+#[test]
+fn sender_collects_done_reports_and_stops_when_all_expected_reported() {
+    let data = file(200_000, 11);
+    let linger = Duration::from_secs(5);
+    let run = |expect: u32, linger_ms: u64| {
+        let mut cfg = SimConfig::new(5, 6, LinkModel::default());
+        cfg.sender.done_linger_ms = linger_ms;
+        cfg.sender.expect_receivers = expect;
+        let out = sim::run(&cfg, &data).unwrap();
+        check(&out, &data);
+        out
+    };
+    // All six expected: every report counted, and the session ends long before the linger.
+    let all = run(6, linger.as_millis() as u64);
+    assert_eq!(all.sender.receivers_done, 6);
+    assert!(all.elapsed < linger, "stopped early: {:?}", all.elapsed);
+    // One more expected than there are: every report counted, the linger runs out.
+    let short = run(7, linger.as_millis() as u64);
+    assert_eq!(short.sender.receivers_done, 6);
+    assert!(short.elapsed >= linger, "lingered: {:?}", short.elapsed);
+    // Expecting all six ends the session before the quiet polls would have.
+    let plain = run(0, 0);
+    assert!(
+        all.elapsed <= plain.elapsed,
+        "{:?} vs {:?}",
+        all.elapsed,
+        plain.elapsed
+    );
+}

@@ -72,6 +72,18 @@ impl SocketConfig {
         if self.group.port() == 0 {
             return Err(Error::config("group", "port 0"));
         }
+        if let SocketAddr::V6(g) = self.group
+            && link_scoped(g.ip())
+            && self.iface_v6 == 0
+        {
+            return Err(Error::config(
+                "iface_v6",
+                format!(
+                    "{} is an interface- or link-scoped group: name the interface index",
+                    g.ip()
+                ),
+            ));
+        }
         if self.ttl > 255 {
             return Err(Error::config("ttl", format!("{} above 255", self.ttl)));
         }
@@ -104,6 +116,12 @@ fn new_socket(cfg: &SocketConfig) -> Result<Socket> {
     s.set_nonblocking(true)
         .map_err(sockerr("set non-blocking", cfg))?;
     Ok(s)
+}
+
+/// Whether an IPv6 multicast address has interface-local (1) or link-local (2) scope
+/// (RFC 4291 §2.7: the low 4 bits of the second byte), so it needs an interface.
+fn link_scoped(ip: &Ipv6Addr) -> bool {
+    matches!(ip.octets()[1] & 0x0f, 1 | 2)
 }
 
 #[derive(Clone, Copy)]
@@ -163,7 +181,13 @@ pub fn group_socket(cfg: &SocketConfig) -> Result<UdpSocket> {
         }
         SocketAddr::V6(g) => {
             s.set_only_v6(true).map_err(sockerr("IPV6_V6ONLY", cfg))?;
-            s.bind(&SocketAddr::V6(g).into())
+            // A link-scoped group address is only meaningful with its interface: binding
+            // to it without a scope id fails (EINVAL).
+            let mut bind = g;
+            if link_scoped(g.ip()) {
+                bind.set_scope_id(cfg.iface_v6);
+            }
+            s.bind(&SocketAddr::V6(bind).into())
                 .map_err(sockerr("bind group", cfg))?;
             s.join_multicast_v6(g.ip(), cfg.iface_v6)
                 .map_err(sockerr("join group (IPv6)", cfg))?;

@@ -1,0 +1,166 @@
+//! IPv6 multicast over real sockets, inside a private network namespace made for the test.
+//!
+//! The loopback interface carries no IPv6 multicast, so the outer test re-runs this test
+//! binary under `unshare --net` with a veth pair (`va`, `vb`, addresses fd00:251::1 and
+//! ::2) that exists only in that namespace and disappears with it: the sender sends on
+//! `va`, the receivers join on `vb`, to a link-scoped group. Nothing can reach any other
+//! network. Where a network namespace cannot be created (not privileged, no `unshare` or
+//! `ip`), the outer test says so and does not fail.
+
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use outpost_multicast::driver::{self, FileSink, NoFetcher, ReceiveOptions, SocketConfig};
+use outpost_multicast::{Receiver, ReceiverConfig, Sender, SenderConfig, SigningKey};
+
+const INNER: &str = "inner_ipv6_two_receivers_over_a_veth_pair";
+const MARK: &str = "OUTPOST_IPV6_NETNS_INNER";
+
+#[test]
+fn ipv6_multicast_in_a_private_network_namespace() {
+    let exe = std::env::current_exe().unwrap();
+    let setup = "ip link set lo up && ip link add va type veth peer name vb \
+        && ip addr add fd00:251::1/64 dev va nodad && ip addr add fd00:251::2/64 dev vb nodad \
+        && ip link set va up && ip link set vb up \
+        && exec \"$0\" --exact \"$1\" --ignored --nocapture --test-threads 1";
+    let out = match Command::new("unshare")
+        .args(["--net", "--", "sh", "-c", setup])
+        .arg(&exe)
+        .arg(INNER)
+        .env(MARK, "1")
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("skipped: cannot run unshare: {e}");
+            return;
+        }
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !stdout.contains(&format!("test {INNER} ...")) {
+        // The namespace or the veth pair could not be made: nothing of ours ran.
+        eprintln!(
+            "skipped: no private network namespace here ({}): {}",
+            out.status,
+            stderr.trim()
+        );
+        return;
+    }
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "inner test failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+}
+
+/// Interface index of `name`, from this namespace's IPv6 address table (`/sys` may still
+/// show the namespace the process came from; `/proc/net` follows the process).
+fn ifindex(name: &str) -> u32 {
+    let table = std::fs::read_to_string("/proc/net/if_inet6").unwrap();
+    table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() == 6 && f[5] == name)
+        .and_then(|f| u32::from_str_radix(f[1], 16).ok())
+        .unwrap_or_else(|| panic!("{name} not in /proc/net/if_inet6:\n{table}"))
+}
+
+/// Runs only inside the namespace the outer test makes (ignored otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by ipv6_multicast_in_a_private_network_namespace inside its namespace"]
+async fn inner_ipv6_two_receivers_over_a_veth_pair() {
+    assert!(
+        std::env::var_os(MARK).is_some(),
+        "run through ipv6_multicast_in_a_private_network_namespace"
+    );
+    let group: Ipv6Addr = "ff12::90:2".parse().unwrap();
+    let port = 15001;
+    let mut rx_cfg = SocketConfig::default();
+    rx_cfg.group = SocketAddr::V6(SocketAddrV6::new(group, port, 0, 0));
+    rx_cfg.iface_v6 = ifindex("vb");
+    let mut tx_cfg = rx_cfg.clone();
+    tx_cfg.iface_v6 = ifindex("va");
+
+    // A link-scoped group without an interface is refused with the field named.
+    let mut no_iface = rx_cfg.clone();
+    no_iface.iface_v6 = 0;
+    let e = driver::group_socket(&no_iface).unwrap_err().to_string();
+    assert!(e.contains("iface_v6"), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("update.bin");
+    let data: Vec<u8> = (0..2_500_000u32)
+        .map(|i| (i.wrapping_mul(2_246_822_519) >> 11) as u8)
+        .collect();
+    std::fs::write(&src, &data).unwrap();
+    let key = SigningKey::from_seed(&[9u8; 32]).unwrap();
+    let pk = key.public_key();
+
+    let mut handles = Vec::new();
+    for i in 0..2u64 {
+        let out = tempfile::tempdir().unwrap();
+        let g = driver::group_socket(&rx_cfg).unwrap();
+        let c = driver::control_socket(&rx_cfg).unwrap();
+        handles.push(tokio::spawn(async move {
+            let mut rcfg = ReceiverConfig::default();
+            rcfg.seed = i;
+            let mut rx = Receiver::new(rcfg, &pk).unwrap();
+            let mut sink = FileSink::new(out.path()).unwrap();
+            // Receiver 1 loses 5% of what arrives (seeded), so repair crosses IPv6 too.
+            let opts = if i == 1 {
+                ReceiveOptions::with_loss(0.05, 7)
+            } else {
+                ReceiveOptions::default()
+            };
+            let res = tokio::time::timeout(
+                Duration::from_secs(30),
+                driver::run_receiver(&g, &c, &mut rx, &mut sink, &mut NoFetcher, &opts, |_| {}),
+            )
+            .await
+            .expect("receiver finished in time")
+            .expect("receiver ok");
+            (res, std::fs::read(sink.final_path()).unwrap(), out)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let mut scfg = SenderConfig::default();
+    scfg.max_rate_bps = 400_000_000;
+    scfg.poll_interval_ms = 100;
+    scfg.block_symbols = 64;
+    scfg.expect_receivers = 2;
+    scfg.done_linger_ms = 10_000;
+    let manifest = driver::manifest_for_file(
+        &src,
+        0x66,
+        "update.bin",
+        scfg.symbol_size,
+        scfg.block_symbols,
+    )
+    .unwrap();
+    let signed = manifest.sign(key.key_pair());
+    let source = driver::FileSource::open(&src).unwrap();
+    let mut sender =
+        Sender::new(scfg, manifest, &signed, Box::new(source), Instant::now()).unwrap();
+    let sock = driver::send_socket(&tx_cfg).unwrap();
+    let stats = tokio::time::timeout(
+        Duration::from_secs(30),
+        driver::run_sender(&sock, tx_cfg.group, &mut sender, |_, _| {}),
+    )
+    .await
+    .expect("sender finished in time")
+    .expect("sender ok");
+
+    for h in handles {
+        let (res, written, _dir) = h.await.unwrap();
+        assert!(written == data, "file byte-exact");
+        assert_eq!(res.fetched_blocks, 0, "everything came by multicast");
+        if res.injected_drops > 0 {
+            assert!(res.stats.repair_symbols > 0, "repaired: {:?}", res.stats);
+        }
+    }
+    assert!(stats.repair_packets > 0, "{stats:?}");
+    assert_eq!(stats.receivers_done, 2, "both reports arrived over IPv6");
+}

@@ -41,6 +41,10 @@ pub struct SocketConfig {
     pub recv_buffer: usize,
     /// Send buffer size requested, bytes.
     pub send_buffer: usize,
+    /// Where the kernel caps a buffer below the size asked for (`net.core.rmem_max` /
+    /// `wmem_max`), ask again with `SO_RCVBUFFORCE` / `SO_SNDBUFFORCE` (Linux; granted only
+    /// to a process with `CAP_NET_ADMIN`, silently capped otherwise). Off: the cap stands.
+    pub force_buffers: bool,
 }
 
 impl Default for SocketConfig {
@@ -56,6 +60,7 @@ impl Default for SocketConfig {
             loopback: false,
             recv_buffer: 8 << 20,
             send_buffer: 4 << 20,
+            force_buffers: true,
         }
     }
 }
@@ -142,7 +147,7 @@ fn set_buffer(s: &Socket, which: Buffer, size: usize, cfg: &SocketConfig) -> Res
     };
     set.map_err(sockerr(what, cfg))?;
     #[cfg(target_os = "linux")]
-    {
+    if cfg.force_buffers {
         let got = match which {
             Buffer::Recv => s.recv_buffer_size(),
             Buffer::Send => s.send_buffer_size(),

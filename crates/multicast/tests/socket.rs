@@ -222,7 +222,8 @@ async fn late_receiver_fetches_and_crash_resumes() {
 }
 
 /// A receive buffer above the system cap (`net.core.rmem_max`) is granted in full to a
-/// process allowed to force it (`CAP_NET_ADMIN`) and capped for any other.
+/// process allowed to force it (`CAP_NET_ADMIN`) and capped for any other, or when
+/// `force_buffers` is off.
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn receive_buffer_beyond_the_system_cap_when_allowed() {
@@ -247,4 +248,12 @@ async fn receive_buffer_beyond_the_system_cap_when_allowed() {
     if !allowed {
         assert!(got <= 2 * cap, "unprivileged socket above the cap: {got}");
     }
+    // Not forced: the cap stands whatever the privileges.
+    cfg.force_buffers = false;
+    let g = driver::group_socket(&cfg).unwrap();
+    let got = socket2::SockRef::from(&g).recv_buffer_size().unwrap();
+    assert!(
+        got <= 2 * cap,
+        "force_buffers off, still above the cap: {got}"
+    );
 }

@@ -266,6 +266,8 @@ async fn distribute(
     cfg.burst_bytes = 1 << 20;
     cfg.repair_margin = o.margin;
     cfg.offload_encoding = !o.inline_blocks;
+    // The sender ends once every receiver reported done (else it lingers a second).
+    cfg.expect_receivers = n as u32;
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
     // The sender runs on its own thread and runtime, as a distribution point's sender

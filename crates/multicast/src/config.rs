@@ -48,9 +48,11 @@ pub struct SenderConfig {
     pub max_repair_permille: u32,
     /// Copies of each End packet.
     pub end_copies: u32,
-    /// After the End packets, keep listening this many milliseconds for receivers' `Done`
+    /// After the End packets, keep listening this many milliseconds: for receivers' `Done`
     /// reports (a receiver sends its report after checking the whole file, which may be
-    /// after the sender has ended). 0: finish at once.
+    /// after the sender has ended), and for manifest requests from receivers that lost
+    /// the manifest for the whole session (they get it once more, then fetch the blocks by
+    /// unicast). 0: finish at once.
     pub done_linger_ms: u64,
     /// Receivers expected to report `Done` (0: unknown). Once that many have reported, the
     /// session ends without waiting for further quiet polls, and the linger stops.
@@ -82,7 +84,7 @@ impl Default for SenderConfig {
             proactive_fec_permille: 0,
             max_repair_permille: 500,
             end_copies: 3,
-            done_linger_ms: 0,
+            done_linger_ms: 1000,
             expect_receivers: 0,
             offload_encoding: false,
         }

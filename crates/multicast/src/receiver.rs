@@ -303,7 +303,24 @@ pub struct Receiver {
     stats: ReceiverStats,
     rng: ChaCha8Rng,
     last_activity: Option<Instant>,
+    /// When the manifest was last asked for (no session accepted yet).
+    last_manifest_request: Option<Instant>,
+    /// The last session heard of without its manifest (no session accepted yet): its id,
+    /// its sender, and whether its End was heard.
+    unknown: Option<(u64, SocketAddr, bool)>,
+    /// Manifest requests still to repeat for it, one per MANIFEST_RETRY_INTERVAL (each
+    /// answer may be lost too; the sender answers until its linger ends).
+    manifest_retries: u32,
 }
+
+/// Manifest requests repeated after the last packet heard of a session without its
+/// manifest.
+const MANIFEST_RETRIES: u32 = 10;
+/// Time between those repeats.
+const MANIFEST_RETRY_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Least time between two manifest requests from a receiver without a session.
+const MANIFEST_REQUEST_INTERVAL: Duration = Duration::from_millis(20);
 
 impl std::fmt::Debug for Receiver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -341,6 +358,9 @@ impl Receiver {
             spare: Vec::new(),
             stats: ReceiverStats::default(),
             last_activity: None,
+            last_manifest_request: None,
+            unknown: None,
+            manifest_retries: 0,
         })
     }
 
@@ -386,6 +406,11 @@ impl Receiver {
 
     /// When [`Receiver::handle_timeout`] should run next.
     pub fn next_timeout(&self) -> Option<Instant> {
+        if self.active.is_none() && self.unknown.is_some() && self.manifest_retries > 0 {
+            return self
+                .last_manifest_request
+                .map(|t| t + MANIFEST_RETRY_INTERVAL);
+        }
         let a = self.active.as_ref()?;
         if a.complete {
             return None;
@@ -405,6 +430,26 @@ impl Receiver {
 
     /// Runs timers: sends a due NAK, notices an idle session.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.active.is_none()
+            && self.manifest_retries > 0
+            && let Some((session, to, _)) = self.unknown
+            && self
+                .last_manifest_request
+                .is_none_or(|t| now >= t + MANIFEST_RETRY_INTERVAL)
+        {
+            self.manifest_retries -= 1;
+            self.last_manifest_request = Some(now);
+            let mut out = Vec::new();
+            Packet::Nak {
+                session,
+                poll: 0,
+                loss_permille: 0,
+                entries: Vec::new(),
+            }
+            .encode(&mut out);
+            self.transmit.push_back((to, out));
+            self.stats.manifest_requests += 1;
+        }
         let idle_ms = self.cfg.idle_timeout_ms;
         let last = self.last_activity;
         let Some(a) = self.active.as_mut() else {
@@ -475,21 +520,44 @@ impl Receiver {
             .is_some_and(|a| a.manifest.session_id == session);
         if !matches {
             self.stats.unknown_session += 1;
-            // A poll while no session is accepted yet: ask its sender for the manifest (a NAK
-            // without entries; one small datagram per poll, no amplification).
-            if let Packet::Poll { poll, .. } = p
-                && self.active.is_none()
-            {
-                let mut out = Vec::new();
-                Packet::Nak {
-                    session,
-                    poll,
-                    loss_permille: 0,
-                    entries: Vec::new(),
+            // A sender's packet while no session is accepted yet: ask it for the manifest (a
+            // NAK without entries; at most one small datagram per
+            // MANIFEST_REQUEST_INTERVAL, no amplification), and again on a timer a few
+            // times after the last such packet. An End is remembered, so a manifest that
+            // comes after it (the sender answers while it lingers) goes straight to unicast
+            // fetching.
+            let from_sender = matches!(
+                p,
+                Packet::Data { .. } | Packet::Poll { .. } | Packet::Ncf { .. } | Packet::End { .. }
+            );
+            if from_sender && self.active.is_none() {
+                let is_end = matches!(p, Packet::End { .. });
+                let ended = match self.unknown {
+                    Some((s, _, e)) if s == session => e || is_end,
+                    _ => is_end,
+                };
+                self.unknown = Some((session, from, ended));
+                self.manifest_retries = MANIFEST_RETRIES;
+                if self
+                    .last_manifest_request
+                    .is_none_or(|t| now >= t + MANIFEST_REQUEST_INTERVAL)
+                {
+                    self.last_manifest_request = Some(now);
+                    let poll = match p {
+                        Packet::Poll { poll, .. } => poll,
+                        _ => 0,
+                    };
+                    let mut out = Vec::new();
+                    Packet::Nak {
+                        session,
+                        poll,
+                        loss_permille: 0,
+                        entries: Vec::new(),
+                    }
+                    .encode(&mut out);
+                    self.transmit.push_back((from, out));
+                    self.stats.manifest_requests += 1;
                 }
-                .encode(&mut out);
-                self.transmit.push_back((from, out));
-                self.stats.manifest_requests += 1;
             }
             return;
         }
@@ -629,8 +697,18 @@ impl Receiver {
             manifest: manifest.clone(),
         });
         self.last_activity = Some(now);
+        let session = manifest.session_id;
         self.events
             .push_back(ReceiverEvent::ManifestAccepted(Box::new(manifest)));
+        // The session already ended before its manifest got here: fetch everything.
+        if let Some((s, from, true)) = self.unknown.take()
+            && s == session
+            && let Some(a) = self.active.as_mut()
+        {
+            a.ended = true;
+            a.sender = Some(from);
+            self.request_fetch();
+        }
     }
 
     fn handle_data(&mut self, from: SocketAddr, seq: u64, block: u32, esi: u32, symbol: &[u8]) {

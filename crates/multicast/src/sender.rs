@@ -128,6 +128,9 @@ enum Phase {
 
 const ENCODER_CACHE: usize = 32;
 
+/// While lingering, the End is repeated this often.
+const LINGER_END_INTERVAL: Duration = Duration::from_millis(25);
+
 /// Most distinct receivers counted in [`SenderStats::receivers_done`].
 const MAX_DONE_TRACKED: usize = 1 << 16;
 
@@ -210,6 +213,10 @@ pub struct Sender {
     encoding: Vec<u32>,
     /// Addresses that reported done with the right hash (bounded).
     done_from: HashSet<SocketAddr>,
+    /// Lingering: a manifest request came in; one round of the manifest is due.
+    linger_announce: bool,
+    /// Lingering: when the End goes out again.
+    next_linger_end: Instant,
     jobs: VecDeque<EncodeJob>,
     poll_seq: u32,
     want_poll: bool,
@@ -294,6 +301,8 @@ impl Sender {
             encoder_order: VecDeque::new(),
             encoding: Vec::new(),
             done_from: HashSet::new(),
+            linger_announce: false,
+            next_linger_end: now,
             jobs: VecDeque::new(),
             poll_seq: 0,
             want_poll: false,
@@ -342,7 +351,10 @@ impl Sender {
         match self.phase {
             Phase::Finished => None,
             Phase::Ending => Some(self.bucket.ready_at(0)),
-            Phase::Lingering(until) => Some(until),
+            Phase::Lingering(_) if self.linger_announce => {
+                Some(self.bucket.ready_at(self.data_len()))
+            }
+            Phase::Lingering(until) => Some(until.min(self.next_linger_end)),
             _ if !self.control.is_empty() => Some(self.bucket.ready_at(0)),
             Phase::Data => Some(
                 self.bucket
@@ -386,11 +398,34 @@ impl Sender {
         if self.phase == Phase::Ending {
             let linger = Duration::from_millis(self.cfg.done_linger_ms);
             self.phase = Phase::Lingering(now + linger);
+            self.next_linger_end = now + LINGER_END_INTERVAL;
         }
         if let Phase::Lingering(until) = self.phase {
             if now >= until || self.all_expected_done() {
                 self.phase = Phase::Finished;
                 self.events.push_back(SenderEvent::Finished);
+                return Ok(false);
+            }
+            if self.linger_announce && self.bucket.has(self.data_len()) {
+                out.extend_from_slice(&self.announce[self.announce_pos]);
+                self.announce_pos += 1;
+                if self.announce_pos == self.announce.len() {
+                    self.announce_pos = 0;
+                    self.linger_announce = false;
+                }
+                self.stats.announce_packets += 1;
+                return Ok(self.sent(out.len()));
+            }
+            // The End again now and then: a receiver that heard nothing of the session
+            // (a burst of loss covering it) learns of it and asks for the manifest.
+            if now >= self.next_linger_end {
+                self.next_linger_end = now + LINGER_END_INTERVAL;
+                Packet::End {
+                    session: self.manifest.session_id,
+                    high_seq: self.seq,
+                }
+                .encode(out);
+                return Ok(self.sent(out.len()));
             }
             return Ok(false);
         }
@@ -713,6 +748,18 @@ impl Sender {
     }
 
     fn handle_nak(&mut self, now: Instant, poll: u32, loss_permille: u16, entries: &[BlockCount]) {
+        if entries.is_empty() && matches!(self.phase, Phase::Lingering(_)) {
+            // A receiver that missed the manifest for the whole session asks for it after
+            // the End: announce once more, so it can fetch the blocks by unicast.
+            let hold = Duration::from_millis(self.cfg.poll_interval_ms);
+            if self.last_reannounce.is_none_or(|t| now >= t + hold) {
+                self.last_reannounce = Some(now);
+                self.linger_announce = true;
+                self.announce_pos = 0;
+            }
+            self.stats.naks += 1;
+            return;
+        }
         if matches!(
             self.phase,
             Phase::Finished | Phase::Ending | Phase::Lingering(_)

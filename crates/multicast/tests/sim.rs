@@ -132,20 +132,96 @@ proptest! {
         receivers in 1usize..12,
         len in 1usize..60_000,
     ) {
-        let data = file(len, seed as u32);
-        // Total loss stays within 0-20%: independent loss plus what bursts add.
-        let burst_start = burst_start.min((0.20 - loss).max(0.0) / f64::from(burst_len));
-        let mut link = LinkModel::default();
-        link.loss = loss;
-        link.burst_start = burst_start;
-        link.burst_len = burst_len;
-        link.reorder = reorder;
-        link.duplicate = duplicate;
-        let out = sim::run(&SimConfig::new(seed, receivers, link), &data).unwrap();
+        let (data, out) = loss_pattern(seed, loss, burst_start, burst_len, reorder, duplicate, receivers, len);
         for r in &out.receivers {
             prop_assert!(r.finished);
             prop_assert!(r.data == data);
         }
+    }
+}
+
+/// One run of the property above: a file of `len` bytes to `receivers` receivers behind
+/// links with that loss pattern.
+#[allow(clippy::too_many_arguments)]
+fn loss_pattern(
+    seed: u64,
+    loss: f64,
+    burst_start: f64,
+    burst_len: u32,
+    reorder: f64,
+    duplicate: f64,
+    receivers: usize,
+    len: usize,
+) -> (Vec<u8>, sim::SimOutcome) {
+    let data = file(len, seed as u32);
+    // Total loss stays within 0-20%: independent loss plus what bursts add.
+    let burst_start = burst_start.min((0.20 - loss).max(0.0) / f64::from(burst_len));
+    let mut link = LinkModel::default();
+    link.loss = loss;
+    link.burst_start = burst_start;
+    link.burst_len = burst_len;
+    link.reorder = reorder;
+    link.duplicate = duplicate;
+    let out = sim::run(&SimConfig::new(seed, receivers, link), &data).unwrap();
+    (data, out)
+}
+
+/// Short sessions where one receiver lost the manifest and every poll (it heard only a
+/// few data packets, an NCF or the End), or lost every packet of the session: it asks the
+/// sender for the manifest, which answers and repeats its End while it lingers, and then
+/// fetches the blocks by unicast. Found by the property above.
+#[test]
+fn receivers_that_missed_the_manifest_or_the_whole_session_still_finish() {
+    let cases = [
+        (
+            17_635_883_138_931_459_278,
+            0.1650888399452985,
+            0.002168970919445413,
+            16,
+            0.0,
+            0.003893044769137134,
+            10,
+            2817,
+        ),
+        (
+            12_994_391_541_721_183_702,
+            0.13044853191089964,
+            0.01674260803501029,
+            18,
+            0.021665588348826755,
+            0.0007919686612089582,
+            6,
+            769,
+        ),
+        (
+            3_841_471_505_511_025_154,
+            0.07745808772156645,
+            0.013408218714127982,
+            17,
+            0.048161265595367854,
+            0.03245983021913812,
+            4,
+            513,
+        ),
+    ];
+    for (seed, loss, burst_start, burst_len, reorder, duplicate, receivers, len) in cases {
+        let (data, out) = loss_pattern(
+            seed,
+            loss,
+            burst_start,
+            burst_len,
+            reorder,
+            duplicate,
+            receivers,
+            len,
+        );
+        check(&out, &data);
+        assert!(
+            out.receivers
+                .iter()
+                .any(|r| r.stats.manifest_requests > 0 && r.fetched_blocks > 0),
+            "seed {seed}: some receiver asked for the manifest and fetched"
+        );
     }
 }
 

@@ -226,6 +226,9 @@ pub struct Sender {
     drain_polls: u32,
     next_announce: Instant,
     announce_pos: usize,
+    /// Time between unrequested rounds of the manifest: `announce_interval_ms`, longer
+    /// when the manifest would otherwise take more than 1% of the rate ceiling.
+    announce_every: Duration,
     phase: Phase,
     last_backoff: Option<Instant>,
     last_reannounce: Option<Instant>,
@@ -277,6 +280,10 @@ impl Sender {
             announce.push(out);
         }
         let rate = cfg.max_rate_bps as f64 / 8.0;
+        let manifest_bytes: usize = announce.iter().map(Vec::len).sum();
+        let announce_every = Duration::from_millis(cfg.announce_interval_ms).max(
+            Duration::from_secs_f64(manifest_bytes as f64 * 100.0 / rate.max(1.0)),
+        );
         let capacity = (cfg.burst_bytes as f64).max(rate * 0.004);
         let oti = ObjectTransmissionInformation::new(0, manifest.symbol_size, 0, 1, 1);
         let stats = SenderStats {
@@ -312,6 +319,7 @@ impl Sender {
             drain_polls: 0,
             next_announce: now,
             announce_pos: 0,
+            announce_every,
             phase: Phase::Data,
             last_backoff: None,
             last_reannounce: None,
@@ -437,7 +445,7 @@ impl Sender {
             self.announce_pos += 1;
             if self.announce_pos == self.announce.len() {
                 self.announce_pos = 0;
-                self.next_announce = now + Duration::from_millis(self.cfg.announce_interval_ms);
+                self.next_announce = now + self.announce_every;
             }
             self.stats.announce_packets += 1;
             return Ok(self.sent(out.len()));
@@ -510,11 +518,8 @@ impl Sender {
     }
 
     fn write_poll(&mut self, now: Instant, out: &mut Vec<u8>) {
-        // Every poll is followed by the manifest, so receivers that missed a piece of it
-        // (or joined late) can take part.
-        if self.announce_pos == 0 {
-            self.next_announce = now;
-        }
+        // Receivers that missed a piece of the manifest (or joined late) answer the poll
+        // with an empty NAK, which brings a round of the manifest (`handle_nak`).
         self.poll_seq += 1;
         self.naks_since_poll = 0;
         self.last_poll = Some(now);

@@ -256,3 +256,30 @@ fn sender_collects_done_reports_and_stops_when_all_expected_reported() {
         plain.elapsed
     );
 }
+
+/// A manifest of many blocks is not repeated after every poll: receivers that lack it ask
+/// for it, and the unrequested repeats are spaced so they cost at most about 1% of the rate
+/// ceiling. Here the manifest (8,192 block hashes, about 260 KB in 256-byte pieces) is an
+/// eighth of the file.
+#[test]
+fn a_large_manifest_is_not_repeated_after_every_poll() {
+    let data = file(2 << 20, 5);
+    let mut cfg = SimConfig::new(21, 3, LinkModel::lossy(0.02));
+    cfg.sender.symbol_size = 64;
+    cfg.sender.block_symbols = 4;
+    let out = sim::run(&cfg, &data).unwrap();
+    check(&out, &data);
+    let key = outpost_multicast::SigningKey::from_seed(&[1u8; 32]).unwrap();
+    let signed = outpost_multicast::Manifest::for_bytes(1, "update.bin", &data, 64, 4)
+        .unwrap()
+        .sign(key.key_pair());
+    let pieces = signed.len().div_ceil(256) as u64;
+    let s = &out.sender;
+    // Repeating it after every poll (each 4 blocks) would have sent over 2,000 rounds.
+    assert!(s.polls > 2_000, "{s:?}");
+    assert!(
+        s.announce_packets <= 6 * pieces,
+        "{} manifest pieces sent, {pieces} per round: {s:?}",
+        s.announce_packets
+    );
+}

@@ -119,7 +119,7 @@ fn total_loss_then_unicast() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(12))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn byte_exact_under_any_loss_pattern(

@@ -545,7 +545,9 @@ pub async fn run_sender(
     sender: &mut Sender,
     mut progress: impl FnMut(&SenderStats, Option<SenderEvent>),
 ) -> Result<SenderStats> {
-    let mut buf = Vec::with_capacity(MAX_DATAGRAM);
+    let mut bufs: Vec<Vec<u8>> = (0..SEND_BATCH)
+        .map(|_| Vec::with_capacity(MAX_DATAGRAM))
+        .collect();
     let mut rbuf = vec![0u8; MAX_DATAGRAM];
     let mut last_progress = Instant::now();
     let mut worker = Worker::new("multicast-encode", EncodeJob::run);
@@ -558,10 +560,19 @@ pub async fn run_sender(
             sender.complete_job(r);
         }
         let mut n = 0u32;
-        while sender.poll_transmit(now, &mut buf)? {
-            send_retrying(socket, &buf, group).await?;
-            n += 1;
-            if n.is_multiple_of(64) {
+        loop {
+            // Up to SEND_BATCH datagrams the token bucket allows now, in one system call.
+            let mut k = 0;
+            while k < SEND_BATCH && sender.poll_transmit(now, &mut bufs[k])? {
+                k += 1;
+            }
+            if k == 0 {
+                break;
+            }
+            send_batch(socket, &bufs[..k], group).await?;
+            n += k as u32;
+            if n >= 64 {
+                n = 0;
                 now = Instant::now();
                 drain(socket, &mut rbuf, |from, d| {
                     sender.handle_datagram(now, from, d)
@@ -598,6 +609,63 @@ pub async fn run_sender(
             }
         }
     }
+}
+
+/// Datagrams handed to the kernel at once by [`run_sender`].
+const SEND_BATCH: usize = 32;
+
+/// Sends `bufs` to `to`: one `sendmmsg` per batch on Linux, one `send_to` each elsewhere.
+#[cfg(target_os = "linux")]
+async fn send_batch(socket: &UdpSocket, bufs: &[Vec<u8>], to: SocketAddr) -> Result<()> {
+    use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny};
+    use std::io::IoSlice;
+    let addr = SocketAddrAny::from(to);
+    let mut sent = 0;
+    let mut no_buffer = 0;
+    while sent < bufs.len() {
+        let r = socket.try_io(tokio::io::Interest::WRITABLE, || {
+            let iovs: Vec<[IoSlice<'_>; 1]> =
+                bufs[sent..].iter().map(|b| [IoSlice::new(b)]).collect();
+            let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> = iovs
+                .iter()
+                .map(|_| SendAncillaryBuffer::default())
+                .collect();
+            let mut msgs: Vec<MMsgHdr<'_>> = iovs
+                .iter()
+                .zip(controls.iter_mut())
+                .map(|(iov, c)| MMsgHdr::new_with_addr(&addr, iov, c))
+                .collect();
+            rustix::net::sendmmsg(socket, &mut msgs, SendFlags::empty())
+                .map_err(std::io::Error::from)
+        });
+        match r {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => socket
+                .writable()
+                .await
+                .map_err(|e| Error::io(format!("wait to send to {to}"), e))?,
+            // ENOBUFS: the device queue is full; back off briefly (bounded) and retry.
+            Err(e) if e.raw_os_error() == Some(105) && no_buffer < 1000 => {
+                no_buffer += 1;
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    format!("send {} datagrams to {to}", bufs.len() - sent),
+                    e,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn send_batch(socket: &UdpSocket, bufs: &[Vec<u8>], to: SocketAddr) -> Result<()> {
+    for b in bufs {
+        send_retrying(socket, b, to).await?;
+    }
+    Ok(())
 }
 
 async fn send_retrying(socket: &UdpSocket, buf: &[u8], to: SocketAddr) -> Result<()> {

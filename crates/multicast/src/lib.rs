@@ -13,7 +13,7 @@
 //!   confirms to the group, so other receivers suppress theirs; the sender sends enough repair
 //!   for the worst report, paced by a token bucket that backs off on heavy loss.
 //! * [`sim`]: a deterministic in-memory network (seeded loss, bursts, reordering,
-//!   duplication) driving one sender and many receivers.
+//!   duplication, partitions) driving one sender and many receivers.
 //! * [`driver`]: socket2/tokio sockets (group join, interface, TTL, loopback, buffers; IPv4
 //!   and IPv6), file source and sink with temporary name, whole-file check, rename and resume,
 //!   and a pluggable unicast [`driver::Fetcher`] for blocks the session did not deliver.

@@ -1,5 +1,6 @@
 //! A deterministic in-memory network: one sender, many receivers, a virtual clock and a
-//! seeded per-receiver link model (loss, loss bursts, reordering, duplication, latency).
+//! seeded per-receiver link model (loss, loss bursts, reordering, duplication, latency,
+//! partitions).
 //!
 //! The same seed gives the same run, packet for packet.
 
@@ -36,6 +37,9 @@ pub struct LinkModel {
     pub duplicate: f64,
     /// One-way latency.
     pub latency: Duration,
+    /// Partitions: time windows `[from, to)` (from the start of the run) in which the
+    /// link carries nothing, either way.
+    pub partitions: Vec<(Duration, Duration)>,
 }
 
 impl Default for LinkModel {
@@ -48,6 +52,7 @@ impl Default for LinkModel {
             reorder_delay: Duration::from_micros(500),
             duplicate: 0.0,
             latency: Duration::from_micros(200),
+            partitions: Vec::new(),
         }
     }
 }
@@ -72,8 +77,16 @@ struct LinkState {
 }
 
 impl LinkState {
-    /// Delivery delays for one packet (empty: lost).
-    fn fate(&mut self, rng: &mut ChaCha8Rng) -> Vec<Duration> {
+    /// Delivery delays for one packet sent at `now` (empty: lost).
+    fn fate(&mut self, now: Duration, rng: &mut ChaCha8Rng) -> Vec<Duration> {
+        if self
+            .model
+            .partitions
+            .iter()
+            .any(|(from, to)| (*from..*to).contains(&now))
+        {
+            return Vec::new();
+        }
         if self.burst_left > 0 {
             self.burst_left -= 1;
             return Vec::new();
@@ -329,7 +342,7 @@ pub fn run(cfg: &SimConfig, data: &[u8]) -> Result<SimOutcome> {
                 if n.rx.is_none() {
                     continue;
                 }
-                for d in n.link.fate(&mut rng) {
+                for d in n.link.fate(now, &mut rng) {
                     queue.push(Reverse(Ev {
                         at: now + d,
                         seq: id,
@@ -404,7 +417,7 @@ pub fn run(cfg: &SimConfig, data: &[u8]) -> Result<SimOutcome> {
             while let Some((_, bytes)) = rx.poll_transmit() {
                 let id = ev_seq;
                 ev_seq += 1;
-                let fate = n.link.fate(&mut rng);
+                let fate = n.link.fate(now, &mut rng);
                 if !fate.is_empty() {
                     payloads.insert(id, (Arc::from(bytes.as_slice()), fate.len()));
                 }

@@ -140,6 +140,33 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// One receiver partitioned off for up to 300 ms somewhere in the first 100 ms (short
+    /// files are over by then: it may miss all of the data, the End and the first repeats
+    /// of it), on top of independent loss: everyone still ends byte-exact.
+    #[test]
+    fn byte_exact_across_a_partition(
+        seed in any::<u64>(),
+        loss in 0.0f64..0.10,
+        from_ms in 0u64..100,
+        len_ms in 0u64..300,
+        receivers in 1usize..8,
+        len in 1usize..60_000,
+    ) {
+        let data = file(len, seed as u32);
+        let mut cfg = SimConfig::new(seed, receivers, LinkModel::lossy(loss));
+        cfg.links[0].partitions =
+            vec![(Duration::from_millis(from_ms), Duration::from_millis(from_ms + len_ms))];
+        let out = sim::run(&cfg, &data).unwrap();
+        for r in &out.receivers {
+            prop_assert!(r.finished, "{:?}", r.stats);
+            prop_assert!(r.data == data);
+        }
+    }
+}
+
 /// One run of the property above: a file of `len` bytes to `receivers` receivers behind
 /// links with that loss pattern.
 #[allow(clippy::too_many_arguments)]
@@ -281,5 +308,46 @@ fn a_large_manifest_is_not_repeated_after_every_poll() {
         s.announce_packets <= 6 * pieces,
         "{} manifest pieces sent, {pieces} per round: {s:?}",
         s.announce_packets
+    );
+}
+
+/// Partitions: one receiver cut off for the middle of the data, another from the middle of
+/// the data until after the sender has gone (past its linger). Both end byte-exact, what
+/// they missed fetched by unicast (their loss exceeds the level at which a receiver stops
+/// asking the group for repair), and the receivers that stayed connected do not pay for
+/// them in repair.
+#[test]
+fn partitioned_receivers_still_finish() {
+    let data = file(2_000_000, 13);
+    let mut cfg = SimConfig::new(33, 4, LinkModel::lossy(0.01));
+    let ms = Duration::from_millis;
+    cfg.links[1].partitions = vec![(ms(20), ms(60))];
+    cfg.links[2].partitions = vec![(ms(40), ms(3_000))];
+    let out = sim::run(&cfg, &data).unwrap();
+    check(&out, &data);
+    let blocks = data.len().div_ceil(256 * 64) as u64;
+    // What a partition cut off comes by unicast (a tenth of the file at least); a receiver
+    // that stayed connected fetches at most the blocks before it joined (one that loses
+    // the first manifest pieces joins a block or two late).
+    for i in [1, 2] {
+        assert!(
+            out.receivers[i].fetched_blocks >= blocks / 10,
+            "receiver {i}: {} of {blocks} blocks fetched",
+            out.receivers[i].fetched_blocks
+        );
+    }
+    for i in [0, 3] {
+        assert!(
+            out.receivers[i].fetched_blocks <= 2,
+            "receiver {i}: {} fetched",
+            out.receivers[i].fetched_blocks
+        );
+    }
+    // Repair sized for 1% loss plus what the short partition cost, not for everything the
+    // partitioned receivers missed.
+    assert!(
+        out.sender.repair_packets < out.sender.source_packets / 4,
+        "{:?}, {blocks} blocks",
+        out.sender
     );
 }

@@ -438,17 +438,7 @@ impl Receiver {
                 .is_none_or(|t| now >= t + MANIFEST_RETRY_INTERVAL)
         {
             self.manifest_retries -= 1;
-            self.last_manifest_request = Some(now);
-            let mut out = Vec::new();
-            Packet::Nak {
-                session,
-                poll: 0,
-                loss_permille: 0,
-                entries: Vec::new(),
-            }
-            .encode(&mut out);
-            self.transmit.push_back((to, out));
-            self.stats.manifest_requests += 1;
+            self.request_manifest(now, session, 0, to);
         }
         let idle_ms = self.cfg.idle_timeout_ms;
         let last = self.last_activity;
@@ -542,21 +532,11 @@ impl Receiver {
                     .last_manifest_request
                     .is_none_or(|t| now >= t + MANIFEST_REQUEST_INTERVAL)
                 {
-                    self.last_manifest_request = Some(now);
                     let poll = match p {
                         Packet::Poll { poll, .. } => poll,
                         _ => 0,
                     };
-                    let mut out = Vec::new();
-                    Packet::Nak {
-                        session,
-                        poll,
-                        loss_permille: 0,
-                        entries: Vec::new(),
-                    }
-                    .encode(&mut out);
-                    self.transmit.push_back((from, out));
-                    self.stats.manifest_requests += 1;
+                    self.request_manifest(now, session, poll, from);
                 }
             }
             return;
@@ -709,6 +689,21 @@ impl Receiver {
             a.sender = Some(from);
             self.request_fetch();
         }
+    }
+
+    /// Asks `to` for the manifest of `session`: a NAK without entries.
+    fn request_manifest(&mut self, now: Instant, session: u64, poll: u32, to: SocketAddr) {
+        self.last_manifest_request = Some(now);
+        let mut out = Vec::new();
+        Packet::Nak {
+            session,
+            poll,
+            loss_permille: 0,
+            entries: Vec::new(),
+        }
+        .encode(&mut out);
+        self.transmit.push_back((to, out));
+        self.stats.manifest_requests += 1;
     }
 
     fn handle_data(&mut self, from: SocketAddr, seq: u64, block: u32, esi: u32, symbol: &[u8]) {

@@ -157,7 +157,8 @@ impl Fetcher for MemFetcher {
 /// Raw blasts per receiver count; the fastest is the ceiling.
 const RAW_BLASTS: usize = 3;
 
-/// Raw blast: the same number of datagrams of the same size, no pacing, no repair.
+/// Raw blast: the same number of datagrams of the same size, sent the way the protocol's
+/// sender sends (`driver::send_batch`), with no pacing and no repair.
 /// Returns (received bytes per receiver / time at that receiver, delivered share).
 async fn raw_blast(n: usize, packets: usize, len: usize, recv_buffer: usize) -> (Vec<f64>, f64) {
     let sc = group_config(200, recv_buffer);
@@ -165,19 +166,29 @@ async fn raw_blast(n: usize, packets: usize, len: usize, recv_buffer: usize) -> 
     for _ in 0..n {
         let g = driver::group_socket(&sc).expect("group socket");
         handles.push(tokio::spawn(async move {
+            // The same receive loop as the protocol's receiver: wait until readable, then
+            // read every datagram there is.
             let mut buf = vec![0u8; 65_536];
             let mut bytes = 0u64;
             let mut first: Option<Instant> = None;
             let mut last = Instant::now();
-            while let Ok(Ok((k, _))) =
-                tokio::time::timeout(Duration::from_millis(300), g.recv_from(&mut buf)).await
+            'blast: while let Ok(Ok(())) =
+                tokio::time::timeout(Duration::from_millis(300), g.readable()).await
             {
-                last = Instant::now();
-                first.get_or_insert(last);
-                if k == 1 {
-                    break;
+                loop {
+                    match g.try_recv_from(&mut buf) {
+                        Ok((k, _)) => {
+                            last = Instant::now();
+                            first.get_or_insert(last);
+                            if k == 1 {
+                                break 'blast;
+                            }
+                            bytes += k as u64;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(_) => break 'blast,
+                    }
                 }
-                bytes += k as u64;
             }
             let t = first.map_or(1.0, |f| last.duration_since(f).as_secs_f64().max(1e-6));
             (bytes, t)
@@ -185,9 +196,13 @@ async fn raw_blast(n: usize, packets: usize, len: usize, recv_buffer: usize) -> 
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     let s = driver::send_socket(&sc).expect("send socket");
-    let pkt = vec![0x5au8; len];
-    for _ in 0..packets {
-        let _ = s.send_to(&pkt, sc.group).await;
+    // The same system call as the protocol's sender: batches of 32 through sendmmsg.
+    let batch = vec![vec![0x5au8; len]; 32];
+    let mut left = packets;
+    while left > 0 {
+        let k = left.min(batch.len());
+        let _ = driver::send_batch(&s, &batch[..k], sc.group).await;
+        left -= k;
     }
     for _ in 0..20 {
         let _ = s.send_to(&[1u8], sc.group).await;

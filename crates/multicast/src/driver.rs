@@ -614,9 +614,12 @@ pub async fn run_sender(
 /// Datagrams handed to the kernel at once by [`run_sender`].
 const SEND_BATCH: usize = 32;
 
-/// Sends `bufs` to `to`: one `sendmmsg` per batch on Linux, one `send_to` each elsewhere.
+/// Sends every datagram of `bufs` to `to`, as [`run_sender`] does: one `sendmmsg` system
+/// call for the lot on Linux (repeated for what the kernel did not take), one `send_to`
+/// each elsewhere; a full device queue (`ENOBUFS`) is waited out briefly, a bounded number
+/// of times.
 #[cfg(target_os = "linux")]
-async fn send_batch(socket: &UdpSocket, bufs: &[Vec<u8>], to: SocketAddr) -> Result<()> {
+pub async fn send_batch(socket: &UdpSocket, bufs: &[Vec<u8>], to: SocketAddr) -> Result<()> {
     use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny};
     use std::io::IoSlice;
     let addr = SocketAddrAny::from(to);
@@ -660,8 +663,9 @@ async fn send_batch(socket: &UdpSocket, bufs: &[Vec<u8>], to: SocketAddr) -> Res
     Ok(())
 }
 
+/// Sends every datagram of `bufs` to `to` (one `send_to` each on this platform).
 #[cfg(not(target_os = "linux"))]
-async fn send_batch(socket: &UdpSocket, bufs: &[Vec<u8>], to: SocketAddr) -> Result<()> {
+pub async fn send_batch(socket: &UdpSocket, bufs: &[Vec<u8>], to: SocketAddr) -> Result<()> {
     for b in bufs {
         send_retrying(socket, b, to).await?;
     }

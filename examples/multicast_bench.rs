@@ -19,11 +19,18 @@
 //! `--rate` takes one ceiling, or one per entry of `--receivers`.
 //!
 //! Loss is injected per receiver (seeded) on what it reads from its socket. Receivers verify
-//! every block against its hash (BLAKE3) and then drop it (no disk), so the figures are
-//! those of the protocol and the sockets. Receive buffers hold 32 ms at the row's rate ceiling
-//! (at least the 8 MiB `SocketConfig` default; granted beyond `net.core.rmem_max` only to a
-//! process allowed to force them), for the raw blast as for the protocol. The raw blast runs three times per receiver count and the fastest is the ceiling. Traffic stays on 127.0.0.1: the group is joined on
-//! 127.0.0.1 and sent with IP_MULTICAST_IF 127.0.0.1, TTL 1.
+//! every block against its hash (BLAKE3) and then drop it (no disk, and no whole-file
+//! SHA-256 at the end), so the figures are those of the protocol and the sockets. Receive
+//! buffers hold 32 ms at the row's rate ceiling (at least the 8 MiB `SocketConfig` default;
+//! granted beyond `net.core.rmem_max` only to a process allowed to force them).
+//!
+//! The raw blast uses the same sockets, sends the way the protocol's sender does
+//! (`driver::send_batch`, 32 datagrams per `sendmmsg`) and receives the way its receiver
+//! does (readiness, then every datagram there is), with no pacing, no hashing and no
+//! repair. It runs three times per receiver count and the fastest is the ceiling.
+//!
+//! Traffic stays on 127.0.0.1: the group is joined on 127.0.0.1 and sent with
+//! IP_MULTICAST_IF 127.0.0.1, TTL 1.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdp};
 use std::sync::Arc;

@@ -50,6 +50,36 @@ pub(crate) fn manifest_pieces(total: usize, max_piece: usize) -> Option<(usize, 
     None
 }
 
+/// The `Announce` datagrams that carry a signed manifest for `session`, in pieces of at
+/// most `max_piece` bytes (at least 256), as a [`Sender`] sends them.
+pub fn announce_packets(
+    session: u64,
+    signed_manifest: &[u8],
+    max_piece: usize,
+) -> Result<Vec<Vec<u8>>> {
+    let len = signed_manifest.len();
+    let (chunks, piece) =
+        manifest_pieces(len, max_piece).ok_or_else(|| Error::invalid("manifest length", len))?;
+    let chunks = u16::try_from(chunks).map_err(|_| Error::invalid("manifest pieces", chunks))?;
+    let total = u32::try_from(len).map_err(|_| Error::invalid("manifest length", len))?;
+    Ok(signed_manifest
+        .chunks(piece)
+        .enumerate()
+        .map(|(i, bytes)| {
+            let mut out = Vec::new();
+            Packet::Announce {
+                session,
+                chunk: i as u16,
+                chunks,
+                total,
+                bytes,
+            }
+            .encode(&mut out);
+            out
+        })
+        .collect())
+}
+
 fn read_from_slice(data: &[u8], offset: u64, buf: &mut [u8]) -> Result<()> {
     let start = usize::try_from(offset).map_err(|_| Error::invalid("read offset", offset))?;
     let end = start
@@ -259,26 +289,11 @@ impl Sender {
         now: Instant,
     ) -> Result<Sender> {
         cfg.validate()?;
-        let (chunks, piece) =
-            manifest_pieces(signed_manifest.len(), usize::from(manifest.symbol_size))
-                .ok_or_else(|| Error::invalid("manifest length", signed_manifest.len()))?;
-        let chunks16 =
-            u16::try_from(chunks).map_err(|_| Error::invalid("manifest pieces", chunks))?;
-        let total = u32::try_from(signed_manifest.len())
-            .map_err(|_| Error::invalid("manifest length", signed_manifest.len()))?;
-        let mut announce = Vec::with_capacity(chunks);
-        for (i, bytes) in signed_manifest.chunks(piece).enumerate() {
-            let mut out = Vec::new();
-            Packet::Announce {
-                session: manifest.session_id,
-                chunk: i as u16,
-                chunks: chunks16,
-                total,
-                bytes,
-            }
-            .encode(&mut out);
-            announce.push(out);
-        }
+        let announce = announce_packets(
+            manifest.session_id,
+            signed_manifest,
+            usize::from(manifest.symbol_size),
+        )?;
         let rate = cfg.max_rate_bps as f64 / 8.0;
         let manifest_bytes: usize = announce.iter().map(Vec::len).sum();
         let announce_every = Duration::from_millis(cfg.announce_interval_ms).max(
@@ -753,35 +768,31 @@ impl Sender {
     }
 
     fn handle_nak(&mut self, now: Instant, poll: u32, loss_permille: u16, entries: &[BlockCount]) {
-        if entries.is_empty() && matches!(self.phase, Phase::Lingering(_)) {
-            // A receiver that missed the manifest for the whole session asks for it after
-            // the End: announce once more, so it can fetch the blocks by unicast.
-            let hold = Duration::from_millis(self.cfg.poll_interval_ms);
-            if self.last_reannounce.is_none_or(|t| now >= t + hold) {
-                self.last_reannounce = Some(now);
-                self.linger_announce = true;
-                self.announce_pos = 0;
-            }
-            self.stats.naks += 1;
-            return;
-        }
-        if matches!(
-            self.phase,
-            Phase::Finished | Phase::Ending | Phase::Lingering(_)
-        ) || poll > self.poll_seq
+        let lingering = matches!(self.phase, Phase::Lingering(_));
+        if matches!(self.phase, Phase::Finished | Phase::Ending)
+            || (lingering && !entries.is_empty())
+            || (!lingering && poll > self.poll_seq)
         {
             self.stats.bad_nak_entries += entries.len() as u64;
             return;
         }
         self.stats.naks += 1;
-        self.naks_since_poll += 1;
+        if !lingering {
+            self.naks_since_poll += 1;
+        }
         if entries.is_empty() {
-            // A receiver lacks part of the manifest: announce again, at most once per poll interval.
+            // A receiver lacks (part of) the manifest: one more round, at most once per poll
+            // interval. While lingering too: a receiver that missed the manifest for the
+            // whole session then fetches the blocks by unicast.
             let hold = Duration::from_millis(self.cfg.poll_interval_ms);
             if self.last_reannounce.is_none_or(|t| now >= t + hold) {
                 self.last_reannounce = Some(now);
-                self.next_announce = now;
                 self.announce_pos = 0;
+                if lingering {
+                    self.linger_announce = true;
+                } else {
+                    self.next_announce = now;
+                }
             }
             return;
         }

@@ -1,51 +1,25 @@
 //! Bad input: forged, tampered, unknown-session and oversized packets are dropped and
 //! counted; none writes a byte or panics.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use outpost_multicast::packet::Packet;
+use outpost_multicast::sender::announce_packets;
 use outpost_multicast::{
     Manifest, Receiver, ReceiverConfig, ReceiverEvent, Sender, SenderConfig, SigningKey,
 };
 
-fn from() -> SocketAddr {
-    "127.0.0.1:40000".parse().unwrap()
-}
+mod common;
+use common::from;
 
-fn announce(session: u64, signed: &[u8]) -> Vec<Vec<u8>> {
-    // Same split as the sender: pieces of at most 256 bytes for this test.
-    let chunks = signed.len().div_ceil(256);
-    let piece = signed.len().div_ceil(chunks);
-    signed
-        .chunks(piece)
-        .enumerate()
-        .map(|(i, b)| {
-            let mut out = Vec::new();
-            Packet::Announce {
-                session,
-                chunk: i as u16,
-                chunks: chunks as u16,
-                total: signed.len() as u32,
-                bytes: b,
-            }
-            .encode(&mut out);
-            out
-        })
-        .collect()
-}
-
+/// A data packet with sequence number 0.
 fn data_packet(session: u64, block: u32, esi: u32, symbol: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    Packet::Data {
-        session,
-        seq: 0,
-        block,
-        esi,
-        symbol,
-    }
-    .encode(&mut out);
-    out
+    common::data_packet(session, 0, block, esi, symbol)
+}
+
+/// The manifest's announce datagrams, in 256-byte pieces.
+fn announce(session: u64, signed: &[u8]) -> Vec<Vec<u8>> {
+    announce_packets(session, signed, 256).unwrap()
 }
 
 fn setup() -> (SigningKey, Vec<u8>, Manifest) {

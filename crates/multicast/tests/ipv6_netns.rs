@@ -9,10 +9,12 @@
 
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use outpost_multicast::driver::{self, FileSink, NoFetcher, ReceiveOptions, SocketConfig};
-use outpost_multicast::{Receiver, ReceiverConfig, Sender, SenderConfig, SigningKey};
+use outpost_multicast::driver::{self, NoFetcher, ReceiveOptions, SocketConfig};
+use outpost_multicast::{ReceiverConfig, SenderConfig, SigningKey};
+
+mod common;
 
 const INNER: &str = "inner_ipv6_two_receivers_over_a_veth_pair";
 const MARK: &str = "OUTPOST_IPV6_NETNS_INNER";
@@ -100,29 +102,24 @@ async fn inner_ipv6_two_receivers_over_a_veth_pair() {
 
     let mut handles = Vec::new();
     for i in 0..2u64 {
-        let out = tempfile::tempdir().unwrap();
         let g = driver::group_socket(&rx_cfg).unwrap();
         let c = driver::control_socket(&rx_cfg).unwrap();
-        handles.push(tokio::spawn(async move {
-            let mut rcfg = ReceiverConfig::default();
-            rcfg.seed = i;
-            let mut rx = Receiver::new(rcfg, &pk).unwrap();
-            let mut sink = FileSink::new(out.path()).unwrap();
-            // Receiver 1 loses 5% of what arrives (seeded), so repair crosses IPv6 too.
-            let opts = if i == 1 {
-                ReceiveOptions::with_loss(0.05, 7)
-            } else {
-                ReceiveOptions::default()
-            };
-            let res = tokio::time::timeout(
-                Duration::from_secs(30),
-                driver::run_receiver(&g, &c, &mut rx, &mut sink, &mut NoFetcher, &opts, |_| {}),
-            )
-            .await
-            .expect("receiver finished in time")
-            .expect("receiver ok");
-            (res, std::fs::read(sink.final_path()).unwrap(), out)
-        }));
+        let mut rcfg = ReceiverConfig::default();
+        rcfg.seed = i;
+        // Receiver 1 loses 5% of what arrives (seeded), so repair crosses IPv6 too.
+        let opts = if i == 1 {
+            ReceiveOptions::with_loss(0.05, 7)
+        } else {
+            ReceiveOptions::default()
+        };
+        handles.push(common::spawn_receiver(
+            g,
+            c,
+            rcfg,
+            pk,
+            opts,
+            Box::new(NoFetcher),
+        ));
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
 
@@ -132,26 +129,8 @@ async fn inner_ipv6_two_receivers_over_a_veth_pair() {
     scfg.block_symbols = 64;
     scfg.expect_receivers = 2;
     scfg.done_linger_ms = 10_000;
-    let manifest = driver::manifest_for_file(
-        &src,
-        0x66,
-        "update.bin",
-        scfg.symbol_size,
-        scfg.block_symbols,
-    )
-    .unwrap();
-    let signed = manifest.sign(key.key_pair());
-    let source = driver::FileSource::open(&src).unwrap();
-    let mut sender =
-        Sender::new(scfg, manifest, &signed, Box::new(source), Instant::now()).unwrap();
     let sock = driver::send_socket(&tx_cfg).unwrap();
-    let stats = tokio::time::timeout(
-        Duration::from_secs(30),
-        driver::run_sender(&sock, tx_cfg.group, &mut sender, |_, _| {}),
-    )
-    .await
-    .expect("sender finished in time")
-    .expect("sender ok");
+    let stats = common::send_file(&sock, tx_cfg.group, &key, &src, 0x66, scfg).await;
 
     for h in handles {
         let (res, written, _dir) = h.await.unwrap();

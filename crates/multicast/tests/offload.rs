@@ -2,60 +2,23 @@
 //! building): the result must be the same byte-exact file, whatever arrives while a job is
 //! out, including forged symbols and blocks completed another way meanwhile.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use outpost_multicast::packet::Packet;
+use outpost_multicast::sender::announce_packets;
 use outpost_multicast::sim::{self, LinkModel, SimConfig};
 use outpost_multicast::{Manifest, Receiver, ReceiverConfig, ReceiverEvent, SigningKey};
 use proptest::prelude::*;
 use raptorq::{ObjectTransmissionInformation, SourceBlockEncoder};
 
+mod common;
+
 const T: u16 = 64;
 const K: u32 = 8;
-
-fn from() -> SocketAddr {
-    "127.0.0.1:40000".parse().unwrap()
-}
 
 fn file(len: usize, seed: u32) -> Vec<u8> {
     (0..len as u32)
         .map(|i| (i.wrapping_mul(seed | 1).rotate_left(5) >> 2) as u8)
         .collect()
-}
-
-fn announce(session: u64, signed: &[u8]) -> Vec<Vec<u8>> {
-    let chunks = signed.len().div_ceil(256);
-    let piece = signed.len().div_ceil(chunks);
-    signed
-        .chunks(piece)
-        .enumerate()
-        .map(|(i, b)| {
-            let mut out = Vec::new();
-            Packet::Announce {
-                session,
-                chunk: i as u16,
-                chunks: chunks as u16,
-                total: signed.len() as u32,
-                bytes: b,
-            }
-            .encode(&mut out);
-            out
-        })
-        .collect()
-}
-
-fn data_packet(session: u64, seq: u64, block: u32, esi: u32, symbol: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    Packet::Data {
-        session,
-        seq,
-        block,
-        esi,
-        symbol,
-    }
-    .encode(&mut out);
-    out
 }
 
 /// Source symbol `esi` of `block` (zero-padded past the end of the file).
@@ -90,8 +53,8 @@ fn offloading_receiver() -> (Vec<u8>, Manifest, Receiver) {
     let mut cfg = ReceiverConfig::default();
     cfg.offload_block_work = true;
     let mut rx = Receiver::new(cfg, &key.public_key()).unwrap();
-    for p in announce(9, &m.sign(key.key_pair())) {
-        rx.handle_datagram(Instant::now(), from(), &p);
+    for p in announce_packets(9, &m.sign(key.key_pair()), 256).unwrap() {
+        rx.handle_datagram(Instant::now(), common::from(), &p);
     }
     assert!(rx.manifest().is_some());
     assert!(matches!(
@@ -118,7 +81,11 @@ fn decoding_job_uses_symbols_and_checks_hash() {
     let mut seq = 0;
     let mut feed = |rx: &mut Receiver, block: u32, esi: u32, sym: &[u8]| {
         seq += 1;
-        rx.handle_datagram(now, from(), &data_packet(9, seq, block, esi, sym));
+        rx.handle_datagram(
+            now,
+            common::from(),
+            &common::data_packet(9, seq, block, esi, sym),
+        );
     };
     // Block 0: one source symbol lost, one repair symbol instead.
     for esi in (0..K).filter(|e| *e != 3) {
@@ -173,8 +140,8 @@ fn block_offered_while_its_job_is_out() {
     let (data, m, mut rx) = offloading_receiver();
     let now = Instant::now();
     for esi in 0..K {
-        let p = data_packet(9, u64::from(esi) + 1, 2, esi, &symbol(&data, 2, esi));
-        rx.handle_datagram(now, from(), &p);
+        let p = common::data_packet(9, u64::from(esi) + 1, 2, esi, &symbol(&data, 2, esi));
+        rx.handle_datagram(now, common::from(), &p);
     }
     let job = rx.poll_job().expect("a job for block 2");
     let off = m.block_offset(2) as usize;
@@ -248,21 +215,10 @@ proptest! {
 /// threads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn driver_runs_jobs_over_loopback_multicast() {
-    use outpost_multicast::driver::{self, FileSink, NoFetcher, ReceiveOptions, SocketConfig};
+    use outpost_multicast::driver::{self, NoFetcher, ReceiveOptions};
     use outpost_multicast::{Sender, SenderConfig};
-    use std::net::{IpAddr, Ipv4Addr, UdpSocket as StdUdp};
 
-    let port = StdUdp::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut sc = SocketConfig::default();
-    sc.group = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(239, 255, 61, 9)), port);
-    sc.iface_v4 = Ipv4Addr::LOCALHOST;
-    sc.ttl = 1;
-    sc.loopback = true;
-    sc.recv_buffer = 4 << 20;
+    let sc = common::loopback_config(9);
     let data = file(2_000_000, 13);
     let key = SigningKey::from_seed(&[6u8; 32]).unwrap();
     let pk = key.public_key();
@@ -270,24 +226,19 @@ async fn driver_runs_jobs_over_loopback_multicast() {
     for i in 0..2u64 {
         let g = driver::group_socket(&sc).unwrap();
         let c = driver::control_socket(&sc).unwrap();
-        handles.push(tokio::spawn(async move {
-            let out = tempfile::tempdir().unwrap();
-            let mut rcfg = ReceiverConfig::default();
-            rcfg.seed = i;
-            rcfg.offload_block_work = true;
-            let mut rx = Receiver::new(rcfg, &pk).unwrap();
-            let mut sink = FileSink::new(out.path()).unwrap();
-            // Receiver 1 loses 5% (seeded), so blocks need decoding.
-            let opts = ReceiveOptions::with_loss(if i == 1 { 0.05 } else { 0.0 }, 5);
-            let res = tokio::time::timeout(
-                Duration::from_secs(30),
-                driver::run_receiver(&g, &c, &mut rx, &mut sink, &mut NoFetcher, &opts, |_| {}),
-            )
-            .await
-            .expect("receiver finished in time")
-            .expect("receiver ok");
-            (res, std::fs::read(sink.final_path()).unwrap())
-        }));
+        let mut rcfg = ReceiverConfig::default();
+        rcfg.seed = i;
+        rcfg.offload_block_work = true;
+        // Receiver 1 loses 5% (seeded), so blocks need decoding.
+        let opts = ReceiveOptions::with_loss(if i == 1 { 0.05 } else { 0.0 }, 5);
+        handles.push(common::spawn_receiver(
+            g,
+            c,
+            rcfg,
+            pk,
+            opts,
+            Box::new(NoFetcher),
+        ));
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut scfg = SenderConfig::default();
@@ -309,7 +260,7 @@ async fn driver_runs_jobs_over_loopback_multicast() {
     .expect("sender ok");
     assert!(stats.repair_packets > 0, "{stats:?}");
     for h in handles {
-        let (res, written) = h.await.unwrap();
+        let (res, written, _dir) = h.await.unwrap();
         assert!(written == data, "file byte-exact");
         if res.injected_drops > 0 {
             assert!(res.stats.blocks_decoded > 0, "{:?}", res.stats);

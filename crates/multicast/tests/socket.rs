@@ -1,29 +1,13 @@
 //! Real sockets over loopback: one sender, three receivers on this host, multicast joined on
 //! 127.0.0.1, sent with IP_MULTICAST_IF 127.0.0.1 and TTL 1, receivers sharing the port.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdp};
+use std::net::{IpAddr, Ipv4Addr, UdpSocket as StdUdp};
 use std::time::{Duration, Instant};
 
-use outpost_multicast::driver::{
-    self, FileSink, LocalFileFetcher, NoFetcher, ReceiveOptions, SocketConfig,
-};
+use outpost_multicast::driver::{self, FileSink, LocalFileFetcher, NoFetcher, ReceiveOptions};
 use outpost_multicast::{Receiver, ReceiverConfig, Sender, SenderConfig, SigningKey};
 
-fn loopback_config(group_last: u8) -> SocketConfig {
-    // A port that is free right now on loopback.
-    let port = StdUdp::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut cfg = SocketConfig::default();
-    cfg.group = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(239, 255, 61, group_last)), port);
-    cfg.iface_v4 = Ipv4Addr::LOCALHOST;
-    cfg.ttl = 1;
-    cfg.loopback = true;
-    cfg.recv_buffer = 4 << 20;
-    cfg
-}
+mod common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_receivers_over_loopback_multicast() {
@@ -33,43 +17,29 @@ async fn three_receivers_over_loopback_multicast() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     std::fs::write(&src, &data).unwrap();
-    let sock_cfg = loopback_config(1);
+    let sock_cfg = common::loopback_config(1);
     let key = SigningKey::from_seed(&[7u8; 32]).unwrap();
     let pk = key.public_key();
 
     // Receivers first, so they hear the first announcement.
     let mut handles = Vec::new();
     for i in 0..3u64 {
-        let out = tempfile::tempdir().unwrap();
         let g = driver::group_socket(&sock_cfg).unwrap();
         let c = driver::control_socket(&sock_cfg).unwrap();
         assert_eq!(
             c.local_addr().unwrap().ip(),
             IpAddr::V4(Ipv4Addr::LOCALHOST)
         );
-        let src = src.clone();
-        handles.push(tokio::spawn(async move {
-            let mut rcfg = ReceiverConfig::default();
-            rcfg.seed = i;
-            let mut rx = Receiver::new(rcfg, &pk).unwrap();
-            let mut sink = FileSink::new(out.path()).unwrap();
-            let mut fetcher = LocalFileFetcher::open(&src).unwrap();
-            // Receiver 2 loses 5% of what arrives (seeded), to exercise repair.
-            let opts = if i == 2 {
-                ReceiveOptions::with_loss(0.05, 99)
-            } else {
-                ReceiveOptions::default()
-            };
-            let res = tokio::time::timeout(
-                Duration::from_secs(30),
-                driver::run_receiver(&g, &c, &mut rx, &mut sink, &mut fetcher, &opts, |_| {}),
-            )
-            .await
-            .expect("receiver finished in time")
-            .expect("receiver ok");
-            let written = std::fs::read(sink.final_path()).unwrap();
-            (res, written, out)
-        }));
+        let mut rcfg = ReceiverConfig::default();
+        rcfg.seed = i;
+        // Receiver 2 loses 5% of what arrives (seeded), to exercise repair.
+        let opts = if i == 2 {
+            ReceiveOptions::with_loss(0.05, 99)
+        } else {
+            ReceiveOptions::default()
+        };
+        let fetcher = Box::new(LocalFileFetcher::open(&src).unwrap());
+        handles.push(common::spawn_receiver(g, c, rcfg, pk, opts, fetcher));
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
 
@@ -79,30 +49,12 @@ async fn three_receivers_over_loopback_multicast() {
     scfg.poll_interval_ms = 100;
     // Small blocks keep RaptorQ quick in unoptimised test builds.
     scfg.block_symbols = 64;
-    let manifest = driver::manifest_for_file(
-        &src,
-        0x1234,
-        "update.bin",
-        scfg.symbol_size,
-        scfg.block_symbols,
-    )
-    .unwrap();
-    let signed = manifest.sign(key.key_pair());
-    let source = driver::FileSource::open(&src).unwrap();
-    let mut sender =
-        Sender::new(scfg, manifest, &signed, Box::new(source), Instant::now()).unwrap();
     let sock = driver::send_socket(&sock_cfg).unwrap();
     assert_eq!(
         sock.local_addr().unwrap().ip(),
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     );
-    let stats = tokio::time::timeout(
-        Duration::from_secs(30),
-        driver::run_sender(&sock, sock_cfg.group, &mut sender, |_, _| {}),
-    )
-    .await
-    .expect("sender finished in time")
-    .expect("sender ok");
+    let stats = common::send_file(&sock, sock_cfg.group, &key, &src, 0x1234, scfg).await;
 
     let mut lossy_repaired = false;
     let i_lossy = |r: &driver::ReceiveOutcome| r.injected_drops > 0;
@@ -142,7 +94,7 @@ async fn late_receiver_fetches_and_crash_resumes() {
     let src = dir.path().join("pkg.bin");
     let data: Vec<u8> = (0..1_500_000u32).map(|i| (i % 253) as u8).collect();
     std::fs::write(&src, &data).unwrap();
-    let sock_cfg = loopback_config(2);
+    let sock_cfg = common::loopback_config(2);
     let key = SigningKey::from_seed(&[9u8; 32]).unwrap();
     let pk = key.public_key();
     let mut scfg = SenderConfig::default();
@@ -232,7 +184,7 @@ async fn receive_buffer_beyond_the_system_cap_when_allowed() {
         .trim()
         .parse()
         .unwrap();
-    let mut cfg = loopback_config(9);
+    let mut cfg = common::loopback_config(9);
     cfg.recv_buffer = cap * 2;
     let g = driver::group_socket(&cfg).unwrap();
     // Linux reports twice the size granted.

@@ -1,0 +1,120 @@
+//! Helpers shared by the multicast integration tests (each test file uses a part).
+#![allow(dead_code)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdp};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use outpost_multicast::driver::{
+    self, Fetcher, FileSink, ReceiveOptions, ReceiveOutcome, SocketConfig,
+};
+use outpost_multicast::packet::Packet;
+use outpost_multicast::{Receiver, ReceiverConfig, Sender, SenderConfig, SenderStats, SigningKey};
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+/// A group on 127.0.0.1 with a port free right now: joined on 127.0.0.1, sent with
+/// IP_MULTICAST_IF 127.0.0.1, TTL 1, looped back to local receivers.
+pub fn loopback_config(group_last: u8) -> SocketConfig {
+    // A port that is free right now on loopback.
+    let port = StdUdp::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cfg = SocketConfig::default();
+    cfg.group = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(239, 255, 61, group_last)), port);
+    cfg.iface_v4 = Ipv4Addr::LOCALHOST;
+    cfg.ttl = 1;
+    cfg.loopback = true;
+    cfg.recv_buffer = 4 << 20;
+    cfg
+}
+
+/// The address test datagrams come from.
+pub fn from() -> SocketAddr {
+    "127.0.0.1:40000".parse().unwrap()
+}
+
+/// An encoded data packet.
+pub fn data_packet(session: u64, seq: u64, block: u32, esi: u32, symbol: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    Packet::Data {
+        session,
+        seq,
+        block,
+        esi,
+        symbol,
+    }
+    .encode(&mut out);
+    out
+}
+
+/// What a receiver task ends with: the outcome, the file it wrote, and its directory (kept
+/// alive until the test looks at the file).
+pub type Received = (ReceiveOutcome, Vec<u8>, tempfile::TempDir);
+
+/// Runs a receiver with a [`FileSink`] on the given group and control sockets, in a task
+/// that must finish within 30 s.
+pub fn spawn_receiver(
+    group: UdpSocket,
+    control: UdpSocket,
+    rcfg: ReceiverConfig,
+    sender_key: [u8; 32],
+    opts: ReceiveOptions,
+    mut fetcher: Box<dyn Fetcher + Send>,
+) -> JoinHandle<Received> {
+    tokio::spawn(async move {
+        let out = tempfile::tempdir().unwrap();
+        let mut rx = Receiver::new(rcfg, &sender_key).unwrap();
+        let mut sink = FileSink::new(out.path()).unwrap();
+        let res = tokio::time::timeout(
+            Duration::from_secs(30),
+            driver::run_receiver(
+                &group,
+                &control,
+                &mut rx,
+                &mut sink,
+                fetcher.as_mut(),
+                &opts,
+                |_| {},
+            ),
+        )
+        .await
+        .expect("receiver finished in time")
+        .expect("receiver ok");
+        let written = std::fs::read(sink.final_path()).unwrap();
+        (res, written, out)
+    })
+}
+
+/// Sends the file at `src` as session `session` on `sock` to `group`, with `scfg`; must
+/// finish within 30 s.
+pub async fn send_file(
+    sock: &UdpSocket,
+    group: SocketAddr,
+    key: &SigningKey,
+    src: &Path,
+    session: u64,
+    scfg: SenderConfig,
+) -> SenderStats {
+    let manifest = driver::manifest_for_file(
+        src,
+        session,
+        "update.bin",
+        scfg.symbol_size,
+        scfg.block_symbols,
+    )
+    .unwrap();
+    let signed = manifest.sign(key.key_pair());
+    let source = driver::FileSource::open(src).unwrap();
+    let mut sender =
+        Sender::new(scfg, manifest, &signed, Box::new(source), Instant::now()).unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        driver::run_sender(sock, group, &mut sender, |_, _| {}),
+    )
+    .await
+    .expect("sender finished in time")
+    .expect("sender ok")
+}

@@ -427,19 +427,32 @@ impl Shared {
                 return;
             };
             let cfg = self.agent_cfg.clone();
-            let Some(tls) = self
-                .finish_handshake(start.into_stream(cfg), deadline)
+            let accept = start.into_stream(cfg);
+            let Some((tls, peer)) = self
+                .device_handshake(accept, deadline, addr, ChannelKind::Agent)
                 .await
             else {
                 return;
             };
-            let peer = DevicePeer::from_certificates(
-                tls.get_ref().1.peer_certificates(),
-                addr.to_string(),
-                ChannelKind::Agent,
-            );
-            self.relay_device(Box::new(tls), peer, permit, true).await;
+            self.relay_device(tls, peer, permit, true).await;
         }
+    }
+
+    /// Completes a device's TLS handshake and names the device by its certificate.
+    async fn device_handshake(
+        &self,
+        accept: tokio_rustls::Accept<TcpStream>,
+        deadline: tokio::time::Instant,
+        addr: SocketAddr,
+        channel: ChannelKind,
+    ) -> Option<(BoxStream, DevicePeer)> {
+        let tls = self.finish_handshake(accept, deadline).await?;
+        let peer = DevicePeer::from_certificates(
+            tls.get_ref().1.peer_certificates(),
+            addr.to_string(),
+            channel,
+        );
+        Some((Box::new(tls), peer))
     }
 
     async fn finish_handshake(
@@ -480,18 +493,12 @@ impl Shared {
         let (stream, peer): (BoxStream, DevicePeer) = match cfg {
             Some(cfg) => {
                 let deadline = self.handshake_deadline();
-                let Some(tls) = self
-                    .finish_handshake(TlsAcceptor::from(cfg).accept(tcp), deadline)
-                    .await
+                let accept = TlsAcceptor::from(cfg).accept(tcp);
+                let Some(link) = self.device_handshake(accept, deadline, addr, channel).await
                 else {
                     return;
                 };
-                let peer = DevicePeer::from_certificates(
-                    tls.get_ref().1.peer_certificates(),
-                    addr.to_string(),
-                    channel,
-                );
-                (Box::new(tls), peer)
+                link
             }
             None => (
                 Box::new(tcp),

@@ -52,6 +52,15 @@ fn engine() -> Election {
     Election::new(ElectionConfig::default(), tree()).unwrap()
 }
 
+/// Group 1 with `dps` registered as its distribution points by the administrator.
+fn group_with(e: &mut Election, dps: &[u64]) -> ScopeId {
+    let s = ScopeId::Group(g(1));
+    for &dp in dps {
+        e.register(d(dp), s, Origin::Manual).unwrap();
+    }
+    s
+}
+
 fn beat(e: &mut Election, dp: u64, disk_gib: u64, now: Instant) {
     e.heartbeat(Heartbeat::new(d(dp), NodeFacts::new(disk_gib * GIB)), now)
         .unwrap();
@@ -159,10 +168,7 @@ fn scope_kind_precedence_location_then_group_then_broadcast_domain() {
 fn one_active_the_rest_standby_and_ranking_picks_the_first_active() {
     let mut e = engine();
     let t = Instant::now();
-    let s = ScopeId::Group(g(1));
-    for dp in [1, 2, 3] {
-        e.register(d(dp), s, Origin::Manual).unwrap();
-    }
+    let s = group_with(&mut e, &[1, 2, 3]);
     beat(&mut e, 1, 10, t);
     beat(&mut e, 2, 30, t);
     beat(&mut e, 3, 20, t);
@@ -193,8 +199,7 @@ fn one_active_the_rest_standby_and_ranking_picks_the_first_active() {
 fn healthy_active_is_not_displaced_by_a_better_standby() {
     let mut e = engine();
     let t = Instant::now();
-    let s = ScopeId::Group(g(1));
-    e.register(d(1), s, Origin::Manual).unwrap();
+    let s = group_with(&mut e, &[1]);
     beat(&mut e, 1, 5, t);
     e.round(t);
     e.register(d(2), s, Origin::Manual).unwrap();
@@ -213,9 +218,7 @@ fn healthy_active_is_not_displaced_by_a_better_standby() {
 fn failed_active_is_replaced_after_the_configured_missed_heartbeats_with_a_new_epoch() {
     let mut e = engine(); // 60 s interval, 3 missed
     let t = Instant::now();
-    let s = ScopeId::Group(g(1));
-    e.register(d(1), s, Origin::Manual).unwrap();
-    e.register(d(2), s, Origin::Manual).unwrap();
+    let s = group_with(&mut e, &[1, 2]);
     beat(&mut e, 1, 50, t);
     beat(&mut e, 2, 10, t);
     e.round(t);
@@ -257,8 +260,7 @@ fn configured_missed_heartbeats_is_honoured() {
     cfg.missed_heartbeats = 5;
     let mut e = Election::new(cfg, tree()).unwrap();
     let t = Instant::now();
-    let s = ScopeId::Group(g(1));
-    e.register(d(1), s, Origin::Manual).unwrap();
+    let s = group_with(&mut e, &[1]);
     beat(&mut e, 1, 50, t);
     e.round(t);
     e.round(t + Duration::from_secs(49));
@@ -272,10 +274,7 @@ fn configured_missed_heartbeats_is_honoured() {
 fn administrator_can_displace_a_healthy_active_but_not_pick_an_ineligible_dp() {
     let mut e = engine();
     let t = Instant::now();
-    let s = ScopeId::Group(g(1));
-    for dp in [1, 2, 3] {
-        e.register(d(dp), s, Origin::Manual).unwrap();
-    }
+    let s = group_with(&mut e, &[1, 2, 3]);
     beat(&mut e, 1, 50, t);
     beat(&mut e, 2, 10, t);
     e.round(t);
@@ -306,9 +305,7 @@ fn administrator_can_displace_a_healthy_active_but_not_pick_an_ineligible_dp() {
 fn disk_thresholds_gate_eligibility_and_raise_warnings() {
     let mut e = engine();
     let t = Instant::now();
-    let s = ScopeId::Group(g(1));
-    e.register(d(1), s, Origin::Manual).unwrap();
-    e.register(d(2), s, Origin::Manual).unwrap();
+    let s = group_with(&mut e, &[1, 2]);
     beat(&mut e, 1, 4, t); // exactly 4 GiB: eligible
     beat(&mut e, 2, 3, t); // 3 GiB: not eligible, no warning
     let r = e.round(t);
@@ -353,9 +350,7 @@ fn disk_thresholds_gate_eligibility_and_raise_warnings() {
 fn unregistering_the_active_elects_a_successor_and_tells_the_old_one() {
     let mut e = engine();
     let t = Instant::now();
-    let s = ScopeId::Group(g(1));
-    e.register(d(1), s, Origin::Manual).unwrap();
-    e.register(d(2), s, Origin::Manual).unwrap();
+    let s = group_with(&mut e, &[1, 2]);
     beat(&mut e, 1, 50, t);
     beat(&mut e, 2, 10, t);
     e.round(t);

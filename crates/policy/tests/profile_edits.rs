@@ -3,13 +3,13 @@
 //! of condition edits mixed with device changes. After every step the incremental result
 //! must equal a fresh resolution and the report must list exactly the changed devices.
 
-use std::collections::BTreeMap;
-
 use outpost_policy::{
     AppSchema, Change, Condition, Device, DirectoryRule, Group, Owner, Policy, PolicySetting,
     Profile, Range, Resolver, SettingSpec, State, Subject, TagRule, Value, ValueKind,
 };
 use proptest::prelude::*;
+
+mod common;
 
 const APP: &str = "app";
 const PATHS: [&str; 3] = ["a", "b", "c"];
@@ -213,18 +213,8 @@ fn base_state() -> impl Strategy<Value = State> {
         })
 }
 
-fn snapshot(r: &Resolver, s: &State) -> BTreeMap<String, Vec<(String, Value, bool)>> {
-    s.devices
-        .iter()
-        .map(|d| {
-            let e = r.effective(&d.id).expect("device");
-            let v = e
-                .iter(APP)
-                .map(|(p, v, l)| (p.to_string(), v.clone(), l))
-                .collect();
-            (d.id.clone(), v)
-        })
-        .collect()
+fn snapshot(r: &Resolver, s: &State) -> common::Snapshot {
+    common::effective_all(r, s, APP)
 }
 
 proptest! {

@@ -8,6 +8,8 @@ use outpost_policy::{
 };
 use proptest::prelude::*;
 
+mod common;
+
 const APP: &str = "app";
 const SCALARS: [&str; 3] = ["s0", "s1", "s2"];
 const MERGED: &str = "m";
@@ -160,21 +162,8 @@ fn state() -> impl Strategy<Value = State> {
         })
 }
 
-/// Every device's `(path, value, locked)` triples.
-type Snapshot = Vec<(String, Vec<(String, Value, bool)>)>;
-
-fn all_effective(r: &Resolver, s: &State) -> Snapshot {
-    s.devices
-        .iter()
-        .map(|d| {
-            let e = r.effective(&d.id).expect("device");
-            let v = e
-                .iter(APP)
-                .map(|(p, v, l)| (p.to_string(), v.clone(), l))
-                .collect();
-            (d.id.clone(), v)
-        })
-        .collect()
+fn all_effective(r: &Resolver, s: &State) -> common::Snapshot {
+    common::effective_all(r, s, APP)
 }
 
 fn rotate<T: Clone>(v: &[T], by: usize) -> Vec<T> {

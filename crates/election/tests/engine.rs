@@ -168,7 +168,7 @@ fn scope_kind_precedence_location_then_group_then_broadcast_domain() {
 fn one_active_the_rest_standby_and_ranking_picks_the_first_active() {
     let mut e = engine();
     let t = Instant::now();
-    let s = group_with(&mut e, &[1, 2, 3]);
+    group_with(&mut e, &[1, 2, 3]);
     beat(&mut e, 1, 10, t);
     beat(&mut e, 2, 30, t);
     beat(&mut e, 3, 20, t);
@@ -305,7 +305,7 @@ fn administrator_can_displace_a_healthy_active_but_not_pick_an_ineligible_dp() {
 fn disk_thresholds_gate_eligibility_and_raise_warnings() {
     let mut e = engine();
     let t = Instant::now();
-    let s = group_with(&mut e, &[1, 2]);
+    group_with(&mut e, &[1, 2]);
     beat(&mut e, 1, 4, t); // exactly 4 GiB: eligible
     beat(&mut e, 2, 3, t); // 3 GiB: not eligible, no warning
     let r = e.round(t);

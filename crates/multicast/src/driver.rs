@@ -17,7 +17,7 @@ use tokio::net::UdpSocket;
 
 use crate::error::{Error, Result};
 use crate::manifest::{FileHasher, Manifest, ManifestBuilder, block_hash};
-use crate::packet::MAX_DATAGRAM;
+use crate::packet::{DATA_HEADER_LEN, MAX_DATAGRAM};
 use crate::receiver::{BlockJob, Receiver, ReceiverEvent};
 use crate::sender::{BlockSource, EncodeJob, Sender, SenderEvent, SenderStats};
 
@@ -703,6 +703,87 @@ fn drain(socket: &UdpSocket, rbuf: &mut [u8], mut f: impl FnMut(SocketAddr, &[u8
     Ok(())
 }
 
+/// Reads what is waiting on the group socket into `rx`, at most 256 datagrams so timers get
+/// their turn; `keep` decides for each datagram whether it is handed over (loss injection).
+/// On Linux a symbol the receiver expects lands straight in its block buffer
+/// ([`Receiver::symbol_slot`]): one `recvmsg` with three buffers, header, slot and tail.
+#[cfg(target_os = "linux")]
+fn drain_receiver(
+    socket: &UdpSocket,
+    rx: &mut Receiver,
+    head: &mut [u8; DATA_HEADER_LEN],
+    tail: &mut [u8],
+    mut keep: impl FnMut() -> bool,
+) -> Result<()> {
+    use rustix::net::{RecvAncillaryBuffer, RecvFlags, recvmsg};
+    use std::io::IoSliceMut;
+    for _ in 0..256 {
+        let mut in_slot = None;
+        let r = socket.try_io(tokio::io::Interest::READABLE, || {
+            let mut control = RecvAncillaryBuffer::default();
+            match rx.symbol_slot() {
+                Some(slot) => {
+                    let t = slot.len();
+                    let mut iov = [
+                        IoSliceMut::new(head),
+                        IoSliceMut::new(slot),
+                        IoSliceMut::new(tail),
+                    ];
+                    in_slot = Some(t);
+                    recvmsg(socket, &mut iov, &mut control, RecvFlags::empty())
+                }
+                None => recvmsg(
+                    socket,
+                    &mut [IoSliceMut::new(tail)],
+                    &mut control,
+                    RecvFlags::empty(),
+                ),
+            }
+            .map_err(std::io::Error::from)
+        });
+        let msg = match r {
+            Ok(m) => m,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            // An ICMP error for an earlier datagram (peer gone): not fatal.
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => continue,
+            Err(e) => return Err(Error::io("receive", e)),
+        };
+        // UDP always reports the source; without one the datagram cannot be answered.
+        let Some(from) = msg.address.and_then(|a| SocketAddr::try_from(a).ok()) else {
+            continue;
+        };
+        if !keep() {
+            continue;
+        }
+        let n = msg.bytes;
+        match in_slot {
+            Some(t) => {
+                let h = n.min(DATA_HEADER_LEN);
+                let s = (n - h).min(t);
+                rx.handle_scattered(Instant::now(), from, &head[..h], s, &tail[..n - h - s]);
+            }
+            None => rx.handle_datagram(Instant::now(), from, &tail[..n]),
+        }
+    }
+    Ok(())
+}
+
+/// Reads what is waiting on the group socket into `rx` (see the Linux version).
+#[cfg(not(target_os = "linux"))]
+fn drain_receiver(
+    socket: &UdpSocket,
+    rx: &mut Receiver,
+    _head: &mut [u8; DATA_HEADER_LEN],
+    tail: &mut [u8],
+    mut keep: impl FnMut() -> bool,
+) -> Result<()> {
+    drain(socket, tail, |from, d| {
+        if keep() {
+            rx.handle_datagram(Instant::now(), from, d);
+        }
+    })
+}
+
 /// Runs synchronous file work (reading back and hashing a whole file) without holding up the
 /// other tasks of a multi-threaded runtime: they move to another worker meanwhile.
 fn heavy<T>(f: impl FnOnce() -> T) -> T {
@@ -846,14 +927,13 @@ pub async fn run_receiver(
     let mut fetched = 0u32;
     let mut resumed = 0u32;
     let mut last_progress = Instant::now();
+    let mut head = [0u8; DATA_HEADER_LEN];
     let mut worker = Worker::new("multicast-blocks", BlockJob::run);
     loop {
-        drain(group_sock, &mut rbuf, |from, d| {
-            if loss > 0.0 && rng.random_bool(loss) {
-                drops += 1;
-            } else {
-                rx.handle_datagram(Instant::now(), from, d);
-            }
+        drain_receiver(group_sock, rx, &mut head, &mut rbuf, || {
+            let drop = loss > 0.0 && rng.random_bool(loss);
+            drops += u64::from(drop);
+            !drop
         })?;
         while let Some(r) = worker.try_result() {
             rx.complete_job(r);

@@ -210,12 +210,7 @@ impl Packet<'_> {
         let session = r.u64("session")?;
         let packet = match ty {
             1 => {
-                let seq = r.u64("data seq")?;
-                let block = r.u32("data block")?;
-                let esi = r.u32("data esi")?;
-                if esi > MAX_ESI {
-                    return Err(Error::invalid("esi", esi));
-                }
+                let (seq, block, esi) = r.data_fields()?;
                 let symbol = r.rest();
                 if symbol.is_empty() {
                     return Err(Error::invalid("symbol length", 0));
@@ -305,6 +300,51 @@ impl Packet<'_> {
     }
 }
 
+/// The header of a data packet (its first [`DATA_HEADER_LEN`] bytes) on its own, for a
+/// driver that reads the symbol into a separate buffer (see
+/// [`crate::Receiver::symbol_slot`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DataHeader {
+    /// Session.
+    pub session: u64,
+    /// Sender's packet sequence number.
+    pub seq: u64,
+    /// Block index.
+    pub block: u32,
+    /// Encoding symbol id.
+    pub esi: u32,
+}
+
+impl DataHeader {
+    /// Decodes exactly [`DATA_HEADER_LEN`] bytes as a data packet's header. Never panics;
+    /// anything else (another packet type, a short or long buffer) is an [`Error`].
+    pub fn decode(head: &[u8]) -> Result<DataHeader> {
+        let mut r = Reader { buf: head, pos: 0 };
+        let magic = r.u16("magic")?;
+        if magic != MAGIC {
+            return Err(Error::BadMagic(magic));
+        }
+        let version = r.u8("version")?;
+        if version != VERSION {
+            return Err(Error::UnsupportedVersion(version));
+        }
+        let ty = r.u8("type")?;
+        if ty != 1 {
+            return Err(Error::invalid("data header type", ty));
+        }
+        let session = r.u64("session")?;
+        let (seq, block, esi) = r.data_fields()?;
+        r.finish("data header")?;
+        Ok(DataHeader {
+            session,
+            seq,
+            block,
+            esi,
+        })
+    }
+}
+
 /// Writes the data-packet header (common header must already be in `out`).
 pub(crate) fn write_data_header(out: &mut Vec<u8>, seq: u64, block: u32, esi: u32) {
     out.extend_from_slice(&seq.to_be_bytes());
@@ -376,6 +416,16 @@ impl<'a> Reader<'a> {
             return Err(Error::TrailingBytes(left, what));
         }
         Ok(())
+    }
+    /// `seq, block, esi` of a data packet, the symbol id checked.
+    fn data_fields(&mut self) -> Result<(u64, u32, u32)> {
+        let seq = self.u64("data seq")?;
+        let block = self.u32("data block")?;
+        let esi = self.u32("data esi")?;
+        if esi > MAX_ESI {
+            return Err(Error::invalid("esi", esi));
+        }
+        Ok((seq, block, esi))
     }
     fn entries(&mut self, what: &'static str) -> Result<Vec<BlockCount>> {
         let n = self.u16(what)? as usize;

@@ -11,7 +11,7 @@ use raptorq::{EncodingPacket, ObjectTransmissionInformation, PayloadId, SourceBl
 use crate::config::ReceiverConfig;
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, block_hash, hex};
-use crate::packet::{BlockCount, Packet};
+use crate::packet::{BlockCount, DataHeader, Packet};
 
 /// Something the receiver asks its driver to do or reports to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -273,6 +273,8 @@ struct Active {
     fetch_requested: bool,
     complete: bool,
     finished: bool,
+    /// Where the next source symbol probably goes: the one after the last accepted.
+    next_slot: Option<(u32, u32)>,
 }
 
 struct Assembly {
@@ -311,6 +313,11 @@ pub struct Receiver {
     /// Manifest requests still to repeat for it, one per MANIFEST_RETRY_INTERVAL (each
     /// answer may be lost too; the sender answers until its linger ends).
     manifest_retries: u32,
+    /// The slot handed out by [`Receiver::symbol_slot`] for the next datagram: block,
+    /// symbol id, and the address of the block buffer it is in.
+    slot_out: Option<(u32, u32, usize)>,
+    /// A scattered datagram put back together (see [`Receiver::handle_scattered`]).
+    reassembly: Vec<u8>,
 }
 
 /// Manifest requests repeated after the last packet heard of a session without its
@@ -361,6 +368,8 @@ impl Receiver {
             last_manifest_request: None,
             unknown: None,
             manifest_retries: 0,
+            slot_out: None,
+            reassembly: Vec::new(),
         })
     }
 
@@ -483,6 +492,97 @@ impl Receiver {
     }
 
     /// Feeds one datagram received from `from`.
+    /// A place where the symbol of the next datagram can land directly, saving a copy: the
+    /// slot, in its block's buffer, of the source symbol after the last one accepted, when
+    /// that block is being collected and the symbol is still missing. `None` otherwise;
+    /// then read the datagram whole and hand it to [`Receiver::handle_datagram`].
+    ///
+    /// With a slot, read the next datagram with scatter IO: its first
+    /// [`DATA_HEADER_LEN`](crate::packet::DATA_HEADER_LEN) bytes into a header buffer, the
+    /// next `slot.len()` into the slot, the rest into a tail buffer, and hand them to
+    /// [`Receiver::handle_scattered`] before calling anything else on the receiver. Whatever
+    /// the datagram turns out to be, nothing is lost or corrupted: it is put back together
+    /// when it is not that symbol, and the bytes of a slot are only read once its symbol is
+    /// marked received.
+    pub fn symbol_slot(&mut self) -> Option<&mut [u8]> {
+        self.slot_out = None;
+        let a = self.active.as_mut()?;
+        let (block, esi) = a.next_slot?;
+        // Blocks in `partial` are the ones being collected.
+        let p = a.partial.get_mut(&block)?;
+        if *p.have.get(esi as usize)? {
+            return None;
+        }
+        let t = usize::from(a.manifest.symbol_size);
+        let i = esi as usize;
+        self.slot_out = Some((block, esi, p.data.as_ptr() as usize));
+        p.data.get_mut(i * t..(i + 1) * t)
+    }
+
+    /// The symbol bytes a scattered read left in the slot handed out, if that slot is
+    /// still where it was (same block buffer, symbol still missing).
+    fn landed(&self, slot: Option<(u32, u32, usize)>, len: usize) -> Option<&[u8]> {
+        let (block, esi, buffer) = slot?;
+        let a = self.active.as_ref()?;
+        let p = a.partial.get(&block)?;
+        if p.data.as_ptr() as usize != buffer || *p.have.get(esi as usize)? {
+            return None;
+        }
+        let t = usize::from(a.manifest.symbol_size);
+        let start = esi as usize * t;
+        p.data.get(start..start + len.min(t))
+    }
+
+    /// Takes one datagram read with scatter IO after [`Receiver::symbol_slot`]: `head` is
+    /// what went into the header buffer, `in_slot` the number of bytes that went into the
+    /// slot (0 if no slot was handed out), `tail` what went into the tail buffer. The
+    /// expected symbol is taken where it landed; anything else is put back together and
+    /// handled as by [`Receiver::handle_datagram`].
+    pub fn handle_scattered(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        head: &[u8],
+        in_slot: usize,
+        tail: &[u8],
+    ) {
+        let slot = self.slot_out.take();
+        if let Some((block, esi, _)) = slot
+            && tail.is_empty()
+            && let Ok(h) = DataHeader::decode(head)
+            && h.block == block
+            && h.esi == esi
+            && self.active.as_ref().is_some_and(|a| {
+                a.manifest.session_id == h.session && usize::from(a.manifest.symbol_size) == in_slot
+            })
+            && self.landed(slot, in_slot).is_some()
+        {
+            self.stats.datagrams += 1;
+            self.last_activity = Some(now);
+            self.handle_data(from, h.seq, block, esi, None);
+            return;
+        }
+        let mut buf = std::mem::take(&mut self.reassembly);
+        buf.clear();
+        buf.extend_from_slice(head);
+        if in_slot > 0 {
+            match self.landed(slot, in_slot) {
+                Some(bytes) => buf.extend_from_slice(bytes),
+                None => {
+                    // Bytes in a slot that was not handed out: a driver error, not data.
+                    self.stats.datagrams += 1;
+                    self.stats.malformed += 1;
+                    self.reassembly = buf;
+                    return;
+                }
+            }
+        }
+        buf.extend_from_slice(tail);
+        self.handle_datagram(now, from, &buf);
+        self.reassembly = buf;
+    }
+
+    /// Takes one datagram read whole.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         self.stats.datagrams += 1;
         let p = match Packet::decode(data) {
@@ -550,7 +650,7 @@ impl Receiver {
                 ..
             } => {
                 self.last_activity = Some(now);
-                self.handle_data(from, seq, block, esi, symbol);
+                self.handle_data(from, seq, block, esi, Some(symbol));
             }
             Packet::Poll {
                 poll,
@@ -674,6 +774,7 @@ impl Receiver {
             fetch_requested: false,
             complete: false,
             finished: false,
+            next_slot: None,
             manifest: manifest.clone(),
         });
         self.last_activity = Some(now);
@@ -706,12 +807,23 @@ impl Receiver {
         self.stats.manifest_requests += 1;
     }
 
-    fn handle_data(&mut self, from: SocketAddr, seq: u64, block: u32, esi: u32, symbol: &[u8]) {
+    /// One data packet of the active session. `symbol` is `None` when the symbol is already
+    /// in place: it landed in the slot [`Receiver::symbol_slot`] handed out (a source symbol
+    /// still missing from a block being collected).
+    fn handle_data(
+        &mut self,
+        from: SocketAddr,
+        seq: u64,
+        block: u32,
+        esi: u32,
+        symbol: Option<&[u8]>,
+    ) {
         let Some(a) = self.active.as_mut() else {
             return;
         };
         let m = &a.manifest;
-        if block >= m.block_count() || symbol.len() != usize::from(m.symbol_size) {
+        if block >= m.block_count() || symbol.is_some_and(|s| s.len() != usize::from(m.symbol_size))
+        {
             self.stats.bad_data += 1;
             return;
         }
@@ -746,6 +858,11 @@ impl Receiver {
                 self.stats.over_budget += 1;
                 return;
             }
+            let Some(symbol) = symbol else {
+                // Slots are only handed out for blocks being collected.
+                late.ids.remove(&esi);
+                return;
+            };
             a.buffered += t as u64;
             late.symbols.push((esi, symbol.to_vec()));
             return;
@@ -785,11 +902,17 @@ impl Receiver {
                 self.stats.duplicates += 1;
                 return;
             }
+            if let Some(symbol) = symbol {
+                p.data[i * t..(i + 1) * t].copy_from_slice(symbol);
+            }
             p.have[i] = true;
             p.sources += 1;
-            p.data[i * t..(i + 1) * t].copy_from_slice(symbol);
             self.stats.source_symbols += 1;
+            a.next_slot = (esi + 1 < k).then_some((block, esi + 1));
         } else {
+            let Some(symbol) = symbol else {
+                return;
+            };
             if !p.repair_ids.insert(esi) {
                 self.stats.duplicates += 1;
                 return;

@@ -314,7 +314,13 @@ pub fn run(cfg: &SimConfig, data: &[u8]) -> Result<SimOutcome> {
             if ev.to == usize::MAX {
                 sender.handle_datagram(t, addr_of(ev.from), &bytes);
             } else if let Some(rx) = nodes[ev.to].rx.as_mut() {
-                rx.handle_datagram(t, sender_addr, &bytes);
+                // Even receivers read as the Linux driver does (symbols straight into their
+                // block), odd ones whole datagrams: both paths run in every simulation.
+                if ev.to % 2 == 0 {
+                    deliver_scattered(rx, t, sender_addr, &bytes);
+                } else {
+                    rx.handle_datagram(t, sender_addr, &bytes);
+                }
             }
         }
         for n in nodes.iter_mut() {
@@ -484,4 +490,20 @@ pub fn run(cfg: &SimConfig, data: &[u8]) -> Result<SimOutcome> {
         sender_finished: sender.is_finished(),
         elapsed: now,
     })
+}
+
+/// Hands `datagram` to `rx` the way a driver with scatter IO reads it: when the receiver
+/// offers a [`Receiver::symbol_slot`], the first
+/// [`DATA_HEADER_LEN`](crate::packet::DATA_HEADER_LEN) bytes go to a header buffer, the
+/// next ones into the slot, the rest to a tail; otherwise the datagram is handed over whole.
+pub fn deliver_scattered(rx: &mut Receiver, now: Instant, from: SocketAddr, datagram: &[u8]) {
+    let Some(slot) = rx.symbol_slot() else {
+        rx.handle_datagram(now, from, datagram);
+        return;
+    };
+    let head = datagram.len().min(crate::packet::DATA_HEADER_LEN);
+    let rest = &datagram[head..];
+    let in_slot = rest.len().min(slot.len());
+    slot[..in_slot].copy_from_slice(&rest[..in_slot]);
+    rx.handle_scattered(now, from, &datagram[..head], in_slot, &rest[in_slot..]);
 }

@@ -8,43 +8,12 @@ use outpost_multicast::sender::announce_packets;
 use outpost_multicast::sim::{self, LinkModel, SimConfig};
 use outpost_multicast::{Manifest, Receiver, ReceiverConfig, ReceiverEvent, SigningKey};
 use proptest::prelude::*;
-use raptorq::{ObjectTransmissionInformation, SourceBlockEncoder};
 
 mod common;
+use common::file;
 
 const T: u16 = 64;
 const K: u32 = 8;
-
-fn file(len: usize, seed: u32) -> Vec<u8> {
-    (0..len as u32)
-        .map(|i| (i.wrapping_mul(seed | 1).rotate_left(5) >> 2) as u8)
-        .collect()
-}
-
-/// Source symbol `esi` of `block` (zero-padded past the end of the file).
-fn symbol(data: &[u8], block: u32, esi: u32) -> Vec<u8> {
-    let t = usize::from(T);
-    let start = (block * K + esi) as usize * t;
-    let mut s = vec![0u8; t];
-    if start < data.len() {
-        let end = (start + t).min(data.len());
-        s[..end - start].copy_from_slice(&data[start..end]);
-    }
-    s
-}
-
-/// Repair symbol `n` (ESI K + n) of `block`.
-fn repair(data: &[u8], m: &Manifest, block: u32, n: u32) -> (u32, Vec<u8>) {
-    let off = m.block_offset(block) as usize;
-    let mut buf = data[off..off + m.block_len(block)].to_vec();
-    buf.resize((K * u32::from(T)) as usize, 0);
-    let oti = ObjectTransmissionInformation::new(0, T, 0, 1, 1);
-    let p = SourceBlockEncoder::new(0, &oti, &buf)
-        .repair_packets(n, 1)
-        .pop()
-        .unwrap();
-    (p.payload_id().encoding_symbol_id(), p.data().to_vec())
-}
 
 fn offloading_receiver() -> (Vec<u8>, Manifest, Receiver) {
     let key = SigningKey::from_seed(&[4u8; 32]).unwrap();
@@ -89,9 +58,9 @@ fn decoding_job_uses_symbols_and_checks_hash() {
     };
     // Block 0: one source symbol lost, one repair symbol instead.
     for esi in (0..K).filter(|e| *e != 3) {
-        feed(&mut rx, 0, esi, &symbol(&data, 0, esi));
+        feed(&mut rx, 0, esi, &common::symbol(&data, T, K, 0, esi));
     }
-    let (esi, sym) = repair(&data, &m, 0, 0);
+    let (esi, sym) = common::repair(&data, &m, T, K, 0, 0);
     feed(&mut rx, 0, esi, &sym);
     // Nothing is decoded inside handle_datagram: the work is a job.
     assert!(verified(&mut rx).is_empty());
@@ -100,7 +69,7 @@ fn decoding_job_uses_symbols_and_checks_hash() {
     assert!(job.needs_decoding());
     assert!(rx.poll_job().is_none());
     // Symbols arriving meanwhile are held, then dropped as duplicates on success.
-    feed(&mut rx, 0, 3, &symbol(&data, 0, 3));
+    feed(&mut rx, 0, 3, &common::symbol(&data, T, K, 0, 3));
     rx.complete_job(job.run());
     let got = verified(&mut rx);
     assert_eq!(got.len(), 1);
@@ -113,7 +82,7 @@ fn decoding_job_uses_symbols_and_checks_hash() {
     // Block 1: a forged symbol makes the job fail the block hash; nothing is written and
     // the block is collected again.
     for esi in 0..K {
-        let mut s = symbol(&data, 1, esi);
+        let mut s = common::symbol(&data, T, K, 1, esi);
         if esi == 5 {
             s[0] ^= 0x80;
         }
@@ -125,7 +94,7 @@ fn decoding_job_uses_symbols_and_checks_hash() {
     assert!(verified(&mut rx).is_empty());
     assert_eq!(rx.stats().blocks_rejected, 1);
     for esi in 0..K {
-        feed(&mut rx, 1, esi, &symbol(&data, 1, esi));
+        feed(&mut rx, 1, esi, &common::symbol(&data, T, K, 1, esi));
     }
     let job = rx.poll_job().expect("block 1 again");
     rx.complete_job(job.run());
@@ -140,7 +109,13 @@ fn block_offered_while_its_job_is_out() {
     let (data, m, mut rx) = offloading_receiver();
     let now = Instant::now();
     for esi in 0..K {
-        let p = common::data_packet(9, u64::from(esi) + 1, 2, esi, &symbol(&data, 2, esi));
+        let p = common::data_packet(
+            9,
+            u64::from(esi) + 1,
+            2,
+            esi,
+            &common::symbol(&data, T, K, 2, esi),
+        );
         rx.handle_datagram(now, common::from(), &p);
     }
     let job = rx.poll_job().expect("a job for block 2");

@@ -9,7 +9,10 @@ use outpost_multicast::driver::{
     self, Fetcher, FileSink, ReceiveOptions, ReceiveOutcome, SocketConfig,
 };
 use outpost_multicast::packet::Packet;
-use outpost_multicast::{Receiver, ReceiverConfig, Sender, SenderConfig, SenderStats, SigningKey};
+use outpost_multicast::{
+    Manifest, Receiver, ReceiverConfig, Sender, SenderConfig, SenderStats, SigningKey,
+};
+use raptorq::{ObjectTransmissionInformation, SourceBlockEncoder};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
@@ -117,4 +120,37 @@ pub async fn send_file(
     .await
     .expect("sender finished in time")
     .expect("sender ok")
+}
+
+/// A file of `len` bytes that differs with `seed`.
+pub fn file(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(seed | 1).rotate_left(5) >> 2) as u8)
+        .collect()
+}
+
+/// Source symbol `esi` of `block` for symbols of `t` bytes, `k` per block (zero-padded past
+/// the end of the file).
+pub fn symbol(data: &[u8], t: u16, k: u32, block: u32, esi: u32) -> Vec<u8> {
+    let t = usize::from(t);
+    let start = (block * k + esi) as usize * t;
+    let mut s = vec![0u8; t];
+    if start < data.len() {
+        let end = (start + t).min(data.len());
+        s[..end - start].copy_from_slice(&data[start..end]);
+    }
+    s
+}
+
+/// Repair symbol `n` (ESI `k + n`) of `block`: its symbol id and bytes.
+pub fn repair(data: &[u8], m: &Manifest, t: u16, k: u32, block: u32, n: u32) -> (u32, Vec<u8>) {
+    let off = m.block_offset(block) as usize;
+    let mut buf = data[off..off + m.block_len(block)].to_vec();
+    buf.resize((k * u32::from(t)) as usize, 0);
+    let oti = ObjectTransmissionInformation::new(0, t, 0, 1, 1);
+    let p = SourceBlockEncoder::new(0, &oti, &buf)
+        .repair_packets(n, 1)
+        .pop()
+        .unwrap();
+    (p.payload_id().encoding_symbol_id(), p.data().to_vec())
 }

@@ -160,7 +160,14 @@ impl BlockJob {
             match decode_partial(&partial, k, symbol_size) {
                 Some(d) => {
                     partial.repairs = Vec::new();
-                    d
+                    // Only the missing symbols are taken from the decoder's output, which is
+                    // dropped here, on the thread that allocated it: the block's own buffer
+                    // stays in use and the decoder's memory is reused by the next decode
+                    // instead of being mapped (and zeroed by the kernel) afresh.
+                    for (i, _) in partial.have.iter().enumerate().filter(|(_, h)| !**h) {
+                        partial.data[i * t..(i + 1) * t].copy_from_slice(&d[i * t..(i + 1) * t]);
+                    }
+                    std::mem::take(&mut partial.data)
                 }
                 None => {
                     partial.failed_at = partial.sources + partial.repairs.len() as u32;
@@ -177,11 +184,7 @@ impl BlockJob {
         let mut data = data;
         data.truncate(len);
         let outcome = if block_hash(&data) == expected {
-            Outcome::Verified {
-                data,
-                decoded,
-                spare: partial.data,
-            }
+            Outcome::Verified { data, decoded }
         } else {
             Outcome::Rejected
         };
@@ -217,11 +220,10 @@ impl BlockResult {
 }
 
 enum Outcome {
-    /// `spare`: the symbol buffer, free again when the data came from the decoder.
+    /// `data`: the block's bytes, in the buffer its symbols were collected in.
     Verified {
         data: Vec<u8>,
         decoded: bool,
-        spare: Vec<u8>,
     },
     Rejected,
     Undecodable(Partial),
@@ -1054,13 +1056,8 @@ impl Receiver {
                 a.state[block as usize] = BlockState::Missing;
                 self.drop_late(block);
             }
-            Outcome::Verified {
-                data,
-                decoded,
-                spare,
-            } => {
+            Outcome::Verified { data, decoded } => {
                 a.buffered = a.buffered.saturating_sub(bytes);
-                self.recycle(spare);
                 if decoded {
                     self.stats.blocks_decoded += 1;
                 }

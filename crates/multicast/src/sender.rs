@@ -137,14 +137,20 @@ pub struct SenderStats {
     pub rate_bps: u64,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct RepairState {
     next_repair: u32,
     pending: u32,
     plan_poll: u32,
     plan_count: u32,
     queued: bool,
+    /// Sequence numbers of this block's repair symbols sent since the oldest poll still
+    /// tracked: a NAK answering a poll did not count those sent after that poll.
+    sent_seqs: Vec<u64>,
 }
+
+/// Polls whose `high_seq` is kept, to tell which repair a NAK could not have counted.
+const POLLS_TRACKED: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -198,6 +204,7 @@ impl EncodeJob {
         EncodeResult {
             block: self.block,
             encoder: SourceBlockEncoder::new(0, &oti, &self.data),
+            spare: self.data,
         }
     }
 }
@@ -206,6 +213,8 @@ impl EncodeJob {
 pub struct EncodeResult {
     block: u32,
     encoder: SourceBlockEncoder,
+    /// The block's bytes, free for the next job (the encoder holds its own copy).
+    spare: Vec<u8>,
 }
 
 impl std::fmt::Debug for EncodeResult {
@@ -239,6 +248,8 @@ pub struct Sender {
     repair_queue: VecDeque<u32>,
     blocks: Vec<RepairState>,
     encoders: HashMap<u32, SourceBlockEncoder>,
+    /// Block buffers kept for the next encoder (at most [`MAX_ENCODE_JOBS`]).
+    spare_blocks: Vec<Vec<u8>>,
     encoder_order: VecDeque<u32>,
     encoding: Vec<u32>,
     /// Addresses that reported done with the right hash (bounded).
@@ -249,6 +260,8 @@ pub struct Sender {
     next_linger_end: Instant,
     jobs: VecDeque<EncodeJob>,
     poll_seq: u32,
+    /// `(poll, high_seq)` of the last [`POLLS_TRACKED`] polls.
+    poll_high: VecDeque<(u32, u64)>,
     want_poll: bool,
     last_poll: Option<Instant>,
     naks_since_poll: u64,
@@ -320,6 +333,7 @@ impl Sender {
             control: VecDeque::new(),
             repair_queue: VecDeque::new(),
             encoders: HashMap::new(),
+            spare_blocks: Vec::new(),
             encoder_order: VecDeque::new(),
             encoding: Vec::new(),
             done_from: HashSet::new(),
@@ -327,6 +341,7 @@ impl Sender {
             next_linger_end: now,
             jobs: VecDeque::new(),
             poll_seq: 0,
+            poll_high: VecDeque::new(),
             want_poll: false,
             last_poll: None,
             naks_since_poll: 0,
@@ -546,6 +561,10 @@ impl Sender {
             self.stats.rate_bps = (r * 8.0) as u64;
         }
         self.backoff_since_poll = false;
+        if self.poll_high.len() == POLLS_TRACKED {
+            self.poll_high.pop_front();
+        }
+        self.poll_high.push_back((self.poll_seq, self.seq));
         Packet::Poll {
             session: self.manifest.session_id,
             poll: self.poll_seq,
@@ -643,7 +662,9 @@ impl Sender {
             .copied()
             .collect();
         for block in wanted {
-            let mut data = Vec::new();
+            // A buffer from an earlier job: already mapped, so no page faults, and every
+            // byte of it is overwritten by `load_block`.
+            let mut data = self.spare_blocks.pop().unwrap_or_default();
             self.load_block(block, &mut data)?;
             self.encoding.push(block);
             self.jobs.push_back(EncodeJob {
@@ -664,7 +685,10 @@ impl Sender {
 
     /// Takes back a built encoder; the repair waiting for it becomes sendable. A result
     /// for a block not handed out is ignored.
-    pub fn complete_job(&mut self, result: EncodeResult) {
+    pub fn complete_job(&mut self, mut result: EncodeResult) {
+        if self.spare_blocks.len() < MAX_ENCODE_JOBS {
+            self.spare_blocks.push(std::mem::take(&mut result.spare));
+        }
         let Some(i) = self.encoding.iter().position(|b| *b == result.block) else {
             return;
         };
@@ -698,9 +722,10 @@ impl Sender {
     fn write_repair(&mut self, pos: usize, out: &mut Vec<u8>) -> Result<()> {
         let block = self.repair_queue[pos];
         if !self.encoders.contains_key(&block) {
-            let mut buf = Vec::new();
+            let mut buf = self.spare_blocks.pop().unwrap_or_default();
             self.load_block(block, &mut buf)?;
             let enc = SourceBlockEncoder::new(0, &self.oti, &buf);
+            self.spare_blocks.push(buf);
             self.cache_encoder(block, enc);
         }
         let st = &mut self.blocks[block as usize];
@@ -710,6 +735,7 @@ impl Sender {
             .pop()
             .ok_or_else(|| Error::invalid("repair symbol", block))?;
         let esi = pkt.payload_id().encoding_symbol_id();
+        st.sent_seqs.push(self.seq);
         packet::write_header(out, 1, self.manifest.session_id);
         packet::write_data_header(out, self.seq, block, esi);
         out.extend_from_slice(pkt.data());
@@ -796,6 +822,14 @@ impl Sender {
             }
             return;
         }
+        // Repair sent after the poll was not counted by the NAK's sender: it is on its way,
+        // or behind the poll in a slow receiver's queue.
+        let Some(&(_, poll_high)) = self.poll_high.iter().find(|(p, _)| *p == poll) else {
+            // Answers a poll too old to tell what it counted: stale, a newer one follows.
+            self.stats.bad_nak_entries += entries.len() as u64;
+            return;
+        };
+        let oldest_high = self.poll_high.front().map_or(0, |(_, h)| *h);
         let mut confirmed = Vec::with_capacity(entries.len());
         for e in entries {
             if e.block >= self.next_block || e.count == 0 {
@@ -817,9 +851,12 @@ impl Sender {
                 st.plan_count = st.plan_count.max(want);
                 extra
             } else {
+                // A poll carries the sequence number the next data packet gets.
+                st.sent_seqs.retain(|s| *s >= oldest_high);
+                let unseen = st.sent_seqs.iter().filter(|s| **s >= poll_high).count() as u32;
                 st.plan_poll = poll;
                 st.plan_count = want;
-                want.saturating_sub(st.pending)
+                want.saturating_sub(st.pending.saturating_add(unseen))
             };
             confirmed.push(BlockCount {
                 block: e.block,

@@ -177,9 +177,8 @@ async fn paired(o: &Opts, data: &Arc<[u8]>, session: &Session<'_>, packets: usiz
         "| receivers | ceiling Mbit/s | pair | raw before Gbit/s | goodput Gbit/s | raw after Gbit/s | goodput / raw |"
     );
     println!("|---|---|---|---|---|---|---|");
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     for (idx, &n) in o.receivers.iter().enumerate() {
-        let rate = o.rate_mbit.get(idx).copied().unwrap_or(o.rate_mbit[0]);
+        let rate = rate_for(o, idx);
         let buffer = recv_buffer_for(rate);
         let mut before = mean(&raw_blast(n, packets, len, buffer).await.0);
         let mut ratios = Vec::new();
@@ -204,6 +203,19 @@ async fn paired(o: &Opts, data: &Arc<[u8]>, session: &Session<'_>, packets: usiz
             ratios[ratios.len() - 1] * 100.0
         );
     }
+}
+
+/// The rate ceiling for the `idx`th receiver count: one for all, or one each.
+fn rate_for(o: &Opts, idx: usize) -> u64 {
+    if o.rate_mbit.len() == o.receivers.len() {
+        o.rate_mbit[idx]
+    } else {
+        o.rate_mbit[0]
+    }
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
 }
 
 /// Median of sorted values (mean of the middle two for an even count).
@@ -552,11 +564,7 @@ async fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (idx, &n) in o.receivers.iter().enumerate() {
-        let rate = if o.rate_mbit.len() == o.receivers.len() {
-            o.rate_mbit[idx]
-        } else {
-            o.rate_mbit[0]
-        };
+        let rate = rate_for(&o, idx);
         let mut loss_free: Option<f64> = None;
         // The ceiling is the best of three blasts: the strictest yardstick on a shared
         // machine, where any one blast may be slowed by other load.
@@ -564,7 +572,7 @@ async fn main() {
         let mut delivered = 0.0;
         for _ in 0..RAW_BLASTS {
             let (raw, d) = raw_blast(n, packets, len, recv_buffer_for(rate)).await;
-            let m = raw.iter().sum::<f64>() / raw.len() as f64;
+            let m = mean(&raw);
             if m > raw_mean {
                 (raw_mean, delivered) = (m, d);
             }
@@ -572,16 +580,16 @@ async fn main() {
         for &loss in &o.losses {
             let r = distribute(&o, data.clone(), &session, n, loss, rate).await;
             let min = r.goodput.iter().cloned().fold(f64::INFINITY, f64::min);
-            let mean = r.goodput.iter().sum::<f64>() / r.goodput.len() as f64;
+            let avg = mean(&r.goodput);
             if loss == 0.0 {
-                loss_free = Some(mean);
+                loss_free = Some(avg);
             }
-            let vs = loss_free.map_or("-".to_string(), |b| format!("{:.0}%", mean / b * 100.0));
+            let vs = loss_free.map_or("-".to_string(), |b| format!("{:.0}%", avg / b * 100.0));
             println!(
-                "| {n} | {rate} | {:.0}% | {min:.2} / {mean:.2} | {vs} | {raw_mean:.2} ({:.0}%) | {:.0}% | {:.3} | {} | {} | {} | {:.1} / {:.1} |",
+                "| {n} | {rate} | {:.0}% | {min:.2} / {avg:.2} | {vs} | {raw_mean:.2} ({:.0}%) | {:.0}% | {:.3} | {} | {} | {} | {:.1} / {:.1} |",
                 loss * 100.0,
                 delivered * 100.0,
-                mean / raw_mean * 100.0,
+                avg / raw_mean * 100.0,
                 r.overhead,
                 r.repair_packets,
                 r.fetched,

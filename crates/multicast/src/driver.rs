@@ -718,18 +718,17 @@ fn drain_receiver(
     use rustix::net::{RecvAncillaryBuffer, RecvFlags, recvmsg};
     use std::io::IoSliceMut;
     for _ in 0..256 {
-        let mut in_slot = None;
+        let mut scattered = false;
         let r = socket.try_io(tokio::io::Interest::READABLE, || {
             let mut control = RecvAncillaryBuffer::default();
             match rx.symbol_slot() {
                 Some(slot) => {
-                    let t = slot.len();
                     let mut iov = [
                         IoSliceMut::new(head),
                         IoSliceMut::new(slot),
                         IoSliceMut::new(tail),
                     ];
-                    in_slot = Some(t);
+                    scattered = true;
                     recvmsg(socket, &mut iov, &mut control, RecvFlags::empty())
                 }
                 None => recvmsg(
@@ -755,14 +754,10 @@ fn drain_receiver(
         if !keep() {
             continue;
         }
-        let n = msg.bytes;
-        match in_slot {
-            Some(t) => {
-                let h = n.min(DATA_HEADER_LEN);
-                let s = (n - h).min(t);
-                rx.handle_scattered(Instant::now(), from, &head[..h], s, &tail[..n - h - s]);
-            }
-            None => rx.handle_datagram(Instant::now(), from, &tail[..n]),
+        if scattered {
+            rx.handle_scattered(Instant::now(), from, &head[..], tail, msg.bytes);
+        } else {
+            rx.handle_datagram(Instant::now(), from, &tail[..msg.bytes]);
         }
     }
     Ok(())

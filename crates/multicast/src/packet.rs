@@ -139,10 +139,7 @@ impl Packet<'_> {
             Packet::End { session, .. } => (6, session),
             Packet::Done { session, .. } => (7, session),
         };
-        out.extend_from_slice(&MAGIC.to_be_bytes());
-        out.push(VERSION);
-        out.push(ty);
-        out.extend_from_slice(&session.to_be_bytes());
+        write_header(out, ty, *session);
         match self {
             Packet::Data {
                 seq,
@@ -198,16 +195,7 @@ impl Packet<'_> {
     /// Decodes one datagram. Never panics; every malformed input is an [`Error`].
     pub fn decode(buf: &[u8]) -> Result<Packet<'_>> {
         let mut r = Reader { buf, pos: 0 };
-        let magic = r.u16("magic")?;
-        if magic != MAGIC {
-            return Err(Error::BadMagic(magic));
-        }
-        let version = r.u8("version")?;
-        if version != VERSION {
-            return Err(Error::UnsupportedVersion(version));
-        }
-        let ty = r.u8("type")?;
-        let session = r.u64("session")?;
+        let (ty, session) = r.common_header()?;
         let packet = match ty {
             1 => {
                 let (seq, block, esi) = r.data_fields()?;
@@ -321,19 +309,10 @@ impl DataHeader {
     /// anything else (another packet type, a short or long buffer) is an [`Error`].
     pub fn decode(head: &[u8]) -> Result<DataHeader> {
         let mut r = Reader { buf: head, pos: 0 };
-        let magic = r.u16("magic")?;
-        if magic != MAGIC {
-            return Err(Error::BadMagic(magic));
-        }
-        let version = r.u8("version")?;
-        if version != VERSION {
-            return Err(Error::UnsupportedVersion(version));
-        }
-        let ty = r.u8("type")?;
+        let (ty, session) = r.common_header()?;
         if ty != 1 {
             return Err(Error::invalid("data header type", ty));
         }
-        let session = r.u64("session")?;
         let (seq, block, esi) = r.data_fields()?;
         r.finish("data header")?;
         Ok(DataHeader {
@@ -417,6 +396,21 @@ impl<'a> Reader<'a> {
         }
         Ok(())
     }
+    /// The common header: magic and version checked, `(type, session)` returned.
+    fn common_header(&mut self) -> Result<(u8, u64)> {
+        let magic = self.u16("magic")?;
+        if magic != MAGIC {
+            return Err(Error::BadMagic(magic));
+        }
+        let version = self.u8("version")?;
+        if version != VERSION {
+            return Err(Error::UnsupportedVersion(version));
+        }
+        let ty = self.u8("type")?;
+        let session = self.u64("session")?;
+        Ok((ty, session))
+    }
+
     /// `seq, block, esi` of a data packet, the symbol id checked.
     fn data_fields(&mut self) -> Result<(u64, u32, u32)> {
         let seq = self.u64("data seq")?;

@@ -535,9 +535,10 @@ impl Receiver {
         p.data.get(start..start + len.min(t))
     }
 
-    /// Takes one datagram read with scatter IO after [`Receiver::symbol_slot`]: `head` is
-    /// what went into the header buffer, `in_slot` the number of bytes that went into the
-    /// slot (0 if no slot was handed out), `tail` what went into the tail buffer. The
+    /// Takes one datagram of `len` bytes read with scatter IO after
+    /// [`Receiver::symbol_slot`]: its first bytes in `head` (up to
+    /// [`DATA_HEADER_LEN`](crate::packet::DATA_HEADER_LEN)), then as many as the slot holds
+    /// in the slot (none if no slot was handed out), the rest at the start of `tail`. The
     /// expected symbol is taken where it landed; anything else is put back together and
     /// handled as by [`Receiver::handle_datagram`].
     pub fn handle_scattered(
@@ -545,23 +546,38 @@ impl Receiver {
         now: Instant,
         from: SocketAddr,
         head: &[u8],
-        in_slot: usize,
         tail: &[u8],
+        len: usize,
     ) {
         let slot = self.slot_out.take();
+        let t = match (slot, self.active.as_ref()) {
+            (Some(_), Some(a)) => usize::from(a.manifest.symbol_size),
+            _ => 0,
+        };
+        let h = len.min(crate::packet::DATA_HEADER_LEN);
+        let in_slot = (len - h).min(t);
+        let (Some(head), Some(tail)) = (head.get(..h), tail.get(..len - h - in_slot)) else {
+            // Buffers shorter than the length given: a driver error, not data.
+            self.stats.datagrams += 1;
+            self.stats.malformed += 1;
+            return;
+        };
         if let Some((block, esi, _)) = slot
             && tail.is_empty()
-            && let Ok(h) = DataHeader::decode(head)
-            && h.block == block
-            && h.esi == esi
-            && self.active.as_ref().is_some_and(|a| {
-                a.manifest.session_id == h.session && usize::from(a.manifest.symbol_size) == in_slot
-            })
+            && in_slot == t
+            && let Ok(hd) = DataHeader::decode(head)
+            && (hd.block, hd.esi) == (block, esi)
+            && self
+                .active
+                .as_ref()
+                .is_some_and(|a| a.manifest.session_id == hd.session)
             && self.landed(slot, in_slot).is_some()
         {
             self.stats.datagrams += 1;
             self.last_activity = Some(now);
-            self.handle_data(from, h.seq, block, esi, None);
+            if self.note_data(from, hd.seq, block, esi, in_slot) {
+                self.source_received(block, esi);
+            }
             return;
         }
         let mut buf = std::mem::take(&mut self.reassembly);
@@ -571,7 +587,7 @@ impl Receiver {
             match self.landed(slot, in_slot) {
                 Some(bytes) => buf.extend_from_slice(bytes),
                 None => {
-                    // Bytes in a slot that was not handed out: a driver error, not data.
+                    // The slot moved since it was handed out: a driver error, not data.
                     self.stats.datagrams += 1;
                     self.stats.malformed += 1;
                     self.reassembly = buf;
@@ -652,7 +668,7 @@ impl Receiver {
                 ..
             } => {
                 self.last_activity = Some(now);
-                self.handle_data(from, seq, block, esi, Some(symbol));
+                self.handle_data(from, seq, block, esi, symbol);
             }
             Packet::Poll {
                 poll,
@@ -809,39 +825,44 @@ impl Receiver {
         self.stats.manifest_requests += 1;
     }
 
-    /// One data packet of the active session. `symbol` is `None` when the symbol is already
-    /// in place: it landed in the slot [`Receiver::symbol_slot`] handed out (a source symbol
-    /// still missing from a block being collected).
-    fn handle_data(
-        &mut self,
-        from: SocketAddr,
-        seq: u64,
-        block: u32,
-        esi: u32,
-        symbol: Option<&[u8]>,
-    ) {
+    /// What every data packet of the active session counts for: the sender's address, where
+    /// this receiver joined, the loss count. `false` (and counted) when the packet does not
+    /// fit the manifest.
+    fn note_data(&mut self, from: SocketAddr, seq: u64, block: u32, esi: u32, len: usize) -> bool {
         let Some(a) = self.active.as_mut() else {
-            return;
+            return false;
         };
         let m = &a.manifest;
-        if block >= m.block_count() || symbol.is_some_and(|s| s.len() != usize::from(m.symbol_size))
-        {
+        if block >= m.block_count() || len != usize::from(m.symbol_size) {
             self.stats.bad_data += 1;
-            return;
+            return false;
         }
         if a.sender.is_none() {
             a.sender = Some(from);
         }
-        let k = m.symbols_in_block(block);
         // The first source symbol heard marks where this receiver joined; blocks before it
         // went by unheard and are fetched by unicast rather than repaired for everyone.
-        if a.join_block.is_none() && esi < k {
+        if a.join_block.is_none() && esi < m.symbols_in_block(block) {
             a.join_block = Some(block);
             a.report_seq = seq.saturating_sub(1);
             a.received_since = 0;
         }
         a.high_seq = a.high_seq.max(seq);
         a.received_since += 1;
+        true
+    }
+
+    /// One data packet of the active session, read whole.
+    fn handle_data(&mut self, from: SocketAddr, seq: u64, block: u32, esi: u32, symbol: &[u8]) {
+        if !self.note_data(from, seq, block, esi, symbol.len()) {
+            return;
+        }
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let m = &a.manifest;
+        let k = m.symbols_in_block(block);
+        let t = usize::from(m.symbol_size);
         let b = block as usize;
         if a.state[b] == BlockState::Done {
             self.stats.duplicates += 1;
@@ -849,7 +870,6 @@ impl Receiver {
         }
         if a.state[b] == BlockState::Working {
             // Kept until the job's result is back, in case decoding needs more symbols.
-            let t = usize::from(m.symbol_size);
             let late = a.late.entry(block).or_default();
             if late.ids.len() >= k as usize || !late.ids.insert(esi) {
                 self.stats.duplicates += 1;
@@ -860,16 +880,10 @@ impl Receiver {
                 self.stats.over_budget += 1;
                 return;
             }
-            let Some(symbol) = symbol else {
-                // Slots are only handed out for blocks being collected.
-                late.ids.remove(&esi);
-                return;
-            };
             a.buffered += t as u64;
             late.symbols.push((esi, symbol.to_vec()));
             return;
         }
-        let t = usize::from(m.symbol_size);
         if a.state[b] == BlockState::Missing {
             let bytes = k as u64 * t as u64;
             if a.buffered + bytes > self.cfg.max_buffered_bytes {
@@ -904,17 +918,9 @@ impl Receiver {
                 self.stats.duplicates += 1;
                 return;
             }
-            if let Some(symbol) = symbol {
-                p.data[i * t..(i + 1) * t].copy_from_slice(symbol);
-            }
-            p.have[i] = true;
-            p.sources += 1;
-            self.stats.source_symbols += 1;
-            a.next_slot = (esi + 1 < k).then_some((block, esi + 1));
+            p.data[i * t..(i + 1) * t].copy_from_slice(symbol);
+            self.source_received(block, esi);
         } else {
-            let Some(symbol) = symbol else {
-                return;
-            };
             if !p.repair_ids.insert(esi) {
                 self.stats.duplicates += 1;
                 return;
@@ -922,10 +928,39 @@ impl Receiver {
             p.repairs
                 .push(EncodingPacket::new(PayloadId::new(0, esi), symbol.to_vec()));
             self.stats.repair_symbols += 1;
+            self.complete_if_enough(block);
         }
-        let count = p.sources + p.repairs.len() as u32;
-        if count >= k && count > p.failed_at {
-            self.try_complete(block);
+    }
+
+    /// Marks source symbol `esi` of `block`, a block being collected, as received: its
+    /// bytes are in its slot already (copied there, or read there by a scatter read).
+    fn source_received(&mut self, block: u32, esi: u32) {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let k = a.manifest.symbols_in_block(block);
+        let Some(p) = a.partial.get_mut(&block) else {
+            return;
+        };
+        p.have[esi as usize] = true;
+        p.sources += 1;
+        self.stats.source_symbols += 1;
+        a.next_slot = (esi + 1 < k).then_some((block, esi + 1));
+        self.complete_if_enough(block);
+    }
+
+    /// Hands a block being collected to decoding once it holds enough symbols (more than
+    /// at its last failed attempt).
+    fn complete_if_enough(&mut self, block: u32) {
+        let Some(a) = self.active.as_ref() else {
+            return;
+        };
+        let k = a.manifest.symbols_in_block(block);
+        if let Some(p) = a.partial.get(&block) {
+            let count = p.sources + p.repairs.len() as u32;
+            if count >= k && count > p.failed_at {
+                self.try_complete(block);
+            }
         }
     }
 
@@ -1043,11 +1078,8 @@ impl Receiver {
                         }
                     }
                 }
-                let count = p.sources + p.repairs.len() as u32;
                 a.partial.insert(block, p);
-                if count >= k && count > a.partial[&block].failed_at {
-                    self.try_complete(block);
-                }
+                self.complete_if_enough(block);
             }
             Outcome::Rejected => {
                 a.buffered = a.buffered.saturating_sub(bytes);

@@ -505,5 +505,11 @@ pub fn deliver_scattered(rx: &mut Receiver, now: Instant, from: SocketAddr, data
     let rest = &datagram[head..];
     let in_slot = rest.len().min(slot.len());
     slot[..in_slot].copy_from_slice(&rest[..in_slot]);
-    rx.handle_scattered(now, from, &datagram[..head], in_slot, &rest[in_slot..]);
+    rx.handle_scattered(
+        now,
+        from,
+        &datagram[..head],
+        &rest[in_slot..],
+        datagram.len(),
+    );
 }

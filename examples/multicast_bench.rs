@@ -338,11 +338,28 @@ async fn distribute(
             let mut sink = DiscardSink::default();
             let mut f = MemFetcher(data);
             let opts = ReceiveOptions::with_loss(loss, seed);
-            let res = driver::run_receiver(&g, &c, &mut rx, &mut sink, &mut f, &opts, |_| {})
-                .await
-                .expect("receive");
+            let verbose = std::env::var_os("MULTICAST_BENCH_VERBOSE").is_some();
+            let t0 = Instant::now();
+            let res = driver::run_receiver(&g, &c, &mut rx, &mut sink, &mut f, &opts, |r| {
+                if verbose {
+                    let s = r.stats();
+                    eprintln!(
+                        "{:.3}s receiver {i}: datagrams {} socket drops {:?} load reports {} peak jobs {}",
+                        t0.elapsed().as_secs_f64(),
+                        s.datagrams,
+                        driver::socket_drops(&g),
+                        s.load_reports,
+                        s.peak_jobs_out
+                    );
+                }
+            })
+            .await
+            .expect("receive");
             if std::env::var_os("MULTICAST_BENCH_VERBOSE").is_some() {
-                eprintln!("receiver {i}: {:?}", res.stats);
+                eprintln!(
+                    "receiver {i}: socket drops {:?}, injected {}, {:?}",
+                    res.socket_drops, res.injected_drops, res.stats
+                );
             }
             (Instant::now(), res.fetched_blocks, sink.bytes)
         }));

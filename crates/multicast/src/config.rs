@@ -236,6 +236,15 @@ pub struct ReceiverConfig {
     /// then runs it on a worker thread, so the socket keeps being read while a block is
     /// decoded. Callers that drive the core themselves must run the jobs when this is set.
     pub offload_block_work: bool,
+    /// When this many block jobs (or more) are out and not yet back, the receiver answers
+    /// each poll with a [`crate::packet::Packet::Load`] report at once, and the sender
+    /// slows down while the backlog grows: the receiver's CPU is not keeping up with the
+    /// rate, and a receiver that falls further behind overflows its socket (loss the
+    /// sender then repairs, at the cost of every receiver) or its `max_buffered_bytes`.
+    /// 0: not reported. Only meaningful with `offload_block_work` (inline work is never
+    /// out). Socket drops are reported regardless (see
+    /// [`crate::Receiver::note_socket_drops`]).
+    pub backlog_report_blocks: u32,
 }
 
 impl Default for ReceiverConfig {
@@ -248,6 +257,7 @@ impl Default for ReceiverConfig {
             seed: 0,
             nak_max_loss_permille: 400,
             offload_block_work: false,
+            backlog_report_blocks: 16,
         }
     }
 }

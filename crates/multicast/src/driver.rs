@@ -779,6 +779,80 @@ fn drain_receiver(
     })
 }
 
+/// Parses a `/proc/net/udp` or `/proc/net/udp6` table: the `drops` column of the socket
+/// with this inode.
+fn udp_table_drops(table: &str, inode: u64) -> Option<u64> {
+    table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+        if cols.get(9)?.parse::<u64>().ok()? != inode {
+            return None;
+        }
+        cols.get(12)?.parse().ok()
+    })
+}
+
+/// The kernel's count of datagrams this UDP socket dropped for want of receive-buffer
+/// room since it was opened: on Linux the `drops` column of `/proc/net/udp` (or `udp6`),
+/// found by the socket's inode. `None` elsewhere, or when the table cannot be read (no
+/// `/proc`). One call reads the whole table: some tens of microseconds.
+pub fn socket_drops(socket: &UdpSocket) -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        let table = match socket.local_addr().ok()? {
+            SocketAddr::V6(_) => "/proc/net/udp6",
+            SocketAddr::V4(_) => "/proc/net/udp",
+        };
+        let inode = rustix::fs::fstat(socket).ok()?.st_ino;
+        udp_table_drops(&std::fs::read_to_string(table).ok()?, inode)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = socket;
+        None
+    }
+}
+
+/// [`socket_drops`] at most once per `every`; gives up for good, quietly, once the count
+/// cannot be read (it only sharpens the sender's rate control).
+struct DropWatch {
+    enabled: bool,
+    every: Duration,
+    next: Instant,
+    first: Option<u64>,
+    last: Option<u64>,
+}
+
+impl DropWatch {
+    fn new(every: Duration) -> DropWatch {
+        DropWatch {
+            enabled: true,
+            every,
+            next: Instant::now(),
+            first: None,
+            last: None,
+        }
+    }
+
+    /// The current count when due and readable.
+    fn poll(&mut self, socket: &UdpSocket, now: Instant) -> Option<u64> {
+        if !self.enabled || now < self.next {
+            return None;
+        }
+        self.next = now + self.every;
+        let count = socket_drops(socket);
+        self.enabled = count.is_some();
+        self.first = self.first.or(count);
+        self.last = count.or(self.last);
+        count
+    }
+
+    /// Drops between the first and the last count read.
+    fn during(&self) -> Option<u64> {
+        Some(self.last?.saturating_sub(self.first?))
+    }
+}
+
 /// Runs synchronous file work (reading back and hashing a whole file) without holding up the
 /// other tasks of a multi-threaded runtime: they move to another worker meanwhile.
 fn heavy<T>(f: impl FnOnce() -> T) -> T {
@@ -787,6 +861,10 @@ fn heavy<T>(f: impl FnOnce() -> T) -> T {
         _ => f(),
     }
 }
+
+/// How often [`run_receiver`] reads its socket's drop count (a read of the kernel's UDP
+/// table costs some tens of microseconds).
+const SOCKET_DROPS_EVERY: Duration = Duration::from_millis(4);
 
 /// Options for [`run_receiver`].
 #[derive(Debug, Clone, Default)]
@@ -820,6 +898,9 @@ pub struct ReceiveOutcome {
     pub resumed_blocks: u32,
     /// Datagrams dropped by injected loss.
     pub injected_drops: u64,
+    /// Datagrams the group socket dropped for want of buffer room while the session ran
+    /// (read every few milliseconds on Linux; `None` where the count is not available).
+    pub socket_drops: Option<u64>,
     /// Receiver counters.
     pub stats: crate::receiver::ReceiverStats,
 }
@@ -924,7 +1005,12 @@ pub async fn run_receiver(
     let mut last_progress = Instant::now();
     let mut head = [0u8; DATA_HEADER_LEN];
     let mut worker = Worker::new("multicast-blocks", BlockJob::run);
+    let mut socket_drops = DropWatch::new(SOCKET_DROPS_EVERY);
     loop {
+        // Before the datagrams: a poll among them is answered with the drops counted so far.
+        if let Some(n) = socket_drops.poll(group_sock, Instant::now()) {
+            rx.note_socket_drops(n);
+        }
         drain_receiver(group_sock, rx, &mut head, &mut rbuf, || {
             let drop = loss > 0.0 && rng.random_bool(loss);
             drops += u64::from(drop);
@@ -998,6 +1084,7 @@ pub async fn run_receiver(
                 fetched_blocks: fetched,
                 resumed_blocks: resumed,
                 injected_drops: drops,
+                socket_drops: socket_drops.during(),
                 stats: rx.stats().clone(),
             });
         }
@@ -1010,5 +1097,25 @@ pub async fn run_receiver(
             r = worker.next_result() => rx.complete_job(r?),
             _ = tokio::time::sleep_until(deadline.into()) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::udp_table_drops;
+
+    #[test]
+    fn udp_table_drops_finds_the_socket_by_inode() {
+        let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops            \n\
+  1: 0100007F:3A99 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 41234 2 0000000000000000 0          \n\
+  7: 0100007F:3A98 00000000:0000 07 00000000:0001F400 00:00000000 00000000     0        0 41240 2 0000000000000000 17         \n";
+        assert_eq!(udp_table_drops(table, 41240), Some(17));
+        assert_eq!(udp_table_drops(table, 41234), Some(0));
+        assert_eq!(udp_table_drops(table, 99), None);
+        assert_eq!(udp_table_drops("", 41240), None);
+        assert_eq!(
+            udp_table_drops("header\n  1: short line 41240\n", 41240),
+            None
+        );
     }
 }

@@ -10,6 +10,7 @@
 //! | 5    | Ncf      | `poll u32, n u16, n × (block u32, planned u32)`                 |
 //! | 6    | End      | `high_seq u64`                                                  |
 //! | 7    | Done     | `file_hash [u8; 32]`                                            |
+//! | 8    | Load     | `poll u32, jobs u32, dropped u32`                               |
 
 use crate::error::{Error, Result};
 
@@ -112,6 +113,20 @@ pub enum Packet<'a> {
         /// SHA-256 of the file as written.
         file_hash: [u8; 32],
     },
+    /// A receiver answers a poll with signs that it cannot keep up with the rate: block
+    /// jobs waiting for its CPU, datagrams its socket dropped for want of room. The sender
+    /// slows down (see [`crate::ReceiverConfig::backlog_report_blocks`] and
+    /// [`crate::Receiver::note_socket_drops`]).
+    Load {
+        /// Session.
+        session: u64,
+        /// Poll being answered.
+        poll: u32,
+        /// Blocks holding enough symbols that wait for decoding or their hash check.
+        jobs: u32,
+        /// Datagrams the receiver's socket dropped since its previous report.
+        dropped: u32,
+    },
 }
 
 impl Packet<'_> {
@@ -124,7 +139,8 @@ impl Packet<'_> {
             | Packet::Nak { session, .. }
             | Packet::Ncf { session, .. }
             | Packet::End { session, .. }
-            | Packet::Done { session, .. } => *session,
+            | Packet::Done { session, .. }
+            | Packet::Load { session, .. } => *session,
         }
     }
 
@@ -138,6 +154,7 @@ impl Packet<'_> {
             Packet::Ncf { session, .. } => (5, session),
             Packet::End { session, .. } => (6, session),
             Packet::Done { session, .. } => (7, session),
+            Packet::Load { session, .. } => (8, session),
         };
         write_header(out, ty, *session);
         match self {
@@ -189,6 +206,16 @@ impl Packet<'_> {
             }
             Packet::End { high_seq, .. } => out.extend_from_slice(&high_seq.to_be_bytes()),
             Packet::Done { file_hash, .. } => out.extend_from_slice(file_hash),
+            Packet::Load {
+                poll,
+                jobs,
+                dropped,
+                ..
+            } => {
+                out.extend_from_slice(&poll.to_be_bytes());
+                out.extend_from_slice(&jobs.to_be_bytes());
+                out.extend_from_slice(&dropped.to_be_bytes());
+            }
         }
     }
 
@@ -281,6 +308,18 @@ impl Packet<'_> {
                 file_hash.copy_from_slice(h);
                 r.finish("done")?;
                 Packet::Done { session, file_hash }
+            }
+            8 => {
+                let poll = r.u32("load poll")?;
+                let jobs = r.u32("load jobs")?;
+                let dropped = r.u32("load dropped")?;
+                r.finish("load")?;
+                Packet::Load {
+                    session,
+                    poll,
+                    jobs,
+                    dropped,
+                }
             }
             other => return Err(Error::UnknownPacketType(other)),
         };

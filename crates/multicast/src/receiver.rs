@@ -82,6 +82,11 @@ pub struct ReceiverStats {
     pub naks_sent: u64,
     /// NAKs suppressed by a confirmation that covered them.
     pub naks_suppressed: u64,
+    /// Load reports sent (polls answered while `backlog_report_blocks` or more block jobs
+    /// were out, or after the socket dropped datagrams).
+    pub load_reports: u64,
+    /// Most block jobs out at once.
+    pub peak_jobs_out: u64,
 }
 
 struct Partial {
@@ -291,8 +296,11 @@ struct Assembly {
 
 const MAX_ASSEMBLIES: usize = 4;
 
-/// Block buffers kept for reuse (see [`Receiver::recycle`]).
-const MAX_SPARE_BUFFERS: usize = 8;
+/// Bytes of block buffers kept for reuse (see [`Receiver::recycle`]): under loss every
+/// block waits for its repair, so as many buffers are in use as blocks are between their
+/// source symbols and their repair, and each one not reused is fresh memory the kernel
+/// must zero page by page.
+const MAX_SPARE_BYTES: usize = 32 << 20;
 
 /// The receiving side of one session.
 pub struct Receiver {
@@ -302,6 +310,8 @@ pub struct Receiver {
     active: Option<Active>,
     events: VecDeque<ReceiverEvent>,
     transmit: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// The socket's drop counter as last noted, and its value at the last load report.
+    socket_drops: Option<(u64, u64)>,
     jobs: VecDeque<BlockJob>,
     spare: Vec<Vec<u8>>,
     stats: ReceiverStats,
@@ -363,6 +373,7 @@ impl Receiver {
             active: None,
             events: VecDeque::new(),
             transmit: VecDeque::new(),
+            socket_drops: None,
             jobs: VecDeque::new(),
             spare: Vec::new(),
             stats: ReceiverStats::default(),
@@ -692,7 +703,7 @@ impl Receiver {
                 }
                 self.request_fetch();
             }
-            // NAKs and completion reports are for the sender.
+            // NAKs, load and completion reports are for the sender.
             _ => {}
         }
     }
@@ -982,6 +993,7 @@ impl Receiver {
         if self.cfg.offload_block_work {
             a.state[block as usize] = BlockState::Working;
             a.jobs_out += 1;
+            self.stats.peak_jobs_out = self.stats.peak_jobs_out.max(u64::from(a.jobs_out));
             self.jobs.push_back(job);
         } else {
             let result = job.run();
@@ -989,11 +1001,24 @@ impl Receiver {
         }
     }
 
+    /// Notes the receiving socket's count of datagrams dropped for want of buffer room
+    /// (cumulative, as the kernel keeps it; [`crate::driver::run_receiver`] reads it on
+    /// Linux). Drops since the previous load report are reported at the next poll, and the
+    /// sender slows down: a socket that overflows means the receiver is not keeping up.
+    /// The first value noted (and any value lower than the last) is the baseline.
+    pub fn note_socket_drops(&mut self, total: u64) {
+        self.socket_drops = match self.socket_drops {
+            Some((_, reported)) if total >= reported => Some((total, reported)),
+            _ => Some((total, total)),
+        };
+    }
+
     /// Hands back the buffer of a [`ReceiverEvent::BlockVerified`] once its bytes are
-    /// stored, so the next block reuses it instead of fresh memory (a few are kept; the
-    /// rest are freed). Optional.
+    /// stored, so the next block reuses it instead of fresh memory (up to 32 MiB of them
+    /// are kept; the rest are freed). Optional.
     pub fn recycle(&mut self, buf: Vec<u8>) {
-        if self.spare.len() < MAX_SPARE_BUFFERS && buf.capacity() > 0 {
+        let kept: usize = self.spare.iter().map(Vec::capacity).sum();
+        if buf.capacity() > 0 && kept + buf.capacity() <= MAX_SPARE_BYTES {
             self.spare.push(buf);
         }
     }
@@ -1203,6 +1228,29 @@ impl Receiver {
         }
         if a.complete || a.ended {
             return;
+        }
+        // Falling behind is reported at once, not after the NAK delay: it is news for the
+        // sender's rate, not a repair request other receivers could suppress.
+        let dropped = self
+            .socket_drops
+            .map_or(0, |(total, reported)| total - reported);
+        let backlog = self.cfg.backlog_report_blocks;
+        if (dropped > 0 || (backlog > 0 && a.jobs_out >= backlog))
+            && let Some(to) = a.sender
+        {
+            let mut out = Vec::new();
+            Packet::Load {
+                session: a.manifest.session_id,
+                poll,
+                jobs: a.jobs_out,
+                dropped: u32::try_from(dropped).unwrap_or(u32::MAX),
+            }
+            .encode(&mut out);
+            self.transmit.push_back((to, out));
+            self.stats.load_reports += 1;
+            if let Some((total, reported)) = self.socket_drops.as_mut() {
+                *reported = *total;
+            }
         }
         // Loss seen since the last report, from the sender's sequence numbers.
         a.high_seq = a.high_seq.max(high_seq);

@@ -131,6 +131,11 @@ pub struct SenderStats {
     pub bad_nak_entries: u64,
     /// Receivers (distinct addresses) that reported done with the right hash.
     pub receivers_done: u64,
+    /// Load reports accepted (a receiver's block checks falling behind, or its socket
+    /// dropping datagrams).
+    pub load_reports: u64,
+    /// Load reports answering a poll not sent, or one too old to matter.
+    pub stale_load_reports: u64,
     /// Rate back-offs taken.
     pub backoffs: u64,
     /// Current rate, bits per second.
@@ -169,9 +174,18 @@ const LINGER_END_INTERVAL: Duration = Duration::from_millis(25);
 
 /// Most distinct receivers counted in [`SenderStats::receivers_done`].
 const MAX_DONE_TRACKED: usize = 1 << 16;
+/// Receivers whose last load report is kept (a backlog reported by others still holds
+/// the rate but cannot cut it).
+const MAX_LOAD_TRACKED: usize = 1 << 12;
 
 /// Most encoder jobs out at once when encoding is offloaded.
 const MAX_ENCODE_JOBS: usize = 2;
+/// New source data waits while more blocks than this wait for their encoders (offloaded
+/// encoding): a sender whose encoding cannot keep up with the repair it owes would
+/// otherwise run ahead of it, and every receiver would hold more and more incomplete
+/// blocks in memory meanwhile (on a busy machine paging them in while its socket
+/// overflows), past its buffer budget in the end.
+const MAX_BLOCKS_AWAITING_ENCODER: usize = 4;
 
 /// Building one block's RaptorQ encoder (the work before its first repair symbol), handed
 /// out by [`Sender::poll_job`] when [`SenderConfig::offload_encoding`] is set so the driver
@@ -254,6 +268,11 @@ pub struct Sender {
     encoding: Vec<u32>,
     /// Addresses that reported done with the right hash (bounded).
     done_from: HashSet<SocketAddr>,
+    /// The last load report per receiver: (poll answered, block jobs waiting).
+    load_from: HashMap<SocketAddr, (u32, u32)>,
+    /// `poll_seq` when the rate was last cut: reports answering that poll or an earlier
+    /// one describe the rate before the cut.
+    cut_poll: u32,
     /// Lingering: a manifest request came in; one round of the manifest is due.
     linger_announce: bool,
     /// Lingering: when the End goes out again.
@@ -275,7 +294,9 @@ pub struct Sender {
     phase: Phase,
     last_backoff: Option<Instant>,
     last_reannounce: Option<Instant>,
-    backoff_since_poll: bool,
+    /// A receiver reported loss above `loss_backoff_permille` or its load since the last
+    /// poll: the rate is not raised at the next one (even when the cut itself was held).
+    slowdown_since_poll: bool,
     events: VecDeque<SenderEvent>,
     stats: SenderStats,
     oti: ObjectTransmissionInformation,
@@ -337,6 +358,8 @@ impl Sender {
             encoder_order: VecDeque::new(),
             encoding: Vec::new(),
             done_from: HashSet::new(),
+            load_from: HashMap::new(),
+            cut_poll: 0,
             linger_announce: false,
             next_linger_end: now,
             jobs: VecDeque::new(),
@@ -353,7 +376,7 @@ impl Sender {
             phase: Phase::Data,
             last_backoff: None,
             last_reannounce: None,
-            backoff_since_poll: false,
+            slowdown_since_poll: false,
             events: VecDeque::new(),
             stats,
             oti,
@@ -394,6 +417,11 @@ impl Sender {
             }
             Phase::Lingering(until) => Some(until.min(self.next_linger_end)),
             _ if !self.control.is_empty() => Some(self.bucket.ready_at(0)),
+            // Encoder results wake the driver; the manifest repeat may go out meanwhile.
+            Phase::Data if self.ready_repair().is_none() && self.source_held() => Some(
+                self.next_announce
+                    .max(self.bucket.ready_at(self.data_len())),
+            ),
             Phase::Data => Some(
                 self.bucket
                     .ready_at(self.data_len())
@@ -484,15 +512,21 @@ impl Sender {
             self.write_repair(pos, out)?;
             return Ok(self.sent(out.len()));
         }
-        // A poll goes out behind all planned repair, so the answers reflect it.
+        // A poll goes out behind all repair that is ready, so the answers reflect it, but
+        // not behind repair still waiting for its encoder: the rate and the repair plan
+        // need the answers meanwhile (repair sent after a poll is not counted by the NAKs
+        // answering it, see `handle_nak`).
         let repair_waiting = !self.repair_queue.is_empty();
-        if self.want_poll && !repair_waiting {
+        if self.want_poll && (self.phase == Phase::Data || !repair_waiting) {
             self.want_poll = false;
             self.write_poll(now, out);
             return Ok(self.sent(out.len()));
         }
         match self.phase {
             Phase::Data => {
+                if self.source_held() {
+                    return Ok(false);
+                }
                 self.write_source(out)?;
                 Ok(self.sent(out.len()))
             }
@@ -554,13 +588,13 @@ impl Sender {
         self.naks_since_poll = 0;
         self.last_poll = Some(now);
         self.stats.polls += 1;
-        if !self.backoff_since_poll {
+        if !self.slowdown_since_poll {
             let max = self.cfg.max_rate_bps as f64 / 8.0;
             let r = (self.bucket.rate() + max / 8.0).min(max);
             self.bucket.set_rate(now, r);
             self.stats.rate_bps = (r * 8.0) as u64;
         }
-        self.backoff_since_poll = false;
+        self.slowdown_since_poll = false;
         if self.poll_high.len() == POLLS_TRACKED {
             self.poll_high.pop_front();
         }
@@ -635,6 +669,19 @@ impl Sender {
 
     /// Position in the repair queue of the first block whose encoder is ready (inline
     /// encoding: the head, built on demand).
+    /// Whether new source data waits for the encoders (see
+    /// [`MAX_BLOCKS_AWAITING_ENCODER`]).
+    fn source_held(&self) -> bool {
+        self.cfg.offload_encoding
+            && self.repair_queue.len() > MAX_BLOCKS_AWAITING_ENCODER
+            && self
+                .repair_queue
+                .iter()
+                .filter(|b| !self.encoders.contains_key(b))
+                .count()
+                > MAX_BLOCKS_AWAITING_ENCODER
+    }
+
     fn ready_repair(&self) -> Option<usize> {
         if !self.cfg.offload_encoding {
             return if self.repair_queue.is_empty() {
@@ -775,6 +822,12 @@ impl Sender {
                 entries,
                 ..
             } => self.handle_nak(now, poll, loss_permille, &entries),
+            Packet::Load {
+                poll,
+                jobs,
+                dropped,
+                ..
+            } => self.handle_load(now, from, poll, jobs, dropped),
             Packet::Done { file_hash, .. } => {
                 let hash_matches = file_hash == self.manifest.file_hash;
                 // Counted once per address; the set stops growing at MAX_DONE_TRACKED (a
@@ -877,16 +930,56 @@ impl Sender {
             self.control.push_back(p);
         }
         if loss_permille > self.cfg.loss_backoff_permille {
-            let hold = Duration::from_millis(self.cfg.poll_interval_ms);
-            if self.last_backoff.is_none_or(|t| now >= t + hold) {
-                let min = self.cfg.min_rate_bps as f64 / 8.0;
-                let r = (self.bucket.rate() * self.cfg.backoff_factor).max(min);
-                self.bucket.set_rate(now, r);
-                self.stats.rate_bps = (r * 8.0) as u64;
-                self.stats.backoffs += 1;
-                self.last_backoff = Some(now);
-                self.backoff_since_poll = true;
-            }
+            self.slow_down(now);
         }
+    }
+
+    fn handle_load(&mut self, now: Instant, from: SocketAddr, poll: u32, jobs: u32, dropped: u32) {
+        // Only while data flows at the rate the report is about, and only for a poll that
+        // was sent and is recent enough to say something about the current rate.
+        let current = matches!(self.phase, Phase::Data | Phase::Drain)
+            && poll <= self.poll_seq
+            && self.poll_high.iter().any(|(p, _)| *p == poll);
+        if !current {
+            self.stats.stale_load_reports += 1;
+            return;
+        }
+        self.stats.load_reports += 1;
+        // No increase while any receiver is behind. A cut when its socket dropped
+        // datagrams, or when its backlog was reported for the previous poll too and has
+        // not shrunk since (one report alone may be a burst of blocks completed by the
+        // same round of repair; a shrinking backlog is already below the rate it can
+        // check). At most once per poll round: a report answering a poll sent before the
+        // last cut is about the rate before it.
+        self.slowdown_since_poll = true;
+        let prev = self.load_from.get(&from).copied();
+        let tracked = prev.is_some() || self.load_from.len() < MAX_LOAD_TRACKED;
+        let growing = prev.is_some_and(|(p, j)| p.checked_add(1) == Some(poll) && jobs >= j);
+        if tracked && prev.is_none_or(|(p, _)| poll > p) {
+            self.load_from.insert(from, (poll, jobs));
+        }
+        if (dropped > 0 || growing) && poll > self.cut_poll {
+            self.cut_rate(now);
+        }
+    }
+
+    /// Loss above `loss_backoff_permille`: cuts the rate at most once per poll interval.
+    fn slow_down(&mut self, now: Instant) {
+        self.slowdown_since_poll = true;
+        let hold = Duration::from_millis(self.cfg.poll_interval_ms);
+        if self.last_backoff.is_none_or(|t| now >= t + hold) {
+            self.cut_rate(now);
+        }
+    }
+
+    /// Multiplies the rate by `backoff_factor` (not below `min_rate_bps`).
+    fn cut_rate(&mut self, now: Instant) {
+        let min = self.cfg.min_rate_bps as f64 / 8.0;
+        let r = (self.bucket.rate() * self.cfg.backoff_factor).max(min);
+        self.bucket.set_rate(now, r);
+        self.stats.rate_bps = (r * 8.0) as u64;
+        self.stats.backoffs += 1;
+        self.last_backoff = Some(now);
+        self.cut_poll = self.poll_seq;
     }
 }

@@ -133,6 +133,10 @@ pub struct SimConfig {
     /// (`offload_encoding`, `offload_block_work`), each job's result comes back this much
     /// virtual time after it was handed out; datagrams keep arriving meanwhile.
     pub job_delay: Duration,
+    /// Slow receivers: (receiver index, virtual time one block job takes). Their jobs run
+    /// one at a time, as on a device whose CPU checks one block after another, so a rate
+    /// above what it can check builds a backlog (`offload_block_work` only).
+    pub slow: Vec<(usize, Duration)>,
 }
 
 impl SimConfig {
@@ -153,6 +157,7 @@ impl SimConfig {
             crash: Vec::new(),
             max_time: Duration::from_secs(120),
             job_delay: Duration::from_micros(500),
+            slow: Vec::new(),
         }
     }
 }
@@ -197,6 +202,9 @@ struct Node {
     crash_at: Option<u32>,
     rcfg: ReceiverConfig,
     jobs: Vec<(Duration, BlockJob)>,
+    /// Time per job of a slow receiver, and when its worker is free again.
+    job_time: Option<Duration>,
+    worker_free: Duration,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -258,6 +266,8 @@ pub fn run(cfg: &SimConfig, data: &[u8]) -> Result<SimOutcome> {
             crash_at: cfg.crash.iter().find(|(r, _)| *r == i).map(|(_, b)| *b),
             rcfg,
             jobs: Vec::new(),
+            job_time: cfg.slow.iter().find(|(r, _)| *r == i).map(|(_, d)| *d),
+            worker_free: Duration::ZERO,
         });
     }
     let pk = key.public_key();
@@ -326,7 +336,14 @@ pub fn run(cfg: &SimConfig, data: &[u8]) -> Result<SimOutcome> {
         for n in nodes.iter_mut() {
             if let Some(rx) = n.rx.as_mut() {
                 while let Some(job) = rx.poll_job() {
-                    n.jobs.push((now + cfg.job_delay, job));
+                    let due = match n.job_time {
+                        Some(d) => {
+                            n.worker_free = n.worker_free.max(now) + d;
+                            n.worker_free
+                        }
+                        None => now + cfg.job_delay,
+                    };
+                    n.jobs.push((due, job));
                 }
             }
         }
@@ -417,6 +434,7 @@ pub fn run(cfg: &SimConfig, data: &[u8]) -> Result<SimOutcome> {
                 // Lose all in-memory state; the disk survives.
                 n.crash_at = None;
                 n.jobs.clear();
+                n.worker_free = Duration::ZERO;
                 n.rx = Some(Receiver::new(n.rcfg.clone(), &pk)?);
                 continue;
             }

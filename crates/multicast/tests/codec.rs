@@ -14,7 +14,7 @@ fn entries() -> impl Strategy<Value = Vec<BlockCount>> {
 fn packet_parts() -> impl Strategy<Value = (u8, u64, u64, u32, u32, Vec<u8>, Vec<BlockCount>, u16)>
 {
     (
-        1u8..=7,
+        1u8..=8,
         any::<u64>(),
         any::<u64>(),
         any::<u32>(),
@@ -66,6 +66,12 @@ fn build<'a>(p: &'a (u8, u64, u64, u32, u32, Vec<u8>, Vec<BlockCount>, u16)) -> 
         6 => Packet::End {
             session,
             high_seq: a64,
+        },
+        8 => Packet::Load {
+            session,
+            poll: a32,
+            jobs: esi,
+            dropped: a64 as u32,
         },
         _ => {
             let mut file_hash = [0u8; 32];

@@ -1,7 +1,7 @@
 //! Real sockets over loopback: one sender, three receivers on this host, multicast joined on
 //! 127.0.0.1, sent with IP_MULTICAST_IF 127.0.0.1 and TTL 1, receivers sharing the port.
 
-use std::net::{IpAddr, Ipv4Addr, UdpSocket as StdUdp};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdp};
 use std::time::{Duration, Instant};
 
 use outpost_multicast::driver::{self, FileSink, LocalFileFetcher, NoFetcher, ReceiveOptions};
@@ -208,4 +208,41 @@ async fn receive_buffer_beyond_the_system_cap_when_allowed() {
         got <= 2 * cap,
         "force_buffers off, still above the cap: {got}"
     );
+}
+
+/// The kernel's drop count for a socket whose buffer overflows: 0 before, then the
+/// datagrams that found no room (Linux; IPv4 and, where the host has it, IPv6 loopback).
+#[tokio::test]
+async fn socket_drops_counts_an_overflowing_receive_buffer() {
+    for addr in ["127.0.0.1:0", "[::1]:0"] {
+        let Ok(std_sock) = StdUdp::bind(addr) else {
+            assert!(addr.starts_with('['), "no IPv4 loopback");
+            continue;
+        };
+        // The smallest buffer the kernel grants (a few KiB).
+        socket2::SockRef::from(&std_sock)
+            .set_recv_buffer_size(1)
+            .unwrap();
+        std_sock.set_nonblocking(true).unwrap();
+        let reader = std_sock.try_clone().unwrap();
+        let sock = tokio::net::UdpSocket::from_std(std_sock).unwrap();
+        let to = sock.local_addr().unwrap();
+        assert_eq!(driver::socket_drops(&sock), Some(0), "{addr}");
+        let tx = StdUdp::bind(SocketAddr::new(to.ip(), 0)).unwrap();
+        for _ in 0..64 {
+            tx.send_to(&[7u8; 1200], to).unwrap();
+        }
+        let dropped = driver::socket_drops(&sock).unwrap();
+        // Whatever the buffer held is still there to read; the rest was dropped.
+        let mut buf = [0u8; 2048];
+        let mut held = 0u64;
+        while reader.recv_from(&mut buf).is_ok() {
+            held += 1;
+        }
+        assert!(
+            held > 0 && dropped > 0,
+            "{addr}: held {held}, dropped {dropped}"
+        );
+        assert_eq!(held + dropped, 64, "{addr}");
+    }
 }

@@ -573,6 +573,11 @@ pub async fn run_sender(
             n += k as u32;
             if n >= 64 {
                 n = 0;
+                // Let the runtime poll its I/O driver: a sender that always has tokens
+                // never waits, and without this the socket's readiness would never be
+                // refreshed, so NAKs and load reports would go unread until the data
+                // ends (and other tasks on the same runtime would starve).
+                tokio::task::yield_now().await;
                 now = Instant::now();
                 drain(socket, &mut rbuf, |from, d| {
                     sender.handle_datagram(now, from, d)

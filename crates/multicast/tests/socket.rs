@@ -246,3 +246,80 @@ async fn socket_drops_counts_an_overflowing_receive_buffer() {
         assert_eq!(held + dropped, 64, "{addr}");
     }
 }
+
+/// Counts its calls and notes, at each block read, how often another task of the same
+/// runtime has run by then.
+struct WatchedSource {
+    data: Vec<u8>,
+    ticks: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    seen_at_last_read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl outpost_multicast::sender::BlockSource for WatchedSource {
+    fn read_block(&mut self, offset: u64, buf: &mut [u8]) -> outpost_multicast::Result<()> {
+        use std::sync::atomic::Ordering;
+        let start = offset as usize;
+        buf.copy_from_slice(&self.data[start..start + buf.len()]);
+        self.seen_at_last_read
+            .store(self.ticks.load(Ordering::Relaxed), Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// A sender that always has tokens (ceiling far above what the host can send) still lets
+/// the other tasks of its runtime run while data flows: its socket's readiness is only
+/// refreshed then, so without it NAKs would go unread until the data ends.
+#[test]
+fn a_sender_without_pauses_still_yields_to_its_runtime() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let key = SigningKey::from_seed(&[3u8; 32]).unwrap();
+    let data = common::file(24 << 20, 4);
+    let m = outpost_multicast::Manifest::for_bytes(5, "y.bin", &data, 8192, 128).unwrap();
+    let signed = m.sign(key.key_pair());
+    let ticks = Arc::new(AtomicU64::new(0));
+    let seen = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut cfg = SenderConfig::default();
+    cfg.symbol_size = 8192;
+    cfg.block_symbols = 128;
+    cfg.max_rate_bps = 1_000_000_000_000;
+    cfg.burst_bytes = 64 << 20;
+    cfg.done_linger_ms = 0;
+    cfg.quiet_polls = 1;
+    let source = WatchedSource {
+        data,
+        ticks: ticks.clone(),
+        seen_at_last_read: seen.clone(),
+    };
+    let sc = common::loopback_config(12);
+    rt.block_on(async {
+        let ticker = {
+            let (ticks, stop) = (ticks.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    ticks.fetch_add(1, Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let mut sender = Sender::new(cfg, m, &signed, Box::new(source), Instant::now()).unwrap();
+        let sock = driver::send_socket(&sc).unwrap();
+        let stats = driver::run_sender(&sock, sc.group, &mut sender, |_, _| {})
+            .await
+            .unwrap();
+        stop.store(true, Ordering::Relaxed);
+        ticker.await.unwrap();
+        assert_eq!(stats.source_packets, 3072);
+    });
+    // By the time the last block was read the other task had run many times.
+    let seen = seen.load(Ordering::Relaxed);
+    assert!(
+        seen >= 10,
+        "other task ran {seen} times before the last block"
+    );
+}

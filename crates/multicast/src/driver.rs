@@ -784,19 +784,6 @@ fn drain_receiver(
     })
 }
 
-/// Parses a `/proc/net/udp` or `/proc/net/udp6` table: the `drops` column of the socket
-/// with this inode.
-fn udp_table_drops(table: &str, inode: u64) -> Option<u64> {
-    table.lines().skip(1).find_map(|line| {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
-        if cols.get(9)?.parse::<u64>().ok()? != inode {
-            return None;
-        }
-        cols.get(12)?.parse().ok()
-    })
-}
-
 /// The kernel's count of datagrams this UDP socket dropped for want of receive-buffer
 /// room since it was opened: on Linux the `drops` column of `/proc/net/udp` (or `udp6`),
 /// found by the socket's inode. `None` elsewhere, or when the table cannot be read (no
@@ -809,7 +796,9 @@ pub fn socket_drops(socket: &UdpSocket) -> Option<u64> {
             SocketAddr::V4(_) => "/proc/net/udp",
         };
         let inode = rustix::fs::fstat(socket).ok()?.st_ino;
-        udp_table_drops(&std::fs::read_to_string(table).ok()?, inode)
+        udp_table_all_drops(&std::fs::read_to_string(table).ok()?)
+            .get(&inode)
+            .copied()
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -818,35 +807,105 @@ pub fn socket_drops(socket: &UdpSocket) -> Option<u64> {
     }
 }
 
-/// [`socket_drops`] at most once per `every`; gives up for good, quietly, once the count
-/// cannot be read (it only sharpens the sender's rate control).
-struct DropWatch {
-    enabled: bool,
+/// The kernel's UDP tables as last read, shared by every receiver of the process: one
+/// read gives the drop counts of all sockets, and a process running many receivers (a
+/// test bed, a simulation of a fleet) would otherwise read the table once per receiver,
+/// each read as long as the table.
+#[cfg(target_os = "linux")]
+struct DropTable {
+    read_at: Option<Instant>,
     every: Duration,
+    drops: std::collections::HashMap<u64, u64>,
+    readable: bool,
+}
+
+#[cfg(target_os = "linux")]
+static DROP_TABLES: std::sync::Mutex<[Option<DropTable>; 2]> = std::sync::Mutex::new([None, None]);
+
+/// A socket's drop count through the process-wide [`DropTable`]s (`slot` 0 for IPv4,
+/// 1 for IPv6), each read again at most every `SOCKET_DROPS_EVERY`, or less often when
+/// the table is so long that reading it would take more than 1% of a core.
+#[cfg(target_os = "linux")]
+fn shared_socket_drops(slot: usize, inode: u64, now: Instant) -> Option<u64> {
+    let path = ["/proc/net/udp", "/proc/net/udp6"][slot];
+    let mut tables = DROP_TABLES.lock().unwrap_or_else(|e| e.into_inner());
+    let t = tables[slot].get_or_insert_with(|| DropTable {
+        read_at: None,
+        every: SOCKET_DROPS_EVERY,
+        drops: std::collections::HashMap::new(),
+        readable: true,
+    });
+    if t.readable && t.read_at.is_none_or(|at| now >= at + t.every) {
+        let started = Instant::now();
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                t.drops = udp_table_all_drops(&text);
+                t.every = SOCKET_DROPS_EVERY.max(started.elapsed() * 100);
+                t.read_at = Some(now);
+            }
+            Err(_) => t.readable = false,
+        }
+    }
+    t.drops.get(&inode).copied()
+}
+
+/// Every socket's `drops` of a `/proc/net/udp` table, by inode.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn udp_table_all_drops(table: &str) -> std::collections::HashMap<u64, u64> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            Some((cols.get(9)?.parse().ok()?, cols.get(12)?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The drop count of one receiver's socket over its run (see [`DropTable`]), looked up
+/// at most every `SOCKET_DROPS_EVERY`.
+struct DropWatch {
+    /// Table slot and inode of the socket (Linux).
+    socket: Option<(usize, u64)>,
     next: Instant,
     first: Option<u64>,
     last: Option<u64>,
 }
 
 impl DropWatch {
-    fn new(every: Duration) -> DropWatch {
+    fn new(socket: &UdpSocket) -> DropWatch {
+        #[cfg(target_os = "linux")]
+        let id = socket.local_addr().ok().and_then(|a| {
+            let slot = usize::from(a.is_ipv6());
+            Some((slot, rustix::fs::fstat(socket).ok()?.st_ino))
+        });
+        #[cfg(not(target_os = "linux"))]
+        let id = {
+            let _ = socket;
+            None
+        };
         DropWatch {
-            enabled: true,
-            every,
+            socket: id,
             next: Instant::now(),
             first: None,
             last: None,
         }
     }
 
-    /// The current count when due and readable.
-    fn poll(&mut self, socket: &UdpSocket, now: Instant) -> Option<u64> {
-        if !self.enabled || now < self.next {
+    /// The current count, when due and readable.
+    fn poll(&mut self, now: Instant) -> Option<u64> {
+        let (slot, inode) = self.socket?;
+        if now < self.next {
             return None;
         }
-        self.next = now + self.every;
-        let count = socket_drops(socket);
-        self.enabled = count.is_some();
+        self.next = now + SOCKET_DROPS_EVERY;
+        #[cfg(target_os = "linux")]
+        let count = shared_socket_drops(slot, inode, now);
+        #[cfg(not(target_os = "linux"))]
+        let count = {
+            let _ = (slot, inode);
+            None
+        };
         self.first = self.first.or(count);
         self.last = count.or(self.last);
         count
@@ -867,8 +926,8 @@ fn heavy<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
-/// How often [`run_receiver`] reads its socket's drop count (a read of the kernel's UDP
-/// table costs some tens of microseconds).
+/// How often the kernel's UDP table is read at most for [`run_receiver`]'s drop counts (a
+/// read costs some tens of microseconds with a short table).
 const SOCKET_DROPS_EVERY: Duration = Duration::from_millis(4);
 
 /// Options for [`run_receiver`].
@@ -1010,10 +1069,10 @@ pub async fn run_receiver(
     let mut last_progress = Instant::now();
     let mut head = [0u8; DATA_HEADER_LEN];
     let mut worker = Worker::new("multicast-blocks", BlockJob::run);
-    let mut socket_drops = DropWatch::new(SOCKET_DROPS_EVERY);
+    let mut socket_drops = DropWatch::new(group_sock);
     loop {
         // Before the datagrams: a poll among them is answered with the drops counted so far.
-        if let Some(n) = socket_drops.poll(group_sock, Instant::now()) {
+        if let Some(n) = socket_drops.poll(Instant::now()) {
             rx.note_socket_drops(n);
         }
         drain_receiver(group_sock, rx, &mut head, &mut rbuf, || {
@@ -1107,7 +1166,11 @@ pub async fn run_receiver(
 
 #[cfg(test)]
 mod tests {
-    use super::udp_table_drops;
+    use super::udp_table_all_drops;
+
+    fn udp_table_drops(table: &str, inode: u64) -> Option<u64> {
+        udp_table_all_drops(table).get(&inode).copied()
+    }
 
     #[test]
     fn udp_table_drops_finds_the_socket_by_inode() {

@@ -241,11 +241,12 @@ async fn send(a: Args) -> Result<(), String> {
             }
             Some(_) => {}
             None => eprint!(
-                "\rsent {:.1} MiB  {:.1} Mbit/s  repairs {}  naks {}  rate cap {} Mbit/s   ",
+                "\rsent {:.1} MiB  {:.1} Mbit/s  repairs {}  naks {}  load reports {}  rate cap {} Mbit/s   ",
                 s.bytes_sent as f64 / 1048576.0,
                 mbit(s.bytes_sent, t),
                 s.repair_packets,
                 s.naks,
+                s.load_reports,
                 s.rate_bps / 1_000_000
             ),
         }
@@ -254,12 +255,13 @@ async fn send(a: Args) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let t = start.elapsed().as_secs_f64();
     println!(
-        "\nsender: {} bytes sent for a {size}-byte file ({:.3}x) in {t:.2}s, {} source + {} repair packets, {} receivers reported done",
+        "\nsender: {} bytes sent for a {size}-byte file ({:.3}x) in {t:.2}s, {} source + {} repair packets, {} receivers reported done, {} rate cuts",
         stats.bytes_sent,
         stats.bytes_sent as f64 / size.max(1) as f64,
         stats.source_packets,
         stats.repair_packets,
-        stats.receivers_done
+        stats.receivers_done,
+        stats.backoffs
     );
     Ok(())
 }
@@ -307,7 +309,7 @@ async fn receive(a: Args) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let t = start.map_or(0.0, |(s, _)| s.elapsed().as_secs_f64());
     println!(
-        "\nreceiver: {} ({} bytes) sha256 {} written to {} in {t:.2}s ({:.1} Mbit/s), repair symbols {}, fetched blocks {}, resumed blocks {}",
+        "\nreceiver: {} ({} bytes) sha256 {} written to {} in {t:.2}s ({:.1} Mbit/s), repair symbols {}, fetched blocks {}, resumed blocks {}, socket drops {}",
         res.manifest.name,
         res.manifest.file_size,
         hex(&res.manifest.file_hash),
@@ -315,7 +317,9 @@ async fn receive(a: Args) -> Result<(), String> {
         mbit(res.manifest.file_size - start.map_or(0, |(_, b)| b), t),
         res.stats.repair_symbols,
         res.fetched_blocks,
-        res.resumed_blocks
+        res.resumed_blocks,
+        res.socket_drops
+            .map_or_else(|| "unknown".to_string(), |d| d.to_string())
     );
     Ok(())
 }

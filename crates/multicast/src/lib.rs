@@ -11,7 +11,9 @@
 //!   datagrams and events out). Loss is healed with RaptorQ repair symbols (one repair symbol
 //!   helps every receiver that lacks *any* symbol of that block) after NAKs that the sender
 //!   confirms to the group, so other receivers suppress theirs; the sender sends enough repair
-//!   for the worst report, paced by a token bucket that backs off on heavy loss.
+//!   for the worst report, paced by a token bucket that backs off on heavy loss and when a
+//!   receiver reports it cannot keep up (its socket dropped datagrams, or its block checks
+//!   fall further and further behind: [`packet::Packet::Load`]).
 //! * [`sim`]: a deterministic in-memory network (seeded loss, bursts, reordering,
 //!   duplication, partitions) driving one sender and many receivers.
 //! * [`driver`]: socket2/tokio sockets (group join, interface, TTL, loopback, buffers; IPv4

@@ -1050,7 +1050,8 @@ impl<J: Send + 'static, R: Send + 'static> Worker<J, R> {
 /// Wrap in `tokio::time::timeout` to bound the wait for a session to appear.
 ///
 /// With [`crate::ReceiverConfig::offload_block_work`] set, block decoding and hashing run
-/// on a separate thread so the group socket keeps being read meanwhile.
+/// on a separate thread so the group socket keeps being read meanwhile. `progress` is
+/// called when the manifest is accepted, then every 250 ms, and once at the end.
 pub async fn run_receiver(
     group_sock: &UdpSocket,
     control_sock: &UdpSocket,
@@ -1106,6 +1107,8 @@ pub async fn run_receiver(
                         }
                         Ok(n)
                     })?;
+                    // The session's start (and what was resumed) is a progress point.
+                    progress(rx);
                 }
                 ReceiverEvent::BlockVerified { offset, data, .. } => {
                     sink.write_block(offset, &data)?;

@@ -71,6 +71,7 @@ pub fn spawn_receiver(
         let out = tempfile::tempdir().unwrap();
         let mut rx = Receiver::new(rcfg, &sender_key).unwrap();
         let mut sink = FileSink::new(out.path()).unwrap();
+        let mut with_manifest = 0;
         let res = tokio::time::timeout(
             Duration::from_secs(30),
             driver::run_receiver(
@@ -80,12 +81,17 @@ pub fn spawn_receiver(
                 &mut sink,
                 fetcher.as_mut(),
                 &opts,
-                |_| {},
+                |r| with_manifest += usize::from(r.manifest().is_some()),
             ),
         )
         .await
         .expect("receiver finished in time")
         .expect("receiver ok");
+        // Progress is reported when the session starts and at its end, however short.
+        assert!(
+            with_manifest >= 2,
+            "progress with a manifest {with_manifest} times"
+        );
         let written = std::fs::read(sink.final_path()).unwrap();
         (res, written, out)
     })

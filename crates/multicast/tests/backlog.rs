@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use outpost_multicast::packet::Packet;
 use outpost_multicast::sender::announce_packets;
 use outpost_multicast::sim::{self, LinkModel, SimConfig};
-use outpost_multicast::{Manifest, Receiver, ReceiverConfig, Sender, SenderConfig, SigningKey};
+use outpost_multicast::{Manifest, Receiver, ReceiverConfig, Sender, SigningKey};
 
 mod common;
 use common::file;
@@ -79,20 +79,7 @@ const K: u32 = 8;
 const SESSION: u64 = 77;
 
 fn sender() -> (Sender, Instant) {
-    let key = SigningKey::from_seed(&[6u8; 32]).unwrap();
-    let data = file(40 * (K * u32::from(T)) as usize, 9);
-    let m = Manifest::for_bytes(SESSION, "b.bin", &data, T, K).unwrap();
-    let signed = m.sign(key.key_pair());
-    let mut cfg = SenderConfig::default();
-    cfg.symbol_size = T;
-    cfg.block_symbols = K;
-    cfg.poll_every_blocks = 1;
-    cfg.max_rate_bps = 80_000_000;
-    let now = Instant::now();
-    (
-        Sender::new(cfg, m, &signed, Box::new(data), now).unwrap(),
-        now,
-    )
+    common::small_sender(SESSION, T, K, 40, |c| c.max_rate_bps = 80_000_000)
 }
 
 /// Runs the sender until it sends its next poll; returns that poll's number.

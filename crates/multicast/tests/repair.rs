@@ -4,11 +4,11 @@
 
 use std::time::{Duration, Instant};
 
+use outpost_multicast::Sender;
 use outpost_multicast::packet::{BlockCount, Packet};
-use outpost_multicast::{Manifest, Sender, SenderConfig, SigningKey};
 
 mod common;
-use common::{file, from};
+use common::from;
 
 const T: u16 = 64;
 const K: u32 = 32;
@@ -30,18 +30,10 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
-        let key = SigningKey::from_seed(&[8u8; 32]).unwrap();
-        let data = file(6 * (K * u32::from(T)) as usize, 3);
-        let m = Manifest::for_bytes(SESSION, "r.bin", &data, T, K).unwrap();
-        let signed = m.sign(key.key_pair());
-        let mut cfg = SenderConfig::default();
-        cfg.symbol_size = T;
-        cfg.block_symbols = K;
-        cfg.poll_every_blocks = 1;
-        cfg.proactive_fec_permille = 0;
-        cfg.repair_margin = 1;
-        let now = Instant::now();
-        let sender = Sender::new(cfg, m, &signed, Box::new(data), now).unwrap();
+        let (sender, now) = common::small_sender(SESSION, T, K, 6, |c| {
+            c.proactive_fec_permille = 0;
+            c.repair_margin = 1;
+        });
         Harness { sender, now }
     }
 

@@ -160,3 +160,26 @@ pub fn repair(data: &[u8], m: &Manifest, t: u16, k: u32, block: u32, n: u32) -> 
         .unwrap();
     (p.payload_id().encoding_symbol_id(), p.data().to_vec())
 }
+
+/// A sender of a `blocks`-block file in `t`-byte symbols, `k` per block, that polls after
+/// every block, with `tune` applied to its settings; and the instant it started.
+pub fn small_sender(
+    session: u64,
+    t: u16,
+    k: u32,
+    blocks: u32,
+    tune: impl FnOnce(&mut SenderConfig),
+) -> (Sender, Instant) {
+    let key = SigningKey::from_seed(&[8u8; 32]).unwrap();
+    let data = file((blocks * k * u32::from(t)) as usize, 3);
+    let m = Manifest::for_bytes(session, "s.bin", &data, t, k).unwrap();
+    let signed = m.sign(key.key_pair());
+    let mut cfg = SenderConfig::default();
+    cfg.symbol_size = t;
+    cfg.block_symbols = k;
+    cfg.poll_every_blocks = 1;
+    tune(&mut cfg);
+    let now = Instant::now();
+    let sender = Sender::new(cfg, m, &signed, Box::new(data), now).unwrap();
+    (sender, now)
+}

@@ -816,15 +816,15 @@ struct DropTable {
     read_at: Option<Instant>,
     every: Duration,
     drops: std::collections::HashMap<u64, u64>,
-    readable: bool,
 }
 
 #[cfg(target_os = "linux")]
 static DROP_TABLES: std::sync::Mutex<[Option<DropTable>; 2]> = std::sync::Mutex::new([None, None]);
 
 /// A socket's drop count through the process-wide [`DropTable`]s (`slot` 0 for IPv4,
-/// 1 for IPv6), each read again at most every `SOCKET_DROPS_EVERY`, or less often when
-/// the table is so long that reading it would take more than 1% of a core.
+/// 1 for IPv6), each read again at most every `SOCKET_DROPS_EVERY`, or less often (up to
+/// `SOCKET_DROPS_SLOWEST`) when the table is so long that reading it would take more than
+/// 1% of a core. A table that cannot be read is tried again after `SOCKET_DROPS_SLOWEST`.
 #[cfg(target_os = "linux")]
 fn shared_socket_drops(slot: usize, inode: u64, now: Instant) -> Option<u64> {
     let path = ["/proc/net/udp", "/proc/net/udp6"][slot];
@@ -833,17 +833,19 @@ fn shared_socket_drops(slot: usize, inode: u64, now: Instant) -> Option<u64> {
         read_at: None,
         every: SOCKET_DROPS_EVERY,
         drops: std::collections::HashMap::new(),
-        readable: true,
     });
-    if t.readable && t.read_at.is_none_or(|at| now >= at + t.every) {
+    if t.read_at.is_none_or(|at| now >= at + t.every) {
         let started = Instant::now();
+        t.read_at = Some(now);
         match std::fs::read_to_string(path) {
             Ok(text) => {
                 t.drops = udp_table_all_drops(&text);
-                t.every = SOCKET_DROPS_EVERY.max(started.elapsed() * 100);
-                t.read_at = Some(now);
+                t.every = (started.elapsed() * 100).clamp(SOCKET_DROPS_EVERY, SOCKET_DROPS_SLOWEST);
             }
-            Err(_) => t.readable = false,
+            Err(_) => {
+                t.drops.clear();
+                t.every = SOCKET_DROPS_SLOWEST;
+            }
         }
     }
     t.drops.get(&inode).copied()
@@ -929,6 +931,10 @@ fn heavy<T>(f: impl FnOnce() -> T) -> T {
 /// How often the kernel's UDP table is read at most for [`run_receiver`]'s drop counts (a
 /// read costs some tens of microseconds with a short table).
 const SOCKET_DROPS_EVERY: Duration = Duration::from_millis(4);
+/// The longest the kernel's UDP table goes unread while receivers run (see
+/// `shared_socket_drops`).
+#[cfg(target_os = "linux")]
+const SOCKET_DROPS_SLOWEST: Duration = Duration::from_millis(250);
 
 /// Options for [`run_receiver`].
 #[derive(Debug, Clone, Default)]

@@ -314,6 +314,8 @@ pub struct Receiver {
     socket_drops: Option<(u64, u64)>,
     jobs: VecDeque<BlockJob>,
     spare: Vec<Vec<u8>>,
+    /// Capacity of the buffers in `spare`.
+    spare_bytes: usize,
     stats: ReceiverStats,
     rng: ChaCha8Rng,
     last_activity: Option<Instant>,
@@ -376,6 +378,7 @@ impl Receiver {
             socket_drops: None,
             jobs: VecDeque::new(),
             spare: Vec::new(),
+            spare_bytes: 0,
             stats: ReceiverStats::default(),
             last_activity: None,
             last_manifest_request: None,
@@ -907,6 +910,7 @@ impl Receiver {
             // is not zeroed again: every byte of it is either overwritten by a symbol or
             // not read (decoding takes only the symbols marked in `have`).
             let mut data = self.spare.pop().unwrap_or_default();
+            self.spare_bytes -= data.capacity();
             data.resize(k as usize * t, 0);
             a.partial.insert(
                 block,
@@ -1008,7 +1012,7 @@ impl Receiver {
     /// The first value noted (and any value lower than the last) is the baseline.
     pub fn note_socket_drops(&mut self, total: u64) {
         self.socket_drops = match self.socket_drops {
-            Some((_, reported)) if total >= reported => Some((total, reported)),
+            Some((noted, reported)) if total >= noted => Some((total, reported)),
             _ => Some((total, total)),
         };
     }
@@ -1017,8 +1021,8 @@ impl Receiver {
     /// stored, so the next block reuses it instead of fresh memory (up to 32 MiB of them
     /// are kept; the rest are freed). Optional.
     pub fn recycle(&mut self, buf: Vec<u8>) {
-        let kept: usize = self.spare.iter().map(Vec::capacity).sum();
-        if buf.capacity() > 0 && kept + buf.capacity() <= MAX_SPARE_BYTES {
+        if buf.capacity() > 0 && self.spare_bytes + buf.capacity() <= MAX_SPARE_BYTES {
+            self.spare_bytes += buf.capacity();
             self.spare.push(buf);
         }
     }
@@ -1229,29 +1233,6 @@ impl Receiver {
         if a.complete || a.ended {
             return;
         }
-        // Falling behind is reported at once, not after the NAK delay: it is news for the
-        // sender's rate, not a repair request other receivers could suppress.
-        let dropped = self
-            .socket_drops
-            .map_or(0, |(total, reported)| total - reported);
-        let backlog = self.cfg.backlog_report_blocks;
-        if (dropped > 0 || (backlog > 0 && a.jobs_out >= backlog))
-            && let Some(to) = a.sender
-        {
-            let mut out = Vec::new();
-            Packet::Load {
-                session: a.manifest.session_id,
-                poll,
-                jobs: a.jobs_out,
-                dropped: u32::try_from(dropped).unwrap_or(u32::MAX),
-            }
-            .encode(&mut out);
-            self.transmit.push_back((to, out));
-            self.stats.load_reports += 1;
-            if let Some((total, reported)) = self.socket_drops.as_mut() {
-                *reported = *total;
-            }
-        }
         // Loss seen since the last report, from the sender's sequence numbers.
         a.high_seq = a.high_seq.max(high_seq);
         let expected = a.high_seq.saturating_sub(a.report_seq);
@@ -1278,6 +1259,31 @@ impl Receiver {
             self.stats.naks_withheld += 1;
             a.pending_nak = None;
             return;
+        }
+        // Falling behind is reported at once, not after the NAK delay: it is news for the
+        // sender's rate, not a repair request other receivers could suppress. (A receiver
+        // that withholds its NAKs above has left the session's repair to the others and
+        // does not steer its rate either.)
+        let dropped = self
+            .socket_drops
+            .map_or(0, |(total, reported)| total - reported);
+        let backlog = self.cfg.backlog_report_blocks;
+        if (dropped > 0 || (backlog > 0 && a.jobs_out >= backlog))
+            && let Some(to) = a.sender
+        {
+            let mut out = Vec::new();
+            Packet::Load {
+                session: a.manifest.session_id,
+                poll,
+                jobs: a.jobs_out,
+                dropped: u32::try_from(dropped).unwrap_or(u32::MAX),
+            }
+            .encode(&mut out);
+            self.transmit.push_back((to, out));
+            self.stats.load_reports += 1;
+            if let Some((total, reported)) = self.socket_drops.as_mut() {
+                *reported = *total;
+            }
         }
         let max_entries =
             (usize::from(a.manifest.symbol_size) / 8).clamp(16, crate::packet::MAX_ENTRIES);

@@ -418,10 +418,14 @@ impl Sender {
             Phase::Lingering(until) => Some(until.min(self.next_linger_end)),
             _ if !self.control.is_empty() => Some(self.bucket.ready_at(0)),
             // Encoder results wake the driver; the manifest repeat may go out meanwhile.
-            Phase::Data if self.ready_repair().is_none() && self.source_held() => Some(
-                self.next_announce
-                    .max(self.bucket.ready_at(self.data_len())),
-            ),
+            Phase::Data
+                if !self.want_poll && self.ready_repair().is_none() && self.source_held() =>
+            {
+                Some(
+                    self.next_announce
+                        .max(self.bucket.ready_at(self.data_len())),
+                )
+            }
             Phase::Data => Some(
                 self.bucket
                     .ready_at(self.data_len())
@@ -667,8 +671,6 @@ impl Sender {
         }
     }
 
-    /// Position in the repair queue of the first block whose encoder is ready (inline
-    /// encoding: the head, built on demand).
     /// Whether new source data waits for the encoders (see
     /// [`MAX_BLOCKS_AWAITING_ENCODER`]).
     fn source_held(&self) -> bool {
@@ -678,10 +680,12 @@ impl Sender {
                 .repair_queue
                 .iter()
                 .filter(|b| !self.encoders.contains_key(b))
-                .count()
-                > MAX_BLOCKS_AWAITING_ENCODER
+                .nth(MAX_BLOCKS_AWAITING_ENCODER)
+                .is_some()
     }
 
+    /// Position in the repair queue of the first block whose encoder is ready (inline
+    /// encoding: the head, built on demand).
     fn ready_repair(&self) -> Option<usize> {
         if !self.cfg.offload_encoding {
             return if self.repair_queue.is_empty() {
@@ -946,13 +950,22 @@ impl Sender {
         }
         self.stats.load_reports += 1;
         // No increase while any receiver is behind. A cut when its socket dropped
-        // datagrams, or when its backlog was reported for the previous poll too and has
-        // not shrunk since (one report alone may be a burst of blocks completed by the
-        // same round of repair; a shrinking backlog is already below the rate it can
-        // check). At most once per poll round: a report answering a poll sent before the
-        // last cut is about the rate before it.
+        // datagrams, or when the same receiver reported for the previous poll too and its
+        // backlog has not shrunk since (one report alone may be a burst of blocks completed
+        // by the same round of repair; a shrinking backlog is already below the rate it
+        // can check). At most once per poll round: a report answering a poll sent before
+        // the last cut is about the rate before it.
         self.slowdown_since_poll = true;
         let prev = self.load_from.get(&from).copied();
+        if prev.is_none() && self.load_from.len() >= MAX_LOAD_TRACKED {
+            // Receivers whose last report answers a poll no longer tracked have stopped
+            // reporting: room for new ones. (Whoever can keep thousands of forged
+            // addresses reporting can as well cut the rate to its floor with forged drop
+            // counts, the harm forged reports are bounded by.)
+            let oldest = self.poll_high.front().map_or(0, |(p, _)| *p);
+            self.load_from
+                .retain(|_, (p, _)| p.saturating_add(1) >= oldest);
+        }
         let tracked = prev.is_some() || self.load_from.len() < MAX_LOAD_TRACKED;
         let growing = prev.is_some_and(|(p, j)| p.checked_add(1) == Some(poll) && jobs >= j);
         if tracked && prev.is_none_or(|(p, _)| poll > p) {

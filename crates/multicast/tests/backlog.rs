@@ -202,6 +202,13 @@ fn a_receiver_reports_socket_drops_once_at_the_next_poll() {
         rx.handle_datagram(now, common::from(), &p);
     }
     assert!(rx.manifest().is_some());
+    // One source symbol: the receiver has joined the session.
+    let sym = &data[..usize::from(T)];
+    rx.handle_datagram(
+        now,
+        common::from(),
+        &common::data_packet(SESSION, 0, 0, 0, sym),
+    );
     // Feeds poll `n` and returns the `dropped` of every load report it brought.
     let poll = |rx: &mut Receiver, n: u32| {
         let mut p = Vec::new();
@@ -237,8 +244,12 @@ fn a_receiver_reports_socket_drops_once_at_the_next_poll() {
     rx.note_socket_drops(131);
     rx.note_socket_drops(134);
     assert_eq!(poll(&mut rx, 4), vec![4]);
-    // A lower count (another socket) is a new baseline.
-    rx.note_socket_drops(7);
+    // A lower count than the last noted (another socket) is a new baseline, even when
+    // it is above the count last reported.
+    rx.note_socket_drops(200);
+    rx.note_socket_drops(150);
     assert_eq!(poll(&mut rx, 5), Vec::<u32>::new());
-    assert_eq!(rx.stats().load_reports, 2);
+    rx.note_socket_drops(151);
+    assert_eq!(poll(&mut rx, 6), vec![1]);
+    assert_eq!(rx.stats().load_reports, 3);
 }

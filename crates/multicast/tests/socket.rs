@@ -212,6 +212,7 @@ async fn receive_buffer_beyond_the_system_cap_when_allowed() {
 
 /// The kernel's drop count for a socket whose buffer overflows: 0 before, then the
 /// datagrams that found no room (Linux; IPv4 and, where the host has it, IPv6 loopback).
+#[cfg(target_os = "linux")]
 #[tokio::test]
 async fn socket_drops_counts_an_overflowing_receive_buffer() {
     for addr in ["127.0.0.1:0", "[::1]:0"] {
@@ -322,4 +323,51 @@ fn a_sender_without_pauses_still_yields_to_its_runtime() {
         seen >= 10,
         "other task ran {seen} times before the last block"
     );
+}
+
+/// A receiver whose group socket cannot hold what the sender sends: `run_receiver` reads
+/// the kernel's drop count, the receiver reports it, the sender cuts its rate, and the
+/// file still ends byte-exact (Linux: the count comes from `/proc/net/udp`).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_overflow_is_reported_and_slows_the_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("update.bin");
+    let data = common::file(1 << 20, 6);
+    std::fs::write(&src, &data).unwrap();
+    let mut sock_cfg = common::loopback_config(13);
+    let key = SigningKey::from_seed(&[9u8; 32]).unwrap();
+    // A receive buffer of some twenty datagrams, where the default holds thousands.
+    let mut small = sock_cfg.clone();
+    small.recv_buffer = 32 << 10;
+    small.force_buffers = false;
+    let g = driver::group_socket(&small).unwrap();
+    let c = driver::control_socket(&sock_cfg).unwrap();
+    let mut rcfg = ReceiverConfig::default();
+    // Keep answering polls however much it loses (no fallback to unicast only).
+    rcfg.nak_max_loss_permille = 1000;
+    let fetcher = Box::new(LocalFileFetcher::open(&src).unwrap());
+    let h = common::spawn_receiver(
+        g,
+        c,
+        rcfg,
+        key.public_key(),
+        ReceiveOptions::default(),
+        fetcher,
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut scfg = SenderConfig::default();
+    scfg.max_rate_bps = 2_000_000_000;
+    scfg.min_rate_bps = 20_000_000;
+    scfg.block_symbols = 64;
+    scfg.expect_receivers = 1;
+    sock_cfg.send_buffer = 1 << 20;
+    let sock = driver::send_socket(&sock_cfg).unwrap();
+    let stats = common::send_file(&sock, sock_cfg.group, &key, &src, 0x77, scfg).await;
+    let (res, written, _dir) = h.await.unwrap();
+    assert!(written == data, "file byte-exact");
+    let dropped = res.socket_drops.expect("drop count readable");
+    assert!(dropped > 0, "{res:?}");
+    assert!(res.stats.load_reports > 0, "{:?}", res.stats);
+    assert!(stats.load_reports > 0 && stats.backoffs > 0, "{stats:?}");
 }

@@ -335,7 +335,7 @@ async fn socket_overflow_is_reported_and_slows_the_sender() {
     let src = dir.path().join("update.bin");
     let data = common::file(1 << 20, 6);
     std::fs::write(&src, &data).unwrap();
-    let mut sock_cfg = common::loopback_config(13);
+    let sock_cfg = common::loopback_config(13);
     let key = SigningKey::from_seed(&[9u8; 32]).unwrap();
     // A receive buffer of some twenty datagrams, where the default holds thousands.
     let mut small = sock_cfg.clone();
@@ -361,7 +361,6 @@ async fn socket_overflow_is_reported_and_slows_the_sender() {
     scfg.min_rate_bps = 20_000_000;
     scfg.block_symbols = 64;
     scfg.expect_receivers = 1;
-    sock_cfg.send_buffer = 1 << 20;
     let sock = driver::send_socket(&sock_cfg).unwrap();
     let stats = common::send_file(&sock, sock_cfg.group, &key, &src, 0x77, scfg).await;
     let (res, written, _dir) = h.await.unwrap();

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use outpost_multicast::driver::{self, NoFetcher, ReceiveOptions, SocketConfig};
-use outpost_multicast::{ReceiverConfig, SenderConfig, SigningKey};
+use outpost_multicast::{ReceiverConfig, SigningKey};
 
 mod common;
 
@@ -123,10 +123,7 @@ async fn inner_ipv6_two_receivers_over_a_veth_pair() {
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
 
-    let mut scfg = SenderConfig::default();
-    scfg.max_rate_bps = 400_000_000;
-    scfg.poll_interval_ms = 100;
-    scfg.block_symbols = 64;
+    let mut scfg = common::test_sender_config();
     scfg.expect_receivers = 2;
     scfg.done_linger_ms = 10_000;
     let sock = driver::send_socket(&tx_cfg).unwrap();

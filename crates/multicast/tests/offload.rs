@@ -190,8 +190,8 @@ proptest! {
 /// threads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn driver_runs_jobs_over_loopback_multicast() {
+    use outpost_multicast::Sender;
     use outpost_multicast::driver::{self, NoFetcher, ReceiveOptions};
-    use outpost_multicast::{Sender, SenderConfig};
 
     let sc = common::loopback_config(9);
     let data = file(2_000_000, 13);
@@ -216,10 +216,7 @@ async fn driver_runs_jobs_over_loopback_multicast() {
         ));
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let mut scfg = SenderConfig::default();
-    scfg.max_rate_bps = 400_000_000;
-    scfg.poll_interval_ms = 100;
-    scfg.block_symbols = 64;
+    let mut scfg = common::test_sender_config();
     scfg.offload_encoding = true;
     let m =
         Manifest::for_bytes(0x51, "o.bin", &data, scfg.symbol_size, scfg.block_symbols).unwrap();

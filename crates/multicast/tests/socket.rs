@@ -43,12 +43,7 @@ async fn three_receivers_over_loopback_multicast() {
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
 
-    let mut scfg = SenderConfig::default();
-    scfg.max_rate_bps = 400_000_000;
-    // Generous poll spacing: test builds are slow and the machine is shared.
-    scfg.poll_interval_ms = 100;
-    // Small blocks keep RaptorQ quick in unoptimised test builds.
-    scfg.block_symbols = 64;
+    let scfg = common::test_sender_config();
     let sock = driver::send_socket(&sock_cfg).unwrap();
     assert_eq!(
         sock.local_addr().unwrap().ip(),

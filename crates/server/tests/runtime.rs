@@ -16,18 +16,23 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registered_dmz_gateways_are_dialled_and_state_is_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path();
-    let now = SystemTime::now();
-    let ca = store::init_server_dir(
+/// A fresh server state directory under `base` (CA for `server.test`).
+fn init_state(base: &std::path::Path, now: SystemTime) -> outpost_pki::ServerCa {
+    store::init_server_dir(
         &base.join("state"),
         "server-1",
         &["server.test".into()],
         now,
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_dmz_gateways_are_dialled_and_state_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    let now = SystemTime::now();
+    let ca = init_state(base, now);
     let gw_cert = ca.issue_gateway(&["gw.test".into()], &[], now).unwrap();
     let gw = Gateway::start(
         GatewayConfig::dmz("dmz-1", "127.0.0.1:0".parse().unwrap()),
@@ -123,13 +128,7 @@ async fn enrolled_devices_get_their_policy_settings() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path();
     let now = SystemTime::now();
-    let ca = store::init_server_dir(
-        &base.join("state"),
-        "server-1",
-        &["server.test".into()],
-        now,
-    )
-    .unwrap();
+    let ca = init_state(base, now);
     std::fs::write(
         base.join("policies.json"),
         br#"{"schemas": [{"app": "endpoint", "settings": {"usb.block": {"type": "bool", "default": false}}}],

@@ -183,3 +183,14 @@ pub fn small_sender(
     let sender = Sender::new(cfg, m, &signed, Box::new(data), now).unwrap();
     (sender, now)
 }
+
+/// Sender settings for transfers over loopback in test builds: 400 Mbit/s, generous poll
+/// spacing (test builds are slow and the machine is shared), small blocks (RaptorQ stays
+/// quick unoptimised).
+pub fn test_sender_config() -> SenderConfig {
+    let mut scfg = SenderConfig::default();
+    scfg.max_rate_bps = 400_000_000;
+    scfg.poll_interval_ms = 100;
+    scfg.block_symbols = 64;
+    scfg
+}

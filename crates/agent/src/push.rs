@@ -50,7 +50,14 @@ impl PushVerifier {
         if !d.device_id.is_empty() && d.device_id != self.device_id {
             return Err(refuse(format!("for device {:?}", d.device_id)));
         }
-        let issued = SystemTime::UNIX_EPOCH + Duration::from_secs(d.issued_at_unix);
+        let issued = SystemTime::UNIX_EPOCH
+            .checked_add(Duration::from_secs(d.issued_at_unix))
+            .ok_or_else(|| {
+                refuse(format!(
+                    "issued at {} s after 1970, beyond this system's clock",
+                    d.issued_at_unix
+                ))
+            })?;
         let age = now.duration_since(issued).unwrap_or_else(|e| e.duration());
         if age > self.max_age {
             return Err(refuse(format!(
@@ -143,5 +150,35 @@ mod tests {
         d[6] ^= 1;
         assert!(refused(d).contains("signature"));
         assert!(v.verify(b"OPSN", now).is_err());
+    }
+
+    #[test]
+    fn a_timestamp_beyond_the_clock_is_refused_not_a_panic() {
+        let now = SystemTime::now();
+        let ca = ServerCa::create(PkiConfig::default(), now).unwrap();
+        let server = ca
+            .issue_server("server-1", &["server.test".into()], &[], now)
+            .unwrap();
+        let v = PushVerifier::new(
+            CertChecker::new(ca.server_ca(), &[]).unwrap(),
+            "server.test",
+            "laptop-1",
+            Duration::from_secs(300),
+        );
+        for issued_at_unix in [u64::MAX, i64::MAX as u64 + 1] {
+            // Unsigned: the time is checked before the certificate and the signature.
+            let d = PushDatagram {
+                nonce: 1,
+                issued_at_unix,
+                device_id: "laptop-1".into(),
+                signer_cert_der: Bytes::copy_from_slice(&server.cert_der),
+                signature: Bytes::from_static(&[0; 64]),
+            };
+            let e = v.verify(&d.encode().unwrap(), now).unwrap_err().to_string();
+            assert!(
+                e.contains("beyond this system's clock"),
+                "{issued_at_unix}: {e}"
+            );
+        }
     }
 }

@@ -13,8 +13,9 @@
 //! DP, the active DP's device id for a standby. `unicast_addr` is where the DP said (in
 //! `dp_status.unicast_addr`) it serves blocks to devices that missed them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -73,8 +74,21 @@ pub struct DpCoordinator {
     addrs: HashMap<DeviceId, String>,
     multicast_port: u16,
     /// The epochs when [`DpCoordinator::tick`] last looked.
-    seen_epochs: std::collections::BTreeMap<ScopeId, u64>,
+    seen_epochs: BTreeMap<ScopeId, u64>,
+    /// Where the group scopes' epochs are kept across restarts.
+    epoch_file: Option<EpochFile>,
 }
+
+struct EpochFile {
+    path: PathBuf,
+    /// What the file holds.
+    kept: BTreeMap<String, u64>,
+    /// The last write failed (logged once until a write succeeds).
+    failing: bool,
+}
+
+/// The largest epoch file read back (a few bytes per group).
+const MAX_EPOCH_FILE: u64 = 16 * 1024 * 1024;
 
 impl DpCoordinator {
     /// A coordinator over the registry's groups and devices.
@@ -102,6 +116,7 @@ impl DpCoordinator {
             addrs: HashMap::new(),
             multicast_port: DEFAULT_MULTICAST_PORT,
             seen_epochs: Default::default(),
+            epoch_file: None,
         };
         for (id, d) in registry.devices() {
             c.place(id, &d.group)?;
@@ -162,6 +177,7 @@ impl DpCoordinator {
     /// call (its active DP changed: devices should be told to sync).
     pub fn tick(&mut self, now: Instant) -> bool {
         self.election.round(now);
+        self.save_epochs();
         let epochs = self.election.epochs();
         let changed = epochs != self.seen_epochs;
         self.seen_epochs = epochs;
@@ -171,6 +187,70 @@ impl DpCoordinator {
     /// The election engine (decisions, epochs, serving table).
     pub fn election(&self) -> &Election {
         &self.election
+    }
+
+    /// Keeps the fencing epoch of every group scope in `path` (JSON, replaced atomically),
+    /// and raises the engine's epochs to what `path` already holds: epochs handed out before
+    /// a restart are never handed out again, so DPs that kept running (and fence on the
+    /// highest epoch they saw) accept the restarted server's assignments. From now on the
+    /// file is written whenever an epoch changed, before the assignments that carry it are
+    /// returned. A missing file is a first start; an unreadable one is an error naming it.
+    pub fn keep_epochs(&mut self, path: impl Into<PathBuf>) -> Result<(), ServerError> {
+        let path = path.into();
+        let kept: BTreeMap<String, u64> = match crate::store::read_bounded(&path, MAX_EPOCH_FILE)? {
+            None => BTreeMap::new(),
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| ServerError::Corrupt {
+                path: path.clone(),
+                reason: format!("not a map of group ids to epochs: {e}"),
+            })?,
+        };
+        let restore: BTreeMap<ScopeId, u64> = kept
+            .iter()
+            .filter_map(|(g, &e)| Some((ScopeId::Group(GroupId(self.groups.get(g)?)), e)))
+            .collect();
+        self.election.restore_epochs(&restore);
+        self.epoch_file = Some(EpochFile {
+            path,
+            kept,
+            failing: false,
+        });
+        self.save_epochs();
+        Ok(())
+    }
+
+    /// Writes the epoch file if a group scope's epoch differs from what it holds. Groups
+    /// this coordinator does not know keep their entries. A failed write is logged and
+    /// tried again after every round.
+    fn save_epochs(&mut self) {
+        let Some(file) = &mut self.epoch_file else {
+            return;
+        };
+        let mut next = file.kept.clone();
+        for (scope, epoch) in self.election.epochs() {
+            if let ScopeId::Group(g) = scope
+                && epoch > 0
+            {
+                let e = next.entry(self.groups.name(g.0).to_string()).or_default();
+                *e = (*e).max(epoch);
+            }
+        }
+        if next == file.kept {
+            return;
+        }
+        match write_epochs(&file.path, &next) {
+            Ok(()) => {
+                if file.failing {
+                    log::info!("distribution point epochs saved again");
+                }
+                file.kept = next;
+                file.failing = false;
+            }
+            Err(e) if !file.failing => {
+                log::warn!("distribution point epochs not saved (retried every round): {e}");
+                file.failing = true;
+            }
+            Err(_) => {}
+        }
     }
 
     /// Records a device's sync at `now` (a heartbeat if it is a DP), runs a decision round, and
@@ -203,6 +283,7 @@ impl DpCoordinator {
                 .heartbeat(outpost_election::Heartbeat::new(id, facts), now);
         }
         self.election.round(now);
+        self.save_epochs();
         let mut out = Vec::new();
         for scope in self.election.scopes_of(id) {
             let Some(d) = self.election.decision(scope) else {
@@ -266,4 +347,12 @@ impl DpCoordinator {
             unicast_addr: self.addrs.get(&dp).cloned().unwrap_or_default(),
         }
     }
+}
+
+fn write_epochs(path: &Path, epochs: &BTreeMap<String, u64>) -> Result<(), ServerError> {
+    let bytes = serde_json::to_vec_pretty(epochs).map_err(|e| ServerError::Corrupt {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    crate::store::write_atomic(path, &bytes)
 }

@@ -27,14 +27,15 @@ pub fn enroll(
         reason,
     };
     crate::registry::check_id("device id", device)?;
-    if registry.device(device).is_some() {
-        return Err(refuse(EnrollmentRefusal::AlreadyEnrolled));
-    }
+    // The token first: without a valid one, nobody learns which device ids are enrolled.
     let group = registry
         .check_token(&req.enrollment_token, device, now)
         .map_err(refuse)?
         .group
         .clone();
+    if registry.device(device).is_some() {
+        return Err(refuse(EnrollmentRefusal::AlreadyEnrolled));
+    }
     let profile =
         CertProfile::agent(device).map_err(|e| refuse(EnrollmentRefusal::BadCsr(e.to_string())))?;
     let signed = ca

@@ -63,8 +63,8 @@ pub use error::{EnrollmentRefusal, ServerError};
 pub use fleet::FleetSync;
 pub use policy_sync::{PolicySync, settings_document};
 pub use registry::{
-    Device, FORMAT, GatewayRegistration, Group, MAX_REGISTRY_BYTES, ROOT_GROUP, Registry,
-    TokenRecord, check_id,
+    Device, FORMAT, GatewayRegistration, Group, MAX_REGISTRY_BYTES, MAX_TOKEN_TTL, ROOT_GROUP,
+    Registry, TokenRecord, check_id,
 };
 pub use runtime::{AdminServer, AdminServerConfig};
 pub use service::{

@@ -37,6 +37,8 @@ pub const FORMAT: u32 = 1;
 pub const ROOT_GROUP: &str = "root";
 /// The largest registry file read (64 MiB: ample for 100,000 devices).
 pub const MAX_REGISTRY_BYTES: u64 = 64 * 1024 * 1024;
+/// The longest an enrollment token may stay usable: one year.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// An administration group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -362,7 +364,8 @@ impl Registry {
 
     /// Issues a one-time enrollment token placing the device in `group`, usable until
     /// `now + ttl`, optionally only by `device`. The token is returned once and stored only
-    /// as its SHA-256.
+    /// as its SHA-256. `ttl` is at most [`MAX_TOKEN_TTL`] (a [`ServerError::Config`] error
+    /// beyond).
     pub fn issue_token(
         &mut self,
         group: &str,
@@ -376,6 +379,13 @@ impl Registry {
         }
         if let Some(d) = device {
             check_id("device id", d)?;
+        }
+        if ttl > MAX_TOKEN_TTL {
+            return Err(ServerError::Config(format!(
+                "enrollment token lifetime of {} s, more than the maximum of {} s (one year)",
+                ttl.as_secs(),
+                MAX_TOKEN_TTL.as_secs()
+            )));
         }
         let mut raw = [0u8; 32];
         aws_lc_rs::rand::SystemRandom::new()

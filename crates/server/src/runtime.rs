@@ -95,6 +95,11 @@ impl AdminServerConfig {
         base.join(&self.data_dir).join("registry.json")
     }
 
+    /// The file the distribution point scopes' fencing epochs are kept in.
+    pub fn epochs_path(&self, base: &Path) -> PathBuf {
+        base.join(&self.data_dir).join("dp-epochs.json")
+    }
+
     /// Checks the configuration.
     pub fn validate(&self) -> Result<(), ServerError> {
         crate::check_id("instance_id", &self.instance_id)?;
@@ -141,6 +146,7 @@ impl AdminServerConfig {
         };
         let mut dps = DpCoordinator::new(self.election.clone(), registry)?;
         dps.set_multicast_port(self.multicast_port);
+        dps.keep_epochs(self.epochs_path(base))?;
         Ok(FleetSync::new(policy, Some(dps), self.election.sync))
     }
 

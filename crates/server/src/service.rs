@@ -220,14 +220,17 @@ impl AdminService {
         &self.stats
     }
 
-    /// Runs `f` on the registry and saves it if `f` succeeds.
+    /// Runs `f` on a copy of the registry, saves the copy, and only then makes it the
+    /// registry: when `f` fails or the save fails, nothing changes, in memory or on disk.
     pub fn update_registry<T>(
         &self,
         f: impl FnOnce(&mut Registry) -> Result<T, ServerError>,
     ) -> Result<T, ServerError> {
         let mut reg = lock(&self.registry);
-        let out = f(&mut reg)?;
-        reg.save(&self.config.registry_path)?;
+        let mut next = reg.clone();
+        let out = f(&mut next)?;
+        next.save(&self.config.registry_path)?;
+        *reg = next;
         Ok(out)
     }
 
@@ -333,7 +336,7 @@ impl AdminService {
         let ack = HelloAck {
             version,
             role: Role::Server as i32,
-            node_id: self.registry().instance_id,
+            node_id: lock(&self.registry).instance_id.clone(),
         };
         if framed.send(Message::from(ack)).await.is_err() {
             return;

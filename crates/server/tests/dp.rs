@@ -113,3 +113,61 @@ fn failover_with_fencing_from_syncs() {
         Err(outpost_server::ServerError::UnknownGroup(_))
     ));
 }
+
+/// Drives `c` until `dp-b` replaces a silent `dp-a`; returns the epoch dp-b got.
+fn fail_over(c: &mut DpCoordinator, t0: Instant) -> u64 {
+    c.on_sync("dp-a", &heartbeat(50), t0);
+    c.on_sync("dp-b", &heartbeat(50), t0);
+    let mut t = t0;
+    for _ in 0..10 {
+        t += Duration::from_secs(60);
+        if let Some((DpRole::Active, e)) = own(&c.on_sync("dp-b", &heartbeat(50), t), "dp-b") {
+            return e;
+        }
+    }
+    panic!("standby not promoted");
+}
+
+fn coordinator() -> DpCoordinator {
+    let mut c = DpCoordinator::new(ElectionConfig::default(), &registry()).unwrap();
+    for d in ["dp-a", "dp-b"] {
+        c.place(d, "office").unwrap();
+        c.register_group_dp(d, "office").unwrap();
+    }
+    c
+}
+
+#[test]
+fn epochs_survive_a_restart_of_the_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dp-epochs.json");
+    let mut c = coordinator();
+    c.keep_epochs(&path).unwrap();
+    let before = fail_over(&mut c, Instant::now());
+    assert!(before >= 2, "a failover raised the epoch: {before}");
+    drop(c);
+
+    // After a restart the first assignment's epoch is above every epoch handed out before,
+    // so a DP that kept running (fencing on the highest epoch it saw) accepts it.
+    let mut c = coordinator();
+    c.keep_epochs(&path).unwrap();
+    let t = Instant::now();
+    c.on_sync("dp-a", &heartbeat(50), t);
+    let a = c.on_sync("dp-a", &heartbeat(50), t + Duration::from_secs(1));
+    let (_, epoch) = own(&a, "dp-a").unwrap();
+    assert!(
+        epoch > before,
+        "epoch {epoch} after the restart, {before} before"
+    );
+
+    // Without the file the epochs start again from the bottom: what the file prevents.
+    let mut fresh = coordinator();
+    fresh.on_sync("dp-a", &heartbeat(50), t);
+    let a = fresh.on_sync("dp-a", &heartbeat(50), t + Duration::from_secs(1));
+    assert!(own(&a, "dp-a").unwrap().1 <= before);
+
+    // A damaged file is an error naming it, not a silent restart from the bottom.
+    std::fs::write(&path, b"{ not json").unwrap();
+    let e = coordinator().keep_epochs(&path).unwrap_err().to_string();
+    assert!(e.contains("dp-epochs.json"), "{e}");
+}

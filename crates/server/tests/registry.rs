@@ -109,6 +109,15 @@ fn every_refusal_is_distinct_and_leaves_state_alone() {
     // The bound token still works for its device, once.
     enroll(&mut reg, &ca, &request("pc-1", &bound, csr(false)), now).unwrap();
     let e = enroll(&mut reg, &ca, &request("pc-1", &bound, csr(false)), now).unwrap_err();
+    assert_eq!(refusal(e), EnrollmentRefusal::UnknownToken, "used up");
+    // Without a valid token nobody learns that pc-1 is enrolled; with one, the refusal
+    // says so.
+    let e = enroll(&mut reg, &ca, &request("pc-1", "guess", csr(false)), now).unwrap_err();
+    assert_eq!(refusal(e), EnrollmentRefusal::UnknownToken);
+    let fresh = reg
+        .issue_token("root", None, Duration::from_secs(60), now)
+        .unwrap();
+    let e = enroll(&mut reg, &ca, &request("pc-1", &fresh, csr(false)), now).unwrap_err();
     assert_eq!(refusal(e), EnrollmentRefusal::AlreadyEnrolled);
     assert_eq!(reg.purge_expired_tokens(later), 1);
 }
@@ -222,4 +231,51 @@ fn group_tree_rules() {
         ),
         Err(ServerError::InvalidId { .. })
     ));
+}
+
+#[test]
+fn a_registry_change_that_cannot_be_saved_is_not_kept() {
+    use outpost_server::{AdminService, FixedInterval, MemoryObjects, ServiceConfig};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    // The registry's directory does not exist yet: every save fails.
+    let missing = dir.path().join("state");
+    let path = missing.join("registry.json");
+    let now = SystemTime::now();
+    let ca = Arc::new(ServerCa::create(PkiConfig::default(), now).unwrap());
+    let service = AdminService::new(
+        ServiceConfig::new(&path),
+        ca,
+        Registry::new("server-1").unwrap(),
+        Arc::new(FixedInterval(60)),
+        Arc::new(MemoryObjects::default()),
+    );
+    let add = |reg: &mut Registry| reg.add_group("eu", "Europe", None);
+    let e = service.update_registry(add).unwrap_err();
+    assert!(e.to_string().contains("registry.json"), "{e}");
+    assert!(service.registry().groups().get("eu").is_none(), "not kept");
+    std::fs::create_dir(&missing).unwrap();
+    service.update_registry(add).unwrap();
+    assert!(service.registry().groups().contains_key("eu"));
+    let saved = Registry::load(&path).unwrap().unwrap();
+    assert!(saved.groups().contains_key("eu"));
+}
+
+#[test]
+fn a_token_lifetime_beyond_a_year_is_refused_not_a_panic() {
+    let now = SystemTime::now();
+    let mut reg = Registry::new("server-1").unwrap();
+    for ttl in [
+        Duration::MAX,
+        outpost_server::MAX_TOKEN_TTL + Duration::from_secs(1),
+    ] {
+        let e = reg.issue_token("root", None, ttl, now).unwrap_err();
+        assert!(
+            matches!(e, ServerError::Config(ref m) if m.contains("lifetime")),
+            "{e}"
+        );
+    }
+    assert_eq!(reg.pending_tokens(), 0);
+    reg.issue_token("root", None, outpost_server::MAX_TOKEN_TTL, now)
+        .unwrap();
 }

@@ -192,3 +192,57 @@ async fn the_block_service_serves_complete_updates_and_downloads_resume_and_veri
     };
     assert!(chunks::check_announcement(&bad).is_err());
 }
+
+/// A peer that asks for chunks and never reads the answers loses its connection once it
+/// has taken nothing for the idle limit, so it cannot hold a connection slot for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_loses_its_block_service_connection() {
+    use futures_util::{SinkExt, StreamExt};
+    use outpost_wire::messages::ChunkRequest;
+    use outpost_wire::{Message, MessageCodec};
+
+    let served = tempfile::tempdir().unwrap();
+    std::fs::write(served.path().join("pkg-1"), vec![7u8; 1 << 20]).unwrap();
+    let svc = ChunkService::start_with_idle(
+        "127.0.0.1:0".parse().unwrap(),
+        served.path().to_path_buf(),
+        "dp-1".into(),
+        Duration::from_secs(1),
+    )
+    .await
+    .unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let stream = socket.connect(svc.local_addr()).await.unwrap();
+    let mut conn = tokio_util::codec::Framed::new(
+        stream,
+        MessageCodec::with_max_frame_len(chunks::MAX_CHUNK_FRAME),
+    );
+    chunks::hello(&mut conn, "pc-1", T).await.unwrap();
+    const ASKED: usize = 64;
+    for _ in 0..ASKED {
+        let req = ChunkRequest {
+            object_id: "pkg-1".into(),
+            offset: 0,
+            length: chunks::MAX_CHUNK,
+        };
+        conn.send(Message::from(req)).await.unwrap();
+    }
+    // Read nothing for three idle limits, then take what comes until the end.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut answers = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match tokio::time::timeout_at(deadline, conn.next()).await {
+            Ok(Some(Ok(Message::ChunkResponse(_)))) => answers += 1,
+            Ok(Some(Ok(other))) => panic!("unexpected {other:?}"),
+            Ok(Some(Err(_)) | None) => break,
+            Err(_) => panic!("the connection was still open after 30 s"),
+        }
+    }
+    // What the socket buffers held when the service gave up came through; not the rest.
+    assert!(
+        answers < ASKED / 2,
+        "{answers} of {ASKED} answers: the service waited for the reader"
+    );
+}

@@ -37,7 +37,9 @@ pub const MAX_CHUNK_FRAME: usize = 2 << 20;
 pub const WINDOW: u64 = 4;
 /// Connections the block service serves at once; more wait for a slot.
 pub const MAX_CONNECTIONS: usize = 256;
-/// A block service connection with no request for this long is closed.
+/// A block service connection with no request for this long is closed, and so is one whose
+/// peer does not take an answer for this long (a reader that stopped reading would
+/// otherwise hold its connection slot for good).
 pub const IDLE: Duration = Duration::from_secs(30);
 
 fn protocol(what: impl Into<String>) -> AgentError {
@@ -61,9 +63,21 @@ async fn send<T: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Framed<T, MessageCodec>,
     m: Message,
 ) -> Result<(), AgentError> {
-    conn.send(m)
-        .await
-        .map_err(|e| protocol(format!("send: {e}")))
+    send_within(conn, m, IDLE).await
+}
+
+/// Sends `m`, failing if the peer does not take it within `limit`.
+async fn send_within<T: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Framed<T, MessageCodec>,
+    m: Message,
+    limit: Duration,
+) -> Result<(), AgentError> {
+    match tokio::time::timeout(limit, conn.send(m)).await {
+        Ok(r) => r.map_err(|e| protocol(format!("send: {e}"))),
+        Err(_) => Err(protocol(format!(
+            "send: the peer took nothing for {limit:?}"
+        ))),
+    }
 }
 
 /// Opens a chunk connection: Hello, then the peer's HelloAck, within `timeout`.
@@ -360,7 +374,7 @@ pub struct ChunkService {
 }
 
 impl ChunkService {
-    /// Binds `bind` and serves `dir` as `device_id`.
+    /// Binds `bind` and serves `dir` as `device_id`, closing connections idle for [`IDLE`].
     ///
     /// # Errors
     /// [`AgentError::Io`] if the address cannot be bound.
@@ -368,6 +382,20 @@ impl ChunkService {
         bind: SocketAddr,
         dir: PathBuf,
         device_id: String,
+    ) -> Result<ChunkService, AgentError> {
+        Self::start_with_idle(bind, dir, device_id, IDLE).await
+    }
+
+    /// [`start`](Self::start) with another limit than [`IDLE`] on waiting for a request and
+    /// on a peer taking an answer.
+    ///
+    /// # Errors
+    /// [`AgentError::Io`] if the address cannot be bound.
+    pub async fn start_with_idle(
+        bind: SocketAddr,
+        dir: PathBuf,
+        device_id: String,
+        idle: Duration,
     ) -> Result<ChunkService, AgentError> {
         let listener = TcpListener::bind(bind)
             .await
@@ -395,7 +423,7 @@ impl ChunkService {
                 };
                 let (dir, id, counter) = (dir.clone(), device_id.clone(), counter.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = serve(stream, &dir, &id, &counter).await {
+                    if let Err(e) = serve(stream, &dir, &id, &counter, idle).await {
                         log::debug!("block service {addr}: {peer}: {e}");
                     }
                     drop(permit);
@@ -432,6 +460,7 @@ async fn serve(
     dir: &Path,
     device_id: &str,
     served: &AtomicU64,
+    idle: Duration,
 ) -> Result<(), AgentError> {
     let _ = stream.set_nodelay(true);
     let mut conn = Framed::new(stream, MessageCodec::with_max_frame_len(MAX_CHUNK_FRAME));
@@ -447,41 +476,43 @@ async fn serve(
         {
             Ok(v) => v,
             Err(e) => {
-                return send(
+                return send_within(
                     &mut conn,
                     refuse(RefusalCode::VersionMismatch, e.to_string()),
+                    idle,
                 )
                 .await;
             }
         },
         other => {
             let m = format!("expected Hello, got {}", other.message_type().name());
-            return send(&mut conn, refuse(RefusalCode::ProtocolViolation, m)).await;
+            return send_within(&mut conn, refuse(RefusalCode::ProtocolViolation, m), idle).await;
         }
     };
-    send(
+    send_within(
         &mut conn,
         Message::from(HelloAck {
             version,
             role: Role::DistributionPoint as i32,
             node_id: device_id.into(),
         }),
+        idle,
     )
     .await?;
     let mut open: Option<(String, tokio::fs::File, u64)> = None;
     loop {
-        let m = match tokio::time::timeout(IDLE, conn.next()).await {
+        let m = match tokio::time::timeout(idle, conn.next()).await {
             Ok(Some(Ok(m))) => m,
             Ok(Some(Err(e))) => return Err(protocol(e.to_string())),
             Ok(None) | Err(_) => return Ok(()),
         };
         let Message::ChunkRequest(c) = m else {
             let m = format!("{} is not served here", m.message_type().name());
-            return send(&mut conn, refuse(RefusalCode::ProtocolViolation, m)).await;
+            return send_within(&mut conn, refuse(RefusalCode::ProtocolViolation, m), idle).await;
         };
         if !plain_update_id(&c.object_id) {
             let m = format!("{:?} is not an update id", c.object_id);
-            return send(&mut conn, refuse(RefusalCode::ProtocolViolation, m)).await;
+            return send_within(&mut conn, refuse(RefusalCode::ProtocolViolation, m), idle).await;
         }
         if open.as_ref().is_none_or(|(id, _, _)| *id != c.object_id) {
             let path = dir.join(&c.object_id);
@@ -496,7 +527,7 @@ async fn serve(
                 }
                 Err(_) => {
                     let m = format!("{:?} is not held here (yet)", c.object_id);
-                    send(&mut conn, refuse(RefusalCode::NotFound, m)).await?;
+                    send_within(&mut conn, refuse(RefusalCode::NotFound, m), idle).await?;
                     continue;
                 }
             }
@@ -514,7 +545,7 @@ async fn serve(
             .await
             .map_err(AgentError::io("read", dir.join(id.as_str())))?;
         served.fetch_add(n as u64, Ordering::Relaxed);
-        send(
+        send_within(
             &mut conn,
             Message::from(ChunkResponse {
                 object_id: id.clone(),
@@ -522,6 +553,7 @@ async fn serve(
                 data: data.into(),
                 total_size: *total,
             }),
+            idle,
         )
         .await?;
     }

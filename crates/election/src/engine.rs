@@ -233,6 +233,9 @@ pub struct Election {
     auto_on: bool,
     dirty: BTreeSet<ScopeId>,
     retired: Vec<Assignment>,
+    /// DPs left with no scope: their addresses are freed by the round that tells them to
+    /// stop, not before, so no other DP is handed an address still in use.
+    releasing: Vec<DpId>,
     issues: Vec<IssueEvent>,
 }
 
@@ -254,6 +257,7 @@ impl Election {
             auto_on: false,
             dirty: BTreeSet::new(),
             retired: Vec::new(),
+            releasing: Vec::new(),
             issues: Vec::new(),
         })
     }
@@ -367,6 +371,8 @@ impl Election {
             low_disk_warned: false,
         });
         state.scopes.insert(scope);
+        // Registered again before the round: the "inactive" queued by `unregister` is void.
+        self.retired.retain(|a| !(a.dp == dp && a.scope == scope));
         self.scopes
             .entry(scope)
             .or_default()
@@ -377,8 +383,9 @@ impl Election {
     }
 
     /// Removes `dp` from `scope`. The next round tells it it is inactive there and, if it was
-    /// active, elects a successor with a new epoch. A DP left with no scope loses its
-    /// multicast address and health record.
+    /// active, elects a successor with a new epoch. A DP left with no scope loses its health
+    /// record at once and its multicast address with that round (until then no other DP is
+    /// given the address; registered again before it, the DP keeps it).
     ///
     /// # Errors
     /// [`ElectionError::NotRegistered`].
@@ -409,7 +416,7 @@ impl Election {
         }
         if last {
             self.dps.remove(&dp);
-            self.multicast.release(dp);
+            self.releasing.push(dp);
         }
         Ok(())
     }
@@ -538,6 +545,11 @@ impl Election {
         for mut a in std::mem::take(&mut self.retired) {
             a.epoch = self.scopes.get(&a.scope).map_or(0, |s| s.epoch);
             out.assignments.push(a);
+        }
+        for dp in std::mem::take(&mut self.releasing) {
+            if !self.dps.contains_key(&dp) {
+                self.multicast.release(dp);
+            }
         }
         out.issues = std::mem::take(&mut self.issues);
         out

@@ -356,8 +356,13 @@ fn unregistering_the_active_elects_a_successor_and_tells_the_old_one() {
     e.round(t);
     let addr1 = e.multicast_group(d(1)).unwrap();
     e.unregister(d(1), s).unwrap();
-    assert_eq!(e.multicast_group(d(1)), None, "address released");
+    assert_eq!(
+        e.multicast_group(d(1)),
+        Some(addr1),
+        "kept until the round that tells the DP to stop"
+    );
     let r = e.round(t);
+    assert_eq!(e.multicast_group(d(1)), None, "released with that round");
     assert_eq!(r.decisions[0].active, Some(d(2)));
     let old = r.assignments.iter().find(|a| a.dp == d(1)).unwrap();
     assert_eq!(
@@ -489,10 +494,76 @@ fn every_dp_gets_its_own_multicast_group_and_exhaustion_is_an_error() {
             .all(|(dp, _)| *dp != d(5))
     );
     e.unregister(d(3), ScopeId::Group(g(3))).unwrap();
+    // DP 3 has not been told to stop yet: its address is not handed to anyone else.
+    assert!(matches!(
+        e.register(d(5), ScopeId::Group(g(5)), Origin::Manual),
+        Err(ElectionError::MulticastExhausted { .. })
+    ));
+    e.round(Instant::now());
     let reused = e
         .register(d(5), ScopeId::Group(g(5)), Origin::Manual)
         .unwrap();
     assert_eq!(reused, "239.255.10.2".parse::<IpAddr>().unwrap());
+}
+
+#[test]
+fn a_freed_address_goes_to_no_other_dp_before_its_holder_is_told_to_stop() {
+    let mut cfg = ElectionConfig::default();
+    cfg.multicast = MulticastRange::new(
+        "239.255.10.0".parse().unwrap(),
+        "239.255.10.1".parse().unwrap(),
+    );
+    let mut e = Election::new(cfg, tree()).unwrap();
+    let a = e
+        .register(d(1), ScopeId::Group(g(1)), Origin::Manual)
+        .unwrap();
+    e.round(Instant::now());
+    e.unregister(d(1), ScopeId::Group(g(1))).unwrap();
+    let b = e
+        .register(d(2), ScopeId::Group(g(2)), Origin::Manual)
+        .unwrap();
+    assert_ne!(a, b, "DP 1 may still be sending to {a}");
+    let r = e.round(Instant::now());
+    let stop = r.assignments.iter().find(|x| x.dp == d(1)).unwrap();
+    assert_eq!((stop.role, stop.multicast_group), (Role::Inactive, a));
+    // Told now: the address is free again.
+    let c = e
+        .register(d(3), ScopeId::Group(g(3)), Origin::Manual)
+        .unwrap();
+    assert_eq!(c, a);
+}
+
+#[test]
+fn unregistered_and_registered_again_before_the_round_the_dp_stays_active() {
+    let mut e = engine();
+    let t = Instant::now();
+    let s = group_with(&mut e, &[1, 2]);
+    // Both also serve another scope, so they keep their health records throughout.
+    for dp in [1, 2] {
+        e.register(d(dp), ScopeId::Group(g(5)), Origin::Manual)
+            .unwrap();
+    }
+    beat(&mut e, 1, 50, t);
+    beat(&mut e, 2, 10, t);
+    e.round(t);
+    let before = e.active(s);
+    assert_eq!(before.map(|x| x.0), Some(d(1)));
+    let addr = e.multicast_group(d(1));
+    // A reload of the scope's configuration: its DPs removed and added again.
+    for dp in [1, 2] {
+        e.unregister(d(dp), s).unwrap();
+    }
+    for dp in [1, 2] {
+        e.register(d(dp), s, Origin::Manual).unwrap();
+    }
+    let r = e.round(t);
+    assert!(
+        r.assignments.iter().all(|a| a.role != Role::Inactive),
+        "no stale stop: {:?}",
+        r.assignments
+    );
+    assert_eq!(e.active(s), before, "same active, same epoch");
+    assert_eq!(e.multicast_group(d(1)), addr, "same address");
 }
 
 fn segment(first: u64, n: u64) -> Vec<PeerReport> {

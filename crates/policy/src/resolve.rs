@@ -1,6 +1,6 @@
 //! The resolver: validation, policy chains, per-path resolution and incremental changes.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -945,23 +945,20 @@ impl PathCtx<'_> {
         local: Option<&Arc<Value>>,
         rec: &mut Recorder,
     ) -> (Arc<Value>, bool, Source) {
-        let mut items: Option<Vec<Value>> = None;
+        // The merged items in order, and the set of them, so each addition is one lookup
+        // rather than a scan of the list (long lists would make the merge quadratic).
+        let mut items: Option<(Vec<Value>, HashSet<&Value>)> = None;
         let mut contributors = 0usize;
         let mut single: Option<Source> = None;
-        fn add(items: &mut Option<Vec<Value>>, v: &Value) {
-            let list = items.get_or_insert_with(Vec::new);
-            match v {
-                Value::List(l) => {
-                    for it in l {
-                        if !list.contains(it) {
-                            list.push(it.clone());
-                        }
-                    }
-                }
-                other => {
-                    if !list.contains(other) {
-                        list.push(other.clone());
-                    }
+        fn add<'v>(items: &mut Option<(Vec<Value>, HashSet<&'v Value>)>, v: &'v Value) {
+            let (list, seen) = items.get_or_insert_with(Default::default);
+            let new = match v {
+                Value::List(l) => l.as_slice(),
+                other => std::slice::from_ref(other),
+            };
+            for it in new {
+                if seen.insert(it) {
+                    list.push(it.clone());
                 }
             }
         }
@@ -1007,7 +1004,7 @@ impl PathCtx<'_> {
         }
         let (value, source) = match items {
             None => (self.default.clone(), Source::Default),
-            Some(list) => {
+            Some((list, _)) => {
                 let source = if contributors == 1 {
                     single.unwrap_or(Source::Merged)
                 } else {

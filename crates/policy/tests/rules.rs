@@ -444,6 +444,24 @@ fn merged_lists_keep_inherited_items_and_add_child_items() {
 }
 
 #[test]
+fn long_merged_lists_keep_every_item_once_in_order() {
+    // 30,000 items from the root, 30,000 from the child of which half repeat the root's, and
+    // a local list repeating both: each item once, in the order it first appeared.
+    let n = 30_000;
+    let items =
+        |r: std::ops::Range<usize>| Value::List(r.map(|i| Value::Str(format!("C:/{i}"))).collect());
+    let root = Policy::new("root", APP, "company")
+        .with("scan.exclusions", PolicySetting::unlocked(items(0..n)));
+    let acc = Policy::new("acc", APP, "accounting").with(
+        "scan.exclusions",
+        PolicySetting::unlocked(items(n / 2..n + n / 2)),
+    );
+    let d = Device::new("d", "accounting").with_local(APP, "scan.exclusions", items(0..2 * n));
+    let r = resolver(vec![root, acc], vec![d]);
+    assert_eq!(get(&r, "d", "scan.exclusions"), items(0..2 * n));
+}
+
+#[test]
 fn unlocked_merged_list_takes_local_items_too() {
     let root = Policy::new("root", APP, "company")
         .with("scan.exclusions", PolicySetting::unlocked(strs(&["x"])));

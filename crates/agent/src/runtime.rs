@@ -402,7 +402,7 @@ impl Driver {
                         p.on_done(&d);
                     }
                     let now = Instant::now();
-                    self.core.set_update_held(&d.object_id, d.version);
+                    self.core.set_update_held(&d.ann.object_id, d.ann.version);
                     self.core.sync_soon(now);
                 }
                 () = sleep => {

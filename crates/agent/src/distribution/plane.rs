@@ -83,10 +83,9 @@ impl Ctx {
     }
 }
 
-/// An update obtained (or given up on) by a task.
+/// An update obtained by a task: the announcement it was obtained for.
 pub(crate) struct Done {
-    pub object_id: String,
-    pub version: u64,
+    pub ann: UpdateAnnouncement,
 }
 
 /// Loads the DP signing key from the data directory, creating it on first use.
@@ -124,7 +123,8 @@ pub(crate) struct Plane {
     advertise: String,
     known: HashMap<String, UpdateAnnouncement>,
     held: BTreeMap<String, UpdateAnnouncement>,
-    fetching: HashMap<String, AbortHandle>,
+    /// Obtain tasks by update id, with the SHA-256 each is after.
+    fetching: HashMap<String, (Bytes, AbortHandle)>,
     senders: HashMap<String, (BTreeMap<ScopeKey, u64>, AbortHandle)>,
     tasks: JoinSet<()>,
     done: mpsc::UnboundedSender<Done>,
@@ -271,8 +271,27 @@ impl Plane {
                 .held
                 .get(&u.object_id)
                 .is_some_and(|h| h.sha256 == u.sha256);
-            if have || self.fetching.contains_key(&u.object_id) {
-                continue;
+            match self.fetching.get(&u.object_id) {
+                _ if have => continue,
+                Some((sha, _)) if *sha == u.sha256 => continue,
+                // Published again under the same id while the old content was on its way:
+                // the server serves only the new content now.
+                Some((_, old)) => {
+                    log::info!(
+                        "agent {}: {:?} replaced by version {} while being obtained",
+                        self.ctx.p.device_id,
+                        u.object_id,
+                        u.version
+                    );
+                    old.abort();
+                }
+                None => {}
+            }
+            // A new content under a held id: the old one is no longer sent, nor held.
+            if self.held.remove(&u.object_id).is_some()
+                && let Some((_, h)) = self.senders.remove(&u.object_id)
+            {
+                h.abort();
             }
             lock(&self.ctx.status).updates.insert(
                 u.object_id.clone(),
@@ -282,7 +301,7 @@ impl Plane {
                 },
             );
             let (ctx, plan, done) = (self.ctx.clone(), self.plan.subscribe(), self.done.clone());
-            let id = u.object_id.clone();
+            let (id, sha) = (u.object_id.clone(), u.sha256.clone());
             let h = self.tasks.spawn(async move {
                 let r = obtain(&ctx, &u, plan).await;
                 ctx.progress(&u.object_id, |p| {
@@ -290,22 +309,25 @@ impl Plane {
                     p.done_bytes = u.size;
                     p.last_error = None;
                 });
-                let _ = done.send(Done {
-                    object_id: u.object_id.clone(),
-                    version: u.version,
-                });
+                let _ = done.send(Done { ann: u });
             });
-            self.fetching.insert(id, h);
+            self.fetching.insert(id, (sha, h));
         }
         self.reconcile_senders();
     }
 
-    /// An obtain task finished: the update is held.
+    /// An obtain task finished: the update it was obtained for is held (not whatever was
+    /// announced under its id since).
     pub(crate) fn on_done(&mut self, d: &Done) {
-        self.fetching.remove(&d.object_id);
-        if let Some(a) = self.known.get(&d.object_id) {
-            self.held.insert(d.object_id.clone(), a.clone());
+        let id = &d.ann.object_id;
+        if self
+            .fetching
+            .get(id)
+            .is_some_and(|(sha, _)| *sha == d.ann.sha256)
+        {
+            self.fetching.remove(id);
         }
+        self.held.insert(id.clone(), d.ann.clone());
         self.reconcile_senders();
     }
 

@@ -48,10 +48,30 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     })
 }
 
+/// The largest state file read.
+const MAX_STATE_BYTES: u64 = 64 << 20;
+
+/// Reads at most `max` bytes of `path`, refusing a longer file (whatever its metadata says:
+/// devices and pipes report no size).
+fn read_bounded(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_end(&mut out)?;
+    if out.len() as u64 > max {
+        return Err(std::io::Error::other(format!(
+            "larger than the limit of {max} bytes"
+        )));
+    }
+    Ok(out)
+}
+
 fn run() -> Result<String, String> {
     let args = parse(std::env::args().skip(1))?;
-    let input =
-        std::fs::read(&args.state).map_err(|e| format!("cannot read {:?}: {e}", args.state))?;
+    // The size is checked before anything is read: `--state /dev/zero` is refused, not read.
+    let input = read_bounded(std::path::Path::new(&args.state), MAX_STATE_BYTES)
+        .map_err(|e| format!("cannot read {:?}: {e}", args.state))?;
     let format = if args.state.ends_with(".toml") {
         StateFormat::Toml
     } else {

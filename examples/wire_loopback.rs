@@ -13,6 +13,9 @@ use outpost::wire::{Message, MessageCodec, VersionRange, WireError, negotiate};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
 
+/// The largest chunk asked for: a chunk and its message header must fit one frame.
+const MAX_CHUNK_KIB: u32 = (outpost::wire::DEFAULT_MAX_FRAME_LEN / 1024) as u32 - 1;
+
 struct Args {
     size_mib: usize,
     chunk_kib: u32,
@@ -40,8 +43,11 @@ fn parse_args() -> Result<Args, String> {
                 args.chunk_kib = v
                     .parse()
                     .ok()
-                    .filter(|n| (1..=16_384).contains(n))
-                    .ok_or(format!("--chunk-kib must be 1..=16384, got {v:?}"))?;
+                    .filter(|n| (1..=MAX_CHUNK_KIB).contains(n))
+                    .ok_or(format!(
+                        "--chunk-kib must be 1..={MAX_CHUNK_KIB} (a chunk and its header fit \
+                         one frame), got {v:?}"
+                    ))?;
             }
             other => {
                 return Err(format!(
@@ -132,6 +138,7 @@ async fn server(listener: TcpListener, update: Bytes, digest_stub: Bytes) -> Res
 async fn agent(
     addr: std::net::SocketAddr,
     chunk: u32,
+    max_size: usize,
 ) -> Result<(u32, SyncResponse, Vec<u8>, f64), String> {
     let sock = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let mut conn = Framed::new(sock, MessageCodec::new());
@@ -163,6 +170,11 @@ async fn agent(
     };
     let update = resp.updates.first().ok_or("no update announced")?.clone();
     let size = usize::try_from(update.size).map_err(|_| "update too large for this host")?;
+    if size > max_size {
+        return Err(format!(
+            "the server announced {size} bytes, more than the {max_size} asked for"
+        ));
+    }
     let mut data = Vec::with_capacity(size);
     let start = Instant::now();
     // Pipelined: keep a window of requests in flight.
@@ -221,7 +233,7 @@ async fn main() {
     let addr = listener.local_addr().expect("local addr");
     println!("server listening on {addr}");
     let srv = tokio::spawn(server(listener, update.clone(), Bytes::from(vec![0u8; 32])));
-    let result = agent(addr, args.chunk_kib * 1024).await;
+    let result = agent(addr, args.chunk_kib * 1024, size).await;
     let (version, resp, data, secs) = match result {
         Ok(r) => r,
         Err(e) => {

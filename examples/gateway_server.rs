@@ -11,14 +11,20 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use outpost::gateway::{DeviceConnection, DeviceListener, ServerConnector, ServerSideConfig};
-use outpost::wire::messages::{HelloAck, Refusal, RefusalCode, Role, SyncResponse};
+use outpost::wire::messages::{ChannelKind, HelloAck, Refusal, RefusalCode, Role, SyncResponse};
 use outpost::wire::{Message, MessageCodec, VersionRange, negotiate};
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 
 const PROGRAM: &str = "gateway_server";
+/// Largest message taken from a device: hellos and sync requests are small.
+const MAX_MESSAGE: usize = 64 * 1024;
+/// A device that sends nothing for this long is let go.
+const IDLE: Duration = Duration::from_secs(60);
 
-/// Answers one device: version negotiation, then sync requests, until it leaves.
+/// Answers one device: version negotiation, then sync requests, until it leaves or stays
+/// silent for [`IDLE`]. A connection without a device certificate (the enrollment channel)
+/// is refused: this example does not enroll.
 async fn answer(conn: DeviceConnection) {
     let who = format!(
         "{} [{}] via {}",
@@ -26,8 +32,17 @@ async fn answer(conn: DeviceConnection) {
         conn.peer.fingerprint(),
         conn.via
     );
-    let mut framed = Framed::new(conn.stream, MessageCodec::new());
-    while let Some(Ok(m)) = framed.next().await {
+    let mut framed = Framed::new(conn.stream, MessageCodec::with_max_frame_len(MAX_MESSAGE));
+    if conn.peer.channel == ChannelKind::Enrollment {
+        println!("refused {who}: no device certificate, and this example does not enroll");
+        let refusal = Refusal {
+            code: RefusalCode::NotAuthorized as i32,
+            reason: "enrollment is not served here".into(),
+        };
+        let _ = tokio::time::timeout(IDLE, framed.send(Message::from(refusal))).await;
+        return;
+    }
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(IDLE, framed.next()).await {
         let reply = match m {
             Message::Hello(h) => match VersionRange::new(h.min_version, h.max_version)
                 .and_then(|v| negotiate(VersionRange::CURRENT, v))
@@ -57,7 +72,10 @@ async fn answer(conn: DeviceConnection) {
                 reason: format!("{} is not served here", other.message_type().name()),
             }),
         };
-        if framed.send(reply).await.is_err() {
+        if !matches!(
+            tokio::time::timeout(IDLE, framed.send(reply)).await,
+            Ok(Ok(()))
+        ) {
             break;
         }
     }

@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use outpost_pki::store::{self, files};
-use outpost_pki::{CaKind, CertChecker, CertProfile, IssuedCert, PkiConfig, ServerCa, SignedCert};
+use outpost_pki::{CertChecker, CertProfile, IssuedCert, PkiConfig, ServerCa, SignedCert};
 
 const USAGE: &str = "usage: pki <init|issue-gateway|issue-server|issue-agent|issue-mobile|sign-csr|revoke|verify-gateway> --dir D [flags] (see the example's header for each command's flags)";
 
@@ -162,15 +162,11 @@ fn run(args: &[String]) -> Result<(), String> {
             let cert = store::read_certificates(path).map_err(e)?;
             let (kind, serial, fresh) = ca.revoke(&cert[0], now).map_err(e)?;
             let dir = PathBuf::from(f.one("dir")?);
-            store::save_server_ca(&mut ca, &dir, now).map_err(e)?;
-            let crl = match kind {
-                CaKind::Mobile => files::MOBILE_CA_CRL,
-                _ => files::CA_CRL,
-            };
+            let crl = store::save_crl(&mut ca, kind, &dir, now).map_err(e)?;
             println!(
                 "{} serial {serial}; CRL: {}",
                 if fresh { "revoked" } else { "already revoked" },
-                dir.join(crl).display()
+                crl.display()
             );
             Ok(())
         }
@@ -178,12 +174,7 @@ fn run(args: &[String]) -> Result<(), String> {
             let f = Flags::parse(rest, &["dir", "cert", "dns"], &[])?;
             let dir = PathBuf::from(f.one("dir")?);
             let ca_cert = store::read_ca_certificate(&dir.join(files::CA_CERT)).map_err(e)?;
-            let crl_path = dir.join(files::CA_CRL);
-            let crls = if crl_path.exists() {
-                vec![store::read_crl(&crl_path).map_err(e)?]
-            } else {
-                Vec::new()
-            };
+            let crls = vec![store::read_crl(&dir.join(files::CA_CRL)).map_err(e)?];
             let cert = store::read_certificates(Path::new(f.one("cert")?)).map_err(e)?;
             let host = f.one("dns")?;
             let id = CertChecker::new(&ca_cert, &crls)

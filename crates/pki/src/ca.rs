@@ -23,6 +23,9 @@ use crate::names::{validate_device_id, validate_identity, validate_san_set};
 use crate::pem_util::{encode_pem, single_pem_block};
 use crate::time::Timestamp;
 
+/// Longest common name written into a certificate (X.520 ub-common-name).
+const MAX_COMMON_NAME_LEN: usize = 64;
+
 /// What an issued certificate is for. Written into the subject as `OU=outpost-<role>` so that
 /// a peer can tell a server certificate from an agent certificate signed by the same CA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -111,18 +114,24 @@ impl CertProfile {
     }
 
     /// A connection gateway: every DNS name (and address) the administrator entered. The
-    /// common name is the first DNS name (or the first address if there is none).
+    /// common name is the first DNS name that fits in a common name (at most 64 characters,
+    /// X.520's upper bound), else the first address, else `outpost-gateway`. Peers match the
+    /// subjectAltName, never the common name.
     ///
     /// # Errors
     /// [`PkiError::InvalidDnsName`] naming the first bad name, [`PkiError::DuplicateName`],
     /// or [`PkiError::NoNames`].
     pub fn gateway(dns_names: &[String], ips: &[IpAddr]) -> Result<Self> {
         let (dns_names, ip_addresses) = validate_san_set(dns_names, ips)?;
-        let common_name = match (dns_names.first(), ip_addresses.first()) {
-            (Some(n), _) => n.clone(),
-            (None, Some(ip)) => ip.to_string(),
-            (None, None) => return Err(PkiError::NoNames { role: "gateway" }),
-        };
+        if dns_names.is_empty() && ip_addresses.is_empty() {
+            return Err(PkiError::NoNames { role: "gateway" });
+        }
+        let common_name = dns_names
+            .iter()
+            .find(|n| n.len() <= MAX_COMMON_NAME_LEN)
+            .cloned()
+            .or_else(|| ip_addresses.first().map(IpAddr::to_string))
+            .unwrap_or_else(|| Role::Gateway.tag().to_owned());
         Ok(Self {
             role: Role::Gateway,
             common_name,
@@ -640,6 +649,13 @@ impl CertificateAuthority {
         Ok(())
     }
 
+    /// The end of validity of a certificate issued at `now`: the configured lifetime, capped
+    /// at the CA's own end.
+    fn issued_not_after(&self, config: &PkiConfig, now: Timestamp) -> Timestamp {
+        now.saturating_add(config.leaf_validity())
+            .min(self.cert.not_after)
+    }
+
     /// Signs a certificate for `profile` over `public_key`. The lifetime is capped at the
     /// CA's own end of validity.
     pub(crate) fn sign(
@@ -654,9 +670,7 @@ impl CertificateAuthority {
         let not_before = now
             .saturating_sub(Duration::from_secs(u64::from(config.backdate_secs)))
             .max(self.cert.not_before);
-        let not_after = now
-            .saturating_add(config.leaf_validity())
-            .min(self.cert.not_after);
+        let not_after = self.issued_not_after(config, now);
         let serial = Serial::random()?;
         let mut params = CertificateParams::default();
         params.not_before = not_before.to_offset();
@@ -928,6 +942,13 @@ impl ServerCa {
             Role::Mobile => &self.mobile,
             Role::Server | Role::Gateway | Role::Agent => &self.root,
         }
+    }
+
+    /// The certificate of the CA that issues `role`'s certificates, and the end of validity
+    /// a certificate it issued at `now` would get.
+    pub(crate) fn issuance_end(&self, role: Role, now: Timestamp) -> (&CaCertificate, Timestamp) {
+        let ca = self.ca_for(role);
+        (ca.certificate(), ca.issued_not_after(&self.config, now))
     }
 
     /// Issues a certificate with a fresh key for any profile (mobile profiles from the mobile

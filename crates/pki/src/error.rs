@@ -119,6 +119,21 @@ pub enum PkiError {
         /// End of the CA's validity.
         not_after: Timestamp,
     },
+    /// A certificate cannot be rotated because its CA ends no later than it does: any
+    /// certificate the CA issues now would end at the same time.
+    #[error(
+        "cannot rotate certificate {subject:?} (valid until {not_after}): its CA {ca:?} ends at {ca_not_after}, so no certificate it issues would outlive it; renew the CA"
+    )]
+    CaExpiresFirst {
+        /// Subject of the certificate being rotated.
+        subject: String,
+        /// Its end of validity.
+        not_after: Timestamp,
+        /// Subject of the issuing CA.
+        ca: String,
+        /// End of the CA's validity.
+        ca_not_after: Timestamp,
+    },
     /// A certificate signing request is larger than the accepted maximum.
     #[error("CSR of {len} bytes is larger than the {max}-byte limit")]
     CsrTooLarge {
@@ -265,6 +280,12 @@ pub enum PkiError {
         path: PathBuf,
         /// Its permission bits.
         mode: u32,
+    },
+    /// A CA directory holds a CA but not its revocation list.
+    #[error("CA revocation list {path} is missing: loading the CA without it would forget every revocation (restore the file from a backup)", path = path.display())]
+    CrlMissing {
+        /// The missing CRL file.
+        path: PathBuf,
     },
     /// A file is larger than this kind of file may be.
     #[error("file {path} is {len} bytes, more than the {max} allowed for a {what}", path = path.display())]

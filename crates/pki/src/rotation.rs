@@ -7,9 +7,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::ca::{IssuedCert, ServerCa};
+use crate::ca::{IssuedCert, ServerCa, parse_cert};
 use crate::config::PkiConfig;
-use crate::error::Result;
+use crate::error::{PkiError, Result};
 use crate::time::{DAY, Timestamp};
 
 /// Where a certificate stands in its life.
@@ -120,29 +120,54 @@ impl Rotation {
 
     /// Advances the rotation to `now`: issues the reserve (same identity, fresh key) when it
     /// is due, and switches to it when that is due. A reserve is also made at once if the
-    /// switch is due and none exists yet, so the switch never leaves a gap.
+    /// switch is due and none exists yet, so the switch never leaves a gap. A reserve is only
+    /// made, and a switch only happens, if the new certificate ends later than the active
+    /// one; once the issuing CA itself ends no later than the active certificate, that is
+    /// impossible and [`PkiError::CaExpiresFirst`] says so.
     ///
     /// # Errors
-    /// As [`ServerCa::issue`]; the state is unchanged on error.
+    /// [`PkiError::CaExpiresFirst`], or as [`ServerCa::issue`]; the state is unchanged on
+    /// error.
     pub fn poll(&mut self, ca: &ServerCa, now: SystemTime) -> Result<RotationEvent> {
         let ts = Timestamp::from_system_time(now)?;
-        let state =
-            self.schedule
-                .state(self.active.info.not_before, self.active.info.not_after, ts);
-        match state {
-            RotationState::ReserveDue if self.reserve.is_none() => {
-                self.reserve = Some(ca.issue(&self.active.info.profile, now)?);
-                Ok(RotationEvent::ReserveIssued)
+        let active_end = self.active.info.not_after;
+        let state = self
+            .schedule
+            .state(self.active.info.not_before, active_end, ts);
+        let switch = match state {
+            RotationState::ReserveDue if self.reserve.is_none() => false,
+            RotationState::SwitchDue | RotationState::Expired => true,
+            _ => return Ok(RotationEvent::Idle),
+        };
+        let profile = &self.active.info.profile;
+        let (ca_cert, new_end) = ca.issuance_end(profile.role(), ts);
+        if new_end <= active_end {
+            if ca_cert.not_after() <= active_end {
+                return Err(PkiError::CaExpiresFirst {
+                    subject: subject_of(&self.active),
+                    not_after: active_end,
+                    ca: ca_cert.subject().to_owned(),
+                    ca_not_after: ca_cert.not_after(),
+                });
             }
-            RotationState::SwitchDue | RotationState::Expired => {
-                let next = match self.reserve.take() {
-                    Some(r) => r,
-                    None => ca.issue(&self.active.info.profile, now)?,
-                };
-                self.active = next;
-                Ok(RotationEvent::Switched)
-            }
-            _ => Ok(RotationEvent::Idle),
+            return Ok(RotationEvent::Idle);
         }
+        if !switch {
+            self.reserve = Some(ca.issue(profile, now)?);
+            return Ok(RotationEvent::ReserveIssued);
+        }
+        let next = match self.reserve.take_if(|r| r.info.not_after > active_end) {
+            Some(r) => r,
+            None => ca.issue(profile, now)?,
+        };
+        self.reserve = None;
+        self.active = next;
+        Ok(RotationEvent::Switched)
     }
+}
+
+fn subject_of(cert: &IssuedCert) -> String {
+    parse_cert(&cert.cert_der, "certificate")
+        .map(|c| c.subject().to_string())
+        .unwrap_or_else(|_| cert.info.profile.common_name().to_owned())
 }

@@ -28,8 +28,8 @@ fn subject_of(cert_der: &[u8]) -> String {
         .unwrap_or_else(|_| "(unreadable certificate)".into())
 }
 
-/// Signs `msg` with the private key of `identity` (ECDSA P-256 with SHA-256 in ASN.1 form,
-/// Ed25519, or RSA PKCS#1 with SHA-256, as the key is).
+/// Signs `msg` with the private key of `identity` (ECDSA P-256 with SHA-256 or P-384 with
+/// SHA-384 in ASN.1 form, Ed25519, or RSA PKCS#1 with SHA-256, as the key is).
 ///
 /// # Errors
 /// [`PkiError::SigningFailed`].
@@ -43,8 +43,9 @@ pub fn sign_with(identity: &IssuedCert, msg: &[u8]) -> Result<Vec<u8>> {
     key.sign(msg).map_err(|e| failed(e.to_string()))
 }
 
-/// Checks that `sig` over `msg` was made with the key of the certificate `cert_der`. This is
-/// no trust decision about the certificate itself.
+/// Checks that `sig` over `msg` was made with the key of the certificate `cert_der`, with
+/// the algorithm [`sign_with`] uses for that kind of key. This is no trust decision about the
+/// certificate itself.
 ///
 /// # Errors
 /// [`PkiError::MalformedCertificate`] or [`PkiError::BadSignature`].
@@ -56,6 +57,7 @@ pub fn verify_signature(cert_der: &[u8], msg: &[u8], sig: &[u8]) -> Result<()> {
     })?;
     let algorithms = [
         webpki::aws_lc_rs::ECDSA_P256_SHA256,
+        webpki::aws_lc_rs::ECDSA_P384_SHA384,
         webpki::aws_lc_rs::ED25519,
         webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA256,
     ];

@@ -1,7 +1,8 @@
 //! Keys and certificates on disk, as PEM.
 //!
-//! Private keys are written with mode 0600 and refused on load if the group or others may
-//! access them. Every file is size-checked before it is read.
+//! Every file is written atomically (a temporary file beside it, synced, renamed over the
+//! target, then the directory synced). Private keys are written with mode 0600 and refused on
+//! load if the group or others may access them. Every file is size-checked before it is read.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -39,36 +40,96 @@ pub mod files {
     pub const MOBILE_CA_CRL: &str = "mobile-ca.crl";
 }
 
-/// Writes a private key PEM with mode 0600 (also tightening an existing file's mode).
+/// Writes a private key PEM with mode 0600, atomically: the key goes to a temporary file
+/// in the same directory, created with mode 0600, which is synced and then renamed over
+/// `path` (the directory is synced too). A crash or a full disk leaves either the old file
+/// or the new one, never a truncated key.
 ///
 /// # Errors
 /// [`PkiError::Io`] naming the path.
 pub fn write_private_key(path: &Path, pem: &str) -> Result<()> {
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path).map_err(PkiError::io("create", path))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(PkiError::io("set permissions of", path))?;
-    }
-    f.write_all(pem.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(PkiError::io("write", path))
+    write_atomic(path, pem.as_bytes(), 0o600)
 }
 
-/// Writes a public file (certificate, chain or CRL), mode 0644 on creation.
+/// Writes a public file (certificate, chain or CRL) with mode 0644 (less the umask),
+/// atomically as [`write_private_key`] does.
 ///
 /// # Errors
 /// [`PkiError::Io`] naming the path.
 pub fn write_public(path: &Path, pem: &str) -> Result<()> {
-    fs::write(path, pem).map_err(PkiError::io("write", path))
+    write_atomic(path, pem.as_bytes(), 0o644)
+}
+
+/// Temporary files beside the target, `.<name>.<random>.tmp`; a few attempts in case a
+/// name is taken (for example by a file left behind by a crash).
+fn create_temp(dir: &Path, name: &str, mode: u32) -> Result<(PathBuf, fs::File)> {
+    let mut attempt = 0;
+    loop {
+        let mut suffix = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut suffix).map_err(|_| PkiError::Generation {
+            what: "temporary file name",
+            source: rcgen::Error::RingUnspecified,
+        })?;
+        let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+        let tmp = dir.join(format!(".{name}.{suffix}.tmp"));
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(mode);
+        }
+        #[cfg(not(unix))]
+        let _ = mode;
+        match opts.open(&tmp) {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 8 => {
+                attempt += 1;
+            }
+            Err(e) => return Err(PkiError::io("create", &tmp)(e)),
+        }
+    }
+}
+
+fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| {
+            PkiError::io("write", path)(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the path names no file",
+            ))
+        })?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let (tmp, mut f) = create_temp(dir, &name, mode)?;
+    let written = (|| {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if mode & 0o077 == 0 {
+                f.set_permissions(fs::Permissions::from_mode(mode))
+                    .map_err(PkiError::io("set permissions of", &tmp))?;
+            }
+        }
+        f.write_all(data)
+            .and_then(|()| f.sync_all())
+            .map_err(PkiError::io("write", &tmp))?;
+        drop(f);
+        fs::rename(&tmp, path).map_err(PkiError::io("rename into", path))
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    #[cfg(unix)]
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(PkiError::io("sync directory", dir))?;
+    Ok(())
 }
 
 fn read_bounded_bytes(path: &Path, max: u64, what: &'static str) -> Result<Vec<u8>> {
@@ -210,21 +271,27 @@ fn join(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// The files of one CA inside the CA directory: (certificate, key, CRL).
+fn files_of(kind: CaKind) -> (&'static str, &'static str, &'static str) {
+    match kind {
+        CaKind::Mobile => (
+            files::MOBILE_CA_CERT,
+            files::MOBILE_CA_KEY,
+            files::MOBILE_CA_CRL,
+        ),
+        CaKind::Server => (files::CA_CERT, files::CA_KEY, files::CA_CRL),
+    }
+}
+
 /// Writes both CAs (certificates, keys with mode 0600, fresh CRLs) into `dir`, creating it.
+/// Each file is replaced atomically (see [`write_private_key`]).
 ///
 /// # Errors
 /// [`PkiError::Io`] naming the path, or a CRL signing failure.
 pub fn save_server_ca(ca: &mut ServerCa, dir: &Path, now: SystemTime) -> Result<()> {
     fs::create_dir_all(dir).map_err(PkiError::io("create directory", dir))?;
-    for (kind, cert, key, crl) in [
-        (CaKind::Server, files::CA_CERT, files::CA_KEY, files::CA_CRL),
-        (
-            CaKind::Mobile,
-            files::MOBILE_CA_CERT,
-            files::MOBILE_CA_KEY,
-            files::MOBILE_CA_CRL,
-        ),
-    ] {
+    for kind in [CaKind::Server, CaKind::Mobile] {
+        let (cert, key, crl) = files_of(kind);
         let list = ca.crl(kind, now)?;
         let auth = ca.authority(kind);
         write_private_key(&join(dir, key), &auth.private_key_pem())?;
@@ -232,6 +299,19 @@ pub fn save_server_ca(ca: &mut ServerCa, dir: &Path, now: SystemTime) -> Result<
         write_public(&join(dir, crl), &list.to_pem())?;
     }
     Ok(())
+}
+
+/// Writes a fresh CRL of one CA into the CA directory `dir` (the file [`save_server_ca`]
+/// wrote for it), atomically, and returns its path. This is all a revocation changes on
+/// disk: keys and certificates are left alone.
+///
+/// # Errors
+/// [`PkiError::Io`] naming the path, or a CRL signing failure.
+pub fn save_crl(ca: &mut ServerCa, kind: CaKind, dir: &Path, now: SystemTime) -> Result<PathBuf> {
+    let list = ca.crl(kind, now)?;
+    let path = join(dir, files_of(kind).2);
+    write_public(&path, &list.to_pem())?;
+    Ok(path)
 }
 
 /// A server's state directory from nothing: both CAs ([`save_server_ca`]) and a server
@@ -254,27 +334,29 @@ pub fn init_server_dir(
 }
 
 /// Loads both CAs from `dir` (as written by [`save_server_ca`]), restoring their revocation
-/// lists from the CRL files when present.
+/// lists from the CRL files. A CA whose CRL file is missing is refused: loading it would
+/// forget every revocation.
 ///
 /// # Errors
-/// Any read error naming the file, [`PkiError::NotACa`], [`PkiError::KeyMismatch`],
-/// [`PkiError::MalformedCrl`] or [`PkiError::InvalidConfig`].
+/// Any read error naming the file, [`PkiError::CrlMissing`], [`PkiError::NotACa`],
+/// [`PkiError::KeyMismatch`], [`PkiError::MalformedCrl`] or [`PkiError::InvalidConfig`].
 pub fn load_server_ca(dir: &Path, config: PkiConfig) -> Result<ServerCa> {
-    let load = |cert: &str, key: &str, crl: &str| -> Result<CertificateAuthority> {
+    let load = |kind: CaKind| -> Result<CertificateAuthority> {
+        let (cert, key, crl) = files_of(kind);
         let cert = read_ca_certificate(&join(dir, cert))?;
         let key = read_private_key(&join(dir, key))?;
         let mut auth = CertificateAuthority::from_parts(cert, key)?;
         let crl_path = join(dir, crl);
-        if crl_path.exists() {
-            auth.load_crl(&read_crl(&crl_path)?)?;
-        }
+        let list = match read_crl(&crl_path) {
+            Err(PkiError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(PkiError::CrlMissing { path: crl_path });
+            }
+            other => other?,
+        };
+        auth.load_crl(&list)?;
         Ok(auth)
     };
-    let root = load(files::CA_CERT, files::CA_KEY, files::CA_CRL)?;
-    let mobile = load(
-        files::MOBILE_CA_CERT,
-        files::MOBILE_CA_KEY,
-        files::MOBILE_CA_CRL,
-    )?;
+    let root = load(CaKind::Server)?;
+    let mobile = load(CaKind::Mobile)?;
     ServerCa::from_parts(config, root, mobile)
 }

@@ -2,12 +2,14 @@
 //!
 //! | port / link | builder | peer must present |
 //! |---|---|---|
-//! | agent port (server or gateway side) | [`agent_port_server_config`] | a client certificate chaining to the server CA |
+//! | agent port (server or gateway side) | [`agent_port_server_config`] | an agent certificate (role `agent`) chaining to the server CA |
+//! | remote-office tunnel, server side | [`tunnel_server_config`] | a gateway certificate (role `gateway`) chaining to the server CA |
 //! | mobile port with client authentication | [`mobile_port_server_config`] | a client certificate chaining to the mobile CA |
 //! | mobile port without client authentication | [`mobile_port_server_config_without_client_auth`] | nothing (only when the administrator asks for it) |
 //! | signal / data link, DMZ gateway side | [`gateway_signal_server_config`], [`gateway_data_server_config`] | the server's certificate (role `server`) |
 //! | signal / data link, server side | [`gateway_signal_client_config`], [`gateway_data_client_config`] | a gateway certificate (role `gateway`) naming the dialled host |
 //! | agent dialling the server or a gateway | [`agent_client_config`] | a server or gateway certificate naming the dialled host |
+//! | remote-office gateway dialling the server's tunnel | [`tunnel_client_config`] | a server certificate (role `server`) naming the dialled host |
 //! | mobile device dialling a gateway | [`mobile_client_config`] | a gateway certificate naming the dialled host |
 //! | device enrolling at the server | [`enrollment_client_config`] | a server certificate naming the dialled host (no client certificate) |
 //!
@@ -197,7 +199,8 @@ fn client_config(
 }
 
 /// The agent port (13000) of the server or of a gateway: presents `identity` and requires a
-/// client certificate chaining to `server_ca`.
+/// client certificate chaining to `server_ca` with role `agent` (a server or gateway
+/// certificate from the same CA cannot pose as a device).
 ///
 /// # Errors
 /// [`PkiError::Tls`] if the key does not fit the certificate, [`PkiError::VerifierBuild`] for
@@ -207,8 +210,38 @@ pub fn agent_port_server_config(
     server_ca: &CaCertificate,
     opts: &TlsOptions,
 ) -> Result<Arc<ServerConfig>> {
-    let what = "agent port";
-    let v = client_verifier(server_ca, opts, what)?;
+    role_server_config(identity, server_ca, opts, Role::Agent, "agent port")
+}
+
+/// The server's side of a remote-office gateway's tunnel: presents the server certificate
+/// and requires a client certificate chaining to `server_ca` with role `gateway`. Offers no
+/// ALPN protocol unless `opts` gives one (the caller passes its tunnel protocol id).
+///
+/// # Errors
+/// As [`agent_port_server_config`].
+pub fn tunnel_server_config(
+    server_identity: &IssuedCert,
+    server_ca: &CaCertificate,
+    opts: &TlsOptions,
+) -> Result<Arc<ServerConfig>> {
+    role_server_config(
+        server_identity,
+        server_ca,
+        opts,
+        Role::Gateway,
+        "tunnel (server)",
+    )
+}
+
+fn role_server_config(
+    identity: &IssuedCert,
+    server_ca: &CaCertificate,
+    opts: &TlsOptions,
+    role: Role,
+    what: &'static str,
+) -> Result<Arc<ServerConfig>> {
+    let inner = client_verifier(server_ca, opts, what)?;
+    let v: Arc<dyn ClientCertVerifier> = Arc::new(RoleClientVerifier { inner, role });
     server_config(identity, Some(v), opts, opts.alpn_or(&[]), what)
 }
 
@@ -370,6 +403,26 @@ pub fn agent_client_config(
     client_config(Some(agent_identity), v, opts, opts.alpn_or(&[]), what)
 }
 
+/// A remote-office gateway dialling the server to open a tunnel: presents the gateway
+/// certificate and accepts only the server's certificate (role `server`) from the server CA
+/// naming the host dialled. Offers no ALPN protocol unless `opts` gives one.
+///
+/// # Errors
+/// As [`agent_port_server_config`].
+pub fn tunnel_client_config(
+    gateway_identity: &IssuedCert,
+    server_ca: &CaCertificate,
+    opts: &TlsOptions,
+) -> Result<Arc<ClientConfig>> {
+    let what = "tunnel (gateway)";
+    let inner = server_verifier(server_ca, opts, what)?;
+    let v = Arc::new(RoleServerVerifier {
+        inner,
+        roles: &[Role::Server],
+    });
+    client_config(Some(gateway_identity), v, opts, opts.alpn_or(&[]), what)
+}
+
 /// A device without a certificate yet, dialling the server's enrollment channel: accepts only
 /// a server certificate signed by the server CA naming the host dialled, presents no client
 /// certificate, and offers ALPN [`ALPN_ENROLL`] unless `opts` says otherwise.
@@ -435,6 +488,8 @@ fn check_role(cert: &CertificateDer<'_>, allowed: &[Role]) -> Result<(), rustls:
     let expected = match allowed {
         [Role::Server] => "server",
         [Role::Gateway] => "gateway",
+        [Role::Agent] => "agent",
+        [Role::Mobile] => "mobile",
         _ => "server or gateway",
     };
     let err = PkiError::WrongRole {

@@ -376,3 +376,53 @@ async fn enrollment_channel_needs_the_server_and_asks_no_client_certificate() {
     );
     assert!(handshake(srv, client, "other.example.com").await.refused());
 }
+
+#[tokio::test]
+async fn agent_port_accepts_only_agent_certificates() {
+    let f = fleet();
+    for port_identity in [&f.gateway, &f.server] {
+        let srv = tls::agent_port_server_config(port_identity, f.ca.server_ca(), &opts()).unwrap();
+        let host = dns_sans(&port_identity.cert_der).remove(0);
+        let agent = tls::agent_client_config(&f.agent, f.ca.server_ca(), &opts()).unwrap();
+        let out = handshake(srv.clone(), agent, &host).await;
+        assert!(out.accepted(), "{:?} {:?}", out.server, out.client);
+        assert_eq!(out.server.unwrap().0.unwrap().role, Some(Role::Agent));
+        // A server or gateway certificate from the same CA cannot pose as a device.
+        for (who, id) in [("server", &f.server), ("gateway", &f.gateway)] {
+            let client = tls::agent_client_config(id, f.ca.server_ca(), &opts()).unwrap();
+            let out = handshake(srv.clone(), client, &host).await;
+            assert!(out.refused(), "{who}: {:?} {:?}", out.server, out.client);
+            let err = out.server.unwrap_err();
+            assert!(
+                err.contains("WrongRole") && err.contains("expected: \"agent\""),
+                "{who}: {err}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn tunnel_configs_accept_only_a_gateway_dialling_the_server() {
+    let f = fleet();
+    let srv = tls::tunnel_server_config(&f.server, f.ca.server_ca(), &opts()).unwrap();
+    let gw = tls::tunnel_client_config(&f.gateway, f.ca.server_ca(), &opts()).unwrap();
+    let out = handshake(srv.clone(), gw.clone(), "ksc.example.com").await;
+    assert!(out.accepted(), "{:?} {:?}", out.server, out.client);
+    assert_eq!(out.server.unwrap().0.unwrap().role, Some(Role::Gateway));
+    assert_eq!(out.client.unwrap().role, Some(Role::Server));
+    // An agent certificate does not open a tunnel.
+    let agent = tls::agent_client_config(&f.agent, f.ca.server_ca(), &opts()).unwrap();
+    let out = handshake(srv, agent, "ksc.example.com").await;
+    assert!(out.refused(), "{:?} {:?}", out.server, out.client);
+    assert!(out.server.unwrap_err().contains("expected: \"gateway\""));
+    // A gateway certificate naming the server's host cannot pose as the server to a
+    // remote-office gateway (the agent client config would accept it).
+    let now = std::time::SystemTime::now();
+    let impostor =
+        f.ca.issue_gateway(&names(&["ksc.example.com"]), &[], now)
+            .unwrap();
+    let fake = tls::tunnel_server_config(&impostor, f.ca.server_ca(), &opts()).unwrap();
+    let out = handshake(fake.clone(), gw, "ksc.example.com").await;
+    assert!(out.refused(), "{:?} {:?}", out.server, out.client);
+    assert!(out.client.unwrap_err().contains("expected: \"server\""));
+}

@@ -592,3 +592,54 @@ fn messages_signed_with_an_identity_verify_only_with_its_certificate() {
         assert!(outpost_pki::verify_signature(b"not a certificate", b"x", &sig).is_err());
     }
 }
+
+#[test]
+fn p384_and_rsa_signatures_verify_and_tampered_data_is_refused() {
+    for alg in [KeyAlgorithm::EcdsaP384, KeyAlgorithm::Rsa2048] {
+        let mut cfg = PkiConfig::default();
+        cfg.leaf_key_algorithm = alg;
+        let ca = ServerCa::create(cfg, t0()).unwrap();
+        let agent = ca.issue_agent("device-1", t0()).unwrap();
+        let sig = outpost_pki::sign_with(&agent, b"sync now 42").unwrap();
+        outpost_pki::verify_signature(&agent.cert_der, b"sync now 42", &sig)
+            .unwrap_or_else(|e| panic!("{alg}: {e}"));
+        match outpost_pki::verify_signature(&agent.cert_der, b"sync now 43", &sig) {
+            Err(PkiError::BadSignature { subject }) => {
+                assert!(subject.contains("device-1"), "{alg}: {subject}")
+            }
+            other => panic!("{alg}: tampered data: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn long_gateway_name_stays_out_of_the_common_name() {
+    let ca = ca();
+    // 100 characters: a valid DNS name, longer than X.520's 64-character common name.
+    let long = format!("{}.{}.example", "a".repeat(60), "b".repeat(31));
+    assert_eq!(long.len(), 100);
+    let cn_of = |der: &[u8]| PeerIdentity::from_der(der).unwrap().common_name;
+    let gw = ca
+        .issue_gateway(std::slice::from_ref(&long), &[], t0())
+        .unwrap();
+    let cn = cn_of(&gw.cert_der);
+    assert!(cn.as_ref().is_none_or(|cn| cn.len() <= 64), "{cn:?}");
+    let id = PeerIdentity::from_der(&gw.cert_der).unwrap();
+    assert_eq!(id.role, Some(Role::Gateway));
+    check_server_certificate(&gw.cert_der, &long, ca.server_ca(), &[], t0()).unwrap();
+    assert_eq!(
+        CertProfile::from_certificate(&gw.cert_der).unwrap(),
+        gw.info.profile
+    );
+    // A shorter name that follows becomes the common name; an address does if there is none.
+    let gw = ca
+        .issue_gateway(&[long.clone(), "gw.example.com".to_owned()], &[], t0())
+        .unwrap();
+    assert_eq!(cn_of(&gw.cert_der).as_deref(), Some("gw.example.com"));
+    let ip: IpAddr = "192.0.2.10".parse().unwrap();
+    let gw = ca
+        .issue_gateway(std::slice::from_ref(&long), &[ip], t0())
+        .unwrap();
+    assert_eq!(cn_of(&gw.cert_der).as_deref(), Some("192.0.2.10"));
+    check_server_certificate(&gw.cert_der, &long, ca.server_ca(), &[], t0()).unwrap();
+}

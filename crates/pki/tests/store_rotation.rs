@@ -2,14 +2,39 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 
 use common::*;
 use outpost_pki::store::{self, files};
 use outpost_pki::{
     CaKind, IssuedCert, PkiConfig, PkiError, Rotation, RotationEvent, RotationSchedule,
-    RotationState, Timestamp, check_server_certificate,
+    RotationState, ServerCa, Timestamp, check_server_certificate,
 };
+
+fn inode(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().ino()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn read_all(mut f: &std::fs::File) -> String {
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    s
+}
+
+fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
 
 #[test]
 fn save_and_load_round_trip_with_private_modes() {
@@ -234,4 +259,168 @@ fn config_loads_from_toml_with_defaults_and_names_bad_fields() {
             ..
         })
     ));
+}
+
+#[test]
+fn writes_replace_the_file_instead_of_rewriting_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca();
+    let (a, b) = (
+        ca.issue_agent("dev-a", t0()).unwrap(),
+        ca.issue_agent("dev-b", t0()).unwrap(),
+    );
+    let key = dir.path().join("agent.key");
+    let crt = dir.path().join("agent.crt");
+    store::write_private_key(&key, &a.key_pem()).unwrap();
+    store::write_public(&crt, &a.cert_pem()).unwrap();
+    let (old_key, old_crt) = (
+        std::fs::File::open(&key).unwrap(),
+        std::fs::File::open(&crt).unwrap(),
+    );
+    let (key_ino, crt_ino) = (inode(&key), inode(&crt));
+    store::write_private_key(&key, &b.key_pem()).unwrap();
+    store::write_public(&crt, &b.cert_pem()).unwrap();
+    // A new file took the name; a reader of the old one still sees the old bytes whole.
+    assert_ne!(inode(&key), key_ino);
+    assert_ne!(inode(&crt), crt_ino);
+    assert_eq!(read_all(&old_key), a.key_pem());
+    assert_eq!(read_all(&old_crt), a.cert_pem());
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), b.key_pem());
+    assert_eq!(std::fs::read_to_string(&crt).unwrap(), b.cert_pem());
+    assert_eq!(mode(&key), 0o600);
+    assert_eq!(dir_entries(dir.path()), ["agent.crt", "agent.key"]);
+}
+
+#[test]
+fn saving_the_ca_replaces_every_file_and_leaves_no_temporaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca = ca();
+    store::save_server_ca(&mut ca, dir.path(), t0()).unwrap();
+    let key = dir.path().join(files::CA_KEY);
+    let old_key = std::fs::File::open(&key).unwrap();
+    let before: Vec<u64> = dir_entries(dir.path())
+        .iter()
+        .map(|n| inode(&dir.path().join(n)))
+        .collect();
+    store::save_server_ca(&mut ca, dir.path(), t0() + days(1)).unwrap();
+    let names = dir_entries(dir.path());
+    assert_eq!(
+        names,
+        [
+            files::CA_CRL,
+            files::CA_CERT,
+            files::CA_KEY,
+            files::MOBILE_CA_CRL,
+            files::MOBILE_CA_CERT,
+            files::MOBILE_CA_KEY,
+        ]
+    );
+    for (name, old) in names.iter().zip(before) {
+        assert_ne!(
+            inode(&dir.path().join(name)),
+            old,
+            "{name} rewritten in place"
+        );
+    }
+    assert_eq!(
+        read_all(&old_key),
+        ca.authority(CaKind::Server).private_key_pem()
+    );
+    assert_eq!(mode(&key), 0o600);
+    assert_eq!(mode(&dir.path().join(files::MOBILE_CA_KEY)), 0o600);
+    store::load_server_ca(dir.path(), PkiConfig::default()).unwrap();
+}
+
+#[test]
+fn a_revocation_rewrites_only_the_crl() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca = ca();
+    store::save_server_ca(&mut ca, dir.path(), t0()).unwrap();
+    let before: Vec<(String, u64)> = dir_entries(dir.path())
+        .into_iter()
+        .map(|n| {
+            let ino = inode(&dir.path().join(&n));
+            (n, ino)
+        })
+        .collect();
+    let phone = ca.issue_mobile("phone-1", t0()).unwrap();
+    let (kind, serial, _) = ca.revoke(&phone.cert_der, t0()).unwrap();
+    assert_eq!(kind, CaKind::Mobile);
+    let path = store::save_crl(&mut ca, kind, dir.path(), t0()).unwrap();
+    assert_eq!(path, dir.path().join(files::MOBILE_CA_CRL));
+    for (name, ino) in before {
+        let changed = inode(&dir.path().join(&name)) != ino;
+        assert_eq!(changed, name == files::MOBILE_CA_CRL, "{name}");
+    }
+    assert_eq!(dir_entries(dir.path()).len(), 6);
+    let loaded = store::load_server_ca(dir.path(), PkiConfig::default()).unwrap();
+    assert!(loaded.authority(CaKind::Mobile).is_revoked(&serial));
+}
+
+#[test]
+fn a_ca_without_its_crl_file_does_not_load() {
+    for crl in [files::CA_CRL, files::MOBILE_CA_CRL] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca = ca();
+        store::save_server_ca(&mut ca, dir.path(), t0()).unwrap();
+        let path = dir.path().join(crl);
+        std::fs::remove_file(&path).unwrap();
+        match store::load_server_ca(dir.path(), PkiConfig::default()) {
+            Err(e @ PkiError::CrlMissing { .. }) => {
+                let PkiError::CrlMissing { path: p } = &e else {
+                    unreachable!()
+                };
+                assert_eq!(p, &path);
+                assert!(e.to_string().contains(crl), "{e}");
+            }
+            other => panic!("{crl}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn rotation_stops_switching_when_the_ca_ends_first() {
+    let mut cfg = PkiConfig::default();
+    cfg.ca_validity_days = 400;
+    let ca = ServerCa::create(cfg, t0()).unwrap();
+    let gw = ca
+        .issue_gateway(&names(&["gw.example.com"]), &[], t0())
+        .unwrap();
+    let mut rot = Rotation::new(gw, RotationSchedule::from_config(ca.config()));
+    // The first switch still gains time: the new certificate ends with the CA.
+    assert_eq!(
+        rot.poll(&ca, t0() + days(396)).unwrap(),
+        RotationEvent::Switched
+    );
+    let ca_end = ca.server_ca().not_after();
+    assert_eq!(rot.active().info.not_after, ca_end);
+    let serial = rot.active().info.serial.clone();
+    // In the CA's last day, no certificate can outlive the active one.
+    let last_day = ca_end.to_system_time() - std::time::Duration::from_secs(12 * 3600);
+    for step in 0..2 {
+        let now = last_day + std::time::Duration::from_secs(step * 3600);
+        match rot.poll(&ca, now) {
+            Err(e @ PkiError::CaExpiresFirst { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("renew the CA") && msg.contains("gw.example.com"),
+                    "{msg}"
+                );
+            }
+            other => panic!("poll {step}: {other:?}"),
+        }
+        assert_eq!(rot.active().info.serial, serial);
+        assert!(rot.reserve().is_none());
+    }
+    // No reserve is made in the reserve window either.
+    let mut rot = Rotation::new(
+        ca.issue_gateway(&names(&["gw.example.com"]), &[], t0() + days(300))
+            .unwrap(),
+        RotationSchedule::from_config(ca.config()),
+    );
+    assert!(matches!(
+        rot.poll(&ca, t0() + days(350)),
+        Err(PkiError::CaExpiresFirst { .. })
+    ));
+    assert!(rot.reserve().is_none());
 }

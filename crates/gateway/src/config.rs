@@ -37,9 +37,11 @@ use crate::GatewayError;
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Limits {
-    /// Devices relayed at once (default 10,000). A device above the limit is closed at once.
+    /// Devices relayed at once (default 10,000; at most [`Limits::MAX_COUNT`]). A device above
+    /// the limit is closed at once.
     pub max_devices: usize,
-    /// Devices waiting for a data connection at once (default 1,000).
+    /// Devices waiting for a data connection at once (default 1,000; at most
+    /// [`Limits::MAX_COUNT`]).
     pub max_pending: usize,
     /// Time allowed for a TLS handshake plus the first protocol message (default 10 s).
     pub handshake_timeout_ms: u64,
@@ -74,6 +76,9 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// Upper bound of `max_devices` and `max_pending`.
+    pub const MAX_COUNT: usize = 1_000_000;
+
     /// Checks every limit; `prefix` is prepended to field names in errors.
     pub fn validate(&self, prefix: &str) -> Result<(), GatewayError> {
         let positive = [
@@ -90,6 +95,17 @@ impl Limits {
                 return Err(GatewayError::config(
                     format!("{prefix}{name}"),
                     "must be above 0",
+                ));
+            }
+        }
+        for (name, v) in [
+            ("max_devices", self.max_devices),
+            ("max_pending", self.max_pending),
+        ] {
+            if v > Self::MAX_COUNT {
+                return Err(GatewayError::config(
+                    format!("{prefix}{name}"),
+                    format!("must be at most {}, got {v}", Self::MAX_COUNT),
                 ));
             }
         }
@@ -416,6 +432,9 @@ pub struct ConnectorConfig {
     pub max_frame_len: usize,
     /// Idle timeout of Web Console tunnels (default 10 min).
     pub idle_timeout_ms: u64,
+    /// Data connections being opened to one gateway at once (default 256). A connect request
+    /// above it is answered with a `ConnectRefusal` (overloaded).
+    pub max_data_in_flight: usize,
 }
 
 impl Default for ConnectorConfig {
@@ -430,6 +449,7 @@ impl Default for ConnectorConfig {
             web_console_target: None,
             max_frame_len: 64 * 1024,
             idle_timeout_ms: 600_000,
+            max_data_in_flight: 256,
         }
     }
 }
@@ -449,6 +469,16 @@ impl ConnectorConfig {
             if v == 0 {
                 return Err(GatewayError::config(field, "must be above 0"));
             }
+        }
+        if self.max_data_in_flight == 0 || self.max_data_in_flight > Limits::MAX_COUNT {
+            return Err(GatewayError::config(
+                "max_data_in_flight",
+                format!(
+                    "must be between 1 and {}, got {}",
+                    Limits::MAX_COUNT,
+                    self.max_data_in_flight
+                ),
+            ));
         }
         if self.keepalive_ms > u64::from(u32::MAX) {
             return Err(GatewayError::config("keepalive_ms", "must fit in 32 bits"));
@@ -546,6 +576,33 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("gateways[0].name")
+        );
+        let k = ConnectorConfig {
+            max_data_in_flight: 0,
+            ..ConnectorConfig::default()
+        };
+        let err = k.validate().unwrap_err().to_string();
+        assert!(err.contains("max_data_in_flight"), "{err}");
+    }
+
+    #[test]
+    fn device_and_pending_counts_are_bounded() {
+        let mut c = GatewayConfig::dmz("g", "127.0.0.1:13000".parse().unwrap());
+        c.limits.max_devices = Limits::MAX_COUNT;
+        c.limits.max_pending = Limits::MAX_COUNT;
+        c.validate().unwrap();
+        c.limits.max_devices = usize::MAX;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("limits.max_devices") && err.contains("at most 1000000"),
+            "{err}"
+        );
+        c.limits.max_devices = Limits::MAX_COUNT;
+        c.limits.max_pending = Limits::MAX_COUNT + 1;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("limits.max_pending") && err.contains("at most 1000000"),
+            "{err}"
         );
     }
 

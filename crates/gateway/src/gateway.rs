@@ -154,7 +154,7 @@ impl Gateway {
                 server,
                 server_name,
             } => Some(RemoteOffice {
-                config: pki_tls::agent_client_config(
+                config: pki_tls::tunnel_client_config(
                     id,
                     &tls.server_ca,
                     &opts.clone().with_alpn(vec![ALPN_TUNNEL.to_vec()]),
@@ -744,7 +744,17 @@ impl Shared {
             gateway_id: self.config.gateway_id.clone(),
             session_id: session,
         };
-        if framed.send(Message::from(ack)).await.is_err() {
+        let write_limit = limits.handshake_timeout();
+        let sent = tokio::select! {
+            () = self.hard_stop.cancelled() => return,
+            r = tokio::time::timeout(write_limit, framed.send(Message::from(ack))) => r,
+        };
+        if !matches!(sent, Ok(Ok(()))) {
+            log::warn!(
+                "gateway {}: SignalHelloAck to {addr} not written within {} ms",
+                self.config.gateway_id,
+                write_limit.as_millis()
+            );
             return;
         }
         lock(&self.sessions).insert(session, SignalEntry { tx, server });
@@ -756,34 +766,58 @@ impl Shared {
             self.config.gateway_id,
             hello.server_id
         );
+        let silent = || format!("nothing from the server for {} ms", dead_after.as_millis());
+        // Only frames from the server move this deadline; writes toward it do not.
+        let dead = tokio::time::sleep(dead_after);
+        tokio::pin!(dead);
         let why = loop {
-            tokio::select! {
+            let outgoing = tokio::select! {
+                () = self.hard_stop.cancelled() => break "hard stop".to_string(),
                 () = self.shutdown.cancelled() => {
                     let bye = Refusal { code: RefusalCode::ShuttingDown as i32, reason: "gateway shutting down".into() };
-                    let _ = tokio::time::timeout(Duration::from_secs(1), framed.send(Message::from(bye))).await;
+                    tokio::select! {
+                        () = self.hard_stop.cancelled() => {}
+                        _ = tokio::time::timeout(Duration::from_secs(1), framed.send(Message::from(bye))) => {}
+                    }
                     break "shutdown".to_string();
                 }
-                m = tokio::time::timeout(dead_after, framed.next()) => match m {
-                    Err(_) => break format!("nothing from the server for {} ms", dead_after.as_millis()),
-                    Ok(None) => break "closed by the server".into(),
-                    Ok(Some(Err(e))) => break e.to_string(),
-                    Ok(Some(Ok(Message::Keepalive(k)))) => {
-                        if !k.reply && framed.send(Message::from(Keepalive { seq: k.seq, reply: true })).await.is_err() {
-                            break "write failed".into();
+                () = &mut dead => break silent(),
+                m = framed.next() => {
+                    dead.as_mut().reset(tokio::time::Instant::now() + dead_after);
+                    match m {
+                        None => break "closed by the server".into(),
+                        Some(Err(e)) => break e.to_string(),
+                        Some(Ok(Message::Keepalive(k))) => {
+                            if k.reply {
+                                continue;
+                            }
+                            Message::from(Keepalive { seq: k.seq, reply: true })
                         }
-                    }
-                    Ok(Some(Ok(Message::ConnectRefusal(r)))) => {
-                        let waiter = r.ticket.and_then(|t| lock(&self.tickets).cancel(t.as_u128()));
-                        if let Some(w) = waiter {
-                            let code = RefusalCode::try_from(r.code).unwrap_or(RefusalCode::Unspecified);
-                            let _ = w.tx.send(Outcome::Refused(code, r.reason));
+                        Some(Ok(Message::ConnectRefusal(r))) => {
+                            let waiter = r.ticket.and_then(|t| lock(&self.tickets).cancel(t.as_u128()));
+                            if let Some(w) = waiter {
+                                let code = RefusalCode::try_from(r.code).unwrap_or(RefusalCode::Unspecified);
+                                let _ = w.tx.send(Outcome::Refused(code, r.reason));
+                            }
+                            continue;
                         }
+                        Some(Ok(other)) => break format!("unexpected {} on the signal connection", other.message_type().name()),
                     }
-                    Ok(Some(Ok(other))) => break format!("unexpected {} on the signal connection", other.message_type().name()),
-                },
+                }
                 out = rx.recv() => match out {
-                    Some(m) => if framed.send(m).await.is_err() { break "write failed".into() },
+                    Some(m) => m,
                     None => break "channel closed".into(),
+                },
+            };
+            // A server that stops reading must not hold this loop past its deadlines.
+            let ty = outgoing.message_type().name();
+            tokio::select! {
+                () = self.hard_stop.cancelled() => break "hard stop".to_string(),
+                () = &mut dead => break silent(),
+                r = tokio::time::timeout(write_limit, framed.send(outgoing)) => match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break format!("writing {ty} failed: {e}"),
+                    Err(_) => break format!("the server did not take {ty} within {} ms", write_limit.as_millis()),
                 },
             }
         };
@@ -837,7 +871,13 @@ impl Shared {
                     ticket: Some(ticket),
                     peer: Some(w.peer),
                 };
-                if write_message(&mut tls, ack).await.is_err() {
+                let written = tokio::select! {
+                    () = self.hard_stop.cancelled() => false,
+                    r = tokio::time::timeout(limits.handshake_timeout(), write_message(&mut tls, ack)) => {
+                        matches!(r, Ok(Ok(())))
+                    }
+                };
+                if !written {
                     let _ = w.tx.send(Outcome::Refused(
                         RefusalCode::ServerUnreachable,
                         "the data connection failed".into(),

@@ -15,7 +15,7 @@ use outpost_wire::{Message, MessageCodec};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ServerConfig};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_rustls::{LazyConfigAcceptor, TlsConnector};
 use tokio_util::codec::Framed;
@@ -38,7 +38,8 @@ pub struct ConnectorStats {
     pub signal_failures: AtomicU64,
     /// Data connections opened for devices.
     pub data_connections: AtomicU64,
-    /// Data connections that failed.
+    /// Data connections that failed or timed out, and connect requests refused because
+    /// `max_data_in_flight` data connections were already being opened.
     pub data_failures: AtomicU64,
     /// Web Console tunnels carried.
     pub web_console_tunnels: AtomicU64,
@@ -68,7 +69,8 @@ impl ConnectorHandle {
     }
 
     /// Closes every signal connection and stops reconnecting; data connections already
-    /// handed out are not affected.
+    /// handed out are not affected, those still being opened or not yet taken from the
+    /// channel are closed.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         for t in self.tasks {
@@ -173,8 +175,15 @@ impl Link {
         let initial = Duration::from_millis(self.config.backoff_initial_ms);
         let max = Duration::from_millis(self.config.backoff_max_ms);
         let mut backoff = initial;
+        // Shared by successive signal sessions: data connections still being opened for an
+        // earlier session count too.
+        let in_flight = Arc::new(Semaphore::new(self.config.max_data_in_flight));
         while !self.shutdown.is_cancelled() {
-            match self.signal_session(&gw).await {
+            let outcome = tokio::select! {
+                () = self.shutdown.cancelled() => Ok(()),
+                r = self.signal_session(&gw, &in_flight) => r,
+            };
+            match outcome {
                 Ok(()) => backoff = initial,
                 Err((e, established)) => {
                     if established {
@@ -201,10 +210,12 @@ impl Link {
         }
     }
 
-    /// One signal session. `Err((e, true))` if it was established before failing.
+    /// One signal session, until it fails (shutdown is handled by the caller). `Err((e,
+    /// true))` if it was established before failing.
     async fn signal_session(
         self: &Arc<Self>,
         gw: &DmzGatewayEntry,
+        in_flight: &Arc<Semaphore>,
     ) -> Result<(), (GatewayError, bool)> {
         let tls = self
             .connect(gw, &self.signal)
@@ -215,15 +226,17 @@ impl Link {
             MessageCodec::with_max_frame_len(self.config.max_frame_len),
         );
         let keepalive = Duration::from_millis(self.config.keepalive_ms);
+        // Also the limit of every control write: a gateway that takes nothing for this long is
+        // as dead as one that says nothing.
+        let dead_after = keepalive * 3;
         let hello = SignalHello {
             server_id: self.config.server_id.clone(),
             keepalive_ms: u32::try_from(self.config.keepalive_ms).unwrap_or(u32::MAX),
         };
-        framed
-            .send(Message::from(hello))
+        write_control(&mut framed, Message::from(hello), dead_after)
             .await
-            .map_err(|e| (e.into(), false))?;
-        let ack = tokio::time::timeout(keepalive * 3, framed.next()).await;
+            .map_err(|e| (e, false))?;
+        let ack = tokio::time::timeout(dead_after, framed.next()).await;
         let session = match ack {
             Ok(Some(Ok(Message::SignalHelloAck(a)))) => a.session_id,
             Ok(Some(Ok(Message::Refusal(r)))) => {
@@ -263,40 +276,53 @@ impl Link {
         let mut tick = tokio::time::interval(keepalive);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seq = 0u64;
-        let dead_after = keepalive * 3;
         let mut last_heard = tokio::time::Instant::now();
         let err = |e: GatewayError| (e, true);
         loop {
-            tokio::select! {
-                () = self.shutdown.cancelled() => return Ok(()),
+            let outgoing: Message = tokio::select! {
                 _ = tick.tick() => {
                     if last_heard.elapsed() > dead_after {
                         return Err(err(GatewayError::Timeout { what: "signal keepalive", millis: dead_after.as_millis() as u64 }));
                     }
                     seq += 1;
-                    framed.send(Message::from(Keepalive { seq, reply: false })).await.map_err(|e| err(e.into()))?;
+                    Keepalive { seq, reply: false }.into()
                 }
-                r = refuse_rx.recv() => {
-                    if let Some(r) = r {
-                        framed.send(Message::from(r)).await.map_err(|e| err(e.into()))?;
-                    }
-                }
+                r = refuse_rx.recv() => match r {
+                    Some(r) => r.into(),
+                    None => continue,
+                },
                 m = framed.next() => {
                     last_heard = tokio::time::Instant::now();
                     match m {
                         None => return Err(err(GatewayError::Protocol { peer: gw.addr, reason: "gateway closed the signal connection".into() })),
                         Some(Err(e)) => return Err(err(e.into())),
                         Some(Ok(Message::Keepalive(k))) => {
-                            if !k.reply {
-                                framed.send(Message::from(Keepalive { seq: k.seq, reply: true })).await.map_err(|e| err(e.into()))?;
+                            if k.reply {
+                                continue;
                             }
+                            Keepalive { seq: k.seq, reply: true }.into()
                         }
-                        Some(Ok(Message::ConnectRequest(req))) => {
-                            let this = self.clone();
-                            let gw = gw.clone();
-                            let refuse = refuse_tx.clone();
-                            self.tracker.spawn(async move { this.answer(gw, session, req, refuse).await });
-                        }
+                        Some(Ok(Message::ConnectRequest(req))) => match in_flight.clone().try_acquire_owned() {
+                            Ok(permit) => {
+                                let this = self.clone();
+                                let gw = gw.clone();
+                                let refuse = refuse_tx.clone();
+                                self.tracker.spawn(async move { this.answer(gw, session, req, refuse, permit).await });
+                                continue;
+                            }
+                            Err(_) => {
+                                self.stats.data_failures.fetch_add(1, Ordering::Relaxed);
+                                let max = self.config.max_data_in_flight;
+                                log::warn!("gateway {}: {max} data connections are already being opened; refusing a connect request", gw.id);
+                                let Some(ticket) = req.ticket else { continue };
+                                ConnectRefusal {
+                                    ticket: Some(ticket),
+                                    code: RefusalCode::Overloaded as i32,
+                                    reason: format!("the server is already opening {max} data connections to this gateway"),
+                                }
+                                .into()
+                            }
+                        },
                         Some(Ok(Message::Refusal(r))) => {
                             return Err(err(GatewayError::Refused {
                                 peer: gw.addr,
@@ -312,18 +338,23 @@ impl Link {
                         }
                     }
                 }
-            }
+            };
+            write_control(&mut framed, outgoing, dead_after)
+                .await
+                .map_err(err)?;
         }
     }
 
     /// Answers one connect request: opens the data connection, presents the ticket, and
-    /// hands the device over (or splices a Web Console tunnel).
+    /// hands the device over (or splices a Web Console tunnel). `permit` is this request's
+    /// place among the data connections being opened to the gateway.
     async fn answer(
         self: Arc<Self>,
         gw: DmzGatewayEntry,
         session: u64,
         req: ConnectRequest,
         refuse: mpsc::Sender<ConnectRefusal>,
+        permit: OwnedSemaphorePermit,
     ) {
         let (Some(ticket), Some(peer)) = (req.ticket, req.peer) else {
             return;
@@ -343,6 +374,12 @@ impl Link {
             (ChannelKind::WebConsole, Some(t)) => Some(t),
             _ => None,
         };
+        // The ticket is worthless once expired, so the whole opening (connect, TLS, attach,
+        // acknowledgement) gets at most its remaining lifetime (0: not stated).
+        let mut limit_ms = self.config.connect_timeout_ms;
+        if req.expires_in_ms > 0 {
+            limit_ms = limit_ms.min(u64::from(req.expires_in_ms));
+        }
         let opened = async {
             let mut tls = self.connect(&gw, &self.data).await?;
             write_message(
@@ -366,7 +403,18 @@ impl Link {
                 }),
             }
         };
-        let (tls, peer) = match opened.await {
+        let opened = tokio::select! {
+            // The gateway drops the session's tickets with the signal connection anyway.
+            () = self.shutdown.cancelled() => return,
+            r = tokio::time::timeout(Duration::from_millis(limit_ms), opened) => {
+                r.unwrap_or(Err(GatewayError::Timeout {
+                    what: "opening a data connection (connect, DataAttach, DataAttachAck)",
+                    millis: limit_ms,
+                }))
+            }
+        };
+        drop(permit);
+        let (tls, peer) = match opened {
             Ok(x) => x,
             Err(e) => {
                 self.stats.data_failures.fetch_add(1, Ordering::Relaxed);
@@ -397,7 +445,29 @@ impl Link {
             peer: DevicePeer::from_wire(&peer),
             via: Via::DmzGateway(gw.id.clone()),
         };
-        let _ = self.out.send(conn).await;
+        // At shutdown a connection nobody takes is closed rather than waited on.
+        tokio::select! {
+            () = self.shutdown.cancelled() => {}
+            _ = self.out.send(conn) => {}
+        }
+    }
+}
+
+/// Writes one control message, giving up after `limit`.
+async fn write_control<S>(
+    framed: &mut Framed<S, MessageCodec>,
+    message: Message,
+    limit: Duration,
+) -> Result<(), GatewayError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(limit, framed.send(message)).await {
+        Ok(r) => r.map_err(GatewayError::from),
+        Err(_) => Err(GatewayError::Timeout {
+            what: "a control write on the signal connection",
+            millis: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+        }),
     }
 }
 
@@ -447,7 +517,7 @@ impl DeviceListener {
     ) -> Result<ListenerHandle, GatewayError> {
         let opts = TlsOptions::default().with_crls(tls.crls.clone());
         let direct = pki_tls::agent_port_server_config(&tls.identity, &tls.server_ca, &opts)?;
-        let tunnel = pki_tls::agent_port_server_config(
+        let tunnel = pki_tls::tunnel_server_config(
             &tls.identity,
             &tls.server_ca,
             &opts.clone().with_alpn(vec![ALPN_TUNNEL.to_vec()]),

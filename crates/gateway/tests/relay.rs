@@ -6,20 +6,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use outpost_gateway::{
     ConnectorConfig, ConnectorHandle, DeviceConnection, DeviceListener, DmzGatewayEntry, Gateway,
     GatewayConfig, GatewayHandle, ServerConnector, Via,
 };
-use outpost_pki::tls::{TlsOptions, gateway_data_client_config, gateway_signal_client_config};
+use outpost_pki::tls::{TlsOptions, gateway_data_client_config};
+use outpost_wire::Message;
 use outpost_wire::messages::*;
-use outpost_wire::{Message, MessageCodec};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
-use tokio_util::codec::Framed;
 
 fn connector_config(gateways: Vec<DmzGatewayEntry>) -> ConnectorConfig {
     let mut c = ConnectorConfig::default();
@@ -310,36 +309,6 @@ async fn unauthenticated_mobile_port_only_when_enabled() {
     gw.shutdown().await;
 }
 
-/// A hand-driven server: opens the signal connection itself so the test sees the tickets.
-async fn manual_signal(
-    server: &outpost_gateway::TlsMaterial,
-    gw: std::net::SocketAddr,
-) -> (
-    Framed<tokio_rustls::client::TlsStream<TcpStream>, MessageCodec>,
-    u64,
-) {
-    let cfg =
-        gateway_signal_client_config(&server.identity, &server.server_ca, &TlsOptions::default())
-            .unwrap();
-    let tcp = TcpStream::connect(gw).await.unwrap();
-    let tls = TlsConnector::from(cfg)
-        .connect(ServerName::try_from(GATEWAY_NAME).unwrap(), tcp)
-        .await
-        .unwrap();
-    let mut framed = Framed::new(tls, MessageCodec::new());
-    framed
-        .send(Message::from(SignalHello {
-            server_id: "manual".into(),
-            keepalive_ms: 60_000,
-        }))
-        .await
-        .unwrap();
-    let Some(Ok(Message::SignalHelloAck(ack))) = framed.next().await else {
-        panic!("no ack")
-    };
-    (framed, ack.session_id)
-}
-
 async fn manual_data(
     server: &outpost_gateway::TlsMaterial,
     gw: std::net::SocketAddr,
@@ -376,8 +345,8 @@ async fn replayed_unknown_and_foreign_session_tickets_are_refused_and_counted() 
         .await
         .unwrap();
     let server = pki.server();
-    let (mut signal, session) = manual_signal(&server, gw.local_addr()).await;
-    let (mut other_signal, other_session) = manual_signal(&server, gw.local_addr()).await;
+    let (mut signal, session) = manual_signal(&server, gw.local_addr(), 60_000).await;
+    let (mut other_signal, other_session) = manual_signal(&server, gw.local_addr(), 60_000).await;
     assert_ne!(session, other_session);
 
     let cert = pki.agent("device-1");

@@ -7,14 +7,20 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use futures_util::{SinkExt, StreamExt};
 use outpost_gateway::{DeviceConnection, DevicePeer, TlsMaterial, Via};
-use outpost_pki::tls::{TlsOptions, agent_client_config, mobile_client_config};
+use outpost_pki::tls::{
+    TlsOptions, agent_client_config, gateway_signal_client_config, mobile_client_config,
+};
 use outpost_pki::{IssuedCert, PkiConfig, ServerCa};
+use outpost_wire::messages::SignalHello;
+use outpost_wire::{Message, MessageCodec};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
+use tokio_util::codec::Framed;
 
 pub const GATEWAY_NAME: &str = "gateway.test";
 pub const SERVER_NAME: &str = "server.test";
@@ -183,4 +189,33 @@ pub async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
 pub fn sha256(der: &[u8]) -> [u8; 32] {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
     d.as_ref().try_into().unwrap()
+}
+
+/// A hand-driven server: opens the signal connection itself (announcing `keepalive_ms`) so
+/// the test sees the tickets and decides what the server reads and writes.
+pub async fn manual_signal(
+    server: &TlsMaterial,
+    gw: SocketAddr,
+    keepalive_ms: u32,
+) -> (Framed<Tls, MessageCodec>, u64) {
+    let cfg =
+        gateway_signal_client_config(&server.identity, &server.server_ca, &TlsOptions::default())
+            .unwrap();
+    let tcp = TcpStream::connect(gw).await.unwrap();
+    let tls = TlsConnector::from(cfg)
+        .connect(ServerName::try_from(GATEWAY_NAME).unwrap(), tcp)
+        .await
+        .unwrap();
+    let mut framed = Framed::new(tls, MessageCodec::new());
+    framed
+        .send(Message::from(SignalHello {
+            server_id: "manual".into(),
+            keepalive_ms,
+        }))
+        .await
+        .unwrap();
+    let Some(Ok(Message::SignalHelloAck(ack))) = framed.next().await else {
+        panic!("no SignalHelloAck from the gateway")
+    };
+    (framed, ack.session_id)
 }

@@ -98,9 +98,9 @@ mod tests {
         d.encode().unwrap()
     }
 
-    #[test]
-    fn only_the_servers_fresh_signed_push_for_this_device_passes() {
-        let now = SystemTime::now();
+    /// A CA, its server certificate for `server.test`, and a verifier for `laptop-1`
+    /// accepting pushes up to 300 s old.
+    fn fixture(now: SystemTime) -> (ServerCa, IssuedCert, PushVerifier) {
         let ca = ServerCa::create(PkiConfig::default(), now).unwrap();
         let server = ca
             .issue_server("server-1", &["server.test".into()], &[], now)
@@ -111,6 +111,13 @@ mod tests {
             "laptop-1",
             Duration::from_secs(300),
         );
+        (ca, server, v)
+    }
+
+    #[test]
+    fn only_the_servers_fresh_signed_push_for_this_device_passes() {
+        let now = SystemTime::now();
+        let (ca, server, v) = fixture(now);
         assert_eq!(
             v.verify(&datagram(&server, "laptop-1", 5, now), now)
                 .unwrap(),
@@ -155,16 +162,7 @@ mod tests {
     #[test]
     fn a_timestamp_beyond_the_clock_is_refused_not_a_panic() {
         let now = SystemTime::now();
-        let ca = ServerCa::create(PkiConfig::default(), now).unwrap();
-        let server = ca
-            .issue_server("server-1", &["server.test".into()], &[], now)
-            .unwrap();
-        let v = PushVerifier::new(
-            CertChecker::new(ca.server_ca(), &[]).unwrap(),
-            "server.test",
-            "laptop-1",
-            Duration::from_secs(300),
-        );
+        let (_ca, server, v) = fixture(now);
         for issued_at_unix in [u64::MAX, i64::MAX as u64 + 1] {
             // Unsigned: the time is checked before the certificate and the signature.
             let d = PushDatagram {

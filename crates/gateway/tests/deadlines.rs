@@ -172,37 +172,40 @@ async fn a_silent_server_is_declared_dead_while_devices_keep_arriving() {
     bounded("gateway shutdown", gw.shutdown()).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_drops_a_signal_connection_whose_server_stops_reading() {
+/// A DMZ gateway whose one signal session comes from a server that stopped reading: the
+/// gateway's writes toward it no longer complete. Keepalives are announced at 60 s, so the
+/// silence deadline is far away. Returns the gateway and the (unread) signal connection.
+async fn gateway_with_a_stalled_server(
+    handshake_timeout_ms: u64,
+    drain_timeout_ms: Option<u64>,
+) -> (outpost_gateway::GatewayHandle, impl Sized) {
     let pki = Pki::new();
     let mut cfg = GatewayConfig::dmz("gw-dmz", local());
-    cfg.limits.handshake_timeout_ms = 1000;
+    cfg.limits.handshake_timeout_ms = handshake_timeout_ms;
+    if let Some(ms) = drain_timeout_ms {
+        cfg.limits.drain_timeout_ms = ms;
+    }
     let gw = Gateway::start(cfg, pki.gateway()).await.unwrap();
-    // Keepalives announced at 60 s: the silence deadline is far away, only the write
-    // deadline can end this session.
     let (mut signal, _) = manual_signal(&pki.server(), gw.local_addr(), 60_000).await;
     bounded(
         "flooding the gateway",
         flood_until_stalled(signal.get_mut()),
     )
     .await;
+    (gw, signal)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_drops_a_signal_connection_whose_server_stops_reading() {
+    // Only the write deadline (the 1 s handshake timeout) can end this session.
+    let (gw, _signal) = gateway_with_a_stalled_server(1000, None).await;
     wait_until("signal session dropped", || gw.stats().signal_sessions == 0).await;
     bounded("gateway shutdown", gw.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_shutdown_is_not_held_by_a_server_that_stops_reading() {
-    let pki = Pki::new();
-    let mut cfg = GatewayConfig::dmz("gw-dmz", local());
-    cfg.limits.handshake_timeout_ms = 600_000;
-    cfg.limits.drain_timeout_ms = 500;
-    let gw = Gateway::start(cfg, pki.gateway()).await.unwrap();
-    let (mut signal, _) = manual_signal(&pki.server(), gw.local_addr(), 60_000).await;
-    bounded(
-        "flooding the gateway",
-        flood_until_stalled(signal.get_mut()),
-    )
-    .await;
+    let (gw, _signal) = gateway_with_a_stalled_server(600_000, Some(500)).await;
     assert_eq!(gw.stats().signal_sessions, 1);
     // The write deadline is 10 minutes away; the drain timeout's hard stop ends the session.
     bounded("gateway shutdown", gw.shutdown()).await;

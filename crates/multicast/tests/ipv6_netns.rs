@@ -11,8 +11,8 @@ use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::process::Command;
 use std::time::Duration;
 
-use outpost_multicast::driver::{self, NoFetcher, ReceiveOptions, SocketConfig};
-use outpost_multicast::{ReceiverConfig, SigningKey};
+use outpost_multicast::driver::{self, SocketConfig};
+use outpost_multicast::SigningKey;
 
 mod common;
 
@@ -100,27 +100,8 @@ async fn inner_ipv6_two_receivers_over_a_veth_pair() {
     let key = SigningKey::from_seed(&[9u8; 32]).unwrap();
     let pk = key.public_key();
 
-    let mut handles = Vec::new();
-    for i in 0..2u64 {
-        let g = driver::group_socket(&rx_cfg).unwrap();
-        let c = driver::control_socket(&rx_cfg).unwrap();
-        let mut rcfg = ReceiverConfig::default();
-        rcfg.seed = i;
-        // Receiver 1 loses 5% of what arrives (seeded), so repair crosses IPv6 too.
-        let opts = if i == 1 {
-            ReceiveOptions::with_loss(0.05, 7)
-        } else {
-            ReceiveOptions::default()
-        };
-        handles.push(common::spawn_receiver(
-            g,
-            c,
-            rcfg,
-            pk,
-            opts,
-            Box::new(NoFetcher),
-        ));
-    }
+    // Receiver 1 loses 5% of what arrives (seeded), so repair crosses IPv6 too.
+    let handles = common::spawn_receivers(&rx_cfg, 2, 1, 7, pk, |_| {});
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     let mut scfg = common::test_sender_config();

@@ -191,30 +191,14 @@ proptest! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn driver_runs_jobs_over_loopback_multicast() {
     use outpost_multicast::Sender;
-    use outpost_multicast::driver::{self, NoFetcher, ReceiveOptions};
+    use outpost_multicast::driver;
 
     let sc = common::loopback_config(9);
     let data = file(2_000_000, 13);
     let key = SigningKey::from_seed(&[6u8; 32]).unwrap();
     let pk = key.public_key();
-    let mut handles = Vec::new();
-    for i in 0..2u64 {
-        let g = driver::group_socket(&sc).unwrap();
-        let c = driver::control_socket(&sc).unwrap();
-        let mut rcfg = ReceiverConfig::default();
-        rcfg.seed = i;
-        rcfg.offload_block_work = true;
-        // Receiver 1 loses 5% (seeded), so blocks need decoding.
-        let opts = ReceiveOptions::with_loss(if i == 1 { 0.05 } else { 0.0 }, 5);
-        handles.push(common::spawn_receiver(
-            g,
-            c,
-            rcfg,
-            pk,
-            opts,
-            Box::new(NoFetcher),
-        ));
-    }
+    // Receiver 1 loses 5% (seeded), so blocks need decoding.
+    let handles = common::spawn_receivers(&sc, 2, 1, 5, pk, |r| r.offload_block_work = true);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut scfg = common::test_sender_config();
     scfg.offload_encoding = true;

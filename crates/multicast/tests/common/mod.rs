@@ -57,6 +57,34 @@ pub fn data_packet(session: u64, seq: u64, block: u32, esi: u32, symbol: &[u8]) 
 /// alive until the test looks at the file).
 pub type Received = (ReceiveOutcome, Vec<u8>, tempfile::TempDir);
 
+/// Starts `n` receivers on `sc` with [`spawn_receiver`], none fetching by unicast: receiver
+/// `i` has seed `i` and `tweak` applied to its configuration; receiver `lossy` drops 5% of
+/// what arrives (seeded by `loss_seed`), so repair is exercised.
+pub fn spawn_receivers(
+    sc: &SocketConfig,
+    n: u64,
+    lossy: u64,
+    loss_seed: u64,
+    sender_key: [u8; 32],
+    tweak: impl Fn(&mut ReceiverConfig),
+) -> Vec<JoinHandle<Received>> {
+    (0..n)
+        .map(|i| {
+            let g = driver::group_socket(sc).unwrap();
+            let c = driver::control_socket(sc).unwrap();
+            let mut rcfg = ReceiverConfig::default();
+            rcfg.seed = i;
+            tweak(&mut rcfg);
+            let opts = if i == lossy {
+                ReceiveOptions::with_loss(0.05, loss_seed)
+            } else {
+                ReceiveOptions::default()
+            };
+            spawn_receiver(g, c, rcfg, sender_key, opts, Box::new(driver::NoFetcher))
+        })
+        .collect()
+}
+
 /// Runs a receiver with a [`FileSink`] on the given group and control sockets, in a task
 /// that must finish within 30 s.
 pub fn spawn_receiver(

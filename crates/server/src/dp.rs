@@ -225,17 +225,24 @@ impl DpCoordinator {
         let Some(file) = &mut self.epoch_file else {
             return;
         };
-        let mut next = file.kept.clone();
-        for (scope, epoch) in self.election.epochs() {
-            if let ScopeId::Group(g) = scope
-                && epoch > 0
-            {
-                let e = next.entry(self.groups.name(g.0).to_string()).or_default();
-                *e = (*e).max(epoch);
-            }
-        }
-        if next == file.kept {
+        // Runs on every sync: find the raised epochs without copying anything first.
+        let groups = &self.groups;
+        let raised: Vec<(&str, u64)> = self
+            .election
+            .epochs()
+            .into_iter()
+            .filter_map(|(scope, epoch)| match scope {
+                ScopeId::Group(g) => Some((groups.name(g.0), epoch)),
+                _ => None,
+            })
+            .filter(|&(name, epoch)| epoch > file.kept.get(name).copied().unwrap_or(0))
+            .collect();
+        if raised.is_empty() {
             return;
+        }
+        let mut next = file.kept.clone();
+        for (name, epoch) in raised {
+            next.insert(name.to_string(), epoch);
         }
         match write_epochs(&file.path, &next) {
             Ok(()) => {

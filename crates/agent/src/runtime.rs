@@ -398,12 +398,10 @@ impl Driver {
                     }
                 }
                 Some(d) = next_done(&mut self.plane_done) => {
-                    if let Some(p) = self.plane.as_mut() {
-                        p.on_done(&d);
+                    if self.plane.as_mut().is_some_and(|p| p.on_done(&d)) {
+                        self.core.set_update_held(&d.ann.object_id, d.ann.version);
+                        self.core.sync_soon(Instant::now());
                     }
-                    let now = Instant::now();
-                    self.core.set_update_held(&d.ann.object_id, d.ann.version);
-                    self.core.sync_soon(now);
                 }
                 () = sleep => {
                     let now = Instant::now();

@@ -176,8 +176,7 @@ impl DpCoordinator {
     /// even when no device syncs, and says whether any scope's epoch changed since the last
     /// call (its active DP changed: devices should be told to sync).
     pub fn tick(&mut self, now: Instant) -> bool {
-        self.election.round(now);
-        self.save_epochs();
+        self.round(now);
         let epochs = self.election.epochs();
         let changed = epochs != self.seen_epochs;
         self.seen_epochs = epochs;
@@ -218,14 +217,23 @@ impl DpCoordinator {
         Ok(())
     }
 
+    /// A decision round; the epoch file is brought up to date when the round decided
+    /// something (only decisions move epochs) or the last write failed.
+    fn round(&mut self, now: Instant) {
+        let decided = !self.election.round(now).decisions.is_empty();
+        if decided || self.epoch_file.as_ref().is_some_and(|f| f.failing) {
+            self.save_epochs();
+        }
+    }
+
     /// Writes the epoch file if a group scope's epoch differs from what it holds. Groups
     /// this coordinator does not know keep their entries. A failed write is logged and
-    /// tried again after every round.
+    /// tried again after the next round.
     fn save_epochs(&mut self) {
         let Some(file) = &mut self.epoch_file else {
             return;
         };
-        // Runs on every sync: find the raised epochs without copying anything first.
+        // Find the raised epochs before copying anything: most decisions raise none.
         let groups = &self.groups;
         let raised: Vec<(&str, u64)> = self
             .election
@@ -289,8 +297,7 @@ impl DpCoordinator {
                 .election
                 .heartbeat(outpost_election::Heartbeat::new(id, facts), now);
         }
-        self.election.round(now);
-        self.save_epochs();
+        self.round(now);
         let mut out = Vec::new();
         for scope in self.election.scopes_of(id) {
             let Some(d) = self.election.decision(scope) else {

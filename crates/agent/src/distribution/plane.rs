@@ -121,7 +121,6 @@ pub(crate) struct Plane {
     key: Option<Arc<SigningKey>>,
     service: Option<ChunkService>,
     advertise: String,
-    known: HashMap<String, UpdateAnnouncement>,
     held: BTreeMap<String, UpdateAnnouncement>,
     /// Obtain tasks by update id, with the SHA-256 each is after.
     fetching: HashMap<String, (Bytes, AbortHandle)>,
@@ -186,7 +185,6 @@ impl Plane {
                 key,
                 service,
                 advertise,
-                known: HashMap::new(),
                 held: BTreeMap::new(),
                 fetching: HashMap::new(),
                 senders: HashMap::new(),
@@ -266,7 +264,6 @@ impl Plane {
             .collect();
         self.plan.send_replace(Arc::new(plan));
         for u in fresh {
-            self.known.insert(u.object_id.clone(), u.clone());
             let have = self
                 .held
                 .get(&u.object_id)
@@ -316,19 +313,21 @@ impl Plane {
         self.reconcile_senders();
     }
 
-    /// An obtain task finished: the update it was obtained for is held (not whatever was
-    /// announced under its id since).
-    pub(crate) fn on_done(&mut self, d: &Done) {
+    /// An obtain task finished. Its update is held if it is still the content wanted under
+    /// its id (a task that finished just before its update was published again is not);
+    /// returns whether it is.
+    pub(crate) fn on_done(&mut self, d: &Done) -> bool {
         let id = &d.ann.object_id;
-        if self
+        let current = self
             .fetching
             .get(id)
-            .is_some_and(|(sha, _)| *sha == d.ann.sha256)
-        {
+            .is_some_and(|(sha, _)| *sha == d.ann.sha256);
+        if current {
             self.fetching.remove(id);
+            self.held.insert(id.clone(), d.ann.clone());
+            self.reconcile_senders();
         }
-        self.held.insert(id.clone(), d.ann.clone());
-        self.reconcile_senders();
+        current
     }
 
     /// Starts a sender for every held update in the current active term; stops senders of a

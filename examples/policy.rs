@@ -8,6 +8,7 @@
 //! The state file is JSON, or TOML when its name ends in `.toml`; its format is documented
 //! in the `outpost-policy` crate.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use outpost::policy::{StateFormat, render_explain};
@@ -51,26 +52,13 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
 /// The largest state file read.
 const MAX_STATE_BYTES: u64 = 64 << 20;
 
-/// Reads at most `max` bytes of `path`, refusing a longer file (whatever its metadata says:
-/// devices and pipes report no size).
-fn read_bounded(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    std::fs::File::open(path)?
-        .take(max + 1)
-        .read_to_end(&mut out)?;
-    if out.len() as u64 > max {
-        return Err(std::io::Error::other(format!(
-            "larger than the limit of {max} bytes"
-        )));
-    }
-    Ok(out)
-}
-
 fn run() -> Result<String, String> {
     let args = parse(std::env::args().skip(1))?;
-    // The size is checked before anything is read: `--state /dev/zero` is refused, not read.
-    let input = read_bounded(std::path::Path::new(&args.state), MAX_STATE_BYTES)
+    // At most the limit and one byte are read, whatever the file's size says: `--state
+    // /dev/zero` is refused after 64 MiB, not read without end.
+    let input = outpost::server::store::read_bounded(Path::new(&args.state), MAX_STATE_BYTES)
+        .map_err(|e| e.to_string())
+        .and_then(|b| b.ok_or_else(|| "no such file".to_string()))
         .map_err(|e| format!("cannot read {:?}: {e}", args.state))?;
     let format = if args.state.ends_with(".toml") {
         StateFormat::Toml

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -55,26 +55,10 @@ pub(crate) fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, AgentError>
     Ok(buf)
 }
 
-/// Writes `data` to `path` atomically: a temporary file beside it, fsync, rename, then
-/// fsync of the directory.
+/// Writes `data` to `path` atomically (mode 0644), with
+/// [`outpost_pki::store::write_atomic`].
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), AgentError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    {
-        let mut f = fs::File::create(&tmp).map_err(AgentError::io("create", &tmp))?;
-        f.write_all(data)
-            .and_then(|()| f.sync_all())
-            .map_err(AgentError::io("write", &tmp))?;
-    }
-    fs::rename(&tmp, path).map_err(AgentError::io("rename into", path))?;
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    Ok(outpost_pki::store::write_atomic(path, data, 0o644)?)
 }
 
 /// One application's settings as stored.

@@ -91,7 +91,14 @@ fn create_temp(dir: &Path, name: &str, mode: u32) -> Result<(PathBuf, fs::File)>
     }
 }
 
-fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+/// Replaces `path` with `data` atomically: a temporary file beside it, created with
+/// `mode` (on Unix), written and synced, renamed over `path`, then the directory synced.
+/// A crash or a full disk leaves the old file or the new one, never a torn one. The
+/// workspace's state files (registry, settings, epochs) are written this way too.
+///
+/// # Errors
+/// [`PkiError::Io`] naming the file and the step that failed.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -4,8 +4,8 @@
 //! renamed over the old file (and the directory is flushed), so a crash leaves either the old
 //! or the new state, never a torn one. A read is bounded before anything is allocated.
 
-use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::fs::File;
+use std::io::Read;
 use std::path::Path;
 
 use crate::ServerError;
@@ -17,29 +17,10 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> ServerError + '_ {
     }
 }
 
-/// Replaces `path` with `bytes` atomically.
+/// Replaces `path` with `bytes` atomically (mode 0644), with
+/// [`outpost_pki::store::write_atomic`].
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ServerError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        fs::rename(&tmp, path).map_err(io(path))?;
-        // Make the rename itself durable.
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    Ok(outpost_pki::store::write_atomic(path, bytes, 0o644)?)
 }
 
 /// Reads `path`, refusing a file larger than `max` bytes before reading it. `Ok(None)` if the

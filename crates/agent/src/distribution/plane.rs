@@ -26,7 +26,7 @@ use super::{DistributionStatus, Plan, Planner, Route, ScopeKey, SentSession, Sou
 use crate::AgentError;
 use crate::config::{DistributionConfig, Endpoint};
 use crate::identity;
-use crate::store::{free_disk_bytes, read_bounded, write_atomic};
+use crate::store::{free_disk_bytes, read_bounded};
 
 /// Wait before retrying a failed attempt when the route stays the same.
 const RETRY: Duration = Duration::from_secs(1);
@@ -102,13 +102,8 @@ fn load_or_create_key(data_dir: &Path) -> Result<SigningKey, AgentError> {
         seed
     } else {
         let seed: [u8; 32] = random_bytes()?;
-        write_atomic(&path, &seed)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .map_err(AgentError::io("protect", &path))?;
-        }
+        // Created 0600: the seed is never readable by others, not even for a moment.
+        outpost_pki::store::write_atomic(&path, &seed, 0o600)?;
         seed.to_vec()
     };
     SigningKey::from_seed(&seed).map_err(dist)

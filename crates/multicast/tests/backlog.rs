@@ -36,9 +36,17 @@ fn run(report_blocks: u32, slow: bool) -> (Vec<u8>, sim::SimOutcome) {
 
 #[test]
 fn a_slow_receiver_slows_the_sender_instead_of_overflowing() {
-    let (_, fast) = run(4, false);
+    let (data, fast) = run(4, false);
     let (_, slow) = run(4, true);
     let (_, unreported) = run(0, true);
+    let per_byte = |o: &sim::SimOutcome| o.sender.bytes_sent as f64 / data.len() as f64;
+    println!(
+        "bytes sent per file byte: {:.2} without a slow receiver, {:.2} with one that \
+         reports its load, {:.2} with one that does not",
+        per_byte(&fast),
+        per_byte(&slow),
+        per_byte(&unreported)
+    );
     let r0 = &slow.receivers[0].stats;
     // With reports the slow receiver stays a few blocks behind and never runs out of
     // buffer; the sender cut its rate in answer, and sends what it sends without a slow

@@ -624,6 +624,8 @@ fn long_gateway_name_stays_out_of_the_common_name() {
         .unwrap();
     let cn = cn_of(&gw.cert_der);
     assert!(cn.as_ref().is_none_or(|cn| cn.len() <= 64), "{cn:?}");
+    // No address to fall back on: the fixed name.
+    assert_eq!(cn.as_deref(), Some("outpost-gateway"));
     let id = PeerIdentity::from_der(&gw.cert_der).unwrap();
     assert_eq!(id.role, Some(Role::Gateway));
     check_server_certificate(&gw.cert_der, &long, ca.server_ca(), &[], t0()).unwrap();

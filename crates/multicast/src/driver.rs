@@ -631,6 +631,8 @@ pub async fn send_batch(socket: &UdpSocket, bufs: &[Vec<u8>], to: SocketAddr) ->
     let mut sent = 0;
     let mut no_buffer = 0;
     while sent < bufs.len() {
+        // The message headers are built per call: they hold raw pointers, are not `Send`,
+        // and so cannot live across the awaits below (the sending task may move threads).
         let r = socket.try_io(tokio::io::Interest::WRITABLE, || {
             let iovs: Vec<[IoSlice<'_>; 1]> =
                 bufs[sent..].iter().map(|b| [IoSlice::new(b)]).collect();
@@ -652,10 +654,9 @@ pub async fn send_batch(socket: &UdpSocket, bufs: &[Vec<u8>], to: SocketAddr) ->
                 .writable()
                 .await
                 .map_err(|e| Error::io(format!("wait to send to {to}"), e))?,
-            // ENOBUFS: the device queue is full; back off briefly (bounded) and retry.
-            Err(e) if e.raw_os_error() == Some(105) && no_buffer < 1000 => {
+            Err(e) if e.raw_os_error() == Some(ENOBUFS) && no_buffer < NOBUFS_RETRIES => {
                 no_buffer += 1;
-                tokio::time::sleep(Duration::from_micros(200)).await;
+                tokio::time::sleep(NOBUFS_WAIT).await;
             }
             Err(e) => {
                 return Err(Error::io(
@@ -677,20 +678,23 @@ pub async fn send_batch(socket: &UdpSocket, bufs: &[Vec<u8>], to: SocketAddr) ->
     Ok(())
 }
 
+/// `ENOBUFS` (Linux): the device queue is full. Sends wait [`NOBUFS_WAIT`] and retry, at
+/// most [`NOBUFS_RETRIES`] times in a row.
+const ENOBUFS: i32 = 105;
+const NOBUFS_RETRIES: u32 = 1000;
+const NOBUFS_WAIT: Duration = Duration::from_micros(200);
+
 async fn send_retrying(socket: &UdpSocket, buf: &[u8], to: SocketAddr) -> Result<()> {
-    // ENOBUFS: the device queue is full; back off briefly (bounded) and retry.
-    for _ in 0..1000 {
+    for _ in 0..NOBUFS_RETRIES {
         match socket.send_to(buf, to).await {
             Ok(_) => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(105) => {
-                tokio::time::sleep(Duration::from_micros(200)).await;
-            }
+            Err(e) if e.raw_os_error() == Some(ENOBUFS) => tokio::time::sleep(NOBUFS_WAIT).await,
             Err(e) => return Err(Error::io(format!("send {} bytes to {to}", buf.len()), e)),
         }
     }
     Err(Error::io(
         format!("send to {to}"),
-        std::io::Error::other("no buffer space after 1000 retries"),
+        std::io::Error::other(format!("no buffer space after {NOBUFS_RETRIES} retries")),
     ))
 }
 

@@ -507,7 +507,6 @@ impl Receiver {
         }
     }
 
-    /// Feeds one datagram received from `from`.
     /// A place where the symbol of the next datagram can land directly, saving a copy: the
     /// slot, in its block's buffer, of the source symbol after the last one accepted, when
     /// that block is being collected and the symbol is still missing. `None` otherwise;

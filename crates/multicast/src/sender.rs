@@ -841,7 +841,7 @@ impl Sender {
                     && self.done_from.len() < MAX_DONE_TRACKED
                     && self.done_from.insert(from)
                 {
-                    self.stats.receivers_done += 1;
+                    self.stats.receivers_done = self.done_from.len() as u64;
                 }
                 self.events
                     .push_back(SenderEvent::ReceiverDone { from, hash_matches });

@@ -11,8 +11,8 @@ use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::process::Command;
 use std::time::Duration;
 
-use outpost_multicast::driver::{self, SocketConfig};
 use outpost_multicast::SigningKey;
+use outpost_multicast::driver::{self, SocketConfig};
 
 mod common;
 

@@ -795,12 +795,8 @@ fn drain_receiver(
 pub fn socket_drops(socket: &UdpSocket) -> Option<u64> {
     #[cfg(target_os = "linux")]
     {
-        let table = match socket.local_addr().ok()? {
-            SocketAddr::V6(_) => "/proc/net/udp6",
-            SocketAddr::V4(_) => "/proc/net/udp",
-        };
-        let inode = rustix::fs::fstat(socket).ok()?.st_ino;
-        udp_table_all_drops(&std::fs::read_to_string(table).ok()?)
+        let (slot, inode) = socket_id(socket)?;
+        udp_table_all_drops(&std::fs::read_to_string(UDP_TABLES[slot]).ok()?)
             .get(&inode)
             .copied()
     }
@@ -809,6 +805,17 @@ pub fn socket_drops(socket: &UdpSocket) -> Option<u64> {
         let _ = socket;
         None
     }
+}
+
+/// The kernel's UDP tables, IPv4 then IPv6.
+#[cfg(target_os = "linux")]
+const UDP_TABLES: [&str; 2] = ["/proc/net/udp", "/proc/net/udp6"];
+
+/// Which of [`UDP_TABLES`] lists `socket` (0 for IPv4, 1 for IPv6), and its inode there.
+#[cfg(target_os = "linux")]
+fn socket_id(socket: &UdpSocket) -> Option<(usize, u64)> {
+    let slot = usize::from(socket.local_addr().ok()?.is_ipv6());
+    Some((slot, rustix::fs::fstat(socket).ok()?.st_ino))
 }
 
 /// The kernel's UDP tables as last read, shared by every receiver of the process: one
@@ -831,7 +838,7 @@ static DROP_TABLES: std::sync::Mutex<[Option<DropTable>; 2]> = std::sync::Mutex:
 /// 1% of a core. A table that cannot be read is tried again after `SOCKET_DROPS_SLOWEST`.
 #[cfg(target_os = "linux")]
 fn shared_socket_drops(slot: usize, inode: u64, now: Instant) -> Option<u64> {
-    let path = ["/proc/net/udp", "/proc/net/udp6"][slot];
+    let path = UDP_TABLES[slot];
     let mut tables = DROP_TABLES.lock().unwrap_or_else(|e| e.into_inner());
     let t = tables[slot].get_or_insert_with(|| DropTable {
         read_at: None,
@@ -881,10 +888,7 @@ struct DropWatch {
 impl DropWatch {
     fn new(socket: &UdpSocket) -> DropWatch {
         #[cfg(target_os = "linux")]
-        let id = socket.local_addr().ok().and_then(|a| {
-            let slot = usize::from(a.is_ipv6());
-            Some((slot, rustix::fs::fstat(socket).ok()?.st_ino))
-        });
+        let id = socket_id(socket);
         #[cfg(not(target_os = "linux"))]
         let id = {
             let _ = socket;

@@ -21,21 +21,9 @@ pub fn enroll(
     req: &EnrollRequest,
     now: SystemTime,
 ) -> Result<EnrollResponse, ServerError> {
+    let group = admit(registry, req, now)?;
     let device = req.device_id.as_str();
-    let refuse = |reason| ServerError::EnrollmentRefused {
-        device: device.chars().take(200).collect(),
-        reason,
-    };
-    crate::registry::check_id("device id", device)?;
-    // The token first: without a valid one, nobody learns which device ids are enrolled.
-    let group = registry
-        .check_token(&req.enrollment_token, device, now)
-        .map_err(refuse)?
-        .group
-        .clone();
-    if registry.device(device).is_some() {
-        return Err(refuse(EnrollmentRefusal::AlreadyEnrolled));
-    }
+    let refuse = |reason| refusal(device, reason);
     let profile =
         CertProfile::agent(device).map_err(|e| refuse(EnrollmentRefusal::BadCsr(e.to_string())))?;
     let signed = ca
@@ -54,6 +42,35 @@ pub fn enroll(
         ca_der: Bytes::copy_from_slice(ca.server_ca().der()),
         group,
     })
+}
+
+/// The checks of [`enroll`] that need only to read the registry: the device id, the token,
+/// and that the device is not enrolled yet. Returns the token's group. A service can run
+/// them before it prepares a change, so that refusals cost no copy of the registry.
+pub fn admit(
+    registry: &Registry,
+    req: &EnrollRequest,
+    now: SystemTime,
+) -> Result<String, ServerError> {
+    let device = req.device_id.as_str();
+    crate::registry::check_id("device id", device)?;
+    // The token first: without a valid one, nobody learns which device ids are enrolled.
+    let group = registry
+        .check_token(&req.enrollment_token, device, now)
+        .map_err(|r| refusal(device, r))?
+        .group
+        .clone();
+    if registry.device(device).is_some() {
+        return Err(refusal(device, EnrollmentRefusal::AlreadyEnrolled));
+    }
+    Ok(group)
+}
+
+fn refusal(device: &str, reason: EnrollmentRefusal) -> ServerError {
+    ServerError::EnrollmentRefused {
+        device: device.chars().take(200).collect(),
+        reason,
+    }
 }
 
 /// The wire refusal code for an error from [`enroll`].

@@ -58,7 +58,7 @@ pub mod store;
 mod udp_push;
 
 pub use dp::{DEFAULT_MULTICAST_PORT, DpCoordinator};
-pub use enroll::{enroll, refusal_code};
+pub use enroll::{admit, enroll, refusal_code};
 pub use error::{EnrollmentRefusal, ServerError};
 pub use fleet::FleetSync;
 pub use policy_sync::{PolicySync, settings_document};

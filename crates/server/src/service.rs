@@ -20,7 +20,7 @@ use outpost_wire::{Message, MessageCodec, VersionRange, negotiate};
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 
-use crate::{Registry, ServerError, enroll, refusal_code};
+use crate::{Registry, ServerError, admit, enroll, refusal_code};
 
 /// Who a sync is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -345,8 +345,11 @@ impl AdminService {
         if peer.channel == ChannelKind::Enrollment {
             let reply = match tokio::time::timeout(self.config.hello_timeout, framed.next()).await {
                 Ok(Some(Ok(Message::EnrollRequest(req)))) => {
-                    let result =
-                        self.update_registry(|reg| enroll(reg, &self.ca, &req, SystemTime::now()));
+                    let now = SystemTime::now();
+                    // Refusals are decided on the registry as it is, before any copy of it.
+                    let admitted = admit(&lock(&self.registry), &req, now);
+                    let result = admitted
+                        .and_then(|_| self.update_registry(|reg| enroll(reg, &self.ca, &req, now)));
                     match result {
                         Ok(resp) => {
                             self.sync.on_enrolled(&req.device_id, &resp.group);

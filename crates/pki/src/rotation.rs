@@ -7,7 +7,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::ca::{IssuedCert, ServerCa, parse_cert};
+use crate::ca::{IssuedCert, ServerCa};
 use crate::config::PkiConfig;
 use crate::error::{PkiError, Result};
 use crate::time::{DAY, Timestamp};
@@ -144,7 +144,7 @@ impl Rotation {
         if new_end <= active_end {
             if ca_cert.not_after() <= active_end {
                 return Err(PkiError::CaExpiresFirst {
-                    subject: subject_of(&self.active),
+                    subject: crate::sign::subject_of(&self.active.cert_der),
                     not_after: active_end,
                     ca: ca_cert.subject().to_owned(),
                     ca_not_after: ca_cert.not_after(),
@@ -156,18 +156,16 @@ impl Rotation {
             self.reserve = Some(ca.issue(profile, now)?);
             return Ok(RotationEvent::ReserveIssued);
         }
-        let next = match self.reserve.take_if(|r| r.info.not_after > active_end) {
+        // A reserve that ends no later than the active certificate is no successor.
+        let next = match self
+            .reserve
+            .take()
+            .filter(|r| r.info.not_after > active_end)
+        {
             Some(r) => r,
             None => ca.issue(profile, now)?,
         };
-        self.reserve = None;
         self.active = next;
         Ok(RotationEvent::Switched)
     }
-}
-
-fn subject_of(cert: &IssuedCert) -> String {
-    parse_cert(&cert.cert_der, "certificate")
-        .map(|c| c.subject().to_string())
-        .unwrap_or_else(|_| cert.info.profile.common_name().to_owned())
 }

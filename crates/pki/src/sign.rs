@@ -22,7 +22,8 @@ use webpki::EndEntityCert;
 use crate::error::{PkiError, Result};
 use crate::{IssuedCert, PeerIdentity};
 
-fn subject_of(cert_der: &[u8]) -> String {
+/// The subject of a certificate, for messages.
+pub(crate) fn subject_of(cert_der: &[u8]) -> String {
     PeerIdentity::from_der(cert_der)
         .map(|p| p.subject)
         .unwrap_or_else(|_| "(unreadable certificate)".into())

@@ -27,17 +27,11 @@ use tokio_util::codec::{Encoder, Framed};
 
 type ServerTls = tokio_rustls::server::TlsStream<TcpStream>;
 
-fn local() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-fn connector_config(addr: SocketAddr, keepalive_ms: u64) -> ConnectorConfig {
-    let mut c = ConnectorConfig::default();
-    c.server_id = "server-1".into();
-    c.gateways = vec![DmzGatewayEntry::new("gw-fake", addr, GATEWAY_NAME)];
+/// The connector configuration of these tests: one gateway at `addr`, keepalives every
+/// `keepalive_ms`.
+fn fake_connector(addr: SocketAddr, keepalive_ms: u64) -> ConnectorConfig {
+    let mut c = connector_config(vec![DmzGatewayEntry::new("gw-fake", addr, GATEWAY_NAME)]);
     c.keepalive_ms = keepalive_ms;
-    c.backoff_initial_ms = 50;
-    c.backoff_max_ms = 400;
     c
 }
 
@@ -217,7 +211,7 @@ async fn connector_gives_up_on_a_data_connection_that_is_never_acknowledged() {
     let mut fake = fake_gateway(&pki).await;
     let (tx, _rx) = mpsc::channel(4);
     let conn =
-        ServerConnector::start(connector_config(fake.addr, 60_000), &pki.server(), tx).unwrap();
+        ServerConnector::start(fake_connector(fake.addr, 60_000), &pki.server(), tx).unwrap();
     let mut signal = bounded("signal connection", fake.signals.recv())
         .await
         .unwrap();
@@ -237,7 +231,7 @@ async fn connector_refuses_connect_requests_above_its_in_flight_limit() {
     let pki = Pki::new();
     let mut fake = fake_gateway(&pki).await;
     let (tx, _rx) = mpsc::channel(4);
-    let mut cc = connector_config(fake.addr, 60_000);
+    let mut cc = fake_connector(fake.addr, 60_000);
     cc.max_data_in_flight = 1;
     let conn = ServerConnector::start(cc, &pki.server(), tx).unwrap();
     let mut signal = bounded("signal connection", fake.signals.recv())
@@ -275,7 +269,7 @@ async fn connector_drops_a_gateway_that_stops_reading_and_still_shuts_down() {
     let pki = Pki::new();
     let mut fake = fake_gateway(&pki).await;
     let (tx, _rx) = mpsc::channel(4);
-    let conn = ServerConnector::start(connector_config(fake.addr, 200), &pki.server(), tx).unwrap();
+    let conn = ServerConnector::start(fake_connector(fake.addr, 200), &pki.server(), tx).unwrap();
     let mut signal = bounded("signal connection", fake.signals.recv())
         .await
         .unwrap();
@@ -300,7 +294,7 @@ async fn connector_shutdown_does_not_wait_for_a_full_device_channel() {
     // Room for one device, and nobody takes it.
     let (tx, rx) = mpsc::channel::<DeviceConnection>(1);
     let conn =
-        ServerConnector::start(connector_config(gw.local_addr(), 200), &pki.server(), tx).unwrap();
+        ServerConnector::start(fake_connector(gw.local_addr(), 200), &pki.server(), tx).unwrap();
     wait_until("signal connection", || gw.stats().signal_sessions == 1).await;
     let cert = pki.agent("device-1");
     let mut devices = Vec::new();

@@ -20,20 +20,6 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 
-fn connector_config(gateways: Vec<DmzGatewayEntry>) -> ConnectorConfig {
-    let mut c = ConnectorConfig::default();
-    c.server_id = "server-1".into();
-    c.gateways = gateways;
-    c.keepalive_ms = 200;
-    c.backoff_initial_ms = 50;
-    c.backoff_max_ms = 400;
-    c
-}
-
-fn local() -> std::net::SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
 /// A DMZ gateway started with `cfg`, and a connector that dials it and hands devices to
 /// `tx` (`tweak` adjusts its configuration); returns once the signal connection is up.
 async fn dmz_pair(

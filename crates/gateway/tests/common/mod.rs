@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
-use outpost_gateway::{DeviceConnection, DevicePeer, TlsMaterial, Via};
+use outpost_gateway::{
+    ConnectorConfig, DeviceConnection, DevicePeer, DmzGatewayEntry, TlsMaterial, Via,
+};
 use outpost_pki::tls::{
     TlsOptions, agent_client_config, gateway_signal_client_config, mobile_client_config,
 };
@@ -68,6 +70,23 @@ impl Pki {
 }
 
 pub type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// Any port on 127.0.0.1.
+pub fn local() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// A connector configuration for server `server-1` dialling `gateways`: keepalives every
+/// 200 ms, reconnects after 50 ms doubling to 400 ms.
+pub fn connector_config(gateways: Vec<DmzGatewayEntry>) -> ConnectorConfig {
+    let mut c = ConnectorConfig::default();
+    c.server_id = "server-1".into();
+    c.gateways = gateways;
+    c.keepalive_ms = 200;
+    c.backoff_initial_ms = 50;
+    c.backoff_max_ms = 400;
+    c
+}
 
 /// A Network Agent's TLS connection to `addr`, verifying the peer by `name`.
 pub async fn agent_connect(

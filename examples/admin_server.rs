@@ -9,7 +9,9 @@
 //! cargo run --example admin_server -- register-remote-office-gateway --config F --id ID --device D
 //! cargo run --example admin_server -- register-dp --config F --device D --group G
 //! ```
-//! The registry commands edit the registry file: run them while the server is stopped.
+//! The registry commands edit the registry file while no server runs: `run` holds the data
+//! directory's lock (`server.lock`, with its pid), and every other command refuses while it is
+//! held. SIGINT or SIGTERM stop a running server.
 
 mod common;
 
@@ -20,16 +22,14 @@ use outpost::server::{AdminServer, AdminServerConfig, MemoryObjects, Registry, S
 
 const PROGRAM: &str = "admin_server";
 
+/// Runs an offline registry command; refused while a server runs on the data directory.
 fn edit(
     config: &AdminServerConfig,
     base: &std::path::Path,
     f: impl FnOnce(&mut Registry) -> Result<(), ServerError>,
 ) {
-    let mut reg = config
-        .load_registry(base)
-        .unwrap_or_else(|e| common::die(PROGRAM, e));
-    f(&mut reg).unwrap_or_else(|e| common::die(PROGRAM, e));
-    reg.save(&config.registry_path(base))
+    config
+        .edit_registry(base, f)
         .unwrap_or_else(|e| common::die(PROGRAM, e));
 }
 
@@ -138,9 +138,20 @@ async fn main() {
     println!("device port: {}", server.local_addr());
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     tick.tick().await;
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .unwrap_or_else(|e| common::die(PROGRAM, format!("SIGTERM handler: {e}")));
+    #[cfg(unix)]
+    let terminated = async move {
+        term.recv().await;
+    };
+    #[cfg(not(unix))]
+    let terminated = std::future::pending::<()>();
+    tokio::pin!(terminated);
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
+            () = &mut terminated => break,
             _ = tick.tick() => {
                 let s = server.service().stats();
                 println!(

@@ -483,27 +483,21 @@ pub async fn run(
     report.via_gateway = fleet.iter().filter(|m| m.via_gateway).count();
     let config =
         AdminServerConfig::from_toml(&server_toml(cfg)).map_err(|e| setup("server config")(&e))?;
-    let mut reg = config
-        .load_registry(base)
+    let (tokens, reg) = config
+        .edit_registry(base, |reg| {
+            reg.add_group("fleet", "Fleet", None)?;
+            for g in 1..=cfg.groups {
+                reg.add_group(&format!("site-{g}"), &format!("Site {g}"), Some("fleet"))?;
+            }
+            let mut tokens = HashMap::new();
+            for m in &fleet {
+                let t = reg.issue_token(&m.group, Some(&m.id), Duration::from_secs(3600), now)?;
+                tokens.insert(m.id.clone(), t);
+            }
+            reg.register_dmz_gateway("dmz-1", gateway.local_addr(), vec![GATEWAY_NAME.into()])?;
+            Ok((tokens, reg.clone()))
+        })
         .map_err(|e| setup("registry")(&e))?;
-    let reg_err = |e: &dyn std::fmt::Display| setup("registry")(e);
-    reg.add_group("fleet", "Fleet", None)
-        .map_err(|e| reg_err(&e))?;
-    for g in 1..=cfg.groups {
-        reg.add_group(&format!("site-{g}"), &format!("Site {g}"), Some("fleet"))
-            .map_err(|e| reg_err(&e))?;
-    }
-    let mut tokens = HashMap::new();
-    for m in &fleet {
-        let t = reg
-            .issue_token(&m.group, Some(&m.id), Duration::from_secs(3600), now)
-            .map_err(|e| reg_err(&e))?;
-        tokens.insert(m.id.clone(), t);
-    }
-    reg.register_dmz_gateway("dmz-1", gateway.local_addr(), vec![GATEWAY_NAME.into()])
-        .map_err(|e| reg_err(&e))?;
-    reg.save(&config.registry_path(base))
-        .map_err(|e| reg_err(&e))?;
     let policy = serde_json::to_vec_pretty(&policy_state(cfg, &fleet))
         .map_err(|e| setup("policy state")(&e))?;
     std::fs::write(base.join("policy.json"), policy).map_err(|e| setup("policy state")(&e))?;

@@ -135,17 +135,15 @@ async fn a_restarted_server_keeps_its_state_and_its_agents_come_back() {
         "#
     );
     let config = AdminServerConfig::from_toml(&text).unwrap();
-    let mut reg = config.load_registry(base).unwrap();
-    reg.add_group("lab", "Lab", None).unwrap();
-    reg.register_dmz_gateway("dmz-1", gw.local_addr(), vec!["gw.test".into()])
+    let (t1, t2) = config
+        .edit_registry(base, |reg| {
+            reg.add_group("lab", "Lab", None)?;
+            reg.register_dmz_gateway("dmz-1", gw.local_addr(), vec!["gw.test".into()])?;
+            let t1 = reg.issue_token("lab", Some("direct-1"), Duration::from_secs(600), now)?;
+            let t2 = reg.issue_token("lab", Some("behind-gw-1"), Duration::from_secs(600), now)?;
+            Ok((t1, t2))
+        })
         .unwrap();
-    let t1 = reg
-        .issue_token("lab", Some("direct-1"), Duration::from_secs(600), now)
-        .unwrap();
-    let t2 = reg
-        .issue_token("lab", Some("behind-gw-1"), Duration::from_secs(600), now)
-        .unwrap();
-    reg.save(&config.registry_path(base)).unwrap();
     let objects = Arc::new(MemoryObjects::default());
     let server = AdminServer::start(config.clone(), base, None, objects.clone())
         .await
@@ -211,4 +209,218 @@ async fn a_restarted_server_keeps_its_state_and_its_agents_come_back() {
     behind.shutdown().await;
     server.shutdown().await;
     gw.shutdown().await;
+}
+
+/// The agent's settings files, by name.
+fn settings_files(agent_dir: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_dir(agent_dir.join(outpost::agent::store::SETTINGS_DIR))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read_to_string(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Set in the child process this test starts: the directory of the server it runs.
+const CHILD_SERVER: &str = "OUTPOST_TEST_CHILD_SERVER_BASE";
+/// The line the child prints once its server listens.
+const CHILD_READY: &str = "outpost-test-child-server-ready";
+
+fn restart_config(port: u16) -> AdminServerConfig {
+    AdminServerConfig::from_toml(&format!(
+        r#"
+        instance_id = "server-1"
+        data_dir = "state"
+        listen = "127.0.0.1:{port}"
+        policy_state = "policy-state.json"
+        [tls]
+        cert = "state/server.chain.pem"
+        key = "state/server.key"
+        server_ca = "state/ca.crt"
+        "#
+    ))
+    .unwrap()
+}
+
+/// The walkthrough's path: a device enrolled into "accounting" syncs the accountants'
+/// policy; the server is killed (SIGKILL) and started again, then stopped and started again;
+/// after each restart the device syncs and its settings files are the same, byte for byte.
+/// While the (child-process) server runs, offline registry commands and a second server on
+/// the same data directory are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_settings_survive_a_server_crash_and_a_restart() {
+    if let Ok(base) = std::env::var(CHILD_SERVER) {
+        // The child: the server on `base` until it is killed.
+        let base = std::path::PathBuf::from(base);
+        let port: u16 = std::fs::read_to_string(base.join("port"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let _server = AdminServer::start(
+            restart_config(port),
+            &base,
+            None,
+            Arc::new(MemoryObjects::default()),
+        )
+        .await
+        .unwrap();
+        println!("{CHILD_READY}");
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        panic!("the child server was not killed within 300 s");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    let now = SystemTime::now();
+    store::init_server_dir(
+        &base.join("state"),
+        "server-1",
+        &["server.test".into()],
+        now,
+    )
+    .unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/data/policy-state.json"
+        ),
+        base.join("policy-state.json"),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    std::fs::write(base.join("port"), port.to_string()).unwrap();
+    let config = restart_config(port);
+    let token = config
+        .edit_registry(base, |reg| {
+            reg.add_group("accounting", "Accounting", None)?;
+            reg.issue_token(
+                "accounting",
+                Some("laptop-7"),
+                Duration::from_secs(600),
+                now,
+            )
+        })
+        .unwrap();
+
+    // The first server is a separate process, so it can be killed.
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "device_settings_survive_a_server_crash_and_a_restart",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_SERVER, base)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let ready = tokio::time::timeout(Duration::from_secs(60), async {
+        use tokio::io::AsyncBufReadExt;
+        let mut line = String::new();
+        while lines.read_line(&mut line).await.unwrap() > 0 {
+            // libtest's "test NAME ... " may stand before it on the same line.
+            if line.trim_end().ends_with(CHILD_READY) {
+                return true;
+            }
+            line.clear();
+        }
+        false
+    })
+    .await;
+    assert_eq!(ready, Ok(true), "the child server did not start");
+
+    // While it runs, nobody else may use its data directory.
+    let e = config
+        .edit_registry(base, |reg| reg.add_group("late", "Late", None))
+        .unwrap_err();
+    let holder = format!("pid {} (server)", child.id().unwrap());
+    assert!(e.to_string().contains(&holder), "{e}");
+    let e = AdminServer::start(
+        config.clone(),
+        base,
+        None,
+        Arc::new(MemoryObjects::default()),
+    )
+    .await
+    .err()
+    .expect("a second server on the same directory was refused");
+    assert!(e.to_string().contains(&holder), "{e}");
+
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let laptop = Agent::start(agent(
+        base,
+        "laptop-7",
+        Endpoint::new(addr, "server.test"),
+        addr,
+        &token,
+    ))
+    .await
+    .unwrap();
+    syncs_past(&laptop, 0).await;
+    let first = settings_files(&base.join("laptop-7"));
+    assert_eq!(
+        first.keys().collect::<Vec<_>>(),
+        ["endpoint.json"],
+        "the accountants' policy arrived"
+    );
+    let effective = laptop.effective("endpoint").unwrap();
+    assert_eq!(effective["scan"]["level"], 3, "{effective}");
+    assert_eq!(effective["device_control"]["flash_drives"], false);
+
+    // A crash: the server process is killed, not stopped.
+    child.start_kill().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!status.success());
+    let mut server: Option<AdminServer> = None;
+    for when in ["after a crash", "after a clean stop"] {
+        // The second round stops the server the first one started.
+        if let Some(s) = server.take() {
+            s.shutdown().await;
+        }
+        laptop
+            .wait_for(Duration::from_secs(30), |s| {
+                s.core.phase != outpost::agent::core::Phase::Ready
+            })
+            .await
+            .unwrap();
+        let before = laptop.status().core.syncs;
+        server = Some(
+            AdminServer::start(
+                config.clone(),
+                base,
+                None,
+                Arc::new(MemoryObjects::default()),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("start {when}: {e}")),
+        );
+        syncs_past(&laptop, before).await;
+        assert_eq!(
+            settings_files(&base.join("laptop-7")),
+            first,
+            "settings files {when}"
+        );
+        let st = laptop.status().core;
+        assert_eq!(
+            st.last_error, None,
+            "connected again {when}, no stale error"
+        );
+    }
+    laptop.shutdown().await;
+    if let Some(s) = server {
+        s.shutdown().await;
+    }
 }

@@ -136,7 +136,8 @@ pub struct CoreStatus {
     pub events_acknowledged: u64,
     /// "Sync now" pushes acted on.
     pub pushes: u64,
-    /// Why the last connection ended or failed.
+    /// Why the last connection ended or failed; `None` from the moment a connection is
+    /// `Ready` again.
     pub last_error: Option<String>,
 }
 
@@ -641,6 +642,8 @@ impl AgentCore {
             match m {
                 Message::HelloAck(a) if VersionRange::CURRENT.contains(a.version) => {
                     self.phase = Phase::Ready;
+                    // Connected again: what made earlier attempts fail is over.
+                    self.last_error = None;
                     self.handshake_since = None;
                     self.connections += 1;
                     self.backoff.reset();

@@ -121,6 +121,33 @@ fn endpoints_in_order_then_backoff_growing_to_the_maximum() {
 }
 
 #[test]
+fn the_last_error_is_cleared_once_connected_again() {
+    let c = config(1);
+    let t0 = Instant::now();
+    let mut core = AgentCore::new(CoreConfig::from_agent(&c, 0), BTreeMap::new(), t0);
+    core.start(t0);
+    drain(&mut core);
+    core.handle(Input::ConnectFailed("Connection refused".into()), t0);
+    drain(&mut core);
+    assert!(
+        core.status()
+            .last_error
+            .is_some_and(|e| e.contains("Connection refused"))
+    );
+    let retry = core.poll_timeout().expect("a retry is scheduled");
+    core.handle_timeout(retry);
+    drain(&mut core);
+    core.handle(Input::Connected, retry);
+    drain(&mut core);
+    // Still handshaking: the failure is the latest news.
+    assert!(core.status().last_error.is_some());
+    hello_ack(&mut core, 1, retry);
+    let st = core.status();
+    assert_eq!(st.phase, Phase::Ready);
+    assert_eq!(st.last_error, None, "{st:?}");
+}
+
+#[test]
 fn the_same_seed_gives_the_same_schedule() {
     let run = |seed| {
         let mut c = config(1);

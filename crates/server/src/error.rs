@@ -83,6 +83,18 @@ pub enum ServerError {
         /// Why.
         reason: EnrollmentRefusal,
     },
+    /// Another process holds the data directory (a running server, or an offline command).
+    #[error(
+        "data directory {dir} is in use by {holder}: stop that process first \
+         (offline commands run only while no server runs on the directory, and one server \
+         runs per directory)"
+    )]
+    DataDirBusy {
+        /// The data directory.
+        dir: PathBuf,
+        /// Who holds it, as the holder wrote it ("pid 1234 (server)").
+        holder: String,
+    },
     /// The random source failed.
     #[error("the operating system's random source failed")]
     Random,

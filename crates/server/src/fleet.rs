@@ -93,14 +93,10 @@ impl SyncSource for FleetSync {
     }
 
     fn on_enrolled(&self, device: &str, group: &str) {
-        // A device the policy state already describes keeps its tags and facts.
         if let Some(p) = &self.policy
-            && p.effective(device).is_none()
-            && let Err(e) = p.apply(outpost_policy::Change::UpsertDevice(
-                outpost_policy::Device::new(device, group),
-            ))
+            && let Err(e) = p.place(device, group)
         {
-            log::warn!("policies do not take device {device:?} in group {group:?}: {e}");
+            log::error!("policies do not take device {device:?} in group {group:?}: {e}");
         }
         if let Some(Err(e)) = self.with_dps(|c| c.place(device, group)) {
             log::warn!("distribution points do not take device {device:?}: {e}");

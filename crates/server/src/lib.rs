@@ -50,6 +50,7 @@ mod dp;
 mod enroll;
 mod error;
 mod fleet;
+mod lock;
 mod policy_sync;
 mod registry;
 mod runtime;
@@ -61,7 +62,8 @@ pub use dp::{DEFAULT_MULTICAST_PORT, DpCoordinator};
 pub use enroll::{admit, enroll, refusal_code};
 pub use error::{EnrollmentRefusal, ServerError};
 pub use fleet::FleetSync;
-pub use policy_sync::{PolicySync, settings_document};
+pub use lock::{DataDirLock, LOCK_FILE};
+pub use policy_sync::{PolicySync, place_registry_devices, settings_document};
 pub use registry::{
     Device, FORMAT, GatewayRegistration, Group, MAX_REGISTRY_BYTES, MAX_TOKEN_TTL, ROOT_GROUP,
     Registry, TokenRecord, check_id,

@@ -13,10 +13,50 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use outpost_election::SyncIntervalPolicy;
-use outpost_policy::{Change, EffectiveSettings, PolicyError, Resolver};
+use outpost_policy::{Change, EffectiveSettings, PolicyError, Resolver, State};
 use outpost_wire::messages::{AppSettings, ObjectKind, SyncRequest, SyncResponse};
 
-use crate::{DeviceContext, SyncSource};
+use crate::{DeviceContext, ROOT_GROUP, Registry, SyncSource};
+
+/// Places every device enrolled in `registry` in `state`, in its registry group: the registry
+/// says which devices exist and where they are; a device the policy state already describes
+/// keeps its facts, tags and local values but moves to its registry group. Registry groups the
+/// state lacks are added under their registry parent (the registry's root as a root group).
+pub fn place_registry_devices(state: &mut State, registry: &Registry) {
+    use std::collections::HashSet;
+    let mut known: HashSet<String> = state.groups.iter().map(|g| g.id.clone()).collect();
+    // Parents first: walk each missing group's ancestors up to one the state knows.
+    for id in registry.groups().keys() {
+        let mut chain = Vec::new();
+        let mut at = Some(id.as_str());
+        while let Some(g) = at.filter(|g| !known.contains(*g)) {
+            chain.push(g);
+            at = registry.groups().get(g).and_then(|g| g.parent.as_deref());
+        }
+        for g in chain.into_iter().rev() {
+            let parent = registry.groups().get(g).and_then(|x| x.parent.clone());
+            state.groups.push(match parent {
+                Some(p) if g != ROOT_GROUP => outpost_policy::Group::child(g, p),
+                _ => outpost_policy::Group::root(g),
+            });
+            known.insert(g.to_string());
+        }
+    }
+    let listed: std::collections::HashMap<String, usize> = state
+        .devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.id.clone(), i))
+        .collect();
+    for (id, d) in registry.devices() {
+        match listed.get(id) {
+            Some(&i) => state.devices[i].group = d.group.clone(),
+            None => state
+                .devices
+                .push(outpost_policy::Device::new(id.clone(), d.group.clone())),
+        }
+    }
+}
 
 /// A [`SyncSource`] backed by a policy [`Resolver`].
 pub struct PolicySync {
@@ -57,6 +97,20 @@ impl PolicySync {
         Ok(r.apply(change)?.changed)
     }
 
+    /// Places a newly enrolled device in `group`: added if the policies do not know it yet,
+    /// moved to `group` (keeping its facts) if they do.
+    pub fn place(&self, device: &str, group: &str) -> Result<(), PolicyError> {
+        let change = if self.effective(device).is_some() {
+            Change::MoveDevice {
+                device: device.into(),
+                group: group.into(),
+            }
+        } else {
+            Change::UpsertDevice(outpost_policy::Device::new(device, group))
+        };
+        self.apply(change).map(drop)
+    }
+
     /// The effective settings of a device, if the policies know it.
     pub fn effective(&self, device: &str) -> Option<EffectiveSettings> {
         self.resolver
@@ -81,8 +135,15 @@ impl SyncSource for PolicySync {
             .map(|h| (h.id.as_str(), h.version))
             .collect();
         let Some(settings) = self.effective(&device.device_id) else {
-            // Unknown to the policies: nothing to apply, and nothing the agent holds stays.
-            resp.removed_settings = held.keys().map(|s| s.to_string()).collect();
+            // Every enrolled device is placed in the resolver (at start from the registry, at
+            // enrollment as it happens), so this is a server fault, not a reason for the device
+            // to drop its security settings: it keeps what it holds.
+            log::error!(
+                "device {:?} (group {:?}) is enrolled but unknown to the policies: \
+                 its settings are left as they are",
+                device.device_id,
+                device.group
+            );
             return resp;
         };
         let mut apps: Vec<&str> = settings.apps().collect();

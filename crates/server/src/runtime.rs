@@ -18,8 +18,8 @@ use outpost_election::ElectionConfig;
 use outpost_policy::{Resolver, State};
 
 use crate::{
-    AdminService, DpCoordinator, FleetSync, ObjectStore, PolicySync, Registry, ServerError,
-    ServiceConfig, SyncNowSigner, SyncSource,
+    AdminService, DataDirLock, DpCoordinator, FleetSync, ObjectStore, PolicySync, Registry,
+    ServerError, ServiceConfig, SyncNowSigner, SyncSource,
 };
 
 fn default_listen() -> SocketAddr {
@@ -92,12 +92,12 @@ impl AdminServerConfig {
 
     /// The registry file.
     pub fn registry_path(&self, base: &Path) -> PathBuf {
-        base.join(&self.data_dir).join("registry.json")
+        self.data_path(base).join("registry.json")
     }
 
     /// The file the distribution point scopes' fencing epochs are kept in.
     pub fn epochs_path(&self, base: &Path) -> PathBuf {
-        base.join(&self.data_dir).join("dp-epochs.json")
+        self.data_path(base).join("dp-epochs.json")
     }
 
     /// Checks the configuration.
@@ -133,13 +133,15 @@ impl AdminServerConfig {
                 };
                 let bytes = crate::store::read_bounded(&path, 64 * 1024 * 1024)?
                     .ok_or_else(|| bad("does not exist".into()))?;
-                let state = if path.extension().is_some_and(|e| e == "toml") {
+                let mut state = if path.extension().is_some_and(|e| e == "toml") {
                     let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8".into()))?;
                     State::from_toml(&text)
                 } else {
                     State::from_json(&bytes)
                 }
                 .map_err(|e| bad(e.to_string()))?;
+                // The resolver knows every enrolled device, where the registry puts it.
+                crate::place_registry_devices(&mut state, registry);
                 let resolver = Resolver::new(&state).map_err(|e| bad(e.to_string()))?;
                 Some(PolicySync::new(resolver, self.election.sync))
             }
@@ -148,6 +150,26 @@ impl AdminServerConfig {
         dps.set_multicast_port(self.multicast_port);
         dps.keep_epochs(self.epochs_path(base))?;
         Ok(FleetSync::new(policy, Some(dps), self.election.sync))
+    }
+
+    /// The data directory.
+    pub fn data_path(&self, base: &Path) -> PathBuf {
+        base.join(&self.data_dir)
+    }
+
+    /// Changes the registry of a server that is not running: takes the data directory's
+    /// lock (refused with [`ServerError::DataDirBusy`] while a server or another command
+    /// holds it), loads the registry, runs `f`, and saves the result only if `f` succeeded.
+    pub fn edit_registry<T>(
+        &self,
+        base: &Path,
+        f: impl FnOnce(&mut Registry) -> Result<T, ServerError>,
+    ) -> Result<T, ServerError> {
+        let _lock = DataDirLock::acquire(&self.data_path(base), "offline command")?;
+        let mut registry = self.load_registry(base)?;
+        let out = f(&mut registry)?;
+        registry.save(&self.registry_path(base))?;
+        Ok(out)
     }
 
     /// Loads the registry, or makes a new one for this instance.
@@ -174,6 +196,8 @@ pub struct AdminServer {
     connector: ConnectorHandle,
     dispatch: JoinHandle<()>,
     ticker: JoinHandle<()>,
+    /// Held while the server runs: offline commands and a second server are refused.
+    _lock: DataDirLock,
 }
 
 /// Every second: let the sync source run its timers (distribution point failover) and push
@@ -200,6 +224,11 @@ impl AdminServer {
     /// serves every device. `sync` answers syncs (if `None`, the configuration's
     /// [`fleet_sync`](AdminServerConfig::fleet_sync)); `objects` serves file chunks. `base` is
     /// the configuration file's directory.
+    ///
+    /// The server holds the data directory's [`DataDirLock`] until it is shut down (or its
+    /// process ends): a second server on the same directory, and every offline
+    /// [`edit_registry`](AdminServerConfig::edit_registry), is refused with
+    /// [`ServerError::DataDirBusy`].
     pub async fn start(
         config: AdminServerConfig,
         base: &Path,
@@ -208,9 +237,10 @@ impl AdminServer {
     ) -> Result<Self, ServerError> {
         config.validate()?;
         let ca = Arc::new(store::load_server_ca(
-            &base.join(&config.data_dir),
+            &config.data_path(base),
             PkiConfig::default(),
         )?);
+        let lock = DataDirLock::acquire(&config.data_path(base), "server")?;
         let registry = config.load_registry(base)?;
         let registry_path = config.registry_path(base);
         registry.save(&registry_path)?;
@@ -258,6 +288,7 @@ impl AdminServer {
             connector,
             dispatch,
             ticker,
+            _lock: lock,
         })
     }
 

@@ -91,7 +91,8 @@ fn only_changed_documents_are_sent_with_their_locks() {
         },
     );
     assert_eq!(r.removed_settings, ["retired-app"]);
-    // A device the policies do not know gets nothing and keeps nothing.
+    // A device the policies do not know (a server fault: every enrolled device is placed)
+    // gets nothing new and is never told to drop what it holds.
     let r = sync.sync(
         &ctx("stranger", 1),
         &SyncRequest {
@@ -100,7 +101,80 @@ fn only_changed_documents_are_sent_with_their_locks() {
         },
     );
     assert!(r.settings.is_empty());
-    assert_eq!(r.removed_settings.len(), 2);
+    assert!(r.removed_settings.is_empty(), "{:?}", r.removed_settings);
+}
+
+#[test]
+fn registry_devices_are_placed_in_their_registry_groups() {
+    use outpost_server::{Registry, place_registry_devices};
+    let mut state = State::from_json(STATE.as_bytes()).unwrap();
+    let mut reg = Registry::new("server-1").unwrap();
+    // "accounting" is known to the policies (under "company"); "night-shift" and its parent
+    // "remote" are only in the registry.
+    reg.add_group("accounting", "Accounting", None).unwrap();
+    reg.add_group("remote", "Remote", None).unwrap();
+    reg.add_group("night-shift", "Night shift", Some("remote"))
+        .unwrap();
+    let sync_with = |reg: &Registry| {
+        let mut state = state.clone();
+        place_registry_devices(&mut state, reg);
+        PolicySync::new(
+            Resolver::new(&state).unwrap(),
+            SyncIntervalPolicy::default(),
+        )
+    };
+    // Enrolled devices, through the public path a server takes (a token, then enrollment).
+    let ca = outpost_pki::ServerCa::create(
+        outpost_pki::PkiConfig::default(),
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    for (device, group) in [
+        ("laptop-7", "accounting"),
+        ("pc-lab", "accounting"),
+        ("owl-1", "night-shift"),
+    ] {
+        let now = std::time::SystemTime::now();
+        let token = reg
+            .issue_token(group, None, std::time::Duration::from_secs(60), now)
+            .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let csr = rcgen::CertificateParams::new(vec![])
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap();
+        let req = outpost_wire::messages::EnrollRequest {
+            device_id: device.into(),
+            csr_der: csr.der().to_vec().into(),
+            enrollment_token: token,
+            group_hint: String::new(),
+        };
+        outpost_server::enroll(&mut reg, &ca, &req, now).unwrap();
+    }
+    let sync = sync_with(&reg);
+    // A device only the registry knows gets its group's policy.
+    let laptop = sync.effective("laptop-7").expect("placed");
+    assert_eq!(
+        laptop.get("endpoint", "device_control.flash_drives"),
+        Some(&Value::Bool(false))
+    );
+    // A device the policy state put in "lab" is where the registry says: accounting.
+    let lab = sync.effective("pc-lab").expect("placed");
+    assert_eq!(
+        lab.get("endpoint", "device_control.flash_drives"),
+        Some(&Value::Bool(false))
+    );
+    // A device in a group only the registry has is known, with the defaults.
+    assert!(sync.effective("owl-1").is_some());
+    // Devices the state describes and the registry does not stay as they were.
+    assert!(sync.effective("pc-senior").is_some());
+    // Placing is idempotent: a second pass adds no duplicate group or device.
+    place_registry_devices(&mut state, &reg);
+    let groups = state.groups.len();
+    let devices = state.devices.len();
+    place_registry_devices(&mut state, &reg);
+    assert_eq!((state.groups.len(), state.devices.len()), (groups, devices));
+    Resolver::new(&state).unwrap();
 }
 
 #[test]

@@ -55,15 +55,13 @@ async fn registered_dmz_gateways_are_dialled_and_state_is_kept() {
     "#;
     let config = AdminServerConfig::from_toml(text).unwrap();
     // Registered while the server is stopped, as the admin_server example does.
-    let mut reg = config.load_registry(base).unwrap();
-    reg.register_dmz_gateway("dmz-1", gw.local_addr(), vec!["gw.test".into()])
+    let token = config
+        .edit_registry(base, |reg| {
+            reg.register_dmz_gateway("dmz-1", gw.local_addr(), vec!["gw.test".into()])?;
+            reg.add_group("lab", "Lab", None)?;
+            reg.issue_token("lab", None, Duration::from_secs(60), now)
+        })
         .unwrap();
-    reg.add_group("lab", "Lab", None).unwrap();
-    let token = reg
-        .issue_token("lab", None, Duration::from_secs(60), now)
-        .unwrap();
-    reg.save(&config.registry_path(base)).unwrap();
-
     let running = AdminServer::start(
         config.clone(),
         base,
@@ -150,12 +148,12 @@ async fn enrolled_devices_get_their_policy_settings() {
     "#,
     )
     .unwrap();
-    let mut reg = config.load_registry(base).unwrap();
-    reg.add_group("lab", "Lab", None).unwrap();
-    let token = reg
-        .issue_token("lab", None, Duration::from_secs(60), now)
+    let token = config
+        .edit_registry(base, |reg| {
+            reg.add_group("lab", "Lab", None)?;
+            reg.issue_token("lab", None, Duration::from_secs(60), now)
+        })
         .unwrap();
-    reg.save(&config.registry_path(base)).unwrap();
     let running = AdminServer::start(config, base, None, Arc::new(MemoryObjects::default()))
         .await
         .unwrap();
@@ -199,4 +197,72 @@ async fn enrolled_devices_get_their_policy_settings() {
     assert_eq!(doc["values"]["usb"]["block"], true);
     assert_eq!(doc["locked"], serde_json::json!(["usb.block"]));
     running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_holder_of_a_data_directory_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    init_state(base, SystemTime::now());
+    let config = AdminServerConfig::from_toml(
+        r#"
+        instance_id = "server-1"
+        data_dir = "state"
+        listen = "127.0.0.1:0"
+        [tls]
+        cert = "state/server.chain.pem"
+        key = "state/server.key"
+        server_ca = "state/ca.crt"
+    "#,
+    )
+    .unwrap();
+    config
+        .edit_registry(base, |r| r.add_group("lab", "Lab", None))
+        .unwrap();
+    let running = AdminServer::start(
+        config.clone(),
+        base,
+        None,
+        Arc::new(MemoryObjects::default()),
+    )
+    .await
+    .unwrap();
+    let pid = format!("pid {} (server)", std::process::id());
+
+    // An offline command is refused and changes nothing.
+    let e = config
+        .edit_registry(base, |r| {
+            r.issue_token("lab", None, Duration::from_secs(60), SystemTime::now())
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&e, outpost_server::ServerError::DataDirBusy { holder, .. } if *holder == pid),
+        "{e}"
+    );
+    assert!(e.to_string().contains("stop that process first"), "{e}");
+    assert_eq!(config.load_registry(base).unwrap().pending_tokens(), 0);
+
+    // A second server on the same directory does not start.
+    let e = AdminServer::start(
+        config.clone(),
+        base,
+        None,
+        Arc::new(MemoryObjects::default()),
+    )
+    .await
+    .err()
+    .expect("a second server was refused");
+    assert!(
+        matches!(&e, outpost_server::ServerError::DataDirBusy { .. }),
+        "{e}"
+    );
+
+    // Once the server is stopped, offline commands work again.
+    running.shutdown().await;
+    config
+        .edit_registry(base, |r| {
+            r.issue_token("lab", None, Duration::from_secs(60), SystemTime::now())
+        })
+        .unwrap();
+    assert_eq!(config.load_registry(base).unwrap().pending_tokens(), 1);
 }

@@ -4,15 +4,70 @@
 //! (`outpost_wire::push`), it is for this device or for every device, it was issued within
 //! `max_age` of now (either way), the certificate it carries is the server's (signed by the
 //! server CA, valid now, naming the server the agent enrolled with, with the server role),
-//! and the signature over the datagram verifies with that certificate's key. Replays within
-//! `max_age` are stopped by the nonce check of the core.
+//! and the signature over the datagram verifies with that certificate's key, and it is not a
+//! replay: every authentic datagram's (issue time, nonce) is remembered for the whole
+//! acceptance window, up to [`REPLAYS_REMEMBERED`] of them; past that the oldest is forgotten
+//! and datagrams issued no later than it are refused from then on, so a replay is never
+//! accepted again.
 
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use outpost_pki::{CertChecker, Role, verify_signature};
 use outpost_wire::push::PushDatagram;
 
 use crate::AgentError;
+
+/// How many authentic pushes the verifier remembers within its acceptance window.
+pub const REPLAYS_REMEMBERED: usize = 4096;
+
+/// The authentic pushes seen within the acceptance window.
+#[derive(Debug, Default)]
+pub(crate) struct ReplayGuard {
+    /// (issued at, nonce) of every authentic datagram still within the window.
+    seen: BTreeSet<(u64, u64)>,
+    /// Datagrams issued at or before this are refused: newer entries pushed them out.
+    floor: Option<u64>,
+}
+
+impl ReplayGuard {
+    /// Records a datagram issued at `issued` (Unix seconds) with `nonce`, at `now` (Unix
+    /// seconds), with acceptance window `window` seconds and at most `capacity` entries.
+    pub(crate) fn check(
+        &mut self,
+        issued: u64,
+        nonce: u64,
+        now: u64,
+        window: u64,
+        capacity: usize,
+    ) -> Result<(), String> {
+        // Entries that can no longer pass the age check are not needed.
+        while self
+            .seen
+            .first()
+            .is_some_and(|&(t, _)| t.saturating_add(window) < now)
+        {
+            self.seen.pop_first();
+        }
+        if let Some(f) = self.floor
+            && issued <= f
+        {
+            return Err(format!(
+                "issued at {issued} s, not after {f} s, the oldest push no longer remembered"
+            ));
+        }
+        if !self.seen.insert((issued, nonce)) {
+            return Err(format!("nonce {nonce} issued at {issued} s seen before"));
+        }
+        while self.seen.len() > capacity.max(1) {
+            if let Some((t, _)) = self.seen.pop_first() {
+                self.floor = Some(self.floor.map_or(t, |f| f.max(t)));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Checks pushed datagrams.
 #[derive(Debug)]
@@ -21,6 +76,7 @@ pub struct PushVerifier {
     server_name: String,
     device_id: String,
     max_age: Duration,
+    replays: Mutex<ReplayGuard>,
 }
 
 fn refuse(reason: impl Into<String>) -> AgentError {
@@ -41,6 +97,7 @@ impl PushVerifier {
             server_name: server_name.into(),
             device_id: device_id.into(),
             max_age,
+            replays: Mutex::new(ReplayGuard::default()),
         }
     }
 
@@ -76,6 +133,21 @@ impl PushVerifier {
             )));
         }
         verify_signature(&d.signer_cert_der, &datagram[..signed], &d.signature)?;
+        // Only authentic datagrams are remembered: forgeries cannot fill the memory.
+        let now_unix = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.replays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check(
+                d.issued_at_unix,
+                d.nonce,
+                now_unix,
+                self.max_age.as_secs(),
+                REPLAYS_REMEMBERED,
+            )
+            .map_err(refuse)?;
         Ok(d.nonce)
     }
 }
@@ -157,6 +229,47 @@ mod tests {
         d[6] ^= 1;
         assert!(refused(d).contains("signature"));
         assert!(v.verify(b"OPSN", now).is_err());
+    }
+
+    #[test]
+    fn a_replay_is_refused_however_many_pushes_came_after_it() {
+        let now = SystemTime::now();
+        let (_ca, server, v) = fixture(now);
+        let first = datagram(&server, "laptop-1", 1, now - Duration::from_secs(10));
+        v.verify(&first, now).unwrap();
+        // More than the core's nonce memory of 256.
+        for nonce in 2..=300 {
+            v.verify(&datagram(&server, "", nonce, now), now).unwrap();
+        }
+        let e = v.verify(&first, now).unwrap_err().to_string();
+        assert!(e.contains("seen before"), "{e}");
+    }
+
+    #[test]
+    fn a_full_replay_memory_refuses_the_oldest_instead_of_forgetting_them() {
+        let mut g = ReplayGuard::default();
+        let (window, cap) = (300, 3);
+        for (t, n) in [(100, 1), (101, 2), (102, 3)] {
+            g.check(t, n, 110, window, cap).unwrap();
+        }
+        // A fourth pushes out (100, 1): it and anything issued at or before 100 is refused.
+        g.check(103, 4, 110, window, cap).unwrap();
+        assert!(
+            g.check(100, 1, 110, window, cap).is_err(),
+            "replay of the forgotten one"
+        );
+        assert!(g.check(99, 9, 110, window, cap).is_err());
+        assert!(
+            g.check(101, 2, 110, window, cap).is_err(),
+            "still remembered"
+        );
+        g.check(104, 5, 110, window, cap).unwrap();
+        // Entries past the window are dropped without raising the floor.
+        let mut g = ReplayGuard::default();
+        g.check(100, 1, 100, window, cap).unwrap();
+        g.check(500, 2, 500, window, cap).unwrap();
+        assert_eq!(g.seen.len(), 1);
+        assert_eq!(g.floor, None);
     }
 
     #[test]

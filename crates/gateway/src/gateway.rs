@@ -118,6 +118,19 @@ struct Shared {
     hard_stop: CancellationToken,
 }
 
+/// The warning a Web Console tunnel bound to `addr` deserves, if any: the tunnel does not
+/// authenticate its clients (the console behind it does), so on an address other hosts reach
+/// it offers the server-side console to all of them.
+pub fn web_console_exposure(addr: SocketAddr) -> Option<String> {
+    (!addr.ip().is_loopback()).then(|| {
+        format!(
+            "Web Console tunnel on {addr}, reachable from other hosts: it does not authenticate \
+             its clients, so everyone who reaches this address reaches the console target \
+             (bind it to a loopback address for a Web Console on this host)"
+        )
+    })
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding these locks cannot leave them inconsistent (single inserts and
     // removals), so a poisoned lock is still usable.
@@ -194,6 +207,9 @@ impl Gateway {
         }
         if let Some(addr) = config.web_console_listen {
             let l = bind(addr).await?;
+            if let Some(warning) = web_console_exposure(l.local_addr()?) {
+                log::warn!("gateway {}: {warning}", config.gateway_id);
+            }
             log::info!(
                 "gateway {}: Web Console tunnel on {}",
                 config.gateway_id,

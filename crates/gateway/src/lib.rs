@@ -54,7 +54,7 @@ pub use config::{
     TlsFiles, TlsMaterial,
 };
 pub use error::GatewayError;
-pub use gateway::{Gateway, GatewayHandle, GatewayStats};
+pub use gateway::{Gateway, GatewayHandle, GatewayStats, web_console_exposure};
 pub use peer::{BoxStream, DeviceConnection, DeviceIo, DevicePeer, Via};
 pub use server::{
     ConnectorHandle, ConnectorStats, DeviceListener, ListenerHandle, ServerConnector,

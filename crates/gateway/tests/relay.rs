@@ -599,3 +599,19 @@ async fn graceful_shutdown_drains_active_relays_and_accepts_no_more() {
     bounded("shutdown after drain", shutdown).await.unwrap();
     conn.shutdown().await;
 }
+
+#[test]
+fn a_web_console_port_other_hosts_reach_is_warned_about() {
+    use outpost_gateway::web_console_exposure;
+    for quiet in ["127.0.0.1:13443", "127.0.0.9:13443", "[::1]:13443"] {
+        assert_eq!(
+            web_console_exposure(quiet.parse().unwrap()),
+            None,
+            "{quiet}"
+        );
+    }
+    for exposed in ["0.0.0.0:13443", "192.0.2.10:13443", "[::]:13443"] {
+        let w = web_console_exposure(exposed.parse().unwrap()).expect(exposed);
+        assert!(w.contains("reachable from other hosts"), "{w}");
+    }
+}

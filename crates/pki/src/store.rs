@@ -91,6 +91,41 @@ fn create_temp(dir: &Path, name: &str, mode: u32) -> Result<(PathBuf, fs::File)>
     }
 }
 
+/// Whether `file_name` is a temporary file [`write_atomic`] makes (`.NAME.<16 hex>.tmp`).
+pub fn is_atomic_temporary(file_name: &str) -> bool {
+    let Some(rest) = file_name
+        .strip_prefix('.')
+        .and_then(|r| r.strip_suffix(".tmp"))
+    else {
+        return false;
+    };
+    match rest.rsplit_once('.') {
+        Some((name, suffix)) => {
+            !name.is_empty() && suffix.len() == 16 && suffix.bytes().all(|b| b.is_ascii_hexdigit())
+        }
+        None => false,
+    }
+}
+
+/// Removes the temporary files that writes interrupted by a crash left in `dir` (see
+/// [`write_atomic`]) and returns how many. Call it only while no other process writes to
+/// `dir` (the server holds its data directory's lock when it does).
+pub fn remove_stale_temporaries(dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    for entry in fs::read_dir(dir).map_err(PkiError::io("list", dir))? {
+        let entry = entry.map_err(PkiError::io("list", dir))?;
+        let name = entry.file_name();
+        if name.to_str().is_some_and(is_atomic_temporary)
+            && entry.file_type().is_ok_and(|t| t.is_file())
+        {
+            let path = entry.path();
+            fs::remove_file(&path).map_err(PkiError::io("remove", &path))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Replaces `path` with `data` atomically: a temporary file beside it, created with
 /// `mode` (on Unix), written and synced, renamed over `path`, then the directory synced.
 /// A crash or a full disk leaves the old file or the new one, never a torn one. The

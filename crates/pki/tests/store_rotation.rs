@@ -424,3 +424,33 @@ fn rotation_stops_switching_when_the_ca_ends_first() {
     ));
     assert!(rot.reserve().is_none());
 }
+
+#[test]
+fn only_write_atomic_temporaries_count_as_stale() {
+    use outpost_pki::store::is_atomic_temporary;
+    assert!(is_atomic_temporary(".registry.json.0123456789abcdef.tmp"));
+    assert!(is_atomic_temporary(".ca.key.ffffffffffffffff.tmp"));
+    for name in [
+        "registry.json",
+        ".registry.json.tmp",
+        ".registry.json.0123456789abcde.tmp",
+        ".registry.json.0123456789abcdeg.tmp",
+        "..0123456789abcdef.tmp",
+        ".registry.json.0123456789abcdef.tmp.bak",
+    ] {
+        assert!(!is_atomic_temporary(name), "{name}");
+    }
+    // A write leaves no temporary behind, and one left by a crash is removed.
+    let dir = tempfile::tempdir().unwrap();
+    outpost_pki::store::write_atomic(&dir.path().join("a.json"), b"{}", 0o644).unwrap();
+    std::fs::write(dir.path().join(".a.json.00000000000000aa.tmp"), b"{").unwrap();
+    assert_eq!(
+        outpost_pki::store::remove_stale_temporaries(dir.path()).unwrap(),
+        1
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["a.json"]);
+}

@@ -56,6 +56,7 @@ mod registry;
 mod runtime;
 mod service;
 pub mod store;
+mod throttle;
 mod udp_push;
 
 pub use dp::{DEFAULT_MULTICAST_PORT, DpCoordinator};
@@ -70,7 +71,8 @@ pub use registry::{
 };
 pub use runtime::{AdminServer, AdminServerConfig};
 pub use service::{
-    AdminService, DeviceContext, FixedInterval, MemoryObjects, ObjectStore, ServiceConfig,
-    ServiceStats, SyncSource,
+    AdminService, DeviceContext, ENROLLMENT_MAX_FRAME_LEN, FixedInterval, MemoryObjects,
+    ObjectStore, ServiceConfig, ServiceStats, SyncSource,
 };
+pub use throttle::EnrollThrottle;
 pub use udp_push::SyncNowSigner;

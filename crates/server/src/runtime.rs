@@ -32,6 +32,19 @@ fn default_handshake() -> u64 {
     10_000
 }
 
+/// Removes what writes interrupted by a crash left in the data directory (the caller holds
+/// its lock, so no write is under way).
+fn remove_stale_temporaries(dir: &Path) -> Result<(), ServerError> {
+    let n = store::remove_stale_temporaries(dir)?;
+    if n > 0 {
+        log::info!(
+            "{}: removed {n} temporary file(s) left by an interrupted write",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Configuration of an Administration Server, as written in TOML.
 ///
 /// ```
@@ -166,6 +179,7 @@ impl AdminServerConfig {
         f: impl FnOnce(&mut Registry) -> Result<T, ServerError>,
     ) -> Result<T, ServerError> {
         let _lock = DataDirLock::acquire(&self.data_path(base), "offline command")?;
+        remove_stale_temporaries(&self.data_path(base))?;
         let mut registry = self.load_registry(base)?;
         let out = f(&mut registry)?;
         registry.save(&self.registry_path(base))?;
@@ -241,6 +255,7 @@ impl AdminServer {
             PkiConfig::default(),
         )?);
         let lock = DataDirLock::acquire(&config.data_path(base), "server")?;
+        remove_stale_temporaries(&config.data_path(base))?;
         let registry = config.load_registry(base)?;
         let registry_path = config.registry_path(base);
         registry.save(&registry_path)?;

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -20,7 +20,7 @@ use outpost_wire::{Message, MessageCodec, VersionRange, negotiate};
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 
-use crate::{Registry, ServerError, admit, enroll, refusal_code};
+use crate::{EnrollThrottle, Registry, ServerError, admit, enroll, refusal_code};
 
 /// Who a sync is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +131,10 @@ impl ObjectStore for MemoryObjects {
     }
 }
 
+/// The largest frame read on the enrollment channel, before the peer is known (64 KiB: an
+/// `EnrollRequest` is a CSR of about a kilobyte and a token).
+pub const ENROLLMENT_MAX_FRAME_LEN: usize = 64 * 1024;
+
 /// Settings of the service.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -141,8 +145,19 @@ pub struct ServiceConfig {
     pub max_chunk: u32,
     /// Time allowed for a device's first message (default 10 s).
     pub hello_timeout: Duration,
-    /// Largest frame accepted from a device (default 16 MiB).
+    /// Largest frame accepted from an authenticated device (default 16 MiB).
     pub max_frame_len: usize,
+    /// Largest frame accepted on the enrollment channel, whose peers are not authenticated
+    /// (default [`ENROLLMENT_MAX_FRAME_LEN`]).
+    pub max_enrollment_frame_len: usize,
+    /// Enrollment-channel connections served at once; more are refused with
+    /// `RefusalCode::Overloaded` (default 128).
+    pub max_enrolling: usize,
+    /// Failed enrollments a source address may make per `enroll_failure_window` before
+    /// its attempts are refused unchecked (default 10).
+    pub enroll_failures_per_source: u32,
+    /// The window of `enroll_failures_per_source` (default 60 s).
+    pub enroll_failure_window: Duration,
 }
 
 impl ServiceConfig {
@@ -153,6 +168,10 @@ impl ServiceConfig {
             max_chunk: 1 << 20,
             hello_timeout: Duration::from_secs(10),
             max_frame_len: outpost_wire::DEFAULT_MAX_FRAME_LEN,
+            max_enrollment_frame_len: ENROLLMENT_MAX_FRAME_LEN,
+            max_enrolling: 128,
+            enroll_failures_per_source: 10,
+            enroll_failure_window: Duration::from_secs(60),
         }
     }
 }
@@ -165,6 +184,9 @@ pub struct ServiceStats {
     pub enrolled: AtomicU64,
     /// Enrollments refused.
     pub enroll_refused: AtomicU64,
+    /// Enrollment attempts refused unchecked: the source failed too often, or too many
+    /// enrollment connections were open.
+    pub enroll_throttled: AtomicU64,
     /// Syncs answered.
     pub syncs: AtomicU64,
     /// Connections refused (unknown certificate, version, protocol).
@@ -188,6 +210,20 @@ pub struct AdminService {
     online: Mutex<HashMap<String, (u64, mpsc::Sender<Message>)>>,
     next_conn: AtomicU64,
     stats: ServiceStats,
+    /// Permits for enrollment-channel connections.
+    enrolling: Arc<tokio::sync::Semaphore>,
+    /// Failed enrollments per source address.
+    throttle: Mutex<EnrollThrottle>,
+}
+
+/// Sources tracked by the enrollment throttle at most.
+const THROTTLE_SOURCES: usize = 4096;
+
+/// The address part of a peer's `ip:port` (the whole string if it does not parse).
+fn source_of(remote_addr: &str) -> String {
+    remote_addr
+        .parse::<std::net::SocketAddr>()
+        .map_or_else(|_| remote_addr.to_string(), |a| a.ip().to_string())
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -204,6 +240,12 @@ impl AdminService {
         objects: Arc<dyn ObjectStore>,
     ) -> Arc<Self> {
         Arc::new(AdminService {
+            enrolling: Arc::new(tokio::sync::Semaphore::new(config.max_enrolling.max(1))),
+            throttle: Mutex::new(EnrollThrottle::new(
+                config.enroll_failures_per_source,
+                config.enroll_failure_window,
+                THROTTLE_SOURCES,
+            )),
             config,
             ca,
             registry: Mutex::new(registry),
@@ -304,15 +346,40 @@ impl AdminService {
     pub async fn serve(self: Arc<Self>, conn: DeviceConnection) {
         let peer = conn.peer.clone();
         let via = conn.via.clone();
-        let mut framed = Framed::new(
-            conn.stream,
-            MessageCodec::with_max_frame_len(self.config.max_frame_len),
-        );
+        let enrolling = peer.channel == ChannelKind::Enrollment;
+        // Before its peer is known, a connection may send only small frames.
+        let max_frame_len = if enrolling {
+            self.config.max_enrollment_frame_len
+        } else {
+            self.config.max_frame_len
+        };
+        let mut framed = Framed::new(conn.stream, MessageCodec::with_max_frame_len(max_frame_len));
         let refuse = |code: RefusalCode, reason: String| {
             Message::from(Refusal {
                 code: code as i32,
                 reason,
             })
+        };
+        // Held until this enrollment connection ends.
+        let _permit = if enrolling {
+            match self.enrolling.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    self.stats.enroll_throttled.fetch_add(1, Ordering::Relaxed);
+                    let reason = format!(
+                        "{} enrollment connections open, the most served at once",
+                        self.config.max_enrolling
+                    );
+                    let _ = tokio::time::timeout(
+                        self.config.hello_timeout,
+                        framed.send(refuse(RefusalCode::Overloaded, reason)),
+                    )
+                    .await;
+                    return;
+                }
+            }
+        } else {
+            None
         };
         let hello = match tokio::time::timeout(self.config.hello_timeout, framed.next()).await {
             Ok(Some(Ok(Message::Hello(h)))) => h,
@@ -344,6 +411,19 @@ impl AdminService {
 
         if peer.channel == ChannelKind::Enrollment {
             let reply = match tokio::time::timeout(self.config.hello_timeout, framed.next()).await {
+                Ok(Some(Ok(Message::EnrollRequest(_))))
+                    if !lock(&self.throttle)
+                        .admit(&source_of(&peer.remote_addr), Instant::now()) =>
+                {
+                    self.stats.enroll_throttled.fetch_add(1, Ordering::Relaxed);
+                    refuse(
+                        RefusalCode::Overloaded,
+                        format!(
+                            "too many failed enrollments from this address; retry after {} s",
+                            self.config.enroll_failure_window.as_secs()
+                        ),
+                    )
+                }
                 Ok(Some(Ok(Message::EnrollRequest(req)))) => {
                     let now = SystemTime::now();
                     // Refusals are decided on the registry as it is, before any copy of it.
@@ -363,7 +443,16 @@ impl AdminService {
                         }
                         Err(e) => {
                             self.stats.enroll_refused.fetch_add(1, Ordering::Relaxed);
+                            let source = source_of(&peer.remote_addr);
                             log::warn!("enrollment from {} refused: {e}", peer.remote_addr);
+                            if lock(&self.throttle).failed(&source, Instant::now()) {
+                                log::warn!(
+                                    "enrollment from {source}: {} failures within {:?}; its \
+                                     attempts are refused unchecked until the window ends",
+                                    self.config.enroll_failures_per_source,
+                                    self.config.enroll_failure_window
+                                );
+                            }
                             refuse(refusal_code(&e), e.to_string())
                         }
                     }

@@ -219,6 +219,12 @@ async fn one_holder_of_a_data_directory_at_a_time() {
     config
         .edit_registry(base, |r| r.add_group("lab", "Lab", None))
         .unwrap();
+    // What a crash in the middle of a registry write leaves behind, and a file that only
+    // looks similar.
+    let stale = base.join("state/.registry.json.0123456789abcdef.tmp");
+    let other = base.join("state/.registry.json.notes.tmp");
+    std::fs::write(&stale, b"{\"format\": 1, \"instan").unwrap();
+    std::fs::write(&other, b"kept").unwrap();
     let running = AdminServer::start(
         config.clone(),
         base,
@@ -228,6 +234,11 @@ async fn one_holder_of_a_data_directory_at_a_time() {
     .await
     .unwrap();
     let pid = format!("pid {} (server)", std::process::id());
+    assert!(
+        !stale.exists(),
+        "the interrupted write's temporary was removed"
+    );
+    assert!(other.exists());
 
     // An offline command is refused and changes nothing.
     let e = config

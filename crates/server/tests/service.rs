@@ -125,8 +125,17 @@ async fn start_server(
     path: &std::path::Path,
     objects: Arc<MemoryObjects>,
 ) -> Server {
+    start_server_with(ca, registry, ServiceConfig::new(path), objects).await
+}
+
+async fn start_server_with(
+    ca: &Arc<ServerCa>,
+    registry: Registry,
+    config: ServiceConfig,
+    objects: Arc<MemoryObjects>,
+) -> Server {
     let service = AdminService::new(
-        ServiceConfig::new(path),
+        config,
         ca.clone(),
         registry,
         Arc::new(GroupSettings),
@@ -354,4 +363,122 @@ async fn enroll_sync_fetch_and_push_directly_and_through_a_dmz_gateway() {
         br#"{"group":"branch","via":"direct"}"#
     );
     assert!(matches!(server.service.registry().device("desktop-1"), Some(d) if d.group == "root"));
+}
+
+/// A frame header announcing `len` payload bytes (message type 1).
+fn frame_header(len: u32) -> Vec<u8> {
+    let mut h = vec![b'O', b'P', 1, 0, 0, 1];
+    h.extend_from_slice(&len.to_be_bytes());
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_enrollment_channel_costs_little_before_its_peer_is_known() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let ca = Arc::new(ServerCa::create(PkiConfig::default(), now).unwrap());
+    let mut reg = Registry::new("server-1").unwrap();
+    reg.add_group("lab", "Lab", None).unwrap();
+    let t1 = reg
+        .issue_token("lab", Some("laptop-1"), Duration::from_secs(600), now)
+        .unwrap();
+    let t2 = reg
+        .issue_token("lab", Some("laptop-2"), Duration::from_secs(600), now)
+        .unwrap();
+    let mut config = ServiceConfig::new(dir.path().join("registry.json"));
+    config.max_enrolling = 8;
+    config.enroll_failures_per_source = 3;
+    // Longer than any wait below: a prompt close is the server's decision, not a deadline.
+    config.hello_timeout = Duration::from_secs(60);
+    let server = start_server_with(&ca, reg, config, Arc::new(MemoryObjects::default())).await;
+    let addr = server.listener.local_addr();
+    let cert = enroll(&ca, addr, "laptop-1", &t1).await.expect("enrolled");
+    let enroll_cfg = enrollment_client_config(ca.server_ca(), &TlsOptions::default()).unwrap();
+
+    // A frame larger than the enrollment limit is refused from its header, at once.
+    let mut big = dial(enroll_cfg.clone(), addr, SERVER).await;
+    hello(&mut big, "hostile").await;
+    big.get_mut()
+        .write_all(&frame_header(16 * 1024 * 1024 - 1))
+        .await
+        .unwrap();
+    big.get_mut().flush().await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(20), big.next()).await;
+    assert!(
+        matches!(
+            closed,
+            Ok(None | Some(Err(_)) | Some(Ok(Message::Refusal(_))))
+        ),
+        "refused at the header: {closed:?}"
+    );
+
+    // Connections up to the cap may hold a partial frame below the limit; past it they are
+    // refused at once.
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        let mut c = dial(enroll_cfg.clone(), addr, SERVER).await;
+        hello(&mut c, "hostile").await;
+        c.get_mut().write_all(&frame_header(60_000)).await.unwrap();
+        c.get_mut().write_all(&[0u8; 30_000]).await.unwrap();
+        c.get_mut().flush().await.unwrap();
+        stalled.push(c);
+    }
+    let mut over = dial(enroll_cfg.clone(), addr, SERVER).await;
+    over.send(Message::from(Hello {
+        min_version: 1,
+        max_version: 1,
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(20), over.next()).await;
+    assert!(
+        matches!(&refused, Ok(Some(Ok(Message::Refusal(r)))) if r.code == RefusalCode::Overloaded as i32),
+        "{refused:?}"
+    );
+    // An enrolled device is served meanwhile.
+    let agent_cfg = agent_client_config(&cert, ca.server_ca(), &TlsOptions::default()).unwrap();
+    let mut conn = dial(agent_cfg, addr, SERVER).await;
+    hello(&mut conn, "laptop-1").await;
+    assert!(matches!(
+        call(&mut conn, SyncRequest::default()).await,
+        Message::SyncResponse(_)
+    ));
+    drop(stalled);
+
+    // Failed enrollments are throttled per source: after 3 bad tokens even a good one is
+    // refused unchecked (and not used up).
+    let mut last = None;
+    for _ in 0..100 {
+        match enroll(&ca, addr, "laptop-2", "0000").await {
+            Err(r) if r.code == RefusalCode::Overloaded as i32 && r.reason.contains("open") => {
+                // The stalled connections are still being let go.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(r) => {
+                last = Some(r);
+                break;
+            }
+            Ok(_) => panic!("a bad token enrolled"),
+        }
+    }
+    assert_eq!(
+        last.map(|r| r.code),
+        Some(RefusalCode::BadEnrollmentToken as i32)
+    );
+    for _ in 0..2 {
+        let r = enroll(&ca, addr, "laptop-2", "0000").await.unwrap_err();
+        assert_eq!(r.code, RefusalCode::BadEnrollmentToken as i32);
+    }
+    let r = enroll(&ca, addr, "laptop-2", &t2).await.unwrap_err();
+    assert_eq!(r.code, RefusalCode::Overloaded as i32, "{}", r.reason);
+    assert!(r.reason.contains("failed enrollments"), "{}", r.reason);
+    let stats = server.service.stats();
+    assert!(stats.enroll_throttled.load(Ordering::Relaxed) >= 2);
+    assert_eq!(
+        server.service.registry().pending_tokens(),
+        1,
+        "t2 not used up"
+    );
 }

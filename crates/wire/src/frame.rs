@@ -28,6 +28,10 @@ pub const HEADER_LEN: usize = 10;
 pub const DEFAULT_MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
 /// The largest maximum a codec can be configured with (the header's length field is 32-bit).
 pub const MAX_CONFIGURABLE_FRAME_LEN: usize = u32::MAX as usize;
+/// The most the decoder reserves for a payload ahead of the bytes received (64 KiB): a peer
+/// that announces a large frame and sends little of it costs what it sent, not what it
+/// announced. Larger payloads grow the buffer as their bytes arrive.
+pub const MAX_RESERVE_AHEAD: usize = 64 * 1024;
 
 /// Frame flag bits.
 pub mod flags {
@@ -252,8 +256,9 @@ impl Decoder for FrameCodec {
         };
         let len = header.len as usize;
         if src.len() < len {
-            // Bounded by max_frame_len, checked in FrameHeader::parse.
-            src.reserve(len - src.len());
+            // Bounded by max_frame_len (checked in FrameHeader::parse), and reserved at most
+            // MAX_RESERVE_AHEAD ahead of what arrived.
+            src.reserve((len - src.len()).min(MAX_RESERVE_AHEAD));
             return Ok(None);
         }
         let payload = src.split_to(len).freeze();
@@ -361,6 +366,37 @@ mod tests {
             cap_before,
             "nothing reserved for the payload"
         );
+    }
+
+    #[test]
+    fn an_announced_payload_is_not_reserved_ahead_of_its_bytes() {
+        let mut codec = FrameCodec::new();
+        let header = FrameHeader {
+            message_type: 1,
+            flags: 0,
+            len: 16 * 1024 * 1024,
+        };
+        let mut buf = BytesMut::from(&header.to_bytes()[..]);
+        buf.extend_from_slice(&[0u8; 100]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(
+            buf.capacity() <= 2 * MAX_RESERVE_AHEAD,
+            "{} bytes reserved for 100 received",
+            buf.capacity()
+        );
+        // The payload still arrives whole, however it is cut.
+        let mut rest = vec![7u8; 16 * 1024 * 1024 - 100];
+        while !rest.is_empty() {
+            let n = rest.len().min(300_000);
+            buf.extend_from_slice(&rest[..n]);
+            rest.drain(..n);
+            if let Some(f) = codec.decode(&mut buf).unwrap() {
+                assert!(rest.is_empty());
+                assert_eq!(f.payload.len(), 16 * 1024 * 1024);
+                return;
+            }
+        }
+        panic!("the frame never completed");
     }
 
     #[test]

@@ -61,7 +61,7 @@ mod version;
 pub use catalogue::{Message, MessageType};
 pub use codec::MessageCodec;
 pub use error::WireError;
-pub use frame::{DEFAULT_MAX_FRAME_LEN, Frame, FrameCodec};
+pub use frame::{DEFAULT_MAX_FRAME_LEN, Frame, FrameCodec, MAX_RESERVE_AHEAD};
 pub use version::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, VersionRange, negotiate};
 
 #[doc(hidden)]

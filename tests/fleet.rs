@@ -424,3 +424,153 @@ async fn device_settings_survive_a_server_crash_and_a_restart() {
         s.shutdown().await;
     }
 }
+
+/// A DMZ gateway that knows no revocation list relays a device whose certificate the
+/// administrator revoked (`pki revoke` rewrites the CRL in the data directory while the
+/// server runs): the server cuts its kept connection and refuses it from then on, relayed
+/// or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_device_is_refused_through_a_gateway_without_the_crl() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    let now = SystemTime::now();
+    let ca = store::init_server_dir(
+        &base.join("state"),
+        "server-1",
+        &["server.test".into()],
+        now,
+    )
+    .unwrap();
+    let gw = Gateway::start(
+        GatewayConfig::dmz("dmz-1", "127.0.0.1:0".parse().unwrap()),
+        TlsMaterial::new(
+            ca.issue_gateway(&["gw.test".into()], &[], now).unwrap(),
+            ca.server_ca().clone(),
+        ),
+    )
+    .await
+    .unwrap();
+    let config = AdminServerConfig::from_toml(
+        r#"
+        instance_id = "server-1"
+        data_dir = "state"
+        listen = "127.0.0.1:0"
+        [tls]
+        cert = "state/server.chain.pem"
+        key = "state/server.key"
+        server_ca = "state/ca.crt"
+        [connector]
+        server_id = "server-1"
+        keepalive_ms = 200
+        backoff_initial_ms = 50
+        "#,
+    )
+    .unwrap();
+    let token = config
+        .edit_registry(base, |reg| {
+            reg.add_group("lab", "Lab", None)?;
+            reg.register_dmz_gateway("dmz-1", gw.local_addr(), vec!["gw.test".into()])?;
+            reg.issue_token("lab", Some("behind-gw-1"), Duration::from_secs(600), now)
+        })
+        .unwrap();
+    let server = AdminServer::start(
+        config.clone(),
+        base,
+        None,
+        Arc::new(MemoryObjects::default()),
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addr();
+    let behind = Agent::start(agent(
+        base,
+        "behind-gw-1",
+        Endpoint::new(gw.local_addr(), "gw.test"),
+        addr,
+        &token,
+    ))
+    .await
+    .unwrap();
+    syncs_past(&behind, 0).await;
+    assert_eq!(
+        behind.status().core.endpoint.map(|e| e.name),
+        Some("gw.test".to_string())
+    );
+
+    // The administrator revokes the device's certificate, as `pki revoke` does.
+    let agent_dir = base.join("behind-gw-1");
+    let chain =
+        store::read_certificates(&agent_dir.join(outpost::agent::store::CHAIN_FILE)).unwrap();
+    let mut admin_ca = store::load_server_ca(&base.join("state"), Default::default()).unwrap();
+    let (kind, _, fresh) = admin_ca.revoke(&chain[0], SystemTime::now()).unwrap();
+    assert!(fresh);
+    store::save_crl(&mut admin_ca, kind, &base.join("state"), SystemTime::now()).unwrap();
+
+    // Its kept connection through the gateway is cut with NotAuthorized, and the agent stops.
+    let stopped = behind
+        .wait_for(Duration::from_secs(30), |s| s.stopped.is_some())
+        .await;
+    let st = behind.status();
+    assert!(stopped.is_ok(), "{st:?}");
+    assert!(
+        st.core
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("NotAuthorized") && e.contains("revoked")),
+        "{st:?}"
+    );
+    behind.shutdown().await;
+
+    // Connecting again through the gateway with the same certificate is refused too.
+    let me = outpost::pki::IssuedCert::from_parts(
+        chain,
+        store::read_private_key_der(&agent_dir.join(outpost::agent::store::KEY_FILE)).unwrap(),
+    )
+    .unwrap();
+    let cfg = outpost::pki::tls::agent_client_config(
+        &me,
+        ca.server_ca(),
+        &outpost::pki::tls::TlsOptions::default(),
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(gw.local_addr())
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(
+            rustls::pki_types::ServerName::try_from("gw.test").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let mut conn = tokio_util::codec::Framed::new(tls, outpost::wire::MessageCodec::new());
+    use futures_util::{SinkExt, StreamExt};
+    use outpost::wire::{Message, messages as m};
+    conn.send(Message::from(m::Hello {
+        min_version: 1,
+        max_version: 1,
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let mut answer = None;
+    for _ in 0..2 {
+        answer = tokio::time::timeout(Duration::from_secs(20), conn.next())
+            .await
+            .unwrap();
+        if !matches!(answer, Some(Ok(Message::HelloAck(_)))) {
+            break;
+        }
+    }
+    assert!(
+        matches!(
+            &answer,
+            Some(Ok(Message::Refusal(r))) if r.code == m::RefusalCode::NotAuthorized as i32
+        ),
+        "{answer:?}"
+    );
+    let refused = server.service().stats().refused.load(Ordering::Relaxed);
+    assert!(refused >= 1);
+    server.shutdown().await;
+    gw.shutdown().await;
+}

@@ -212,6 +212,16 @@ impl CertProfile {
 pub struct Serial(Vec<u8>);
 
 impl Serial {
+    /// The serial of a DER certificate.
+    ///
+    /// # Errors
+    /// [`PkiError`] if `cert_der` is not a certificate or its serial is not acceptable.
+    pub fn of_certificate(cert_der: &[u8]) -> Result<Self> {
+        Serial::from_bytes(parse_cert(cert_der, "certificate")?.raw_serial())
+    }
+}
+
+impl Serial {
     /// A fresh random 16-byte serial.
     pub(crate) fn random() -> Result<Self> {
         let mut b = [0u8; 16];

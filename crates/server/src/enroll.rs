@@ -30,7 +30,16 @@ pub fn enroll(
         .sign_csr(&req.csr_der, &profile, now)
         .map_err(|e| refuse(EnrollmentRefusal::BadCsr(e.to_string())))?;
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &signed.cert_der);
-    registry.complete_enrollment(&req.enrollment_token, device, &group, digest.as_ref(), now);
+    let serial = outpost_pki::Serial::of_certificate(&signed.cert_der)
+        .map_err(|e| refuse(EnrollmentRefusal::BadCsr(e.to_string())))?;
+    registry.complete_enrollment(
+        &req.enrollment_token,
+        device,
+        &group,
+        digest.as_ref(),
+        serial.to_string(),
+        now,
+    );
     Ok(EnrollResponse {
         certificate_der: Bytes::copy_from_slice(&signed.cert_der),
         chain_der: signed

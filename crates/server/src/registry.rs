@@ -60,6 +60,10 @@ pub struct Device {
     pub cert_sha256: String,
     /// When it enrolled, seconds since the Unix epoch.
     pub enrolled_at_unix: u64,
+    /// Its certificate's serial, lower-case hex, so revocation is checked on every
+    /// connection, relayed ones included (empty in registries written before it was kept).
+    #[serde(default)]
+    pub cert_serial: String,
 }
 
 /// A registered connection gateway.
@@ -445,6 +449,7 @@ impl Registry {
         device: &str,
         group: &str,
         cert_sha256: &[u8],
+        cert_serial: String,
         now: SystemTime,
     ) {
         self.tokens.remove(&token_key(token));
@@ -456,6 +461,7 @@ impl Registry {
                 group: group.into(),
                 cert_sha256: hex(cert_sha256),
                 enrolled_at_unix: unix(now),
+                cert_serial,
             },
         );
     }

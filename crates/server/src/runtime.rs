@@ -214,9 +214,47 @@ pub struct AdminServer {
     _lock: DataDirLock,
 }
 
-/// Every second: let the sync source run its timers (distribution point failover) and push
-/// "sync now" to every device with a kept connection when it says something changed.
-async fn tick(service: Arc<AdminService>, sync: Arc<dyn SyncSource>) {
+/// The server CA's revocation list file, as last seen (modification time and length).
+struct CrlWatch {
+    dir: PathBuf,
+    seen: Option<(std::time::SystemTime, u64)>,
+}
+
+impl CrlWatch {
+    fn new(dir: PathBuf) -> Self {
+        let mut w = CrlWatch { dir, seen: None };
+        w.seen = w.stamp();
+        w
+    }
+
+    fn stamp(&self) -> Option<(std::time::SystemTime, u64)> {
+        let m = std::fs::metadata(self.dir.join(store::files::CA_CRL)).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    }
+
+    /// When the file changed (`pki revoke` rewrote it), reloads the CA from the directory
+    /// (which verifies the list's signature) and hands the new list to the service.
+    fn poll(&mut self, service: &AdminService) {
+        let now = self.stamp();
+        if now == self.seen {
+            return;
+        }
+        match store::load_server_ca(&self.dir, PkiConfig::default()) {
+            Ok(ca) => {
+                self.seen = now;
+                let n = service.set_revocations(&ca);
+                log::info!("revocation list reloaded: {n} certificate(s) revoked");
+            }
+            // Perhaps caught between writes; tried again at the next tick.
+            Err(e) => log::warn!("revocation list changed but does not load: {e}"),
+        }
+    }
+}
+
+/// Every second: reload the revocation list if it changed, let the sync source run its
+/// timers (distribution point failover) and push "sync now" to every device with a kept
+/// connection when it says something changed.
+async fn tick(service: Arc<AdminService>, sync: Arc<dyn SyncSource>, mut crl: CrlWatch) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut nonce = std::time::SystemTime::now()
@@ -224,6 +262,7 @@ async fn tick(service: Arc<AdminService>, sync: Arc<dyn SyncSource>) {
         .map_or(1, |d| d.as_nanos() as u64);
     loop {
         every.tick().await;
+        crl.poll(&service);
         if sync.tick(std::time::Instant::now()) {
             nonce = nonce.wrapping_add(1);
             let online = service.online();
@@ -295,7 +334,8 @@ impl AdminServer {
             }
         }
         let connector = ServerConnector::start(connector_config, &tls, tx)?;
-        let ticker = tokio::spawn(tick(service.clone(), sync_for_tick));
+        let crl = CrlWatch::new(config.data_path(base));
+        let ticker = tokio::spawn(tick(service.clone(), sync_for_tick, crl));
         Ok(AdminServer {
             push: SyncNowSigner::new(tls.identity),
             service,

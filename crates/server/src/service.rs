@@ -5,7 +5,7 @@
 //! What a sync answers comes from a [`SyncSource`] (the policy and election crates plug in
 //! there), and file chunks from an [`ObjectStore`]; the service itself holds no policy.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -214,10 +214,22 @@ pub struct AdminService {
     enrolling: Arc<tokio::sync::Semaphore>,
     /// Failed enrollments per source address.
     throttle: Mutex<EnrollThrottle>,
+    /// Serials (lower-case hex) on the server CA's revocation list, checked on every
+    /// connection whatever path it came by.
+    revoked: RwLock<HashSet<String>>,
 }
 
 /// Sources tracked by the enrollment throttle at most.
 const THROTTLE_SOURCES: usize = 4096;
+
+/// The serials the server CA has revoked, as hex.
+fn revoked_serials(ca: &ServerCa) -> HashSet<String> {
+    ca.authority(outpost_pki::CaKind::Server)
+        .revocations()
+        .iter()
+        .map(|r| r.serial.to_string())
+        .collect()
+}
 
 /// The address part of a peer's `ip:port` (the whole string if it does not parse).
 fn source_of(remote_addr: &str) -> String {
@@ -239,7 +251,9 @@ impl AdminService {
         sync: Arc<dyn SyncSource>,
         objects: Arc<dyn ObjectStore>,
     ) -> Arc<Self> {
+        let revoked = revoked_serials(&ca);
         Arc::new(AdminService {
+            revoked: RwLock::new(revoked),
             enrolling: Arc::new(tokio::sync::Semaphore::new(config.max_enrolling.max(1))),
             throttle: Mutex::new(EnrollThrottle::new(
                 config.enroll_failures_per_source,
@@ -255,6 +269,36 @@ impl AdminService {
             next_conn: AtomicU64::new(1),
             stats: ServiceStats::default(),
         })
+    }
+
+    /// Takes the revocation list of `ca` (a reloaded CA: the CRL file changed) as the one
+    /// every new device connection is checked against. Returns how many serials it lists.
+    ///
+    /// Devices now revoked that hold a kept connection are refused on it (`NotAuthorized`),
+    /// which closes it.
+    pub fn set_revocations(&self, ca: &ServerCa) -> usize {
+        let revoked = revoked_serials(ca);
+        let n = revoked.len();
+        let cut: Vec<(String, mpsc::Sender<Message>)> = {
+            let reg = lock(&self.registry);
+            lock(&self.online)
+                .iter()
+                .filter(|(id, _)| {
+                    reg.device(id)
+                        .is_some_and(|d| revoked.contains(&d.cert_serial))
+                })
+                .map(|(id, (_, tx))| (id.clone(), tx.clone()))
+                .collect()
+        };
+        *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = revoked;
+        for (id, tx) in cut {
+            log::warn!("device {id:?}: its certificate was revoked; closing its connection");
+            let _ = tx.try_send(Message::from(Refusal {
+                code: RefusalCode::NotAuthorized as i32,
+                reason: format!("the certificate of {id:?} is revoked"),
+            }));
+        }
+        n
     }
 
     /// Counters.
@@ -470,9 +514,40 @@ impl AdminService {
         let known = peer.cert_sha256.as_ref().and_then(|fp| {
             let reg = lock(&self.registry);
             let fleet = reg.devices().len() as u64;
-            reg.device_by_fingerprint(fp)
-                .map(|(id, d)| (id.to_string(), d.group.clone(), fleet))
+            reg.device_by_fingerprint(fp).map(|(id, d)| {
+                (
+                    id.to_string(),
+                    d.group.clone(),
+                    d.cert_serial.clone(),
+                    fleet,
+                )
+            })
         });
+        // Revocation is checked here, for every path: a gateway in front of the device may
+        // not know the revocation list.
+        let known = match known {
+            Some((id, _, serial, _))
+                if self
+                    .revoked
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&serial) =>
+            {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                log::warn!(
+                    "device {id:?} from {} ({via}): its certificate (serial {serial}) is revoked",
+                    peer.remote_addr
+                );
+                let _ = framed
+                    .send(refuse(
+                        RefusalCode::NotAuthorized,
+                        format!("the certificate of {id:?} is revoked"),
+                    ))
+                    .await;
+                return;
+            }
+            other => other.map(|(id, group, _, fleet)| (id, group, fleet)),
+        };
         let Some((device_id, group, fleet_size)) = known else {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
             let _ = framed

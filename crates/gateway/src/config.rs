@@ -37,9 +37,17 @@ use crate::GatewayError;
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Limits {
-    /// Devices relayed at once (default 10,000; at most [`Limits::MAX_COUNT`]). A device above
-    /// the limit is closed at once.
+    /// Devices relayed at once (default 10,000; at most [`Limits::MAX_COUNT`]). A device takes
+    /// its slot only once its TLS handshake authenticated it; a device above the limit is
+    /// closed then.
     pub max_devices: usize,
+    /// Connections still in their TLS handshake at once, on every port together (default
+    /// 1,024; at most [`Limits::MAX_COUNT`]). Past it a new connection is closed at accept, so
+    /// a flood of handshakes costs bounded memory and never takes a device slot.
+    pub max_handshakes: usize,
+    /// Web Console tunnels at once (default 64; at most [`Limits::MAX_COUNT`]): they take no
+    /// device slot.
+    pub max_console_tunnels: usize,
     /// Devices waiting for a data connection at once (default 1,000; at most
     /// [`Limits::MAX_COUNT`]).
     pub max_pending: usize,
@@ -63,6 +71,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_devices: 10_000,
+            max_handshakes: 1_024,
+            max_console_tunnels: 64,
             max_pending: 1_000,
             handshake_timeout_ms: 10_000,
             idle_timeout_ms: 600_000,
@@ -76,13 +86,15 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// Upper bound of `max_devices` and `max_pending`.
+    /// Upper bound of `max_devices`, `max_handshakes`, `max_console_tunnels` and `max_pending`.
     pub const MAX_COUNT: usize = 1_000_000;
 
     /// Checks every limit; `prefix` is prepended to field names in errors.
     pub fn validate(&self, prefix: &str) -> Result<(), GatewayError> {
         let positive = [
             ("max_devices", self.max_devices as u64),
+            ("max_handshakes", self.max_handshakes as u64),
+            ("max_console_tunnels", self.max_console_tunnels as u64),
             ("max_pending", self.max_pending as u64),
             ("handshake_timeout_ms", self.handshake_timeout_ms),
             ("idle_timeout_ms", self.idle_timeout_ms),
@@ -100,6 +112,8 @@ impl Limits {
         }
         for (name, v) in [
             ("max_devices", self.max_devices),
+            ("max_handshakes", self.max_handshakes),
+            ("max_console_tunnels", self.max_console_tunnels),
             ("max_pending", self.max_pending),
         ] {
             if v > Self::MAX_COUNT {

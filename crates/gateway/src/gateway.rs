@@ -50,6 +50,8 @@ struct Counters {
     devices_accepted: AtomicU64,
     devices_active: AtomicUsize,
     refused_limit: AtomicU64,
+    refused_handshakes: AtomicU64,
+    refused_consoles: AtomicU64,
     refused_unreachable: AtomicU64,
     refused_overloaded: AtomicU64,
     handshake_failures: AtomicU64,
@@ -67,8 +69,12 @@ pub struct GatewayStats {
     pub devices_accepted: u64,
     /// Devices being relayed or waiting for a data connection now.
     pub devices_active: usize,
-    /// Devices closed because `max_devices` were already connected.
+    /// Authenticated devices closed because `max_devices` were already connected.
     pub refused_limit: u64,
+    /// Connections closed at accept because `max_handshakes` were already in their handshake.
+    pub refused_handshakes: u64,
+    /// Web Console connections closed because `max_console_tunnels` were already open.
+    pub refused_consoles: u64,
     /// Devices refused because no signal connection was up (or it broke, or no data
     /// connection came in time).
     pub refused_unreachable: u64,
@@ -111,6 +117,9 @@ struct Shared {
     next_session: AtomicU64,
     round_robin: AtomicUsize,
     device_slots: Arc<Semaphore>,
+    /// Connections in their TLS handshake.
+    handshakes: Arc<Semaphore>,
+    console_tunnels: Arc<Semaphore>,
     counters: Counters,
     relayed: Arc<RelayCounters>,
     tracker: TaskTracker,
@@ -227,6 +236,8 @@ impl Gateway {
             next_session: AtomicU64::new(1),
             round_robin: AtomicUsize::new(0),
             device_slots: Arc::new(Semaphore::new(limits.max_devices)),
+            handshakes: Arc::new(Semaphore::new(limits.max_handshakes)),
+            console_tunnels: Arc::new(Semaphore::new(limits.max_console_tunnels)),
             counters: Counters::default(),
             relayed: Arc::new(RelayCounters::default()),
             tracker: TaskTracker::new(),
@@ -325,6 +336,8 @@ impl GatewayHandle {
             devices_accepted: c.devices_accepted.load(Ordering::Relaxed),
             devices_active: c.devices_active.load(Ordering::Relaxed),
             refused_limit: c.refused_limit.load(Ordering::Relaxed),
+            refused_handshakes: c.refused_handshakes.load(Ordering::Relaxed),
+            refused_consoles: c.refused_consoles.load(Ordering::Relaxed),
             refused_unreachable: c.refused_unreachable.load(Ordering::Relaxed),
             refused_overloaded: c.refused_overloaded.load(Ordering::Relaxed),
             handshake_failures: c.handshake_failures.load(Ordering::Relaxed),
@@ -373,13 +386,23 @@ async fn accept_loop(
         };
         match accepted {
             Ok((tcp, addr)) => {
+                // Nobody is known yet: the connection costs a handshake permit, not a slot.
+                let Ok(handshake) = shared.handshakes.clone().try_acquire_owned() else {
+                    shared
+                        .counters
+                        .refused_handshakes
+                        .fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
                 let s = shared.clone();
                 let port = port.clone();
                 shared.tracker.spawn(async move {
                     match port {
-                        None => s.handle_main(tcp, addr).await,
-                        Some((p, cfg)) => s.handle_device_port(tcp, addr, p, cfg).await,
+                        None => s.handle_main(tcp, addr, handshake).await,
+                        Some((p, cfg)) => {
+                            s.handle_device_port(tcp, addr, p, cfg, handshake).await;
+                        }
                     }
                 });
             }
@@ -397,6 +420,7 @@ impl Shared {
         tokio::time::Instant::now() + self.config.limits.handshake_timeout()
     }
 
+    /// A slot for an authenticated device, or `None` (counted) when all are taken.
     fn device_slot(&self) -> Option<OwnedSemaphorePermit> {
         match self.device_slots.clone().try_acquire_owned() {
             Ok(p) => Some(p),
@@ -407,7 +431,12 @@ impl Shared {
         }
     }
 
-    async fn handle_main(self: Arc<Self>, tcp: TcpStream, addr: SocketAddr) {
+    async fn handle_main(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        handshake: OwnedSemaphorePermit,
+    ) {
         let deadline = self.handshake_deadline();
         let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
         let start = match tokio::time::timeout_at(deadline, acceptor).await {
@@ -424,30 +453,31 @@ impl Shared {
         let dmz = self.config.mode.is_dmz();
         if dmz && wants(ALPN_SIGNAL) {
             let cfg = self.signal_cfg.clone();
-            if let Some(tls) = self
+            let tls = self
                 .finish_handshake(start.into_stream(cfg), deadline)
-                .await
-            {
+                .await;
+            drop(handshake);
+            if let Some(tls) = tls {
                 self.serve_signal(tls, addr).await;
             }
         } else if dmz && wants(ALPN_DATA) {
             let cfg = self.data_cfg.clone();
-            if let Some(tls) = self
+            let tls = self
                 .finish_handshake(start.into_stream(cfg), deadline)
-                .await
-            {
+                .await;
+            drop(handshake);
+            if let Some(tls) = tls {
                 self.serve_data(tls, addr).await;
             }
         } else {
-            let Some(permit) = self.device_slot() else {
-                return;
-            };
             let cfg = self.agent_cfg.clone();
             let accept = start.into_stream(cfg);
-            let Some((tls, peer)) = self
+            let link = self
                 .device_handshake(accept, deadline, addr, ChannelKind::Agent)
-                .await
-            else {
+                .await;
+            drop(handshake);
+            // Authenticated: only now does the device take a slot.
+            let (Some((tls, peer)), Some(permit)) = (link, self.device_slot()) else {
                 return;
             };
             self.relay_device(tls, peer, permit, true).await;
@@ -497,10 +527,9 @@ impl Shared {
         addr: SocketAddr,
         port: DevicePort,
         cfg: Option<Arc<ServerConfig>>,
+        handshake: OwnedSemaphorePermit,
     ) {
-        let Some(permit) = self.device_slot() else {
-            return;
-        };
+        let mut handshake = Some(handshake);
         let (channel, speaks_wire) = match port {
             DevicePort::Mobile => (ChannelKind::Mobile, true),
             DevicePort::MobileUnauthenticated => (ChannelKind::MobileUnauthenticated, true),
@@ -510,8 +539,9 @@ impl Shared {
             Some(cfg) => {
                 let deadline = self.handshake_deadline();
                 let accept = TlsAcceptor::from(cfg).accept(tcp);
-                let Some(link) = self.device_handshake(accept, deadline, addr, channel).await
-                else {
+                let link = self.device_handshake(accept, deadline, addr, channel).await;
+                handshake.take();
+                let Some(link) = link else {
                     return;
                 };
                 link
@@ -525,6 +555,25 @@ impl Shared {
                     channel,
                 },
             ),
+        };
+        // A Web Console tunnel has its own bound; every other port's device, authenticated
+        // by now, takes a device slot.
+        handshake.take();
+        let permit = if channel == ChannelKind::WebConsole {
+            match self.console_tunnels.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    self.counters
+                        .refused_consoles
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        } else {
+            match self.device_slot() {
+                Some(p) => p,
+                None => return,
+            }
         };
         self.relay_device(stream, peer, permit, speaks_wire).await;
     }

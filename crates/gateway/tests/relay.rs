@@ -512,11 +512,90 @@ async fn device_limit_closes_extra_devices_at_once() {
     fw.write_all(b"x").await.unwrap();
     let mut one = [0u8; 1];
     fr.read_exact(&mut one).await.unwrap();
-    // The first device holds the only slot; the second is closed without a handshake.
-    let second = agent_connect(&pki, &cert, gw.local_addr(), GATEWAY_NAME).await;
-    assert!(second.is_err(), "second device got a TLS session");
-    assert_eq!(gw.stats().refused_limit, 1);
+    // The first device holds the only slot; the second is closed once authenticated.
+    if let Ok(second) = agent_connect(&pki, &cert, gw.local_addr(), GATEWAY_NAME).await {
+        let (mut sr, mut sw) = tokio::io::split(second);
+        let _ = sw.write_all(b"y").await;
+        let mut b = [0u8; 1];
+        let read = bounded("the second device is closed", sr.read(&mut b)).await;
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "second device relayed: {read:?}"
+        );
+    }
+    wait_until("the refusal is counted", || gw.stats().refused_limit == 1).await;
     drop((fr, fw));
+    conn.shutdown().await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_take_no_device_slot() {
+    let pki = Pki::new();
+    let mut cfg = GatewayConfig::dmz("gw-dmz", local());
+    cfg.limits.max_devices = 2;
+    cfg.limits.max_handshakes = 100;
+    let (gw, conn, _seen) = dmz_echo(&pki, cfg).await;
+    // 60 connections that never send a ClientHello, and 10 that stop inside it.
+    let mut hostile = Vec::new();
+    for i in 0..70 {
+        let mut tcp = TcpStream::connect(gw.local_addr()).await.unwrap();
+        if i >= 60 {
+            // A TLS record header announcing a ClientHello, and two bytes of it.
+            tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+                .await
+                .unwrap();
+        }
+        hostile.push(tcp);
+    }
+    // A legitimate device is relayed at once, within its usual time.
+    let cert = pki.agent("device-1");
+    let dev = bounded(
+        "the device connects",
+        agent_connect(&pki, &cert, gw.local_addr(), GATEWAY_NAME),
+    )
+    .await
+    .expect("a slot was free for the authenticated device");
+    bounded(
+        "the device is relayed",
+        echo_roundtrip(dev, payload(1, 4096)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(gw.stats().refused_limit, 0);
+    drop(hostile);
+    conn.shutdown().await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_past_the_pool_are_closed_at_accept() {
+    let pki = Pki::new();
+    let mut cfg = GatewayConfig::dmz("gw-dmz", local());
+    cfg.limits.max_handshakes = 4;
+    let (gw, conn, _seen) = dmz_echo(&pki, cfg).await;
+    let mut hostile = Vec::new();
+    for _ in 0..6 {
+        hostile.push(TcpStream::connect(gw.local_addr()).await.unwrap());
+    }
+    wait_until("two connections refused at accept", || {
+        gw.stats().refused_handshakes == 2
+    })
+    .await;
+    // Once the silent ones leave, a device gets through again.
+    drop(hostile);
+    let cert = pki.agent("device-1");
+    let mut relayed = false;
+    for _ in 0..100 {
+        if let Ok(dev) = agent_connect(&pki, &cert, gw.local_addr(), GATEWAY_NAME).await
+            && echo_roundtrip(dev, payload(2, 64)).await.is_ok()
+        {
+            relayed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(relayed, "{:?}", gw.stats());
     conn.shutdown().await;
     gw.shutdown().await;
 }

@@ -93,11 +93,12 @@ async fn syncs_past(a: &AgentHandle, n: u64) {
         .unwrap_or_else(|e| panic!("no sync past {n}: {e}"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_server_keeps_its_state_and_its_agents_come_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path();
-    let now = SystemTime::now();
+/// A server data directory under `base` (CA for `server.test`) and a DMZ gateway `dmz-1`
+/// (`gw.test`) on loopback that knows no revocation list.
+async fn state_and_dmz_gateway(
+    base: &std::path::Path,
+    now: SystemTime,
+) -> (outpost::pki::ServerCa, outpost::gateway::GatewayHandle) {
     let ca = store::init_server_dir(
         &base.join("state"),
         "server-1",
@@ -114,12 +115,12 @@ async fn a_restarted_server_keeps_its_state_and_its_agents_come_back() {
     )
     .await
     .unwrap();
-    // A fixed device port, so the agents find the restarted server where they left it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
-    let text = format!(
+    (ca, gw)
+}
+
+/// A server on `127.0.0.1:port` (0: any) that dials the gateways it has registered quickly.
+fn dialling_config(port: u16) -> AdminServerConfig {
+    AdminServerConfig::from_toml(&format!(
         r#"
         instance_id = "server-1"
         data_dir = "state"
@@ -133,8 +134,22 @@ async fn a_restarted_server_keeps_its_state_and_its_agents_come_back() {
         keepalive_ms = 200
         backoff_initial_ms = 50
         "#
-    );
-    let config = AdminServerConfig::from_toml(&text).unwrap();
+    ))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_keeps_its_state_and_its_agents_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    let now = SystemTime::now();
+    let (_ca, gw) = state_and_dmz_gateway(base, now).await;
+    // A fixed device port, so the agents find the restarted server where they left it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let config = dialling_config(port);
     let (t1, t2) = config
         .edit_registry(base, |reg| {
             reg.add_group("lab", "Lab", None)?;
@@ -434,38 +449,8 @@ async fn a_revoked_device_is_refused_through_a_gateway_without_the_crl() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path();
     let now = SystemTime::now();
-    let ca = store::init_server_dir(
-        &base.join("state"),
-        "server-1",
-        &["server.test".into()],
-        now,
-    )
-    .unwrap();
-    let gw = Gateway::start(
-        GatewayConfig::dmz("dmz-1", "127.0.0.1:0".parse().unwrap()),
-        TlsMaterial::new(
-            ca.issue_gateway(&["gw.test".into()], &[], now).unwrap(),
-            ca.server_ca().clone(),
-        ),
-    )
-    .await
-    .unwrap();
-    let config = AdminServerConfig::from_toml(
-        r#"
-        instance_id = "server-1"
-        data_dir = "state"
-        listen = "127.0.0.1:0"
-        [tls]
-        cert = "state/server.chain.pem"
-        key = "state/server.key"
-        server_ca = "state/ca.crt"
-        [connector]
-        server_id = "server-1"
-        keepalive_ms = 200
-        backoff_initial_ms = 50
-        "#,
-    )
-    .unwrap();
+    let (ca, gw) = state_and_dmz_gateway(base, now).await;
+    let config = dialling_config(0);
     let token = config
         .edit_registry(base, |reg| {
             reg.add_group("lab", "Lab", None)?;

@@ -27,6 +27,20 @@ fn init_state(base: &std::path::Path, now: SystemTime) -> outpost_pki::ServerCa 
     .unwrap()
 }
 
+/// Starts the server of `config` with the sync source it describes and no published objects.
+async fn start(
+    config: &AdminServerConfig,
+    base: &std::path::Path,
+) -> Result<AdminServer, outpost_server::ServerError> {
+    AdminServer::start(
+        config.clone(),
+        base,
+        None,
+        Arc::new(MemoryObjects::default()),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registered_dmz_gateways_are_dialled_and_state_is_kept() {
     let dir = tempfile::tempdir().unwrap();
@@ -62,14 +76,7 @@ async fn registered_dmz_gateways_are_dialled_and_state_is_kept() {
             reg.issue_token("lab", None, Duration::from_secs(60), now)
         })
         .unwrap();
-    let running = AdminServer::start(
-        config.clone(),
-        base,
-        None,
-        Arc::new(MemoryObjects::default()),
-    )
-    .await
-    .unwrap();
+    let running = start(&config, base).await.unwrap();
     for _ in 0..500 {
         if gw.stats().signal_sessions == 1 {
             break;
@@ -225,14 +232,7 @@ async fn one_holder_of_a_data_directory_at_a_time() {
     let other = base.join("state/.registry.json.notes.tmp");
     std::fs::write(&stale, b"{\"format\": 1, \"instan").unwrap();
     std::fs::write(&other, b"kept").unwrap();
-    let running = AdminServer::start(
-        config.clone(),
-        base,
-        None,
-        Arc::new(MemoryObjects::default()),
-    )
-    .await
-    .unwrap();
+    let running = start(&config, base).await.unwrap();
     let pid = format!("pid {} (server)", std::process::id());
     assert!(
         !stale.exists(),
@@ -254,15 +254,10 @@ async fn one_holder_of_a_data_directory_at_a_time() {
     assert_eq!(config.load_registry(base).unwrap().pending_tokens(), 0);
 
     // A second server on the same directory does not start.
-    let e = AdminServer::start(
-        config.clone(),
-        base,
-        None,
-        Arc::new(MemoryObjects::default()),
-    )
-    .await
-    .err()
-    .expect("a second server was refused");
+    let e = start(&config, base)
+        .await
+        .err()
+        .expect("a second server was refused");
     assert!(
         matches!(&e, outpost_server::ServerError::DataDirBusy { .. }),
         "{e}"

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use outpost::gateway::{
     ConnectorConfig, DeviceConnection, DeviceListener, DmzGatewayEntry, Gateway, GatewayConfig,
-    ServerConnector, TlsFiles,
+    ListenerLimits, ServerConnector, TlsFiles,
 };
 use outpost::pki::tls::{TlsOptions, agent_client_config};
 use outpost::pki::{PkiConfig, ServerCa, store};
@@ -186,7 +186,7 @@ async fn run_server(dir: &Path, gw_addr: SocketAddr) {
     let direct = DeviceListener::start(
         "127.0.0.1:0".parse().expect("addr"),
         &material,
-        Duration::from_secs(30),
+        &ListenerLimits::default().with_handshake_timeout(Duration::from_secs(30)),
         tx,
     )
     .await

@@ -95,14 +95,10 @@ async fn main() {
         .load(&base)
         .unwrap_or_else(|e| common::die(PROGRAM, e));
     let (tx, mut rx) = mpsc::channel(1024);
-    let listener = DeviceListener::start(
-        config.listen,
-        &tls,
-        Duration::from_millis(config.handshake_timeout_ms),
-        tx.clone(),
-    )
-    .await
-    .unwrap_or_else(|e| common::die(PROGRAM, e));
+    let listener =
+        DeviceListener::start(config.listen, &tls, &config.listener_limits(), tx.clone())
+            .await
+            .unwrap_or_else(|e| common::die(PROGRAM, e));
     println!("device port: {}", listener.local_addr());
     let connector = ServerConnector::start(config.connector.clone(), &tls, tx)
         .unwrap_or_else(|e| common::die(PROGRAM, e));

@@ -22,3 +22,56 @@ fn the_walkthrough_serves_no_directory_with_keys() {
         );
     }
 }
+
+/// Every example configuration parses and validates, and the gateways' load on the files
+/// `pki init` and `pki issue-gateway` write (laid out as the walkthrough's `$W`), the CA's
+/// revocation lists included.
+#[test]
+fn the_example_configurations_load_and_the_gateways_honour_the_crls() {
+    use outpost::gateway::{GatewayConfig, ServerSideConfig};
+    use outpost::pki::store;
+    let config = |name: &str| {
+        std::fs::read_to_string(format!(
+            "{}/examples/config/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    };
+    outpost::server::AdminServerConfig::from_toml(&config("admin-server.toml"))
+        .and_then(|c| c.validate())
+        .unwrap();
+    outpost::agent::AgentConfig::from_toml(&config("agent.toml")).unwrap();
+    ServerSideConfig::from_toml(&config("server.toml"))
+        .and_then(|c| c.validate())
+        .unwrap();
+
+    let root = tempfile::tempdir().unwrap();
+    let walkthrough = root.path().join("target/walkthrough");
+    let base = root.path().join("examples/config");
+    std::fs::create_dir_all(&base).unwrap();
+    let now = std::time::SystemTime::now();
+    let mut ca = outpost::pki::ServerCa::create(Default::default(), now).unwrap();
+    store::save_server_ca(&mut ca, &walkthrough, now).unwrap();
+    let gw = ca
+        .issue_gateway(&["gw.outpost.test".into()], &[], now)
+        .unwrap();
+    store::write_public(&walkthrough.join("gw.chain.pem"), &gw.chain_pem()).unwrap();
+    store::write_private_key(&walkthrough.join("gw.key"), &gw.key_pem()).unwrap();
+    for (name, lists) in [
+        ("gateway-dmz.toml", vec!["ca.crl", "mobile-ca.crl"]),
+        ("gateway-remote-office.toml", vec!["ca.crl"]),
+    ] {
+        let cfg = GatewayConfig::from_toml(&config(name)).unwrap();
+        cfg.validate().unwrap();
+        let tls = cfg
+            .load_tls(&base)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let files: Vec<_> = tls
+            .crl_files
+            .iter()
+            .map(|f| f.file_name().unwrap().to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(files, lists, "{name}");
+        assert_eq!(tls.crls.len(), lists.len(), "{name}");
+    }
+}

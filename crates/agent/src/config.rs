@@ -51,6 +51,11 @@ pub struct EnrollmentConfig {
     pub token: String,
     /// The administration group asked for (the server may ignore it).
     pub group_hint: String,
+    /// How long to keep trying when enrollment fails for a reason that may pass (the server
+    /// unreachable or overloaded, a connection lost midway), with the agent's backoff
+    /// between attempts, in ms (default 10 min; 0: one attempt). A refused token is never
+    /// retried.
+    pub retry_for_ms: u64,
 }
 
 impl Default for EnrollmentConfig {
@@ -60,6 +65,7 @@ impl Default for EnrollmentConfig {
             server_ca: PathBuf::from("ca.crt"),
             token: String::new(),
             group_hint: String::new(),
+            retry_for_ms: 600_000,
         }
     }
 }

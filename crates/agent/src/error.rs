@@ -117,6 +117,19 @@ pub enum AgentError {
 }
 
 impl AgentError {
+    /// Whether trying the same enrollment again later may succeed: the server could not be
+    /// reached, the connection broke, or the server said it is overloaded or cannot reach
+    /// what it needs. A refused token or device id is not.
+    pub fn enrollment_may_pass_later(&self) -> bool {
+        match self {
+            AgentError::Connect { .. } | AgentError::Protocol(_) => true,
+            AgentError::EnrollmentRefused { code, .. } => {
+                matches!(code.as_str(), "Overloaded" | "ServerUnreachable")
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
         AgentError::Config {
             field: field.into(),

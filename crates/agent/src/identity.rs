@@ -232,8 +232,35 @@ pub async fn enroll(config: &AgentConfig) -> Result<Identity, AgentError> {
 /// # Errors
 /// As [`load`] and [`enroll`].
 pub async fn load_or_enroll(config: &AgentConfig) -> Result<(Identity, bool), AgentError> {
-    match load(&config.data_dir)? {
-        Some(id) => Ok((id, false)),
-        None => Ok((enroll(config).await?, true)),
+    if let Some(id) = load(&config.data_dir)? {
+        return Ok((id, false));
+    }
+    let give_up = std::time::Instant::now() + Duration::from_millis(config.enrollment.retry_for_ms);
+    let mut backoff = crate::backoff::Backoff::new(
+        Duration::from_millis(config.backoff.initial_ms),
+        Duration::from_millis(config.backoff.max_ms),
+        config.backoff.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        }),
+    );
+    loop {
+        match enroll(config).await {
+            Ok(id) => return Ok((id, true)),
+            Err(e) if e.enrollment_may_pass_later() => {
+                let delay = backoff.next_delay();
+                if std::time::Instant::now() + delay > give_up {
+                    return Err(e);
+                }
+                log::warn!(
+                    "agent {}: enrollment failed, trying again in {} ms: {e}",
+                    config.device_id,
+                    delay.as_millis()
+                );
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }

@@ -11,7 +11,7 @@ use outpost_agent::core::Phase;
 use outpost_agent::{Agent, AgentConfig, AgentError, AgentHandle, Endpoint, discovery};
 use outpost_gateway::{
     ConnectorConfig, DeviceConnection, DeviceListener, DmzGatewayEntry, Gateway, GatewayConfig,
-    GatewayHandle, ServerConnector, TlsMaterial,
+    GatewayHandle, ListenerLimits, ServerConnector, TlsMaterial,
 };
 use outpost_pki::{PkiConfig, ServerCa};
 use outpost_server::{
@@ -114,7 +114,7 @@ async fn start_server(ca: &Arc<ServerCa>, registry: Registry, dir: &std::path::P
     let listener = DeviceListener::start(
         "127.0.0.1:0".parse().unwrap(),
         &TlsMaterial::new(id, ca.server_ca().clone()),
-        Duration::from_secs(10),
+        &ListenerLimits::default(),
         tx.clone(),
     )
     .await

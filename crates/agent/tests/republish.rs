@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use outpost_agent::{Agent, AgentConfig, Endpoint};
-use outpost_gateway::{DeviceListener, TlsMaterial};
+use outpost_gateway::{DeviceListener, ListenerLimits, TlsMaterial};
 use outpost_pki::{PkiConfig, ServerCa};
 use outpost_server::{
     AdminService, DeviceContext, MemoryObjects, ObjectStore, Registry, ServiceConfig, SyncSource,
@@ -90,7 +90,7 @@ async fn an_update_republished_while_being_obtained_ends_as_the_new_content() {
                 .unwrap(),
             ca.server_ca().clone(),
         ),
-        Duration::from_secs(10),
+        &ListenerLimits::default(),
         tx,
     )
     .await

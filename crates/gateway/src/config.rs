@@ -45,9 +45,21 @@ pub struct Limits {
     /// 1,024; at most [`Limits::MAX_COUNT`]). Past it a new connection is closed at accept, so
     /// a flood of handshakes costs bounded memory and never takes a device slot.
     pub max_handshakes: usize,
+    /// Of `max_handshakes`, how many one source address (an IPv6 source: its /64) may hold
+    /// (default 256). Devices behind one NAT address share it, and so do the server's signal
+    /// and data connections to a DMZ gateway; a refused device retries with its backoff.
+    pub max_handshakes_per_source: usize,
+    /// A connection must finish its TLS handshake within this time of being accepted, and a
+    /// Web Console client must send its first bytes within it (default 5 s; never longer
+    /// than `handshake_timeout_ms`). Until then the connection holds a handshake place.
+    pub unauthenticated_timeout_ms: u64,
     /// Web Console tunnels at once (default 64; at most [`Limits::MAX_COUNT`]): they take no
-    /// device slot.
+    /// device slot. A tunnel is opened toward the server only once its client has sent
+    /// something.
     pub max_console_tunnels: usize,
+    /// Of `max_console_tunnels`, how many one source address may hold (default 16; a browser
+    /// opens about six connections to one site).
+    pub max_console_tunnels_per_source: usize,
     /// Devices waiting for a data connection at once (default 1,000; at most
     /// [`Limits::MAX_COUNT`]).
     pub max_pending: usize,
@@ -72,7 +84,10 @@ impl Default for Limits {
         Limits {
             max_devices: 10_000,
             max_handshakes: 1_024,
+            max_handshakes_per_source: 256,
+            unauthenticated_timeout_ms: 5_000,
             max_console_tunnels: 64,
+            max_console_tunnels_per_source: 16,
             max_pending: 1_000,
             handshake_timeout_ms: 10_000,
             idle_timeout_ms: 600_000,
@@ -94,9 +109,21 @@ impl Limits {
         let positive = [
             ("max_devices", self.max_devices as u64),
             ("max_handshakes", self.max_handshakes as u64),
+            (
+                "max_handshakes_per_source",
+                self.max_handshakes_per_source as u64,
+            ),
             ("max_console_tunnels", self.max_console_tunnels as u64),
+            (
+                "max_console_tunnels_per_source",
+                self.max_console_tunnels_per_source as u64,
+            ),
             ("max_pending", self.max_pending as u64),
             ("handshake_timeout_ms", self.handshake_timeout_ms),
+            (
+                "unauthenticated_timeout_ms",
+                self.unauthenticated_timeout_ms,
+            ),
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("ticket_ttl_ms", self.ticket_ttl_ms),
             ("signal_dead_after_ms", self.signal_dead_after_ms),
@@ -113,7 +140,12 @@ impl Limits {
         for (name, v) in [
             ("max_devices", self.max_devices),
             ("max_handshakes", self.max_handshakes),
+            ("max_handshakes_per_source", self.max_handshakes_per_source),
             ("max_console_tunnels", self.max_console_tunnels),
+            (
+                "max_console_tunnels_per_source",
+                self.max_console_tunnels_per_source,
+            ),
             ("max_pending", self.max_pending),
         ] {
             if v > Self::MAX_COUNT {
@@ -144,6 +176,12 @@ impl Limits {
 
     pub(crate) fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
+    }
+    pub(crate) fn unauthenticated_timeout(&self) -> Duration {
+        Duration::from_millis(
+            self.unauthenticated_timeout_ms
+                .min(self.handshake_timeout_ms),
+        )
     }
     pub(crate) fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
@@ -188,9 +226,13 @@ pub struct TlsFiles {
     /// The mobile CA certificate (PEM); needed for a mobile port with client authentication.
     #[serde(default)]
     pub mobile_ca: Option<PathBuf>,
-    /// Revocation lists to honour (PEM).
+    /// Revocation lists to honour (PEM), reloaded whenever a file changes (looked at every
+    /// [`CRL_CHECK_INTERVAL`](crate::CRL_CHECK_INTERVAL)); each must exist at start. Left
+    /// out: the server CA's `ca.crl` beside `server_ca` (and the mobile CA's
+    /// `mobile-ca.crl` beside `mobile_ca`), taken in when and once they exist. `crls = []`
+    /// turns revocation lists off.
     #[serde(default)]
-    pub crls: Vec<PathBuf>,
+    pub crls: Option<Vec<PathBuf>>,
 }
 
 /// Loaded TLS material.
@@ -205,6 +247,9 @@ pub struct TlsMaterial {
     pub mobile_ca: Option<CaCertificate>,
     /// Revocation lists.
     pub crls: Vec<Crl>,
+    /// The files `crls` came from, watched for changes by a running gateway (empty for
+    /// material built in memory).
+    pub crl_files: Vec<PathBuf>,
 }
 
 impl TlsMaterial {
@@ -215,6 +260,7 @@ impl TlsMaterial {
             server_ca,
             mobile_ca: None,
             crls: Vec::new(),
+            crl_files: Vec::new(),
         }
     }
 
@@ -244,17 +290,35 @@ impl TlsFiles {
             Some(p) => Some(store::read_ca_certificate(&at(p))?),
             None => None,
         };
-        let crls = self
-            .crls
+        let crl_files = self.crl_files(base);
+        let crls = crl_files
             .iter()
-            .map(|p| store::read_crl(&at(p)))
+            .filter(|p| self.crls.is_some() || p.exists())
+            .map(|p| store::read_crl(p))
             .collect::<Result<_, _>>()?;
         Ok(TlsMaterial {
             identity,
             server_ca,
             mobile_ca,
             crls,
+            crl_files,
         })
+    }
+
+    /// The revocation list files in force, relative paths taken from `base`: those
+    /// configured, or by default the CAs' own lists beside their certificates.
+    pub fn crl_files(&self, base: &Path) -> Vec<PathBuf> {
+        let beside = |cert: &Path, name: &str| base.join(cert).with_file_name(name);
+        match &self.crls {
+            Some(list) => list.iter().map(|p| base.join(p)).collect(),
+            None => std::iter::once(beside(&self.server_ca, store::files::CA_CRL))
+                .chain(
+                    self.mobile_ca
+                        .as_deref()
+                        .map(|m| beside(m, store::files::MOBILE_CA_CRL)),
+                )
+                .collect(),
+        }
     }
 }
 
@@ -674,14 +738,35 @@ pub struct ServerSideConfig {
     /// The DMZ gateways to dial.
     #[serde(default)]
     pub connector: ConnectorConfig,
-    /// Time allowed for a device's TLS handshake on the server's port, in ms (default 10 s).
+    /// Time allowed for a device's TLS handshake on the server's port, in ms (default 5 s).
     #[serde(default = "ServerSideConfig::default_handshake_ms")]
     pub handshake_timeout_ms: u64,
+    /// Connections in their handshake on the server's port at once (default 1,024).
+    #[serde(default = "ServerSideConfig::default_max_handshakes")]
+    pub max_handshakes: usize,
+    /// Of those, how many one source address may hold (default 256).
+    #[serde(default = "ServerSideConfig::default_max_handshakes_per_source")]
+    pub max_handshakes_per_source: usize,
 }
 
 impl ServerSideConfig {
-    fn default_handshake_ms() -> u64 {
-        10_000
+    pub(crate) fn default_handshake_ms() -> u64 {
+        crate::ListenerLimits::default()
+            .handshake_timeout
+            .as_millis() as u64
+    }
+    pub(crate) fn default_max_handshakes() -> usize {
+        crate::ListenerLimits::default().max_handshakes
+    }
+    pub(crate) fn default_max_handshakes_per_source() -> usize {
+        crate::ListenerLimits::default().max_handshakes_per_source
+    }
+
+    /// The server port's limits.
+    pub fn listener_limits(&self) -> crate::ListenerLimits {
+        crate::ListenerLimits::default()
+            .with_handshake_timeout(Duration::from_millis(self.handshake_timeout_ms))
+            .with_handshakes(self.max_handshakes, self.max_handshakes_per_source)
     }
 
     /// Parses TOML.
@@ -691,12 +776,7 @@ impl ServerSideConfig {
 
     /// Checks the configuration.
     pub fn validate(&self) -> Result<(), GatewayError> {
-        if self.handshake_timeout_ms == 0 {
-            return Err(GatewayError::config(
-                "handshake_timeout_ms",
-                "must be above 0",
-            ));
-        }
+        self.listener_limits().validate()?;
         self.connector.validate().map_err(|e| match e {
             GatewayError::Config { field, reason } => GatewayError::Config {
                 field: format!("connector.{field}"),

@@ -3,16 +3,18 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
+use outpost_pki::Crl;
 use outpost_pki::tls::{self as pki_tls, ALPN_DATA, ALPN_SIGNAL, TlsOptions};
 use outpost_wire::messages::*;
 use outpost_wire::{Message, MessageCodec};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ServerConfig};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -21,6 +23,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::{Admission, AdmissionPool, Refused};
 use crate::config::{GatewayConfig, GatewayMode, TlsMaterial};
 use crate::io::{read_message, write_message};
 use crate::peer::{BoxStream, DevicePeer, cert_fingerprint, offered_alpn, random_u128};
@@ -51,7 +54,10 @@ struct Counters {
     devices_active: AtomicUsize,
     refused_limit: AtomicU64,
     refused_handshakes: AtomicU64,
+    refused_handshakes_per_source: AtomicU64,
     refused_consoles: AtomicU64,
+    consoles_silent: AtomicU64,
+    crl_reloads: AtomicU64,
     refused_unreachable: AtomicU64,
     refused_overloaded: AtomicU64,
     handshake_failures: AtomicU64,
@@ -73,8 +79,17 @@ pub struct GatewayStats {
     pub refused_limit: u64,
     /// Connections closed at accept because `max_handshakes` were already in their handshake.
     pub refused_handshakes: u64,
-    /// Web Console connections closed because `max_console_tunnels` were already open.
+    /// Connections closed at accept because their source already held
+    /// `max_handshakes_per_source` handshakes.
+    pub refused_handshakes_per_source: u64,
+    /// Web Console connections closed because `max_console_tunnels` were already open, or
+    /// `max_console_tunnels_per_source` from their source.
     pub refused_consoles: u64,
+    /// Web Console connections closed because their client sent nothing within
+    /// `unauthenticated_timeout_ms` (no tunnel was opened for them).
+    pub consoles_silent: u64,
+    /// Revocation lists taken in since start (at start, and each time a file changed).
+    pub crl_reloads: u64,
     /// Devices refused because no signal connection was up (or it broke, or no data
     /// connection came in time).
     pub refused_unreachable: u64,
@@ -101,25 +116,76 @@ pub struct GatewayStats {
 }
 
 struct RemoteOffice {
-    config: Arc<ClientConfig>,
     name: ServerName<'static>,
     addr: SocketAddr,
 }
 
+/// Every TLS configuration of a gateway, built together from one set of revocation lists and
+/// replaced together when the lists change.
+struct TlsConfigs {
+    agent: Arc<ServerConfig>,
+    signal: Arc<ServerConfig>,
+    data: Arc<ServerConfig>,
+    mobile: Option<Arc<ServerConfig>>,
+    mobile_unauthenticated: Option<Arc<ServerConfig>>,
+    /// Remote-office mode: the tunnel to the server.
+    tunnel: Option<Arc<ClientConfig>>,
+}
+
+impl TlsConfigs {
+    fn build(config: &GatewayConfig, tls: &TlsMaterial) -> Result<Self, GatewayError> {
+        let opts = TlsOptions::default().with_crls(tls.crls.clone());
+        let id = &tls.identity;
+        let mobile = match (config.mobile_listen, &tls.mobile_ca) {
+            (None, _) => None,
+            (Some(_), Some(ca)) => Some(pki_tls::mobile_port_server_config(id, ca, &opts)?),
+            (Some(_), None) => {
+                return Err(GatewayError::config(
+                    "tls.mobile_ca",
+                    "required when mobile_listen is set",
+                ));
+            }
+        };
+        let mobile_unauthenticated = match config.mobile_unauthenticated_listen {
+            None => None,
+            Some(_) => Some(pki_tls::mobile_port_server_config_without_client_auth(
+                id, &opts,
+            )?),
+        };
+        let tunnel = match config.mode {
+            GatewayMode::Dmz => None,
+            GatewayMode::RemoteOffice { .. } => Some(pki_tls::tunnel_client_config(
+                id,
+                &tls.server_ca,
+                &opts.clone().with_alpn(vec![ALPN_TUNNEL.to_vec()]),
+            )?),
+        };
+        Ok(TlsConfigs {
+            agent: pki_tls::agent_port_server_config(id, &tls.server_ca, &opts)?,
+            signal: pki_tls::gateway_signal_server_config(id, &tls.server_ca, &opts)?,
+            data: pki_tls::gateway_data_server_config(id, &tls.server_ca, &opts)?,
+            mobile,
+            mobile_unauthenticated,
+            tunnel,
+        })
+    }
+}
+
 struct Shared {
     config: GatewayConfig,
-    agent_cfg: Arc<ServerConfig>,
-    signal_cfg: Arc<ServerConfig>,
-    data_cfg: Arc<ServerConfig>,
+    /// The certificates and keys, with the revocation lists in force.
+    material: Mutex<TlsMaterial>,
+    tls: RwLock<Arc<TlsConfigs>>,
     remote: Option<RemoteOffice>,
     tickets: Mutex<TicketTable<Waiter>>,
     sessions: Mutex<BTreeMap<u64, SignalEntry>>,
     next_session: AtomicU64,
     round_robin: AtomicUsize,
     device_slots: Arc<Semaphore>,
-    /// Connections in their TLS handshake.
-    handshakes: Arc<Semaphore>,
-    console_tunnels: Arc<Semaphore>,
+    /// Connections whose peer is not known yet: in their TLS handshake, or on the Web Console
+    /// port before their first bytes.
+    handshakes: AdmissionPool,
+    console_tunnels: AdmissionPool,
     counters: Counters,
     relayed: Arc<RelayCounters>,
     tracker: TaskTracker,
@@ -165,22 +231,13 @@ impl Gateway {
     ) -> Result<GatewayHandle, GatewayError> {
         config.validate()?;
         config.check_material(&tls)?;
-        let opts = TlsOptions::default().with_crls(tls.crls.clone());
-        let id = &tls.identity;
-        let agent_cfg = pki_tls::agent_port_server_config(id, &tls.server_ca, &opts)?;
-        let signal_cfg = pki_tls::gateway_signal_server_config(id, &tls.server_ca, &opts)?;
-        let data_cfg = pki_tls::gateway_data_server_config(id, &tls.server_ca, &opts)?;
+        let configs = TlsConfigs::build(&config, &tls)?;
         let remote = match &config.mode {
             GatewayMode::Dmz => None,
             GatewayMode::RemoteOffice {
                 server,
                 server_name,
             } => Some(RemoteOffice {
-                config: pki_tls::tunnel_client_config(
-                    id,
-                    &tls.server_ca,
-                    &opts.clone().with_alpn(vec![ALPN_TUNNEL.to_vec()]),
-                )?,
                 name: ServerName::try_from(server_name.clone()).map_err(|_| {
                     GatewayError::config(
                         "mode.remote_office.server_name",
@@ -198,21 +255,16 @@ impl Gateway {
         let main = bind(config.listen).await?;
         let mut extra = Vec::new();
         if let Some(addr) = config.mobile_listen {
-            let mobile_ca = tls.mobile_ca.as_ref().ok_or_else(|| {
-                GatewayError::config("tls.mobile_ca", "required when mobile_listen is set")
-            })?;
-            let cfg = pki_tls::mobile_port_server_config(id, mobile_ca, &opts)?;
-            extra.push((bind(addr).await?, DevicePort::Mobile, Some(cfg)));
+            extra.push((bind(addr).await?, DevicePort::Mobile));
         }
         if let Some(addr) = config.mobile_unauthenticated_listen {
-            let cfg = pki_tls::mobile_port_server_config_without_client_auth(id, &opts)?;
             let l = bind(addr).await?;
             log::warn!(
                 "gateway {}: mobile port WITHOUT client authentication is open on {} (explicitly enabled)",
                 config.gateway_id,
                 l.local_addr()?
             );
-            extra.push((l, DevicePort::MobileUnauthenticated, Some(cfg)));
+            extra.push((l, DevicePort::MobileUnauthenticated));
         }
         if let Some(addr) = config.web_console_listen {
             let l = bind(addr).await?;
@@ -224,7 +276,7 @@ impl Gateway {
                 config.gateway_id,
                 l.local_addr()?
             );
-            extra.push((l, DevicePort::WebConsole, None));
+            extra.push((l, DevicePort::WebConsole));
         }
         let limits = &config.limits;
         let shared = Arc::new(Shared {
@@ -236,36 +288,42 @@ impl Gateway {
             next_session: AtomicU64::new(1),
             round_robin: AtomicUsize::new(0),
             device_slots: Arc::new(Semaphore::new(limits.max_devices)),
-            handshakes: Arc::new(Semaphore::new(limits.max_handshakes)),
-            console_tunnels: Arc::new(Semaphore::new(limits.max_console_tunnels)),
+            handshakes: AdmissionPool::new(limits.max_handshakes, limits.max_handshakes_per_source),
+            console_tunnels: AdmissionPool::new(
+                limits.max_console_tunnels,
+                limits.max_console_tunnels_per_source,
+            ),
             counters: Counters::default(),
             relayed: Arc::new(RelayCounters::default()),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
-            agent_cfg,
-            signal_cfg,
-            data_cfg,
+            tls: RwLock::new(Arc::new(configs)),
+            material: Mutex::new(tls),
             remote,
             config,
         });
+        shared.counters.crl_reloads.fetch_add(
+            u64::from(!lock(&shared.material).crls.is_empty()),
+            Ordering::Relaxed,
+        );
         let mut addrs = LocalAddrs {
             main: main.local_addr()?,
             ..LocalAddrs::default()
         };
         let mut accept_tasks = vec![tokio::spawn(accept_loop(shared.clone(), main, None))];
-        for (l, port, cfg) in extra {
+        for (l, port) in extra {
             let a = l.local_addr()?;
             match port {
                 DevicePort::Mobile => addrs.mobile = Some(a),
                 DevicePort::MobileUnauthenticated => addrs.mobile_unauthenticated = Some(a),
                 DevicePort::WebConsole => addrs.web_console = Some(a),
             }
-            accept_tasks.push(tokio::spawn(accept_loop(
-                shared.clone(),
-                l,
-                Some((port, cfg)),
-            )));
+            accept_tasks.push(tokio::spawn(accept_loop(shared.clone(), l, Some(port))));
+        }
+        let crl_files = lock(&shared.material).crl_files.clone();
+        if !crl_files.is_empty() {
+            accept_tasks.push(tokio::spawn(watch_crls(shared.clone(), crl_files)));
         }
         log::info!(
             "gateway {} ({}) listening on {}",
@@ -337,7 +395,10 @@ impl GatewayHandle {
             devices_active: c.devices_active.load(Ordering::Relaxed),
             refused_limit: c.refused_limit.load(Ordering::Relaxed),
             refused_handshakes: c.refused_handshakes.load(Ordering::Relaxed),
+            refused_handshakes_per_source: c.refused_handshakes_per_source.load(Ordering::Relaxed),
             refused_consoles: c.refused_consoles.load(Ordering::Relaxed),
+            consoles_silent: c.consoles_silent.load(Ordering::Relaxed),
+            crl_reloads: c.crl_reloads.load(Ordering::Relaxed),
             refused_unreachable: c.refused_unreachable.load(Ordering::Relaxed),
             refused_overloaded: c.refused_overloaded.load(Ordering::Relaxed),
             handshake_failures: c.handshake_failures.load(Ordering::Relaxed),
@@ -350,6 +411,14 @@ impl GatewayHandle {
             relays_finished: c.relays_finished.load(Ordering::Relaxed),
             relay_errors: c.relay_errors.load(Ordering::Relaxed),
         }
+    }
+
+    /// Replaces the revocation lists every port honours from now on (connections already
+    /// authenticated are not re-checked here: the server checks every device connection and
+    /// cuts a revoked device's). A gateway started from [`TlsFiles`](crate::TlsFiles) calls
+    /// this itself whenever one of its CRL files changes.
+    pub fn set_crls(&self, crls: Vec<Crl>) -> Result<(), GatewayError> {
+        self.shared.set_crls(crls)
     }
 
     /// Graceful shutdown: stops accepting, closes signal connections (waiting devices are
@@ -374,11 +443,7 @@ impl GatewayHandle {
     }
 }
 
-async fn accept_loop(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    port: Option<(DevicePort, Option<Arc<ServerConfig>>)>,
-) {
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, port: Option<DevicePort>) {
     loop {
         let accepted = tokio::select! {
             () = shared.shutdown.cancelled() => return,
@@ -386,23 +451,24 @@ async fn accept_loop(
         };
         match accepted {
             Ok((tcp, addr)) => {
-                // Nobody is known yet: the connection costs a handshake permit, not a slot.
-                let Ok(handshake) = shared.handshakes.clone().try_acquire_owned() else {
-                    shared
-                        .counters
-                        .refused_handshakes
+                // Nobody is known yet: the connection costs a handshake place, not a slot.
+                let handshake = match shared.handshakes.try_admit(addr.ip()) {
+                    Ok(h) => h,
+                    Err(why) => {
+                        match why {
+                            Refused::SourceFull => &shared.counters.refused_handshakes_per_source,
+                            _ => &shared.counters.refused_handshakes,
+                        }
                         .fetch_add(1, Ordering::Relaxed);
-                    continue;
+                        continue;
+                    }
                 };
                 let _ = tcp.set_nodelay(true);
                 let s = shared.clone();
-                let port = port.clone();
                 shared.tracker.spawn(async move {
                     match port {
                         None => s.handle_main(tcp, addr, handshake).await,
-                        Some((p, cfg)) => {
-                            s.handle_device_port(tcp, addr, p, cfg, handshake).await;
-                        }
+                        Some(p) => s.handle_device_port(tcp, addr, p, handshake).await,
                     }
                 });
             }
@@ -415,9 +481,83 @@ async fn accept_loop(
     }
 }
 
+/// How often the CRL files of a gateway started from files are looked at.
+pub const CRL_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A file's modification time and length, or `None` if it cannot be read.
+fn stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Reloads the revocation lists whenever one of their files changes. A list that does not
+/// load (caught between writes, or removed) keeps the lists in force, and is tried again.
+async fn watch_crls(shared: Arc<Shared>, files: Vec<std::path::PathBuf>) {
+    let mut seen: Vec<_> = files.iter().map(|f| stamp(f)).collect();
+    let mut every = tokio::time::interval(CRL_CHECK_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let id = &shared.config.gateway_id;
+    loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let now: Vec<_> = files.iter().map(|f| stamp(f)).collect();
+        if now == seen {
+            continue;
+        }
+        if seen
+            .iter()
+            .zip(&now)
+            .any(|(was, is)| was.is_some() && is.is_none())
+        {
+            // Revocations are not dropped because a file went away.
+            log::warn!("gateway {id}: a revocation list file is gone; keeping the lists in force");
+            seen = now;
+            continue;
+        }
+        let loaded: Result<Vec<Crl>, _> = files
+            .iter()
+            .filter(|f| f.exists())
+            .map(|f| outpost_pki::store::read_crl(f))
+            .collect();
+        match loaded.map_err(GatewayError::from).and_then(|crls| {
+            let n = crls.len();
+            shared.set_crls(crls).map(|()| n)
+        }) {
+            Ok(n) => {
+                seen = now;
+                log::info!("gateway {id}: revocation lists reloaded ({n} file(s))");
+            }
+            Err(e) => log::warn!("gateway {id}: a revocation list changed but does not load: {e}"),
+        }
+    }
+}
+
 impl Shared {
+    /// When a peer not known yet must have finished its handshake.
     fn handshake_deadline(&self) -> tokio::time::Instant {
-        tokio::time::Instant::now() + self.config.limits.handshake_timeout()
+        tokio::time::Instant::now() + self.config.limits.unauthenticated_timeout()
+    }
+
+    fn tls(&self) -> Arc<TlsConfigs> {
+        self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_crls(&self, crls: Vec<Crl>) -> Result<(), GatewayError> {
+        let mut material = lock(&self.material);
+        let previous = std::mem::replace(&mut material.crls, crls);
+        match TlsConfigs::build(&self.config, &material) {
+            Ok(configs) => {
+                *self.tls.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(configs);
+                self.counters.crl_reloads.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                material.crls = previous;
+                Err(e)
+            }
+        }
     }
 
     /// A slot for an authenticated device, or `None` (counted) when all are taken.
@@ -431,12 +571,7 @@ impl Shared {
         }
     }
 
-    async fn handle_main(
-        self: Arc<Self>,
-        tcp: TcpStream,
-        addr: SocketAddr,
-        handshake: OwnedSemaphorePermit,
-    ) {
+    async fn handle_main(self: Arc<Self>, tcp: TcpStream, addr: SocketAddr, handshake: Admission) {
         let deadline = self.handshake_deadline();
         let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
         let start = match tokio::time::timeout_at(deadline, acceptor).await {
@@ -451,8 +586,9 @@ impl Shared {
         let alpn = offered_alpn(&start);
         let wants = |p: &[u8]| alpn.iter().any(|a| a == p);
         let dmz = self.config.mode.is_dmz();
+        let tls = self.tls();
         if dmz && wants(ALPN_SIGNAL) {
-            let cfg = self.signal_cfg.clone();
+            let cfg = tls.signal.clone();
             let tls = self
                 .finish_handshake(start.into_stream(cfg), deadline)
                 .await;
@@ -461,7 +597,7 @@ impl Shared {
                 self.serve_signal(tls, addr).await;
             }
         } else if dmz && wants(ALPN_DATA) {
-            let cfg = self.data_cfg.clone();
+            let cfg = tls.data.clone();
             let tls = self
                 .finish_handshake(start.into_stream(cfg), deadline)
                 .await;
@@ -470,8 +606,7 @@ impl Shared {
                 self.serve_data(tls, addr).await;
             }
         } else {
-            let cfg = self.agent_cfg.clone();
-            let accept = start.into_stream(cfg);
+            let accept = start.into_stream(tls.agent.clone());
             let link = self
                 .device_handshake(accept, deadline, addr, ChannelKind::Agent)
                 .await;
@@ -480,7 +615,8 @@ impl Shared {
             let (Some((tls, peer)), Some(permit)) = (link, self.device_slot()) else {
                 return;
             };
-            self.relay_device(tls, peer, permit, true).await;
+            self.relay_device(tls, peer, permit, true, BytesMut::new())
+                .await;
         }
     }
 
@@ -526,64 +662,86 @@ impl Shared {
         tcp: TcpStream,
         addr: SocketAddr,
         port: DevicePort,
-        cfg: Option<Arc<ServerConfig>>,
-        handshake: OwnedSemaphorePermit,
+        handshake: Admission,
     ) {
-        let mut handshake = Some(handshake);
-        let (channel, speaks_wire) = match port {
-            DevicePort::Mobile => (ChannelKind::Mobile, true),
-            DevicePort::MobileUnauthenticated => (ChannelKind::MobileUnauthenticated, true),
-            DevicePort::WebConsole => (ChannelKind::WebConsole, false),
-        };
-        let (stream, peer): (BoxStream, DevicePeer) = match cfg {
-            Some(cfg) => {
-                let deadline = self.handshake_deadline();
-                let accept = TlsAcceptor::from(cfg).accept(tcp);
-                let link = self.device_handshake(accept, deadline, addr, channel).await;
-                handshake.take();
-                let Some(link) = link else {
-                    return;
-                };
-                link
-            }
-            None => (
-                Box::new(tcp),
-                DevicePeer {
-                    cert_sha256: None,
-                    subject: String::new(),
-                    remote_addr: addr.to_string(),
-                    channel,
-                },
+        let deadline = self.handshake_deadline();
+        let (channel, cfg) = match port {
+            DevicePort::Mobile => (ChannelKind::Mobile, self.tls().mobile.clone()),
+            DevicePort::MobileUnauthenticated => (
+                ChannelKind::MobileUnauthenticated,
+                self.tls().mobile_unauthenticated.clone(),
             ),
-        };
-        // A Web Console tunnel has its own bound; every other port's device, authenticated
-        // by now, takes a device slot.
-        handshake.take();
-        let permit = if channel == ChannelKind::WebConsole {
-            match self.console_tunnels.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => {
-                    self.counters
-                        .refused_consoles
-                        .fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            }
-        } else {
-            match self.device_slot() {
-                Some(p) => p,
-                None => return,
+            DevicePort::WebConsole => {
+                return self
+                    .handle_web_console(tcp, addr, handshake, deadline)
+                    .await;
             }
         };
-        self.relay_device(stream, peer, permit, speaks_wire).await;
+        let Some(cfg) = cfg else {
+            return;
+        };
+        let accept = TlsAcceptor::from(cfg).accept(tcp);
+        let link = self.device_handshake(accept, deadline, addr, channel).await;
+        drop(handshake);
+        // Authenticated by now: only now does the device take a slot.
+        let (Some((stream, peer)), Some(permit)) = (link, self.device_slot()) else {
+            return;
+        };
+        self.relay_device(stream, peer, permit, true, BytesMut::new())
+            .await;
     }
 
-    async fn relay_device(
+    /// A Web Console client: nothing is opened toward the server until it has sent its first
+    /// bytes, which must come before `deadline`; then it takes a tunnel place (bounded in
+    /// all and per source) and those bytes go first through the tunnel.
+    async fn handle_web_console(
+        &self,
+        mut tcp: TcpStream,
+        addr: SocketAddr,
+        handshake: Admission,
+        deadline: tokio::time::Instant,
+    ) {
+        let mut first = BytesMut::with_capacity(self.config.limits.relay_buffer.min(16 * 1024));
+        match tokio::time::timeout_at(deadline, tcp.read_buf(&mut first)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => {
+                self.counters
+                    .consoles_silent
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        drop(handshake);
+        let permit = match self.console_tunnels.try_admit(addr.ip()) {
+            Ok(p) => p,
+            Err(_) => {
+                self.counters
+                    .refused_consoles
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let peer = DevicePeer {
+            cert_sha256: None,
+            cert_serial: None,
+            subject: String::new(),
+            remote_addr: addr.to_string(),
+            channel: ChannelKind::WebConsole,
+        };
+        self.relay_device(Box::new(tcp), peer, permit, false, first)
+            .await;
+    }
+
+    /// Relays an admitted device to the server; `first` (what a Web Console client sent
+    /// before its tunnel was opened) goes to the server first. `_place` (a device slot or a
+    /// tunnel place) is held until the relay ends.
+    async fn relay_device<P>(
         &self,
         mut device: BoxStream,
         peer: DevicePeer,
-        _permit: OwnedSemaphorePermit,
+        _place: P,
         speaks_wire: bool,
+        first: BytesMut,
     ) {
         self.counters
             .devices_accepted
@@ -598,6 +756,19 @@ impl Shared {
                 .open_tunnel(ro, &peer)
                 .await
                 .map(|l| Box::new(l) as BoxStream),
+        };
+        let link = match link {
+            Ok(mut link) if !first.is_empty() => {
+                let limit = self.config.limits.handshake_timeout();
+                match tokio::time::timeout(limit, link.write_all(&first)).await {
+                    Ok(Ok(())) => Ok(link),
+                    _ => Err((
+                        RefusalCode::ServerUnreachable,
+                        "the tunnel did not take the client's first bytes".to_string(),
+                    )),
+                }
+            }
+            other => other,
         };
         match link {
             Ok(link) => self.relay(device, link).await,
@@ -747,7 +918,13 @@ impl Shared {
                 .await
                 .map_err(|e| unreachable(format!("cannot connect to {}: {e}", ro.addr)))?;
             let _ = tcp.set_nodelay(true);
-            let mut tls = TlsConnector::from(ro.config.clone())
+            let config = self.tls().tunnel.clone().ok_or_else(|| {
+                (
+                    RefusalCode::Internal,
+                    "no tunnel configuration in remote-office mode".to_string(),
+                )
+            })?;
+            let mut tls = TlsConnector::from(config)
                 .connect(ro.name.clone(), tcp)
                 .await
                 .map_err(|e| unreachable(format!("TLS with {} failed: {e}", ro.addr)))?;

@@ -23,8 +23,9 @@
 //! each data connection, so the server knows who is behind it: every device reaches the
 //! server as the same [`DeviceConnection`] type, whichever way it came.
 //!
-//! The decisions live in sans-IO pieces ([`tickets`], [`GatewayConfig`] validation); tokio and
-//! sockets live in [`Gateway`], [`ServerConnector`] and [`DeviceListener`].
+//! The decisions live in sans-IO pieces ([`tickets`], [`admission`] of peers not known yet,
+//! [`GatewayConfig`] validation); tokio and sockets live in [`Gateway`], [`ServerConnector`]
+//! and [`DeviceListener`].
 //!
 //! ```
 //! use std::time::{Duration, Instant};
@@ -40,6 +41,7 @@
 //! assert_eq!(t.redeem(42, session, now), Err(Refused::Replayed));
 //! ```
 
+pub mod admission;
 mod config;
 mod error;
 mod gateway;
@@ -54,10 +56,11 @@ pub use config::{
     TlsFiles, TlsMaterial,
 };
 pub use error::GatewayError;
-pub use gateway::{Gateway, GatewayHandle, GatewayStats, web_console_exposure};
+pub use gateway::{CRL_CHECK_INTERVAL, Gateway, GatewayHandle, GatewayStats, web_console_exposure};
 pub use peer::{BoxStream, DeviceConnection, DeviceIo, DevicePeer, Via};
 pub use server::{
-    ConnectorHandle, ConnectorStats, DeviceListener, ListenerHandle, ServerConnector,
+    ConnectorHandle, ConnectorStats, DeviceListener, ListenerHandle, ListenerLimits,
+    ServerConnector,
 };
 
 /// TLS ALPN protocol of a remote-office gateway's tunnel to the server.

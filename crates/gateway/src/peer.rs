@@ -29,6 +29,8 @@ pub struct DevicePeer {
     pub remote_addr: String,
     /// The port kind it came in on.
     pub channel: ChannelKind,
+    /// The certificate's serial number as lower-case hex (`None` without a certificate).
+    pub cert_serial: Option<String>,
 }
 
 impl DevicePeer {
@@ -43,6 +45,7 @@ impl DevicePeer {
             .and_then(|c| outpost_pki::PeerIdentity::from_der(c).ok());
         DevicePeer {
             cert_sha256: identity.as_ref().map(|i| i.sha256),
+            cert_serial: identity.as_ref().map(|i| i.serial.to_string()),
             subject: identity.map(|i| i.subject).unwrap_or_default(),
             remote_addr,
             channel,
@@ -70,6 +73,7 @@ impl DevicePeer {
             subject: self.subject.clone(),
             remote_addr: self.remote_addr.clone(),
             channel: self.channel as i32,
+            cert_serial: self.cert_serial.clone().unwrap_or_default(),
         }
     }
 
@@ -80,6 +84,7 @@ impl DevicePeer {
             subject: p.subject.clone(),
             remote_addr: p.remote_addr.clone(),
             channel: ChannelKind::try_from(p.channel).unwrap_or(ChannelKind::Unspecified),
+            cert_serial: (!p.cert_serial.is_empty()).then(|| p.cert_serial.clone()),
         }
     }
 }

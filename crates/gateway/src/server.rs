@@ -22,6 +22,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::AdmissionPool;
 use crate::config::{ConnectorConfig, DmzGatewayEntry, TlsMaterial};
 use crate::io::{read_message, write_message};
 use crate::peer::{DeviceConnection, DevicePeer, Via, offered_alpn};
@@ -486,6 +487,78 @@ pub struct ListenerHandle {
     task: JoinHandle<()>,
     tracker: TaskTracker,
     handshake_failures: Arc<AtomicU64>,
+    refused: Arc<AtomicU64>,
+    handshakes: AdmissionPool,
+}
+
+/// Bounds on a [`DeviceListener`]'s connections before their peer is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListenerLimits {
+    /// Time allowed from accept to an authenticated peer: the TLS handshake and, for a
+    /// remote-office gateway's tunnel, its opening (default 5 s).
+    pub handshake_timeout: Duration,
+    /// Connections in that phase at once (default 1,024); more are closed at accept.
+    pub max_handshakes: usize,
+    /// Of `max_handshakes`, how many one source address (an IPv6 source: its /64) may hold
+    /// (default 256).
+    pub max_handshakes_per_source: usize,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            handshake_timeout: Duration::from_secs(5),
+            max_handshakes: 1_024,
+            max_handshakes_per_source: 256,
+        }
+    }
+}
+
+impl ListenerLimits {
+    /// Checks every bound; the field names in errors are those of a server configuration.
+    pub fn validate(&self) -> Result<(), GatewayError> {
+        let fields = [
+            (
+                "handshake_timeout_ms",
+                self.handshake_timeout.as_millis() as u64,
+            ),
+            ("max_handshakes", self.max_handshakes as u64),
+            (
+                "max_handshakes_per_source",
+                self.max_handshakes_per_source as u64,
+            ),
+        ];
+        for (field, v) in fields {
+            if v == 0 {
+                return Err(GatewayError::config(field, "must be above 0"));
+            }
+        }
+        if self.max_handshakes > crate::Limits::MAX_COUNT {
+            return Err(GatewayError::config(
+                "max_handshakes",
+                format!(
+                    "must be at most {}, got {}",
+                    crate::Limits::MAX_COUNT,
+                    self.max_handshakes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The defaults with another handshake deadline.
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// The defaults with other handshake bounds.
+    pub fn with_handshakes(mut self, max: usize, per_source: usize) -> Self {
+        self.max_handshakes = max;
+        self.max_handshakes_per_source = per_source;
+        self
+    }
 }
 
 impl ListenerHandle {
@@ -497,6 +570,15 @@ impl ListenerHandle {
     pub fn handshake_failures(&self) -> u64 {
         self.handshake_failures.load(Ordering::Relaxed)
     }
+    /// Connections closed at accept: `max_handshakes` were in their handshake, or
+    /// `max_handshakes_per_source` from their source.
+    pub fn refused_handshakes(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+    /// Connections in their handshake now.
+    pub fn handshakes_in_progress(&self) -> usize {
+        self.handshakes.in_use()
+    }
     /// Stops accepting and waits for pending handshakes.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
@@ -507,12 +589,12 @@ impl ListenerHandle {
 }
 
 impl DeviceListener {
-    /// Binds `addr` and hands every authenticated device to `out`. `handshake_timeout`
-    /// bounds the TLS handshake and the tunnel opening.
+    /// Binds `addr` and hands every authenticated device to `out`. `limits` bound the
+    /// connections still in their handshake.
     pub async fn start(
         addr: SocketAddr,
         tls: &TlsMaterial,
-        handshake_timeout: Duration,
+        limits: &ListenerLimits,
         out: mpsc::Sender<DeviceConnection>,
     ) -> Result<ListenerHandle, GatewayError> {
         let opts = TlsOptions::default().with_crls(tls.crls.clone());
@@ -533,6 +615,9 @@ impl DeviceListener {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let failures = Arc::new(AtomicU64::new(0));
+        let refused = Arc::new(AtomicU64::new(0));
+        let handshakes =
+            AdmissionPool::new(limits.max_handshakes, limits.max_handshakes_per_source);
         let task = tokio::spawn(accept_devices(
             listener,
             Configs {
@@ -540,11 +625,15 @@ impl DeviceListener {
                 tunnel,
                 enroll,
             },
-            handshake_timeout,
+            Admitting {
+                timeout: limits.handshake_timeout,
+                pool: handshakes.clone(),
+                refused: refused.clone(),
+                failures: failures.clone(),
+            },
             out,
             shutdown.clone(),
             tracker.clone(),
-            failures.clone(),
         ));
         Ok(ListenerHandle {
             addr: bound,
@@ -552,6 +641,8 @@ impl DeviceListener {
             task,
             tracker,
             handshake_failures: failures,
+            refused,
+            handshakes,
         })
     }
 }
@@ -563,15 +654,28 @@ struct Configs {
     enroll: Arc<ServerConfig>,
 }
 
+/// How a listener admits connections before their peer is known, and its counters.
+struct Admitting {
+    timeout: Duration,
+    pool: AdmissionPool,
+    refused: Arc<AtomicU64>,
+    failures: Arc<AtomicU64>,
+}
+
 async fn accept_devices(
     listener: TcpListener,
     configs: Configs,
-    timeout: Duration,
+    admitting: Admitting,
     out: mpsc::Sender<DeviceConnection>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    failures: Arc<AtomicU64>,
 ) {
+    let Admitting {
+        timeout,
+        pool,
+        refused,
+        failures,
+    } = admitting;
     loop {
         let (tcp, addr) = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -583,6 +687,10 @@ async fn accept_devices(
                     continue;
                 }
             },
+        };
+        let Ok(admission) = pool.try_admit(addr.ip()) else {
+            refused.fetch_add(1, Ordering::Relaxed);
+            continue;
         };
         let _ = tcp.set_nodelay(true);
         let (configs, out, failures) = (configs.clone(), out.clone(), failures.clone());
@@ -596,6 +704,7 @@ async fn accept_devices(
                     let tls = start.into_stream(configs.enroll).await?;
                     let peer = DevicePeer {
                         cert_sha256: None,
+                        cert_serial: None,
                         subject: String::new(),
                         remote_addr: addr.to_string(),
                         channel: ChannelKind::Enrollment,
@@ -671,6 +780,9 @@ async fn accept_devices(
                 })
             })
             .await;
+            // Known (or gone) by now: the place goes back before the hand-over, which may
+            // wait for the server.
+            drop(admission);
             match accepted {
                 Ok(Ok(conn)) => {
                     let _ = out.send(conn).await;

@@ -9,7 +9,7 @@ use common::*;
 use futures_util::StreamExt;
 use outpost_gateway::{
     ConnectorConfig, ConnectorHandle, DeviceConnection, DeviceListener, DmzGatewayEntry, Gateway,
-    GatewayConfig, GatewayHandle, ServerConnector, Via,
+    GatewayConfig, GatewayHandle, ListenerLimits, ServerConnector, TlsFiles, TlsMaterial, Via,
 };
 use outpost_pki::tls::{TlsOptions, gateway_data_client_config};
 use outpost_wire::Message;
@@ -28,7 +28,18 @@ async fn dmz_pair(
     tx: mpsc::Sender<DeviceConnection>,
     tweak: impl FnOnce(&mut ConnectorConfig),
 ) -> (GatewayHandle, ConnectorHandle) {
-    let gw = Gateway::start(cfg, pki.gateway()).await.unwrap();
+    dmz_pair_with(pki, cfg, pki.gateway(), tx, tweak).await
+}
+
+/// [`dmz_pair`] with the gateway's TLS material given.
+async fn dmz_pair_with(
+    pki: &Pki,
+    cfg: GatewayConfig,
+    material: TlsMaterial,
+    tx: mpsc::Sender<DeviceConnection>,
+    tweak: impl FnOnce(&mut ConnectorConfig),
+) -> (GatewayHandle, ConnectorHandle) {
+    let gw = Gateway::start(cfg, material).await.unwrap();
     let mut cc = connector_config(vec![DmzGatewayEntry::new(
         "gw-dmz",
         gw.local_addr(),
@@ -111,7 +122,7 @@ async fn remote_office_and_direct_devices_reach_the_server_as_one_type() {
     let pki = Pki::new();
     let (tx, rx) = mpsc::channel(64);
     let seen = echo_server(rx);
-    let listener = DeviceListener::start(local(), &pki.server(), Duration::from_secs(10), tx)
+    let listener = DeviceListener::start(local(), &pki.server(), &ListenerLimits::default(), tx)
         .await
         .unwrap();
     let gw = Gateway::start(
@@ -693,4 +704,266 @@ fn a_web_console_port_other_hosts_reach_is_warned_about() {
         let w = web_console_exposure(exposed.parse().unwrap()).expect(exposed);
         assert!(w.contains("reachable from other hosts"), "{w}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_cannot_take_the_whole_handshake_pool() {
+    let pki = Pki::new();
+    let mut cfg = GatewayConfig::dmz("gw-dmz", local());
+    cfg.limits.max_handshakes = 32;
+    cfg.limits.max_handshakes_per_source = 8;
+    let (gw, conn, _seen) = dmz_echo(&pki, cfg).await;
+    // One hostile host (127.0.0.2) opens more silent connections than the whole pool.
+    let mut hostile = Vec::new();
+    for _ in 0..40 {
+        hostile.push(connect_from([127, 0, 0, 2], gw.local_addr()).await.unwrap());
+    }
+    wait_until("the hostile host's extra connections are refused", || {
+        gw.stats().refused_handshakes_per_source == 32
+    })
+    .await;
+    assert_eq!(
+        gw.stats().refused_handshakes,
+        0,
+        "the pool itself never filled"
+    );
+    // A device on another host connects and is relayed within its usual time.
+    let cert = pki.agent("device-1");
+    let dev = bounded(
+        "the device connects",
+        agent_connect(&pki, &cert, gw.local_addr(), GATEWAY_NAME),
+    )
+    .await
+    .expect("the device's handshake was admitted");
+    bounded(
+        "the device is relayed",
+        echo_roundtrip(dev, payload(3, 4096)),
+    )
+    .await
+    .unwrap();
+    drop(hostile);
+    conn.shutdown().await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_handshake_is_closed_at_the_shorter_deadline() {
+    let pki = Pki::new();
+    let mut cfg = GatewayConfig::dmz("gw-dmz", local());
+    // Authenticated traffic keeps a long deadline; a peer not known yet gets 300 ms.
+    cfg.limits.handshake_timeout_ms = 120_000;
+    cfg.limits.unauthenticated_timeout_ms = 300;
+    let (gw, conn, _seen) = dmz_echo(&pki, cfg).await;
+    let mut tcp = TcpStream::connect(gw.local_addr()).await.unwrap();
+    // Two bytes of a ClientHello, then nothing.
+    tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+        .await
+        .unwrap();
+    let mut b = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(30), tcp.read(&mut b)).await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "the stalled handshake was kept open: {read:?}"
+    );
+    wait_until("the failure is counted", || {
+        gw.stats().handshake_failures >= 1
+    })
+    .await;
+    conn.shutdown().await;
+    gw.shutdown().await;
+}
+
+/// A Web Console target that echoes, and counts the connections it accepted.
+async fn counting_echo_target() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
+    let console = tokio::net::TcpListener::bind(local()).await.unwrap();
+    let addr = console.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = console.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_web_console_clients_open_nothing_on_the_server_side() {
+    let pki = Pki::new();
+    let (target, accepted) = counting_echo_target().await;
+    let mut cfg = GatewayConfig::dmz("gw-dmz", local());
+    cfg.web_console_listen = Some(local());
+    cfg.limits.unauthenticated_timeout_ms = 300;
+    let (tx, _rx) = mpsc::channel(4);
+    let (gw, conn) = dmz_pair(&pki, cfg, tx, |cc| cc.web_console_target = Some(target)).await;
+    let console = gw.web_console_addr().unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(TcpStream::connect(console).await.unwrap());
+    }
+    wait_until("every silent client is closed", || {
+        gw.stats().consoles_silent == 20
+    })
+    .await;
+    let tunnels = || {
+        conn.stats()
+            .web_console_tunnels
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(tunnels(), 0, "tunnels were opened for silent clients");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // A client that speaks is tunnelled, its first bytes included.
+    let tcp = TcpStream::connect(console).await.unwrap();
+    bounded("web console echo", echo_roundtrip(tcp, payload(4, 100_000)))
+        .await
+        .unwrap();
+    assert_eq!(tunnels(), 1);
+    drop(silent);
+    conn.shutdown().await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_console_tunnels_are_bounded_per_source() {
+    let pki = Pki::new();
+    let (target, _accepted) = counting_echo_target().await;
+    let mut cfg = GatewayConfig::dmz("gw-dmz", local());
+    cfg.web_console_listen = Some(local());
+    cfg.limits.max_console_tunnels_per_source = 2;
+    let (tx, _rx) = mpsc::channel(4);
+    let (gw, conn) = dmz_pair(&pki, cfg, tx, |cc| cc.web_console_target = Some(target)).await;
+    let console = gw.web_console_addr().unwrap();
+    // Two tunnels from 127.0.0.2 are opened and held (each echoes a byte back).
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = connect_from([127, 0, 0, 2], console).await.unwrap();
+        tcp.write_all(b"a").await.unwrap();
+        let mut b = [0u8; 1];
+        bounded("a tunnel echoes", tcp.read_exact(&mut b))
+            .await
+            .unwrap();
+        held.push(tcp);
+    }
+    // A third from the same host is closed and counted.
+    let mut third = connect_from([127, 0, 0, 2], console).await.unwrap();
+    third.write_all(b"b").await.unwrap();
+    let mut b = [0u8; 1];
+    let read = bounded("the third is closed", third.read(&mut b)).await;
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "third tunnel opened: {read:?}"
+    );
+    assert_eq!(gw.stats().refused_consoles, 1);
+    // Another host still gets its tunnel.
+    let other = connect_from([127, 0, 0, 3], console).await.unwrap();
+    bounded(
+        "another host's tunnel",
+        echo_roundtrip(other, payload(5, 1000)),
+    )
+    .await
+    .unwrap();
+    drop(held);
+    conn.shutdown().await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_from_files_takes_in_the_ca_crl_and_its_changes() {
+    use outpost_pki::store;
+    let mut pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now();
+    // The CA directory as `pki init` leaves it (certificates, keys, empty CRLs), and the
+    // gateway's certificate beside it.
+    store::save_server_ca(&mut pki.ca, dir.path(), now).unwrap();
+    let identity = pki.gateway().identity;
+    store::write_public(&dir.path().join("gw.chain.pem"), &identity.chain_pem()).unwrap();
+    store::write_private_key(&dir.path().join("gw.key"), &identity.key_pem()).unwrap();
+    // No `crls` in the file: the CA's own list beside `server_ca` is honoured.
+    let files: TlsFiles =
+        toml::from_str("cert = \"gw.chain.pem\"\nkey = \"gw.key\"\nserver_ca = \"ca.crt\"\n")
+            .unwrap();
+    let material = files.load(dir.path()).unwrap();
+    assert_eq!(material.crls.len(), 1);
+    assert_eq!(material.crl_files, vec![dir.path().join("ca.crl")]);
+
+    let (tx, rx) = mpsc::channel(16);
+    let _seen = echo_server(rx);
+    let cfg = GatewayConfig::dmz("gw-dmz", local());
+    let (gw, conn) = dmz_pair_with(&pki, cfg, material, tx, |_| {}).await;
+    let cert = pki.agent("device-1");
+    let dev = agent_connect(&pki, &cert, gw.local_addr(), GATEWAY_NAME)
+        .await
+        .unwrap();
+    bounded(
+        "relayed before revocation",
+        echo_roundtrip(dev, payload(6, 1000)),
+    )
+    .await
+    .unwrap();
+
+    // `pki revoke`: the CRL file is rewritten; the running gateway takes it in.
+    let (kind, _, fresh) = pki.ca.revoke(&cert.cert_der, now).unwrap();
+    assert!(fresh);
+    store::save_crl(&mut pki.ca, kind, dir.path(), now).unwrap();
+    wait_until("the changed CRL is taken in", || {
+        gw.stats().crl_reloads == 2
+    })
+    .await;
+    if let Ok(tls) = agent_connect(&pki, &cert, gw.local_addr(), GATEWAY_NAME).await {
+        assert!(
+            echo_roundtrip(tls, payload(7, 1000)).await.is_err(),
+            "a revoked device was relayed"
+        );
+    }
+    // Another device still is.
+    let other = agent_connect(&pki, &pki.agent("device-2"), gw.local_addr(), GATEWAY_NAME)
+        .await
+        .unwrap();
+    bounded("another device", echo_roundtrip(other, payload(8, 1000)))
+        .await
+        .unwrap();
+    conn.shutdown().await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_port_bounds_handshakes_per_source() {
+    let pki = Pki::new();
+    let (tx, rx) = mpsc::channel(16);
+    let _seen = echo_server(rx);
+    let limits = ListenerLimits::default().with_handshakes(16, 4);
+    let listener = DeviceListener::start(local(), &pki.server(), &limits, tx)
+        .await
+        .unwrap();
+    let mut hostile = Vec::new();
+    for _ in 0..10 {
+        hostile.push(
+            connect_from([127, 0, 0, 2], listener.local_addr())
+                .await
+                .unwrap(),
+        );
+    }
+    wait_until("the hostile host's extra connections are refused", || {
+        listener.refused_handshakes() == 6
+    })
+    .await;
+    assert_eq!(listener.handshakes_in_progress(), 4);
+    let cert = pki.agent("device-1");
+    let dev = bounded(
+        "a device on another host connects",
+        agent_connect(&pki, &cert, listener.local_addr(), SERVER_NAME),
+    )
+    .await
+    .unwrap();
+    bounded("and is served", echo_roundtrip(dev, payload(9, 4096)))
+        .await
+        .unwrap();
+    drop(hostile);
+    listener.shutdown().await;
 }

@@ -466,6 +466,18 @@ impl Registry {
         );
     }
 
+    /// Records the serial of `device`'s certificate where the registry has none (devices
+    /// enrolled before serials were kept). Returns whether it changed anything.
+    pub fn record_serial(&mut self, device: &str, serial: &str) -> bool {
+        match self.devices.get_mut(device) {
+            Some(d) if d.cert_serial.is_empty() && !serial.is_empty() => {
+                d.cert_serial = serial.to_string();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Registers a remote-office gateway held by an enrolled device.
     pub fn register_remote_office_gateway(
         &mut self,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use outpost_gateway::{
     ConnectorConfig, ConnectorHandle, DeviceListener, DmzGatewayEntry, ListenerHandle,
-    ServerConnector, TlsFiles,
+    ListenerLimits, ServerConnector, TlsFiles,
 };
 use outpost_pki::{PkiConfig, store};
 use serde::{Deserialize, Serialize};
@@ -29,7 +29,15 @@ fn default_multicast_port() -> u16 {
     crate::dp::DEFAULT_MULTICAST_PORT
 }
 fn default_handshake() -> u64 {
-    10_000
+    ListenerLimits::default().handshake_timeout.as_millis() as u64
+}
+
+fn default_max_handshakes() -> usize {
+    ListenerLimits::default().max_handshakes
+}
+
+fn default_max_handshakes_per_source() -> usize {
+    ListenerLimits::default().max_handshakes_per_source
 }
 
 /// Removes what writes interrupted by a crash left in the data directory (the caller holds
@@ -81,9 +89,17 @@ pub struct AdminServerConfig {
     /// DMZ gateways to dial.
     #[serde(default)]
     pub connector: ConnectorConfig,
-    /// Time allowed for a device's TLS handshake, in ms (default 10 s).
+    /// Time allowed for a device's TLS handshake, in ms (default 5 s).
     #[serde(default = "default_handshake")]
     pub handshake_timeout_ms: u64,
+    /// Connections in their TLS handshake on the device port at once (default 1,024); more
+    /// are closed at accept.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
+    /// Of those, how many one source address (an IPv6 source: its /64) may hold (default
+    /// 256; devices behind one NAT address share it).
+    #[serde(default = "default_max_handshakes_per_source")]
+    pub max_handshakes_per_source: usize,
     /// The policies (an `outpost-policy` state document, `.json` or `.toml`), relative to
     /// the configuration file. Without it devices get no settings.
     #[serde(default)]
@@ -113,6 +129,13 @@ impl AdminServerConfig {
         self.data_path(base).join("dp-epochs.json")
     }
 
+    /// The device port's bounds on connections before their peer is known.
+    pub fn listener_limits(&self) -> ListenerLimits {
+        ListenerLimits::default()
+            .with_handshake_timeout(Duration::from_millis(self.handshake_timeout_ms))
+            .with_handshakes(self.max_handshakes, self.max_handshakes_per_source)
+    }
+
     /// Checks the configuration.
     pub fn validate(&self) -> Result<(), ServerError> {
         crate::check_id("instance_id", &self.instance_id)?;
@@ -121,11 +144,9 @@ impl AdminServerConfig {
                 "multicast_port: must be above 0".into(),
             ));
         }
-        if self.handshake_timeout_ms == 0 {
-            return Err(ServerError::Config(
-                "handshake_timeout_ms: must be above 0".into(),
-            ));
-        }
+        self.listener_limits()
+            .validate()
+            .map_err(|e| ServerError::Config(e.to_string()))?;
         self.election
             .validate()
             .map_err(|e| ServerError::Config(format!("election: {e}")))?;
@@ -312,13 +333,9 @@ impl AdminServer {
             objects,
         );
         let (tx, dispatch) = service.dispatcher(1024);
-        let listener = DeviceListener::start(
-            config.listen,
-            &tls,
-            Duration::from_millis(config.handshake_timeout_ms),
-            tx.clone(),
-        )
-        .await?;
+        let listener =
+            DeviceListener::start(config.listen, &tls, &config.listener_limits(), tx.clone())
+                .await?;
         // Gateways registered in the registry are dialled too.
         let mut connector_config = config.connector.clone();
         for (id, g) in service.registry().gateways() {

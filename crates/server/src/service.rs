@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use outpost_gateway::admission::{self, AdmissionPool};
 use outpost_gateway::{DeviceConnection, Via};
 use outpost_pki::ServerCa;
 use outpost_wire::messages::*;
@@ -153,6 +154,13 @@ pub struct ServiceConfig {
     /// Enrollment-channel connections served at once; more are refused with
     /// `RefusalCode::Overloaded` (default 128).
     pub max_enrolling: usize,
+    /// Of `max_enrolling`, how many one source address (an IPv6 source: its /64) may hold
+    /// (default 32; an agent refused for it retries with its backoff).
+    pub max_enrolling_per_source: usize,
+    /// Time an enrollment connection has, once its TLS handshake is done, to send its Hello
+    /// and its request (default 10 s, and never more than `hello_timeout`); it is closed
+    /// then.
+    pub enrollment_timeout: Duration,
     /// Failed enrollments a source address may make per `enroll_failure_window` before
     /// its attempts are refused unchecked (default 10).
     pub enroll_failures_per_source: u32,
@@ -170,6 +178,8 @@ impl ServiceConfig {
             max_frame_len: outpost_wire::DEFAULT_MAX_FRAME_LEN,
             max_enrollment_frame_len: ENROLLMENT_MAX_FRAME_LEN,
             max_enrolling: 128,
+            max_enrolling_per_source: 32,
+            enrollment_timeout: Duration::from_secs(10),
             enroll_failures_per_source: 10,
             enroll_failure_window: Duration::from_secs(60),
         }
@@ -211,7 +221,7 @@ pub struct AdminService {
     next_conn: AtomicU64,
     stats: ServiceStats,
     /// Permits for enrollment-channel connections.
-    enrolling: Arc<tokio::sync::Semaphore>,
+    enrolling: AdmissionPool,
     /// Failed enrollments per source address.
     throttle: Mutex<EnrollThrottle>,
     /// Serials (lower-case hex) on the server CA's revocation list, checked on every
@@ -254,7 +264,7 @@ impl AdminService {
         let revoked = revoked_serials(&ca);
         Arc::new(AdminService {
             revoked: RwLock::new(revoked),
-            enrolling: Arc::new(tokio::sync::Semaphore::new(config.max_enrolling.max(1))),
+            enrolling: AdmissionPool::new(config.max_enrolling, config.max_enrolling_per_source),
             throttle: Mutex::new(EnrollThrottle::new(
                 config.enroll_failures_per_source,
                 config.enroll_failure_window,
@@ -405,15 +415,25 @@ impl AdminService {
             })
         };
         // Held until this enrollment connection ends.
-        let _permit = if enrolling {
-            match self.enrolling.clone().try_acquire_owned() {
+        let _place = if enrolling {
+            let source = peer
+                .remote_addr
+                .parse::<std::net::SocketAddr>()
+                .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+            match self.enrolling.try_admit(source) {
                 Ok(p) => Some(p),
-                Err(_) => {
+                Err(why) => {
                     self.stats.enroll_throttled.fetch_add(1, Ordering::Relaxed);
-                    let reason = format!(
-                        "{} enrollment connections open, the most served at once",
-                        self.config.max_enrolling
-                    );
+                    let reason = match why {
+                        admission::Refused::SourceFull => format!(
+                            "{} enrollment connections open from this address, the most served at once",
+                            self.config.max_enrolling_per_source
+                        ),
+                        _ => format!(
+                            "{} enrollment connections open, the most served at once",
+                            self.config.max_enrolling
+                        ),
+                    };
                     let _ = tokio::time::timeout(
                         self.config.hello_timeout,
                         framed.send(refuse(RefusalCode::Overloaded, reason)),
@@ -425,7 +445,17 @@ impl AdminService {
         } else {
             None
         };
-        let hello = match tokio::time::timeout(self.config.hello_timeout, framed.next()).await {
+        // An enrollment connection has one deadline for all it must send; a device's first
+        // message has `hello_timeout`.
+        let deadline = tokio::time::Instant::now()
+            + if enrolling {
+                self.config
+                    .enrollment_timeout
+                    .min(self.config.hello_timeout)
+            } else {
+                self.config.hello_timeout
+            };
+        let hello = match tokio::time::timeout_at(deadline, framed.next()).await {
             Ok(Some(Ok(Message::Hello(h)))) => h,
             _ => {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -454,7 +484,7 @@ impl AdminService {
         }
 
         if peer.channel == ChannelKind::Enrollment {
-            let reply = match tokio::time::timeout(self.config.hello_timeout, framed.next()).await {
+            let reply = match tokio::time::timeout_at(deadline, framed.next()).await {
                 Ok(Some(Ok(Message::EnrollRequest(_))))
                     if !lock(&self.throttle)
                         .admit(&source_of(&peer.remote_addr), Instant::now()) =>
@@ -523,6 +553,22 @@ impl AdminService {
                 )
             })
         });
+        // A device enrolled before serials were kept gets the serial of the certificate it
+        // presents (the fingerprint matched, so it is that certificate).
+        let known =
+            known.map(
+                |(id, group, serial, fleet)| match (serial.is_empty(), &peer.cert_serial) {
+                    (true, Some(presented)) => {
+                        let recorded =
+                            self.update_registry(|reg| Ok(reg.record_serial(&id, presented)));
+                        if let Err(e) = recorded {
+                            log::warn!("device {id:?}: cannot record its certificate serial: {e}");
+                        }
+                        (id, group, presented.clone(), fleet)
+                    }
+                    _ => (id, group, serial, fleet),
+                },
+            );
         // Revocation is checked here, for every path: a gateway in front of the device may
         // not know the revocation list.
         let known = match known {

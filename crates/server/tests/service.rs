@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use outpost_gateway::{
     ConnectorConfig, DeviceConnection, DeviceListener, DmzGatewayEntry, Gateway, GatewayConfig,
-    ServerConnector, TlsMaterial,
+    ListenerLimits, ServerConnector, TlsMaterial,
 };
 use outpost_pki::tls::{TlsOptions, agent_client_config, enrollment_client_config};
 use outpost_pki::{IssuedCert, PkiConfig, ServerCa};
@@ -148,7 +148,7 @@ async fn start_server_with(
     let listener = DeviceListener::start(
         "127.0.0.1:0".parse().unwrap(),
         &TlsMaterial::new(id, ca.server_ca().clone()),
-        Duration::from_secs(10),
+        &ListenerLimits::default(),
         tx.clone(),
     )
     .await
@@ -480,5 +480,84 @@ async fn the_enrollment_channel_costs_little_before_its_peer_is_known() {
         server.service.registry().pending_tokens(),
         1,
         "t2 not used up"
+    );
+}
+
+/// A registry written before certificate serials were kept: its devices get the serial of
+/// the certificate they present on their next connection, and revocation then holds for
+/// them as for every other device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_enrolled_before_serials_were_kept_is_checked_for_revocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    // The administrator's copy of the CA (which revokes) and the server's own.
+    let mut admin_ca = ServerCa::create(PkiConfig::default(), now).unwrap();
+    outpost_pki::store::save_server_ca(&mut admin_ca, dir.path(), now).unwrap();
+    let ca =
+        Arc::new(outpost_pki::store::load_server_ca(dir.path(), PkiConfig::default()).unwrap());
+    let mut reg = Registry::new("server-1").unwrap();
+    reg.add_group("lab", "Lab", None).unwrap();
+    let token = reg
+        .issue_token("lab", Some("laptop-1"), Duration::from_secs(600), now)
+        .unwrap();
+    let server = start_server(
+        &ca,
+        reg,
+        &dir.path().join("registry.json"),
+        Arc::new(MemoryObjects::default()),
+    )
+    .await;
+    let addr = server.listener.local_addr();
+    let cert = enroll(&ca, addr, "laptop-1", &token)
+        .await
+        .expect("enrolled");
+    let serial = outpost_pki::Serial::of_certificate(&cert.cert_der)
+        .unwrap()
+        .to_string();
+    let serial_on_record = || {
+        let device = server.service.registry().device("laptop-1").cloned();
+        device.unwrap().cert_serial
+    };
+    assert_eq!(serial_on_record(), serial);
+
+    // As an older registry file has it: no serial.
+    let file = dir.path().join("registry.json");
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    doc["devices"]["laptop-1"]
+        .as_object_mut()
+        .unwrap()
+        .remove("cert_serial");
+    std::fs::write(&file, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let legacy = Registry::load(&file).unwrap().unwrap();
+    server
+        .service
+        .update_registry(|reg| {
+            *reg = legacy;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(serial_on_record(), "");
+
+    let agent_cfg = agent_client_config(&cert, ca.server_ca(), &TlsOptions::default()).unwrap();
+    let mut conn = dial(agent_cfg.clone(), addr, SERVER).await;
+    hello(&mut conn, "laptop-1").await;
+    let answer = call(&mut conn, SyncRequest::default()).await;
+    assert!(matches!(answer, Message::SyncResponse(_)), "{answer:?}");
+    assert_eq!(
+        serial_on_record(),
+        serial,
+        "the serial was recorded from the presented certificate"
+    );
+    drop(conn);
+
+    admin_ca.revoke(&cert.cert_der, now).unwrap();
+    server.service.set_revocations(&admin_ca);
+    let mut conn = dial(agent_cfg, addr, SERVER).await;
+    hello(&mut conn, "laptop-1").await;
+    let answer = call(&mut conn, SyncRequest::default()).await;
+    assert!(
+        matches!(&answer, Message::Refusal(r) if r.code == RefusalCode::NotAuthorized as i32),
+        "{answer:?}"
     );
 }

@@ -28,6 +28,7 @@ fn main() -> std::io::Result<()> {
         subject: "CN=device-1".into(),
         remote_addr: "127.0.0.1:40000".into(),
         channel: ChannelKind::Agent as i32,
+        cert_serial: "1f2e3d4c5b6a7988".into(),
     };
     let seeds: Vec<(&str, Vec<u8>)> = vec![
         (

@@ -221,6 +221,23 @@ fn check_peer(
     require(peer, offset, message, "peer")?;
     if let Some(p) = peer {
         check_digest(&p.cert_sha256, true, offset, message, "peer.cert_sha256")?;
+        let serial = &p.cert_serial;
+        if serial.len() > crate::messages::MAX_SERIAL_HEX
+            || !serial
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(WireError::InvalidField {
+                offset,
+                message,
+                field: "peer.cert_serial",
+                reason: format!(
+                    "a serial is at most {} lower-case hex digits, got {} characters",
+                    crate::messages::MAX_SERIAL_HEX,
+                    serial.len()
+                ),
+            });
+        }
     }
     Ok(())
 }

@@ -187,7 +187,15 @@ pub struct PeerIdentity {
     /// The port kind the device came in on.
     #[prost(enumeration = "ChannelKind", tag = "4")]
     pub channel: i32,
+    /// The certificate's serial number as lower-case hex (at most [`MAX_SERIAL_HEX`]
+    /// digits; empty without a certificate), so the server can check revocation without the certificate itself.
+    #[prost(string, tag = "5")]
+    pub cert_serial: String,
 }
+
+/// The most hex digits of a [`PeerIdentity::cert_serial`]: an X.509 serial is at most 20
+/// bytes.
+pub const MAX_SERIAL_HEX: usize = 40;
 
 /// A reference to a distribution point scope.
 #[derive(Clone, PartialEq, Eq, Hash, prost::Message)]

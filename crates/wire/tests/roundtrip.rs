@@ -25,14 +25,20 @@ fn ticket() -> impl Strategy<Value = Ticket> {
     any::<u128>().prop_map(Ticket::from_u128)
 }
 fn peer() -> impl Strategy<Value = PeerIdentity> {
-    (prop_oneof![Just(Bytes::new()), digest()], s(), s(), e()).prop_map(|(c, subject, a, ch)| {
-        PeerIdentity {
+    (
+        prop_oneof![Just(Bytes::new()), digest()],
+        s(),
+        s(),
+        e(),
+        "[0-9a-f]{0,40}",
+    )
+        .prop_map(|(c, subject, a, ch, serial)| PeerIdentity {
             cert_sha256: c,
             subject,
             remote_addr: a,
             channel: ch,
-        }
-    })
+            cert_serial: serial,
+        })
 }
 fn scope() -> impl Strategy<Value = ScopeRef> {
     (e(), s()).prop_map(|(kind, id)| ScopeRef { kind, id })
@@ -500,4 +506,33 @@ fn documented_keepalive_bytes() {
             0x4f, 0x50, 0x01, 0x01, 0x00, 0x32, 0x00, 0x00, 0x00, 0x02, 0x08, 0x01
         ]
     );
+}
+
+#[test]
+fn a_forwarded_serial_is_bounded_lower_case_hex() {
+    let request = |serial: &str| {
+        Message::from(ConnectRequest {
+            ticket: Some(Ticket::from_u128(7)),
+            peer: Some(PeerIdentity {
+                cert_serial: serial.into(),
+                ..PeerIdentity::default()
+            }),
+            expires_in_ms: 1000,
+        })
+    };
+    assert!(request("").validate(0).is_ok());
+    assert!(request(&"0123456789abcdef".repeat(2)).validate(0).is_ok());
+    for bad in ["5789B2", "12 34", "zz", &"a".repeat(41)] {
+        let err = request(bad).validate(0).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                WireError::InvalidField {
+                    field: "peer.cert_serial",
+                    ..
+                }
+            ),
+            "{bad:?}: {err}"
+        );
+    }
 }

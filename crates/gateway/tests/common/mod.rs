@@ -76,6 +76,14 @@ pub fn local() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
+/// A TCP connection to `to` from the loopback address `from` (any of 127.0.0.0/8), so a test
+/// can play several source hosts.
+pub async fn connect_from(from: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((from, 0)))?;
+    socket.connect(to).await
+}
+
 /// A connector configuration for server `server-1` dialling `gateways`: keepalives every
 /// 200 ms, reconnects after 50 ms doubling to 400 ms.
 pub fn connector_config(gateways: Vec<DmzGatewayEntry>) -> ConnectorConfig {

@@ -242,6 +242,8 @@ fn settings_files(agent_dir: &std::path::Path) -> std::collections::BTreeMap<Str
 
 /// Set in the child process this test starts: the directory of the server it runs.
 const CHILD_SERVER: &str = "OUTPOST_TEST_CHILD_SERVER_BASE";
+/// In a child's directory: the configuration of a gateway to run instead of a server.
+const CHILD_GATEWAY: &str = "gateway.toml";
 /// The line the child prints once its server listens.
 const CHILD_READY: &str = "outpost-test-child-server-ready";
 
@@ -268,6 +270,20 @@ async fn serve_if_child() {
         return;
     };
     let base = std::path::PathBuf::from(base);
+    if let Ok(text) = std::fs::read_to_string(base.join(CHILD_GATEWAY)) {
+        // A gateway from its configuration file, as `connection_gateway` runs one.
+        let config = GatewayConfig::from_toml(&text).unwrap();
+        let tls = config.load_tls(&base).unwrap();
+        let gw = Gateway::start(config, tls).await.unwrap();
+        std::fs::write(
+            base.join("gateway.port"),
+            gw.local_addr().port().to_string(),
+        )
+        .unwrap();
+        println!("{CHILD_READY}");
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        panic!("the child gateway was not killed within 300 s");
+    }
     let port: u16 = std::fs::read_to_string(base.join("port"))
         .unwrap()
         .trim()
@@ -741,4 +757,121 @@ async fn past_every_unauthenticated_limit_devices_are_served_and_memory_stays_bo
     laptop.shutdown().await;
     newcomer.shutdown().await;
     drop((hostile, silent, child));
+}
+
+/// Past a DMZ gateway's handshake pool (1,500 silent connections from six hosts, each under
+/// its share, and 200 ClientHellos stalled halfway from a seventh), a device connects
+/// through the gateway and syncs, and the gateway process (a child, started from its
+/// configuration file as `connection_gateway` runs it) stays within a bounded memory growth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_gateway_handshake_pool_a_device_is_relayed_and_memory_stays_bounded() {
+    use tokio::io::AsyncWriteExt;
+    serve_if_child().await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    let now = SystemTime::now();
+    let (config, tokens) = accounting_server_dir(base, now, &["behind-gw-1"]);
+    let ca = store::load_server_ca(&base.join("state"), Default::default()).unwrap();
+    let gw_cert = ca.issue_gateway(&["gw.test".into()], &[], now).unwrap();
+    store::write_public(&base.join("gw.chain.pem"), &gw_cert.chain_pem()).unwrap();
+    store::write_private_key(&base.join("gw.key"), &gw_cert.key_pem()).unwrap();
+    std::fs::write(
+        base.join(CHILD_GATEWAY),
+        r#"
+        gateway_id = "dmz-1"
+        mode = "dmz"
+        listen = "127.0.0.1:0"
+        [tls]
+        cert = "gw.chain.pem"
+        key = "gw.key"
+        server_ca = "state/ca.crt"
+        "#,
+    )
+    .unwrap();
+    let child = spawn_child_server(
+        "past_the_gateway_handshake_pool_a_device_is_relayed_and_memory_stays_bounded",
+        base,
+    )
+    .await;
+    let pid = child.id().unwrap();
+    let gw_port: u16 = std::fs::read_to_string(base.join("gateway.port"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let gw_addr = SocketAddr::from(([127, 0, 0, 1], gw_port));
+    config
+        .edit_registry(base, |reg| {
+            reg.register_dmz_gateway("dmz-1", gw_addr, vec!["gw.test".into()])
+        })
+        .unwrap();
+    let server = AdminServer::start(
+        config.clone(),
+        base,
+        None,
+        Arc::new(MemoryObjects::default()),
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addr();
+    let device = || {
+        agent(
+            base,
+            "behind-gw-1",
+            Endpoint::new(gw_addr, "gw.test"),
+            addr,
+            &tokens[0],
+        )
+    };
+    let behind = Agent::start(device()).await.unwrap();
+    syncs_past(&behind, 0).await;
+    behind.shutdown().await;
+    let before_kib = proc_kib(pid, "VmRSS");
+
+    let mut hostile = Vec::new();
+    for i in 0..1500u32 {
+        let from = [127, 0, 0, 2 + (i % 6) as u8];
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((from, 0))).unwrap();
+        if let Ok(s) = socket.connect(gw_addr).await {
+            hostile.push(s);
+        }
+    }
+    for _ in 0..200 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from(([127, 0, 0, 8], 0))).unwrap();
+        if let Ok(mut s) = socket.connect(gw_addr).await {
+            // A TLS record header announcing a ClientHello, and two bytes of it.
+            let _ = s
+                .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+                .await;
+            hostile.push(s);
+        }
+    }
+
+    let started = std::time::Instant::now();
+    let behind = Agent::start(device()).await.unwrap();
+    syncs_past(&behind, 0).await;
+    let synced_after = started.elapsed();
+    assert_eq!(
+        behind.status().core.endpoint.map(|e| e.name),
+        Some("gw.test".to_string()),
+        "synced through the gateway"
+    );
+    let peak_kib = proc_kib(pid, "VmHWM");
+    let growth_mib = peak_kib.saturating_sub(before_kib) as f64 / 1024.0;
+    println!(
+        "gateway memory: {:.1} MiB resident before, peak {:.1} MiB with {} hostile connections \
+         (+{growth_mib:.1} MiB); the device synced through it {:.2} s after starting",
+        before_kib as f64 / 1024.0,
+        peak_kib as f64 / 1024.0,
+        hostile.len(),
+        synced_after.as_secs_f64()
+    );
+    assert!(
+        growth_mib < 64.0,
+        "the gateway grew by {growth_mib:.1} MiB under hostile connections"
+    );
+    behind.shutdown().await;
+    server.shutdown().await;
+    drop((hostile, child));
 }

@@ -3,7 +3,10 @@
 //!
 //! Sans-IO: no clock and no sockets. An [`Admission`] is held for as long as the connection
 //! is in the phase the pool bounds (a TLS handshake, a Web Console tunnel) and gives its
-//! place back when dropped.
+//! place back when dropped. A pool of peers whose handshake is short can make room by
+//! evicting its oldest holder ([`AdmissionPool::admit_evicting_oldest`]): a flood from many
+//! addresses then has to outpace a legitimate handshake to starve it, instead of merely
+//! filling the pool once per deadline.
 //!
 //! ```
 //! use std::net::IpAddr;
@@ -21,9 +24,11 @@
 //! assert!(pool.try_admit(b).is_ok());
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio_util::sync::CancellationToken;
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +63,25 @@ impl SourceKey {
 struct State {
     in_use: usize,
     by_source: HashMap<SourceKey, usize>,
+    /// Every place held, oldest first: its source and the token cancelled if it is evicted.
+    held: BTreeMap<u64, (SourceKey, CancellationToken)>,
+    next: u64,
+    evicted: u64,
+}
+
+impl State {
+    /// Gives back the place `seq` if it is still held.
+    fn release(&mut self, seq: u64) -> Option<CancellationToken> {
+        let (source, token) = self.held.remove(&seq)?;
+        self.in_use -= 1;
+        if let Some(n) = self.by_source.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_source.remove(&source);
+            }
+        }
+        Some(token)
+    }
 }
 
 #[derive(Debug)]
@@ -86,7 +110,16 @@ pub struct AdmissionPool {
 #[derive(Debug)]
 pub struct Admission {
     pool: Arc<Inner>,
-    source: SourceKey,
+    seq: u64,
+    evicted: CancellationToken,
+}
+
+impl Admission {
+    /// Cancelled if the pool evicts this place to make room (never once it was dropped):
+    /// the connection holding it should then be closed.
+    pub fn eviction(&self) -> CancellationToken {
+        self.evicted.clone()
+    }
 }
 
 impl AdmissionPool {
@@ -104,21 +137,48 @@ impl AdmissionPool {
 
     /// A place for a connection from `source`, or why not.
     pub fn try_admit(&self, source: IpAddr) -> Result<Admission, Refused> {
+        self.admit(source, false)
+    }
+
+    /// As [`try_admit`](Self::try_admit), but a full pool makes room by evicting its oldest
+    /// place (cancelling its [`eviction`](Admission::eviction) token); a source over its share
+    /// is still refused.
+    pub fn admit_evicting_oldest(&self, source: IpAddr) -> Result<Admission, Refused> {
+        self.admit(source, true)
+    }
+
+    fn admit(&self, source: IpAddr, evict: bool) -> Result<Admission, Refused> {
         let key = SourceKey::of(source);
         let mut s = self.inner.state();
-        if s.in_use >= self.inner.capacity {
-            return Err(Refused::PoolFull);
-        }
-        let held = s.by_source.entry(key).or_insert(0);
-        if *held >= self.inner.per_source {
+        if s.by_source.get(&key).copied().unwrap_or(0) >= self.inner.per_source {
             return Err(Refused::SourceFull);
         }
-        *held += 1;
+        if s.in_use >= self.inner.capacity {
+            let oldest = s.held.keys().next().copied();
+            match oldest.filter(|_| evict).and_then(|seq| s.release(seq)) {
+                Some(victim) => {
+                    victim.cancel();
+                    s.evicted += 1;
+                }
+                None => return Err(Refused::PoolFull),
+            }
+        }
+        *s.by_source.entry(key).or_insert(0) += 1;
         s.in_use += 1;
+        let seq = s.next;
+        s.next += 1;
+        let token = CancellationToken::new();
+        s.held.insert(seq, (key, token.clone()));
         Ok(Admission {
             pool: self.inner.clone(),
-            source: key,
+            seq,
+            evicted: token,
         })
+    }
+
+    /// Places evicted to make room since the pool was made.
+    pub fn evicted(&self) -> u64 {
+        self.inner.state().evicted
     }
 
     /// Places taken now.
@@ -144,14 +204,8 @@ impl AdmissionPool {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        let mut s = self.pool.state();
-        s.in_use = s.in_use.saturating_sub(1);
-        if let Some(held) = s.by_source.get_mut(&self.source) {
-            *held -= 1;
-            if *held == 0 {
-                s.by_source.remove(&self.source);
-            }
-        }
+        // An evicted place was given back already.
+        self.pool.state().release(self.seq);
     }
 }
 
@@ -177,6 +231,30 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_full_pool_evicts_its_oldest_place_for_a_newcomer() {
+        let pool = AdmissionPool::new(2, 2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let oldest = pool.admit_evicting_oldest(a).unwrap();
+        let second = pool.admit_evicting_oldest(a).unwrap();
+        assert_eq!(pool.try_admit(b).unwrap_err(), Refused::PoolFull);
+        let newcomer = pool.admit_evicting_oldest(b).unwrap();
+        assert!(oldest.eviction().is_cancelled());
+        assert!(!second.eviction().is_cancelled());
+        assert_eq!((pool.in_use(), pool.held_by(a), pool.evicted()), (2, 1, 1));
+        // Dropping the evicted place gives nothing back twice.
+        drop(oldest);
+        assert_eq!(pool.in_use(), 2);
+        // A source over its share is refused, not made room for.
+        let _b2 = pool.admit_evicting_oldest(b).unwrap();
+        assert_eq!(
+            pool.admit_evicting_oldest(b).unwrap_err(),
+            Refused::SourceFull
+        );
+        drop((second, newcomer));
+    }
+
     proptest! {
         /// Whatever the order of admissions and releases, the pool never holds more than its
         /// capacity, no source more than its share, a refusal happens only at one of the two
@@ -185,22 +263,37 @@ mod tests {
         fn bounds_hold_and_every_place_comes_back(
             capacity in 1usize..12,
             per_source in 1usize..6,
-            steps in proptest::collection::vec((0u8..5, any::<bool>()), 0..200),
+            steps in proptest::collection::vec((0u8..5, 0u8..3), 0..200),
         ) {
             let pool = AdmissionPool::new(capacity, per_source);
+            // Places held, oldest first.
             let mut held: Vec<(u8, Admission)> = Vec::new();
-            for (src, admit) in steps {
+            for (src, step) in steps {
                 let ip = IpAddr::from([10, 0, 0, src]);
-                if admit {
+                if step < 2 {
+                    let evicting = step == 1;
                     let mine = held.iter().filter(|(s, _)| *s == src).count();
-                    match pool.try_admit(ip) {
-                        Ok(a) => held.push((src, a)),
-                        Err(Refused::PoolFull) => prop_assert_eq!(held.len(), capacity),
+                    let r = if evicting { pool.admit_evicting_oldest(ip) } else { pool.try_admit(ip) };
+                    match r {
+                        Ok(a) => {
+                            if held.len() == capacity {
+                                // Room was made from the oldest place.
+                                prop_assert!(evicting);
+                                let (_, victim) = held.remove(0);
+                                prop_assert!(victim.eviction().is_cancelled());
+                            }
+                            held.push((src, a));
+                        }
+                        Err(Refused::PoolFull) => {
+                            prop_assert!(!evicting);
+                            prop_assert_eq!(held.len(), capacity);
+                        }
                         Err(Refused::SourceFull) => prop_assert_eq!(mine, per_source),
                     }
                 } else if let Some(i) = held.iter().position(|(s, _)| *s == src) {
-                    held.swap_remove(i);
+                    held.remove(i);
                 }
+                prop_assert!(held.iter().all(|(_, a)| !a.eviction().is_cancelled()));
                 prop_assert!(pool.in_use() <= capacity);
                 prop_assert_eq!(pool.in_use(), held.len());
                 prop_assert!(pool.held_by(ip) <= per_source);

@@ -42,8 +42,9 @@ pub struct Limits {
     /// closed then.
     pub max_devices: usize,
     /// Connections still in their TLS handshake at once, on every port together (default
-    /// 1,024; at most [`Limits::MAX_COUNT`]). Past it a new connection is closed at accept, so
-    /// a flood of handshakes costs bounded memory and never takes a device slot.
+    /// 1,024; at most [`Limits::MAX_COUNT`]). Past it the oldest of them is closed to make
+    /// room, so a flood of handshakes costs bounded memory, never takes a device slot, and
+    /// starves a device only by opening this many connections within its handshake time.
     pub max_handshakes: usize,
     /// Of `max_handshakes`, how many one source address (an IPv6 source: its /64) may hold
     /// (default 256). Devices behind one NAT address share it, and so do the server's signal

@@ -77,8 +77,12 @@ pub struct GatewayStats {
     pub devices_active: usize,
     /// Authenticated devices closed because `max_devices` were already connected.
     pub refused_limit: u64,
-    /// Connections closed at accept because `max_handshakes` were already in their handshake.
+    /// Connections closed at accept because `max_handshakes` were already in their handshake
+    /// (the Web Console's tunnel pool aside, a full handshake pool evicts instead).
     pub refused_handshakes: u64,
+    /// Connections still in their handshake closed to make room for a newer one when all
+    /// `max_handshakes` places were taken.
+    pub evicted_handshakes: u64,
     /// Connections closed at accept because their source already held
     /// `max_handshakes_per_source` handshakes.
     pub refused_handshakes_per_source: u64,
@@ -395,6 +399,7 @@ impl GatewayHandle {
             devices_active: c.devices_active.load(Ordering::Relaxed),
             refused_limit: c.refused_limit.load(Ordering::Relaxed),
             refused_handshakes: c.refused_handshakes.load(Ordering::Relaxed),
+            evicted_handshakes: self.shared.handshakes.evicted(),
             refused_handshakes_per_source: c.refused_handshakes_per_source.load(Ordering::Relaxed),
             refused_consoles: c.refused_consoles.load(Ordering::Relaxed),
             consoles_silent: c.consoles_silent.load(Ordering::Relaxed),
@@ -452,7 +457,9 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, port: Option<De
         match accepted {
             Ok((tcp, addr)) => {
                 // Nobody is known yet: the connection costs a handshake place, not a slot.
-                let handshake = match shared.handshakes.try_admit(addr.ip()) {
+                // A full pool makes room from its oldest handshake: a flood must outpace a
+                // device's handshake to starve it.
+                let handshake = match shared.handshakes.admit_evicting_oldest(addr.ip()) {
                     Ok(h) => h,
                     Err(why) => {
                         match why {
@@ -465,10 +472,18 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, port: Option<De
                 };
                 let _ = tcp.set_nodelay(true);
                 let s = shared.clone();
+                let evicted = handshake.eviction();
                 shared.tracker.spawn(async move {
-                    match port {
-                        None => s.handle_main(tcp, addr, handshake).await,
-                        Some(p) => s.handle_device_port(tcp, addr, p, handshake).await,
+                    let serve = async {
+                        match port {
+                            None => s.handle_main(tcp, addr, handshake).await,
+                            Some(p) => s.handle_device_port(tcp, addr, p, handshake).await,
+                        }
+                    };
+                    // Once authenticated the place is given back and no eviction comes.
+                    tokio::select! {
+                        () = serve => {}
+                        () = evicted.cancelled() => {}
                     }
                 });
             }

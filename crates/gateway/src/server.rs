@@ -498,7 +498,8 @@ pub struct ListenerLimits {
     /// Time allowed from accept to an authenticated peer: the TLS handshake and, for a
     /// remote-office gateway's tunnel, its opening (default 5 s).
     pub handshake_timeout: Duration,
-    /// Connections in that phase at once (default 1,024); more are closed at accept.
+    /// Connections in that phase at once (default 1,024); past it the oldest is closed to
+    /// make room.
     pub max_handshakes: usize,
     /// Of `max_handshakes`, how many one source address (an IPv6 source: its /64) may hold
     /// (default 256).
@@ -570,10 +571,14 @@ impl ListenerHandle {
     pub fn handshake_failures(&self) -> u64 {
         self.handshake_failures.load(Ordering::Relaxed)
     }
-    /// Connections closed at accept: `max_handshakes` were in their handshake, or
-    /// `max_handshakes_per_source` from their source.
+    /// Connections closed at accept because `max_handshakes_per_source` from their source
+    /// were in their handshake (a full pool evicts its oldest handshake instead).
     pub fn refused_handshakes(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+    /// Handshakes closed to make room for a newer one when the pool was full.
+    pub fn evicted_handshakes(&self) -> u64 {
+        self.handshakes.evicted()
     }
     /// Connections in their handshake now.
     pub fn handshakes_in_progress(&self) -> usize {
@@ -688,14 +693,15 @@ async fn accept_devices(
                 }
             },
         };
-        let Ok(admission) = pool.try_admit(addr.ip()) else {
+        let Ok(admission) = pool.admit_evicting_oldest(addr.ip()) else {
             refused.fetch_add(1, Ordering::Relaxed);
             continue;
         };
         let _ = tcp.set_nodelay(true);
         let (configs, out, failures) = (configs.clone(), out.clone(), failures.clone());
+        let evicted = admission.eviction();
         tracker.spawn(async move {
-            let accepted = tokio::time::timeout(timeout, async {
+            let handshake = tokio::time::timeout(timeout, async {
                 let start =
                     LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
                 let alpn = offered_alpn(&start);
@@ -778,8 +784,15 @@ async fn accept_devices(
                     peer,
                     via: Via::RemoteGateway(open.gateway_id),
                 })
-            })
-            .await;
+            });
+            // A full pool evicts its oldest handshake to make room for a newer one.
+            let accepted = tokio::select! {
+                r = handshake => r,
+                () = evicted.cancelled() => {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            };
             // Known (or gone) by now: the place goes back before the hand-over, which may
             // wait for the server.
             drop(admission);

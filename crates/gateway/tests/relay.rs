@@ -580,33 +580,42 @@ async fn silent_connections_take_no_device_slot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handshakes_past_the_pool_are_closed_at_accept() {
+async fn a_full_handshake_pool_makes_room_from_its_oldest() {
     let pki = Pki::new();
     let mut cfg = GatewayConfig::dmz("gw-dmz", local());
     cfg.limits.max_handshakes = 4;
+    cfg.limits.max_handshakes_per_source = 4;
     let (gw, conn, _seen) = dmz_echo(&pki, cfg).await;
+    // Four hosts fill the pool, two connections each: the first four are evicted in turn.
     let mut hostile = Vec::new();
-    for _ in 0..6 {
-        hostile.push(TcpStream::connect(gw.local_addr()).await.unwrap());
+    for i in 0..8u8 {
+        let from = [127, 0, 0, 2 + i % 4];
+        hostile.push(connect_from(from, gw.local_addr()).await.unwrap());
     }
-    wait_until("two connections refused at accept", || {
-        gw.stats().refused_handshakes == 2
+    wait_until("the oldest four evicted", || {
+        gw.stats().evicted_handshakes == 4
     })
     .await;
-    // Once the silent ones leave, a device gets through again.
-    drop(hostile);
-    let cert = pki.agent("device-1");
-    let mut relayed = false;
-    for _ in 0..100 {
-        if let Ok(dev) = agent_connect(&pki, &cert, gw.local_addr(), GATEWAY_NAME).await
-            && echo_roundtrip(dev, payload(2, 64)).await.is_ok()
-        {
-            relayed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // The evicted ones are closed.
+    for tcp in &mut hostile[..4] {
+        let mut b = [0u8; 1];
+        let read = bounded("an evicted connection is closed", tcp.read(&mut b)).await;
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     }
-    assert!(relayed, "{:?}", gw.stats());
+    // With the pool still full of silent peers, a device's handshake makes room and is
+    // relayed; its place is given back once it is authenticated, so it is never evicted.
+    let cert = pki.agent("device-1");
+    let dev = bounded(
+        "the device connects",
+        agent_connect(&pki, &cert, gw.local_addr(), GATEWAY_NAME),
+    )
+    .await
+    .unwrap();
+    bounded("the device is relayed", echo_roundtrip(dev, payload(2, 64)))
+        .await
+        .unwrap();
+    assert_eq!(gw.stats().refused_handshakes, 0);
+    drop(hostile);
     conn.shutdown().await;
     gw.shutdown().await;
 }

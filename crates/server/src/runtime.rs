@@ -92,8 +92,8 @@ pub struct AdminServerConfig {
     /// Time allowed for a device's TLS handshake, in ms (default 5 s).
     #[serde(default = "default_handshake")]
     pub handshake_timeout_ms: u64,
-    /// Connections in their TLS handshake on the device port at once (default 1,024); more
-    /// are closed at accept.
+    /// Connections in their TLS handshake on the device port at once (default 1,024); past it
+    /// the oldest is closed to make room.
     #[serde(default = "default_max_handshakes")]
     pub max_handshakes: usize,
     /// Of those, how many one source address (an IPv6 source: its /64) may hold (default

@@ -151,11 +151,13 @@ pub struct ServiceConfig {
     /// Largest frame accepted on the enrollment channel, whose peers are not authenticated
     /// (default [`ENROLLMENT_MAX_FRAME_LEN`]).
     pub max_enrollment_frame_len: usize,
-    /// Enrollment-channel connections served at once; more are refused with
-    /// `RefusalCode::Overloaded` (default 128).
+    /// Enrollment-channel connections served at once (default 128); past it the oldest is
+    /// closed to make room, so connections that hold a place without finishing cannot keep
+    /// devices from enrolling.
     pub max_enrolling: usize,
     /// Of `max_enrolling`, how many one source address (an IPv6 source: its /64) may hold
-    /// (default 32; an agent refused for it retries with its backoff).
+    /// (default 32); more are refused with `RefusalCode::Overloaded`, which an agent retries
+    /// with its backoff.
     pub max_enrolling_per_source: usize,
     /// Time an enrollment connection has, once its TLS handshake is done, to send its Hello
     /// and its request (default 10 s, and never more than `hello_timeout`); it is closed
@@ -246,6 +248,13 @@ fn source_of(remote_addr: &str) -> String {
     remote_addr
         .parse::<std::net::SocketAddr>()
         .map_or_else(|_| remote_addr.to_string(), |a| a.ip().to_string())
+}
+
+fn refusal(code: RefusalCode, reason: String) -> Message {
+    Message::from(Refusal {
+        code: code as i32,
+        reason,
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -408,19 +417,14 @@ impl AdminService {
             self.config.max_frame_len
         };
         let mut framed = Framed::new(conn.stream, MessageCodec::with_max_frame_len(max_frame_len));
-        let refuse = |code: RefusalCode, reason: String| {
-            Message::from(Refusal {
-                code: code as i32,
-                reason,
-            })
-        };
+        let refuse = refusal;
         // Held until this enrollment connection ends.
         let _place = if enrolling {
             let source = peer
                 .remote_addr
                 .parse::<std::net::SocketAddr>()
                 .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
-            match self.enrolling.try_admit(source) {
+            match self.enrolling.admit_evicting_oldest(source) {
                 Ok(p) => Some(p),
                 Err(why) => {
                     self.stats.enroll_throttled.fetch_add(1, Ordering::Relaxed);
@@ -445,6 +449,30 @@ impl AdminService {
         } else {
             None
         };
+        // A full enrollment pool evicts its oldest connection to make room for a new one.
+        let evicted = _place.as_ref().map(admission::Admission::eviction);
+        let serving = self.serve_admitted(framed, peer, via, enrolling);
+        match evicted {
+            Some(token) => tokio::select! {
+                () = serving => {}
+                () = token.cancelled() => {
+                    self.stats.enroll_throttled.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+            None => serving.await,
+        }
+    }
+
+    /// [`serve`](Self::serve) once the connection has its place: the Hello, then enrollment
+    /// or the device's requests.
+    async fn serve_admitted(
+        &self,
+        mut framed: Framed<outpost_gateway::BoxStream, MessageCodec>,
+        peer: outpost_gateway::DevicePeer,
+        via: Via,
+        enrolling: bool,
+    ) {
+        let refuse = refusal;
         // An enrollment connection has one deadline for all it must send; a device's first
         // message has `hello_timeout`.
         let deadline = tokio::time::Instant::now()

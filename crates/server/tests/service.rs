@@ -387,7 +387,8 @@ async fn the_enrollment_channel_costs_little_before_its_peer_is_known() {
         .issue_token("lab", Some("laptop-2"), Duration::from_secs(600), now)
         .unwrap();
     let mut config = ServiceConfig::new(dir.path().join("registry.json"));
-    config.max_enrolling = 8;
+    config.max_enrolling = 16;
+    config.max_enrolling_per_source = 8;
     config.enroll_failures_per_source = 3;
     // Longer than any wait below: a prompt close is the server's decision, not a deadline.
     config.hello_timeout = Duration::from_secs(60);
@@ -413,8 +414,8 @@ async fn the_enrollment_channel_costs_little_before_its_peer_is_known() {
         "refused at the header: {closed:?}"
     );
 
-    // Connections up to the cap may hold a partial frame below the limit; past it they are
-    // refused at once.
+    // Connections up to the source's share may hold a partial frame below the limit; past it
+    // they are refused at once.
     let mut stalled = Vec::new();
     for _ in 0..8 {
         let mut c = dial(enroll_cfg.clone(), addr, SERVER).await;
@@ -434,7 +435,8 @@ async fn the_enrollment_channel_costs_little_before_its_peer_is_known() {
     .unwrap();
     let refused = tokio::time::timeout(Duration::from_secs(20), over.next()).await;
     assert!(
-        matches!(&refused, Ok(Some(Ok(Message::Refusal(r)))) if r.code == RefusalCode::Overloaded as i32),
+        matches!(&refused, Ok(Some(Ok(Message::Refusal(r))))
+            if r.code == RefusalCode::Overloaded as i32 && r.reason.contains("from this address")),
         "{refused:?}"
     );
     // An enrolled device is served meanwhile.
@@ -559,5 +561,52 @@ async fn a_device_enrolled_before_serials_were_kept_is_checked_for_revocation() 
     assert!(
         matches!(&answer, Message::Refusal(r) if r.code == RefusalCode::NotAuthorized as i32),
         "{answer:?}"
+    );
+}
+
+/// A full enrollment pool closes its oldest connection to make room for a new one, so
+/// connections that hold their place without finishing cannot keep a device from enrolling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_enrollment_pool_makes_room_from_its_oldest_connection() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let ca = Arc::new(ServerCa::create(PkiConfig::default(), now).unwrap());
+    let mut reg = Registry::new("server-1").unwrap();
+    reg.add_group("lab", "Lab", None).unwrap();
+    let token = reg
+        .issue_token("lab", Some("laptop-1"), Duration::from_secs(600), now)
+        .unwrap();
+    let mut config = ServiceConfig::new(dir.path().join("registry.json"));
+    config.max_enrolling = 4;
+    config.hello_timeout = Duration::from_secs(60);
+    let server = start_server_with(&ca, reg, config, Arc::new(MemoryObjects::default())).await;
+    let addr = server.listener.local_addr();
+    let enroll_cfg = enrollment_client_config(ca.server_ca(), &TlsOptions::default()).unwrap();
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let mut c = dial(enroll_cfg.clone(), addr, SERVER).await;
+        hello(&mut c, "hostile").await;
+        c.get_mut().write_all(&frame_header(60_000)).await.unwrap();
+        c.get_mut().flush().await.unwrap();
+        stalled.push(c);
+    }
+    // The device enrolls at once, and the oldest stalled connection was closed for it.
+    let cert = tokio::time::timeout(
+        Duration::from_secs(20),
+        enroll(&ca, addr, "laptop-1", &token),
+    )
+    .await
+    .expect("enrolled in time");
+    assert!(cert.is_ok(), "{:?}", cert.err());
+    let oldest = tokio::time::timeout(Duration::from_secs(20), stalled[0].next()).await;
+    assert!(matches!(oldest, Ok(None | Some(Err(_)))), "{oldest:?}");
+    assert!(
+        server
+            .service
+            .stats()
+            .enroll_throttled
+            .load(Ordering::Relaxed)
+            >= 1
     );
 }

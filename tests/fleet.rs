@@ -118,6 +118,18 @@ async fn state_and_dmz_gateway(
     (ca, gw)
 }
 
+/// An Administration Server on `config` and `base`, with objects in memory.
+async fn start_server(config: &AdminServerConfig, base: &std::path::Path) -> AdminServer {
+    AdminServer::start(
+        config.clone(),
+        base,
+        None,
+        Arc::new(MemoryObjects::default()),
+    )
+    .await
+    .unwrap()
+}
+
 /// A server on `127.0.0.1:port` (0: any) that dials the gateways it has registered quickly.
 fn dialling_config(port: u16) -> AdminServerConfig {
     AdminServerConfig::from_toml(&format!(
@@ -509,14 +521,7 @@ async fn a_revoked_device_is_refused_through_a_gateway_without_the_crl() {
             reg.issue_token("lab", Some("behind-gw-1"), Duration::from_secs(600), now)
         })
         .unwrap();
-    let server = AdminServer::start(
-        config.clone(),
-        base,
-        None,
-        Arc::new(MemoryObjects::default()),
-    )
-    .await
-    .unwrap();
+    let server = start_server(&config, base).await;
     let addr = server.local_addr();
     let behind = Agent::start(agent(
         base,
@@ -804,14 +809,7 @@ async fn past_the_gateway_handshake_pool_a_device_is_relayed_and_memory_stays_bo
             reg.register_dmz_gateway("dmz-1", gw_addr, vec!["gw.test".into()])
         })
         .unwrap();
-    let server = AdminServer::start(
-        config.clone(),
-        base,
-        None,
-        Arc::new(MemoryObjects::default()),
-    )
-    .await
-    .unwrap();
+    let server = start_server(&config, base).await;
     let addr = server.local_addr();
     let device = || {
         agent(

@@ -146,9 +146,10 @@ pub struct ServiceConfig {
     pub max_chunk: u32,
     /// Time allowed for a device's first message (default 10 s).
     pub hello_timeout: Duration,
-    /// Largest frame accepted from an authenticated device (default 16 MiB).
+    /// Largest frame accepted from an enrolled device (default 16 MiB).
     pub max_frame_len: usize,
-    /// Largest frame accepted on the enrollment channel, whose peers are not authenticated
+    /// Largest frame accepted before the registry knows the peer: everything on the
+    /// enrollment channel, and the Hello of every other connection, certificate or not
     /// (default [`ENROLLMENT_MAX_FRAME_LEN`]).
     pub max_enrollment_frame_len: usize,
     /// Enrollment-channel connections served at once (default 128); past it the oldest is
@@ -410,13 +411,12 @@ impl AdminService {
         let peer = conn.peer.clone();
         let via = conn.via.clone();
         let enrolling = peer.channel == ChannelKind::Enrollment;
-        // Before its peer is known, a connection may send only small frames.
-        let max_frame_len = if enrolling {
-            self.config.max_enrollment_frame_len
-        } else {
-            self.config.max_frame_len
-        };
-        let mut framed = Framed::new(conn.stream, MessageCodec::with_max_frame_len(max_frame_len));
+        // Until the registry knows its peer, a connection may send only small frames; an
+        // enrolled device gets `max_frame_len` once it is known.
+        let mut framed = Framed::new(
+            conn.stream,
+            MessageCodec::with_max_frame_len(self.config.max_enrollment_frame_len),
+        );
         let refuse = refusal;
         // Held until this enrollment connection ends.
         let _place = if enrolling {
@@ -632,6 +632,9 @@ impl AdminService {
                 .await;
             return;
         };
+        framed
+            .codec_mut()
+            .set_max_frame_len(self.config.max_frame_len);
         let ctx = DeviceContext {
             device_id: device_id.clone(),
             group,

@@ -610,3 +610,46 @@ async fn a_full_enrollment_pool_makes_room_from_its_oldest_connection() {
             >= 1
     );
 }
+
+/// A connection whose peer the registry does not know (here one from the unauthenticated
+/// mobile port, relayed by a gateway) is held to the small frame limit too: a large frame is
+/// refused from its header, before any of it is buffered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_not_known_yet_may_send_only_small_frames() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let ca = Arc::new(ServerCa::create(PkiConfig::default(), now).unwrap());
+    let mut config = ServiceConfig::new(dir.path().join("registry.json"));
+    // Longer than any wait below: a prompt close is the server's decision, not a deadline.
+    config.hello_timeout = Duration::from_secs(60);
+    let server = start_server_with(
+        &ca,
+        Registry::new("server-1").unwrap(),
+        config,
+        Arc::new(MemoryObjects::default()),
+    )
+    .await;
+    let (mut client, stream) = tokio::io::duplex(64 * 1024);
+    server
+        .tx
+        .send(DeviceConnection {
+            stream: Box::new(stream),
+            peer: outpost_gateway::DevicePeer::from_certificates(
+                None,
+                "192.0.2.7:40000".into(),
+                ChannelKind::MobileUnauthenticated,
+            ),
+            via: outpost_gateway::Via::DmzGateway("dmz-1".into()),
+        })
+        .await
+        .unwrap();
+    client
+        .write_all(&frame_header(8 * 1024 * 1024))
+        .await
+        .unwrap();
+    // The server closes without waiting for the frame's bytes.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), client.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "still open after 20 s");
+}

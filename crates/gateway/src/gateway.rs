@@ -697,12 +697,14 @@ impl Shared {
         };
         let accept = TlsAcceptor::from(cfg).accept(tcp);
         let link = self.device_handshake(accept, deadline, addr, channel).await;
-        drop(handshake);
-        // Authenticated by now: only now does the device take a slot.
+        // Authenticated by now (on the port without client authentication nobody is, so
+        // such a peer keeps its handshake place, bounded per source, for as long as it is
+        // relayed); only now does the device take a slot.
+        let unknown = (channel == ChannelKind::MobileUnauthenticated).then_some(handshake);
         let (Some((stream, peer)), Some(permit)) = (link, self.device_slot()) else {
             return;
         };
-        self.relay_device(stream, peer, permit, true, BytesMut::new())
+        self.relay_device(stream, peer, (permit, unknown), true, BytesMut::new())
             .await;
     }
 

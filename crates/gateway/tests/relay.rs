@@ -976,3 +976,44 @@ async fn the_server_port_bounds_handshakes_per_source() {
     drop(hostile);
     listener.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_of_the_port_without_client_authentication_stay_bounded_per_source() {
+    let pki = Pki::new();
+    let mut cfg = GatewayConfig::dmz("gw-dmz", local());
+    cfg.mobile_unauthenticated_listen = Some(local());
+    cfg.limits.max_handshakes_per_source = 2;
+    let (gw, conn, _seen) = dmz_echo(&pki, cfg).await;
+    let port = gw.mobile_unauthenticated_addr().unwrap();
+    // Nobody is authenticated on this port: two relayed peers from one host hold its share.
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let tls = mobile_connect_from(&pki, None, [127, 0, 0, 2], port)
+            .await
+            .unwrap();
+        let (mut r, mut w) = tokio::io::split(tls);
+        w.write_all(&[i]).await.unwrap();
+        let mut b = [0u8; 1];
+        bounded("relayed", r.read_exact(&mut b)).await.unwrap();
+        held.push((r, w));
+    }
+    // A third from that host is closed at accept; another host is still served.
+    let third = mobile_connect_from(&pki, None, [127, 0, 0, 2], port).await;
+    assert!(
+        third.is_err(),
+        "a third peer from the same host was admitted"
+    );
+    wait_until("the refusal is counted", || {
+        gw.stats().refused_handshakes_per_source == 1
+    })
+    .await;
+    let other = mobile_connect_from(&pki, None, [127, 0, 0, 3], port)
+        .await
+        .unwrap();
+    bounded("another host", echo_roundtrip(other, payload(10, 100)))
+        .await
+        .unwrap();
+    drop(held);
+    conn.shutdown().await;
+    gw.shutdown().await;
+}

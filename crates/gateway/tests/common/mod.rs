@@ -116,8 +116,18 @@ pub async fn mobile_connect(
     cert: Option<&IssuedCert>,
     addr: SocketAddr,
 ) -> std::io::Result<Tls> {
+    mobile_connect_from(pki, cert, [127, 0, 0, 1], addr).await
+}
+
+/// [`mobile_connect`] from the loopback address `from`.
+pub async fn mobile_connect_from(
+    pki: &Pki,
+    cert: Option<&IssuedCert>,
+    from: [u8; 4],
+    addr: SocketAddr,
+) -> std::io::Result<Tls> {
     let cfg = mobile_client_config(cert, pki.ca.server_ca(), &TlsOptions::default()).unwrap();
-    let tcp = TcpStream::connect(addr).await?;
+    let tcp = connect_from(from, addr).await?;
     TlsConnector::from(cfg)
         .connect(ServerName::try_from(GATEWAY_NAME.to_string()).unwrap(), tcp)
         .await

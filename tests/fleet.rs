@@ -119,7 +119,10 @@ async fn state_and_dmz_gateway(
 }
 
 /// An Administration Server on `config` and `base`, with objects in memory.
-async fn start_server(config: &AdminServerConfig, base: &std::path::Path) -> AdminServer {
+async fn try_start_server(
+    config: &AdminServerConfig,
+    base: &std::path::Path,
+) -> Result<AdminServer, outpost::server::ServerError> {
     AdminServer::start(
         config.clone(),
         base,
@@ -127,7 +130,11 @@ async fn start_server(config: &AdminServerConfig, base: &std::path::Path) -> Adm
         Arc::new(MemoryObjects::default()),
     )
     .await
-    .unwrap()
+}
+
+/// [`try_start_server`], which must succeed.
+async fn start_server(config: &AdminServerConfig, base: &std::path::Path) -> AdminServer {
+    try_start_server(config, base).await.unwrap()
 }
 
 /// A server on `127.0.0.1:port` (0: any) that dials the gateways it has registered quickly.
@@ -423,15 +430,10 @@ async fn device_settings_survive_a_server_crash_and_a_restart() {
         .unwrap_err();
     let holder = format!("pid {} (server)", child.id().unwrap());
     assert!(e.to_string().contains(&holder), "{e}");
-    let e = AdminServer::start(
-        config.clone(),
-        base,
-        None,
-        Arc::new(MemoryObjects::default()),
-    )
-    .await
-    .err()
-    .expect("a second server on the same directory was refused");
+    let e = try_start_server(&config, base)
+        .await
+        .err()
+        .expect("a second server on the same directory was refused");
     assert!(e.to_string().contains(&holder), "{e}");
 
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -476,14 +478,9 @@ async fn device_settings_survive_a_server_crash_and_a_restart() {
             .unwrap();
         let before = laptop.status().core.syncs;
         server = Some(
-            AdminServer::start(
-                config.clone(),
-                base,
-                None,
-                Arc::new(MemoryObjects::default()),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("start {when}: {e}")),
+            try_start_server(&config, base)
+                .await
+                .unwrap_or_else(|e| panic!("start {when}: {e}")),
         );
         syncs_past(&laptop, before).await;
         assert_eq!(

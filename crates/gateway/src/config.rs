@@ -292,11 +292,8 @@ impl TlsFiles {
             None => None,
         };
         let crl_files = self.crl_files(base);
-        let crls = crl_files
-            .iter()
-            .filter(|p| self.crls.is_some() || p.exists())
-            .map(|p| store::read_crl(p))
-            .collect::<Result<_, _>>()?;
+        // Lists named in the configuration must exist; the CAs' own are taken once they do.
+        let crls = read_crls(&crl_files, self.crls.is_none())?;
         Ok(TlsMaterial {
             identity,
             server_ca,
@@ -321,6 +318,16 @@ impl TlsFiles {
                 .collect(),
         }
     }
+}
+
+/// Reads the revocation lists in `files`; with `missing_ok`, a file that does not exist is
+/// left out rather than an error.
+pub(crate) fn read_crls(files: &[PathBuf], missing_ok: bool) -> Result<Vec<Crl>, GatewayError> {
+    Ok(files
+        .iter()
+        .filter(|p| !missing_ok || p.exists())
+        .map(|p| store::read_crl(p))
+        .collect::<Result<_, _>>()?)
 }
 
 fn default_listen() -> SocketAddr {

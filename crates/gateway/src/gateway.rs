@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use outpost_pki::Crl;
+use outpost_pki::store::FileStamps;
 use outpost_pki::tls::{self as pki_tls, ALPN_DATA, ALPN_SIGNAL, TlsOptions};
 use outpost_wire::messages::*;
 use outpost_wire::{Message, MessageCodec};
@@ -23,8 +24,8 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admission::{Admission, AdmissionPool, Refused};
-use crate::config::{GatewayConfig, GatewayMode, TlsMaterial};
+use crate::admission::{Admission, AdmissionPool};
+use crate::config::{GatewayConfig, GatewayMode, TlsMaterial, read_crls};
 use crate::io::{read_message, write_message};
 use crate::peer::{BoxStream, DevicePeer, cert_fingerprint, offered_alpn, random_u128};
 use crate::splice::{RelayCounters, splice};
@@ -53,7 +54,6 @@ struct Counters {
     devices_accepted: AtomicU64,
     devices_active: AtomicUsize,
     refused_limit: AtomicU64,
-    refused_handshakes: AtomicU64,
     refused_handshakes_per_source: AtomicU64,
     refused_consoles: AtomicU64,
     consoles_silent: AtomicU64,
@@ -77,9 +77,6 @@ pub struct GatewayStats {
     pub devices_active: usize,
     /// Authenticated devices closed because `max_devices` were already connected.
     pub refused_limit: u64,
-    /// Connections closed at accept because `max_handshakes` were already in their handshake
-    /// (the Web Console's tunnel pool aside, a full handshake pool evicts instead).
-    pub refused_handshakes: u64,
     /// Connections still in their handshake closed to make room for a newer one when all
     /// `max_handshakes` places were taken.
     pub evicted_handshakes: u64,
@@ -138,17 +135,12 @@ struct TlsConfigs {
 
 impl TlsConfigs {
     fn build(config: &GatewayConfig, tls: &TlsMaterial) -> Result<Self, GatewayError> {
+        config.check_material(tls)?;
         let opts = TlsOptions::default().with_crls(tls.crls.clone());
         let id = &tls.identity;
         let mobile = match (config.mobile_listen, &tls.mobile_ca) {
-            (None, _) => None,
             (Some(_), Some(ca)) => Some(pki_tls::mobile_port_server_config(id, ca, &opts)?),
-            (Some(_), None) => {
-                return Err(GatewayError::config(
-                    "tls.mobile_ca",
-                    "required when mobile_listen is set",
-                ));
-            }
+            _ => None,
         };
         let mobile_unauthenticated = match config.mobile_unauthenticated_listen {
             None => None,
@@ -234,7 +226,6 @@ impl Gateway {
         tls: TlsMaterial,
     ) -> Result<GatewayHandle, GatewayError> {
         config.validate()?;
-        config.check_material(&tls)?;
         let configs = TlsConfigs::build(&config, &tls)?;
         let remote = match &config.mode {
             GatewayMode::Dmz => None,
@@ -283,6 +274,11 @@ impl Gateway {
             extra.push((l, DevicePort::WebConsole));
         }
         let limits = &config.limits;
+        let counters = Counters::default();
+        // The lists taken in at start count as the first.
+        counters
+            .crl_reloads
+            .store(u64::from(!tls.crls.is_empty()), Ordering::Relaxed);
         let shared = Arc::new(Shared {
             tickets: Mutex::new(TicketTable::new(
                 Duration::from_millis(limits.ticket_ttl_ms),
@@ -297,7 +293,7 @@ impl Gateway {
                 limits.max_console_tunnels,
                 limits.max_console_tunnels_per_source,
             ),
-            counters: Counters::default(),
+            counters,
             relayed: Arc::new(RelayCounters::default()),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
@@ -307,10 +303,6 @@ impl Gateway {
             remote,
             config,
         });
-        shared.counters.crl_reloads.fetch_add(
-            u64::from(!lock(&shared.material).crls.is_empty()),
-            Ordering::Relaxed,
-        );
         let mut addrs = LocalAddrs {
             main: main.local_addr()?,
             ..LocalAddrs::default()
@@ -398,7 +390,6 @@ impl GatewayHandle {
             devices_accepted: c.devices_accepted.load(Ordering::Relaxed),
             devices_active: c.devices_active.load(Ordering::Relaxed),
             refused_limit: c.refused_limit.load(Ordering::Relaxed),
-            refused_handshakes: c.refused_handshakes.load(Ordering::Relaxed),
             evicted_handshakes: self.shared.handshakes.evicted(),
             refused_handshakes_per_source: c.refused_handshakes_per_source.load(Ordering::Relaxed),
             refused_consoles: c.refused_consoles.load(Ordering::Relaxed),
@@ -459,16 +450,13 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, port: Option<De
                 // Nobody is known yet: the connection costs a handshake place, not a slot.
                 // A full pool makes room from its oldest handshake: a flood must outpace a
                 // device's handshake to starve it.
-                let handshake = match shared.handshakes.admit_evicting_oldest(addr.ip()) {
-                    Ok(h) => h,
-                    Err(why) => {
-                        match why {
-                            Refused::SourceFull => &shared.counters.refused_handshakes_per_source,
-                            _ => &shared.counters.refused_handshakes,
-                        }
+                // Only a source over its share is refused.
+                let Ok(handshake) = shared.handshakes.admit_evicting_oldest(addr.ip()) else {
+                    shared
+                        .counters
+                        .refused_handshakes_per_source
                         .fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
+                    continue;
                 };
                 let _ = tcp.set_nodelay(true);
                 let s = shared.clone();
@@ -499,16 +487,10 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, port: Option<De
 /// How often the CRL files of a gateway started from files are looked at.
 pub const CRL_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
-/// A file's modification time and length, or `None` if it cannot be read.
-fn stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
-}
-
 /// Reloads the revocation lists whenever one of their files changes. A list that does not
 /// load (caught between writes, or removed) keeps the lists in force, and is tried again.
 async fn watch_crls(shared: Arc<Shared>, files: Vec<std::path::PathBuf>) {
-    let mut seen: Vec<_> = files.iter().map(|f| stamp(f)).collect();
+    let mut seen = FileStamps::of(&files);
     let mut every = tokio::time::interval(CRL_CHECK_INTERVAL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let id = &shared.config.gateway_id;
@@ -517,26 +499,18 @@ async fn watch_crls(shared: Arc<Shared>, files: Vec<std::path::PathBuf>) {
             () = shared.shutdown.cancelled() => return,
             _ = every.tick() => {}
         }
-        let now: Vec<_> = files.iter().map(|f| stamp(f)).collect();
+        let now = FileStamps::of(&files);
         if now == seen {
             continue;
         }
-        if seen
-            .iter()
-            .zip(&now)
-            .any(|(was, is)| was.is_some() && is.is_none())
-        {
+        if now.lost_since(&seen) {
             // Revocations are not dropped because a file went away.
             log::warn!("gateway {id}: a revocation list file is gone; keeping the lists in force");
             seen = now;
             continue;
         }
-        let loaded: Result<Vec<Crl>, _> = files
-            .iter()
-            .filter(|f| f.exists())
-            .map(|f| outpost_pki::store::read_crl(f))
-            .collect();
-        match loaded.map_err(GatewayError::from).and_then(|crls| {
+        // A file that was never there is no list yet; one that went away was caught above.
+        match read_crls(&files, true).and_then(|crls| {
             let n = crls.len();
             shared.set_crls(crls).map(|()| n)
         }) {
@@ -680,11 +654,12 @@ impl Shared {
         handshake: Admission,
     ) {
         let deadline = self.handshake_deadline();
+        let tls = self.tls();
         let (channel, cfg) = match port {
-            DevicePort::Mobile => (ChannelKind::Mobile, self.tls().mobile.clone()),
+            DevicePort::Mobile => (ChannelKind::Mobile, tls.mobile.clone()),
             DevicePort::MobileUnauthenticated => (
                 ChannelKind::MobileUnauthenticated,
-                self.tls().mobile_unauthenticated.clone(),
+                tls.mobile_unauthenticated.clone(),
             ),
             DevicePort::WebConsole => {
                 return self

@@ -325,6 +325,36 @@ fn files_of(kind: CaKind) -> (&'static str, &'static str, &'static str) {
     }
 }
 
+/// What a set of files looked like (modification time and length of each; `None` for one
+/// that cannot be read), to notice when one of them is rewritten: every write here replaces
+/// a file by renaming a new one over it, which changes both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStamps(Vec<Option<(SystemTime, u64)>>);
+
+impl FileStamps {
+    /// The stamps of `files` now.
+    pub fn of(files: &[PathBuf]) -> Self {
+        FileStamps(
+            files
+                .iter()
+                .map(|f| {
+                    let m = fs::metadata(f).ok()?;
+                    Some((m.modified().ok()?, m.len()))
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether a file readable in `earlier` cannot be read now.
+    pub fn lost_since(&self, earlier: &FileStamps) -> bool {
+        earlier
+            .0
+            .iter()
+            .zip(&self.0)
+            .any(|(was, is)| was.is_some() && is.is_none())
+    }
+}
+
 /// Writes both CAs (certificates, keys with mode 0600, fresh CRLs) into `dir`, creating it.
 /// Each file is replaced atomically (see [`write_private_key`]).
 ///

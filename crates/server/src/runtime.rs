@@ -235,28 +235,24 @@ pub struct AdminServer {
     _lock: DataDirLock,
 }
 
-/// The server CA's revocation list file, as last seen (modification time and length).
+/// The server CA's revocation list file, as last seen.
 struct CrlWatch {
     dir: PathBuf,
-    seen: Option<(std::time::SystemTime, u64)>,
+    file: [PathBuf; 1],
+    seen: store::FileStamps,
 }
 
 impl CrlWatch {
     fn new(dir: PathBuf) -> Self {
-        let mut w = CrlWatch { dir, seen: None };
-        w.seen = w.stamp();
-        w
-    }
-
-    fn stamp(&self) -> Option<(std::time::SystemTime, u64)> {
-        let m = std::fs::metadata(self.dir.join(store::files::CA_CRL)).ok()?;
-        Some((m.modified().ok()?, m.len()))
+        let file = [dir.join(store::files::CA_CRL)];
+        let seen = store::FileStamps::of(&file);
+        CrlWatch { dir, file, seen }
     }
 
     /// When the file changed (`pki revoke` rewrote it), reloads the CA from the directory
     /// (which verifies the list's signature) and hands the new list to the service.
     fn poll(&mut self, service: &AdminService) {
-        let now = self.stamp();
+        let now = store::FileStamps::of(&self.file);
         if now == self.seen {
             return;
         }

@@ -244,11 +244,12 @@ fn revoked_serials(ca: &ServerCa) -> HashSet<String> {
         .collect()
 }
 
-/// The address part of a peer's `ip:port` (the whole string if it does not parse).
-fn source_of(remote_addr: &str) -> String {
+/// The address part of a peer's `ip:port` (the unspecified address if it does not parse:
+/// every connection's address comes from its socket, so it does).
+fn source_of(remote_addr: &str) -> std::net::IpAddr {
     remote_addr
         .parse::<std::net::SocketAddr>()
-        .map_or_else(|_| remote_addr.to_string(), |a| a.ip().to_string())
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip())
 }
 
 fn refusal(code: RefusalCode, reason: String) -> Message {
@@ -313,10 +314,10 @@ impl AdminService {
         *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = revoked;
         for (id, tx) in cut {
             log::warn!("device {id:?}: its certificate was revoked; closing its connection");
-            let _ = tx.try_send(Message::from(Refusal {
-                code: RefusalCode::NotAuthorized as i32,
-                reason: format!("the certificate of {id:?} is revoked"),
-            }));
+            let _ = tx.try_send(refusal(
+                RefusalCode::NotAuthorized,
+                format!("the certificate of {id:?} is revoked"),
+            ));
         }
         n
     }
@@ -417,14 +418,12 @@ impl AdminService {
             conn.stream,
             MessageCodec::with_max_frame_len(self.config.max_enrollment_frame_len),
         );
-        let refuse = refusal;
         // Held until this enrollment connection ends.
-        let _place = if enrolling {
-            let source = peer
-                .remote_addr
-                .parse::<std::net::SocketAddr>()
-                .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
-            match self.enrolling.admit_evicting_oldest(source) {
+        let place = if enrolling {
+            match self
+                .enrolling
+                .admit_evicting_oldest(source_of(&peer.remote_addr))
+            {
                 Ok(p) => Some(p),
                 Err(why) => {
                     self.stats.enroll_throttled.fetch_add(1, Ordering::Relaxed);
@@ -440,7 +439,7 @@ impl AdminService {
                     };
                     let _ = tokio::time::timeout(
                         self.config.hello_timeout,
-                        framed.send(refuse(RefusalCode::Overloaded, reason)),
+                        framed.send(refusal(RefusalCode::Overloaded, reason)),
                     )
                     .await;
                     return;
@@ -450,7 +449,7 @@ impl AdminService {
             None
         };
         // A full enrollment pool evicts its oldest connection to make room for a new one.
-        let evicted = _place.as_ref().map(admission::Admission::eviction);
+        let evicted = place.as_ref().map(admission::Admission::eviction);
         let serving = self.serve_admitted(framed, peer, via, enrolling);
         match evicted {
             Some(token) => tokio::select! {
@@ -472,7 +471,6 @@ impl AdminService {
         via: Via,
         enrolling: bool,
     ) {
-        let refuse = refusal;
         // An enrollment connection has one deadline for all it must send; a device's first
         // message has `hello_timeout`.
         let deadline = tokio::time::Instant::now()
@@ -497,7 +495,7 @@ impl AdminService {
             Err(e) => {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 let _ = framed
-                    .send(refuse(RefusalCode::VersionMismatch, e.to_string()))
+                    .send(refusal(RefusalCode::VersionMismatch, e.to_string()))
                     .await;
                 return;
             }
@@ -515,10 +513,10 @@ impl AdminService {
             let reply = match tokio::time::timeout_at(deadline, framed.next()).await {
                 Ok(Some(Ok(Message::EnrollRequest(_))))
                     if !lock(&self.throttle)
-                        .admit(&source_of(&peer.remote_addr), Instant::now()) =>
+                        .admit(&source_of(&peer.remote_addr).to_string(), Instant::now()) =>
                 {
                     self.stats.enroll_throttled.fetch_add(1, Ordering::Relaxed);
-                    refuse(
+                    refusal(
                         RefusalCode::Overloaded,
                         format!(
                             "too many failed enrollments from this address; retry after {} s",
@@ -545,7 +543,7 @@ impl AdminService {
                         }
                         Err(e) => {
                             self.stats.enroll_refused.fetch_add(1, Ordering::Relaxed);
-                            let source = source_of(&peer.remote_addr);
+                            let source = source_of(&peer.remote_addr).to_string();
                             log::warn!("enrollment from {} refused: {e}", peer.remote_addr);
                             if lock(&self.throttle).failed(&source, Instant::now()) {
                                 log::warn!(
@@ -555,11 +553,11 @@ impl AdminService {
                                     self.config.enroll_failure_window
                                 );
                             }
-                            refuse(refusal_code(&e), e.to_string())
+                            refusal(refusal_code(&e), e.to_string())
                         }
                     }
                 }
-                _ => refuse(
+                _ => refusal(
                     RefusalCode::ProtocolViolation,
                     "only EnrollRequest is served on the enrollment channel".into(),
                 ),
@@ -583,55 +581,50 @@ impl AdminService {
         });
         // A device enrolled before serials were kept gets the serial of the certificate it
         // presents (the fingerprint matched, so it is that certificate).
-        let known =
-            known.map(
-                |(id, group, serial, fleet)| match (serial.is_empty(), &peer.cert_serial) {
-                    (true, Some(presented)) => {
-                        let recorded =
-                            self.update_registry(|reg| Ok(reg.record_serial(&id, presented)));
-                        if let Err(e) = recorded {
-                            log::warn!("device {id:?}: cannot record its certificate serial: {e}");
-                        }
-                        (id, group, presented.clone(), fleet)
-                    }
-                    _ => (id, group, serial, fleet),
-                },
-            );
-        // Revocation is checked here, for every path: a gateway in front of the device may
-        // not know the revocation list.
-        let known = match known {
-            Some((id, _, serial, _))
-                if self
-                    .revoked
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .contains(&serial) =>
-            {
-                self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                log::warn!(
-                    "device {id:?} from {} ({via}): its certificate (serial {serial}) is revoked",
-                    peer.remote_addr
-                );
-                let _ = framed
-                    .send(refuse(
-                        RefusalCode::NotAuthorized,
-                        format!("the certificate of {id:?} is revoked"),
-                    ))
-                    .await;
-                return;
-            }
-            other => other.map(|(id, group, _, fleet)| (id, group, fleet)),
-        };
-        let Some((device_id, group, fleet_size)) = known else {
+        let Some((device_id, group, recorded_serial, fleet_size)) = known else {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
             let _ = framed
-                .send(refuse(
+                .send(refusal(
                     RefusalCode::NotAuthorized,
                     format!("certificate {} is not enrolled here", peer.fingerprint()),
                 ))
                 .await;
             return;
         };
+        // A device enrolled before serials were kept gets the serial of the certificate it
+        // presents (the fingerprint matched, so it is that certificate).
+        let serial = match (recorded_serial.is_empty(), &peer.cert_serial) {
+            (true, Some(presented)) => {
+                let recorded =
+                    self.update_registry(|reg| Ok(reg.record_serial(&device_id, presented)));
+                if let Err(e) = recorded {
+                    log::warn!("device {device_id:?}: cannot record its certificate serial: {e}");
+                }
+                presented.clone()
+            }
+            _ => recorded_serial,
+        };
+        // Revocation is checked here, for every path: a gateway in front of the device may
+        // not know the revocation list.
+        if self
+            .revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&serial)
+        {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            log::warn!(
+                "device {device_id:?} from {} ({via}): its certificate (serial {serial}) is revoked",
+                peer.remote_addr
+            );
+            let _ = framed
+                .send(refusal(
+                    RefusalCode::NotAuthorized,
+                    format!("the certificate of {device_id:?} is revoked"),
+                ))
+                .await;
+            return;
+        }
         framed
             .codec_mut()
             .set_max_frame_len(self.config.max_frame_len);
@@ -679,16 +672,10 @@ impl AdminService {
     }
 
     fn answer(&self, ctx: &DeviceContext, m: Message) -> Option<Message> {
-        let refuse = |code: RefusalCode, reason: String| {
-            Message::from(Refusal {
-                code: code as i32,
-                reason,
-            })
-        };
         Some(match m {
             Message::SyncRequest(r) => {
                 if !r.device_id.is_empty() && r.device_id != ctx.device_id {
-                    return Some(refuse(
+                    return Some(refusal(
                         RefusalCode::NotAuthorized,
                         format!(
                             "the certificate belongs to {:?}, not {:?}",
@@ -721,7 +708,7 @@ impl AdminService {
                             total_size: total,
                         })
                     }
-                    None => refuse(
+                    None => refusal(
                         RefusalCode::NotFound,
                         format!("no object {:?}", c.object_id),
                     ),
@@ -732,7 +719,7 @@ impl AdminService {
                 reply: true,
             }),
             Message::Keepalive(_) | Message::EventAck(_) => return None,
-            other => refuse(
+            other => refusal(
                 RefusalCode::ProtocolViolation,
                 format!("{} is not served here", other.message_type().name()),
             ),

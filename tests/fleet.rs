@@ -139,19 +139,32 @@ async fn start_server(config: &AdminServerConfig, base: &std::path::Path) -> Adm
 
 /// A server on `127.0.0.1:port` (0: any) that dials the gateways it has registered quickly.
 fn dialling_config(port: u16) -> AdminServerConfig {
+    server_config(
+        port,
+        "",
+        r#"
+        [connector]
+        server_id = "server-1"
+        keepalive_ms = 200
+        backoff_initial_ms = 50
+        "#,
+    )
+}
+
+/// A server on `state/` of the test's directory and `127.0.0.1:port`; `top` adds top-level
+/// keys, `tables` tables after `[tls]`.
+fn server_config(port: u16, top: &str, tables: &str) -> AdminServerConfig {
     AdminServerConfig::from_toml(&format!(
         r#"
         instance_id = "server-1"
         data_dir = "state"
         listen = "127.0.0.1:{port}"
+        {top}
         [tls]
         cert = "state/server.chain.pem"
         key = "state/server.key"
         server_ca = "state/ca.crt"
-        [connector]
-        server_id = "server-1"
-        keepalive_ms = 200
-        backoff_initial_ms = 50
+        {tables}
         "#
     ))
     .unwrap()
@@ -267,19 +280,7 @@ const CHILD_GATEWAY: &str = "gateway.toml";
 const CHILD_READY: &str = "outpost-test-child-server-ready";
 
 fn restart_config(port: u16) -> AdminServerConfig {
-    AdminServerConfig::from_toml(&format!(
-        r#"
-        instance_id = "server-1"
-        data_dir = "state"
-        listen = "127.0.0.1:{port}"
-        policy_state = "policy-state.json"
-        [tls]
-        cert = "state/server.chain.pem"
-        key = "state/server.key"
-        server_ca = "state/ca.crt"
-        "#
-    ))
-    .unwrap()
+    server_config(port, r#"policy_state = "policy-state.json""#, "")
 }
 
 /// In the child process a test started with [`spawn_child_server`]: serves the directory

@@ -6,6 +6,19 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// A jitter seed for `device_id` when the configuration sets none: the device id mixed with
+/// the clock, so agents started together do not retry in step.
+pub(crate) fn seed_for(device_id: &str) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    // FNV-1a of the device id, mixed with the clock.
+    let h = device_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    h ^ nanos
+}
+
 /// The delay schedule. Step `k` (from 0) is `min(max, initial * 2^k)`; the delay is drawn
 /// uniformly from the upper half of the step, `[step/2, step]`, so agents that lost the same
 /// gateway do not all come back at once.

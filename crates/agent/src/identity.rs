@@ -239,11 +239,10 @@ pub async fn load_or_enroll(config: &AgentConfig) -> Result<(Identity, bool), Ag
     let mut backoff = crate::backoff::Backoff::new(
         Duration::from_millis(config.backoff.initial_ms),
         Duration::from_millis(config.backoff.max_ms),
-        config.backoff.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        }),
+        config
+            .backoff
+            .seed
+            .unwrap_or_else(|| crate::backoff::seed_for(&config.device_id)),
     );
     loop {
         match enroll(config).await {

@@ -67,17 +67,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn seed_from(device_id: &str) -> u64 {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    // FNV-1a of the device id, mixed with the clock.
-    let h = device_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    h ^ nanos
-}
-
 impl Agent {
     /// Validates `config`, loads the identity from the data directory (enrolling first if
     /// there is none), opens the settings store, starts discovery if enabled and starts
@@ -121,7 +110,7 @@ impl Agent {
         let now = Instant::now();
         let held = lock(&settings).versions();
         let mut core = AgentCore::new(
-            CoreConfig::from_agent(&config, seed_from(&config.device_id)),
+            CoreConfig::from_agent(&config, crate::backoff::seed_for(&config.device_id)),
             held,
             now,
         );

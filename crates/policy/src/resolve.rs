@@ -1287,6 +1287,11 @@ impl Resolver {
         self.device_index.len()
     }
 
+    /// Whether the state describes `device`.
+    pub fn knows(&self, device: &str) -> bool {
+        self.device_index.contains_key(device)
+    }
+
     /// The device's effective settings for every application.
     pub fn effective(&self, device: &str) -> Result<EffectiveSettings, PolicyError> {
         let i = self.device_idx(device)?;

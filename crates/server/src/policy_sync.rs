@@ -100,7 +100,8 @@ impl PolicySync {
     /// Places a newly enrolled device in `group`: added if the policies do not know it yet,
     /// moved to `group` (keeping its facts) if they do.
     pub fn place(&self, device: &str, group: &str) -> Result<(), PolicyError> {
-        let change = if self.effective(device).is_some() {
+        let mut r = self.resolver.write().unwrap_or_else(|e| e.into_inner());
+        let change = if r.knows(device) {
             Change::MoveDevice {
                 device: device.into(),
                 group: group.into(),
@@ -108,7 +109,7 @@ impl PolicySync {
         } else {
             Change::UpsertDevice(outpost_policy::Device::new(device, group))
         };
-        self.apply(change).map(drop)
+        r.apply(change).map(drop)
     }
 
     /// The effective settings of a device, if the policies know it.

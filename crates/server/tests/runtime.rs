@@ -27,6 +27,25 @@ fn init_state(base: &std::path::Path, now: SystemTime) -> outpost_pki::ServerCa 
     .unwrap()
 }
 
+/// A server on `state/` of the test's directory, listening on any loopback port; `top` adds
+/// top-level keys, `tables` tables after `[tls]`.
+fn server_config(top: &str, tables: &str) -> AdminServerConfig {
+    AdminServerConfig::from_toml(&format!(
+        r#"
+        instance_id = "server-1"
+        data_dir = "state"
+        listen = "127.0.0.1:0"
+        {top}
+        [tls]
+        cert = "state/server.chain.pem"
+        key = "state/server.key"
+        server_ca = "state/ca.crt"
+        {tables}
+        "#
+    ))
+    .unwrap()
+}
+
 /// Starts the server of `config` with the sync source it describes and no published objects.
 async fn start(
     config: &AdminServerConfig,
@@ -54,20 +73,15 @@ async fn registered_dmz_gateways_are_dialled_and_state_is_kept() {
     )
     .await
     .unwrap();
-    let text = r#"
-        instance_id = "server-1"
-        data_dir = "state"
-        listen = "127.0.0.1:0"
-        [tls]
-        cert = "state/server.chain.pem"
-        key = "state/server.key"
-        server_ca = "state/ca.crt"
+    let config = server_config(
+        "",
+        r#"
         [connector]
         server_id = "server-1"
         keepalive_ms = 200
         backoff_initial_ms = 50
-    "#;
-    let config = AdminServerConfig::from_toml(text).unwrap();
+        "#,
+    );
     // Registered while the server is stopped, as the admin_server example does.
     let token = config
         .edit_registry(base, |reg| {
@@ -92,10 +106,8 @@ async fn registered_dmz_gateways_are_dialled_and_state_is_kept() {
     running.shutdown().await;
 
     // A configuration for another instance refuses the registry.
-    let other = AdminServerConfig::from_toml(
-        &text.replace("instance_id = \"server-1\"", "instance_id = \"server-2\""),
-    )
-    .unwrap();
+    let mut other = config.clone();
+    other.instance_id = "server-2".into();
     let e = other.load_registry(base).unwrap_err().to_string();
     assert!(e.contains("belongs to server instance"), "{e}");
     // The token survived.
@@ -142,28 +154,14 @@ async fn enrolled_devices_get_their_policy_settings() {
                            "settings": {"usb.block": {"value": true, "locked": true}}}]}"#,
     )
     .unwrap();
-    let config = AdminServerConfig::from_toml(
-        r#"
-        instance_id = "server-1"
-        data_dir = "state"
-        listen = "127.0.0.1:0"
-        policy_state = "policies.json"
-        [tls]
-        cert = "state/server.chain.pem"
-        key = "state/server.key"
-        server_ca = "state/ca.crt"
-    "#,
-    )
-    .unwrap();
+    let config = server_config(r#"policy_state = "policies.json""#, "");
     let token = config
         .edit_registry(base, |reg| {
             reg.add_group("lab", "Lab", None)?;
             reg.issue_token("lab", None, Duration::from_secs(60), now)
         })
         .unwrap();
-    let running = AdminServer::start(config, base, None, Arc::new(MemoryObjects::default()))
-        .await
-        .unwrap();
+    let running = start(&config, base).await.unwrap();
     let addr = running.local_addr();
 
     let key = outpost_pki::KeyPair::generate().unwrap();
@@ -211,18 +209,7 @@ async fn one_holder_of_a_data_directory_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path();
     init_state(base, SystemTime::now());
-    let config = AdminServerConfig::from_toml(
-        r#"
-        instance_id = "server-1"
-        data_dir = "state"
-        listen = "127.0.0.1:0"
-        [tls]
-        cert = "state/server.chain.pem"
-        key = "state/server.key"
-        server_ca = "state/ca.crt"
-    "#,
-    )
-    .unwrap();
+    let config = server_config("", "");
     config
         .edit_registry(base, |r| r.add_group("lab", "Lab", None))
         .unwrap();

@@ -8,17 +8,20 @@
 //! cargo run --example admin_server -- register-dmz-gateway --config F --id ID --addr A --dns NAME
 //! cargo run --example admin_server -- register-remote-office-gateway --config F --id ID --device D
 //! cargo run --example admin_server -- register-dp --config F --device D --group G
+//! cargo run --example admin_server -- import-policy --config F --file policy-state.json
 //! ```
-//! The registry commands edit the registry file while no server runs: `run` holds the data
-//! directory's lock (`server.lock`, with its pid), and every other command refuses while it is
-//! held. SIGINT or SIGTERM stop a running server.
+//! The state is in the database the configuration's `[database]` names (SQLite in the data
+//! directory by default). At its first start the server imports what older servers kept in
+//! files (`registry.json`, `dp-epochs.json`, the `policy_state` file); `import-policy`
+//! replaces the stored policies with a state file later. The offline commands run while no
+//! server runs: `run` holds the data directory's lock (`server.lock`, with its pid), and every
+//! other command refuses while it is held. SIGINT or SIGTERM stop a running server.
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use outpost::server::{AdminServer, AdminServerConfig, MemoryObjects, Registry, ServerError};
+use outpost::server::{AdminServer, AdminServerConfig, Registry, ServerError};
 
 const PROGRAM: &str = "admin_server";
 
@@ -43,7 +46,7 @@ async fn main() {
         "run".to_string()
     };
     let allowed = [
-        "config", "id", "name", "parent", "group", "device", "ttl-secs", "addr", "dns",
+        "config", "id", "name", "parent", "group", "device", "ttl-secs", "addr", "dns", "file",
     ];
     let flags = common::Flags::parse_from(PROGRAM, args, &allowed, &[]);
     let (text, base) = flags.config(PROGRAM);
@@ -112,6 +115,17 @@ async fn main() {
             );
             return;
         }
+        "import-policy" => {
+            let file = std::path::PathBuf::from(flags.need(PROGRAM, "file"));
+            let n = config
+                .import_policy(&base, &file)
+                .unwrap_or_else(|e| common::die(PROGRAM, e));
+            println!(
+                "policies imported from {}: {n} row(s) changed",
+                file.display()
+            );
+            return;
+        }
         "register-remote-office-gateway" => {
             edit(&config, &base, |r| {
                 r.register_remote_office_gateway(
@@ -128,11 +142,11 @@ async fn main() {
         other => common::die(
             PROGRAM,
             format!(
-                "unknown command {other:?} (commands: run, group, token, register-dp, register-dmz-gateway, register-remote-office-gateway)"
+                "unknown command {other:?} (commands: run, group, token, register-dp, register-dmz-gateway, register-remote-office-gateway, import-policy)"
             ),
         ),
     }
-    let server = AdminServer::start(config, &base, None, Arc::new(MemoryObjects::default()))
+    let server = AdminServer::start(config, &base, None, None)
         .await
         .unwrap_or_else(|e| common::die(PROGRAM, e));
     println!("device port: {}", server.local_addr());

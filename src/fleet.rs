@@ -23,17 +23,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use outpost_agent::distribution::{DistributionStatus, Via};
 use outpost_agent::{Agent, AgentConfig, AgentHandle, Endpoint};
 use outpost_election::sim::SplitMix64;
 use outpost_gateway::{Gateway, GatewayConfig, GatewayHandle, TlsMaterial};
 use outpost_pki::store;
-use outpost_server::{AdminServer, AdminServerConfig, MemoryObjects};
+use outpost_server::{AdminServer, AdminServerConfig};
 use outpost_wire::messages::DpRole;
 
 const SERVER_NAME: &str = "server.outpost.test";
@@ -483,7 +481,11 @@ pub async fn run(
     report.via_gateway = fleet.iter().filter(|m| m.via_gateway).count();
     let config =
         AdminServerConfig::from_toml(&server_toml(cfg)).map_err(|e| setup("server config")(&e))?;
-    let (tokens, reg) = config
+    // The policies first: the server imports the file into its database at its first start.
+    let policy = serde_json::to_vec_pretty(&policy_state(cfg, &fleet))
+        .map_err(|e| setup("policy state")(&e))?;
+    std::fs::write(base.join("policy.json"), policy).map_err(|e| setup("policy state")(&e))?;
+    let tokens = config
         .edit_registry(base, |reg| {
             reg.add_group("fleet", "Fleet", None)?;
             for g in 1..=cfg.groups {
@@ -495,21 +497,16 @@ pub async fn run(
                 tokens.insert(m.id.clone(), t);
             }
             reg.register_dmz_gateway("dmz-1", gateway.local_addr(), vec![GATEWAY_NAME.into()])?;
-            Ok((tokens, reg.clone()))
+            Ok(tokens)
         })
         .map_err(|e| setup("registry")(&e))?;
-    let policy = serde_json::to_vec_pretty(&policy_state(cfg, &fleet))
-        .map_err(|e| setup("policy state")(&e))?;
-    std::fs::write(base.join("policy.json"), policy).map_err(|e| setup("policy state")(&e))?;
-    let sync = Arc::new(
-        config
-            .fleet_sync(base, &reg)
-            .map_err(|e| setup("policies and election")(&e))?,
-    );
-    let objects = Arc::new(MemoryObjects::default());
-    let server = AdminServer::start(config, base, Some(sync.clone()), objects.clone())
+    let server = AdminServer::start(config, base, None, None)
         .await
         .map_err(|e| setup("start server")(&e))?;
+    let sync = server
+        .fleet()
+        .cloned()
+        .ok_or_else(|| setup("policies and election")(&"no sync source"))?;
     if !until(Duration::from_secs(15), || {
         server.gateways_connected().contains_key("dmz-1")
     })
@@ -597,6 +594,7 @@ pub async fn run(
     for m in &dps {
         service
             .update_registry(|r| r.register_dp(&m.id, &m.group))
+            .await
             .map_err(|e| setup("register DP")(&e))?;
         sync.with_dps(|c| c.register_group_dp(&m.id, &m.group))
             .transpose()
@@ -647,8 +645,10 @@ pub async fn run(
 
     // The update: published, announced to every device in one push.
     let data = update_bytes(cfg.update_bytes, cfg.seed);
-    let ann = objects.publish(UPDATE_ID, UPDATE_ID, 1, Bytes::from(data));
-    sync.publish_update(ann.clone());
+    let ann = server
+        .publish_update(UPDATE_ID, UPDATE_ID, 1, &data)
+        .await
+        .map_err(|e| setup("publish the update")(&e))?;
     let online = service.online();
     let pushed = service.push_all(&online, "update published", 2);
     log(format!(

@@ -123,13 +123,7 @@ async fn try_start_server(
     config: &AdminServerConfig,
     base: &std::path::Path,
 ) -> Result<AdminServer, outpost::server::ServerError> {
-    AdminServer::start(
-        config.clone(),
-        base,
-        None,
-        Arc::new(MemoryObjects::default()),
-    )
-    .await
+    AdminServer::start(config.clone(), base, None, None).await
 }
 
 /// [`try_start_server`], which must succeed.
@@ -192,7 +186,7 @@ async fn a_restarted_server_keeps_its_state_and_its_agents_come_back() {
         })
         .unwrap();
     let objects = Arc::new(MemoryObjects::default());
-    let server = AdminServer::start(config.clone(), base, None, objects.clone())
+    let server = AdminServer::start(config.clone(), base, None, Some(objects.clone()))
         .await
         .unwrap();
     let addr = server.local_addr();
@@ -233,7 +227,7 @@ async fn a_restarted_server_keeps_its_state_and_its_agents_come_back() {
     // The same configuration again: same registry (the devices and spent tokens), same CA;
     // the agents come back without enrolling again, one of them through the gateway, which
     // the restarted server dials again from its registry.
-    let server = AdminServer::start(config, base, None, objects)
+    let server = AdminServer::start(config, base, None, Some(objects))
         .await
         .unwrap();
     let reg = server.service().registry();
@@ -309,14 +303,9 @@ async fn serve_if_child() {
         .trim()
         .parse()
         .unwrap();
-    let _server = AdminServer::start(
-        restart_config(port),
-        &base,
-        None,
-        Arc::new(MemoryObjects::default()),
-    )
-    .await
-    .unwrap();
+    let _server = AdminServer::start(restart_config(port), &base, None, None)
+        .await
+        .unwrap();
     println!("{CHILD_READY}");
     tokio::time::sleep(Duration::from_secs(300)).await;
     panic!("the child server was not killed within 300 s");

@@ -101,8 +101,10 @@ async fn start_server(ca: &Arc<ServerCa>, registry: Registry, dir: &std::path::P
         log: Mutex::new(Vec::new()),
     });
     let service = AdminService::new(
-        ServiceConfig::new(dir.join("registry.json")),
+        ServiceConfig::new(),
         ca.clone(),
+        outpost_server::Storage::create(&outpost_server::DatabaseConfig::sqlite_in(dir), &registry)
+            .unwrap(),
         registry,
         source.clone(),
         Arc::new(MemoryObjects::default()),
@@ -326,6 +328,7 @@ async fn enroll_sync_push_persist_events_discovery_and_restart_directly() {
     agent.shutdown().await;
 
     // A server that does not know this certificate refuses it: the agent stops and says why.
+    std::fs::create_dir(s.dir.path().join("x")).unwrap();
     let other = start_server(
         &s.ca,
         Registry::new("server-2").unwrap(),

@@ -76,8 +76,13 @@ async fn an_update_republished_while_being_obtained_ends_as_the_new_content() {
         .unwrap();
     let published = Arc::new(Published::default());
     let service = AdminService::new(
-        ServiceConfig::new(dir.path().join("registry.json")),
+        ServiceConfig::new(),
         ca.clone(),
+        outpost_server::Storage::create(
+            &outpost_server::DatabaseConfig::sqlite_in(dir.path()),
+            &reg,
+        )
+        .unwrap(),
         reg,
         published.clone(),
         published.clone(),

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -26,7 +26,7 @@ use outpost_election::{
 };
 use outpost_wire::messages::{DpAssignment, DpRole, ScopeKind, ScopeRef, SyncRequest};
 
-use crate::{Registry, ServerError};
+use crate::{Op, Registry, ServerError, Storage};
 
 #[derive(Default)]
 struct Names {
@@ -76,12 +76,14 @@ pub struct DpCoordinator {
     /// The epochs when [`DpCoordinator::tick`] last looked.
     seen_epochs: BTreeMap<ScopeId, u64>,
     /// Where the group scopes' epochs are kept across restarts.
-    epoch_file: Option<EpochFile>,
+    epoch_store: Option<EpochStore>,
+    /// Security issues the election raised or cleared, not yet stored.
+    issues: Vec<outpost_election::IssueEvent>,
 }
 
-struct EpochFile {
-    path: PathBuf,
-    /// What the file holds.
+struct EpochStore {
+    storage: Storage,
+    /// What the database holds.
     kept: BTreeMap<String, u64>,
     /// The last write failed (logged once until a write succeeds).
     failing: bool,
@@ -116,7 +118,8 @@ impl DpCoordinator {
             addrs: HashMap::new(),
             multicast_port: DEFAULT_MULTICAST_PORT,
             seen_epochs: Default::default(),
-            epoch_file: None,
+            epoch_store: None,
+            issues: Vec::new(),
         };
         for (id, d) in registry.devices() {
             c.place(id, &d.group)?;
@@ -188,49 +191,106 @@ impl DpCoordinator {
         &self.election
     }
 
-    /// Keeps the fencing epoch of every group scope in `path` (JSON, replaced atomically),
-    /// and raises the engine's epochs to what `path` already holds: epochs handed out before
-    /// a restart are never handed out again, so DPs that kept running (and fence on the
+    /// Keeps the fencing epoch of every group scope in `storage`, and raises the engine's
+    /// epochs to `kept` (what the database held at start): epochs handed out before a
+    /// restart are never handed out again, so DPs that kept running (and fence on the
     /// highest epoch they saw) accept the restarted server's assignments. From now on the
-    /// file is written whenever an epoch changed, before the assignments that carry it are
-    /// returned. A missing file is a first start; an unreadable one is an error naming it.
-    pub fn keep_epochs(&mut self, path: impl Into<PathBuf>) -> Result<(), ServerError> {
-        let path = path.into();
-        let kept: BTreeMap<String, u64> = match crate::store::read_bounded(&path, MAX_EPOCH_FILE)? {
-            None => BTreeMap::new(),
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| ServerError::Corrupt {
-                path: path.clone(),
-                reason: format!("not a map of group ids to epochs: {e}"),
-            })?,
-        };
+    /// epochs are committed whenever one changed, before the assignments that carry it are
+    /// returned.
+    pub fn keep_epochs(&mut self, storage: Storage, kept: BTreeMap<String, u64>) {
         let restore: BTreeMap<ScopeId, u64> = kept
             .iter()
             .filter_map(|(g, &e)| Some((ScopeId::Group(GroupId(self.groups.get(g)?)), e)))
             .collect();
         self.election.restore_epochs(&restore);
-        self.epoch_file = Some(EpochFile {
-            path,
+        self.epoch_store = Some(EpochStore {
+            storage,
             kept,
             failing: false,
         });
         self.save_epochs();
-        Ok(())
     }
 
-    /// A decision round; the epoch file is brought up to date when the round decided
+    /// The security issues the election raised or cleared since the last call (a DP low
+    /// on disk), as rows to write and events to record.
+    pub fn take_issues(&mut self) -> (Vec<Op>, Vec<crate::EventRecord>) {
+        use outpost_election::IssueEvent;
+        use outpost_wire::messages::Severity as Wire;
+        let mut ops = Vec::new();
+        let mut events = Vec::new();
+        let now = std::time::SystemTime::now();
+        for issue in std::mem::take(&mut self.issues) {
+            match issue {
+                IssueEvent::LowDiskRaised {
+                    device,
+                    free_bytes,
+                    threshold_bytes,
+                    ..
+                } => {
+                    let name = self.devices.name(device.0).to_string();
+                    let body = format!(
+                        "distribution point {name:?} has {free_bytes} bytes of free disk, \
+                         below the warning threshold of {threshold_bytes}"
+                    );
+                    ops.push(Op::PutSecurityIssue(crate::SecurityIssue::new(
+                        &name,
+                        "dp.low_disk",
+                        Wire::Warning as i32,
+                        &body,
+                        now,
+                    )));
+                    events.push(crate::EventRecord::server(
+                        Some(&name),
+                        Wire::Warning,
+                        "dp.low_disk",
+                        body,
+                    ));
+                }
+                IssueEvent::LowDiskCleared { device, free_bytes } => {
+                    let name = self.devices.name(device.0).to_string();
+                    ops.push(Op::DeleteSecurityIssue {
+                        device: name.clone(),
+                        kind: "dp.low_disk".into(),
+                    });
+                    events.push(crate::EventRecord::server(
+                        Some(&name),
+                        Wire::Info,
+                        "dp.low_disk.cleared",
+                        format!(
+                            "distribution point {name:?} has {free_bytes} bytes of free disk again"
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        (ops, events)
+    }
+
+    /// A decision round; the stored epochs are brought up to date when the round decided
     /// something (only decisions move epochs) or the last write failed.
     fn round(&mut self, now: Instant) {
-        let decided = !self.election.round(now).decisions.is_empty();
-        if decided || self.epoch_file.as_ref().is_some_and(|f| f.failing) {
+        let outcome = self.election.round(now);
+        let decided = !outcome.decisions.is_empty();
+        self.issues.extend(outcome.issues);
+        if decided || self.epoch_store.as_ref().is_some_and(|f| f.failing) {
             self.save_epochs();
+        }
+        // Security issues go to the database as they come, not waited for.
+        if !self.issues.is_empty()
+            && let Some(storage) = self.epoch_store.as_ref().map(|s| s.storage.clone())
+        {
+            let (ops, events) = self.take_issues();
+            drop(storage.queue(ops));
+            drop(storage.queue_events(events));
         }
     }
 
-    /// Writes the epoch file if a group scope's epoch differs from what it holds. Groups
-    /// this coordinator does not know keep their entries. A failed write is logged and
-    /// tried again after the next round.
+    /// Commits the group scopes' epochs that rose above what the database holds (and
+    /// waits for the commit: the assignments carrying them go out only after). A failed
+    /// write is logged and tried again after the next round.
     fn save_epochs(&mut self) {
-        let Some(file) = &mut self.epoch_file else {
+        let Some(file) = &mut self.epoch_store else {
             return;
         };
         // Find the raised epochs before copying anything: most decisions raise none.
@@ -248,16 +308,21 @@ impl DpCoordinator {
         if raised.is_empty() {
             return;
         }
-        let mut next = file.kept.clone();
-        for (name, epoch) in raised {
-            next.insert(name.to_string(), epoch);
-        }
-        match write_epochs(&file.path, &next) {
+        let ops: Vec<Op> = raised
+            .iter()
+            .map(|&(name, epoch)| Op::PutEpoch {
+                scope: name.to_string(),
+                epoch,
+            })
+            .collect();
+        match file.storage.commit_blocking(ops) {
             Ok(()) => {
                 if file.failing {
                     log::info!("distribution point epochs saved again");
                 }
-                file.kept = next;
+                for (name, epoch) in raised {
+                    file.kept.insert(name.to_string(), epoch);
+                }
                 file.failing = false;
             }
             Err(e) if !file.failing => {
@@ -363,10 +428,16 @@ impl DpCoordinator {
     }
 }
 
-fn write_epochs(path: &Path, epochs: &BTreeMap<String, u64>) -> Result<(), ServerError> {
-    let bytes = serde_json::to_vec_pretty(epochs).map_err(|e| ServerError::Corrupt {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    crate::store::write_atomic(path, &bytes)
+/// Reads an epoch file (`dp-epochs.json`, as servers before the database kept them) to
+/// import it; `Ok(None)` if there is none.
+pub fn read_epoch_file(path: &Path) -> Result<Option<BTreeMap<String, u64>>, ServerError> {
+    match crate::store::read_bounded(path, MAX_EPOCH_FILE)? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ServerError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!("not a map of group ids to epochs: {e}"),
+            }),
+    }
 }

@@ -12,7 +12,8 @@ use outpost_wire::messages::{EnrollRequest, EnrollResponse, RefusalCode};
 use crate::error::EnrollmentRefusal;
 use crate::{Registry, ServerError};
 
-/// Enrolls the device of `req`. On success the registry holds the device (save it); on
+/// Enrolls the device of `req`. On success the registry holds the device (commit its
+/// journal); on
 /// refusal nothing changes and the token stays usable (a request with a bad CSR does not burn
 /// the legitimate agent's token).
 pub fn enroll(
@@ -21,8 +22,28 @@ pub fn enroll(
     req: &EnrollRequest,
     now: SystemTime,
 ) -> Result<EnrollResponse, ServerError> {
-    let group = admit(registry, req, now)?;
+    admit(registry, req, now)?;
+    let signed = sign_enrollment(ca, req, now)?;
+    record_enrollment(registry, req, signed, now)
+}
+
+/// A signed certificate for an enrolling device, not yet recorded.
+#[derive(Debug)]
+pub struct SignedEnrollment {
+    response: EnrollResponse,
+    sha256: [u8; 32],
+    serial: String,
+}
+
+/// Signs the request's CSR (the costly part of [`enroll`], which needs no registry: run it
+/// between [`admit`] and [`record_enrollment`] without holding the registry).
+pub fn sign_enrollment(
+    ca: &ServerCa,
+    req: &EnrollRequest,
+    now: SystemTime,
+) -> Result<SignedEnrollment, ServerError> {
     let device = req.device_id.as_str();
+    crate::registry::check_id("device id", device)?;
     let refuse = |reason| refusal(device, reason);
     let profile =
         CertProfile::agent(device).map_err(|e| refuse(EnrollmentRefusal::BadCsr(e.to_string())))?;
@@ -30,26 +51,48 @@ pub fn enroll(
         .sign_csr(&req.csr_der, &profile, now)
         .map_err(|e| refuse(EnrollmentRefusal::BadCsr(e.to_string())))?;
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &signed.cert_der);
+    let mut sha256 = [0u8; 32];
+    sha256.copy_from_slice(digest.as_ref());
     let serial = outpost_pki::Serial::of_certificate(&signed.cert_der)
         .map_err(|e| refuse(EnrollmentRefusal::BadCsr(e.to_string())))?;
+    Ok(SignedEnrollment {
+        response: EnrollResponse {
+            certificate_der: Bytes::copy_from_slice(&signed.cert_der),
+            chain_der: signed
+                .chain
+                .iter()
+                .skip(1)
+                .map(|c| Bytes::copy_from_slice(c))
+                .collect(),
+            ca_der: Bytes::copy_from_slice(ca.server_ca().der()),
+            group: String::new(),
+        },
+        sha256,
+        serial: serial.to_string(),
+    })
+}
+
+/// Checks the request again (another enrollment may have used the token meanwhile), uses
+/// the token up and records the device: the registry's journal then holds the writes to
+/// commit before the response goes out.
+pub fn record_enrollment(
+    registry: &mut Registry,
+    req: &EnrollRequest,
+    signed: SignedEnrollment,
+    now: SystemTime,
+) -> Result<EnrollResponse, ServerError> {
+    let group = admit(registry, req, now)?;
     registry.complete_enrollment(
         &req.enrollment_token,
-        device,
+        &req.device_id,
         &group,
-        digest.as_ref(),
-        serial.to_string(),
+        &signed.sha256,
+        signed.serial,
         now,
     );
     Ok(EnrollResponse {
-        certificate_der: Bytes::copy_from_slice(&signed.cert_der),
-        chain_der: signed
-            .chain
-            .iter()
-            .skip(1)
-            .map(|c| Bytes::copy_from_slice(c))
-            .collect(),
-        ca_der: Bytes::copy_from_slice(ca.server_ca().der()),
         group,
+        ..signed.response
     })
 }
 
@@ -95,6 +138,8 @@ pub fn refusal_code(e: &ServerError) -> RefusalCode {
         } => RefusalCode::NotAuthorized,
         ServerError::EnrollmentRefused { .. } => RefusalCode::BadEnrollmentToken,
         ServerError::InvalidId { .. } => RefusalCode::ProtocolViolation,
+        // The database is unreachable or full: the agent retries with its backoff.
+        e if e.is_retryable() => RefusalCode::Overloaded,
         _ => RefusalCode::Internal,
     }
 }

@@ -107,6 +107,63 @@ pub enum ServerError {
     /// The listener or the gateway connector could not start.
     #[error(transparent)]
     Gateway(#[from] outpost_gateway::GatewayError),
+    /// The database failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl ServerError {
+    /// Whether the same request may succeed later unchanged (the database was unreachable,
+    /// full or busy): devices are told to retry.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ServerError::Storage(_))
+    }
+}
+
+/// What went wrong in the database.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The database could not be reached or opened.
+    #[error("{backend} database {url}: cannot connect: {source}")]
+    Connect {
+        /// The backend.
+        backend: crate::Backend,
+        /// Its URL, without password.
+        url: String,
+        /// Why.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The schema could not be brought up to date.
+    #[error("{backend} database: schema migration failed: {source}")]
+    Migrate {
+        /// The backend.
+        backend: crate::Backend,
+        /// Why.
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    /// A statement failed (nothing of its transaction was kept).
+    #[error("{backend} database: {what}: {source}")]
+    Query {
+        /// The backend.
+        backend: crate::Backend,
+        /// What the server was doing.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A stored row does not make sense.
+    #[error("database: stored {what} is not valid")]
+    BadRow {
+        /// What.
+        what: String,
+    },
+    /// The storage's writer is gone (the storage was shut down).
+    #[error("the storage has stopped")]
+    Stopped,
 }
 
 /// Why an enrollment was refused.

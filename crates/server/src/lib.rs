@@ -51,28 +51,38 @@ mod enroll;
 mod error;
 mod fleet;
 mod lock;
+mod objects;
 mod policy_sync;
 mod registry;
 mod runtime;
 mod service;
+mod storage;
 pub mod store;
 mod throttle;
 mod udp_push;
 
-pub use dp::{DEFAULT_MULTICAST_PORT, DpCoordinator};
-pub use enroll::{admit, enroll, refusal_code};
-pub use error::{EnrollmentRefusal, ServerError};
+pub use dp::{DEFAULT_MULTICAST_PORT, DpCoordinator, read_epoch_file};
+pub use enroll::{
+    SignedEnrollment, admit, enroll, record_enrollment, refusal_code, sign_enrollment,
+};
+pub use error::{EnrollmentRefusal, ServerError, StorageError};
 pub use fleet::FleetSync;
 pub use lock::{DataDirLock, LOCK_FILE};
+pub use objects::{StoredObjects, announcement};
 pub use policy_sync::{PolicySync, place_registry_devices, settings_document};
 pub use registry::{
-    Device, FORMAT, GatewayRegistration, Group, MAX_REGISTRY_BYTES, MAX_TOKEN_TTL, ROOT_GROUP,
-    Registry, TokenRecord, check_id,
+    Changes, Device, FORMAT, GatewayRegistration, Group, MAX_REGISTRY_BYTES, MAX_TOKEN_TTL,
+    ROOT_GROUP, Registry, TokenRecord, check_id,
 };
 pub use runtime::{AdminServer, AdminServerConfig};
 pub use service::{
     AdminService, DeviceContext, ENROLLMENT_MAX_FRAME_LEN, FixedInterval, MemoryObjects,
     ObjectStore, ServiceConfig, ServiceStats, SyncSource,
+};
+pub use storage::{
+    Backend, Counts, DatabaseConfig, EventRecord, Op, PolicyObjectKind, SCHEMA_VERSION,
+    SQLITE_FILE, SecurityIssue, Snapshot, Storage, StoredEvent, Ticket, UpdateObject, policy_ops,
+    policy_state,
 };
 pub use throttle::EnrollThrottle;
 pub use udp_push::SyncNowSigner;

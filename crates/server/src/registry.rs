@@ -29,6 +29,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::error::EnrollmentRefusal;
+use crate::storage::Op;
 use crate::{ServerError, store};
 
 /// The registry format this crate writes and the newest it reads.
@@ -64,6 +65,18 @@ pub struct Device {
     /// connection, relayed ones included (empty in registries written before it was kept).
     #[serde(default)]
     pub cert_serial: String,
+    /// When it last synced, seconds since the Unix epoch (0: not since it enrolled).
+    #[serde(default)]
+    pub last_seen_unix: u64,
+    /// The broadcast domain it reported, which distribution point election reads.
+    #[serde(default)]
+    pub broadcast_domain: Option<String>,
+    /// Its operating system class.
+    #[serde(default)]
+    pub os_class: Option<String>,
+    /// Free disk space it last reported, in bytes.
+    #[serde(default)]
+    pub free_disk_bytes: Option<u64>,
 }
 
 /// A registered connection gateway.
@@ -119,6 +132,53 @@ pub struct Registry {
     /// connecting device is found without a scan.
     #[serde(skip)]
     by_fingerprint: HashMap<String, String>,
+    /// The row writes made since [`take_journal`](Self::take_journal) was last called, each
+    /// with the write that undoes it: what the storage layer commits.
+    #[serde(skip)]
+    journal: Journal,
+}
+
+/// The writes a registry made, with their undo; never part of its value.
+#[derive(Debug, Default)]
+struct Journal(Vec<(Op, Op)>);
+
+impl Clone for Journal {
+    fn clone(&self) -> Self {
+        Journal::default()
+    }
+}
+
+impl PartialEq for Journal {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Journal {}
+
+/// The changes a registry made, ready to commit ([`crate::Storage::commit`]) and to undo
+/// in memory if the commit fails.
+#[derive(Debug, Default)]
+#[must_use = "commit the writes, or undo them"]
+pub struct Changes {
+    writes: Vec<(Op, Op)>,
+}
+
+impl Changes {
+    /// The row writes, in order.
+    pub fn ops(&self) -> impl Iterator<Item = &Op> {
+        self.writes.iter().map(|(op, _)| op)
+    }
+
+    /// No write at all.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// The writes, by value.
+    pub fn into_ops(self) -> Vec<Op> {
+        self.writes.into_iter().map(|(op, _)| op).collect()
+    }
 }
 
 pub(crate) fn unix(t: SystemTime) -> u64 {
@@ -180,6 +240,7 @@ impl Registry {
             tokens: BTreeMap::new(),
             dps: BTreeMap::new(),
             by_fingerprint: HashMap::new(),
+            journal: Journal::default(),
         })
     }
 
@@ -297,13 +358,13 @@ impl Registry {
                 id: id.into(),
             });
         }
-        self.groups.insert(
-            id.into(),
-            Group {
+        self.write(Op::PutGroup {
+            id: id.into(),
+            group: Group {
                 name: name.into(),
                 parent: Some(parent.into()),
             },
-        );
+        });
         Ok(())
     }
 
@@ -325,8 +386,15 @@ impl Registry {
             }
             at = self.groups.get(g).and_then(|g| g.parent.as_deref());
         }
-        if let Some(g) = self.groups.get_mut(id) {
-            g.parent = Some(parent.into());
+        if let Some(g) = self.groups.get(id) {
+            let group = Group {
+                name: g.name.clone(),
+                parent: Some(parent.into()),
+            };
+            self.write(Op::PutGroup {
+                id: id.into(),
+                group,
+            });
         }
         Ok(())
     }
@@ -358,11 +426,16 @@ impl Registry {
         if !self.groups.contains_key(group) {
             return Err(ServerError::UnknownGroup(group.into()));
         }
-        let d = self
+        let mut device = self
             .devices
-            .get_mut(id)
-            .ok_or_else(|| ServerError::UnknownDevice(id.into()))?;
-        d.group = group.into();
+            .get(id)
+            .ok_or_else(|| ServerError::UnknownDevice(id.into()))?
+            .clone();
+        device.group = group.into();
+        self.write(Op::PutDevice {
+            id: id.into(),
+            device,
+        });
         Ok(())
     }
 
@@ -396,14 +469,14 @@ impl Registry {
             .fill(&mut raw)
             .map_err(|_| ServerError::Random)?;
         let token = hex(&raw);
-        self.tokens.insert(
-            token_key(&token),
-            TokenRecord {
+        self.write(Op::PutToken {
+            key: token_key(&token),
+            token: TokenRecord {
                 group: group.into(),
                 device: device.map(Into::into),
                 expires_unix: unix(now + ttl),
             },
-        );
+        });
         Ok(token)
     }
 
@@ -414,10 +487,18 @@ impl Registry {
 
     /// Drops expired tokens; returns how many.
     pub fn purge_expired_tokens(&mut self, now: SystemTime) -> usize {
-        let before = self.tokens.len();
         let now = unix(now);
-        self.tokens.retain(|_, t| t.expires_unix > now);
-        before - self.tokens.len()
+        let expired: Vec<String> = self
+            .tokens
+            .iter()
+            .filter(|(_, t)| t.expires_unix <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let n = expired.len();
+        for key in expired {
+            self.write(Op::DeleteToken { key });
+        }
+        n
     }
 
     /// Checks a token for `device` without using it up.
@@ -452,26 +533,49 @@ impl Registry {
         cert_serial: String,
         now: SystemTime,
     ) {
-        self.tokens.remove(&token_key(token));
-        self.by_fingerprint
-            .insert(hex(cert_sha256), device.to_string());
-        self.devices.insert(
-            device.into(),
-            Device {
+        self.write(Op::DeleteToken {
+            key: token_key(token),
+        });
+        self.write(Op::PutDevice {
+            id: device.into(),
+            device: Device {
                 group: group.into(),
                 cert_sha256: hex(cert_sha256),
                 enrolled_at_unix: unix(now),
                 cert_serial,
+                last_seen_unix: 0,
+                broadcast_domain: None,
+                os_class: None,
+                free_disk_bytes: None,
             },
-        );
+        });
+    }
+
+    /// Inserts or replaces the record of `id` as it is (an import, a repair): its group
+    /// must exist.
+    pub fn put_device(&mut self, id: &str, device: Device) -> Result<(), ServerError> {
+        check_id("device id", id)?;
+        if !self.groups.contains_key(&device.group) {
+            return Err(ServerError::UnknownGroup(device.group.clone()));
+        }
+        self.write(Op::PutDevice {
+            id: id.into(),
+            device,
+        });
+        Ok(())
     }
 
     /// Records the serial of `device`'s certificate where the registry has none (devices
     /// enrolled before serials were kept). Returns whether it changed anything.
     pub fn record_serial(&mut self, device: &str, serial: &str) -> bool {
-        match self.devices.get_mut(device) {
+        match self.devices.get(device) {
             Some(d) if d.cert_serial.is_empty() && !serial.is_empty() => {
+                let mut d = d.clone();
                 d.cert_serial = serial.to_string();
+                self.write(Op::PutDevice {
+                    id: device.into(),
+                    device: d,
+                });
                 true
             }
             _ => false,
@@ -529,7 +633,10 @@ impl Registry {
                 id: id.into(),
             });
         }
-        self.gateways.insert(id.into(), g);
+        self.write(Op::PutGateway {
+            id: id.into(),
+            gateway: g,
+        });
         Ok(())
     }
 
@@ -541,14 +648,18 @@ impl Registry {
         if !self.groups.contains_key(group) {
             return Err(ServerError::UnknownGroup(group.into()));
         }
-        let scopes = self.dps.entry(device.into()).or_default();
-        if scopes.iter().any(|g| g == group) {
+        let mut groups = self.dps.get(device).cloned().unwrap_or_default();
+        if groups.iter().any(|g| g == group) {
             return Err(ServerError::Duplicate {
                 kind: "distribution point",
                 id: format!("{device} for {group}"),
             });
         }
-        scopes.push(group.into());
+        groups.push(group.into());
+        self.write(Op::PutDpScopes {
+            device: device.into(),
+            groups,
+        });
         Ok(())
     }
 
@@ -560,5 +671,149 @@ impl Registry {
     /// The registered gateways.
     pub fn gateways(&self) -> &BTreeMap<String, GatewayRegistration> {
         &self.gateways
+    }
+
+    /// Records that `device` synced at `now` and reported `free_disk_bytes`: kept in
+    /// memory here; the storage layer writes these in batches ([`crate::Storage::touch`]),
+    /// not as changes.
+    pub fn touch(&mut self, device: &str, now: SystemTime, free_disk_bytes: Option<u64>) {
+        if let Some(d) = self.devices.get_mut(device) {
+            d.last_seen_unix = unix(now);
+            if free_disk_bytes.is_some() {
+                d.free_disk_bytes = free_disk_bytes;
+            }
+        }
+    }
+
+    fn write(&mut self, op: Op) {
+        let undo = self.apply(op.clone());
+        self.journal.0.push((op, undo));
+    }
+
+    /// Applies one row write to memory (as loading from the database does) and returns the
+    /// write that undoes it. Writes of rows the registry does not hold (events, policy
+    /// objects, epochs) change nothing.
+    pub(crate) fn apply(&mut self, op: Op) -> Op {
+        match op {
+            Op::PutGroup { id, group } => match self.groups.insert(id.clone(), group) {
+                Some(group) => Op::PutGroup { id, group },
+                None => Op::DeleteGroup { id },
+            },
+            Op::DeleteGroup { id } => match self.groups.remove(&id) {
+                Some(group) => Op::PutGroup { id, group },
+                None => Op::DeleteGroup { id },
+            },
+            Op::PutDevice { id, device } => {
+                self.by_fingerprint
+                    .insert(device.cert_sha256.clone(), id.clone());
+                match self.devices.insert(id.clone(), device) {
+                    Some(old) => {
+                        if self.devices[&id].cert_sha256 != old.cert_sha256 {
+                            self.by_fingerprint.remove(&old.cert_sha256);
+                        }
+                        Op::PutDevice { id, device: old }
+                    }
+                    None => Op::DeleteDevice { id },
+                }
+            }
+            Op::DeleteDevice { id } => match self.devices.remove(&id) {
+                Some(device) => {
+                    self.by_fingerprint.remove(&device.cert_sha256);
+                    Op::PutDevice { id, device }
+                }
+                None => Op::DeleteDevice { id },
+            },
+            Op::PutToken { key, token } => match self.tokens.insert(key.clone(), token) {
+                Some(token) => Op::PutToken { key, token },
+                None => Op::DeleteToken { key },
+            },
+            Op::DeleteToken { key } => match self.tokens.remove(&key) {
+                Some(token) => Op::PutToken { key, token },
+                None => Op::DeleteToken { key },
+            },
+            Op::PutGateway { id, gateway } => match self.gateways.insert(id.clone(), gateway) {
+                Some(gateway) => Op::PutGateway { id, gateway },
+                None => Op::DeleteGateway { id },
+            },
+            Op::DeleteGateway { id } => match self.gateways.remove(&id) {
+                Some(gateway) => Op::PutGateway { id, gateway },
+                None => Op::DeleteGateway { id },
+            },
+            Op::PutDpScopes { device, groups } => {
+                let old = if groups.is_empty() {
+                    self.dps.remove(&device)
+                } else {
+                    self.dps.insert(device.clone(), groups)
+                };
+                Op::PutDpScopes {
+                    device,
+                    groups: old.unwrap_or_default(),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// The writes made since the last call, to commit.
+    pub fn take_journal(&mut self) -> Changes {
+        Changes {
+            writes: std::mem::take(&mut self.journal.0),
+        }
+    }
+
+    /// Undoes `changes` in memory (their commit failed), newest first.
+    pub fn undo(&mut self, changes: Changes) {
+        for (_, undo) in changes.writes.into_iter().rev() {
+            self.apply(undo);
+        }
+    }
+
+    /// Rows of the whole registry as writes, parents before children: what an import
+    /// commits.
+    pub fn as_ops(&self) -> Vec<Op> {
+        let mut ops = Vec::with_capacity(
+            self.groups.len() + self.devices.len() + self.tokens.len() + self.gateways.len(),
+        );
+        // Parents first: the root, then each group after its parent.
+        let mut placed: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        while placed.len() < self.groups.len() {
+            let before = placed.len();
+            for (id, g) in &self.groups {
+                if !placed.contains(id.as_str())
+                    && g.parent.as_deref().is_none_or(|p| placed.contains(p))
+                {
+                    placed.insert(id);
+                    ops.push(Op::PutGroup {
+                        id: id.clone(),
+                        group: g.clone(),
+                    });
+                }
+            }
+            if placed.len() == before {
+                break;
+            }
+        }
+        ops.extend(self.devices.iter().map(|(id, d)| Op::PutDevice {
+            id: id.clone(),
+            device: d.clone(),
+        }));
+        ops.extend(self.tokens.iter().map(|(k, t)| Op::PutToken {
+            key: k.clone(),
+            token: t.clone(),
+        }));
+        ops.extend(self.gateways.iter().map(|(id, g)| Op::PutGateway {
+            id: id.clone(),
+            gateway: g.clone(),
+        }));
+        ops.extend(self.dps.iter().map(|(d, g)| Op::PutDpScopes {
+            device: d.clone(),
+            groups: g.clone(),
+        }));
+        ops
+    }
+
+    /// The unused tokens, keyed by the SHA-256 (hex) of each.
+    pub fn tokens(&self) -> &BTreeMap<String, TokenRecord> {
+        &self.tokens
     }
 }

@@ -18,9 +18,13 @@ use outpost_election::ElectionConfig;
 use outpost_policy::{Resolver, State};
 
 use crate::{
-    AdminService, DataDirLock, DpCoordinator, FleetSync, ObjectStore, PolicySync, Registry,
-    ServerError, ServiceConfig, SyncNowSigner, SyncSource,
+    AdminService, DataDirLock, DatabaseConfig, DpCoordinator, FleetSync, ObjectStore, Op,
+    PolicySync, Registry, ServerError, ServiceConfig, Snapshot, Storage, SyncNowSigner, SyncSource,
 };
+
+/// Markers of the one-time imports, in `server_meta`.
+const IMPORTED_REGISTRY: &str = "import.registry";
+const IMPORTED_POLICY: &str = "import.policy";
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 13000))
@@ -111,6 +115,9 @@ pub struct AdminServerConfig {
     /// The multicast UDP port distribution points send on (default 15001).
     #[serde(default = "default_multicast_port")]
     pub multicast_port: u16,
+    /// The database (default: SQLite in the data directory).
+    #[serde(default)]
+    pub database: DatabaseConfig,
 }
 
 impl AdminServerConfig {
@@ -119,14 +126,20 @@ impl AdminServerConfig {
         toml::from_str(text).map_err(|e| ServerError::Config(e.to_string()))
     }
 
-    /// The registry file.
+    /// The registry file servers before the database wrote, imported at the first start.
     pub fn registry_path(&self, base: &Path) -> PathBuf {
         self.data_path(base).join("registry.json")
     }
 
-    /// The file the distribution point scopes' fencing epochs are kept in.
+    /// The file servers before the database kept the distribution point epochs in,
+    /// imported with the registry.
     pub fn epochs_path(&self, base: &Path) -> PathBuf {
         self.data_path(base).join("dp-epochs.json")
+    }
+
+    /// The database, its URL made concrete (SQLite in the data directory by default).
+    pub fn database(&self, base: &Path) -> DatabaseConfig {
+        self.database.resolve(&self.data_path(base))
     }
 
     /// The device port's bounds on connections before their peer is known.
@@ -150,40 +163,162 @@ impl AdminServerConfig {
         self.election
             .validate()
             .map_err(|e| ServerError::Config(format!("election: {e}")))?;
+        self.database.validate()?;
         self.connector
             .validate()
             .map_err(|e| ServerError::Config(format!("connector: {e}")))
     }
 
-    /// The sync source these settings describe: policies from `policy_state` (if set),
-    /// distribution points from the registry, the election's sync interval rule.
-    pub fn fleet_sync(&self, base: &Path, registry: &Registry) -> Result<FleetSync, ServerError> {
-        let policy = match &self.policy_state {
+    /// The sync source these settings describe over what the database holds: policies
+    /// (if any are stored), distribution points and their epochs from the registry, the
+    /// election's sync interval rule.
+    pub fn fleet_sync(
+        &self,
+        snapshot: &Snapshot,
+        storage: &Storage,
+    ) -> Result<FleetSync, ServerError> {
+        let policy = match crate::policy_state(&snapshot.policy)? {
             None => None,
-            Some(p) => {
-                let path = base.join(p);
-                let bad = |e: String| {
-                    ServerError::Config(format!("policy_state: {}: {e}", path.display()))
-                };
-                let bytes = crate::store::read_bounded(&path, 64 * 1024 * 1024)?
-                    .ok_or_else(|| bad("does not exist".into()))?;
-                let mut state = if path.extension().is_some_and(|e| e == "toml") {
-                    let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8".into()))?;
-                    State::from_toml(&text)
-                } else {
-                    State::from_json(&bytes)
-                }
-                .map_err(|e| bad(e.to_string()))?;
+            Some(mut state) => {
                 // The resolver knows every enrolled device, where the registry puts it.
-                crate::place_registry_devices(&mut state, registry);
-                let resolver = Resolver::new(&state).map_err(|e| bad(e.to_string()))?;
+                crate::place_registry_devices(&mut state, &snapshot.registry);
+                let resolver = Resolver::new(&state).map_err(|e| {
+                    ServerError::Config(format!("the stored policies do not resolve: {e}"))
+                })?;
                 Some(PolicySync::new(resolver, self.election.sync))
             }
         };
-        let mut dps = DpCoordinator::new(self.election.clone(), registry)?;
+        let mut dps = DpCoordinator::new(self.election.clone(), &snapshot.registry)?;
         dps.set_multicast_port(self.multicast_port);
-        dps.keep_epochs(self.epochs_path(base))?;
-        Ok(FleetSync::new(policy, Some(dps), self.election.sync))
+        dps.keep_epochs(storage.clone(), snapshot.epochs.clone());
+        let fleet = FleetSync::new(policy, Some(dps), self.election.sync);
+        for u in &snapshot.updates {
+            fleet.publish_update(crate::objects::announcement(u));
+        }
+        Ok(fleet)
+    }
+
+    /// Reads the policy state file at `path` (`.json` or `.toml`).
+    pub fn read_policy_file(path: &Path) -> Result<State, ServerError> {
+        let bad = |e: String| ServerError::Config(format!("policy_state: {}: {e}", path.display()));
+        let bytes = crate::store::read_bounded(path, 64 * 1024 * 1024)?
+            .ok_or_else(|| bad("does not exist".into()))?;
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8".into()))?;
+            State::from_toml(&text)
+        } else {
+            State::from_json(&bytes)
+        }
+        .map_err(|e| bad(e.to_string()))
+    }
+
+    /// Opens the database (the caller holds the data directory's lock), imports what
+    /// servers before it kept in files (`registry.json`, `dp-epochs.json`, the
+    /// `policy_state` file) if it was never imported, and reads the state.
+    pub fn open_storage(&self, base: &Path) -> Result<(Storage, Snapshot), ServerError> {
+        let storage = Storage::open(&self.database(base), &self.instance_id)?;
+        let snapshot = storage.load()?;
+        let mut ops = Vec::new();
+        let mut imported_registry = false;
+        if !snapshot.meta.contains_key(IMPORTED_REGISTRY)
+            && let Some(old) = Registry::load(&self.registry_path(base))?
+        {
+            if old.instance_id != self.instance_id {
+                return Err(ServerError::Config(format!(
+                    "{} belongs to server instance {:?}, this configuration is {:?}",
+                    self.registry_path(base).display(),
+                    old.instance_id,
+                    self.instance_id
+                )));
+            }
+            if !snapshot.registry.devices().is_empty() {
+                return Err(ServerError::Config(format!(
+                    "{} was never imported, but the database already holds {} device(s): \
+                     move the file away, or import it into an empty database",
+                    self.registry_path(base).display(),
+                    snapshot.registry.devices().len()
+                )));
+            }
+            ops.extend(old.as_ops());
+            if let Some(epochs) = crate::dp::read_epoch_file(&self.epochs_path(base))? {
+                ops.extend(
+                    epochs
+                        .into_iter()
+                        .map(|(scope, epoch)| Op::PutEpoch { scope, epoch }),
+                );
+            }
+            ops.push(Op::PutMeta {
+                key: IMPORTED_REGISTRY.into(),
+                value: format!(
+                    "{} devices from {}",
+                    old.devices().len(),
+                    self.registry_path(base).display()
+                ),
+            });
+            imported_registry = true;
+        }
+        if !snapshot.meta.contains_key(IMPORTED_POLICY)
+            && snapshot.policy.is_empty()
+            && let Some(p) = &self.policy_state
+        {
+            let path = base.join(p);
+            let state = Self::read_policy_file(&path)?;
+            // Checked before it is stored: a state that does not resolve is refused here.
+            Resolver::new(&state).map_err(|e| {
+                ServerError::Config(format!("policy_state: {}: {e}", path.display()))
+            })?;
+            ops.extend(crate::policy_ops(&state, &snapshot.policy)?);
+            ops.push(Op::PutMeta {
+                key: IMPORTED_POLICY.into(),
+                value: path.display().to_string(),
+            });
+        }
+        if ops.is_empty() {
+            return Ok((storage, snapshot));
+        }
+        storage.commit_blocking(ops)?;
+        if imported_registry {
+            let from = self.registry_path(base);
+            let to = from.with_extension("json.imported");
+            match std::fs::rename(&from, &to) {
+                Ok(()) => log::info!(
+                    "{} imported into the database; kept as {}",
+                    from.display(),
+                    to.display()
+                ),
+                Err(e) => log::warn!("{} imported, but not renamed: {e}", from.display()),
+            }
+        }
+        let snapshot = storage.load()?;
+        Ok((storage, snapshot))
+    }
+
+    /// The registry as the database holds it now (safe while a server runs: it only reads;
+    /// nothing is imported).
+    pub fn load_registry(&self, base: &Path) -> Result<Registry, ServerError> {
+        Ok(Storage::open(&self.database(base), &self.instance_id)?
+            .load()?
+            .registry)
+    }
+
+    /// Replaces the stored policies with the state file at `path` (offline: refused while
+    /// a server runs on the data directory). Returns how many rows changed.
+    pub fn import_policy(&self, base: &Path, path: &Path) -> Result<usize, ServerError> {
+        let _lock = DataDirLock::acquire(&self.data_path(base), "offline command")?;
+        let (storage, snapshot) = self.open_storage(base)?;
+        let state = Self::read_policy_file(path)?;
+        let mut check = state.clone();
+        crate::place_registry_devices(&mut check, &snapshot.registry);
+        Resolver::new(&check)
+            .map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))?;
+        let mut ops = crate::policy_ops(&state, &snapshot.policy)?;
+        let n = ops.len();
+        ops.push(Op::PutMeta {
+            key: IMPORTED_POLICY.into(),
+            value: path.display().to_string(),
+        });
+        storage.commit_blocking(ops)?;
+        Ok(n)
     }
 
     /// The data directory.
@@ -193,7 +328,8 @@ impl AdminServerConfig {
 
     /// Changes the registry of a server that is not running: takes the data directory's
     /// lock (refused with [`ServerError::DataDirBusy`] while a server or another command
-    /// holds it), loads the registry, runs `f`, and saves the result only if `f` succeeded.
+    /// holds it), loads the registry from the database, runs `f`, and commits what it
+    /// changed only if `f` succeeded.
     pub fn edit_registry<T>(
         &self,
         base: &Path,
@@ -201,31 +337,20 @@ impl AdminServerConfig {
     ) -> Result<T, ServerError> {
         let _lock = DataDirLock::acquire(&self.data_path(base), "offline command")?;
         remove_stale_temporaries(&self.data_path(base))?;
-        let mut registry = self.load_registry(base)?;
-        let out = f(&mut registry)?;
-        registry.save(&self.registry_path(base))?;
+        let (storage, mut snapshot) = self.open_storage(base)?;
+        let out = f(&mut snapshot.registry)?;
+        storage.commit_blocking(snapshot.registry.take_journal().into_ops())?;
         Ok(out)
-    }
-
-    /// Loads the registry, or makes a new one for this instance.
-    pub fn load_registry(&self, base: &Path) -> Result<Registry, ServerError> {
-        let path = self.registry_path(base);
-        match Registry::load(&path)? {
-            Some(r) if r.instance_id == self.instance_id => Ok(r),
-            Some(r) => Err(ServerError::Config(format!(
-                "{} belongs to server instance {:?}, this configuration is {:?}",
-                path.display(),
-                r.instance_id,
-                self.instance_id
-            ))),
-            None => Registry::new(&self.instance_id),
-        }
     }
 }
 
 /// A running Administration Server.
 pub struct AdminServer {
     service: Arc<AdminService>,
+    /// The sync source built from the configuration (when none was given).
+    fleet: Option<Arc<FleetSync>>,
+    /// The update objects kept in the data directory (when no other store was given).
+    updates: Option<Arc<crate::StoredObjects>>,
     push: SyncNowSigner,
     listener: ListenerHandle,
     connector: ConnectorHandle,
@@ -290,9 +415,12 @@ async fn tick(service: Arc<AdminService>, sync: Arc<dyn SyncSource>, mut crl: Cr
 }
 
 impl AdminServer {
-    /// Loads the CA and registry, binds the device port, starts dialling the DMZ gateways and
-    /// serves every device. `sync` answers syncs (if `None`, the configuration's
-    /// [`fleet_sync`](AdminServerConfig::fleet_sync)); `objects` serves file chunks. `base` is
+    /// Loads the CA, opens the database (importing what older servers kept in files), binds
+    /// the device port, starts dialling the DMZ gateways and serves every device. `sync`
+    /// answers syncs (if `None`, the configuration's
+    /// [`fleet_sync`](AdminServerConfig::fleet_sync), then at [`fleet`](Self::fleet));
+    /// `objects` serves file chunks (if `None`, the published update objects kept in the
+    /// data directory's `objects/`, see [`publish_update`](Self::publish_update)). `base` is
     /// the configuration file's directory.
     ///
     /// The server holds the data directory's [`DataDirLock`] until it is shut down (or its
@@ -303,7 +431,7 @@ impl AdminServer {
         config: AdminServerConfig,
         base: &Path,
         sync: Option<Arc<dyn SyncSource>>,
-        objects: Arc<dyn ObjectStore>,
+        objects: Option<Arc<dyn ObjectStore>>,
     ) -> Result<Self, ServerError> {
         config.validate()?;
         let ca = Arc::new(store::load_server_ca(
@@ -312,19 +440,39 @@ impl AdminServer {
         )?);
         let lock = DataDirLock::acquire(&config.data_path(base), "server")?;
         remove_stale_temporaries(&config.data_path(base))?;
-        let registry = config.load_registry(base)?;
-        let registry_path = config.registry_path(base);
-        registry.save(&registry_path)?;
+        let (storage, snapshot) = config.open_storage(base)?;
+        log::info!(
+            "{} database {}: {} device(s), {} group(s)",
+            storage.backend(),
+            config.database(base).redacted_url(),
+            snapshot.registry.devices().len(),
+            snapshot.registry.groups().len()
+        );
         let tls = config.tls.load(base)?;
-        let sync: Arc<dyn SyncSource> = match sync {
-            Some(s) => s,
-            None => Arc::new(config.fleet_sync(base, &registry)?),
+        let (sync, fleet): (Arc<dyn SyncSource>, _) = match sync {
+            Some(s) => (s, None),
+            None => {
+                let f = Arc::new(config.fleet_sync(&snapshot, &storage)?);
+                (f.clone(), Some(f))
+            }
+        };
+        let (objects, updates): (Arc<dyn ObjectStore>, _) = match objects {
+            Some(o) => (o, None),
+            None => {
+                let u = Arc::new(crate::StoredObjects::open(
+                    config.data_path(base).join("objects"),
+                    storage.clone(),
+                    &snapshot.updates,
+                )?);
+                (u.clone(), Some(u))
+            }
         };
         let sync_for_tick = sync.clone();
         let service = AdminService::new(
-            ServiceConfig::new(registry_path),
+            ServiceConfig::new(),
             ca,
-            registry,
+            storage,
+            snapshot.registry,
             sync,
             objects,
         );
@@ -334,24 +482,28 @@ impl AdminServer {
                 .await?;
         // Gateways registered in the registry are dialled too.
         let mut connector_config = config.connector.clone();
-        for (id, g) in service.registry().gateways() {
-            if let crate::GatewayRegistration::Dmz { addr, dns_names } = g
-                && let Some(name) = dns_names.first()
-                && !connector_config.gateways.iter().any(|e| &e.id == id)
-            {
-                connector_config.gateways.push(DmzGatewayEntry::new(
-                    id.clone(),
-                    *addr,
-                    name.clone(),
-                ));
+        service.with_registry(|reg| {
+            for (id, g) in reg.gateways() {
+                if let crate::GatewayRegistration::Dmz { addr, dns_names } = g
+                    && let Some(name) = dns_names.first()
+                    && !connector_config.gateways.iter().any(|e| &e.id == id)
+                {
+                    connector_config.gateways.push(DmzGatewayEntry::new(
+                        id.clone(),
+                        *addr,
+                        name.clone(),
+                    ));
+                }
             }
-        }
+        });
         let connector = ServerConnector::start(connector_config, &tls, tx)?;
         let crl = CrlWatch::new(config.data_path(base));
         let ticker = tokio::spawn(tick(service.clone(), sync_for_tick, crl));
         Ok(AdminServer {
             push: SyncNowSigner::new(tls.identity),
             service,
+            fleet,
+            updates,
             listener,
             connector,
             dispatch,
@@ -363,6 +515,33 @@ impl AdminServer {
     /// The device service (registry, push, counters).
     pub fn service(&self) -> &Arc<AdminService> {
         &self.service
+    }
+
+    /// The sync source built from the configuration (policies, distribution points,
+    /// updates), unless [`start`](Self::start) was given another.
+    pub fn fleet(&self) -> Option<&Arc<FleetSync>> {
+        self.fleet.as_ref()
+    }
+
+    /// Publishes `data` as update `object_id`: stored (content in the data directory,
+    /// metadata committed) and announced to every device that syncs, so a restart keeps it.
+    /// Needs the server's own object store and sync source (`None` for both at
+    /// [`start`](Self::start)).
+    pub async fn publish_update(
+        &self,
+        object_id: &str,
+        name: &str,
+        version: u64,
+        data: &[u8],
+    ) -> Result<outpost_wire::messages::UpdateAnnouncement, ServerError> {
+        let (Some(updates), Some(fleet)) = (&self.updates, &self.fleet) else {
+            return Err(ServerError::Config(
+                "publishing updates needs the server's own object store and sync source".into(),
+            ));
+        };
+        let a = updates.publish(object_id, name, version, data).await?;
+        fleet.publish_update(a.clone());
+        Ok(a)
     }
 
     /// Sends a signed "sync now" datagram to each of `targets` (agents' discovery ports, or a

@@ -6,7 +6,6 @@
 //! there), and file chunks from an [`ObjectStore`]; the service itself holds no policy.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -21,7 +20,10 @@ use outpost_wire::{Message, MessageCodec, VersionRange, negotiate};
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 
-use crate::{EnrollThrottle, Registry, ServerError, admit, enroll, refusal_code};
+use crate::{
+    EnrollThrottle, EventRecord, Registry, ServerError, Storage, admit, record_enrollment,
+    refusal_code, sign_enrollment,
+};
 
 /// Who a sync is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,8 +142,6 @@ pub const ENROLLMENT_MAX_FRAME_LEN: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ServiceConfig {
-    /// Where the registry is saved after every change.
-    pub registry_path: PathBuf,
     /// Largest chunk served per request (default 1 MiB).
     pub max_chunk: u32,
     /// Time allowed for a device's first message (default 10 s).
@@ -172,10 +172,9 @@ pub struct ServiceConfig {
 }
 
 impl ServiceConfig {
-    /// Defaults, saving the registry at `registry_path`.
-    pub fn new(registry_path: impl Into<PathBuf>) -> Self {
+    /// The defaults.
+    pub fn new() -> Self {
         ServiceConfig {
-            registry_path: registry_path.into(),
             max_chunk: 1 << 20,
             hello_timeout: Duration::from_secs(10),
             max_frame_len: outpost_wire::DEFAULT_MAX_FRAME_LEN,
@@ -186,6 +185,12 @@ impl ServiceConfig {
             enroll_failures_per_source: 10,
             enroll_failure_window: Duration::from_secs(60),
         }
+    }
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -217,6 +222,7 @@ pub struct ServiceStats {
 pub struct AdminService {
     config: ServiceConfig,
     ca: Arc<ServerCa>,
+    storage: Storage,
     registry: Mutex<Registry>,
     sync: Arc<dyn SyncSource>,
     objects: Arc<dyn ObjectStore>,
@@ -264,15 +270,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl AdminService {
-    /// A service over `registry` (saved to `config.registry_path` after every change).
+    /// A service over `registry` (as loaded from `storage`, which every change is
+    /// committed to before it is acknowledged).
     pub fn new(
         config: ServiceConfig,
         ca: Arc<ServerCa>,
+        storage: Storage,
         registry: Registry,
         sync: Arc<dyn SyncSource>,
         objects: Arc<dyn ObjectStore>,
     ) -> Arc<Self> {
         let revoked = revoked_serials(&ca);
+        let mut registry = registry;
+        // What was done to it before is in `storage` already.
+        let _ = registry.take_journal();
         Arc::new(AdminService {
             revoked: RwLock::new(revoked),
             enrolling: AdmissionPool::new(config.max_enrolling, config.max_enrolling_per_source),
@@ -283,6 +294,7 @@ impl AdminService {
             )),
             config,
             ca,
+            storage,
             registry: Mutex::new(registry),
             sync,
             objects,
@@ -327,23 +339,60 @@ impl AdminService {
         &self.stats
     }
 
-    /// Runs `f` on a copy of the registry, saves the copy, and only then makes it the
-    /// registry: when `f` fails or the save fails, nothing changes, in memory or on disk.
-    pub fn update_registry<T>(
+    /// Runs `f` on the registry and commits the rows it changed; returns once they are
+    /// durable. When `f` fails or the commit fails, its changes are undone in memory too,
+    /// so nothing changes anywhere. No copy of the registry is made: `f` changes it in
+    /// place, and the commit is queued while the registry is still locked, so the database
+    /// sees changes in the order memory did.
+    pub async fn update_registry<T>(
         &self,
         f: impl FnOnce(&mut Registry) -> Result<T, ServerError>,
     ) -> Result<T, ServerError> {
-        let mut reg = lock(&self.registry);
-        let mut next = reg.clone();
-        let out = f(&mut next)?;
-        next.save(&self.config.registry_path)?;
-        *reg = next;
-        Ok(out)
+        let (out, changes, ticket) = {
+            let mut reg = lock(&self.registry);
+            let out = f(&mut reg);
+            let changes = reg.take_journal();
+            let out = match out {
+                Ok(out) => out,
+                Err(e) => {
+                    reg.undo(changes);
+                    return Err(e);
+                }
+            };
+            if changes.is_empty() {
+                return Ok(out);
+            }
+            let ticket = self.storage.queue(changes.ops().cloned().collect());
+            (out, changes, ticket)
+        };
+        match ticket.await {
+            Ok(()) => Ok(out),
+            Err(e) => {
+                lock(&self.registry).undo(changes);
+                Err(e)
+            }
+        }
     }
 
-    /// A copy of the registry.
+    /// Runs `f` on the registry (held locked meanwhile: keep `f` short).
+    pub fn with_registry<T>(&self, f: impl FnOnce(&Registry) -> T) -> T {
+        f(&lock(&self.registry))
+    }
+
+    /// A copy of the registry (the whole fleet: for tests and reports, not for every
+    /// request).
     pub fn registry(&self) -> Registry {
         lock(&self.registry).clone()
+    }
+
+    /// The storage changes are committed to.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Records an event of the server's own; logged, not waited for.
+    fn server_event(&self, e: EventRecord) {
+        drop(self.storage.queue_events(vec![e]));
     }
 
     /// The devices with a kept connection now (one they have synced on).
@@ -526,10 +575,18 @@ impl AdminService {
                 }
                 Ok(Some(Ok(Message::EnrollRequest(req)))) => {
                     let now = SystemTime::now();
-                    // Refusals are decided on the registry as it is, before any copy of it.
+                    // Refusals are decided before anything is signed; the signing needs no
+                    // lock; the device is recorded (the checks made again) and committed
+                    // before the certificate goes out.
                     let admitted = admit(&lock(&self.registry), &req, now);
-                    let result = admitted
-                        .and_then(|_| self.update_registry(|reg| enroll(reg, &self.ca, &req, now)));
+                    let signed = admitted.and_then(|_| sign_enrollment(&self.ca, &req, now));
+                    let result = match signed {
+                        Ok(signed) => {
+                            self.update_registry(|reg| record_enrollment(reg, &req, signed, now))
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    };
                     match result {
                         Ok(resp) => {
                             self.sync.on_enrolled(&req.device_id, &resp.group);
@@ -541,10 +598,27 @@ impl AdminService {
                             );
                             Message::from(resp)
                         }
+                        Err(e) if e.is_retryable() => {
+                            // Not the agent's fault: no failure counted against its address.
+                            self.stats.enroll_refused.fetch_add(1, Ordering::Relaxed);
+                            log::error!("enrollment from {} not recorded: {e}", peer.remote_addr);
+                            refusal(
+                                refusal_code(&e),
+                                format!(
+                                    "the server cannot record enrollments now; retry later ({e})"
+                                ),
+                            )
+                        }
                         Err(e) => {
                             self.stats.enroll_refused.fetch_add(1, Ordering::Relaxed);
                             let source = source_of(&peer.remote_addr).to_string();
                             log::warn!("enrollment from {} refused: {e}", peer.remote_addr);
+                            self.server_event(EventRecord::server(
+                                None,
+                                Severity::Warning,
+                                "enrollment.refused",
+                                format!("from {}: {e}", peer.remote_addr),
+                            ));
                             if lock(&self.throttle).failed(&source, Instant::now()) {
                                 log::warn!(
                                     "enrollment from {source}: {} failures within {:?}; its \
@@ -595,8 +669,9 @@ impl AdminService {
         // presents (the fingerprint matched, so it is that certificate).
         let serial = match (recorded_serial.is_empty(), &peer.cert_serial) {
             (true, Some(presented)) => {
-                let recorded =
-                    self.update_registry(|reg| Ok(reg.record_serial(&device_id, presented)));
+                let recorded = self
+                    .update_registry(|reg| Ok(reg.record_serial(&device_id, presented)))
+                    .await;
                 if let Err(e) = recorded {
                     log::warn!("device {device_id:?}: cannot record its certificate serial: {e}");
                 }
@@ -652,7 +727,7 @@ impl AdminService {
                             syncing = true;
                             lock(&self.online).insert(device_id.clone(), (conn_id, tx.clone()));
                         }
-                        match self.answer(&ctx, m) {
+                        match self.answer(&ctx, m).await {
                         Some(r) => r,
                         None => continue,
                         }
@@ -671,7 +746,7 @@ impl AdminService {
         }
     }
 
-    fn answer(&self, ctx: &DeviceContext, m: Message) -> Option<Message> {
+    async fn answer(&self, ctx: &DeviceContext, m: Message) -> Option<Message> {
         Some(match m {
             Message::SyncRequest(r) => {
                 if !r.device_id.is_empty() && r.device_id != ctx.device_id {
@@ -684,15 +759,34 @@ impl AdminService {
                     ));
                 }
                 self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+                let now = SystemTime::now();
+                let disk = (r.free_disk_bytes > 0).then_some(r.free_disk_bytes);
+                lock(&self.registry).touch(&ctx.device_id, now, disk);
+                self.storage.touch(vec![(
+                    ctx.device_id.clone(),
+                    crate::registry::unix(now),
+                    disk,
+                )]);
                 Message::from(self.sync.sync(ctx, &r))
             }
             Message::EventBatch(b) => {
-                self.stats
+                let up_to_id = b.events.iter().map(|e| e.id).max().unwrap_or(0);
+                let n = b.events.len() as u64;
+                let rows = b
                     .events
-                    .fetch_add(b.events.len() as u64, Ordering::Relaxed);
-                Message::from(EventAck {
-                    up_to_id: b.events.iter().map(|e| e.id).max().unwrap_or(0),
-                })
+                    .iter()
+                    .map(|e| EventRecord::from_agent(&ctx.device_id, e))
+                    .collect();
+                // Acknowledged only once stored: an agent keeps what is not acknowledged.
+                if let Err(e) = self.storage.record_events(rows).await {
+                    log::error!("events of {:?} not stored: {e}", ctx.device_id);
+                    return Some(refusal(
+                        RefusalCode::Overloaded,
+                        format!("events not stored; send them again later ({e})"),
+                    ));
+                }
+                self.stats.events.fetch_add(n, Ordering::Relaxed);
+                Message::from(EventAck { up_to_id })
             }
             Message::ChunkRequest(c) => {
                 let len = c.length.min(self.config.max_chunk);

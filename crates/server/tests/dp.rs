@@ -139,18 +139,29 @@ fn coordinator() -> DpCoordinator {
 
 #[test]
 fn epochs_survive_a_restart_of_the_coordinator() {
+    use outpost_server::{DatabaseConfig, Storage};
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("dp-epochs.json");
+    let db = DatabaseConfig::sqlite_in(dir.path());
+    let storage = Storage::open(&db, "s").unwrap();
     let mut c = coordinator();
-    c.keep_epochs(&path).unwrap();
+    c.keep_epochs(storage.clone(), storage.load().unwrap().epochs);
     let before = fail_over(&mut c, Instant::now());
     assert!(before >= 2, "a failover raised the epoch: {before}");
     drop(c);
+    drop(storage);
 
-    // After a restart the first assignment's epoch is above every epoch handed out before,
-    // so a DP that kept running (fencing on the highest epoch it saw) accepts it.
+    // After a restart (the database opened again) the first assignment's epoch is above
+    // every epoch handed out before, so a DP that kept running (fencing on the highest
+    // epoch it saw) accepts it.
+    let storage = Storage::open(&db, "s").unwrap();
+    let kept = storage.load().unwrap().epochs;
+    assert_eq!(
+        kept.get("office"),
+        Some(&before),
+        "the raised epoch was committed"
+    );
     let mut c = coordinator();
-    c.keep_epochs(&path).unwrap();
+    c.keep_epochs(storage, kept);
     let t = Instant::now();
     c.on_sync("dp-a", &heartbeat(50), t);
     let a = c.on_sync("dp-a", &heartbeat(50), t + Duration::from_secs(1));
@@ -160,14 +171,24 @@ fn epochs_survive_a_restart_of_the_coordinator() {
         "epoch {epoch} after the restart, {before} before"
     );
 
-    // Without the file the epochs start again from the bottom: what the file prevents.
+    // Without the stored epochs they start again from the bottom: what storing prevents.
     let mut fresh = coordinator();
     fresh.on_sync("dp-a", &heartbeat(50), t);
     let a = fresh.on_sync("dp-a", &heartbeat(50), t + Duration::from_secs(1));
     assert!(own(&a, "dp-a").unwrap().1 <= before);
+}
 
-    // A damaged file is an error naming it, not a silent restart from the bottom.
+#[test]
+fn a_damaged_epoch_file_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dp-epochs.json");
+    assert!(outpost_server::read_epoch_file(&path).unwrap().is_none());
+    std::fs::write(&path, br#"{"office": 7}"#).unwrap();
+    let kept = outpost_server::read_epoch_file(&path).unwrap().unwrap();
+    assert_eq!(kept.get("office"), Some(&7));
     std::fs::write(&path, b"{ not json").unwrap();
-    let e = coordinator().keep_epochs(&path).unwrap_err().to_string();
+    let e = outpost_server::read_epoch_file(&path)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("dp-epochs.json"), "{e}");
 }

@@ -8,7 +8,7 @@ use outpost_gateway::{Gateway, GatewayConfig, TlsMaterial};
 use outpost_pki::IssuedCert;
 use outpost_pki::store;
 use outpost_pki::tls::{TlsOptions, agent_client_config, enrollment_client_config};
-use outpost_server::{AdminServer, AdminServerConfig, MemoryObjects};
+use outpost_server::{AdminServer, AdminServerConfig};
 use outpost_wire::messages::{EnrollRequest, Hello, SyncRequest};
 use outpost_wire::{Message, MessageCodec};
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName};
@@ -51,13 +51,7 @@ async fn start(
     config: &AdminServerConfig,
     base: &std::path::Path,
 ) -> Result<AdminServer, outpost_server::ServerError> {
-    AdminServer::start(
-        config.clone(),
-        base,
-        None,
-        Arc::new(MemoryObjects::default()),
-    )
-    .await
+    AdminServer::start(config.clone(), base, None, None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,7 +99,7 @@ async fn registered_dmz_gateways_are_dialled_and_state_is_kept() {
     assert!(running.gateways_connected().contains_key("dmz-1"));
     running.shutdown().await;
 
-    // A configuration for another instance refuses the registry.
+    // A configuration for another instance refuses the database.
     let mut other = config.clone();
     other.instance_id = "server-2".into();
     let e = other.load_registry(base).unwrap_err().to_string();

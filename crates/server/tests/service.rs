@@ -125,18 +125,41 @@ async fn start_server(
     path: &std::path::Path,
     objects: Arc<MemoryObjects>,
 ) -> Server {
-    start_server_with(ca, registry, ServiceConfig::new(path), objects).await
+    let dir = path.parent().unwrap();
+    start_server_with(ca, registry, dir, ServiceConfig::new(), objects).await
+}
+
+/// The database in `dir`, holding `registry` if it was empty.
+fn storage(dir: &std::path::Path, registry: &Registry) -> outpost_server::Storage {
+    let db = outpost_server::DatabaseConfig::sqlite_in(dir);
+    let storage = outpost_server::Storage::open(&db, &registry.instance_id).unwrap();
+    if storage.counts().unwrap().devices == 0 {
+        storage.import_registry(registry).unwrap();
+    }
+    storage
+}
+
+/// The registry the database in `dir` holds.
+fn stored_registry(dir: &std::path::Path) -> Registry {
+    let db = outpost_server::DatabaseConfig::sqlite_in(dir);
+    outpost_server::Storage::open(&db, "server-1")
+        .unwrap()
+        .load()
+        .unwrap()
+        .registry
 }
 
 async fn start_server_with(
     ca: &Arc<ServerCa>,
     registry: Registry,
+    dir: &std::path::Path,
     config: ServiceConfig,
     objects: Arc<MemoryObjects>,
 ) -> Server {
     let service = AdminService::new(
         config,
         ca.clone(),
+        storage(dir, &registry),
         registry,
         Arc::new(GroupSettings),
         objects,
@@ -349,7 +372,7 @@ async fn enroll_sync_fetch_and_push_directly_and_through_a_dmz_gateway() {
     server.listener.shutdown().await;
     drop(server.service);
 
-    let reg = Registry::load(&path).unwrap().expect("saved");
+    let reg = stored_registry(path.parent().unwrap());
     assert_eq!(reg.devices().len(), 2);
     assert_eq!(reg.device("laptop-1").unwrap().group, "branch");
     let server = start_server(&ca, reg, &path, Arc::new(MemoryObjects::default())).await;
@@ -386,13 +409,20 @@ async fn the_enrollment_channel_costs_little_before_its_peer_is_known() {
     let t2 = reg
         .issue_token("lab", Some("laptop-2"), Duration::from_secs(600), now)
         .unwrap();
-    let mut config = ServiceConfig::new(dir.path().join("registry.json"));
+    let mut config = ServiceConfig::new();
     config.max_enrolling = 16;
     config.max_enrolling_per_source = 8;
     config.enroll_failures_per_source = 3;
     // Longer than any wait below: a prompt close is the server's decision, not a deadline.
     config.hello_timeout = Duration::from_secs(60);
-    let server = start_server_with(&ca, reg, config, Arc::new(MemoryObjects::default())).await;
+    let server = start_server_with(
+        &ca,
+        reg,
+        dir.path(),
+        config,
+        Arc::new(MemoryObjects::default()),
+    )
+    .await;
     let addr = server.listener.local_addr();
     let cert = enroll(&ca, addr, "laptop-1", &t1).await.expect("enrolled");
     let enroll_cfg = enrollment_client_config(ca.server_ca(), &TlsOptions::default()).unwrap();
@@ -524,6 +554,7 @@ async fn a_device_enrolled_before_serials_were_kept_is_checked_for_revocation() 
 
     // As an older registry file has it: no serial.
     let file = dir.path().join("registry.json");
+    server.service.registry().save(&file).unwrap();
     let mut doc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     doc["devices"]["laptop-1"]
@@ -535,9 +566,9 @@ async fn a_device_enrolled_before_serials_were_kept_is_checked_for_revocation() 
     server
         .service
         .update_registry(|reg| {
-            *reg = legacy;
-            Ok(())
+            reg.put_device("laptop-1", legacy.device("laptop-1").unwrap().clone())
         })
+        .await
         .unwrap();
     assert_eq!(serial_on_record(), "");
 
@@ -577,10 +608,17 @@ async fn a_full_enrollment_pool_makes_room_from_its_oldest_connection() {
     let token = reg
         .issue_token("lab", Some("laptop-1"), Duration::from_secs(600), now)
         .unwrap();
-    let mut config = ServiceConfig::new(dir.path().join("registry.json"));
+    let mut config = ServiceConfig::new();
     config.max_enrolling = 4;
     config.hello_timeout = Duration::from_secs(60);
-    let server = start_server_with(&ca, reg, config, Arc::new(MemoryObjects::default())).await;
+    let server = start_server_with(
+        &ca,
+        reg,
+        dir.path(),
+        config,
+        Arc::new(MemoryObjects::default()),
+    )
+    .await;
     let addr = server.listener.local_addr();
     let enroll_cfg = enrollment_client_config(ca.server_ca(), &TlsOptions::default()).unwrap();
     let mut stalled = Vec::new();
@@ -620,12 +658,13 @@ async fn a_peer_not_known_yet_may_send_only_small_frames() {
     let dir = tempfile::tempdir().unwrap();
     let now = SystemTime::now();
     let ca = Arc::new(ServerCa::create(PkiConfig::default(), now).unwrap());
-    let mut config = ServiceConfig::new(dir.path().join("registry.json"));
+    let mut config = ServiceConfig::new();
     // Longer than any wait below: a prompt close is the server's decision, not a deadline.
     config.hello_timeout = Duration::from_secs(60);
     let server = start_server_with(
         &ca,
         Registry::new("server-1").unwrap(),
+        dir.path(),
         config,
         Arc::new(MemoryObjects::default()),
     )

@@ -1,0 +1,894 @@
+//! The storage's one connection and the thread that owns it: jobs come in order from a
+//! queue; the writes among them that are waiting together go into one transaction.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant, SystemTime};
+
+use sqlx::any::{AnyConnectOptions, AnyRow};
+use sqlx::{AnyConnection, ConnectOptions, Connection, Executor, QueryBuilder, Row};
+use tokio::sync::mpsc;
+
+use super::{
+    Backend, Counts, DatabaseConfig, EventRecord, Job, Op, PolicyObjectKind, SecurityIssue,
+    Snapshot, StoredEvent, UpdateObject,
+};
+use crate::error::StorageError;
+use crate::registry::{Device, GatewayRegistration, Group, TokenRecord, unix};
+use crate::{ROOT_GROUP, Registry, ServerError};
+
+/// How long last-seen times wait to be written at most.
+const TOUCH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often events past their age are dropped.
+const TRIM_INTERVAL: Duration = Duration::from_secs(60);
+/// Events per INSERT statement (8 parameters each, within both backends' limits).
+const EVENTS_PER_STATEMENT: usize = 500;
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn u64_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+pub(super) fn run(
+    config: DatabaseConfig,
+    server_id: String,
+    up_to: Option<i64>,
+    jobs: mpsc::UnboundedReceiver<Job>,
+    ready: std::sync::mpsc::SyncSender<Result<(), ServerError>>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(ServerError::Io {
+                path: "storage runtime".into(),
+                source: e,
+            }));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        match Writer::connect(config, server_id, up_to).await {
+            Ok(w) => {
+                let _ = ready.send(Ok(()));
+                w.serve(jobs).await;
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+            }
+        }
+    });
+}
+
+struct Writer {
+    conn: AnyConnection,
+    backend: Backend,
+    config: DatabaseConfig,
+    server_id: String,
+    /// Last-seen times not written yet: device → (seconds, free disk).
+    touched: HashMap<String, (u64, Option<u64>)>,
+    touched_since: Option<Instant>,
+    last_trim: Instant,
+}
+
+/// A write job taken from the queue, with where its answer goes.
+enum Write {
+    Ops(Vec<Op>),
+    Events(Vec<EventRecord>),
+}
+
+impl Writer {
+    async fn connect(
+        config: DatabaseConfig,
+        server_id: String,
+        up_to: Option<i64>,
+    ) -> Result<Self, ServerError> {
+        sqlx::any::install_default_drivers();
+        let backend = config.backend();
+        let url = config.url.clone().unwrap_or_default();
+        let connect = |source| {
+            ServerError::Storage(StorageError::Connect {
+                backend,
+                url: config.redacted_url(),
+                source,
+            })
+        };
+        let url = match backend {
+            // Create the file on first use.
+            Backend::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
+            _ => url,
+        };
+        if let Some(dir) = config
+            .sqlite_file()
+            .as_deref()
+            .and_then(std::path::Path::parent)
+            && !dir.as_os_str().is_empty()
+            && !dir.is_dir()
+        {
+            return Err(ServerError::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the directory of the SQLite database does not exist",
+                ),
+            });
+        }
+        let options: AnyConnectOptions = url.parse().map_err(connect)?;
+        let options = options.disable_statement_logging();
+        let mut conn = AnyConnection::connect_with(&options)
+            .await
+            .map_err(connect)?;
+        if backend == Backend::Sqlite {
+            // WAL: readers never wait for the writer; FULL: a commit is on disk when it
+            // returns, so what was acknowledged survives a power cut, not only a crash.
+            for pragma in [
+                "PRAGMA journal_mode = WAL",
+                "PRAGMA synchronous = FULL",
+                "PRAGMA foreign_keys = ON",
+                "PRAGMA busy_timeout = 10000",
+            ] {
+                conn.execute(pragma).await.map_err(connect)?;
+            }
+        }
+        let migrator = super::schema::migrator(backend, up_to)
+            .await
+            .map_err(|source| ServerError::Storage(StorageError::Migrate { backend, source }))?;
+        migrator
+            .run(&mut conn)
+            .await
+            .map_err(|source| ServerError::Storage(StorageError::Migrate { backend, source }))?;
+        let mut w = Writer {
+            conn,
+            backend,
+            config,
+            server_id,
+            touched: HashMap::new(),
+            touched_since: None,
+            last_trim: Instant::now(),
+        };
+        w.ensure_server().await?;
+        Ok(w)
+    }
+
+    fn query_error(&self, what: &'static str) -> impl Fn(sqlx::Error) -> ServerError + use<> {
+        let backend = self.backend;
+        move |source| {
+            ServerError::Storage(StorageError::Query {
+                backend,
+                what,
+                source,
+            })
+        }
+    }
+
+    /// The server instance's row and its root group.
+    async fn ensure_server(&mut self) -> Result<(), ServerError> {
+        let err = self.query_error("creating the server instance");
+        let mut tx = self.conn.begin().await.map_err(&err)?;
+        // A database holds one server's state (its virtual servers are added by it): a
+        // configuration naming another instance is refused, not given an empty fleet.
+        let known: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM servers ORDER BY created_at, id")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(&err)?;
+        if let Some(first) = known.first()
+            && !known.contains(&self.server_id)
+        {
+            return Err(ServerError::Config(format!(
+                "the database {} belongs to server instance {first:?}, this configuration is {:?}",
+                self.config.redacted_url(),
+                self.server_id
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO servers (id, created_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&self.server_id)
+        .bind(i64_of(unix(SystemTime::now())))
+        .execute(&mut *tx)
+        .await
+        .map_err(&err)?;
+        sqlx::query(
+            "INSERT INTO admin_groups (server_id, id, name, parent) VALUES ($1, $2, $3, NULL) \
+             ON CONFLICT (server_id, id) DO NOTHING",
+        )
+        .bind(&self.server_id)
+        .bind(ROOT_GROUP)
+        .bind("Managed devices")
+        .execute(&mut *tx)
+        .await
+        .map_err(&err)?;
+        tx.commit().await.map_err(&err)
+    }
+
+    async fn serve(mut self, mut jobs: mpsc::UnboundedReceiver<Job>) {
+        loop {
+            let wait = self
+                .touched_since
+                .map(|t| (t + TOUCH_INTERVAL).saturating_duration_since(Instant::now()));
+            let first = match wait {
+                Some(wait) => match tokio::time::timeout(wait, jobs.recv()).await {
+                    Ok(j) => j,
+                    Err(_) => {
+                        self.flush_touched().await;
+                        continue;
+                    }
+                },
+                None => jobs.recv().await,
+            };
+            let Some(first) = first else {
+                break;
+            };
+            let mut batch = vec![first];
+            while batch.len() < self.config.max_batch {
+                match jobs.try_recv() {
+                    Ok(j) => batch.push(j),
+                    Err(_) => break,
+                }
+            }
+            self.process(batch).await;
+            if self
+                .touched_since
+                .is_some_and(|t| t.elapsed() >= TOUCH_INTERVAL)
+            {
+                self.flush_touched().await;
+            }
+            if self.last_trim.elapsed() >= TRIM_INTERVAL {
+                self.last_trim = Instant::now();
+                if let Err(e) = self.trim_by_age(SystemTime::now()).await {
+                    log::warn!("dropping old events failed: {e}");
+                }
+            }
+        }
+        self.flush_touched().await;
+    }
+
+    async fn process(&mut self, batch: Vec<Job>) {
+        let mut writes = Vec::new();
+        let mut reads = Vec::new();
+        for job in batch {
+            match job {
+                Job::Commit(ops, reply) => writes.push((Write::Ops(ops), reply)),
+                Job::Events(events, reply) => writes.push((Write::Events(events), reply)),
+                Job::Touch(seen) => {
+                    for (device, at, disk) in seen {
+                        self.touched.insert(device, (at, disk));
+                    }
+                    self.touched_since.get_or_insert_with(Instant::now);
+                }
+                other => reads.push(other),
+            }
+        }
+        if !writes.is_empty() {
+            self.commit_group(writes).await;
+        }
+        for job in reads {
+            self.read(job).await;
+        }
+    }
+
+    /// Commits every write in one transaction; if that fails, each on its own, so a bad
+    /// write fails only its caller.
+    async fn commit_group(&mut self, writes: Vec<(Write, super::Reply<()>)>) {
+        let all: Vec<&Write> = writes.iter().map(|(w, _)| w).collect();
+        let events = all.iter().any(|w| matches!(w, Write::Events(_)));
+        match self.transaction(&all).await {
+            Ok(()) => {
+                for (_, reply) in writes {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Err(e) if writes.len() == 1 => {
+                if let Some((_, reply)) = writes.into_iter().next() {
+                    let _ = reply.send(Err(e));
+                }
+                return;
+            }
+            Err(_) => {
+                for (w, reply) in writes {
+                    let r = self.transaction(&[&w]).await;
+                    let _ = reply.send(r);
+                }
+            }
+        }
+        if events && let Err(e) = self.trim_by_count().await {
+            log::warn!("dropping events past the count limit failed: {e}");
+        }
+    }
+
+    async fn transaction(&mut self, writes: &[&Write]) -> Result<(), ServerError> {
+        let err = self.query_error("committing changes");
+        let events_err = self.query_error("storing events");
+        let sid = self.server_id.clone();
+        let backend = self.backend;
+        let mut tx = self.conn.begin().await.map_err(&err)?;
+        for w in writes {
+            match w {
+                Write::Ops(ops) => {
+                    for op in ops {
+                        apply(&mut tx, &sid, op).await.map_err(|source| {
+                            ServerError::Storage(StorageError::Query {
+                                backend,
+                                what: op_name(op),
+                                source,
+                            })
+                        })?;
+                    }
+                }
+                Write::Events(events) => insert_events(&mut tx, &sid, events)
+                    .await
+                    .map_err(&events_err)?,
+            }
+        }
+        tx.commit().await.map_err(&err)
+    }
+
+    async fn flush_touched(&mut self) {
+        self.touched_since = None;
+        if self.touched.is_empty() {
+            return;
+        }
+        let touched = std::mem::take(&mut self.touched);
+        let n = touched.len();
+        let err = self.query_error("writing last-seen times");
+        let sid = self.server_id.clone();
+        let r: Result<(), ServerError> = async {
+            let mut tx = self.conn.begin().await.map_err(&err)?;
+            for (device, (at, disk)) in &touched {
+                sqlx::query(
+                    "UPDATE devices SET last_seen = $1, free_disk_bytes = COALESCE($2, free_disk_bytes) \
+                     WHERE server_id = $3 AND id = $4",
+                )
+                .bind(i64_of(*at))
+                .bind(disk.map(i64_of))
+                .bind(&sid)
+                .bind(device)
+                .execute(&mut *tx)
+                .await
+                .map_err(&err)?;
+            }
+            tx.commit().await.map_err(&err)
+        }
+        .await;
+        if let Err(e) = r {
+            log::warn!("last-seen times of {n} device(s) not written: {e}");
+        }
+    }
+
+    async fn trim_by_count(&mut self) -> Result<u64, ServerError> {
+        let err = self.query_error("dropping events past the count limit");
+        let max: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events")
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(&err)?;
+        let Some(cut) = max.map(|m| m - i64_of(self.config.max_events)) else {
+            return Ok(0);
+        };
+        if cut <= 0 {
+            return Ok(0);
+        }
+        let r = sqlx::query("DELETE FROM events WHERE seq <= $1")
+            .bind(cut)
+            .execute(&mut self.conn)
+            .await
+            .map_err(&err)?;
+        Ok(r.rows_affected())
+    }
+
+    async fn trim_by_age(&mut self, now: SystemTime) -> Result<u64, ServerError> {
+        let err = self.query_error("dropping events past their age");
+        let cutoff = unix(now).saturating_sub(self.config.max_event_age().as_secs());
+        let r = sqlx::query("DELETE FROM events WHERE received_at < $1")
+            .bind(i64_of(cutoff))
+            .execute(&mut self.conn)
+            .await
+            .map_err(&err)?;
+        Ok(r.rows_affected())
+    }
+
+    async fn read(&mut self, job: Job) {
+        match job {
+            Job::Load(reply) => {
+                let _ = reply.send(self.load().await);
+            }
+            Job::Counts(reply) => {
+                let _ = reply.send(self.counts().await);
+            }
+            Job::ReadEvents(after, limit, reply) => {
+                let _ = reply.send(self.events_after(after, limit).await);
+            }
+            Job::Trim(now, reply) => {
+                let _ = reply.send(self.trim_by_age(now).await);
+            }
+            Job::Commit(..) | Job::Events(..) | Job::Touch(_) => {}
+        }
+    }
+
+    async fn counts(&mut self) -> Result<Counts, ServerError> {
+        let err = self.query_error("counting rows");
+        let sid = self.server_id.clone();
+        let mut count = async |sql: &'static str| -> Result<u64, ServerError> {
+            let n: i64 = sqlx::query_scalar(sql)
+                .bind(&sid)
+                .fetch_one(&mut self.conn)
+                .await
+                .map_err(&err)?;
+            Ok(u64_of(n))
+        };
+        Ok(Counts {
+            devices: count("SELECT COUNT(*) FROM devices WHERE server_id = $1").await?,
+            tokens: count("SELECT COUNT(*) FROM enrollment_tokens WHERE server_id = $1").await?,
+            events: count("SELECT COUNT(*) FROM events WHERE server_id = $1").await?,
+        })
+    }
+
+    async fn events_after(
+        &mut self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, ServerError> {
+        let err = self.query_error("reading events");
+        let rows = sqlx::query(
+            "SELECT seq, device_id, device_seq, at_ms, severity, kind, body FROM events \
+             WHERE server_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(&self.server_id)
+        .bind(i64_of(after))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut self.conn)
+        .await
+        .map_err(&err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredEvent {
+                    seq: u64_of(r.try_get("seq")?),
+                    event: EventRecord {
+                        device: r.try_get("device_id")?,
+                        device_seq: r.try_get::<Option<i64>, _>("device_seq")?.map(u64_of),
+                        at_unix_ms: r.try_get("at_ms")?,
+                        severity: i32::try_from(r.try_get::<i64, _>("severity")?)
+                            .unwrap_or_default(),
+                        kind: r.try_get("kind")?,
+                        body: r.try_get("body")?,
+                    },
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(&err)
+    }
+
+    async fn load(&mut self) -> Result<Snapshot, ServerError> {
+        let err = self.query_error("loading the server's state");
+        let sid = self.server_id.clone();
+        let mut registry = Registry::new(&sid)?;
+        let fetch = async |conn: &mut AnyConnection, sql: &'static str| {
+            sqlx::query(sql).bind(&sid).fetch_all(conn).await
+        };
+        let rows = fetch(
+            &mut self.conn,
+            "SELECT id, name, parent FROM admin_groups WHERE server_id = $1",
+        )
+        .await
+        .map_err(&err)?;
+        for r in &rows {
+            registry.apply(Op::PutGroup {
+                id: r.try_get("id").map_err(&err)?,
+                group: Group {
+                    name: r.try_get("name").map_err(&err)?,
+                    parent: r.try_get("parent").map_err(&err)?,
+                },
+            });
+        }
+        let rows = fetch(
+            &mut self.conn,
+            "SELECT id, group_id, cert_sha256, cert_serial, enrolled_at, last_seen, \
+             broadcast_domain, os_class, free_disk_bytes FROM devices WHERE server_id = $1",
+        )
+        .await
+        .map_err(&err)?;
+        for r in &rows {
+            let (id, device) = device_of(r).map_err(&err)?;
+            registry.apply(Op::PutDevice { id, device });
+        }
+        let rows = fetch(
+            &mut self.conn,
+            "SELECT token_sha256, group_id, device_id, expires_at FROM enrollment_tokens \
+             WHERE server_id = $1",
+        )
+        .await
+        .map_err(&err)?;
+        for r in &rows {
+            registry.apply(Op::PutToken {
+                key: r.try_get("token_sha256").map_err(&err)?,
+                token: TokenRecord {
+                    group: r.try_get("group_id").map_err(&err)?,
+                    device: r.try_get("device_id").map_err(&err)?,
+                    expires_unix: u64_of(r.try_get("expires_at").map_err(&err)?),
+                },
+            });
+        }
+        let rows = fetch(
+            &mut self.conn,
+            "SELECT id, kind, device_id, addr, dns_names FROM gateways WHERE server_id = $1",
+        )
+        .await
+        .map_err(&err)?;
+        for r in &rows {
+            let id: String = r.try_get("id").map_err(&err)?;
+            let gateway = gateway_of(r).map_err(&err)?.ok_or_else(|| {
+                ServerError::Storage(StorageError::BadRow {
+                    what: format!("gateway {id:?}: unknown kind or bad address"),
+                })
+            })?;
+            registry.apply(Op::PutGateway { id, gateway });
+        }
+        let rows = fetch(
+            &mut self.conn,
+            "SELECT device_id, group_id FROM dp_scopes WHERE server_id = $1 \
+             ORDER BY device_id, position",
+        )
+        .await
+        .map_err(&err)?;
+        let mut dps: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for r in &rows {
+            dps.entry(r.try_get("device_id").map_err(&err)?)
+                .or_default()
+                .push(r.try_get("group_id").map_err(&err)?);
+        }
+        for (device, groups) in dps {
+            registry.apply(Op::PutDpScopes { device, groups });
+        }
+        let mut epochs = BTreeMap::new();
+        for r in fetch(
+            &mut self.conn,
+            "SELECT scope, epoch FROM dp_epochs WHERE server_id = $1",
+        )
+        .await
+        .map_err(&err)?
+        {
+            epochs.insert(
+                r.try_get("scope").map_err(&err)?,
+                u64_of(r.try_get("epoch").map_err(&err)?),
+            );
+        }
+        let mut policy = BTreeMap::new();
+        for r in fetch(
+            &mut self.conn,
+            "SELECT kind, id, document FROM policy_objects WHERE server_id = $1",
+        )
+        .await
+        .map_err(&err)?
+        {
+            let kind: String = r.try_get("kind").map_err(&err)?;
+            let kind = PolicyObjectKind::parse(&kind).ok_or_else(|| {
+                ServerError::Storage(StorageError::BadRow {
+                    what: format!("policy object kind {kind:?}"),
+                })
+            })?;
+            policy.insert(
+                (kind, r.try_get("id").map_err(&err)?),
+                r.try_get("document").map_err(&err)?,
+            );
+        }
+        let mut updates = Vec::new();
+        for r in fetch(
+            &mut self.conn,
+            "SELECT id, name, version, size, sha256, published_at FROM update_objects \
+             WHERE server_id = $1 ORDER BY id",
+        )
+        .await
+        .map_err(&err)?
+        {
+            updates.push(UpdateObject {
+                id: r.try_get("id").map_err(&err)?,
+                name: r.try_get("name").map_err(&err)?,
+                version: u64_of(r.try_get("version").map_err(&err)?),
+                size: u64_of(r.try_get("size").map_err(&err)?),
+                sha256: r.try_get("sha256").map_err(&err)?,
+                published_at_unix: u64_of(r.try_get("published_at").map_err(&err)?),
+            });
+        }
+        let mut issues = Vec::new();
+        for r in fetch(
+            &mut self.conn,
+            "SELECT device_id, kind, severity, opened_at, body FROM security_issues \
+             WHERE server_id = $1 ORDER BY device_id, kind",
+        )
+        .await
+        .map_err(&err)?
+        {
+            issues.push(SecurityIssue {
+                device: r.try_get("device_id").map_err(&err)?,
+                kind: r.try_get("kind").map_err(&err)?,
+                severity: i32::try_from(r.try_get::<i64, _>("severity").map_err(&err)?)
+                    .unwrap_or_default(),
+                opened_at_unix: u64_of(r.try_get("opened_at").map_err(&err)?),
+                body: r.try_get("body").map_err(&err)?,
+            });
+        }
+        let mut meta = BTreeMap::new();
+        for r in fetch(
+            &mut self.conn,
+            "SELECT key, value FROM server_meta WHERE server_id = $1",
+        )
+        .await
+        .map_err(&err)?
+        {
+            meta.insert(
+                r.try_get("key").map_err(&err)?,
+                r.try_get("value").map_err(&err)?,
+            );
+        }
+        // What loading applied is the state itself, not changes to commit.
+        let _ = registry.take_journal();
+        Ok(Snapshot {
+            registry,
+            epochs,
+            policy,
+            updates,
+            issues,
+            meta,
+        })
+    }
+}
+
+fn device_of(r: &AnyRow) -> Result<(String, Device), sqlx::Error> {
+    Ok((
+        r.try_get("id")?,
+        Device {
+            group: r.try_get("group_id")?,
+            cert_sha256: r.try_get("cert_sha256")?,
+            cert_serial: r.try_get("cert_serial")?,
+            enrolled_at_unix: u64_of(r.try_get("enrolled_at")?),
+            last_seen_unix: r.try_get::<Option<i64>, _>("last_seen")?.map_or(0, u64_of),
+            broadcast_domain: r.try_get("broadcast_domain")?,
+            os_class: r.try_get("os_class")?,
+            free_disk_bytes: r.try_get::<Option<i64>, _>("free_disk_bytes")?.map(u64_of),
+        },
+    ))
+}
+
+fn gateway_of(r: &AnyRow) -> Result<Option<GatewayRegistration>, sqlx::Error> {
+    let kind: String = r.try_get("kind")?;
+    Ok(match kind.as_str() {
+        "remote_office" => r
+            .try_get::<Option<String>, _>("device_id")?
+            .map(|device_id| GatewayRegistration::RemoteOffice { device_id }),
+        "dmz" => {
+            let addr: Option<String> = r.try_get("addr")?;
+            let names: Option<String> = r.try_get("dns_names")?;
+            addr.and_then(|a| a.parse().ok())
+                .map(|addr| GatewayRegistration::Dmz {
+                    addr,
+                    dns_names: names
+                        .unwrap_or_default()
+                        .split(' ')
+                        .filter(|n| !n.is_empty())
+                        .map(String::from)
+                        .collect(),
+                })
+        }
+        _ => None,
+    })
+}
+
+fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::PutGroup { .. } => "writing a group",
+        Op::DeleteGroup { .. } => "removing a group",
+        Op::PutDevice { .. } => "writing a device",
+        Op::DeleteDevice { .. } => "removing a device",
+        Op::PutToken { .. } => "writing an enrollment token",
+        Op::DeleteToken { .. } => "removing an enrollment token",
+        Op::PutGateway { .. } => "writing a gateway",
+        Op::DeleteGateway { .. } => "removing a gateway",
+        Op::PutDpScopes { .. } => "writing distribution point scopes",
+        Op::PutEpoch { .. } => "writing a distribution point epoch",
+        Op::PutPolicyObject { .. } => "writing a policy object",
+        Op::DeletePolicyObject { .. } => "removing a policy object",
+        Op::PutUpdateObject(_) => "writing an update object",
+        Op::PutSecurityIssue(_) => "writing a security issue",
+        Op::DeleteSecurityIssue { .. } => "closing a security issue",
+        Op::PutMeta { .. } => "writing a marker",
+    }
+}
+
+async fn apply(conn: &mut AnyConnection, sid: &str, op: &Op) -> Result<(), sqlx::Error> {
+    let q = match op {
+        Op::PutGroup { id, group } => sqlx::query(
+            "INSERT INTO admin_groups (server_id, id, name, parent) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (server_id, id) DO UPDATE SET name = excluded.name, parent = excluded.parent",
+        )
+        .bind(sid)
+        .bind(id)
+        .bind(&group.name)
+        .bind(group.parent.as_deref()),
+        Op::DeleteGroup { id } => {
+            sqlx::query("DELETE FROM admin_groups WHERE server_id = $1 AND id = $2")
+                .bind(sid)
+                .bind(id)
+        }
+        Op::PutDevice { id, device: d } => sqlx::query(
+            "INSERT INTO devices (server_id, id, group_id, cert_sha256, cert_serial, enrolled_at, \
+             last_seen, broadcast_domain, os_class, free_disk_bytes) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (server_id, id) DO UPDATE SET group_id = excluded.group_id, \
+             cert_sha256 = excluded.cert_sha256, cert_serial = excluded.cert_serial, \
+             enrolled_at = excluded.enrolled_at, last_seen = excluded.last_seen, \
+             broadcast_domain = excluded.broadcast_domain, os_class = excluded.os_class, \
+             free_disk_bytes = excluded.free_disk_bytes",
+        )
+        .bind(sid)
+        .bind(id)
+        .bind(&d.group)
+        .bind(&d.cert_sha256)
+        .bind(&d.cert_serial)
+        .bind(i64_of(d.enrolled_at_unix))
+        .bind((d.last_seen_unix > 0).then(|| i64_of(d.last_seen_unix)))
+        .bind(d.broadcast_domain.as_deref())
+        .bind(d.os_class.as_deref())
+        .bind(d.free_disk_bytes.map(i64_of)),
+        Op::DeleteDevice { id } => {
+            sqlx::query("DELETE FROM dp_scopes WHERE server_id = $1 AND device_id = $2")
+                .bind(sid)
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("DELETE FROM devices WHERE server_id = $1 AND id = $2")
+                .bind(sid)
+                .bind(id)
+        }
+        Op::PutToken { key, token } => sqlx::query(
+            "INSERT INTO enrollment_tokens (server_id, token_sha256, group_id, device_id, expires_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (server_id, token_sha256) DO UPDATE SET \
+             group_id = excluded.group_id, device_id = excluded.device_id, expires_at = excluded.expires_at",
+        )
+        .bind(sid)
+        .bind(key)
+        .bind(&token.group)
+        .bind(token.device.as_deref())
+        .bind(i64_of(token.expires_unix)),
+        Op::DeleteToken { key } => {
+            sqlx::query("DELETE FROM enrollment_tokens WHERE server_id = $1 AND token_sha256 = $2")
+                .bind(sid)
+                .bind(key)
+        }
+        Op::PutGateway { id, gateway } => {
+            let (kind, device, addr, names) = match gateway {
+                GatewayRegistration::RemoteOffice { device_id } => {
+                    ("remote_office", Some(device_id.clone()), None, None)
+                }
+                GatewayRegistration::Dmz { addr, dns_names } => {
+                    ("dmz", None, Some(addr.to_string()), Some(dns_names.join(" ")))
+                }
+            };
+            sqlx::query(
+                "INSERT INTO gateways (server_id, id, kind, device_id, addr, dns_names) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (server_id, id) DO UPDATE SET \
+                 kind = excluded.kind, device_id = excluded.device_id, addr = excluded.addr, \
+                 dns_names = excluded.dns_names",
+            )
+            .bind(sid)
+            .bind(id)
+            .bind(kind)
+            .bind(device)
+            .bind(addr)
+            .bind(names)
+        }
+        Op::DeleteGateway { id } => {
+            sqlx::query("DELETE FROM gateways WHERE server_id = $1 AND id = $2")
+                .bind(sid)
+                .bind(id)
+        }
+        Op::PutDpScopes { device, groups } => {
+            sqlx::query("DELETE FROM dp_scopes WHERE server_id = $1 AND device_id = $2")
+                .bind(sid)
+                .bind(device)
+                .execute(&mut *conn)
+                .await?;
+            for (i, g) in groups.iter().enumerate() {
+                sqlx::query(
+                    "INSERT INTO dp_scopes (server_id, device_id, group_id, position) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(sid)
+                .bind(device)
+                .bind(g)
+                .bind(i as i64)
+                .execute(&mut *conn)
+                .await?;
+            }
+            return Ok(());
+        }
+        Op::PutEpoch { scope, epoch } => sqlx::query(
+            "INSERT INTO dp_epochs (server_id, scope, epoch) VALUES ($1, $2, $3) \
+             ON CONFLICT (server_id, scope) DO UPDATE SET epoch = excluded.epoch \
+             WHERE excluded.epoch > dp_epochs.epoch",
+        )
+        .bind(sid)
+        .bind(scope)
+        .bind(i64_of(*epoch)),
+        Op::PutPolicyObject { kind, id, document } => sqlx::query(
+            "INSERT INTO policy_objects (server_id, kind, id, document) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (server_id, kind, id) DO UPDATE SET document = excluded.document",
+        )
+        .bind(sid)
+        .bind(kind.as_str())
+        .bind(id)
+        .bind(document),
+        Op::DeletePolicyObject { kind, id } => sqlx::query(
+            "DELETE FROM policy_objects WHERE server_id = $1 AND kind = $2 AND id = $3",
+        )
+        .bind(sid)
+        .bind(kind.as_str())
+        .bind(id),
+        Op::PutUpdateObject(u) => sqlx::query(
+            "INSERT INTO update_objects (server_id, id, name, version, size, sha256, published_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (server_id, id) DO UPDATE SET \
+             name = excluded.name, version = excluded.version, size = excluded.size, \
+             sha256 = excluded.sha256, published_at = excluded.published_at",
+        )
+        .bind(sid)
+        .bind(&u.id)
+        .bind(&u.name)
+        .bind(i64_of(u.version))
+        .bind(i64_of(u.size))
+        .bind(&u.sha256)
+        .bind(i64_of(u.published_at_unix)),
+        Op::PutSecurityIssue(i) => sqlx::query(
+            "INSERT INTO security_issues (server_id, device_id, kind, severity, opened_at, body) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (server_id, device_id, kind) DO UPDATE SET \
+             severity = excluded.severity, body = excluded.body",
+        )
+        .bind(sid)
+        .bind(&i.device)
+        .bind(&i.kind)
+        .bind(i64::from(i.severity))
+        .bind(i64_of(i.opened_at_unix))
+        .bind(&i.body),
+        Op::DeleteSecurityIssue { device, kind } => sqlx::query(
+            "DELETE FROM security_issues WHERE server_id = $1 AND device_id = $2 AND kind = $3",
+        )
+        .bind(sid)
+        .bind(device)
+        .bind(kind),
+        Op::PutMeta { key, value } => sqlx::query(
+            "INSERT INTO server_meta (server_id, key, value) VALUES ($1, $2, $3) \
+             ON CONFLICT (server_id, key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(sid)
+        .bind(key)
+        .bind(value),
+    };
+    q.execute(conn).await.map(drop)
+}
+
+async fn insert_events(
+    conn: &mut AnyConnection,
+    sid: &str,
+    events: &[EventRecord],
+) -> Result<(), sqlx::Error> {
+    let received = i64_of(unix(SystemTime::now()));
+    for chunk in events.chunks(EVENTS_PER_STATEMENT) {
+        let mut q: QueryBuilder<'_, sqlx::Any> = QueryBuilder::new(
+            "INSERT INTO events (server_id, received_at, at_ms, device_id, device_seq, severity, kind, body) ",
+        );
+        q.push_values(chunk, |mut b, e| {
+            b.push_bind(sid.to_string())
+                .push_bind(received)
+                .push_bind(e.at_unix_ms)
+                .push_bind(e.device.clone())
+                .push_bind(e.device_seq.map(i64_of))
+                .push_bind(i64::from(e.severity))
+                .push_bind(e.kind.clone())
+                .push_bind(e.body.clone());
+        });
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}

@@ -206,6 +206,28 @@ pub struct UpdateObject {
     pub published_at_unix: u64,
 }
 
+impl UpdateObject {
+    /// Metadata of content of `size` bytes with SHA-256 `sha256` (hex), published at
+    /// `published_at_unix`.
+    pub fn new(
+        id: impl Into<String>,
+        name: impl Into<String>,
+        version: u64,
+        size: u64,
+        sha256: impl Into<String>,
+        published_at_unix: u64,
+    ) -> Self {
+        UpdateObject {
+            id: id.into(),
+            name: name.into(),
+            version,
+            size,
+            sha256: sha256.into(),
+            published_at_unix,
+        }
+    }
+}
+
 /// An open security issue of a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -342,6 +364,7 @@ enum Job {
     Counts(Reply<Counts>),
     ReadEvents(u64, usize, Reply<Vec<StoredEvent>>),
     Trim(SystemTime, Reply<u64>),
+    Raw(String, Reply<()>),
 }
 
 struct Inner {
@@ -492,6 +515,11 @@ impl Storage {
             .unwrap_or_else(|_| Err(gone()))
     }
 
+    /// [`record_events`](Self::record_events) for code that is not async.
+    pub fn record_events_blocking(&self, events: Vec<EventRecord>) -> Result<(), ServerError> {
+        self.queue_events(events).wait()
+    }
+
     /// Queues events to append; the ticket resolves once they are durable (dropping it
     /// does not cancel them).
     pub fn queue_events(&self, events: Vec<EventRecord>) -> Ticket {
@@ -534,6 +562,13 @@ impl Storage {
         let storage = Self::open(config, &registry.instance_id)?;
         storage.import_registry(registry)?;
         Ok(storage)
+    }
+
+    /// Runs one SQL statement outside the storage's model, on its connection: for tests that
+    /// make the database fail on purpose (a trigger that refuses writes).
+    #[doc(hidden)]
+    pub fn execute_unchecked(&self, sql: &str) -> Result<(), ServerError> {
+        Ticket::wait_on(self.send(|r| Job::Raw(sql.to_string(), r)))
     }
 
     /// Writes a whole registry (an import): refused if this storage already has devices,

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
 use sqlx::any::{AnyConnectOptions, AnyRow};
-use sqlx::{AnyConnection, ConnectOptions, Connection, Executor, QueryBuilder, Row};
+use sqlx::{AnyConnection, ConnectOptions, Connection, Executor, Row};
 use tokio::sync::mpsc;
 
 use super::{
@@ -64,8 +64,32 @@ pub(super) fn run(
     });
 }
 
+/// Opens one connection, with SQLite's settings.
+async fn open_connection(
+    options: &AnyConnectOptions,
+    backend: Backend,
+) -> Result<AnyConnection, sqlx::Error> {
+    let mut conn = AnyConnection::connect_with(options).await?;
+    if backend == Backend::Sqlite {
+        // WAL: readers never wait for the writer; FULL: a commit is on disk when it
+        // returns, so what was acknowledged survives a power cut, not only a crash.
+        for pragma in [
+            "PRAGMA journal_mode = WAL",
+            "PRAGMA synchronous = FULL",
+            "PRAGMA foreign_keys = ON",
+            "PRAGMA busy_timeout = 10000",
+        ] {
+            conn.execute(pragma).await?;
+        }
+    }
+    Ok(conn)
+}
+
 struct Writer {
     conn: AnyConnection,
+    options: AnyConnectOptions,
+    /// The connection failed; a new one is made before the next job.
+    broken: bool,
     backend: Backend,
     config: DatabaseConfig,
     server_id: String,
@@ -119,21 +143,7 @@ impl Writer {
         }
         let options: AnyConnectOptions = url.parse().map_err(connect)?;
         let options = options.disable_statement_logging();
-        let mut conn = AnyConnection::connect_with(&options)
-            .await
-            .map_err(connect)?;
-        if backend == Backend::Sqlite {
-            // WAL: readers never wait for the writer; FULL: a commit is on disk when it
-            // returns, so what was acknowledged survives a power cut, not only a crash.
-            for pragma in [
-                "PRAGMA journal_mode = WAL",
-                "PRAGMA synchronous = FULL",
-                "PRAGMA foreign_keys = ON",
-                "PRAGMA busy_timeout = 10000",
-            ] {
-                conn.execute(pragma).await.map_err(connect)?;
-            }
-        }
+        let mut conn = open_connection(&options, backend).await.map_err(connect)?;
         let migrator = super::schema::migrator(backend, up_to)
             .await
             .map_err(|source| ServerError::Storage(StorageError::Migrate { backend, source }))?;
@@ -143,6 +153,8 @@ impl Writer {
             .map_err(|source| ServerError::Storage(StorageError::Migrate { backend, source }))?;
         let mut w = Writer {
             conn,
+            options,
+            broken: false,
             backend,
             config,
             server_id,
@@ -248,7 +260,33 @@ impl Writer {
         self.flush_touched().await;
     }
 
+    /// After a failure: if the connection itself is gone (the server restarted, the
+    /// network failed), makes a new one, now or before the next job.
+    async fn heal(&mut self) {
+        if !self.broken && self.conn.ping().await.is_ok() {
+            return;
+        }
+        match open_connection(&self.options, self.backend).await {
+            Ok(conn) => {
+                if self.broken {
+                    log::info!("{} database reachable again", self.backend);
+                }
+                self.conn = conn;
+                self.broken = false;
+            }
+            Err(e) => {
+                if !self.broken {
+                    log::error!("{} database unreachable: {e}", self.backend);
+                }
+                self.broken = true;
+            }
+        }
+    }
+
     async fn process(&mut self, batch: Vec<Job>) {
+        if self.broken {
+            self.heal().await;
+        }
         let mut writes = Vec::new();
         let mut reads = Vec::new();
         for job in batch {
@@ -277,7 +315,14 @@ impl Writer {
     async fn commit_group(&mut self, writes: Vec<(Write, super::Reply<()>)>) {
         let all: Vec<&Write> = writes.iter().map(|(w, _)| w).collect();
         let events = all.iter().any(|w| matches!(w, Write::Events(_)));
-        match self.transaction(&all).await {
+        let mut first = self.transaction(&all).await;
+        if first.is_err() {
+            // A connection lost since the last job fails the first statement: once more
+            // on a new one.
+            self.heal().await;
+            first = self.transaction(&all).await;
+        }
+        match first {
             Ok(()) => {
                 for (_, reply) in writes {
                     let _ = reply.send(Ok(()));
@@ -404,6 +449,11 @@ impl Writer {
             }
             Job::Trim(now, reply) => {
                 let _ = reply.send(self.trim_by_age(now).await);
+            }
+            Job::Raw(sql, reply) => {
+                let err = self.query_error("running a statement");
+                let r = self.conn.execute(sql.as_str()).await.map(drop).map_err(err);
+                let _ = reply.send(r);
             }
             Job::Commit(..) | Job::Events(..) | Job::Touch(_) => {}
         }
@@ -875,20 +925,41 @@ async fn insert_events(
 ) -> Result<(), sqlx::Error> {
     let received = i64_of(unix(SystemTime::now()));
     for chunk in events.chunks(EVENTS_PER_STATEMENT) {
-        let mut q: QueryBuilder<'_, sqlx::Any> = QueryBuilder::new(
-            "INSERT INTO events (server_id, received_at, at_ms, device_id, device_seq, severity, kind, body) ",
+        // `$n` placeholders, which both backends read (the `Any` query builder writes `?`,
+        // which PostgreSQL does not).
+        let mut sql = String::from(
+            "INSERT INTO events (server_id, received_at, at_ms, device_id, device_seq, severity, kind, body) VALUES ",
         );
-        q.push_values(chunk, |mut b, e| {
-            b.push_bind(sid.to_string())
-                .push_bind(received)
-                .push_bind(e.at_unix_ms)
-                .push_bind(e.device.clone())
-                .push_bind(e.device_seq.map(i64_of))
-                .push_bind(i64::from(e.severity))
-                .push_bind(e.kind.clone())
-                .push_bind(e.body.clone());
-        });
-        q.build().execute(&mut *conn).await?;
+        for i in 0..chunk.len() {
+            let b = i * 8;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7,
+                b + 8
+            ));
+        }
+        let mut q = sqlx::query(&sql);
+        for e in chunk {
+            q = q
+                .bind(sid)
+                .bind(received)
+                .bind(e.at_unix_ms)
+                .bind(e.device.as_deref())
+                .bind(e.device_seq.map(i64_of))
+                .bind(i64::from(e.severity))
+                .bind(e.kind.as_str())
+                .bind(e.body.as_str());
+        }
+        q.execute(&mut *conn).await?;
     }
     Ok(())
 }

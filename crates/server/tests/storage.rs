@@ -1,0 +1,489 @@
+//! One test suite for both storage backends: every case runs on SQLite and on a PostgreSQL
+//! cluster this test starts itself (skipped, with a message, where PostgreSQL is not
+//! installed, unless `OUTPOST_REQUIRE_POSTGRES=1`).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use outpost_server::{
+    Backend, DatabaseConfig, EventRecord, Op, PolicyObjectKind, Registry, SCHEMA_VERSION,
+    SecurityIssue, ServerError, Storage, StorageError, UpdateObject,
+};
+use outpost_wire::messages::Severity;
+
+/// Makes a fresh, empty database per call.
+type Fresh<'a> = &'a dyn Fn(&str) -> DatabaseConfig;
+
+fn registry(id: &str) -> Registry {
+    let now = SystemTime::now();
+    let mut r = Registry::new(id).unwrap();
+    r.add_group("eu", "Europe", None).unwrap();
+    r.add_group("paris", "Paris", Some("eu")).unwrap();
+    r.issue_token("paris", Some("pc-9"), Duration::from_secs(600), now)
+        .unwrap();
+    r.issue_token("eu", None, Duration::from_secs(600), now)
+        .unwrap();
+    r.register_dmz_gateway(
+        "dmz-1",
+        "127.0.0.1:13000".parse::<SocketAddr>().unwrap(),
+        vec!["gw.example.test".into(), "gw2.example.test".into()],
+    )
+    .unwrap();
+    r
+}
+
+/// A device record as enrollment makes it.
+fn enroll(r: &mut Registry, id: &str, group: &str) {
+    let token = r
+        .issue_token(group, Some(id), Duration::from_secs(600), SystemTime::now())
+        .unwrap();
+    let ca = outpost_pki::ServerCa::create(outpost_pki::PkiConfig::default(), SystemTime::now())
+        .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::new(vec![])
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap();
+    let req = outpost_wire::messages::EnrollRequest {
+        device_id: id.into(),
+        csr_der: csr.der().to_vec().into(),
+        enrollment_token: token,
+        group_hint: String::new(),
+    };
+    outpost_server::enroll(r, &ca, &req, SystemTime::now()).unwrap();
+}
+
+fn commit(storage: &Storage, r: &mut Registry) {
+    storage
+        .commit_blocking(r.take_journal().into_ops())
+        .unwrap();
+}
+
+/// Everything written comes back after the database is opened again.
+fn round_trip(fresh: Fresh<'_>) {
+    let db = fresh("roundtrip");
+    let storage = Storage::open(&db, "server-1").unwrap();
+    let mut r = storage.load().unwrap().registry;
+    assert_eq!(r.groups().len(), 1, "a new database has the root group");
+    r.add_group("eu", "Europe", None).unwrap();
+    r.add_group("paris", "Paris", Some("eu")).unwrap();
+    r.issue_token(
+        "paris",
+        Some("pc-9"),
+        Duration::from_secs(600),
+        SystemTime::now(),
+    )
+    .unwrap();
+    enroll(&mut r, "pc-1", "paris");
+    enroll(&mut r, "pc-2", "eu");
+    r.register_dmz_gateway(
+        "dmz-1",
+        "[::1]:13000".parse().unwrap(),
+        vec!["gw.example.test".into(), "gw2.example.test".into()],
+    )
+    .unwrap();
+    r.register_remote_office_gateway("ro-1", "pc-2").unwrap();
+    r.register_dp("pc-1", "paris").unwrap();
+    r.register_dp("pc-1", "eu").unwrap();
+    r.move_device("pc-2", "paris").unwrap();
+    r.move_group("paris", "root").unwrap();
+    commit(&storage, &mut r);
+    let now = SystemTime::now();
+    let update = UpdateObject::new("agent", "Agent 2", 2, 10, "ab".repeat(32), 1_700_000_000);
+    let issue = SecurityIssue::new("pc-1", "dp.low_disk", Severity::Warning as i32, "low", now);
+    storage
+        .commit_blocking(vec![
+            Op::PutEpoch {
+                scope: "paris".into(),
+                epoch: 7,
+            },
+            Op::PutEpoch {
+                scope: "paris".into(),
+                epoch: 3,
+            },
+            Op::PutPolicyObject {
+                kind: PolicyObjectKind::Policy,
+                id: "p1".into(),
+                document: r#"{"id":"p1"}"#.into(),
+            },
+            Op::PutUpdateObject(update.clone()),
+            Op::PutSecurityIssue(issue.clone()),
+            Op::PutMeta {
+                key: "k".into(),
+                value: "v".into(),
+            },
+        ])
+        .unwrap();
+    drop(storage);
+
+    let storage = Storage::open(&db, "server-1").unwrap();
+    let snap = storage.load().unwrap();
+    assert_eq!(
+        snap.registry, r,
+        "groups, devices, tokens, gateways and DPs round-trip"
+    );
+    assert_eq!(
+        snap.registry.dps()["pc-1"],
+        vec!["paris".to_string(), "eu".to_string()],
+        "DP scopes keep their order"
+    );
+    // The fingerprint index is rebuilt from the rows.
+    let d = snap.registry.device("pc-1").unwrap();
+    let mut fp = [0u8; 32];
+    for (i, b) in fp.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&d.cert_sha256[2 * i..2 * i + 2], 16).unwrap();
+    }
+    assert_eq!(snap.registry.device_by_fingerprint(&fp).unwrap().0, "pc-1");
+    assert_eq!(
+        snap.epochs.get("paris"),
+        Some(&7),
+        "an epoch never goes down"
+    );
+    assert_eq!(
+        snap.policy.get(&(PolicyObjectKind::Policy, "p1".into())),
+        Some(&r#"{"id":"p1"}"#.to_string())
+    );
+    assert_eq!(snap.updates, vec![update]);
+    assert_eq!(snap.issues, vec![issue]);
+    assert_eq!(snap.meta.get("k").map(String::as_str), Some("v"));
+    let counts = storage.counts().unwrap();
+    assert_eq!((counts.devices, counts.tokens), (2, 1));
+
+    // Removal.
+    storage
+        .commit_blocking(vec![
+            Op::DeleteSecurityIssue {
+                device: "pc-1".into(),
+                kind: "dp.low_disk".into(),
+            },
+            Op::DeleteDevice { id: "pc-1".into() },
+            Op::DeleteGateway { id: "ro-1".into() },
+            Op::DeletePolicyObject {
+                kind: PolicyObjectKind::Policy,
+                id: "p1".into(),
+            },
+        ])
+        .unwrap();
+    let snap = storage.load().unwrap();
+    assert!(snap.registry.device("pc-1").is_none());
+    assert!(snap.registry.dps().is_empty(), "its DP scopes went with it");
+    assert!(snap.issues.is_empty() && snap.policy.is_empty());
+    assert_eq!(snap.registry.gateways().len(), 1);
+}
+
+/// A database at the previous schema version is brought up to date, keeping its rows; a
+/// build that knows only the older schema refuses the newer database.
+fn upgrade_from_the_previous_version(fresh: Fresh<'_>) {
+    let db = fresh("upgrade");
+    let storage = Storage::open_at_version(&db, "server-1", SCHEMA_VERSION - 1).unwrap();
+    let mut r = registry("server-1");
+    enroll(&mut r, "pc-1", "paris");
+    // What that schema has: the registry's tables.
+    storage.commit_blocking(r.as_ops()).unwrap();
+    drop(storage);
+
+    let storage = Storage::open(&db, "server-1").unwrap();
+    assert_eq!(storage.load().unwrap().registry, r, "rows kept");
+    storage
+        .record_events_blocking(vec![EventRecord::server(
+            None,
+            Severity::Info,
+            "test",
+            "after the upgrade",
+        )])
+        .unwrap();
+    assert_eq!(storage.counts().unwrap().events, 1, "the new tables work");
+    // Opening it again applies nothing and checks what was applied.
+    drop(storage);
+    let storage = Storage::open(&db, "server-1").unwrap();
+    assert_eq!(storage.counts().unwrap().devices, 1);
+    drop(storage);
+
+    let e = Storage::open_at_version(&db, "server-1", SCHEMA_VERSION - 1).unwrap_err();
+    assert!(
+        matches!(e, ServerError::Storage(StorageError::Migrate { .. })),
+        "an older schema refuses a newer database: {e}"
+    );
+}
+
+/// Commits queued together become one group; a bad write in the group fails only its own
+/// caller.
+fn grouped_commits_and_a_bad_write(fresh: Fresh<'_>) {
+    let db = fresh("groups");
+    let storage = Storage::open(&db, "server-1").unwrap();
+    let mut r = storage.load().unwrap().registry;
+    r.add_group("lab", "Lab", None).unwrap();
+    commit(&storage, &mut r);
+    let mut tickets = Vec::new();
+    for i in 0..64 {
+        r.issue_token(
+            "lab",
+            Some(&format!("pc-{i}")),
+            Duration::from_secs(60),
+            SystemTime::now(),
+        )
+        .unwrap();
+        let ops = r.take_journal().into_ops();
+        tickets.push(storage.queue(ops));
+        if i == 30 {
+            // A token in a group the database does not have: refused at commit.
+            tickets.push(storage.queue(vec![Op::PutToken {
+                key: "00".repeat(32),
+                token: registry_token("no-such-group"),
+            }]));
+        }
+    }
+    let results: Vec<Result<(), ServerError>> = tickets.into_iter().map(|t| t.wait()).collect();
+    let failed: Vec<usize> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.is_err())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(failed, vec![31], "only the bad write failed: {results:?}");
+    assert_eq!(storage.counts().unwrap().tokens, 64);
+}
+
+fn registry_token(group: &str) -> outpost_server::TokenRecord {
+    // A token record is made by issuing one; take it from a scratch registry.
+    let mut r = Registry::new("scratch").unwrap();
+    r.add_group(group, group, None).unwrap();
+    r.issue_token(group, None, Duration::from_secs(60), SystemTime::now())
+        .unwrap();
+    r.tokens().values().next().unwrap().clone()
+}
+
+/// SQL that makes inserts of groups fail, and undoes it.
+fn refuse_groups(backend: Backend) -> (Vec<&'static str>, Vec<&'static str>) {
+    match backend {
+        Backend::Sqlite => (
+            vec![
+                "CREATE TRIGGER refuse_groups BEFORE INSERT ON admin_groups \
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+            ],
+            vec!["DROP TRIGGER refuse_groups"],
+        ),
+        _ => (
+            vec![
+                "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN \
+                 RAISE EXCEPTION 'refused by the test'; END $$ LANGUAGE plpgsql",
+                "CREATE TRIGGER refuse_groups BEFORE INSERT ON admin_groups \
+                 FOR EACH ROW EXECUTE FUNCTION refuse()",
+            ],
+            vec![
+                "DROP TRIGGER refuse_groups ON admin_groups",
+                "DROP FUNCTION refuse()",
+            ],
+        ),
+    }
+}
+
+/// A change the database refuses is not kept in memory either, and a later one goes
+/// through.
+fn a_refused_commit_changes_nothing(fresh: Fresh<'_>) {
+    use std::sync::Arc;
+    let db = fresh("refused");
+    let storage = Storage::open(&db, "server-1").unwrap();
+    let reg = storage.load().unwrap().registry;
+    let ca = Arc::new(
+        outpost_pki::ServerCa::create(outpost_pki::PkiConfig::default(), SystemTime::now())
+            .unwrap(),
+    );
+    let service = outpost_server::AdminService::new(
+        outpost_server::ServiceConfig::new(),
+        ca,
+        storage.clone(),
+        reg,
+        Arc::new(outpost_server::FixedInterval(60)),
+        Arc::new(outpost_server::MemoryObjects::default()),
+    );
+    let (on, off) = refuse_groups(storage.backend());
+    for sql in on {
+        storage.execute_unchecked(sql).unwrap();
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let add = |reg: &mut Registry| {
+        reg.add_group("eu", "Europe", None)?;
+        reg.add_group("paris", "Paris", Some("eu"))
+    };
+    let e = rt.block_on(service.update_registry(add)).unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+    assert!(e.to_string().contains("refused by the test"), "{e}");
+    assert!(
+        !service.with_registry(|r| r.groups().contains_key("eu")),
+        "not kept in memory"
+    );
+    for sql in off {
+        storage.execute_unchecked(sql).unwrap();
+    }
+    rt.block_on(service.update_registry(add)).unwrap();
+    assert!(service.with_registry(|r| r.groups().contains_key("paris")));
+    let stored = Storage::open(&db, "server-1")
+        .unwrap()
+        .load()
+        .unwrap()
+        .registry;
+    assert!(stored.groups().contains_key("paris"), "committed");
+    // A change that fails in memory commits nothing.
+    let e = rt
+        .block_on(service.update_registry(|reg| {
+            reg.add_group("lyon", "Lyon", Some("eu"))?;
+            reg.add_group("lyon", "Lyon again", None)
+        }))
+        .unwrap_err();
+    assert!(matches!(e, ServerError::Duplicate { .. }), "{e}");
+    assert!(!service.with_registry(|r| r.groups().contains_key("lyon")));
+    let stored = Storage::open(&db, "server-1")
+        .unwrap()
+        .load()
+        .unwrap()
+        .registry;
+    assert!(!stored.groups().contains_key("lyon"));
+}
+
+/// Events are kept up to the count limit (the newest), and dropped past their age.
+fn event_retention(fresh: Fresh<'_>) {
+    let db = fresh("events").with_max_events(100);
+    let storage = Storage::open(&db, "server-1").unwrap();
+    let agent_event = |i: u64| outpost_wire::messages::Event {
+        id: i,
+        time_unix_ms: 1_700_000_000_000 + i as i64,
+        severity: Severity::Info as i32,
+        kind: "test".into(),
+        body: format!("event {i}"),
+    };
+    for chunk in (1..=1000u64).collect::<Vec<_>>().chunks(250) {
+        let rows = chunk
+            .iter()
+            .map(|&i| EventRecord::from_agent("pc-1", &agent_event(i)))
+            .collect();
+        storage.record_events_blocking(rows).unwrap();
+    }
+    let counts = storage.counts().unwrap();
+    assert!(counts.events <= 100, "{} events kept", counts.events);
+    let kept = storage.events_after(0, 1000).unwrap();
+    assert_eq!(kept.len() as u64, counts.events);
+    assert_eq!(
+        kept.last().unwrap().event.device_seq,
+        Some(1000),
+        "the newest is kept"
+    );
+    assert!(kept.first().unwrap().event.device_seq.unwrap() > 900);
+    assert!(kept.windows(2).all(|w| w[0].seq < w[1].seq));
+    // Nothing is old enough yet; 181 days on, everything is.
+    assert_eq!(storage.trim_events(SystemTime::now()).unwrap(), 0);
+    let later = SystemTime::now() + Duration::from_secs(181 * 86_400);
+    assert_eq!(storage.trim_events(later).unwrap(), counts.events);
+    assert_eq!(storage.counts().unwrap().events, 0);
+}
+
+/// Last-seen times are written in batches, within about a second.
+fn last_seen_is_written(fresh: Fresh<'_>) {
+    let db = fresh("touch");
+    let storage = Storage::open(&db, "server-1").unwrap();
+    let mut r = storage.load().unwrap().registry;
+    r.add_group("lab", "Lab", None).unwrap();
+    enroll(&mut r, "pc-1", "lab");
+    commit(&storage, &mut r);
+    storage.touch(vec![("pc-1".into(), 1_800_000_000, Some(5 << 30))]);
+    let mut seen = 0;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let d = storage
+            .load()
+            .unwrap()
+            .registry
+            .device("pc-1")
+            .cloned()
+            .unwrap();
+        if d.last_seen_unix != 0 {
+            seen = d.last_seen_unix;
+            assert_eq!(d.free_disk_bytes, Some(5 << 30));
+            break;
+        }
+    }
+    assert_eq!(seen, 1_800_000_000);
+}
+
+/// An import goes into an empty database only; a database of another instance is refused.
+fn imports_and_instances(fresh: Fresh<'_>) {
+    let db = fresh("import");
+    let mut r = registry("server-1");
+    enroll(&mut r, "pc-1", "paris");
+    let storage = Storage::create(&db, &r).unwrap();
+    assert_eq!(storage.load().unwrap().registry, r);
+    let e = storage.import_registry(&r).unwrap_err();
+    assert!(e.to_string().contains("already holds 1 device"), "{e}");
+    drop(storage);
+    let e = Storage::open(&db, "server-2").unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("belongs to server instance \"server-1\""),
+        "{e}"
+    );
+}
+
+fn suite(fresh: Fresh<'_>) {
+    round_trip(fresh);
+    upgrade_from_the_previous_version(fresh);
+    grouped_commits_and_a_bad_write(fresh);
+    a_refused_commit_changes_nothing(fresh);
+    event_retention(fresh);
+    last_seen_is_written(fresh);
+    imports_and_instances(fresh);
+}
+
+#[test]
+fn the_storage_suite_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = |name: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir(&d).unwrap();
+        DatabaseConfig::sqlite_in(&d)
+    };
+    suite(&fresh);
+}
+
+#[test]
+fn the_storage_suite_on_postgresql() {
+    let Some(cluster) = common::postgres::Cluster::start() else {
+        return;
+    };
+    let fresh = |name: &str| DatabaseConfig::default().with_url(cluster.database(name));
+    suite(&fresh);
+}
+
+/// PostgreSQL going away fails commits with a clear, retryable error; once it is back the
+/// storage reconnects by itself and nothing acknowledged was lost.
+#[test]
+fn a_postgresql_restart_is_survived() {
+    let Some(cluster) = common::postgres::Cluster::start() else {
+        return;
+    };
+    let db = DatabaseConfig::default().with_url(cluster.database("restart"));
+    let storage = Storage::open(&db, "server-1").unwrap();
+    let mut r = storage.load().unwrap().registry;
+    r.add_group("eu", "Europe", None).unwrap();
+    commit(&storage, &mut r);
+    cluster.kill();
+    r.add_group("us", "Americas", None).unwrap();
+    let e = storage
+        .commit_blocking(r.take_journal().into_ops())
+        .unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+    assert!(e.to_string().contains("PostgreSQL"), "{e}");
+    cluster.restart();
+    r.add_group("asia", "Asia", None).unwrap();
+    commit(&storage, &mut r);
+    let stored = storage.load().unwrap().registry;
+    assert!(stored.groups().contains_key("eu") && stored.groups().contains_key("asia"));
+    assert!(
+        !stored.groups().contains_key("us"),
+        "the failed commit left nothing"
+    );
+}

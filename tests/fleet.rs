@@ -860,3 +860,120 @@ async fn past_the_gateway_handshake_pool_a_device_is_relayed_and_memory_stays_bo
     server.shutdown().await;
     drop((hostile, child));
 }
+
+/// The agent certificate an agent stored in its state directory, if any.
+fn stored_certificate(dir: &std::path::Path) -> Option<Vec<u8>> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let pem = std::fs::read(dir.join(outpost::agent::store::CHAIN_FILE)).ok()?;
+    CertificateDer::pem_slice_iter(&pem)
+        .next()?
+        .ok()
+        .map(|c| c.to_vec())
+}
+
+/// A server process killed during an enrollment storm of 64 agents: every agent that
+/// received a certificate is in the database, every device row came with its token used
+/// up (no half-written enrollment), and after a restart the others enroll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_during_an_enrollment_storm_loses_no_enrollment() {
+    serve_if_child().await;
+    const AGENTS: usize = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    let now = SystemTime::now();
+    let ids: Vec<String> = (0..AGENTS).map(|i| format!("storm-{i:02}")).collect();
+    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let (config, tokens) = accounting_server_dir(base, now, &id_refs);
+    let test = "a_server_killed_during_an_enrollment_storm_loses_no_enrollment";
+    let mut child = spawn_child_server(test, base).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], config.listen.port()));
+
+    // Every agent at once; each retries while the server is away.
+    let mut agents = tokio::task::JoinSet::new();
+    for (id, token) in ids.iter().zip(&tokens) {
+        let mut c = agent(base, id, Endpoint::new(addr, "server.test"), addr, token);
+        c.enrollment.retry_for_ms = 120_000;
+        agents.spawn(Agent::start(c));
+    }
+    // Kill the server once some, not all, have their certificate.
+    let count = || {
+        ids.iter()
+            .filter(|id| stored_certificate(&base.join(id)).is_some())
+            .count()
+    };
+    let mut waited = 0;
+    while count() < AGENTS / 8 && waited < 6000 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        waited += 5;
+    }
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    // Answers already received are written by the agents in a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before: Vec<(String, Vec<u8>)> = ids
+        .iter()
+        .filter_map(|id| Some((id.clone(), stored_certificate(&base.join(id))?)))
+        .collect();
+    assert!(
+        !before.is_empty() && before.len() < AGENTS,
+        "killed mid-storm: {} of {AGENTS} had a certificate",
+        before.len()
+    );
+
+    // The database as the killed server left it.
+    let db = config.database(base);
+    let snapshot = outpost::server::Storage::open(&db, "server-1")
+        .unwrap()
+        .load()
+        .unwrap();
+    let reg = &snapshot.registry;
+    for (id, der) in &before {
+        let sha = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+        let mut fp = [0u8; 32];
+        fp.copy_from_slice(sha.as_ref());
+        assert_eq!(
+            reg.device_by_fingerprint(&fp).map(|(d, _)| d),
+            Some(id.as_str()),
+            "{id} received a certificate the database does not know"
+        );
+    }
+    for (id, d) in reg.devices() {
+        assert!(
+            !d.cert_sha256.is_empty() && !d.cert_serial.is_empty() && d.group == "accounting",
+            "{id}: {d:?}"
+        );
+    }
+    assert_eq!(
+        reg.devices().len() + reg.pending_tokens(),
+        AGENTS,
+        "each enrollment recorded its device and used its token up together"
+    );
+    let recorded = reg.devices().len();
+    println!(
+        "killed with {} certificate(s) received, {recorded} enrollment(s) committed",
+        before.len()
+    );
+
+    // Restarted: the rest enroll; nobody who had a certificate got another.
+    let _child = spawn_child_server(test, base).await;
+    let mut enrolled = 0;
+    while let Some(a) = agents.join_next().await {
+        let a = a
+            .unwrap()
+            .unwrap_or_else(|e| panic!("an agent did not enroll: {e}"));
+        assert!(a.enrolled());
+        enrolled += 1;
+        a.shutdown().await;
+    }
+    assert_eq!(enrolled, AGENTS);
+    for (id, der) in &before {
+        assert_eq!(
+            stored_certificate(&base.join(id)).as_ref(),
+            Some(der),
+            "{id} kept its certificate"
+        );
+    }
+    let reg = config.load_registry(base).unwrap();
+    assert_eq!(reg.devices().len(), AGENTS);
+    assert_eq!(reg.pending_tokens(), 0);
+}

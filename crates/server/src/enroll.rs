@@ -106,6 +106,11 @@ pub fn admit(
 ) -> Result<String, ServerError> {
     let device = req.device_id.as_str();
     crate::registry::check_id("device id", device)?;
+    // An enrollment committed whose answer was lost: the same token enrolls it again
+    // (a new certificate replaces the one nobody received).
+    if let Some(d) = registry.unanswered_enrollment(&req.enrollment_token, device) {
+        return Ok(d.group.clone());
+    }
     // The token first: without a valid one, nobody learns which device ids are enrolled.
     let group = registry
         .check_token(&req.enrollment_token, device, now)

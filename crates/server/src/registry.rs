@@ -77,6 +77,11 @@ pub struct Device {
     /// Free disk space it last reported, in bytes.
     #[serde(default)]
     pub free_disk_bytes: Option<u64>,
+    /// SHA-256 (hex) of the token it enrolled with, so an enrollment whose answer was lost
+    /// (the server stopped after the commit, before the answer went out) can be made again
+    /// with the same token while the device has never connected.
+    #[serde(default)]
+    pub enrolled_with: String,
 }
 
 /// A registered connection gateway.
@@ -501,6 +506,14 @@ impl Registry {
         n
     }
 
+    /// Whether `device` enrolled with `token` and has never connected since: its
+    /// enrollment's answer may have been lost, and the token's holder may enroll it again.
+    pub(crate) fn unanswered_enrollment(&self, token: &str, device: &str) -> Option<&Device> {
+        self.devices
+            .get(device)
+            .filter(|d| d.last_seen_unix == 0 && d.enrolled_with == token_key(token))
+    }
+
     /// Checks a token for `device` without using it up.
     pub(crate) fn check_token(
         &self,
@@ -547,6 +560,7 @@ impl Registry {
                 broadcast_domain: None,
                 os_class: None,
                 free_disk_bytes: None,
+                enrolled_with: token_key(token),
             },
         });
     }

@@ -106,8 +106,10 @@ fn every_refusal_is_distinct_and_leaves_state_alone() {
     assert!(matches!(e, ServerError::InvalidId { .. }), "{e}");
     assert_eq!(reg, before, "refusals change nothing");
 
-    // The bound token still works for its device, once.
+    // The bound token still works for its device, once (once the device has connected:
+    // until then a lost answer may be asked for again).
     enroll(&mut reg, &ca, &request("pc-1", &bound, csr(false)), now).unwrap();
+    reg.touch("pc-1", now, None);
     let e = enroll(&mut reg, &ca, &request("pc-1", &bound, csr(false)), now).unwrap_err();
     assert_eq!(refusal(e), EnrollmentRefusal::UnknownToken, "used up");
     // Without a valid token nobody learns that pc-1 is enrolled; with one, the refusal
@@ -250,4 +252,54 @@ fn a_token_lifetime_beyond_a_year_is_refused_not_a_panic() {
     assert_eq!(reg.pending_tokens(), 0);
     reg.issue_token("root", None, outpost_server::MAX_TOKEN_TTL, now)
         .unwrap();
+}
+
+#[test]
+fn an_enrollment_whose_answer_was_lost_can_be_made_again_until_the_device_connects() {
+    let now = SystemTime::now();
+    let ca = ServerCa::create(PkiConfig::default(), now).unwrap();
+    let mut reg = Registry::new("server-1").unwrap();
+    reg.add_group("hq", "Headquarters", None).unwrap();
+    let token = reg
+        .issue_token("hq", Some("laptop-1"), Duration::from_secs(60), now)
+        .unwrap();
+    let first = enroll(&mut reg, &ca, &request("laptop-1", &token, csr(false)), now).unwrap();
+    // The answer never arrived: the same token enrolls the device again, and the new
+    // certificate replaces the one nobody received.
+    let again = enroll(&mut reg, &ca, &request("laptop-1", &token, csr(false)), now).unwrap();
+    assert_ne!(first.certificate_der, again.certificate_der);
+    let sha = |der: &[u8]| {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+        let mut fp = [0u8; 32];
+        fp.copy_from_slice(d.as_ref());
+        fp
+    };
+    assert!(
+        reg.device_by_fingerprint(&sha(&first.certificate_der))
+            .is_none()
+    );
+    assert_eq!(
+        reg.device_by_fingerprint(&sha(&again.certificate_der))
+            .unwrap()
+            .0,
+        "laptop-1"
+    );
+    // Another token, or another device id with this one, is still refused.
+    let other = reg
+        .issue_token("hq", None, Duration::from_secs(60), now)
+        .unwrap();
+    assert_eq!(
+        refusal(enroll(&mut reg, &ca, &request("laptop-1", &other, csr(false)), now).unwrap_err()),
+        EnrollmentRefusal::AlreadyEnrolled
+    );
+    assert_eq!(
+        refusal(enroll(&mut reg, &ca, &request("laptop-2", &token, csr(false)), now).unwrap_err()),
+        EnrollmentRefusal::UnknownToken
+    );
+    // Once the device has connected, the token is spent for good.
+    reg.touch("laptop-1", now, None);
+    assert_eq!(
+        refusal(enroll(&mut reg, &ca, &request("laptop-1", &token, csr(false)), now).unwrap_err()),
+        EnrollmentRefusal::UnknownToken
+    );
 }

@@ -27,6 +27,7 @@ CREATE TABLE devices (
     broadcast_domain TEXT,
     os_class TEXT,
     free_disk_bytes INTEGER,
+    enrolled_with TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (server_id, id),
     FOREIGN KEY (server_id, group_id) REFERENCES admin_groups (server_id, id)
         DEFERRABLE INITIALLY DEFERRED

@@ -537,7 +537,8 @@ impl Writer {
         let rows = fetch(
             &mut self.conn,
             "SELECT id, group_id, cert_sha256, cert_serial, enrolled_at, last_seen, \
-             broadcast_domain, os_class, free_disk_bytes FROM devices WHERE server_id = $1",
+             broadcast_domain, os_class, free_disk_bytes, enrolled_with FROM devices \
+             WHERE server_id = $1",
         )
         .await
         .map_err(&err)?;
@@ -699,6 +700,7 @@ fn device_of(r: &AnyRow) -> Result<(String, Device), sqlx::Error> {
             broadcast_domain: r.try_get("broadcast_domain")?,
             os_class: r.try_get("os_class")?,
             free_disk_bytes: r.try_get::<Option<i64>, _>("free_disk_bytes")?.map(u64_of),
+            enrolled_with: r.try_get("enrolled_with")?,
         },
     ))
 }
@@ -765,13 +767,13 @@ async fn apply(conn: &mut AnyConnection, sid: &str, op: &Op) -> Result<(), sqlx:
         }
         Op::PutDevice { id, device: d } => sqlx::query(
             "INSERT INTO devices (server_id, id, group_id, cert_sha256, cert_serial, enrolled_at, \
-             last_seen, broadcast_domain, os_class, free_disk_bytes) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             last_seen, broadcast_domain, os_class, free_disk_bytes, enrolled_with) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT (server_id, id) DO UPDATE SET group_id = excluded.group_id, \
              cert_sha256 = excluded.cert_sha256, cert_serial = excluded.cert_serial, \
              enrolled_at = excluded.enrolled_at, last_seen = excluded.last_seen, \
              broadcast_domain = excluded.broadcast_domain, os_class = excluded.os_class, \
-             free_disk_bytes = excluded.free_disk_bytes",
+             free_disk_bytes = excluded.free_disk_bytes, enrolled_with = excluded.enrolled_with",
         )
         .bind(sid)
         .bind(id)
@@ -782,7 +784,8 @@ async fn apply(conn: &mut AnyConnection, sid: &str, op: &Op) -> Result<(), sqlx:
         .bind((d.last_seen_unix > 0).then(|| i64_of(d.last_seen_unix)))
         .bind(d.broadcast_domain.as_deref())
         .bind(d.os_class.as_deref())
-        .bind(d.free_disk_bytes.map(i64_of)),
+        .bind(d.free_disk_bytes.map(i64_of))
+        .bind(&d.enrolled_with),
         Op::DeleteDevice { id } => {
             sqlx::query("DELETE FROM dp_scopes WHERE server_id = $1 AND device_id = $2")
                 .bind(sid)

@@ -2,10 +2,15 @@
 //!
 //! The Administration Server's core, growing piece by piece:
 //!
-//! - [`Registry`]: administration groups (a tree under the root group), enrolled devices,
-//!   registered connection gateways (remote-office and DMZ) and one-time enrollment tokens,
-//!   all belonging to one server instance id and persisted as one JSON document written
-//!   atomically ([`store`]), so a restart keeps the state and a crash never tears it.
+//! - [`Storage`]: the server's one storage interface, over embedded SQLite (the default) or
+//!   PostgreSQL (by URL): groups, devices, tokens, gateways, distribution point scopes and
+//!   epochs, policies, events with retention, security issues and update objects, every row
+//!   naming its server instance; versioned migrations; changes grouped into one commit and
+//!   durable before they are acknowledged.
+//! - [`Registry`]: the in-memory index of administration groups (a tree under the root
+//!   group), enrolled devices (by id and by certificate fingerprint), registered connection
+//!   gateways and one-time enrollment tokens, rebuilt from the database at start; each
+//!   change is journaled as row writes ([`Op`]) to commit.
 //! - [`enroll()`]: an agent's certificate signing request plus a token becomes a signed agent
 //!   certificate bound to its device id (through `outpost-pki`), and a device in the token's
 //!   group.
@@ -15,8 +20,9 @@
 //!   enrollment on the enrollment channel, and on authenticated connections sync (answered by
 //!   a pluggable [`SyncSource`]), events, file chunks (from an [`ObjectStore`]) and pushed
 //!   "sync now" over the kept connection.
-//! - [`AdminServer`]: all of it assembled from an [`AdminServerConfig`] (TOML): the CA and
-//!   registry from the data directory, the server's device port, and the DMZ gateways it dials.
+//! - [`AdminServer`]: all of it assembled from an [`AdminServerConfig`] (TOML): the CA from
+//!   the data directory, the database, the server's device port, and the DMZ gateways it
+//!   dials.
 //!
 //! ```
 //! use std::time::{Duration, SystemTime};

@@ -1,5 +1,7 @@
 //! The server's registry of administration groups, devices, gateways and enrollment tokens,
-//! persisted as one JSON document written atomically.
+//! held in memory (rebuilt from the database at start, every change journaled as row writes to
+//! commit), and readable from and writable to one JSON document: the import format of servers
+//! that kept their state in a file.
 //!
 //! ```
 //! use std::time::{Duration, SystemTime};

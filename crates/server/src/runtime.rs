@@ -62,7 +62,7 @@ fn remove_stale_temporaries(dir: &Path) -> Result<(), ServerError> {
 /// ```
 /// let cfg = outpost_server::AdminServerConfig::from_toml(r#"
 ///     instance_id = "server-1"
-///     data_dir = "state"              # CA files (as `pki init` writes them) and registry.json
+///     data_dir = "state"              # CA files (as `pki init` writes them) and outpost.db (SQLite)
 ///     listen = "127.0.0.1:13100"
 ///     [tls]
 ///     cert = "state/server.chain.pem"
@@ -83,7 +83,7 @@ fn remove_stale_temporaries(dir: &Path) -> Result<(), ServerError> {
 pub struct AdminServerConfig {
     /// The server instance every object belongs to.
     pub instance_id: String,
-    /// Directory of the CA files and `registry.json` (relative to the configuration file).
+    /// Directory of the CA files and the SQLite database (relative to the configuration file).
     pub data_dir: PathBuf,
     /// The server's own device port (default `0.0.0.0:13000`).
     #[serde(default = "default_listen")]

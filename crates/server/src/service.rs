@@ -574,61 +574,13 @@ impl AdminService {
                     )
                 }
                 Ok(Some(Ok(Message::EnrollRequest(req)))) => {
-                    let now = SystemTime::now();
-                    // Refusals are decided before anything is signed; the signing needs no
-                    // lock; the device is recorded (the checks made again) and committed
-                    // before the certificate goes out.
-                    let admitted = admit(&lock(&self.registry), &req, now);
-                    let signed = admitted.and_then(|_| sign_enrollment(&self.ca, &req, now));
-                    let result = match signed {
-                        Ok(signed) => {
-                            self.update_registry(|reg| record_enrollment(reg, &req, signed, now))
-                                .await
-                        }
-                        Err(e) => Err(e),
-                    };
-                    match result {
-                        Ok(resp) => {
-                            self.sync.on_enrolled(&req.device_id, &resp.group);
-                            self.stats.enrolled.fetch_add(1, Ordering::Relaxed);
-                            log::info!(
-                                "enrolled device {:?} from {}",
-                                req.device_id,
-                                peer.remote_addr
-                            );
-                            Message::from(resp)
-                        }
-                        Err(e) if e.is_retryable() => {
-                            // Not the agent's fault: no failure counted against its address.
-                            self.stats.enroll_refused.fetch_add(1, Ordering::Relaxed);
-                            log::error!("enrollment from {} not recorded: {e}", peer.remote_addr);
-                            refusal(
-                                refusal_code(&e),
-                                format!(
-                                    "the server cannot record enrollments now; retry later ({e})"
-                                ),
-                            )
-                        }
-                        Err(e) => {
-                            self.stats.enroll_refused.fetch_add(1, Ordering::Relaxed);
-                            let source = source_of(&peer.remote_addr).to_string();
-                            log::warn!("enrollment from {} refused: {e}", peer.remote_addr);
-                            self.server_event(EventRecord::server(
-                                None,
-                                Severity::Warning,
-                                "enrollment.refused",
-                                format!("from {}: {e}", peer.remote_addr),
-                            ));
-                            if lock(&self.throttle).failed(&source, Instant::now()) {
-                                log::warn!(
-                                    "enrollment from {source}: {} failures within {:?}; its \
-                                     attempts are refused unchecked until the window ends",
-                                    self.config.enroll_failures_per_source,
-                                    self.config.enroll_failure_window
-                                );
-                            }
-                            refusal(refusal_code(&e), e.to_string())
-                        }
+                    match self.enroll(&req, &peer.remote_addr).await {
+                        Ok(resp) => Message::from(resp),
+                        Err(e) if e.is_retryable() => refusal(
+                            refusal_code(&e),
+                            format!("the server cannot record enrollments now; retry later ({e})"),
+                        ),
+                        Err(e) => refusal(refusal_code(&e), e.to_string()),
                     }
                 }
                 _ => refusal(
@@ -641,18 +593,7 @@ impl AdminService {
         }
 
         // An authenticated device: who it is comes from its certificate.
-        let known = peer.cert_sha256.as_ref().and_then(|fp| {
-            let reg = lock(&self.registry);
-            let fleet = reg.devices().len() as u64;
-            reg.device_by_fingerprint(fp).map(|(id, d)| {
-                (
-                    id.to_string(),
-                    d.group.clone(),
-                    d.cert_serial.clone(),
-                    fleet,
-                )
-            })
-        });
+        let known = peer.cert_sha256.as_ref().and_then(|fp| self.known(fp));
         // A device enrolled before serials were kept gets the serial of the certificate it
         // presents (the fingerprint matched, so it is that certificate).
         let Some((device_id, group, recorded_serial, fleet_size)) = known else {
@@ -746,6 +687,97 @@ impl AdminService {
         }
     }
 
+    /// The enrollment path of an enrollment connection from `remote_addr`, without the
+    /// connection: the checks, the signing (with no lock held), and the commit of the
+    /// device, which is durable before this returns the certificate. A refusal is counted
+    /// against the source address (unless the database failed: retryable) and recorded as
+    /// an event.
+    pub async fn enroll(
+        &self,
+        req: &EnrollRequest,
+        remote_addr: &str,
+    ) -> Result<EnrollResponse, ServerError> {
+        let now = SystemTime::now();
+        let admitted = admit(&lock(&self.registry), req, now);
+        let signed = admitted.and_then(|_| sign_enrollment(&self.ca, req, now));
+        let result = match signed {
+            Ok(signed) => {
+                self.update_registry(|reg| record_enrollment(reg, req, signed, now))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match &result {
+            Ok(resp) => {
+                self.sync.on_enrolled(&req.device_id, &resp.group);
+                self.stats.enrolled.fetch_add(1, Ordering::Relaxed);
+                log::info!("enrolled device {:?} from {remote_addr}", req.device_id);
+            }
+            Err(e) if e.is_retryable() => {
+                // Not the agent's fault: no failure counted against its address.
+                self.stats.enroll_refused.fetch_add(1, Ordering::Relaxed);
+                log::error!("enrollment from {remote_addr} not recorded: {e}");
+            }
+            Err(e) => {
+                self.stats.enroll_refused.fetch_add(1, Ordering::Relaxed);
+                let source = source_of(remote_addr).to_string();
+                log::warn!("enrollment from {remote_addr} refused: {e}");
+                self.server_event(EventRecord::server(
+                    None,
+                    Severity::Warning,
+                    "enrollment.refused",
+                    format!("from {remote_addr}: {e}"),
+                ));
+                if lock(&self.throttle).failed(&source, Instant::now()) {
+                    log::warn!(
+                        "enrollment from {source}: {} failures within {:?}; its \
+                         attempts are refused unchecked until the window ends",
+                        self.config.enroll_failures_per_source,
+                        self.config.enroll_failure_window
+                    );
+                }
+            }
+        }
+        result
+    }
+
+    /// The enrolled device whose certificate has this SHA-256: its id, group, certificate
+    /// serial, and the fleet's size.
+    fn known(&self, sha256: &[u8; 32]) -> Option<(String, String, String, u64)> {
+        let reg = lock(&self.registry);
+        let fleet = reg.devices().len() as u64;
+        reg.device_by_fingerprint(sha256).map(|(id, d)| {
+            (
+                id.to_string(),
+                d.group.clone(),
+                d.cert_serial.clone(),
+                fleet,
+            )
+        })
+    }
+
+    /// The sync path of an authenticated connection, without the connection: the device
+    /// found by its certificate's SHA-256, its last-seen time kept, the sync source's
+    /// answer. `None` if no enrolled device has that certificate.
+    pub fn sync_known(&self, sha256: &[u8; 32], req: &SyncRequest) -> Option<SyncResponse> {
+        let (device_id, group, _, fleet_size) = self.known(sha256)?;
+        let ctx = DeviceContext::new(device_id, group, Via::Direct, fleet_size);
+        Some(self.answer_sync(&ctx, req))
+    }
+
+    fn answer_sync(&self, ctx: &DeviceContext, r: &SyncRequest) -> SyncResponse {
+        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        let now = SystemTime::now();
+        let disk = (r.free_disk_bytes > 0).then_some(r.free_disk_bytes);
+        lock(&self.registry).touch(&ctx.device_id, now, disk);
+        self.storage.touch(vec![(
+            ctx.device_id.clone(),
+            crate::registry::unix(now),
+            disk,
+        )]);
+        self.sync.sync(ctx, r)
+    }
+
     async fn answer(&self, ctx: &DeviceContext, m: Message) -> Option<Message> {
         Some(match m {
             Message::SyncRequest(r) => {
@@ -758,16 +790,7 @@ impl AdminService {
                         ),
                     ));
                 }
-                self.stats.syncs.fetch_add(1, Ordering::Relaxed);
-                let now = SystemTime::now();
-                let disk = (r.free_disk_bytes > 0).then_some(r.free_disk_bytes);
-                lock(&self.registry).touch(&ctx.device_id, now, disk);
-                self.storage.touch(vec![(
-                    ctx.device_id.clone(),
-                    crate::registry::unix(now),
-                    disk,
-                )]);
-                Message::from(self.sync.sync(ctx, &r))
+                Message::from(self.answer_sync(ctx, &r))
             }
             Message::EventBatch(b) => {
                 let up_to_id = b.events.iter().map(|e| e.id).max().unwrap_or(0);

@@ -365,6 +365,7 @@ enum Job {
     ReadEvents(u64, usize, Reply<Vec<StoredEvent>>),
     Trim(SystemTime, Reply<u64>),
     Raw(String, Reply<()>),
+    Flush(Reply<()>),
 }
 
 struct Inner {
@@ -530,6 +531,12 @@ impl Storage {
     /// group; not waited for.
     pub fn touch(&self, seen: Vec<(String, u64, Option<u64>)>) {
         let _ = self.inner.jobs.send(Job::Touch(seen));
+    }
+
+    /// Writes every last-seen time queued so far ([`touch`](Self::touch)) and returns once
+    /// they are committed.
+    pub fn flush_touched(&self) -> Result<(), ServerError> {
+        Ticket::wait_on(self.send(Job::Flush))
     }
 
     /// Reads everything the server keeps in memory.

@@ -18,6 +18,9 @@ use crate::{ROOT_GROUP, Registry, ServerError};
 
 /// How long last-seen times wait to be written at most.
 const TOUCH_INTERVAL: Duration = Duration::from_secs(1);
+/// Last-seen times written per transaction at most, so a whole fleet's worth (after a
+/// burst of syncs) is written between other jobs, not ahead of them.
+const TOUCHES_PER_TRANSACTION: usize = 2_000;
 /// How often events past their age are dropped.
 const TRIM_INTERVAL: Duration = Duration::from_secs(60);
 /// Events per INSERT statement (8 parameters each, within both backends' limits).
@@ -78,6 +81,9 @@ async fn open_connection(
             "PRAGMA synchronous = FULL",
             "PRAGMA foreign_keys = ON",
             "PRAGMA busy_timeout = 10000",
+            // 64 MiB of page cache: the device table's indexes of a 100,000-device fleet
+            // stay in memory.
+            "PRAGMA cache_size = -65536",
         ] {
             conn.execute(pragma).await?;
         }
@@ -257,7 +263,9 @@ impl Writer {
                 }
             }
         }
-        self.flush_touched().await;
+        while !self.touched.is_empty() {
+            self.flush_touched().await;
+        }
     }
 
     /// After a failure: if the connection itself is gone (the server restarted, the
@@ -378,7 +386,23 @@ impl Writer {
         if self.touched.is_empty() {
             return;
         }
-        let touched = std::mem::take(&mut self.touched);
+        let touched: Vec<(String, (u64, Option<u64>))> =
+            if self.touched.len() <= TOUCHES_PER_TRANSACTION {
+                self.touched.drain().collect()
+            } else {
+                let keys: Vec<String> = self
+                    .touched
+                    .keys()
+                    .take(TOUCHES_PER_TRANSACTION)
+                    .cloned()
+                    .collect();
+                // The rest go in the next turns, right after the jobs waiting now.
+                let now = Instant::now();
+                self.touched_since = Some(now.checked_sub(TOUCH_INTERVAL).unwrap_or(now));
+                keys.into_iter()
+                    .filter_map(|k| self.touched.remove_entry(&k))
+                    .collect()
+            };
         let n = touched.len();
         let err = self.query_error("writing last-seen times");
         let sid = self.server_id.clone();
@@ -454,6 +478,12 @@ impl Writer {
                 let err = self.query_error("running a statement");
                 let r = self.conn.execute(sql.as_str()).await.map(drop).map_err(err);
                 let _ = reply.send(r);
+            }
+            Job::Flush(reply) => {
+                while !self.touched.is_empty() {
+                    self.flush_touched().await;
+                }
+                let _ = reply.send(Ok(()));
             }
             Job::Commit(..) | Job::Events(..) | Job::Touch(_) => {}
         }

@@ -9,11 +9,13 @@
 //! cargo run --example admin_server -- register-remote-office-gateway --config F --id ID --device D
 //! cargo run --example admin_server -- register-dp --config F --device D --group G
 //! cargo run --example admin_server -- import-policy --config F --file policy-state.json
+//! cargo run --example admin_server -- import-registry --config F --file registry.json
 //! ```
 //! The state is in the database the configuration's `[database]` names (SQLite in the data
 //! directory by default). At its first start the server imports what older servers kept in
 //! files (`registry.json`, `dp-epochs.json`, the `policy_state` file); `import-policy`
-//! replaces the stored policies with a state file later. The offline commands run while no
+//! replaces the stored policies with a state file later, and `import-registry` brings a
+//! registry file into a database that has no device yet. The offline commands run while no
 //! server runs: `run` holds the data directory's lock (`server.lock`, with its pid), and every
 //! other command refuses while it is held. SIGINT or SIGTERM stop a running server.
 
@@ -115,6 +117,14 @@ async fn main() {
             );
             return;
         }
+        "import-registry" => {
+            let file = std::path::PathBuf::from(flags.need(PROGRAM, "file"));
+            let n = config
+                .import_registry(&base, &file)
+                .unwrap_or_else(|e| common::die(PROGRAM, e));
+            println!("registry imported from {}: {n} device(s)", file.display());
+            return;
+        }
         "import-policy" => {
             let file = std::path::PathBuf::from(flags.need(PROGRAM, "file"));
             let n = config
@@ -142,7 +152,7 @@ async fn main() {
         other => common::die(
             PROGRAM,
             format!(
-                "unknown command {other:?} (commands: run, group, token, register-dp, register-dmz-gateway, register-remote-office-gateway, import-policy)"
+                "unknown command {other:?} (commands: run, group, token, register-dp, register-dmz-gateway, register-remote-office-gateway, import-policy, import-registry)"
             ),
         ),
     }

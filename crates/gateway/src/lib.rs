@@ -59,7 +59,7 @@ pub use error::GatewayError;
 pub use gateway::{CRL_CHECK_INTERVAL, Gateway, GatewayHandle, GatewayStats, web_console_exposure};
 pub use peer::{BoxStream, DeviceConnection, DeviceIo, DevicePeer, Via};
 pub use server::{
-    ConnectorHandle, ConnectorStats, DeviceListener, ListenerHandle, ListenerLimits,
+    ConnectorHandle, ConnectorStats, DeviceListener, GatewaysUp, ListenerHandle, ListenerLimits,
     ServerConnector,
 };
 

@@ -49,6 +49,18 @@ pub struct ConnectorStats {
 /// The server-side connector. See [`ServerConnector::start`].
 pub struct ServerConnector;
 
+/// Which DMZ gateways' signal connections are up, as the connector sees them now; cheap
+/// to clone (see [`ConnectorHandle::gateways_up`]).
+#[derive(Clone, Debug)]
+pub struct GatewaysUp(Arc<Mutex<BTreeMap<String, u64>>>);
+
+impl GatewaysUp {
+    /// The gateways whose signal connection is up, with their signal session ids.
+    pub fn now(&self) -> BTreeMap<String, u64> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// Control of a running connector.
 pub struct ConnectorHandle {
     stats: Arc<ConnectorStats>,
@@ -67,6 +79,12 @@ impl ConnectorHandle {
     /// The gateways whose signal connection is up now, with their signal session ids.
     pub fn connected(&self) -> BTreeMap<String, u64> {
         self.up.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A view of [`connected`](Self::connected) that outlives this handle's borrow (for a
+    /// task that watches gateways come and go).
+    pub fn gateways_up(&self) -> GatewaysUp {
+        GatewaysUp(self.up.clone())
     }
 
     /// Closes every signal connection and stops reconnecting; data connections already

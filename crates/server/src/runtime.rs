@@ -301,6 +301,32 @@ impl AdminServerConfig {
             .registry)
     }
 
+    /// Imports a registry file (as servers before the database wrote it) into a database
+    /// that holds no device yet (offline: refused while a server runs on the data
+    /// directory). Returns how many devices it brought.
+    pub fn import_registry(&self, base: &Path, path: &Path) -> Result<usize, ServerError> {
+        let _lock = DataDirLock::acquire(&self.data_path(base), "offline command")?;
+        let (storage, _) = self.open_storage(base)?;
+        let old = Registry::load(path)?.ok_or_else(|| ServerError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such registry file"),
+        })?;
+        if old.instance_id != self.instance_id {
+            return Err(ServerError::Config(format!(
+                "{} belongs to server instance {:?}, this configuration is {:?}",
+                path.display(),
+                old.instance_id,
+                self.instance_id
+            )));
+        }
+        storage.import_registry(&old)?;
+        storage.commit_blocking(vec![Op::PutMeta {
+            key: IMPORTED_REGISTRY.into(),
+            value: format!("{} devices from {}", old.devices().len(), path.display()),
+        }])?;
+        Ok(old.devices().len())
+    }
+
     /// Replaces the stored policies with the state file at `path` (offline: refused while
     /// a server runs on the data directory). Returns how many rows changed.
     pub fn import_policy(&self, base: &Path, path: &Path) -> Result<usize, ServerError> {
@@ -396,7 +422,50 @@ impl CrlWatch {
 /// Every second: reload the revocation list if it changed, let the sync source run its
 /// timers (distribution point failover) and push "sync now" to every device with a kept
 /// connection when it says something changed.
-async fn tick(service: Arc<AdminService>, sync: Arc<dyn SyncSource>, mut crl: CrlWatch) {
+/// The DMZ gateways' signal connections as last seen, to record when one comes up or goes
+/// down.
+struct GatewayWatch {
+    up: outpost_gateway::GatewaysUp,
+    seen: std::collections::BTreeMap<String, u64>,
+}
+
+impl GatewayWatch {
+    /// Events for the gateways whose signal connection came up, went down or was made
+    /// again (a new session) since the last call.
+    fn poll(&mut self) -> Vec<crate::EventRecord> {
+        use outpost_wire::messages::Severity;
+        let now = self.up.now();
+        let mut events = Vec::new();
+        for (id, session) in &now {
+            match self.seen.get(id) {
+                Some(s) if s == session => {}
+                _ => events.push(crate::EventRecord::server(
+                    None,
+                    Severity::Info,
+                    "gateway.up",
+                    format!("DMZ gateway {id:?}: signal connection up (session {session})"),
+                )),
+            }
+        }
+        for id in self.seen.keys().filter(|id| !now.contains_key(*id)) {
+            events.push(crate::EventRecord::server(
+                None,
+                Severity::Warning,
+                "gateway.down",
+                format!("DMZ gateway {id:?}: signal connection down"),
+            ));
+        }
+        self.seen = now;
+        events
+    }
+}
+
+async fn tick(
+    service: Arc<AdminService>,
+    sync: Arc<dyn SyncSource>,
+    mut crl: CrlWatch,
+    mut gateways: GatewayWatch,
+) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut nonce = std::time::SystemTime::now()
@@ -405,6 +474,10 @@ async fn tick(service: Arc<AdminService>, sync: Arc<dyn SyncSource>, mut crl: Cr
     loop {
         every.tick().await;
         crl.poll(&service);
+        let events = gateways.poll();
+        if !events.is_empty() {
+            drop(service.storage().queue_events(events));
+        }
         if sync.tick(std::time::Instant::now()) {
             nonce = nonce.wrapping_add(1);
             let online = service.online();
@@ -498,7 +571,11 @@ impl AdminServer {
         });
         let connector = ServerConnector::start(connector_config, &tls, tx)?;
         let crl = CrlWatch::new(config.data_path(base));
-        let ticker = tokio::spawn(tick(service.clone(), sync_for_tick, crl));
+        let gateways = GatewayWatch {
+            up: connector.gateways_up(),
+            seen: Default::default(),
+        };
+        let ticker = tokio::spawn(tick(service.clone(), sync_for_tick, crl, gateways));
         Ok(AdminServer {
             push: SyncNowSigner::new(tls.identity),
             service,

@@ -97,6 +97,30 @@ async fn registered_dmz_gateways_are_dialled_and_state_is_kept() {
         "the registered gateway was dialled"
     );
     assert!(running.gateways_connected().contains_key("dmz-1"));
+    // The gateway's coming and going are events in the database.
+    let kinds = |running: &outpost_server::AdminServer| -> Vec<String> {
+        let storage = running.service().storage();
+        let events = storage.events_after(0, 100).unwrap();
+        events.into_iter().map(|e| e.event.kind).collect()
+    };
+    let mut seen = Vec::new();
+    for _ in 0..300 {
+        seen = kinds(&running);
+        if seen.iter().any(|k| k == "gateway.up") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(seen.iter().any(|k| k == "gateway.up"), "{seen:?}");
+    gw.shutdown().await;
+    for _ in 0..500 {
+        seen = kinds(&running);
+        if seen.iter().any(|k| k == "gateway.down") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(seen.iter().any(|k| k == "gateway.down"), "{seen:?}");
     running.shutdown().await;
 
     // A configuration for another instance refuses the database.
@@ -108,7 +132,6 @@ async fn registered_dmz_gateways_are_dialled_and_state_is_kept() {
     let reg = config.load_registry(base).unwrap();
     assert_eq!(reg.pending_tokens(), 1);
     assert!(!token.is_empty());
-    gw.shutdown().await;
 }
 
 async fn exchange(
@@ -252,4 +275,85 @@ async fn one_holder_of_a_data_directory_at_a_time() {
         })
         .unwrap();
     assert_eq!(config.load_registry(base).unwrap().pending_tokens(), 1);
+}
+
+/// What a server before the database kept in files is imported once, at the first start;
+/// from then on the database is the source of truth, and `import_policy` replaces the
+/// policies on purpose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_of_an_older_server_are_imported_once() {
+    use outpost_server::Registry;
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    let now = SystemTime::now();
+    init_state(base, now);
+    // As an older server left its data directory.
+    let mut old = Registry::new("server-1").unwrap();
+    old.add_group("lab", "Lab", None).unwrap();
+    let token = old
+        .issue_token("lab", Some("pc-1"), Duration::from_secs(600), now)
+        .unwrap();
+    old.save(&base.join("state/registry.json")).unwrap();
+    std::fs::write(base.join("state/dp-epochs.json"), br#"{"lab": 9}"#).unwrap();
+    let policy = |value: bool| {
+        format!(
+            r#"{{"schemas": [{{"app": "endpoint", "settings": {{"usb.block": {{"type": "bool", "default": false}}}}}}],
+                "groups": [{{"id": "root"}}, {{"id": "lab", "parent": "root"}}],
+                "policies": [{{"id": "lab-usb", "app": "endpoint", "group": "lab",
+                              "settings": {{"usb.block": {{"value": {value}, "locked": true}}}}}}]}}"#
+        )
+    };
+    std::fs::write(base.join("policies.json"), policy(true)).unwrap();
+    let config = server_config(r#"policy_state = "policies.json""#, "");
+
+    let running = start(&config, base).await.unwrap();
+    let storage = running.service().storage().clone();
+    let snap = storage.load().unwrap();
+    assert!(
+        snap.registry.groups().contains_key("lab"),
+        "the registry was imported"
+    );
+    assert_eq!(snap.registry.pending_tokens(), 1);
+    assert_eq!(snap.epochs.get("lab"), Some(&9), "the epochs too");
+    assert_eq!(
+        snap.policy.len(),
+        4,
+        "schema, two groups and the policy: {:?}",
+        snap.policy.keys()
+    );
+    assert!(!base.join("state/registry.json").exists());
+    assert!(base.join("state/registry.json.imported").exists());
+    running.shutdown().await;
+    drop(storage);
+
+    // A registry file appearing again is not imported over the database; an edited policy
+    // file changes nothing until it is imported on purpose.
+    let mut other = Registry::new("server-1").unwrap();
+    other.add_group("elsewhere", "Elsewhere", None).unwrap();
+    other.save(&base.join("state/registry.json")).unwrap();
+    std::fs::write(base.join("policies.json"), policy(false)).unwrap();
+    let doc = |config: &AdminServerConfig| {
+        let storage = outpost_server::Storage::open(&config.database(base), "server-1").unwrap();
+        let snap = storage.load().unwrap();
+        assert!(!snap.registry.groups().contains_key("elsewhere"));
+        snap.policy
+            .get(&(outpost_server::PolicyObjectKind::Policy, "lab-usb".into()))
+            .cloned()
+            .unwrap()
+    };
+    let running = start(&config, base).await.unwrap();
+    running.shutdown().await;
+    assert!(doc(&config).contains("true"), "{}", doc(&config));
+    let changed = config
+        .import_policy(base, &base.join("policies.json"))
+        .unwrap();
+    assert_eq!(changed, 1, "only the policy changed");
+    assert!(doc(&config).contains("false"), "{}", doc(&config));
+
+    // An import by command goes into an empty database only.
+    let e = config
+        .import_registry(base, &base.join("state/registry.json.imported"))
+        .unwrap_err();
+    assert!(e.to_string().contains("already holds"), "{e}");
+    assert!(!token.is_empty());
 }

@@ -418,7 +418,7 @@ fn imports_and_instances(fresh: Fresh<'_>) {
     let storage = Storage::create(&db, &r).unwrap();
     assert_eq!(storage.load().unwrap().registry, r);
     let e = storage.import_registry(&r).unwrap_err();
-    assert!(e.to_string().contains("already holds 1 device"), "{e}");
+    assert!(e.to_string().contains("already holds 1 device(s)"), "{e}");
     drop(storage);
     let e = Storage::open(&db, "server-2").unwrap_err();
     assert!(
@@ -428,7 +428,123 @@ fn imports_and_instances(fresh: Fresh<'_>) {
     );
 }
 
+/// SQL that makes inserts of devices fail, and undoes it.
+fn refuse_devices(backend: Backend) -> (Vec<&'static str>, Vec<&'static str>) {
+    match backend {
+        Backend::Sqlite => (
+            vec![
+                "CREATE TRIGGER refuse_devices BEFORE INSERT ON devices \
+                 BEGIN SELECT RAISE(ABORT, 'database full (test)'); END",
+            ],
+            vec!["DROP TRIGGER refuse_devices"],
+        ),
+        _ => (
+            vec![
+                "CREATE FUNCTION refuse_device() RETURNS trigger AS $$ BEGIN \
+                 RAISE EXCEPTION 'database full (test)'; END $$ LANGUAGE plpgsql",
+                "CREATE TRIGGER refuse_devices BEFORE INSERT ON devices \
+                 FOR EACH ROW EXECUTE FUNCTION refuse_device()",
+            ],
+            vec![
+                "DROP TRIGGER refuse_devices ON devices",
+                "DROP FUNCTION refuse_device()",
+            ],
+        ),
+    }
+}
+
+/// While the database refuses writes, enrollments are refused with a code the agent
+/// retries (and no failure is counted against its address) and enrolled devices' syncs are
+/// answered from memory; afterwards the same request enrolls.
+fn a_failing_database_refuses_enrollments_retryably_and_syncs_go_on(fresh: Fresh<'_>) {
+    use std::sync::Arc;
+    let db = fresh("failing");
+    let storage = Storage::open(&db, "server-1").unwrap();
+    let mut reg = storage.load().unwrap().registry;
+    reg.add_group("lab", "Lab", None).unwrap();
+    enroll(&mut reg, "pc-1", "lab");
+    let token = reg
+        .issue_token(
+            "lab",
+            Some("pc-2"),
+            Duration::from_secs(600),
+            SystemTime::now(),
+        )
+        .unwrap();
+    commit(&storage, &mut reg);
+    let fp = {
+        let d = reg.device("pc-1").unwrap();
+        let mut fp = [0u8; 32];
+        for (i, b) in fp.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&d.cert_sha256[2 * i..2 * i + 2], 16).unwrap();
+        }
+        fp
+    };
+    let ca = Arc::new(
+        outpost_pki::ServerCa::create(outpost_pki::PkiConfig::default(), SystemTime::now())
+            .unwrap(),
+    );
+    let service = outpost_server::AdminService::new(
+        outpost_server::ServiceConfig::new(),
+        ca,
+        storage.clone(),
+        reg,
+        Arc::new(outpost_server::FixedInterval(60)),
+        Arc::new(outpost_server::MemoryObjects::default()),
+    );
+    let key = rcgen::KeyPair::generate().unwrap();
+    let req = outpost_wire::messages::EnrollRequest {
+        device_id: "pc-2".into(),
+        csr_der: rcgen::CertificateParams::new(vec![])
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .der()
+            .to_vec()
+            .into(),
+        enrollment_token: token,
+        group_hint: String::new(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (on, off) = refuse_devices(storage.backend());
+    for sql in on {
+        storage.execute_unchecked(sql).unwrap();
+    }
+    for _ in 0..12 {
+        // Each attempt is refused alike, with the code an agent retries on.
+        let e = rt
+            .block_on(service.enroll(&req, "192.0.2.7:40000"))
+            .unwrap_err();
+        assert!(e.is_retryable(), "{e}");
+        assert_eq!(
+            outpost_server::refusal_code(&e),
+            outpost_wire::messages::RefusalCode::Overloaded
+        );
+        assert!(e.to_string().contains("database full (test)"), "{e}");
+    }
+    assert!(service.with_registry(|r| r.device("pc-2").is_none()));
+    let answer = service.sync_known(&fp, &outpost_wire::messages::SyncRequest::default());
+    assert_eq!(answer.map(|a| a.next_sync_secs), Some(60), "syncs go on");
+    for sql in off {
+        storage.execute_unchecked(sql).unwrap();
+    }
+    let resp = rt
+        .block_on(service.enroll(&req, "192.0.2.7:40000"))
+        .unwrap();
+    assert_eq!(resp.group, "lab");
+    let stored = Storage::open(&db, "server-1")
+        .unwrap()
+        .load()
+        .unwrap()
+        .registry;
+    assert!(stored.device("pc-2").is_some());
+}
+
 fn suite(fresh: Fresh<'_>) {
+    a_failing_database_refuses_enrollments_retryably_and_syncs_go_on(fresh);
     round_trip(fresh);
     upgrade_from_the_previous_version(fresh);
     grouped_commits_and_a_bad_write(fresh);

@@ -578,14 +578,20 @@ impl Storage {
         Ticket::wait_on(self.send(|r| Job::Raw(sql.to_string(), r)))
     }
 
-    /// Writes a whole registry (an import): refused if this storage already has devices,
-    /// so an import never mixes two fleets.
+    /// Writes a whole registry (an import): refused if this storage already holds
+    /// anything beyond its root group, so an import never mixes two fleets.
     pub fn import_registry(&self, registry: &Registry) -> Result<(), ServerError> {
-        let counts = self.counts()?;
-        if counts.devices > 0 {
+        let held = self.load()?.registry;
+        let (devices, groups, tokens, gateways) = (
+            held.devices().len(),
+            held.groups().len() - 1,
+            held.pending_tokens(),
+            held.gateways().len(),
+        );
+        if devices + groups + tokens + gateways > 0 {
             return Err(ServerError::Config(format!(
-                "the database already holds {} device(s): an import goes into an empty one",
-                counts.devices
+                "the database already holds {devices} device(s), {groups} group(s), \
+                 {tokens} token(s) and {gateways} gateway(s): an import goes into an empty one"
             )));
         }
         self.commit_blocking(registry.as_ops())

@@ -93,10 +93,7 @@ fn case(rt: &tokio::runtime::Runtime, db: &DatabaseConfig, devices: u64) -> Line
     };
     outpost::server::enroll(&mut reg, &ca, &req, now).unwrap();
     let template = reg.device("template").unwrap().clone();
-    let mut template_fp = [0u8; 32];
-    for (i, b) in template_fp.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&template.cert_sha256[2 * i..2 * i + 2], 16).unwrap();
-    }
+    let template_fp = template.fingerprint().unwrap();
     storage
         .commit_blocking(reg.take_journal().into_ops())
         .unwrap();

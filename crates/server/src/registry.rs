@@ -86,6 +86,22 @@ pub struct Device {
     pub enrolled_with: String,
 }
 
+impl Device {
+    /// Its certificate's SHA-256 as bytes (`None` if the recorded hex is not 32 bytes).
+    pub fn fingerprint(&self) -> Option<[u8; 32]> {
+        let hex = self.cert_sha256.as_bytes();
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, b) in out.iter_mut().enumerate() {
+            let pair = std::str::from_utf8(&hex[2 * i..2 * i + 2]).ok()?;
+            *b = u8::from_str_radix(pair, 16).ok()?;
+        }
+        Some(out)
+    }
+}
+
 /// A registered connection gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

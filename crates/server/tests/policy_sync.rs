@@ -1,5 +1,7 @@
 //! Sync answered from policies.
 
+mod common;
+
 use outpost_election::SyncIntervalPolicy;
 use outpost_gateway::Via;
 use outpost_policy::{Change, Policy, PolicySetting, Resolver, State, Value};
@@ -138,17 +140,7 @@ fn registry_devices_are_placed_in_their_registry_groups() {
         let token = reg
             .issue_token(group, None, std::time::Duration::from_secs(60), now)
             .unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let csr = rcgen::CertificateParams::new(vec![])
-            .unwrap()
-            .serialize_request(&key)
-            .unwrap();
-        let req = outpost_wire::messages::EnrollRequest {
-            device_id: device.into(),
-            csr_der: csr.der().to_vec().into(),
-            enrollment_token: token,
-            group_hint: String::new(),
-        };
+        let req = common::enroll_request(device, &token);
         outpost_server::enroll(&mut reg, &ca, &req, now).unwrap();
     }
     let sync = sync_with(&reg);

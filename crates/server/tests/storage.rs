@@ -41,17 +41,7 @@ fn enroll(r: &mut Registry, id: &str, group: &str) {
         .unwrap();
     let ca = outpost_pki::ServerCa::create(outpost_pki::PkiConfig::default(), SystemTime::now())
         .unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::new(vec![])
-        .unwrap()
-        .serialize_request(&key)
-        .unwrap();
-    let req = outpost_wire::messages::EnrollRequest {
-        device_id: id.into(),
-        csr_der: csr.der().to_vec().into(),
-        enrollment_token: token,
-        group_hint: String::new(),
-    };
+    let req = common::enroll_request(id, &token);
     outpost_server::enroll(r, &ca, &req, SystemTime::now()).unwrap();
 }
 
@@ -130,11 +120,7 @@ fn round_trip(fresh: Fresh<'_>) {
         "DP scopes keep their order"
     );
     // The fingerprint index is rebuilt from the rows.
-    let d = snap.registry.device("pc-1").unwrap();
-    let mut fp = [0u8; 32];
-    for (i, b) in fp.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&d.cert_sha256[2 * i..2 * i + 2], 16).unwrap();
-    }
+    let fp = snap.registry.device("pc-1").unwrap().fingerprint().unwrap();
     assert_eq!(snap.registry.device_by_fingerprint(&fp).unwrap().0, "pc-1");
     assert_eq!(
         snap.epochs.get("paris"),
@@ -255,53 +241,61 @@ fn registry_token(group: &str) -> outpost_server::TokenRecord {
     r.tokens().values().next().unwrap().clone()
 }
 
-/// SQL that makes inserts of groups fail, and undoes it.
-fn refuse_groups(backend: Backend) -> (Vec<&'static str>, Vec<&'static str>) {
+/// SQL that makes inserts into `table` fail (as a full or broken database would), and the
+/// SQL that undoes it.
+fn refuse_inserts(backend: Backend, table: &str) -> (Vec<String>, Vec<String>) {
     match backend {
         Backend::Sqlite => (
-            vec![
-                "CREATE TRIGGER refuse_groups BEFORE INSERT ON admin_groups \
-                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
-            ],
-            vec!["DROP TRIGGER refuse_groups"],
+            vec![format!(
+                "CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} \
+                 BEGIN SELECT RAISE(ABORT, 'database full (test)'); END"
+            )],
+            vec![format!("DROP TRIGGER refuse_{table}")],
         ),
         _ => (
             vec![
-                "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN \
-                 RAISE EXCEPTION 'refused by the test'; END $$ LANGUAGE plpgsql",
-                "CREATE TRIGGER refuse_groups BEFORE INSERT ON admin_groups \
-                 FOR EACH ROW EXECUTE FUNCTION refuse()",
+                format!(
+                    "CREATE FUNCTION refuse_{table}() RETURNS trigger AS $$ BEGIN \
+                     RAISE EXCEPTION 'database full (test)'; END $$ LANGUAGE plpgsql"
+                ),
+                format!(
+                    "CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} \
+                     FOR EACH ROW EXECUTE FUNCTION refuse_{table}()"
+                ),
             ],
             vec![
-                "DROP TRIGGER refuse_groups ON admin_groups",
-                "DROP FUNCTION refuse()",
+                format!("DROP TRIGGER refuse_{table} ON {table}"),
+                format!("DROP FUNCTION refuse_{table}()"),
             ],
         ),
     }
 }
 
-/// A change the database refuses is not kept in memory either, and a later one goes
-/// through.
-fn a_refused_commit_changes_nothing(fresh: Fresh<'_>) {
+/// A device service over `storage` and `reg`, answering syncs with a fixed interval.
+fn service_over(storage: &Storage, reg: Registry) -> std::sync::Arc<outpost_server::AdminService> {
     use std::sync::Arc;
-    let db = fresh("refused");
-    let storage = Storage::open(&db, "server-1").unwrap();
-    let reg = storage.load().unwrap().registry;
-    let ca = Arc::new(
-        outpost_pki::ServerCa::create(outpost_pki::PkiConfig::default(), SystemTime::now())
-            .unwrap(),
-    );
-    let service = outpost_server::AdminService::new(
+    let ca = outpost_pki::ServerCa::create(outpost_pki::PkiConfig::default(), SystemTime::now())
+        .unwrap();
+    outpost_server::AdminService::new(
         outpost_server::ServiceConfig::new(),
-        ca,
+        Arc::new(ca),
         storage.clone(),
         reg,
         Arc::new(outpost_server::FixedInterval(60)),
         Arc::new(outpost_server::MemoryObjects::default()),
-    );
-    let (on, off) = refuse_groups(storage.backend());
+    )
+}
+
+/// A change the database refuses is not kept in memory either, and a later one goes
+/// through.
+fn a_refused_commit_changes_nothing(fresh: Fresh<'_>) {
+    let db = fresh("refused");
+    let storage = Storage::open(&db, "server-1").unwrap();
+    let reg = storage.load().unwrap().registry;
+    let service = service_over(&storage, reg);
+    let (on, off) = refuse_inserts(storage.backend(), "admin_groups");
     for sql in on {
-        storage.execute_unchecked(sql).unwrap();
+        storage.execute_unchecked(&sql).unwrap();
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -313,13 +307,13 @@ fn a_refused_commit_changes_nothing(fresh: Fresh<'_>) {
     };
     let e = rt.block_on(service.update_registry(add)).unwrap_err();
     assert!(e.is_retryable(), "{e}");
-    assert!(e.to_string().contains("refused by the test"), "{e}");
+    assert!(e.to_string().contains("database full (test)"), "{e}");
     assert!(
         !service.with_registry(|r| r.groups().contains_key("eu")),
         "not kept in memory"
     );
     for sql in off {
-        storage.execute_unchecked(sql).unwrap();
+        storage.execute_unchecked(&sql).unwrap();
     }
     rt.block_on(service.update_registry(add)).unwrap();
     assert!(service.with_registry(|r| r.groups().contains_key("paris")));
@@ -428,36 +422,10 @@ fn imports_and_instances(fresh: Fresh<'_>) {
     );
 }
 
-/// SQL that makes inserts of devices fail, and undoes it.
-fn refuse_devices(backend: Backend) -> (Vec<&'static str>, Vec<&'static str>) {
-    match backend {
-        Backend::Sqlite => (
-            vec![
-                "CREATE TRIGGER refuse_devices BEFORE INSERT ON devices \
-                 BEGIN SELECT RAISE(ABORT, 'database full (test)'); END",
-            ],
-            vec!["DROP TRIGGER refuse_devices"],
-        ),
-        _ => (
-            vec![
-                "CREATE FUNCTION refuse_device() RETURNS trigger AS $$ BEGIN \
-                 RAISE EXCEPTION 'database full (test)'; END $$ LANGUAGE plpgsql",
-                "CREATE TRIGGER refuse_devices BEFORE INSERT ON devices \
-                 FOR EACH ROW EXECUTE FUNCTION refuse_device()",
-            ],
-            vec![
-                "DROP TRIGGER refuse_devices ON devices",
-                "DROP FUNCTION refuse_device()",
-            ],
-        ),
-    }
-}
-
 /// While the database refuses writes, enrollments are refused with a code the agent
 /// retries (and no failure is counted against its address) and enrolled devices' syncs are
 /// answered from memory; afterwards the same request enrolls.
 fn a_failing_database_refuses_enrollments_retryably_and_syncs_go_on(fresh: Fresh<'_>) {
-    use std::sync::Arc;
     let db = fresh("failing");
     let storage = Storage::open(&db, "server-1").unwrap();
     let mut reg = storage.load().unwrap().registry;
@@ -472,46 +440,16 @@ fn a_failing_database_refuses_enrollments_retryably_and_syncs_go_on(fresh: Fresh
         )
         .unwrap();
     commit(&storage, &mut reg);
-    let fp = {
-        let d = reg.device("pc-1").unwrap();
-        let mut fp = [0u8; 32];
-        for (i, b) in fp.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&d.cert_sha256[2 * i..2 * i + 2], 16).unwrap();
-        }
-        fp
-    };
-    let ca = Arc::new(
-        outpost_pki::ServerCa::create(outpost_pki::PkiConfig::default(), SystemTime::now())
-            .unwrap(),
-    );
-    let service = outpost_server::AdminService::new(
-        outpost_server::ServiceConfig::new(),
-        ca,
-        storage.clone(),
-        reg,
-        Arc::new(outpost_server::FixedInterval(60)),
-        Arc::new(outpost_server::MemoryObjects::default()),
-    );
-    let key = rcgen::KeyPair::generate().unwrap();
-    let req = outpost_wire::messages::EnrollRequest {
-        device_id: "pc-2".into(),
-        csr_der: rcgen::CertificateParams::new(vec![])
-            .unwrap()
-            .serialize_request(&key)
-            .unwrap()
-            .der()
-            .to_vec()
-            .into(),
-        enrollment_token: token,
-        group_hint: String::new(),
-    };
+    let fp = reg.device("pc-1").unwrap().fingerprint().unwrap();
+    let service = service_over(&storage, reg);
+    let req = common::enroll_request("pc-2", &token);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let (on, off) = refuse_devices(storage.backend());
+    let (on, off) = refuse_inserts(storage.backend(), "devices");
     for sql in on {
-        storage.execute_unchecked(sql).unwrap();
+        storage.execute_unchecked(&sql).unwrap();
     }
     for _ in 0..12 {
         // Each attempt is refused alike, with the code an agent retries on.
@@ -529,7 +467,7 @@ fn a_failing_database_refuses_enrollments_retryably_and_syncs_go_on(fresh: Fresh
     let answer = service.sync_known(&fp, &outpost_wire::messages::SyncRequest::default());
     assert_eq!(answer.map(|a| a.next_sync_secs), Some(60), "syncs go on");
     for sql in off {
-        storage.execute_unchecked(sql).unwrap();
+        storage.execute_unchecked(&sql).unwrap();
     }
     let resp = rt
         .block_on(service.enroll(&req, "192.0.2.7:40000"))

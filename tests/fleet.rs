@@ -14,6 +14,9 @@ use outpost::gateway::{Gateway, GatewayConfig, TlsMaterial};
 use outpost::pki::store;
 use outpost::server::{AdminServer, AdminServerConfig, MemoryObjects};
 
+#[path = "../crates/server/tests/common/postgres.rs"]
+mod postgres;
+
 /// A UDP port free on 127.0.0.1 now, so concurrent runs do not share a multicast port.
 fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
@@ -277,6 +280,18 @@ fn restart_config(port: u16) -> AdminServerConfig {
     server_config(port, r#"policy_state = "policy-state.json""#, "")
 }
 
+/// In a child's directory: the URL of the database to use instead of SQLite.
+const CHILD_DATABASE: &str = "database.url";
+
+/// [`restart_config`] on the database `base` names in [`CHILD_DATABASE`], if any.
+fn child_config(base: &std::path::Path, port: u16) -> AdminServerConfig {
+    let mut config = restart_config(port);
+    if let Ok(url) = std::fs::read_to_string(base.join(CHILD_DATABASE)) {
+        config.database = outpost::server::DatabaseConfig::default().with_url(url.trim());
+    }
+    config
+}
+
 /// In the child process a test started with [`spawn_child_server`]: serves the directory
 /// the environment names until killed. In the test itself, returns at once.
 async fn serve_if_child() {
@@ -303,7 +318,7 @@ async fn serve_if_child() {
         .trim()
         .parse()
         .unwrap();
-    let _server = AdminServer::start(restart_config(port), &base, None, None)
+    let _server = AdminServer::start(child_config(&base, port), &base, None, None)
         .await
         .unwrap();
     println!("{CHILD_READY}");
@@ -873,18 +888,54 @@ fn stored_certificate(dir: &std::path::Path) -> Option<Vec<u8>> {
 
 /// A server process killed during an enrollment storm of 64 agents: every agent that
 /// received a certificate is in the database, every device row came with its token used
-/// up (no half-written enrollment), and after a restart the others enroll.
+/// up (no half-written enrollment), and after a restart the others enroll. On SQLite.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_during_an_enrollment_storm_loses_no_enrollment() {
     serve_if_child().await;
+    enrollment_storm(
+        "a_server_killed_during_an_enrollment_storm_loses_no_enrollment",
+        None,
+    )
+    .await;
+}
+
+/// [`a_server_killed_during_an_enrollment_storm_loses_no_enrollment`] on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_postgresql_killed_during_an_enrollment_storm_loses_no_enrollment() {
+    serve_if_child().await;
+    let Some(cluster) = postgres::Cluster::start() else {
+        return;
+    };
+    enrollment_storm(
+        "a_server_on_postgresql_killed_during_an_enrollment_storm_loses_no_enrollment",
+        Some(cluster.database("storm")),
+    )
+    .await;
+}
+
+/// The storm: `test` is the test that runs it (its child process is the server), `url` the
+/// database (SQLite in the data directory without it).
+async fn enrollment_storm(test: &str, url: Option<String>) {
     const AGENTS: usize = 64;
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path();
     let now = SystemTime::now();
+    if let Some(url) = &url {
+        std::fs::write(base.join(CHILD_DATABASE), url).unwrap();
+    }
     let ids: Vec<String> = (0..AGENTS).map(|i| format!("storm-{i:02}")).collect();
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let (config, tokens) = accounting_server_dir(base, now, &id_refs);
-    let test = "a_server_killed_during_an_enrollment_storm_loses_no_enrollment";
+    let port = child_server_dir(base, now);
+    let config = child_config(base, port);
+    let tokens = config
+        .edit_registry(base, |reg| {
+            reg.add_group("accounting", "Accounting", None)?;
+            id_refs
+                .iter()
+                .map(|d| reg.issue_token("accounting", Some(d), Duration::from_secs(600), now))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap();
     let mut child = spawn_child_server(test, base).await;
     let addr = SocketAddr::from(([127, 0, 0, 1], config.listen.port()));
 

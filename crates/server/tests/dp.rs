@@ -192,3 +192,42 @@ fn a_damaged_epoch_file_is_an_error_naming_it() {
         .to_string();
     assert!(e.contains("dp-epochs.json"), "{e}");
 }
+
+#[test]
+fn a_distribution_point_low_on_disk_is_a_stored_security_issue_until_it_recovers() {
+    use outpost_server::{DatabaseConfig, Storage};
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(&DatabaseConfig::sqlite_in(dir.path()), "s").unwrap();
+    let mut c = coordinator();
+    c.keep_epochs(storage.clone(), Default::default());
+    let t = Instant::now();
+    // 1 GiB free: under the 2 GiB warning threshold.
+    c.on_sync("dp-a", &heartbeat(1), t);
+    // Queued in order: once this empty commit is done, so are they.
+    storage.commit_blocking(Vec::new()).unwrap();
+    let issues = storage.load().unwrap().issues;
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(
+        (issues[0].device.as_str(), issues[0].kind.as_str()),
+        ("dp-a", "dp.low_disk")
+    );
+    assert_eq!(
+        issues[0].severity,
+        outpost_wire::messages::Severity::Warning as i32
+    );
+    // Reported again while still low: one issue, one event.
+    c.on_sync("dp-a", &heartbeat(1), t + Duration::from_secs(1));
+    c.on_sync("dp-a", &heartbeat(50), t + Duration::from_secs(2));
+    storage.commit_blocking(Vec::new()).unwrap();
+    assert!(
+        storage.load().unwrap().issues.is_empty(),
+        "closed once it recovered"
+    );
+    let kinds: Vec<String> = storage
+        .events_after(0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event.kind)
+        .collect();
+    assert_eq!(kinds, ["dp.low_disk", "dp.low_disk.cleared"]);
+}

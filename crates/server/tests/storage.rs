@@ -479,9 +479,61 @@ fn a_failing_database_refuses_enrollments_retryably_and_syncs_go_on(fresh: Fresh
         .unwrap()
         .registry;
     assert!(stored.device("pc-2").is_some());
+    // A refusal that is the request's fault is an event of the server's own.
+    let bad = common::enroll_request("pc-3", "not a token");
+    rt.block_on(service.enroll(&bad, "192.0.2.8:40000"))
+        .unwrap_err();
+    storage.commit_blocking(Vec::new()).unwrap();
+    let events = storage.events_after(0, 10).unwrap();
+    let refused = events
+        .iter()
+        .find(|e| e.event.kind == "enrollment.refused")
+        .expect("an event");
+    assert!(refused.event.body.contains("192.0.2.8"), "{refused:?}");
+    assert_eq!(refused.event.device, None);
+}
+
+/// Published update objects survive a restart; content that no longer matches its hash is
+/// never served.
+fn update_objects(fresh: Fresh<'_>) {
+    use outpost_server::{ObjectStore, StoredObjects};
+    let db = fresh("objects");
+    let files = tempfile::tempdir().unwrap();
+    let storage = Storage::open(&db, "server-1").unwrap();
+    let objects = StoredObjects::open(files.path(), storage.clone(), &[]).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let a = rt
+        .block_on(objects.publish("agent", "Agent 2", 2, &data))
+        .unwrap();
+    assert_eq!(a.size, 100_000);
+    drop(objects);
+
+    let stored = storage.load().unwrap().updates;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(outpost_server::announcement(&stored[0]), a);
+    let objects = StoredObjects::open(files.path(), storage.clone(), &stored).unwrap();
+    let (chunk, total) = objects.read("agent", 99_990, 64).unwrap();
+    assert_eq!((&chunk[..], total), (&data[99_990..], 100_000));
+    assert!(objects.read("other", 0, 1).is_none());
+
+    // The file changed behind the server's back: after a restart it is not served.
+    let path = files
+        .path()
+        .join(&stored[0].sha256[..2])
+        .join(&stored[0].sha256);
+    let mut changed = std::fs::read(&path).unwrap();
+    changed[5] ^= 1;
+    std::fs::write(&path, changed).unwrap();
+    let objects = StoredObjects::open(files.path(), storage, &stored).unwrap();
+    assert!(objects.read("agent", 0, 64).is_none());
 }
 
 fn suite(fresh: Fresh<'_>) {
+    update_objects(fresh);
     a_failing_database_refuses_enrollments_retryably_and_syncs_go_on(fresh);
     round_trip(fresh);
     upgrade_from_the_previous_version(fresh);

@@ -10,6 +10,7 @@
 //! cargo run --example admin_server -- register-dp --config F --device D --group G
 //! cargo run --example admin_server -- import-policy --config F --file policy-state.json
 //! cargo run --example admin_server -- import-registry --config F --file registry.json
+//! echo "$PASSWORD" | cargo run --example admin_server -- bootstrap --config F --name admin
 //! ```
 //! The state is in the database the configuration's `[database]` names (SQLite in the data
 //! directory by default). At its first start the server imports what older servers kept in
@@ -117,6 +118,21 @@ async fn main() {
             );
             return;
         }
+        "bootstrap" => {
+            let name = flags.need(PROGRAM, "name");
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .unwrap_or_else(|e| {
+                    common::die(PROGRAM, format!("reading the password from stdin: {e}"))
+                });
+            let password = password.trim_end_matches(['\r', '\n']);
+            config
+                .bootstrap_account(&base, name, password)
+                .unwrap_or_else(|e| common::die(PROGRAM, e));
+            println!("administrator account {name:?} made");
+            return;
+        }
         "import-registry" => {
             let file = std::path::PathBuf::from(flags.need(PROGRAM, "file"));
             let n = config
@@ -152,7 +168,7 @@ async fn main() {
         other => common::die(
             PROGRAM,
             format!(
-                "unknown command {other:?} (commands: run, group, token, register-dp, register-dmz-gateway, register-remote-office-gateway, import-policy, import-registry)"
+                "unknown command {other:?} (commands: run, group, token, register-dp, register-dmz-gateway, register-remote-office-gateway, import-policy, import-registry, bootstrap)"
             ),
         ),
     }

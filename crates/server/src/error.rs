@@ -49,6 +49,14 @@ pub enum ServerError {
     /// A device id is unknown.
     #[error("unknown device {0:?}")]
     UnknownDevice(String),
+    /// No object of this kind has this id.
+    #[error("unknown {kind} {id:?}")]
+    Unknown {
+        /// What kind of object.
+        kind: &'static str,
+        /// The id asked for.
+        id: String,
+    },
     /// An object with this id already exists.
     #[error("{kind} {id:?} already exists")]
     Duplicate {

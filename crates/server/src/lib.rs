@@ -52,6 +52,7 @@
 //! assert!(enroll(&mut reg, &ca, &EnrollRequest { device_id: "laptop-2".into(), ..req }, now).is_err());
 //! ```
 
+mod accounts;
 mod dp;
 mod enroll;
 mod error;
@@ -67,6 +68,10 @@ pub mod store;
 mod throttle;
 mod udp_push;
 
+pub use accounts::{
+    Account, AccountBook, ApiToken, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN, Role, SessionConfig,
+    Sessions, hash_password, verify_password,
+};
 pub use dp::{DEFAULT_MULTICAST_PORT, DpCoordinator, read_epoch_file};
 pub use enroll::{
     SignedEnrollment, admit, enroll, record_enrollment, refusal_code, sign_enrollment,

@@ -301,6 +301,21 @@ impl AdminServerConfig {
             .registry)
     }
 
+    /// Makes the first administrator account (offline: refused while a server runs on the
+    /// data directory, and once any account exists).
+    pub fn bootstrap_account(
+        &self,
+        base: &Path,
+        name: &str,
+        password: &str,
+    ) -> Result<(), ServerError> {
+        let _lock = DataDirLock::acquire(&self.data_path(base), "offline command")?;
+        let (storage, snapshot) = self.open_storage(base)?;
+        let book = crate::AccountBook::new(snapshot.accounts, snapshot.api_tokens);
+        let op = book.bootstrap(name, password, std::time::SystemTime::now())?;
+        storage.commit_blocking(vec![op])
+    }
+
     /// Imports a registry file (as servers before the database wrote it) into a database
     /// that holds no device yet (offline: refused while a server runs on the data
     /// directory). Returns how many devices it brought.

@@ -357,3 +357,26 @@ async fn files_of_an_older_server_are_imported_once() {
     assert!(e.to_string().contains("already holds"), "{e}");
     assert!(!token.is_empty());
 }
+
+#[test]
+fn the_first_account_is_made_offline_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    init_state(base, SystemTime::now());
+    let config = server_config("", "");
+    let e = config.bootstrap_account(base, "x", "short").unwrap_err();
+    assert!(e.to_string().contains("password"), "{e}");
+    config
+        .bootstrap_account(base, "admin", "correct horse battery")
+        .unwrap();
+    let e = config
+        .bootstrap_account(base, "admin2", "correct horse battery")
+        .unwrap_err();
+    assert!(e.to_string().contains("accounts exist already"), "{e}");
+    let snap = outpost_server::Storage::open(&config.database(base), "server-1")
+        .unwrap()
+        .load()
+        .unwrap();
+    assert_eq!(snap.accounts.len(), 1);
+    assert_eq!(snap.accounts[0].role, outpost_server::Role::Administrator);
+}

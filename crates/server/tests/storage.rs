@@ -83,6 +83,17 @@ fn round_trip(fresh: Fresh<'_>) {
     let now = SystemTime::now();
     let update = UpdateObject::new("agent", "Agent 2", 2, 10, "ab".repeat(32), 1_700_000_000);
     let issue = SecurityIssue::new("pc-1", "dp.low_disk", Severity::Warning as i32, "low", now);
+    let mut book = outpost_server::AccountBook::default();
+    let account = book
+        .bootstrap("admin", "correct horse battery", now)
+        .unwrap();
+    book.apply(&account);
+    let (_, token) = book.issue_api_token("admin", "ci", now).unwrap();
+    book.apply(&token);
+    let revoked = match &token {
+        Op::PutApiToken(t) => book.revoke_api_token(&t.id, now).unwrap(),
+        other => panic!("{other:?}"),
+    };
     storage
         .commit_blocking(vec![
             Op::PutEpoch {
@@ -104,6 +115,9 @@ fn round_trip(fresh: Fresh<'_>) {
                 key: "k".into(),
                 value: "v".into(),
             },
+            account.clone(),
+            token,
+            revoked.clone(),
         ])
         .unwrap();
     drop(storage);
@@ -134,6 +148,14 @@ fn round_trip(fresh: Fresh<'_>) {
     assert_eq!(snap.updates, vec![update]);
     assert_eq!(snap.issues, vec![issue]);
     assert_eq!(snap.meta.get("k").map(String::as_str), Some("v"));
+    assert!(matches!(&account, Op::PutAccount(a) if snap.accounts == [a.clone()]));
+    assert!(matches!(&revoked, Op::PutApiToken(t) if snap.api_tokens == [t.clone()]));
+    let book = outpost_server::AccountBook::new(snap.accounts.clone(), snap.api_tokens.clone());
+    assert_eq!(
+        book.check_password("admin", "correct horse battery"),
+        Some(outpost_server::Role::Administrator),
+        "the stored hash checks"
+    );
     let counts = storage.counts().unwrap();
     assert_eq!((counts.devices, counts.tokens), (2, 1));
 

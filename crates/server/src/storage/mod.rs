@@ -144,6 +144,10 @@ pub enum Op {
         /// The issue's kind.
         kind: String,
     },
+    /// Inserts or replaces an administrator account.
+    PutAccount(crate::Account),
+    /// Inserts or replaces an API token (revoking one is a put with its revocation time).
+    PutApiToken(crate::ApiToken),
     /// Sets a marker of a one-time step.
     PutMeta {
         /// Its key.
@@ -340,6 +344,10 @@ pub struct Snapshot {
     pub issues: Vec<SecurityIssue>,
     /// One-time step markers.
     pub meta: BTreeMap<String, String>,
+    /// Administrator accounts.
+    pub accounts: Vec<crate::Account>,
+    /// API tokens, revoked ones included.
+    pub api_tokens: Vec<crate::ApiToken>,
 }
 
 /// Row counts, for reports and tests.

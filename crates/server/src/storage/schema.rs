@@ -9,7 +9,7 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use super::Backend;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 type Step = (i64, &'static str, &'static str);
 
@@ -24,6 +24,11 @@ const SQLITE: &[Step] = &[
         "events policies objects",
         include_str!("../../migrations/sqlite/0002_events_policies_objects.sql"),
     ),
+    (
+        3,
+        "accounts",
+        include_str!("../../migrations/sqlite/0003_accounts.sql"),
+    ),
 ];
 
 const POSTGRES: &[Step] = &[
@@ -36,6 +41,11 @@ const POSTGRES: &[Step] = &[
         2,
         "events policies objects",
         include_str!("../../migrations/postgres/0002_events_policies_objects.sql"),
+    ),
+    (
+        3,
+        "accounts",
+        include_str!("../../migrations/postgres/0003_accounts.sql"),
     ),
 ];
 

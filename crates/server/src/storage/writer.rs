@@ -705,9 +705,57 @@ impl Writer {
                 r.try_get("value").map_err(&err)?,
             );
         }
+        let mut accounts = Vec::new();
+        for r in fetch(
+            &mut self.conn,
+            "SELECT name, role, password_hash, created_at, disabled FROM accounts \
+             WHERE server_id = $1 ORDER BY name",
+        )
+        .await
+        .map_err(&err)?
+        {
+            let name: String = r.try_get("name").map_err(&err)?;
+            let role: String = r.try_get("role").map_err(&err)?;
+            let role = crate::Role::parse(&role).ok_or_else(|| {
+                ServerError::Storage(StorageError::BadRow {
+                    what: format!("role {role:?} of account {name:?}"),
+                })
+            })?;
+            let mut a = crate::Account::new(
+                name,
+                role,
+                r.try_get("password_hash").map_err(&err)?,
+                u64_of(r.try_get("created_at").map_err(&err)?),
+            );
+            a.disabled = r.try_get::<i64, _>("disabled").map_err(&err)? != 0;
+            accounts.push(a);
+        }
+        let mut api_tokens = Vec::new();
+        for r in fetch(
+            &mut self.conn,
+            "SELECT id, account, token_sha256, label, created_at, revoked_at FROM api_tokens \
+             WHERE server_id = $1 ORDER BY id",
+        )
+        .await
+        .map_err(&err)?
+        {
+            api_tokens.push(crate::ApiToken {
+                id: r.try_get("id").map_err(&err)?,
+                account: r.try_get("account").map_err(&err)?,
+                token_sha256: r.try_get("token_sha256").map_err(&err)?,
+                label: r.try_get("label").map_err(&err)?,
+                created_at_unix: u64_of(r.try_get("created_at").map_err(&err)?),
+                revoked_at_unix: r
+                    .try_get::<Option<i64>, _>("revoked_at")
+                    .map_err(&err)?
+                    .map(u64_of),
+            });
+        }
         // What loading applied is the state itself, not changes to commit.
         let _ = registry.take_journal();
         Ok(Snapshot {
+            accounts,
+            api_tokens,
             registry,
             epochs,
             policy,
@@ -777,6 +825,8 @@ fn op_name(op: &Op) -> &'static str {
         Op::PutSecurityIssue(_) => "writing a security issue",
         Op::DeleteSecurityIssue { .. } => "closing a security issue",
         Op::PutMeta { .. } => "writing a marker",
+        Op::PutAccount(_) => "writing an account",
+        Op::PutApiToken(_) => "writing an API token",
     }
 }
 
@@ -940,6 +990,30 @@ async fn apply(conn: &mut AnyConnection, sid: &str, op: &Op) -> Result<(), sqlx:
         .bind(sid)
         .bind(device)
         .bind(kind),
+        Op::PutAccount(a) => sqlx::query(
+            "INSERT INTO accounts (server_id, name, role, password_hash, created_at, disabled) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (server_id, name) DO UPDATE SET \
+             role = excluded.role, password_hash = excluded.password_hash, \
+             disabled = excluded.disabled",
+        )
+        .bind(sid)
+        .bind(&a.name)
+        .bind(a.role.as_str())
+        .bind(&a.password_hash)
+        .bind(i64_of(a.created_at_unix))
+        .bind(i64::from(a.disabled)),
+        Op::PutApiToken(t) => sqlx::query(
+            "INSERT INTO api_tokens (server_id, id, account, token_sha256, label, created_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (server_id, id) DO UPDATE SET \
+             revoked_at = excluded.revoked_at, label = excluded.label",
+        )
+        .bind(sid)
+        .bind(&t.id)
+        .bind(&t.account)
+        .bind(&t.token_sha256)
+        .bind(&t.label)
+        .bind(i64_of(t.created_at_unix))
+        .bind(t.revoked_at_unix.map(i64_of)),
         Op::PutMeta { key, value } => sqlx::query(
             "INSERT INTO server_meta (server_id, key, value) VALUES ($1, $2, $3) \
              ON CONFLICT (server_id, key) DO UPDATE SET value = excluded.value",

@@ -442,6 +442,43 @@ pub fn enrollment_client_config(
     client_config(None, v, opts, opts.alpn_or(&[ALPN_ENROLL]), what)
 }
 
+/// The ALPN protocol of the administration API (HTTP/1.1 over TLS).
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// The Administration Server's HTTPS administration API: presents `identity` (the server
+/// certificate), asks no client certificate (callers authenticate with a session or API
+/// token), and offers ALPN [`ALPN_HTTP1`] unless `opts` says otherwise.
+///
+/// # Errors
+/// [`PkiError::Tls`] if the key does not fit the certificate.
+pub fn api_server_config(identity: &IssuedCert, opts: &TlsOptions) -> Result<Arc<ServerConfig>> {
+    server_config(
+        identity,
+        None,
+        opts,
+        opts.alpn_or(&[ALPN_HTTP1]),
+        "administration API",
+    )
+}
+
+/// A client of the administration API: accepts only a server certificate signed by the
+/// server CA, with the server role, naming the host dialled; offers ALPN [`ALPN_HTTP1`].
+///
+/// # Errors
+/// As [`agent_port_server_config`].
+pub fn api_client_config(
+    server_ca: &CaCertificate,
+    opts: &TlsOptions,
+) -> Result<Arc<ClientConfig>> {
+    let what = "administration API client";
+    let inner = server_verifier(server_ca, opts, what)?;
+    let v = Arc::new(RoleServerVerifier {
+        inner,
+        roles: &[Role::Server],
+    });
+    client_config(None, v, opts, opts.alpn_or(&[ALPN_HTTP1]), what)
+}
+
 /// A mobile device dialling a gateway: accepts a gateway certificate signed by the server CA
 /// naming the host dialled; presents `mobile_identity` if given (required by the port with
 /// client authentication).

@@ -349,6 +349,20 @@ impl Default for SessionConfig {
     }
 }
 
+impl SessionConfig {
+    /// Sessions lasting `ttl`.
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// At most `max` sessions open at once.
+    pub fn with_max(mut self, max: usize) -> Self {
+        self.max = max;
+        self
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Session {
     account: String,

@@ -53,6 +53,7 @@
 //! ```
 
 mod accounts;
+mod api;
 mod dp;
 mod enroll;
 mod error;
@@ -72,6 +73,7 @@ pub use accounts::{
     Account, AccountBook, ApiToken, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN, Role, SessionConfig,
     Sessions, hash_password, verify_password,
 };
+pub use api::{ApiConfig, DEFAULT_API_PORT, MAX_BODY, MAX_PAGE, Problem};
 pub use dp::{DEFAULT_MULTICAST_PORT, DpCoordinator, read_epoch_file};
 pub use enroll::{
     SignedEnrollment, admit, enroll, record_enrollment, refusal_code, sign_enrollment,

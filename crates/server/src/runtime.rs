@@ -118,6 +118,10 @@ pub struct AdminServerConfig {
     /// The database (default: SQLite in the data directory).
     #[serde(default)]
     pub database: DatabaseConfig,
+    /// The HTTPS administration API (served when the section is present; default port
+    /// 13299).
+    #[serde(default)]
+    pub api: Option<crate::ApiConfig>,
 }
 
 impl AdminServerConfig {
@@ -164,6 +168,9 @@ impl AdminServerConfig {
             .validate()
             .map_err(|e| ServerError::Config(format!("election: {e}")))?;
         self.database.validate()?;
+        if let Some(api) = &self.api {
+            api.validate()?;
+        }
         self.connector
             .validate()
             .map_err(|e| ServerError::Config(format!("connector: {e}")))
@@ -397,6 +404,7 @@ pub struct AdminServer {
     connector: ConnectorHandle,
     dispatch: JoinHandle<()>,
     ticker: JoinHandle<()>,
+    api: Option<crate::api::ApiHandle>,
     /// Held while the server runs: offline commands and a second server are refused.
     _lock: DataDirLock,
 }
@@ -528,7 +536,7 @@ impl AdminServer {
         )?);
         let lock = DataDirLock::acquire(&config.data_path(base), "server")?;
         remove_stale_temporaries(&config.data_path(base))?;
-        let (storage, snapshot) = config.open_storage(base)?;
+        let (storage, mut snapshot) = config.open_storage(base)?;
         log::info!(
             "{} database {}: {} device(s), {} group(s)",
             storage.backend(),
@@ -537,6 +545,17 @@ impl AdminServer {
             snapshot.registry.groups().len()
         );
         let tls = config.tls.load(base)?;
+        let api_tls = match &config.api {
+            Some(_) => Some(outpost_pki::tls::api_server_config(
+                &tls.identity,
+                &outpost_pki::tls::TlsOptions::default(),
+            )?),
+            None => None,
+        };
+        let accounts = crate::AccountBook::new(
+            std::mem::take(&mut snapshot.accounts),
+            std::mem::take(&mut snapshot.api_tokens),
+        );
         let (sync, fleet): (Arc<dyn SyncSource>, _) = match sync {
             Some(s) => (s, None),
             None => {
@@ -590,6 +609,19 @@ impl AdminServer {
             up: connector.gateways_up(),
             seen: Default::default(),
         };
+        let api = match (&config.api, api_tls) {
+            (Some(api), Some(api_tls)) => Some(
+                crate::api::start(
+                    api,
+                    api_tls,
+                    service.clone(),
+                    accounts,
+                    connector.gateways_up(),
+                )
+                .await?,
+            ),
+            _ => None,
+        };
         let ticker = tokio::spawn(tick(service.clone(), sync_for_tick, crl, gateways));
         Ok(AdminServer {
             push: SyncNowSigner::new(tls.identity),
@@ -600,6 +632,7 @@ impl AdminServer {
             connector,
             dispatch,
             ticker,
+            api,
             _lock: lock,
         })
     }
@@ -671,6 +704,11 @@ impl AdminServer {
         self.listener.local_addr()
     }
 
+    /// The bound administration API address, if the configuration has an `[api]` section.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().map(|a| a.addr)
+    }
+
     /// The DMZ gateways whose signal connection is up, with their session ids.
     pub fn gateways_connected(&self) -> std::collections::BTreeMap<String, u64> {
         self.connector.connected()
@@ -683,5 +721,8 @@ impl AdminServer {
         self.listener.shutdown().await;
         self.dispatch.abort();
         self.ticker.abort();
+        if let Some(api) = self.api {
+            api.task.abort();
+        }
     }
 }

@@ -133,9 +133,7 @@ fn sessions_expire_close_and_are_bounded() {
     assert_eq!(s.close_all_of("admin"), 1);
     assert_eq!(s.check(&b, t0), None);
 
-    let mut config = SessionConfig::default();
-    config.max = 2;
-    let mut s = Sessions::new(config);
+    let mut s = Sessions::new(SessionConfig::default().with_max(2));
     s.open("a", Role::Auditor, t0).unwrap();
     s.open("b", Role::Auditor, t0).unwrap();
     assert!(s.open("c", Role::Auditor, t0).is_err(), "full");

@@ -1,12 +1,14 @@
 //! The assembled server from a configuration file and data directory.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use common::{init_state, server_config};
 use futures_util::{SinkExt, StreamExt};
 use outpost_gateway::{Gateway, GatewayConfig, TlsMaterial};
 use outpost_pki::IssuedCert;
-use outpost_pki::store;
 use outpost_pki::tls::{TlsOptions, agent_client_config, enrollment_client_config};
 use outpost_server::{AdminServer, AdminServerConfig};
 use outpost_wire::messages::{EnrollRequest, Hello, SyncRequest};
@@ -15,36 +17,6 @@ use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
-
-/// A fresh server state directory under `base` (CA for `server.test`).
-fn init_state(base: &std::path::Path, now: SystemTime) -> outpost_pki::ServerCa {
-    store::init_server_dir(
-        &base.join("state"),
-        "server-1",
-        &["server.test".into()],
-        now,
-    )
-    .unwrap()
-}
-
-/// A server on `state/` of the test's directory, listening on any loopback port; `top` adds
-/// top-level keys, `tables` tables after `[tls]`.
-fn server_config(top: &str, tables: &str) -> AdminServerConfig {
-    AdminServerConfig::from_toml(&format!(
-        r#"
-        instance_id = "server-1"
-        data_dir = "state"
-        listen = "127.0.0.1:0"
-        {top}
-        [tls]
-        cert = "state/server.chain.pem"
-        key = "state/server.key"
-        server_ca = "state/ca.crt"
-        {tables}
-        "#
-    ))
-    .unwrap()
-}
 
 /// Starts the server of `config` with the sync source it describes and no published objects.
 async fn start(

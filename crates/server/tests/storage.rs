@@ -615,3 +615,22 @@ fn a_postgresql_restart_is_survived() {
         "the failed commit left nothing"
     );
 }
+
+#[test]
+fn a_relative_data_directory_gives_an_absolute_sqlite_path() {
+    let db = DatabaseConfig::default().resolve(std::path::Path::new("some/../state"));
+    let file = db.sqlite_file().unwrap();
+    assert!(file.is_absolute(), "{file:?}");
+    assert!(file.ends_with("state/outpost.db"), "{file:?}");
+    let pg = DatabaseConfig::default().with_url("postgres://u:secret@db.example.test/outpost");
+    assert_eq!(
+        pg.resolve(std::path::Path::new("x")),
+        pg,
+        "a PostgreSQL URL is kept"
+    );
+    assert!(
+        !pg.redacted_url().contains("secret"),
+        "{}",
+        pg.redacted_url()
+    );
+}

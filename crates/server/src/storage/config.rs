@@ -199,7 +199,10 @@ fn sqlite_path(url: &str) -> Option<&str> {
     Some(rest.split('?').next().unwrap_or(""))
 }
 
+/// The URL of an SQLite file, its path made absolute (the driver reads `sqlite://` URLs
+/// with relative paths unreliably).
 fn sqlite_url(path: &Path) -> String {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     format!("sqlite://{}", path.display())
 }
 

@@ -19,3 +19,33 @@ pub fn enroll_request(device: &str, token: &str) -> outpost_wire::messages::Enro
         group_hint: String::new(),
     }
 }
+
+/// A fresh server state directory under `base` (CA for `server.test`).
+pub fn init_state(base: &std::path::Path, now: std::time::SystemTime) -> outpost_pki::ServerCa {
+    outpost_pki::store::init_server_dir(
+        &base.join("state"),
+        "server-1",
+        &["server.test".into()],
+        now,
+    )
+    .unwrap()
+}
+
+/// A server on `state/` of the test's directory, listening on any loopback port; `top` adds
+/// top-level keys, `tables` tables after `[tls]`.
+pub fn server_config(top: &str, tables: &str) -> outpost_server::AdminServerConfig {
+    outpost_server::AdminServerConfig::from_toml(&format!(
+        r#"
+        instance_id = "server-1"
+        data_dir = "state"
+        listen = "127.0.0.1:0"
+        {top}
+        [tls]
+        cert = "state/server.chain.pem"
+        key = "state/server.key"
+        server_ca = "state/ca.crt"
+        {tables}
+        "#
+    ))
+    .unwrap()
+}

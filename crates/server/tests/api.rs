@@ -1,0 +1,381 @@
+//! The administration API through a real HTTPS client on loopback.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use common::{init_state, server_config};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use outpost_server::{AccountBook, AdminServer, Role, Storage};
+use serde_json::{Value, json};
+
+struct Client {
+    addr: SocketAddr,
+    tls: tokio_rustls::TlsConnector,
+}
+
+struct Answer {
+    status: u16,
+    content_type: String,
+    body: Value,
+}
+
+impl Client {
+    fn new(addr: SocketAddr, ca: &outpost_pki::ServerCa) -> Self {
+        let cfg = outpost_pki::tls::api_client_config(
+            ca.server_ca(),
+            &outpost_pki::tls::TlsOptions::default(),
+        )
+        .unwrap();
+        Client {
+            addr,
+            tls: tokio_rustls::TlsConnector::from(cfg),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("server.test").unwrap();
+        let tls = self.tls.connect(name, tcp).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "server.test");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+        if !bytes.is_empty() {
+            req = req.header("content-type", "application/json");
+        }
+        let resp = send
+            .send_request(req.body(Full::new(Bytes::from(bytes))).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let raw = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = if raw.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&raw).unwrap_or_else(|e| panic!("{e}: {raw:?}"))
+        };
+        Answer {
+            status,
+            content_type,
+            body,
+        }
+    }
+
+    async fn login(&self, name: &str, password: &str) -> Answer {
+        self.call(
+            "POST",
+            "/api/v1/login",
+            None,
+            Some(json!({"name": name, "password": password})),
+        )
+        .await
+    }
+}
+
+/// A server with the API on, an administrator "admin", an auditor "watcher" and
+/// `devices` enrolled devices.
+async fn server(base: &std::path::Path, devices: usize) -> (AdminServer, Client) {
+    let now = SystemTime::now();
+    let ca = init_state(base, now);
+    let config = server_config(
+        "",
+        r#"
+        [api]
+        listen = "127.0.0.1:0"
+        login_failures = 3
+        "#,
+    );
+    config
+        .bootstrap_account(base, "admin", "correct horse battery")
+        .unwrap();
+    {
+        let storage = Storage::open(&config.database(base), "server-1").unwrap();
+        let snap = storage.load().unwrap();
+        let book = AccountBook::new(snap.accounts, snap.api_tokens);
+        let op = book
+            .create("watcher", Role::Auditor, "audit all the things", now)
+            .unwrap();
+        let mut reg = snap.registry;
+        reg.add_group("lab", "Lab", None).unwrap();
+        let token = reg
+            .issue_token("lab", None, Duration::from_secs(600), now)
+            .unwrap();
+        let req = common::enroll_request("template", &token);
+        let template = {
+            outpost_server::enroll(&mut reg, &ca, &req, now).unwrap();
+            reg.device("template").unwrap().clone()
+        };
+        for i in 0..devices {
+            let mut d = template.clone();
+            d.cert_sha256 = format!("{i:064x}");
+            d.cert_serial = format!("{i:040x}");
+            reg.put_device(&format!("dev-{i:04}"), d).unwrap();
+        }
+        let mut ops = reg.take_journal().into_ops();
+        ops.push(op);
+        storage.commit_blocking(ops).unwrap();
+    }
+    let running = AdminServer::start(config, base, None, None).await.unwrap();
+    let client = Client::new(running.api_addr().unwrap(), &ca);
+    (running, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_roles_and_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, api) = server(dir.path(), 0).await;
+
+    // Not logged in; a wrong password; the right one.
+    let a = api.call("GET", "/api/v1/status", None, None).await;
+    assert_eq!(a.status, 401);
+    assert_eq!(a.content_type, "application/problem+json");
+    assert_eq!(a.body["status"], 401);
+    assert_eq!(api.login("admin", "wrong password!").await.status, 401);
+    let a = api.login("admin", "correct horse battery").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["role"], "administrator");
+    let admin = a.body["token"].as_str().unwrap().to_string();
+    let a = api.call("GET", "/api/v1/status", Some(&admin), None).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body["instance_id"], "server-1");
+    assert_eq!(a.body["database"], "SQLite");
+
+    // Writes, and the problems they can meet, each naming the field.
+    let a = api
+        .call(
+            "POST",
+            "/api/v1/groups",
+            Some(&admin),
+            Some(json!({"id": "paris", "name": "Paris", "parent": "lab"})),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let dup = api
+        .call(
+            "POST",
+            "/api/v1/groups",
+            Some(&admin),
+            Some(json!({"id": "paris", "name": "Paris"})),
+        )
+        .await;
+    assert_eq!((dup.status, dup.body["field"].as_str()), (409, Some("id")));
+    let orphan = api
+        .call(
+            "POST",
+            "/api/v1/groups",
+            Some(&admin),
+            Some(json!({"id": "lyon", "name": "Lyon", "parent": "nowhere"})),
+        )
+        .await;
+    assert_eq!(
+        (orphan.status, orphan.body["field"].as_str()),
+        (404, Some("parent"))
+    );
+    let typo = api
+        .call(
+            "POST",
+            "/api/v1/groups",
+            Some(&admin),
+            Some(json!({"id": "lyon", "name": "Lyon", "parnet": "lab"})),
+        )
+        .await;
+    assert_eq!(typo.status, 400);
+    assert!(
+        typo.body["detail"].as_str().unwrap().contains("parnet"),
+        "{}",
+        typo.body
+    );
+    let wrong_type = api
+        .call(
+            "POST",
+            "/api/v1/enrollment-tokens",
+            Some(&admin),
+            Some(json!({"group": "paris", "ttl_secs": "long"})),
+        )
+        .await;
+    assert_eq!(
+        (wrong_type.status, wrong_type.body["field"].as_str()),
+        (400, Some("ttl_secs"))
+    );
+    let huge = api
+        .call(
+            "POST",
+            "/api/v1/groups",
+            Some(&admin),
+            Some(json!({"id": "x", "name": "y".repeat(70_000)})),
+        )
+        .await;
+    assert_eq!(huge.status, 413, "bodies are bounded");
+    let t = api
+        .call(
+            "POST",
+            "/api/v1/enrollment-tokens",
+            Some(&admin),
+            Some(json!({"group": "paris", "device": "pc-1", "ttl_secs": 600})),
+        )
+        .await;
+    assert_eq!(t.status, 201, "{}", t.body);
+    assert_eq!(t.body["token"].as_str().unwrap().len(), 64);
+    // Both took effect at once.
+    running.service().with_registry(|r| {
+        assert!(r.groups().contains_key("paris"));
+        assert_eq!(r.pending_tokens(), 1);
+    });
+
+    // The auditor reads, and is refused every write.
+    let w = api.login("watcher", "audit all the things").await;
+    let watcher = w.body["token"].as_str().unwrap().to_string();
+    assert_eq!(w.body["role"], "auditor");
+    let g = api
+        .call("GET", "/api/v1/groups", Some(&watcher), None)
+        .await;
+    assert_eq!(g.status, 200);
+    assert!(
+        g.body["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["id"] == "paris")
+    );
+    for (path, body) in [
+        ("/api/v1/groups", json!({"id": "x", "name": "X"})),
+        ("/api/v1/enrollment-tokens", json!({"group": "paris"})),
+        ("/api/v1/api-tokens", json!({"label": "mine"})),
+    ] {
+        let a = api.call("POST", path, Some(&watcher), Some(body)).await;
+        assert_eq!(a.status, 403, "{path}: {}", a.body);
+    }
+
+    // An API token acts as its account; logging out ends a session.
+    let k = api
+        .call(
+            "POST",
+            "/api/v1/api-tokens",
+            Some(&admin),
+            Some(json!({"label": "ci"})),
+        )
+        .await;
+    assert_eq!(k.status, 201, "{}", k.body);
+    let key = k.body["token"].as_str().unwrap().to_string();
+    assert_eq!(
+        api.call("GET", "/api/v1/status", Some(&key), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        api.call("POST", "/api/v1/logout", Some(&admin), None)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        api.call("GET", "/api/v1/status", Some(&admin), None)
+            .await
+            .status,
+        401
+    );
+
+    // Every change is in the event log: who and what.
+    let events = running.service().storage().events_after(0, 100).unwrap();
+    let audit: Vec<&str> = events
+        .iter()
+        .filter(|e| e.event.kind.starts_with("audit."))
+        .map(|e| e.event.body.as_str())
+        .collect();
+    assert_eq!(audit.len(), 3, "{audit:?}");
+    assert!(
+        audit.iter().all(|b| b.starts_with("admin (administrator)")),
+        "{audit:?}"
+    );
+    assert!(audit[0].contains("paris"));
+
+    // Failed logins are throttled: past three, even the right password is refused.
+    // (The admin's wrong password above counted against this address too.)
+    for _ in 0..3 {
+        let status = api.login("watcher", "not the password").await.status;
+        assert!(status == 401 || status == 429, "{status}");
+    }
+    assert_eq!(
+        api.login("watcher", "audit all the things").await.status,
+        429
+    );
+    assert_eq!(
+        api.call("GET", "/api/v1/nothing", Some(&key), None)
+            .await
+            .status,
+        404
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_are_listed_page_by_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, api) = server(dir.path(), 2_500).await;
+    let a = api.login("admin", "correct horse battery").await;
+    let token = a.body["token"].as_str().unwrap().to_string();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &after {
+            Some(a) => format!("/api/v1/devices?limit=1000&after={a}"),
+            None => "/api/v1/devices?limit=1000".to_string(),
+        };
+        let p = api.call("GET", &path, Some(&token), None).await;
+        assert_eq!(p.status, 200, "{}", p.body);
+        pages += 1;
+        for d in p.body["devices"].as_array().unwrap() {
+            seen.push(d["id"].as_str().unwrap().to_string());
+        }
+        match p.body["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => break,
+        }
+        assert!(pages < 10, "the pages end");
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen.len(), 2_501, "every device once (the template too)");
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, seen, "in id order, none twice");
+    let a = api
+        .call("GET", "/api/v1/devices?limit=5000", Some(&token), None)
+        .await;
+    assert_eq!((a.status, a.body["field"].as_str()), (422, Some("limit")));
+    let a = api
+        .call("GET", "/api/v1/devices?limit=ten", Some(&token), None)
+        .await;
+    assert_eq!(a.status, 400);
+    let a = api
+        .call("GET", "/api/v1/devices?group=nowhere", Some(&token), None)
+        .await;
+    assert_eq!(a.body["devices"].as_array().unwrap().len(), 0);
+    running.shutdown().await;
+}

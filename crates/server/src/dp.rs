@@ -150,6 +150,19 @@ impl DpCoordinator {
         }
     }
 
+    /// Forgets a removed device: its distribution point scopes and its placement.
+    pub fn remove(&mut self, device: &str) {
+        let Some(d) = self.devices.get(device).map(DeviceId) else {
+            return;
+        };
+        for scope in self.election.scopes_of(d) {
+            let _ = self.election.unregister(d, scope);
+        }
+        self.election.remove_device(d);
+        self.keys.remove(&d);
+        self.addrs.remove(&d);
+    }
+
     /// Registers `device` as a distribution point for `group` and its subgroups; returns its
     /// multicast group address.
     pub fn register_group_dp(&mut self, device: &str, group: &str) -> Result<IpAddr, ServerError> {

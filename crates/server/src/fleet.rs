@@ -92,6 +92,15 @@ impl SyncSource for FleetSync {
         self.with_dps(|c| c.tick(now)).unwrap_or(false)
     }
 
+    fn on_removed(&self, device: &str) {
+        if let Some(p) = &self.policy
+            && let Err(e) = p.remove(device)
+        {
+            log::warn!("policies do not let device {device:?} go: {e}");
+        }
+        self.with_dps(|c| c.remove(device));
+    }
+
     fn on_enrolled(&self, device: &str, group: &str) {
         if let Some(p) = &self.policy
             && let Err(e) = p.place(device, group)

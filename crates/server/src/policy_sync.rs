@@ -112,6 +112,15 @@ impl PolicySync {
         r.apply(change).map(drop)
     }
 
+    /// Forgets a removed device (nothing to do if the policies do not know it).
+    pub fn remove(&self, device: &str) -> Result<(), PolicyError> {
+        let mut r = self.resolver.write().unwrap_or_else(|e| e.into_inner());
+        if !r.knows(device) {
+            return Ok(());
+        }
+        r.apply(Change::RemoveDevice(device.into())).map(drop)
+    }
+
     /// The effective settings of a device, if the policies know it.
     pub fn effective(&self, device: &str) -> Option<EffectiveSettings> {
         self.resolver

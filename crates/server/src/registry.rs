@@ -583,6 +583,31 @@ impl Registry {
         });
     }
 
+    /// Removes an enrolled device (and its distribution point scopes); returns its record.
+    /// Refused while a remote-office gateway is registered on it.
+    pub fn remove_device(&mut self, id: &str) -> Result<Device, ServerError> {
+        let device = self
+            .devices
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ServerError::UnknownDevice(id.into()))?;
+        if let Some((gw, _)) = self.gateways.iter().find(|(_, g)| {
+            matches!(g, GatewayRegistration::RemoteOffice { device_id } if device_id == id)
+        }) {
+            return Err(ServerError::Config(format!(
+                "device {id:?} holds remote-office gateway {gw:?}: unregister the gateway first"
+            )));
+        }
+        if self.dps.contains_key(id) {
+            self.write(Op::PutDpScopes {
+                device: id.into(),
+                groups: Vec::new(),
+            });
+        }
+        self.write(Op::DeleteDevice { id: id.into() });
+        Ok(device)
+    }
+
     /// Inserts or replaces the record of `id` as it is (an import, a repair): its group
     /// must exist.
     pub fn put_device(&mut self, id: &str, device: Device) -> Result<(), ServerError> {

@@ -617,6 +617,7 @@ impl AdminServer {
                     service.clone(),
                     accounts,
                     connector.gateways_up(),
+                    config.data_path(base),
                 )
                 .await?,
             ),

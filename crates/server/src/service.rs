@@ -61,8 +61,11 @@ pub trait SyncSource: Send + Sync + 'static {
     /// The answer to `req` from `device`.
     fn sync(&self, device: &DeviceContext, req: &SyncRequest) -> SyncResponse;
 
-    /// A device was enrolled into `group` (the default does nothing).
+    /// A device was enrolled into `group`, or moved there (the default does nothing).
     fn on_enrolled(&self, _device: &str, _group: &str) {}
+
+    /// A device was removed (the default does nothing).
+    fn on_removed(&self, _device: &str) {}
 
     /// Called about once a second by the server runtime; `true` when what devices should
     /// know changed without any of them asking (a distribution point was replaced), so
@@ -236,6 +239,15 @@ pub struct AdminService {
     /// Serials (lower-case hex) on the server CA's revocation list, checked on every
     /// connection whatever path it came by.
     revoked: RwLock<HashSet<String>>,
+}
+
+/// A "sync now" nonce that does not repeat within a run.
+fn next_nonce() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let base = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    base.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Sources tracked by the enrollment throttle at most.
@@ -739,6 +751,38 @@ impl AdminService {
             }
         }
         result
+    }
+
+    /// Moves enrolled `device` to `group`: committed, then its settings and distribution
+    /// point placement follow and it is pushed "sync now" (returns whether it had a kept
+    /// connection to push to).
+    pub async fn move_device(&self, device: &str, group: &str) -> Result<bool, ServerError> {
+        self.update_registry(|r| r.move_device(device, group))
+            .await?;
+        self.sync.on_enrolled(device, group);
+        Ok(self.push_sync_now(device, "moved to another group", next_nonce()))
+    }
+
+    /// Removes enrolled `device`: its certificate is revoked first (`revoke` adds its
+    /// serial to the CA's revocation list and returns the CA as it is now; its kept
+    /// connection is cut and every later connection refused, through gateways too), then
+    /// its rows are committed away and the sync source forgets it.
+    pub async fn remove_device(
+        &self,
+        device: &str,
+        revoke: impl FnOnce(&str) -> Result<ServerCa, ServerError>,
+    ) -> Result<(), ServerError> {
+        let serial = self
+            .with_registry(|r| r.device(device).map(|d| d.cert_serial.clone()))
+            .ok_or_else(|| ServerError::UnknownDevice(device.into()))?;
+        if !serial.is_empty() {
+            let ca = revoke(&serial)?;
+            self.set_revocations(&ca);
+        }
+        self.update_registry(|r| r.remove_device(device).map(drop))
+            .await?;
+        self.sync.on_removed(device);
+        Ok(())
     }
 
     /// The enrolled device whose certificate has this SHA-256: its id, group, certificate

@@ -379,3 +379,150 @@ async fn devices_are_listed_page_by_page() {
     assert_eq!(a.body["devices"].as_array().unwrap().len(), 0);
     running.shutdown().await;
 }
+
+/// A device moved through the API is placed in its new group at once; a device removed
+/// through the API has its certificate revoked and is refused from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_are_moved_and_removed() {
+    use outpost_pki::tls::{TlsOptions, agent_client_config};
+    use outpost_wire::Message;
+    use outpost_wire::messages::{RefusalCode, SyncRequest};
+    use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+    let dir = tempfile::tempdir().unwrap();
+    let (running, api) = server(dir.path(), 0).await;
+    let a = api.login("admin", "correct horse battery").await;
+    let admin = a.body["token"].as_str().unwrap().to_string();
+    assert_eq!(
+        api.call(
+            "POST",
+            "/api/v1/groups",
+            Some(&admin),
+            Some(json!({"id": "paris", "name": "Paris"}))
+        )
+        .await
+        .status,
+        201
+    );
+    // A device enrolls (with a key this test keeps) and syncs.
+    let t = api
+        .call(
+            "POST",
+            "/api/v1/enrollment-tokens",
+            Some(&admin),
+            Some(json!({"group": "lab", "device": "pc-1"})),
+        )
+        .await;
+    let token = t.body["token"].as_str().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::new(vec![])
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap();
+    let req = outpost_wire::messages::EnrollRequest {
+        device_id: "pc-1".into(),
+        csr_der: csr.der().to_vec().into(),
+        enrollment_token: token.into(),
+        group_hint: String::new(),
+    };
+    let resp = running.service().enroll(&req, "127.0.0.1:1").await.unwrap();
+    let chain = vec![
+        CertificateDer::from(resp.certificate_der.to_vec()),
+        CertificateDer::from(resp.ca_der.to_vec()),
+    ];
+    let me =
+        outpost_pki::IssuedCert::from_parts(chain, PrivatePkcs8KeyDer::from(key.serialize_der()))
+            .unwrap();
+    let ca_cert =
+        outpost_pki::store::read_ca_certificate(&dir.path().join("state/ca.crt")).unwrap();
+    let cfg = agent_client_config(&me, &ca_cert, &TlsOptions::default()).unwrap();
+    let port = running.local_addr();
+    let synced = common::exchange(cfg.clone(), port, SyncRequest::default().into()).await;
+    assert!(matches!(synced, Message::SyncResponse(_)), "{synced:?}");
+
+    // Moved: the registry and the database have it in its new group.
+    let m = api
+        .call(
+            "POST",
+            "/api/v1/devices/pc-1/move",
+            Some(&admin),
+            Some(json!({"group": "paris"})),
+        )
+        .await;
+    assert_eq!(m.status, 200, "{}", m.body);
+    assert_eq!(m.body["group"], "paris");
+    running
+        .service()
+        .with_registry(|r| assert_eq!(r.device("pc-1").unwrap().group, "paris"));
+    let bad = api
+        .call(
+            "POST",
+            "/api/v1/devices/pc-1/move",
+            Some(&admin),
+            Some(json!({"group": "nowhere"})),
+        )
+        .await;
+    assert_eq!(
+        (bad.status, bad.body["field"].as_str()),
+        (404, Some("group"))
+    );
+    let ghost = api
+        .call(
+            "POST",
+            "/api/v1/devices/ghost/move",
+            Some(&admin),
+            Some(json!({"group": "paris"})),
+        )
+        .await;
+    assert_eq!(ghost.status, 404);
+
+    // Removed: refused at the server from then on, its serial on the CRL file.
+    let d = api
+        .call("DELETE", "/api/v1/devices/pc-1", Some(&admin), None)
+        .await;
+    assert_eq!(d.status, 204, "{}", d.body);
+    let refused = common::exchange(cfg, port, SyncRequest::default().into()).await;
+    assert!(
+        matches!(&refused, Message::Refusal(r) if r.code == RefusalCode::NotAuthorized as i32),
+        "{refused:?}"
+    );
+    let ca = outpost_pki::store::load_server_ca(
+        &dir.path().join("state"),
+        outpost_pki::PkiConfig::default(),
+    )
+    .unwrap();
+    let serial = outpost_pki::Serial::of_certificate(&resp.certificate_der).unwrap();
+    assert!(
+        ca.authority(outpost_pki::CaKind::Server)
+            .is_revoked(&serial)
+    );
+    let db = outpost_server::DatabaseConfig::sqlite_in(&dir.path().join("state"));
+    let stored = Storage::open(&db, "server-1").unwrap().load().unwrap();
+    assert!(
+        stored.registry.device("pc-1").is_none(),
+        "removed in the database"
+    );
+    let kinds: Vec<String> = running
+        .service()
+        .storage()
+        .events_after(0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event.kind)
+        .collect();
+    assert!(kinds.iter().any(|k| k == "audit.device.move"), "{kinds:?}");
+    assert!(
+        kinds.iter().any(|k| k == "audit.device.remove"),
+        "{kinds:?}"
+    );
+    running
+        .service()
+        .with_registry(|r| assert!(r.device("pc-1").is_none()));
+    assert_eq!(
+        api.call("DELETE", "/api/v1/devices/pc-1", Some(&admin), None)
+            .await
+            .status,
+        404,
+        "gone"
+    );
+    running.shutdown().await;
+}

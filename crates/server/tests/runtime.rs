@@ -2,21 +2,16 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use common::{init_state, server_config};
-use futures_util::{SinkExt, StreamExt};
+use common::{exchange, init_state, server_config};
 use outpost_gateway::{Gateway, GatewayConfig, TlsMaterial};
 use outpost_pki::IssuedCert;
 use outpost_pki::tls::{TlsOptions, agent_client_config, enrollment_client_config};
 use outpost_server::{AdminServer, AdminServerConfig};
-use outpost_wire::messages::{EnrollRequest, Hello, SyncRequest};
-use outpost_wire::{Message, MessageCodec};
-use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_util::codec::Framed;
+use outpost_wire::Message;
+use outpost_wire::messages::{EnrollRequest, SyncRequest};
+use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 
 /// Starts the server of `config` with the sync source it describes and no published objects.
 async fn start(
@@ -104,29 +99,6 @@ async fn registered_dmz_gateways_are_dialled_and_state_is_kept() {
     let reg = config.load_registry(base).unwrap();
     assert_eq!(reg.pending_tokens(), 1);
     assert!(!token.is_empty());
-}
-
-async fn exchange(
-    cfg: Arc<rustls::ClientConfig>,
-    addr: std::net::SocketAddr,
-    m: Message,
-) -> Message {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let tls = TlsConnector::from(cfg)
-        .connect(ServerName::try_from("server.test").unwrap(), tcp)
-        .await
-        .unwrap();
-    let mut f = Framed::new(tls, MessageCodec::new());
-    f.send(Message::from(Hello {
-        min_version: 1,
-        max_version: 1,
-        ..Default::default()
-    }))
-    .await
-    .unwrap();
-    assert!(matches!(f.next().await, Some(Ok(Message::HelloAck(_)))));
-    f.send(m).await.unwrap();
-    f.next().await.unwrap().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

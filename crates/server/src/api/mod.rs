@@ -7,7 +7,10 @@
 //!   <session or API token>`.
 //! - `GET /api/v1/status`; `GET /api/v1/groups`, `POST /api/v1/groups` `{"id", "name",
 //!   "parent"}`; `GET /api/v1/devices?limit=&after=&group=` (pages in id order: `next` is the
-//!   `after` of the next page); `POST /api/v1/enrollment-tokens` `{"group", "device",
+//!   `after` of the next page); `POST /api/v1/devices/{id}/move` `{"group"}` (its settings
+//!   and distribution point placement follow, and it is pushed "sync now");
+//!   `DELETE /api/v1/devices/{id}` (its certificate revoked and the CRL rewritten first, so
+//!   it is refused from then on); `POST /api/v1/enrollment-tokens` `{"group", "device",
 //!   "ttl_secs"}`; `POST /api/v1/api-tokens` `{"label"}` (shown once).
 //! - Writes need the `administrator` role (an `auditor` gets 403); each is recorded in the
 //!   event log (`audit.*`, who and what) once committed.
@@ -123,6 +126,10 @@ pub(crate) struct ApiState {
     by_source: Mutex<EnrollThrottle>,
     gateways: outpost_gateway::GatewaysUp,
     session_ttl: Duration,
+    /// The data directory (the CA files, whose revocation list a removal rewrites).
+    data_dir: std::path::PathBuf,
+    /// Held while the revocation list is rewritten, so two removals never race.
+    crl: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -142,6 +149,7 @@ pub(crate) async fn start(
     service: Arc<AdminService>,
     accounts: AccountBook,
     gateways: outpost_gateway::GatewaysUp,
+    data_dir: std::path::PathBuf,
 ) -> Result<ApiHandle, ServerError> {
     config.validate()?;
     let listener = TcpListener::bind(config.listen)
@@ -164,6 +172,8 @@ pub(crate) async fn start(
         by_source: Mutex::new(EnrollThrottle::new(config.login_failures, window, 4096)),
         gateways,
         session_ttl: sessions.ttl,
+        data_dir,
+        crl: Mutex::new(()),
     });
     let app = router(state);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -218,6 +228,8 @@ fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/groups", get(list_groups).post(create_group))
         .route("/api/v1/devices", get(list_devices))
+        .route("/api/v1/devices/{id}", axum::routing::delete(remove_device))
+        .route("/api/v1/devices/{id}/move", post(move_device))
         .route("/api/v1/enrollment-tokens", post(issue_enrollment_token))
         .route("/api/v1/api-tokens", post(issue_api_token))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "Not found", "no such API path") })
@@ -562,6 +574,73 @@ async fn list_devices(
         StatusCode::OK,
         &serde_json::json!({ "devices": devices, "next": next }),
     ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoveTo {
+    group: String,
+}
+
+async fn move_device(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let who = caller(&st, &headers)?;
+    who.may_write()?;
+    let bytes = raw(bytes)?;
+    let m: MoveTo = body(&bytes)?;
+    let pushed = st.service.move_device(&id, &m.group).await.map_err(|e| {
+        let field = match &e {
+            ServerError::UnknownGroup(_) => Some("group"),
+            _ => None,
+        };
+        Problem::from_error(&e, field)
+    })?;
+    audit(
+        &st,
+        &who,
+        "audit.device.move",
+        format!("moved device {id:?} to group {:?}", m.group),
+    )
+    .await;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "id": id, "group": m.group, "pushed_sync_now": pushed }),
+    ))
+}
+
+async fn remove_device(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, Problem> {
+    let who = caller(&st, &headers)?;
+    who.may_write()?;
+    let revoke = |serial: &str| -> Result<outpost_pki::ServerCa, ServerError> {
+        use outpost_pki::{CaKind, PkiConfig, Serial, store};
+        let _one_at_a_time = lock(&st.crl);
+        let now = SystemTime::now();
+        let mut ca = store::load_server_ca(&st.data_dir, PkiConfig::default())?;
+        ca.authority_mut(CaKind::Server)
+            .revoke(Serial::from_hex(serial)?, now)?;
+        store::save_crl(&mut ca, CaKind::Server, &st.data_dir, now)?;
+        Ok(ca)
+    };
+    st.service
+        .remove_device(&id, revoke)
+        .await
+        .map_err(|e| Problem::from_error(&e, None))?;
+    audit(
+        &st,
+        &who,
+        "audit.device.remove",
+        format!("removed device {id:?} and revoked its certificate"),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Deserialize)]

@@ -49,3 +49,33 @@ pub fn server_config(top: &str, tables: &str) -> outpost_server::AdminServerConf
     ))
     .unwrap()
 }
+
+/// One request on a device connection to the server's port at `addr` (named
+/// `server.test`): Hello, then `m`; returns the answer.
+pub async fn exchange(
+    cfg: std::sync::Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+    m: outpost_wire::Message,
+) -> outpost_wire::Message {
+    use futures_util::{SinkExt, StreamExt};
+    use outpost_wire::Message;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(
+            rustls::pki_types::ServerName::try_from("server.test").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let mut f = tokio_util::codec::Framed::new(tls, outpost_wire::MessageCodec::new());
+    f.send(Message::from(outpost_wire::messages::Hello {
+        min_version: 1,
+        max_version: 1,
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    assert!(matches!(f.next().await, Some(Ok(Message::HelloAck(_)))));
+    f.send(m).await.unwrap();
+    f.next().await.unwrap().unwrap()
+}

@@ -150,6 +150,21 @@ impl DpCoordinator {
         }
     }
 
+    /// Adds a new group under `parent` (nothing to do if it is known already).
+    pub fn add_group(&mut self, group: &str, parent: &str) -> Result<(), ServerError> {
+        if self.groups.get(group).is_some() {
+            return Ok(());
+        }
+        let p = self
+            .groups
+            .get(parent)
+            .ok_or_else(|| ServerError::UnknownGroup(parent.into()))?;
+        let g = self.groups.id(group);
+        self.election
+            .add_group(GroupId(g), Some(GroupId(p)))
+            .map_err(election_error)
+    }
+
     /// Forgets a removed device: its distribution point scopes and its placement.
     pub fn remove(&mut self, device: &str) {
         let Some(d) = self.devices.get(device).map(DeviceId) else {

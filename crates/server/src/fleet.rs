@@ -92,6 +92,17 @@ impl SyncSource for FleetSync {
         self.with_dps(|c| c.tick(now)).unwrap_or(false)
     }
 
+    fn on_group_added(&self, group: &str, parent: &str) {
+        if let Some(p) = &self.policy
+            && let Err(e) = p.add_group(group, parent)
+        {
+            log::error!("policies do not take group {group:?} under {parent:?}: {e}");
+        }
+        if let Some(Err(e)) = self.with_dps(|c| c.add_group(group, parent)) {
+            log::error!("distribution points do not take group {group:?}: {e}");
+        }
+    }
+
     fn on_removed(&self, device: &str) {
         if let Some(p) = &self.policy
             && let Err(e) = p.remove(device)

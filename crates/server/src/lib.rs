@@ -93,7 +93,7 @@ pub use service::{
     ObjectStore, ServiceConfig, ServiceStats, SyncSource,
 };
 pub use storage::{
-    Backend, Counts, DatabaseConfig, EventRecord, Op, PolicyObjectKind, SCHEMA_VERSION,
+    Backend, Counts, DatabaseConfig, EventQuery, EventRecord, Op, PolicyObjectKind, SCHEMA_VERSION,
     SQLITE_FILE, SecurityIssue, Snapshot, Storage, StoredEvent, Ticket, UpdateObject, policy_ops,
     policy_state,
 };

@@ -112,6 +112,17 @@ impl PolicySync {
         r.apply(change).map(drop)
     }
 
+    /// Adds a new group under `parent` (nothing to do if the policies have it already).
+    pub fn add_group(&self, group: &str, parent: &str) -> Result<(), PolicyError> {
+        let mut r = self.resolver.write().unwrap_or_else(|e| e.into_inner());
+        match r.apply(Change::AddGroup(outpost_policy::Group::child(
+            group, parent,
+        ))) {
+            Err(PolicyError::DuplicateId { kind: "group", .. }) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
     /// Forgets a removed device (nothing to do if the policies do not know it).
     pub fn remove(&self, device: &str) -> Result<(), PolicyError> {
         let mut r = self.resolver.write().unwrap_or_else(|e| e.into_inner());

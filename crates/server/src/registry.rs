@@ -391,6 +391,74 @@ impl Registry {
         Ok(())
     }
 
+    /// Renames a group (its id stays).
+    pub fn rename_group(&mut self, id: &str, name: &str) -> Result<(), ServerError> {
+        let g = self
+            .groups
+            .get(id)
+            .ok_or_else(|| ServerError::UnknownGroup(id.into()))?;
+        if name.is_empty() || name.len() > 256 {
+            return Err(ServerError::InvalidId {
+                what: "group name",
+                value: name.chars().take(200).collect(),
+                reason: "must be 1 to 256 bytes",
+            });
+        }
+        let group = Group {
+            name: name.into(),
+            parent: g.parent.clone(),
+        };
+        self.write(Op::PutGroup {
+            id: id.into(),
+            group,
+        });
+        Ok(())
+    }
+
+    /// Removes an empty group: refused for the root, and while it has subgroups, devices,
+    /// enrollment tokens into it or distribution points serving it.
+    pub fn remove_group(&mut self, id: &str) -> Result<(), ServerError> {
+        if id == ROOT_GROUP {
+            return Err(ServerError::Config(
+                "the root group cannot be removed".into(),
+            ));
+        }
+        if !self.groups.contains_key(id) {
+            return Err(ServerError::UnknownGroup(id.into()));
+        }
+        let busy = |what: &str, n: usize| {
+            Err(ServerError::Config(format!(
+                "group {id:?} is not empty: {n} {what}; move or remove them first"
+            )))
+        };
+        let children = self
+            .groups
+            .values()
+            .filter(|g| g.parent.as_deref() == Some(id))
+            .count();
+        if children > 0 {
+            return busy("subgroup(s)", children);
+        }
+        let devices = self.devices.values().filter(|d| d.group == id).count();
+        if devices > 0 {
+            return busy("device(s)", devices);
+        }
+        let tokens = self.tokens.values().filter(|t| t.group == id).count();
+        if tokens > 0 {
+            return busy("pending enrollment token(s)", tokens);
+        }
+        let dps = self
+            .dps
+            .values()
+            .filter(|g| g.iter().any(|g| g == id))
+            .count();
+        if dps > 0 {
+            return busy("distribution point(s) serving it", dps);
+        }
+        self.write(Op::DeleteGroup { id: id.into() });
+        Ok(())
+    }
+
     /// Moves a group under another.
     pub fn move_group(&mut self, id: &str, parent: &str) -> Result<(), ServerError> {
         if id == ROOT_GROUP || !self.groups.contains_key(id) {
@@ -501,6 +569,18 @@ impl Registry {
             },
         });
         Ok(token)
+    }
+
+    /// Revokes the unused token whose SHA-256 (hex) is `key`.
+    pub fn revoke_token(&mut self, key: &str) -> Result<(), ServerError> {
+        if !self.tokens.contains_key(key) {
+            return Err(ServerError::Unknown {
+                kind: "enrollment token",
+                id: key.chars().take(64).collect(),
+            });
+        }
+        self.write(Op::DeleteToken { key: key.into() });
+        Ok(())
     }
 
     /// Number of unused tokens.

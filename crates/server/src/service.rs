@@ -67,6 +67,9 @@ pub trait SyncSource: Send + Sync + 'static {
     /// A device was removed (the default does nothing).
     fn on_removed(&self, _device: &str) {}
 
+    /// A group was added under `parent` (the default does nothing).
+    fn on_group_added(&self, _group: &str, _parent: &str) {}
+
     /// Called about once a second by the server runtime; `true` when what devices should
     /// know changed without any of them asking (a distribution point was replaced), so
     /// every device with a kept connection is pushed "sync now". The default does nothing.
@@ -751,6 +754,21 @@ impl AdminService {
             }
         }
         result
+    }
+
+    /// Adds a group under `parent` (the root if `None`): committed, then the policies and the
+    /// election know it, so devices can be placed in it at once.
+    pub async fn add_group(
+        &self,
+        id: &str,
+        name: &str,
+        parent: Option<&str>,
+    ) -> Result<(), ServerError> {
+        self.update_registry(|r| r.add_group(id, name, parent))
+            .await?;
+        self.sync
+            .on_group_added(id, parent.unwrap_or(crate::ROOT_GROUP));
+        Ok(())
     }
 
     /// Moves enrolled `device` to `group`: committed, then its settings and distribution

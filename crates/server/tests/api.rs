@@ -75,8 +75,10 @@ impl Client {
         let raw = resp.into_body().collect().await.unwrap().to_bytes();
         let body = if raw.is_empty() {
             Value::Null
-        } else {
+        } else if content_type.contains("json") {
             serde_json::from_slice(&raw).unwrap_or_else(|e| panic!("{e}: {raw:?}"))
+        } else {
+            Value::String(String::from_utf8_lossy(&raw).into_owned())
         };
         Answer {
             status,
@@ -524,5 +526,174 @@ async fn devices_are_moved_and_removed() {
         404,
         "gone"
     );
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_tokens_events_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, api) = server(dir.path(), 0).await;
+    let a = api.login("admin", "correct horse battery").await;
+    let admin = a.body["token"].as_str().unwrap().to_string();
+    let call = |method: &'static str, path: String, body: Option<Value>| {
+        let admin = admin.clone();
+        let api = &api;
+        async move { api.call(method, &path, Some(&admin), body).await }
+    };
+
+    // A group made through the API is known to the election at once.
+    let g = call(
+        "POST",
+        "/api/v1/groups".into(),
+        Some(json!({"id": "sales", "name": "Sales"})),
+    )
+    .await;
+    assert_eq!(g.status, 201);
+    let fleet = running.fleet().unwrap();
+    assert!(
+        fleet
+            .with_dps(|c| c.register_group_dp("template", "sales"))
+            .unwrap()
+            .is_ok(),
+        "the new group is in the election's tree"
+    );
+    let m = call(
+        "POST",
+        "/api/v1/devices/template/move".into(),
+        Some(json!({"group": "sales"})),
+    )
+    .await;
+    assert_eq!(m.status, 200, "{}", m.body);
+
+    // Renamed; not removable while a device is in it; removable once empty; never the root.
+    let r = call(
+        "PATCH",
+        "/api/v1/groups/sales".into(),
+        Some(json!({"name": "Sales EMEA"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    running
+        .service()
+        .with_registry(|r| assert_eq!(r.groups()["sales"].name, "Sales EMEA"));
+    assert_eq!(
+        call(
+            "PATCH",
+            "/api/v1/groups/nope".into(),
+            Some(json!({"name": "x"}))
+        )
+        .await
+        .status,
+        404
+    );
+    let busy = call("DELETE", "/api/v1/groups/sales".into(), None).await;
+    assert_eq!(busy.status, 409);
+    assert!(
+        busy.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("1 device(s)"),
+        "{}",
+        busy.body
+    );
+    call(
+        "POST",
+        "/api/v1/groups".into(),
+        Some(json!({"id": "empty", "name": "Empty"})),
+    )
+    .await;
+    assert_eq!(
+        call("DELETE", "/api/v1/groups/empty".into(), None)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        call("DELETE", "/api/v1/groups/root".into(), None)
+            .await
+            .status,
+        409
+    );
+    assert_eq!(
+        call("DELETE", "/api/v1/groups/empty".into(), None)
+            .await
+            .status,
+        404
+    );
+
+    // Enrollment tokens: listed (never the token itself), revoked.
+    for d in ["pc-1", "pc-2"] {
+        let t = call(
+            "POST",
+            "/api/v1/enrollment-tokens".into(),
+            Some(json!({"group": "sales", "device": d})),
+        )
+        .await;
+        assert_eq!(t.status, 201);
+    }
+    let l = call("GET", "/api/v1/enrollment-tokens".into(), None).await;
+    let tokens = l.body["tokens"].as_array().unwrap().clone();
+    assert_eq!(tokens.len(), 2, "{}", l.body);
+    let id = tokens[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        call("DELETE", format!("/api/v1/enrollment-tokens/{id}"), None)
+            .await
+            .status,
+        204
+    );
+    let l = call("GET", "/api/v1/enrollment-tokens".into(), None).await;
+    assert_eq!(l.body["tokens"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        call("DELETE", format!("/api/v1/enrollment-tokens/{id}"), None)
+            .await
+            .status,
+        404
+    );
+
+    // Events by kind, a page at a time.
+    let mut seen = Vec::new();
+    let mut after = 0;
+    for _ in 0..10 {
+        let p = call(
+            "GET",
+            format!("/api/v1/events?kind=audit.group.create&limit=1&after={after}"),
+            None,
+        )
+        .await;
+        assert_eq!(p.status, 200, "{}", p.body);
+        for e in p.body["events"].as_array().unwrap() {
+            assert_eq!(e["kind"], "audit.group.create");
+            seen.push(e["body"].as_str().unwrap().to_string());
+        }
+        match p.body["next"].as_u64() {
+            Some(n) => after = n,
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        seen[0].contains("sales") && seen[1].contains("empty"),
+        "{seen:?}"
+    );
+
+    // Metrics, for a scraper with a token.
+    let m = call("GET", "/metrics".into(), None).await;
+    assert_eq!(m.status, 200);
+    assert!(
+        m.content_type.starts_with("text/plain"),
+        "{}",
+        m.content_type
+    );
+    let text = m.body.as_str().unwrap();
+    assert!(text.contains("\noutpost_devices 1\n"), "{text}");
+    assert!(
+        text.contains("\noutpost_enrollment_tokens_pending 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE outpost_syncs_total counter"),
+        "{text}"
+    );
+    assert_eq!(api.call("GET", "/metrics", None, None).await.status, 401);
     running.shutdown().await;
 }

@@ -391,6 +391,37 @@ fn event_retention(fresh: Fresh<'_>) {
     );
     assert!(kept.first().unwrap().event.device_seq.unwrap() > 900);
     assert!(kept.windows(2).all(|w| w[0].seq < w[1].seq));
+    // Filters by kind and device.
+    storage
+        .record_events_blocking(vec![EventRecord::server(
+            Some("pc-2"),
+            Severity::Warning,
+            "other",
+            "x",
+        )])
+        .unwrap();
+    let q = outpost_server::EventQuery::after(0, 1000);
+    assert_eq!(
+        storage.events(&q.clone().with_kind("other")).unwrap().len(),
+        1
+    );
+    assert_eq!(
+        storage
+            .events(&q.clone().with_device("pc-2"))
+            .unwrap()
+            .len(),
+        1
+    );
+    let both = storage
+        .events(&q.clone().with_device("pc-1").with_kind("test"))
+        .unwrap();
+    assert!(!both.is_empty());
+    assert!(
+        both.iter()
+            .all(|e| e.event.kind == "test" && e.event.device.as_deref() == Some("pc-1"))
+    );
+    assert!(storage.events(&q.with_kind("none")).unwrap().is_empty());
+    let counts = storage.counts().unwrap();
     // Nothing is old enough yet; 181 days on, everything is.
     assert_eq!(storage.trim_events(SystemTime::now()).unwrap(), 0);
     let later = SystemTime::now() + Duration::from_secs(181 * 86_400);

@@ -5,13 +5,17 @@
 //!   "expires_in_secs"}`); failed logins are throttled per account and per source address.
 //!   `POST /api/v1/logout` closes it. Every other call carries `Authorization: Bearer
 //!   <session or API token>`.
-//! - `GET /api/v1/status`; `GET /api/v1/groups`, `POST /api/v1/groups` `{"id", "name",
-//!   "parent"}`; `GET /api/v1/devices?limit=&after=&group=` (pages in id order: `next` is the
+//! - `GET /api/v1/status`; `GET /metrics` (Prometheus text); `GET /api/v1/groups`,
+//!   `POST /api/v1/groups` `{"id", "name", "parent"}` (known to the policies and the
+//!   election at once), `PATCH /api/v1/groups/{id}` `{"name"}`, `DELETE /api/v1/groups/{id}`
+//!   (refused while not empty); `GET /api/v1/events?after=&limit=&kind=&device=`; `GET /api/v1/devices?limit=&after=&group=` (pages in id order: `next` is the
 //!   `after` of the next page); `POST /api/v1/devices/{id}/move` `{"group"}` (its settings
 //!   and distribution point placement follow, and it is pushed "sync now");
 //!   `DELETE /api/v1/devices/{id}` (its certificate revoked and the CRL rewritten first, so
 //!   it is refused from then on); `POST /api/v1/enrollment-tokens` `{"group", "device",
-//!   "ttl_secs"}`; `POST /api/v1/api-tokens` `{"label"}` (shown once).
+//!   "ttl_secs"}`, `GET /api/v1/enrollment-tokens` (pending, by the SHA-256 that is their
+//!   id), `DELETE /api/v1/enrollment-tokens/{id}`; `POST /api/v1/api-tokens` `{"label"}`
+//!   (shown once).
 //! - Writes need the `administrator` role (an `auditor` gets 403); each is recorded in the
 //!   event log (`audit.*`, who and what) once committed.
 //! - Errors are RFC 9457 problem documents naming the field at fault; bodies are at most
@@ -227,10 +231,23 @@ fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/logout", post(logout))
         .route("/api/v1/status", get(status))
         .route("/api/v1/groups", get(list_groups).post(create_group))
+        .route(
+            "/api/v1/groups/{id}",
+            axum::routing::patch(rename_group).delete(remove_group),
+        )
+        .route(
+            "/api/v1/enrollment-tokens/{id}",
+            axum::routing::delete(revoke_enrollment_token),
+        )
+        .route("/api/v1/events", get(list_events))
+        .route("/metrics", get(metrics))
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", axum::routing::delete(remove_device))
         .route("/api/v1/devices/{id}/move", post(move_device))
-        .route("/api/v1/enrollment-tokens", post(issue_enrollment_token))
+        .route(
+            "/api/v1/enrollment-tokens",
+            get(list_enrollment_tokens).post(issue_enrollment_token),
+        )
         .route("/api/v1/api-tokens", post(issue_api_token))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "Not found", "no such API path") })
         .method_not_allowed_fallback(|| async {
@@ -470,7 +487,7 @@ async fn create_group(
     who.may_write()?;
     let g: NewGroup = body(&bytes)?;
     st.service
-        .update_registry(|r| r.add_group(&g.id, &g.name, g.parent.as_deref()))
+        .add_group(&g.id, &g.name, g.parent.as_deref())
         .await
         .map_err(|e| {
             let field = match &e {
@@ -498,6 +515,68 @@ async fn create_group(
             parent: Some(g.parent.unwrap_or_else(|| crate::ROOT_GROUP.into())),
         },
     ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupChange {
+    name: String,
+}
+
+async fn rename_group(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let who = caller(&st, &headers)?;
+    who.may_write()?;
+    let bytes = raw(bytes)?;
+    let c: GroupChange = body(&bytes)?;
+    st.service
+        .update_registry(|r| r.rename_group(&id, &c.name))
+        .await
+        .map_err(|e| {
+            let field = matches!(e, ServerError::InvalidId { .. }).then_some("name");
+            Problem::from_error(&e, field)
+        })?;
+    audit(
+        &st,
+        &who,
+        "audit.group.rename",
+        format!("renamed group {id:?} to {:?}", c.name),
+    )
+    .await;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "id": id, "name": c.name }),
+    ))
+}
+
+async fn remove_group(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, Problem> {
+    let who = caller(&st, &headers)?;
+    who.may_write()?;
+    st.service
+        .update_registry(|r| r.remove_group(&id))
+        .await
+        .map_err(|e| match &e {
+            ServerError::Config(_) => {
+                Problem::new(StatusCode::CONFLICT, "Not empty", e.to_string())
+            }
+            _ => Problem::from_error(&e, None),
+        })?;
+    audit(
+        &st,
+        &who,
+        "audit.group.remove",
+        format!("removed group {id:?}"),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Deserialize)]
@@ -695,6 +774,210 @@ async fn issue_enrollment_token(
         StatusCode::CREATED,
         &serde_json::json!({ "token": token, "group": t.group, "expires_in_secs": ttl.as_secs() }),
     ))
+}
+
+async fn list_enrollment_tokens(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    caller(&st, &headers)?;
+    let tokens: Vec<serde_json::Value> = st.service.with_registry(|r| {
+        r.tokens()
+            .iter()
+            .map(|(id, t)| {
+                serde_json::json!({
+                    "id": id,
+                    "group": t.group,
+                    "device": t.device,
+                    "expires_unix": t.expires_unix,
+                })
+            })
+            .collect()
+    });
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "tokens": tokens }),
+    ))
+}
+
+async fn revoke_enrollment_token(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, Problem> {
+    let who = caller(&st, &headers)?;
+    who.may_write()?;
+    st.service
+        .update_registry(|r| r.revoke_token(&id))
+        .await
+        .map_err(|e| Problem::from_error(&e, None))?;
+    audit(
+        &st,
+        &who,
+        "audit.enrollment_token.revoke",
+        format!("revoked enrollment token {id}"),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventPage {
+    #[serde(default)]
+    after: Option<u64>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    device: Option<String>,
+}
+
+async fn list_events(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    query: Result<Query<EventPage>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    caller(&st, &headers)?;
+    let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid value",
+            format!("limit {limit}: must be 1 to {MAX_PAGE}"),
+        )
+        .field("limit"));
+    }
+    let mut query = crate::EventQuery::after(q.after.unwrap_or(0), limit + 1);
+    query.kind = q.kind;
+    query.device = q.device;
+    let storage = st.service.storage().clone();
+    let mut events = tokio::task::spawn_blocking(move || storage.events(&query))
+        .await
+        .map_err(|e| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Server error",
+                e.to_string(),
+            )
+        })?
+        .map_err(|e| Problem::from_error(&e, None))?;
+    let more = events.len() > limit;
+    events.truncate(limit);
+    let next = if more {
+        events.last().map(|e| e.seq)
+    } else {
+        None
+    };
+    let out: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "seq": e.seq,
+                "device": e.event.device,
+                "at_unix_ms": e.event.at_unix_ms,
+                "severity": e.event.severity,
+                "kind": e.event.kind,
+                "body": e.event.body,
+            })
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "events": out, "next": next }),
+    ))
+}
+
+/// The server's counters in Prometheus' text format.
+async fn metrics(State(st): State<Arc<ApiState>>, headers: HeaderMap) -> Result<Response, Problem> {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    caller(&st, &headers)?;
+    let s = st.service.stats();
+    let (devices, tokens) = st
+        .service
+        .with_registry(|r| (r.devices().len(), r.pending_tokens()));
+    let storage = st.service.storage().clone();
+    let events = tokio::task::spawn_blocking(move || storage.counts())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map_or(0, |c| c.events);
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    metric(
+        "outpost_devices",
+        "gauge",
+        "Enrolled devices.",
+        devices as u64,
+    );
+    metric(
+        "outpost_devices_online",
+        "gauge",
+        "Devices with a kept connection.",
+        st.service.online().len() as u64,
+    );
+    metric(
+        "outpost_enrollment_tokens_pending",
+        "gauge",
+        "Unused enrollment tokens.",
+        tokens as u64,
+    );
+    metric(
+        "outpost_gateways_up",
+        "gauge",
+        "DMZ gateways whose signal connection is up.",
+        st.gateways.now().len() as u64,
+    );
+    metric(
+        "outpost_events_stored",
+        "gauge",
+        "Events in the database.",
+        events,
+    );
+    metric(
+        "outpost_enrollments_total",
+        "counter",
+        "Devices enrolled.",
+        s.enrolled.load(Relaxed),
+    );
+    metric(
+        "outpost_enrollments_refused_total",
+        "counter",
+        "Enrollments refused.",
+        s.enroll_refused.load(Relaxed),
+    );
+    metric(
+        "outpost_syncs_total",
+        "counter",
+        "Syncs answered.",
+        s.syncs.load(Relaxed),
+    );
+    metric(
+        "outpost_events_received_total",
+        "counter",
+        "Events received from agents.",
+        s.events.load(Relaxed),
+    );
+    metric(
+        "outpost_connections_refused_total",
+        "counter",
+        "Device connections refused.",
+        s.refused.load(Relaxed),
+    );
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        out,
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]

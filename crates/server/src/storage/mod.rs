@@ -328,6 +328,44 @@ pub struct StoredEvent {
     pub event: EventRecord,
 }
 
+/// Which stored events to read ([`Storage::events`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EventQuery {
+    /// Only events after this position.
+    pub after: u64,
+    /// At most this many.
+    pub limit: usize,
+    /// Only events of this kind.
+    pub kind: Option<String>,
+    /// Only events of this device.
+    pub device: Option<String>,
+}
+
+impl EventQuery {
+    /// Up to `limit` events after `after`, of any kind and device.
+    pub fn after(after: u64, limit: usize) -> Self {
+        EventQuery {
+            after,
+            limit,
+            kind: None,
+            device: None,
+        }
+    }
+
+    /// Only events of `kind`.
+    pub fn with_kind(mut self, kind: impl Into<String>) -> Self {
+        self.kind = Some(kind.into());
+        self
+    }
+
+    /// Only events of `device`.
+    pub fn with_device(mut self, device: impl Into<String>) -> Self {
+        self.device = Some(device.into());
+        self
+    }
+}
+
 /// Everything [`Storage::load`] reads at start.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -370,7 +408,7 @@ enum Job {
     Touch(Vec<(String, u64, Option<u64>)>),
     Load(Reply<Snapshot>),
     Counts(Reply<Counts>),
-    ReadEvents(u64, usize, Reply<Vec<StoredEvent>>),
+    ReadEvents(EventQuery, Reply<Vec<StoredEvent>>),
     Trim(SystemTime, Reply<u64>),
     Raw(String, Reply<()>),
     Flush(Reply<()>),
@@ -559,7 +597,13 @@ impl Storage {
 
     /// Up to `limit` stored events after position `after`, oldest first.
     pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, ServerError> {
-        Ticket::wait_on(self.send(|r| Job::ReadEvents(after, limit, r)))
+        self.events(&EventQuery::after(after, limit))
+    }
+
+    /// The stored events `query` selects, oldest first.
+    pub fn events(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, ServerError> {
+        let q = query.clone();
+        Ticket::wait_on(self.send(|r| Job::ReadEvents(q, r)))
     }
 
     /// Drops events older than the configured age at `now`; returns how many. The writer

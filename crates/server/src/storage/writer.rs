@@ -468,8 +468,8 @@ impl Writer {
             Job::Counts(reply) => {
                 let _ = reply.send(self.counts().await);
             }
-            Job::ReadEvents(after, limit, reply) => {
-                let _ = reply.send(self.events_after(after, limit).await);
+            Job::ReadEvents(query, reply) => {
+                let _ = reply.send(self.events(&query).await);
             }
             Job::Trim(now, reply) => {
                 let _ = reply.send(self.trim_by_age(now).await);
@@ -507,19 +507,21 @@ impl Writer {
         })
     }
 
-    async fn events_after(
-        &mut self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, ServerError> {
+    async fn events(&mut self, q: &super::EventQuery) -> Result<Vec<StoredEvent>, ServerError> {
         let err = self.query_error("reading events");
+        // `CAST(.. AS TEXT) IS NULL` reads the same in both dialects: an absent filter.
         let rows = sqlx::query(
             "SELECT seq, device_id, device_seq, at_ms, severity, kind, body FROM events \
-             WHERE server_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+             WHERE server_id = $1 AND seq > $2 \
+             AND (CAST($4 AS TEXT) IS NULL OR kind = $4) \
+             AND (CAST($5 AS TEXT) IS NULL OR device_id = $5) \
+             ORDER BY seq LIMIT $3",
         )
         .bind(&self.server_id)
-        .bind(i64_of(after))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(i64_of(q.after))
+        .bind(i64::try_from(q.limit).unwrap_or(i64::MAX))
+        .bind(q.kind.as_deref())
+        .bind(q.device.as_deref())
         .fetch_all(&mut self.conn)
         .await
         .map_err(&err)?;

@@ -184,17 +184,14 @@ impl AdminServerConfig {
         snapshot: &Snapshot,
         storage: &Storage,
     ) -> Result<FleetSync, ServerError> {
-        let policy = match crate::policy_state(&snapshot.policy)? {
-            None => None,
-            Some(mut state) => {
-                // The resolver knows every enrolled device, where the registry puts it.
-                crate::place_registry_devices(&mut state, &snapshot.registry);
-                let resolver = Resolver::new(&state).map_err(|e| {
-                    ServerError::Config(format!("the stored policies do not resolve: {e}"))
-                })?;
-                Some(PolicySync::new(resolver, self.election.sync))
-            }
-        };
+        // With no policies stored yet, an empty state: the groups and devices of the
+        // registry, so policies added later through the API resolve at once.
+        let mut state = crate::policy_state(&snapshot.policy)?.unwrap_or_default();
+        // The resolver knows every enrolled device, where the registry puts it.
+        crate::place_registry_devices(&mut state, &snapshot.registry);
+        let resolver = Resolver::new(&state)
+            .map_err(|e| ServerError::Config(format!("the stored policies do not resolve: {e}")))?;
+        let policy = Some(PolicySync::new(resolver, self.election.sync));
         let mut dps = DpCoordinator::new(self.election.clone(), &snapshot.registry)?;
         dps.set_multicast_port(self.multicast_port);
         dps.keep_epochs(storage.clone(), snapshot.epochs.clone());
@@ -618,6 +615,7 @@ impl AdminServer {
                     accounts,
                     connector.gateways_up(),
                     config.data_path(base),
+                    fleet.clone(),
                 )
                 .await?,
             ),

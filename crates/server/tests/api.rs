@@ -101,10 +101,15 @@ impl Client {
 /// A server with the API on, an administrator "admin", an auditor "watcher" and
 /// `devices` enrolled devices.
 async fn server(base: &std::path::Path, devices: usize) -> (AdminServer, Client) {
+    server_with(base, devices, "").await
+}
+
+/// [`server`] with `top` added to the configuration's top-level keys.
+async fn server_with(base: &std::path::Path, devices: usize, top: &str) -> (AdminServer, Client) {
     let now = SystemTime::now();
     let ca = init_state(base, now);
     let config = server_config(
-        "",
+        top,
         r#"
         [api]
         listen = "127.0.0.1:0"
@@ -695,5 +700,203 @@ async fn groups_tokens_events_and_metrics() {
         "{text}"
     );
     assert_eq!(api.call("GET", "/metrics", None, None).await.status, 401);
+    running.shutdown().await;
+}
+
+/// A policy edited through the API resolves at once, is stored, and pushes "sync now" to
+/// the online devices whose settings it changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_edit_reaches_an_online_device() {
+    use futures_util::{SinkExt, StreamExt};
+    use outpost_pki::tls::{TlsOptions, agent_client_config};
+    use outpost_wire::Message;
+    use outpost_wire::messages::{Hello, SyncRequest};
+    use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+    let dir = tempfile::tempdir().unwrap();
+    let policy = |value: bool| {
+        json!({"id": "lab-usb", "app": "endpoint", "group": "lab",
+               "settings": {"usb.block": {"value": value, "locked": true}}})
+    };
+    std::fs::write(
+        dir.path().join("policies.json"),
+        json!({"schemas": [{"app": "endpoint", "settings": {"usb.block": {"type": "bool", "default": false}}}],
+               "groups": [{"id": "root"}, {"id": "lab", "parent": "root"}],
+               "policies": [policy(true)]})
+        .to_string(),
+    )
+    .unwrap();
+    let (running, api) = server_with(dir.path(), 0, r#"policy_state = "policies.json""#).await;
+    let a = api.login("admin", "correct horse battery").await;
+    let admin = a.body["token"].as_str().unwrap().to_string();
+
+    // A device enrolls into "lab" and keeps its connection after a sync.
+    let t = api
+        .call(
+            "POST",
+            "/api/v1/enrollment-tokens",
+            Some(&admin),
+            Some(json!({"group": "lab", "device": "pc-1"})),
+        )
+        .await;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::new(vec![])
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap();
+    let req = outpost_wire::messages::EnrollRequest {
+        device_id: "pc-1".into(),
+        csr_der: csr.der().to_vec().into(),
+        enrollment_token: t.body["token"].as_str().unwrap().into(),
+        group_hint: String::new(),
+    };
+    let resp = running.service().enroll(&req, "127.0.0.1:1").await.unwrap();
+    let me = outpost_pki::IssuedCert::from_parts(
+        vec![
+            CertificateDer::from(resp.certificate_der.to_vec()),
+            CertificateDer::from(resp.ca_der.to_vec()),
+        ],
+        PrivatePkcs8KeyDer::from(key.serialize_der()),
+    )
+    .unwrap();
+    let ca_cert =
+        outpost_pki::store::read_ca_certificate(&dir.path().join("state/ca.crt")).unwrap();
+    let cfg = agent_client_config(&me, &ca_cert, &TlsOptions::default()).unwrap();
+    let tcp = tokio::net::TcpStream::connect(running.local_addr())
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(
+            rustls::pki_types::ServerName::try_from("server.test").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let mut kept = tokio_util::codec::Framed::new(tls, outpost_wire::MessageCodec::new());
+    kept.send(Message::from(Hello {
+        min_version: 1,
+        max_version: 1,
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    assert!(matches!(kept.next().await, Some(Ok(Message::HelloAck(_)))));
+    kept.send(Message::from(SyncRequest::default()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        kept.next().await,
+        Some(Ok(Message::SyncResponse(_)))
+    ));
+    let s = api
+        .call("GET", "/api/v1/devices/pc-1/settings", Some(&admin), None)
+        .await;
+    assert_eq!(s.status, 200, "{}", s.body);
+    assert_eq!(
+        s.body["settings"]["endpoint"]["values"]["usb"]["block"], true,
+        "{}",
+        s.body
+    );
+
+    // The edit: resolved, stored, pushed to the one online device it changed.
+    let p = api
+        .call(
+            "PUT",
+            "/api/v1/policies/lab-usb",
+            Some(&admin),
+            Some(policy(false)),
+        )
+        .await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    // Both devices of "lab" changed (the seeded "template" too); only pc-1 is online.
+    assert_eq!(p.body["devices_changed"], 2, "{}", p.body);
+    assert_eq!(p.body["pushed_sync_now"], 1, "{}", p.body);
+    let pushed = tokio::time::timeout(Duration::from_secs(5), kept.next()).await;
+    assert!(
+        matches!(pushed, Ok(Some(Ok(Message::SyncNow(_))))),
+        "{pushed:?}"
+    );
+    let s = api
+        .call("GET", "/api/v1/devices/pc-1/settings", Some(&admin), None)
+        .await;
+    assert_eq!(
+        s.body["settings"]["endpoint"]["values"]["usb"]["block"], false,
+        "{}",
+        s.body
+    );
+    let stored = running
+        .service()
+        .storage()
+        .policy_object(outpost_server::PolicyObjectKind::Policy, "lab-usb")
+        .unwrap()
+        .unwrap();
+    assert!(stored.contains("false"), "{stored}");
+    let g = api
+        .call("GET", "/api/v1/policies/lab-usb", Some(&admin), None)
+        .await;
+    assert_eq!(
+        g.body["settings"]["usb.block"]["value"], false,
+        "{}",
+        g.body
+    );
+
+    // Refused: a body for another id, a policy that does not resolve, an auditor.
+    let other = api
+        .call(
+            "PUT",
+            "/api/v1/policies/other",
+            Some(&admin),
+            Some(policy(false)),
+        )
+        .await;
+    assert_eq!(
+        (other.status, other.body["field"].as_str()),
+        (422, Some("id"))
+    );
+    let mut bad = policy(true);
+    bad["id"] = json!("bad");
+    bad["app"] = json!("no-such-app");
+    let bad = api
+        .call("PUT", "/api/v1/policies/bad", Some(&admin), Some(bad))
+        .await;
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    assert_eq!(
+        api.call("GET", "/api/v1/policies/bad", Some(&admin), None)
+            .await
+            .status,
+        404,
+        "nothing of it kept"
+    );
+    let w = api.login("watcher", "audit all the things").await;
+    let watcher = w.body["token"].as_str().unwrap().to_string();
+    let denied = api
+        .call(
+            "PUT",
+            "/api/v1/policies/lab-usb",
+            Some(&watcher),
+            Some(policy(true)),
+        )
+        .await;
+    assert_eq!(denied.status, 403);
+
+    // Removed: the setting falls back to its default.
+    let d = api
+        .call("DELETE", "/api/v1/policies/lab-usb", Some(&admin), None)
+        .await;
+    assert_eq!(d.status, 200, "{}", d.body);
+    let l = api
+        .call("GET", "/api/v1/policies", Some(&admin), None)
+        .await;
+    assert_eq!(
+        l.body["policies"].as_array().unwrap().len(),
+        0,
+        "{}",
+        l.body
+    );
+    assert_eq!(
+        api.call("DELETE", "/api/v1/policies/lab-usb", Some(&admin), None)
+            .await
+            .status,
+        404
+    );
     running.shutdown().await;
 }

@@ -8,7 +8,11 @@
 //! - `GET /api/v1/status`; `GET /metrics` (Prometheus text); `GET /api/v1/groups`,
 //!   `POST /api/v1/groups` `{"id", "name", "parent"}` (known to the policies and the
 //!   election at once), `PATCH /api/v1/groups/{id}` `{"name"}`, `DELETE /api/v1/groups/{id}`
-//!   (refused while not empty); `GET /api/v1/events?after=&limit=&kind=&device=`; `GET /api/v1/devices?limit=&after=&group=` (pages in id order: `next` is the
+//!   (refused while not empty); `GET /api/v1/events?after=&limit=&kind=&device=`;
+//!   `GET /api/v1/policies`, `GET|PUT|DELETE /api/v1/policies/{id}` (an `outpost-policy`
+//!   policy document: resolved incrementally, committed, and "sync now" pushed to the
+//!   online devices whose settings changed; the answer says how many);
+//!   `GET /api/v1/devices/{id}/settings` (effective values and locks); `GET /api/v1/devices?limit=&after=&group=` (pages in id order: `next` is the
 //!   `after` of the next page); `POST /api/v1/devices/{id}/move` `{"group"}` (its settings
 //!   and distribution point placement follow, and it is pushed "sync now");
 //!   `DELETE /api/v1/devices/{id}` (its certificate revoked and the CRL rewritten first, so
@@ -134,6 +138,10 @@ pub(crate) struct ApiState {
     data_dir: std::path::PathBuf,
     /// Held while the revocation list is rewritten, so two removals never race.
     crl: Mutex<()>,
+    /// The server's own sync source (policies), if it runs one.
+    fleet: Option<Arc<crate::FleetSync>>,
+    /// Held for the whole of a policy edit, so edits (and their undo) never interleave.
+    policy_edit: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -154,6 +162,7 @@ pub(crate) async fn start(
     accounts: AccountBook,
     gateways: outpost_gateway::GatewaysUp,
     data_dir: std::path::PathBuf,
+    fleet: Option<Arc<crate::FleetSync>>,
 ) -> Result<ApiHandle, ServerError> {
     config.validate()?;
     let listener = TcpListener::bind(config.listen)
@@ -178,6 +187,8 @@ pub(crate) async fn start(
         session_ttl: sessions.ttl,
         data_dir,
         crl: Mutex::new(()),
+        fleet,
+        policy_edit: tokio::sync::Mutex::new(()),
     });
     let app = router(state);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -240,6 +251,12 @@ fn router(state: Arc<ApiState>) -> Router {
             axum::routing::delete(revoke_enrollment_token),
         )
         .route("/api/v1/events", get(list_events))
+        .route("/api/v1/policies", get(list_policies))
+        .route(
+            "/api/v1/policies/{id}",
+            get(get_policy).put(put_policy).delete(delete_policy),
+        )
+        .route("/api/v1/devices/{id}/settings", get(device_settings))
         .route("/metrics", get(metrics))
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", axum::routing::delete(remove_device))
@@ -887,6 +904,246 @@ async fn list_events(
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({ "events": out, "next": next }),
+    ))
+}
+
+fn policies_of(st: &ApiState) -> Result<&crate::PolicySync, Problem> {
+    st.fleet.as_ref().and_then(|f| f.policy()).ok_or_else(|| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "this server answers syncs from another source: it serves no policies",
+        )
+    })
+}
+
+/// Runs a blocking storage call off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ServerError> + Send + 'static,
+) -> Result<T, Problem> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Server error",
+                e.to_string(),
+            )
+        })?
+        .map_err(|e| Problem::from_error(&e, None))
+}
+
+async fn list_policies(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    caller(&st, &headers)?;
+    let storage = st.service.storage().clone();
+    let rows = blocking(move || storage.policy_objects(crate::PolicyObjectKind::Policy)).await?;
+    let policies: Vec<serde_json::Value> = rows
+        .iter()
+        .filter_map(|(_, doc)| serde_json::from_str(doc).ok())
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "policies": policies }),
+    ))
+}
+
+async fn get_policy(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, Problem> {
+    caller(&st, &headers)?;
+    let storage = st.service.storage().clone();
+    let key = id.clone();
+    let doc = blocking(move || storage.policy_object(crate::PolicyObjectKind::Policy, &key))
+        .await?
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                format!("no policy {id:?}"),
+            )
+        })?;
+    let v: serde_json::Value = serde_json::from_str(&doc).map_err(|e| {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Server error",
+            e.to_string(),
+        )
+    })?;
+    Ok(json(StatusCode::OK, &v))
+}
+
+/// Applies `change` to the policies, commits `row`, and on a failed commit puts the policy
+/// back as the database has it (`old`). Returns the devices whose settings changed.
+async fn edit_policy(
+    st: &ApiState,
+    id: &str,
+    change: outpost_policy::Change,
+    row: crate::Op,
+) -> Result<Vec<Arc<str>>, Problem> {
+    use crate::PolicyObjectKind::Policy as Kind;
+    let policies = policies_of(st)?;
+    let storage = st.service.storage().clone();
+    let key = id.to_string();
+    let old = blocking(move || storage.policy_object(Kind, &key)).await?;
+    let changed = policies.apply(change).map_err(|e| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid policy",
+            e.to_string(),
+        )
+    })?;
+    if let Err(e) = st.service.storage().commit(vec![row]).await {
+        let undo = match old
+            .as_deref()
+            .map(serde_json::from_str::<outpost_policy::Policy>)
+        {
+            Some(Ok(p)) => outpost_policy::Change::UpsertPolicy(p),
+            _ => outpost_policy::Change::RemovePolicy(id.to_string()),
+        };
+        if let Err(u) = policies.apply(undo) {
+            log::error!("policy {id:?}: commit failed and the change could not be undone: {u}");
+        }
+        return Err(Problem::from_error(&e, None));
+    }
+    Ok(changed)
+}
+
+/// Pushes "sync now" to the online devices among `changed`; returns how many.
+fn push_changed(st: &ApiState, changed: &[Arc<str>], reason: &str) -> usize {
+    let changed: std::collections::HashSet<&str> = changed.iter().map(|d| &**d).collect();
+    let online: Vec<String> = st
+        .service
+        .online()
+        .into_iter()
+        .filter(|d| changed.contains(d.as_str()))
+        .collect();
+    let nonce = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    st.service.push_all(&online, reason, nonce)
+}
+
+async fn put_policy(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let who = caller(&st, &headers)?;
+    who.may_write()?;
+    let bytes = raw(bytes)?;
+    let policy: outpost_policy::Policy = body(&bytes)?;
+    if policy.id != id {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid value",
+            format!("the body's id {:?} is not the path's {id:?}", policy.id),
+        )
+        .field("id"));
+    }
+    let document = serde_json::to_string(&policy).map_err(|e| {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Server error",
+            e.to_string(),
+        )
+    })?;
+    let _one_at_a_time = st.policy_edit.lock().await;
+    let row = crate::Op::PutPolicyObject {
+        kind: crate::PolicyObjectKind::Policy,
+        id: id.clone(),
+        document,
+    };
+    let changed = edit_policy(&st, &id, outpost_policy::Change::UpsertPolicy(policy), row).await?;
+    let pushed = push_changed(&st, &changed, "policy changed");
+    audit(
+        &st,
+        &who,
+        "audit.policy.put",
+        format!(
+            "set policy {id:?}: {} device(s) changed, {pushed} pushed",
+            changed.len()
+        ),
+    )
+    .await;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "id": id, "devices_changed": changed.len(), "pushed_sync_now": pushed }),
+    ))
+}
+
+async fn delete_policy(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, Problem> {
+    let who = caller(&st, &headers)?;
+    who.may_write()?;
+    let _one_at_a_time = st.policy_edit.lock().await;
+    let row = crate::Op::DeletePolicyObject {
+        kind: crate::PolicyObjectKind::Policy,
+        id: id.clone(),
+    };
+    let changed = edit_policy(
+        &st,
+        &id,
+        outpost_policy::Change::RemovePolicy(id.clone()),
+        row,
+    )
+    .await
+    .map_err(|p| {
+        if p.status == StatusCode::UNPROCESSABLE_ENTITY {
+            Problem::new(StatusCode::NOT_FOUND, "Not found", p.detail)
+        } else {
+            p
+        }
+    })?;
+    let pushed = push_changed(&st, &changed, "policy removed");
+    audit(
+        &st,
+        &who,
+        "audit.policy.remove",
+        format!("removed policy {id:?}: {} device(s) changed", changed.len()),
+    )
+    .await;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "id": id, "devices_changed": changed.len(), "pushed_sync_now": pushed }),
+    ))
+}
+
+async fn device_settings(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, Problem> {
+    caller(&st, &headers)?;
+    let settings = policies_of(&st)?.effective(&id).ok_or_else(|| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            format!("no device {id:?}"),
+        )
+    })?;
+    let mut apps = serde_json::Map::new();
+    let mut names: Vec<&str> = settings.apps().collect();
+    names.sort_unstable();
+    for app in names {
+        if let Some((version, doc)) = crate::settings_document(&settings, app)
+            && let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&doc)
+        {
+            v["version"] = serde_json::Value::from(version);
+            apps.insert(app.to_string(), v);
+        }
+    }
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "device": id, "settings": apps }),
     ))
 }
 

@@ -412,6 +412,11 @@ enum Job {
     Trim(SystemTime, Reply<u64>),
     Raw(String, Reply<()>),
     Flush(Reply<()>),
+    PolicyObjects(
+        PolicyObjectKind,
+        Option<String>,
+        Reply<Vec<(String, String)>>,
+    ),
 }
 
 struct Inner {
@@ -583,6 +588,25 @@ impl Storage {
     /// they are committed.
     pub fn flush_touched(&self) -> Result<(), ServerError> {
         Ticket::wait_on(self.send(Job::Flush))
+    }
+
+    /// The stored policy objects of `kind` (`id`, JSON document), by id.
+    pub fn policy_objects(
+        &self,
+        kind: PolicyObjectKind,
+    ) -> Result<Vec<(String, String)>, ServerError> {
+        Ticket::wait_on(self.send(|r| Job::PolicyObjects(kind, None, r)))
+    }
+
+    /// One stored policy object's JSON document.
+    pub fn policy_object(
+        &self,
+        kind: PolicyObjectKind,
+        id: &str,
+    ) -> Result<Option<String>, ServerError> {
+        let id = id.to_string();
+        let rows = Ticket::wait_on(self.send(|r| Job::PolicyObjects(kind, Some(id), r)))?;
+        Ok(rows.into_iter().next().map(|(_, doc)| doc))
     }
 
     /// Reads everything the server keeps in memory.

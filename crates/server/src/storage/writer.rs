@@ -479,6 +479,26 @@ impl Writer {
                 let r = self.conn.execute(sql.as_str()).await.map(drop).map_err(err);
                 let _ = reply.send(r);
             }
+            Job::PolicyObjects(kind, id, reply) => {
+                let err = self.query_error("reading policy objects");
+                let rows = sqlx::query(
+                    "SELECT id, document FROM policy_objects WHERE server_id = $1 AND kind = $2 \
+                     AND (CAST($3 AS TEXT) IS NULL OR id = $3) ORDER BY id",
+                )
+                .bind(&self.server_id)
+                .bind(kind.as_str())
+                .bind(id.as_deref())
+                .fetch_all(&mut self.conn)
+                .await
+                .map_err(&err)
+                .and_then(|rows| {
+                    rows.iter()
+                        .map(|r| Ok((r.try_get("id")?, r.try_get("document")?)))
+                        .collect::<Result<Vec<(String, String)>, sqlx::Error>>()
+                        .map_err(&err)
+                });
+                let _ = reply.send(rows);
+            }
             Job::Flush(reply) => {
                 while !self.touched.is_empty() {
                     self.flush_touched().await;

@@ -327,6 +327,16 @@ fn caller(st: &ApiState, headers: &HeaderMap) -> Result<Caller, Problem> {
     }
 }
 
+/// A page size asked for (100 if none), refused outside 1..=[`MAX_PAGE`].
+fn page_limit(limit: Option<usize>) -> Result<usize, Problem> {
+    let limit = limit.unwrap_or(100);
+    if (1..=MAX_PAGE).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(Problem::invalid(format!("limit {limit}: must be 1 to {MAX_PAGE}")).field("limit"))
+    }
+}
+
 /// The body as read, or the problem of reading it (too large: 413).
 fn raw(bytes: Result<Bytes, BytesRejection>) -> Result<Bytes, Problem> {
     bytes.map_err(|e| {
@@ -624,15 +634,7 @@ async fn list_devices(
 ) -> Result<Response, Problem> {
     caller(&st, &headers)?;
     let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Invalid value",
-            format!("limit {limit}: must be 1 to {MAX_PAGE}"),
-        )
-        .field("limit"));
-    }
+    let limit = page_limit(q.limit)?;
     let online: std::collections::HashSet<String> = st.service.online().into_iter().collect();
     let (devices, more) = st.service.with_registry(|r| {
         use std::ops::Bound;
@@ -858,28 +860,14 @@ async fn list_events(
 ) -> Result<Response, Problem> {
     caller(&st, &headers)?;
     let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Invalid value",
-            format!("limit {limit}: must be 1 to {MAX_PAGE}"),
-        )
-        .field("limit"));
-    }
+    let limit = page_limit(q.limit)?;
     let mut query = crate::EventQuery::after(q.after.unwrap_or(0), limit + 1);
     query.kind = q.kind;
     query.device = q.device;
     let storage = st.service.storage().clone();
     let mut events = tokio::task::spawn_blocking(move || storage.events(&query))
         .await
-        .map_err(|e| {
-            Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Server error",
-                e.to_string(),
-            )
-        })?
+        .map_err(Problem::internal)?
         .map_err(|e| Problem::from_error(&e, None))?;
     let more = events.len() > limit;
     events.truncate(limit);
@@ -923,13 +911,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, Problem> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| {
-            Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Server error",
-                e.to_string(),
-            )
-        })?
+        .map_err(Problem::internal)?
         .map_err(|e| Problem::from_error(&e, None))
 }
 
@@ -967,13 +949,7 @@ async fn get_policy(
                 format!("no policy {id:?}"),
             )
         })?;
-    let v: serde_json::Value = serde_json::from_str(&doc).map_err(|e| {
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Server error",
-            e.to_string(),
-        )
-    })?;
+    let v: serde_json::Value = serde_json::from_str(&doc).map_err(Problem::internal)?;
     Ok(json(StatusCode::OK, &v))
 }
 
@@ -1039,20 +1015,13 @@ async fn put_policy(
     let bytes = raw(bytes)?;
     let policy: outpost_policy::Policy = body(&bytes)?;
     if policy.id != id {
-        return Err(Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Invalid value",
-            format!("the body's id {:?} is not the path's {id:?}", policy.id),
-        )
+        return Err(Problem::invalid(format!(
+            "the body's id {:?} is not the path's {id:?}",
+            policy.id
+        ))
         .field("id"));
     }
-    let document = serde_json::to_string(&policy).map_err(|e| {
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Server error",
-            e.to_string(),
-        )
-    })?;
+    let document = serde_json::to_string(&policy).map_err(Problem::internal)?;
     let _one_at_a_time = st.policy_edit.lock().await;
     let row = crate::Op::PutPolicyObject {
         kind: crate::PolicyObjectKind::Policy,

@@ -46,6 +46,20 @@ impl Problem {
         Problem::new(StatusCode::FORBIDDEN, "Not allowed", detail)
     }
 
+    /// 422: a value the operation cannot take.
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid value", detail)
+    }
+
+    /// 500: something failed inside the server.
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Server error",
+            e.to_string(),
+        )
+    }
+
     /// 400: the body or query is not what the operation takes.
     pub fn bad_request(detail: impl Into<String>) -> Self {
         Problem::new(StatusCode::BAD_REQUEST, "Bad request", detail)
@@ -64,22 +78,14 @@ impl Problem {
                 Problem::new(StatusCode::CONFLICT, "Already exists", e.to_string())
             }
             ServerError::Cycle { .. } | ServerError::InvalidId { .. } | ServerError::Config(_) => {
-                Problem::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "Invalid value",
-                    e.to_string(),
-                )
+                Problem::invalid(e.to_string())
             }
             e if e.is_retryable() => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Database unavailable",
                 format!("{e}; nothing was changed, try again"),
             ),
-            e => Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Server error",
-                e.to_string(),
-            ),
+            e => Problem::internal(e),
         };
         match field {
             Some(f) => p.field(f),

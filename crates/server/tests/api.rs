@@ -9,6 +9,7 @@ use common::{init_state, server_config};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use outpost_server::{AccountBook, AdminServer, Role, Storage};
+use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 
 struct Client {
@@ -149,6 +150,56 @@ async fn server_with(base: &std::path::Path, devices: usize, top: &str) -> (Admi
     let running = AdminServer::start(config, base, None, None).await.unwrap();
     let client = Client::new(running.api_addr().unwrap(), &ca);
     (running, client)
+}
+
+/// Enrolls `device` into "lab" with a token issued through the API and a key this test
+/// keeps; returns the answer and a TLS configuration to connect as the device.
+async fn enroll_device(
+    running: &AdminServer,
+    api: &Client,
+    admin: &str,
+    base: &std::path::Path,
+    device: &str,
+) -> (
+    outpost_wire::messages::EnrollResponse,
+    std::sync::Arc<rustls::ClientConfig>,
+) {
+    let t = api
+        .call(
+            "POST",
+            "/api/v1/enrollment-tokens",
+            Some(admin),
+            Some(json!({"group": "lab", "device": device})),
+        )
+        .await;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::new(vec![])
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap();
+    let req = outpost_wire::messages::EnrollRequest {
+        device_id: device.into(),
+        csr_der: csr.der().to_vec().into(),
+        enrollment_token: t.body["token"].as_str().unwrap().into(),
+        group_hint: String::new(),
+    };
+    let resp = running.service().enroll(&req, "127.0.0.1:1").await.unwrap();
+    let me = outpost_pki::IssuedCert::from_parts(
+        vec![
+            CertificateDer::from(resp.certificate_der.to_vec()),
+            CertificateDer::from(resp.ca_der.to_vec()),
+        ],
+        PrivatePkcs8KeyDer::from(key.serialize_der()),
+    )
+    .unwrap();
+    let ca_cert = outpost_pki::store::read_ca_certificate(&base.join("state/ca.crt")).unwrap();
+    let cfg = outpost_pki::tls::agent_client_config(
+        &me,
+        &ca_cert,
+        &outpost_pki::tls::TlsOptions::default(),
+    )
+    .unwrap();
+    (resp, cfg)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,10 +442,8 @@ async fn devices_are_listed_page_by_page() {
 /// through the API has its certificate revoked and is refused from then on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_are_moved_and_removed() {
-    use outpost_pki::tls::{TlsOptions, agent_client_config};
     use outpost_wire::Message;
     use outpost_wire::messages::{RefusalCode, SyncRequest};
-    use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
     let dir = tempfile::tempdir().unwrap();
     let (running, api) = server(dir.path(), 0).await;
     let a = api.login("admin", "correct horse battery").await;
@@ -411,37 +460,7 @@ async fn devices_are_moved_and_removed() {
         201
     );
     // A device enrolls (with a key this test keeps) and syncs.
-    let t = api
-        .call(
-            "POST",
-            "/api/v1/enrollment-tokens",
-            Some(&admin),
-            Some(json!({"group": "lab", "device": "pc-1"})),
-        )
-        .await;
-    let token = t.body["token"].as_str().unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::new(vec![])
-        .unwrap()
-        .serialize_request(&key)
-        .unwrap();
-    let req = outpost_wire::messages::EnrollRequest {
-        device_id: "pc-1".into(),
-        csr_der: csr.der().to_vec().into(),
-        enrollment_token: token.into(),
-        group_hint: String::new(),
-    };
-    let resp = running.service().enroll(&req, "127.0.0.1:1").await.unwrap();
-    let chain = vec![
-        CertificateDer::from(resp.certificate_der.to_vec()),
-        CertificateDer::from(resp.ca_der.to_vec()),
-    ];
-    let me =
-        outpost_pki::IssuedCert::from_parts(chain, PrivatePkcs8KeyDer::from(key.serialize_der()))
-            .unwrap();
-    let ca_cert =
-        outpost_pki::store::read_ca_certificate(&dir.path().join("state/ca.crt")).unwrap();
-    let cfg = agent_client_config(&me, &ca_cert, &TlsOptions::default()).unwrap();
+    let (resp, cfg) = enroll_device(&running, &api, &admin, dir.path(), "pc-1").await;
     let port = running.local_addr();
     let synced = common::exchange(cfg.clone(), port, SyncRequest::default().into()).await;
     assert!(matches!(synced, Message::SyncResponse(_)), "{synced:?}");
@@ -708,10 +727,8 @@ async fn groups_tokens_events_and_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_edit_reaches_an_online_device() {
     use futures_util::{SinkExt, StreamExt};
-    use outpost_pki::tls::{TlsOptions, agent_client_config};
     use outpost_wire::Message;
     use outpost_wire::messages::{Hello, SyncRequest};
-    use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
     let dir = tempfile::tempdir().unwrap();
     let policy = |value: bool| {
         json!({"id": "lab-usb", "app": "endpoint", "group": "lab",
@@ -730,37 +747,7 @@ async fn a_policy_edit_reaches_an_online_device() {
     let admin = a.body["token"].as_str().unwrap().to_string();
 
     // A device enrolls into "lab" and keeps its connection after a sync.
-    let t = api
-        .call(
-            "POST",
-            "/api/v1/enrollment-tokens",
-            Some(&admin),
-            Some(json!({"group": "lab", "device": "pc-1"})),
-        )
-        .await;
-    let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::new(vec![])
-        .unwrap()
-        .serialize_request(&key)
-        .unwrap();
-    let req = outpost_wire::messages::EnrollRequest {
-        device_id: "pc-1".into(),
-        csr_der: csr.der().to_vec().into(),
-        enrollment_token: t.body["token"].as_str().unwrap().into(),
-        group_hint: String::new(),
-    };
-    let resp = running.service().enroll(&req, "127.0.0.1:1").await.unwrap();
-    let me = outpost_pki::IssuedCert::from_parts(
-        vec![
-            CertificateDer::from(resp.certificate_der.to_vec()),
-            CertificateDer::from(resp.ca_der.to_vec()),
-        ],
-        PrivatePkcs8KeyDer::from(key.serialize_der()),
-    )
-    .unwrap();
-    let ca_cert =
-        outpost_pki::store::read_ca_certificate(&dir.path().join("state/ca.crt")).unwrap();
-    let cfg = agent_client_config(&me, &ca_cert, &TlsOptions::default()).unwrap();
+    let (_, cfg) = enroll_device(&running, &api, &admin, dir.path(), "pc-1").await;
     let tcp = tokio::net::TcpStream::connect(running.local_addr())
         .await
         .unwrap();

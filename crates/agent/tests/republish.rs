@@ -137,7 +137,7 @@ async fn an_update_republished_while_being_obtained_ends_as_the_new_content() {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert_eq!(service.push_all(&["pc-1".into()], "republished", 7), 1);
+    assert_eq!(service.push_all(&["pc-1"], "republished", 7), 1);
 
     let path = dir.path().join("pc-1/updates").join(ID);
     until(Duration::from_secs(60), "version 2 held", || {

@@ -57,6 +57,9 @@ pub enum ServerError {
         /// The id asked for.
         id: String,
     },
+    /// An object cannot be removed while others depend on it.
+    #[error("{0}")]
+    InUse(String),
     /// An object with this id already exists.
     #[error("{kind} {id:?} already exists")]
     Duplicate {

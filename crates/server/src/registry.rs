@@ -419,7 +419,7 @@ impl Registry {
     /// enrollment tokens into it or distribution points serving it.
     pub fn remove_group(&mut self, id: &str) -> Result<(), ServerError> {
         if id == ROOT_GROUP {
-            return Err(ServerError::Config(
+            return Err(ServerError::InUse(
                 "the root group cannot be removed".into(),
             ));
         }
@@ -427,7 +427,7 @@ impl Registry {
             return Err(ServerError::UnknownGroup(id.into()));
         }
         let busy = |what: &str, n: usize| {
-            Err(ServerError::Config(format!(
+            Err(ServerError::InUse(format!(
                 "group {id:?} is not empty: {n} {what}; move or remove them first"
             )))
         };
@@ -674,7 +674,7 @@ impl Registry {
         if let Some((gw, _)) = self.gateways.iter().find(|(_, g)| {
             matches!(g, GatewayRegistration::RemoteOffice { device_id } if device_id == id)
         }) {
-            return Err(ServerError::Config(format!(
+            return Err(ServerError::InUse(format!(
                 "device {id:?} holds remote-office gateway {gw:?}: unregister the gateway first"
             )));
         }

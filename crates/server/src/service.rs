@@ -419,11 +419,16 @@ impl AdminService {
 
     /// Pushes "sync now" to each of `devices` that has a kept connection; returns how many
     /// were reached (the others get the change at their next sync).
-    pub fn push_all(&self, devices: &[String], reason: &str, nonce: u64) -> usize {
+    pub fn push_all<S: AsRef<str>>(&self, devices: &[S], reason: &str, nonce: u64) -> usize {
         devices
             .iter()
-            .filter(|d| self.push_sync_now(d, reason, nonce))
+            .filter(|d| self.push_sync_now(d.as_ref(), reason, nonce))
             .count()
+    }
+
+    /// Whether `device` has a kept connection now.
+    pub fn is_online(&self, device: &str) -> bool {
+        lock(&self.online).contains_key(device)
     }
 
     /// Pushes "sync now" to a device over its kept connection; `false` if it has none.

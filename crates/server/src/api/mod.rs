@@ -348,6 +348,20 @@ fn raw(bytes: Result<Bytes, BytesRejection>) -> Result<Bytes, Problem> {
     })
 }
 
+/// [`caller`], who must be allowed to write.
+fn writer(st: &ApiState, headers: &HeaderMap) -> Result<Caller, Problem> {
+    let who = caller(st, headers)?;
+    who.may_write()?;
+    Ok(who)
+}
+
+/// Reads and parses a JSON body, naming the field at fault.
+fn json_body<T: serde::de::DeserializeOwned>(
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<T, Problem> {
+    body(&raw(bytes)?)
+}
+
 /// Parses a JSON body, naming the field at fault.
 fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
@@ -387,8 +401,7 @@ async fn login(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
-    let bytes = raw(bytes)?;
-    let req: Login = body(&bytes)?;
+    let req: Login = json_body(bytes)?;
     let now = Instant::now();
     let source = peer.ip().to_string();
     let name: String = req.name.chars().take(128).collect();
@@ -509,10 +522,8 @@ async fn create_group(
     headers: HeaderMap,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
-    let bytes = raw(bytes)?;
-    let who = caller(&st, &headers)?;
-    who.may_write()?;
-    let g: NewGroup = body(&bytes)?;
+    let who = writer(&st, &headers)?;
+    let g: NewGroup = json_body(bytes)?;
     st.service
         .add_group(&g.id, &g.name, g.parent.as_deref())
         .await
@@ -556,10 +567,8 @@ async fn rename_group(
     axum::extract::Path(id): axum::extract::Path<String>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
-    let who = caller(&st, &headers)?;
-    who.may_write()?;
-    let bytes = raw(bytes)?;
-    let c: GroupChange = body(&bytes)?;
+    let who = writer(&st, &headers)?;
+    let c: GroupChange = json_body(bytes)?;
     st.service
         .update_registry(|r| r.rename_group(&id, &c.name))
         .await
@@ -585,17 +594,8 @@ async fn remove_group(
     headers: HeaderMap,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Response, Problem> {
-    let who = caller(&st, &headers)?;
-    who.may_write()?;
-    st.service
-        .update_registry(|r| r.remove_group(&id))
-        .await
-        .map_err(|e| match &e {
-            ServerError::Config(_) => {
-                Problem::new(StatusCode::CONFLICT, "Not empty", e.to_string())
-            }
-            _ => Problem::from_error(&e, None),
-        })?;
+    let who = writer(&st, &headers)?;
+    st.service.update_registry(|r| r.remove_group(&id)).await?;
     audit(
         &st,
         &who,
@@ -635,7 +635,6 @@ async fn list_devices(
     caller(&st, &headers)?;
     let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     let limit = page_limit(q.limit)?;
-    let online: std::collections::HashSet<String> = st.service.online().into_iter().collect();
     let (devices, more) = st.service.with_registry(|r| {
         use std::ops::Bound;
         let start = match &q.after {
@@ -657,7 +656,7 @@ async fn list_devices(
                 group: d.group.clone(),
                 enrolled_at_unix: d.enrolled_at_unix,
                 last_seen_unix: (d.last_seen_unix > 0).then_some(d.last_seen_unix),
-                online: online.contains(id),
+                online: st.service.is_online(id),
                 certificate_sha256: d.cert_sha256.clone(),
             });
         }
@@ -686,10 +685,8 @@ async fn move_device(
     axum::extract::Path(id): axum::extract::Path<String>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
-    let who = caller(&st, &headers)?;
-    who.may_write()?;
-    let bytes = raw(bytes)?;
-    let m: MoveTo = body(&bytes)?;
+    let who = writer(&st, &headers)?;
+    let m: MoveTo = json_body(bytes)?;
     let pushed = st.service.move_device(&id, &m.group).await.map_err(|e| {
         let field = match &e {
             ServerError::UnknownGroup(_) => Some("group"),
@@ -715,8 +712,7 @@ async fn remove_device(
     headers: HeaderMap,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Response, Problem> {
-    let who = caller(&st, &headers)?;
-    who.may_write()?;
+    let who = writer(&st, &headers)?;
     let revoke = |serial: &str| -> Result<outpost_pki::ServerCa, ServerError> {
         use outpost_pki::{CaKind, PkiConfig, Serial, store};
         let _one_at_a_time = lock(&st.crl);
@@ -727,10 +723,7 @@ async fn remove_device(
         store::save_crl(&mut ca, CaKind::Server, &st.data_dir, now)?;
         Ok(ca)
     };
-    st.service
-        .remove_device(&id, revoke)
-        .await
-        .map_err(|e| Problem::from_error(&e, None))?;
+    st.service.remove_device(&id, revoke).await?;
     audit(
         &st,
         &who,
@@ -756,10 +749,8 @@ async fn issue_enrollment_token(
     headers: HeaderMap,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
-    let bytes = raw(bytes)?;
-    let who = caller(&st, &headers)?;
-    who.may_write()?;
-    let t: NewEnrollmentToken = body(&bytes)?;
+    let who = writer(&st, &headers)?;
+    let t: NewEnrollmentToken = json_body(bytes)?;
     let ttl = Duration::from_secs(t.ttl_secs.unwrap_or(86_400));
     let now = SystemTime::now();
     let token = st
@@ -824,12 +815,8 @@ async fn revoke_enrollment_token(
     headers: HeaderMap,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Response, Problem> {
-    let who = caller(&st, &headers)?;
-    who.may_write()?;
-    st.service
-        .update_registry(|r| r.revoke_token(&id))
-        .await
-        .map_err(|e| Problem::from_error(&e, None))?;
+    let who = writer(&st, &headers)?;
+    st.service.update_registry(|r| r.revoke_token(&id)).await?;
     audit(
         &st,
         &who,
@@ -865,10 +852,7 @@ async fn list_events(
     query.kind = q.kind;
     query.device = q.device;
     let storage = st.service.storage().clone();
-    let mut events = tokio::task::spawn_blocking(move || storage.events(&query))
-        .await
-        .map_err(Problem::internal)?
-        .map_err(|e| Problem::from_error(&e, None))?;
+    let mut events = blocking(move || storage.events(&query)).await?;
     let more = events.len() > limit;
     events.truncate(limit);
     let next = if more {
@@ -912,7 +896,7 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(Problem::internal)?
-        .map_err(|e| Problem::from_error(&e, None))
+        .map_err(Problem::from)
 }
 
 async fn list_policies(
@@ -990,18 +974,12 @@ async fn edit_policy(
 }
 
 /// Pushes "sync now" to the online devices among `changed`; returns how many.
+/// (`push_all` reaches only the devices with a kept connection.)
 fn push_changed(st: &ApiState, changed: &[Arc<str>], reason: &str) -> usize {
-    let changed: std::collections::HashSet<&str> = changed.iter().map(|d| &**d).collect();
-    let online: Vec<String> = st
-        .service
-        .online()
-        .into_iter()
-        .filter(|d| changed.contains(d.as_str()))
-        .collect();
     let nonce = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
-    st.service.push_all(&online, reason, nonce)
+    st.service.push_all(changed, reason, nonce)
 }
 
 async fn put_policy(
@@ -1010,10 +988,8 @@ async fn put_policy(
     axum::extract::Path(id): axum::extract::Path<String>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
-    let who = caller(&st, &headers)?;
-    who.may_write()?;
-    let bytes = raw(bytes)?;
-    let policy: outpost_policy::Policy = body(&bytes)?;
+    let who = writer(&st, &headers)?;
+    let policy: outpost_policy::Policy = json_body(bytes)?;
     if policy.id != id {
         return Err(Problem::invalid(format!(
             "the body's id {:?} is not the path's {id:?}",
@@ -1051,8 +1027,7 @@ async fn delete_policy(
     headers: HeaderMap,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Response, Problem> {
-    let who = caller(&st, &headers)?;
-    who.may_write()?;
+    let who = writer(&st, &headers)?;
     let _one_at_a_time = st.policy_edit.lock().await;
     let row = crate::Op::DeletePolicyObject {
         kind: crate::PolicyObjectKind::Policy,
@@ -1126,11 +1101,7 @@ async fn metrics(State(st): State<Arc<ApiState>>, headers: HeaderMap) -> Result<
         .service
         .with_registry(|r| (r.devices().len(), r.pending_tokens()));
     let storage = st.service.storage().clone();
-    let events = tokio::task::spawn_blocking(move || storage.counts())
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .map_or(0, |c| c.events);
+    let events = blocking(move || storage.counts()).await?.events;
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
         let _ = writeln!(
@@ -1217,10 +1188,8 @@ async fn issue_api_token(
     headers: HeaderMap,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
-    let bytes = raw(bytes)?;
-    let who = caller(&st, &headers)?;
-    who.may_write()?;
-    let t: NewApiToken = body(&bytes)?;
+    let who = writer(&st, &headers)?;
+    let t: NewApiToken = json_body(bytes)?;
     let (secret, op) = lock(&st.accounts)
         .issue_api_token(&who.account, &t.label, SystemTime::now())
         .map_err(|e| Problem::from_error(&e, Some("label")))?;
@@ -1228,11 +1197,7 @@ async fn issue_api_token(
         crate::Op::PutApiToken(t) => t.id.clone(),
         _ => String::new(),
     };
-    st.service
-        .storage()
-        .commit(vec![op.clone()])
-        .await
-        .map_err(|e| Problem::from_error(&e, None))?;
+    st.service.storage().commit(vec![op.clone()]).await?;
     lock(&st.accounts).apply(&op);
     audit(
         &st,

@@ -77,6 +77,7 @@ impl Problem {
             ServerError::Duplicate { .. } => {
                 Problem::new(StatusCode::CONFLICT, "Already exists", e.to_string())
             }
+            ServerError::InUse(_) => Problem::new(StatusCode::CONFLICT, "In use", e.to_string()),
             ServerError::Cycle { .. } | ServerError::InvalidId { .. } | ServerError::Config(_) => {
                 Problem::invalid(e.to_string())
             }
@@ -91,6 +92,12 @@ impl Problem {
             Some(f) => p.field(f),
             None => p,
         }
+    }
+}
+
+impl From<ServerError> for Problem {
+    fn from(e: ServerError) -> Self {
+        Problem::from_error(&e, None)
     }
 }
 

@@ -1,0 +1,129 @@
+//! The group tree.
+
+use super::*;
+
+#[derive(Serialize)]
+pub(super) struct GroupOut {
+    id: String,
+    name: String,
+    parent: Option<String>,
+}
+
+pub(super) async fn list_groups(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    caller(&st, &headers)?;
+    let groups: Vec<GroupOut> = st.service.with_registry(|r| {
+        r.groups()
+            .iter()
+            .map(|(id, g)| GroupOut {
+                id: id.clone(),
+                name: g.name.clone(),
+                parent: g.parent.clone(),
+            })
+            .collect()
+    });
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "groups": groups }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewGroup {
+    id: String,
+    name: String,
+    #[serde(default)]
+    parent: Option<String>,
+}
+
+pub(super) async fn create_group(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let who = writer(&st, &headers)?;
+    let g: NewGroup = json_body(bytes)?;
+    st.service
+        .add_group(&g.id, &g.name, g.parent.as_deref())
+        .await
+        .map_err(|e| {
+            let field = match &e {
+                ServerError::UnknownGroup(_) => "parent",
+                _ => "id",
+            };
+            Problem::from_error(&e, Some(field))
+        })?;
+    audit(
+        &st,
+        &who,
+        "audit.group.create",
+        format!(
+            "created group {:?} under {:?}",
+            g.id,
+            g.parent.as_deref().unwrap_or(crate::ROOT_GROUP)
+        ),
+    )
+    .await;
+    Ok(json(
+        StatusCode::CREATED,
+        &GroupOut {
+            id: g.id,
+            name: g.name,
+            parent: Some(g.parent.unwrap_or_else(|| crate::ROOT_GROUP.into())),
+        },
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct GroupChange {
+    name: String,
+}
+
+pub(super) async fn rename_group(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let who = writer(&st, &headers)?;
+    let c: GroupChange = json_body(bytes)?;
+    st.service
+        .update_registry(|r| r.rename_group(&id, &c.name))
+        .await
+        .map_err(|e| {
+            let field = matches!(e, ServerError::InvalidId { .. }).then_some("name");
+            Problem::from_error(&e, field)
+        })?;
+    audit(
+        &st,
+        &who,
+        "audit.group.rename",
+        format!("renamed group {id:?} to {:?}", c.name),
+    )
+    .await;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "id": id, "name": c.name }),
+    ))
+}
+
+pub(super) async fn remove_group(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, Problem> {
+    let who = writer(&st, &headers)?;
+    st.service.update_registry(|r| r.remove_group(&id)).await?;
+    audit(
+        &st,
+        &who,
+        "audit.group.remove",
+        format!("removed group {id:?}"),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,175 @@
+//! Policies: listed, read, set and removed on the running server.
+
+use super::*;
+
+pub(super) fn policies_of(st: &ApiState) -> Result<&crate::PolicySync, Problem> {
+    st.fleet.as_ref().and_then(|f| f.policy()).ok_or_else(|| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "this server answers syncs from another source: it serves no policies",
+        )
+    })
+}
+
+pub(super) async fn list_policies(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    caller(&st, &headers)?;
+    let storage = st.service.storage().clone();
+    let rows = blocking(move || storage.policy_objects(crate::PolicyObjectKind::Policy)).await?;
+    let policies: Vec<serde_json::Value> = rows
+        .iter()
+        .filter_map(|(_, doc)| serde_json::from_str(doc).ok())
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "policies": policies }),
+    ))
+}
+
+pub(super) async fn get_policy(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, Problem> {
+    caller(&st, &headers)?;
+    let storage = st.service.storage().clone();
+    let key = id.clone();
+    let doc = blocking(move || storage.policy_object(crate::PolicyObjectKind::Policy, &key))
+        .await?
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                format!("no policy {id:?}"),
+            )
+        })?;
+    let v: serde_json::Value = serde_json::from_str(&doc).map_err(Problem::internal)?;
+    Ok(json(StatusCode::OK, &v))
+}
+
+/// Applies `change` to the policies, commits `row`, and on a failed commit puts the policy
+/// back as the database has it (`old`). Returns the devices whose settings changed.
+pub(super) async fn edit_policy(
+    st: &ApiState,
+    id: &str,
+    change: outpost_policy::Change,
+    row: crate::Op,
+) -> Result<Vec<Arc<str>>, Problem> {
+    use crate::PolicyObjectKind::Policy as Kind;
+    let policies = policies_of(st)?;
+    let storage = st.service.storage().clone();
+    let key = id.to_string();
+    let old = blocking(move || storage.policy_object(Kind, &key)).await?;
+    let changed = policies.apply(change).map_err(|e| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid policy",
+            e.to_string(),
+        )
+    })?;
+    if let Err(e) = st.service.storage().commit(vec![row]).await {
+        let undo = match old
+            .as_deref()
+            .map(serde_json::from_str::<outpost_policy::Policy>)
+        {
+            Some(Ok(p)) => outpost_policy::Change::UpsertPolicy(p),
+            _ => outpost_policy::Change::RemovePolicy(id.to_string()),
+        };
+        if let Err(u) = policies.apply(undo) {
+            log::error!("policy {id:?}: commit failed and the change could not be undone: {u}");
+        }
+        return Err(Problem::from_error(&e, None));
+    }
+    Ok(changed)
+}
+
+/// Pushes "sync now" to the online devices among `changed`; returns how many.
+/// (`push_all` reaches only the devices with a kept connection.)
+pub(super) fn push_changed(st: &ApiState, changed: &[Arc<str>], reason: &str) -> usize {
+    let nonce = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    st.service.push_all(changed, reason, nonce)
+}
+
+pub(super) async fn put_policy(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let who = writer(&st, &headers)?;
+    let policy: outpost_policy::Policy = json_body(bytes)?;
+    if policy.id != id {
+        return Err(Problem::invalid(format!(
+            "the body's id {:?} is not the path's {id:?}",
+            policy.id
+        ))
+        .field("id"));
+    }
+    let document = serde_json::to_string(&policy).map_err(Problem::internal)?;
+    let _one_at_a_time = st.policy_edit.lock().await;
+    let row = crate::Op::PutPolicyObject {
+        kind: crate::PolicyObjectKind::Policy,
+        id: id.clone(),
+        document,
+    };
+    let changed = edit_policy(&st, &id, outpost_policy::Change::UpsertPolicy(policy), row).await?;
+    let pushed = push_changed(&st, &changed, "policy changed");
+    audit(
+        &st,
+        &who,
+        "audit.policy.put",
+        format!(
+            "set policy {id:?}: {} device(s) changed, {pushed} pushed",
+            changed.len()
+        ),
+    )
+    .await;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "id": id, "devices_changed": changed.len(), "pushed_sync_now": pushed }),
+    ))
+}
+
+pub(super) async fn delete_policy(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, Problem> {
+    let who = writer(&st, &headers)?;
+    let _one_at_a_time = st.policy_edit.lock().await;
+    let row = crate::Op::DeletePolicyObject {
+        kind: crate::PolicyObjectKind::Policy,
+        id: id.clone(),
+    };
+    let changed = edit_policy(
+        &st,
+        &id,
+        outpost_policy::Change::RemovePolicy(id.clone()),
+        row,
+    )
+    .await
+    .map_err(|p| {
+        if p.status == StatusCode::UNPROCESSABLE_ENTITY {
+            Problem::new(StatusCode::NOT_FOUND, "Not found", p.detail)
+        } else {
+            p
+        }
+    })?;
+    let pushed = push_changed(&st, &changed, "policy removed");
+    audit(
+        &st,
+        &who,
+        "audit.policy.remove",
+        format!("removed policy {id:?}: {} device(s) changed", changed.len()),
+    )
+    .await;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "id": id, "devices_changed": changed.len(), "pushed_sync_now": pushed }),
+    ))
+}

@@ -315,6 +315,50 @@ impl AccountBook {
         (t.revoked_at_unix.is_none() && !a.disabled).then_some((a.name.as_str(), a.role))
     }
 
+    /// The API tokens (revoked ones too), newest first.
+    pub fn tokens(&self) -> Vec<&ApiToken> {
+        let mut v: Vec<&ApiToken> = self.tokens.values().collect();
+        v.sort_by(|a, b| (b.created_at_unix, &b.id).cmp(&(a.created_at_unix, &a.id)));
+        v
+    }
+
+    /// The row that changes account `name`: its role, its password (hashed here, so call
+    /// it off the async threads), whether it is disabled. Refused when it would leave no
+    /// enabled administrator.
+    pub fn change(
+        &self,
+        name: &str,
+        role: Option<Role>,
+        password: Option<&str>,
+        disabled: Option<bool>,
+    ) -> Result<Op, ServerError> {
+        let mut a = self
+            .accounts
+            .get(name)
+            .ok_or_else(|| ServerError::Unknown {
+                kind: "account",
+                id: name.into(),
+            })?
+            .clone();
+        if let Some(role) = role {
+            a.role = role;
+        }
+        if let Some(d) = disabled {
+            a.disabled = d;
+        }
+        let admin = |x: &Account| x.role == Role::Administrator && !x.disabled;
+        let others = self.accounts.values().filter(|x| x.name != name).any(admin);
+        if !admin(&a) && !others {
+            return Err(ServerError::InUse(format!(
+                "account {name:?} is the last enabled administrator: make another first"
+            )));
+        }
+        if let Some(p) = password {
+            a.password_hash = hash_password(p)?;
+        }
+        Ok(Op::PutAccount(a))
+    }
+
     /// Takes a committed row into memory (other rows are ignored).
     pub fn apply(&mut self, op: &Op) {
         match op {

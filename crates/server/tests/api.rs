@@ -99,6 +99,12 @@ impl Client {
     }
 }
 
+const API_TABLE: &str = r#"
+    [api]
+    listen = "127.0.0.1:0"
+    login_failures = 3
+"#;
+
 /// A server with the API on, an administrator "admin", an auditor "watcher" and
 /// `devices` enrolled devices.
 async fn server(base: &std::path::Path, devices: usize) -> (AdminServer, Client) {
@@ -109,14 +115,7 @@ async fn server(base: &std::path::Path, devices: usize) -> (AdminServer, Client)
 async fn server_with(base: &std::path::Path, devices: usize, top: &str) -> (AdminServer, Client) {
     let now = SystemTime::now();
     let ca = init_state(base, now);
-    let config = server_config(
-        top,
-        r#"
-        [api]
-        listen = "127.0.0.1:0"
-        login_failures = 3
-        "#,
-    );
+    let config = server_config(top, API_TABLE);
     config
         .bootstrap_account(base, "admin", "correct horse battery")
         .unwrap();
@@ -147,6 +146,17 @@ async fn server_with(base: &std::path::Path, devices: usize, top: &str) -> (Admi
         ops.push(op);
         storage.commit_blocking(ops).unwrap();
     }
+    let running = AdminServer::start(config, base, None, None).await.unwrap();
+    let client = Client::new(running.api_addr().unwrap(), &ca);
+    (running, client)
+}
+
+/// The server of [`server`] started again on the same directory.
+async fn server_again(base: &std::path::Path) -> (AdminServer, Client) {
+    let config = server_config("", API_TABLE);
+    let ca =
+        outpost_pki::store::load_server_ca(&base.join("state"), outpost_pki::PkiConfig::default())
+            .unwrap();
     let running = AdminServer::start(config, base, None, None).await.unwrap();
     let client = Client::new(running.api_addr().unwrap(), &ca);
     (running, client)
@@ -884,6 +894,182 @@ async fn a_policy_edit_reaches_an_online_device() {
             .await
             .status,
         404
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_and_api_tokens_are_managed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, api) = server(dir.path(), 0).await;
+    let admin = api.login("admin", "correct horse battery").await.body["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A new auditor, made through the API, logs in and writes nothing.
+    let a = api
+        .call(
+            "POST",
+            "/api/v1/accounts",
+            Some(&admin),
+            Some(json!({"name": "olga", "role": "auditor", "password": "short"})),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body["field"].as_str()),
+        (422, Some("password"))
+    );
+    let a = api
+        .call(
+            "POST",
+            "/api/v1/accounts",
+            Some(&admin),
+            Some(json!({"name": "olga", "role": "root", "password": "long enough here"})),
+        )
+        .await;
+    assert_eq!((a.status, a.body["field"].as_str()), (422, Some("role")));
+    let a = api
+        .call(
+            "POST",
+            "/api/v1/accounts",
+            Some(&admin),
+            Some(json!({"name": "olga", "role": "auditor", "password": "long enough here"})),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert!(a.body.get("password_hash").is_none());
+    let olga = api.login("olga", "long enough here").await;
+    assert_eq!(olga.body["role"], "auditor");
+    let olga = olga.body["token"].as_str().unwrap().to_string();
+    let list = api.call("GET", "/api/v1/accounts", Some(&olga), None).await;
+    let names: Vec<&str> = list.body["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["admin", "olga", "watcher"]);
+    let a = api
+        .call(
+            "PATCH",
+            "/api/v1/accounts/olga",
+            Some(&olga),
+            Some(json!({"role": "administrator"})),
+        )
+        .await;
+    assert_eq!(a.status, 403, "an auditor cannot promote itself");
+
+    // Disabling an account ends its sessions and its logins.
+    let a = api
+        .call(
+            "PATCH",
+            "/api/v1/accounts/olga",
+            Some(&admin),
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!((a.status, &a.body["disabled"]), (200, &json!(true)));
+    assert_eq!(
+        api.call("GET", "/api/v1/status", Some(&olga), None)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(api.login("olga", "long enough here").await.status, 401);
+
+    // The last enabled administrator cannot be demoted or disabled.
+    let a = api
+        .call(
+            "PATCH",
+            "/api/v1/accounts/admin",
+            Some(&admin),
+            Some(json!({"role": "auditor"})),
+        )
+        .await;
+    assert_eq!(a.status, 409, "{}", a.body);
+
+    // An API token: listed without its secret, revoked, refused from then on.
+    let k = api
+        .call(
+            "POST",
+            "/api/v1/api-tokens",
+            Some(&admin),
+            Some(json!({"label": "nightly"})),
+        )
+        .await;
+    let (id, key) = (
+        k.body["id"].as_str().unwrap().to_string(),
+        k.body["token"].as_str().unwrap().to_string(),
+    );
+    let list = api
+        .call("GET", "/api/v1/api-tokens", Some(&key), None)
+        .await;
+    assert_eq!(list.status, 200);
+    let listed = &list.body["api_tokens"][0];
+    assert_eq!(
+        (listed["id"].as_str(), listed["label"].as_str()),
+        (Some(id.as_str()), Some("nightly"))
+    );
+    assert!(
+        !list.body.to_string().contains(&key),
+        "the secret is shown once"
+    );
+    let r = api
+        .call(
+            "DELETE",
+            &format!("/api/v1/api-tokens/{id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(
+        api.call("GET", "/api/v1/status", Some(&key), None)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        api.call("DELETE", "/api/v1/api-tokens/nope", Some(&admin), None)
+            .await
+            .status,
+        404
+    );
+
+    // All of it survives a restart; the audit trail names every change.
+    running.shutdown().await;
+    let (running, api) = server_again(dir.path()).await;
+    assert_eq!(api.login("olga", "long enough here").await.status, 401);
+    let admin = api.login("admin", "correct horse battery").await.body["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let list = api
+        .call("GET", "/api/v1/api-tokens", Some(&admin), None)
+        .await;
+    assert!(
+        list.body["api_tokens"][0]["revoked_at_unix"].is_u64(),
+        "{}",
+        list.body
+    );
+    let kinds: Vec<String> = running
+        .service()
+        .storage()
+        .events_after(0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event.kind)
+        .filter(|k| k.starts_with("audit."))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "audit.account.create",
+            "audit.account.change",
+            "audit.api_token.issue",
+            "audit.api_token.revoke"
+        ]
     );
     running.shutdown().await;
 }

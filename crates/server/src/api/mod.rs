@@ -278,7 +278,19 @@ fn router(state: Arc<ApiState>) -> Router {
             "/api/v1/enrollment-tokens",
             get(list_enrollment_tokens).post(issue_enrollment_token),
         )
-        .route("/api/v1/api-tokens", post(issue_api_token))
+        .route(
+            "/api/v1/api-tokens",
+            get(list_api_tokens).post(issue_api_token),
+        )
+        .route(
+            "/api/v1/api-tokens/{id}",
+            axum::routing::delete(revoke_api_token),
+        )
+        .route("/api/v1/accounts", get(list_accounts).post(create_account))
+        .route(
+            "/api/v1/accounts/{name}",
+            axum::routing::patch(change_account),
+        )
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "Not found", "no such API path") })
         .method_not_allowed_fallback(|| async {
             Problem::new(

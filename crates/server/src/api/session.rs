@@ -105,3 +105,176 @@ pub(super) async fn issue_api_token(
         &serde_json::json!({ "id": id, "token": secret, "label": t.label }),
     ))
 }
+
+pub(super) async fn list_api_tokens(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    caller(&st, &headers)?;
+    let tokens: Vec<serde_json::Value> = lock(&st.accounts)
+        .tokens()
+        .into_iter()
+        .map(|t| {
+            serde_json::json!({
+                "id": t.id,
+                "account": t.account,
+                "label": t.label,
+                "created_at_unix": t.created_at_unix,
+                "revoked_at_unix": t.revoked_at_unix,
+            })
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "api_tokens": tokens }),
+    ))
+}
+
+pub(super) async fn revoke_api_token(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, Problem> {
+    let who = writer(&st, &headers)?;
+    let op = lock(&st.accounts).revoke_api_token(&id, SystemTime::now())?;
+    st.service.storage().commit(vec![op.clone()]).await?;
+    lock(&st.accounts).apply(&op);
+    audit(
+        &st,
+        &who,
+        "audit.api_token.revoke",
+        format!("revoked API token {id}"),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub(super) fn account_out(a: &crate::Account) -> serde_json::Value {
+    serde_json::json!({
+        "name": a.name,
+        "role": a.role.as_str(),
+        "created_at_unix": a.created_at_unix,
+        "disabled": a.disabled,
+    })
+}
+
+pub(super) async fn list_accounts(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    caller(&st, &headers)?;
+    let book = lock(&st.accounts);
+    let mut accounts: Vec<&crate::Account> = book.accounts().collect();
+    accounts.sort_by(|a, b| a.name.cmp(&b.name));
+    let out: Vec<serde_json::Value> = accounts.into_iter().map(account_out).collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "accounts": out }),
+    ))
+}
+
+fn role_of(s: &str) -> Result<Role, Problem> {
+    Role::parse(s).ok_or_else(|| {
+        Problem::invalid(format!(
+            "role {s:?}: must be \"administrator\" or \"auditor\""
+        ))
+        .field("role")
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewAccount {
+    name: String,
+    role: String,
+    password: String,
+}
+
+pub(super) async fn create_account(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let who = writer(&st, &headers)?;
+    let a: NewAccount = json_body(bytes)?;
+    let role = role_of(&a.role)?;
+    // Hashing is slow on purpose: off the async threads.
+    let book = lock(&st.accounts).clone();
+    let name = a.name.clone();
+    let op = tokio::task::spawn_blocking(move || {
+        book.create(&name, role, &a.password, SystemTime::now())
+    })
+    .await
+    .map_err(Problem::internal)?
+    .map_err(|e| {
+        let field = match &e {
+            ServerError::InvalidId { what, .. } if *what == "password" => "password",
+            _ => "name",
+        };
+        Problem::from_error(&e, Some(field))
+    })?;
+    st.service.storage().commit(vec![op.clone()]).await?;
+    lock(&st.accounts).apply(&op);
+    audit(
+        &st,
+        &who,
+        "audit.account.create",
+        format!("created account {:?} ({})", a.name, role.as_str()),
+    )
+    .await;
+    let out = match &op {
+        crate::Op::PutAccount(a) => account_out(a),
+        _ => serde_json::Value::Null,
+    };
+    Ok(json(StatusCode::CREATED, &out))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AccountChange {
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    disabled: Option<bool>,
+}
+
+/// Changes an account's role, password or whether it is disabled; its sessions are closed.
+pub(super) async fn change_account(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let who = writer(&st, &headers)?;
+    let c: AccountChange = json_body(bytes)?;
+    let role = c.role.as_deref().map(role_of).transpose()?;
+    let book = lock(&st.accounts).clone();
+    let key = name.clone();
+    let password = c.password.clone();
+    let op = tokio::task::spawn_blocking(move || {
+        book.change(&key, role, password.as_deref(), c.disabled)
+    })
+    .await
+    .map_err(Problem::internal)?
+    .map_err(|e| {
+        let field = matches!(e, ServerError::InvalidId { .. }).then_some("password");
+        Problem::from_error(&e, field)
+    })?;
+    st.service.storage().commit(vec![op.clone()]).await?;
+    lock(&st.accounts).apply(&op);
+    let closed = lock(&st.sessions).close_all_of(&name);
+    let out = match &op {
+        crate::Op::PutAccount(a) => account_out(a),
+        _ => serde_json::Value::Null,
+    };
+    audit(
+        &st,
+        &who,
+        "audit.account.change",
+        format!("changed account {name:?} to {out}; {closed} session(s) closed"),
+    )
+    .await;
+    Ok(json(StatusCode::OK, &out))
+}

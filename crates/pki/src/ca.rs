@@ -306,6 +306,19 @@ pub struct CertInfo {
     pub profile: CertProfile,
 }
 
+impl CertInfo {
+    /// The serial, validity and identity of a DER certificate.
+    pub fn of_certificate(der: &[u8]) -> Result<Self> {
+        let parsed = parse_cert(der, "certificate")?;
+        Ok(CertInfo {
+            serial: Serial::from_bytes(parsed.raw_serial())?,
+            not_before: Timestamp::from_unix_seconds(parsed.validity().not_before.timestamp()),
+            not_after: Timestamp::from_unix_seconds(parsed.validity().not_after.timestamp()),
+            profile: CertProfile::from_certificate(der)?,
+        })
+    }
+}
+
 /// Certificates as concatenated PEM blocks.
 fn chain_pem(chain: &[CertificateDer<'static>]) -> String {
     chain.iter().map(|c| encode_pem("CERTIFICATE", c)).collect()
@@ -395,12 +408,7 @@ impl IssuedCert {
                 subject: parsed.subject().to_string(),
             });
         }
-        let info = CertInfo {
-            serial: Serial::from_bytes(parsed.raw_serial())?,
-            not_before: Timestamp::from_unix_seconds(parsed.validity().not_before.timestamp()),
-            not_after: Timestamp::from_unix_seconds(parsed.validity().not_after.timestamp()),
-            profile: CertProfile::from_certificate(&cert_der)?,
-        };
+        let info = CertInfo::of_certificate(&cert_der)?;
         Ok(Self {
             cert_der,
             key_der,

@@ -33,6 +33,7 @@ pub struct SignedEnrollment {
     response: EnrollResponse,
     sha256: [u8; 32],
     serial: String,
+    expires_unix: u64,
 }
 
 /// Signs the request's CSR (the costly part of [`enroll`], which needs no registry: run it
@@ -69,6 +70,7 @@ pub fn sign_enrollment(
         },
         sha256,
         serial: serial.to_string(),
+        expires_unix: u64::try_from(signed.info.not_after.unix_seconds()).unwrap_or(0),
     })
 }
 
@@ -82,14 +84,20 @@ pub fn record_enrollment(
     now: SystemTime,
 ) -> Result<EnrollResponse, ServerError> {
     let group = admit(registry, req, now)?;
-    registry.complete_enrollment(
-        &req.enrollment_token,
-        &req.device_id,
-        &group,
-        &signed.sha256,
-        signed.serial,
-        now,
-    );
+    let record = crate::Device {
+        group: group.clone(),
+        cert_sha256: crate::registry::hex(&signed.sha256),
+        enrolled_at_unix: crate::registry::unix(now),
+        cert_serial: signed.serial,
+        last_seen_unix: 0,
+        broadcast_domain: None,
+        os_class: None,
+        free_disk_bytes: None,
+        enrolled_with: String::new(),
+        tags: Default::default(),
+        cert_expires_unix: signed.expires_unix,
+    };
+    registry.complete_enrollment(&req.enrollment_token, &req.device_id, record);
     Ok(EnrollResponse {
         group,
         ..signed.response

@@ -23,7 +23,7 @@
 //! # std::fs::remove_dir_all(&dir).unwrap();
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -84,6 +84,12 @@ pub struct Device {
     /// with the same token while the device has never connected.
     #[serde(default)]
     pub enrolled_with: String,
+    /// The administrator's tags (ids), which device lists filter on.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub tags: BTreeSet<String>,
+    /// When its certificate expires, seconds since the Unix epoch (0: not recorded).
+    #[serde(default)]
+    pub cert_expires_unix: u64,
 }
 
 impl Device {
@@ -219,6 +225,10 @@ fn token_key(token: &str) -> String {
 }
 
 /// Checks an identifier: 1 to 128 characters of `A-Z a-z 0-9 . _ : -`.
+/// The most tags one device has.
+pub const MAX_TAGS: usize = 32;
+
+/// Checks an identifier (ids of groups, devices, tags): 1 to 128 letters, digits, `.`, `_`, `:`, `-`.
 pub fn check_id(what: &'static str, value: &str) -> Result<(), ServerError> {
     let bad = |reason| {
         Err(ServerError::InvalidId {
@@ -634,32 +644,16 @@ impl Registry {
         Ok(t)
     }
 
-    /// Uses up a token and records the enrolled device.
-    pub(crate) fn complete_enrollment(
-        &mut self,
-        token: &str,
-        device: &str,
-        group: &str,
-        cert_sha256: &[u8],
-        cert_serial: String,
-        now: SystemTime,
-    ) {
+    /// Uses up a token and records the enrolled device (`record`, whose `enrolled_with`
+    /// is set to the token's).
+    pub(crate) fn complete_enrollment(&mut self, token: &str, device: &str, mut record: Device) {
         self.write(Op::DeleteToken {
             key: token_key(token),
         });
+        record.enrolled_with = token_key(token);
         self.write(Op::PutDevice {
             id: device.into(),
-            device: Device {
-                group: group.into(),
-                cert_sha256: hex(cert_sha256),
-                enrolled_at_unix: unix(now),
-                cert_serial,
-                last_seen_unix: 0,
-                broadcast_domain: None,
-                os_class: None,
-                free_disk_bytes: None,
-                enrolled_with: token_key(token),
-            },
+            device: record,
         });
     }
 
@@ -698,6 +692,31 @@ impl Registry {
         self.write(Op::PutDevice {
             id: id.into(),
             device,
+        });
+        Ok(())
+    }
+
+    /// Sets the tags of `device` (each an id; at most [`MAX_TAGS`]).
+    pub fn set_tags(&mut self, device: &str, tags: BTreeSet<String>) -> Result<(), ServerError> {
+        if tags.len() > MAX_TAGS {
+            return Err(ServerError::InvalidId {
+                what: "tags",
+                value: format!("{} tags", tags.len()),
+                reason: "more than 32 tags",
+            });
+        }
+        for t in &tags {
+            check_id("tag", t)?;
+        }
+        let mut d = self
+            .devices
+            .get(device)
+            .cloned()
+            .ok_or_else(|| ServerError::UnknownDevice(device.into()))?;
+        d.tags = tags;
+        self.write(Op::PutDevice {
+            id: device.into(),
+            device: d,
         });
         Ok(())
     }

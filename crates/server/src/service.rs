@@ -232,7 +232,8 @@ pub struct AdminService {
     registry: Mutex<Registry>,
     sync: Arc<dyn SyncSource>,
     objects: Arc<dyn ObjectStore>,
-    online: Mutex<HashMap<String, (u64, mpsc::Sender<Message>)>>,
+    /// Devices with a kept connection: its id, where pushes go, the path it came by.
+    online: Mutex<HashMap<String, KeptConnection>>,
     next_conn: AtomicU64,
     stats: ServiceStats,
     /// Permits for enrollment-channel connections.
@@ -243,6 +244,9 @@ pub struct AdminService {
     /// connection whatever path it came by.
     revoked: RwLock<HashSet<String>>,
 }
+
+/// A device's kept connection: its id, where pushes go, the path it came by.
+type KeptConnection = (u64, mpsc::Sender<Message>, Via);
 
 /// A "sync now" nonce that does not repeat within a run.
 fn next_nonce() -> u64 {
@@ -335,7 +339,7 @@ impl AdminService {
                     reg.device(id)
                         .is_some_and(|d| revoked.contains(&d.cert_serial))
                 })
-                .map(|(id, (_, tx))| (id.clone(), tx.clone()))
+                .map(|(id, (_, tx, _))| (id.clone(), tx.clone()))
                 .collect()
         };
         *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = revoked;
@@ -431,9 +435,27 @@ impl AdminService {
         lock(&self.online).contains_key(device)
     }
 
+    /// The path of `device`'s kept connection, if it has one.
+    pub fn connected_via(&self, device: &str) -> Option<Via> {
+        lock(&self.online)
+            .get(device)
+            .map(|(_, _, via)| via.clone())
+    }
+
+    /// How many devices hold a kept connection through each gateway, by gateway id.
+    pub fn relayed(&self) -> HashMap<String, usize> {
+        let mut n = HashMap::new();
+        for (_, _, via) in lock(&self.online).values() {
+            if let Via::DmzGateway(g) | Via::RemoteGateway(g) = via {
+                *n.entry(g.clone()).or_insert(0) += 1;
+            }
+        }
+        n
+    }
+
     /// Pushes "sync now" to a device over its kept connection; `false` if it has none.
     pub fn push_sync_now(&self, device: &str, reason: &str, nonce: u64) -> bool {
-        let tx = lock(&self.online).get(device).map(|(_, tx)| tx.clone());
+        let tx = lock(&self.online).get(device).map(|(_, tx, _)| tx.clone());
         let sent = tx.is_some_and(|tx| {
             tx.try_send(Message::from(SyncNow {
                 reason: reason.into(),
@@ -686,7 +708,8 @@ impl AdminService {
                     Some(Ok(m)) => {
                         if !syncing && matches!(m, Message::SyncRequest(_)) {
                             syncing = true;
-                            lock(&self.online).insert(device_id.clone(), (conn_id, tx.clone()));
+                            lock(&self.online)
+                                .insert(device_id.clone(), (conn_id, tx.clone(), ctx.via.clone()));
                         }
                         match self.answer(&ctx, m).await {
                         Some(r) => r,
@@ -702,7 +725,10 @@ impl AdminService {
             }
         }
         let mut online = lock(&self.online);
-        if online.get(&device_id).is_some_and(|(id, _)| *id == conn_id) {
+        if online
+            .get(&device_id)
+            .is_some_and(|(id, _, _)| *id == conn_id)
+        {
             online.remove(&device_id);
         }
     }

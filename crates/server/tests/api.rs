@@ -738,7 +738,7 @@ async fn groups_tokens_events_and_metrics() {
 async fn a_policy_edit_reaches_an_online_device() {
     use futures_util::{SinkExt, StreamExt};
     use outpost_wire::Message;
-    use outpost_wire::messages::{Hello, SyncRequest};
+    use outpost_wire::messages::SyncRequest;
     let dir = tempfile::tempdir().unwrap();
     let policy = |value: bool| {
         json!({"id": "lab-usb", "app": "endpoint", "group": "lab",
@@ -758,25 +758,7 @@ async fn a_policy_edit_reaches_an_online_device() {
 
     // A device enrolls into "lab" and keeps its connection after a sync.
     let (_, cfg) = enroll_device(&running, &api, &admin, dir.path(), "pc-1").await;
-    let tcp = tokio::net::TcpStream::connect(running.local_addr())
-        .await
-        .unwrap();
-    let tls = tokio_rustls::TlsConnector::from(cfg)
-        .connect(
-            rustls::pki_types::ServerName::try_from("server.test").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
-    let mut kept = tokio_util::codec::Framed::new(tls, outpost_wire::MessageCodec::new());
-    kept.send(Message::from(Hello {
-        min_version: 1,
-        max_version: 1,
-        ..Default::default()
-    }))
-    .await
-    .unwrap();
-    assert!(matches!(kept.next().await, Some(Ok(Message::HelloAck(_)))));
+    let mut kept = common::connect_device(cfg, running.local_addr()).await;
     kept.send(Message::from(SyncRequest::default()))
         .await
         .unwrap();
@@ -1070,6 +1052,229 @@ async fn accounts_and_api_tokens_are_managed() {
             "audit.api_token.issue",
             "audit.api_token.revoke"
         ]
+    );
+    running.shutdown().await;
+}
+
+/// Device details (facts, certificate expiry, connection path), tags, every list filter,
+/// and security issues listed and acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_details_filters_and_security_issues() {
+    use futures_util::{SinkExt, StreamExt};
+    use outpost_wire::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let (running, api) = server(dir.path(), 30).await;
+    let admin = api.login("admin", "correct horse battery").await.body["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (resp, cfg) = enroll_device(&running, &api, &admin, dir.path(), "pc-1").await;
+    let mut kept = common::connect_device(cfg, running.local_addr()).await;
+    kept.send(Message::from(outpost_wire::messages::SyncRequest::default()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        kept.next().await,
+        Some(Ok(Message::SyncResponse(_)))
+    ));
+
+    // Details: the certificate's expiry is the one issued; online, directly.
+    let d = api
+        .call("GET", "/api/v1/devices/pc-1", Some(&admin), None)
+        .await;
+    assert_eq!(d.status, 200, "{}", d.body);
+    let cert = outpost_pki::CertInfo::of_certificate(&resp.certificate_der).unwrap();
+    assert_eq!(
+        d.body["certificate"]["expires_unix"],
+        json!(cert.not_after.unix_seconds())
+    );
+    assert_eq!(
+        (&d.body["online"], &d.body["connected_via"]),
+        (&json!(true), &json!("direct"))
+    );
+    assert_eq!(d.body["group"], "lab");
+    assert_eq!(
+        api.call("GET", "/api/v1/devices/pc-9", Some(&admin), None)
+            .await
+            .status,
+        404
+    );
+
+    // Tags: set, validated, filtered on.
+    for i in [3, 7, 11] {
+        let t = api
+            .call(
+                "PATCH",
+                &format!("/api/v1/devices/dev-{i:04}"),
+                Some(&admin),
+                Some(json!({"tags": ["kiosk", "floor-2"]})),
+            )
+            .await;
+        assert_eq!(t.status, 200, "{}", t.body);
+    }
+    let bad = api
+        .call(
+            "PATCH",
+            "/api/v1/devices/dev-0001",
+            Some(&admin),
+            Some(json!({"tags": ["no spaces"]})),
+        )
+        .await;
+    assert_eq!(
+        (bad.status, bad.body["field"].as_str()),
+        (422, Some("tags"))
+    );
+    let ids = |a: &Answer| -> Vec<String> {
+        a.body["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let list = |q: &'static str| {
+        let (api, admin) = (&api, &admin);
+        async move {
+            let a = api
+                .call("GET", &format!("/api/v1/devices?{q}"), Some(admin), None)
+                .await;
+            assert_eq!(a.status, 200, "{q}: {}", a.body);
+            a
+        }
+    };
+    assert_eq!(
+        ids(&list("tag=kiosk").await),
+        ["dev-0003", "dev-0007", "dev-0011"]
+    );
+    let page = list("tag=kiosk&limit=2").await;
+    assert_eq!(ids(&page), ["dev-0003", "dev-0007"]);
+    assert_eq!(page.body["next"], "dev-0007");
+    assert_eq!(ids(&list("online=true").await), ["pc-1"]);
+    assert_eq!(
+        list("online=false&limit=1000").await.body["devices"]
+            .as_array()
+            .unwrap()
+            .len(),
+        31
+    );
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    running.service().storage().flush_touched().unwrap();
+    let seen = api
+        .call(
+            "GET",
+            &format!("/api/v1/devices?seen_since={}", now - 60),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(ids(&seen), ["pc-1"], "only pc-1 synced");
+    assert_eq!(ids(&list("dp=true").await), Vec::<String>::new());
+    assert_eq!(
+        api.call("GET", "/api/v1/devices?online=maybe", Some(&admin), None)
+            .await
+            .status,
+        400
+    );
+
+    // Security issues: filtered, acknowledged (once, by whom), still open.
+    running
+        .service()
+        .storage()
+        .commit(vec![
+            outpost_server::Op::PutSecurityIssue(outpost_server::SecurityIssue::new(
+                "dev-0005",
+                "dp.low_disk",
+                2,
+                "1 GiB free",
+                SystemTime::now(),
+            )),
+            outpost_server::Op::PutSecurityIssue(outpost_server::SecurityIssue::new(
+                "pc-1",
+                "av.outdated",
+                3,
+                "definitions 9 days old",
+                SystemTime::now(),
+            )),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(ids(&list("issue=true").await), ["dev-0005", "pc-1"]);
+    assert_eq!(
+        list("issue=false&limit=1000").await.body["devices"]
+            .as_array()
+            .unwrap()
+            .len(),
+        30
+    );
+    let open = api
+        .call(
+            "GET",
+            "/api/v1/security-issues?acknowledged=false",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(
+        open.body["security_issues"].as_array().unwrap().len(),
+        2,
+        "{}",
+        open.body
+    );
+    let first = api
+        .call("GET", "/api/v1/security-issues?limit=1", Some(&admin), None)
+        .await;
+    assert_eq!(first.body["next"], "dev-0005/dp.low_disk");
+    let rest = api
+        .call(
+            "GET",
+            "/api/v1/security-issues?limit=1&after=dev-0005/dp.low_disk",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(rest.body["security_issues"][0]["device"], "pc-1");
+    assert_eq!(rest.body["next"], Value::Null);
+    let w = api.login("watcher", "audit all the things").await;
+    let watcher = w.body["token"].as_str().unwrap().to_string();
+    let path = "/api/v1/security-issues/pc-1/av.outdated/acknowledge";
+    assert_eq!(
+        api.call("POST", path, Some(&watcher), None).await.status,
+        403
+    );
+    let ack = api.call("POST", path, Some(&admin), None).await;
+    assert_eq!(ack.status, 200, "{}", ack.body);
+    assert_eq!(ack.body["acknowledged_by"], "admin");
+    let unacked = api
+        .call(
+            "GET",
+            "/api/v1/security-issues?acknowledged=false",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(unacked.body["security_issues"][0]["device"], "dev-0005");
+    assert_eq!(unacked.body["security_issues"].as_array().unwrap().len(), 1);
+    let d = api
+        .call("GET", "/api/v1/devices/pc-1", Some(&admin), None)
+        .await;
+    assert_eq!(
+        d.body["security_issues"][0]["acknowledged_by"], "admin",
+        "{}",
+        d.body
+    );
+    assert_eq!(
+        api.call(
+            "POST",
+            "/api/v1/security-issues/pc-1/none/acknowledge",
+            Some(&admin),
+            None
+        )
+        .await
+        .status,
+        404
     );
     running.shutdown().await;
 }

@@ -79,7 +79,10 @@ fn round_trip(fresh: Fresh<'_>) {
     r.register_dp("pc-1", "eu").unwrap();
     r.move_device("pc-2", "paris").unwrap();
     r.move_group("paris", "root").unwrap();
+    r.set_tags("pc-1", ["kiosk".to_string(), "floor-2".to_string()].into())
+        .unwrap();
     commit(&storage, &mut r);
+    assert!(r.device("pc-1").unwrap().cert_expires_unix > 0);
     let now = SystemTime::now();
     let update = UpdateObject::new("agent", "Agent 2", 2, 10, "ab".repeat(32), 1_700_000_000);
     let issue = SecurityIssue::new("pc-1", "dp.low_disk", Severity::Warning as i32, "low", now);
@@ -118,6 +121,12 @@ fn round_trip(fresh: Fresh<'_>) {
             account.clone(),
             token,
             revoked.clone(),
+            Op::AcknowledgeSecurityIssue {
+                device: "pc-1".into(),
+                kind: "dp.low_disk".into(),
+                by: "admin".into(),
+                at_unix: 1_700_000_300,
+            },
         ])
         .unwrap();
     drop(storage);
@@ -146,7 +155,10 @@ fn round_trip(fresh: Fresh<'_>) {
         Some(&r#"{"id":"p1"}"#.to_string())
     );
     assert_eq!(snap.updates, vec![update]);
-    assert_eq!(snap.issues, vec![issue]);
+    let mut acknowledged = issue;
+    acknowledged.acknowledged_at_unix = Some(1_700_000_300);
+    acknowledged.acknowledged_by = Some("admin".into());
+    assert_eq!(snap.issues, vec![acknowledged]);
     assert_eq!(snap.meta.get("k").map(String::as_str), Some("v"));
     assert!(matches!(&account, Op::PutAccount(a) if snap.accounts == [a.clone()]));
     assert!(matches!(&revoked, Op::PutApiToken(t) if snap.api_tokens == [t.clone()]));
@@ -186,14 +198,38 @@ fn round_trip(fresh: Fresh<'_>) {
 fn upgrade_from_the_previous_version(fresh: Fresh<'_>) {
     let db = fresh("upgrade");
     let storage = Storage::open_at_version(&db, "server-1", SCHEMA_VERSION - 1).unwrap();
-    let mut r = registry("server-1");
-    enroll(&mut r, "pc-1", "paris");
-    // What that schema has: the registry's tables.
-    storage.commit_blocking(r.as_ops()).unwrap();
+    // Rows as that schema has them, written as a build of that version wrote them.
+    for sql in [
+        "INSERT INTO admin_groups (server_id, id, name, parent) \
+         VALUES ('server-1', 'paris', 'Paris', 'root')",
+        "INSERT INTO devices (server_id, id, group_id, cert_sha256, cert_serial, enrolled_at, \
+         last_seen, enrolled_with) VALUES ('server-1', 'pc-1', 'paris', 'ab', '01', 1700000000, \
+         1700000100, 'cd')",
+        "INSERT INTO security_issues (server_id, device_id, kind, severity, opened_at, body) \
+         VALUES ('server-1', 'pc-1', 'dp.low_disk', 2, 1700000200, 'low')",
+    ] {
+        storage.execute_unchecked(sql).unwrap();
+    }
     drop(storage);
 
     let storage = Storage::open(&db, "server-1").unwrap();
-    assert_eq!(storage.load().unwrap().registry, r, "rows kept");
+    let snap = storage.load().unwrap();
+    let d = snap.registry.device("pc-1").expect("rows kept");
+    assert_eq!(
+        (
+            d.group.as_str(),
+            d.enrolled_at_unix,
+            d.last_seen_unix,
+            d.enrolled_with.as_str()
+        ),
+        ("paris", 1_700_000_000, 1_700_000_100, "cd")
+    );
+    assert!(
+        d.tags.is_empty() && d.cert_expires_unix == 0,
+        "new columns empty"
+    );
+    assert_eq!(snap.issues.len(), 1);
+    assert_eq!(snap.issues[0].acknowledged_at_unix, None);
     storage
         .record_events_blocking(vec![EventRecord::server(
             None,

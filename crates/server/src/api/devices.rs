@@ -1,5 +1,7 @@
 //! Devices: listed, moved, removed, and their effective settings.
 
+use std::collections::{BTreeSet, HashSet};
+
 use super::*;
 
 #[derive(Deserialize)]
@@ -9,8 +11,27 @@ pub(super) struct DevicePage {
     limit: Option<usize>,
     #[serde(default)]
     after: Option<String>,
+    /// Only devices in this group.
     #[serde(default)]
     group: Option<String>,
+    /// Only devices with this tag.
+    #[serde(default)]
+    tag: Option<String>,
+    /// Only devices with (true) or without (false) a kept connection.
+    #[serde(default)]
+    online: Option<bool>,
+    /// Only devices seen at or after this time (seconds since the Unix epoch).
+    #[serde(default)]
+    seen_since: Option<u64>,
+    /// Only devices not seen since this time (never-seen devices included).
+    #[serde(default)]
+    seen_before: Option<u64>,
+    /// Only devices registered (true) or not (false) as a distribution point.
+    #[serde(default)]
+    dp: Option<bool>,
+    /// Only devices with (true) or without (false) an open security issue.
+    #[serde(default)]
+    issue: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -21,6 +42,8 @@ pub(super) struct DeviceOut {
     last_seen_unix: Option<u64>,
     online: bool,
     certificate_sha256: String,
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    tags: BTreeSet<String>,
 }
 
 pub(super) async fn list_devices(
@@ -31,16 +54,37 @@ pub(super) async fn list_devices(
     caller(&st, &headers)?;
     let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     let limit = page_limit(q.limit)?;
+    let with_issue: Option<HashSet<String>> = match q.issue {
+        Some(_) => {
+            let storage = st.service.storage().clone();
+            let issues = blocking(move || storage.security_issues()).await?;
+            Some(issues.into_iter().map(|i| i.device).collect())
+        }
+        None => None,
+    };
     let (devices, more) = st.service.with_registry(|r| {
         use std::ops::Bound;
         let start = match &q.after {
             Some(a) => Bound::Excluded(a.clone()),
             None => Bound::Unbounded,
         };
+        let wanted = |id: &String, d: &crate::Device| {
+            q.group.as_deref().is_none_or(|g| g == d.group)
+                && q.tag.as_ref().is_none_or(|t| d.tags.contains(t))
+                && q.seen_since
+                    .is_none_or(|t| d.last_seen_unix >= t && d.last_seen_unix > 0)
+                && q.seen_before.is_none_or(|t| d.last_seen_unix < t)
+                && q.dp.is_none_or(|dp| r.dps().contains_key(id) == dp)
+                && q.online.is_none_or(|on| st.service.is_online(id) == on)
+                && with_issue
+                    .as_ref()
+                    .zip(q.issue)
+                    .is_none_or(|(set, has)| set.contains(id) == has)
+        };
         let mut page = Vec::with_capacity(limit);
         let mut more = false;
         for (id, d) in r.devices().range((start, Bound::Unbounded)) {
-            if q.group.as_deref().is_some_and(|g| g != d.group) {
+            if !wanted(id, d) {
                 continue;
             }
             if page.len() == limit {
@@ -54,6 +98,7 @@ pub(super) async fn list_devices(
                 last_seen_unix: (d.last_seen_unix > 0).then_some(d.last_seen_unix),
                 online: st.service.is_online(id),
                 certificate_sha256: d.cert_sha256.clone(),
+                tags: d.tags.clone(),
             });
         }
         (page, more)
@@ -157,5 +202,91 @@ pub(super) async fn device_settings(
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({ "device": id, "settings": apps }),
+    ))
+}
+
+/// One device: its record, facts, certificate, connection, distribution point scopes,
+/// open security issues.
+pub(super) async fn device_details(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, Problem> {
+    caller(&st, &headers)?;
+    let (d, scopes) = st
+        .service
+        .with_registry(|r| {
+            r.device(&id)
+                .cloned()
+                .map(|d| (d, r.dps().get(&id).cloned().unwrap_or_default()))
+        })
+        .ok_or_else(|| Problem::from(ServerError::UnknownDevice(id.clone())))?;
+    let storage = st.service.storage().clone();
+    let issues: Vec<serde_json::Value> = blocking(move || storage.security_issues())
+        .await?
+        .into_iter()
+        .filter(|i| i.device == id)
+        .map(|i| issue_out(&i))
+        .collect();
+    let via = st.service.connected_via(&id);
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "id": id,
+            "group": d.group,
+            "tags": d.tags,
+            "enrolled_at_unix": d.enrolled_at_unix,
+            "last_seen_unix": (d.last_seen_unix > 0).then_some(d.last_seen_unix),
+            "facts": {
+                "os_class": d.os_class,
+                "broadcast_domain": d.broadcast_domain,
+                "free_disk_bytes": d.free_disk_bytes,
+            },
+            "certificate": {
+                "sha256": d.cert_sha256,
+                "serial": d.cert_serial,
+                "expires_unix": (d.cert_expires_unix > 0).then_some(d.cert_expires_unix),
+            },
+            "online": via.is_some(),
+            "connected_via": via.map(|v| v.to_string()),
+            "dp_scopes": scopes,
+            "security_issues": issues,
+        }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DeviceChange {
+    tags: BTreeSet<String>,
+}
+
+/// Sets a device's tags.
+pub(super) async fn change_device(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let who = writer(&st, &headers)?;
+    let c: DeviceChange = json_body(bytes)?;
+    let tags = c.tags.clone();
+    st.service
+        .update_registry(|r| r.set_tags(&id, tags))
+        .await
+        .map_err(|e| {
+            let field = matches!(e, ServerError::InvalidId { .. }).then_some("tags");
+            Problem::from_error(&e, field)
+        })?;
+    audit(
+        &st,
+        &who,
+        "audit.device.tags",
+        format!("set the tags of device {id:?} to {:?}", c.tags),
+    )
+    .await;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "id": id, "tags": c.tags }),
     ))
 }

@@ -5,21 +5,32 @@
 //!   "expires_in_secs"}`); failed logins are throttled per account and per source address.
 //!   `POST /api/v1/logout` closes it. Every other call carries `Authorization: Bearer
 //!   <session or API token>`.
-//! - `GET /api/v1/status`; `GET /metrics` (Prometheus text); `GET /api/v1/groups`,
-//!   `POST /api/v1/groups` `{"id", "name", "parent"}` (known to the policies and the
-//!   election at once), `PATCH /api/v1/groups/{id}` `{"name"}`, `DELETE /api/v1/groups/{id}`
-//!   (refused while not empty); `GET /api/v1/events?after=&limit=&kind=&device=`;
-//!   `GET /api/v1/policies`, `GET|PUT|DELETE /api/v1/policies/{id}` (an `outpost-policy`
-//!   policy document: resolved incrementally, committed, and "sync now" pushed to the
-//!   online devices whose settings changed; the answer says how many);
-//!   `GET /api/v1/devices/{id}/settings` (effective values and locks); `GET /api/v1/devices?limit=&after=&group=` (pages in id order: `next` is the
-//!   `after` of the next page); `POST /api/v1/devices/{id}/move` `{"group"}` (its settings
-//!   and distribution point placement follow, and it is pushed "sync now");
-//!   `DELETE /api/v1/devices/{id}` (its certificate revoked and the CRL rewritten first, so
-//!   it is refused from then on); `POST /api/v1/enrollment-tokens` `{"group", "device",
+//! - Accounts: `GET|POST /api/v1/accounts` `{"name", "role", "password"}`,
+//!   `PATCH /api/v1/accounts/{name}` `{"role", "password", "disabled"}` (its sessions are
+//!   closed; the last enabled administrator stays one). API tokens: `GET|POST
+//!   /api/v1/api-tokens` `{"label"}` (the secret shown once), `DELETE
+//!   /api/v1/api-tokens/{id}`.
+//! - `GET /api/v1/status`; `GET /metrics` (Prometheus text).
+//! - Groups: `GET|POST /api/v1/groups` `{"id", "name", "parent"}` (known to the policies
+//!   and the election at once), `PATCH /api/v1/groups/{id}` `{"name"}`, `DELETE
+//!   /api/v1/groups/{id}` (refused while not empty).
+//! - Devices: `GET /api/v1/devices?limit=&after=&group=&tag=&online=&seen_since=&seen_before=&dp=&issue=`
+//!   (pages in id order: `next` is the `after` of the next page); `GET
+//!   /api/v1/devices/{id}` (facts, certificate expiry, connection path, DP scopes, open
+//!   issues); `PATCH /api/v1/devices/{id}` `{"tags"}`; `POST /api/v1/devices/{id}/move`
+//!   `{"group"}` (its settings and distribution point placement follow, and it is pushed
+//!   "sync now"); `DELETE /api/v1/devices/{id}` (its certificate revoked and the CRL
+//!   rewritten first, so it is refused from then on); `GET /api/v1/devices/{id}/settings`
+//!   (effective values and locks).
+//! - Enrollment tokens: `POST /api/v1/enrollment-tokens` `{"group", "device",
 //!   "ttl_secs"}`, `GET /api/v1/enrollment-tokens` (pending, by the SHA-256 that is their
-//!   id), `DELETE /api/v1/enrollment-tokens/{id}`; `POST /api/v1/api-tokens` `{"label"}`
-//!   (shown once).
+//!   id), `DELETE /api/v1/enrollment-tokens/{id}`.
+//! - Policies: `GET /api/v1/policies`, `GET|PUT|DELETE /api/v1/policies/{id}` (an
+//!   `outpost-policy` policy document: resolved incrementally, committed, and "sync now"
+//!   pushed to the online devices whose settings changed; the answer says how many).
+//! - Events: `GET /api/v1/events?after=&limit=&kind=&device=`. Security issues: `GET
+//!   /api/v1/security-issues?device=&kind=&acknowledged=&limit=&after=`, `POST
+//!   /api/v1/security-issues/{device}/{kind}/acknowledge`.
 //! - Writes need the `administrator` role (an `auditor` gets 403); each is recorded in the
 //!   event log (`audit.*`, who and what) once committed.
 //! - Errors are RFC 9457 problem documents naming the field at fault; bodies are at most
@@ -29,6 +40,7 @@ mod devices;
 mod enrollment;
 mod events;
 mod groups;
+mod issues;
 mod policies;
 mod problem;
 mod session;
@@ -37,6 +49,7 @@ use devices::*;
 use enrollment::*;
 use events::*;
 use groups::*;
+use issues::*;
 use policies::*;
 use session::*;
 
@@ -272,7 +285,17 @@ fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/devices/{id}/settings", get(device_settings))
         .route("/metrics", get(metrics))
         .route("/api/v1/devices", get(list_devices))
-        .route("/api/v1/devices/{id}", axum::routing::delete(remove_device))
+        .route(
+            "/api/v1/devices/{id}",
+            get(device_details)
+                .patch(change_device)
+                .delete(remove_device),
+        )
+        .route("/api/v1/security-issues", get(list_issues))
+        .route(
+            "/api/v1/security-issues/{device}/{kind}/acknowledge",
+            post(acknowledge_issue),
+        )
         .route("/api/v1/devices/{id}/move", post(move_device))
         .route(
             "/api/v1/enrollment-tokens",

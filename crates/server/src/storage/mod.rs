@@ -144,6 +144,18 @@ pub enum Op {
         /// The issue's kind.
         kind: String,
     },
+    /// Marks a device's open security issue acknowledged (it stays open until its cause
+    /// is gone).
+    AcknowledgeSecurityIssue {
+        /// The device.
+        device: String,
+        /// The issue's kind.
+        kind: String,
+        /// The account acknowledging it.
+        by: String,
+        /// When, seconds since the Unix epoch.
+        at_unix: u64,
+    },
     /// Inserts or replaces an administrator account.
     PutAccount(crate::Account),
     /// Inserts or replaces an API token (revoking one is a put with its revocation time).
@@ -246,6 +258,10 @@ pub struct SecurityIssue {
     pub opened_at_unix: u64,
     /// Details.
     pub body: String,
+    /// When an administrator acknowledged it, seconds since the Unix epoch.
+    pub acknowledged_at_unix: Option<u64>,
+    /// The account that acknowledged it.
+    pub acknowledged_by: Option<String>,
 }
 
 impl SecurityIssue {
@@ -263,6 +279,8 @@ impl SecurityIssue {
             severity,
             opened_at_unix: crate::registry::unix(now),
             body: body.into(),
+            acknowledged_at_unix: None,
+            acknowledged_by: None,
         }
     }
 }
@@ -412,6 +430,7 @@ enum Job {
     Trim(SystemTime, Reply<u64>),
     Raw(String, Reply<()>),
     Flush(Reply<()>),
+    Issues(Reply<Vec<SecurityIssue>>),
     PolicyObjects(
         PolicyObjectKind,
         Option<String>,
@@ -607,6 +626,11 @@ impl Storage {
         let id = id.to_string();
         let rows = Ticket::wait_on(self.send(|r| Job::PolicyObjects(kind, Some(id), r)))?;
         Ok(rows.into_iter().next().map(|(_, doc)| doc))
+    }
+
+    /// The open security issues, by device and kind.
+    pub fn security_issues(&self) -> Result<Vec<SecurityIssue>, ServerError> {
+        Ticket::wait_on(self.send(Job::Issues))
     }
 
     /// Reads everything the server keeps in memory.

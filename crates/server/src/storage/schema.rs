@@ -9,7 +9,7 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use super::Backend;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 type Step = (i64, &'static str, &'static str);
 
@@ -29,6 +29,11 @@ const SQLITE: &[Step] = &[
         "accounts",
         include_str!("../../migrations/sqlite/0003_accounts.sql"),
     ),
+    (
+        4,
+        "tags expiry acknowledgements",
+        include_str!("../../migrations/sqlite/0004_tags_expiry_acknowledgements.sql"),
+    ),
 ];
 
 const POSTGRES: &[Step] = &[
@@ -46,6 +51,11 @@ const POSTGRES: &[Step] = &[
         3,
         "accounts",
         include_str!("../../migrations/postgres/0003_accounts.sql"),
+    ),
+    (
+        4,
+        "tags expiry acknowledgements",
+        include_str!("../../migrations/postgres/0004_tags_expiry_acknowledgements.sql"),
     ),
 ];
 

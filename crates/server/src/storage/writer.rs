@@ -468,6 +468,9 @@ impl Writer {
             Job::Counts(reply) => {
                 let _ = reply.send(self.counts().await);
             }
+            Job::Issues(reply) => {
+                let _ = reply.send(self.security_issues().await);
+            }
             Job::ReadEvents(query, reply) => {
                 let _ = reply.send(self.events(&query).await);
             }
@@ -507,6 +510,35 @@ impl Writer {
             }
             Job::Commit(..) | Job::Events(..) | Job::Touch(_) => {}
         }
+    }
+
+    async fn security_issues(&mut self) -> Result<Vec<SecurityIssue>, ServerError> {
+        let err = self.query_error("reading security issues");
+        let mut issues = Vec::new();
+        for r in sqlx::query(
+            "SELECT device_id, kind, severity, opened_at, body, acknowledged_at, acknowledged_by \
+             FROM security_issues WHERE server_id = $1 ORDER BY device_id, kind",
+        )
+        .bind(&self.server_id)
+        .fetch_all(&mut self.conn)
+        .await
+        .map_err(&err)?
+        {
+            issues.push(SecurityIssue {
+                device: r.try_get("device_id").map_err(&err)?,
+                kind: r.try_get("kind").map_err(&err)?,
+                severity: i32::try_from(r.try_get::<i64, _>("severity").map_err(&err)?)
+                    .unwrap_or_default(),
+                opened_at_unix: u64_of(r.try_get("opened_at").map_err(&err)?),
+                body: r.try_get("body").map_err(&err)?,
+                acknowledged_at_unix: r
+                    .try_get::<Option<i64>, _>("acknowledged_at")
+                    .map_err(&err)?
+                    .map(u64_of),
+                acknowledged_by: r.try_get("acknowledged_by").map_err(&err)?,
+            });
+        }
+        Ok(issues)
     }
 
     async fn counts(&mut self) -> Result<Counts, ServerError> {
@@ -589,7 +621,8 @@ impl Writer {
         let rows = fetch(
             &mut self.conn,
             "SELECT id, group_id, cert_sha256, cert_serial, enrolled_at, last_seen, \
-             broadcast_domain, os_class, free_disk_bytes, enrolled_with FROM devices \
+             broadcast_domain, os_class, free_disk_bytes, enrolled_with, tags, cert_expires_at \
+             FROM devices \
              WHERE server_id = $1",
         )
         .await
@@ -696,24 +729,7 @@ impl Writer {
                 published_at_unix: u64_of(r.try_get("published_at").map_err(&err)?),
             });
         }
-        let mut issues = Vec::new();
-        for r in fetch(
-            &mut self.conn,
-            "SELECT device_id, kind, severity, opened_at, body FROM security_issues \
-             WHERE server_id = $1 ORDER BY device_id, kind",
-        )
-        .await
-        .map_err(&err)?
-        {
-            issues.push(SecurityIssue {
-                device: r.try_get("device_id").map_err(&err)?,
-                kind: r.try_get("kind").map_err(&err)?,
-                severity: i32::try_from(r.try_get::<i64, _>("severity").map_err(&err)?)
-                    .unwrap_or_default(),
-                opened_at_unix: u64_of(r.try_get("opened_at").map_err(&err)?),
-                body: r.try_get("body").map_err(&err)?,
-            });
-        }
+        let issues = self.security_issues().await?;
         let mut meta = BTreeMap::new();
         for r in fetch(
             &mut self.conn,
@@ -801,6 +817,15 @@ fn device_of(r: &AnyRow) -> Result<(String, Device), sqlx::Error> {
             os_class: r.try_get("os_class")?,
             free_disk_bytes: r.try_get::<Option<i64>, _>("free_disk_bytes")?.map(u64_of),
             enrolled_with: r.try_get("enrolled_with")?,
+            tags: r
+                .try_get::<String, _>("tags")?
+                .split(',')
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect(),
+            cert_expires_unix: r
+                .try_get::<Option<i64>, _>("cert_expires_at")?
+                .map_or(0, u64_of),
         },
     ))
 }
@@ -846,6 +871,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::PutUpdateObject(_) => "writing an update object",
         Op::PutSecurityIssue(_) => "writing a security issue",
         Op::DeleteSecurityIssue { .. } => "closing a security issue",
+        Op::AcknowledgeSecurityIssue { .. } => "acknowledging a security issue",
         Op::PutMeta { .. } => "writing a marker",
         Op::PutAccount(_) => "writing an account",
         Op::PutApiToken(_) => "writing an API token",
@@ -869,13 +895,15 @@ async fn apply(conn: &mut AnyConnection, sid: &str, op: &Op) -> Result<(), sqlx:
         }
         Op::PutDevice { id, device: d } => sqlx::query(
             "INSERT INTO devices (server_id, id, group_id, cert_sha256, cert_serial, enrolled_at, \
-             last_seen, broadcast_domain, os_class, free_disk_bytes, enrolled_with) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             last_seen, broadcast_domain, os_class, free_disk_bytes, enrolled_with, tags, \
+             cert_expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT (server_id, id) DO UPDATE SET group_id = excluded.group_id, \
              cert_sha256 = excluded.cert_sha256, cert_serial = excluded.cert_serial, \
              enrolled_at = excluded.enrolled_at, last_seen = excluded.last_seen, \
              broadcast_domain = excluded.broadcast_domain, os_class = excluded.os_class, \
-             free_disk_bytes = excluded.free_disk_bytes, enrolled_with = excluded.enrolled_with",
+             free_disk_bytes = excluded.free_disk_bytes, enrolled_with = excluded.enrolled_with, \
+             tags = excluded.tags, cert_expires_at = excluded.cert_expires_at",
         )
         .bind(sid)
         .bind(id)
@@ -887,7 +915,9 @@ async fn apply(conn: &mut AnyConnection, sid: &str, op: &Op) -> Result<(), sqlx:
         .bind(d.broadcast_domain.as_deref())
         .bind(d.os_class.as_deref())
         .bind(d.free_disk_bytes.map(i64_of))
-        .bind(&d.enrolled_with),
+        .bind(&d.enrolled_with)
+        .bind(d.tags.iter().map(String::as_str).collect::<Vec<_>>().join(","))
+        .bind((d.cert_expires_unix > 0).then(|| i64_of(d.cert_expires_unix))),
         Op::DeleteDevice { id } => {
             sqlx::query("DELETE FROM dp_scopes WHERE server_id = $1 AND device_id = $2")
                 .bind(sid)
@@ -1009,6 +1039,20 @@ async fn apply(conn: &mut AnyConnection, sid: &str, op: &Op) -> Result<(), sqlx:
         Op::DeleteSecurityIssue { device, kind } => sqlx::query(
             "DELETE FROM security_issues WHERE server_id = $1 AND device_id = $2 AND kind = $3",
         )
+        .bind(sid)
+        .bind(device)
+        .bind(kind),
+        Op::AcknowledgeSecurityIssue {
+            device,
+            kind,
+            by,
+            at_unix,
+        } => sqlx::query(
+            "UPDATE security_issues SET acknowledged_at = $1, acknowledged_by = $2 \
+             WHERE server_id = $3 AND device_id = $4 AND kind = $5",
+        )
+        .bind(i64_of(*at_unix))
+        .bind(by)
         .bind(sid)
         .bind(device)
         .bind(kind),

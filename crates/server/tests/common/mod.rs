@@ -50,13 +50,14 @@ pub fn server_config(top: &str, tables: &str) -> outpost_server::AdminServerConf
     .unwrap()
 }
 
-/// One request on a device connection to the server's port at `addr` (named
-/// `server.test`): Hello, then `m`; returns the answer.
-pub async fn exchange(
+/// A device's connection to `addr` as `cfg`, past Hello.
+pub async fn connect_device(
     cfg: std::sync::Arc<rustls::ClientConfig>,
     addr: std::net::SocketAddr,
-    m: outpost_wire::Message,
-) -> outpost_wire::Message {
+) -> tokio_util::codec::Framed<
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    outpost_wire::MessageCodec,
+> {
     use futures_util::{SinkExt, StreamExt};
     use outpost_wire::Message;
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -76,6 +77,17 @@ pub async fn exchange(
     .await
     .unwrap();
     assert!(matches!(f.next().await, Some(Ok(Message::HelloAck(_)))));
+    f
+}
+
+/// Sends `m` on a new device connection ([`connect_device`]) and returns the answer.
+pub async fn exchange(
+    cfg: std::sync::Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+    m: outpost_wire::Message,
+) -> outpost_wire::Message {
+    use futures_util::{SinkExt, StreamExt};
+    let mut f = connect_device(cfg, addr).await;
     f.send(m).await.unwrap();
     f.next().await.unwrap().unwrap()
 }

@@ -121,7 +121,7 @@ pub struct ApiToken {
     pub revoked_at_unix: Option<u64>,
 }
 
-fn random_hex(n: usize) -> Result<String, ServerError> {
+pub(crate) fn random_hex(n: usize) -> Result<String, ServerError> {
     use aws_lc_rs::rand::SecureRandom;
     let mut raw = vec![0u8; n];
     aws_lc_rs::rand::SystemRandom::new()

@@ -1,6 +1,7 @@
 //! The sync source a full server uses: settings from policies, distribution point roles and
 //! serving DPs from the election, and the updates a device does not hold yet.
 
+use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
 use std::time::Instant;
 
@@ -14,6 +15,8 @@ pub struct FleetSync {
     policy: Option<PolicySync>,
     dps: Option<Mutex<DpCoordinator>>,
     updates: RwLock<Vec<UpdateAnnouncement>>,
+    /// The update versions each device said it holds at its last sync (since the start).
+    holders: Mutex<HashMap<String, Vec<(String, u64)>>>,
     interval: SyncIntervalPolicy,
 }
 
@@ -28,6 +31,7 @@ impl FleetSync {
             policy,
             dps: dps.map(Mutex::new),
             updates: RwLock::new(Vec::new()),
+            holders: Mutex::new(HashMap::new()),
             interval,
         }
     }
@@ -37,6 +41,21 @@ impl FleetSync {
         let mut u = self.updates.write().unwrap_or_else(|e| e.into_inner());
         u.retain(|x| x.object_id != a.object_id);
         u.push(a);
+    }
+
+    /// How many devices hold update `object_id`: at `version`, and at any version (as they
+    /// said at their last sync since the server started).
+    pub fn holders(&self, object_id: &str, version: u64) -> (usize, usize) {
+        let holders = self.holders.lock().unwrap_or_else(|e| e.into_inner());
+        let mut exact = 0;
+        let mut any = 0;
+        for held in holders.values() {
+            if let Some((_, v)) = held.iter().find(|(id, _)| id == object_id) {
+                any += 1;
+                exact += usize::from(*v == version);
+            }
+        }
+        (exact, any)
     }
 
     /// The policies, to apply changes (and learn whom to push).
@@ -72,6 +91,17 @@ impl SyncSource for FleetSync {
                 resp.next_sync_secs = u32::try_from(hb.max(1)).unwrap_or(u32::MAX);
             }
         }
+        let updates_held: Vec<(String, u64)> = req
+            .held
+            .iter()
+            .filter(|h| h.kind == ObjectKind::Update as i32)
+            .take(1024)
+            .map(|h| (h.id.clone(), h.version))
+            .collect();
+        self.holders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(device.device_id.clone(), updates_held);
         let held = |u: &UpdateAnnouncement| {
             req.held.iter().any(|h| {
                 h.kind == ObjectKind::Update as i32 && h.id == u.object_id && h.version == u.version
@@ -110,6 +140,10 @@ impl SyncSource for FleetSync {
             log::warn!("policies do not let device {device:?} go: {e}");
         }
         self.with_dps(|c| c.remove(device));
+        self.holders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(device);
     }
 
     fn on_enrolled(&self, device: &str, group: &str) {

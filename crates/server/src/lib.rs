@@ -81,7 +81,7 @@ pub use enroll::{
 pub use error::{EnrollmentRefusal, ServerError, StorageError};
 pub use fleet::FleetSync;
 pub use lock::{DataDirLock, LOCK_FILE};
-pub use objects::{StoredObjects, announcement};
+pub use objects::{Staged, StoredObjects, announcement};
 pub use policy_sync::{PolicySync, place_registry_devices, settings_document};
 pub use registry::{
     Changes, Device, FORMAT, GatewayRegistration, Group, MAX_REGISTRY_BYTES, MAX_TOKEN_TTL,

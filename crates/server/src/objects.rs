@@ -108,29 +108,68 @@ impl StoredObjects {
         data: &[u8],
     ) -> Result<UpdateAnnouncement, ServerError> {
         crate::check_id("update object id", object_id)?;
-        let sha = hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref());
-        let path = self.path_of(&sha);
-        let parent = path.parent().unwrap_or(&self.dir).to_path_buf();
+        let mut staged = self.stage()?;
         let bytes = data.to_vec();
-        let write_path = path.clone();
         // File writes and their flushes are blocking: off the async threads.
-        tokio::task::spawn_blocking(move || -> Result<(), ServerError> {
-            std::fs::create_dir_all(&parent).map_err(|source| ServerError::Io {
-                path: parent.clone(),
-                source,
-            })?;
-            crate::store::write_atomic(&write_path, &bytes)
+        let staged = tokio::task::spawn_blocking(move || {
+            staged.write(&bytes)?;
+            Ok::<_, ServerError>(staged)
         })
         .await
         .map_err(|e| ServerError::Io {
-            path: path.clone(),
+            path: self.dir.clone(),
             source: std::io::Error::other(e),
         })??;
+        self.publish_staged(staged, object_id, name, version).await
+    }
+
+    /// A new file to write an object's content into as it arrives (an upload, a copy), hashed
+    /// on the way; [`publish_staged`](Self::publish_staged) makes it an object. Dropped
+    /// unpublished, the file is removed.
+    pub fn stage(&self) -> Result<Staged, ServerError> {
+        let dir = self.dir.join(".staging");
+        std::fs::create_dir_all(&dir).map_err(|source| ServerError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let path = dir.join(crate::accounts::random_hex(12)?);
+        let file = std::fs::File::create_new(&path).map_err(|source| ServerError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Staged {
+            path,
+            file: Some(file),
+            hash: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256),
+            len: 0,
+        })
+    }
+
+    /// Makes `staged` object `object_id` (replacing an earlier version): the content is
+    /// flushed and in place, and the metadata committed, before this returns.
+    pub async fn publish_staged(
+        &self,
+        mut staged: Staged,
+        object_id: &str,
+        name: &str,
+        version: u64,
+    ) -> Result<UpdateAnnouncement, ServerError> {
+        crate::check_id("update object id", object_id)?;
+        let (sha, size) = (hex(staged.hash.clone().finish().as_ref()), staged.len);
+        let path = self.path_of(&sha);
+        let target = path.clone();
+        // Flushes and renames are blocking: off the async threads.
+        tokio::task::spawn_blocking(move || staged.persist(&target))
+            .await
+            .map_err(|e| ServerError::Io {
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            })??;
         let meta = UpdateObject {
             id: object_id.into(),
             name: name.into(),
             version,
-            size: data.len() as u64,
+            size,
             sha256: sha,
             published_at_unix: unix(SystemTime::now()),
         };
@@ -186,6 +225,74 @@ impl StoredObjects {
             ));
         }
         Ok(())
+    }
+}
+
+/// An object's content being written (see [`StoredObjects::stage`]).
+pub struct Staged {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    hash: aws_lc_rs::digest::Context,
+    len: u64,
+}
+
+impl Staged {
+    /// Appends `chunk` (blocking).
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), ServerError> {
+        use std::io::Write;
+        let path = &self.path;
+        self.file
+            .as_mut()
+            .ok_or_else(|| ServerError::Io {
+                path: path.clone(),
+                source: std::io::Error::other("already published"),
+            })?
+            .write_all(chunk)
+            .map_err(|source| ServerError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        self.hash.update(chunk);
+        self.len += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Flushes the content and renames it to `target` (blocking).
+    fn persist(&mut self, target: &Path) -> Result<(), ServerError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ServerError::Io { path, source }
+        };
+        if let Some(f) = self.file.take() {
+            f.sync_all().map_err(io(&self.path))?;
+        }
+        let parent = target.parent().unwrap_or(target);
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+        std::fs::rename(&self.path, target).map_err(io(target))?;
+        // The rename is durable once the directory is.
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io(parent))?;
+        self.path = target.to_path_buf();
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

@@ -611,11 +611,15 @@ impl AdminServer {
                 crate::api::start(
                     api,
                     api_tls,
-                    service.clone(),
-                    accounts,
-                    connector.gateways_up(),
-                    config.data_path(base),
-                    fleet.clone(),
+                    crate::api::ApiParts {
+                        service: service.clone(),
+                        accounts,
+                        gateways: connector.gateways_up(),
+                        data_dir: config.data_path(base),
+                        fleet: fleet.clone(),
+                        updates: updates.clone(),
+                        import_dir: api.import_dir.as_ref().map(|d| base.join(d)),
+                    },
                 )
                 .await?,
             ),

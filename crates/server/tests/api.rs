@@ -43,6 +43,19 @@ impl Client {
         token: Option<&str>,
         body: Option<Value>,
     ) -> Answer {
+        let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+        self.send(method, path, token, "application/json", bytes.into_bytes())
+            .await
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        bytes: Vec<u8>,
+    ) -> Answer {
         let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
         let name = rustls::pki_types::ServerName::try_from("server.test").unwrap();
         let tls = self.tls.connect(name, tcp).await.unwrap();
@@ -58,9 +71,8 @@ impl Client {
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
-        let bytes = body.map(|b| b.to_string()).unwrap_or_default();
         if !bytes.is_empty() {
-            req = req.header("content-type", "application/json");
+            req = req.header("content-type", content_type);
         }
         let resp = send
             .send_request(req.body(Full::new(Bytes::from(bytes))).unwrap())
@@ -88,6 +100,18 @@ impl Client {
         }
     }
 
+    /// A call with `body` sent as it is (`application/octet-stream`).
+    async fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+    ) -> Answer {
+        self.send(method, path, token, "application/octet-stream", body)
+            .await
+    }
+
     async fn login(&self, name: &str, password: &str) -> Answer {
         self.call(
             "POST",
@@ -103,6 +127,8 @@ const API_TABLE: &str = r#"
     [api]
     listen = "127.0.0.1:0"
     login_failures = 3
+    max_upload_bytes = 1048576
+    import_dir = "imports"
 "#;
 
 /// A server with the API on, an administrator "admin", an auditor "watcher" and
@@ -1276,5 +1302,148 @@ async fn device_details_filters_and_security_issues() {
         .status,
         404
     );
+    running.shutdown().await;
+}
+
+/// Updates published by a streamed upload and from the import directory, listed with how
+/// many devices hold them; a device that syncs is offered the update and, once it holds it,
+/// counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_are_uploaded_imported_and_delivered() {
+    use futures_util::{SinkExt, StreamExt};
+    use outpost_wire::Message;
+    use outpost_wire::messages::{HeldVersion, ObjectKind, SyncRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let (running, api) = server(dir.path(), 0).await;
+    let admin = api.login("admin", "correct horse battery").await.body["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let content: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let up = api
+        .call_raw(
+            "PUT",
+            "/api/v1/updates/agent?name=Agent%202&version=2",
+            Some(&admin),
+            content.clone(),
+        )
+        .await;
+    assert_eq!(up.status, 201, "{}", up.body);
+    let sha: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &content)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        (up.body["size"].as_u64(), up.body["sha256"].as_str()),
+        (Some(300_000), Some(sha.as_str()))
+    );
+
+    // Refused: too large (nothing kept), no name, an auditor, a path outside the directory.
+    let big = api
+        .call_raw(
+            "PUT",
+            "/api/v1/updates/big?name=B&version=1",
+            Some(&admin),
+            vec![0; 1_100_000],
+        )
+        .await;
+    assert_eq!(big.status, 413, "{}", big.body);
+    let unnamed = api
+        .call_raw("PUT", "/api/v1/updates/x?version=1", Some(&admin), vec![1])
+        .await;
+    assert_eq!(unnamed.status, 400, "{}", unnamed.body);
+    let w = api.login("watcher", "audit all the things").await;
+    let watcher = w.body["token"].as_str().unwrap().to_string();
+    let denied = api
+        .call_raw(
+            "PUT",
+            "/api/v1/updates/x?name=X&version=1",
+            Some(&watcher),
+            vec![1],
+        )
+        .await;
+    assert_eq!(denied.status, 403);
+    std::fs::create_dir_all(dir.path().join("imports")).unwrap();
+    std::fs::write(dir.path().join("imports/tool.bin"), b"a tool").unwrap();
+    std::fs::write(dir.path().join("secret"), b"not for import").unwrap();
+    let outside = api
+        .call(
+            "POST",
+            "/api/v1/updates/tool/import",
+            Some(&admin),
+            Some(json!({"path": "../secret", "name": "Tool", "version": 1})),
+        )
+        .await;
+    assert_eq!(
+        (outside.status, outside.body["field"].as_str()),
+        (404, Some("path"))
+    );
+    let imported = api
+        .call(
+            "POST",
+            "/api/v1/updates/tool/import",
+            Some(&admin),
+            Some(json!({"path": "tool.bin", "name": "Tool", "version": 1})),
+        )
+        .await;
+    assert_eq!(imported.status, 201, "{}", imported.body);
+    let staging = std::fs::read_dir(dir.path().join("state/objects/.staging"))
+        .unwrap()
+        .count();
+    assert_eq!(staging, 0, "refused uploads leave nothing behind");
+
+    // A device is offered both; once it says it holds "agent" 2, it is counted.
+    let (_, cfg) = enroll_device(&running, &api, &admin, dir.path(), "pc-1").await;
+    let mut conn = common::connect_device(cfg, running.local_addr()).await;
+    conn.send(Message::from(SyncRequest::default()))
+        .await
+        .unwrap();
+    let Some(Ok(Message::SyncResponse(r))) = conn.next().await else {
+        panic!("no sync answer")
+    };
+    let mut offered: Vec<&str> = r.updates.iter().map(|u| u.object_id.as_str()).collect();
+    offered.sort_unstable();
+    assert_eq!(offered, ["agent", "tool"]);
+    conn.send(Message::from(SyncRequest {
+        held: vec![HeldVersion {
+            kind: ObjectKind::Update as i32,
+            id: "agent".into(),
+            version: 2,
+        }],
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let Some(Ok(Message::SyncResponse(r))) = conn.next().await else {
+        panic!("no sync answer")
+    };
+    assert_eq!(r.updates.len(), 1, "only what it lacks");
+    let list = api
+        .call("GET", "/api/v1/updates", Some(&watcher), None)
+        .await;
+    assert_eq!(list.status, 200);
+    let agent = &list.body["updates"][0];
+    assert_eq!(
+        (agent["id"].as_str(), agent["devices_holding"].as_u64()),
+        (Some("agent"), Some(1))
+    );
+    assert_eq!(list.body["updates"][1]["devices_holding"], 0);
+    running.shutdown().await;
+
+    // Kept across a restart, content and all.
+    let (running, api) = server_again(dir.path()).await;
+    let admin = api.login("admin", "correct horse battery").await.body["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let list = api.call("GET", "/api/v1/updates", Some(&admin), None).await;
+    assert_eq!(
+        list.body["updates"].as_array().unwrap().len(),
+        2,
+        "{}",
+        list.body
+    );
+    assert_eq!(list.body["updates"][0]["sha256"], up.body["sha256"]);
     running.shutdown().await;
 }

@@ -44,6 +44,7 @@ mod issues;
 mod policies;
 mod problem;
 mod session;
+mod updates;
 
 use devices::*;
 use enrollment::*;
@@ -52,6 +53,7 @@ use groups::*;
 use issues::*;
 use policies::*;
 use session::*;
+use updates::*;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -98,6 +100,10 @@ fn default_login_window_secs() -> u64 {
     300
 }
 
+fn default_max_upload_bytes() -> u64 {
+    4 << 30
+}
+
 /// The `[api]` section of the server configuration: present, the API is served.
 ///
 /// ```
@@ -121,6 +127,14 @@ pub struct ApiConfig {
     /// That window, seconds (default 300).
     #[serde(default = "default_login_window_secs")]
     pub login_window_secs: u64,
+    /// The largest update file an upload may send, bytes (default 4 GiB).
+    #[serde(default = "default_max_upload_bytes")]
+    pub max_upload_bytes: u64,
+    /// The directory on the server that update files may be imported from by path
+    /// (`POST /api/v1/updates/{id}/import`), relative to the configuration's directory;
+    /// none (the default): import by path is refused.
+    #[serde(default)]
+    pub import_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ApiConfig {
@@ -130,6 +144,8 @@ impl Default for ApiConfig {
             session_secs: default_session_secs(),
             login_failures: default_login_failures(),
             login_window_secs: default_login_window_secs(),
+            max_upload_bytes: default_max_upload_bytes(),
+            import_dir: None,
         }
     }
 }
@@ -166,6 +182,12 @@ pub(crate) struct ApiState {
     crl: Mutex<()>,
     /// The server's own sync source (policies), if it runs one.
     fleet: Option<Arc<crate::FleetSync>>,
+    /// The server's own update store, if it runs one.
+    updates: Option<Arc<crate::StoredObjects>>,
+    /// The largest update upload, bytes.
+    max_upload: u64,
+    /// Where `import` may read update files from (none: not at all).
+    import_dir: Option<std::path::PathBuf>,
     /// Held for the whole of a policy edit, so edits (and their undo) never interleave.
     policy_edit: tokio::sync::Mutex<()>,
 }
@@ -180,15 +202,24 @@ pub(crate) struct ApiHandle {
     pub(crate) task: JoinHandle<()>,
 }
 
+/// What the API works on.
+pub(crate) struct ApiParts {
+    pub(crate) service: Arc<AdminService>,
+    pub(crate) accounts: AccountBook,
+    pub(crate) gateways: outpost_gateway::GatewaysUp,
+    /// The data directory (the CA files, whose revocation list a removal rewrites).
+    pub(crate) data_dir: std::path::PathBuf,
+    pub(crate) fleet: Option<Arc<crate::FleetSync>>,
+    pub(crate) updates: Option<Arc<crate::StoredObjects>>,
+    /// [`ApiConfig::import_dir`], resolved against the configuration's directory.
+    pub(crate) import_dir: Option<std::path::PathBuf>,
+}
+
 /// Binds `config.listen` and serves the API with `tls` until the task is aborted.
 pub(crate) async fn start(
     config: &ApiConfig,
     tls: Arc<tokio_rustls::rustls::ServerConfig>,
-    service: Arc<AdminService>,
-    accounts: AccountBook,
-    gateways: outpost_gateway::GatewaysUp,
-    data_dir: std::path::PathBuf,
-    fleet: Option<Arc<crate::FleetSync>>,
+    parts: ApiParts,
 ) -> Result<ApiHandle, ServerError> {
     config.validate()?;
     let listener = TcpListener::bind(config.listen)
@@ -204,16 +235,19 @@ pub(crate) async fn start(
     let window = Duration::from_secs(config.login_window_secs);
     let sessions = SessionConfig::default().with_ttl(Duration::from_secs(config.session_secs));
     let state = Arc::new(ApiState {
-        service,
-        accounts: Mutex::new(accounts),
+        service: parts.service,
+        accounts: Mutex::new(parts.accounts),
         sessions: Mutex::new(Sessions::new(sessions)),
         by_account: Mutex::new(EnrollThrottle::new(config.login_failures, window, 4096)),
         by_source: Mutex::new(EnrollThrottle::new(config.login_failures, window, 4096)),
-        gateways,
+        gateways: parts.gateways,
         session_ttl: sessions.ttl,
-        data_dir,
+        data_dir: parts.data_dir,
         crl: Mutex::new(()),
-        fleet,
+        fleet: parts.fleet,
+        updates: parts.updates,
+        max_upload: config.max_upload_bytes,
+        import_dir: parts.import_dir,
         policy_edit: tokio::sync::Mutex::new(()),
     });
     let app = router(state);
@@ -291,6 +325,9 @@ fn router(state: Arc<ApiState>) -> Router {
                 .patch(change_device)
                 .delete(remove_device),
         )
+        .route("/api/v1/updates", get(list_updates))
+        .route("/api/v1/updates/{id}", axum::routing::put(upload_update))
+        .route("/api/v1/updates/{id}/import", post(import_update))
         .route("/api/v1/security-issues", get(list_issues))
         .route(
             "/api/v1/security-issues/{device}/{kind}/acknowledge",

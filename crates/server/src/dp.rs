@@ -63,6 +63,26 @@ fn election_error(e: outpost_election::ElectionError) -> ServerError {
     ServerError::Config(format!("distribution points: {e}"))
 }
 
+/// One row of [`DpCoordinator::report`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DpReportRow {
+    /// The DP's device.
+    pub device: String,
+    /// The group it serves (with its subgroups).
+    pub group: String,
+    /// `"active"`, `"standby"` or `"inactive"` (down, short of disk, not heard from yet).
+    pub role: &'static str,
+    /// The scope's fencing epoch.
+    pub epoch: u64,
+    /// Its multicast group address.
+    pub multicast_group: Option<IpAddr>,
+    /// Free disk it last reported.
+    pub free_disk_bytes: Option<u64>,
+    /// Devices it serves as the active DP of this scope.
+    pub devices_served: usize,
+}
+
 /// The server's distribution point coordinator.
 pub struct DpCoordinator {
     election: Election,
@@ -189,6 +209,84 @@ impl DpCoordinator {
         self.election
             .register(d, ScopeId::Group(GroupId(g)), Origin::Manual)
             .map_err(election_error)
+    }
+
+    /// Removes `device` as a distribution point of `group`; the next round tells it, and
+    /// elects a successor if it was active.
+    pub fn unregister_group_dp(&mut self, device: &str, group: &str) -> Result<(), ServerError> {
+        let g = self
+            .groups
+            .get(group)
+            .ok_or_else(|| ServerError::UnknownGroup(group.into()))?;
+        let d = self
+            .devices
+            .get(device)
+            .ok_or_else(|| ServerError::UnknownDevice(device.into()))?;
+        self.election
+            .unregister(DeviceId(d), ScopeId::Group(GroupId(g)))
+            .map_err(election_error)
+    }
+
+    /// The administrator's choice: `device` becomes the active distribution point of
+    /// `group` now (a new epoch, kept before this returns). Returns that epoch. Refused if
+    /// it does not serve the group, or is down or short of disk.
+    pub fn make_active(
+        &mut self,
+        device: &str,
+        group: &str,
+        now: Instant,
+    ) -> Result<u64, ServerError> {
+        let g = self
+            .groups
+            .get(group)
+            .ok_or_else(|| ServerError::UnknownGroup(group.into()))?;
+        let d = self
+            .devices
+            .get(device)
+            .ok_or_else(|| ServerError::UnknownDevice(device.into()))?;
+        let scope = ScopeId::Group(GroupId(g));
+        self.election
+            .make_active(scope, DeviceId(d), now)
+            .map_err(|e| ServerError::InUse(format!("distribution points: {e}")))?;
+        self.save_epochs();
+        Ok(self.election.epoch(scope))
+    }
+
+    /// The report of distribution points: one row per registered DP and group scope.
+    pub fn report(&self) -> Vec<DpReportRow> {
+        let mut served: HashMap<(DeviceId, ScopeId), usize> = HashMap::new();
+        for (_, s) in self.election.serving_table() {
+            if let Some(s) = s {
+                *served.entry((s.dp, s.scope)).or_insert(0) += 1;
+            }
+        }
+        let mut rows = Vec::new();
+        for decision in self.election.decisions() {
+            let ScopeId::Group(g) = decision.scope else {
+                continue;
+            };
+            let group = self.groups.name(g.0).to_string();
+            for (dp, _) in self.election.members(decision.scope) {
+                let role = if decision.active == Some(dp) {
+                    "active"
+                } else if decision.standbys.contains(&dp) {
+                    "standby"
+                } else {
+                    "inactive"
+                };
+                rows.push(DpReportRow {
+                    device: self.devices.name(dp.0).to_string(),
+                    group: group.clone(),
+                    role,
+                    epoch: decision.epoch,
+                    multicast_group: self.election.multicast_group(dp),
+                    free_disk_bytes: self.election.facts(dp).map(|f| f.free_disk_bytes),
+                    devices_served: served.get(&(dp, decision.scope)).copied().unwrap_or(0),
+                });
+            }
+        }
+        rows.sort_by(|a, b| (&a.group, &a.device).cmp(&(&b.group, &b.device)));
+        rows
     }
 
     /// Sets the multicast UDP port named in assignments (default 15001).

@@ -74,7 +74,7 @@ pub use accounts::{
     Sessions, hash_password, verify_password,
 };
 pub use api::{ApiConfig, DEFAULT_API_PORT, MAX_BODY, MAX_PAGE, Problem};
-pub use dp::{DEFAULT_MULTICAST_PORT, DpCoordinator, read_epoch_file};
+pub use dp::{DEFAULT_MULTICAST_PORT, DpCoordinator, DpReportRow, read_epoch_file};
 pub use enroll::{
     SignedEnrollment, admit, enroll, record_enrollment, refusal_code, sign_enrollment,
 };

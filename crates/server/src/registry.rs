@@ -819,6 +819,24 @@ impl Registry {
         Ok(())
     }
 
+    /// Removes `device` as a distribution point of `group`.
+    pub fn unregister_dp(&mut self, device: &str, group: &str) -> Result<(), ServerError> {
+        let mut groups = self.dps.get(device).cloned().unwrap_or_default();
+        let before = groups.len();
+        groups.retain(|g| g != group);
+        if groups.len() == before {
+            return Err(ServerError::Unknown {
+                kind: "distribution point",
+                id: format!("{device} for {group}"),
+            });
+        }
+        self.write(Op::PutDpScopes {
+            device: device.into(),
+            groups,
+        });
+        Ok(())
+    }
+
     /// The registered distribution points: device id → groups served.
     pub fn dps(&self) -> &BTreeMap<String, Vec<String>> {
         &self.dps

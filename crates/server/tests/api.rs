@@ -1447,3 +1447,180 @@ async fn updates_are_uploaded_imported_and_delivered() {
     assert_eq!(list.body["updates"][0]["sha256"], up.body["sha256"]);
     running.shutdown().await;
 }
+
+/// Distribution points assigned, reported, made active and removed through the API, with
+/// the devices' syncs as heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distribution_points_are_assigned_reported_and_switched() {
+    use futures_util::{SinkExt, StreamExt};
+    use outpost_wire::Message;
+    use outpost_wire::messages::{DpRole, DpStatus, SyncRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let (running, api) = server(dir.path(), 0).await;
+    let admin = api.login("admin", "correct horse battery").await.body["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut conns = Vec::new();
+    for d in ["dp-a", "dp-b", "pc-1"] {
+        let (_, cfg) = enroll_device(&running, &api, &admin, dir.path(), d).await;
+        conns.push(common::connect_device(cfg, running.local_addr()).await);
+    }
+    // One sync each: a DP's carries its health, and is its heartbeat.
+    async fn sync(
+        conn: &mut tokio_util::codec::Framed<
+            tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+            outpost_wire::MessageCodec,
+        >,
+        dp: bool,
+    ) -> outpost_wire::messages::SyncResponse {
+        let req = SyncRequest {
+            free_disk_bytes: 50 << 30,
+            uptime_secs: 3600,
+            dp_status: if dp {
+                vec![DpStatus::default()]
+            } else {
+                vec![]
+            },
+            ..Default::default()
+        };
+        conn.send(Message::from(req)).await.unwrap();
+        loop {
+            match conn.next().await {
+                Some(Ok(Message::SyncResponse(r))) => return r,
+                Some(Ok(Message::SyncNow(_))) => continue,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    for c in conns.iter_mut() {
+        sync(c, false).await;
+    }
+
+    // Assigned: the device is told at once.
+    for d in ["dp-a", "dp-b"] {
+        let a = api
+            .call(
+                "POST",
+                "/api/v1/distribution-points",
+                Some(&admin),
+                Some(json!({"device": d, "group": "lab"})),
+            )
+            .await;
+        assert_eq!(a.status, 201, "{}", a.body);
+        assert_eq!(a.body["pushed_sync_now"], 1);
+    }
+    let bad = api
+        .call(
+            "POST",
+            "/api/v1/distribution-points",
+            Some(&admin),
+            Some(json!({"device": "dp-a", "group": "nowhere"})),
+        )
+        .await;
+    assert_eq!(
+        (bad.status, bad.body["field"].as_str()),
+        (404, Some("group"))
+    );
+    let twice = api
+        .call(
+            "POST",
+            "/api/v1/distribution-points",
+            Some(&admin),
+            Some(json!({"device": "dp-a", "group": "lab"})),
+        )
+        .await;
+    assert_eq!(twice.status, 409);
+
+    // Their heartbeats elect dp-a (first on equal facts); pc-1 is served by it.
+    let a = sync(&mut conns[0], true).await;
+    sync(&mut conns[1], true).await;
+    let a2 = sync(&mut conns[0], true).await;
+    let role = |r: &outpost_wire::messages::SyncResponse, dp: &str| {
+        r.assignments
+            .iter()
+            .find(|x| x.dp_device_id == dp)
+            .map(|x| DpRole::try_from(x.role).unwrap())
+    };
+    assert!(role(&a, "dp-a").is_some() || role(&a2, "dp-a").is_some());
+    assert_eq!(role(&a2, "dp-a"), Some(DpRole::Active));
+    sync(&mut conns[2], false).await;
+    let rows = report(&api, &admin).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let row = |rows: &[Value], d: &str| rows.iter().find(|r| r["device"] == d).unwrap().clone();
+    let (a_row, b_row) = (row(&rows, "dp-a"), row(&rows, "dp-b"));
+    assert_eq!(
+        (a_row["role"].as_str(), b_row["role"].as_str()),
+        (Some("active"), Some("standby"))
+    );
+    assert_eq!(a_row["free_disk_bytes"], json!(50u64 << 30));
+    assert!(a_row["last_heartbeat_unix"].is_u64(), "{a_row}");
+    assert!(a_row["multicast_group"].is_string(), "{a_row}");
+    assert_ne!(a_row["multicast_group"], b_row["multicast_group"]);
+    assert!(a_row["devices_served"].as_u64().unwrap() >= 1, "{a_row}");
+    let epoch = a_row["epoch"].as_u64().unwrap();
+
+    // Made active by hand: a new epoch at once.
+    let w = api.login("watcher", "audit all the things").await;
+    let watcher = w.body["token"].as_str().unwrap().to_string();
+    let path = "/api/v1/distribution-points/dp-b/lab/activate";
+    assert_eq!(
+        api.call("POST", path, Some(&watcher), None).await.status,
+        403
+    );
+    let act = api.call("POST", path, Some(&admin), None).await;
+    assert_eq!(act.status, 200, "{}", act.body);
+    assert!(act.body["epoch"].as_u64().unwrap() > epoch, "{}", act.body);
+    let rows = report(&api, &watcher).await;
+    assert_eq!(row(&rows, "dp-b")["role"], "active");
+    assert_ne!(row(&rows, "dp-a")["role"], "active");
+    let b = sync(&mut conns[1], true).await;
+    assert_eq!(role(&b, "dp-b"), Some(DpRole::Active));
+    let not_member = api
+        .call(
+            "POST",
+            "/api/v1/distribution-points/pc-1/lab/activate",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(not_member.status, 409, "{}", not_member.body);
+
+    // Removed: gone from the report and the registry (and so from the next start).
+    let del = api
+        .call(
+            "DELETE",
+            "/api/v1/distribution-points/dp-a/lab",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(del.status, 204, "{}", del.body);
+    sync(&mut conns[0], true).await;
+    let rows = report(&api, &admin).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    running
+        .service()
+        .with_registry(|r| assert_eq!(r.dps().keys().collect::<Vec<_>>(), ["dp-b"]));
+    assert_eq!(
+        api.call(
+            "DELETE",
+            "/api/v1/distribution-points/dp-a/lab",
+            Some(&admin),
+            None
+        )
+        .await
+        .status,
+        404
+    );
+    running.shutdown().await;
+}
+
+/// The report of distribution points, as `token` reads it.
+async fn report(api: &Client, token: &str) -> Vec<Value> {
+    let r = api
+        .call("GET", "/api/v1/distribution-points", Some(token), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body["distribution_points"].as_array().unwrap().clone()
+}

@@ -37,6 +37,7 @@
 //!   64 KiB and unknown fields are refused.
 
 mod devices;
+mod dps;
 mod enrollment;
 mod events;
 mod groups;
@@ -47,6 +48,7 @@ mod session;
 mod updates;
 
 use devices::*;
+use dps::*;
 use enrollment::*;
 use events::*;
 use groups::*;
@@ -324,6 +326,18 @@ fn router(state: Arc<ApiState>) -> Router {
             get(device_details)
                 .patch(change_device)
                 .delete(remove_device),
+        )
+        .route(
+            "/api/v1/distribution-points",
+            get(dp_report).post(assign_dp),
+        )
+        .route(
+            "/api/v1/distribution-points/{device}/{group}",
+            axum::routing::delete(unassign_dp),
+        )
+        .route(
+            "/api/v1/distribution-points/{device}/{group}/activate",
+            post(activate_dp),
         )
         .route("/api/v1/updates", get(list_updates))
         .route("/api/v1/updates/{id}", axum::routing::put(upload_update))

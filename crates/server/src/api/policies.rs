@@ -88,7 +88,7 @@ pub(super) async fn edit_policy(
 
 /// Pushes "sync now" to the online devices among `changed`; returns how many.
 /// (`push_all` reaches only the devices with a kept connection.)
-pub(super) fn push_changed(st: &ApiState, changed: &[Arc<str>], reason: &str) -> usize {
+pub(super) fn push_changed<S: AsRef<str>>(st: &ApiState, changed: &[S], reason: &str) -> usize {
     let nonce = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);

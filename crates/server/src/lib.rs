@@ -53,7 +53,7 @@
 //! ```
 
 mod accounts;
-mod api;
+pub mod api;
 mod dp;
 mod enroll;
 mod error;
@@ -84,8 +84,8 @@ pub use lock::{DataDirLock, LOCK_FILE};
 pub use objects::{Staged, StoredObjects, announcement};
 pub use policy_sync::{PolicySync, place_registry_devices, settings_document};
 pub use registry::{
-    Changes, Device, FORMAT, GatewayRegistration, Group, MAX_REGISTRY_BYTES, MAX_TOKEN_TTL,
-    ROOT_GROUP, Registry, TokenRecord, check_id,
+    Changes, Device, FORMAT, GatewayRegistration, Group, MAX_REGISTRY_BYTES, MAX_TAGS,
+    MAX_TOKEN_TTL, ROOT_GROUP, Registry, TokenRecord, check_id,
 };
 pub use runtime::{AdminServer, AdminServerConfig};
 pub use service::{

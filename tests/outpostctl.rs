@@ -1,0 +1,197 @@
+//! The `outpostctl` example against a running server's API on loopback: log in, change
+//! things, read them back as tables and as JSON, and be refused with the API's reason.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::SystemTime;
+
+use outpost::server::{AdminServer, AdminServerConfig};
+
+/// The example binary, built next to this test by `cargo test`.
+fn outpostctl() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = dir.join("examples").join("outpostctl");
+    assert!(
+        bin.exists(),
+        "{} is missing: cargo test builds the examples",
+        bin.display()
+    );
+    bin
+}
+
+struct Ctl {
+    server: String,
+    ca: PathBuf,
+    token: Option<String>,
+}
+
+impl Ctl {
+    async fn run(&self, args: &[&str], stdin: &str) -> Output {
+        use tokio::io::AsyncWriteExt;
+        let mut cmd = tokio::process::Command::new(outpostctl());
+        cmd.args(args)
+            .env("OUTPOST_SERVER", &self.server)
+            .env("OUTPOST_CA", &self.ca)
+            .env_remove("OUTPOST_TOKEN")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(t) = &self.token {
+            cmd.env("OUTPOST_TOKEN", t);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.as_bytes()).await.unwrap();
+        drop(input);
+        tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("outpostctl finished")
+            .unwrap()
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args, "").await;
+        assert!(
+            out.status.success(),
+            "outpostctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outpostctl_administers_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    outpost::pki::store::init_server_dir(
+        &base.join("state"),
+        "server-1",
+        &["localhost".into()],
+        SystemTime::now(),
+    )
+    .unwrap();
+    let config = AdminServerConfig::from_toml(
+        r#"
+        instance_id = "server-1"
+        data_dir = "state"
+        listen = "127.0.0.1:0"
+        [api]
+        listen = "127.0.0.1:0"
+        [tls]
+        cert = "state/server.chain.pem"
+        key = "state/server.key"
+        server_ca = "state/ca.crt"
+        "#,
+    )
+    .unwrap();
+    config
+        .bootstrap_account(base, "admin", "correct horse battery")
+        .unwrap();
+    let running = AdminServer::start(config, base, None, None).await.unwrap();
+    let port = running.api_addr().unwrap().port();
+    let mut ctl = Ctl {
+        server: format!("https://localhost:{port}"),
+        ca: base.join("state/ca.crt"),
+        token: None,
+    };
+
+    // Every subcommand answers --help.
+    let help = ctl.ok(&["devices", "list", "--help"]).await;
+    assert!(help.contains("--online"), "{help}");
+
+    // A wrong password is refused with the API's reason; the right one gives a token.
+    let wrong = ctl.run(&["login", "admin"], "not it at all\n").await;
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+    let login = ctl
+        .run(&["login", "admin"], "correct horse battery\n")
+        .await;
+    assert!(login.status.success());
+    let token = String::from_utf8(login.stdout).unwrap().trim().to_string();
+    assert_eq!(token.len(), 64, "{token}");
+    ctl.token = Some(token);
+
+    ctl.ok(&["groups", "create", "paris", "--name", "Paris"])
+        .await;
+    let dup = ctl
+        .run(&["groups", "create", "paris", "--name", "Paris"], "")
+        .await;
+    let why = String::from_utf8_lossy(&dup.stderr).into_owned();
+    assert!(
+        !dup.status.success() && why.contains("409") && why.contains("field id"),
+        "{why}"
+    );
+    let table = ctl.ok(&["groups", "list"]).await;
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("PARENT"),
+        "{table}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["paris", "Paris", "root"]),
+        "{table}"
+    );
+    let t = ctl
+        .ok(&["tokens", "issue", "--group", "paris", "--device", "pc-1"])
+        .await;
+    assert_eq!(t.trim().len(), 64, "{t}");
+    let pending: serde_json::Value =
+        serde_json::from_str(&ctl.ok(&["--json", "tokens", "list"]).await).unwrap();
+    assert_eq!(pending["tokens"][0]["device"], "pc-1");
+    assert_eq!(pending["tokens"][0]["group"], "paris");
+    let status: serde_json::Value =
+        serde_json::from_str(&ctl.ok(&["status", "--json"]).await).unwrap();
+    assert_eq!(status["pending_enrollment_tokens"], 1);
+    let events = ctl.ok(&["events", "--kind", "audit.group.create"]).await;
+    assert!(events.contains("created group \"paris\""), "{events}");
+
+    // The other lists print their tables; an account and an API token are made.
+    for (args, header) in [
+        (&["devices", "list", "--online", "true"][..], "ID"),
+        (&["dps", "list"][..], "DEVICE"),
+        (&["updates", "list"][..], "ID"),
+        (&["issues", "list", "--acknowledged", "false"][..], "DEVICE"),
+        (&["accounts", "list"][..], "NAME"),
+    ] {
+        let out = ctl.ok(args).await;
+        assert!(out.starts_with(header), "{args:?}: {out}");
+    }
+    let made = ctl
+        .run(
+            &["accounts", "create", "olga", "--role", "auditor"],
+            "long enough here\n",
+        )
+        .await;
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let accounts = ctl.ok(&["accounts", "list"]).await;
+    assert!(
+        accounts.contains("olga") && accounts.contains("auditor"),
+        "{accounts}"
+    );
+    let key = ctl.ok(&["api-tokens", "issue", "--label", "nightly"]).await;
+    ctl.token = Some(key.trim().to_string());
+    let tokens = ctl.ok(&["api-tokens", "list"]).await;
+    assert!(
+        tokens.contains("nightly") && !tokens.contains(key.trim()),
+        "{tokens}"
+    );
+
+    // Without a token: refused.
+    ctl.token = None;
+    let anon = ctl.run(&["groups", "list"], "").await;
+    assert!(!anon.status.success());
+    running.shutdown().await;
+}

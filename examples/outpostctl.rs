@@ -81,6 +81,9 @@ enum Command {
     /// Distribution points.
     #[command(subcommand)]
     Dps(Dps),
+    /// Connection gateways.
+    #[command(subcommand)]
+    Gateways(Gateways),
     /// Update objects.
     #[command(subcommand)]
     Updates(Updates),
@@ -286,6 +289,36 @@ enum Dps {
         /// The group.
         #[arg(long)]
         group: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum Gateways {
+    /// Gateways with their status: signal connection up, devices relayed.
+    List,
+    /// Registers a DMZ gateway: the server dials it at once.
+    AddDmz {
+        /// Its id.
+        id: String,
+        /// The address the server dials (HOST:PORT, an IP address).
+        #[arg(long)]
+        addr: String,
+        /// A DNS name its certificate carries (repeat for more; the first is dialled).
+        #[arg(long = "dns", required = true)]
+        dns_names: Vec<String>,
+    },
+    /// Registers a remote-office gateway held by an enrolled device.
+    AddRemoteOffice {
+        /// Its id.
+        id: String,
+        /// The device that holds the role.
+        #[arg(long)]
+        device: String,
+    },
+    /// Unregisters a gateway (a DMZ gateway's signal connection is closed).
+    Remove {
+        /// Its id.
+        id: String,
     },
 }
 
@@ -773,6 +806,48 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     Show::Object,
                     j,
                 )
+            }
+        },
+        Command::Gateways(g) => match g {
+            Gateways::List => print(
+                &api.get("/api/v1/gateways").await?,
+                Show::Table(
+                    "gateways",
+                    &[
+                        "id",
+                        "kind",
+                        "source",
+                        "addr",
+                        "device",
+                        "signal_up",
+                        "devices_relayed",
+                    ],
+                ),
+                j,
+            ),
+            Gateways::AddDmz {
+                id,
+                addr,
+                dns_names,
+            } => {
+                let body = json!({"id": id, "kind": "dmz", "addr": addr, "dns_names": dns_names});
+                print(
+                    &api.send("POST", "/api/v1/gateways", body).await?,
+                    Show::Object,
+                    j,
+                )
+            }
+            Gateways::AddRemoteOffice { id, device } => {
+                let body = json!({"id": id, "kind": "remote_office", "device": device});
+                print(
+                    &api.send("POST", "/api/v1/gateways", body).await?,
+                    Show::Object,
+                    j,
+                )
+            }
+            Gateways::Remove { id } => {
+                let path = format!("/api/v1/gateways/{}", seg(&id));
+                api.send("DELETE", &path, Value::Null).await?;
             }
         },
         Command::Updates(u) => match u {

@@ -491,6 +491,20 @@ impl DmzGatewayEntry {
             name: name.into(),
         }
     }
+
+    /// Checks the entry: an id, and a name a certificate can carry.
+    pub fn validate(&self) -> Result<(), GatewayError> {
+        if self.id.trim().is_empty() {
+            return Err(GatewayError::config("gateways.id", "must not be empty"));
+        }
+        if rustls::pki_types::ServerName::try_from(self.name.as_str()).is_err() {
+            return Err(GatewayError::config(
+                "gateways.name",
+                format!("{:?} is not a DNS name or IP address", self.name),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Configuration of the server-side connector: which DMZ gateways to dial and how.

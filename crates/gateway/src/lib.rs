@@ -59,8 +59,8 @@ pub use error::GatewayError;
 pub use gateway::{CRL_CHECK_INTERVAL, Gateway, GatewayHandle, GatewayStats, web_console_exposure};
 pub use peer::{BoxStream, DeviceConnection, DeviceIo, DevicePeer, Via};
 pub use server::{
-    ConnectorHandle, ConnectorStats, DeviceListener, GatewaysUp, ListenerHandle, ListenerLimits,
-    ServerConnector,
+    ConnectorHandle, ConnectorStats, DeviceListener, GatewayControl, GatewaysUp, ListenerHandle,
+    ListenerLimits, ServerConnector,
 };
 
 /// TLS ALPN protocol of a remote-office gateway's tunnel to the server.

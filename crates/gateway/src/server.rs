@@ -66,8 +66,70 @@ pub struct ConnectorHandle {
     stats: Arc<ConnectorStats>,
     up: Arc<Mutex<BTreeMap<String, u64>>>,
     shutdown: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
+    gateways: GatewayControl,
     tracker: TaskTracker,
+}
+
+/// The one task that keeps each gateway's signal connection, by gateway id.
+type Kept = Arc<Mutex<BTreeMap<String, (CancellationToken, JoinHandle<()>)>>>;
+
+/// Adds and removes DMZ gateways of a running connector (see
+/// [`ConnectorHandle::control`]); cheap to clone.
+#[derive(Clone)]
+pub struct GatewayControl {
+    link: Arc<Link>,
+    kept: Kept,
+}
+
+impl GatewayControl {
+    /// Starts keeping a signal connection to `gw` at once. Refused if a gateway with its
+    /// id is kept already, or the entry is not valid.
+    pub fn add(&self, gw: DmzGatewayEntry) -> Result<(), GatewayError> {
+        gw.validate()?;
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.contains_key(&gw.id) {
+            return Err(GatewayError::config(
+                "gateways.id",
+                format!("gateway {:?} is kept already", gw.id),
+            ));
+        }
+        let stop = self.link.shutdown.child_token();
+        let id = gw.id.clone();
+        let task = tokio::spawn(self.link.clone().keep(gw, stop.clone()));
+        kept.insert(id, (stop, task));
+        Ok(())
+    }
+
+    /// Stops keeping gateway `id`: its signal connection is closed and not dialled again
+    /// (data connections already handed out are not affected). Returns whether it was kept.
+    pub async fn remove(&self, id: &str) -> bool {
+        let entry = self
+            .kept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        let Some((stop, task)) = entry else {
+            return false;
+        };
+        stop.cancel();
+        let _ = task.await;
+        self.link
+            .up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        true
+    }
+
+    /// The ids of the gateways kept.
+    pub fn ids(&self) -> Vec<String> {
+        self.kept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
 }
 
 impl ConnectorHandle {
@@ -87,12 +149,22 @@ impl ConnectorHandle {
         GatewaysUp(self.up.clone())
     }
 
+    /// Adds and removes gateways while the connector runs.
+    pub fn control(&self) -> GatewayControl {
+        self.gateways.clone()
+    }
+
     /// Closes every signal connection and stops reconnecting; data connections already
     /// handed out are not affected, those still being opened or not yet taken from the
     /// channel are closed.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
-        for t in self.tasks {
+        let tasks: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.gateways.kept.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_values()
+                .map(|(_, t)| t)
+                .collect();
+        for t in tasks {
             let _ = t.await;
         }
         self.tracker.close();
@@ -138,19 +210,19 @@ impl ServerConnector {
             tracker: TaskTracker::new(),
             config,
         });
-        let tasks = link
-            .config
-            .gateways
-            .iter()
-            .cloned()
-            .map(|gw| tokio::spawn(link.clone().keep(gw)))
-            .collect();
+        let gateways = GatewayControl {
+            link: link.clone(),
+            kept: Arc::default(),
+        };
+        for gw in link.config.gateways.iter().cloned() {
+            gateways.add(gw)?;
+        }
         Ok(ConnectorHandle {
             stats: link.stats.clone(),
             up: link.up.clone(),
             shutdown: link.shutdown.clone(),
             tracker: link.tracker.clone(),
-            tasks,
+            gateways,
         })
     }
 }
@@ -189,17 +261,18 @@ impl Link {
             })?
     }
 
-    /// Keeps the signal connection to one gateway up until shutdown.
-    async fn keep(self: Arc<Self>, gw: DmzGatewayEntry) {
+    /// Keeps the signal connection to one gateway up until `stop` (a child of the
+    /// connector's shutdown) is cancelled.
+    async fn keep(self: Arc<Self>, gw: DmzGatewayEntry, stop: CancellationToken) {
         let initial = Duration::from_millis(self.config.backoff_initial_ms);
         let max = Duration::from_millis(self.config.backoff_max_ms);
         let mut backoff = initial;
         // Shared by successive signal sessions: data connections still being opened for an
         // earlier session count too.
         let in_flight = Arc::new(Semaphore::new(self.config.max_data_in_flight));
-        while !self.shutdown.is_cancelled() {
+        while !stop.is_cancelled() {
             let outcome = tokio::select! {
-                () = self.shutdown.cancelled() => Ok(()),
+                () = stop.cancelled() => Ok(()),
                 r = self.signal_session(&gw, &in_flight) => r,
             };
             match outcome {
@@ -222,7 +295,7 @@ impl Link {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&gw.id);
             tokio::select! {
-                () = self.shutdown.cancelled() => return,
+                () = stop.cancelled() => return,
                 () = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(max);

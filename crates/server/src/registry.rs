@@ -796,6 +796,20 @@ impl Registry {
         Ok(())
     }
 
+    /// Unregisters gateway `id`; returns what it was.
+    pub fn unregister_gateway(&mut self, id: &str) -> Result<GatewayRegistration, ServerError> {
+        let g = self
+            .gateways
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ServerError::Unknown {
+                kind: "gateway",
+                id: id.into(),
+            })?;
+        self.write(Op::DeleteGateway { id: id.into() });
+        Ok(g)
+    }
+
     /// Registers enrolled `device` as a distribution point for `group` and its subgroups.
     pub fn register_dp(&mut self, device: &str, group: &str) -> Result<(), ServerError> {
         if !self.devices.contains_key(device) {

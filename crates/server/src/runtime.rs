@@ -615,6 +615,8 @@ impl AdminServer {
                         service: service.clone(),
                         accounts,
                         gateways: connector.gateways_up(),
+                        gateway_control: connector.control(),
+                        configured_gateways: config.connector.gateways.clone(),
                         data_dir: config.data_path(base),
                         fleet: fleet.clone(),
                         updates: updates.clone(),

@@ -40,6 +40,7 @@ mod devices;
 mod dps;
 mod enrollment;
 mod events;
+mod gateways;
 mod groups;
 mod issues;
 mod policies;
@@ -51,6 +52,7 @@ use devices::*;
 use dps::*;
 use enrollment::*;
 use events::*;
+use gateways::*;
 use groups::*;
 use issues::*;
 use policies::*;
@@ -177,6 +179,8 @@ pub(crate) struct ApiState {
     by_account: Mutex<EnrollThrottle>,
     by_source: Mutex<EnrollThrottle>,
     gateways: outpost_gateway::GatewaysUp,
+    gateway_control: outpost_gateway::GatewayControl,
+    configured_gateways: Vec<outpost_gateway::DmzGatewayEntry>,
     session_ttl: Duration,
     /// The data directory (the CA files, whose revocation list a removal rewrites).
     data_dir: std::path::PathBuf,
@@ -209,6 +213,10 @@ pub(crate) struct ApiParts {
     pub(crate) service: Arc<AdminService>,
     pub(crate) accounts: AccountBook,
     pub(crate) gateways: outpost_gateway::GatewaysUp,
+    /// Adds and removes the DMZ gateways the server dials.
+    pub(crate) gateway_control: outpost_gateway::GatewayControl,
+    /// The DMZ gateways the configuration file names (not registered, not removable here).
+    pub(crate) configured_gateways: Vec<outpost_gateway::DmzGatewayEntry>,
     /// The data directory (the CA files, whose revocation list a removal rewrites).
     pub(crate) data_dir: std::path::PathBuf,
     pub(crate) fleet: Option<Arc<crate::FleetSync>>,
@@ -243,6 +251,8 @@ pub(crate) async fn start(
         by_account: Mutex::new(EnrollThrottle::new(config.login_failures, window, 4096)),
         by_source: Mutex::new(EnrollThrottle::new(config.login_failures, window, 4096)),
         gateways: parts.gateways,
+        gateway_control: parts.gateway_control,
+        configured_gateways: parts.configured_gateways,
         session_ttl: sessions.ttl,
         data_dir: parts.data_dir,
         crl: Mutex::new(()),
@@ -338,6 +348,14 @@ fn router(state: Arc<ApiState>) -> Router {
         .route(
             "/api/v1/distribution-points/{device}/{group}/activate",
             post(activate_dp),
+        )
+        .route(
+            "/api/v1/gateways",
+            get(list_gateways).post(register_gateway),
+        )
+        .route(
+            "/api/v1/gateways/{id}",
+            axum::routing::delete(unregister_gateway),
         )
         .route("/api/v1/updates", get(list_updates))
         .route("/api/v1/updates/{id}", axum::routing::put(upload_update))

@@ -50,20 +50,40 @@ pub fn server_config(top: &str, tables: &str) -> outpost_server::AdminServerConf
     .unwrap()
 }
 
-/// A device's connection to `addr` as `cfg`, past Hello.
+/// A device's connection, as `cfg`, to `addr` (a server's port named `server.test`), past
+/// Hello.
 pub async fn connect_device(
     cfg: std::sync::Arc<rustls::ClientConfig>,
     addr: std::net::SocketAddr,
-) -> tokio_util::codec::Framed<
+) -> DeviceConnection {
+    let mut f = dial_device(cfg, addr, "server.test").await;
+    use futures_util::StreamExt;
+    assert!(matches!(
+        f.next().await,
+        Some(Ok(outpost_wire::Message::HelloAck(_)))
+    ));
+    f
+}
+
+/// A device's connection on the wire protocol.
+pub type DeviceConnection = tokio_util::codec::Framed<
     tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     outpost_wire::MessageCodec,
-> {
-    use futures_util::{SinkExt, StreamExt};
+>;
+
+/// A device's connection, as `cfg`, to `addr` whose certificate names `name`, with its
+/// Hello sent (the answer not read).
+pub async fn dial_device(
+    cfg: std::sync::Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+    name: &str,
+) -> DeviceConnection {
+    use futures_util::SinkExt;
     use outpost_wire::Message;
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(cfg)
         .connect(
-            rustls::pki_types::ServerName::try_from("server.test").unwrap(),
+            rustls::pki_types::ServerName::try_from(name.to_string()).unwrap(),
             tcp,
         )
         .await
@@ -76,7 +96,6 @@ pub async fn connect_device(
     }))
     .await
     .unwrap();
-    assert!(matches!(f.next().await, Some(Ok(Message::HelloAck(_)))));
     f
 }
 

@@ -28,6 +28,17 @@
 //! - Policies: `GET /api/v1/policies`, `GET|PUT|DELETE /api/v1/policies/{id}` (an
 //!   `outpost-policy` policy document: resolved incrementally, committed, and "sync now"
 //!   pushed to the online devices whose settings changed; the answer says how many).
+//! - Distribution points: `GET /api/v1/distribution-points` (the report: role, epoch,
+//!   multicast group, free disk, last heartbeat, devices served), `POST
+//!   /api/v1/distribution-points` `{"device", "group"}`, `DELETE
+//!   /api/v1/distribution-points/{device}/{group}`, `POST
+//!   /api/v1/distribution-points/{device}/{group}/activate`.
+//! - Gateways: `GET /api/v1/gateways` (signal connection up, devices relayed), `POST
+//!   /api/v1/gateways` `{"id", "kind": "dmz", "addr", "dns_names"}` (dialled at once) or
+//!   `{"id", "kind": "remote_office", "device"}`, `DELETE /api/v1/gateways/{id}`.
+//! - Updates: `GET /api/v1/updates` (with how many devices hold each), `PUT
+//!   /api/v1/updates/{id}?name=&version=` (the body is the file, streamed), `POST
+//!   /api/v1/updates/{id}/import` `{"path", "name", "version"}` (from `[api] import_dir`).
 //! - Events: `GET /api/v1/events?after=&limit=&kind=&device=`. Security issues: `GET
 //!   /api/v1/security-issues?device=&kind=&acknowledged=&limit=&after=`, `POST
 //!   /api/v1/security-issues/{device}/{kind}/acknowledge`.

@@ -526,3 +526,56 @@ async fn blocking<T: Send + 'static>(
         .map_err(Problem::internal)?
         .map_err(Problem::from)
 }
+
+/// The request bodies the API parses, by the byte [`fuzz_body`] takes first.
+const BODIES: &[&str] = &[
+    "login",
+    "group",
+    "group change",
+    "device move",
+    "device change",
+    "enrollment token",
+    "API token",
+    "account",
+    "account change",
+    "distribution point",
+    "gateway",
+    "update import",
+    "policy",
+];
+
+/// Parses `data[1..]` as the request body `data[0]` selects (see the list in the source:
+/// every body a handler reads), as the handlers do; for fuzzing and its seed corpus. `Ok`
+/// names the body parsed; a refusal is the problem's status, always a 4xx with a detail.
+#[doc(hidden)]
+pub fn fuzz_body(data: &[u8]) -> Result<&'static str, u16> {
+    let Some((&which, rest)) = data.split_first() else {
+        return Err(400);
+    };
+    let i = usize::from(which) % BODIES.len();
+    let r = match i {
+        0 => body::<Login>(rest).map(drop),
+        1 => body::<NewGroup>(rest).map(drop),
+        2 => body::<GroupChange>(rest).map(drop),
+        3 => body::<MoveTo>(rest).map(drop),
+        4 => body::<DeviceChange>(rest).map(drop),
+        5 => body::<NewEnrollmentToken>(rest).map(drop),
+        6 => body::<NewApiToken>(rest).map(drop),
+        7 => body::<NewAccount>(rest).map(drop),
+        8 => body::<AccountChange>(rest).map(drop),
+        9 => body::<DpScope>(rest).map(drop),
+        10 => body::<NewGateway>(rest).map(drop),
+        11 => body::<ImportRequest>(rest).map(drop),
+        _ => body::<outpost_policy::Policy>(rest).map(drop),
+    };
+    match r {
+        Ok(()) => Ok(BODIES[i]),
+        Err(p) => {
+            assert!(
+                p.status.is_client_error() && !p.detail.is_empty(),
+                "a refused body is a client error with a reason: {p:?}"
+            );
+            Err(p.status.as_u16())
+        }
+    }
+}

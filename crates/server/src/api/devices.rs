@@ -4,7 +4,7 @@ use std::collections::{BTreeSet, HashSet};
 
 use super::*;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DevicePage {
     #[serde(default)]
@@ -114,7 +114,7 @@ pub(super) async fn list_devices(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MoveTo {
     group: String,
@@ -255,7 +255,7 @@ pub(super) async fn device_details(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DeviceChange {
     tags: BTreeSet<String>,

@@ -46,7 +46,7 @@ pub(super) async fn dp_report(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DpScope {
     device: String,

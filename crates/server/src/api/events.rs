@@ -30,7 +30,7 @@ pub(super) async fn status(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EventPage {
     #[serde(default)]

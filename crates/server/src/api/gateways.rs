@@ -55,7 +55,7 @@ pub(super) async fn list_gateways(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NewGateway {
     id: String,

@@ -30,7 +30,7 @@ pub(super) async fn list_groups(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NewGroup {
     id: String,
@@ -77,7 +77,7 @@ pub(super) async fn create_group(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct GroupChange {
     name: String,

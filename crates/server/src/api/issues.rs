@@ -16,7 +16,7 @@ pub(super) fn issue_out(i: &crate::SecurityIssue) -> serde_json::Value {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct IssueQuery {
     #[serde(default)]

@@ -46,6 +46,8 @@
 //!   event log (`audit.*`, who and what) once committed.
 //! - Errors are RFC 9457 problem documents naming the field at fault; bodies are at most
 //!   64 KiB and unknown fields are refused.
+//! - `GET /api/v1/openapi.json`: this list as an OpenAPI 3.1 document ([`openapi`]), built
+//!   from the same table as the router.
 
 mod devices;
 mod dps;
@@ -57,6 +59,7 @@ mod issues;
 mod policies;
 mod problem;
 mod session;
+mod spec;
 mod updates;
 
 use devices::*;
@@ -68,6 +71,8 @@ use groups::*;
 use issues::*;
 use policies::*;
 use session::*;
+
+pub use spec::openapi;
 use updates::*;
 
 use std::net::SocketAddr;
@@ -80,7 +85,6 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -320,80 +324,7 @@ pub(crate) async fn start(
 }
 
 fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
-        .route("/api/v1/login", post(login))
-        .route("/api/v1/logout", post(logout))
-        .route("/api/v1/status", get(status))
-        .route("/api/v1/groups", get(list_groups).post(create_group))
-        .route(
-            "/api/v1/groups/{id}",
-            axum::routing::patch(rename_group).delete(remove_group),
-        )
-        .route(
-            "/api/v1/enrollment-tokens/{id}",
-            axum::routing::delete(revoke_enrollment_token),
-        )
-        .route("/api/v1/events", get(list_events))
-        .route("/api/v1/policies", get(list_policies))
-        .route(
-            "/api/v1/policies/{id}",
-            get(get_policy).put(put_policy).delete(delete_policy),
-        )
-        .route("/api/v1/devices/{id}/settings", get(device_settings))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/devices", get(list_devices))
-        .route(
-            "/api/v1/devices/{id}",
-            get(device_details)
-                .patch(change_device)
-                .delete(remove_device),
-        )
-        .route(
-            "/api/v1/distribution-points",
-            get(dp_report).post(assign_dp),
-        )
-        .route(
-            "/api/v1/distribution-points/{device}/{group}",
-            axum::routing::delete(unassign_dp),
-        )
-        .route(
-            "/api/v1/distribution-points/{device}/{group}/activate",
-            post(activate_dp),
-        )
-        .route(
-            "/api/v1/gateways",
-            get(list_gateways).post(register_gateway),
-        )
-        .route(
-            "/api/v1/gateways/{id}",
-            axum::routing::delete(unregister_gateway),
-        )
-        .route("/api/v1/updates", get(list_updates))
-        .route("/api/v1/updates/{id}", axum::routing::put(upload_update))
-        .route("/api/v1/updates/{id}/import", post(import_update))
-        .route("/api/v1/security-issues", get(list_issues))
-        .route(
-            "/api/v1/security-issues/{device}/{kind}/acknowledge",
-            post(acknowledge_issue),
-        )
-        .route("/api/v1/devices/{id}/move", post(move_device))
-        .route(
-            "/api/v1/enrollment-tokens",
-            get(list_enrollment_tokens).post(issue_enrollment_token),
-        )
-        .route(
-            "/api/v1/api-tokens",
-            get(list_api_tokens).post(issue_api_token),
-        )
-        .route(
-            "/api/v1/api-tokens/{id}",
-            axum::routing::delete(revoke_api_token),
-        )
-        .route("/api/v1/accounts", get(list_accounts).post(create_account))
-        .route(
-            "/api/v1/accounts/{name}",
-            axum::routing::patch(change_account),
-        )
+    spec::routes()
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "Not found", "no such API path") })
         .method_not_allowed_fallback(|| async {
             Problem::new(

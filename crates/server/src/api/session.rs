@@ -2,7 +2,7 @@
 
 use super::*;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Login {
     name: String,
@@ -71,7 +71,7 @@ pub(super) async fn logout(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NewApiToken {
     label: String,
@@ -182,7 +182,7 @@ fn role_of(s: &str) -> Result<Role, Problem> {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NewAccount {
     name: String,
@@ -229,7 +229,7 @@ pub(super) async fn create_account(
     Ok(json(StatusCode::CREATED, &out))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AccountChange {
     #[serde(default)]

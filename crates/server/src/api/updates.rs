@@ -40,7 +40,7 @@ pub(super) async fn list_updates(
     Ok(json(StatusCode::OK, &serde_json::json!({ "updates": out })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct UploadQuery {
     name: String,
@@ -163,7 +163,7 @@ pub(super) async fn upload_update(
     Ok(announce(&st, &who, fleet, a, "uploaded").await)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ImportRequest {
     /// A file in the import directory (a name, or a path relative to it).

@@ -203,6 +203,13 @@ async fn server_again(base: &std::path::Path) -> (AdminServer, Client) {
     (running, client)
 }
 
+/// A session of the administrator "admin".
+async fn admin_token(api: &Client) -> String {
+    let a = api.login("admin", "correct horse battery").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    a.body["token"].as_str().unwrap().to_string()
+}
+
 /// Enrolls `device` into "lab" with a token issued through the API and a key this test
 /// keeps; returns the answer and a TLS configuration to connect as the device.
 async fn enroll_device(
@@ -934,10 +941,7 @@ async fn a_policy_edit_reaches_an_online_device() {
 async fn accounts_and_api_tokens_are_managed() {
     let dir = tempfile::tempdir().unwrap();
     let (running, api) = server(dir.path(), 0).await;
-    let admin = api.login("admin", "correct horse battery").await.body["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let admin = admin_token(&api).await;
 
     // A new auditor, made through the API, logs in and writes nothing.
     let a = api
@@ -1073,10 +1077,7 @@ async fn accounts_and_api_tokens_are_managed() {
     running.shutdown().await;
     let (running, api) = server_again(dir.path()).await;
     assert_eq!(api.login("olga", "long enough here").await.status, 401);
-    let admin = api.login("admin", "correct horse battery").await.body["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let admin = admin_token(&api).await;
     let list = api
         .call("GET", "/api/v1/api-tokens", Some(&admin), None)
         .await;
@@ -1114,10 +1115,7 @@ async fn device_details_filters_and_security_issues() {
     use outpost_wire::Message;
     let dir = tempfile::tempdir().unwrap();
     let (running, api) = server(dir.path(), 30).await;
-    let admin = api.login("admin", "correct horse battery").await.body["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let admin = admin_token(&api).await;
     let (resp, cfg) = enroll_device(&running, &api, &admin, dir.path(), "pc-1").await;
     let mut kept = common::connect_device(cfg, running.local_addr()).await;
     kept.send(Message::from(outpost_wire::messages::SyncRequest::default()))
@@ -1339,10 +1337,7 @@ async fn updates_are_uploaded_imported_and_delivered() {
     use outpost_wire::messages::{HeldVersion, ObjectKind, SyncRequest};
     let dir = tempfile::tempdir().unwrap();
     let (running, api) = server(dir.path(), 0).await;
-    let admin = api.login("admin", "correct horse battery").await.body["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let admin = admin_token(&api).await;
     let content: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let up = api
         .call_raw(
@@ -1463,10 +1458,7 @@ async fn updates_are_uploaded_imported_and_delivered() {
 
     // Kept across a restart, content and all.
     let (running, api) = server_again(dir.path()).await;
-    let admin = api.login("admin", "correct horse battery").await.body["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let admin = admin_token(&api).await;
     let list = api.call("GET", "/api/v1/updates", Some(&admin), None).await;
     assert_eq!(
         list.body["updates"].as_array().unwrap().len(),
@@ -1487,10 +1479,7 @@ async fn distribution_points_are_assigned_reported_and_switched() {
     use outpost_wire::messages::{DpRole, DpStatus, SyncRequest};
     let dir = tempfile::tempdir().unwrap();
     let (running, api) = server(dir.path(), 0).await;
-    let admin = api.login("admin", "correct horse battery").await.body["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let admin = admin_token(&api).await;
     let mut conns = Vec::new();
     for d in ["dp-a", "dp-b", "pc-1"] {
         let (_, cfg) = enroll_device(&running, &api, &admin, dir.path(), d).await;
@@ -1662,10 +1651,7 @@ async fn gateways_are_registered_watched_and_unregistered() {
     use outpost_wire::Message;
     let dir = tempfile::tempdir().unwrap();
     let (running, api) = server(dir.path(), 0).await;
-    let admin = api.login("admin", "correct horse battery").await.body["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let admin = admin_token(&api).await;
     let ca = outpost_pki::store::load_server_ca(
         &dir.path().join("state"),
         outpost_pki::PkiConfig::default(),

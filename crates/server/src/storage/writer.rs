@@ -67,6 +67,19 @@ pub(super) fn run(
     });
 }
 
+/// Begins a write transaction. On SQLite it takes the write lock at once (`BEGIN
+/// IMMEDIATE`), waiting out the busy timeout: a deferred transaction that reads first and
+/// then writes fails at once, unwaited, when another connection wrote meanwhile.
+async fn begin(
+    conn: &mut AnyConnection,
+    backend: Backend,
+) -> Result<sqlx::Transaction<'_, sqlx::Any>, sqlx::Error> {
+    match backend {
+        Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await,
+        _ => conn.begin().await,
+    }
+}
+
 /// Opens one connection, with SQLite's settings.
 async fn open_connection(
     options: &AnyConnectOptions,
@@ -76,11 +89,13 @@ async fn open_connection(
     if backend == Backend::Sqlite {
         // WAL: readers never wait for the writer; FULL: a commit is on disk when it
         // returns, so what was acknowledged survives a power cut, not only a crash.
+        // The busy timeout first: another process's writer (a server that is stopping) may
+        // hold the lock the next statements need.
         for pragma in [
+            "PRAGMA busy_timeout = 10000",
             "PRAGMA journal_mode = WAL",
             "PRAGMA synchronous = FULL",
             "PRAGMA foreign_keys = ON",
-            "PRAGMA busy_timeout = 10000",
             // 64 MiB of page cache: the device table's indexes of a 100,000-device fleet
             // stay in memory.
             "PRAGMA cache_size = -65536",
@@ -186,7 +201,7 @@ impl Writer {
     /// The server instance's row and its root group.
     async fn ensure_server(&mut self) -> Result<(), ServerError> {
         let err = self.query_error("creating the server instance");
-        let mut tx = self.conn.begin().await.map_err(&err)?;
+        let mut tx = begin(&mut self.conn, self.backend).await.map_err(&err)?;
         // A database holds one server's state (its virtual servers are added by it): a
         // configuration naming another instance is refused, not given an empty fleet.
         let known: Vec<String> =
@@ -359,7 +374,7 @@ impl Writer {
         let events_err = self.query_error("storing events");
         let sid = self.server_id.clone();
         let backend = self.backend;
-        let mut tx = self.conn.begin().await.map_err(&err)?;
+        let mut tx = begin(&mut self.conn, self.backend).await.map_err(&err)?;
         for w in writes {
             match w {
                 Write::Ops(ops) => {
@@ -407,7 +422,7 @@ impl Writer {
         let err = self.query_error("writing last-seen times");
         let sid = self.server_id.clone();
         let r: Result<(), ServerError> = async {
-            let mut tx = self.conn.begin().await.map_err(&err)?;
+            let mut tx = begin(&mut self.conn, self.backend).await.map_err(&err)?;
             for (device, (at, disk)) in &touched {
                 sqlx::query(
                     "UPDATE devices SET last_seen = $1, free_disk_bytes = COALESCE($2, free_disk_bytes) \

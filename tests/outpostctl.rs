@@ -202,3 +202,134 @@ async fn outpostctl_administers_a_running_server() {
     assert!(!anon.status.success());
     running.shutdown().await;
 }
+
+/// A policy edit made with `outpostctl` reaches a running agent's settings files through
+/// the server's push, long before the agent's next scheduled sync, with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_edit_reaches_a_running_agent() {
+    use outpost::agent::{Agent, AgentConfig, Endpoint};
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    let now = SystemTime::now();
+    outpost::pki::store::init_server_dir(
+        &base.join("state"),
+        "server-1",
+        &["localhost".into()],
+        now,
+    )
+    .unwrap();
+    let policy = |value: bool| {
+        serde_json::json!({"id": "lab-usb", "app": "endpoint", "group": "lab",
+               "settings": {"usb.block": {"value": value, "locked": true}}})
+    };
+    std::fs::write(
+        base.join("policies.json"),
+        serde_json::json!({"schemas": [{"app": "endpoint", "settings": {"usb.block": {"type": "bool", "default": false}}}],
+               "groups": [{"id": "root"}, {"id": "lab", "parent": "root"}],
+               "policies": [policy(true)]})
+        .to_string(),
+    )
+    .unwrap();
+    let config = AdminServerConfig::from_toml(
+        r#"
+        instance_id = "server-1"
+        data_dir = "state"
+        listen = "127.0.0.1:0"
+        policy_state = "policies.json"
+        [api]
+        listen = "127.0.0.1:0"
+        [tls]
+        cert = "state/server.chain.pem"
+        key = "state/server.key"
+        server_ca = "state/ca.crt"
+        "#,
+    )
+    .unwrap();
+    config
+        .bootstrap_account(base, "admin", "correct horse battery")
+        .unwrap();
+    let running = AdminServer::start(config, base, None, None).await.unwrap();
+    let mut ctl = Ctl {
+        server: format!("https://localhost:{}", running.api_addr().unwrap().port()),
+        ca: base.join("state/ca.crt"),
+        token: None,
+    };
+    let login = ctl
+        .run(&["login", "admin"], "correct horse battery\n")
+        .await;
+    ctl.token = Some(String::from_utf8(login.stdout).unwrap().trim().to_string());
+    ctl.ok(&["groups", "create", "lab", "--name", "Lab"]).await;
+    let token = ctl
+        .ok(&["tokens", "issue", "--group", "lab", "--device", "laptop-1"])
+        .await;
+
+    // A real agent enrolls, syncs and writes its settings.
+    let addr = running.local_addr();
+    let mut c = AgentConfig::new("laptop-1", base.join("laptop-1"));
+    c.endpoints = vec![Endpoint::new(addr, "localhost")];
+    c.enrollment.server = Some(Endpoint::new(addr, "localhost"));
+    c.enrollment.server_ca = base.join("state/ca.crt");
+    c.enrollment.token = token.trim().into();
+    c.distribution.enabled = false;
+    let agent = Agent::start(c).await.unwrap();
+    agent
+        .wait_for(std::time::Duration::from_secs(60), |s| s.core.syncs > 0)
+        .await
+        .unwrap();
+    let settings = base
+        .join("laptop-1")
+        .join(outpost::agent::store::SETTINGS_DIR);
+    let read = || {
+        std::fs::read_dir(&settings)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let before = read();
+    assert!(before.contains("true"), "{before}");
+    let interval = agent.status().core.sync_interval;
+    let pushes = agent.status().core.pushes;
+
+    // The edit, through the API; the push makes the agent sync now.
+    std::fs::write(base.join("edit.json"), policy(false).to_string()).unwrap();
+    let edited = std::time::Instant::now();
+    let edit = base.join("edit.json");
+    let answer: serde_json::Value = serde_json::from_str(
+        &ctl.ok(&[
+            "--json",
+            "policies",
+            "put",
+            "--file",
+            edit.to_str().unwrap(),
+        ])
+        .await,
+    )
+    .unwrap();
+    assert_eq!(answer["pushed_sync_now"], 1, "{answer}");
+    let mut after = String::new();
+    for _ in 0..1_000 {
+        after = read();
+        if after != before {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let took = edited.elapsed();
+    assert!(
+        after.contains("false") && !after.contains("true"),
+        "{after}"
+    );
+    assert!(
+        agent.status().core.pushes > pushes,
+        "the agent acted on the push"
+    );
+    assert!(
+        took < interval,
+        "arrived by push ({took:?}), not by the next scheduled sync ({interval:?})"
+    );
+    println!("policy edit to settings file: {} ms", took.as_millis());
+    agent.shutdown().await;
+    running.shutdown().await;
+}

@@ -542,6 +542,13 @@ pub enum Change {
     },
     /// Add a new group (a root, or below an existing group).
     AddGroup(Group),
+    /// Move a group, with its subgroups and devices, below another group.
+    MoveGroup {
+        /// The group moved.
+        group: String,
+        /// Its new parent.
+        parent: String,
+    },
 }
 
 /// What a change did.
@@ -1548,6 +1555,53 @@ impl Resolver {
                     self.rebuild_slot(idx, a);
                 }
                 Ok(Changed::default())
+            }
+            Change::MoveGroup { group, parent } => {
+                let unknown = |id: &str| PolicyError::UnknownReference {
+                    referrer: format!("move of group {group:?}"),
+                    kind: "group",
+                    id: id.to_string(),
+                };
+                let g = *self
+                    .group_index
+                    .get(&group)
+                    .ok_or_else(|| unknown(&group))?;
+                let p = *self
+                    .group_index
+                    .get(&parent)
+                    .ok_or_else(|| unknown(&parent))?;
+                if self.contains(g, p) {
+                    return Err(PolicyError::GroupCycle { group });
+                }
+                if self.groups[g].parent == Some(p) {
+                    return Ok(Changed::default());
+                }
+                let subtree = self.topo_order(Some(g));
+                let deepest = subtree
+                    .iter()
+                    .map(|&x| self.groups[x].depth)
+                    .max()
+                    .unwrap_or(self.groups[g].depth);
+                let shift = self.groups[p].depth + 1;
+                let depth = deepest - self.groups[g].depth + shift;
+                if depth > MAX_GROUP_DEPTH {
+                    return Err(PolicyError::HierarchyTooDeep {
+                        group,
+                        depth,
+                        max: MAX_GROUP_DEPTH,
+                    });
+                }
+                if let Some(old) = self.groups[g].parent {
+                    self.groups[old].children.retain(|&c| c != g);
+                }
+                self.groups[p].children.push(g);
+                self.groups[g].parent = Some(p);
+                let base = self.groups[g].depth;
+                for &x in &subtree {
+                    self.groups[x].depth = self.groups[x].depth - base + shift;
+                }
+                let targets: Vec<(usize, usize)> = (0..self.apps.len()).map(|a| (g, a)).collect();
+                Ok(self.refresh_subtrees(&targets))
             }
         }
     }

@@ -295,6 +295,42 @@ proptest! {
     }
 
     #[test]
+    fn moving_a_group_matches_fresh_resolution(
+        s in state(),
+        pick in any::<prop::sample::Index>(),
+        to in any::<prop::sample::Index>(),
+    ) {
+        let n = s.groups.len();
+        let (group, parent) = (format!("g{}", pick.index(n)), format!("g{}", to.index(n)));
+        let mut s2 = s.clone();
+        for g in s2.groups.iter_mut().filter(|g| g.id == group) {
+            g.parent = Some(parent.clone());
+        }
+        let mut r = Resolver::new(&s).unwrap();
+        let before = all_effective(&r, &s);
+        let change = Change::MoveGroup { group, parent };
+        match Resolver::new(&s2) {
+            // Under itself or its own subtree: a cycle.
+            Err(_) => {
+                prop_assert!(r.apply(change).is_err());
+                prop_assert_eq!(before, all_effective(&r, &s), "refused change left no trace");
+            }
+            Ok(fresh) => {
+                let report = r.apply(change).unwrap();
+                prop_assert_eq!(all_effective(&r, &s), all_effective(&fresh, &s));
+                let old = Resolver::new(&s).unwrap();
+                let expected: Vec<String> = s.devices.iter()
+                    .filter(|d| old.effective(&d.id).unwrap() != fresh.effective(&d.id).unwrap())
+                    .map(|d| d.id.clone())
+                    .collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+                prop_assert_eq!(report.changed.iter().map(|id| id.to_string()).collect::<Vec<String>>(), expected);
+                // And over the devices of the moved state, as a fresh resolver does.
+                prop_assert_eq!(all_effective(&Resolver::new(&s2).unwrap(), &s2), all_effective(&r, &s2));
+            }
+        }
+    }
+
+    #[test]
     fn moving_a_policy_reports_exactly_the_changed_devices(
         s in state(),
         pick in any::<prop::sample::Index>(),

@@ -185,6 +185,21 @@ impl DpCoordinator {
             .map_err(election_error)
     }
 
+    /// Moves `group` (with its subgroups) under `parent`.
+    pub fn move_group(&mut self, group: &str, parent: &str) -> Result<(), ServerError> {
+        let g = self
+            .groups
+            .get(group)
+            .ok_or_else(|| ServerError::UnknownGroup(group.into()))?;
+        let p = self
+            .groups
+            .get(parent)
+            .ok_or_else(|| ServerError::UnknownGroup(parent.into()))?;
+        self.election
+            .move_group(GroupId(g), Some(GroupId(p)))
+            .map_err(election_error)
+    }
+
     /// Forgets a removed device: its distribution point scopes and its placement.
     pub fn remove(&mut self, device: &str) {
         let Some(d) = self.devices.get(device).map(DeviceId) else {

@@ -133,6 +133,19 @@ impl SyncSource for FleetSync {
         }
     }
 
+    fn on_group_moved(&self, group: &str, parent: &str) -> Vec<std::sync::Arc<str>> {
+        if let Some(Err(e)) = self.with_dps(|c| c.move_group(group, parent)) {
+            log::error!("distribution points do not move group {group:?} under {parent:?}: {e}");
+        }
+        match &self.policy {
+            Some(p) => p.move_group(group, parent).unwrap_or_else(|e| {
+                log::error!("policies do not move group {group:?} under {parent:?}: {e}");
+                Vec::new()
+            }),
+            None => Vec::new(),
+        }
+    }
+
     fn on_removed(&self, device: &str) {
         if let Some(p) = &self.policy
             && let Err(e) = p.remove(device)

@@ -70,6 +70,12 @@ pub trait SyncSource: Send + Sync + 'static {
     /// A group was added under `parent` (the default does nothing).
     fn on_group_added(&self, _group: &str, _parent: &str) {}
 
+    /// A group was moved under `parent`; returns the devices whose answers changed (to be
+    /// pushed "sync now"). The default does nothing.
+    fn on_group_moved(&self, _group: &str, _parent: &str) -> Vec<Arc<str>> {
+        Vec::new()
+    }
+
     /// Called about once a second by the server runtime; `true` when what devices should
     /// know changed without any of them asking (a distribution point was replaced), so
     /// every device with a kept connection is pushed "sync now". The default does nothing.
@@ -800,6 +806,15 @@ impl AdminService {
         self.sync
             .on_group_added(id, parent.unwrap_or(crate::ROOT_GROUP));
         Ok(())
+    }
+
+    /// Moves group `id` (with its subgroups and devices) under `parent`: committed, then
+    /// the policies and the election follow, and the online devices whose settings changed
+    /// are pushed "sync now" (returns how many).
+    pub async fn move_group(&self, id: &str, parent: &str) -> Result<usize, ServerError> {
+        self.update_registry(|r| r.move_group(id, parent)).await?;
+        let changed = self.sync.on_group_moved(id, parent);
+        Ok(self.push_all(&changed, "group moved", next_nonce()))
     }
 
     /// Moves enrolled `device` to `group`: committed, then its settings and distribution

@@ -194,7 +194,12 @@ async fn server_with(base: &std::path::Path, devices: usize, top: &str) -> (Admi
 
 /// The server of [`server`] started again on the same directory.
 async fn server_again(base: &std::path::Path) -> (AdminServer, Client) {
-    let config = server_config("", API_TABLE);
+    server_again_with(base, "").await
+}
+
+/// [`server_again`] with `top` added to the configuration's top-level keys.
+async fn server_again_with(base: &std::path::Path, top: &str) -> (AdminServer, Client) {
+    let config = server_config(top, API_TABLE);
     let ca =
         outpost_pki::store::load_server_ca(&base.join("state"), outpost_pki::PkiConfig::default())
             .unwrap();
@@ -1800,4 +1805,121 @@ async fn gateway(api: &Client, token: &str) -> Option<Value> {
         .iter()
         .find(|g| g["id"] == "dmz-1")
         .cloned()
+}
+
+/// A group moved under another takes its devices along: their settings follow at once and
+/// the online ones are pushed; a move under its own subtree is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_moved_takes_its_devices_settings_along() {
+    use futures_util::{SinkExt, StreamExt};
+    use outpost_wire::Message;
+    use outpost_wire::messages::SyncRequest;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("policies.json"),
+        json!({"schemas": [{"app": "endpoint", "settings": {"usb.block": {"type": "bool", "default": false}}}],
+               "groups": [{"id": "root"}, {"id": "lab", "parent": "root"}]})
+        .to_string(),
+    )
+    .unwrap();
+    let (running, api) = server_with(dir.path(), 0, r#"policy_state = "policies.json""#).await;
+    let admin = admin_token(&api).await;
+    let (_, cfg) = enroll_device(&running, &api, &admin, dir.path(), "pc-1").await;
+    let mut kept = common::connect_device(cfg, running.local_addr()).await;
+    kept.send(Message::from(SyncRequest::default()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        kept.next().await,
+        Some(Ok(Message::SyncResponse(_)))
+    ));
+    let secure = api
+        .call(
+            "POST",
+            "/api/v1/groups",
+            Some(&admin),
+            Some(json!({"id": "secure", "name": "Secure"})),
+        )
+        .await;
+    assert_eq!(secure.status, 201, "{}", secure.body);
+    let p = api
+        .call(
+            "PUT",
+            "/api/v1/policies/secure-usb",
+            Some(&admin),
+            Some(
+                json!({"id": "secure-usb", "app": "endpoint", "group": "secure",
+                        "settings": {"usb.block": {"value": true, "locked": true}}}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (p.status, &p.body["devices_changed"]),
+        (200, &json!(0)),
+        "{}",
+        p.body
+    );
+    assert_eq!(usb(&api, &admin).await, false);
+
+    let m = api
+        .call(
+            "PATCH",
+            "/api/v1/groups/lab",
+            Some(&admin),
+            Some(json!({"parent": "secure"})),
+        )
+        .await;
+    assert_eq!(m.status, 200, "{}", m.body);
+    assert_eq!(
+        (&m.body["parent"], &m.body["pushed_sync_now"]),
+        (&json!("secure"), &json!(1))
+    );
+    assert_eq!(
+        usb(&api, &admin).await,
+        true,
+        "the policy of its new parent applies"
+    );
+    let pushed = tokio::time::timeout(Duration::from_secs(5), kept.next()).await;
+    assert!(
+        matches!(pushed, Ok(Some(Ok(Message::SyncNow(_))))),
+        "{pushed:?}"
+    );
+    running
+        .service()
+        .with_registry(|r| assert_eq!(r.groups()["lab"].parent.as_deref(), Some("secure")));
+
+    // Under its own subtree: refused, nothing changed.
+    let cycle = api
+        .call(
+            "PATCH",
+            "/api/v1/groups/secure",
+            Some(&admin),
+            Some(json!({"parent": "lab"})),
+        )
+        .await;
+    assert_eq!(
+        (cycle.status, cycle.body["field"].as_str()),
+        (422, Some("parent")),
+        "{}",
+        cycle.body
+    );
+    let empty = api
+        .call("PATCH", "/api/v1/groups/lab", Some(&admin), Some(json!({})))
+        .await;
+    assert_eq!(empty.status, 422);
+    running.shutdown().await;
+
+    // Kept across a restart: the settings still come from the new parent.
+    let (running, api) = server_again_with(dir.path(), r#"policy_state = "policies.json""#).await;
+    let admin = admin_token(&api).await;
+    assert_eq!(usb(&api, &admin).await, true);
+    running.shutdown().await;
+}
+
+/// pc-1's effective `usb.block`.
+async fn usb(api: &Client, token: &str) -> Value {
+    api.call("GET", "/api/v1/devices/pc-1/settings", Some(token), None)
+        .await
+        .body["settings"]["endpoint"]["values"]["usb"]["block"]
+        .clone()
 }

@@ -80,10 +80,17 @@ pub(super) async fn create_group(
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct GroupChange {
-    name: String,
+    /// A new display name.
+    #[serde(default)]
+    name: Option<String>,
+    /// A new parent: the group moves there with its subgroups and devices (their settings
+    /// and distribution point placement follow).
+    #[serde(default)]
+    parent: Option<String>,
 }
 
-pub(super) async fn rename_group(
+/// Renames a group, moves it, or both.
+pub(super) async fn change_group(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
     axum::extract::Path(id): axum::extract::Path<String>,
@@ -91,23 +98,56 @@ pub(super) async fn rename_group(
 ) -> Result<Response, Problem> {
     let who = writer(&st, &headers)?;
     let c: GroupChange = json_body(bytes)?;
-    st.service
-        .update_registry(|r| r.rename_group(&id, &c.name))
-        .await
-        .map_err(|e| {
-            let field = matches!(e, ServerError::InvalidId { .. }).then_some("name");
+    if c.name.is_none() && c.parent.is_none() {
+        return Err(Problem::invalid(
+            "nothing to change: give a name or a parent",
+        ));
+    }
+    if let Some(name) = &c.name {
+        st.service
+            .update_registry(|r| r.rename_group(&id, name))
+            .await
+            .map_err(|e| {
+                let field = matches!(e, ServerError::InvalidId { .. }).then_some("name");
+                Problem::from_error(&e, field)
+            })?;
+        audit(
+            &st,
+            &who,
+            "audit.group.rename",
+            format!("renamed group {id:?} to {name:?}"),
+        )
+        .await;
+    }
+    let mut pushed = 0;
+    if let Some(parent) = &c.parent {
+        pushed = st.service.move_group(&id, parent).await.map_err(|e| {
+            let field = match &e {
+                ServerError::UnknownGroup(g) if g == parent => Some("parent"),
+                ServerError::Cycle { .. } => Some("parent"),
+                _ => None,
+            };
             Problem::from_error(&e, field)
         })?;
-    audit(
-        &st,
-        &who,
-        "audit.group.rename",
-        format!("renamed group {id:?} to {:?}", c.name),
-    )
-    .await;
+        audit(
+            &st,
+            &who,
+            "audit.group.move",
+            format!("moved group {id:?} under {parent:?}; {pushed} device(s) pushed"),
+        )
+        .await;
+    }
+    let (name, parent) = st
+        .service
+        .with_registry(|r| {
+            r.groups()
+                .get(&id)
+                .map(|g| (g.name.clone(), g.parent.clone()))
+        })
+        .unwrap_or_default();
     Ok(json(
         StatusCode::OK,
-        &serde_json::json!({ "id": id, "name": c.name }),
+        &serde_json::json!({ "id": id, "name": name, "parent": parent, "pushed_sync_now": pushed }),
     ))
 }
 

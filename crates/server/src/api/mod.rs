@@ -12,7 +12,8 @@
 //!   /api/v1/api-tokens/{id}`.
 //! - `GET /api/v1/status`; `GET /metrics` (Prometheus text).
 //! - Groups: `GET|POST /api/v1/groups` `{"id", "name", "parent"}` (known to the policies
-//!   and the election at once), `PATCH /api/v1/groups/{id}` `{"name"}`, `DELETE
+//!   and the election at once), `PATCH /api/v1/groups/{id}` `{"name", "parent"}` (a move
+//!   takes its subgroups and devices along; the changed online devices are pushed), `DELETE
 //!   /api/v1/groups/{id}` (refused while not empty).
 //! - Devices: `GET /api/v1/devices?limit=&after=&group=&tag=&online=&seen_since=&seen_before=&dp=&issue=`
 //!   (pages in id order: `next` is the `after` of the next page); `GET

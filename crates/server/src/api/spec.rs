@@ -76,7 +76,7 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
         ep!(delete "/api/v1/api-tokens/{id}", "Revoke an API token", Nothing, None, 204, true, revoke_api_token),
         ep!(get "/api/v1/groups", "The group tree", Nothing, None, 200, true, list_groups),
         ep!(post "/api/v1/groups", "Create a group", Json(schema::<NewGroup>), None, 201, true, create_group),
-        ep!(patch "/api/v1/groups/{id}", "Rename a group", Json(schema::<GroupChange>), None, 200, true, rename_group),
+        ep!(patch "/api/v1/groups/{id}", "Rename a group, or move it with its subgroups and devices", Json(schema::<GroupChange>), None, 200, true, change_group),
         ep!(delete "/api/v1/groups/{id}", "Remove an empty group", Nothing, None, 204, true, remove_group),
         ep!(get "/api/v1/devices", "List devices, page by page, filtered", Nothing, Some(inline::<DevicePage>), 200, true, list_devices),
         ep!(get "/api/v1/devices/{id}", "A device's details", Nothing, None, 200, true, device_details),

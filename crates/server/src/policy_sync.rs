@@ -21,8 +21,7 @@ use crate::{DeviceContext, ROOT_GROUP, Registry, SyncSource};
 /// Places every device enrolled in `registry` in `state`, in its registry group: the registry
 /// says which devices exist and where they are; a device the policy state already describes
 /// keeps its facts, tags and local values but moves to its registry group. Registry groups the
-/// state lacks are added under their registry parent (the registry's root as a root group), and
-/// the groups both know take the registry's parent (the tree the administrator edits).
+/// state lacks are added under their registry parent (the registry's root as a root group).
 pub fn place_registry_devices(state: &mut State, registry: &Registry) {
     use std::collections::HashSet;
     let mut known: HashSet<String> = state.groups.iter().map(|g| g.id.clone()).collect();
@@ -41,17 +40,6 @@ pub fn place_registry_devices(state: &mut State, registry: &Registry) {
                 _ => outpost_policy::Group::root(g),
             });
             known.insert(g.to_string());
-        }
-    }
-    // The registry's tree is the one the administrator edits (a group moved on a running
-    // server): the groups both know take its parents.
-    for g in &mut state.groups {
-        if let Some(r) = registry.groups().get(&g.id) {
-            g.parent = if g.id == ROOT_GROUP {
-                None
-            } else {
-                r.parent.clone()
-            };
         }
     }
     let listed: std::collections::HashMap<String, usize> = state

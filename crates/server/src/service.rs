@@ -813,6 +813,32 @@ impl AdminService {
     /// are pushed "sync now" (returns how many).
     pub async fn move_group(&self, id: &str, parent: &str) -> Result<usize, ServerError> {
         self.update_registry(|r| r.move_group(id, parent)).await?;
+        // The stored policy state has the group tree too: its row takes the new parent, so
+        // a restart resolves the same settings.
+        let storage = self.storage.clone();
+        let key = id.to_string();
+        let stored = tokio::task::spawn_blocking(move || {
+            storage.policy_object(crate::PolicyObjectKind::Group, &key)
+        })
+        .await
+        .map_err(|e| ServerError::Io {
+            path: "policy state".into(),
+            source: std::io::Error::other(e),
+        })??;
+        let mut group = stored
+            .as_deref()
+            .and_then(|d| serde_json::from_str::<outpost_policy::Group>(d).ok())
+            .unwrap_or_else(|| outpost_policy::Group::child(id, parent));
+        group.parent = Some(parent.to_string());
+        let document = serde_json::to_string(&group)
+            .map_err(|e| ServerError::Config(format!("group {id:?} as a policy object: {e}")))?;
+        self.storage
+            .commit(vec![crate::Op::PutPolicyObject {
+                kind: crate::PolicyObjectKind::Group,
+                id: id.to_string(),
+                document,
+            }])
+            .await?;
         let changed = self.sync.on_group_moved(id, parent);
         Ok(self.push_all(&changed, "group moved", next_nonce()))
     }

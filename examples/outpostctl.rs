@@ -136,6 +136,15 @@ enum Groups {
         #[arg(long)]
         name: String,
     },
+    /// Moves a group, with its subgroups and devices, under another (their settings and
+    /// distribution point placement follow).
+    Move {
+        /// The group.
+        id: String,
+        /// Its new parent.
+        #[arg(long)]
+        parent: String,
+    },
     /// Removes an empty group.
     Delete {
         /// The group.
@@ -695,6 +704,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 let path = format!("/api/v1/groups/{}", seg(&id));
                 print(
                     &api.send("PATCH", &path, json!({"name": name})).await?,
+                    Show::Object,
+                    j,
+                )
+            }
+            Groups::Move { id, parent } => {
+                let path = format!("/api/v1/groups/{}", seg(&id));
+                print(
+                    &api.send("PATCH", &path, json!({"parent": parent})).await?,
                     Show::Object,
                     j,
                 )

@@ -134,6 +134,14 @@ async fn outpostctl_administers_a_running_server() {
         !dup.status.success() && why.contains("409") && why.contains("field id"),
         "{why}"
     );
+    ctl.ok(&["groups", "create", "eu", "--name", "Europe"])
+        .await;
+    let moved = ctl
+        .ok(&["--json", "groups", "move", "paris", "--parent", "eu"])
+        .await;
+    assert!(moved.contains("\"parent\": \"eu\""), "{moved}");
+    ctl.ok(&["groups", "move", "paris", "--parent", "root"])
+        .await;
     let table = ctl.ok(&["groups", "list"]).await;
     let lines: Vec<&str> = table.lines().collect();
     assert!(

@@ -68,10 +68,9 @@ impl Ctl {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outpostctl_administers_a_running_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path();
+/// A server on `base` (a CA for `localhost`; `top` adds top-level configuration keys) with
+/// the API on loopback and an administrator "admin", and a client for it, not logged in.
+async fn start_server(base: &Path, top: &str) -> (AdminServer, Ctl) {
     outpost::pki::store::init_server_dir(
         &base.join("state"),
         "server-1",
@@ -79,30 +78,38 @@ async fn outpostctl_administers_a_running_server() {
         SystemTime::now(),
     )
     .unwrap();
-    let config = AdminServerConfig::from_toml(
+    let config = AdminServerConfig::from_toml(&format!(
         r#"
         instance_id = "server-1"
         data_dir = "state"
         listen = "127.0.0.1:0"
+        {top}
         [api]
         listen = "127.0.0.1:0"
         [tls]
         cert = "state/server.chain.pem"
         key = "state/server.key"
         server_ca = "state/ca.crt"
-        "#,
-    )
+        "#
+    ))
     .unwrap();
     config
         .bootstrap_account(base, "admin", "correct horse battery")
         .unwrap();
     let running = AdminServer::start(config, base, None, None).await.unwrap();
-    let port = running.api_addr().unwrap().port();
-    let mut ctl = Ctl {
-        server: format!("https://localhost:{port}"),
+    let ctl = Ctl {
+        server: format!("https://localhost:{}", running.api_addr().unwrap().port()),
         ca: base.join("state/ca.crt"),
         token: None,
     };
+    (running, ctl)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outpostctl_administers_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    let (running, mut ctl) = start_server(base, "").await;
 
     // Every subcommand answers --help.
     let help = ctl.ok(&["devices", "list", "--help"]).await;
@@ -218,14 +225,6 @@ async fn a_policy_edit_reaches_a_running_agent() {
     use outpost::agent::{Agent, AgentConfig, Endpoint};
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path();
-    let now = SystemTime::now();
-    outpost::pki::store::init_server_dir(
-        &base.join("state"),
-        "server-1",
-        &["localhost".into()],
-        now,
-    )
-    .unwrap();
     let policy = |value: bool| {
         serde_json::json!({"id": "lab-usb", "app": "endpoint", "group": "lab",
                "settings": {"usb.block": {"value": value, "locked": true}}})
@@ -238,30 +237,7 @@ async fn a_policy_edit_reaches_a_running_agent() {
         .to_string(),
     )
     .unwrap();
-    let config = AdminServerConfig::from_toml(
-        r#"
-        instance_id = "server-1"
-        data_dir = "state"
-        listen = "127.0.0.1:0"
-        policy_state = "policies.json"
-        [api]
-        listen = "127.0.0.1:0"
-        [tls]
-        cert = "state/server.chain.pem"
-        key = "state/server.key"
-        server_ca = "state/ca.crt"
-        "#,
-    )
-    .unwrap();
-    config
-        .bootstrap_account(base, "admin", "correct horse battery")
-        .unwrap();
-    let running = AdminServer::start(config, base, None, None).await.unwrap();
-    let mut ctl = Ctl {
-        server: format!("https://localhost:{}", running.api_addr().unwrap().port()),
-        ca: base.join("state/ca.crt"),
-        token: None,
-    };
+    let (running, mut ctl) = start_server(base, r#"policy_state = "policies.json""#).await;
     let login = ctl
         .run(&["login", "admin"], "correct horse battery\n")
         .await;

@@ -152,12 +152,23 @@ impl DpCoordinator {
         Ok(c)
     }
 
+    /// The election's id of registry group `group`.
+    fn group_id(&self, group: &str) -> Result<u64, ServerError> {
+        self.groups
+            .get(group)
+            .ok_or_else(|| ServerError::UnknownGroup(group.into()))
+    }
+
+    /// The election's id of a device it knows.
+    fn device_id(&self, device: &str) -> Result<u64, ServerError> {
+        self.devices
+            .get(device)
+            .ok_or_else(|| ServerError::UnknownDevice(device.into()))
+    }
+
     /// Places (or moves) a device in a group.
     pub fn place(&mut self, device: &str, group: &str) -> Result<(), ServerError> {
-        let g = self
-            .groups
-            .get(group)
-            .ok_or_else(|| ServerError::UnknownGroup(group.into()))?;
+        let g = self.group_id(group)?;
         let d = DeviceId(self.devices.id(device));
         if self.election.placement(d).is_some() {
             self.election
@@ -175,10 +186,7 @@ impl DpCoordinator {
         if self.groups.get(group).is_some() {
             return Ok(());
         }
-        let p = self
-            .groups
-            .get(parent)
-            .ok_or_else(|| ServerError::UnknownGroup(parent.into()))?;
+        let p = self.group_id(parent)?;
         let g = self.groups.id(group);
         self.election
             .add_group(GroupId(g), Some(GroupId(p)))
@@ -187,14 +195,8 @@ impl DpCoordinator {
 
     /// Moves `group` (with its subgroups) under `parent`.
     pub fn move_group(&mut self, group: &str, parent: &str) -> Result<(), ServerError> {
-        let g = self
-            .groups
-            .get(group)
-            .ok_or_else(|| ServerError::UnknownGroup(group.into()))?;
-        let p = self
-            .groups
-            .get(parent)
-            .ok_or_else(|| ServerError::UnknownGroup(parent.into()))?;
+        let g = self.group_id(group)?;
+        let p = self.group_id(parent)?;
         self.election
             .move_group(GroupId(g), Some(GroupId(p)))
             .map_err(election_error)
@@ -216,10 +218,7 @@ impl DpCoordinator {
     /// Registers `device` as a distribution point for `group` and its subgroups; returns its
     /// multicast group address.
     pub fn register_group_dp(&mut self, device: &str, group: &str) -> Result<IpAddr, ServerError> {
-        let g = self
-            .groups
-            .get(group)
-            .ok_or_else(|| ServerError::UnknownGroup(group.into()))?;
+        let g = self.group_id(group)?;
         let d = DeviceId(self.devices.id(device));
         self.election
             .register(d, ScopeId::Group(GroupId(g)), Origin::Manual)
@@ -229,14 +228,8 @@ impl DpCoordinator {
     /// Removes `device` as a distribution point of `group`; the next round tells it, and
     /// elects a successor if it was active.
     pub fn unregister_group_dp(&mut self, device: &str, group: &str) -> Result<(), ServerError> {
-        let g = self
-            .groups
-            .get(group)
-            .ok_or_else(|| ServerError::UnknownGroup(group.into()))?;
-        let d = self
-            .devices
-            .get(device)
-            .ok_or_else(|| ServerError::UnknownDevice(device.into()))?;
+        let g = self.group_id(group)?;
+        let d = self.device_id(device)?;
         self.election
             .unregister(DeviceId(d), ScopeId::Group(GroupId(g)))
             .map_err(election_error)
@@ -251,14 +244,8 @@ impl DpCoordinator {
         group: &str,
         now: Instant,
     ) -> Result<u64, ServerError> {
-        let g = self
-            .groups
-            .get(group)
-            .ok_or_else(|| ServerError::UnknownGroup(group.into()))?;
-        let d = self
-            .devices
-            .get(device)
-            .ok_or_else(|| ServerError::UnknownDevice(device.into()))?;
+        let g = self.group_id(group)?;
+        let d = self.device_id(device)?;
         let scope = ScopeId::Group(GroupId(g));
         self.election
             .make_active(scope, DeviceId(d), now)

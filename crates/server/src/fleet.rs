@@ -98,10 +98,15 @@ impl SyncSource for FleetSync {
             .take(1024)
             .map(|h| (h.id.clone(), h.version))
             .collect();
-        self.holders
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(device.device_id.clone(), updates_held);
+        {
+            // On every sync: most devices hold no update, and leave no entry.
+            let mut holders = self.holders.lock().unwrap_or_else(|e| e.into_inner());
+            if updates_held.is_empty() {
+                holders.remove(&device.device_id);
+            } else if holders.get(&device.device_id) != Some(&updates_held) {
+                holders.insert(device.device_id.clone(), updates_held);
+            }
+        }
         let held = |u: &UpdateAnnouncement| {
             req.held.iter().any(|h| {
                 h.kind == ObjectKind::Update as i32 && h.id == u.object_id && h.version == u.version

@@ -181,13 +181,9 @@ pub(super) async fn device_settings(
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Response, Problem> {
     caller(&st, &headers)?;
-    let settings = policies_of(&st)?.effective(&id).ok_or_else(|| {
-        Problem::new(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            format!("no device {id:?}"),
-        )
-    })?;
+    let settings = policies_of(&st)?
+        .effective(&id)
+        .ok_or_else(|| Problem::not_found(format!("no device {id:?}")))?;
     let mut apps = serde_json::Map::new();
     let mut names: Vec<&str> = settings.apps().collect();
     names.sort_unstable();

@@ -6,9 +6,7 @@ use super::*;
 
 fn fleet_of(st: &ApiState) -> Result<&crate::FleetSync, Problem> {
     st.fleet.as_deref().ok_or_else(|| {
-        Problem::new(
-            StatusCode::NOT_FOUND,
-            "Not found",
+        Problem::not_found(
             "this server answers syncs from another source: it elects no distribution points",
         )
     })

@@ -326,7 +326,7 @@ pub(crate) async fn start(
 
 fn router(state: Arc<ApiState>) -> Router {
     spec::routes()
-        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "Not found", "no such API path") })
+        .fallback(|| async { Problem::not_found("no such API path") })
         .method_not_allowed_fallback(|| async {
             Problem::new(
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -4,11 +4,7 @@ use super::*;
 
 pub(super) fn policies_of(st: &ApiState) -> Result<&crate::PolicySync, Problem> {
     st.fleet.as_ref().and_then(|f| f.policy()).ok_or_else(|| {
-        Problem::new(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "this server answers syncs from another source: it serves no policies",
-        )
+        Problem::not_found("this server answers syncs from another source: it serves no policies")
     })
 }
 
@@ -39,13 +35,7 @@ pub(super) async fn get_policy(
     let key = id.clone();
     let doc = blocking(move || storage.policy_object(crate::PolicyObjectKind::Policy, &key))
         .await?
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::NOT_FOUND,
-                "Not found",
-                format!("no policy {id:?}"),
-            )
-        })?;
+        .ok_or_else(|| Problem::not_found(format!("no policy {id:?}")))?;
     let v: serde_json::Value = serde_json::from_str(&doc).map_err(Problem::internal)?;
     Ok(json(StatusCode::OK, &v))
 }
@@ -155,7 +145,7 @@ pub(super) async fn delete_policy(
     .await
     .map_err(|p| {
         if p.status == StatusCode::UNPROCESSABLE_ENTITY {
-            Problem::new(StatusCode::NOT_FOUND, "Not found", p.detail)
+            Problem::not_found(p.detail)
         } else {
             p
         }

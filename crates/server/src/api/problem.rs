@@ -41,6 +41,11 @@ impl Problem {
         Problem::new(StatusCode::UNAUTHORIZED, "Not authenticated", detail)
     }
 
+    /// 404: no such object, or nothing of the kind on this server.
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::NOT_FOUND, "Not found", detail)
+    }
+
     /// 403: authenticated, but the role may not do this.
     pub fn forbidden(detail: impl Into<String>) -> Self {
         Problem::new(StatusCode::FORBIDDEN, "Not allowed", detail)
@@ -71,9 +76,7 @@ impl Problem {
         let p = match e {
             ServerError::UnknownGroup(_)
             | ServerError::UnknownDevice(_)
-            | ServerError::Unknown { .. } => {
-                Problem::new(StatusCode::NOT_FOUND, "Not found", e.to_string())
-            }
+            | ServerError::Unknown { .. } => Problem::not_found(e.to_string()),
             ServerError::Duplicate { .. } => {
                 Problem::new(StatusCode::CONFLICT, "Already exists", e.to_string())
             }

@@ -6,9 +6,7 @@ use super::*;
 fn updates_of(st: &ApiState) -> Result<(&crate::StoredObjects, &crate::FleetSync), Problem> {
     match (&st.updates, &st.fleet) {
         (Some(u), Some(f)) => Ok((u, f)),
-        _ => Err(Problem::new(
-            StatusCode::NOT_FOUND,
-            "Not found",
+        _ => Err(Problem::not_found(
             "this server serves updates from another store: it publishes none",
         )),
     }
@@ -199,8 +197,7 @@ pub(super) async fn import_update(
     let staged = objects.stage()?;
     let asked = r.path.clone();
     let staged = tokio::task::spawn_blocking(move || -> Result<crate::Staged, Problem> {
-        let not_found =
-            |why: String| Problem::new(StatusCode::NOT_FOUND, "Not found", why).field("path");
+        let not_found = |why: String| Problem::not_found(why).field("path");
         let root = dir
             .canonicalize()
             .map_err(|e| Problem::internal(format!("import_dir {}: {e}", dir.display())))?;

@@ -221,6 +221,17 @@ enum Devices {
         /// The device.
         id: String,
     },
+    /// Where each of a device's effective values came from, and what lost and why.
+    Explain {
+        /// The device.
+        id: String,
+        /// Only this application.
+        #[arg(long)]
+        app: Option<String>,
+        /// Only this setting path (with --app).
+        #[arg(long, requires = "app")]
+        path: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -266,6 +277,35 @@ enum Policies {
         /// The policy.
         id: String,
     },
+    /// Sets a policy's status; activating one makes the previously active policy of its
+    /// application and group inactive in the same step.
+    Status {
+        /// The policy.
+        id: String,
+        /// The new status.
+        #[arg(value_enum)]
+        status: PolicyStatus,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PolicyStatus {
+    /// Applied to the group's devices and inherited by subgroups.
+    Active,
+    /// Neither applied nor inherited.
+    Inactive,
+    /// Replaces the active policy for the group's own devices off the corporate network.
+    OutOfOffice,
+}
+
+impl PolicyStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            PolicyStatus::Active => "active",
+            PolicyStatus::Inactive => "inactive",
+            PolicyStatus::OutOfOffice => "out-of-office",
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -776,6 +816,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     j,
                 )
             }
+            Policies::Status { id, status } => {
+                let path = format!("/api/v1/policies/{}/status", seg(&id));
+                let body = json!({"status": status.as_str()});
+                print(&api.send("POST", &path, body).await?, Show::Object, j)
+            }
         },
         Command::Dps(d) => match d {
             Dps::List => print(
@@ -1080,8 +1125,80 @@ async fn devices(api: &Api, d: Devices, j: bool) -> Result<(), Failure> {
         Devices::Settings { id } => {
             print(&api.get(&path(&id, "/settings")).await?, Show::Object, j)
         }
+        Devices::Explain {
+            id,
+            app,
+            path: setting,
+        } => {
+            let q = query(&[("app", app), ("path", setting)]);
+            let v = api
+                .get(&path(&id, &format!("/settings/explain{q}")))
+                .await?;
+            if j {
+                print(&v, Show::Object, true);
+            } else {
+                print_explanations(&v);
+            }
+        }
     }
     Ok(())
+}
+
+/// `source` of an explanation in words: `policy "p" of group "g" (locked)`.
+fn source_words(s: &Value) -> String {
+    let q = |k: &str| s[k].as_str().unwrap_or("?").to_string();
+    match s["kind"].as_str() {
+        Some("policy") => format!(
+            "policy {:?} of group {:?}{}",
+            q("policy"),
+            q("group"),
+            if s["locked"] == true { " (locked)" } else { "" }
+        ),
+        Some("profile") => format!(
+            "profile {:?} (priority {}) of policy {:?} of group {:?}",
+            q("profile"),
+            s["rank"],
+            q("policy"),
+            q("group")
+        ),
+        Some("default") => "schema default".into(),
+        Some("local") => "local setting".into(),
+        Some("merged") => "merged list".into(),
+        _ => s.to_string(),
+    }
+}
+
+/// Explanations as an administrator reads them: each value, its source, and every candidate.
+fn print_explanations(v: &Value) {
+    for e in v["settings"].as_array().into_iter().flatten() {
+        println!(
+            "{}/{} = {}{}",
+            cell(&e["app"]),
+            cell(&e["path"]),
+            e["value"],
+            if e["locked"] == true { " (locked)" } else { "" }
+        );
+        println!("  from: {}", source_words(&e["source"]));
+        for c in e["candidates"].as_array().into_iter().flatten() {
+            let why = match c["reason"].as_str() {
+                None => String::new(),
+                Some(r) => {
+                    let by = ["by", "winner"]
+                        .iter()
+                        .find(|k| c[**k].is_object())
+                        .map(|k| format!(" by {}", source_words(&c[*k])))
+                        .unwrap_or_default();
+                    format!(": {r}{by}")
+                }
+            };
+            println!(
+                "  [{}] {} = {}{why}",
+                cell(&c["outcome"]),
+                source_words(&c["source"]),
+                c["value"]
+            );
+        }
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]

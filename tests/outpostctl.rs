@@ -314,6 +314,35 @@ async fn a_policy_edit_reaches_a_running_agent() {
         "arrived by push ({took:?}), not by the next scheduled sync ({interval:?})"
     );
     println!("policy edit to settings file: {} ms", took.as_millis());
+
+    // Why the value is what it is, then the policy made inactive: the default applies.
+    let why = ctl
+        .ok(&[
+            "devices",
+            "explain",
+            "laptop-1",
+            "--app",
+            "endpoint",
+            "--path",
+            "usb.block",
+        ])
+        .await;
+    assert!(why.contains("endpoint/usb.block = false (locked)"), "{why}");
+    assert!(
+        why.contains("from: policy \"lab-usb\" of group \"lab\" (locked)"),
+        "{why}"
+    );
+    assert!(
+        why.contains("[lost] schema default = false: overridden by policy"),
+        "{why}"
+    );
+    let set = ctl.ok(&["policies", "status", "lab-usb", "inactive"]).await;
+    assert!(set.contains("status: inactive"), "{set}");
+    let why = ctl.ok(&["devices", "explain", "laptop-1"]).await;
+    assert!(
+        why.contains("endpoint/usb.block = false\n  from: schema default"),
+        "{why}"
+    );
     agent.shutdown().await;
     running.shutdown().await;
 }

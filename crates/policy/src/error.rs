@@ -104,19 +104,8 @@ pub enum PolicyError {
         name: String,
     },
     /// A setting value violates the application's schema.
-    #[error("{origin}: value {value} for {app}/{path} violates the schema: {rule}")]
-    SchemaViolation {
-        /// Where the value came from, for example `policy "p1"` or `profile "senior" of policy "p1"`.
-        origin: String,
-        /// The application.
-        app: String,
-        /// The setting path.
-        path: String,
-        /// The offending value, as JSON.
-        value: String,
-        /// The rule that was broken.
-        rule: String,
-    },
+    #[error("{0}")]
+    SchemaViolation(Box<SchemaViolation>),
     /// A setting path that the application's schema does not declare.
     #[error("{origin}: application {app:?} declares no setting {path:?}")]
     UnknownSetting {
@@ -126,6 +115,9 @@ pub enum PolicyError {
         app: String,
         /// The undeclared path.
         path: String,
+        /// Where the path sits in the document that was given, as for
+        /// [`PolicyError::SchemaViolation`]; the path itself for an explain query.
+        field: String,
     },
     /// A schema declaration is itself invalid.
     #[error("schema of application {app:?}, setting {path:?}, field {field}: {reason}")]
@@ -155,4 +147,41 @@ pub enum PolicyError {
         /// The reference given.
         reference: String,
     },
+}
+
+impl PolicyError {
+    /// Where in the given document the fault is, for an answer that names the field: the
+    /// setting's location for a schema fault, `status` for a second active policy, `profiles`
+    /// for a profile fault. `None` when the fault is not in one field.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            PolicyError::SchemaViolation(v) => Some(&v.field),
+            PolicyError::UnknownSetting { field, .. } => Some(field),
+            PolicyError::SecondPolicy { .. } => Some("status"),
+            PolicyError::TooManyProfiles { .. }
+            | PolicyError::DuplicateProfile { .. }
+            | PolicyError::ConditionTooLarge { .. } => Some("profiles"),
+            _ => None,
+        }
+    }
+}
+
+/// A setting value that violates its application's schema: where it was, and the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}: value {value} for {app}/{path} violates the schema: {rule}")]
+#[non_exhaustive]
+pub struct SchemaViolation {
+    /// Where the value came from, for example `policy "p1"` or `profile "senior" of policy "p1"`.
+    pub origin: String,
+    /// The application.
+    pub app: String,
+    /// The setting path.
+    pub path: String,
+    /// Where the value sits in the document that was given: `settings.PATH` or
+    /// `profiles[N].settings.PATH` of a policy, `local.APP.PATH` of a device.
+    pub field: String,
+    /// The offending value, as JSON.
+    pub value: String,
+    /// The rule that was broken.
+    pub rule: String,
 }

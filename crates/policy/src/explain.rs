@@ -3,10 +3,14 @@
 use std::fmt;
 use std::sync::Arc;
 
+use serde::Serialize;
+
 use crate::value::Value;
 
-/// Where a value came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a value came from. Serialized as an object tagged by `kind` (`default`, `policy`,
+/// `profile`, `local`, `merged`) with the variant's fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum Source {
     /// The application schema's default.
@@ -65,8 +69,10 @@ impl fmt::Display for Source {
     }
 }
 
-/// Why a candidate value did not become (or join) the effective value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a candidate value did not become (or join) the effective value. Serialized as an
+/// object tagged by `reason` (`overridden`, `locked`, `lower-priority`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum LossReason {
     /// A later layer replaced it: a default by a policy, an unlocked ancestor value by a
@@ -114,8 +120,10 @@ impl fmt::Display for LossReason {
     }
 }
 
-/// What happened to a candidate.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What happened to a candidate. Serialized as an object tagged by `outcome` (`won`,
+/// `contributed`, `lost`); a lost one carries its [`LossReason`] beside the tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum Outcome {
     /// It is the effective value.
@@ -127,7 +135,7 @@ pub enum Outcome {
 }
 
 /// One value that was considered for a setting.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Candidate {
     /// Where it came from.
@@ -135,13 +143,33 @@ pub struct Candidate {
     /// The value it offered.
     pub value: Value,
     /// Whether it won, contributed or lost.
+    #[serde(flatten)]
     pub outcome: Outcome,
 }
 
 /// The answer to "why does this device have this value": the winner and every candidate, in
 /// the order they were considered (default, policies from the root down, profiles by
 /// priority, local value).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Serializes to JSON for an API:
+///
+/// ```
+/// use outpost_policy::{Resolver, State};
+/// let state = State::from_json(br#"{
+///   "schemas": [{"app": "a", "settings": {"x": {"type": "int", "default": 1}}}],
+///   "groups": [{"id": "g"}],
+///   "policies": [{"id": "p", "app": "a", "group": "g",
+///                 "settings": {"x": {"value": 5, "locked": true}}}],
+///   "devices": [{"id": "d", "group": "g"}]}"#)?;
+/// let why = Resolver::new(&state)?.explain("d", "a", "x")?;
+/// let json = serde_json::to_value(&why).unwrap();
+/// assert_eq!(json["value"], 5);
+/// assert_eq!(json["source"]["kind"], "policy");
+/// assert_eq!(json["candidates"][0]["outcome"], "lost");
+/// assert_eq!(json["candidates"][0]["reason"], "overridden");
+/// # Ok::<(), outpost_policy::PolicyError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Explanation {
     /// Device identifier.

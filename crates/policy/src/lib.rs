@@ -150,7 +150,7 @@ mod value;
 pub use condition::{
     Condition, DirectoryRule, MAX_CONDITION_DEPTH, MAX_CONDITION_NODES, Range, Subject, TagRule,
 };
-pub use error::PolicyError;
+pub use error::{PolicyError, SchemaViolation};
 pub use explain::{Candidate, EffectiveSettings, Explanation, LossReason, Outcome, Source};
 pub use model::{
     Device, Group, MAX_ID_LEN, MAX_STATE_BYTES, Owner, Policy, PolicySetting, PolicyStatus,

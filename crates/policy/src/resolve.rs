@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::PolicyError;
 use crate::condition::{Compiled, Facts, Interner, MAX_CONDITION_DEPTH, MAX_CONDITION_NODES};
+use crate::error::SchemaViolation;
 use crate::explain::{
     AppEffective, AppValues, Candidate, EffectiveSettings, Explanation, LossReason, Outcome, Source,
 };
@@ -514,6 +515,15 @@ pub enum Change {
     UpsertPolicy(Policy),
     /// Remove a policy.
     RemovePolicy(String),
+    /// Set a policy's status. Making a policy active (or out-of-office) makes the policy that
+    /// held that status for the same application and group inactive in the same step; see
+    /// [`Resolver::status_holder`] for which one that is.
+    SetPolicyStatus {
+        /// Policy identifier.
+        policy: String,
+        /// Its new status.
+        status: PolicyStatus,
+    },
     /// Add a device, or replace the device with the same id (facts, tags, local settings,
     /// network state). A new device is always listed as changed.
     UpsertDevice(Device),
@@ -1318,6 +1328,36 @@ impl Resolver {
         })
     }
 
+    /// The policy with identifier `id`, as it was given.
+    pub fn policy(&self, id: &str) -> Option<&Policy> {
+        self.policies.get(id).map(|r| &r.original)
+    }
+
+    /// Which policy [`Change::SetPolicyStatus`] would make inactive if `policy` took
+    /// `status`: the other policy holding that status for the same application and group.
+    /// `None` when there is none, for `Inactive`, or when `policy` is unknown.
+    ///
+    /// ```
+    /// use outpost_policy::{Change, Policy, PolicyStatus, Resolver, State};
+    /// let state = State::from_json(br#"{
+    ///   "schemas": [{"app": "a", "settings": {"x": {"type": "int"}}}],
+    ///   "groups": [{"id": "g"}],
+    ///   "policies": [{"id": "old", "app": "a", "group": "g"},
+    ///                {"id": "new", "app": "a", "group": "g", "status": "inactive"}]}"#)?;
+    /// let mut resolver = Resolver::new(&state)?;
+    /// assert_eq!(resolver.status_holder("new", PolicyStatus::Active), Some("old"));
+    /// resolver.apply(Change::SetPolicyStatus { policy: "new".into(), status: PolicyStatus::Active })?;
+    /// assert_eq!(resolver.policy("old").unwrap().status, PolicyStatus::Inactive);
+    /// assert_eq!(resolver.policy("new").unwrap().status, PolicyStatus::Active);
+    /// # Ok::<(), outpost_policy::PolicyError>(())
+    /// ```
+    pub fn status_holder(&self, policy: &str, status: PolicyStatus) -> Option<&str> {
+        let rec = self.policies.get(policy)?;
+        self.holder(rec.group, rec.app, status)
+            .filter(|h| !Arc::ptr_eq(h, rec))
+            .map(|h| h.original.id.as_str())
+    }
+
     /// Explains one setting of one device: the effective value, where it came from, and every
     /// candidate that lost and why.
     pub fn explain(&self, device: &str, app: &str, path: &str) -> Result<Explanation, PolicyError> {
@@ -1338,6 +1378,7 @@ impl Resolver {
                 origin: format!("explain for device {device:?}"),
                 app: app.to_owned(),
                 path: path.to_owned(),
+                field: path.to_owned(),
             })?;
         let chain = self.chain_for(d, a);
         let mask = profile_mask(chain, &d.facts);
@@ -1450,6 +1491,51 @@ impl Resolver {
                     }
                 }
                 Ok(self.refresh_subtrees(&targets))
+            }
+            Change::SetPolicyStatus { policy, status } => {
+                let old = self.policies.get(&policy).cloned().ok_or_else(|| {
+                    PolicyError::UnknownReference {
+                        referrer: "set-policy-status change".into(),
+                        kind: "policy",
+                        id: policy.clone(),
+                    }
+                })?;
+                let mut p = old.original.clone();
+                p.status = status;
+                let displaced = self
+                    .holder(old.group, old.app, status)
+                    .filter(|h| !Arc::ptr_eq(h, &old))
+                    .cloned();
+                // Compile both before touching anything, so that an error changes nothing.
+                let demoted = match &displaced {
+                    Some(d) => {
+                        let mut dp = d.original.clone();
+                        dp.status = PolicyStatus::Inactive;
+                        Some(Arc::new(self.compile_policy_excluding(&dp, Some(&dp.id))?))
+                    }
+                    None => None,
+                };
+                let swapped = match (displaced, demoted) {
+                    (Some(d), Some(rec)) => {
+                        self.uninstall_policy(&d);
+                        self.install_policy(rec.clone());
+                        Some((d, rec))
+                    }
+                    _ => None,
+                };
+                let rec = match self.compile_policy_excluding(&p, Some(&p.id)) {
+                    Ok(rec) => Arc::new(rec),
+                    Err(e) => {
+                        if let Some((d, rec)) = swapped {
+                            self.uninstall_policy(&rec);
+                            self.install_policy(d);
+                        }
+                        return Err(e);
+                    }
+                };
+                self.uninstall_policy(&old);
+                self.install_policy(rec);
+                Ok(self.refresh_subtrees(&[(old.group, old.app)]))
             }
             Change::RemovePolicy(id) => {
                 let old = self.policies.get(&id).cloned().ok_or_else(|| {
@@ -1697,10 +1783,16 @@ impl Resolver {
             });
         }
         let info = &self.apps[app];
+        // `profile`: the index of the profile holding the value, `None` for the policy's own.
         let check = |origin: &dyn Fn() -> String,
+                     profile: Option<usize>,
                      path: &str,
                      value: &Value|
          -> Result<usize, PolicyError> {
+            let field = || match profile {
+                None => format!("settings.{path}"),
+                Some(n) => format!("profiles[{n}].settings.{path}"),
+            };
             let i = *info
                 .index
                 .get(path)
@@ -1708,21 +1800,23 @@ impl Resolver {
                     origin: origin(),
                     app: p.app.clone(),
                     path: path.to_owned(),
+                    field: field(),
                 })?;
-            info.specs[i]
-                .check(value)
-                .map_err(|rule| PolicyError::SchemaViolation {
+            info.specs[i].check(value).map_err(|rule| {
+                PolicyError::SchemaViolation(Box::new(SchemaViolation {
                     origin: origin(),
                     app: p.app.clone(),
                     path: path.to_owned(),
+                    field: field(),
                     value: value.to_string(),
                     rule,
-                })?;
+                }))
+            })?;
             Ok(i)
         };
         let mut settings = Vec::with_capacity(p.settings.len());
         for (path, s) in &p.settings {
-            let i = check(&|| who.clone(), path, &s.value)?;
+            let i = check(&|| who.clone(), None, path, &s.value)?;
             settings.push((i, Arc::new(s.value.clone()), s.locked));
         }
         settings.sort_by_key(|s| s.0);
@@ -1736,7 +1830,7 @@ impl Resolver {
         let mut names = BTreeSet::new();
         let mut conds = Vec::with_capacity(p.profiles.len());
         let mut profiles = Vec::with_capacity(p.profiles.len());
-        for prof in &p.profiles {
+        for (n, prof) in p.profiles.iter().enumerate() {
             check_id("profile", &prof.name)?;
             if !names.insert(prof.name.as_str()) {
                 return Err(PolicyError::DuplicateProfile {
@@ -1757,7 +1851,7 @@ impl Resolver {
             let origin = || format!("profile {:?} of policy {:?}", prof.name, p.id);
             let mut ps = Vec::with_capacity(prof.settings.len());
             for (path, v) in &prof.settings {
-                ps.push((check(&origin, path, v)?, Arc::new(v.clone())));
+                ps.push((check(&origin, Some(n), path, v)?, Arc::new(v.clone())));
             }
             ps.sort_by_key(|s| s.0);
             conds.push(&prof.condition);
@@ -1779,6 +1873,16 @@ impl Resolver {
             settings,
             profiles,
         })
+    }
+
+    /// The policy holding `status` (active or out-of-office) in a group's slot for an app.
+    fn holder(&self, group: usize, app: usize, status: PolicyStatus) -> Option<&Arc<PolicyRec>> {
+        let slot = &self.slots[group][app];
+        match status {
+            PolicyStatus::Active => slot.active.as_ref(),
+            PolicyStatus::OutOfOffice => slot.away_policy.as_ref(),
+            PolicyStatus::Inactive => None,
+        }
     }
 
     fn install_policy(&mut self, rec: Arc<PolicyRec>) {
@@ -1879,16 +1983,18 @@ impl Resolver {
                         origin: origin(),
                         app: app.clone(),
                         path: path.clone(),
+                        field: format!("local.{app}.{path}"),
                     })?;
-                info.specs[i]
-                    .check(v)
-                    .map_err(|rule| PolicyError::SchemaViolation {
+                info.specs[i].check(v).map_err(|rule| {
+                    PolicyError::SchemaViolation(Box::new(SchemaViolation {
                         origin: origin(),
                         app: app.clone(),
                         path: path.clone(),
+                        field: format!("local.{app}.{path}"),
                         value: v.to_string(),
                         rule,
-                    })?;
+                    }))
+                })?;
                 local[a].push((i, Arc::new(v.clone())));
             }
             local[a].sort_by_key(|e: &(usize, Arc<Value>)| e.0);

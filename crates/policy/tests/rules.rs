@@ -127,15 +127,11 @@ fn schema_violations_name_path_and_rule() {
         let p = Policy::new("p", APP, "company").with(path, setting);
         let err = Resolver::new(&state(vec![p], vec![])).unwrap_err();
         match &err {
-            PolicyError::SchemaViolation {
-                path: p,
-                rule: r,
-                origin,
-                ..
-            } => {
-                assert_eq!(p, path);
-                assert!(r.contains(rule), "{r} should contain {rule}");
-                assert_eq!(origin, "policy \"p\"");
+            PolicyError::SchemaViolation(v) => {
+                assert_eq!(v.path, path);
+                assert!(v.rule.contains(rule), "{} should contain {rule}", v.rule);
+                assert_eq!(v.origin, "policy \"p\"");
+                assert_eq!(err.field(), Some(format!("settings.{path}").as_str()));
             }
             e => panic!("unexpected {e}"),
         }
@@ -146,13 +142,16 @@ fn schema_violations_name_path_and_rule() {
 #[test]
 fn profile_value_violating_schema_is_refused() {
     let p = Policy::new("p", APP, "company")
+        .with_profile(Profile::new("w", Condition::default()).with("scan.level", 2i64))
         .with_profile(Profile::new("x", Condition::default()).with("scan.level", 7i64));
     let err = Resolver::new(&state(vec![p], vec![])).unwrap_err();
     assert!(
-        matches!(&err, PolicyError::SchemaViolation { origin, rule, .. }
-            if origin.contains("profile \"x\"") && rule.contains("at most 5")),
+        matches!(&err, PolicyError::SchemaViolation(v)
+            if v.origin.contains("profile \"x\"") && v.rule.contains("at most 5")),
         "{err}"
     );
+    // The second profile's value: the field names it by position, as the document has it.
+    assert_eq!(err.field(), Some("profiles[1].settings.scan.level"));
 }
 
 #[test]
@@ -160,6 +159,7 @@ fn undeclared_paths_and_bad_schemas_are_refused() {
     let p = Policy::new("p", APP, "company").with("scan.speed", unlocked(1));
     let err = Resolver::new(&state(vec![p], vec![])).unwrap_err();
     assert!(matches!(&err, PolicyError::UnknownSetting { path, .. } if path == "scan.speed"));
+    assert_eq!(err.field(), Some("settings.scan.speed"));
 
     let mut bad = SettingSpec::new(ValueKind::Bool);
     bad.min = Some(1);
@@ -880,7 +880,7 @@ fn devices_with_unknown_groups_or_bad_local_values_are_refused() {
         vec![Device::new("d", "it").with_local(APP, "scan.level", 99i64)],
     );
     assert!(
-        matches!(Resolver::new(&s), Err(PolicyError::SchemaViolation { origin, .. }) if origin.contains("device \"d\""))
+        matches!(Resolver::new(&s), Err(PolicyError::SchemaViolation(v)) if v.origin.contains("device \"d\""))
     );
 }
 
@@ -1185,7 +1185,7 @@ fn nested_map_settings_are_typed_and_exported_as_json() {
     ];
     let err = Resolver::new(&s).unwrap_err();
     assert!(
-        matches!(&err, PolicyError::SchemaViolation { rule, .. } if rule == "entry \"cpu\" must be at least 0"),
+        matches!(&err, PolicyError::SchemaViolation(v) if v.rule == "entry \"cpu\" must be at least 0"),
         "{err}"
     );
     s.policies = vec![Policy::new("p", APP, "company").with(
@@ -1193,7 +1193,7 @@ fn nested_map_settings_are_typed_and_exported_as_json() {
         PolicySetting::locked(map(&[("a", 1), ("b", 2), ("c", 3)])),
     )];
     assert!(
-        matches!(Resolver::new(&s), Err(PolicyError::SchemaViolation { rule, .. }) if rule.contains("at most 2 entries"))
+        matches!(Resolver::new(&s), Err(PolicyError::SchemaViolation(v)) if v.rule.contains("at most 2 entries"))
     );
     s.policies = vec![
         Policy::new("p", APP, "company").with("limits", PolicySetting::locked(map(&[("cpu", 50)]))),

@@ -140,13 +140,73 @@ impl PolicySync {
         r.apply(Change::RemoveDevice(device.into())).map(drop)
     }
 
+    /// The policy `id` as the resolver holds it.
+    pub fn policy(&self, id: &str) -> Option<outpost_policy::Policy> {
+        self.read().policy(id).cloned()
+    }
+
+    /// Sets a policy's status. Returns the policy made inactive in the same step (the one
+    /// that held `status` for the same application and group), and the devices whose
+    /// effective settings changed.
+    pub fn set_status(
+        &self,
+        policy: &str,
+        status: outpost_policy::PolicyStatus,
+    ) -> Result<(Option<String>, Vec<Arc<str>>), PolicyError> {
+        let mut r = self.resolver.write().unwrap_or_else(|e| e.into_inner());
+        let displaced = r.status_holder(policy, status).map(str::to_owned);
+        let changed = r
+            .apply(Change::SetPolicyStatus {
+                policy: policy.into(),
+                status,
+            })?
+            .changed;
+        Ok((displaced, changed))
+    }
+
+    /// Explains every effective value of a device, or those of one application (and one
+    /// setting path), in application and path order.
+    pub fn explain(
+        &self,
+        device: &str,
+        app: Option<&str>,
+        path: Option<&str>,
+    ) -> Result<Vec<outpost_policy::Explanation>, PolicyError> {
+        let r = self.read();
+        let settings = r.effective(device)?;
+        let mut apps: Vec<&str> = match app {
+            Some(a) if !settings.apps().any(|x| x == a) => {
+                return Err(PolicyError::UnknownReference {
+                    referrer: format!("explain for device {device:?}"),
+                    kind: "application",
+                    id: a.to_owned(),
+                });
+            }
+            Some(a) => vec![a],
+            None => settings.apps().collect(),
+        };
+        apps.sort_unstable();
+        let mut out = Vec::new();
+        for a in apps {
+            match path {
+                Some(p) => out.push(r.explain(device, a, p)?),
+                None => {
+                    for (p, _, _) in settings.iter(a) {
+                        out.push(r.explain(device, a, p)?);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Resolver> {
+        self.resolver.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The effective settings of a device, if the policies know it.
     pub fn effective(&self, device: &str) -> Option<EffectiveSettings> {
-        self.resolver
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .effective(device)
-            .ok()
+        self.read().effective(device).ok()
     }
 }
 

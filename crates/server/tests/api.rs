@@ -1923,3 +1923,217 @@ async fn usb(api: &Client, token: &str) -> Value {
         .body["settings"]["endpoint"]["values"]["usb"]["block"]
         .clone()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_status_validation_and_explanations() {
+    use futures_util::{SinkExt, StreamExt};
+    use outpost_wire::Message;
+    use outpost_wire::messages::SyncRequest;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("policies.json"),
+        json!({"schemas": [{"app": "endpoint", "settings": {
+                   "usb.block": {"type": "bool", "default": false},
+                   "scan.level": {"type": "int", "min": 0, "max": 5, "default": 1}}}],
+               "groups": [{"id": "root"}, {"id": "lab", "parent": "root"}],
+               "policies": [
+                   {"id": "lab-usb", "app": "endpoint", "group": "lab",
+                    "settings": {"usb.block": {"value": true, "locked": true}}},
+                   {"id": "lab-next", "app": "endpoint", "group": "lab", "status": "inactive",
+                    "settings": {"scan.level": {"value": 4, "locked": false}}}]})
+        .to_string(),
+    )
+    .unwrap();
+    let top = r#"policy_state = "policies.json""#;
+    let (running, api) = server_with(dir.path(), 0, top).await;
+    let admin = admin_token(&api).await;
+    let (_, cfg) = enroll_device(&running, &api, &admin, dir.path(), "pc-1").await;
+    let mut kept = common::connect_device(cfg, running.local_addr()).await;
+    kept.send(Message::from(SyncRequest::default()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        kept.next().await,
+        Some(Ok(Message::SyncResponse(_)))
+    ));
+    assert_eq!(usb(&api, &admin).await, true);
+
+    // A second active policy in a plain PUT is refused, naming the field.
+    let mut next = api
+        .call("GET", "/api/v1/policies/lab-next", Some(&admin), None)
+        .await
+        .body;
+    next["status"] = json!("active");
+    let second = api
+        .call("PUT", "/api/v1/policies/lab-next", Some(&admin), Some(next))
+        .await;
+    assert_eq!(
+        (second.status, second.body["field"].as_str()),
+        (422, Some("status")),
+        "{}",
+        second.body
+    );
+
+    // Activating it makes the old one inactive in the same step, and pushes the device.
+    let s = api
+        .call(
+            "POST",
+            "/api/v1/policies/lab-next/status",
+            Some(&admin),
+            Some(json!({"status": "active"})),
+        )
+        .await;
+    assert_eq!(s.status, 200, "{}", s.body);
+    assert_eq!(
+        (&s.body["deactivated"], &s.body["pushed_sync_now"]),
+        (&json!("lab-usb"), &json!(1)),
+        "{}",
+        s.body
+    );
+    let pushed = tokio::time::timeout(Duration::from_secs(5), kept.next()).await;
+    assert!(
+        matches!(pushed, Ok(Some(Ok(Message::SyncNow(_))))),
+        "{pushed:?}"
+    );
+    assert_eq!(
+        usb(&api, &admin).await,
+        false,
+        "the old policy no longer applies"
+    );
+    let old = api
+        .call("GET", "/api/v1/policies/lab-usb", Some(&admin), None)
+        .await;
+    assert_eq!(old.body["status"], "inactive", "{}", old.body);
+
+    // Every value explained: where it came from and what lost.
+    let all = api
+        .call(
+            "GET",
+            "/api/v1/devices/pc-1/settings/explain",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(all.status, 200, "{}", all.body);
+    let settings = all.body["settings"].as_array().unwrap();
+    assert_eq!(settings.len(), 2, "{}", all.body);
+    let level = settings.iter().find(|e| e["path"] == "scan.level").unwrap();
+    assert_eq!(level["value"], 4);
+    assert_eq!(
+        (&level["source"]["kind"], &level["source"]["policy"]),
+        (&json!("policy"), &json!("lab-next"))
+    );
+    let lost = &level["candidates"][0];
+    assert_eq!(
+        (&lost["source"]["kind"], &lost["outcome"], &lost["reason"]),
+        (&json!("default"), &json!("lost"), &json!("overridden")),
+        "{level}"
+    );
+    let one = api
+        .call(
+            "GET",
+            "/api/v1/devices/pc-1/settings/explain?app=endpoint&path=usb.block",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(
+        one.body["settings"][0]["source"]["kind"], "default",
+        "{}",
+        one.body
+    );
+    for (query, status, field) in [
+        ("?app=nothing", 404, "app"),
+        ("?app=endpoint&path=no.such", 404, "path"),
+        ("?path=usb.block", 422, "app"),
+    ] {
+        let r = api
+            .call(
+                "GET",
+                &format!("/api/v1/devices/pc-1/settings/explain{query}"),
+                Some(&admin),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body["field"].as_str()),
+            (status, Some(field)),
+            "{query}: {}",
+            r.body
+        );
+    }
+
+    // Validation names the setting's place in the document.
+    let bad_value = json!({"id": "lab-bad", "app": "endpoint", "group": "root", "status": "inactive",
+                           "settings": {"scan.level": {"value": 9}}});
+    let bad_profile = json!({"id": "lab-bad", "app": "endpoint", "group": "root", "status": "inactive",
+                             "profiles": [{"name": "night", "settings": {"scan.level": 7}}]});
+    let unknown = json!({"id": "lab-bad", "app": "endpoint", "group": "root", "status": "inactive",
+                         "settings": {"scan.speed": {"value": 1}}});
+    for (body, field) in [
+        (bad_value, "settings.scan.level"),
+        (bad_profile, "profiles[0].settings.scan.level"),
+        (unknown, "settings.scan.speed"),
+    ] {
+        let r = api
+            .call("PUT", "/api/v1/policies/lab-bad", Some(&admin), Some(body))
+            .await;
+        assert_eq!(
+            (r.status, r.body["field"].as_str()),
+            (422, Some(field)),
+            "{}",
+            r.body
+        );
+    }
+    // A status that does not exist, an unknown field, an unknown policy, an auditor.
+    for (body, status, field) in [
+        (json!({"status": "paused"}), 400, Some("status")),
+        (json!({"status": "active", "when": 1}), 400, None),
+    ] {
+        let r = api
+            .call(
+                "POST",
+                "/api/v1/policies/lab-usb/status",
+                Some(&admin),
+                Some(body),
+            )
+            .await;
+        assert_eq!(r.status, status, "{}", r.body);
+        if field.is_some() {
+            assert_eq!(r.body["field"].as_str(), field, "{}", r.body);
+        }
+    }
+    let none = api
+        .call(
+            "POST",
+            "/api/v1/policies/nothing/status",
+            Some(&admin),
+            Some(json!({"status": "active"})),
+        )
+        .await;
+    assert_eq!(none.status, 404);
+    let w = api.login("watcher", "audit all the things").await;
+    let watcher = w.body["token"].as_str().unwrap().to_string();
+    let denied = api
+        .call(
+            "POST",
+            "/api/v1/policies/lab-usb/status",
+            Some(&watcher),
+            Some(json!({"status": "active"})),
+        )
+        .await;
+    assert_eq!(denied.status, 403);
+    running.shutdown().await;
+
+    // Both rows were stored in the step: a restart resolves the same.
+    let (running, api) = server_again_with(dir.path(), top).await;
+    let admin = admin_token(&api).await;
+    assert_eq!(usb(&api, &admin).await, false);
+    for (id, status) in [("lab-usb", "inactive"), ("lab-next", "active")] {
+        let p = api
+            .call("GET", &format!("/api/v1/policies/{id}"), Some(&admin), None)
+            .await;
+        assert_eq!(p.body["status"], status, "{id}: {}", p.body);
+    }
+    running.shutdown().await;
+}

@@ -201,6 +201,49 @@ pub(super) async fn device_settings(
     ))
 }
 
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ExplainQuery {
+    /// Only this application's settings.
+    #[serde(default)]
+    app: Option<String>,
+    /// Only this setting path (with `app`).
+    #[serde(default)]
+    path: Option<String>,
+}
+
+/// Every effective value of a device with where it came from and every candidate that lost,
+/// and why.
+pub(super) async fn explain_settings(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    query: Result<Query<ExplainQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    caller(&st, &headers)?;
+    let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    if q.path.is_some() && q.app.is_none() {
+        return Err(Problem::invalid("a setting path needs its application (app=)").field("app"));
+    }
+    let policies = policies_of(&st)?;
+    if policies.effective(&id).is_none() {
+        return Err(Problem::not_found(format!("no device {id:?}")));
+    }
+    let explained = policies
+        .explain(&id, q.app.as_deref(), q.path.as_deref())
+        .map_err(|e| {
+            let field = match &e {
+                outpost_policy::PolicyError::UnknownSetting { .. } => "path",
+                _ => "app",
+            };
+            Problem::not_found(e.to_string()).field(field)
+        })?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "device": id, "settings": explained }),
+    ))
+}
+
 /// One device: its record, facts, certificate, connection, distribution point scopes,
 /// open security issues.
 pub(super) async fn device_details(

@@ -40,6 +40,20 @@ pub(super) async fn get_policy(
     Ok(json(StatusCode::OK, &v))
 }
 
+/// The answer to a policy the resolver refused, naming the field at fault where there is one
+/// (`settings.scan.level`, `profiles[1].settings.scan.level`, `status`).
+pub(super) fn invalid_policy(e: &outpost_policy::PolicyError) -> Problem {
+    let p = Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "Invalid policy",
+        e.to_string(),
+    );
+    match e.field() {
+        Some(f) => p.field(f),
+        None => p,
+    }
+}
+
 /// Applies `change` to the policies, commits `row`, and on a failed commit puts the policy
 /// back as the database has it (`old`). Returns the devices whose settings changed.
 pub(super) async fn edit_policy(
@@ -53,13 +67,7 @@ pub(super) async fn edit_policy(
     let storage = st.service.storage().clone();
     let key = id.to_string();
     let old = blocking(move || storage.policy_object(Kind, &key)).await?;
-    let changed = policies.apply(change).map_err(|e| {
-        Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Invalid policy",
-            e.to_string(),
-        )
-    })?;
+    let changed = policies.apply(change).map_err(|e| invalid_policy(&e))?;
     if let Err(e) = st.service.storage().commit(vec![row]).await {
         let undo = match old
             .as_deref()
@@ -162,4 +170,122 @@ pub(super) async fn delete_policy(
         StatusCode::OK,
         &serde_json::json!({ "id": id, "devices_changed": changed.len(), "pushed_sync_now": pushed }),
     ))
+}
+
+/// A policy's status, as the API names it.
+#[derive(Deserialize, Serialize, schemars::JsonSchema, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum StatusName {
+    /// Applied to the group's devices and inherited by subgroups.
+    Active,
+    /// Neither applied nor inherited.
+    Inactive,
+    /// Replaces the active policy for the group's own devices off the corporate network.
+    OutOfOffice,
+}
+
+impl From<StatusName> for outpost_policy::PolicyStatus {
+    fn from(s: StatusName) -> Self {
+        match s {
+            StatusName::Active => outpost_policy::PolicyStatus::Active,
+            StatusName::Inactive => outpost_policy::PolicyStatus::Inactive,
+            StatusName::OutOfOffice => outpost_policy::PolicyStatus::OutOfOffice,
+        }
+    }
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StatusChange {
+    /// The new status. Making a policy active (or out-of-office) makes the policy that held
+    /// that status for the same application and group inactive in the same step.
+    status: StatusName,
+}
+
+/// The row storing `policy` as it now is.
+fn policy_row(policy: &outpost_policy::Policy) -> Result<crate::Op, Problem> {
+    Ok(crate::Op::PutPolicyObject {
+        kind: crate::PolicyObjectKind::Policy,
+        id: policy.id.clone(),
+        document: serde_json::to_string(policy).map_err(Problem::internal)?,
+    })
+}
+
+pub(super) async fn set_policy_status(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let who = writer(&st, &headers)?;
+    let StatusChange { status: name } = json_body(bytes)?;
+    let status = outpost_policy::PolicyStatus::from(name);
+    let policies = policies_of(&st)?;
+    let _one_at_a_time = st.policy_edit.lock().await;
+    let before = policies
+        .policy(&id)
+        .ok_or_else(|| Problem::not_found(format!("no policy {id:?}")))?;
+    let (displaced, changed) = policies
+        .set_status(&id, status)
+        .map_err(|e| invalid_policy(&e))?;
+    let displaced_before = displaced.as_deref().and_then(|d| {
+        let mut p = policies.policy(d)?;
+        p.status = status;
+        Some(p)
+    });
+    // Both rows in one transaction: the store never holds two active policies either.
+    let mut rows = Vec::with_capacity(2);
+    for p in std::iter::once(id.as_str()).chain(displaced.as_deref()) {
+        let now = policies.policy(p).ok_or_else(|| {
+            Problem::internal(format!("policy {p:?} vanished while its status was set"))
+        })?;
+        rows.push(policy_row(&now)?);
+    }
+    if let Err(e) = st.service.storage().commit(rows).await {
+        // Put both back as the database has them: the target first (it frees the slot), then
+        // the policy it displaced.
+        for p in std::iter::once(before).chain(displaced_before) {
+            let pid = p.id.clone();
+            if let Err(u) = policies.apply(outpost_policy::Change::UpsertPolicy(p)) {
+                log::error!(
+                    "policy {pid:?}: commit failed and the change could not be undone: {u}"
+                );
+            }
+        }
+        return Err(Problem::from_error(&e, None));
+    }
+    let pushed = push_changed(&st, &changed, "policy status changed");
+    audit(
+        &st,
+        &who,
+        "audit.policy.status",
+        format!(
+            "set policy {id:?} {}{}: {} device(s) changed, {pushed} pushed",
+            status_str(name),
+            displaced
+                .as_deref()
+                .map(|d| format!(", making {d:?} inactive"))
+                .unwrap_or_default(),
+            changed.len()
+        ),
+    )
+    .await;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "id": id,
+            "status": name,
+            "deactivated": displaced,
+            "devices_changed": changed.len(),
+            "pushed_sync_now": pushed,
+        }),
+    ))
+}
+
+fn status_str(s: StatusName) -> &'static str {
+    match s {
+        StatusName::Active => "active",
+        StatusName::Inactive => "inactive",
+        StatusName::OutOfOffice => "out-of-office",
+    }
 }

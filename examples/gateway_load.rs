@@ -187,6 +187,7 @@ async fn run_server(dir: &Path, gw_addr: SocketAddr) {
         "127.0.0.1:0".parse().expect("addr"),
         &material,
         &ListenerLimits::default().with_handshake_timeout(Duration::from_secs(30)),
+        outpost::gateway::TunnelPolicy::Refuse,
         tx,
     )
     .await

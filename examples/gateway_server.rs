@@ -94,11 +94,19 @@ async fn main() {
         .tls
         .load(&base)
         .unwrap_or_else(|e| common::die(PROGRAM, e));
+    let tunnels = config
+        .tunnel_policy(&base)
+        .unwrap_or_else(|e| common::die(PROGRAM, e));
     let (tx, mut rx) = mpsc::channel(1024);
-    let listener =
-        DeviceListener::start(config.listen, &tls, &config.listener_limits(), tx.clone())
-            .await
-            .unwrap_or_else(|e| common::die(PROGRAM, e));
+    let listener = DeviceListener::start(
+        config.listen,
+        &tls,
+        &config.listener_limits(),
+        tunnels,
+        tx.clone(),
+    )
+    .await
+    .unwrap_or_else(|e| common::die(PROGRAM, e));
     println!("device port: {}", listener.local_addr());
     let connector = ServerConnector::start(config.connector.clone(), &tls, tx)
         .unwrap_or_else(|e| common::die(PROGRAM, e));

@@ -356,13 +356,17 @@ enum Gateways {
         #[arg(long = "dns", required = true)]
         dns_names: Vec<String>,
     },
-    /// Registers a remote-office gateway held by an enrolled device.
+    /// Registers a remote-office gateway held by an enrolled device, bound to its
+    /// certificate: the server takes tunnels from that certificate only.
     AddRemoteOffice {
         /// Its id.
         id: String,
         /// The device that holds the role.
         #[arg(long)]
         device: String,
+        /// The gateway's certificate (PEM, as `pki issue-gateway` wrote it).
+        #[arg(long)]
+        certificate: PathBuf,
     },
     /// Unregisters a gateway (a DMZ gateway's signal connection is closed).
     Remove {
@@ -899,8 +903,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     j,
                 )
             }
-            Gateways::AddRemoteOffice { id, device } => {
-                let body = json!({"id": id, "kind": "remote_office", "device": device});
+            Gateways::AddRemoteOffice {
+                id,
+                device,
+                certificate,
+            } => {
+                let pem = std::fs::read_to_string(&certificate)
+                    .map_err(|e| Failure(format!("{}: {e}", certificate.display())))?;
+                let body = json!({"id": id, "kind": "remote_office", "device": device,
+                                  "certificate_pem": pem});
                 print(
                     &api.send("POST", "/api/v1/gateways", body).await?,
                     Show::Object,

@@ -57,6 +57,17 @@ fn the_example_configurations_load_and_the_gateways_honour_the_crls() {
         .unwrap();
     store::write_public(&walkthrough.join("gw.chain.pem"), &gw.chain_pem()).unwrap();
     store::write_private_key(&walkthrough.join("gw.key"), &gw.key_pem()).unwrap();
+    let office = ca
+        .issue_gateway(&["office.outpost.test".into()], &[], now)
+        .unwrap();
+    store::write_public(&walkthrough.join("office.chain.pem"), &office.chain_pem()).unwrap();
+    store::write_private_key(&walkthrough.join("office.key"), &office.key_pem()).unwrap();
+    // The server side binds tunnels to the remote-office gateway's certificate.
+    let server = ServerSideConfig::from_toml(&config("server.toml")).unwrap();
+    assert!(matches!(
+        server.tunnel_policy(&base).unwrap(),
+        outpost::gateway::TunnelPolicy::Registered(_)
+    ));
     for (name, lists) in [
         ("gateway-dmz.toml", vec!["ca.crl", "mobile-ca.crl"]),
         ("gateway-remote-office.toml", vec!["ca.crl"]),

@@ -117,6 +117,7 @@ async fn start_server(ca: &Arc<ServerCa>, registry: Registry, dir: &std::path::P
         "127.0.0.1:0".parse().unwrap(),
         &TlsMaterial::new(id, ca.server_ca().clone()),
         &ListenerLimits::default(),
+        outpost_gateway::TunnelPolicy::Refuse,
         tx.clone(),
     )
     .await

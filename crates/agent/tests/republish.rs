@@ -96,6 +96,7 @@ async fn an_update_republished_while_being_obtained_ends_as_the_new_content() {
             ca.server_ca().clone(),
         ),
         &ListenerLimits::default(),
+        outpost_gateway::TunnelPolicy::Refuse,
         tx,
     )
     .await

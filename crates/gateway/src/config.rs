@@ -769,6 +769,35 @@ pub struct ServerSideConfig {
     /// Of those, how many one source address may hold (default 256).
     #[serde(default = "ServerSideConfig::default_max_handshakes_per_source")]
     pub max_handshakes_per_source: usize,
+    /// The remote-office gateways that may open tunnels, each bound to its certificate
+    /// (none: every tunnel is refused).
+    #[serde(default)]
+    pub remote_office: Vec<RemoteOfficeEntry>,
+}
+
+/// A remote-office gateway allowed to open tunnels to the server: its id and its certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RemoteOfficeEntry {
+    /// The gateway id it gives in its tunnel openings.
+    pub id: String,
+    /// Its certificate (PEM; the first certificate of a chain), relative to the configuration
+    /// file. A tunnel is accepted only from this very certificate.
+    pub certificate: PathBuf,
+}
+
+/// Remote-office gateways by the SHA-256 of their certificate: a [`TunnelAuthority`] for a
+/// fixed set, such as one read from a configuration file.
+///
+/// [`TunnelAuthority`]: crate::TunnelAuthority
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StaticTunnels(pub std::collections::HashMap<[u8; 32], String>);
+
+impl crate::TunnelAuthority for StaticTunnels {
+    fn gateway_for(&self, certificate: &outpost_pki::PeerIdentity) -> Option<String> {
+        self.0.get(&certificate.sha256).cloned()
+    }
 }
 
 impl ServerSideConfig {
@@ -782,6 +811,40 @@ impl ServerSideConfig {
     }
     pub(crate) fn default_max_handshakes_per_source() -> usize {
         crate::ListenerLimits::default().max_handshakes_per_source
+    }
+
+    /// Who may open tunnels on the server's port: the `remote_office` gateways, each bound to
+    /// the certificate file it names (relative to `base`); refused for all when there are none.
+    pub fn tunnel_policy(&self, base: &Path) -> Result<crate::TunnelPolicy, GatewayError> {
+        if self.remote_office.is_empty() {
+            return Ok(crate::TunnelPolicy::Refuse);
+        }
+        let mut by_cert = std::collections::HashMap::new();
+        for (i, g) in self.remote_office.iter().enumerate() {
+            let chain = store::read_certificates(&base.join(&g.certificate))?;
+            let first = chain.first().ok_or_else(|| {
+                GatewayError::config(
+                    format!("remote_office[{i}].certificate"),
+                    format!("{} holds no certificate", g.certificate.display()),
+                )
+            })?;
+            let who = outpost_pki::PeerIdentity::from_der(first)?;
+            if who.role != Some(outpost_pki::Role::Gateway) {
+                return Err(GatewayError::config(
+                    format!("remote_office[{i}].certificate"),
+                    format!("{} is not a gateway certificate", g.certificate.display()),
+                ));
+            }
+            if let Some(other) = by_cert.insert(who.sha256, g.id.clone()) {
+                return Err(GatewayError::config(
+                    format!("remote_office[{i}].certificate"),
+                    format!("the same certificate is bound to gateway {other:?} already"),
+                ));
+            }
+        }
+        Ok(crate::TunnelPolicy::Registered(std::sync::Arc::new(
+            StaticTunnels(by_cert),
+        )))
     }
 
     /// The server port's limits.

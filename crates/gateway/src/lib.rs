@@ -52,15 +52,15 @@ pub mod splice;
 pub mod tickets;
 
 pub use config::{
-    ConnectorConfig, DmzGatewayEntry, GatewayConfig, GatewayMode, Limits, ServerSideConfig,
-    TlsFiles, TlsMaterial,
+    ConnectorConfig, DmzGatewayEntry, GatewayConfig, GatewayMode, Limits, RemoteOfficeEntry,
+    ServerSideConfig, StaticTunnels, TlsFiles, TlsMaterial,
 };
 pub use error::GatewayError;
 pub use gateway::{CRL_CHECK_INTERVAL, Gateway, GatewayHandle, GatewayStats, web_console_exposure};
 pub use peer::{BoxStream, DeviceConnection, DeviceIo, DevicePeer, Via};
 pub use server::{
     ConnectorHandle, ConnectorStats, DeviceListener, GatewayControl, GatewaysUp, ListenerHandle,
-    ListenerLimits, ServerConnector,
+    ListenerLimits, ServerConnector, TunnelAuthority, TunnelPolicy,
 };
 
 /// TLS ALPN protocol of a remote-office gateway's tunnel to the server.

@@ -571,6 +571,67 @@ where
 /// to enrollment).
 pub struct DeviceListener;
 
+/// Which remote-office gateways may open tunnels through a [`DeviceListener`].
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum TunnelPolicy {
+    /// None: every tunnel opening is refused.
+    Refuse,
+    /// Any certificate of the gateway role, under the gateway id the gateway itself gives.
+    /// Every gateway certificate the server CA issued is then trusted as every gateway: for
+    /// a closed test network only.
+    AnyGateway,
+    /// Only gateways whose certificate is registered: the authority names the gateway a
+    /// certificate is registered to, and a tunnel that claims another id is refused.
+    Registered(Arc<dyn TunnelAuthority>),
+}
+
+impl std::fmt::Debug for TunnelPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TunnelPolicy::Refuse => "Refuse",
+            TunnelPolicy::AnyGateway => "AnyGateway",
+            TunnelPolicy::Registered(_) => "Registered",
+        })
+    }
+}
+
+/// Maps a remote-office gateway's certificate to the gateway it is registered to.
+pub trait TunnelAuthority: Send + Sync {
+    /// The id of the gateway `certificate` is registered to, if any. Asked once per tunnel,
+    /// so a registration changed at run time applies to the next tunnel.
+    fn gateway_for(&self, certificate: &outpost_pki::PeerIdentity) -> Option<String>;
+}
+
+impl TunnelPolicy {
+    /// The gateway id a tunnel is served under, or the reason it is refused.
+    fn admit(
+        &self,
+        certificate: &outpost_pki::PeerIdentity,
+        claimed: &str,
+    ) -> Result<String, String> {
+        match self {
+            TunnelPolicy::Refuse => Err("this server accepts no remote-office tunnels".into()),
+            TunnelPolicy::AnyGateway => Ok(claimed.to_owned()),
+            TunnelPolicy::Registered(a) => match a.gateway_for(certificate) {
+                None => Err(format!(
+                    "certificate {} (serial {}) is not registered to any remote-office gateway",
+                    hex(&certificate.sha256),
+                    certificate.serial
+                )),
+                Some(id) if id != claimed => Err(format!(
+                    "this certificate is registered to gateway {id:?}, not {claimed:?}"
+                )),
+                Some(id) => Ok(id),
+            },
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Control of a running [`DeviceListener`].
 pub struct ListenerHandle {
     addr: SocketAddr,
@@ -686,11 +747,13 @@ impl ListenerHandle {
 
 impl DeviceListener {
     /// Binds `addr` and hands every authenticated device to `out`. `limits` bound the
-    /// connections still in their handshake.
+    /// connections still in their handshake; `tunnels` says which remote-office gateways may
+    /// open tunnels for their devices.
     pub async fn start(
         addr: SocketAddr,
         tls: &TlsMaterial,
         limits: &ListenerLimits,
+        tunnels: TunnelPolicy,
         out: mpsc::Sender<DeviceConnection>,
     ) -> Result<ListenerHandle, GatewayError> {
         let opts = TlsOptions::default().with_crls(tls.crls.clone());
@@ -726,6 +789,7 @@ impl DeviceListener {
                 pool: handshakes.clone(),
                 refused: refused.clone(),
                 failures: failures.clone(),
+                tunnels,
             },
             out,
             shutdown.clone(),
@@ -756,6 +820,7 @@ struct Admitting {
     pool: AdmissionPool,
     refused: Arc<AtomicU64>,
     failures: Arc<AtomicU64>,
+    tunnels: TunnelPolicy,
 }
 
 async fn accept_devices(
@@ -771,6 +836,7 @@ async fn accept_devices(
         pool,
         refused,
         failures,
+        tunnels,
     } = admitting;
     loop {
         let (tcp, addr) = tokio::select! {
@@ -790,6 +856,7 @@ async fn accept_devices(
         };
         let _ = tcp.set_nodelay(true);
         let (configs, out, failures) = (configs.clone(), out.clone(), failures.clone());
+        let tunnels = tunnels.clone();
         let evicted = admission.eviction();
         tracker.spawn(async move {
             let handshake = tokio::time::timeout(timeout, async {
@@ -832,7 +899,8 @@ async fn accept_devices(
                     .peer_certificates()
                     .and_then(<[_]>::first)
                     .and_then(|c| outpost_pki::PeerIdentity::from_der(c).ok());
-                if gateway.as_ref().and_then(|g| g.role) != Some(outpost_pki::Role::Gateway) {
+                let Some(gateway) = gateway.filter(|g| g.role == Some(outpost_pki::Role::Gateway))
+                else {
                     let refusal = Refusal {
                         code: RefusalCode::NotAuthorized as i32,
                         reason: "tunnels are opened only by connection gateways".into(),
@@ -842,7 +910,7 @@ async fn accept_devices(
                         peer: addr,
                         reason: "tunnel from a non-gateway certificate".into(),
                     });
-                }
+                };
                 let open = match read_message(&mut tls, 64 * 1024).await? {
                     Message::TunnelOpen(o) => o,
                     other => {
@@ -853,6 +921,18 @@ async fn accept_devices(
                                 other.message_type().name()
                             ),
                         });
+                    }
+                };
+                let gateway_id = match tunnels.admit(&gateway, &open.gateway_id) {
+                    Ok(id) => id,
+                    Err(reason) => {
+                        log::warn!("server port: tunnel from {addr} refused: {reason}");
+                        let refusal = Refusal {
+                            code: RefusalCode::NotAuthorized as i32,
+                            reason: reason.clone(),
+                        };
+                        let _ = write_message(&mut tls, refusal).await;
+                        return Err(GatewayError::Protocol { peer: addr, reason });
                     }
                 };
                 write_message(
@@ -873,7 +953,7 @@ async fn accept_devices(
                 Ok(DeviceConnection {
                     stream: Box::new(tls),
                     peer,
-                    via: Via::RemoteGateway(open.gateway_id),
+                    via: Via::RemoteGateway(gateway_id),
                 })
             });
             // A full pool evicts its oldest handshake to make room for a newer one.

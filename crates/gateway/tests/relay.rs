@@ -9,7 +9,8 @@ use common::*;
 use futures_util::StreamExt;
 use outpost_gateway::{
     ConnectorConfig, ConnectorHandle, DeviceConnection, DeviceListener, DmzGatewayEntry, Gateway,
-    GatewayConfig, GatewayHandle, ListenerLimits, ServerConnector, TlsFiles, TlsMaterial, Via,
+    GatewayConfig, GatewayHandle, ListenerLimits, ServerConnector, TlsFiles, TlsMaterial,
+    TunnelPolicy, Via,
 };
 use outpost_pki::tls::{TlsOptions, gateway_data_client_config};
 use outpost_wire::Message;
@@ -122,9 +123,15 @@ async fn remote_office_and_direct_devices_reach_the_server_as_one_type() {
     let pki = Pki::new();
     let (tx, rx) = mpsc::channel(64);
     let seen = echo_server(rx);
-    let listener = DeviceListener::start(local(), &pki.server(), &ListenerLimits::default(), tx)
-        .await
-        .unwrap();
+    let listener = DeviceListener::start(
+        local(),
+        &pki.server(),
+        &ListenerLimits::default(),
+        TunnelPolicy::AnyGateway,
+        tx,
+    )
+    .await
+    .unwrap();
     let gw = Gateway::start(
         GatewayConfig::remote_office("gw-ro", local(), listener.local_addr(), SERVER_NAME),
         pki.gateway(),
@@ -156,6 +163,93 @@ async fn remote_office_and_direct_devices_reach_the_server_as_one_type() {
     assert_eq!(seen[1].0.cert_sha256, Some(sha256(&direct.cert_der)));
     assert_eq!(gw.stats().data_connections, 1);
     gw.shutdown().await;
+    listener.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_office_tunnels_are_bound_to_the_registered_certificate() {
+    let pki = Pki::new();
+    let (tx, rx) = mpsc::channel(64);
+    let seen = echo_server(rx);
+    let registered = pki.gateway();
+    let same_cert = || {
+        TlsMaterial::new(
+            outpost_pki::IssuedCert::from_parts(
+                registered.identity.chain.clone(),
+                registered.identity.key_der.clone_key(),
+            )
+            .unwrap(),
+            pki.ca.server_ca().clone(),
+        )
+    };
+    let mut by_cert = std::collections::HashMap::new();
+    by_cert.insert(
+        sha256(&registered.identity.cert_der),
+        "office-a".to_string(),
+    );
+    let policy = TunnelPolicy::Registered(Arc::new(outpost_gateway::StaticTunnels(by_cert)));
+    let listener = DeviceListener::start(
+        local(),
+        &pki.server(),
+        &ListenerLimits::default(),
+        policy,
+        tx,
+    )
+    .await
+    .unwrap();
+    let office =
+        |id: &str| GatewayConfig::remote_office(id, local(), listener.local_addr(), SERVER_NAME);
+
+    // The registered certificate under its own id: served, under the id registered.
+    let good = Gateway::start(office("office-a"), same_cert())
+        .await
+        .unwrap();
+    let cert = pki.agent("office-device");
+    let tls = agent_connect(&pki, &cert, good.local_addr(), GATEWAY_NAME)
+        .await
+        .unwrap();
+    bounded(
+        "registered gateway echo",
+        echo_roundtrip(tls, payload(1, 4096)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        seen.lock().unwrap().peers[0].1,
+        Via::RemoteGateway("office-a".into())
+    );
+
+    // Another gateway certificate of the same CA, and the registered one claiming another
+    // gateway's id: both refused, and the server is handed nothing.
+    let stranger = Gateway::start(office("office-a"), pki.gateway())
+        .await
+        .unwrap();
+    let impostor = Gateway::start(office("office-b"), same_cert())
+        .await
+        .unwrap();
+    for gw in [&stranger, &impostor] {
+        let failures = listener.handshake_failures();
+        let tls = agent_connect(&pki, &cert, gw.local_addr(), GATEWAY_NAME)
+            .await
+            .unwrap();
+        let r = bounded(
+            "refused gateway echo",
+            echo_roundtrip(tls, payload(2, 4096)),
+        )
+        .await;
+        assert!(
+            r.is_err(),
+            "a tunnel of an unregistered certificate carried data"
+        );
+        wait_until("tunnel refused", || {
+            listener.handshake_failures() > failures
+        })
+        .await;
+    }
+    assert_eq!(seen.lock().unwrap().peers.len(), 1);
+    for gw in [good, stranger, impostor] {
+        gw.shutdown().await;
+    }
     listener.shutdown().await;
 }
 
@@ -950,7 +1044,7 @@ async fn the_server_port_bounds_handshakes_per_source() {
     let (tx, rx) = mpsc::channel(16);
     let _seen = echo_server(rx);
     let limits = ListenerLimits::default().with_handshakes(16, 4);
-    let listener = DeviceListener::start(local(), &pki.server(), &limits, tx)
+    let listener = DeviceListener::start(local(), &pki.server(), &limits, TunnelPolicy::Refuse, tx)
         .await
         .unwrap();
     let mut hostile = Vec::new();

@@ -250,12 +250,21 @@ pub fn read_private_key_der(path: &Path) -> Result<PrivatePkcs8KeyDer<'static>> 
 /// [`PkiError::MalformedPem`] if there is none, [`PkiError::FileTooLarge`] or [`PkiError::Io`].
 pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let text = read_bounded(path, MAX_CERT_FILE, "certificate")?;
+    parse_certificates(&text, path)
+}
+
+/// Every `CERTIFICATE` block of PEM text held in memory, in order; `origin` names where the
+/// text came from in an error (a file, or a request's field).
+///
+/// # Errors
+/// [`PkiError::MalformedPem`] if there is none or a block is malformed.
+pub fn parse_certificates(text: &str, origin: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let bad = |reason: String| PkiError::MalformedPem {
-        path: path.to_path_buf(),
+        path: origin.to_path_buf(),
         what: "CERTIFICATE",
         reason,
     };
-    let blocks = all_pem_blocks(&text, "CERTIFICATE").map_err(bad)?;
+    let blocks = all_pem_blocks(text, "CERTIFICATE").map_err(bad)?;
     if blocks.is_empty() {
         return Err(bad("no CERTIFICATE block".to_owned()));
     }

@@ -118,6 +118,11 @@ pub enum GatewayRegistration {
     RemoteOffice {
         /// The device that holds the role.
         device_id: String,
+        /// SHA-256 of the gateway's certificate (hex): tunnels are taken from this very
+        /// certificate only. Empty for a registration made before gateways were bound to
+        /// their certificates: its tunnels are refused until it is registered again.
+        #[serde(default)]
+        certificate_sha256: String,
     },
     /// A DMZ gateway: the server dials it.
     Dmz {
@@ -666,7 +671,7 @@ impl Registry {
             .cloned()
             .ok_or_else(|| ServerError::UnknownDevice(id.into()))?;
         if let Some((gw, _)) = self.gateways.iter().find(|(_, g)| {
-            matches!(g, GatewayRegistration::RemoteOffice { device_id } if device_id == id)
+            matches!(g, GatewayRegistration::RemoteOffice { device_id, .. } if device_id == id)
         }) {
             return Err(ServerError::InUse(format!(
                 "device {id:?} holds remote-office gateway {gw:?}: unregister the gateway first"
@@ -738,22 +743,45 @@ impl Registry {
         }
     }
 
-    /// Registers a remote-office gateway held by an enrolled device.
+    /// Registers a remote-office gateway held by an enrolled device, bound to its certificate
+    /// (the SHA-256 of its DER encoding): the server takes tunnels from that certificate only,
+    /// under this id.
     pub fn register_remote_office_gateway(
         &mut self,
         id: &str,
         device_id: &str,
+        certificate_sha256: &[u8; 32],
     ) -> Result<(), ServerError> {
         check_id("gateway id", id)?;
         if !self.devices.contains_key(device_id) {
             return Err(ServerError::UnknownDevice(device_id.into()));
         }
+        let digest = hex(certificate_sha256);
+        if let Some(other) = self.remote_office_gateway_for(certificate_sha256) {
+            return Err(ServerError::Duplicate {
+                kind: "registration of gateway certificate",
+                id: format!("{digest} (gateway {other})"),
+            });
+        }
         self.add_gateway(
             id,
             GatewayRegistration::RemoteOffice {
                 device_id: device_id.into(),
+                certificate_sha256: digest,
             },
         )
+    }
+
+    /// The remote-office gateway bound to the certificate with this SHA-256, if any.
+    pub fn remote_office_gateway_for(&self, certificate_sha256: &[u8; 32]) -> Option<&str> {
+        let digest = hex(certificate_sha256);
+        self.gateways.iter().find_map(|(id, g)| match g {
+            GatewayRegistration::RemoteOffice {
+                certificate_sha256: c,
+                ..
+            } if *c == digest => Some(id.as_str()),
+            _ => None,
+        })
     }
 
     /// Registers a DMZ gateway the server dials at `addr`; `dns_names` are the names its

@@ -581,9 +581,17 @@ impl AdminServer {
             objects,
         );
         let (tx, dispatch) = service.dispatcher(1024);
-        let listener =
-            DeviceListener::start(config.listen, &tls, &config.listener_limits(), tx.clone())
-                .await?;
+        let tunnels = outpost_gateway::TunnelPolicy::Registered(Arc::new(RegisteredTunnels(
+            Arc::downgrade(&service),
+        )));
+        let listener = DeviceListener::start(
+            config.listen,
+            &tls,
+            &config.listener_limits(),
+            tunnels,
+            tx.clone(),
+        )
+        .await?;
         // Gateways registered in the registry are dialled too.
         let mut connector_config = config.connector.clone();
         service.with_registry(|reg| {
@@ -729,5 +737,19 @@ impl AdminServer {
         if let Some(api) = self.api {
             api.task.abort();
         }
+    }
+}
+
+/// Tunnels are taken from the remote-office gateways registered with their certificate, as
+/// the registry holds them when the tunnel opens.
+struct RegisteredTunnels(std::sync::Weak<AdminService>);
+
+impl outpost_gateway::TunnelAuthority for RegisteredTunnels {
+    fn gateway_for(&self, certificate: &outpost_pki::PeerIdentity) -> Option<String> {
+        let service = self.0.upgrade()?;
+        service.with_registry(|r| {
+            r.remote_office_gateway_for(&certificate.sha256)
+                .map(str::to_owned)
+        })
     }
 }

@@ -329,6 +329,29 @@ impl AdminService {
         })
     }
 
+    /// Checks that `cert_der` was issued by this server's CA, is valid now and is not
+    /// revoked; returns who it names.
+    pub fn verify_issued(&self, cert_der: &[u8]) -> Result<outpost_pki::PeerIdentity, ServerError> {
+        let who = outpost_pki::check_client_certificate(
+            cert_der,
+            self.ca.server_ca(),
+            &[],
+            SystemTime::now(),
+        )?;
+        if self
+            .revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&who.serial.to_string())
+        {
+            return Err(ServerError::Pki(outpost_pki::PkiError::Revoked {
+                subject: who.subject.clone(),
+                serial: who.serial.to_string(),
+            }));
+        }
+        Ok(who)
+    }
+
     /// Takes the revocation list of `ca` (a reloaded CA: the CRL file changed) as the one
     /// every new device connection is checked against. Returns how many serials it lists.
     ///
@@ -357,6 +380,29 @@ impl AdminService {
             ));
         }
         n
+    }
+
+    /// Closes the kept connections that came through gateway `id` (it was unregistered):
+    /// each is refused (`NotAuthorized`), and its device connects again by another path.
+    /// Returns how many were closed.
+    pub fn disconnect_gateway(&self, id: &str) -> usize {
+        let cut: Vec<(String, mpsc::Sender<Message>)> = lock(&self.online)
+            .iter()
+            .filter(|(_, (_, _, via))| {
+                matches!(via, Via::DmzGateway(g) | Via::RemoteGateway(g) if g == id)
+            })
+            .map(|(device, (_, tx, _))| (device.clone(), tx.clone()))
+            .collect();
+        for (device, tx) in &cut {
+            log::info!(
+                "device {device:?}: gateway {id:?} was unregistered; closing its connection"
+            );
+            let _ = tx.try_send(refusal(
+                RefusalCode::NotAuthorized,
+                format!("gateway {id:?} is no longer registered"),
+            ));
+        }
+        cut.len()
     }
 
     /// Counters.

@@ -2137,3 +2137,185 @@ async fn policy_status_validation_and_explanations() {
     }
     running.shutdown().await;
 }
+
+/// A remote-office gateway is registered with its certificate; the server takes tunnels from
+/// that certificate only, under that id, and closes what it relayed once unregistered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_office_gateways_are_bound_to_their_certificate() {
+    use futures_util::{SinkExt, StreamExt};
+    use outpost_gateway::{Gateway, GatewayConfig, TlsMaterial};
+    use outpost_wire::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let (running, api) = server(dir.path(), 0).await;
+    let admin = admin_token(&api).await;
+    let ca = outpost_pki::store::load_server_ca(
+        &dir.path().join("state"),
+        outpost_pki::PkiConfig::default(),
+    )
+    .unwrap();
+    let now = SystemTime::now();
+    let (_, cfg) = enroll_device(&running, &api, &admin, dir.path(), "pc-1").await;
+    let office = ca.issue_gateway(&["office.test".into()], &[], now).unwrap();
+    let stranger = ca.issue_gateway(&["office.test".into()], &[], now).unwrap();
+    let agent = ca.issue_agent("pc-9", now).unwrap();
+    let register = |id: &str, pem: Option<String>| json!({"id": id, "kind": "remote_office", "device": "pc-1", "certificate_pem": pem});
+    for (body, status) in [
+        (register("office-1", None), 422),
+        (register("office-1", Some("not a certificate".into())), 422),
+        (register("office-1", Some(agent.chain_pem())), 422),
+    ] {
+        let r = api
+            .call("POST", "/api/v1/gateways", Some(&admin), Some(body))
+            .await;
+        assert_eq!(
+            (r.status, r.body["field"].as_str()),
+            (status, Some("certificate_pem")),
+            "{}",
+            r.body
+        );
+    }
+    let r = api
+        .call(
+            "POST",
+            "/api/v1/gateways",
+            Some(&admin),
+            Some(register("office-1", Some(office.chain_pem()))),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let again = api
+        .call(
+            "POST",
+            "/api/v1/gateways",
+            Some(&admin),
+            Some(register("office-2", Some(office.chain_pem()))),
+        )
+        .await;
+    assert_eq!(
+        (again.status, again.body["field"].as_str()),
+        (409, Some("certificate_pem")),
+        "one certificate, one gateway: {}",
+        again.body
+    );
+    let digest: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &office.cert_der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let listed = remote_office(&api, &admin).await.unwrap();
+    assert_eq!(listed["certificate_sha256"], digest.as_str(), "{listed}");
+
+    let material = |c: &outpost_pki::IssuedCert| {
+        TlsMaterial::new(
+            outpost_pki::IssuedCert::from_parts(c.chain.clone(), c.key_der.clone_key()).unwrap(),
+            ca.server_ca().clone(),
+        )
+    };
+    let gateway_as = |id: &str| {
+        GatewayConfig::remote_office(
+            id,
+            "127.0.0.1:0".parse().unwrap(),
+            running.local_addr(),
+            "server.test",
+        )
+    };
+    // Served through the registered gateway, under its id.
+    let good = Gateway::start(gateway_as("office-1"), material(&office))
+        .await
+        .unwrap();
+    let mut via = common::dial_device(cfg.clone(), good.local_addr(), "office.test").await;
+    assert!(matches!(via.next().await, Some(Ok(Message::HelloAck(_)))));
+    via.send(Message::from(outpost_wire::messages::SyncRequest::default()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        via.next().await,
+        Some(Ok(Message::SyncResponse(_)))
+    ));
+    let d = api
+        .call("GET", "/api/v1/devices/pc-1", Some(&admin), None)
+        .await;
+    assert_eq!(d.body["connected_via"], "remote-office gateway office-1");
+    assert_eq!(
+        remote_office(&api, &admin).await.unwrap()["devices_relayed"],
+        1
+    );
+
+    // Another gateway certificate of the same CA claiming that id, and the registered
+    // certificate claiming another id: refused.
+    let impostors = [
+        Gateway::start(gateway_as("office-1"), material(&stranger))
+            .await
+            .unwrap(),
+        Gateway::start(gateway_as("office-2"), material(&office))
+            .await
+            .unwrap(),
+    ];
+    for gw in &impostors {
+        let mut d = common::dial_device(cfg.clone(), gw.local_addr(), "office.test").await;
+        let first = tokio::time::timeout(Duration::from_secs(5), d.next())
+            .await
+            .expect("an answer");
+        match first {
+            Some(Ok(Message::Refusal(r))) => {
+                assert!(r.reason.contains("registered"), "{}", r.reason)
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    // Unregistered: the connection it relayed is closed, and it is refused from then on.
+    let del = api
+        .call("DELETE", "/api/v1/gateways/office-1", Some(&admin), None)
+        .await;
+    assert_eq!(del.status, 204, "{}", del.body);
+    let cut = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match via.next().await {
+                Some(Ok(Message::Refusal(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(cut.is_ok(), "the relayed connection is closed");
+    let mut after = common::dial_device(cfg.clone(), good.local_addr(), "office.test").await;
+    let first = tokio::time::timeout(Duration::from_secs(5), after.next())
+        .await
+        .expect("an answer");
+    assert!(matches!(first, Some(Ok(Message::Refusal(_)))), "{first:?}");
+    for gw in impostors {
+        gw.shutdown().await;
+    }
+    good.shutdown().await;
+
+    // The binding is stored: registered again, it is there after a restart.
+    let r = api
+        .call(
+            "POST",
+            "/api/v1/gateways",
+            Some(&admin),
+            Some(register("office-1", Some(office.chain_pem()))),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    running.shutdown().await;
+    let (running, api) = server_again(dir.path()).await;
+    let admin = admin_token(&api).await;
+    assert_eq!(
+        remote_office(&api, &admin).await.unwrap()["certificate_sha256"],
+        digest.as_str()
+    );
+    running.shutdown().await;
+}
+
+/// Gateway `office-1` as the gateway list shows it, if listed.
+async fn remote_office(api: &Client, token: &str) -> Option<Value> {
+    let l = api.call("GET", "/api/v1/gateways", Some(token), None).await;
+    l.body["gateways"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["id"] == "office-1")
+        .cloned()
+}

@@ -138,8 +138,15 @@ fn state_survives_a_restart() {
         .issue_token("eu-paris", None, Duration::from_secs(60), now)
         .unwrap();
     enroll(&mut reg, &ca, &request("gw-host", &token, csr(false)), now).unwrap();
-    reg.register_remote_office_gateway("paris-gw", "gw-host")
+    reg.register_remote_office_gateway("paris-gw", "gw-host", &[9; 32])
         .unwrap();
+    // One certificate binds one gateway.
+    assert!(matches!(
+        reg.register_remote_office_gateway("lyon-gw", "gw-host", &[9; 32]),
+        Err(ServerError::Duplicate { .. })
+    ));
+    assert_eq!(reg.remote_office_gateway_for(&[9; 32]), Some("paris-gw"));
+    assert_eq!(reg.remote_office_gateway_for(&[8; 32]), None);
     reg.register_dmz_gateway(
         "dmz-1",
         "127.0.0.1:13000".parse().unwrap(),

@@ -172,6 +172,7 @@ async fn start_server_with(
         "127.0.0.1:0".parse().unwrap(),
         &TlsMaterial::new(id, ca.server_ca().clone()),
         &ListenerLimits::default(),
+        outpost_gateway::TunnelPolicy::AnyGateway,
         tx.clone(),
     )
     .await

@@ -74,7 +74,8 @@ fn round_trip(fresh: Fresh<'_>) {
         vec!["gw.example.test".into(), "gw2.example.test".into()],
     )
     .unwrap();
-    r.register_remote_office_gateway("ro-1", "pc-2").unwrap();
+    r.register_remote_office_gateway("ro-1", "pc-2", &[7; 32])
+        .unwrap();
     r.register_dp("pc-1", "paris").unwrap();
     r.register_dp("pc-1", "eu").unwrap();
     r.move_device("pc-2", "paris").unwrap();
@@ -207,6 +208,8 @@ fn upgrade_from_the_previous_version(fresh: Fresh<'_>) {
          1700000100, 'cd')",
         "INSERT INTO security_issues (server_id, device_id, kind, severity, opened_at, body) \
          VALUES ('server-1', 'pc-1', 'dp.low_disk', 2, 1700000200, 'low')",
+        "INSERT INTO gateways (server_id, id, kind, device_id) \
+         VALUES ('server-1', 'office-1', 'remote_office', 'pc-1')",
     ] {
         storage.execute_unchecked(sql).unwrap();
     }
@@ -230,6 +233,14 @@ fn upgrade_from_the_previous_version(fresh: Fresh<'_>) {
     );
     assert_eq!(snap.issues.len(), 1);
     assert_eq!(snap.issues[0].acknowledged_at_unix, None);
+    assert_eq!(
+        snap.registry.gateways().get("office-1"),
+        Some(&outpost_server::GatewayRegistration::RemoteOffice {
+            device_id: "pc-1".into(),
+            certificate_sha256: String::new(),
+        }),
+        "a registration from before the binding loads unbound (its tunnels are refused)"
+    );
     storage
         .record_events_blocking(vec![EventRecord::server(
             None,

@@ -27,9 +27,13 @@ pub(super) async fn list_gateways(
                         "id": id, "kind": "dmz", "source": "registered",
                         "addr": addr.to_string(), "dns_names": dns_names,
                     }),
-                    crate::GatewayRegistration::RemoteOffice { device_id } => serde_json::json!({
+                    crate::GatewayRegistration::RemoteOffice {
+                        device_id,
+                        certificate_sha256,
+                    } => serde_json::json!({
                         "id": id, "kind": "remote_office", "source": "registered",
                         "device": device_id,
+                        "certificate_sha256": Some(certificate_sha256).filter(|c| !c.is_empty()),
                     }),
                 };
                 if let (Some(o), serde_json::Value::Object(s)) = (v.as_object_mut(), status(id)) {
@@ -70,6 +74,32 @@ pub(super) struct NewGateway {
     /// Remote office: the enrolled device that holds the role.
     #[serde(default)]
     device: Option<String>,
+    /// Remote office: the gateway's certificate (PEM; the first of a chain). Tunnels are
+    /// taken from this very certificate only, under this gateway's id.
+    #[serde(default)]
+    certificate_pem: Option<String>,
+}
+
+/// The SHA-256 of a remote-office gateway's certificate given as PEM, refused unless it is a
+/// certificate of the gateway role from this server's CA.
+fn gateway_certificate(st: &ApiState, pem: &str) -> Result<[u8; 32], Problem> {
+    let field = |detail: String| Problem::invalid(detail).field("certificate_pem");
+    let chain = outpost_pki::store::parse_certificates(pem, "certificate_pem".as_ref())
+        .map_err(|e| field(e.to_string()))?;
+    let first = chain
+        .first()
+        .ok_or_else(|| field("no certificate".into()))?;
+    let who = outpost_pki::PeerIdentity::from_der(first).map_err(|e| field(e.to_string()))?;
+    if who.role != Some(outpost_pki::Role::Gateway) {
+        return Err(field(format!(
+            "the certificate of {:?} is not a gateway certificate",
+            who.subject
+        )));
+    }
+    st.service
+        .verify_issued(first)
+        .map_err(|e| field(format!("not issued by this server's CA: {e}")))?;
+    Ok(who.sha256)
 }
 
 pub(super) async fn register_gateway(
@@ -91,6 +121,7 @@ pub(super) async fn register_gateway(
     let field_of = |e: &ServerError| match e {
         ServerError::InvalidId { what, .. } if what.contains("DNS") => "dns_names",
         ServerError::UnknownDevice(_) => "device",
+        ServerError::Duplicate { kind, .. } if kind.contains("certificate") => "certificate_pem",
         _ => "id",
     };
     match g.kind.as_str() {
@@ -113,8 +144,13 @@ pub(super) async fn register_gateway(
             let device = g.device.clone().ok_or_else(|| {
                 Problem::invalid("a remote-office gateway needs its device").field("device")
             })?;
+            let pem = g.certificate_pem.as_deref().ok_or_else(|| {
+                Problem::invalid("a remote-office gateway needs its certificate (PEM)")
+                    .field("certificate_pem")
+            })?;
+            let digest = gateway_certificate(&st, pem)?;
             st.service
-                .update_registry(|r| r.register_remote_office_gateway(&g.id, &device))
+                .update_registry(|r| r.register_remote_office_gateway(&g.id, &device, &digest))
                 .await
                 .map_err(|e| Problem::from_error(&e, Some(field_of(&e))))?;
         }
@@ -156,11 +192,12 @@ pub(super) async fn unregister_gateway(
     if matches!(was, crate::GatewayRegistration::Dmz { .. }) {
         st.gateway_control.remove(&id).await;
     }
+    let cut = st.service.disconnect_gateway(&id);
     audit(
         &st,
         &who,
         "audit.gateway.unregister",
-        format!("unregistered gateway {id:?}"),
+        format!("unregistered gateway {id:?}: {cut} relayed connection(s) closed"),
     )
     .await;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -9,7 +9,7 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use super::Backend;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 type Step = (i64, &'static str, &'static str);
 
@@ -34,6 +34,11 @@ const SQLITE: &[Step] = &[
         "tags expiry acknowledgements",
         include_str!("../../migrations/sqlite/0004_tags_expiry_acknowledgements.sql"),
     ),
+    (
+        5,
+        "gateway certificates",
+        include_str!("../../migrations/sqlite/0005_gateway_certificates.sql"),
+    ),
 ];
 
 const POSTGRES: &[Step] = &[
@@ -56,6 +61,11 @@ const POSTGRES: &[Step] = &[
         4,
         "tags expiry acknowledgements",
         include_str!("../../migrations/postgres/0004_tags_expiry_acknowledgements.sql"),
+    ),
+    (
+        5,
+        "gateway certificates",
+        include_str!("../../migrations/postgres/0005_gateway_certificates.sql"),
     ),
 ];
 

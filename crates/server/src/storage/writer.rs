@@ -665,7 +665,7 @@ impl Writer {
         }
         let rows = fetch(
             &mut self.conn,
-            "SELECT id, kind, device_id, addr, dns_names FROM gateways WHERE server_id = $1",
+            "SELECT id, kind, device_id, addr, dns_names, cert_sha256 FROM gateways WHERE server_id = $1",
         )
         .await
         .map_err(&err)?;
@@ -848,9 +848,14 @@ fn device_of(r: &AnyRow) -> Result<(String, Device), sqlx::Error> {
 fn gateway_of(r: &AnyRow) -> Result<Option<GatewayRegistration>, sqlx::Error> {
     let kind: String = r.try_get("kind")?;
     Ok(match kind.as_str() {
-        "remote_office" => r
-            .try_get::<Option<String>, _>("device_id")?
-            .map(|device_id| GatewayRegistration::RemoteOffice { device_id }),
+        "remote_office" => {
+            let cert: Option<String> = r.try_get("cert_sha256")?;
+            r.try_get::<Option<String>, _>("device_id")?
+                .map(|device_id| GatewayRegistration::RemoteOffice {
+                    device_id,
+                    certificate_sha256: cert.unwrap_or_default(),
+                })
+        }
         "dmz" => {
             let addr: Option<String> = r.try_get("addr")?;
             let names: Option<String> = r.try_get("dns_names")?;
@@ -959,19 +964,31 @@ async fn apply(conn: &mut AnyConnection, sid: &str, op: &Op) -> Result<(), sqlx:
                 .bind(key)
         }
         Op::PutGateway { id, gateway } => {
-            let (kind, device, addr, names) = match gateway {
-                GatewayRegistration::RemoteOffice { device_id } => {
-                    ("remote_office", Some(device_id.clone()), None, None)
-                }
-                GatewayRegistration::Dmz { addr, dns_names } => {
-                    ("dmz", None, Some(addr.to_string()), Some(dns_names.join(" ")))
-                }
+            let (kind, device, addr, names, cert) = match gateway {
+                GatewayRegistration::RemoteOffice {
+                    device_id,
+                    certificate_sha256,
+                } => (
+                    "remote_office",
+                    Some(device_id.clone()),
+                    None,
+                    None,
+                    Some(certificate_sha256.clone()).filter(|c| !c.is_empty()),
+                ),
+                GatewayRegistration::Dmz { addr, dns_names } => (
+                    "dmz",
+                    None,
+                    Some(addr.to_string()),
+                    Some(dns_names.join(" ")),
+                    None,
+                ),
             };
             sqlx::query(
-                "INSERT INTO gateways (server_id, id, kind, device_id, addr, dns_names) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (server_id, id) DO UPDATE SET \
-                 kind = excluded.kind, device_id = excluded.device_id, addr = excluded.addr, \
-                 dns_names = excluded.dns_names",
+                "INSERT INTO gateways (server_id, id, kind, device_id, addr, dns_names, \
+                 cert_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (server_id, id) DO UPDATE SET kind = excluded.kind, \
+                 device_id = excluded.device_id, addr = excluded.addr, \
+                 dns_names = excluded.dns_names, cert_sha256 = excluded.cert_sha256",
             )
             .bind(sid)
             .bind(id)
@@ -979,6 +996,7 @@ async fn apply(conn: &mut AnyConnection, sid: &str, op: &Op) -> Result<(), sqlx:
             .bind(device)
             .bind(addr)
             .bind(names)
+            .bind(cert)
         }
         Op::DeleteGateway { id } => {
             sqlx::query("DELETE FROM gateways WHERE server_id = $1 AND id = $2")

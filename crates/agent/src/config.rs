@@ -231,6 +231,44 @@ pub struct AgentConfig {
     pub discovery: DiscoveryConfig,
     /// Update distribution and the DP role.
     pub distribution: DistributionConfig,
+    /// Certificate renewal over the authenticated connection.
+    pub renewal: RenewalConfig,
+}
+
+/// When the agent asks for the certificate that succeeds its own, and when it switches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RenewalConfig {
+    /// Ask for the reserve certificate this many seconds before the certificate expires
+    /// (default 90 days).
+    pub reserve_before_secs: u64,
+    /// Switch to it this many seconds before the certificate expires (default one day).
+    pub switch_before_secs: u64,
+    /// After a failed request, ask again this many seconds later (default 600).
+    pub retry_after_secs: u64,
+}
+
+impl Default for RenewalConfig {
+    fn default() -> Self {
+        let s = crate::renewal::Schedule::default();
+        RenewalConfig {
+            reserve_before_secs: s.reserve_before.as_secs(),
+            switch_before_secs: s.switch_before.as_secs(),
+            retry_after_secs: s.retry_after.as_secs(),
+        }
+    }
+}
+
+impl RenewalConfig {
+    /// The schedule it describes.
+    pub fn schedule(&self) -> crate::renewal::Schedule {
+        crate::renewal::Schedule::new(
+            Duration::from_secs(self.reserve_before_secs),
+            Duration::from_secs(self.switch_before_secs),
+            Duration::from_secs(self.retry_after_secs),
+        )
+    }
 }
 
 impl Default for AgentConfig {
@@ -251,6 +289,7 @@ impl Default for AgentConfig {
             local_settings: BTreeMap::new(),
             discovery: DiscoveryConfig::default(),
             distribution: DistributionConfig::default(),
+            renewal: RenewalConfig::default(),
         }
     }
 }
@@ -394,6 +433,22 @@ impl AgentConfig {
             return Err(AgentError::config(
                 "event_batch",
                 format!("{} is outside 1..=10000", self.event_batch),
+            ));
+        }
+        let r = &self.renewal;
+        if r.switch_before_secs == 0 || r.switch_before_secs >= r.reserve_before_secs {
+            return Err(AgentError::config(
+                "renewal.switch_before_secs",
+                format!(
+                    "{} must be above 0 and below renewal.reserve_before_secs ({})",
+                    r.switch_before_secs, r.reserve_before_secs
+                ),
+            ));
+        }
+        if !(1..=86_400).contains(&r.retry_after_secs) {
+            return Err(AgentError::config(
+                "renewal.retry_after_secs",
+                format!("{} is outside 1..=86400", r.retry_after_secs),
             ));
         }
         for app in self.local_settings.keys() {

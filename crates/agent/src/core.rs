@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use outpost_wire::messages::{
     AppSettings, DpAssignment, DpStatus, Event, EventBatch, HeldVersion, Hello, Keepalive,
-    ObjectKind, Refusal, RefusalCode, Role, Severity, SyncRequest, UpdateAnnouncement,
+    ObjectKind, Refusal, RefusalCode, RenewRequest, RenewResponse, Role, Severity, SyncRequest,
+    UpdateAnnouncement,
 };
 use outpost_wire::{Message, VersionRange};
 
@@ -69,6 +70,11 @@ pub enum Action {
         /// Updates announced.
         updates: Vec<UpdateAnnouncement>,
     },
+    /// The reserve certificate asked for with [`AgentCore::request_renewal`] arrived.
+    Renewed(RenewResponse),
+    /// The request for a reserve certificate failed: refused, unanswered, or the connection
+    /// was lost first.
+    RenewalFailed(String),
     /// Stop for good: the server refused this agent.
     Stop {
         /// The refusal code's name.
@@ -214,6 +220,7 @@ pub struct AgentCore {
     last_traffic: Instant,
     keepalive_sent: Option<(u64, Instant)>,
     keepalive_seq: u64,
+    renew_sent: Option<Instant>,
     nonces: VecDeque<u64>,
     nonce_set: HashSet<u64>,
     connections: u64,
@@ -270,6 +277,7 @@ impl AgentCore {
             last_traffic: now,
             keepalive_sent: None,
             keepalive_seq: 0,
+            renew_sent: None,
             nonces: VecDeque::new(),
             nonce_set: HashSet::new(),
             connections: 0,
@@ -310,6 +318,7 @@ impl AgentCore {
                 self.sync_sent.map(|s| s + t),
                 self.batch_sent.map(|(_, s)| s + t),
                 self.keepalive_sent.map(|(_, s)| s + t),
+                self.renew_sent.map(|s| s + t),
                 if self.keepalive_sent.is_none() {
                     Some(self.last_traffic + self.cfg.keepalive)
                 } else {
@@ -502,6 +511,7 @@ impl AgentCore {
                     ("SyncResponse", self.sync_sent),
                     ("EventAck", self.batch_sent.map(|b| b.1)),
                     ("keepalive answer", self.keepalive_sent.map(|k| k.1)),
+                    ("RenewResponse", self.renew_sent),
                 ]
                 .into_iter()
                 .find(|(_, s)| s.is_some_and(|s| s + t <= now));
@@ -549,6 +559,10 @@ impl AgentCore {
 
     fn lost(&mut self, reason: String, now: Instant, close: bool) {
         log::warn!("agent {}: {reason}", self.cfg.device_id);
+        if self.renew_sent.take().is_some() {
+            self.actions
+                .push_back(Action::RenewalFailed(format!("no answer: {reason}")));
+        }
         self.last_error = Some(reason);
         if close {
             self.actions.push_back(Action::Close);
@@ -728,12 +742,51 @@ impl AgentCore {
                 }),
                 now,
             ),
-            Message::Refusal(r) => self.refused(r, now),
+            Message::RenewResponse(r) => {
+                if self.renew_sent.take().is_none() {
+                    self.lost("a RenewResponse nobody asked for".into(), now, true);
+                    return;
+                }
+                self.actions.push_back(Action::Renewed(r));
+            }
+            Message::Refusal(r) => {
+                if self.renew_sent.take().is_some() {
+                    self.actions.push_back(Action::RenewalFailed(format!(
+                        "refused ({:?}): {}",
+                        RefusalCode::try_from(r.code).unwrap_or(RefusalCode::Unspecified),
+                        r.reason
+                    )));
+                }
+                self.refused(r, now)
+            }
             other => self.lost(
                 format!("unexpected {}", other.message_type().name()),
                 now,
                 true,
             ),
+        }
+    }
+
+    /// Asks the server for a reserve certificate with this request (DER) on the current
+    /// connection; the answer comes as [`Action::Renewed`] or [`Action::RenewalFailed`].
+    /// Returns `false` (nothing sent) unless the connection is ready and no request is out.
+    pub fn request_renewal(&mut self, csr_der: bytes::Bytes, now: Instant) -> bool {
+        if self.phase != Phase::Ready || self.renew_sent.is_some() {
+            return false;
+        }
+        self.renew_sent = Some(now);
+        self.send(Message::from(RenewRequest { csr_der }), now);
+        true
+    }
+
+    /// Closes the connection and connects again at once (from the first endpoint): the
+    /// agent switched to another certificate.
+    pub fn reconnect_now(&mut self, reason: &str, now: Instant) {
+        if matches!(self.phase, Phase::Handshaking | Phase::Ready) {
+            self.lost(format!("reconnecting: {reason}"), now, true);
+        }
+        if self.phase == Phase::Waiting {
+            self.retry_at = Some(now);
         }
     }
 }

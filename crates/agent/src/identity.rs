@@ -26,7 +26,7 @@ use tokio_util::codec::Framed;
 
 use crate::AgentError;
 use crate::config::{AgentConfig, Endpoint};
-use crate::store::{CA_FILE, CHAIN_FILE, KEY_FILE};
+use crate::store::{CA_FILE, CHAIN_FILE, KEY_FILE, RESERVE_CHAIN_FILE, RESERVE_KEY_FILE};
 
 /// A TLS connection speaking the wire protocol.
 pub type Connection = Framed<tokio_rustls::client::TlsStream<TcpStream>, MessageCodec>;
@@ -90,11 +90,115 @@ pub fn load(dir: &Path) -> Result<Option<Identity>, AgentError> {
             missing: files[i],
         });
     }
-    let chain = outpost_pki::store::read_certificates(&dir.join(CHAIN_FILE))?;
-    let key = outpost_pki::store::read_private_key_der(&dir.join(KEY_FILE))?;
-    let cert = IssuedCert::from_parts(chain, key)?;
     let ca = outpost_pki::store::read_ca_certificate(&dir.join(CA_FILE))?;
+    let cert = match read_pair(dir, CHAIN_FILE, KEY_FILE) {
+        Ok(cert) => cert,
+        // A switch to the reserve stopped between its two files: finish it.
+        Err(e) => match load_reserve(dir) {
+            Ok(Some(reserve)) => {
+                log::warn!(
+                    "agent identity in {}: {e}; finishing the switch to the reserve certificate",
+                    dir.display()
+                );
+                switch_to_reserve(dir)?;
+                reserve
+            }
+            _ => return Err(e),
+        },
+    };
     Ok(Some(Identity { cert, ca }))
+}
+
+fn read_pair(dir: &Path, chain: &str, key: &str) -> Result<IssuedCert, AgentError> {
+    let chain = outpost_pki::store::read_certificates(&dir.join(chain))?;
+    let key = outpost_pki::store::read_private_key_der(&dir.join(key))?;
+    Ok(IssuedCert::from_parts(chain, key)?)
+}
+
+/// The reserve certificate kept in `dir`, if one is.
+///
+/// # Errors
+/// [`AgentError::Pki`] if its files are unreadable or do not belong together.
+pub fn load_reserve(dir: &Path) -> Result<Option<IssuedCert>, AgentError> {
+    if !dir.join(RESERVE_CHAIN_FILE).exists() || !dir.join(RESERVE_KEY_FILE).exists() {
+        return Ok(None);
+    }
+    read_pair(dir, RESERVE_CHAIN_FILE, RESERVE_KEY_FILE).map(Some)
+}
+
+/// Stores a reserve certificate (key first, mode 0600, then the chain; each atomically).
+///
+/// # Errors
+/// A file error.
+pub fn save_reserve(dir: &Path, cert: &IssuedCert) -> Result<(), AgentError> {
+    outpost_pki::store::write_private_key(&dir.join(RESERVE_KEY_FILE), &cert.key_pem())?;
+    crate::store::write_atomic(&dir.join(RESERVE_CHAIN_FILE), cert.chain_pem().as_bytes())?;
+    Ok(())
+}
+
+/// Makes the reserve certificate in `dir` the agent's certificate: its key and chain replace
+/// the current ones, then the reserve files go. A stop half-way is finished by [`load`].
+///
+/// # Errors
+/// [`AgentError::Pki`] if there is no usable reserve, or a file error.
+pub fn switch_to_reserve(dir: &Path) -> Result<IssuedCert, AgentError> {
+    let reserve = read_pair(dir, RESERVE_CHAIN_FILE, RESERVE_KEY_FILE)?;
+    outpost_pki::store::write_private_key(&dir.join(KEY_FILE), &reserve.key_pem())?;
+    crate::store::write_atomic(&dir.join(CHAIN_FILE), reserve.chain_pem().as_bytes())?;
+    for f in [RESERVE_CHAIN_FILE, RESERVE_KEY_FILE] {
+        let p = dir.join(f);
+        std::fs::remove_file(&p).map_err(AgentError::io("remove", &p))?;
+    }
+    Ok(reserve)
+}
+
+/// A fresh key and a certificate request for it, for a reserve certificate (the server names
+/// the certificate after the device its connection authenticated).
+///
+/// # Errors
+/// [`AgentError::Pki`] if the key or the request cannot be made.
+pub fn reserve_request() -> Result<(KeyPair, Vec<u8>), AgentError> {
+    key_and_request()
+}
+
+fn key_and_request() -> Result<(KeyPair, Vec<u8>), AgentError> {
+    let key =
+        KeyPair::generate().map_err(|e| AgentError::Protocol(format!("key generation: {e}")))?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .and_then(|p| p.serialize_request(&key))
+        .map_err(|e| AgentError::Protocol(format!("certificate request: {e}")))?;
+    Ok((key, csr.der().to_vec()))
+}
+
+/// The certificate a `RenewResponse` carries, for `key`, checked: it belongs to `key`, was
+/// issued by `ca` to `device_id`, and is valid at `now`.
+///
+/// # Errors
+/// [`AgentError::Pki`] naming what does not hold, or [`AgentError::Protocol`] for a
+/// certificate of another device.
+pub fn reserve_from(
+    resp: &outpost_wire::messages::RenewResponse,
+    key: &KeyPair,
+    ca: &CaCertificate,
+    device_id: &str,
+    now: std::time::SystemTime,
+) -> Result<IssuedCert, AgentError> {
+    let mut chain = vec![CertificateDer::from(resp.certificate_der.to_vec())];
+    chain.extend(
+        resp.chain_der
+            .iter()
+            .map(|c| CertificateDer::from(c.to_vec())),
+    );
+    chain.push(ca.der().clone());
+    let cert = IssuedCert::from_parts(chain, PrivatePkcs8KeyDer::from(key.serialize_der()))?;
+    let who = outpost_pki::check_client_certificate(&cert.cert_der, ca, &[], now)?;
+    if who.common_name.as_deref() != Some(device_id) {
+        return Err(AgentError::Protocol(format!(
+            "the reserve certificate names {:?}, not {device_id:?}",
+            who.common_name
+        )));
+    }
+    Ok(cert)
 }
 
 fn save(dir: &Path, id: &Identity) -> Result<(), AgentError> {
@@ -185,14 +289,10 @@ pub async fn enroll(config: &AgentConfig) -> Result<Identity, AgentError> {
             )));
         }
     }
-    let key =
-        KeyPair::generate().map_err(|e| AgentError::Protocol(format!("key generation: {e}")))?;
-    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-        .and_then(|p| p.serialize_request(&key))
-        .map_err(|e| AgentError::Protocol(format!("certificate request: {e}")))?;
+    let (key, csr) = key_and_request()?;
     conn.send(Message::from(EnrollRequest {
         device_id: config.device_id.clone(),
-        csr_der: csr.der().to_vec().into(),
+        csr_der: csr.into(),
         enrollment_token: e.token.clone(),
         group_hint: e.group_hint.clone(),
     }))

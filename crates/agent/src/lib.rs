@@ -60,12 +60,13 @@ mod error;
 pub mod identity;
 pub mod overlay;
 pub mod push;
+pub mod renewal;
 mod runtime;
 pub mod store;
 
 pub use config::{
     AgentConfig, BackoffConfig, DiscoveryConfig, DistributionConfig, Endpoint, EnrollmentConfig,
-    MAX_CONFIG_FILE, MAX_DEVICE_ID, valid_id,
+    MAX_CONFIG_FILE, MAX_DEVICE_ID, RenewalConfig, valid_id,
 };
 pub use error::AgentError;
 pub use runtime::{Agent, AgentHandle, AgentStatus};

@@ -24,6 +24,7 @@ use crate::distribution::plane::{self, Done, Plane};
 use crate::identity::{self, Connection};
 use crate::overlay;
 use crate::push::PushVerifier;
+use crate::renewal::{self, Clock, Renewal, RenewalStatus, Step, Validity};
 use crate::store::{SettingsStore, free_disk_bytes};
 
 /// What the agent is doing, published after every step.
@@ -32,6 +33,8 @@ use crate::store::{SettingsStore, free_disk_bytes};
 pub struct AgentStatus {
     /// The core's state and counters.
     pub core: CoreStatus,
+    /// The certificate, its reserve, and the switches made.
+    pub renewal: RenewalStatus,
     /// Why the agent stopped, once it has.
     pub stopped: Option<String>,
 }
@@ -76,11 +79,40 @@ impl Agent {
     /// A configuration, file, enrollment or discovery error; connection failures after
     /// this point are retried with backoff and show in [`AgentHandle::status`].
     pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
+        Agent::start_with_clock(config, renewal::system_clock()).await
+    }
+
+    /// [`Agent::start`] with certificate renewal scheduled by `clock` instead of the system's
+    /// (a simulation, or a test that moves time on). TLS still checks certificates against
+    /// the system's clock.
+    ///
+    /// # Errors
+    /// As [`Agent::start`].
+    pub async fn start_with_clock(
+        config: AgentConfig,
+        clock: Clock,
+    ) -> Result<AgentHandle, AgentError> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(AgentError::io("create", &config.data_dir))?;
         let (id, enrolled) = identity::load_or_enroll(&config).await?;
-        let tls = agent_client_config(&id.cert, &id.ca, &TlsOptions::default())?;
+        let reserve = identity::load_reserve(&config.data_dir).unwrap_or_else(|e| {
+            log::warn!(
+                "agent {}: the reserve certificate is unusable and is asked for again: {e}",
+                config.device_id
+            );
+            None
+        });
+        let renewal = Renewal::new(
+            config.renewal.schedule(),
+            Validity::of(&id.cert),
+            reserve.as_ref().map(Validity::of),
+        );
+        let tls: SharedTls = Arc::new(Mutex::new(agent_client_config(
+            &id.cert,
+            &id.ca,
+            &TlsOptions::default(),
+        )?));
         let settings = Arc::new(Mutex::new(SettingsStore::open(&config.data_dir)?));
         // Signed "sync now" datagrams arrive on the discovery port; they are trusted when
         // signed by the certificate of the server this agent enrolls with.
@@ -116,6 +148,11 @@ impl Agent {
         );
         let (status_tx, status) = watch::channel(AgentStatus {
             core: core.status(),
+            renewal: RenewalStatus {
+                active: renewal.active(),
+                reserve: renewal.reserve(),
+                switches: 0,
+            },
             stopped: None,
         });
         let (plane, plane_done) = if config.distribution.enabled {
@@ -143,6 +180,11 @@ impl Agent {
             plane_done,
             core,
             tls,
+            ca: id.ca,
+            renewal,
+            clock,
+            pending_key: None,
+            switches: 0,
             config: config.clone(),
             settings: settings.clone(),
             discovery,
@@ -283,9 +325,22 @@ impl Drop for AgentHandle {
     }
 }
 
+/// The TLS configuration every connection of the agent is made with; replaced when the agent
+/// switches to its reserve certificate.
+pub(crate) type SharedTls = Arc<Mutex<Arc<ClientConfig>>>;
+
+/// Longest wait between two looks at the renewal schedule (the wall clock may jump).
+const RENEWAL_LOOK: Duration = Duration::from_secs(3600);
+
 struct Driver {
     core: AgentCore,
-    tls: Arc<ClientConfig>,
+    tls: SharedTls,
+    ca: outpost_pki::CaCertificate,
+    renewal: Renewal,
+    clock: Clock,
+    /// The key of the reserve asked for.
+    pending_key: Option<outpost_pki::KeyPair>,
+    switches: u64,
     config: AgentConfig,
     settings: Arc<Mutex<SettingsStore>>,
     discovery: Option<DiscoveryHandle>,
@@ -340,14 +395,138 @@ impl Driver {
     fn publish(&self, stopped: Option<String>) {
         self.status.send_replace(AgentStatus {
             core: self.core.status(),
+            renewal: RenewalStatus {
+                active: self.renewal.active(),
+                reserve: self.renewal.reserve(),
+                switches: self.switches,
+            },
             stopped,
         });
+    }
+
+    /// Whether the renewal schedule can act now: a reserve is asked for on a ready
+    /// connection; a switch needs none.
+    fn renewal_can_act(&self) -> bool {
+        self.renewal.reserve().is_some() || self.core.status().phase == crate::core::Phase::Ready
+    }
+
+    /// Carries out what the renewal schedule says at the clock's time.
+    fn renew(&mut self) {
+        if !self.renewal_can_act() {
+            return;
+        }
+        let now = (self.clock)();
+        match self.renewal.poll(now) {
+            Step::RequestReserve => match identity::reserve_request() {
+                Ok((key, csr)) => {
+                    if self.core.request_renewal(csr.into(), Instant::now()) {
+                        log::info!(
+                            "agent {}: asking for the certificate that succeeds the one ending {}",
+                            self.config.device_id,
+                            unix_time(self.renewal.active().not_after)
+                        );
+                        self.pending_key = Some(key);
+                    } else {
+                        self.renewal.request_failed(now);
+                    }
+                }
+                Err(e) => {
+                    log::error!("agent {}: {e}", self.config.device_id);
+                    self.renewal.request_failed(now);
+                }
+            },
+            Step::Switch => {
+                let switched = identity::switch_to_reserve(&self.config.data_dir)
+                    .and_then(|c| Ok(agent_client_config(&c, &self.ca, &TlsOptions::default())?));
+                match switched {
+                    Ok(tls) => {
+                        *lock(&self.tls) = tls;
+                        self.renewal.switched();
+                        self.switches += 1;
+                        log::info!(
+                            "agent {}: switched to the reserve certificate (valid until {})",
+                            self.config.device_id,
+                            unix_time(self.renewal.active().not_after)
+                        );
+                        self.core
+                            .reconnect_now("switched to the reserve certificate", Instant::now());
+                    }
+                    Err(e) => {
+                        log::error!(
+                            "agent {}: cannot switch to the reserve certificate, asking for another: {e}",
+                            self.config.device_id
+                        );
+                        self.renewal.reserve_lost(now);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The reserve asked for arrived: checked, then stored.
+    fn take_reserve(&mut self, resp: &outpost_wire::messages::RenewResponse) {
+        let now = (self.clock)();
+        let Some(key) = self.pending_key.take() else {
+            self.renewal.request_failed(now);
+            return;
+        };
+        let checked = identity::reserve_from(
+            resp,
+            &key,
+            &self.ca,
+            &self.config.device_id,
+            SystemTime::now(),
+        );
+        let cert = match checked {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!(
+                    "agent {}: the reserve certificate is refused: {e}",
+                    self.config.device_id
+                );
+                self.renewal.request_failed(now);
+                return;
+            }
+        };
+        if let Err(e) = self.renewal.reserve_received(Validity::of(&cert)) {
+            log::warn!("agent {}: {e}", self.config.device_id);
+            return;
+        }
+        match identity::save_reserve(&self.config.data_dir, &cert) {
+            Ok(()) => log::info!(
+                "agent {}: reserve certificate stored (valid until {})",
+                self.config.device_id,
+                unix_time(Validity::of(&cert).not_after)
+            ),
+            Err(e) => {
+                log::error!(
+                    "agent {}: the reserve certificate could not be stored: {e}",
+                    self.config.device_id
+                );
+                self.renewal.reserve_lost(now);
+            }
+        }
+    }
+
+    /// How long until the renewal schedule must be looked at again, if it can act.
+    fn renewal_wait(&self) -> Option<Duration> {
+        if !self.renewal_can_act() {
+            return None;
+        }
+        let at = self.renewal.poll_timeout()?;
+        Some(
+            at.duration_since((self.clock)())
+                .unwrap_or(Duration::ZERO)
+                .min(RENEWAL_LOOK),
+        )
     }
 
     async fn run(mut self, mut cmds: mpsc::Receiver<Command>) -> Result<(), AgentError> {
         self.refresh_local_status(Instant::now());
         self.core.start(Instant::now());
         loop {
+            self.renew();
             if let Err(e) = self.act().await {
                 self.publish(Some(e.to_string()));
                 return Err(e);
@@ -360,7 +539,15 @@ impl Driver {
                     None => pending().await,
                 }
             };
+            let renewal = self.renewal_wait();
+            let renewal_due = async {
+                match renewal {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => pending().await,
+                }
+            };
             tokio::select! {
+                () = renewal_due => {}
                 m = next_message(&mut self.conn) => {
                     let now = Instant::now();
                     self.refresh_local_status(now);
@@ -420,8 +607,8 @@ impl Driver {
             match a {
                 Action::Connect(ep) => {
                     self.publish(None);
-                    let r =
-                        identity::dial(self.tls.clone(), &ep, self.config.connect_timeout()).await;
+                    let tls = lock(&self.tls).clone();
+                    let r = identity::dial(tls, &ep, self.config.connect_timeout()).await;
                     let now = Instant::now();
                     match r {
                         Ok(c) => {
@@ -484,6 +671,15 @@ impl Driver {
                         self.core.set_dp_status(p.dp_status());
                     }
                 }
+                Action::Renewed(resp) => self.take_reserve(&resp),
+                Action::RenewalFailed(reason) => {
+                    log::warn!(
+                        "agent {}: no reserve certificate: {reason}",
+                        self.config.device_id
+                    );
+                    self.pending_key = None;
+                    self.renewal.request_failed((self.clock)());
+                }
                 Action::Stop { code, reason } => {
                     self.conn = None;
                     return Err(AgentError::Refused { code, reason });
@@ -492,4 +688,12 @@ impl Driver {
         }
         Ok(())
     }
+}
+
+/// `t` as seconds since the Unix epoch, for logs.
+fn unix_time(t: SystemTime) -> String {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or_else(
+        |_| "before 1970".into(),
+        |d| format!("Unix time {}", d.as_secs()),
+    )
 }

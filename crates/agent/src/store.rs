@@ -8,6 +8,7 @@
 //! | `agent.key` | the private key, PKCS#8 PEM, mode 0600 |
 //! | `agent.chain.pem` | the agent certificate, then the issuing CA |
 //! | `ca.crt` | the server CA the agent trusts from enrollment on |
+//! | `agent.reserve.key`, `agent.reserve.chain.pem` | the reserve certificate that succeeds the current one, once issued |
 //! | `settings/<application>.json` | `{"application", "version", "document"}` |
 
 use std::collections::BTreeMap;
@@ -25,6 +26,10 @@ pub const KEY_FILE: &str = "agent.key";
 pub const CHAIN_FILE: &str = "agent.chain.pem";
 /// The server CA file.
 pub const CA_FILE: &str = "ca.crt";
+/// The reserve certificate's private key file.
+pub const RESERVE_KEY_FILE: &str = "agent.reserve.key";
+/// The reserve certificate's chain file.
+pub const RESERVE_CHAIN_FILE: &str = "agent.reserve.chain.pem";
 /// The settings directory.
 pub const SETTINGS_DIR: &str = "settings";
 /// Largest settings document stored or accepted.

@@ -30,10 +30,10 @@ pub fn enroll(
 /// A signed certificate for an enrolling device, not yet recorded.
 #[derive(Debug)]
 pub struct SignedEnrollment {
-    response: EnrollResponse,
-    sha256: [u8; 32],
-    serial: String,
-    expires_unix: u64,
+    pub(crate) response: EnrollResponse,
+    pub(crate) sha256: [u8; 32],
+    pub(crate) serial: String,
+    pub(crate) expires_unix: u64,
 }
 
 /// Signs the request's CSR (the costly part of [`enroll`], which needs no registry: run it
@@ -96,6 +96,7 @@ pub fn record_enrollment(
         enrolled_with: String::new(),
         tags: Default::default(),
         cert_expires_unix: signed.expires_unix,
+        reserve_cert: None,
     };
     registry.complete_enrollment(&req.enrollment_token, &req.device_id, record);
     Ok(EnrollResponse {
@@ -151,6 +152,7 @@ pub fn refusal_code(e: &ServerError) -> RefusalCode {
         } => RefusalCode::NotAuthorized,
         ServerError::EnrollmentRefused { .. } => RefusalCode::BadEnrollmentToken,
         ServerError::InvalidId { .. } => RefusalCode::ProtocolViolation,
+        ServerError::RenewalTooSoon { .. } => RefusalCode::Overloaded,
         // The database is unreachable or full: the agent retries with its backoff.
         e if e.is_retryable() => RefusalCode::Overloaded,
         _ => RefusalCode::Internal,

@@ -60,6 +60,18 @@ pub enum ServerError {
     /// An object cannot be removed while others depend on it.
     #[error("{0}")]
     InUse(String),
+    /// A device asked for another reserve certificate sooner than
+    /// [`ServiceConfig::min_renewal_interval`](crate::ServiceConfig::min_renewal_interval)
+    /// after the last.
+    #[error(
+        "device {device:?} was issued a reserve certificate recently; retry in {retry_after_secs} s"
+    )]
+    RenewalTooSoon {
+        /// The device.
+        device: String,
+        /// Seconds until it may ask again.
+        retry_after_secs: u64,
+    },
     /// An object with this id already exists.
     #[error("{kind} {id:?} already exists")]
     Duplicate {

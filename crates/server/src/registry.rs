@@ -90,9 +90,42 @@ pub struct Device {
     /// When its certificate expires, seconds since the Unix epoch (0: not recorded).
     #[serde(default)]
     pub cert_expires_unix: u64,
+    /// The reserve certificate issued to it over its authenticated connection, which will
+    /// succeed the current one: a connection presenting it is the same device, and makes it
+    /// the current certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve_cert: Option<ReserveCertificate>,
+}
+
+/// A device's reserve certificate: issued ahead of its current certificate's expiry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ReserveCertificate {
+    /// SHA-256 of the certificate, lower-case hex.
+    pub sha256: String,
+    /// Its serial, lower-case hex.
+    pub serial: String,
+    /// When it expires, seconds since the Unix epoch.
+    pub expires_unix: u64,
+}
+
+impl ReserveCertificate {
+    /// A reserve certificate record.
+    pub fn new(sha256: &[u8; 32], serial: impl Into<String>, expires_unix: u64) -> Self {
+        ReserveCertificate {
+            sha256: hex(sha256),
+            serial: serial.into(),
+            expires_unix,
+        }
+    }
 }
 
 impl Device {
+    /// The SHA-256s (hex) that identify it: its certificate's, and its reserve's.
+    fn fingerprints(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.cert_sha256).chain(self.reserve_cert.as_ref().map(|r| &r.sha256))
+    }
+
     /// Its certificate's SHA-256 as bytes (`None` if the recorded hex is not 32 bytes).
     pub fn fingerprint(&self) -> Option<[u8; 32]> {
         let hex = self.cert_sha256.as_bytes();
@@ -310,7 +343,7 @@ impl Registry {
         reg.by_fingerprint = reg
             .devices
             .iter()
-            .map(|(id, d)| (d.cert_sha256.clone(), id.clone()))
+            .flat_map(|(id, d)| d.fingerprints().map(move |f| (f.clone(), id.clone())))
             .collect();
         Ok(Some(reg))
     }
@@ -726,6 +759,45 @@ impl Registry {
         Ok(())
     }
 
+    /// Records the reserve certificate issued to `device` (replacing an earlier reserve).
+    pub fn set_reserve_certificate(
+        &mut self,
+        device: &str,
+        reserve: ReserveCertificate,
+    ) -> Result<(), ServerError> {
+        let mut d = self
+            .devices
+            .get(device)
+            .cloned()
+            .ok_or_else(|| ServerError::UnknownDevice(device.into()))?;
+        d.reserve_cert = Some(reserve);
+        self.write(Op::PutDevice {
+            id: device.into(),
+            device: d,
+        });
+        Ok(())
+    }
+
+    /// Makes `device`'s reserve certificate its current one (it connected presenting it).
+    /// Returns whether it had a reserve with this SHA-256.
+    pub fn promote_reserve(&mut self, device: &str, sha256: &[u8; 32]) -> bool {
+        let digest = hex(sha256);
+        let Some(mut d) = self.devices.get(device).cloned() else {
+            return false;
+        };
+        let Some(r) = d.reserve_cert.take().filter(|r| r.sha256 == digest) else {
+            return false;
+        };
+        d.cert_sha256 = r.sha256;
+        d.cert_serial = r.serial;
+        d.cert_expires_unix = r.expires_unix;
+        self.write(Op::PutDevice {
+            id: device.into(),
+            device: d,
+        });
+        true
+    }
+
     /// Records the serial of `device`'s certificate where the registry has none (devices
     /// enrolled before serials were kept). Returns whether it changed anything.
     pub fn record_serial(&mut self, device: &str, serial: &str) -> bool {
@@ -920,12 +992,16 @@ impl Registry {
                 None => Op::DeleteGroup { id },
             },
             Op::PutDevice { id, device } => {
-                self.by_fingerprint
-                    .insert(device.cert_sha256.clone(), id.clone());
+                for f in device.fingerprints() {
+                    self.by_fingerprint.insert(f.clone(), id.clone());
+                }
                 match self.devices.insert(id.clone(), device) {
                     Some(old) => {
-                        if self.devices[&id].cert_sha256 != old.cert_sha256 {
-                            self.by_fingerprint.remove(&old.cert_sha256);
+                        let new = &self.devices[&id];
+                        for f in old.fingerprints() {
+                            if !new.fingerprints().any(|n| n == f) {
+                                self.by_fingerprint.remove(f);
+                            }
                         }
                         Op::PutDevice { id, device: old }
                     }
@@ -934,7 +1010,9 @@ impl Registry {
             }
             Op::DeleteDevice { id } => match self.devices.remove(&id) {
                 Some(device) => {
-                    self.by_fingerprint.remove(&device.cert_sha256);
+                    for f in device.fingerprints() {
+                        self.by_fingerprint.remove(f);
+                    }
                     Op::PutDevice { id, device }
                 }
                 None => Op::DeleteDevice { id },

@@ -181,6 +181,9 @@ pub struct ServiceConfig {
     pub enroll_failures_per_source: u32,
     /// The window of `enroll_failures_per_source` (default 60 s).
     pub enroll_failure_window: Duration,
+    /// How soon a device may be issued another reserve certificate after one (default 1 h):
+    /// each costs a signature and a commit, and a device needs one per certificate life.
+    pub min_renewal_interval: Duration,
 }
 
 impl ServiceConfig {
@@ -194,6 +197,7 @@ impl ServiceConfig {
             max_enrolling: 128,
             max_enrolling_per_source: 32,
             enrollment_timeout: Duration::from_secs(10),
+            min_renewal_interval: Duration::from_secs(3600),
             enroll_failures_per_source: 10,
             enroll_failure_window: Duration::from_secs(60),
         }
@@ -249,6 +253,8 @@ pub struct AdminService {
     /// Serials (lower-case hex) on the server CA's revocation list, checked on every
     /// connection whatever path it came by.
     revoked: RwLock<HashSet<String>>,
+    /// When each device was last issued a reserve certificate.
+    renewed: Mutex<HashMap<String, Instant>>,
 }
 
 /// A device's kept connection: its id, where pushes go, the path it came by.
@@ -311,6 +317,7 @@ impl AdminService {
         let _ = registry.take_journal();
         Arc::new(AdminService {
             revoked: RwLock::new(revoked),
+            renewed: Mutex::new(HashMap::new()),
             enrolling: AdmissionPool::new(config.max_enrolling, config.max_enrolling_per_source),
             throttle: Mutex::new(EnrollThrottle::new(
                 config.enroll_failures_per_source,
@@ -700,6 +707,41 @@ impl AdminService {
                 .await;
             return;
         };
+        // A device presenting its reserve certificate has switched to it: it becomes the
+        // current one (committed before the device is served).
+        let mut recorded_serial = recorded_serial;
+        if let Some(fp) = &peer.cert_sha256
+            && let Some(serial) = self.with_registry(|r| {
+                r.device(&device_id)
+                    .and_then(|d| d.reserve_cert.as_ref())
+                    .filter(|rc| rc.sha256 == crate::registry::hex(fp))
+                    .map(|rc| rc.serial.clone())
+            })
+        {
+            match self
+                .update_registry(|reg| Ok(reg.promote_reserve(&device_id, fp)))
+                .await
+            {
+                Ok(_) => {
+                    log::info!(
+                        "device {device_id:?}: switched to its reserve certificate (serial {serial})"
+                    );
+                    recorded_serial = serial;
+                }
+                Err(e) => {
+                    log::warn!(
+                        "device {device_id:?}: its reserve certificate not recorded as current: {e}"
+                    );
+                    let _ = framed
+                        .send(refusal(
+                            RefusalCode::Overloaded,
+                            format!("the server cannot record the certificate switch now; retry later ({e})"),
+                        ))
+                        .await;
+                    return;
+                }
+            }
+        }
         // A device enrolled before serials were kept gets the serial of the certificate it
         // presents (the fingerprint matched, so it is that certificate).
         let serial = match (recorded_serial.is_empty(), &peer.cert_serial) {
@@ -783,6 +825,60 @@ impl AdminService {
         {
             online.remove(&device_id);
         }
+    }
+
+    /// Issues `device` its reserve certificate for the key of `req` (the connection
+    /// authenticated the device; the request's own names are ignored). The reserve is
+    /// committed before it is answered, so the device can present it from then on. At most
+    /// one per [`ServiceConfig::min_renewal_interval`].
+    pub async fn renew(
+        &self,
+        device: &str,
+        req: &RenewRequest,
+    ) -> Result<RenewResponse, ServerError> {
+        let now = Instant::now();
+        if let Some(last) = lock(&self.renewed).get(device)
+            && now.duration_since(*last) < self.config.min_renewal_interval
+        {
+            return Err(ServerError::RenewalTooSoon {
+                device: device.into(),
+                retry_after_secs: (self.config.min_renewal_interval - now.duration_since(*last))
+                    .as_secs()
+                    .max(1),
+            });
+        }
+        let as_enrollment = EnrollRequest {
+            device_id: device.into(),
+            csr_der: req.csr_der.clone(),
+            ..Default::default()
+        };
+        let signed = sign_enrollment(&self.ca, &as_enrollment, SystemTime::now())?;
+        let reserve = crate::ReserveCertificate::new(
+            &signed.sha256,
+            signed.serial.clone(),
+            signed.expires_unix,
+        );
+        self.update_registry(|r| r.set_reserve_certificate(device, reserve))
+            .await?;
+        lock(&self.renewed).insert(device.into(), now);
+        let e = EventRecord::server(
+            Some(device),
+            outpost_wire::messages::Severity::Info,
+            "device.certificate.reserve",
+            format!(
+                "reserve certificate issued (serial {}, expires {})",
+                signed.serial, signed.expires_unix
+            ),
+        );
+        if let Err(e) = self.storage.record_events(vec![e]).await {
+            log::warn!("device {device:?}: reserve certificate event not stored: {e}");
+        }
+        let r = signed.response;
+        Ok(RenewResponse {
+            certificate_der: r.certificate_der,
+            chain_der: r.chain_der,
+            ca_der: r.ca_der,
+        })
     }
 
     /// The enrollment path of an enrollment connection from `remote_addr`, without the
@@ -906,13 +1002,21 @@ impl AdminService {
     pub async fn remove_device(
         &self,
         device: &str,
-        revoke: impl FnOnce(&str) -> Result<ServerCa, ServerError>,
+        revoke: impl FnOnce(&[String]) -> Result<ServerCa, ServerError>,
     ) -> Result<(), ServerError> {
-        let serial = self
-            .with_registry(|r| r.device(device).map(|d| d.cert_serial.clone()))
+        // Its current certificate and its reserve, if it has one.
+        let serials: Vec<String> = self
+            .with_registry(|r| {
+                r.device(device).map(|d| {
+                    std::iter::once(d.cert_serial.clone())
+                        .chain(d.reserve_cert.as_ref().map(|rc| rc.serial.clone()))
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+            })
             .ok_or_else(|| ServerError::UnknownDevice(device.into()))?;
-        if !serial.is_empty() {
-            let ca = revoke(&serial)?;
+        if !serials.is_empty() {
+            let ca = revoke(&serials)?;
             self.set_revocations(&ca);
         }
         self.update_registry(|r| r.remove_device(device).map(drop))
@@ -960,6 +1064,10 @@ impl AdminService {
 
     async fn answer(&self, ctx: &DeviceContext, m: Message) -> Option<Message> {
         Some(match m {
+            Message::RenewRequest(r) => match self.renew(&ctx.device_id, &r).await {
+                Ok(resp) => Message::from(resp),
+                Err(e) => refusal(refusal_code(&e), format!("no reserve certificate: {e}")),
+            },
             Message::SyncRequest(r) => {
                 if !r.device_id.is_empty() && r.device_id != ctx.device_id {
                     return Some(refusal(

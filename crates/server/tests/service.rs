@@ -693,3 +693,96 @@ async fn a_peer_not_known_yet_may_send_only_small_frames() {
     let read = tokio::time::timeout(Duration::from_secs(20), client.read_to_end(&mut rest)).await;
     assert!(read.is_ok(), "still open after 20 s");
 }
+
+/// A CSR for a fresh key that names `cn` (the server names the certificate itself).
+fn csr_naming(cn: &str) -> (rcgen::KeyPair, Bytes) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    let csr = params.serialize_request(&key).unwrap();
+    (key, Bytes::from(csr.der().to_vec()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_is_issued_its_reserve_certificate_and_switches_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.json");
+    let now = SystemTime::now();
+    let ca = Arc::new(ServerCa::create(PkiConfig::default(), now).unwrap());
+    let mut reg = Registry::new("server-1").unwrap();
+    let token = reg
+        .issue_token("root", Some("laptop-1"), Duration::from_secs(600), now)
+        .unwrap();
+    let server = start_server(&ca, reg, &path, Arc::new(MemoryObjects::default())).await;
+    let addr = server.listener.local_addr();
+    let cert = enroll(&ca, addr, "laptop-1", &token)
+        .await
+        .expect("enrolled");
+    let cfg = agent_client_config(&cert, ca.server_ca(), &TlsOptions::default()).unwrap();
+    let mut conn = dial(cfg, addr, SERVER).await;
+    hello(&mut conn, "laptop-1").await;
+
+    // A request naming another device still gets a certificate of this one.
+    let (key, csr) = csr_naming("someone-else");
+    let Message::RenewResponse(r) = call(&mut conn, RenewRequest { csr_der: csr }).await else {
+        panic!("expected RenewResponse");
+    };
+    let who = outpost_pki::PeerIdentity::from_der(&r.certificate_der).unwrap();
+    assert_eq!(who.common_name.as_deref(), Some("laptop-1"));
+    let reserve_sha: [u8; 32] =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &r.certificate_der)
+            .as_ref()
+            .try_into()
+            .unwrap();
+    let reserve_serial = who.serial.to_string();
+    server.service.with_registry(|reg| {
+        let d = reg.device("laptop-1").unwrap();
+        let rc = d.reserve_cert.as_ref().expect("recorded before answered");
+        assert_eq!(rc.serial, reserve_serial);
+        assert_ne!(d.cert_serial, reserve_serial, "the first is still current");
+    });
+    assert!(
+        stored_registry(dir.path())
+            .device("laptop-1")
+            .unwrap()
+            .reserve_cert
+            .is_some(),
+        "committed"
+    );
+
+    // Asked again at once: refused as too soon (the agent retries later), never NotAuthorized.
+    let (_, csr) = csr_naming("laptop-1");
+    let Message::Refusal(too_soon) = call(&mut conn, RenewRequest { csr_der: csr }).await else {
+        panic!("expected a refusal");
+    };
+    assert_eq!(
+        too_soon.code,
+        RefusalCode::Overloaded as i32,
+        "{}",
+        too_soon.reason
+    );
+
+    // The reserve authenticates the device, and becomes its current certificate.
+    let mut chain = vec![CertificateDer::from(r.certificate_der.to_vec())];
+    chain.push(ca.server_ca().der().clone());
+    let reserve =
+        IssuedCert::from_parts(chain, PrivatePkcs8KeyDer::from(key.serialize_der())).unwrap();
+    let cfg = agent_client_config(&reserve, ca.server_ca(), &TlsOptions::default()).unwrap();
+    let mut conn = dial(cfg, addr, SERVER).await;
+    hello(&mut conn, "laptop-1").await;
+    assert!(matches!(
+        call(&mut conn, SyncRequest::default()).await,
+        Message::SyncResponse(_)
+    ));
+    server.service.with_registry(|reg| {
+        let d = reg.device("laptop-1").unwrap();
+        assert_eq!(d.cert_serial, reserve_serial);
+        assert!(d.reserve_cert.is_none());
+        assert_eq!(
+            reg.device_by_fingerprint(&reserve_sha).map(|(id, _)| id),
+            Some("laptop-1")
+        );
+    });
+}

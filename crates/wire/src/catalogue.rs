@@ -124,6 +124,10 @@ catalogue! {
     0x0010 => EnrollRequest, ignorable: false;
     /// Server answers with the issued certificate.
     0x0011 => EnrollResponse, ignorable: false;
+    /// Enrolled agent asks for its reserve certificate over its authenticated connection.
+    0x0012 => RenewRequest, ignorable: false;
+    /// Server answers with the reserve certificate.
+    0x0013 => RenewResponse, ignorable: false;
     /// Agent heartbeat with the versions it holds.
     0x0020 => SyncRequest, ignorable: false;
     /// What changed for the agent, and when to sync next.
@@ -260,6 +264,18 @@ impl Message {
                 message: "EnrollRequest",
                 field: "csr_der",
             }),
+            Message::RenewRequest(m) if m.csr_der.is_empty() => Err(WireError::MissingField {
+                offset,
+                message: "RenewRequest",
+                field: "csr_der",
+            }),
+            Message::RenewResponse(m) if m.certificate_der.is_empty() => {
+                Err(WireError::MissingField {
+                    offset,
+                    message: "RenewResponse",
+                    field: "certificate_der",
+                })
+            }
             Message::ConnectRequest(m) => {
                 require(&m.ticket, offset, "ConnectRequest", "ticket")?;
                 check_peer(&m.peer, offset, "ConnectRequest")

@@ -296,6 +296,32 @@ pub struct EnrollResponse {
     pub group: String,
 }
 
+/// An enrolled agent asks, over its authenticated connection, for the certificate that will
+/// succeed the one it presents (its reserve): a PKCS#10 request for a fresh key. The server
+/// binds the new certificate to the device the connection authenticated, whatever the
+/// request names.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct RenewRequest {
+    /// The certificate signing request, DER.
+    #[prost(bytes = "bytes", tag = "1")]
+    pub csr_der: Bytes,
+}
+
+/// The server's answer to a [`RenewRequest`]: the reserve certificate. The agent switches to
+/// it shortly before the one it presents expires.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct RenewResponse {
+    /// The issued certificate, DER.
+    #[prost(bytes = "bytes", tag = "1")]
+    pub certificate_der: Bytes,
+    /// Intermediate certificates up to (not including) the root, DER.
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    pub chain_der: Vec<Bytes>,
+    /// The server CA certificate, DER.
+    #[prost(bytes = "bytes", tag = "3")]
+    pub ca_der: Bytes,
+}
+
 // ---------------------------------------------------------------------------------------
 // Sync
 // ---------------------------------------------------------------------------------------

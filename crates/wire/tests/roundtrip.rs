@@ -116,6 +116,20 @@ fn message() -> impl Strategy<Value = Message> {
             group: g
         }
         .into()),
+        b(200)
+            .prop_filter("csr", |c| !c.is_empty())
+            .prop_map(|c| RenewRequest { csr_der: c }.into()),
+        (
+            b(200).prop_filter("cert", |c| !c.is_empty()),
+            vec(b(50), 0..3),
+            b(50)
+        )
+            .prop_map(|(c, ch, ca)| RenewResponse {
+                certificate_der: c,
+                chain_der: ch,
+                ca_der: ca,
+            }
+            .into()),
         (
             s(),
             vec((e(), s(), any::<u64>()), 0..4),

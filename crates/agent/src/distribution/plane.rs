@@ -18,7 +18,6 @@ use outpost_wire::messages::{DpStatus, ScopeRef, UpdateAnnouncement};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
-use tokio_rustls::rustls::ClientConfig;
 use tokio_util::codec::Framed;
 
 use super::chunks::{self, ChunkService};
@@ -64,7 +63,7 @@ pub(crate) struct Params {
     pub device_id: String,
     pub data_dir: PathBuf,
     pub cfg: DistributionConfig,
-    pub tls: Arc<ClientConfig>,
+    pub tls: crate::runtime::SharedTls,
     pub endpoints: Vec<Endpoint>,
     pub timeout: Duration,
 }
@@ -431,7 +430,8 @@ async fn obtain(ctx: &Ctx, ann: &UpdateAnnouncement, mut plan: watch::Receiver<A
 async fn dial_server(ctx: &Ctx) -> Result<identity::Connection, AgentError> {
     let mut last = None;
     for ep in &ctx.p.endpoints {
-        match identity::dial(ctx.p.tls.clone(), ep, ctx.p.timeout).await {
+        let tls = lock(&ctx.p.tls).clone();
+        match identity::dial(tls, ep, ctx.p.timeout).await {
             Ok(mut c) => {
                 chunks::hello(&mut c, &ctx.p.device_id, ctx.p.timeout).await?;
                 return Ok(c);

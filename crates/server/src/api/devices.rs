@@ -154,13 +154,15 @@ pub(super) async fn remove_device(
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Response, Problem> {
     let who = writer(&st, &headers)?;
-    let revoke = |serial: &str| -> Result<outpost_pki::ServerCa, ServerError> {
+    let revoke = |serials: &[String]| -> Result<outpost_pki::ServerCa, ServerError> {
         use outpost_pki::{CaKind, PkiConfig, Serial, store};
         let _one_at_a_time = lock(&st.crl);
         let now = SystemTime::now();
         let mut ca = store::load_server_ca(&st.data_dir, PkiConfig::default())?;
-        ca.authority_mut(CaKind::Server)
-            .revoke(Serial::from_hex(serial)?, now)?;
+        for serial in serials {
+            ca.authority_mut(CaKind::Server)
+                .revoke(Serial::from_hex(serial)?, now)?;
+        }
         store::save_crl(&mut ca, CaKind::Server, &st.data_dir, now)?;
         Ok(ca)
     };

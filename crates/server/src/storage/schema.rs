@@ -36,8 +36,8 @@ const SQLITE: &[Step] = &[
     ),
     (
         5,
-        "gateway certificates",
-        include_str!("../../migrations/sqlite/0005_gateway_certificates.sql"),
+        "certificates",
+        include_str!("../../migrations/sqlite/0005_certificates.sql"),
     ),
 ];
 
@@ -64,8 +64,8 @@ const POSTGRES: &[Step] = &[
     ),
     (
         5,
-        "gateway certificates",
-        include_str!("../../migrations/postgres/0005_gateway_certificates.sql"),
+        "certificates",
+        include_str!("../../migrations/postgres/0005_certificates.sql"),
     ),
 ];
 

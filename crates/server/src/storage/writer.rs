@@ -13,7 +13,7 @@ use super::{
     Snapshot, StoredEvent, UpdateObject,
 };
 use crate::error::StorageError;
-use crate::registry::{Device, GatewayRegistration, Group, TokenRecord, unix};
+use crate::registry::{Device, GatewayRegistration, Group, ReserveCertificate, TokenRecord, unix};
 use crate::{ROOT_GROUP, Registry, ServerError};
 
 /// How long last-seen times wait to be written at most.
@@ -636,7 +636,8 @@ impl Writer {
         let rows = fetch(
             &mut self.conn,
             "SELECT id, group_id, cert_sha256, cert_serial, enrolled_at, last_seen, \
-             broadcast_domain, os_class, free_disk_bytes, enrolled_with, tags, cert_expires_at \
+             broadcast_domain, os_class, free_disk_bytes, enrolled_with, tags, cert_expires_at, \
+             reserve_cert_sha256, reserve_cert_serial, reserve_cert_expires_at \
              FROM devices \
              WHERE server_id = $1",
         )
@@ -841,6 +842,18 @@ fn device_of(r: &AnyRow) -> Result<(String, Device), sqlx::Error> {
             cert_expires_unix: r
                 .try_get::<Option<i64>, _>("cert_expires_at")?
                 .map_or(0, u64_of),
+            reserve_cert: match (
+                r.try_get::<Option<String>, _>("reserve_cert_sha256")?,
+                r.try_get::<Option<String>, _>("reserve_cert_serial")?,
+                r.try_get::<Option<i64>, _>("reserve_cert_expires_at")?,
+            ) {
+                (Some(sha256), Some(serial), Some(expires)) => Some(ReserveCertificate {
+                    sha256,
+                    serial,
+                    expires_unix: u64_of(expires),
+                }),
+                _ => None,
+            },
         },
     ))
 }
@@ -916,14 +929,17 @@ async fn apply(conn: &mut AnyConnection, sid: &str, op: &Op) -> Result<(), sqlx:
         Op::PutDevice { id, device: d } => sqlx::query(
             "INSERT INTO devices (server_id, id, group_id, cert_sha256, cert_serial, enrolled_at, \
              last_seen, broadcast_domain, os_class, free_disk_bytes, enrolled_with, tags, \
-             cert_expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             cert_expires_at, reserve_cert_sha256, reserve_cert_serial, reserve_cert_expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
              ON CONFLICT (server_id, id) DO UPDATE SET group_id = excluded.group_id, \
              cert_sha256 = excluded.cert_sha256, cert_serial = excluded.cert_serial, \
              enrolled_at = excluded.enrolled_at, last_seen = excluded.last_seen, \
              broadcast_domain = excluded.broadcast_domain, os_class = excluded.os_class, \
              free_disk_bytes = excluded.free_disk_bytes, enrolled_with = excluded.enrolled_with, \
-             tags = excluded.tags, cert_expires_at = excluded.cert_expires_at",
+             tags = excluded.tags, cert_expires_at = excluded.cert_expires_at, \
+             reserve_cert_sha256 = excluded.reserve_cert_sha256, \
+             reserve_cert_serial = excluded.reserve_cert_serial, \
+             reserve_cert_expires_at = excluded.reserve_cert_expires_at",
         )
         .bind(sid)
         .bind(id)
@@ -937,7 +953,10 @@ async fn apply(conn: &mut AnyConnection, sid: &str, op: &Op) -> Result<(), sqlx:
         .bind(d.free_disk_bytes.map(i64_of))
         .bind(&d.enrolled_with)
         .bind(d.tags.iter().map(String::as_str).collect::<Vec<_>>().join(","))
-        .bind((d.cert_expires_unix > 0).then(|| i64_of(d.cert_expires_unix))),
+        .bind((d.cert_expires_unix > 0).then(|| i64_of(d.cert_expires_unix)))
+        .bind(d.reserve_cert.as_ref().map(|r| r.sha256.as_str()))
+        .bind(d.reserve_cert.as_ref().map(|r| r.serial.as_str()))
+        .bind(d.reserve_cert.as_ref().map(|r| i64_of(r.expires_unix))),
         Op::DeleteDevice { id } => {
             sqlx::query("DELETE FROM dp_scopes WHERE server_id = $1 AND device_id = $2")
                 .bind(sid)

@@ -211,6 +211,17 @@ enum Devices {
         #[arg(long = "tag")]
         tags: Vec<String>,
     },
+    /// Puts a device in a network location (its distribution points serve it first).
+    Locate {
+        /// The device.
+        id: String,
+        /// The network location.
+        #[arg(long, required_unless_present = "none")]
+        location: Option<String>,
+        /// Takes it out of any network location.
+        #[arg(long, conflicts_with = "location")]
+        none: bool,
+    },
     /// Removes a device and revokes its certificate.
     Remove {
         /// The device.
@@ -312,33 +323,65 @@ impl PolicyStatus {
 enum Dps {
     /// The report of distribution points.
     List,
-    /// Makes a device a distribution point of a group and its subgroups.
+    /// Makes a device a distribution point of a scope.
     Assign {
         /// The device.
         #[arg(long)]
         device: String,
-        /// The group.
-        #[arg(long)]
-        group: String,
+        #[command(flatten)]
+        scope: DpScopeArgs,
     },
-    /// Removes a device as a distribution point of a group.
+    /// Removes a device as a distribution point of a scope.
     Unassign {
         /// The device.
         #[arg(long)]
         device: String,
-        /// The group.
-        #[arg(long)]
-        group: String,
+        #[command(flatten)]
+        scope: DpScopeArgs,
     },
-    /// Makes a device the active distribution point of a group now.
+    /// Makes a device the active distribution point of a scope now.
     Activate {
         /// The device.
         #[arg(long)]
         device: String,
-        /// The group.
-        #[arg(long)]
-        group: String,
+        #[command(flatten)]
+        scope: DpScopeArgs,
     },
+}
+
+/// The scope of a distribution point: exactly one of these.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct DpScopeArgs {
+    /// A group and its subgroups.
+    #[arg(long)]
+    group: Option<String>,
+    /// The devices placed in this network location (`devices locate`).
+    #[arg(long)]
+    network_location: Option<String>,
+    /// The devices of the DP's own broadcast domain, as discovery finds it.
+    #[arg(long)]
+    broadcast_domain: bool,
+}
+
+impl DpScopeArgs {
+    /// The scope's key in the API's paths.
+    fn key(&self) -> String {
+        match (&self.group, &self.network_location) {
+            (Some(g), _) => g.clone(),
+            (None, Some(l)) => format!("location~{l}"),
+            (None, None) => "broadcast-domain~own".into(),
+        }
+    }
+
+    /// The scope's fields in a request body.
+    fn body(&self, device: &str) -> Value {
+        match (&self.group, &self.network_location) {
+            (Some(g), _) => json!({"device": device, "group": g}),
+            (None, Some(l)) => json!({"device": device, "network_location": l}),
+            (None, None) => json!({"device": device, "broadcast_domain": true}),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -833,7 +876,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     "distribution_points",
                     &[
                         "device",
-                        "group",
+                        "scope",
                         "role",
                         "epoch",
                         "multicast_group",
@@ -844,8 +887,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 ),
                 j,
             ),
-            Dps::Assign { device, group } => {
-                let body = json!({"device": device, "group": group});
+            Dps::Assign { device, scope } => {
+                let body = scope.body(&device);
                 print(
                     &api.send("POST", "/api/v1/distribution-points", body)
                         .await?,
@@ -853,19 +896,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     j,
                 )
             }
-            Dps::Unassign { device, group } => {
+            Dps::Unassign { device, scope } => {
                 let path = format!(
                     "/api/v1/distribution-points/{}/{}",
                     seg(&device),
-                    seg(&group)
+                    seg(&scope.key())
                 );
                 api.send("DELETE", &path, Value::Null).await?;
             }
-            Dps::Activate { device, group } => {
+            Dps::Activate { device, scope } => {
                 let path = format!(
                     "/api/v1/distribution-points/{}/{}/activate",
                     seg(&device),
-                    seg(&group)
+                    seg(&scope.key())
                 );
                 print(
                     &api.send("POST", &path, Value::Null).await?,
@@ -1127,6 +1170,16 @@ async fn devices(api: &Api, d: Devices, j: bool) -> Result<(), Failure> {
         Devices::Tag { id, tags } => print(
             &api.send("PATCH", &path(&id, ""), json!({"tags": tags}))
                 .await?,
+            Show::Object,
+            j,
+        ),
+        Devices::Locate { id, location, .. } => print(
+            &api.send(
+                "PATCH",
+                &path(&id, ""),
+                json!({"network_location": location}),
+            )
+            .await?,
             Show::Object,
             j,
         ),

@@ -343,6 +343,49 @@ async fn a_policy_edit_reaches_a_running_agent() {
         why.contains("endpoint/usb.block = false\n  from: schema default"),
         "{why}"
     );
+
+    // A network location and its distribution point.
+    let located = ctl
+        .ok(&["devices", "locate", "laptop-1", "--location", "lab-2"])
+        .await;
+    assert!(located.contains("network_location: lab-2"), "{located}");
+    let assigned = ctl
+        .ok(&[
+            "dps",
+            "assign",
+            "--device",
+            "laptop-1",
+            "--network-location",
+            "lab-2",
+        ])
+        .await;
+    assert!(assigned.contains("scope: location~lab-2"), "{assigned}");
+    let listed = ctl.ok(&["dps", "list"]).await;
+    assert!(listed.contains("location~lab-2"), "{listed}");
+    ctl.ok(&[
+        "dps",
+        "unassign",
+        "--device",
+        "laptop-1",
+        "--network-location",
+        "lab-2",
+    ])
+    .await;
+    let both = ctl
+        .run(
+            &[
+                "dps",
+                "assign",
+                "--device",
+                "laptop-1",
+                "--group",
+                "lab",
+                "--broadcast-domain",
+            ],
+            "",
+        )
+        .await;
+    assert!(!both.status.success(), "one scope at a time");
     agent.shutdown().await;
     running.shutdown().await;
 }

@@ -21,12 +21,12 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use outpost_election::{
-    DeviceId, DevicePlacement, Election, ElectionConfig, GroupEdge, GroupId, GroupTree, NodeFacts,
-    Origin, Role, ScopeId,
+    BroadcastDomainId, BroadcastDomains, DeviceId, DevicePlacement, Election, ElectionConfig,
+    GroupEdge, GroupId, GroupTree, LocationId, NodeFacts, Origin, PeerReport, Role, ScopeId,
 };
 use outpost_wire::messages::{DpAssignment, DpRole, ScopeKind, ScopeRef, SyncRequest};
 
-use crate::{Op, Registry, ServerError, Storage};
+use crate::{DpScope, Op, Registry, ServerError, Storage};
 
 #[derive(Default)]
 struct Names {
@@ -69,8 +69,10 @@ fn election_error(e: outpost_election::ElectionError) -> ServerError {
 pub struct DpReportRow {
     /// The DP's device.
     pub device: String,
-    /// The group it serves (with its subgroups).
-    pub group: String,
+    /// The scope it serves.
+    pub scope: DpScope,
+    /// For a broadcast domain: the device that names it (its lowest member).
+    pub domain: Option<String>,
     /// `"active"`, `"standby"` or `"inactive"` (down, short of disk, not heard from yet).
     pub role: &'static str,
     /// The scope's fencing epoch.
@@ -88,6 +90,16 @@ pub struct DpCoordinator {
     election: Election,
     devices: Names,
     groups: Names,
+    locations: Names,
+    /// The peers each device last reported hearing in its broadcast domain.
+    peer_reports: BTreeMap<DeviceId, Vec<DeviceId>>,
+    /// The reports changed since the domains were derived.
+    reports_changed: bool,
+    /// The broadcast domains derived from the reports.
+    domains: BroadcastDomains,
+    /// DPs that serve their own broadcast domain, with the domain scope they are registered
+    /// for now (none until the reports place them in one).
+    own_domain: BTreeMap<DeviceId, Option<ScopeId>>,
     /// The multicast signing key each DP last reported.
     keys: HashMap<DeviceId, Bytes>,
     /// Where each DP last said it serves blocks by unicast.
@@ -134,6 +146,11 @@ impl DpCoordinator {
             election,
             devices: Names::default(),
             groups,
+            locations: Names::default(),
+            peer_reports: BTreeMap::new(),
+            reports_changed: false,
+            domains: BroadcastDomains::default(),
+            own_domain: BTreeMap::new(),
             keys: HashMap::new(),
             addrs: HashMap::new(),
             multicast_port: DEFAULT_MULTICAST_PORT,
@@ -143,13 +160,196 @@ impl DpCoordinator {
         };
         for (id, d) in registry.devices() {
             c.place(id, &d.group)?;
+            if d.network_location.is_some() {
+                c.set_location(id, d.network_location.as_deref())?;
+            }
         }
-        for (dp, groups) in registry.dps() {
-            for g in groups {
-                c.register_group_dp(dp, g)?;
+        for (dp, scopes) in registry.dps() {
+            for key in scopes {
+                c.register(dp, &DpScope::parse(key)?)?;
             }
         }
         Ok(c)
+    }
+
+    /// The election's scope of a registry scope (`None`: a broadcast domain not derived
+    /// yet, or a DP's own domain, which depends on the DP).
+    fn scope_id(&mut self, scope: &DpScope) -> Result<Option<ScopeId>, ServerError> {
+        Ok(match scope {
+            DpScope::Group(g) => Some(ScopeId::Group(GroupId(self.group_id(g)?))),
+            DpScope::NetworkLocation(l) => {
+                Some(ScopeId::NetworkLocation(LocationId(self.locations.id(l))))
+            }
+            _ => None,
+        })
+    }
+
+    /// The scope `device` serves for `scope` now (its own broadcast domain's, once known).
+    fn scope_of(&mut self, device: &str, scope: &DpScope) -> Result<Option<ScopeId>, ServerError> {
+        match scope {
+            DpScope::OwnBroadcastDomain => {
+                let d = DeviceId(self.device_id(device)?);
+                Ok(self.own_domain.get(&d).copied().flatten())
+            }
+            other => self.scope_id(other),
+        }
+    }
+
+    /// Puts a device in a network location (or in none): DPs of that location serve it
+    /// before any group's.
+    pub fn set_location(
+        &mut self,
+        device: &str,
+        location: Option<&str>,
+    ) -> Result<(), ServerError> {
+        let d = DeviceId(self.device_id(device)?);
+        let loc = location.map(|l| LocationId(self.locations.id(l)));
+        let Some(mut p) = self.election.placement(d).cloned() else {
+            return Err(ServerError::UnknownDevice(device.into()));
+        };
+        p.location = loc;
+        self.election.place_device(d, p).map_err(election_error)
+    }
+
+    /// Registers `device` as a distribution point for `scope`; returns its multicast group
+    /// address (`None` for its own broadcast domain until the discovery reports place it).
+    pub fn register(
+        &mut self,
+        device: &str,
+        scope: &DpScope,
+    ) -> Result<Option<IpAddr>, ServerError> {
+        let d = DeviceId(self.devices.id(device));
+        if let DpScope::OwnBroadcastDomain = scope {
+            let current = self.domains.domain_of(d).map(ScopeId::BroadcastDomain);
+            self.own_domain.insert(d, current);
+            return match current {
+                Some(s) => self
+                    .election
+                    .register(d, s, Origin::Manual)
+                    .map(Some)
+                    .map_err(election_error),
+                None => Ok(None),
+            };
+        }
+        let Some(s) = self.scope_id(scope)? else {
+            return Ok(None);
+        };
+        self.election
+            .register(d, s, Origin::Manual)
+            .map(Some)
+            .map_err(election_error)
+    }
+
+    /// Removes `device` as a distribution point of `scope`; the next round tells it, and
+    /// elects a successor if it was active.
+    pub fn unregister(&mut self, device: &str, scope: &DpScope) -> Result<(), ServerError> {
+        let d = DeviceId(self.device_id(device)?);
+        let s = self.scope_of(device, scope)?;
+        if let DpScope::OwnBroadcastDomain = scope {
+            self.own_domain.remove(&d);
+        }
+        match s {
+            Some(s) => self.election.unregister(d, s).map_err(election_error),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes the peers `device` reports hearing (the broadcast domain it is in); the
+    /// domains are derived again at the next [`tick`](Self::tick) if anything changed.
+    fn report_peers(&mut self, device: DeviceId, peers: &[String]) {
+        let mut ids: Vec<DeviceId> = peers
+            .iter()
+            .filter_map(|p| self.devices.get(p).map(DeviceId))
+            .filter(|p| *p != device)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if self.peer_reports.get(&device) != Some(&ids) {
+            if ids.is_empty() && !self.peer_reports.contains_key(&device) {
+                return;
+            }
+            self.peer_reports.insert(device, ids);
+            self.reports_changed = true;
+        }
+    }
+
+    /// Derives the broadcast domains from the reports, places every device in its domain,
+    /// and moves each DP serving its own domain to the domain it is in now.
+    fn derive_domains(&mut self) {
+        self.reports_changed = false;
+        let reports: Vec<PeerReport> = self
+            .peer_reports
+            .iter()
+            .map(|(d, p)| PeerReport::new(*d, p.clone()))
+            .collect();
+        let max = self.election.config().max_peers_per_report;
+        let domains = match BroadcastDomains::derive(&reports, max) {
+            Ok(d) => d,
+            Err(e) => {
+                log::warn!("broadcast domains not derived: {e}");
+                return;
+            }
+        };
+        for &device in self.peer_reports.keys() {
+            let domain = domains.domain_of(device);
+            if let Some(mut p) = self.election.placement(device).cloned()
+                && p.broadcast_domain != domain
+            {
+                p.broadcast_domain = domain;
+                let _ = self.election.place_device(device, p);
+            }
+        }
+        self.domains = domains;
+        let moves: Vec<(DeviceId, Option<ScopeId>, Option<ScopeId>)> = self
+            .own_domain
+            .iter()
+            .map(|(&dp, &was)| {
+                (
+                    dp,
+                    was,
+                    self.domains.domain_of(dp).map(ScopeId::BroadcastDomain),
+                )
+            })
+            .filter(|(_, was, now)| was != now)
+            .collect();
+        for (dp, was, now) in moves {
+            if let Some(w) = was {
+                let _ = self.election.unregister(dp, w);
+            }
+            if let Some(n) = now
+                && let Err(e) = self.election.register(dp, n, Origin::Manual)
+            {
+                log::warn!(
+                    "distribution point {:?}: not registered for its broadcast domain: {e}",
+                    self.devices.name(dp.0)
+                );
+            }
+            self.own_domain.insert(dp, now);
+        }
+    }
+
+    /// The election scope an epoch key names ([`epoch_key`]); `None` for a group or device
+    /// no longer known.
+    fn epoch_scope(&mut self, key: &str) -> Option<ScopeId> {
+        Some(match key.split_once('~') {
+            None => ScopeId::Group(GroupId(self.groups.get(key)?)),
+            Some(("location", l)) => ScopeId::NetworkLocation(LocationId(self.locations.id(l))),
+            Some(("broadcast-domain", d)) => {
+                ScopeId::BroadcastDomain(BroadcastDomainId(self.devices.get(d)?))
+            }
+            Some(_) => return None,
+        })
+    }
+
+    /// The broadcast domain the discovery reports put `device` in: the device that names it.
+    pub fn broadcast_domain_of(&self, device: &str) -> Option<String> {
+        let d = DeviceId(self.devices.get(device)?);
+        self.domains.domain_of(d).map(|b| self.domain_name(b))
+    }
+
+    /// A broadcast domain's name: the device that names it (its lowest member).
+    fn domain_name(&self, b: BroadcastDomainId) -> String {
+        self.devices.name(b.0).to_string()
     }
 
     /// The election's id of registry group `group`.
@@ -166,7 +366,8 @@ impl DpCoordinator {
             .ok_or_else(|| ServerError::UnknownDevice(device.into()))
     }
 
-    /// Places (or moves) a device in a group.
+    /// Places (or moves) a device in a group (its network location and broadcast domain
+    /// stay as they are).
     pub fn place(&mut self, device: &str, group: &str) -> Result<(), ServerError> {
         let g = self.group_id(group)?;
         let d = DeviceId(self.devices.id(device));
@@ -175,9 +376,9 @@ impl DpCoordinator {
                 .move_device(d, GroupId(g))
                 .map_err(election_error)
         } else {
-            self.election
-                .place_device(d, DevicePlacement::in_group(GroupId(g)))
-                .map_err(election_error)
+            let mut p = DevicePlacement::in_group(GroupId(g));
+            p.broadcast_domain = self.domains.domain_of(d);
+            self.election.place_device(d, p).map_err(election_error)
         }
     }
 
@@ -213,6 +414,10 @@ impl DpCoordinator {
         self.election.remove_device(d);
         self.keys.remove(&d);
         self.addrs.remove(&d);
+        self.own_domain.remove(&d);
+        if self.peer_reports.remove(&d).is_some() {
+            self.reports_changed = true;
+        }
     }
 
     /// Registers `device` as a distribution point for `group` and its subgroups; returns its
@@ -225,28 +430,26 @@ impl DpCoordinator {
             .map_err(election_error)
     }
 
-    /// Removes `device` as a distribution point of `group`; the next round tells it, and
-    /// elects a successor if it was active.
+    /// Removes `device` as a distribution point of `group`.
     pub fn unregister_group_dp(&mut self, device: &str, group: &str) -> Result<(), ServerError> {
-        let g = self.group_id(group)?;
-        let d = self.device_id(device)?;
-        self.election
-            .unregister(DeviceId(d), ScopeId::Group(GroupId(g)))
-            .map_err(election_error)
+        self.unregister(device, &DpScope::Group(group.into()))
     }
 
     /// The administrator's choice: `device` becomes the active distribution point of
-    /// `group` now (a new epoch, kept before this returns). Returns that epoch. Refused if
-    /// it does not serve the group, or is down or short of disk.
+    /// `scope` now (a new epoch, kept before this returns). Returns that epoch. Refused if
+    /// it does not serve the scope, or is down or short of disk.
     pub fn make_active(
         &mut self,
         device: &str,
-        group: &str,
+        scope: &DpScope,
         now: Instant,
     ) -> Result<u64, ServerError> {
-        let g = self.group_id(group)?;
         let d = self.device_id(device)?;
-        let scope = ScopeId::Group(GroupId(g));
+        let scope = self.scope_of(device, scope)?.ok_or_else(|| {
+            ServerError::InUse(format!(
+                "distribution points: {device:?} is in no broadcast domain yet (no discovery reports)"
+            ))
+        })?;
         self.election
             .make_active(scope, DeviceId(d), now)
             .map_err(|e| ServerError::InUse(format!("distribution points: {e}")))?;
@@ -254,7 +457,22 @@ impl DpCoordinator {
         Ok(self.election.epoch(scope))
     }
 
-    /// The report of distribution points: one row per registered DP and group scope.
+    /// The registry's scope for an election scope, and the domain's naming device.
+    fn registry_scope(&self, scope: ScopeId, dp: DeviceId) -> Option<(DpScope, Option<String>)> {
+        Some(match scope {
+            ScopeId::Group(g) => (DpScope::Group(self.groups.name(g.0).to_string()), None),
+            ScopeId::NetworkLocation(l) => (
+                DpScope::NetworkLocation(self.locations.name(l.0).to_string()),
+                None,
+            ),
+            ScopeId::BroadcastDomain(b) if self.own_domain.get(&dp) == Some(&Some(scope)) => {
+                (DpScope::OwnBroadcastDomain, Some(self.domain_name(b)))
+            }
+            _ => return None,
+        })
+    }
+
+    /// The report of distribution points: one row per registered DP and scope.
     pub fn report(&self) -> Vec<DpReportRow> {
         let mut served: HashMap<(DeviceId, ScopeId), usize> = HashMap::new();
         for (_, s) in self.election.serving_table() {
@@ -264,11 +482,10 @@ impl DpCoordinator {
         }
         let mut rows = Vec::new();
         for decision in self.election.decisions() {
-            let ScopeId::Group(g) = decision.scope else {
-                continue;
-            };
-            let group = self.groups.name(g.0).to_string();
             for (dp, _) in self.election.members(decision.scope) {
+                let Some((scope, domain)) = self.registry_scope(decision.scope, dp) else {
+                    continue;
+                };
                 let role = if decision.active == Some(dp) {
                     "active"
                 } else if decision.standbys.contains(&dp) {
@@ -278,7 +495,8 @@ impl DpCoordinator {
                 };
                 rows.push(DpReportRow {
                     device: self.devices.name(dp.0).to_string(),
-                    group: group.clone(),
+                    scope,
+                    domain,
                     role,
                     epoch: decision.epoch,
                     multicast_group: self.election.multicast_group(dp),
@@ -287,7 +505,22 @@ impl DpCoordinator {
                 });
             }
         }
-        rows.sort_by(|a, b| (&a.group, &a.device).cmp(&(&b.group, &b.device)));
+        // DPs serving their own domain before the reports place them in one.
+        for (dp, scope) in &self.own_domain {
+            if scope.is_none() {
+                rows.push(DpReportRow {
+                    device: self.devices.name(dp.0).to_string(),
+                    scope: DpScope::OwnBroadcastDomain,
+                    domain: None,
+                    role: "inactive",
+                    epoch: 0,
+                    multicast_group: self.election.multicast_group(*dp),
+                    free_disk_bytes: self.election.facts(*dp).map(|f| f.free_disk_bytes),
+                    devices_served: 0,
+                });
+            }
+        }
+        rows.sort_by(|a, b| (&a.scope, &a.device).cmp(&(&b.scope, &b.device)));
         rows
     }
 
@@ -307,6 +540,9 @@ impl DpCoordinator {
     /// even when no device syncs, and says whether any scope's epoch changed since the last
     /// call (its active DP changed: devices should be told to sync).
     pub fn tick(&mut self, now: Instant) -> bool {
+        if self.reports_changed {
+            self.derive_domains();
+        }
         self.round(now);
         let epochs = self.election.epochs();
         let changed = epochs != self.seen_epochs;
@@ -328,7 +564,7 @@ impl DpCoordinator {
     pub fn keep_epochs(&mut self, storage: Storage, kept: BTreeMap<String, u64>) {
         let restore: BTreeMap<ScopeId, u64> = kept
             .iter()
-            .filter_map(|(g, &e)| Some((ScopeId::Group(GroupId(self.groups.get(g)?)), e)))
+            .filter_map(|(key, &e)| Some((self.epoch_scope(key)?, e)))
             .collect();
         self.election.restore_epochs(&restore);
         self.epoch_store = Some(EpochStore {
@@ -422,25 +658,24 @@ impl DpCoordinator {
             return;
         };
         // Find the raised epochs before copying anything: most decisions raise none.
-        let groups = &self.groups;
-        let raised: Vec<(&str, u64)> = self
+        let (groups, locations, devices) = (&self.groups, &self.locations, &self.devices);
+        let raised: Vec<(String, u64)> = self
             .election
             .epochs()
             .into_iter()
-            .filter_map(|(scope, epoch)| match scope {
-                ScopeId::Group(g) => Some((groups.name(g.0), epoch)),
-                _ => None,
+            .filter_map(|(scope, epoch)| {
+                Some((epoch_key(groups, locations, devices, scope)?, epoch))
             })
-            .filter(|&(name, epoch)| epoch > file.kept.get(name).copied().unwrap_or(0))
+            .filter(|(key, epoch)| *epoch > file.kept.get(key).copied().unwrap_or(0))
             .collect();
         if raised.is_empty() {
             return;
         }
         let ops: Vec<Op> = raised
             .iter()
-            .map(|&(name, epoch)| Op::PutEpoch {
-                scope: name.to_string(),
-                epoch,
+            .map(|(key, epoch)| Op::PutEpoch {
+                scope: key.clone(),
+                epoch: *epoch,
             })
             .collect();
         match file.storage.commit_blocking(ops) {
@@ -448,8 +683,8 @@ impl DpCoordinator {
                 if file.failing {
                     log::info!("distribution point epochs saved again");
                 }
-                for (name, epoch) in raised {
-                    file.kept.insert(name.to_string(), epoch);
+                for (key, epoch) in raised {
+                    file.kept.insert(key, epoch);
                 }
                 file.failing = false;
             }
@@ -467,6 +702,11 @@ impl DpCoordinator {
         let Some(id) = self.devices.get(device).map(DeviceId) else {
             return Vec::new();
         };
+        self.report_peers(id, &req.visible_peers);
+        if self.own_domain.contains_key(&id) && self.reports_changed {
+            // A DP serving its own domain learns it at once from its own report.
+            self.derive_domains();
+        }
         if !self.election.scopes_of(id).is_empty() {
             let load = req
                 .dp_status
@@ -521,8 +761,11 @@ impl DpCoordinator {
     ) -> DpAssignment {
         let (kind, id) = match scope {
             ScopeId::Group(g) => (ScopeKind::Group, self.groups.name(g.0).to_string()),
-            ScopeId::BroadcastDomain(b) => (ScopeKind::BroadcastDomain, b.0.to_string()),
-            ScopeId::NetworkLocation(l) => (ScopeKind::NetworkLocation, l.0.to_string()),
+            ScopeId::BroadcastDomain(b) => (ScopeKind::BroadcastDomain, self.domain_name(b)),
+            ScopeId::NetworkLocation(l) => (
+                ScopeKind::NetworkLocation,
+                self.locations.name(l.0).to_string(),
+            ),
             _ => (ScopeKind::Unspecified, scope.raw().to_string()),
         };
         let wire_role = match role {
@@ -554,6 +797,17 @@ impl DpCoordinator {
             unicast_addr: self.addrs.get(&dp).cloned().unwrap_or_default(),
         }
     }
+}
+
+/// The key a scope's epoch is kept under: the group id, `location~NAME`, or
+/// `broadcast-domain~DEVICE` (the device that names the domain).
+fn epoch_key(groups: &Names, locations: &Names, devices: &Names, scope: ScopeId) -> Option<String> {
+    Some(match scope {
+        ScopeId::Group(g) => groups.name(g.0).to_string(),
+        ScopeId::NetworkLocation(l) => format!("location~{}", locations.name(l.0)),
+        ScopeId::BroadcastDomain(b) => format!("broadcast-domain~{}", devices.name(b.0)),
+        _ => return None,
+    })
 }
 
 /// Reads an epoch file (`dp-epochs.json`, as servers before the database kept them) to

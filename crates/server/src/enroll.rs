@@ -97,6 +97,7 @@ pub fn record_enrollment(
         tags: Default::default(),
         cert_expires_unix: signed.expires_unix,
         reserve_cert: None,
+        network_location: None,
     };
     registry.complete_enrollment(&req.enrollment_token, &req.device_id, record);
     Ok(EnrollResponse {

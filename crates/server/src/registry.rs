@@ -95,6 +95,69 @@ pub struct Device {
     /// the current certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reserve_cert: Option<ReserveCertificate>,
+    /// The network location the administrator put it in: distribution points of that
+    /// location serve it before any group's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_location: Option<String>,
+}
+
+/// The scope a distribution point is registered for, as the registry keeps it and the API
+/// names it ([`DpScope::key`]): a group id (the group and its subgroups), `location~NAME`
+/// (the devices placed in that network location), or `broadcast-domain~own` (the devices of
+/// the DP's own network segment, as the agents' discovery reports find it). `~` is not
+/// allowed in ids, so a key is never also a group id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum DpScope {
+    /// An administration group and its subgroups.
+    Group(String),
+    /// A network location.
+    NetworkLocation(String),
+    /// The DP's own broadcast domain.
+    OwnBroadcastDomain,
+}
+
+impl DpScope {
+    /// The scope a key names.
+    ///
+    /// # Errors
+    /// [`ServerError::InvalidId`] for a malformed key or name.
+    pub fn parse(key: &str) -> Result<Self, ServerError> {
+        match key.split_once('~') {
+            None => {
+                check_id("group id", key)?;
+                Ok(DpScope::Group(key.into()))
+            }
+            Some(("location", name)) => {
+                check_id("network location", name)?;
+                Ok(DpScope::NetworkLocation(name.into()))
+            }
+            Some(("broadcast-domain", "own")) => Ok(DpScope::OwnBroadcastDomain),
+            Some(_) => Err(ServerError::InvalidId {
+                what: "distribution point scope",
+                value: key.chars().take(200).collect(),
+                reason: "a group id, location~NAME or broadcast-domain~own",
+            }),
+        }
+    }
+
+    /// Its key.
+    pub fn key(&self) -> String {
+        match self {
+            DpScope::Group(g) => g.clone(),
+            DpScope::NetworkLocation(l) => format!("location~{l}"),
+            DpScope::OwnBroadcastDomain => "broadcast-domain~own".into(),
+        }
+    }
+
+    /// `group`, `network_location` or `broadcast_domain`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DpScope::Group(_) => "group",
+            DpScope::NetworkLocation(_) => "network_location",
+            DpScope::OwnBroadcastDomain => "broadcast_domain",
+        }
+    }
 }
 
 /// A device's reserve certificate: issued ahead of its current certificate's expiry.
@@ -400,12 +463,16 @@ impl Registry {
                 return Err(ServerError::UnknownGroup(t.group.clone()));
             }
         }
-        for (d, groups) in &self.dps {
+        for (d, scopes) in &self.dps {
             if !self.devices.contains_key(d) {
                 return Err(ServerError::UnknownDevice(d.clone()));
             }
-            if let Some(g) = groups.iter().find(|g| !self.groups.contains_key(*g)) {
-                return Err(ServerError::UnknownGroup(g.clone()));
+            for s in scopes {
+                if let DpScope::Group(g) = DpScope::parse(s)?
+                    && !self.groups.contains_key(&g)
+                {
+                    return Err(ServerError::UnknownGroup(g));
+                }
             }
         }
         Ok(())
@@ -713,7 +780,7 @@ impl Registry {
         if self.dps.contains_key(id) {
             self.write(Op::PutDpScopes {
                 device: id.into(),
-                groups: Vec::new(),
+                scopes: Vec::new(),
             });
         }
         self.write(Op::DeleteDevice { id: id.into() });
@@ -912,48 +979,89 @@ impl Registry {
 
     /// Registers enrolled `device` as a distribution point for `group` and its subgroups.
     pub fn register_dp(&mut self, device: &str, group: &str) -> Result<(), ServerError> {
+        self.register_dp_scope(device, &DpScope::Group(group.into()))
+    }
+
+    /// Registers enrolled `device` as a distribution point for `scope`.
+    pub fn register_dp_scope(&mut self, device: &str, scope: &DpScope) -> Result<(), ServerError> {
         if !self.devices.contains_key(device) {
             return Err(ServerError::UnknownDevice(device.into()));
         }
-        if !self.groups.contains_key(group) {
-            return Err(ServerError::UnknownGroup(group.into()));
+        if let DpScope::Group(group) = scope
+            && !self.groups.contains_key(group)
+        {
+            return Err(ServerError::UnknownGroup(group.clone()));
         }
-        let mut groups = self.dps.get(device).cloned().unwrap_or_default();
-        if groups.iter().any(|g| g == group) {
+        let key = scope.key();
+        let mut scopes = self.dps.get(device).cloned().unwrap_or_default();
+        if scopes.contains(&key) {
             return Err(ServerError::Duplicate {
                 kind: "distribution point",
-                id: format!("{device} for {group}"),
+                id: format!("{device} for {key}"),
             });
         }
-        groups.push(group.into());
+        scopes.push(key);
         self.write(Op::PutDpScopes {
             device: device.into(),
-            groups,
+            scopes,
         });
         Ok(())
     }
 
     /// Removes `device` as a distribution point of `group`.
     pub fn unregister_dp(&mut self, device: &str, group: &str) -> Result<(), ServerError> {
-        let mut groups = self.dps.get(device).cloned().unwrap_or_default();
-        let before = groups.len();
-        groups.retain(|g| g != group);
-        if groups.len() == before {
+        self.unregister_dp_scope(device, &DpScope::Group(group.into()))
+    }
+
+    /// Removes `device` as a distribution point of `scope`.
+    pub fn unregister_dp_scope(
+        &mut self,
+        device: &str,
+        scope: &DpScope,
+    ) -> Result<(), ServerError> {
+        let key = scope.key();
+        let mut scopes = self.dps.get(device).cloned().unwrap_or_default();
+        let before = scopes.len();
+        scopes.retain(|s| *s != key);
+        if scopes.len() == before {
             return Err(ServerError::Unknown {
                 kind: "distribution point",
-                id: format!("{device} for {group}"),
+                id: format!("{device} for {key}"),
             });
         }
         self.write(Op::PutDpScopes {
             device: device.into(),
-            groups,
+            scopes,
         });
         Ok(())
     }
 
-    /// The registered distribution points: device id → groups served.
+    /// The registered distribution points: device id → the keys of the scopes it serves
+    /// ([`DpScope::key`]), in registration order.
     pub fn dps(&self) -> &BTreeMap<String, Vec<String>> {
         &self.dps
+    }
+
+    /// Puts `device` in network location `location` (or in none).
+    pub fn set_network_location(
+        &mut self,
+        device: &str,
+        location: Option<&str>,
+    ) -> Result<(), ServerError> {
+        if let Some(l) = location {
+            check_id("network location", l)?;
+        }
+        let mut d = self
+            .devices
+            .get(device)
+            .cloned()
+            .ok_or_else(|| ServerError::UnknownDevice(device.into()))?;
+        d.network_location = location.map(str::to_owned);
+        self.write(Op::PutDevice {
+            id: device.into(),
+            device: d,
+        });
+        Ok(())
     }
 
     /// The registered gateways.
@@ -1033,15 +1141,15 @@ impl Registry {
                 Some(gateway) => Op::PutGateway { id, gateway },
                 None => Op::DeleteGateway { id },
             },
-            Op::PutDpScopes { device, groups } => {
-                let old = if groups.is_empty() {
+            Op::PutDpScopes { device, scopes } => {
+                let old = if scopes.is_empty() {
                     self.dps.remove(&device)
                 } else {
-                    self.dps.insert(device.clone(), groups)
+                    self.dps.insert(device.clone(), scopes)
                 };
                 Op::PutDpScopes {
                     device,
-                    groups: old.unwrap_or_default(),
+                    scopes: old.unwrap_or_default(),
                 }
             }
             other => other,
@@ -1099,9 +1207,9 @@ impl Registry {
             id: id.clone(),
             gateway: g.clone(),
         }));
-        ops.extend(self.dps.iter().map(|(d, g)| Op::PutDpScopes {
+        ops.extend(self.dps.iter().map(|(d, s)| Op::PutDpScopes {
             device: d.clone(),
-            groups: g.clone(),
+            scopes: s.clone(),
         }));
         ops
     }

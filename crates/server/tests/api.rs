@@ -2319,3 +2319,212 @@ async fn remote_office(api: &Client, token: &str) -> Option<Value> {
         .find(|g| g["id"] == "office-1")
         .cloned()
 }
+
+/// Distribution points of a network location and of a broadcast domain, through the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distribution_points_serve_network_locations_and_broadcast_domains() {
+    use futures_util::{SinkExt, StreamExt};
+    use outpost_wire::Message;
+    use outpost_wire::messages::{DpStatus, ScopeKind, SyncRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let (running, api) = server(dir.path(), 0).await;
+    let admin = admin_token(&api).await;
+    let mut conns = Vec::new();
+    for d in ["dp-l", "pc-1"] {
+        let (_, cfg) = enroll_device(&running, &api, &admin, dir.path(), d).await;
+        conns.push(common::connect_device(cfg, running.local_addr()).await);
+    }
+    async fn sync(
+        conn: &mut common::DeviceConnection,
+        dp: bool,
+        peers: &[&str],
+    ) -> outpost_wire::messages::SyncResponse {
+        let req = SyncRequest {
+            free_disk_bytes: 50 << 30,
+            uptime_secs: 3600,
+            dp_status: if dp {
+                vec![DpStatus::default()]
+            } else {
+                vec![]
+            },
+            visible_peers: peers.iter().map(|p| p.to_string()).collect(),
+            ..Default::default()
+        };
+        conn.send(Message::from(req)).await.unwrap();
+        loop {
+            match conn.next().await {
+                Some(Ok(Message::SyncResponse(r))) => return r,
+                Some(Ok(Message::SyncNow(_))) => continue,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    sync(&mut conns[0], false, &[]).await;
+    sync(&mut conns[1], false, &[]).await;
+
+    // pc-1 is put in network location "lab-2", which dp-l serves.
+    let moved = api
+        .call(
+            "PATCH",
+            "/api/v1/devices/pc-1",
+            Some(&admin),
+            Some(json!({"network_location": "lab-2"})),
+        )
+        .await;
+    assert_eq!(moved.status, 200, "{}", moved.body);
+    assert_eq!(moved.body["network_location"], "lab-2");
+    let a = api
+        .call(
+            "POST",
+            "/api/v1/distribution-points",
+            Some(&admin),
+            Some(json!({"device": "dp-l", "network_location": "lab-2"})),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(a.body["scope"], "location~lab-2");
+    sync(&mut conns[0], true, &[]).await;
+    sync(&mut conns[0], true, &[]).await;
+    let r = sync(&mut conns[1], false, &[]).await;
+    let served = r
+        .assignments
+        .iter()
+        .find(|x| x.dp_device_id == "dp-l")
+        .expect("pc-1 is served by the lab's DP");
+    let scope = served.scope.as_ref().unwrap();
+    assert_eq!(
+        (scope.kind, scope.id.as_str()),
+        (ScopeKind::NetworkLocation as i32, "lab-2")
+    );
+    let rows = report(&api, &admin).await;
+    let row = rows
+        .iter()
+        .find(|r| r["scope"] == "location~lab-2")
+        .unwrap();
+    assert_eq!(
+        (&row["kind"], &row["network_location"], &row["role"]),
+        (
+            &json!("network_location"),
+            &json!("lab-2"),
+            &json!("active")
+        ),
+        "{row}"
+    );
+    let act = api
+        .call(
+            "POST",
+            "/api/v1/distribution-points/dp-l/location~lab-2/activate",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(act.status, 200, "{}", act.body);
+    assert!(act.body["epoch"].as_u64().unwrap() > 0);
+
+    // Its own broadcast domain: known once the discovery reports link it with pc-1.
+    let own = api
+        .call(
+            "POST",
+            "/api/v1/distribution-points",
+            Some(&admin),
+            Some(json!({"device": "dp-l", "broadcast_domain": true})),
+        )
+        .await;
+    assert_eq!(own.status, 201, "{}", own.body);
+    sync(&mut conns[0], true, &["pc-1"]).await;
+    sync(&mut conns[1], false, &["dp-l"]).await;
+    // The domains are derived again at the server's next tick (once a second).
+    let mut facts = Value::Null;
+    for _ in 0..300 {
+        facts = api
+            .call("GET", "/api/v1/devices/pc-1", Some(&admin), None)
+            .await
+            .body["facts"]
+            .clone();
+        if facts["broadcast_domain"] == "dp-l" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(facts["broadcast_domain"], "dp-l", "{facts}");
+    let details = api
+        .call("GET", "/api/v1/devices/pc-1", Some(&admin), None)
+        .await;
+    assert_eq!(details.body["network_location"], "lab-2");
+    let rows = report(&api, &admin).await;
+    let row = rows
+        .iter()
+        .find(|r| r["scope"] == "broadcast-domain~own")
+        .unwrap();
+    assert_eq!(row["broadcast_domain"], "dp-l", "{row}");
+
+    // Refused: two scopes at once, a malformed scope, a bad location name, nothing to change.
+    for (method, path, body, status, field) in [
+        (
+            "POST",
+            "/api/v1/distribution-points",
+            json!({"device": "dp-l", "group": "lab", "network_location": "x"}),
+            422,
+            "group",
+        ),
+        (
+            "DELETE",
+            "/api/v1/distribution-points/dp-l/weird~x",
+            Value::Null,
+            422,
+            "scope",
+        ),
+        (
+            "PATCH",
+            "/api/v1/devices/pc-1",
+            json!({"network_location": "not a name"}),
+            422,
+            "network_location",
+        ),
+    ] {
+        let body = (!body.is_null()).then_some(body);
+        let r = api.call(method, path, Some(&admin), body).await;
+        assert_eq!(
+            (r.status, r.body["field"].as_str()),
+            (status, Some(field)),
+            "{method} {path}: {}",
+            r.body
+        );
+    }
+    let nothing = api
+        .call(
+            "PATCH",
+            "/api/v1/devices/pc-1",
+            Some(&admin),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(nothing.status, 422);
+
+    // Removed from the location; what is left is kept across a restart.
+    let del = api
+        .call(
+            "DELETE",
+            "/api/v1/distribution-points/dp-l/location~lab-2",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(del.status, 204, "{}", del.body);
+    running.shutdown().await;
+    let (running, api) = server_again(dir.path()).await;
+    let admin = admin_token(&api).await;
+    running.service().with_registry(|r| {
+        assert_eq!(r.dps()["dp-l"], ["broadcast-domain~own"]);
+        assert_eq!(
+            r.device("pc-1").unwrap().network_location.as_deref(),
+            Some("lab-2")
+        );
+    });
+    let rows = report(&api, &admin).await;
+    assert!(
+        rows.iter().any(|r| r["scope"] == "broadcast-domain~own"),
+        "{rows:?}"
+    );
+    running.shutdown().await;
+}

@@ -231,3 +231,102 @@ fn a_distribution_point_low_on_disk_is_a_stored_security_issue_until_it_recovers
         .collect();
     assert_eq!(kinds, ["dp.low_disk", "dp.low_disk.cleared"]);
 }
+
+/// The DP serving `device` according to its sync answer: the entry naming another DP, or
+/// its own active one.
+fn served_by(a: &[DpAssignment], device: &str) -> Option<(String, i32)> {
+    a.iter()
+        .rfind(|x| x.dp_device_id != device || x.role == DpRole::Active as i32)
+        .map(|x| {
+            (
+                x.dp_device_id.clone(),
+                x.scope.as_ref().map_or(0, |s| s.kind),
+            )
+        })
+}
+
+fn with_peers(mut req: SyncRequest, peers: &[&str]) -> SyncRequest {
+    req.visible_peers = peers.iter().map(|p| p.to_string()).collect();
+    req
+}
+
+#[test]
+fn a_network_location_is_served_before_the_group_and_a_broadcast_domain_after() {
+    use outpost_server::DpScope;
+    use outpost_wire::messages::ScopeKind;
+    let mut c = DpCoordinator::new(ElectionConfig::default(), &registry()).unwrap();
+    for d in ["dp-group", "dp-lab", "dp-seg", "pc-1", "pc-2", "pc-3"] {
+        c.place(d, if d == "pc-3" { "office" } else { "office-2f" })
+            .unwrap();
+    }
+    c.register("dp-group", &DpScope::Group("office-2f".into()))
+        .unwrap();
+    c.register("dp-lab", &DpScope::NetworkLocation("lab".into()))
+        .unwrap();
+    assert_eq!(
+        c.register("dp-seg", &DpScope::OwnBroadcastDomain).unwrap(),
+        None,
+        "no domain before the discovery reports"
+    );
+    c.set_location("pc-1", Some("lab")).unwrap();
+    let t0 = Instant::now();
+    // dp-seg and pc-3 hear each other: one broadcast domain, which dp-seg serves.
+    for (i, d) in ["dp-group", "dp-lab"].into_iter().enumerate() {
+        c.on_sync(d, &heartbeat(50), t0 + Duration::from_millis(i as u64));
+    }
+    c.on_sync("dp-seg", &with_peers(heartbeat(50), &["pc-3"]), t0);
+    c.on_sync("pc-3", &with_peers(SyncRequest::default(), &["dp-seg"]), t0);
+    c.tick(t0 + Duration::from_secs(1));
+    let t1 = t0 + Duration::from_secs(2);
+    for d in ["dp-group", "dp-lab", "dp-seg"] {
+        c.on_sync(
+            d,
+            &with_peers(heartbeat(50), if d == "dp-seg" { &["pc-3"] } else { &[] }),
+            t1,
+        );
+    }
+
+    // pc-1 is in the lab: the location's DP, though its group has one too.
+    let a = c.on_sync("pc-1", &SyncRequest::default(), t1);
+    assert_eq!(
+        served_by(&a, "pc-1"),
+        Some(("dp-lab".into(), ScopeKind::NetworkLocation as i32))
+    );
+    // pc-2: its group's DP.
+    let a = c.on_sync("pc-2", &SyncRequest::default(), t1);
+    assert_eq!(
+        served_by(&a, "pc-2"),
+        Some(("dp-group".into(), ScopeKind::Group as i32))
+    );
+    // pc-3: no DP in its group "office"; its broadcast domain's.
+    let a = c.on_sync("pc-3", &with_peers(SyncRequest::default(), &["dp-seg"]), t1);
+    assert_eq!(
+        served_by(&a, "pc-3"),
+        Some(("dp-seg".into(), ScopeKind::BroadcastDomain as i32))
+    );
+    let report = c.report();
+    let row = |d: &str| report.iter().find(|r| r.device == d).unwrap().clone();
+    assert_eq!(row("dp-lab").scope, DpScope::NetworkLocation("lab".into()));
+    assert_eq!(row("dp-seg").scope, DpScope::OwnBroadcastDomain);
+    assert_eq!(row("dp-seg").domain.as_deref(), Some("dp-seg"));
+    assert_eq!(row("dp-seg").role, "active");
+    assert_eq!(row("dp-seg").devices_served, 1);
+
+    // Out of the lab: back to the group's DP. Out of the segment (no more peers): no DP.
+    c.set_location("pc-1", None).unwrap();
+    let a = c.on_sync("pc-1", &SyncRequest::default(), t1);
+    assert_eq!(served_by(&a, "pc-1").map(|s| s.0), Some("dp-group".into()));
+    c.on_sync("pc-3", &SyncRequest::default(), t1);
+    c.on_sync("dp-seg", &heartbeat(50), t1);
+    c.tick(t1 + Duration::from_secs(1));
+    let a = c.on_sync("pc-3", &SyncRequest::default(), t1 + Duration::from_secs(1));
+    assert_eq!(served_by(&a, "pc-3"), None, "{a:?}");
+    // And a location DP made active by hand gets a new epoch.
+    let epoch = c
+        .make_active("dp-lab", &DpScope::NetworkLocation("lab".into()), t1)
+        .unwrap();
+    assert!(epoch > 0);
+    c.unregister("dp-lab", &DpScope::NetworkLocation("lab".into()))
+        .unwrap();
+    assert!(c.report().iter().all(|r| r.device != "dp-lab"));
+}

@@ -77,7 +77,17 @@ fn round_trip(fresh: Fresh<'_>) {
     r.register_remote_office_gateway("ro-1", "pc-2", &[7; 32])
         .unwrap();
     r.register_dp("pc-1", "paris").unwrap();
+    r.register_dp_scope(
+        "pc-1",
+        &outpost_server::DpScope::NetworkLocation("lab".into()),
+    )
+    .unwrap();
     r.register_dp("pc-1", "eu").unwrap();
+    r.register_dp_scope("pc-1", &outpost_server::DpScope::OwnBroadcastDomain)
+        .unwrap();
+    r.set_network_location("pc-2", Some("lab")).unwrap();
+    let reserve = outpost_server::ReserveCertificate::new(&[5; 32], "0a", 1_800_000_000);
+    r.set_reserve_certificate("pc-2", reserve.clone()).unwrap();
     r.move_device("pc-2", "paris").unwrap();
     r.move_group("paris", "root").unwrap();
     r.set_tags("pc-1", ["kiosk".to_string(), "floor-2".to_string()].into())
@@ -140,8 +150,18 @@ fn round_trip(fresh: Fresh<'_>) {
     );
     assert_eq!(
         snap.registry.dps()["pc-1"],
-        vec!["paris".to_string(), "eu".to_string()],
-        "DP scopes keep their order"
+        ["paris", "location~lab", "eu", "broadcast-domain~own"],
+        "DP scopes of every kind keep their order"
+    );
+    let pc2 = snap.registry.device("pc-2").unwrap();
+    assert_eq!(pc2.network_location.as_deref(), Some("lab"));
+    assert_eq!(pc2.reserve_cert.as_ref(), Some(&reserve));
+    assert_eq!(
+        snap.registry
+            .device_by_fingerprint(&[5; 32])
+            .map(|(id, _)| id),
+        Some("pc-2"),
+        "the reserve's fingerprint is indexed too"
     );
     // The fingerprint index is rebuilt from the rows.
     let fp = snap.registry.device("pc-1").unwrap().fingerprint().unwrap();

@@ -270,23 +270,34 @@ pub(super) async fn device_details(
         .map(|i| issue_out(&i))
         .collect();
     let via = st.service.connected_via(&id);
+    // The broadcast domain the discovery reports put it in (named by its lowest member).
+    let domain = st
+        .fleet
+        .as_deref()
+        .and_then(|f| f.with_dps(|c| c.broadcast_domain_of(&id)))
+        .flatten()
+        .or(d.broadcast_domain.clone());
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({
             "id": id,
             "group": d.group,
             "tags": d.tags,
+            "network_location": d.network_location,
             "enrolled_at_unix": d.enrolled_at_unix,
             "last_seen_unix": (d.last_seen_unix > 0).then_some(d.last_seen_unix),
             "facts": {
                 "os_class": d.os_class,
-                "broadcast_domain": d.broadcast_domain,
+                "broadcast_domain": domain,
                 "free_disk_bytes": d.free_disk_bytes,
             },
             "certificate": {
                 "sha256": d.cert_sha256,
                 "serial": d.cert_serial,
                 "expires_unix": (d.cert_expires_unix > 0).then_some(d.cert_expires_unix),
+                "reserve": d.reserve_cert.as_ref().map(|r| serde_json::json!({
+                    "sha256": r.sha256, "serial": r.serial, "expires_unix": r.expires_unix,
+                })),
             },
             "online": via.is_some(),
             "connected_via": via.map(|v| v.to_string()),
@@ -299,10 +310,21 @@ pub(super) async fn device_details(
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DeviceChange {
-    tags: BTreeSet<String>,
+    /// Its tags (replacing those it has).
+    #[serde(default)]
+    tags: Option<BTreeSet<String>>,
+    /// Its network location (`null`: none); distribution points of that location serve it
+    /// before any group's.
+    #[serde(default, deserialize_with = "present")]
+    network_location: Option<Option<String>>,
 }
 
-/// Sets a device's tags.
+/// A field that is present, even as `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// Sets a device's tags and network location.
 pub(super) async fn change_device(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -311,23 +333,62 @@ pub(super) async fn change_device(
 ) -> Result<Response, Problem> {
     let who = writer(&st, &headers)?;
     let c: DeviceChange = json_body(bytes)?;
-    let tags = c.tags.clone();
+    if c.tags.is_none() && c.network_location.is_none() {
+        return Err(Problem::invalid(
+            "nothing to change: give tags or network_location",
+        ));
+    }
+    let (tags, location) = (c.tags.clone(), c.network_location.clone());
     st.service
-        .update_registry(|r| r.set_tags(&id, tags))
+        .update_registry(|r| {
+            if let Some(t) = tags {
+                r.set_tags(&id, t)?;
+            }
+            if let Some(l) = &location {
+                r.set_network_location(&id, l.as_deref())?;
+            }
+            Ok(())
+        })
         .await
         .map_err(|e| {
-            let field = matches!(e, ServerError::InvalidId { .. }).then_some("tags");
+            let field = match &e {
+                ServerError::InvalidId { what, .. } if what.contains("location") => {
+                    Some("network_location")
+                }
+                ServerError::InvalidId { .. } => Some("tags"),
+                _ => None,
+            };
             Problem::from_error(&e, field)
         })?;
+    let mut what = Vec::new();
+    if let Some(t) = &c.tags {
+        what.push(format!("tags {t:?}"));
+    }
+    if let Some(l) = &c.network_location {
+        if let Some(Err(e)) = st
+            .fleet
+            .as_deref()
+            .and_then(|f| f.with_dps(|d| d.set_location(&id, l.as_deref())))
+        {
+            log::warn!("device {id:?}: network location not given to the election: {e}");
+        }
+        push_changed(&st, &[id.as_str()], "network location changed");
+        what.push(format!("network location {l:?}"));
+    }
     audit(
         &st,
         &who,
-        "audit.device.tags",
-        format!("set the tags of device {id:?} to {:?}", c.tags),
+        "audit.device.change",
+        format!("set {} of device {id:?}", what.join(" and ")),
     )
     .await;
+    let (tags, location) = st.service.with_registry(|r| {
+        r.device(&id)
+            .map(|d| (d.tags.clone(), d.network_location.clone()))
+            .unwrap_or_default()
+    });
     Ok(json(
         StatusCode::OK,
-        &serde_json::json!({ "id": id, "tags": c.tags }),
+        &serde_json::json!({ "id": id, "tags": tags, "network_location": location }),
     ))
 }

@@ -25,9 +25,18 @@ pub(super) async fn dp_report(
                     .device(&row.device)
                     .map(|d| d.last_seen_unix)
                     .filter(|t| *t > 0);
+                let (group, location) = match &row.scope {
+                    crate::DpScope::Group(g) => (Some(g.as_str()), None),
+                    crate::DpScope::NetworkLocation(l) => (None, Some(l.as_str())),
+                    _ => (None, None),
+                };
                 serde_json::json!({
                     "device": row.device,
-                    "group": row.group,
+                    "scope": row.scope.key(),
+                    "kind": row.scope.kind(),
+                    "group": group,
+                    "network_location": location,
+                    "broadcast_domain": row.domain,
                     "role": row.role,
                     "epoch": row.epoch,
                     "multicast_group": row.multicast_group.map(|a| a.to_string()),
@@ -47,8 +56,42 @@ pub(super) async fn dp_report(
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DpScope {
+    /// The device that becomes a distribution point.
     device: String,
-    group: String,
+    /// Serve this group and its subgroups.
+    #[serde(default)]
+    group: Option<String>,
+    /// Serve the devices placed in this network location.
+    #[serde(default)]
+    network_location: Option<String>,
+    /// Serve the devices of its own broadcast domain (network segment), as the agents'
+    /// discovery reports find it.
+    #[serde(default)]
+    broadcast_domain: bool,
+}
+
+impl DpScope {
+    /// The one scope the body names.
+    fn scope(&self) -> Result<crate::DpScope, Problem> {
+        match (&self.group, &self.network_location, self.broadcast_domain) {
+            (Some(g), None, false) => Ok(crate::DpScope::Group(g.clone())),
+            (None, Some(l), false) => {
+                crate::check_id("network location", l)
+                    .map_err(|e| Problem::from_error(&e, Some("network_location")))?;
+                Ok(crate::DpScope::NetworkLocation(l.clone()))
+            }
+            (None, None, true) => Ok(crate::DpScope::OwnBroadcastDomain),
+            _ => Err(Problem::invalid(
+                "name exactly one scope: group, network_location or broadcast_domain: true",
+            )
+            .field("group")),
+        }
+    }
+}
+
+/// The scope a path names: a group id, `location~NAME` or `broadcast-domain~own`.
+fn path_scope(key: &str) -> Result<crate::DpScope, Problem> {
+    crate::DpScope::parse(key).map_err(|e| Problem::from_error(&e, Some("scope")))
 }
 
 fn scope_problem(e: ServerError) -> Problem {
@@ -60,8 +103,9 @@ fn scope_problem(e: ServerError) -> Problem {
     Problem::from_error(&e, field)
 }
 
-/// `POST /api/v1/distribution-points` `{"device", "group"}`: the device serves the group
-/// and its subgroups from its next sync (it is pushed "sync now").
+/// `POST /api/v1/distribution-points` `{"device", "group" | "network_location" |
+/// "broadcast_domain": true}`: the device serves that scope from its next sync (it is
+/// pushed "sync now").
 pub(super) async fn assign_dp(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -69,23 +113,26 @@ pub(super) async fn assign_dp(
 ) -> Result<Response, Problem> {
     let who = writer(&st, &headers)?;
     let a: DpScope = json_body(bytes)?;
+    let scope = a.scope()?;
     let fleet = fleet_of(&st)?;
     st.service
-        .update_registry(|r| r.register_dp(&a.device, &a.group))
+        .update_registry(|r| r.register_dp_scope(&a.device, &scope))
         .await
         .map_err(scope_problem)?;
     let multicast = fleet
-        .with_dps(|c| c.register_group_dp(&a.device, &a.group))
+        .with_dps(|c| c.register(&a.device, &scope))
         .transpose()
-        .map_err(scope_problem)?;
+        .map_err(scope_problem)?
+        .flatten();
     let pushed = push_changed(&st, &[a.device.as_str()], "distribution point assigned");
     audit(
         &st,
         &who,
         "audit.dp.assign",
         format!(
-            "made device {:?} a distribution point of group {:?}",
-            a.device, a.group
+            "made device {:?} a distribution point of {}",
+            a.device,
+            scope.key()
         ),
     )
     .await;
@@ -93,49 +140,52 @@ pub(super) async fn assign_dp(
         StatusCode::CREATED,
         &serde_json::json!({
             "device": a.device,
-            "group": a.group,
+            "scope": scope.key(),
+            "kind": scope.kind(),
             "multicast_group": multicast.map(|m| m.to_string()),
             "pushed_sync_now": pushed,
         }),
     ))
 }
 
-/// `DELETE /api/v1/distribution-points/{device}/{group}`.
+/// `DELETE /api/v1/distribution-points/{device}/{scope}`.
 pub(super) async fn unassign_dp(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
-    axum::extract::Path((device, group)): axum::extract::Path<(String, String)>,
+    axum::extract::Path((device, key)): axum::extract::Path<(String, String)>,
 ) -> Result<Response, Problem> {
     let who = writer(&st, &headers)?;
+    let scope = path_scope(&key)?;
     let fleet = fleet_of(&st)?;
     st.service
-        .update_registry(|r| r.unregister_dp(&device, &group))
+        .update_registry(|r| r.unregister_dp_scope(&device, &scope))
         .await?;
-    if let Some(Err(e)) = fleet.with_dps(|c| c.unregister_group_dp(&device, &group)) {
-        log::warn!("distribution point {device:?} of {group:?}: {e}");
+    if let Some(Err(e)) = fleet.with_dps(|c| c.unregister(&device, &scope)) {
+        log::warn!("distribution point {device:?} of {key:?}: {e}");
     }
     push_changed(&st, &[device.as_str()], "distribution point removed");
     audit(
         &st,
         &who,
         "audit.dp.unassign",
-        format!("device {device:?} is no longer a distribution point of group {group:?}"),
+        format!("device {device:?} is no longer a distribution point of {key}"),
     )
     .await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `POST /api/v1/distribution-points/{device}/{group}/activate`: it becomes the active DP
-/// of the group now, with a new epoch; the devices are told at the next tick.
+/// `POST /api/v1/distribution-points/{device}/{scope}/activate`: it becomes the active DP
+/// of the scope now, with a new epoch; the devices are told at the next tick.
 pub(super) async fn activate_dp(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
-    axum::extract::Path((device, group)): axum::extract::Path<(String, String)>,
+    axum::extract::Path((device, key)): axum::extract::Path<(String, String)>,
 ) -> Result<Response, Problem> {
     let who = writer(&st, &headers)?;
+    let scope = path_scope(&key)?;
     let fleet = fleet_of(&st)?;
     let epoch = fleet
-        .with_dps(|c| c.make_active(&device, &group, Instant::now()))
+        .with_dps(|c| c.make_active(&device, &scope, Instant::now()))
         .transpose()?
         .unwrap_or_default();
     push_changed(&st, &[device.as_str()], "distribution point made active");
@@ -143,11 +193,11 @@ pub(super) async fn activate_dp(
         &st,
         &who,
         "audit.dp.activate",
-        format!("made device {device:?} the active distribution point of group {group:?} (epoch {epoch})"),
+        format!("made device {device:?} the active distribution point of {key} (epoch {epoch})"),
     )
     .await;
     Ok(json(
         StatusCode::OK,
-        &serde_json::json!({ "device": device, "group": group, "epoch": epoch }),
+        &serde_json::json!({ "device": device, "scope": key, "epoch": epoch }),
     ))
 }

@@ -103,12 +103,13 @@ pub enum Op {
         /// Its id.
         id: String,
     },
-    /// Sets the groups a distribution point serves (none: it is no DP any more).
+    /// Sets the scopes a distribution point serves (none: it is no DP any more).
     PutDpScopes {
         /// The device.
         device: String,
-        /// The groups whose subtrees it serves, in registration order.
-        groups: Vec<String>,
+        /// The keys of the scopes it serves ([`crate::DpScope::key`]), in registration
+        /// order.
+        scopes: Vec<String>,
     },
     /// Raises the fencing epoch of a distribution point scope.
     PutEpoch {

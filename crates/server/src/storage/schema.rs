@@ -36,8 +36,8 @@ const SQLITE: &[Step] = &[
     ),
     (
         5,
-        "certificates",
-        include_str!("../../migrations/sqlite/0005_certificates.sql"),
+        "certificates and scopes",
+        include_str!("../../migrations/sqlite/0005_certificates_and_scopes.sql"),
     ),
 ];
 
@@ -64,8 +64,8 @@ const POSTGRES: &[Step] = &[
     ),
     (
         5,
-        "certificates",
-        include_str!("../../migrations/postgres/0005_certificates.sql"),
+        "certificates and scopes",
+        include_str!("../../migrations/postgres/0005_certificates_and_scopes.sql"),
     ),
 ];
 

@@ -637,7 +637,7 @@ impl Writer {
             &mut self.conn,
             "SELECT id, group_id, cert_sha256, cert_serial, enrolled_at, last_seen, \
              broadcast_domain, os_class, free_disk_bytes, enrolled_with, tags, cert_expires_at, \
-             reserve_cert_sha256, reserve_cert_serial, reserve_cert_expires_at \
+             reserve_cert_sha256, reserve_cert_serial, reserve_cert_expires_at, network_location \
              FROM devices \
              WHERE server_id = $1",
         )
@@ -679,10 +679,13 @@ impl Writer {
             })?;
             registry.apply(Op::PutGateway { id, gateway });
         }
+        // Group scopes (which the database ties to their group) and the others, merged in
+        // registration order.
         let rows = fetch(
             &mut self.conn,
-            "SELECT device_id, group_id FROM dp_scopes WHERE server_id = $1 \
-             ORDER BY device_id, position",
+            "SELECT device_id, group_id AS scope, position FROM dp_scopes WHERE server_id = $1 \
+             UNION ALL SELECT device_id, scope, position FROM dp_scope_refs \
+             WHERE server_id = $1 ORDER BY device_id, position",
         )
         .await
         .map_err(&err)?;
@@ -690,10 +693,10 @@ impl Writer {
         for r in &rows {
             dps.entry(r.try_get("device_id").map_err(&err)?)
                 .or_default()
-                .push(r.try_get("group_id").map_err(&err)?);
+                .push(r.try_get("scope").map_err(&err)?);
         }
-        for (device, groups) in dps {
-            registry.apply(Op::PutDpScopes { device, groups });
+        for (device, scopes) in dps {
+            registry.apply(Op::PutDpScopes { device, scopes });
         }
         let mut epochs = BTreeMap::new();
         for r in fetch(
@@ -854,6 +857,7 @@ fn device_of(r: &AnyRow) -> Result<(String, Device), sqlx::Error> {
                 }),
                 _ => None,
             },
+            network_location: r.try_get("network_location")?,
         },
     ))
 }
@@ -929,8 +933,9 @@ async fn apply(conn: &mut AnyConnection, sid: &str, op: &Op) -> Result<(), sqlx:
         Op::PutDevice { id, device: d } => sqlx::query(
             "INSERT INTO devices (server_id, id, group_id, cert_sha256, cert_serial, enrolled_at, \
              last_seen, broadcast_domain, os_class, free_disk_bytes, enrolled_with, tags, \
-             cert_expires_at, reserve_cert_sha256, reserve_cert_serial, reserve_cert_expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+             cert_expires_at, reserve_cert_sha256, reserve_cert_serial, reserve_cert_expires_at, \
+             network_location) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
              ON CONFLICT (server_id, id) DO UPDATE SET group_id = excluded.group_id, \
              cert_sha256 = excluded.cert_sha256, cert_serial = excluded.cert_serial, \
              enrolled_at = excluded.enrolled_at, last_seen = excluded.last_seen, \
@@ -939,7 +944,8 @@ async fn apply(conn: &mut AnyConnection, sid: &str, op: &Op) -> Result<(), sqlx:
              tags = excluded.tags, cert_expires_at = excluded.cert_expires_at, \
              reserve_cert_sha256 = excluded.reserve_cert_sha256, \
              reserve_cert_serial = excluded.reserve_cert_serial, \
-             reserve_cert_expires_at = excluded.reserve_cert_expires_at",
+             reserve_cert_expires_at = excluded.reserve_cert_expires_at, \
+             network_location = excluded.network_location",
         )
         .bind(sid)
         .bind(id)
@@ -956,13 +962,18 @@ async fn apply(conn: &mut AnyConnection, sid: &str, op: &Op) -> Result<(), sqlx:
         .bind((d.cert_expires_unix > 0).then(|| i64_of(d.cert_expires_unix)))
         .bind(d.reserve_cert.as_ref().map(|r| r.sha256.as_str()))
         .bind(d.reserve_cert.as_ref().map(|r| r.serial.as_str()))
-        .bind(d.reserve_cert.as_ref().map(|r| i64_of(r.expires_unix))),
+        .bind(d.reserve_cert.as_ref().map(|r| i64_of(r.expires_unix)))
+        .bind(d.network_location.as_deref()),
         Op::DeleteDevice { id } => {
-            sqlx::query("DELETE FROM dp_scopes WHERE server_id = $1 AND device_id = $2")
+            for table in ["dp_scopes", "dp_scope_refs"] {
+                sqlx::query(&format!(
+                    "DELETE FROM {table} WHERE server_id = $1 AND device_id = $2"
+                ))
                 .bind(sid)
                 .bind(id)
                 .execute(&mut *conn)
                 .await?;
+            }
             sqlx::query("DELETE FROM devices WHERE server_id = $1 AND id = $2")
                 .bind(sid)
                 .bind(id)
@@ -1022,23 +1033,34 @@ async fn apply(conn: &mut AnyConnection, sid: &str, op: &Op) -> Result<(), sqlx:
                 .bind(sid)
                 .bind(id)
         }
-        Op::PutDpScopes { device, groups } => {
-            sqlx::query("DELETE FROM dp_scopes WHERE server_id = $1 AND device_id = $2")
+        Op::PutDpScopes { device, scopes } => {
+            for table in ["dp_scopes", "dp_scope_refs"] {
+                sqlx::query(&format!(
+                    "DELETE FROM {table} WHERE server_id = $1 AND device_id = $2"
+                ))
                 .bind(sid)
                 .bind(device)
                 .execute(&mut *conn)
                 .await?;
-            for (i, g) in groups.iter().enumerate() {
-                sqlx::query(
-                    "INSERT INTO dp_scopes (server_id, device_id, group_id, position) \
-                     VALUES ($1, $2, $3, $4)",
-                )
-                .bind(sid)
-                .bind(device)
-                .bind(g)
-                .bind(i as i64)
-                .execute(&mut *conn)
-                .await?;
+            }
+            for (i, key) in scopes.iter().enumerate() {
+                let sql = match crate::DpScope::parse(key) {
+                    Ok(crate::DpScope::Group(_)) => {
+                        "INSERT INTO dp_scopes (server_id, device_id, group_id, position) \
+                         VALUES ($1, $2, $3, $4)"
+                    }
+                    _ => {
+                        "INSERT INTO dp_scope_refs (server_id, device_id, scope, position) \
+                         VALUES ($1, $2, $3, $4)"
+                    }
+                };
+                sqlx::query(sql)
+                    .bind(sid)
+                    .bind(device)
+                    .bind(key)
+                    .bind(i as i64)
+                    .execute(&mut *conn)
+                    .await?;
             }
             return Ok(());
         }

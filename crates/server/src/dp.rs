@@ -107,6 +107,9 @@ pub struct DpCoordinator {
     multicast_port: u16,
     /// The epochs when [`DpCoordinator::tick`] last looked.
     seen_epochs: BTreeMap<ScopeId, u64>,
+    /// Which DP served each device (and through which scope, at which epoch) when the
+    /// epochs last changed.
+    served: HashMap<DeviceId, (DeviceId, ScopeId, u64)>,
     /// Where the group scopes' epochs are kept across restarts.
     epoch_store: Option<EpochStore>,
     /// Security issues the election raised or cleared, not yet stored.
@@ -155,6 +158,7 @@ impl DpCoordinator {
             addrs: HashMap::new(),
             multicast_port: DEFAULT_MULTICAST_PORT,
             seen_epochs: Default::default(),
+            served: HashMap::new(),
             epoch_store: None,
             issues: Vec::new(),
         };
@@ -537,17 +541,58 @@ impl DpCoordinator {
     }
 
     /// Runs a decision round at `now`, so a DP that stopped sending heartbeats is replaced
-    /// even when no device syncs, and says whether any scope's epoch changed since the last
-    /// call (its active DP changed: devices should be told to sync).
-    pub fn tick(&mut self, now: Instant) -> bool {
+    /// even when no device syncs, and returns the devices to tell (sorted): when a scope's
+    /// epoch changed since the last call (its active DP changed), that scope's DPs and every
+    /// device whose serving DP changed; nobody else.
+    pub fn tick(&mut self, now: Instant) -> Vec<String> {
         if self.reports_changed {
             self.derive_domains();
         }
         self.round(now);
         let epochs = self.election.epochs();
-        let changed = epochs != self.seen_epochs;
+        if epochs == self.seen_epochs {
+            return Vec::new();
+        }
+        let changed_scopes: Vec<ScopeId> = epochs
+            .iter()
+            .filter(|(s, e)| self.seen_epochs.get(s) != Some(e))
+            .map(|(s, _)| *s)
+            .chain(
+                self.seen_epochs
+                    .keys()
+                    .filter(|s| !epochs.contains_key(s))
+                    .copied(),
+            )
+            .collect();
         self.seen_epochs = epochs;
-        changed
+        let mut tell: std::collections::BTreeSet<DeviceId> = changed_scopes
+            .iter()
+            .flat_map(|s| self.election.members(*s).into_iter().map(|(dp, _)| dp))
+            .collect();
+        let served: HashMap<DeviceId, (DeviceId, ScopeId, u64)> = self
+            .election
+            .serving_table()
+            .into_iter()
+            .filter_map(|(d, s)| s.map(|s| (d, (s.dp, s.scope, s.epoch))))
+            .collect();
+        for (d, s) in &served {
+            if self.served.get(d) != Some(s) {
+                tell.insert(*d);
+            }
+        }
+        for d in self.served.keys() {
+            if !served.contains_key(d) {
+                tell.insert(*d);
+            }
+        }
+        self.served = served;
+        let mut names: Vec<String> = tell
+            .into_iter()
+            .map(|d| self.devices.name(d.0).to_string())
+            .filter(|n| !n.is_empty())
+            .collect();
+        names.sort_unstable();
+        names
     }
 
     /// The election engine (decisions, epochs, serving table).

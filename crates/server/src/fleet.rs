@@ -123,8 +123,8 @@ impl SyncSource for FleetSync {
         resp
     }
 
-    fn tick(&self, now: Instant) -> bool {
-        self.with_dps(|c| c.tick(now)).unwrap_or(false)
+    fn tick(&self, now: Instant) -> Vec<String> {
+        self.with_dps(|c| c.tick(now)).unwrap_or_default()
     }
 
     fn on_group_added(&self, group: &str, parent: &str) {

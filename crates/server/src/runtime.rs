@@ -498,11 +498,14 @@ async fn tick(
         if !events.is_empty() {
             drop(service.storage().queue_events(events));
         }
-        if sync.tick(std::time::Instant::now()) {
+        let changed = sync.tick(std::time::Instant::now());
+        if !changed.is_empty() {
             nonce = nonce.wrapping_add(1);
-            let online = service.online();
-            let n = service.push_all(&online, "distribution point roles changed", nonce);
-            log::info!("distribution point roles changed: pushed sync-now to {n} devices");
+            let n = service.push_all(&changed, "distribution point roles changed", nonce);
+            log::info!(
+                "distribution point roles changed for {} device(s): pushed sync-now to the {n} online",
+                changed.len()
+            );
         }
     }
 }

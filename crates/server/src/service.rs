@@ -76,11 +76,12 @@ pub trait SyncSource: Send + Sync + 'static {
         Vec::new()
     }
 
-    /// Called about once a second by the server runtime; `true` when what devices should
-    /// know changed without any of them asking (a distribution point was replaced), so
-    /// every device with a kept connection is pushed "sync now". The default does nothing.
-    fn tick(&self, _now: std::time::Instant) -> bool {
-        false
+    /// Called about once a second by the server runtime; returns the devices whose answer
+    /// changed without any of them asking (a distribution point was replaced: the DPs of
+    /// that scope and the devices it serves, or served), which are pushed "sync now" if they
+    /// hold a kept connection. The default does nothing.
+    fn tick(&self, _now: std::time::Instant) -> Vec<String> {
+        Vec::new()
     }
 }
 

@@ -330,3 +330,56 @@ fn a_network_location_is_served_before_the_group_and_a_broadcast_domain_after() 
         .unwrap();
     assert!(c.report().iter().all(|r| r.device != "dp-lab"));
 }
+
+/// A failover in one group tells that group's DPs and the devices they serve, and nobody in
+/// another group.
+#[test]
+fn a_failover_tells_only_the_devices_it_changes() {
+    let mut r = registry();
+    r.add_group("warehouse", "Warehouse", None).unwrap();
+    let mut c = DpCoordinator::new(ElectionConfig::default(), &r).unwrap();
+    for (d, g) in [
+        ("dp-a", "office"),
+        ("dp-b", "office"),
+        ("pc-1", "office-2f"),
+        ("dp-w", "warehouse"),
+        ("pc-w", "warehouse"),
+    ] {
+        c.place(d, g).unwrap();
+    }
+    for (d, g) in [
+        ("dp-a", "office"),
+        ("dp-b", "office"),
+        ("dp-w", "warehouse"),
+    ] {
+        c.register_group_dp(d, g).unwrap();
+    }
+    let t0 = Instant::now();
+    for d in ["dp-a", "dp-b", "dp-w"] {
+        c.on_sync(d, &heartbeat(50), t0);
+    }
+    let first = c.tick(t0 + Duration::from_secs(1));
+    assert_eq!(
+        first,
+        ["dp-a", "dp-b", "dp-w", "pc-1", "pc-w"],
+        "the first decisions change everyone's answer"
+    );
+    assert!(
+        c.tick(t0 + Duration::from_secs(2)).is_empty(),
+        "nothing new"
+    );
+
+    // dp-a falls silent while dp-b and dp-w keep syncing: office fails over.
+    let mut t = t0 + Duration::from_secs(2);
+    let mut told = Vec::new();
+    for _ in 0..20 {
+        t += Duration::from_secs(30);
+        c.on_sync("dp-b", &heartbeat(50), t);
+        c.on_sync("dp-w", &heartbeat(50), t);
+        told = c.tick(t);
+        if !told.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(told, ["dp-a", "dp-b", "pc-1"], "the warehouse is not told");
+}

@@ -232,6 +232,8 @@ pub struct ServiceStats {
     pub bytes_served: AtomicU64,
     /// "Sync now" pushes sent.
     pub pushes: AtomicU64,
+    /// Reserve certificates issued.
+    pub renewed: AtomicU64,
 }
 
 /// The Administration Server's device service. Hand every [`DeviceConnection`] to
@@ -862,6 +864,7 @@ impl AdminService {
         self.update_registry(|r| r.set_reserve_certificate(device, reserve))
             .await?;
         lock(&self.renewed).insert(device.into(), now);
+        self.stats.renewed.fetch_add(1, Ordering::Relaxed);
         let e = EventRecord::server(
             Some(device),
             outpost_wire::messages::Severity::Info,

@@ -790,6 +790,13 @@ async fn groups_tokens_events_and_metrics() {
         text.contains("# TYPE outpost_syncs_total counter"),
         "{text}"
     );
+    // The DP registered above has sent no heartbeat: inactive.
+    assert!(
+        text.contains("\noutpost_distribution_points{role=\"inactive\"} 1\n")
+            && text.contains("\noutpost_distribution_points{role=\"active\"} 0\n"),
+        "{text}"
+    );
+    assert!(text.contains("\noutpost_devices_relayed 0\n"), "{text}");
     assert_eq!(api.call("GET", "/metrics", None, None).await.status, 401);
     running.shutdown().await;
 }

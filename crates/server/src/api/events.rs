@@ -163,6 +163,33 @@ pub(super) async fn metrics(
         "Device connections refused.",
         s.refused.load(Relaxed),
     );
+    metric(
+        "outpost_devices_relayed",
+        "gauge",
+        "Devices with a kept connection through a connection gateway.",
+        st.service.relayed().values().sum::<usize>() as u64,
+    );
+    metric(
+        "outpost_reserve_certificates_issued_total",
+        "counter",
+        "Reserve certificates issued to devices renewing theirs.",
+        s.renewed.load(Relaxed),
+    );
+    // Distribution point roles, one series per role (a DP counts once per scope).
+    let rows = st
+        .fleet
+        .as_deref()
+        .and_then(|f| f.with_dps(|c| c.report()))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "# HELP outpost_distribution_points Distribution points by role, per scope served.\n\
+         # TYPE outpost_distribution_points gauge"
+    );
+    for role in ["active", "standby", "inactive"] {
+        let n = rows.iter().filter(|r| r.role == role).count();
+        let _ = writeln!(out, "outpost_distribution_points{{role=\"{role}\"}} {n}");
+    }
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

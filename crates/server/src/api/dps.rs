@@ -72,7 +72,7 @@ pub(super) struct DpScope {
 
 impl DpScope {
     /// The one scope the body names.
-    fn scope(&self) -> Result<crate::DpScope, Problem> {
+    pub(super) fn scope(&self) -> Result<crate::DpScope, Problem> {
         match (&self.group, &self.network_location, self.broadcast_domain) {
             (Some(g), None, false) => Ok(crate::DpScope::Group(g.clone())),
             (None, Some(l), false) => {

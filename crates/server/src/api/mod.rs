@@ -474,6 +474,7 @@ const BODIES: &[&str] = &[
     "gateway",
     "update import",
     "policy",
+    "policy status",
 ];
 
 /// Parses `data[1..]` as the request body `data[0]` selects (see the list in the source:
@@ -495,10 +496,11 @@ pub fn fuzz_body(data: &[u8]) -> Result<&'static str, u16> {
         6 => body::<NewApiToken>(rest).map(drop),
         7 => body::<NewAccount>(rest).map(drop),
         8 => body::<AccountChange>(rest).map(drop),
-        9 => body::<DpScope>(rest).map(drop),
+        9 => body::<DpScope>(rest).and_then(|b| b.scope()).map(drop),
         10 => body::<NewGateway>(rest).map(drop),
         11 => body::<ImportRequest>(rest).map(drop),
-        _ => body::<outpost_policy::Policy>(rest).map(drop),
+        12 => body::<outpost_policy::Policy>(rest).map(drop),
+        _ => body::<StatusChange>(rest).map(drop),
     };
     match r {
         Ok(()) => Ok(BODIES[i]),

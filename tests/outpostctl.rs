@@ -1,11 +1,12 @@
 //! The `outpostctl` example against a running server's API on loopback: log in, change
 //! things, read them back as tables and as JSON, and be refused with the API's reason.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::SystemTime;
 
-use outpost::server::{AdminServer, AdminServerConfig};
+use outpost::server::AdminServer;
 
 /// The example binary, next to this test (`cargo test` builds the examples; it is built
 /// here too, so a test run alone never runs a stale one).
@@ -71,28 +72,7 @@ impl Ctl {
 /// A server on `base` (a CA for `localhost`; `top` adds top-level configuration keys) with
 /// the API on loopback and an administrator "admin", and a client for it, not logged in.
 async fn start_server(base: &Path, top: &str) -> (AdminServer, Ctl) {
-    outpost::pki::store::init_server_dir(
-        &base.join("state"),
-        "server-1",
-        &["localhost".into()],
-        SystemTime::now(),
-    )
-    .unwrap();
-    let config = AdminServerConfig::from_toml(&format!(
-        r#"
-        instance_id = "server-1"
-        data_dir = "state"
-        listen = "127.0.0.1:0"
-        {top}
-        [api]
-        listen = "127.0.0.1:0"
-        [tls]
-        cert = "state/server.chain.pem"
-        key = "state/server.key"
-        server_ca = "state/ca.crt"
-        "#
-    ))
-    .unwrap();
+    let config = common::server_config(base, top, "[api]\nlisten = \"127.0.0.1:0\"");
     config
         .bootstrap_account(base, "admin", "correct horse battery")
         .unwrap();

@@ -9,32 +9,17 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
 use outpost::agent::{Agent, AgentConfig, AgentHandle, Endpoint};
-use outpost::server::{AdminServer, AdminServerConfig};
+use outpost::server::AdminServer;
+
+mod common;
 
 const DAY: u64 = 86_400;
 
 /// A server on `base` with a CA for `localhost`, its device port on loopback.
 async fn start_server(base: &Path) -> AdminServer {
-    outpost::pki::store::init_server_dir(
-        &base.join("state"),
-        "server-1",
-        &["localhost".into()],
-        SystemTime::now(),
-    )
-    .unwrap();
-    let config = AdminServerConfig::from_toml(
-        r#"
-        instance_id = "server-1"
-        data_dir = "state"
-        listen = "127.0.0.1:0"
-        [tls]
-        cert = "state/server.chain.pem"
-        key = "state/server.key"
-        server_ca = "state/ca.crt"
-        "#,
-    )
-    .unwrap();
-    AdminServer::start(config, base, None, None).await.unwrap()
+    AdminServer::start(common::server_config(base, "", ""), base, None, None)
+        .await
+        .unwrap()
 }
 
 /// The agent's configuration: keepalives every 100 ms, so its loop looks at the (virtual)
@@ -90,11 +75,9 @@ async fn wait(
         .unwrap_or_else(|e| panic!("{what}: {e}"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_renews_its_certificate_before_it_expires() {
-    use outpost::agent::store::{CHAIN_FILE, RESERVE_CHAIN_FILE, RESERVE_KEY_FILE};
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path();
+/// A server, and an agent enrolled with it whose renewal clock runs `ahead` seconds past the
+/// system's, after its first sync; with the agent's configuration.
+async fn enrolled_agent(base: &Path) -> (AdminServer, AgentHandle, Arc<AtomicU64>, AgentConfig) {
     let server = start_server(base).await;
     let token = server
         .service()
@@ -110,11 +93,20 @@ async fn an_agent_renews_its_certificate_before_it_expires() {
         .unwrap();
     let ahead = Arc::new(AtomicU64::new(0));
     let config = agent_config(base, &server, &token);
-    let data = config.data_dir.clone();
     let agent = Agent::start_with_clock(config.clone(), virtual_clock(ahead.clone()))
         .await
         .unwrap();
     wait(&agent, "first sync", |s| s.core.syncs > 0).await;
+    (server, agent, ahead, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_renews_its_certificate_before_it_expires() {
+    use outpost::agent::store::{CHAIN_FILE, RESERVE_CHAIN_FILE, RESERVE_KEY_FILE};
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    let (server, agent, ahead, config) = enrolled_agent(base).await;
+    let data = config.data_dir.clone();
     let first = agent.status().renewal.active;
     let first_sha = file_sha256(&data.join(CHAIN_FILE));
     let end = first.not_after;
@@ -193,26 +185,8 @@ async fn the_certificate_switched_from_is_refused() {
     use outpost::wire::Message;
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path();
-    let server = start_server(base).await;
-    let token = server
-        .service()
-        .update_registry(|r| {
-            r.issue_token(
-                "root",
-                Some("laptop-1"),
-                Duration::from_secs(600),
-                SystemTime::now(),
-            )
-        })
-        .await
-        .unwrap();
-    let ahead = Arc::new(AtomicU64::new(0));
-    let config = agent_config(base, &server, &token);
+    let (server, agent, ahead, config) = enrolled_agent(base).await;
     let data = config.data_dir.clone();
-    let agent = Agent::start_with_clock(config, virtual_clock(ahead.clone()))
-        .await
-        .unwrap();
-    wait(&agent, "first sync", |s| s.core.syncs > 0).await;
     let old_chain = std::fs::read(data.join(CHAIN_FILE)).unwrap();
     let old_key = std::fs::read(data.join(KEY_FILE)).unwrap();
     let end = agent.status().renewal.active.not_after;

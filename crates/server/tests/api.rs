@@ -1486,9 +1486,7 @@ async fn updates_are_uploaded_imported_and_delivered() {
 /// the devices' syncs as heartbeats.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distribution_points_are_assigned_reported_and_switched() {
-    use futures_util::{SinkExt, StreamExt};
-    use outpost_wire::Message;
-    use outpost_wire::messages::{DpRole, DpStatus, SyncRequest};
+    use outpost_wire::messages::DpRole;
     let dir = tempfile::tempdir().unwrap();
     let (running, api) = server(dir.path(), 0).await;
     let admin = admin_token(&api).await;
@@ -1498,31 +1496,8 @@ async fn distribution_points_are_assigned_reported_and_switched() {
         conns.push(common::connect_device(cfg, running.local_addr()).await);
     }
     // One sync each: a DP's carries its health, and is its heartbeat.
-    async fn sync(
-        conn: &mut common::DeviceConnection,
-        dp: bool,
-    ) -> outpost_wire::messages::SyncResponse {
-        let req = SyncRequest {
-            free_disk_bytes: 50 << 30,
-            uptime_secs: 3600,
-            dp_status: if dp {
-                vec![DpStatus::default()]
-            } else {
-                vec![]
-            },
-            ..Default::default()
-        };
-        conn.send(Message::from(req)).await.unwrap();
-        loop {
-            match conn.next().await {
-                Some(Ok(Message::SyncResponse(r))) => return r,
-                Some(Ok(Message::SyncNow(_))) => continue,
-                other => panic!("{other:?}"),
-            }
-        }
-    }
     for c in conns.iter_mut() {
-        sync(c, false).await;
+        dp_sync(c, false, &[]).await;
     }
 
     // Assigned: the device is told at once.
@@ -1561,9 +1536,9 @@ async fn distribution_points_are_assigned_reported_and_switched() {
     assert_eq!(twice.status, 409);
 
     // Their heartbeats elect dp-a (first on equal facts); pc-1 is served by it.
-    let a = sync(&mut conns[0], true).await;
-    sync(&mut conns[1], true).await;
-    let a2 = sync(&mut conns[0], true).await;
+    let a = dp_sync(&mut conns[0], true, &[]).await;
+    dp_sync(&mut conns[1], true, &[]).await;
+    let a2 = dp_sync(&mut conns[0], true, &[]).await;
     let role = |r: &outpost_wire::messages::SyncResponse, dp: &str| {
         r.assignments
             .iter()
@@ -1572,7 +1547,7 @@ async fn distribution_points_are_assigned_reported_and_switched() {
     };
     assert!(role(&a, "dp-a").is_some() || role(&a2, "dp-a").is_some());
     assert_eq!(role(&a2, "dp-a"), Some(DpRole::Active));
-    sync(&mut conns[2], false).await;
+    dp_sync(&mut conns[2], false, &[]).await;
     let rows = report(&api, &admin).await;
     assert_eq!(rows.len(), 2, "{rows:?}");
     let row = |rows: &[Value], d: &str| rows.iter().find(|r| r["device"] == d).unwrap().clone();
@@ -1602,7 +1577,7 @@ async fn distribution_points_are_assigned_reported_and_switched() {
     let rows = report(&api, &watcher).await;
     assert_eq!(row(&rows, "dp-b")["role"], "active");
     assert_ne!(row(&rows, "dp-a")["role"], "active");
-    let b = sync(&mut conns[1], true).await;
+    let b = dp_sync(&mut conns[1], true, &[]).await;
     assert_eq!(role(&b, "dp-b"), Some(DpRole::Active));
     let not_member = api
         .call(
@@ -1624,7 +1599,7 @@ async fn distribution_points_are_assigned_reported_and_switched() {
         )
         .await;
     assert_eq!(del.status, 204, "{}", del.body);
-    sync(&mut conns[0], true).await;
+    dp_sync(&mut conns[0], true, &[]).await;
     let rows = report(&api, &admin).await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     running
@@ -1704,7 +1679,7 @@ async fn gateways_are_registered_watched_and_unregistered() {
     assert_eq!(r.status, 201, "{}", r.body);
     let mut up = false;
     for _ in 0..500 {
-        if gateway(&api, &admin)
+        if listed_gateway(&api, &admin, "dmz-1")
             .await
             .is_some_and(|g| g["signal_up"] == true)
         {
@@ -1726,7 +1701,7 @@ async fn gateways_are_registered_watched_and_unregistered() {
         via.next().await,
         Some(Ok(Message::SyncResponse(_)))
     ));
-    let g = gateway(&api, &admin).await.unwrap();
+    let g = listed_gateway(&api, &admin, "dmz-1").await.unwrap();
     assert_eq!(g["devices_relayed"], 1, "{g}");
     let d = api
         .call("GET", "/api/v1/devices/pc-1", Some(&admin), None)
@@ -1791,7 +1766,7 @@ async fn gateways_are_registered_watched_and_unregistered() {
         .call("DELETE", "/api/v1/gateways/dmz-1", Some(&admin), None)
         .await;
     assert_eq!(r.status, 204, "{}", r.body);
-    assert!(gateway(&api, &admin).await.is_none());
+    assert!(listed_gateway(&api, &admin, "dmz-1").await.is_none());
     assert!(running.service().with_registry(|r| r.gateways().is_empty()));
     assert_eq!(
         api.call("DELETE", "/api/v1/gateways/dmz-1", Some(&admin), None)
@@ -1803,14 +1778,14 @@ async fn gateways_are_registered_watched_and_unregistered() {
     running.shutdown().await;
 }
 
-/// Gateway `dmz-1` as the gateway list shows it, if listed.
-async fn gateway(api: &Client, token: &str) -> Option<Value> {
+/// Gateway `id` as the gateway list shows it, if listed.
+async fn listed_gateway(api: &Client, token: &str, id: &str) -> Option<Value> {
     let l = api.call("GET", "/api/v1/gateways", Some(token), None).await;
     l.body["gateways"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|g| g["id"] == "dmz-1")
+        .find(|g| g["id"] == id)
         .cloned()
 }
 
@@ -2209,7 +2184,7 @@ async fn remote_office_gateways_are_bound_to_their_certificate() {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let listed = remote_office(&api, &admin).await.unwrap();
+    let listed = listed_gateway(&api, &admin, "office-1").await.unwrap();
     assert_eq!(listed["certificate_sha256"], digest.as_str(), "{listed}");
 
     let material = |c: &outpost_pki::IssuedCert| {
@@ -2244,7 +2219,7 @@ async fn remote_office_gateways_are_bound_to_their_certificate() {
         .await;
     assert_eq!(d.body["connected_via"], "remote-office gateway office-1");
     assert_eq!(
-        remote_office(&api, &admin).await.unwrap()["devices_relayed"],
+        listed_gateway(&api, &admin, "office-1").await.unwrap()["devices_relayed"],
         1
     );
 
@@ -2310,29 +2285,16 @@ async fn remote_office_gateways_are_bound_to_their_certificate() {
     let (running, api) = server_again(dir.path()).await;
     let admin = admin_token(&api).await;
     assert_eq!(
-        remote_office(&api, &admin).await.unwrap()["certificate_sha256"],
+        listed_gateway(&api, &admin, "office-1").await.unwrap()["certificate_sha256"],
         digest.as_str()
     );
     running.shutdown().await;
 }
 
-/// Gateway `office-1` as the gateway list shows it, if listed.
-async fn remote_office(api: &Client, token: &str) -> Option<Value> {
-    let l = api.call("GET", "/api/v1/gateways", Some(token), None).await;
-    l.body["gateways"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["id"] == "office-1")
-        .cloned()
-}
-
 /// Distribution points of a network location and of a broadcast domain, through the API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distribution_points_serve_network_locations_and_broadcast_domains() {
-    use futures_util::{SinkExt, StreamExt};
-    use outpost_wire::Message;
-    use outpost_wire::messages::{DpStatus, ScopeKind, SyncRequest};
+    use outpost_wire::messages::ScopeKind;
     let dir = tempfile::tempdir().unwrap();
     let (running, api) = server(dir.path(), 0).await;
     let admin = admin_token(&api).await;
@@ -2341,33 +2303,8 @@ async fn distribution_points_serve_network_locations_and_broadcast_domains() {
         let (_, cfg) = enroll_device(&running, &api, &admin, dir.path(), d).await;
         conns.push(common::connect_device(cfg, running.local_addr()).await);
     }
-    async fn sync(
-        conn: &mut common::DeviceConnection,
-        dp: bool,
-        peers: &[&str],
-    ) -> outpost_wire::messages::SyncResponse {
-        let req = SyncRequest {
-            free_disk_bytes: 50 << 30,
-            uptime_secs: 3600,
-            dp_status: if dp {
-                vec![DpStatus::default()]
-            } else {
-                vec![]
-            },
-            visible_peers: peers.iter().map(|p| p.to_string()).collect(),
-            ..Default::default()
-        };
-        conn.send(Message::from(req)).await.unwrap();
-        loop {
-            match conn.next().await {
-                Some(Ok(Message::SyncResponse(r))) => return r,
-                Some(Ok(Message::SyncNow(_))) => continue,
-                other => panic!("{other:?}"),
-            }
-        }
-    }
-    sync(&mut conns[0], false, &[]).await;
-    sync(&mut conns[1], false, &[]).await;
+    dp_sync(&mut conns[0], false, &[]).await;
+    dp_sync(&mut conns[1], false, &[]).await;
 
     // pc-1 is put in network location "lab-2", which dp-l serves.
     let moved = api
@@ -2390,9 +2327,9 @@ async fn distribution_points_serve_network_locations_and_broadcast_domains() {
         .await;
     assert_eq!(a.status, 201, "{}", a.body);
     assert_eq!(a.body["scope"], "location~lab-2");
-    sync(&mut conns[0], true, &[]).await;
-    sync(&mut conns[0], true, &[]).await;
-    let r = sync(&mut conns[1], false, &[]).await;
+    dp_sync(&mut conns[0], true, &[]).await;
+    dp_sync(&mut conns[0], true, &[]).await;
+    let r = dp_sync(&mut conns[1], false, &[]).await;
     let served = r
         .assignments
         .iter()
@@ -2438,8 +2375,8 @@ async fn distribution_points_serve_network_locations_and_broadcast_domains() {
         )
         .await;
     assert_eq!(own.status, 201, "{}", own.body);
-    sync(&mut conns[0], true, &["pc-1"]).await;
-    sync(&mut conns[1], false, &["dp-l"]).await;
+    dp_sync(&mut conns[0], true, &["pc-1"]).await;
+    dp_sync(&mut conns[1], false, &["dp-l"]).await;
     // The domains are derived again at the server's next tick (once a second).
     let mut facts = Value::Null;
     for _ in 0..300 {
@@ -2534,4 +2471,36 @@ async fn distribution_points_serve_network_locations_and_broadcast_domains() {
         "{rows:?}"
     );
     running.shutdown().await;
+}
+
+/// One sync of a device: a DP's carries its health (and is its heartbeat); `peers` are the
+/// devices it reports hearing in its broadcast domain. "Sync now" pushes on the way are
+/// skipped.
+async fn dp_sync(
+    conn: &mut common::DeviceConnection,
+    dp: bool,
+    peers: &[&str],
+) -> outpost_wire::messages::SyncResponse {
+    use futures_util::{SinkExt, StreamExt};
+    use outpost_wire::Message;
+    use outpost_wire::messages::{DpStatus, SyncRequest};
+    let req = SyncRequest {
+        free_disk_bytes: 50 << 30,
+        uptime_secs: 3600,
+        dp_status: if dp {
+            vec![DpStatus::default()]
+        } else {
+            vec![]
+        },
+        visible_peers: peers.iter().map(|p| p.to_string()).collect(),
+        ..Default::default()
+    };
+    conn.send(Message::from(req)).await.unwrap();
+    loop {
+        match conn.next().await {
+            Some(Ok(Message::SyncResponse(r))) => return r,
+            Some(Ok(Message::SyncNow(_))) => continue,
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -166,6 +166,22 @@ fn all_effective(r: &Resolver, s: &State) -> common::Snapshot {
     common::effective_all(r, s, APP)
 }
 
+/// The devices of `s` whose effective settings differ between two resolvers, sorted.
+fn changed_between(s: &State, before: &Resolver, after: &Resolver) -> Vec<String> {
+    s.devices
+        .iter()
+        .filter(|d| before.effective(&d.id).unwrap() != after.effective(&d.id).unwrap())
+        .map(|d| d.id.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// The devices a change report lists, as strings.
+fn ids(report: &outpost_policy::ChangeReport) -> Vec<String> {
+    report.changed.iter().map(|id| id.to_string()).collect()
+}
+
 fn rotate<T: Clone>(v: &[T], by: usize) -> Vec<T> {
     let mut out: Vec<T> = v.to_vec();
     if !out.is_empty() {
@@ -287,11 +303,7 @@ proptest! {
         s2.policies.push(edit);
         let fresh = Resolver::new(&s2).unwrap();
         prop_assert_eq!(all_effective(&r, &s), all_effective(&fresh, &s));
-        let expected: Vec<String> = s.devices.iter()
-            .filter(|d| before.effective(&d.id).unwrap() != fresh.effective(&d.id).unwrap())
-            .map(|d| d.id.clone())
-            .collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-        prop_assert_eq!(report.changed.iter().map(|id| id.to_string()).collect::<Vec<String>>(), expected);
+        prop_assert_eq!(ids(&report), changed_between(&s, &before, &fresh));
     }
 
     #[test]
@@ -319,11 +331,7 @@ proptest! {
                 let report = r.apply(change).unwrap();
                 prop_assert_eq!(all_effective(&r, &s), all_effective(&fresh, &s));
                 let old = Resolver::new(&s).unwrap();
-                let expected: Vec<String> = s.devices.iter()
-                    .filter(|d| old.effective(&d.id).unwrap() != fresh.effective(&d.id).unwrap())
-                    .map(|d| d.id.clone())
-                    .collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-                prop_assert_eq!(report.changed.iter().map(|id| id.to_string()).collect::<Vec<String>>(), expected);
+                prop_assert_eq!(ids(&report), changed_between(&s, &old, &fresh));
                 // And over the devices of the moved state, as a fresh resolver does.
                 prop_assert_eq!(all_effective(&Resolver::new(&s2).unwrap(), &s2), all_effective(&r, &s2));
             }
@@ -365,11 +373,7 @@ proptest! {
             }
         }
         let old = Resolver::new(&s).unwrap();
-        let expected: Vec<String> = s.devices.iter()
-            .filter(|d| old.effective(&d.id).unwrap() != fresh.effective(&d.id).unwrap())
-            .map(|d| d.id.clone())
-            .collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-        prop_assert_eq!(report.changed.iter().map(|id| id.to_string()).collect::<Vec<String>>(), expected);
+        prop_assert_eq!(ids(&report), changed_between(&s, &old, &fresh));
     }
 
     #[test]
@@ -397,11 +401,7 @@ proptest! {
                 let report = r.apply(Change::UpsertPolicy(moved)).unwrap();
                 prop_assert_eq!(all_effective(&r, &s), all_effective(&fresh, &s));
                 let old = Resolver::new(&s).unwrap();
-                let expected: Vec<String> = s.devices.iter()
-                    .filter(|d| old.effective(&d.id).unwrap() != fresh.effective(&d.id).unwrap())
-                    .map(|d| d.id.clone())
-                    .collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-                prop_assert_eq!(report.changed.iter().map(|id| id.to_string()).collect::<Vec<String>>(), expected);
+                prop_assert_eq!(ids(&report), changed_between(&s, &old, &fresh));
             }
         }
     }

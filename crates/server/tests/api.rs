@@ -579,11 +579,7 @@ async fn devices_are_moved_and_removed() {
         matches!(&refused, Message::Refusal(r) if r.code == RefusalCode::NotAuthorized as i32),
         "{refused:?}"
     );
-    let ca = outpost_pki::store::load_server_ca(
-        &dir.path().join("state"),
-        outpost_pki::PkiConfig::default(),
-    )
-    .unwrap();
+    let ca = server_ca(dir.path());
     let serial = outpost_pki::Serial::of_certificate(&resp.certificate_der).unwrap();
     assert!(
         ca.authority(outpost_pki::CaKind::Server)
@@ -1639,11 +1635,7 @@ async fn gateways_are_registered_watched_and_unregistered() {
     let dir = tempfile::tempdir().unwrap();
     let (running, api) = server(dir.path(), 0).await;
     let admin = admin_token(&api).await;
-    let ca = outpost_pki::store::load_server_ca(
-        &dir.path().join("state"),
-        outpost_pki::PkiConfig::default(),
-    )
-    .unwrap();
+    let ca = server_ca(dir.path());
     let now = SystemTime::now();
     let gw = Gateway::start(
         GatewayConfig::dmz("dmz-1", "127.0.0.1:0".parse().unwrap()),
@@ -2130,11 +2122,7 @@ async fn remote_office_gateways_are_bound_to_their_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let (running, api) = server(dir.path(), 0).await;
     let admin = admin_token(&api).await;
-    let ca = outpost_pki::store::load_server_ca(
-        &dir.path().join("state"),
-        outpost_pki::PkiConfig::default(),
-    )
-    .unwrap();
+    let ca = server_ca(dir.path());
     let now = SystemTime::now();
     let (_, cfg) = enroll_device(&running, &api, &admin, dir.path(), "pc-1").await;
     let office = ca.issue_gateway(&["office.test".into()], &[], now).unwrap();
@@ -2503,4 +2491,10 @@ async fn dp_sync(
             other => panic!("{other:?}"),
         }
     }
+}
+
+/// The CA of the server on `base`, as its data directory holds it.
+fn server_ca(base: &std::path::Path) -> outpost_pki::ServerCa {
+    outpost_pki::store::load_server_ca(&base.join("state"), outpost_pki::PkiConfig::default())
+        .unwrap()
 }

@@ -3,6 +3,8 @@
 //! active DP halfway), and a server restart that keeps its state while agents come back to
 //! it directly and through the gateway. Every wait is bounded.
 
+mod common;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -148,23 +150,9 @@ fn dialling_config(port: u16) -> AdminServerConfig {
     )
 }
 
-/// A server on `state/` of the test's directory and `127.0.0.1:port`; `top` adds top-level
-/// keys, `tables` tables after `[tls]`.
+/// A server on `state/` of the test's directory and `127.0.0.1:port`.
 fn server_config(port: u16, top: &str, tables: &str) -> AdminServerConfig {
-    AdminServerConfig::from_toml(&format!(
-        r#"
-        instance_id = "server-1"
-        data_dir = "state"
-        listen = "127.0.0.1:{port}"
-        {top}
-        [tls]
-        cert = "state/server.chain.pem"
-        key = "state/server.key"
-        server_ca = "state/ca.crt"
-        {tables}
-        "#
-    ))
-    .unwrap()
+    common::server_config(&format!("127.0.0.1:{port}"), top, tables)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

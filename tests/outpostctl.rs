@@ -72,7 +72,8 @@ impl Ctl {
 /// A server on `base` (a CA for `localhost`; `top` adds top-level configuration keys) with
 /// the API on loopback and an administrator "admin", and a client for it, not logged in.
 async fn start_server(base: &Path, top: &str) -> (AdminServer, Ctl) {
-    let config = common::server_config(base, top, "[api]\nlisten = \"127.0.0.1:0\"");
+    common::localhost_ca(base);
+    let config = common::server_config("127.0.0.1:0", top, "[api]\nlisten = \"127.0.0.1:0\"");
     config
         .bootstrap_account(base, "admin", "correct horse battery")
         .unwrap();

@@ -17,9 +17,15 @@ const DAY: u64 = 86_400;
 
 /// A server on `base` with a CA for `localhost`, its device port on loopback.
 async fn start_server(base: &Path) -> AdminServer {
-    AdminServer::start(common::server_config(base, "", ""), base, None, None)
-        .await
-        .unwrap()
+    common::localhost_ca(base);
+    AdminServer::start(
+        common::server_config("127.0.0.1:0", "", ""),
+        base,
+        None,
+        None,
+    )
+    .await
+    .unwrap()
 }
 
 /// The agent's configuration: keepalives every 100 ms, so its loop looks at the (virtual)

@@ -1,14 +1,13 @@
-//! What the workspace's own tests share: an Administration Server on loopback.
+//! What the workspace's own tests share: an Administration Server's configuration.
 
 use std::path::Path;
 use std::time::SystemTime;
 
 use outpost::server::AdminServerConfig;
 
-/// The configuration of a server on `base`: a CA for `localhost` made in `base/state`, the
-/// device port on loopback; `top` adds top-level keys and `tables` whole tables (such as
-/// `[api]`).
-pub fn server_config(base: &Path, top: &str, tables: &str) -> AdminServerConfig {
+/// Makes the server's CA and certificate for `localhost` in `base/state`.
+#[allow(dead_code)]
+pub fn localhost_ca(base: &Path) {
     outpost::pki::store::init_server_dir(
         &base.join("state"),
         "server-1",
@@ -16,17 +15,22 @@ pub fn server_config(base: &Path, top: &str, tables: &str) -> AdminServerConfig 
         SystemTime::now(),
     )
     .unwrap();
+}
+
+/// A server on `state/` of its configuration's directory, its device port at `listen`;
+/// `top` adds top-level keys and `tables` whole tables (such as `[api]`).
+pub fn server_config(listen: &str, top: &str, tables: &str) -> AdminServerConfig {
     AdminServerConfig::from_toml(&format!(
         r#"
         instance_id = "server-1"
         data_dir = "state"
-        listen = "127.0.0.1:0"
+        listen = "{listen}"
         {top}
-        {tables}
         [tls]
         cert = "state/server.chain.pem"
         key = "state/server.key"
         server_ca = "state/ca.crt"
+        {tables}
         "#
     ))
     .unwrap()

@@ -2498,3 +2498,35 @@ fn server_ca(base: &std::path::Path) -> outpost_pki::ServerCa {
     outpost_pki::store::load_server_ca(&base.join("state"), outpost_pki::PkiConfig::default())
         .unwrap()
 }
+
+/// Every write the API offers (as its OpenAPI document lists them) is refused to an auditor,
+/// before anything of the request is looked at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auditor_is_refused_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, api) = server(dir.path(), 1).await;
+    let w = api.login("watcher", "audit all the things").await;
+    let watcher = w.body["token"].as_str().unwrap().to_string();
+    let spec = outpost_server::api::openapi();
+    let mut writes = 0;
+    for (path, ops) in spec["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            if method == "get" || path == "/api/v1/login" || path == "/api/v1/logout" {
+                continue;
+            }
+            let concrete: String = path
+                .split('/')
+                .map(|seg| if seg.starts_with('{') { "x" } else { seg })
+                .collect::<Vec<_>>()
+                .join("/");
+            let m = method.to_uppercase();
+            let r = api
+                .call(&m, &concrete, Some(&watcher), Some(json!({})))
+                .await;
+            assert_eq!(r.status, 403, "{m} {path}: {}", r.body);
+            writes += 1;
+        }
+    }
+    assert!(writes >= 20, "only {writes} writes listed");
+    running.shutdown().await;
+}

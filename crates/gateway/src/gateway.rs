@@ -28,6 +28,7 @@ use crate::admission::{Admission, AdmissionPool};
 use crate::config::{GatewayConfig, GatewayMode, TlsMaterial, read_crls};
 use crate::io::{read_message, write_message};
 use crate::peer::{BoxStream, DevicePeer, cert_fingerprint, offered_alpn, random_u128};
+use crate::signal::{Event as SignalEvent, SignalSession};
 use crate::splice::{RelayCounters, splice};
 use crate::tickets::{Binding, IssueError, TicketStats, TicketTable};
 use crate::{ALPN_TUNNEL, GatewayError};
@@ -957,104 +958,112 @@ impl Shared {
         };
         let limits = &self.config.limits;
         let mut framed = Framed::new(tls, MessageCodec::with_max_frame_len(limits.max_frame_len));
-        let hello = match tokio::time::timeout(limits.handshake_timeout(), framed.next()).await {
-            Ok(Some(Ok(Message::SignalHello(h)))) => h,
-            _ => {
-                log::warn!(
-                    "gateway {}: {addr} opened a signal connection without SignalHello",
-                    self.config.gateway_id
-                );
-                return;
-            }
-        };
-        let dead_after = Duration::from_millis(
-            limits
-                .signal_dead_after_ms
-                .max(3 * u64::from(hello.keepalive_ms)),
-        );
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let (tx, mut rx) = mpsc::channel(limits.max_pending.clamp(16, 4096));
-        let ack = SignalHelloAck {
-            gateway_id: self.config.gateway_id.clone(),
-            session_id: session,
-        };
-        let write_limit = limits.handshake_timeout();
-        let sent = tokio::select! {
-            () = self.hard_stop.cancelled() => return,
-            r = tokio::time::timeout(write_limit, framed.send(Message::from(ack))) => r,
-        };
-        if !matches!(sent, Ok(Ok(()))) {
-            log::warn!(
-                "gateway {}: SignalHelloAck to {addr} not written within {} ms",
-                self.config.gateway_id,
-                write_limit.as_millis()
-            );
-            return;
-        }
-        lock(&self.sessions).insert(session, SignalEntry { tx, server });
-        self.counters
-            .signal_sessions_total
-            .fetch_add(1, Ordering::Relaxed);
-        log::info!(
-            "gateway {}: signal connection {session} from server {:?} at {addr} is up",
-            self.config.gateway_id,
-            hello.server_id
+        let mut sig = SignalSession::gateway(
+            &self.config.gateway_id,
+            session,
+            limits.handshake_timeout(),
+            Duration::from_millis(limits.signal_dead_after_ms),
+            Instant::now(),
         );
-        let silent = || format!("nothing from the server for {} ms", dead_after.as_millis());
-        // Only frames from the server move this deadline; writes toward it do not.
-        let dead = tokio::time::sleep(dead_after);
-        tokio::pin!(dead);
-        let why = loop {
-            let outgoing = tokio::select! {
-                () = self.hard_stop.cancelled() => break "hard stop".to_string(),
-                () = self.shutdown.cancelled() => {
-                    let bye = Refusal { code: RefusalCode::ShuttingDown as i32, reason: "gateway shutting down".into() };
-                    tokio::select! {
-                        () = self.hard_stop.cancelled() => {}
-                        _ = tokio::time::timeout(Duration::from_secs(1), framed.send(Message::from(bye))) => {}
-                    }
-                    break "shutdown".to_string();
-                }
-                () = &mut dead => break silent(),
-                m = framed.next() => {
-                    dead.as_mut().reset(tokio::time::Instant::now() + dead_after);
-                    match m {
-                        None => break "closed by the server".into(),
-                        Some(Err(e)) => break e.to_string(),
-                        Some(Ok(Message::Keepalive(k))) => {
-                            if k.reply {
-                                continue;
+        let (tx, mut rx) = mpsc::channel(limits.max_pending.clamp(16, 4096));
+        let write_limit = limits.handshake_timeout();
+        let mut registered = false;
+        let why = 'session: loop {
+            // What the session has to say, each write bounded (a server that stops reading
+            // must not hold the session past its deadlines); a goodbye gets a second.
+            while let Some(m) = sig.poll_transmit() {
+                let ty = m.message_type().name();
+                let limit = if sig.end().is_some() {
+                    Duration::from_secs(1)
+                } else {
+                    write_limit
+                };
+                let until = sig
+                    .poll_timeout()
+                    .map_or(Instant::now() + limit, |t| t.min(Instant::now() + limit));
+                tokio::select! {
+                    () = self.hard_stop.cancelled() => break 'session "hard stop".to_string(),
+                    r = tokio::time::timeout_at(until.into(), framed.send(m)) => match r {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => break 'session format!("writing {ty} failed: {e}"),
+                        Err(_) if sig.end().is_some() => break,
+                        Err(_) => {
+                            sig.handle_timeout(Instant::now());
+                            if sig.end().is_none() {
+                                break 'session format!(
+                                    "the server did not take {ty} within {} ms",
+                                    limit.as_millis()
+                                );
                             }
-                            Message::from(Keepalive { seq: k.seq, reply: true })
                         }
-                        Some(Ok(Message::ConnectRefusal(r))) => {
-                            let waiter = r.ticket.and_then(|t| lock(&self.tickets).cancel(t.as_u128()));
-                            if let Some(w) = waiter {
-                                let code = RefusalCode::try_from(r.code).unwrap_or(RefusalCode::Unspecified);
-                                let _ = w.tx.send(Outcome::Refused(code, r.reason));
-                            }
-                            continue;
-                        }
-                        Some(Ok(other)) => break format!("unexpected {} on the signal connection", other.message_type().name()),
-                    }
+                    },
                 }
-                out = rx.recv() => match out {
-                    Some(m) => m,
-                    None => break "channel closed".into(),
-                },
+            }
+            while let Some(event) = sig.poll_event() {
+                match event {
+                    SignalEvent::Up { peer_id, .. } => {
+                        lock(&self.sessions).insert(
+                            session,
+                            SignalEntry {
+                                tx: tx.clone(),
+                                server,
+                            },
+                        );
+                        registered = true;
+                        self.counters
+                            .signal_sessions_total
+                            .fetch_add(1, Ordering::Relaxed);
+                        log::info!(
+                            "gateway {}: signal connection {session} from server {peer_id:?} at {addr} is up",
+                            self.config.gateway_id
+                        );
+                    }
+                    SignalEvent::ConnectRefusal(r) => {
+                        let waiter = r
+                            .ticket
+                            .and_then(|t| lock(&self.tickets).cancel(t.as_u128()));
+                        if let Some(w) = waiter {
+                            let code =
+                                RefusalCode::try_from(r.code).unwrap_or(RefusalCode::Unspecified);
+                            let _ = w.tx.send(Outcome::Refused(code, r.reason));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(end) = sig.end() {
+                break end.to_string();
+            }
+            let deadline = sig.poll_timeout();
+            let timer = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
             };
-            // A server that stops reading must not hold this loop past its deadlines.
-            let ty = outgoing.message_type().name();
             tokio::select! {
                 () = self.hard_stop.cancelled() => break "hard stop".to_string(),
-                () = &mut dead => break silent(),
-                r = tokio::time::timeout(write_limit, framed.send(outgoing)) => match r {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => break format!("writing {ty} failed: {e}"),
-                    Err(_) => break format!("the server did not take {ty} within {} ms", write_limit.as_millis()),
+                () = self.shutdown.cancelled() => sig.shut_down(),
+                () = timer => sig.handle_timeout(Instant::now()),
+                m = framed.next() => match m {
+                    None => sig.handle_closed("closed by the server"),
+                    Some(Err(e)) => sig.handle_closed(e.to_string()),
+                    Some(Ok(m)) => sig.handle(Instant::now(), m),
+                },
+                out = rx.recv() => match out {
+                    Some(Message::ConnectRequest(r)) => sig.request_connection(r),
+                    Some(_) => {}
+                    None => break "channel closed".into(),
                 },
             }
         };
+        if !registered {
+            log::warn!(
+                "gateway {}: signal connection from {addr} ended before it was up: {why}",
+                self.config.gateway_id
+            );
+        }
         // Order matters: stop new requests reaching this session, then fail those pending.
         drop(rx);
         lock(&self.sessions).remove(&session);
@@ -1065,10 +1074,12 @@ impl Shared {
                 "the signal connection to the server was lost".into(),
             ));
         }
-        log::info!(
-            "gateway {}: signal connection {session} ended: {why}",
-            self.config.gateway_id
-        );
+        if registered {
+            log::info!(
+                "gateway {}: signal connection {session} ended: {why}",
+                self.config.gateway_id
+            );
+        }
     }
 
     async fn serve_data(&self, mut tls: ServerLink, addr: SocketAddr) {

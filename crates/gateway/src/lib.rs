@@ -48,6 +48,7 @@ mod gateway;
 pub mod io;
 mod peer;
 mod server;
+pub mod signal;
 pub mod splice;
 pub mod tickets;
 

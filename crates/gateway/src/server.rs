@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use outpost_pki::tls::{self as pki_tls, TlsOptions};
@@ -26,6 +26,7 @@ use crate::admission::AdmissionPool;
 use crate::config::{ConnectorConfig, DmzGatewayEntry, TlsMaterial};
 use crate::io::{read_message, write_message};
 use crate::peer::{DeviceConnection, DevicePeer, Via, offered_alpn};
+use crate::signal::{End, Event as SignalEvent, SignalSession};
 use crate::splice::splice;
 use crate::{ALPN_ENROLL, ALPN_TUNNEL, GatewayError};
 
@@ -303,7 +304,8 @@ impl Link {
     }
 
     /// One signal session, until it fails (shutdown is handled by the caller). `Err((e,
-    /// true))` if it was established before failing.
+    /// true))` if it was established before failing. The protocol is the shared
+    /// [`SignalSession`]; this loop only carries its messages and timers.
     async fn signal_session(
         self: &Arc<Self>,
         gw: &DmzGatewayEntry,
@@ -318,122 +320,93 @@ impl Link {
             MessageCodec::with_max_frame_len(self.config.max_frame_len),
         );
         let keepalive = Duration::from_millis(self.config.keepalive_ms);
+        let mut sig = SignalSession::server(&self.config.server_id, keepalive, Instant::now());
         // Also the limit of every control write: a gateway that takes nothing for this long is
         // as dead as one that says nothing.
-        let dead_after = keepalive * 3;
-        let hello = SignalHello {
-            server_id: self.config.server_id.clone(),
-            keepalive_ms: u32::try_from(self.config.keepalive_ms).unwrap_or(u32::MAX),
-        };
-        write_control(&mut framed, Message::from(hello), dead_after)
-            .await
-            .map_err(|e| (e, false))?;
-        let ack = tokio::time::timeout(dead_after, framed.next()).await;
-        let session = match ack {
-            Ok(Some(Ok(Message::SignalHelloAck(a)))) => a.session_id,
-            Ok(Some(Ok(Message::Refusal(r)))) => {
-                return Err((
-                    GatewayError::Refused {
-                        peer: gw.addr,
-                        code: RefusalCode::try_from(r.code).unwrap_or(RefusalCode::Unspecified),
-                        reason: r.reason,
-                    },
-                    false,
-                ));
-            }
-            Ok(Some(Err(e))) => return Err((e.into(), false)),
-            _ => {
-                return Err((
-                    GatewayError::Protocol {
-                        peer: gw.addr,
-                        reason: "no SignalHelloAck".into(),
-                    },
-                    false,
-                ));
-            }
-        };
-        self.stats
-            .signal_established
-            .fetch_add(1, Ordering::Relaxed);
-        self.up
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(gw.id.clone(), session);
-        log::info!(
-            "signal connection to gateway {} ({}) is up, session {session}",
-            gw.id,
-            gw.addr
-        );
+        let write_limit = sig.dead_after();
         let (refuse_tx, mut refuse_rx) = mpsc::channel::<ConnectRefusal>(256);
-        let mut tick = tokio::time::interval(keepalive);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut seq = 0u64;
-        let mut last_heard = tokio::time::Instant::now();
-        let err = |e: GatewayError| (e, true);
+        let mut session: Option<u64> = None;
         loop {
-            let outgoing: Message = tokio::select! {
-                _ = tick.tick() => {
-                    if last_heard.elapsed() > dead_after {
-                        return Err(err(GatewayError::Timeout { what: "signal keepalive", millis: dead_after.as_millis() as u64 }));
+            while let Some(event) = sig.poll_event() {
+                match event {
+                    SignalEvent::Up { session_id, .. } => {
+                        self.stats
+                            .signal_established
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.up
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(gw.id.clone(), session_id);
+                        log::info!(
+                            "signal connection to gateway {} ({}) is up, session {session_id}",
+                            gw.id,
+                            gw.addr
+                        );
+                        session = Some(session_id);
                     }
-                    seq += 1;
-                    Keepalive { seq, reply: false }.into()
-                }
-                r = refuse_rx.recv() => match r {
-                    Some(r) => r.into(),
-                    None => continue,
-                },
-                m = framed.next() => {
-                    last_heard = tokio::time::Instant::now();
-                    match m {
-                        None => return Err(err(GatewayError::Protocol { peer: gw.addr, reason: "gateway closed the signal connection".into() })),
-                        Some(Err(e)) => return Err(err(e.into())),
-                        Some(Ok(Message::Keepalive(k))) => {
-                            if k.reply {
-                                continue;
-                            }
-                            Keepalive { seq: k.seq, reply: true }.into()
-                        }
-                        Some(Ok(Message::ConnectRequest(req))) => match in_flight.clone().try_acquire_owned() {
+                    SignalEvent::ConnectRequest(req) => {
+                        let Some(id) = session else { continue };
+                        match in_flight.clone().try_acquire_owned() {
                             Ok(permit) => {
                                 let this = self.clone();
                                 let gw = gw.clone();
                                 let refuse = refuse_tx.clone();
-                                self.tracker.spawn(async move { this.answer(gw, session, req, refuse, permit).await });
-                                continue;
+                                self.tracker.spawn(async move {
+                                    this.answer(gw, id, req, refuse, permit).await
+                                });
                             }
                             Err(_) => {
                                 self.stats.data_failures.fetch_add(1, Ordering::Relaxed);
                                 let max = self.config.max_data_in_flight;
-                                log::warn!("gateway {}: {max} data connections are already being opened; refusing a connect request", gw.id);
-                                let Some(ticket) = req.ticket else { continue };
-                                ConnectRefusal {
-                                    ticket: Some(ticket),
-                                    code: RefusalCode::Overloaded as i32,
-                                    reason: format!("the server is already opening {max} data connections to this gateway"),
+                                log::warn!(
+                                    "gateway {}: {max} data connections are already being opened; refusing a connect request",
+                                    gw.id
+                                );
+                                if let Some(ticket) = req.ticket {
+                                    sig.refuse_connection(ConnectRefusal {
+                                        ticket: Some(ticket),
+                                        code: RefusalCode::Overloaded as i32,
+                                        reason: format!(
+                                            "the server is already opening {max} data connections to this gateway"
+                                        ),
+                                    });
                                 }
-                                .into()
                             }
-                        },
-                        Some(Ok(Message::Refusal(r))) => {
-                            return Err(err(GatewayError::Refused {
-                                peer: gw.addr,
-                                code: RefusalCode::try_from(r.code).unwrap_or(RefusalCode::Unspecified),
-                                reason: r.reason,
-                            }));
-                        }
-                        Some(Ok(other)) => {
-                            return Err(err(GatewayError::Protocol {
-                                peer: gw.addr,
-                                reason: format!("unexpected {} on the signal connection", other.message_type().name()),
-                            }));
                         }
                     }
+                    _ => {}
+                }
+            }
+            // After the events: answering one may have queued a refusal.
+            let up = session.is_some();
+            while let Some(m) = sig.poll_transmit() {
+                write_control(&mut framed, m, write_limit)
+                    .await
+                    .map_err(|e| (e, up))?;
+            }
+            if let Some(end) = sig.end() {
+                return Err((signal_error(gw, end), session.is_some()));
+            }
+            let deadline = sig.poll_timeout();
+            let timer = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
                 }
             };
-            write_control(&mut framed, outgoing, dead_after)
-                .await
-                .map_err(err)?;
+            tokio::select! {
+                () = timer => sig.handle_timeout(Instant::now()),
+                r = refuse_rx.recv() => {
+                    if let Some(r) = r {
+                        sig.refuse_connection(r);
+                    }
+                }
+                m = framed.next() => match m {
+                    None => sig.handle_closed("gateway closed the signal connection"),
+                    Some(Err(e)) => return Err((e.into(), session.is_some())),
+                    Some(Ok(m)) => sig.handle(Instant::now(), m),
+                },
+            }
         }
     }
 
@@ -560,6 +533,25 @@ where
             what: "a control write on the signal connection",
             millis: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
         }),
+    }
+}
+
+/// The error a signal session's end is reported as.
+fn signal_error(gw: &DmzGatewayEntry, end: &End) -> GatewayError {
+    match end {
+        End::Silent { after } => GatewayError::Timeout {
+            what: "signal keepalive",
+            millis: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+        },
+        End::Refused { code, reason } => GatewayError::Refused {
+            peer: gw.addr,
+            code: *code,
+            reason: reason.clone(),
+        },
+        other => GatewayError::Protocol {
+            peer: gw.addr,
+            reason: other.to_string(),
+        },
     }
 }
 

@@ -19,8 +19,8 @@ use outpost_wire::messages::{
 };
 use outpost_wire::{Message, VersionRange};
 
-use crate::backoff::Backoff;
 use crate::config::{AgentConfig, Endpoint};
+use outpost_wire::backoff::Backoff;
 
 /// The shortest sync interval accepted from the server (a distribution point syncs at its
 /// heartbeat interval, which may be this short).

@@ -336,13 +336,13 @@ pub async fn load_or_enroll(config: &AgentConfig) -> Result<(Identity, bool), Ag
         return Ok((id, false));
     }
     let give_up = std::time::Instant::now() + Duration::from_millis(config.enrollment.retry_for_ms);
-    let mut backoff = crate::backoff::Backoff::new(
+    let mut backoff = outpost_wire::backoff::Backoff::new(
         Duration::from_millis(config.backoff.initial_ms),
         Duration::from_millis(config.backoff.max_ms),
         config
             .backoff
             .seed
-            .unwrap_or_else(|| crate::backoff::seed_for(&config.device_id)),
+            .unwrap_or_else(|| outpost_wire::backoff::seed_for(&config.device_id)),
     );
     loop {
         match enroll(config).await {

@@ -7,7 +7,7 @@
 //!   by gateways).
 //! - [`core::AgentCore`]: the sans-IO state machine. It connects to the configured endpoints
 //!   (the server or connection gateways) in order with exponential backoff and seeded
-//!   jitter ([`backoff`]), negotiates the protocol version, syncs at once and then every
+//!   jitter ([`outpost_wire::backoff`]), negotiates the protocol version, syncs at once and then every
 //!   interval the server gives (clamped to 1 s..=24 h) or when the server pushes "sync now",
 //!   reports the settings versions it holds, queues events (bounded, oldest dropped and
 //!   counted) and drops them once acknowledged. It never reads the clock: time is passed in.
@@ -51,7 +51,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod backoff;
 mod config;
 pub mod core;
 pub mod discovery;

@@ -142,7 +142,7 @@ impl Agent {
         let now = Instant::now();
         let held = lock(&settings).versions();
         let mut core = AgentCore::new(
-            CoreConfig::from_agent(&config, crate::backoff::seed_for(&config.device_id)),
+            CoreConfig::from_agent(&config, outpost_wire::backoff::seed_for(&config.device_id)),
             held,
             now,
         );

@@ -518,8 +518,9 @@ pub struct ConnectorConfig {
     pub gateways: Vec<DmzGatewayEntry>,
     /// Keepalive interval on signal connections (default 5 s).
     pub keepalive_ms: u64,
-    /// First reconnect delay after a signal connection fails (default 200 ms), doubled on each
-    /// failure up to `backoff_max_ms`.
+    /// First reconnect step after a signal connection fails (default 200 ms), doubled on each
+    /// failure up to `backoff_max_ms`; each delay is drawn from the upper half of its step, so
+    /// gateways lost together are not redialled in step.
     pub backoff_initial_ms: u64,
     /// Longest reconnect delay (default 30 s).
     pub backoff_max_ms: u64,

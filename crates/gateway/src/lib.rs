@@ -43,11 +43,12 @@
 
 pub mod admission;
 mod config;
+mod connector;
 mod error;
 mod gateway;
 pub mod io;
+mod listener;
 mod peer;
-mod server;
 pub mod signal;
 pub mod splice;
 pub mod tickets;
@@ -56,13 +57,11 @@ pub use config::{
     ConnectorConfig, DmzGatewayEntry, GatewayConfig, GatewayMode, Limits, RemoteOfficeEntry,
     ServerSideConfig, StaticTunnels, TlsFiles, TlsMaterial,
 };
+pub use connector::{ConnectorHandle, ConnectorStats, GatewayControl, GatewaysUp, ServerConnector};
 pub use error::GatewayError;
 pub use gateway::{CRL_CHECK_INTERVAL, Gateway, GatewayHandle, GatewayStats, web_console_exposure};
+pub use listener::{DeviceListener, ListenerHandle, ListenerLimits, TunnelAuthority, TunnelPolicy};
 pub use peer::{BoxStream, DeviceConnection, DeviceIo, DevicePeer, Via};
-pub use server::{
-    ConnectorHandle, ConnectorStats, DeviceListener, GatewayControl, GatewaysUp, ListenerHandle,
-    ListenerLimits, ServerConnector, TunnelAuthority, TunnelPolicy,
-};
 
 /// TLS ALPN protocol of a remote-office gateway's tunnel to the server.
 pub const ALPN_TUNNEL: &[u8] = b"outpost-tunnel/1";

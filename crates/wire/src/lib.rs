@@ -18,6 +18,7 @@
 //!   messages, skipping unknown types the sender marked ignorable and refusing the others.
 //! - [`negotiate`]: the highest protocol version both sides speak.
 //! - [`push`]: the signed "sync now" datagram for UDP port 15000.
+//! - [`backoff`]: the jittered reconnect schedule every redialling peer uses.
 //!
 //! The byte-by-byte format is in `docs/protocol.md`.
 //!
@@ -50,6 +51,7 @@
 //! # Ok::<(), outpost_wire::WireError>(())
 //! ```
 
+pub mod backoff;
 mod catalogue;
 mod codec;
 mod error;

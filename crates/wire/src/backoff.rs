@@ -1,33 +1,65 @@
-//! Reconnection delays: exponential with "equal jitter" from a seeded generator, so a test
-//! (or a simulation) gets the same schedule for the same seed.
+//! Reconnection delays for every peer that redials (agents, the server's connector to DMZ
+//! gateways, a remote-office gateway's pool): exponential with "equal jitter" from a seeded
+//! generator, so a test (or a simulation) gets the same schedule for the same seed.
+//!
+//! ```
+//! use std::time::Duration;
+//! use outpost_wire::backoff::Backoff;
+//! let mut b = Backoff::new(Duration::from_millis(200), Duration::from_secs(30), 7);
+//! let first = b.next_delay();
+//! assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(200));
+//! assert_eq!(b.step(), Duration::from_millis(400));
+//! b.reset();
+//! assert_eq!(b.step(), Duration::from_millis(200));
+//! ```
 
 use std::time::Duration;
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-
-/// A jitter seed for `device_id` when the configuration sets none: the device id mixed with
-/// the clock, so agents started together do not retry in step.
-pub(crate) fn seed_for(device_id: &str) -> u64 {
+/// A jitter seed for `id` (a device or gateway id) when the configuration sets none: the id
+/// mixed with the clock, so peers started together do not retry in step.
+pub fn seed_for(id: &str) -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     // FNV-1a of the device id, mixed with the clock.
-    let h = device_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
     h ^ nanos
 }
 
 /// The delay schedule. Step `k` (from 0) is `min(max, initial * 2^k)`; the delay is drawn
-/// uniformly from the upper half of the step, `[step/2, step]`, so agents that lost the same
+/// uniformly from the upper half of the step, `[step/2, step]`, so peers that lost the same
 /// gateway do not all come back at once.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     initial: Duration,
     max: Duration,
     attempt: u32,
-    rng: ChaCha8Rng,
+    rng: SplitMix64,
+}
+
+/// The jitter source: SplitMix64, small, fast and fully determined by its seed (jitter
+/// spreads retries; it guards nothing, so it needs no cryptographic generator).
+#[derive(Debug, Clone)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..=max` (the modulo bias is below 2^-40 for the spans used here).
+    fn up_to(&mut self, max: u64) -> u64 {
+        match max.checked_add(1) {
+            Some(span) => self.next() % span,
+            None => self.next(),
+        }
+    }
 }
 
 impl Backoff {
@@ -37,7 +69,7 @@ impl Backoff {
             initial,
             max: max.max(initial),
             attempt: 0,
-            rng: ChaCha8Rng::seed_from_u64(seed),
+            rng: SplitMix64(seed),
         }
     }
 
@@ -58,7 +90,7 @@ impl Backoff {
         }
         let ms = u64::try_from(step.as_millis()).unwrap_or(u64::MAX);
         let half = ms / 2;
-        Duration::from_millis(ms - half + self.rng.random_range(0..=half))
+        Duration::from_millis(ms - half + self.rng.up_to(half))
     }
 
     /// Back to the first step (after a successful connection).

@@ -78,6 +78,18 @@ pub struct Limits {
     pub relay_buffer: usize,
     /// Time graceful shutdown waits for relayed connections to finish (default 30 s).
     pub drain_timeout_ms: u64,
+    /// DMZ: the most idle warm-pool data connections one signal session keeps, whatever the
+    /// server asks (default 64; at most 1,024).
+    pub max_pooled: usize,
+    /// Remote office: tunnels kept open and idle to the server, so a device is spliced to
+    /// one without a handshake (default 4; 0: a tunnel is dialled per device; at most 1,024).
+    pub remote_pool_size: usize,
+    /// A pooled connection taken for a device must answer its `TunnelOpen` within this time,
+    /// or it is discarded as dead and the next one (or a fresh one) is used (default 1 s).
+    pub pool_claim_timeout_ms: u64,
+    /// An idle pooled connection is closed after this long (remote office: and redialled;
+    /// DMZ: the server recycles its own sooner) (default 2 min).
+    pub pool_idle_ms: u64,
 }
 
 impl Default for Limits {
@@ -97,6 +109,10 @@ impl Default for Limits {
             max_frame_len: 64 * 1024,
             relay_buffer: 16 * 1024,
             drain_timeout_ms: 30_000,
+            max_pooled: 64,
+            remote_pool_size: 4,
+            pool_claim_timeout_ms: 1_000,
+            pool_idle_ms: 120_000,
         }
     }
 }
@@ -129,6 +145,8 @@ impl Limits {
             ("ticket_ttl_ms", self.ticket_ttl_ms),
             ("signal_dead_after_ms", self.signal_dead_after_ms),
             ("relay_buffer", self.relay_buffer as u64),
+            ("pool_claim_timeout_ms", self.pool_claim_timeout_ms),
+            ("pool_idle_ms", self.pool_idle_ms),
         ];
         for (name, v) in positive {
             if v == 0 {
@@ -153,6 +171,20 @@ impl Limits {
                 return Err(GatewayError::config(
                     format!("{prefix}{name}"),
                     format!("must be at most {}, got {v}", Self::MAX_COUNT),
+                ));
+            }
+        }
+        for (name, v) in [
+            ("max_pooled", self.max_pooled),
+            ("remote_pool_size", self.remote_pool_size),
+        ] {
+            if v > outpost_wire::messages::MAX_POOL_TICKETS {
+                return Err(GatewayError::config(
+                    format!("{prefix}{name}"),
+                    format!(
+                        "must be at most {}, got {v}",
+                        outpost_wire::messages::MAX_POOL_TICKETS
+                    ),
                 ));
             }
         }
@@ -186,6 +218,12 @@ impl Limits {
     }
     pub(crate) fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
+    }
+    pub(crate) fn pool_claim_timeout(&self) -> Duration {
+        Duration::from_millis(self.pool_claim_timeout_ms)
+    }
+    pub(crate) fn pool_idle(&self) -> Duration {
+        Duration::from_millis(self.pool_idle_ms)
     }
 }
 
@@ -536,6 +574,13 @@ pub struct ConnectorConfig {
     /// Data connections being opened to one gateway at once (default 256). A connect request
     /// above it is answered with a `ConnectRefusal` (overloaded).
     pub max_data_in_flight: usize,
+    /// Warm pool: data connections kept open, authenticated and idle at each gateway, so a
+    /// device is spliced to one without a handshake (default 4; 0: one is opened per device;
+    /// at most 1,024). The gateway may grant fewer (its `max_pooled`).
+    pub pool_size: usize,
+    /// A pooled data connection idle this long is closed and replaced (default 60 s), so
+    /// middleboxes that forget quiet connections never hold the pool.
+    pub pool_idle_ms: u64,
 }
 
 impl Default for ConnectorConfig {
@@ -551,6 +596,8 @@ impl Default for ConnectorConfig {
             max_frame_len: 64 * 1024,
             idle_timeout_ms: 600_000,
             max_data_in_flight: 256,
+            pool_size: 4,
+            pool_idle_ms: 60_000,
         }
     }
 }
@@ -566,10 +613,21 @@ impl ConnectorConfig {
             ("backoff_initial_ms", self.backoff_initial_ms),
             ("connect_timeout_ms", self.connect_timeout_ms),
             ("idle_timeout_ms", self.idle_timeout_ms),
+            ("pool_idle_ms", self.pool_idle_ms),
         ] {
             if v == 0 {
                 return Err(GatewayError::config(field, "must be above 0"));
             }
+        }
+        if self.pool_size > outpost_wire::messages::MAX_POOL_TICKETS {
+            return Err(GatewayError::config(
+                "pool_size",
+                format!(
+                    "must be at most {}, got {}",
+                    outpost_wire::messages::MAX_POOL_TICKETS,
+                    self.pool_size
+                ),
+            ));
         }
         if self.max_data_in_flight == 0 || self.max_data_in_flight > Limits::MAX_COUNT {
             return Err(GatewayError::config(

@@ -5,7 +5,8 @@
 //! feeds).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::GatewayError;
 use crate::config::{ConnectorConfig, DmzGatewayEntry, TlsMaterial};
 use crate::io::{read_message, write_message};
-use crate::peer::{DeviceConnection, DevicePeer, Via};
+use crate::peer::{BoxStream, DeviceConnection, DevicePeer, Via};
 use crate::signal::{End, Event as SignalEvent, SignalSession};
 use crate::splice::splice;
 
@@ -46,6 +47,17 @@ pub struct ConnectorStats {
     pub data_failures: AtomicU64,
     /// Web Console tunnels carried.
     pub web_console_tunnels: AtomicU64,
+    /// Warm-pool data connections opened (each on a pool ticket the gateway granted).
+    pub pool_opened: AtomicU64,
+    /// Pooled connections a device was spliced to.
+    pub pool_claimed: AtomicU64,
+    /// Pooled connections closed idle after `pool_idle_ms` (the gateway grants a new ticket).
+    pub pool_recycled: AtomicU64,
+    /// Pool tickets not used: more were granted than `pool_size` connections could use
+    /// within their lifetime.
+    pub pool_tickets_unused: AtomicU64,
+    /// Pooled connections open or opening now, every gateway together.
+    pub pool_open: AtomicU64,
 }
 
 /// The server-side connector. See [`ServerConnector::start`].
@@ -138,6 +150,11 @@ impl ConnectorHandle {
     /// Counters.
     pub fn stats(&self) -> &ConnectorStats {
         &self.stats
+    }
+
+    /// The counters, shared (for a task that watches them while the connector runs).
+    pub fn stats_handle(&self) -> Arc<ConnectorStats> {
+        self.stats.clone()
     }
 
     /// The gateways whose signal connection is up now, with their signal session ids.
@@ -328,12 +345,20 @@ impl Link {
             MessageCodec::with_max_frame_len(self.config.max_frame_len),
         );
         let keepalive = Duration::from_millis(self.config.keepalive_ms);
-        let mut sig = SignalSession::server(&self.config.server_id, keepalive, Instant::now());
+        let pool_size = u32::try_from(self.config.pool_size).unwrap_or(u32::MAX);
+        let mut sig =
+            SignalSession::server(&self.config.server_id, keepalive, pool_size, Instant::now());
         // Also the limit of every control write: a gateway that takes nothing for this long is
         // as dead as one that says nothing.
         let write_limit = sig.dead_after();
         let (refuse_tx, mut refuse_rx) = mpsc::channel::<ConnectRefusal>(256);
         let mut session: Option<u64> = None;
+        // The warm pool of this session: at most `pool_size` connections open or opening,
+        // whatever the gateway grants; all closed when the session ends.
+        let pool_slots = Arc::new(Semaphore::new(self.config.pool_size));
+        let pool_waiting = Arc::new(AtomicUsize::new(0));
+        let pool_stop = self.shutdown.child_token();
+        let _close_pool = pool_stop.clone().drop_guard();
         loop {
             while let Some(event) = sig.poll_event() {
                 match event {
@@ -351,6 +376,40 @@ impl Link {
                             gw.addr
                         );
                         session = Some(session_id);
+                    }
+                    SignalEvent::PoolTickets(grant) => {
+                        let Some(id) = session else { continue };
+                        let expires = Duration::from_millis(u64::from(grant.expires_in_ms));
+                        for ticket in grant.tickets {
+                            // A ticket may come while the connection it replaces is still
+                            // being claimed (the gateway counts it gone when it takes it, the
+                            // server when it reads its TunnelOpen): it waits for that place,
+                            // within the ticket's lifetime. At most `pool_size` wait so.
+                            let Some(wait) = PoolWait::enter(&pool_waiting, self.config.pool_size)
+                            else {
+                                self.stats
+                                    .pool_tickets_unused
+                                    .fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            };
+                            let (this, gw, stop) = (self.clone(), gw.clone(), pool_stop.clone());
+                            let slots = pool_slots.clone();
+                            self.tracker.spawn(async move {
+                                let slot = tokio::select! {
+                                    () = stop.cancelled() => return,
+                                    r = tokio::time::timeout(expires, slots.acquire_owned()) => r,
+                                };
+                                drop(wait);
+                                let Ok(Ok(slot)) = slot else {
+                                    this.stats
+                                        .pool_tickets_unused
+                                        .fetch_add(1, Ordering::Relaxed);
+                                    return;
+                                };
+                                let place = PoolPlace::new(slot, &this.stats);
+                                this.pooled(gw, id, ticket, place, stop).await
+                            });
+                        }
                     }
                     SignalEvent::ConnectRequest(req) => {
                         let Some(id) = session else { continue };
@@ -496,6 +555,18 @@ impl Link {
             }
         };
         self.stats.data_connections.fetch_add(1, Ordering::Relaxed);
+        self.deliver(&gw, Box::new(tls), peer, web_target).await;
+    }
+
+    /// Hands a data connection that now carries `peer` to the server, or splices it to the
+    /// Web Console target.
+    async fn deliver(
+        &self,
+        gw: &DmzGatewayEntry,
+        link: BoxStream,
+        peer: PeerIdentity,
+        web_target: Option<SocketAddr>,
+    ) {
         if let Some(target) = web_target {
             self.stats
                 .web_console_tunnels
@@ -506,7 +577,7 @@ impl Link {
             };
             let idle = Duration::from_millis(self.config.idle_timeout_ms);
             tokio::select! {
-                r = splice(tls, console, 16 * 1024, idle, None) => {
+                r = splice(link, console, 16 * 1024, idle, None) => {
                     if let Err(e) = r { log::debug!("Web Console tunnel ended: {e}"); }
                 }
                 () = self.shutdown.cancelled() => {}
@@ -514,7 +585,7 @@ impl Link {
             return;
         }
         let conn = DeviceConnection {
-            stream: Box::new(tls),
+            stream: link,
             peer: DevicePeer::from_wire(&peer),
             via: Via::DmzGateway(gw.id.clone()),
         };
@@ -523,6 +594,142 @@ impl Link {
             () = self.shutdown.cancelled() => {}
             _ = self.out.send(conn) => {}
         }
+    }
+
+    /// One warm-pool data connection: opened on a pool ticket, presented, then idle until
+    /// the gateway says `TunnelOpen` on it for a device (answered `TunnelAccept`, then
+    /// delivered like any data connection), or closed after `pool_idle_ms`, or with the
+    /// session. `slot` is its place among the session's `pool_size`; it is given back as soon
+    /// as a device takes the connection, so the gateway's next ticket can be used.
+    async fn pooled(
+        self: Arc<Self>,
+        gw: DmzGatewayEntry,
+        session: u64,
+        ticket: Ticket,
+        place: PoolPlace,
+        stop: CancellationToken,
+    ) {
+        let opened = async {
+            let mut tls = self.connect(&gw, &self.data).await?;
+            write_message(
+                &mut tls,
+                DataAttach {
+                    ticket: Some(ticket),
+                    session_id: session,
+                },
+            )
+            .await?;
+            Ok::<_, GatewayError>(tls)
+        };
+        let mut tls = tokio::select! {
+            () = stop.cancelled() => return,
+            r = opened => match r {
+                Ok(tls) => tls,
+                Err(e) => {
+                    self.stats.data_failures.fetch_add(1, Ordering::Relaxed);
+                    log::warn!("warm-pool connection to gateway {}: {e}", gw.id);
+                    return;
+                }
+            },
+        };
+        self.stats.pool_opened.fetch_add(1, Ordering::Relaxed);
+        let idle = Duration::from_millis(self.config.pool_idle_ms);
+        let first = tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(idle) => {
+                self.stats.pool_recycled.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            m = read_message(&mut tls, self.config.max_frame_len) => m,
+        };
+        let open = match first {
+            Ok(Message::TunnelOpen(open)) => open,
+            // The gateway refused the ticket, closed the connection, or spoke out of turn.
+            Ok(Message::Refusal(r)) => {
+                log::warn!("gateway {} refused a pool ticket: {}", gw.id, r.reason);
+                return;
+            }
+            Ok(other) => {
+                log::warn!(
+                    "gateway {}: {} on an idle pooled connection",
+                    gw.id,
+                    other.message_type().name()
+                );
+                return;
+            }
+            Err(_) => return,
+        };
+        drop(place);
+        let Some(peer) = open.peer else { return };
+        let channel = ChannelKind::try_from(peer.channel).unwrap_or(ChannelKind::Unspecified);
+        let web_target = match (channel, self.config.web_console_target) {
+            (ChannelKind::WebConsole, None) => {
+                let refusal = Refusal {
+                    code: RefusalCode::NotAuthorized as i32,
+                    reason: "no Web Console target is configured on the server side".into(),
+                };
+                let _ = write_message(&mut tls, refusal).await;
+                return;
+            }
+            (ChannelKind::WebConsole, Some(t)) => Some(t),
+            _ => None,
+        };
+        let accept = TunnelAccept {
+            idle_timeout_ms: u32::try_from(self.config.idle_timeout_ms).unwrap_or(u32::MAX),
+        };
+        let limit = Duration::from_millis(self.config.connect_timeout_ms);
+        if !matches!(
+            tokio::time::timeout(limit, write_message(&mut tls, accept)).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
+        self.stats.pool_claimed.fetch_add(1, Ordering::Relaxed);
+        self.stats.data_connections.fetch_add(1, Ordering::Relaxed);
+        self.deliver(&gw, Box::new(tls), peer, web_target).await;
+    }
+}
+
+/// A pool ticket waiting for a place: at most `pool_size` at once.
+struct PoolWait(Arc<AtomicUsize>);
+
+impl PoolWait {
+    fn enter(waiting: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| PoolWait(waiting.clone()))
+    }
+}
+
+impl Drop for PoolWait {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A pooled connection's place among its session's `pool_size`, counted in
+/// [`ConnectorStats::pool_open`] while held.
+struct PoolPlace {
+    _slot: OwnedSemaphorePermit,
+    stats: Arc<ConnectorStats>,
+}
+
+impl PoolPlace {
+    fn new(slot: OwnedSemaphorePermit, stats: &Arc<ConnectorStats>) -> Self {
+        stats.pool_open.fetch_add(1, Ordering::Relaxed);
+        PoolPlace {
+            _slot: slot,
+            stats: stats.clone(),
+        }
+    }
+}
+
+impl Drop for PoolPlace {
+    fn drop(&mut self) {
+        self.stats.pool_open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -11,6 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use outpost_pki::Crl;
 use outpost_pki::store::FileStamps;
 use outpost_pki::tls::{self as pki_tls, ALPN_DATA, ALPN_SIGNAL, TlsOptions};
+use outpost_wire::backoff::Backoff;
 use outpost_wire::messages::*;
 use outpost_wire::{Message, MessageCodec};
 use rustls::pki_types::ServerName;
@@ -27,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::admission::{Admission, AdmissionPool};
 use crate::config::{GatewayConfig, GatewayMode, TlsMaterial, read_crls};
 use crate::io::{read_message, write_message};
+use crate::parking::{Parking, PoolCounters};
 use crate::peer::{BoxStream, DevicePeer, cert_fingerprint, offered_alpn, random_u128};
 use crate::signal::{Event as SignalEvent, SignalSession};
 use crate::splice::{RelayCounters, splice};
@@ -35,19 +37,43 @@ use crate::{ALPN_TUNNEL, GatewayError};
 
 type ServerLink = tokio_rustls::server::TlsStream<TcpStream>;
 
+/// Why a relayed stream could not be opened on a connection.
+enum Opening {
+    /// The server said no: the device's answer.
+    Refused(RefusalCode, String),
+    /// The connection is dead or spoke out of turn.
+    Broken(String),
+}
+
+impl Opening {
+    fn into_refusal(self) -> (RefusalCode, String) {
+        match self {
+            Opening::Refused(code, reason) => (code, reason),
+            Opening::Broken(why) => (RefusalCode::ServerUnreachable, why),
+        }
+    }
+}
+
 enum Outcome {
     Link(Box<ServerLink>),
     Refused(RefusalCode, String),
 }
 
-struct Waiter {
-    tx: oneshot::Sender<Outcome>,
-    peer: PeerIdentity,
+/// Who waits for a ticket's data connection.
+enum Waiter {
+    /// A device.
+    Device {
+        tx: oneshot::Sender<Outcome>,
+        peer: PeerIdentity,
+    },
+    /// The session's warm pool.
+    Pool,
 }
 
 struct SignalEntry {
     tx: mpsc::Sender<Message>,
     server: [u8; 32],
+    pool: Arc<Parking>,
 }
 
 #[derive(Default)]
@@ -103,7 +129,8 @@ pub struct GatewayStats {
     pub signal_sessions: usize,
     /// Signal connections accepted since start.
     pub signal_sessions_total: u64,
-    /// Data connections accepted (tickets redeemed) or, in remote-office mode, tunnels opened.
+    /// Data connections accepted (tickets redeemed, warm-pool ones included) or, in
+    /// remote-office mode, tunnels dialled (pooled ones included).
     pub data_connections: u64,
     /// Ticket counters (refused presentations: unknown, replayed, late, wrong session).
     pub tickets: TicketStats,
@@ -115,6 +142,20 @@ pub struct GatewayStats {
     pub relays_finished: u64,
     /// Relays ended by an error or the idle timeout.
     pub relay_errors: u64,
+    /// Warm-pool connections idle now (every signal session's, or the remote-office pool).
+    pub pool_idle: usize,
+    /// The most pooled connections opening and idle together in one pool, ever: never above
+    /// the pool's target, however many devices come at once.
+    pub pool_high_water: usize,
+    /// Pooled connections that arrived and were parked.
+    pub pool_parked: u64,
+    /// Devices spliced to a pooled connection.
+    pub pool_claimed: u64,
+    /// Idle pooled connections that left by themselves (closed, broken, past their idle
+    /// limit).
+    pub pool_lost: u64,
+    /// Pooled connections taken for a device but found dead (never handed to it).
+    pub pool_discarded: u64,
 }
 
 struct RemoteOffice {
@@ -185,6 +226,11 @@ struct Shared {
     console_tunnels: AdmissionPool,
     counters: Counters,
     relayed: Arc<RelayCounters>,
+    /// Remote-office mode: the pool of tunnels to the server.
+    remote_pool: Option<Arc<Parking>>,
+    pool_counters: Arc<PoolCounters>,
+    /// The largest high water of the pools that have ended.
+    pool_high_water: AtomicUsize,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     hard_stop: CancellationToken,
@@ -276,6 +322,15 @@ impl Gateway {
         }
         let limits = &config.limits;
         let counters = Counters::default();
+        let shutdown = CancellationToken::new();
+        let pool_counters = Arc::new(PoolCounters::default());
+        let remote_pool = remote.as_ref().map(|_| {
+            Arc::new(Parking::new(
+                limits.remote_pool_size,
+                shutdown.child_token(),
+                pool_counters.clone(),
+            ))
+        });
         // The lists taken in at start count as the first.
         counters
             .crl_reloads
@@ -296,8 +351,11 @@ impl Gateway {
             ),
             counters,
             relayed: Arc::new(RelayCounters::default()),
+            remote_pool,
+            pool_counters,
+            pool_high_water: AtomicUsize::new(0),
             tracker: TaskTracker::new(),
-            shutdown: CancellationToken::new(),
+            shutdown,
             hard_stop: CancellationToken::new(),
             tls: RwLock::new(Arc::new(configs)),
             material: Mutex::new(tls),
@@ -317,6 +375,11 @@ impl Gateway {
                 DevicePort::WebConsole => addrs.web_console = Some(a),
             }
             accept_tasks.push(tokio::spawn(accept_loop(shared.clone(), l, Some(port))));
+        }
+        if let Some(pool) = shared.remote_pool.clone()
+            && pool.with_book(|b| b.target()) > 0
+        {
+            accept_tasks.push(tokio::spawn(shared.clone().keep_remote_pool(pool)));
         }
         let crl_files = lock(&shared.material).crl_files.clone();
         if !crl_files.is_empty() {
@@ -387,7 +450,15 @@ impl GatewayHandle {
     /// Current counters.
     pub fn stats(&self) -> GatewayStats {
         let c = &self.shared.counters;
+        let p = &self.shared.pool_counters;
+        let (pool_idle, pool_high_water) = self.shared.pool_sizes();
         GatewayStats {
+            pool_idle,
+            pool_high_water,
+            pool_parked: p.parked.load(Ordering::Relaxed),
+            pool_claimed: p.claimed.load(Ordering::Relaxed),
+            pool_lost: p.lost.load(Ordering::Relaxed),
+            pool_discarded: p.discarded.load(Ordering::Relaxed),
             devices_accepted: c.devices_accepted.load(Ordering::Relaxed),
             devices_active: c.devices_active.load(Ordering::Relaxed),
             refused_limit: c.refused_limit.load(Ordering::Relaxed),
@@ -740,16 +811,24 @@ impl Shared {
             .devices_accepted
             .fetch_add(1, Ordering::Relaxed);
         self.counters.devices_active.fetch_add(1, Ordering::Relaxed);
-        let link: Result<BoxStream, (RefusalCode, String)> = match &self.remote {
-            None => self
-                .request_data_link(&peer)
-                .await
-                .map(|l| Box::new(l) as BoxStream),
-            Some(ro) => self
-                .open_tunnel(ro, &peer)
-                .await
-                .map(|l| Box::new(l) as BoxStream),
-        };
+        // A warm connection if one is idle (checked alive first), else one opened for this
+        // device.
+        let pools = self.pools();
+        let link: Result<BoxStream, (RefusalCode, String)> =
+            match self.pooled_link(&pools, &peer).await {
+                Err(refused) => Err(refused),
+                Ok(Some(link)) => Ok(link),
+                Ok(None) => match &self.remote {
+                    None => self
+                        .request_data_link(&peer)
+                        .await
+                        .map(|l| Box::new(l) as BoxStream),
+                    Some(ro) => self
+                        .open_tunnel(ro, &peer)
+                        .await
+                        .map(|l| Box::new(l) as BoxStream),
+                },
+            };
         let link = match link {
             Ok(mut link) if !first.is_empty() => {
                 let limit = self.config.limits.handshake_timeout();
@@ -818,6 +897,100 @@ impl Shared {
         }
     }
 
+    /// Every warm pool a device may be served from, the next signal session's first.
+    fn pools(&self) -> Vec<Arc<Parking>> {
+        if let Some(p) = &self.remote_pool {
+            return vec![p.clone()];
+        }
+        let sessions = lock(&self.sessions);
+        let mut pools: Vec<Arc<Parking>> = sessions.values().map(|e| e.pool.clone()).collect();
+        if !pools.is_empty() {
+            let n = pools.len();
+            pools.rotate_left(self.round_robin.load(Ordering::Relaxed) % n);
+        }
+        pools
+    }
+
+    /// Idle connections now and the largest high water of any pool, live or ended.
+    fn pool_sizes(&self) -> (usize, usize) {
+        let mut idle = 0;
+        let mut high = self.pool_high_water.load(Ordering::Relaxed);
+        for p in self.pools() {
+            let (i, h) = p.sizes();
+            idle += i;
+            high = high.max(h);
+        }
+        (idle, high)
+    }
+
+    /// A pooled connection for `peer`, found alive: `TunnelOpen` answered by `TunnelAccept`
+    /// within the claim timeout. Dead ones are discarded and the next is tried; `Ok(None)`
+    /// when none is idle. A refusal from the server is the device's answer.
+    async fn pooled_link(
+        &self,
+        pools: &[Arc<Parking>],
+        peer: &DevicePeer,
+    ) -> Result<Option<BoxStream>, (RefusalCode, String)> {
+        let limit = self.config.limits.pool_claim_timeout();
+        for pool in pools {
+            while let Some(mut link) = pool.take().await {
+                match tokio::time::timeout(limit, self.open_relay(&mut link, peer)).await {
+                    Ok(Ok(())) => {
+                        pool.claimed();
+                        return Ok(Some(link));
+                    }
+                    Ok(Err(Opening::Refused(code, reason))) => {
+                        pool.claimed();
+                        return Err((code, reason));
+                    }
+                    Ok(Err(Opening::Broken(why))) => {
+                        pool.discarded();
+                        log::debug!(
+                            "gateway {}: a pooled connection was dead ({why}); trying another",
+                            self.config.gateway_id
+                        );
+                    }
+                    Err(_) => {
+                        pool.discarded();
+                        log::debug!(
+                            "gateway {}: a pooled connection did not answer within {} ms; trying another",
+                            self.config.gateway_id,
+                            limit.as_millis()
+                        );
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Opens a relayed stream for `peer` on `link` (a pooled connection, or a tunnel just
+    /// dialled): `TunnelOpen`, answered by `TunnelAccept` or a `Refusal`.
+    async fn open_relay<S>(&self, link: &mut S, peer: &DevicePeer) -> Result<(), Opening>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let open = TunnelOpen {
+            peer: Some(peer.to_wire()),
+            gateway_id: self.config.gateway_id.clone(),
+        };
+        write_message(link, open)
+            .await
+            .map_err(|e| Opening::Broken(e.to_string()))?;
+        match read_message(link, self.config.limits.max_frame_len).await {
+            Ok(Message::TunnelAccept(_)) => Ok(()),
+            Ok(Message::Refusal(r)) => Err(Opening::Refused(
+                RefusalCode::try_from(r.code).unwrap_or(RefusalCode::Unspecified),
+                r.reason,
+            )),
+            Ok(other) => Err(Opening::Broken(format!(
+                "the server answered TunnelOpen with {}",
+                other.message_type().name()
+            ))),
+            Err(e) => Err(Opening::Broken(e.to_string())),
+        }
+    }
+
     fn pick_session(&self) -> Option<(u64, mpsc::Sender<Message>, [u8; 32])> {
         let sessions = lock(&self.sessions);
         if sessions.is_empty() {
@@ -851,7 +1024,7 @@ impl Shared {
             ticket,
             Binding { session, server },
             Instant::now(),
-            Waiter {
+            Waiter::Device {
                 tx,
                 peer: wire_peer.clone(),
             },
@@ -900,13 +1073,13 @@ impl Shared {
         }
     }
 
-    async fn open_tunnel(
+    /// Dials the server (remote-office mode): TCP and TLS, within the handshake timeout.
+    async fn dial_server(
         &self,
         ro: &RemoteOffice,
-        peer: &DevicePeer,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, (RefusalCode, String)> {
         let unreachable = |e: String| (RefusalCode::ServerUnreachable, e);
-        let open = async {
+        let dial = async {
             let tcp = TcpStream::connect(ro.addr)
                 .await
                 .map_err(|e| unreachable(format!("cannot connect to {}: {e}", ro.addr)))?;
@@ -917,39 +1090,133 @@ impl Shared {
                     "no tunnel configuration in remote-office mode".to_string(),
                 )
             })?;
-            let mut tls = TlsConnector::from(config)
+            TlsConnector::from(config)
                 .connect(ro.name.clone(), tcp)
                 .await
-                .map_err(|e| unreachable(format!("TLS with {} failed: {e}", ro.addr)))?;
-            let open = TunnelOpen {
-                peer: Some(peer.to_wire()),
-                gateway_id: self.config.gateway_id.clone(),
-            };
-            write_message(&mut tls, open)
+                .map_err(|e| unreachable(format!("TLS with {} failed: {e}", ro.addr)))
+        };
+        tokio::time::timeout(self.config.limits.handshake_timeout(), dial)
+            .await
+            .unwrap_or_else(|_| Err(unreachable("the server did not answer in time".into())))
+    }
+
+    /// A tunnel dialled for one device (remote-office mode, no pooled one idle).
+    async fn open_tunnel(
+        &self,
+        ro: &RemoteOffice,
+        peer: &DevicePeer,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, (RefusalCode, String)> {
+        let open = async {
+            let mut tls = self.dial_server(ro).await?;
+            self.open_relay(&mut tls, peer)
                 .await
-                .map_err(|e| unreachable(e.to_string()))?;
-            match read_message(&mut tls, self.config.limits.max_frame_len).await {
-                Ok(Message::TunnelAccept(_)) => Ok(tls),
-                Ok(Message::Refusal(r)) => Err((
-                    RefusalCode::try_from(r.code).unwrap_or(RefusalCode::Unspecified),
-                    r.reason,
-                )),
-                Ok(other) => Err(unreachable(format!(
-                    "server answered TunnelOpen with {}",
-                    other.message_type().name()
-                ))),
-                Err(e) => Err(unreachable(e.to_string())),
-            }
+                .map_err(Opening::into_refusal)?;
+            Ok(tls)
         };
         let r = tokio::time::timeout(self.config.limits.handshake_timeout(), open)
             .await
-            .unwrap_or_else(|_| Err(unreachable("the server did not answer in time".into())));
+            .unwrap_or_else(|_| {
+                Err((
+                    RefusalCode::ServerUnreachable,
+                    "the server did not answer in time".into(),
+                ))
+            });
         if r.is_ok() {
             self.counters
                 .data_connections
                 .fetch_add(1, Ordering::Relaxed);
         }
         r
+    }
+
+    /// Keeps the remote-office pool full: dials the server whenever the pool wants more,
+    /// parks each tunnel until a device takes it, and after a failed dial waits the jittered
+    /// backoff before dialling again.
+    async fn keep_remote_pool(self: Arc<Self>, pool: Arc<Parking>) {
+        if self.remote.is_none() {
+            return;
+        }
+        let mut backoff = Backoff::new(
+            Duration::from_millis(200),
+            Duration::from_secs(30),
+            outpost_wire::backoff::seed_for(&self.config.gateway_id),
+        );
+        let (done_tx, mut done_rx) = mpsc::channel::<bool>(64);
+        let mut next_id: u128 = 0;
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        let limit = self.config.limits.handshake_timeout();
+        loop {
+            let now = Instant::now();
+            pool.with_book(|b| b.handle_timeout(now));
+            let waiting = retry_at.is_some_and(|t| t > tokio::time::Instant::now());
+            let wanted = if waiting {
+                0
+            } else {
+                pool.with_book(|b| b.wanted())
+            };
+            for _ in 0..wanted {
+                next_id += 1;
+                let id = next_id;
+                pool.with_book(|b| b.opening(id, now + limit + Duration::from_secs(1)));
+                let (this, pool, done) = (self.clone(), pool.clone(), done_tx.clone());
+                self.tracker.spawn(async move {
+                    let Some(ro) = this.remote.as_ref() else {
+                        return;
+                    };
+                    let dialled = tokio::select! {
+                        () = pool.closed.cancelled() => return,
+                        r = this.dial_server(ro) => r,
+                    };
+                    match dialled {
+                        Ok(tls) => {
+                            this.counters
+                                .data_connections
+                                .fetch_add(1, Ordering::Relaxed);
+                            let parked = Instant::now();
+                            let taken = pool
+                                .park(id, Box::new(tls), this.config.limits.pool_idle())
+                                .await;
+                            // A tunnel the server closes at once (it refuses this gateway,
+                            // or is shutting down) is a failed dial: the next waits the
+                            // backoff instead of redialling in a loop.
+                            let held = taken || parked.elapsed() >= Duration::from_secs(1);
+                            let _ = done.send(held).await;
+                        }
+                        Err((_, why)) => {
+                            pool.with_book(|b| b.failed(id));
+                            log::warn!("gateway {}: warm pool: {why}", this.config.gateway_id);
+                            let _ = done.send(false).await;
+                        }
+                    }
+                });
+            }
+            let retry = async {
+                match retry_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let expiry = pool.poll_timeout();
+            let expire = async {
+                match expiry {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = pool.refill.notified() => {}
+                () = retry => retry_at = None,
+                () = expire => {}
+                ok = done_rx.recv() => match ok {
+                    Some(true) => backoff.reset(),
+                    Some(false) => {
+                        retry_at = Some(tokio::time::Instant::now() + backoff.next_delay());
+                    }
+                    None => return,
+                },
+            }
+        }
     }
 
     async fn serve_signal(&self, tls: ServerLink, addr: SocketAddr) {
@@ -969,7 +1236,20 @@ impl Shared {
         let (tx, mut rx) = mpsc::channel(limits.max_pending.clamp(16, 4096));
         let write_limit = limits.handshake_timeout();
         let mut registered = false;
+        let mut just_up = false;
+        // The session's warm pool: sized once the server's hello says what it wants.
+        let pool = Arc::new(Parking::new(
+            0,
+            self.shutdown.child_token(),
+            self.pool_counters.clone(),
+        ));
+        let _close_pool = pool.closed.clone().drop_guard();
+        let binding = Binding { session, server };
         let why = 'session: loop {
+            // The pool tickets the session's pool wants, sent with the rest.
+            if registered {
+                self.grant_pool(&mut sig, &pool, binding);
+            }
             // What the session has to say, each write bounded (a server that stops reading
             // must not hold the session past its deadlines); a goodbye gets a second.
             while let Some(m) = sig.poll_transmit() {
@@ -1003,14 +1283,18 @@ impl Shared {
             while let Some(event) = sig.poll_event() {
                 match event {
                     SignalEvent::Up { peer_id, .. } => {
+                        let target = (sig.pool_size() as usize).min(limits.max_pooled);
+                        pool.with_book(|b| b.set_target(target));
                         lock(&self.sessions).insert(
                             session,
                             SignalEntry {
                                 tx: tx.clone(),
                                 server,
+                                pool: pool.clone(),
                             },
                         );
                         registered = true;
+                        just_up = true;
                         self.counters
                             .signal_sessions_total
                             .fetch_add(1, Ordering::Relaxed);
@@ -1023,10 +1307,10 @@ impl Shared {
                         let waiter = r
                             .ticket
                             .and_then(|t| lock(&self.tickets).cancel(t.as_u128()));
-                        if let Some(w) = waiter {
+                        if let Some(Waiter::Device { tx, .. }) = waiter {
                             let code =
                                 RefusalCode::try_from(r.code).unwrap_or(RefusalCode::Unspecified);
-                            let _ = w.tx.send(Outcome::Refused(code, r.reason));
+                            let _ = tx.send(Outcome::Refused(code, r.reason));
                         }
                     }
                     _ => {}
@@ -1035,7 +1319,14 @@ impl Shared {
             if let Some(end) = sig.end() {
                 break end.to_string();
             }
-            let deadline = sig.poll_timeout();
+            if std::mem::take(&mut just_up) {
+                // Round again: the pool's first tickets go out now.
+                continue;
+            }
+            let deadline = match (sig.poll_timeout(), pool.poll_timeout()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let timer = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -1045,7 +1336,16 @@ impl Shared {
             tokio::select! {
                 () = self.hard_stop.cancelled() => break "hard stop".to_string(),
                 () = self.shutdown.cancelled() => sig.shut_down(),
-                () = timer => sig.handle_timeout(Instant::now()),
+                () = pool.refill.notified() => {}
+                () = timer => {
+                    let now = Instant::now();
+                    sig.handle_timeout(now);
+                    let late = pool.with_book(|b| b.handle_timeout(now));
+                    let mut tickets = lock(&self.tickets);
+                    for t in late {
+                        tickets.cancel(t);
+                    }
+                }
                 m = framed.next() => match m {
                     None => sig.handle_closed("closed by the server"),
                     Some(Err(e)) => sig.handle_closed(e.to_string()),
@@ -1069,17 +1369,54 @@ impl Shared {
         lock(&self.sessions).remove(&session);
         let orphans = lock(&self.tickets).drop_session(session);
         for (_, w) in orphans {
-            let _ = w.tx.send(Outcome::Refused(
-                RefusalCode::ServerUnreachable,
-                "the signal connection to the server was lost".into(),
-            ));
+            if let Waiter::Device { tx, .. } = w {
+                let _ = tx.send(Outcome::Refused(
+                    RefusalCode::ServerUnreachable,
+                    "the signal connection to the server was lost".into(),
+                ));
+            }
         }
+        // Its parked connections close with it (the guard), and its high water is kept.
+        self.pool_high_water
+            .fetch_max(pool.sizes().1, Ordering::Relaxed);
         if registered {
             log::info!(
                 "gateway {}: signal connection {session} ended: {why}",
                 self.config.gateway_id
             );
         }
+    }
+
+    /// Grants the server the pool tickets its session's pool wants now.
+    fn grant_pool(&self, sig: &mut SignalSession, pool: &Parking, binding: Binding) {
+        let wanted = pool.with_book(|b| b.wanted());
+        if wanted == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut granted = Vec::with_capacity(wanted);
+        {
+            let mut tickets = lock(&self.tickets);
+            for _ in 0..wanted {
+                let Some(value) = random_u128() else { break };
+                match tickets.issue(value, binding, now, Waiter::Pool) {
+                    Ok(expires) => {
+                        pool.with_book(|b| b.opening(value, expires));
+                        granted.push(Ticket::from_u128(value));
+                    }
+                    // Devices waiting come first: the pool waits for room.
+                    Err(_) => break,
+                }
+            }
+        }
+        if granted.is_empty() {
+            return;
+        }
+        let ttl = lock(&self.tickets).ttl();
+        sig.grant_pool(PoolTickets {
+            tickets: granted,
+            expires_in_ms: u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX),
+        });
     }
 
     async fn serve_data(&self, mut tls: ServerLink, addr: SocketAddr) {
@@ -1111,10 +1448,24 @@ impl Shared {
             Instant::now(),
         );
         match redeemed {
-            Ok(w) => {
+            Ok(Waiter::Pool) => {
+                // A warm-pool connection: parked (its task is this one) until a device takes
+                // it; nothing is answered until then.
+                let pool = lock(&self.sessions).get(&session).map(|e| e.pool.clone());
+                if let Some(pool) = pool {
+                    self.counters
+                        .data_connections
+                        .fetch_add(1, Ordering::Relaxed);
+                    tokio::select! {
+                        _ = pool.park(ticket.as_u128(), Box::new(tls), limits.pool_idle()) => {}
+                        () = self.hard_stop.cancelled() => {}
+                    }
+                }
+            }
+            Ok(Waiter::Device { tx, peer }) => {
                 let ack = DataAttachAck {
                     ticket: Some(ticket),
-                    peer: Some(w.peer),
+                    peer: Some(peer),
                 };
                 let written = tokio::select! {
                     () = self.hard_stop.cancelled() => false,
@@ -1123,7 +1474,7 @@ impl Shared {
                     }
                 };
                 if !written {
-                    let _ = w.tx.send(Outcome::Refused(
+                    let _ = tx.send(Outcome::Refused(
                         RefusalCode::ServerUnreachable,
                         "the data connection failed".into(),
                     ));
@@ -1133,7 +1484,7 @@ impl Shared {
                     .data_connections
                     .fetch_add(1, Ordering::Relaxed);
                 // If the device gave up meanwhile, the link is dropped (closed) here.
-                let _ = w.tx.send(Outcome::Link(Box::new(tls)));
+                let _ = tx.send(Outcome::Link(Box::new(tls)));
             }
             Err(why) => {
                 log::warn!(

@@ -66,6 +66,22 @@ pub trait TunnelAuthority: Send + Sync {
 
 impl TunnelPolicy {
     /// The gateway id a tunnel is served under, or the reason it is refused.
+    /// Why a tunnel from `certificate` is refused before it says anything, if it is: no
+    /// tunnels at all, or (with a registry) a certificate registered to no gateway.
+    fn refuses(&self, certificate: &outpost_pki::PeerIdentity) -> Option<String> {
+        match self {
+            TunnelPolicy::Refuse => Some("this server accepts no remote-office tunnels".into()),
+            TunnelPolicy::AnyGateway => None,
+            TunnelPolicy::Registered(a) => a.gateway_for(certificate).is_none().then(|| {
+                format!(
+                    "certificate {} (serial {}) is not registered to any remote-office gateway",
+                    hex(&certificate.sha256),
+                    certificate.serial
+                )
+            }),
+        }
+    }
+
     fn admit(
         &self,
         certificate: &outpost_pki::PeerIdentity,
@@ -117,6 +133,13 @@ pub struct ListenerLimits {
     /// Of `max_handshakes`, how many one source address (an IPv6 source: its /64) may hold
     /// (default 256).
     pub max_handshakes_per_source: usize,
+    /// How long an authenticated remote-office gateway's tunnel may wait idle for its
+    /// `TunnelOpen` (its warm pool; default 5 min: the gateway recycles its own sooner).
+    pub pooled_tunnel_idle: Duration,
+    /// Idle pooled tunnels at once, every gateway together (default 4,096).
+    pub max_pooled_tunnels: usize,
+    /// Of `max_pooled_tunnels`, how many one source address may hold (default 1,024).
+    pub max_pooled_tunnels_per_source: usize,
 }
 
 impl Default for ListenerLimits {
@@ -125,6 +148,9 @@ impl Default for ListenerLimits {
             handshake_timeout: Duration::from_secs(5),
             max_handshakes: 1_024,
             max_handshakes_per_source: 256,
+            pooled_tunnel_idle: Duration::from_secs(300),
+            max_pooled_tunnels: 4_096,
+            max_pooled_tunnels_per_source: 1_024,
         }
     }
 }
@@ -142,21 +168,31 @@ impl ListenerLimits {
                 "max_handshakes_per_source",
                 self.max_handshakes_per_source as u64,
             ),
+            (
+                "pooled_tunnel_idle_ms",
+                self.pooled_tunnel_idle.as_millis() as u64,
+            ),
+            ("max_pooled_tunnels", self.max_pooled_tunnels as u64),
+            (
+                "max_pooled_tunnels_per_source",
+                self.max_pooled_tunnels_per_source as u64,
+            ),
         ];
         for (field, v) in fields {
             if v == 0 {
                 return Err(GatewayError::config(field, "must be above 0"));
             }
         }
-        if self.max_handshakes > crate::Limits::MAX_COUNT {
-            return Err(GatewayError::config(
-                "max_handshakes",
-                format!(
-                    "must be at most {}, got {}",
-                    crate::Limits::MAX_COUNT,
-                    self.max_handshakes
-                ),
-            ));
+        for (field, v) in [
+            ("max_handshakes", self.max_handshakes),
+            ("max_pooled_tunnels", self.max_pooled_tunnels),
+        ] {
+            if v > crate::Limits::MAX_COUNT {
+                return Err(GatewayError::config(
+                    field,
+                    format!("must be at most {}, got {v}", crate::Limits::MAX_COUNT),
+                ));
+            }
         }
         Ok(())
     }
@@ -238,6 +274,10 @@ impl DeviceListener {
         let refused = Arc::new(AtomicU64::new(0));
         let handshakes =
             AdmissionPool::new(limits.max_handshakes, limits.max_handshakes_per_source);
+        let pooled = AdmissionPool::new(
+            limits.max_pooled_tunnels,
+            limits.max_pooled_tunnels_per_source,
+        );
         let task = tokio::spawn(accept_devices(
             listener,
             Configs {
@@ -247,6 +287,8 @@ impl DeviceListener {
             },
             Admitting {
                 timeout: limits.handshake_timeout,
+                pooled_idle: limits.pooled_tunnel_idle,
+                pooled,
                 pool: handshakes.clone(),
                 refused: refused.clone(),
                 failures: failures.clone(),
@@ -278,10 +320,25 @@ struct Configs {
 /// How a listener admits connections before their peer is known, and its counters.
 struct Admitting {
     timeout: Duration,
+    /// How long an authenticated gateway's tunnel may wait for its `TunnelOpen`.
+    pooled_idle: Duration,
+    /// Places of the tunnels waiting so.
+    pooled: AdmissionPool,
     pool: AdmissionPool,
     refused: Arc<AtomicU64>,
     failures: Arc<AtomicU64>,
     tunnels: TunnelPolicy,
+}
+
+/// What the handshake phase found.
+enum Accepted {
+    /// A device, ready to hand over.
+    Device(DeviceConnection),
+    /// A remote-office gateway's tunnel, authenticated, before its `TunnelOpen`.
+    Tunnel {
+        tls: Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+        gateway: outpost_pki::PeerIdentity,
+    },
 }
 
 async fn accept_devices(
@@ -292,13 +349,7 @@ async fn accept_devices(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let Admitting {
-        timeout,
-        pool,
-        refused,
-        failures,
-        tunnels,
-    } = admitting;
+    let admitting = Arc::new(admitting);
     loop {
         let (tcp, addr) = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -311,135 +362,196 @@ async fn accept_devices(
                 }
             },
         };
-        let Ok(admission) = pool.admit_evicting_oldest(addr.ip()) else {
-            refused.fetch_add(1, Ordering::Relaxed);
+        let Ok(admission) = admitting.pool.admit_evicting_oldest(addr.ip()) else {
+            admitting.refused.fetch_add(1, Ordering::Relaxed);
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let (configs, out, failures) = (configs.clone(), out.clone(), failures.clone());
-        let tunnels = tunnels.clone();
+        let (configs, out, admitting) = (configs.clone(), out.clone(), admitting.clone());
+        let stop = shutdown.clone();
         let evicted = admission.eviction();
         tracker.spawn(async move {
-            let handshake = tokio::time::timeout(timeout, async {
-                let start =
-                    LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
-                let alpn = offered_alpn(&start);
-                let wants = |p: &[u8]| alpn.iter().any(|a| a == p);
-                if wants(ALPN_ENROLL) {
-                    let tls = start.into_stream(configs.enroll).await?;
-                    let peer = DevicePeer {
-                        cert_sha256: None,
-                        cert_serial: None,
-                        subject: String::new(),
-                        remote_addr: addr.to_string(),
-                        channel: ChannelKind::Enrollment,
-                    };
-                    return Ok(DeviceConnection {
-                        stream: Box::new(tls),
-                        peer,
-                        via: Via::Direct,
-                    });
-                }
-                if !wants(ALPN_TUNNEL) {
-                    let tls = start.into_stream(configs.direct).await?;
-                    let peer = DevicePeer::from_certificates(
-                        tls.get_ref().1.peer_certificates(),
-                        addr.to_string(),
-                        ChannelKind::Agent,
-                    );
-                    return Ok::<_, GatewayError>(DeviceConnection {
-                        stream: Box::new(tls),
-                        peer,
-                        via: Via::Direct,
-                    });
-                }
-                let mut tls = start.into_stream(configs.tunnel).await?;
-                let gateway = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(<[_]>::first)
-                    .and_then(|c| outpost_pki::PeerIdentity::from_der(c).ok());
-                let Some(gateway) = gateway.filter(|g| g.role == Some(outpost_pki::Role::Gateway))
-                else {
-                    let refusal = Refusal {
-                        code: RefusalCode::NotAuthorized as i32,
-                        reason: "tunnels are opened only by connection gateways".into(),
-                    };
-                    let _ = write_message(&mut tls, refusal).await;
-                    return Err(GatewayError::Protocol {
-                        peer: addr,
-                        reason: "tunnel from a non-gateway certificate".into(),
-                    });
-                };
-                let open = match read_message(&mut tls, 64 * 1024).await? {
-                    Message::TunnelOpen(o) => o,
-                    other => {
-                        return Err(GatewayError::Protocol {
-                            peer: addr,
-                            reason: format!(
-                                "expected TunnelOpen, got {}",
-                                other.message_type().name()
-                            ),
-                        });
-                    }
-                };
-                let gateway_id = match tunnels.admit(&gateway, &open.gateway_id) {
-                    Ok(id) => id,
-                    Err(reason) => {
-                        log::warn!("server port: tunnel from {addr} refused: {reason}");
-                        let refusal = Refusal {
-                            code: RefusalCode::NotAuthorized as i32,
-                            reason: reason.clone(),
-                        };
-                        let _ = write_message(&mut tls, refusal).await;
-                        return Err(GatewayError::Protocol { peer: addr, reason });
-                    }
-                };
-                write_message(
-                    &mut tls,
-                    TunnelAccept {
-                        idle_timeout_ms: 600_000,
-                    },
-                )
-                .await?;
-                let peer = open
-                    .peer
-                    .as_ref()
-                    .map(DevicePeer::from_wire)
-                    .ok_or_else(|| GatewayError::Protocol {
-                        peer: addr,
-                        reason: "TunnelOpen without peer".into(),
-                    })?;
-                Ok(DeviceConnection {
-                    stream: Box::new(tls),
-                    peer,
-                    via: Via::RemoteGateway(gateway_id),
-                })
-            });
+            let handshake = tokio::time::timeout(
+                admitting.timeout,
+                handshake(tcp, addr, &configs, &admitting.tunnels),
+            );
             // A full pool evicts its oldest handshake to make room for a newer one.
             let accepted = tokio::select! {
                 r = handshake => r,
                 () = evicted.cancelled() => {
-                    failures.fetch_add(1, Ordering::Relaxed);
+                    admitting.failures.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
             };
             // Known (or gone) by now: the place goes back before the hand-over, which may
             // wait for the server.
             drop(admission);
-            match accepted {
-                Ok(Ok(conn)) => {
+            let conn = match accepted {
+                Ok(Ok(Accepted::Device(conn))) => Ok(conn),
+                Ok(Ok(Accepted::Tunnel { tls, gateway })) => {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        r = open_tunnel(*tls, addr, gateway, &admitting) => r,
+                    }
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(GatewayError::Timeout {
+                    what: "the TLS handshake on the server port",
+                    millis: admitting.timeout.as_millis() as u64,
+                }),
+            };
+            match conn {
+                Ok(conn) => {
                     let _ = out.send(conn).await;
                 }
-                Ok(Err(e)) => {
-                    failures.fetch_add(1, Ordering::Relaxed);
+                Err(e) => {
+                    admitting.failures.fetch_add(1, Ordering::Relaxed);
                     log::debug!("server port: {addr}: {e}");
-                }
-                Err(_) => {
-                    failures.fetch_add(1, Ordering::Relaxed);
                 }
             }
         });
     }
+}
+
+/// The TLS handshake, the configuration chosen by ALPN: an enrolling device, a direct
+/// device, or a remote-office gateway's tunnel (gateway role required; with a registry, a
+/// registered certificate).
+async fn handshake(
+    tcp: tokio::net::TcpStream,
+    addr: SocketAddr,
+    configs: &Configs,
+    tunnels: &TunnelPolicy,
+) -> Result<Accepted, GatewayError> {
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+    let alpn = offered_alpn(&start);
+    let wants = |p: &[u8]| alpn.iter().any(|a| a == p);
+    if wants(ALPN_ENROLL) {
+        let tls = start.into_stream(configs.enroll.clone()).await?;
+        let peer = DevicePeer {
+            cert_sha256: None,
+            cert_serial: None,
+            subject: String::new(),
+            remote_addr: addr.to_string(),
+            channel: ChannelKind::Enrollment,
+        };
+        return Ok(Accepted::Device(DeviceConnection {
+            stream: Box::new(tls),
+            peer,
+            via: Via::Direct,
+        }));
+    }
+    if !wants(ALPN_TUNNEL) {
+        let tls = start.into_stream(configs.direct.clone()).await?;
+        let peer = DevicePeer::from_certificates(
+            tls.get_ref().1.peer_certificates(),
+            addr.to_string(),
+            ChannelKind::Agent,
+        );
+        return Ok(Accepted::Device(DeviceConnection {
+            stream: Box::new(tls),
+            peer,
+            via: Via::Direct,
+        }));
+    }
+    let mut tls = start.into_stream(configs.tunnel.clone()).await?;
+    let gateway = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(<[_]>::first)
+        .and_then(|c| outpost_pki::PeerIdentity::from_der(c).ok());
+    let refused = match &gateway {
+        Some(g) if g.role == Some(outpost_pki::Role::Gateway) => tunnels.refuses(g),
+        _ => Some("tunnels are opened only by connection gateways".to_string()),
+    };
+    if let Some(reason) = refused {
+        log::warn!("server port: tunnel from {addr} refused: {reason}");
+        let refusal = Refusal {
+            code: RefusalCode::NotAuthorized as i32,
+            reason: reason.clone(),
+        };
+        let _ = write_message(&mut tls, refusal).await;
+        return Err(GatewayError::Protocol { peer: addr, reason });
+    }
+    let gateway = gateway.ok_or_else(|| GatewayError::Protocol {
+        peer: addr,
+        reason: "no gateway certificate".into(),
+    })?;
+    Ok(Accepted::Tunnel {
+        tls: Box::new(tls),
+        gateway,
+    })
+}
+
+/// A gateway's tunnel after its handshake: it may wait idle (a warm-pool tunnel, holding a
+/// place among `max_pooled_tunnels`) until its `TunnelOpen`, which is admitted by the
+/// listener's policy and answered `TunnelAccept`.
+async fn open_tunnel(
+    mut tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    addr: SocketAddr,
+    gateway: outpost_pki::PeerIdentity,
+    admitting: &Admitting,
+) -> Result<DeviceConnection, GatewayError> {
+    let Ok(_place) = admitting.pooled.try_admit(addr.ip()) else {
+        let refusal = Refusal {
+            code: RefusalCode::Overloaded as i32,
+            reason: "too many idle tunnels from this address".into(),
+        };
+        let _ = write_message(&mut tls, refusal).await;
+        return Err(GatewayError::Protocol {
+            peer: addr,
+            reason: "too many idle tunnels".into(),
+        });
+    };
+    let open = match tokio::time::timeout(admitting.pooled_idle, read_message(&mut tls, 64 * 1024))
+        .await
+    {
+        Err(_) => {
+            return Err(GatewayError::Timeout {
+                what: "a pooled tunnel's TunnelOpen",
+                millis: admitting.pooled_idle.as_millis() as u64,
+            });
+        }
+        Ok(r) => match r? {
+            Message::TunnelOpen(o) => o,
+            other => {
+                return Err(GatewayError::Protocol {
+                    peer: addr,
+                    reason: format!("expected TunnelOpen, got {}", other.message_type().name()),
+                });
+            }
+        },
+    };
+    let gateway_id = match admitting.tunnels.admit(&gateway, &open.gateway_id) {
+        Ok(id) => id,
+        Err(reason) => {
+            log::warn!("server port: tunnel from {addr} refused: {reason}");
+            let refusal = Refusal {
+                code: RefusalCode::NotAuthorized as i32,
+                reason: reason.clone(),
+            };
+            let _ = write_message(&mut tls, refusal).await;
+            return Err(GatewayError::Protocol { peer: addr, reason });
+        }
+    };
+    let peer = open
+        .peer
+        .as_ref()
+        .map(DevicePeer::from_wire)
+        .ok_or_else(|| GatewayError::Protocol {
+            peer: addr,
+            reason: "TunnelOpen without peer".into(),
+        })?;
+    write_message(
+        &mut tls,
+        TunnelAccept {
+            idle_timeout_ms: 600_000,
+        },
+    )
+    .await?;
+    Ok(DeviceConnection {
+        stream: Box::new(tls),
+        peer,
+        via: Via::RemoteGateway(gateway_id),
+    })
 }

@@ -2,7 +2,8 @@
 //! driven by both sides: the server dials and says `SignalHello`, the gateway answers
 //! `SignalHelloAck` with a session id; then keepalives (the server sends one every interval,
 //! either side answers the other's), connect requests from the gateway, refusals of them from
-//! the server, and a `Refusal` when the gateway shuts down.
+//! the server, tickets for the server's warm pool (asked for in the hello, granted by the
+//! gateway with `PoolTickets`), and a `Refusal` when the gateway shuts down.
 //!
 //! Feed it what arrived ([`SignalSession::handle`]) and the time; send what
 //! [`SignalSession::poll_transmit`] gives; act on [`SignalSession::poll_event`]; call
@@ -20,7 +21,7 @@
 //! use outpost_gateway::signal::{End, Event, SignalSession};
 //! let t0 = Instant::now();
 //! let ka = Duration::from_millis(100);
-//! let mut server = SignalSession::server("server-1", ka, t0);
+//! let mut server = SignalSession::server("server-1", ka, 0, t0);
 //! let mut gateway = SignalSession::gateway("gw-1", 7, Duration::from_secs(5), Duration::ZERO, t0);
 //! // Carry what each says to the other.
 //! while let Some(m) = server.poll_transmit() { gateway.handle(t0, m); }
@@ -36,7 +37,8 @@ use std::time::{Duration, Instant};
 
 use outpost_wire::Message;
 use outpost_wire::messages::{
-    ConnectRefusal, ConnectRequest, Keepalive, Refusal, RefusalCode, SignalHello, SignalHelloAck,
+    ConnectRefusal, ConnectRequest, Keepalive, PoolTickets, Refusal, RefusalCode, SignalHello,
+    SignalHelloAck,
 };
 
 /// Why a signal session ended.
@@ -110,6 +112,8 @@ pub enum Event {
     ConnectRequest(ConnectRequest),
     /// (Gateway side) the server will not open the data connection asked for.
     ConnectRefusal(ConnectRefusal),
+    /// (Server side) tickets for warm-pool data connections.
+    PoolTickets(PoolTickets),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +141,9 @@ pub struct SignalSession {
     session_id: u64,
     /// Server side: the keepalive interval; gateway side: the server's, once announced.
     keepalive: Duration,
+    /// Server side: the warm pool asked for; gateway side: what the server asked, once
+    /// announced.
+    pool_size: u32,
     /// Silence allowed once up.
     dead_after: Duration,
     /// Gateway side: the least silence allowed, whatever the server announces.
@@ -154,8 +161,9 @@ pub struct SignalSession {
 
 impl SignalSession {
     /// The server's side, which has just connected at `now`: it says `SignalHello` with its
-    /// id and keepalive interval, and waits three intervals for the ack.
-    pub fn server(server_id: &str, keepalive: Duration, now: Instant) -> Self {
+    /// id, keepalive interval and the warm pool it wants (`pool_size` idle data connections;
+    /// 0: none), and waits three intervals for the ack.
+    pub fn server(server_id: &str, keepalive: Duration, pool_size: u32, now: Instant) -> Self {
         let dead_after = keepalive * 3;
         let mut s = SignalSession {
             side: Side::Server,
@@ -163,6 +171,7 @@ impl SignalSession {
             own_id: server_id.into(),
             session_id: 0,
             keepalive,
+            pool_size,
             dead_after,
             dead_floor: Duration::ZERO,
             handshake_until: now + dead_after,
@@ -177,6 +186,7 @@ impl SignalSession {
         s.transmit.push_back(Message::from(SignalHello {
             server_id: server_id.into(),
             keepalive_ms: u32::try_from(keepalive.as_millis()).unwrap_or(u32::MAX),
+            pool_size,
         }));
         s
     }
@@ -197,6 +207,7 @@ impl SignalSession {
             own_id: gateway_id.into(),
             session_id,
             keepalive: Duration::ZERO,
+            pool_size: 0,
             dead_after: dead_floor,
             dead_floor,
             handshake_until: now + handshake,
@@ -218,6 +229,12 @@ impl SignalSession {
     /// Whether the handshake is done and the session not ended.
     pub fn is_up(&self) -> bool {
         self.phase == Phase::Up
+    }
+
+    /// The warm pool asked for: on the server side what it asks, on the gateway side what
+    /// the server asked in its hello (0 before it).
+    pub fn pool_size(&self) -> u32 {
+        self.pool_size
     }
 
     /// The silence allowed from the peer now.
@@ -302,6 +319,7 @@ impl SignalSession {
             }
             (Side::Gateway, Phase::Handshake, Message::SignalHello(h)) => {
                 self.keepalive = Duration::from_millis(u64::from(h.keepalive_ms));
+                self.pool_size = h.pool_size;
                 self.dead_after = self.dead_floor.max(self.keepalive * 3);
                 self.phase = Phase::Up;
                 self.transmit.push_back(Message::from(SignalHelloAck {
@@ -331,6 +349,9 @@ impl SignalSession {
             (Side::Gateway, Phase::Up, Message::ConnectRefusal(r)) => {
                 self.events.push_back(Event::ConnectRefusal(r));
             }
+            (Side::Server, Phase::Up, Message::PoolTickets(t)) => {
+                self.events.push_back(Event::PoolTickets(t));
+            }
             (_, _, other) => self.finish(End::Unexpected {
                 message: other.message_type().name(),
             }),
@@ -350,6 +371,13 @@ impl SignalSession {
     pub fn request_connection(&mut self, req: ConnectRequest) {
         if self.phase == Phase::Up {
             self.transmit.push_back(Message::from(req));
+        }
+    }
+
+    /// (Gateway side) grants the server tickets for warm-pool data connections.
+    pub fn grant_pool(&mut self, tickets: PoolTickets) {
+        if self.phase == Phase::Up && self.side == Side::Gateway {
+            self.transmit.push_back(Message::from(tickets));
         }
     }
 

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use outpost_gateway::signal::{End, Event, SignalSession};
 use outpost_wire::Message;
-use outpost_wire::messages::{ConnectRefusal, ConnectRequest, Keepalive, RefusalCode, Ticket};
+use outpost_wire::messages::{
+    ConnectRefusal, ConnectRequest, Keepalive, PoolTickets, RefusalCode, Ticket,
+};
 use proptest::prelude::*;
 
 const KA: Duration = Duration::from_millis(100);
@@ -30,7 +32,7 @@ fn exchange(server: &mut SignalSession, gateway: &mut SignalSession, now: Instan
 }
 
 fn up_pair(t0: Instant, floor: Duration) -> (SignalSession, SignalSession) {
-    let mut server = SignalSession::server("server-1", KA, t0);
+    let mut server = SignalSession::server("server-1", KA, 0, t0);
     let mut gateway = SignalSession::gateway("gw-1", 42, HANDSHAKE, floor, t0);
     exchange(&mut server, &mut gateway, t0);
     assert_eq!(
@@ -126,7 +128,7 @@ fn the_gateway_keeps_its_floor_and_waits_its_handshake_time() {
             after: HANDSHAKE
         })
     );
-    let mut server = SignalSession::server("server-1", KA, t0);
+    let mut server = SignalSession::server("server-1", KA, 0, t0);
     let _hello = server.poll_transmit();
     server.handle_timeout(t0 + KA * 3);
     assert!(matches!(
@@ -157,7 +159,7 @@ fn connect_requests_refusals_and_shutdown() {
     assert!(matches!(gateway.poll_event(), Some(Event::ConnectRefusal(r)) if r.reason == "busy"));
 
     // A message with no place here ends the session, naming it.
-    let mut other = SignalSession::server("server-1", KA, t0);
+    let mut other = SignalSession::server("server-1", KA, 0, t0);
     other.handle(t0, Message::from(ConnectRefusal::default()));
     assert_eq!(
         other.end(),
@@ -221,4 +223,40 @@ proptest! {
         prop_assert!(server.is_up());
         let _ = &mut gateway;
     }
+}
+
+#[test]
+fn the_pool_asked_for_in_the_hello_is_granted_by_the_gateway_only_once_up() {
+    let t0 = Instant::now();
+    let mut server = SignalSession::server("server-1", KA, 8, t0);
+    let mut gateway = SignalSession::gateway("gw-1", 42, HANDSHAKE, Duration::ZERO, t0);
+    assert_eq!(gateway.pool_size(), 0, "nothing asked before the hello");
+    let grant = || PoolTickets {
+        tickets: vec![Ticket::from_u128(1), Ticket::from_u128(2)],
+        expires_in_ms: 10_000,
+    };
+    // Before the hello nothing can be granted: the session has no server yet.
+    gateway.grant_pool(grant());
+    assert!(gateway.poll_transmit().is_none());
+    exchange(&mut server, &mut gateway, t0);
+    assert_eq!(
+        gateway.pool_size(),
+        8,
+        "the hello carries the pool asked for"
+    );
+    while server.poll_event().is_some() {}
+    gateway.grant_pool(grant());
+    exchange(&mut server, &mut gateway, t0);
+    assert_eq!(server.poll_event(), Some(Event::PoolTickets(grant())));
+    // The server side grants nothing (tickets are the gateway's to issue).
+    server.grant_pool(grant());
+    assert!(server.poll_transmit().is_none());
+    // A gateway's tickets are refused by the gateway side: only the server receives them.
+    gateway.handle(t0, Message::from(grant()));
+    assert!(matches!(
+        gateway.end(),
+        Some(End::Unexpected {
+            message: "PoolTickets"
+        })
+    ));
 }

@@ -61,6 +61,7 @@ fn main() -> std::io::Result<()> {
                     SignalHello {
                         server_id: "s".into(),
                         keepalive_ms: 5000,
+                        pool_size: 4,
                     }
                     .into(),
                     SignalHelloAck {

@@ -148,6 +148,8 @@ catalogue! {
     0x0033 => ConnectRequest, ignorable: false;
     /// Server refuses a connect request.
     0x0034 => ConnectRefusal, ignorable: false;
+    /// Gateway to server: tickets for warm-pool data connections.
+    0x0035 => PoolTickets, ignorable: true;
     /// Server presents a ticket on a fresh data connection.
     0x0040 => DataAttach, ignorable: false;
     /// Gateway accepts the data connection and splices it.
@@ -281,6 +283,18 @@ impl Message {
                 check_peer(&m.peer, offset, "ConnectRequest")
             }
             Message::ConnectRefusal(m) => require(&m.ticket, offset, "ConnectRefusal", "ticket"),
+            Message::PoolTickets(m) if m.tickets.len() > crate::messages::MAX_POOL_TICKETS => {
+                Err(WireError::InvalidField {
+                    offset,
+                    message: "PoolTickets",
+                    field: "tickets",
+                    reason: format!(
+                        "{} tickets, at most {} allowed",
+                        m.tickets.len(),
+                        crate::messages::MAX_POOL_TICKETS
+                    ),
+                })
+            }
             Message::DataAttach(m) => require(&m.ticket, offset, "DataAttach", "ticket"),
             Message::DataAttachAck(m) => {
                 require(&m.ticket, offset, "DataAttachAck", "ticket")?;

@@ -497,6 +497,10 @@ pub struct SignalHello {
     /// Keepalive interval the server will keep, in milliseconds.
     #[prost(uint32, tag = "2")]
     pub keepalive_ms: u32,
+    /// Data connections the server wants to keep open and idle at the gateway (its warm
+    /// pool; 0: none). The gateway grants at most its own limit with [`PoolTickets`].
+    #[prost(uint32, tag = "3")]
+    pub pool_size: u32,
 }
 
 /// The gateway accepts a signal connection.
@@ -534,6 +538,24 @@ pub struct ConnectRequest {
     #[prost(uint32, tag = "3")]
     pub expires_in_ms: u32,
 }
+
+/// Gateway to server: tickets for warm-pool data connections. The server opens one data
+/// connection per ticket and presents it (`DataAttach`); the gateway keeps the connection
+/// idle until a device comes, then says `TunnelOpen` on it and the server answers
+/// `TunnelAccept`. Pool tickets are single-use and bound to the signal session like every
+/// other.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct PoolTickets {
+    /// The tickets (at most [`MAX_POOL_TICKETS`]).
+    #[prost(message, repeated, tag = "1")]
+    pub tickets: Vec<Ticket>,
+    /// Milliseconds until they expire.
+    #[prost(uint32, tag = "2")]
+    pub expires_in_ms: u32,
+}
+
+/// The most tickets one [`PoolTickets`] carries.
+pub const MAX_POOL_TICKETS: usize = 1_024;
 
 /// Server to gateway: the server will not serve this ticket; close the waiting device.
 #[derive(Clone, PartialEq, Eq, prost::Message)]

@@ -217,11 +217,14 @@ fn message() -> impl Strategy<Value = Message> {
         }),
         any::<u64>().prop_map(|up_to_id| EventAck { up_to_id }.into()),
         (s(), any::<u64>()).prop_map(|(reason, nonce)| SyncNow { reason, nonce }.into()),
-        (s(), any::<u32>()).prop_map(|(server_id, keepalive_ms)| SignalHello {
-            server_id,
-            keepalive_ms
-        }
-        .into()),
+        (s(), any::<u32>(), any::<u32>()).prop_map(|(server_id, keepalive_ms, pool_size)| {
+            SignalHello {
+                server_id,
+                keepalive_ms,
+                pool_size,
+            }
+            .into()
+        }),
         (s(), any::<u64>()).prop_map(|(gateway_id, session_id)| SignalHelloAck {
             gateway_id,
             session_id
@@ -238,6 +241,11 @@ fn message() -> impl Strategy<Value = Message> {
             ticket: Some(t),
             code,
             reason
+        }
+        .into()),
+        (vec(ticket(), 0..4), any::<u32>()).prop_map(|(tickets, expires_in_ms)| PoolTickets {
+            tickets,
+            expires_in_ms
         }
         .into()),
         (ticket(), any::<u64>()).prop_map(|(t, session_id)| DataAttach {

@@ -228,12 +228,22 @@ pub fn sha256(der: &[u8]) -> [u8; 32] {
     d.as_ref().try_into().unwrap()
 }
 
-/// A hand-driven server: opens the signal connection itself (announcing `keepalive_ms`) so
-/// the test sees the tickets and decides what the server reads and writes.
+/// A hand-driven server: opens the signal connection itself (announcing `keepalive_ms`, no
+/// warm pool) so the test sees the tickets and decides what the server reads and writes.
 pub async fn manual_signal(
     server: &TlsMaterial,
     gw: SocketAddr,
     keepalive_ms: u32,
+) -> (Framed<Tls, MessageCodec>, u64) {
+    manual_signal_with_pool(server, gw, keepalive_ms, 0).await
+}
+
+/// [`manual_signal`] asking for a warm pool of `pool_size` data connections.
+pub async fn manual_signal_with_pool(
+    server: &TlsMaterial,
+    gw: SocketAddr,
+    keepalive_ms: u32,
+    pool_size: u32,
 ) -> (Framed<Tls, MessageCodec>, u64) {
     let cfg =
         gateway_signal_client_config(&server.identity, &server.server_ca, &TlsOptions::default())
@@ -248,6 +258,7 @@ pub async fn manual_signal(
         .send(Message::from(SignalHello {
             server_id: "manual".into(),
             keepalive_ms,
+            pool_size,
         }))
         .await
         .unwrap();

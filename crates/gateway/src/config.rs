@@ -90,6 +90,10 @@ pub struct Limits {
     /// An idle pooled connection is closed after this long (remote office: and redialled;
     /// DMZ: the server recycles its own sooner) (default 2 min).
     pub pool_idle_ms: u64,
+    /// A pooled connection taken by a device is expected back (its stream ended in chunks)
+    /// within this time before a replacement is opened (default 200 ms): short connections
+    /// reuse the pool's connections, long-lived ones are replaced off their critical path.
+    pub pool_reuse_grace_ms: u64,
 }
 
 impl Default for Limits {
@@ -113,6 +117,7 @@ impl Default for Limits {
             remote_pool_size: 4,
             pool_claim_timeout_ms: 1_000,
             pool_idle_ms: 120_000,
+            pool_reuse_grace_ms: 200,
         }
     }
 }
@@ -224,6 +229,9 @@ impl Limits {
     }
     pub(crate) fn pool_idle(&self) -> Duration {
         Duration::from_millis(self.pool_idle_ms)
+    }
+    pub(crate) fn pool_reuse_grace(&self) -> Duration {
+        Duration::from_millis(self.pool_reuse_grace_ms)
     }
 }
 

@@ -17,6 +17,7 @@ use outpost_wire::messages::*;
 use outpost_wire::{Message, MessageCodec};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::GatewayError;
+use crate::chunked::{ChunkedLink, Lending};
 use crate::config::{ConnectorConfig, DmzGatewayEntry, TlsMaterial};
 use crate::io::{read_message, write_message};
 use crate::peer::{BoxStream, DeviceConnection, DevicePeer, Via};
@@ -53,6 +55,8 @@ pub struct ConnectorStats {
     pub pool_claimed: AtomicU64,
     /// Pooled connections closed idle after `pool_idle_ms` (the gateway grants a new ticket).
     pub pool_recycled: AtomicU64,
+    /// Pooled connections that carried a device in chunks and waited for the next one.
+    pub pool_reused: AtomicU64,
     /// Pool tickets not used: more were granted than `pool_size` connections could use
     /// within their lifetime.
     pub pool_tickets_unused: AtomicU64,
@@ -397,7 +401,7 @@ impl Link {
                             self.tracker.spawn(async move {
                                 let slot = tokio::select! {
                                     () = stop.cancelled() => return,
-                                    r = tokio::time::timeout(expires, slots.acquire_owned()) => r,
+                                    r = tokio::time::timeout(expires, slots.clone().acquire_owned()) => r,
                                 };
                                 drop(wait);
                                 let Ok(Ok(slot)) = slot else {
@@ -407,7 +411,7 @@ impl Link {
                                     return;
                                 };
                                 let place = PoolPlace::new(slot, &this.stats);
-                                this.pooled(gw, id, ticket, place, stop).await
+                                this.pooled(gw, id, ticket, place, stop, slots).await
                             });
                         }
                     }
@@ -568,20 +572,7 @@ impl Link {
         web_target: Option<SocketAddr>,
     ) {
         if let Some(target) = web_target {
-            self.stats
-                .web_console_tunnels
-                .fetch_add(1, Ordering::Relaxed);
-            let Ok(console) = TcpStream::connect(target).await else {
-                log::warn!("Web Console target {target} unreachable");
-                return;
-            };
-            let idle = Duration::from_millis(self.config.idle_timeout_ms);
-            tokio::select! {
-                r = splice(link, console, 16 * 1024, idle, None) => {
-                    if let Err(e) = r { log::debug!("Web Console tunnel ended: {e}"); }
-                }
-                () = self.shutdown.cancelled() => {}
-            }
+            self.web_console(link, target).await;
             return;
         }
         let conn = DeviceConnection {
@@ -596,11 +587,39 @@ impl Link {
         }
     }
 
-    /// One warm-pool data connection: opened on a pool ticket, presented, then idle until
+    /// Splices `link` to the Web Console target; `true` if both ended cleanly.
+    async fn web_console<L>(&self, link: L, target: SocketAddr) -> bool
+    where
+        L: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    {
+        self.stats
+            .web_console_tunnels
+            .fetch_add(1, Ordering::Relaxed);
+        let Ok(console) = TcpStream::connect(target).await else {
+            log::warn!("Web Console target {target} unreachable");
+            return false;
+        };
+        let _ = console.set_nodelay(true);
+        let idle = Duration::from_millis(self.config.idle_timeout_ms);
+        tokio::select! {
+            r = splice(link, console, 16 * 1024, idle, None) => match r {
+                Ok(_) => true,
+                Err(e) => {
+                    log::debug!("Web Console tunnel ended: {e}");
+                    false
+                }
+            },
+            () = self.shutdown.cancelled() => false,
+        }
+    }
+
+    /// One warm-pool data connection: opened on a pool ticket and presented, then idle until
     /// the gateway says `TunnelOpen` on it for a device (answered `TunnelAccept`, then
     /// delivered like any data connection), or closed after `pool_idle_ms`, or with the
-    /// session. `slot` is its place among the session's `pool_size`; it is given back as soon
-    /// as a device takes the connection, so the gateway's next ticket can be used.
+    /// session. `place` is its place among the session's `pool_size`, given back as soon as
+    /// a device takes the connection, so the gateway's next ticket can be used. With chunks
+    /// agreed, a connection whose device stream ended cleanly waits for the next device, if
+    /// a place is free.
     async fn pooled(
         self: Arc<Self>,
         gw: DmzGatewayEntry,
@@ -608,6 +627,7 @@ impl Link {
         ticket: Ticket,
         place: PoolPlace,
         stop: CancellationToken,
+        slots: Arc<Semaphore>,
     ) {
         let opened = async {
             let mut tls = self.connect(&gw, &self.data).await?;
@@ -633,21 +653,80 @@ impl Link {
             },
         };
         self.stats.pool_opened.fetch_add(1, Ordering::Relaxed);
-        let idle = Duration::from_millis(self.config.pool_idle_ms);
-        let first = tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(idle) => {
-                self.stats.pool_recycled.fetch_add(1, Ordering::Relaxed);
+        let mut place = Some(place);
+        loop {
+            let Some((open, accepted)) = self.claimed(&gw, &mut tls, &stop).await else {
+                return;
+            };
+            drop(place.take());
+            let Some(peer) = open.peer else { return };
+            let web_target = accepted.web_target;
+            self.stats.pool_claimed.fetch_add(1, Ordering::Relaxed);
+            self.stats.data_connections.fetch_add(1, Ordering::Relaxed);
+            if !accepted.reuse {
+                self.deliver(&gw, Box::new(tls), peer, web_target).await;
                 return;
             }
-            m = read_message(&mut tls, self.config.max_frame_len) => m,
+            let mut link = ChunkedLink::new(tls);
+            let back = match web_target {
+                Some(target) => self.web_console(&mut link, target).await.then_some(link),
+                None => {
+                    let (lending, back) = Lending::new(link);
+                    self.deliver(&gw, Box::new(lending), peer, None).await;
+                    tokio::select! {
+                        () = stop.cancelled() => None,
+                        r = back => r.ok(),
+                    }
+                }
+            };
+            let Some(mut link) = back else { return };
+            // The server side is done with the device: its direction ends too.
+            if !link.write_ended() {
+                let limit = Duration::from_millis(self.config.connect_timeout_ms);
+                if !matches!(
+                    tokio::time::timeout(limit, link.shutdown()).await,
+                    Ok(Ok(()))
+                ) {
+                    return;
+                }
+            }
+            // Reused only if the gateway ended its direction too, and a place is free.
+            if !link.is_reusable() {
+                return;
+            }
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                return;
+            };
+            place = Some(PoolPlace::new(slot, &self.stats));
+            self.stats.pool_reused.fetch_add(1, Ordering::Relaxed);
+            tls = link.into_inner();
+        }
+    }
+
+    /// Waits on an idle pooled connection for the gateway's `TunnelOpen` (at most
+    /// `pool_idle_ms`) and answers it: `TunnelAccept`, or a `Refusal` (then `None`, as for
+    /// every end of the connection).
+    async fn claimed(
+        &self,
+        gw: &DmzGatewayEntry,
+        tls: &mut DataLink,
+        stop: &CancellationToken,
+    ) -> Option<(TunnelOpen, Accepted)> {
+        let idle = Duration::from_millis(self.config.pool_idle_ms);
+        let first = tokio::select! {
+            () = stop.cancelled() => return None,
+            () = tokio::time::sleep(idle) => {
+                self.stats.pool_recycled.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            m = read_message(tls, self.config.max_frame_len) => m,
         };
         let open = match first {
             Ok(Message::TunnelOpen(open)) => open,
             // The gateway refused the ticket, closed the connection, or spoke out of turn.
             Ok(Message::Refusal(r)) => {
                 log::warn!("gateway {} refused a pool ticket: {}", gw.id, r.reason);
-                return;
+                return None;
             }
             Ok(other) => {
                 log::warn!(
@@ -655,39 +734,50 @@ impl Link {
                     gw.id,
                     other.message_type().name()
                 );
-                return;
+                return None;
             }
-            Err(_) => return,
+            Err(_) => return None,
         };
-        drop(place);
-        let Some(peer) = open.peer else { return };
-        let channel = ChannelKind::try_from(peer.channel).unwrap_or(ChannelKind::Unspecified);
+        let channel = open
+            .peer
+            .as_ref()
+            .and_then(|p| ChannelKind::try_from(p.channel).ok())
+            .unwrap_or(ChannelKind::Unspecified);
         let web_target = match (channel, self.config.web_console_target) {
             (ChannelKind::WebConsole, None) => {
                 let refusal = Refusal {
                     code: RefusalCode::NotAuthorized as i32,
                     reason: "no Web Console target is configured on the server side".into(),
                 };
-                let _ = write_message(&mut tls, refusal).await;
-                return;
+                let _ = write_message(tls, refusal).await;
+                return None;
             }
             (ChannelKind::WebConsole, Some(t)) => Some(t),
             _ => None,
         };
         let accept = TunnelAccept {
             idle_timeout_ms: u32::try_from(self.config.idle_timeout_ms).unwrap_or(u32::MAX),
+            reuse: open.reuse,
         };
         let limit = Duration::from_millis(self.config.connect_timeout_ms);
         if !matches!(
-            tokio::time::timeout(limit, write_message(&mut tls, accept)).await,
+            tokio::time::timeout(limit, write_message(tls, accept)).await,
             Ok(Ok(()))
         ) {
-            return;
+            return None;
         }
-        self.stats.pool_claimed.fetch_add(1, Ordering::Relaxed);
-        self.stats.data_connections.fetch_add(1, Ordering::Relaxed);
-        self.deliver(&gw, Box::new(tls), peer, web_target).await;
+        let reuse = open.reuse;
+        Some((open, Accepted { web_target, reuse }))
     }
+}
+
+/// A data connection the connector opened.
+type DataLink = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// What a claimed pooled connection carries.
+struct Accepted {
+    web_target: Option<SocketAddr>,
+    reuse: bool,
 }
 
 /// A pool ticket waiting for a place: at most `pool_size` at once.

@@ -26,9 +26,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::{Admission, AdmissionPool};
+use crate::chunked::ChunkedLink;
 use crate::config::{GatewayConfig, GatewayMode, TlsMaterial, read_crls};
 use crate::io::{read_message, write_message};
-use crate::parking::{Parking, PoolCounters};
+use crate::parking::{Lent, Parking, PoolCounters};
 use crate::peer::{BoxStream, DevicePeer, cert_fingerprint, offered_alpn, random_u128};
 use crate::signal::{Event as SignalEvent, SignalSession};
 use crate::splice::{RelayCounters, splice};
@@ -36,6 +37,40 @@ use crate::tickets::{Binding, IssueError, TicketStats, TicketTable};
 use crate::{ALPN_TUNNEL, GatewayError};
 
 type ServerLink = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// The connection a device is relayed over.
+enum Link {
+    /// Opened for this device; closed with it.
+    Raw(BoxStream),
+    /// Lent from a warm pool, the stream in chunks: given back when it ends cleanly.
+    Pooled {
+        link: ChunkedLink<BoxStream>,
+        pool: Arc<Parking>,
+        lent: Lent,
+    },
+    /// Lent from a warm pool, the server not agreeing to chunks: closed with the device.
+    PooledRaw {
+        link: BoxStream,
+        pool: Arc<Parking>,
+        lent: Lent,
+    },
+}
+
+impl Link {
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Link::Raw(l) | Link::PooledRaw { link: l, .. } => l.write_all(bytes).await,
+            Link::Pooled { link, .. } => link.write_all(bytes).await,
+        }
+    }
+
+    /// The link is given up before its relay: a lent one is not coming back.
+    fn gone(&self) {
+        if let Link::Pooled { pool, lent, .. } | Link::PooledRaw { pool, lent, .. } = self {
+            pool.not_returned(*lent);
+        }
+    }
+}
 
 /// Why a relayed stream could not be opened on a connection.
 enum Opening {
@@ -156,6 +191,9 @@ pub struct GatewayStats {
     pub pool_lost: u64,
     /// Pooled connections taken for a device but found dead (never handed to it).
     pub pool_discarded: u64,
+    /// Pooled connections given back after a device's stream ended cleanly (in chunks) and
+    /// waiting for the next device: a short connection that costs no handshake at all.
+    pub pool_reused: u64,
 }
 
 struct RemoteOffice {
@@ -327,6 +365,7 @@ impl Gateway {
         let remote_pool = remote.as_ref().map(|_| {
             Arc::new(Parking::new(
                 limits.remote_pool_size,
+                limits.pool_reuse_grace(),
                 shutdown.child_token(),
                 pool_counters.clone(),
             ))
@@ -459,6 +498,7 @@ impl GatewayHandle {
             pool_claimed: p.claimed.load(Ordering::Relaxed),
             pool_lost: p.lost.load(Ordering::Relaxed),
             pool_discarded: p.discarded.load(Ordering::Relaxed),
+            pool_reused: p.reused.load(Ordering::Relaxed),
             devices_accepted: c.devices_accepted.load(Ordering::Relaxed),
             devices_active: c.devices_active.load(Ordering::Relaxed),
             refused_limit: c.refused_limit.load(Ordering::Relaxed),
@@ -797,13 +837,13 @@ impl Shared {
     }
 
     /// Relays an admitted device to the server; `first` (what a Web Console client sent
-    /// before its tunnel was opened) goes to the server first. `_place` (a device slot or a
+    /// before its tunnel was opened) goes to the server first. `place` (a device slot or a
     /// tunnel place) is held until the relay ends.
     async fn relay_device<P>(
         &self,
         mut device: BoxStream,
         peer: DevicePeer,
-        _place: P,
+        place: P,
         speaks_wire: bool,
         first: BytesMut,
     ) {
@@ -814,36 +854,66 @@ impl Shared {
         // A warm connection if one is idle (checked alive first), else one opened for this
         // device.
         let pools = self.pools();
-        let link: Result<BoxStream, (RefusalCode, String)> =
-            match self.pooled_link(&pools, &peer).await {
-                Err(refused) => Err(refused),
-                Ok(Some(link)) => Ok(link),
-                Ok(None) => match &self.remote {
-                    None => self
-                        .request_data_link(&peer)
-                        .await
-                        .map(|l| Box::new(l) as BoxStream),
-                    Some(ro) => self
-                        .open_tunnel(ro, &peer)
-                        .await
-                        .map(|l| Box::new(l) as BoxStream),
-                },
-            };
+        let link: Result<Link, (RefusalCode, String)> = match self.pooled_link(&pools, &peer).await
+        {
+            Err(refused) => Err(refused),
+            Ok(Some(pooled)) => Ok(pooled),
+            Ok(None) => match &self.remote {
+                None => self
+                    .request_data_link(&peer)
+                    .await
+                    .map(|l| Link::Raw(Box::new(l))),
+                Some(ro) => self
+                    .open_tunnel(ro, &peer)
+                    .await
+                    .map(|l| Link::Raw(Box::new(l))),
+            },
+        };
         let link = match link {
             Ok(mut link) if !first.is_empty() => {
                 let limit = self.config.limits.handshake_timeout();
                 match tokio::time::timeout(limit, link.write_all(&first)).await {
                     Ok(Ok(())) => Ok(link),
-                    _ => Err((
-                        RefusalCode::ServerUnreachable,
-                        "the tunnel did not take the client's first bytes".to_string(),
-                    )),
+                    _ => {
+                        link.gone();
+                        Err((
+                            RefusalCode::ServerUnreachable,
+                            "the tunnel did not take the client's first bytes".to_string(),
+                        ))
+                    }
                 }
             }
             other => other,
         };
         match link {
-            Ok(link) => self.relay(device, link).await,
+            Ok(Link::Raw(link)) => {
+                self.relay(device, link).await;
+            }
+            Ok(Link::Pooled {
+                mut link,
+                pool,
+                lent,
+            }) => {
+                let clean = self.relay(device, &mut link).await;
+                drop(place);
+                self.counters.devices_active.fetch_sub(1, Ordering::Relaxed);
+                if clean && link.is_reusable() {
+                    // Both directions ended with their empty chunk: the connection waits
+                    // for the next device (this task is its watcher now).
+                    let idle = self.config.limits.pool_idle();
+                    tokio::select! {
+                        _ = pool.give_back(lent, link.into_inner(), idle) => {}
+                        () = self.hard_stop.cancelled() => {}
+                    }
+                } else {
+                    pool.not_returned(lent);
+                }
+                return;
+            }
+            Ok(Link::PooledRaw { link, pool, lent }) => {
+                self.relay(device, link).await;
+                pool.not_returned(lent);
+            }
             Err((code, reason)) => {
                 match code {
                     RefusalCode::Overloaded => &self.counters.refused_overloaded,
@@ -871,10 +941,15 @@ impl Shared {
                 }
             }
         }
+        drop(place);
         self.counters.devices_active.fetch_sub(1, Ordering::Relaxed);
     }
 
-    async fn relay(&self, device: BoxStream, link: BoxStream) {
+    /// Relays until both sides are done; `true` if the relay ended cleanly.
+    async fn relay<L>(&self, device: BoxStream, link: L) -> bool
+    where
+        L: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    {
         let limits = &self.config.limits;
         let relay = splice(
             device,
@@ -885,14 +960,19 @@ impl Shared {
         );
         tokio::select! {
             r = relay => match r {
-                Ok(_) => { self.counters.relays_finished.fetch_add(1, Ordering::Relaxed); }
+                Ok(_) => {
+                    self.counters.relays_finished.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
                 Err(e) => {
                     log::debug!("gateway {}: relay ended: {e}", self.config.gateway_id);
                     self.counters.relay_errors.fetch_add(1, Ordering::Relaxed);
+                    false
                 }
             },
             () = self.hard_stop.cancelled() => {
                 self.counters.relay_errors.fetch_add(1, Ordering::Relaxed);
+                false
             }
         }
     }
@@ -930,28 +1010,38 @@ impl Shared {
         &self,
         pools: &[Arc<Parking>],
         peer: &DevicePeer,
-    ) -> Result<Option<BoxStream>, (RefusalCode, String)> {
+    ) -> Result<Option<Link>, (RefusalCode, String)> {
         let limit = self.config.limits.pool_claim_timeout();
         for pool in pools {
-            while let Some(mut link) = pool.take().await {
-                match tokio::time::timeout(limit, self.open_relay(&mut link, peer)).await {
-                    Ok(Ok(())) => {
+            while let Some((mut link, lent)) = pool.take().await {
+                match tokio::time::timeout(limit, self.open_relay(&mut link, peer, true)).await {
+                    Ok(Ok(reuse)) => {
                         pool.claimed();
-                        return Ok(Some(link));
+                        let pool = pool.clone();
+                        return Ok(Some(if reuse {
+                            Link::Pooled {
+                                link: ChunkedLink::new(link),
+                                pool,
+                                lent,
+                            }
+                        } else {
+                            Link::PooledRaw { link, pool, lent }
+                        }));
                     }
                     Ok(Err(Opening::Refused(code, reason))) => {
                         pool.claimed();
+                        pool.not_returned(lent);
                         return Err((code, reason));
                     }
                     Ok(Err(Opening::Broken(why))) => {
-                        pool.discarded();
+                        pool.discarded(lent);
                         log::debug!(
                             "gateway {}: a pooled connection was dead ({why}); trying another",
                             self.config.gateway_id
                         );
                     }
                     Err(_) => {
-                        pool.discarded();
+                        pool.discarded(lent);
                         log::debug!(
                             "gateway {}: a pooled connection did not answer within {} ms; trying another",
                             self.config.gateway_id,
@@ -965,20 +1055,27 @@ impl Shared {
     }
 
     /// Opens a relayed stream for `peer` on `link` (a pooled connection, or a tunnel just
-    /// dialled): `TunnelOpen`, answered by `TunnelAccept` or a `Refusal`.
-    async fn open_relay<S>(&self, link: &mut S, peer: &DevicePeer) -> Result<(), Opening>
+    /// dialled): `TunnelOpen`, answered by `TunnelAccept` or a `Refusal`. With `reuse` the
+    /// stream is asked to go in chunks; `Ok(true)` if the server agreed.
+    async fn open_relay<S>(
+        &self,
+        link: &mut S,
+        peer: &DevicePeer,
+        reuse: bool,
+    ) -> Result<bool, Opening>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let open = TunnelOpen {
             peer: Some(peer.to_wire()),
             gateway_id: self.config.gateway_id.clone(),
+            reuse,
         };
         write_message(link, open)
             .await
             .map_err(|e| Opening::Broken(e.to_string()))?;
         match read_message(link, self.config.limits.max_frame_len).await {
-            Ok(Message::TunnelAccept(_)) => Ok(()),
+            Ok(Message::TunnelAccept(a)) => Ok(reuse && a.reuse),
             Ok(Message::Refusal(r)) => Err(Opening::Refused(
                 RefusalCode::try_from(r.code).unwrap_or(RefusalCode::Unspecified),
                 r.reason,
@@ -1108,7 +1205,7 @@ impl Shared {
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, (RefusalCode, String)> {
         let open = async {
             let mut tls = self.dial_server(ro).await?;
-            self.open_relay(&mut tls, peer)
+            self.open_relay(&mut tls, peer, false)
                 .await
                 .map_err(Opening::into_refusal)?;
             Ok(tls)
@@ -1240,6 +1337,7 @@ impl Shared {
         // The session's warm pool: sized once the server's hello says what it wants.
         let pool = Arc::new(Parking::new(
             0,
+            limits.pool_reuse_grace(),
             self.shutdown.child_token(),
             self.pool_counters.clone(),
         ));

@@ -42,6 +42,7 @@
 //! ```
 
 pub mod admission;
+pub mod chunked;
 mod config;
 mod connector;
 mod error;

@@ -11,6 +11,7 @@ use outpost_pki::tls::{self as pki_tls, TlsOptions};
 use outpost_wire::Message;
 use outpost_wire::messages::*;
 use rustls::ServerConfig;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::AdmissionPool;
+use crate::chunked::{ChunkedLink, Lending};
 use crate::config::TlsMaterial;
 use crate::io::{read_message, write_message};
 use crate::peer::{DeviceConnection, DevicePeer, Via, offered_alpn};
@@ -389,10 +391,8 @@ async fn accept_devices(
             let conn = match accepted {
                 Ok(Ok(Accepted::Device(conn))) => Ok(conn),
                 Ok(Ok(Accepted::Tunnel { tls, gateway })) => {
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        r = open_tunnel(*tls, addr, gateway, &admitting) => r,
-                    }
+                    serve_tunnel(*tls, addr, gateway, &admitting, &out, &stop).await;
+                    return;
                 }
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(GatewayError::Timeout {
@@ -483,15 +483,89 @@ async fn handshake(
     })
 }
 
-/// A gateway's tunnel after its handshake: it may wait idle (a warm-pool tunnel, holding a
-/// place among `max_pooled_tunnels`) until its `TunnelOpen`, which is admitted by the
-/// listener's policy and answered `TunnelAccept`.
-async fn open_tunnel(
-    mut tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+/// A remote-office gateway's tunnel connection: each `TunnelOpen` on it is a device, handed
+/// over; with chunks agreed the connection waits for the next one once the device's stream
+/// has ended cleanly both ways.
+async fn serve_tunnel(
+    mut tls: TunnelLink,
     addr: SocketAddr,
     gateway: outpost_pki::PeerIdentity,
     admitting: &Admitting,
-) -> Result<DeviceConnection, GatewayError> {
+    out: &mpsc::Sender<DeviceConnection>,
+    stop: &CancellationToken,
+) {
+    loop {
+        let opened = tokio::select! {
+            () = stop.cancelled() => return,
+            r = open_tunnel(tls, addr, &gateway, admitting) => r,
+        };
+        let opened = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                admitting.failures.fetch_add(1, Ordering::Relaxed);
+                log::debug!("server port: {addr}: {e}");
+                return;
+            }
+        };
+        let via = Via::RemoteGateway(opened.gateway_id);
+        if !opened.reuse {
+            let conn = DeviceConnection {
+                stream: Box::new(opened.tls),
+                peer: opened.peer,
+                via,
+            };
+            let _ = out.send(conn).await;
+            return;
+        }
+        let (lending, back) = Lending::new(ChunkedLink::new(opened.tls));
+        let conn = DeviceConnection {
+            stream: Box::new(lending),
+            peer: opened.peer,
+            via,
+        };
+        if out.send(conn).await.is_err() {
+            return;
+        }
+        let back = tokio::select! {
+            () = stop.cancelled() => return,
+            r = back => r,
+        };
+        let Ok(mut link) = back else { return };
+        if !link.write_ended()
+            && !matches!(
+                tokio::time::timeout(admitting.timeout, link.shutdown()).await,
+                Ok(Ok(()))
+            )
+        {
+            return;
+        }
+        if !link.is_reusable() {
+            return;
+        }
+        tls = link.into_inner();
+    }
+}
+
+/// A gateway's tunnel connection on the server's port.
+type TunnelLink = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// A `TunnelOpen` admitted and answered.
+struct Opened {
+    tls: TunnelLink,
+    peer: DevicePeer,
+    gateway_id: String,
+    reuse: bool,
+}
+
+/// A gateway's tunnel after its handshake (or its previous device): it may wait idle (a
+/// warm-pool tunnel, holding a place among `max_pooled_tunnels`) until its `TunnelOpen`,
+/// which is admitted by the listener's policy and answered `TunnelAccept`.
+async fn open_tunnel(
+    mut tls: TunnelLink,
+    addr: SocketAddr,
+    gateway: &outpost_pki::PeerIdentity,
+    admitting: &Admitting,
+) -> Result<Opened, GatewayError> {
     let Ok(_place) = admitting.pooled.try_admit(addr.ip()) else {
         let refusal = Refusal {
             code: RefusalCode::Overloaded as i32,
@@ -522,7 +596,7 @@ async fn open_tunnel(
             }
         },
     };
-    let gateway_id = match admitting.tunnels.admit(&gateway, &open.gateway_id) {
+    let gateway_id = match admitting.tunnels.admit(gateway, &open.gateway_id) {
         Ok(id) => id,
         Err(reason) => {
             log::warn!("server port: tunnel from {addr} refused: {reason}");
@@ -546,12 +620,14 @@ async fn open_tunnel(
         &mut tls,
         TunnelAccept {
             idle_timeout_ms: 600_000,
+            reuse: open.reuse,
         },
     )
     .await?;
-    Ok(DeviceConnection {
-        stream: Box::new(tls),
+    Ok(Opened {
+        tls,
         peer,
-        via: Via::RemoteGateway(gateway_id),
+        gateway_id,
+        reuse: open.reuse,
     })
 }

@@ -1,5 +1,5 @@
 //! The tokio side of a warm pool ([`PoolBook`] counts): idle connections, each watched by its
-//! own task while it waits, and taken by devices.
+//! own task while it waits, lent to devices and given back when their stream ends cleanly.
 //!
 //! A parked connection's task reads from it: the peer sends nothing on an idle pooled
 //! connection, so end of stream, an error or any byte means it is gone, and it leaves the
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::peer::BoxStream;
 use crate::pool::PoolBook;
 
-/// Counters of one pool, or of every pool of a gateway together.
+/// Counters of every pool of a gateway together.
 #[derive(Debug, Default)]
 pub(crate) struct PoolCounters {
     /// Connections that arrived and were parked.
@@ -31,6 +31,8 @@ pub(crate) struct PoolCounters {
     pub lost: AtomicU64,
     /// Connections taken but found dead (no answer to `TunnelOpen` in time, or an error).
     pub discarded: AtomicU64,
+    /// Connections given back after a device's stream ended cleanly, and parked again.
+    pub reused: AtomicU64,
 }
 
 type Claim = oneshot::Sender<BoxStream>;
@@ -43,11 +45,15 @@ struct Slot {
 struct State {
     book: PoolBook,
     idle: VecDeque<Slot>,
+    /// Slot numbers of connections given back (tickets and dials number the others).
+    next_returned: u128,
 }
 
 /// One warm pool: the book, its idle connections, and a wake-up for whoever refills it.
 pub(crate) struct Parking {
     state: Mutex<State>,
+    /// How long a lent connection is expected back before it is replaced.
+    grace: Duration,
     /// Notified whenever the pool may want more connections.
     pub refill: Notify,
     /// Cancelled when the pool ends (its signal session, the gateway): every parked
@@ -56,13 +62,25 @@ pub(crate) struct Parking {
     counters: Arc<PoolCounters>,
 }
 
+/// A connection lent to a device: give it back with [`Parking::give_back`] or say it is gone
+/// with [`Parking::not_returned`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lent(u64);
+
 impl Parking {
-    pub fn new(target: usize, closed: CancellationToken, counters: Arc<PoolCounters>) -> Self {
+    pub fn new(
+        target: usize,
+        grace: Duration,
+        closed: CancellationToken,
+        counters: Arc<PoolCounters>,
+    ) -> Self {
         Parking {
             state: Mutex::new(State {
                 book: PoolBook::new(target),
                 idle: VecDeque::new(),
+                next_returned: 1 << 127,
             }),
+            grace,
             refill: Notify::new(),
             closed,
             counters,
@@ -81,19 +99,35 @@ impl Parking {
     /// Parks `stream`, the arrival of opening `id`, until a device takes it or it is lost
     /// (this is the connection's task); `true` if a device took it. A stream that is not an
     /// opening under way is closed.
-    pub async fn park(&self, id: u128, mut stream: BoxStream, idle_limit: Duration) -> bool {
-        let (claim_tx, claim_rx) = oneshot::channel::<Claim>();
-        {
-            let mut st = self.state();
-            if !st.book.arrived(id) {
-                return false;
-            }
-            st.idle.push_back(Slot {
-                id,
-                claim: claim_tx,
-            });
+    pub async fn park(&self, id: u128, stream: BoxStream, idle_limit: Duration) -> bool {
+        if !self.state().book.arrived(id) {
+            return false;
         }
         self.counters.parked.fetch_add(1, Ordering::Relaxed);
+        self.wait_idle(id, stream, idle_limit).await
+    }
+
+    /// Gives back a lent connection whose device stream ended cleanly, and parks it again
+    /// (this is its task) if the pool takes it; `true` if a device took it again.
+    pub async fn give_back(&self, lent: Lent, stream: BoxStream, idle_limit: Duration) -> bool {
+        let id = {
+            let mut st = self.state();
+            if !st.book.returned(lent.0) {
+                return false;
+            }
+            st.next_returned += 1;
+            st.next_returned
+        };
+        self.counters.reused.fetch_add(1, Ordering::Relaxed);
+        self.wait_idle(id, stream, idle_limit).await
+    }
+
+    async fn wait_idle(&self, id: u128, mut stream: BoxStream, idle_limit: Duration) -> bool {
+        let (claim_tx, claim_rx) = oneshot::channel::<Claim>();
+        self.state().idle.push_back(Slot {
+            id,
+            claim: claim_tx,
+        });
         let mut probe = [0u8; 1];
         let claimed = tokio::select! {
             claim = claim_rx => claim.ok(),
@@ -117,25 +151,31 @@ impl Parking {
         false
     }
 
-    /// Takes the most recently parked idle connection, if any (the newest is the likeliest
+    /// Lends the most recently parked idle connection, if any (the newest is the likeliest
     /// alive; the oldest age out).
-    pub async fn take(&self) -> Option<BoxStream> {
+    pub async fn take(&self) -> Option<(BoxStream, Lent)> {
         loop {
-            let slot = {
+            let (slot, lent) = {
                 let mut st = self.state();
                 let slot = st.idle.pop_back()?;
-                st.book.taken();
-                slot
+                let lent = st.book.lend(Instant::now(), self.grace);
+                (slot, Lent(lent))
             };
-            self.refill.notify_one();
             let (tx, rx) = oneshot::channel();
-            if slot.claim.send(tx).is_err() {
-                continue;
+            if slot.claim.send(tx).is_ok()
+                && let Ok(stream) = rx.await
+            {
+                return Some((stream, lent));
             }
-            if let Ok(stream) = rx.await {
-                return Some(stream);
-            }
+            // It left as it was taken.
+            self.not_returned(lent);
         }
+    }
+
+    /// A lent connection will not come back: a replacement is asked for.
+    pub fn not_returned(&self, lent: Lent) {
+        self.state().book.not_returned(lent.0);
+        self.refill.notify_one();
     }
 
     /// Counts a connection taken and found alive.
@@ -143,12 +183,14 @@ impl Parking {
         self.counters.claimed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a connection taken and found dead.
-    pub fn discarded(&self) {
+    /// A connection taken and found dead: counted, and not coming back.
+    pub fn discarded(&self, lent: Lent) {
         self.counters.discarded.fetch_add(1, Ordering::Relaxed);
+        self.not_returned(lent);
     }
 
-    /// Idle connections now, and the most connections opening and idle together so far.
+    /// Idle connections now, and the most connections opening, idle and lent together so
+    /// far.
     pub fn sizes(&self) -> (usize, usize) {
         let st = self.state();
         (st.book.idle(), st.book.high_water())

@@ -608,6 +608,10 @@ pub struct TunnelOpen {
     /// The gateway.
     #[prost(string, tag = "2")]
     pub gateway_id: String,
+    /// The gateway asks to carry the stream in chunks, ended by an empty chunk each way, so
+    /// the connection can carry another device afterwards (a warm-pool connection).
+    #[prost(bool, tag = "3")]
+    pub reuse: bool,
 }
 
 /// The server accepted a [`TunnelOpen`].
@@ -616,6 +620,10 @@ pub struct TunnelAccept {
     /// Maximum idle time the server allows on the tunnel, in milliseconds.
     #[prost(uint32, tag = "1")]
     pub idle_timeout_ms: u32,
+    /// The server agrees to chunks (only when asked): the stream is carried so, and the
+    /// connection returns to the pool when both directions have ended.
+    #[prost(bool, tag = "2")]
+    pub reuse: bool,
 }
 
 // ---------------------------------------------------------------------------------------

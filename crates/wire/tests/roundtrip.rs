@@ -258,12 +258,17 @@ fn message() -> impl Strategy<Value = Message> {
             peer: Some(p)
         }
         .into()),
-        (peer(), s()).prop_map(|(p, gateway_id)| TunnelOpen {
+        (peer(), s(), any::<bool>()).prop_map(|(p, gateway_id, reuse)| TunnelOpen {
             peer: Some(p),
-            gateway_id
+            gateway_id,
+            reuse
         }
         .into()),
-        any::<u32>().prop_map(|idle_timeout_ms| TunnelAccept { idle_timeout_ms }.into()),
+        (any::<u32>(), any::<bool>()).prop_map(|(idle_timeout_ms, reuse)| TunnelAccept {
+            idle_timeout_ms,
+            reuse
+        }
+        .into()),
         assignment().prop_map(Message::from),
         update().prop_map(Message::from),
         (s(), any::<u64>(), any::<u32>()).prop_map(|(object_id, offset, length)| ChunkRequest {

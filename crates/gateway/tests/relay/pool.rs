@@ -259,3 +259,51 @@ async fn the_pool_stays_bounded_under_a_burst_of_a_thousand_and_refills_after_it
     conn.shutdown().await;
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_connections_reuse_the_pool_and_a_long_one_is_replaced_after_its_grace() {
+    let pki = Pki::new();
+    let mut cfg = GatewayConfig::dmz("gw-dmz", local());
+    cfg.limits.pool_reuse_grace_ms = 100;
+    let (tx, rx) = mpsc::channel(64);
+    let seen = echo_server(rx);
+    let (gw, conn) = dmz_pair(&pki, cfg, tx, |c| c.pool_size = 1).await;
+    wait_until("the pool is full", || gw.stats().pool_idle == 1).await;
+    let cert = pki.agent("device-1");
+    // Twenty devices one after another: each ends its stream cleanly, and the one pooled
+    // connection carries them all; no other data connection is opened.
+    for i in 0..20u64 {
+        let tls = agent_connect(&pki, &cert, gw.local_addr(), GATEWAY_NAME)
+            .await
+            .unwrap();
+        bounded("a short device", echo_roundtrip(tls, payload(i, 10_000)))
+            .await
+            .unwrap();
+        wait_until("the connection is back", || gw.stats().pool_idle == 1).await;
+    }
+    let s = gw.stats();
+    assert_eq!((s.pool_claimed, s.pool_reused), (20, 20), "{s:?}");
+    assert_eq!(s.tickets.redeemed, 1, "one data connection in all: {s:?}");
+    let opened = conn.stats().pool_opened.load(Ordering::Relaxed);
+    assert_eq!(opened, 1);
+    assert_eq!(seen.lock().unwrap().peers.len(), 20);
+
+    // A device that stays: after the grace its connection is replaced, so the next device
+    // still finds one idle.
+    let held = agent_connect(&pki, &cert, gw.local_addr(), GATEWAY_NAME)
+        .await
+        .unwrap();
+    let (mut r, mut w) = tokio::io::split(held);
+    w.write_all(b"x").await.unwrap();
+    let mut b = [0u8; 1];
+    bounded("the long device is relayed", r.read_exact(&mut b))
+        .await
+        .unwrap();
+    wait_until("a replacement", || gw.stats().pool_idle == 1).await;
+    assert_eq!(conn.stats().pool_opened.load(Ordering::Relaxed), 2);
+    let s = gw.stats();
+    assert!(s.pool_high_water <= 1, "{s:?}");
+    drop((r, w));
+    conn.shutdown().await;
+    gw.shutdown().await;
+}

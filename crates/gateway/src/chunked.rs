@@ -63,9 +63,11 @@ pub struct ChunkedLink<S> {
     reading: Reading,
     header: [u8; 4],
     writing: Writing,
-    /// Framed bytes accepted from the caller and not yet written to `inner`.
-    out: Vec<u8>,
-    written: usize,
+    /// The length of the chunk being written, and how much of it is out (4: all).
+    head: [u8; 4],
+    head_sent: usize,
+    /// Bytes the chunk being written still owes its length.
+    owed: usize,
     broken: bool,
 }
 
@@ -77,8 +79,9 @@ impl<S> ChunkedLink<S> {
             reading: Reading::Header { have: 0 },
             header: [0; 4],
             writing: Writing::Open,
-            out: Vec::new(),
-            written: 0,
+            head: [0; 4],
+            head_sent: 4,
+            owed: 0,
             broken: false,
         }
     }
@@ -89,7 +92,8 @@ impl<S> ChunkedLink<S> {
         !self.broken
             && self.reading == Reading::Ended
             && self.writing == Writing::Ended
-            && self.out.len() == self.written
+            && self.head_sent == 4
+            && self.owed == 0
     }
 
     /// Whether the peer has ended its direction.
@@ -114,14 +118,14 @@ impl<S> ChunkedLink<S> {
 }
 
 impl<S: AsyncWrite + Unpin> ChunkedLink<S> {
-    /// Writes what is queued in `out`.
-    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.written < self.out.len() {
-            match Pin::new(&mut self.inner).poll_write(cx, &self.out[self.written..]) {
+    /// Writes the rest of the current chunk's length.
+    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.head_sent < 4 {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.head[self.head_sent..]) {
                 Poll::Ready(Ok(0)) => {
                     return self.fail(io::ErrorKind::WriteZero, "the connection took no bytes");
                 }
-                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Ok(n)) => self.head_sent += n,
                 Poll::Ready(Err(e)) => {
                     self.broken = true;
                     return Poll::Ready(Err(e));
@@ -129,8 +133,6 @@ impl<S: AsyncWrite + Unpin> ChunkedLink<S> {
                 Poll::Pending => return Poll::Pending,
             }
         }
-        self.out.clear();
-        self.written = 0;
         Poll::Ready(Ok(()))
     }
 }
@@ -200,6 +202,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for ChunkedLink<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for ChunkedLink<S> {
+    /// Writes `data` as (the rest of) a chunk, its length and bytes in one vectored write
+    /// when the connection takes them so: no copy of the relayed bytes.
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -209,23 +213,53 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ChunkedLink<S> {
         if this.writing != Writing::Open {
             return this.fail(io::ErrorKind::BrokenPipe, "this side's stream has ended");
         }
-        ready!(this.poll_drain(cx))?;
-        if data.is_empty() {
-            return Poll::Ready(Ok(0));
+        loop {
+            ready!(this.poll_head(cx))?;
+            if data.is_empty() {
+                return Poll::Ready(Ok(0));
+            }
+            if this.owed > 0 {
+                let n = this.owed.min(data.len());
+                let k = match ready!(Pin::new(&mut this.inner).poll_write(cx, &data[..n])) {
+                    Ok(0) => {
+                        return this.fail(io::ErrorKind::WriteZero, "the connection took no bytes");
+                    }
+                    Ok(k) => k,
+                    Err(e) => {
+                        this.broken = true;
+                        return Poll::Ready(Err(e));
+                    }
+                };
+                this.owed -= k;
+                return Poll::Ready(Ok(k));
+            }
+            let n = data.len().min(MAX_CHUNK);
+            let head = (n as u32).to_be_bytes();
+            let bufs = [io::IoSlice::new(&head), io::IoSlice::new(&data[..n])];
+            let k = match ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, &bufs)) {
+                Ok(0) => {
+                    return this.fail(io::ErrorKind::WriteZero, "the connection took no bytes");
+                }
+                Ok(k) => k,
+                Err(e) => {
+                    this.broken = true;
+                    return Poll::Ready(Err(e));
+                }
+            };
+            // The chunk is committed from its first byte on.
+            this.head = head;
+            this.head_sent = k.min(4);
+            let sent = k.saturating_sub(4);
+            this.owed = n - sent;
+            if sent > 0 {
+                return Poll::Ready(Ok(sent));
+            }
         }
-        let n = data.len().min(MAX_CHUNK);
-        this.out.extend_from_slice(&(n as u32).to_be_bytes());
-        this.out.extend_from_slice(&data[..n]);
-        // Written now if the connection takes it; otherwise by the next write or flush.
-        if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
-            return Poll::Ready(Err(e));
-        }
-        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        ready!(this.poll_drain(cx))?;
+        ready!(this.poll_head(cx))?;
         Pin::new(&mut this.inner).poll_flush(cx)
     }
 
@@ -233,16 +267,27 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ChunkedLink<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.writing == Writing::Open {
-            ready!(this.poll_drain(cx))?;
-            this.out.extend_from_slice(&0u32.to_be_bytes());
+            ready!(this.poll_head(cx))?;
+            if this.owed > 0 {
+                return this.fail(
+                    io::ErrorKind::InvalidInput,
+                    "shut down inside a chunk: its bytes were never all written",
+                );
+            }
+            this.head = [0; 4];
+            this.head_sent = 0;
             this.writing = Writing::Ending;
         }
         if this.writing == Writing::Ending {
-            ready!(this.poll_drain(cx))?;
+            ready!(this.poll_head(cx))?;
             ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
             this.writing = Writing::Ended;
         }
         Poll::Ready(Ok(()))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
     }
 }
 
@@ -310,6 +355,26 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Lending<S> {
     }
 }
 
+/// Reads `data` as one direction of a chunked stream: the bytes carried if it ends with its
+/// empty chunk, `None` if it is cut short or has an oversized chunk. For the fuzz target
+/// and its corpus replay.
+#[doc(hidden)]
+pub fn fuzz_decode(data: &[u8]) -> Option<Vec<u8>> {
+    let mut link = ChunkedLink::new(data);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+    loop {
+        let mut rb = ReadBuf::new(&mut buf);
+        match Pin::new(&mut link).poll_read(&mut cx, &mut rb) {
+            Poll::Ready(Ok(())) if rb.filled().is_empty() => return Some(out),
+            Poll::Ready(Ok(())) => out.extend_from_slice(rb.filled()),
+            // A byte slice never waits.
+            Poll::Ready(Err(_)) | Poll::Pending => return None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -326,12 +391,13 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
         /// Whatever the write sizes and the transport's buffer, the reader gets exactly the
         /// bytes written, end of stream where the writer shut down, and the link is reusable:
         /// a second stream on the same connection arrives intact too.
         #[test]
         fn chunks_carry_every_byte_and_the_connection_twice(
-            data in proptest::collection::vec(any::<u8>(), 0..200_000),
+            data in proptest::collection::vec(any::<u8>(), 0..150_000),
             second in proptest::collection::vec(any::<u8>(), 0..5_000),
             pipe in 1usize..100_000,
             writes in proptest::collection::vec(1usize..100_000, 1..20),

@@ -291,6 +291,32 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ChunkedLink<S> {
     }
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin> ChunkedLink<S> {
+    /// After its stream's user is done (cleanly or not): ends this direction if it has not
+    /// ended, and reads the peer's direction to its end, discarding at most `max_drain`
+    /// bytes, all within `limit`. `true` if the link is then reusable. A device that went
+    /// away without a clean close therefore costs its connection nothing, as long as the
+    /// other side ends its direction promptly.
+    pub async fn settle(&mut self, limit: std::time::Duration, max_drain: usize) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if self.broken {
+            return false;
+        }
+        let work = async {
+            if !self.write_ended() {
+                self.shutdown().await?;
+            }
+            let mut scratch = [0u8; 4096];
+            let mut drained = 0;
+            while !self.read_ended() && drained <= max_drain {
+                drained += self.read(&mut scratch).await?;
+            }
+            Ok::<(), io::Error>(())
+        };
+        matches!(tokio::time::timeout(limit, work).await, Ok(Ok(()))) && self.is_reusable()
+    }
+}
+
 /// A chunked link handed to a user who only drops it when done (the server's device
 /// service): it comes back through the receiver [`Lending::new`] returns, to be made idle
 /// again if both directions ended cleanly.

@@ -17,7 +17,6 @@ use outpost_wire::messages::*;
 use outpost_wire::{Message, MessageCodec};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -517,15 +516,7 @@ impl Link {
             limit_ms = limit_ms.min(u64::from(req.expires_in_ms));
         }
         let opened = async {
-            let mut tls = self.connect(&gw, &self.data).await?;
-            write_message(
-                &mut tls,
-                DataAttach {
-                    ticket: Some(ticket),
-                    session_id: session,
-                },
-            )
-            .await?;
+            let mut tls = self.open_data(&gw, ticket, session).await?;
             match read_message(&mut tls, self.config.max_frame_len).await? {
                 Message::DataAttachAck(ack) => Ok((tls, ack.peer.unwrap_or(peer))),
                 Message::Refusal(r) => Err(GatewayError::Refused {
@@ -560,6 +551,25 @@ impl Link {
         };
         self.stats.data_connections.fetch_add(1, Ordering::Relaxed);
         self.deliver(&gw, Box::new(tls), peer, web_target).await;
+    }
+
+    /// Opens a data connection to `gw` and presents `ticket` of signal session `session`.
+    async fn open_data(
+        &self,
+        gw: &DmzGatewayEntry,
+        ticket: Ticket,
+        session: u64,
+    ) -> Result<DataLink, GatewayError> {
+        let mut tls = self.connect(gw, &self.data).await?;
+        write_message(
+            &mut tls,
+            DataAttach {
+                ticket: Some(ticket),
+                session_id: session,
+            },
+        )
+        .await?;
+        Ok(tls)
     }
 
     /// Hands a data connection that now carries `peer` to the server, or splices it to the
@@ -629,21 +639,9 @@ impl Link {
         stop: CancellationToken,
         slots: Arc<Semaphore>,
     ) {
-        let opened = async {
-            let mut tls = self.connect(&gw, &self.data).await?;
-            write_message(
-                &mut tls,
-                DataAttach {
-                    ticket: Some(ticket),
-                    session_id: session,
-                },
-            )
-            .await?;
-            Ok::<_, GatewayError>(tls)
-        };
         let mut tls = tokio::select! {
             () = stop.cancelled() => return,
-            r = opened => match r {
+            r = self.open_data(&gw, ticket, session) => match r {
                 Ok(tls) => tls,
                 Err(e) => {
                     self.stats.data_failures.fetch_add(1, Ordering::Relaxed);
@@ -680,18 +678,10 @@ impl Link {
                 }
             };
             let Some(mut link) = back else { return };
-            // The server side is done with the device: its direction ends too.
-            if !link.write_ended() {
-                let limit = Duration::from_millis(self.config.connect_timeout_ms);
-                if !matches!(
-                    tokio::time::timeout(limit, link.shutdown()).await,
-                    Ok(Ok(()))
-                ) {
-                    return;
-                }
-            }
-            // Reused only if the gateway ended its direction too, and a place is free.
-            if !link.is_reusable() {
+            // The server side is done with the device: its direction ends too, and the
+            // gateway's is read to its end. Reused only then, and if a place is free.
+            let limit = Duration::from_millis(self.config.connect_timeout_ms.min(1_000));
+            if !link.settle(limit, 256 * 1024).await {
                 return;
             }
             let Ok(slot) = slots.clone().try_acquire_owned() else {

@@ -38,6 +38,10 @@ use crate::{ALPN_TUNNEL, GatewayError};
 
 type ServerLink = tokio_rustls::server::TlsStream<TcpStream>;
 
+/// The most bytes the server may still send for a device that has gone before its pooled
+/// connection is given back rather than closed.
+const MAX_DRAIN: usize = 256 * 1024;
+
 /// The connection a device is relayed over.
 enum Link {
     /// Opened for this device; closed with it.
@@ -894,10 +898,13 @@ impl Shared {
                 pool,
                 lent,
             }) => {
-                let clean = self.relay(device, &mut link).await;
+                self.relay(device, &mut link).await;
                 drop(place);
                 self.counters.devices_active.fetch_sub(1, Ordering::Relaxed);
-                if clean && link.is_reusable() {
+                // However the device left (many close without a TLS close_notify), the
+                // connection is reusable once both its directions have ended.
+                let limit = self.config.limits.pool_claim_timeout();
+                if link.settle(limit, MAX_DRAIN).await {
                     // Both directions ended with their empty chunk: the connection waits
                     // for the next device (this task is its watcher now).
                     let idle = self.config.limits.pool_idle();

@@ -11,7 +11,6 @@ use outpost_pki::tls::{self as pki_tls, TlsOptions};
 use outpost_wire::Message;
 use outpost_wire::messages::*;
 use rustls::ServerConfig;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -465,13 +464,7 @@ async fn handshake(
         _ => Some("tunnels are opened only by connection gateways".to_string()),
     };
     if let Some(reason) = refused {
-        log::warn!("server port: tunnel from {addr} refused: {reason}");
-        let refusal = Refusal {
-            code: RefusalCode::NotAuthorized as i32,
-            reason: reason.clone(),
-        };
-        let _ = write_message(&mut tls, refusal).await;
-        return Err(GatewayError::Protocol { peer: addr, reason });
+        return Err(refuse_tunnel(&mut tls, addr, reason).await);
     }
     let gateway = gateway.ok_or_else(|| GatewayError::Protocol {
         peer: addr,
@@ -481,6 +474,17 @@ async fn handshake(
         tls: Box::new(tls),
         gateway,
     })
+}
+
+/// Tells a tunnel it is not authorised (`reason`), and gives the error it ends with.
+async fn refuse_tunnel(tls: &mut TunnelLink, addr: SocketAddr, reason: String) -> GatewayError {
+    log::warn!("server port: tunnel from {addr} refused: {reason}");
+    let refusal = Refusal {
+        code: RefusalCode::NotAuthorized as i32,
+        reason: reason.clone(),
+    };
+    let _ = write_message(tls, refusal).await;
+    GatewayError::Protocol { peer: addr, reason }
 }
 
 /// A remote-office gateway's tunnel connection: each `TunnelOpen` on it is a device, handed
@@ -531,15 +535,10 @@ async fn serve_tunnel(
             r = back => r,
         };
         let Ok(mut link) = back else { return };
-        if !link.write_ended()
-            && !matches!(
-                tokio::time::timeout(admitting.timeout, link.shutdown()).await,
-                Ok(Ok(()))
-            )
+        if !link
+            .settle(admitting.timeout.min(Duration::from_secs(1)), 256 * 1024)
+            .await
         {
-            return;
-        }
-        if !link.is_reusable() {
             return;
         }
         tls = link.into_inner();
@@ -598,15 +597,7 @@ async fn open_tunnel(
     };
     let gateway_id = match admitting.tunnels.admit(gateway, &open.gateway_id) {
         Ok(id) => id,
-        Err(reason) => {
-            log::warn!("server port: tunnel from {addr} refused: {reason}");
-            let refusal = Refusal {
-                code: RefusalCode::NotAuthorized as i32,
-                reason: reason.clone(),
-            };
-            let _ = write_message(&mut tls, refusal).await;
-            return Err(GatewayError::Protocol { peer: addr, reason });
-        }
+        Err(reason) => return Err(refuse_tunnel(&mut tls, addr, reason).await),
     };
     let peer = open
         .peer

@@ -424,23 +424,7 @@ async fn manual_data(
     ticket: Ticket,
     session: u64,
 ) -> (Message, tokio_rustls::client::TlsStream<TcpStream>) {
-    let cfg =
-        gateway_data_client_config(&server.identity, &server.server_ca, &TlsOptions::default())
-            .unwrap();
-    let tcp = TcpStream::connect(gw).await.unwrap();
-    let mut tls = TlsConnector::from(cfg)
-        .connect(ServerName::try_from(GATEWAY_NAME).unwrap(), tcp)
-        .await
-        .unwrap();
-    outpost_gateway::io::write_message(
-        &mut tls,
-        DataAttach {
-            ticket: Some(ticket),
-            session_id: session,
-        },
-    )
-    .await
-    .unwrap();
+    let mut tls = pool::pooled_data(server, gw, ticket, session).await;
     let m = outpost_gateway::io::read_message(&mut tls, 65536)
         .await
         .unwrap();

@@ -11,7 +11,7 @@ use super::*;
 
 /// A data connection presenting `ticket`, as the server opens one for its pool: nothing is
 /// answered until a device takes it.
-async fn pooled_data(
+pub(super) async fn pooled_data(
     server: &outpost_gateway::TlsMaterial,
     gw: std::net::SocketAddr,
     ticket: Ticket,
@@ -287,6 +287,19 @@ async fn short_connections_reuse_the_pool_and_a_long_one_is_replaced_after_its_g
     let opened = conn.stats().pool_opened.load(Ordering::Relaxed);
     assert_eq!(opened, 1);
     assert_eq!(seen.lock().unwrap().peers.len(), 20);
+
+    // A device that goes away without closing its TLS session (no close_notify, as many
+    // do): its connection still comes back, once the server side has ended its direction.
+    let mut rude = agent_connect(&pki, &cert, gw.local_addr(), GATEWAY_NAME)
+        .await
+        .unwrap();
+    rude.write_all(b"ping").await.unwrap();
+    let mut b = [0u8; 4];
+    bounded("echoed", rude.read_exact(&mut b)).await.unwrap();
+    drop(rude);
+    wait_until("given back after all", || gw.stats().pool_reused == 21).await;
+    assert_eq!(gw.stats().pool_idle, 1);
+    assert_eq!(conn.stats().pool_opened.load(Ordering::Relaxed), 1);
 
     // A device that stays: after the grace its connection is replaced, so the next device
     // still finds one idle.

@@ -13,8 +13,10 @@
 //! seed; receivers are given the matching public key with `--sender-key`.
 //!
 //! After the session the sender listens `--linger-ms` (default 3000) for receivers'
-//! completion reports and prints a line per receiver; with `--expect N` it ends as soon as
-//! N receivers have reported.
+//! completion reports and prints a line per receiver; with `--expect N` it keeps polling and
+//! repairing until N receivers have reported (a receiver without `--fetch-from` asks by NAK
+//! for everything it lacks), at most `--expect-timeout-ms` (default 600000) after the data
+//! went out; then it names the receivers that reported and exits non-zero if any is missing.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -30,7 +32,7 @@ use outpost::multicast::{
 
 const USAGE: &str = "usage:
   multicast keygen --out KEYFILE
-  multicast send --group ADDR[:PORT] --iface IF --key KEYFILE [--rate MBIT] [--ttl N] [--loopback] [--expect N] [--linger-ms MS] FILE
+  multicast send --group ADDR[:PORT] --iface IF --key KEYFILE [--rate MBIT] [--ttl N] [--loopback] [--expect N] [--expect-timeout-ms MS] [--linger-ms MS] FILE
   multicast receive --group ADDR[:PORT] --iface IF --sender-key HEX --out DIR [--fetch-from FILE] [--loss FRACTION] [--loopback]";
 
 struct Args {
@@ -46,6 +48,7 @@ struct Args {
     loss: f64,
     loopback: bool,
     expect: u32,
+    expect_timeout_ms: u64,
     linger_ms: u64,
     file: Option<PathBuf>,
 }
@@ -76,6 +79,7 @@ fn parse_args() -> Result<Args, String> {
         loss: 0.0,
         loopback: false,
         expect: 0,
+        expect_timeout_ms: 600_000,
         linger_ms: 3000,
         file: None,
     };
@@ -133,6 +137,12 @@ fn parse_args() -> Result<Args, String> {
                     .ok_or(format!("--loss: {v:?} not in [0, 1)"))?;
             }
             "--loopback" => a.loopback = true,
+            "--expect-timeout-ms" => {
+                let v = value("--expect-timeout-ms")?;
+                a.expect_timeout_ms = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    format!("--expect-timeout-ms: {v:?} is not a positive number of milliseconds")
+                })?;
+            }
             "--expect" => {
                 let v = value("--expect")?;
                 a.expect = v
@@ -207,6 +217,7 @@ async fn send(a: Args) -> Result<(), String> {
     cfg.offload_encoding = true;
     cfg.done_linger_ms = a.linger_ms;
     cfg.expect_receivers = a.expect;
+    cfg.expect_timeout_ms = a.expect_timeout_ms;
     let session = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -229,10 +240,14 @@ async fn send(a: Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let sock = driver::send_socket(&sc).map_err(|e| e.to_string())?;
     let start = Instant::now();
+    let mut done = Vec::new();
     let stats = driver::run_sender(&sock, sc.group, &mut sender, |s, ev| {
         let t = start.elapsed().as_secs_f64();
         match ev {
             Some(SenderEvent::ReceiverDone { from, hash_matches }) => {
+                if hash_matches && !done.contains(&from) {
+                    done.push(from);
+                }
                 eprintln!(
                     "\nreceiver {from} done, hash {}",
                     if hash_matches { "matches" } else { "MISMATCH" }
@@ -262,6 +277,21 @@ async fn send(a: Args) -> Result<(), String> {
         stats.receivers_done,
         stats.backoffs
     );
+    if a.expect > 0 && (done.len() as u64) < u64::from(a.expect) {
+        let names: Vec<String> = done.iter().map(|d| d.to_string()).collect();
+        return Err(format!(
+            "{} of the {} expected receivers reported done within {} ms ({}); {} missing",
+            done.len(),
+            a.expect,
+            a.expect_timeout_ms,
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            },
+            u64::from(a.expect) - done.len() as u64
+        ));
+    }
     Ok(())
 }
 
@@ -273,6 +303,8 @@ async fn receive(a: Args) -> Result<(), String> {
     rcfg.seed = u64::from(std::process::id());
     // Blocks are decoded and hashed on a worker thread while the socket keeps being read.
     rcfg.offload_block_work = true;
+    // Without a unicast source, every missing block is asked for by NAK, from the first.
+    rcfg.unicast_fallback = a.fetch_from.is_some();
     let mut rx = Receiver::new(rcfg, &pk).map_err(|e| e.to_string())?;
     let mut sink = FileSink::new(&out).map_err(|e| e.to_string())?;
     let mut fetcher: Box<dyn Fetcher> = match &a.fetch_from {

@@ -55,8 +55,15 @@ pub struct SenderConfig {
     /// unicast). 0: finish at once.
     pub done_linger_ms: u64,
     /// Receivers expected to report `Done` (0: unknown). Once that many have reported, the
-    /// session ends without waiting for further quiet polls, and the linger stops.
+    /// session ends without waiting for further quiet polls, and the linger stops. Until
+    /// then the session does not end on quiet polls or `max_drain_polls`: it keeps polling
+    /// and repairing (a receiver that missed the manifest and the data gets them by NAK)
+    /// until every expected receiver reported or `expect_timeout_ms` passed.
     pub expect_receivers: u32,
+    /// With `expect_receivers`, the longest the session waits for them after its data was
+    /// sent, in milliseconds (default 10 min); past it the session ends and the receivers
+    /// that did not report are missing.
+    pub expect_timeout_ms: u64,
     /// Hand the building of blocks' RaptorQ encoders out as
     /// [`crate::sender::EncodeJob`]s through [`crate::Sender::poll_job`] instead of doing it
     /// inside [`crate::Sender::poll_transmit`]. [`crate::driver::run_sender`] then runs them on
@@ -86,6 +93,7 @@ impl Default for SenderConfig {
             end_copies: 3,
             done_linger_ms: 1000,
             expect_receivers: 0,
+            expect_timeout_ms: 600_000,
             offload_encoding: false,
         }
     }
@@ -247,6 +255,12 @@ pub struct ReceiverConfig {
     /// bursts: with 4, two loss-free receivers on one 2-core host made the sender cut an
     /// 8 Gbit/s rate they kept up with (2–3 cuts per transfer, about 5% less goodput).
     pub backlog_report_blocks: u32,
+    /// Whether this receiver has a unicast source for what the session cannot repair cheaply
+    /// (default `true`): the blocks that went by before it joined, and everything when its
+    /// loss is above `nak_max_loss_permille`. Without one (`false`) it asks by NAK for every
+    /// missing block from the first, never withholds its NAKs, and so is carried to the end
+    /// by repair while the sender still polls (a sender expecting it keeps polling).
+    pub unicast_fallback: bool,
 }
 
 impl Default for ReceiverConfig {
@@ -260,6 +274,7 @@ impl Default for ReceiverConfig {
             nak_max_loss_permille: 400,
             offload_block_work: false,
             backlog_report_blocks: 16,
+            unicast_fallback: true,
         }
     }
 }

@@ -1229,6 +1229,18 @@ impl Receiver {
         if a.sender.is_none() {
             a.sender = Some(from);
         }
+        if a.finished {
+            // Still polled after reporting: the report may have been lost, so it goes again
+            // (one small datagram per poll, only to the sender that polls).
+            let mut out = Vec::new();
+            Packet::Done {
+                session: a.manifest.session_id,
+                file_hash: a.manifest.file_hash,
+            }
+            .encode(&mut out);
+            self.transmit.push_back((from, out));
+            return;
+        }
         if a.complete || a.ended {
             return;
         }
@@ -1251,10 +1263,15 @@ impl Receiver {
         // Blocks that went by before this receiver joined are fetched by unicast, and so is
         // everything for a receiver losing more than the configured share: repair sized for
         // it would cost every other receiver.
-        let Some(join) = a.join_block else {
-            return;
+        // Without a unicast source everything missing is asked for, from the first block
+        // (even one that went by before this receiver joined, or before its manifest came).
+        let fallback = self.cfg.unicast_fallback;
+        let join = match a.join_block {
+            _ if !fallback => 0,
+            Some(j) => j,
+            None => return,
         };
-        if total_loss_permille > u64::from(self.cfg.nak_max_loss_permille) {
+        if fallback && total_loss_permille > u64::from(self.cfg.nak_max_loss_permille) {
             self.stats.naks_withheld += 1;
             a.pending_nak = None;
             return;

@@ -275,6 +275,8 @@ pub struct Sender {
     cut_poll: u32,
     /// Lingering: a manifest request came in; one round of the manifest is due.
     linger_announce: bool,
+    /// The first drain poll after all source data was sent.
+    drain_since: Option<Instant>,
     /// Lingering: when the End goes out again.
     next_linger_end: Instant,
     jobs: VecDeque<EncodeJob>,
@@ -361,6 +363,7 @@ impl Sender {
             load_from: HashMap::new(),
             cut_poll: 0,
             linger_announce: false,
+            drain_since: None,
             next_linger_end: now,
             jobs: VecDeque::new(),
             poll_seq: 0,
@@ -549,10 +552,19 @@ impl Sender {
                 } else {
                     self.quiet = 0;
                 }
-                if self.quiet >= self.cfg.quiet_polls
-                    || self.drain_polls >= self.cfg.max_drain_polls
-                    || self.all_expected_done()
-                {
+                // Expecting receivers that have not reported, the session goes on (polls
+                // and repair) until they do or the expectation's deadline passes.
+                let since = *self.drain_since.get_or_insert(now);
+                let waiting = self.cfg.expect_receivers > 0
+                    && now < since + Duration::from_millis(self.cfg.expect_timeout_ms);
+                let done = if waiting {
+                    self.all_expected_done()
+                } else {
+                    self.quiet >= self.cfg.quiet_polls
+                        || self.drain_polls >= self.cfg.max_drain_polls
+                        || self.all_expected_done()
+                };
+                if done {
                     for _ in 0..self.cfg.end_copies {
                         let mut p = Vec::new();
                         Packet::End {

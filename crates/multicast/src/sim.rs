@@ -137,6 +137,10 @@ pub struct SimConfig {
     /// one at a time, as on a device whose CPU checks one block after another, so a rate
     /// above what it can check builds a backlog (`offload_block_work` only).
     pub slow: Vec<(usize, Duration)>,
+    /// Whether receivers have a unicast source for the blocks the session left them without
+    /// (default `true`). Without one, a `FetchNeeded` is answered by nothing, as by a
+    /// receiver started without `--fetch-from`.
+    pub fetch: bool,
 }
 
 impl SimConfig {
@@ -158,6 +162,7 @@ impl SimConfig {
             max_time: Duration::from_secs(120),
             job_delay: Duration::from_micros(500),
             slow: Vec::new(),
+            fetch: true,
         }
     }
 }
@@ -409,7 +414,7 @@ pub fn run(cfg: &SimConfig, data: &[u8]) -> Result<SimOutcome> {
                             crash = true;
                         }
                     }
-                    ReceiverEvent::FetchNeeded { blocks } => {
+                    ReceiverEvent::FetchNeeded { blocks } if cfg.fetch => {
                         for b in blocks {
                             let off = manifest.block_offset(b) as usize;
                             let len = manifest.block_len(b);
@@ -421,6 +426,7 @@ pub fn run(cfg: &SimConfig, data: &[u8]) -> Result<SimOutcome> {
                             }
                         }
                     }
+                    ReceiverEvent::FetchNeeded { .. } => {}
                     ReceiverEvent::Complete { .. } => {
                         let h = sha256(&n.disk);
                         rx.finish(h)?;

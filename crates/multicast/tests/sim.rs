@@ -253,7 +253,8 @@ fn receivers_that_missed_the_manifest_or_the_whole_session_still_finish() {
 }
 
 /// With `done_linger_ms`, the sender keeps collecting `Done` reports after the End packets;
-/// with `expect_receivers`, it stops as soon as that many distinct receivers reported.
+/// with `expect_receivers`, it stops as soon as that many distinct receivers reported, and
+/// waits for them at most `expect_timeout_ms` (here 1 s) before ending.
 #[test]
 fn sender_collects_done_reports_and_stops_when_all_expected_reported() {
     let data = file(200_000, 11);
@@ -262,6 +263,7 @@ fn sender_collects_done_reports_and_stops_when_all_expected_reported() {
         let mut cfg = SimConfig::new(5, 6, LinkModel::default());
         cfg.sender.done_linger_ms = linger_ms;
         cfg.sender.expect_receivers = expect;
+        cfg.sender.expect_timeout_ms = 1_000;
         let out = sim::run(&cfg, &data).unwrap();
         check(&out, &data);
         out
@@ -270,10 +272,15 @@ fn sender_collects_done_reports_and_stops_when_all_expected_reported() {
     let all = run(6, linger.as_millis() as u64);
     assert_eq!(all.sender.receivers_done, 6);
     assert!(all.elapsed < linger, "stopped early: {:?}", all.elapsed);
-    // One more expected than there are: every report counted, the linger runs out.
+    // One more expected than there are: every report counted; the session waits for the
+    // seventh until its deadline, then the linger runs out.
     let short = run(7, linger.as_millis() as u64);
     assert_eq!(short.sender.receivers_done, 6);
-    assert!(short.elapsed >= linger, "lingered: {:?}", short.elapsed);
+    assert!(
+        short.elapsed >= linger + Duration::from_secs(1),
+        "waited, then lingered: {:?}",
+        short.elapsed
+    );
     // Expecting all six ends the session before the quiet polls would have.
     let plain = run(0, 0);
     assert!(
@@ -350,4 +357,32 @@ fn partitioned_receivers_still_finish() {
         "{:?}, {blocks} blocks",
         out.sender
     );
+}
+
+/// The case a namespace run at 5% loss once lost: a receiver that misses the session's first
+/// block and more (here a partition over the session's start), with no unicast source. With
+/// `expect_receivers` the sender keeps repairing until every receiver reports done, and the
+/// receivers keep asking by NAK: both finish byte-exact, nothing fetched.
+#[test]
+fn a_receiver_without_a_fetcher_that_missed_the_start_still_finishes() {
+    let data = file(400_000, 21);
+    for seed in 0..8 {
+        let mut cfg = SimConfig::new(seed, 2, LinkModel::lossy(0.05));
+        cfg.links[1].partitions = vec![(Duration::ZERO, Duration::from_millis(40))];
+        cfg.fetch = false;
+        cfg.receiver.unicast_fallback = false;
+        cfg.sender.expect_receivers = 2;
+        cfg.sender.done_linger_ms = 30_000;
+        let out = sim::run(&cfg, &data).unwrap();
+        for (i, r) in out.receivers.iter().enumerate() {
+            assert!(
+                r.finished,
+                "seed {seed}: receiver {i} did not finish: {:?}",
+                r.stats
+            );
+            assert_eq!(r.fetched_blocks, 0);
+            assert!(r.data == data, "seed {seed}: receiver {i} differs");
+        }
+        assert_eq!(out.sender.receivers_done, 2, "seed {seed}");
+    }
 }

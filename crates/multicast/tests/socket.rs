@@ -365,3 +365,53 @@ async fn socket_overflow_is_reported_and_slows_the_sender() {
     assert!(res.stats.load_reports > 0, "{:?}", res.stats);
     assert!(stats.load_reports > 0 && stats.backoffs > 0, "{stats:?}");
 }
+
+/// The case a namespace run once lost, over real loopback sockets: neither receiver has a
+/// unicast source; one loses 5% of what arrives, the other starts listening only after the
+/// sender has begun, so it misses the session's first block and more. The sender expects
+/// both: it keeps polling and repairing until both report done, and both finish byte-exact
+/// without fetching anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receivers_without_a_unicast_source_are_carried_to_the_end_by_repair() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("update.bin");
+    let data = common::file(2_000_000, 77);
+    std::fs::write(&src, &data).unwrap();
+    let sock_cfg = common::loopback_config(9);
+    let key = SigningKey::from_seed(&[9u8; 32]).unwrap();
+    let pk = key.public_key();
+    let receiver = |i: u64, opts: ReceiveOptions| {
+        let g = driver::group_socket(&sock_cfg).unwrap();
+        let c = driver::control_socket(&sock_cfg).unwrap();
+        let mut rcfg = ReceiverConfig::default();
+        rcfg.seed = i;
+        rcfg.unicast_fallback = false;
+        common::spawn_receiver(g, c, rcfg, pk, opts, Box::new(NoFetcher))
+    };
+    let lossy = receiver(1, ReceiveOptions::with_loss(0.05, 5));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut scfg = common::test_sender_config();
+    // Slow enough that the late receiver misses the start, not the whole data phase.
+    scfg.max_rate_bps = 40_000_000;
+    scfg.expect_receivers = 2;
+    scfg.expect_timeout_ms = 20_000;
+    let sock = driver::send_socket(&sock_cfg).unwrap();
+    let sending = common::send_file(&sock, sock_cfg.group, &key, &src, 0x77, scfg);
+    // Starts the late receiver's task and hands back its handle, awaited below.
+    #[allow(clippy::async_yields_async)]
+    let late = async {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        receiver(2, ReceiveOptions::default())
+    };
+    let (stats, late) = tokio::join!(sending, late);
+    for h in [lossy, late] {
+        let (res, written, _dir) = h.await.unwrap();
+        assert!(written == data, "file byte-exact");
+        assert_eq!(res.fetched_blocks, 0, "{:?}", res.stats);
+        // Each missed blocks (the lossy one symbols, the late one the start) and got them
+        // by repair.
+        assert!(res.stats.repair_symbols > 0, "{:?}", res.stats);
+    }
+    assert_eq!(stats.receivers_done, 2, "{stats:?}");
+    assert!(stats.repair_packets > 0, "{stats:?}");
+}

@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::GatewayError;
 use crate::chunked::{ChunkedLink, Lending};
 use crate::config::{ConnectorConfig, DmzGatewayEntry, TlsMaterial};
-use crate::io::{read_message, write_message};
+use crate::io::{read_message, sleep_until, write_message};
 use crate::peer::{BoxStream, DeviceConnection, DevicePeer, Via};
 use crate::signal::{End, Event as SignalEvent, SignalSession};
 use crate::splice::splice;
@@ -356,12 +356,8 @@ impl Link {
         let write_limit = sig.dead_after();
         let (refuse_tx, mut refuse_rx) = mpsc::channel::<ConnectRefusal>(256);
         let mut session: Option<u64> = None;
-        // The warm pool of this session: at most `pool_size` connections open or opening,
-        // whatever the gateway grants; all closed when the session ends.
-        let pool_slots = Arc::new(Semaphore::new(self.config.pool_size));
-        let pool_waiting = Arc::new(AtomicUsize::new(0));
-        let pool_stop = self.shutdown.child_token();
-        let _close_pool = pool_stop.clone().drop_guard();
+        let pool = SessionPool::new(self.config.pool_size, self.shutdown.child_token());
+        let _close_pool = pool.stop.clone().drop_guard();
         loop {
             while let Some(event) = sig.poll_event() {
                 match event {
@@ -381,37 +377,8 @@ impl Link {
                         session = Some(session_id);
                     }
                     SignalEvent::PoolTickets(grant) => {
-                        let Some(id) = session else { continue };
-                        let expires = Duration::from_millis(u64::from(grant.expires_in_ms));
-                        for ticket in grant.tickets {
-                            // A ticket may come while the connection it replaces is still
-                            // being claimed (the gateway counts it gone when it takes it, the
-                            // server when it reads its TunnelOpen): it waits for that place,
-                            // within the ticket's lifetime. At most `pool_size` wait so.
-                            let Some(wait) = PoolWait::enter(&pool_waiting, self.config.pool_size)
-                            else {
-                                self.stats
-                                    .pool_tickets_unused
-                                    .fetch_add(1, Ordering::Relaxed);
-                                continue;
-                            };
-                            let (this, gw, stop) = (self.clone(), gw.clone(), pool_stop.clone());
-                            let slots = pool_slots.clone();
-                            self.tracker.spawn(async move {
-                                let slot = tokio::select! {
-                                    () = stop.cancelled() => return,
-                                    r = tokio::time::timeout(expires, slots.clone().acquire_owned()) => r,
-                                };
-                                drop(wait);
-                                let Ok(Ok(slot)) = slot else {
-                                    this.stats
-                                        .pool_tickets_unused
-                                        .fetch_add(1, Ordering::Relaxed);
-                                    return;
-                                };
-                                let place = PoolPlace::new(slot, &this.stats);
-                                this.pooled(gw, id, ticket, place, stop, slots).await
-                            });
+                        if let Some(id) = session {
+                            pool.open(self, gw, id, grant);
                         }
                     }
                     SignalEvent::ConnectRequest(req) => {
@@ -457,15 +424,8 @@ impl Link {
             if let Some(end) = sig.end() {
                 return Err((signal_error(gw, end), session.is_some()));
             }
-            let deadline = sig.poll_timeout();
-            let timer = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
-                () = timer => sig.handle_timeout(Instant::now()),
+                () = sleep_until(sig.poll_timeout()) => sig.handle_timeout(Instant::now()),
                 r = refuse_rx.recv() => {
                     if let Some(r) = r {
                         sig.refuse_connection(r);
@@ -653,15 +613,14 @@ impl Link {
         self.stats.pool_opened.fetch_add(1, Ordering::Relaxed);
         let mut place = Some(place);
         loop {
-            let Some((open, accepted)) = self.claimed(&gw, &mut tls, &stop).await else {
+            let Some((open, web_target)) = self.claimed(&gw, &mut tls, &stop).await else {
                 return;
             };
             drop(place.take());
             let Some(peer) = open.peer else { return };
-            let web_target = accepted.web_target;
             self.stats.pool_claimed.fetch_add(1, Ordering::Relaxed);
             self.stats.data_connections.fetch_add(1, Ordering::Relaxed);
-            if !accepted.reuse {
+            if !open.reuse {
                 self.deliver(&gw, Box::new(tls), peer, web_target).await;
                 return;
             }
@@ -695,13 +654,14 @@ impl Link {
 
     /// Waits on an idle pooled connection for the gateway's `TunnelOpen` (at most
     /// `pool_idle_ms`) and answers it: `TunnelAccept`, or a `Refusal` (then `None`, as for
-    /// every end of the connection).
+    /// every end of the connection). With the open, the Web Console target it goes to, if
+    /// it is a console tunnel.
     async fn claimed(
         &self,
         gw: &DmzGatewayEntry,
         tls: &mut DataLink,
         stop: &CancellationToken,
-    ) -> Option<(TunnelOpen, Accepted)> {
+    ) -> Option<(TunnelOpen, Option<SocketAddr>)> {
         let idle = Duration::from_millis(self.config.pool_idle_ms);
         let first = tokio::select! {
             () = stop.cancelled() => return None,
@@ -756,18 +716,67 @@ impl Link {
         ) {
             return None;
         }
-        let reuse = open.reuse;
-        Some((open, Accepted { web_target, reuse }))
+        Some((open, web_target))
     }
 }
 
 /// A data connection the connector opened.
 type DataLink = tokio_rustls::client::TlsStream<TcpStream>;
 
-/// What a claimed pooled connection carries.
-struct Accepted {
-    web_target: Option<SocketAddr>,
-    reuse: bool,
+/// The server's half of one signal session's warm pool: at most `pool_size` connections
+/// open, opening or idle, whatever the gateway grants; all closed when `stop` fires (the
+/// session's end).
+struct SessionPool {
+    size: usize,
+    slots: Arc<Semaphore>,
+    /// Tickets waiting for a place.
+    waiting: Arc<AtomicUsize>,
+    stop: CancellationToken,
+}
+
+impl SessionPool {
+    fn new(size: usize, stop: CancellationToken) -> Self {
+        SessionPool {
+            size,
+            slots: Arc::new(Semaphore::new(size)),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            stop,
+        }
+    }
+
+    /// Opens a pooled connection for each ticket of `grant` (session `session` of `gw`).
+    /// A ticket may come while the connection it replaces is still being claimed (the
+    /// gateway counts it gone when it takes it, the server when it reads its `TunnelOpen`):
+    /// it waits for that place, within the ticket's lifetime. At most `size` wait so; the
+    /// rest are not used.
+    fn open(&self, link: &Arc<Link>, gw: &DmzGatewayEntry, session: u64, grant: PoolTickets) {
+        let expires = Duration::from_millis(u64::from(grant.expires_in_ms));
+        for ticket in grant.tickets {
+            let Some(wait) = PoolWait::enter(&self.waiting, self.size) else {
+                link.stats
+                    .pool_tickets_unused
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let (this, gw, stop) = (link.clone(), gw.clone(), self.stop.clone());
+            let slots = self.slots.clone();
+            link.tracker.spawn(async move {
+                let slot = tokio::select! {
+                    () = stop.cancelled() => return,
+                    r = tokio::time::timeout(expires, slots.clone().acquire_owned()) => r,
+                };
+                drop(wait);
+                let Ok(Ok(slot)) = slot else {
+                    this.stats
+                        .pool_tickets_unused
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                let place = PoolPlace::new(slot, &this.stats);
+                this.pooled(gw, session, ticket, place, stop, slots).await
+            });
+        }
+    }
 }
 
 /// A pool ticket waiting for a place: at most `pool_size` at once.

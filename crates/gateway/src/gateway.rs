@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::admission::{Admission, AdmissionPool};
 use crate::chunked::ChunkedLink;
 use crate::config::{GatewayConfig, GatewayMode, TlsMaterial, read_crls};
-use crate::io::{read_message, write_message};
+use crate::io::{read_message, sleep_until, write_message};
 use crate::parking::{Lent, Parking, PoolCounters};
 use crate::peer::{BoxStream, DevicePeer, cert_fingerprint, offered_alpn, random_u128};
 use crate::signal::{Event as SignalEvent, SignalSession};
@@ -889,33 +889,17 @@ impl Shared {
             }
             other => other,
         };
+        // A pooled connection whose stream ended in chunks is given back after the relay.
+        let mut give_back = None;
         match link {
-            Ok(Link::Raw(link)) => {
-                self.relay(device, link).await;
-            }
+            Ok(Link::Raw(link)) => self.relay(device, link).await,
             Ok(Link::Pooled {
                 mut link,
                 pool,
                 lent,
             }) => {
                 self.relay(device, &mut link).await;
-                drop(place);
-                self.counters.devices_active.fetch_sub(1, Ordering::Relaxed);
-                // However the device left (many close without a TLS close_notify), the
-                // connection is reusable once both its directions have ended.
-                let limit = self.config.limits.pool_claim_timeout();
-                if link.settle(limit, MAX_DRAIN).await {
-                    // Both directions ended with their empty chunk: the connection waits
-                    // for the next device (this task is its watcher now).
-                    let idle = self.config.limits.pool_idle();
-                    tokio::select! {
-                        _ = pool.give_back(lent, link.into_inner(), idle) => {}
-                        () = self.hard_stop.cancelled() => {}
-                    }
-                } else {
-                    pool.not_returned(lent);
-                }
-                return;
+                give_back = Some((link, pool, lent));
             }
             Ok(Link::PooledRaw { link, pool, lent }) => {
                 self.relay(device, link).await;
@@ -950,10 +934,27 @@ impl Shared {
         }
         drop(place);
         self.counters.devices_active.fetch_sub(1, Ordering::Relaxed);
+        let Some((mut link, pool, lent)) = give_back else {
+            return;
+        };
+        // However the device left (many close without a TLS close_notify), the connection
+        // is reusable once both its directions have ended; this task then watches it idle.
+        if link
+            .settle(self.config.limits.pool_claim_timeout(), MAX_DRAIN)
+            .await
+        {
+            let idle = self.config.limits.pool_idle();
+            tokio::select! {
+                _ = pool.give_back(lent, link.into_inner(), idle) => {}
+                () = self.hard_stop.cancelled() => {}
+            }
+        } else {
+            pool.not_returned(lent);
+        }
     }
 
-    /// Relays until both sides are done; `true` if the relay ended cleanly.
-    async fn relay<L>(&self, device: BoxStream, link: L) -> bool
+    /// Relays until both sides are done, counting how it ended.
+    async fn relay<L>(&self, device: BoxStream, link: L)
     where
         L: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
     {
@@ -967,19 +968,14 @@ impl Shared {
         );
         tokio::select! {
             r = relay => match r {
-                Ok(_) => {
-                    self.counters.relays_finished.fetch_add(1, Ordering::Relaxed);
-                    true
-                }
+                Ok(_) => { self.counters.relays_finished.fetch_add(1, Ordering::Relaxed); }
                 Err(e) => {
                     log::debug!("gateway {}: relay ended: {e}", self.config.gateway_id);
                     self.counters.relay_errors.fetch_add(1, Ordering::Relaxed);
-                    false
                 }
             },
             () = self.hard_stop.cancelled() => {
                 self.counters.relay_errors.fetch_add(1, Ordering::Relaxed);
-                false
             }
         }
     }
@@ -1247,12 +1243,15 @@ impl Shared {
         );
         let (done_tx, mut done_rx) = mpsc::channel::<bool>(64);
         let mut next_id: u128 = 0;
-        let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut retry_at: Option<Instant> = None;
         let limit = self.config.limits.handshake_timeout();
         loop {
             let now = Instant::now();
             pool.with_book(|b| b.handle_timeout(now));
-            let waiting = retry_at.is_some_and(|t| t > tokio::time::Instant::now());
+            if retry_at.is_some_and(|t| t <= now) {
+                retry_at = None;
+            }
+            let waiting = retry_at.is_some();
             let wanted = if waiting {
                 0
             } else {
@@ -1294,28 +1293,19 @@ impl Shared {
                     }
                 });
             }
-            let retry = async {
-                match retry_at {
-                    Some(t) => tokio::time::sleep_until(t).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let expiry = pool.poll_timeout();
-            let expire = async {
-                match expiry {
-                    Some(t) => tokio::time::sleep_until(t.into()).await,
-                    None => std::future::pending().await,
-                }
+            // The book's next deadline, or the end of the backoff, whichever comes first.
+            let deadline = match (retry_at, pool.poll_timeout()) {
+                (Some(r), Some(b)) => Some(r.min(b)),
+                (r, b) => r.or(b),
             };
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
                 () = pool.refill.notified() => {}
-                () = retry => retry_at = None,
-                () = expire => {}
+                () = sleep_until(deadline) => {}
                 ok = done_rx.recv() => match ok {
                     Some(true) => backoff.reset(),
                     Some(false) => {
-                        retry_at = Some(tokio::time::Instant::now() + backoff.next_delay());
+                        retry_at = Some(Instant::now() + backoff.next_delay());
                     }
                     None => return,
                 },
@@ -1432,17 +1422,11 @@ impl Shared {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let timer = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 () = self.hard_stop.cancelled() => break "hard stop".to_string(),
                 () = self.shutdown.cancelled() => sig.shut_down(),
                 () = pool.refill.notified() => {}
-                () = timer => {
+                () = sleep_until(deadline) => {
                     let now = Instant::now();
                     sig.handle_timeout(now);
                     let late = pool.with_book(|b| b.handle_timeout(now));
@@ -1500,7 +1484,7 @@ impl Shared {
         }
         let now = Instant::now();
         let mut granted = Vec::with_capacity(wanted);
-        {
+        let ttl = {
             let mut tickets = lock(&self.tickets);
             for _ in 0..wanted {
                 let Some(value) = random_u128() else { break };
@@ -1513,11 +1497,11 @@ impl Shared {
                     Err(_) => break,
                 }
             }
-        }
+            tickets.ttl()
+        };
         if granted.is_empty() {
             return;
         }
-        let ttl = lock(&self.tickets).ttl();
         sig.grant_pool(PoolTickets {
             tickets: granted,
             expires_in_ms: u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX),

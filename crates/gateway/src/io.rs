@@ -55,6 +55,15 @@ pub async fn write_message<S: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Waits until `deadline`, or forever when there is none: the timer branch of a driver
+/// loop whose sans-IO core may have nothing scheduled.
+pub(crate) async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -137,10 +137,6 @@ pub struct SimConfig {
     /// one at a time, as on a device whose CPU checks one block after another, so a rate
     /// above what it can check builds a backlog (`offload_block_work` only).
     pub slow: Vec<(usize, Duration)>,
-    /// Whether receivers have a unicast source for the blocks the session left them without
-    /// (default `true`). Without one, a `FetchNeeded` is answered by nothing, as by a
-    /// receiver started without `--fetch-from`.
-    pub fetch: bool,
 }
 
 impl SimConfig {
@@ -162,7 +158,6 @@ impl SimConfig {
             max_time: Duration::from_secs(120),
             job_delay: Duration::from_micros(500),
             slow: Vec::new(),
-            fetch: true,
         }
     }
 }
@@ -414,7 +409,9 @@ pub fn run(cfg: &SimConfig, data: &[u8]) -> Result<SimOutcome> {
                             crash = true;
                         }
                     }
-                    ReceiverEvent::FetchNeeded { blocks } if cfg.fetch => {
+                    // Receivers configured without a unicast source
+                    // (`unicast_fallback = false`) have no fetcher to answer this.
+                    ReceiverEvent::FetchNeeded { blocks } if cfg.receiver.unicast_fallback => {
                         for b in blocks {
                             let off = manifest.block_offset(b) as usize;
                             let len = manifest.block_len(b);

@@ -369,7 +369,6 @@ fn a_receiver_without_a_fetcher_that_missed_the_start_still_finishes() {
     for seed in 0..8 {
         let mut cfg = SimConfig::new(seed, 2, LinkModel::lossy(0.05));
         cfg.links[1].partitions = vec![(Duration::ZERO, Duration::from_millis(40))];
-        cfg.fetch = false;
         cfg.receiver.unicast_fallback = false;
         cfg.sender.expect_receivers = 2;
         cfg.sender.done_linger_ms = 30_000;

@@ -829,13 +829,7 @@ impl Shared {
                 return;
             }
         };
-        let peer = DevicePeer {
-            cert_sha256: None,
-            cert_serial: None,
-            subject: String::new(),
-            remote_addr: addr.to_string(),
-            channel: ChannelKind::WebConsole,
-        };
+        let peer = DevicePeer::anonymous(addr.to_string(), ChannelKind::WebConsole);
         self.relay_device(Box::new(tcp), peer, permit, false, first)
             .await;
     }

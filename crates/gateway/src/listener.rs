@@ -426,13 +426,7 @@ async fn handshake(
     let wants = |p: &[u8]| alpn.iter().any(|a| a == p);
     if wants(ALPN_ENROLL) {
         let tls = start.into_stream(configs.enroll.clone()).await?;
-        let peer = DevicePeer {
-            cert_sha256: None,
-            cert_serial: None,
-            subject: String::new(),
-            remote_addr: addr.to_string(),
-            channel: ChannelKind::Enrollment,
-        };
+        let peer = DevicePeer::anonymous(addr.to_string(), ChannelKind::Enrollment);
         return Ok(Accepted::Device(DeviceConnection {
             stream: Box::new(tls),
             peer,

@@ -31,6 +31,9 @@ pub struct DevicePeer {
     pub channel: ChannelKind,
     /// The certificate's serial number as lower-case hex (`None` without a certificate).
     pub cert_serial: Option<String>,
+    /// The virtual server the certificate is bound to (`None`: the main server, or no
+    /// certificate).
+    pub virtual_server: Option<String>,
 }
 
 impl DevicePeer {
@@ -46,9 +49,22 @@ impl DevicePeer {
         DevicePeer {
             cert_sha256: identity.as_ref().map(|i| i.sha256),
             cert_serial: identity.as_ref().map(|i| i.serial.to_string()),
+            virtual_server: identity.as_ref().and_then(|i| i.virtual_server.clone()),
             subject: identity.map(|i| i.subject).unwrap_or_default(),
             remote_addr,
             channel,
+        }
+    }
+
+    /// A peer that presented no certificate (enrollment, the Web Console).
+    pub fn anonymous(remote_addr: String, channel: ChannelKind) -> Self {
+        DevicePeer {
+            cert_sha256: None,
+            subject: String::new(),
+            remote_addr,
+            channel,
+            cert_serial: None,
+            virtual_server: None,
         }
     }
 
@@ -74,6 +90,7 @@ impl DevicePeer {
             remote_addr: self.remote_addr.clone(),
             channel: self.channel as i32,
             cert_serial: self.cert_serial.clone().unwrap_or_default(),
+            virtual_server: self.virtual_server.clone().unwrap_or_default(),
         }
     }
 
@@ -85,6 +102,7 @@ impl DevicePeer {
             remote_addr: p.remote_addr.clone(),
             channel: ChannelKind::try_from(p.channel).unwrap_or(ChannelKind::Unspecified),
             cert_serial: (!p.cert_serial.is_empty()).then(|| p.cert_serial.clone()),
+            virtual_server: (!p.virtual_server.is_empty()).then(|| p.virtual_server.clone()),
         }
     }
 }

@@ -92,7 +92,12 @@ pub struct CertProfile {
     common_name: String,
     dns_names: Vec<String>,
     ip_addresses: Vec<IpAddr>,
+    virtual_server: Option<String>,
 }
+
+/// The subjectAltName URI prefix that binds a device certificate to a virtual server:
+/// `urn:outpost:virtual-server:<id>`.
+pub const VIRTUAL_SERVER_URI_PREFIX: &str = "urn:outpost:virtual-server:";
 
 impl CertProfile {
     /// The Administration Server: `common_name` plus the DNS names and addresses agents dial.
@@ -110,6 +115,7 @@ impl CertProfile {
             common_name: common_name.to_owned(),
             dns_names,
             ip_addresses,
+            virtual_server: None,
         })
     }
 
@@ -137,6 +143,7 @@ impl CertProfile {
             common_name,
             dns_names,
             ip_addresses,
+            virtual_server: None,
         })
     }
 
@@ -163,7 +170,38 @@ impl CertProfile {
             common_name: device_id.to_owned(),
             dns_names: Vec::new(),
             ip_addresses: Vec::new(),
+            virtual_server: None,
         })
+    }
+
+    /// Binds a device profile to virtual server `id`: the certificate carries the
+    /// subjectAltName URI `urn:outpost:virtual-server:<id>`, and a server routes its
+    /// connections to that virtual server only.
+    ///
+    /// # Errors
+    /// [`PkiError::InvalidIdentity`] for a bad id, or a profile that is not a device's
+    /// (servers and gateways serve every virtual server).
+    pub fn in_virtual_server(mut self, id: &str) -> Result<Self> {
+        validate_identity("virtual server id", id)?;
+        if !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(PkiError::InvalidIdentity {
+                what: "virtual server id",
+                value: id.to_owned(),
+                reason: "only letters, digits and - _ . are allowed",
+            });
+        }
+        if !matches!(self.role, Role::Agent | Role::Mobile) {
+            return Err(PkiError::InvalidIdentity {
+                what: "virtual server id",
+                value: id.to_owned(),
+                reason: "only device certificates are bound to a virtual server",
+            });
+        }
+        self.virtual_server = Some(id.to_owned());
+        Ok(self)
     }
 
     /// Reads the profile back from a certificate issued by this crate (role from the `OU`,
@@ -181,11 +219,15 @@ impl CertProfile {
             role_of(&cert).ok_or_else(|| malformed("no outpost role in subject OU".into()))?;
         let cn = common_name_of(&cert).ok_or_else(|| malformed("no common name".into()))?;
         let (dns, ips) = san_of(&cert);
-        match role {
+        let profile = match role {
             Role::Server => Self::server(&cn, &dns, &ips),
             Role::Gateway => Self::gateway(&dns, &ips),
             Role::Agent => Self::agent(&cn),
             Role::Mobile => Self::mobile(&cn),
+        }?;
+        match virtual_server_of(&cert) {
+            Some(vs) => profile.in_virtual_server(&vs),
+            None => Ok(profile),
         }
     }
 
@@ -204,6 +246,10 @@ impl CertProfile {
     /// IP addresses for the subjectAltName.
     pub fn ip_addresses(&self) -> &[IpAddr] {
         &self.ip_addresses
+    }
+    /// The virtual server a device certificate is bound to (`None`: the main server).
+    pub fn virtual_server(&self) -> Option<&str> {
+        self.virtual_server.as_deref()
     }
 }
 
@@ -713,6 +759,12 @@ impl CertificateAuthority {
         for ip in &profile.ip_addresses {
             params.subject_alt_names.push(SanType::IpAddress(*ip));
         }
+        if let Some(vs) = &profile.virtual_server {
+            let uri = format!("{VIRTUAL_SERVER_URI_PREFIX}{vs}")
+                .try_into()
+                .map_err(PkiError::generation("subjectAltName"))?;
+            params.subject_alt_names.push(SanType::URI(uri));
+        }
         let cert = params
             .signed_by(public_key, &self.issuer)
             .map_err(PkiError::generation("certificate"))?;
@@ -1141,6 +1193,17 @@ pub(crate) fn common_name_of(cert: &X509Certificate<'_>) -> Option<String> {
         .next()
         .and_then(|a| a.as_str().ok())
         .map(str::to_owned)
+}
+
+/// The virtual server a certificate's subjectAltName binds it to, if any.
+pub(crate) fn virtual_server_of(cert: &X509Certificate<'_>) -> Option<String> {
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return None;
+    };
+    san.value.general_names.iter().find_map(|n| match n {
+        GeneralName::URI(u) => u.strip_prefix(VIRTUAL_SERVER_URI_PREFIX).map(str::to_owned),
+        _ => None,
+    })
 }
 
 /// The DNS names and IP addresses of a certificate's subjectAltName.

@@ -33,6 +33,8 @@ pub struct PeerIdentity {
     pub serial: Serial,
     /// End of validity.
     pub not_after: Timestamp,
+    /// The virtual server a device certificate is bound to (`None`: the main server).
+    pub virtual_server: Option<String>,
 }
 
 impl PeerIdentity {
@@ -52,6 +54,7 @@ impl PeerIdentity {
             role: role_of(&cert),
             serial: Serial::from_bytes(cert.raw_serial())?,
             not_after: Timestamp::from_unix_seconds(cert.validity().not_after.timestamp()),
+            virtual_server: crate::ca::virtual_server_of(&cert),
         })
     }
 

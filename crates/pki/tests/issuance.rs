@@ -645,3 +645,38 @@ fn long_gateway_name_stays_out_of_the_common_name() {
     assert_eq!(cn_of(&gw.cert_der).as_deref(), Some("192.0.2.10"));
     check_server_certificate(&gw.cert_der, &long, ca.server_ca(), &[], t0()).unwrap();
 }
+
+#[test]
+fn a_device_certificate_bound_to_a_virtual_server_names_it_and_still_verifies() {
+    let ca = ca();
+    let profile = CertProfile::agent("laptop-7")
+        .unwrap()
+        .in_virtual_server("acme")
+        .unwrap();
+    let c = ca.issue(&profile, t0()).unwrap();
+    let id = PeerIdentity::from_der(&c.cert_der).unwrap();
+    assert_eq!(id.virtual_server.as_deref(), Some("acme"));
+    assert_eq!(id.common_name.as_deref(), Some("laptop-7"));
+    let back = CertProfile::from_certificate(&c.cert_der).unwrap();
+    assert_eq!(back, profile);
+    assert_eq!(back.virtual_server(), Some("acme"));
+    check_client_certificate(&c.cert_der, ca.server_ca(), &[], t0()).unwrap();
+    // A certificate of the main server names none.
+    let main = ca.issue_agent("laptop-7", t0()).unwrap();
+    assert_eq!(
+        PeerIdentity::from_der(&main.cert_der)
+            .unwrap()
+            .virtual_server,
+        None
+    );
+    // Only device profiles are bound, and the id follows the identity rule.
+    let gw = CertProfile::gateway(&names(&["gw.example"]), &[]).unwrap();
+    assert!(matches!(
+        gw.in_virtual_server("acme"),
+        Err(PkiError::InvalidIdentity { .. })
+    ));
+    assert!(matches!(
+        CertProfile::agent("x").unwrap().in_virtual_server("bad id"),
+        Err(PkiError::InvalidIdentity { .. })
+    ));
+}

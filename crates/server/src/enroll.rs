@@ -23,7 +23,7 @@ pub fn enroll(
     now: SystemTime,
 ) -> Result<EnrollResponse, ServerError> {
     admit(registry, req, now)?;
-    let signed = sign_enrollment(ca, req, now)?;
+    let signed = sign_enrollment(ca, req, None, now)?;
     record_enrollment(registry, req, signed, now)
 }
 
@@ -41,13 +41,17 @@ pub struct SignedEnrollment {
 pub fn sign_enrollment(
     ca: &ServerCa,
     req: &EnrollRequest,
+    virtual_server: Option<&str>,
     now: SystemTime,
 ) -> Result<SignedEnrollment, ServerError> {
     let device = req.device_id.as_str();
     crate::registry::check_id("device id", device)?;
     let refuse = |reason| refusal(device, reason);
-    let profile =
+    let mut profile =
         CertProfile::agent(device).map_err(|e| refuse(EnrollmentRefusal::BadCsr(e.to_string())))?;
+    if let Some(vs) = virtual_server {
+        profile = profile.in_virtual_server(vs)?;
+    }
     let signed = ca
         .sign_csr(&req.csr_der, &profile, now)
         .map_err(|e| refuse(EnrollmentRefusal::BadCsr(e.to_string())))?;
@@ -154,6 +158,7 @@ pub fn refusal_code(e: &ServerError) -> RefusalCode {
         ServerError::EnrollmentRefused { .. } => RefusalCode::BadEnrollmentToken,
         ServerError::InvalidId { .. } => RefusalCode::ProtocolViolation,
         ServerError::RenewalTooSoon { .. } => RefusalCode::Overloaded,
+        ServerError::Disabled(_) => RefusalCode::ServerDisabled,
         // The database is unreachable or full: the agent retries with its backoff.
         e if e.is_retryable() => RefusalCode::Overloaded,
         _ => RefusalCode::Internal,

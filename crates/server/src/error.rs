@@ -60,6 +60,9 @@ pub enum ServerError {
     /// An object cannot be removed while others depend on it.
     #[error("{0}")]
     InUse(String),
+    /// The virtual server is disabled: its devices are refused until it is enabled.
+    #[error("virtual server {0:?} is disabled")]
+    Disabled(String),
     /// A device asked for another reserve certificate sooner than
     /// [`ServiceConfig::min_renewal_interval`](crate::ServiceConfig::min_renewal_interval)
     /// after the last.

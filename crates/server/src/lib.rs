@@ -68,6 +68,7 @@ mod storage;
 pub mod store;
 mod throttle;
 mod udp_push;
+mod virtual_servers;
 
 pub use accounts::{
     Account, AccountBook, ApiToken, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN, Role, SessionConfig,
@@ -89,13 +90,14 @@ pub use registry::{
 };
 pub use runtime::{AdminServer, AdminServerConfig};
 pub use service::{
-    AdminService, DeviceContext, ENROLLMENT_MAX_FRAME_LEN, FixedInterval, MemoryObjects,
-    ObjectStore, ServiceConfig, ServiceStats, SyncSource,
+    AdminService, DeviceContext, ENROLLMENT_MAX_FRAME_LEN, EnrollmentRouter, FixedInterval,
+    MemoryObjects, ObjectStore, ServiceConfig, ServiceStats, SyncSource,
 };
 pub use storage::{
     Backend, Counts, DatabaseConfig, EventQuery, EventRecord, Op, PolicyObjectKind, SCHEMA_VERSION,
-    SQLITE_FILE, SecurityIssue, Snapshot, Storage, StoredEvent, Ticket, UpdateObject, policy_ops,
-    policy_state,
+    SQLITE_FILE, SecurityIssue, Snapshot, Storage, StoredEvent, Ticket, UpdateObject,
+    VirtualServerRecord, policy_ops, policy_state,
 };
 pub use throttle::EnrollThrottle;
 pub use udp_push::SyncNowSigner;
+pub use virtual_servers::{Tenant, VirtualServers, VirtualServersConfig, check_virtual_id};

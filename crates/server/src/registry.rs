@@ -727,6 +727,13 @@ impl Registry {
             .filter(|d| d.last_seen_unix == 0 && d.enrolled_with == token_key(token))
     }
 
+    /// Whether `token` is one of this registry's (unused, or the one `device` enrolled with
+    /// and may enroll with again): which (virtual) server an enrollment goes to.
+    pub(crate) fn holds_token(&self, token: &str, device: &str) -> bool {
+        self.tokens.contains_key(&token_key(token))
+            || self.unanswered_enrollment(token, device).is_some()
+    }
+
     /// Checks a token for `device` without using it up.
     pub(crate) fn check_token(
         &self,

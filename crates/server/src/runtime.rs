@@ -122,6 +122,9 @@ pub struct AdminServerConfig {
     /// 13299).
     #[serde(default)]
     pub api: Option<crate::ApiConfig>,
+    /// Virtual servers: how many at most, and the multicast addresses they use.
+    #[serde(default)]
+    pub virtual_servers: crate::VirtualServersConfig,
 }
 
 impl AdminServerConfig {
@@ -168,6 +171,7 @@ impl AdminServerConfig {
             .validate()
             .map_err(|e| ServerError::Config(format!("election: {e}")))?;
         self.database.validate()?;
+        self.virtual_servers.validate(&self.election.multicast)?;
         if let Some(api) = &self.api {
             api.validate()?;
         }
@@ -184,6 +188,17 @@ impl AdminServerConfig {
         snapshot: &Snapshot,
         storage: &Storage,
     ) -> Result<FleetSync, ServerError> {
+        self.fleet_sync_with(&self.election, snapshot, storage)
+    }
+
+    /// [`fleet_sync`](Self::fleet_sync) with other election settings (a virtual server's
+    /// multicast block).
+    pub fn fleet_sync_with(
+        &self,
+        election: &ElectionConfig,
+        snapshot: &Snapshot,
+        storage: &Storage,
+    ) -> Result<FleetSync, ServerError> {
         // With no policies stored yet, an empty state: the groups and devices of the
         // registry, so policies added later through the API resolve at once.
         let mut state = crate::policy_state(&snapshot.policy)?.unwrap_or_default();
@@ -191,11 +206,11 @@ impl AdminServerConfig {
         crate::place_registry_devices(&mut state, &snapshot.registry);
         let resolver = Resolver::new(&state)
             .map_err(|e| ServerError::Config(format!("the stored policies do not resolve: {e}")))?;
-        let policy = Some(PolicySync::new(resolver, self.election.sync));
-        let mut dps = DpCoordinator::new(self.election.clone(), &snapshot.registry)?;
+        let policy = Some(PolicySync::new(resolver, election.sync));
+        let mut dps = DpCoordinator::new(election.clone(), &snapshot.registry)?;
         dps.set_multicast_port(self.multicast_port);
         dps.keep_epochs(storage.clone(), snapshot.epochs.clone());
-        let fleet = FleetSync::new(policy, Some(dps), self.election.sync);
+        let fleet = FleetSync::new(policy, Some(dps), election.sync);
         for u in &snapshot.updates {
             fleet.publish_update(crate::objects::announcement(u));
         }
@@ -392,6 +407,8 @@ impl AdminServerConfig {
 /// A running Administration Server.
 pub struct AdminServer {
     service: Arc<AdminService>,
+    /// The main server and its virtual servers.
+    servers: Arc<crate::VirtualServers>,
     /// The sync source built from the configuration (when none was given).
     fleet: Option<Arc<FleetSync>>,
     /// The update objects kept in the data directory (when no other store was given).
@@ -421,8 +438,8 @@ impl CrlWatch {
     }
 
     /// When the file changed (`pki revoke` rewrote it), reloads the CA from the directory
-    /// (which verifies the list's signature) and hands the new list to the service.
-    fn poll(&mut self, service: &AdminService) {
+    /// (which verifies the list's signature) and hands the new list to every service.
+    fn poll(&mut self, servers: &crate::VirtualServers) {
         let now = store::FileStamps::of(&self.file);
         if now == self.seen {
             return;
@@ -430,7 +447,10 @@ impl CrlWatch {
         match store::load_server_ca(&self.dir, PkiConfig::default()) {
             Ok(ca) => {
                 self.seen = now;
-                let n = service.set_revocations(&ca);
+                let mut n = 0;
+                for t in servers.all() {
+                    n = t.service().set_revocations(&ca);
+                }
                 log::info!("revocation list reloaded: {n} certificate(s) revoked");
             }
             // Perhaps caught between writes; tried again at the next tick.
@@ -481,11 +501,12 @@ impl GatewayWatch {
 }
 
 async fn tick(
-    service: Arc<AdminService>,
+    servers: Arc<crate::VirtualServers>,
     sync: Arc<dyn SyncSource>,
     mut crl: CrlWatch,
     mut gateways: GatewayWatch,
 ) {
+    let service = servers.main().service().clone();
     let mut every = tokio::time::interval(Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut nonce = std::time::SystemTime::now()
@@ -493,17 +514,25 @@ async fn tick(
         .map_or(1, |d| d.as_nanos() as u64);
     loop {
         every.tick().await;
-        crl.poll(&service);
+        crl.poll(&servers);
         let events = gateways.poll();
         if !events.is_empty() {
             drop(service.storage().queue_events(events));
         }
-        let changed = sync.tick(std::time::Instant::now());
-        if !changed.is_empty() {
+        let now = std::time::Instant::now();
+        let mut rounds: Vec<(Arc<AdminService>, Vec<String>)> =
+            vec![(service.clone(), sync.tick(now))];
+        for t in servers.all().iter().filter(|t| t.is_virtual()) {
+            if let Some(f) = t.fleet() {
+                rounds.push((t.service().clone(), f.tick(now)));
+            }
+        }
+        for (svc, changed) in rounds.into_iter().filter(|(_, c)| !c.is_empty()) {
             nonce = nonce.wrapping_add(1);
-            let n = service.push_all(&changed, "distribution point roles changed", nonce);
+            let n = svc.push_all(&changed, "distribution point roles changed", nonce);
             log::info!(
-                "distribution point roles changed for {} device(s): pushed sync-now to the {n} online",
+                "{}: distribution point roles changed for {} device(s): pushed sync-now to the {n} online",
+                svc.storage().server_id(),
                 changed.len()
             );
         }
@@ -537,6 +566,7 @@ impl AdminServer {
         let lock = DataDirLock::acquire(&config.data_path(base), "server")?;
         remove_stale_temporaries(&config.data_path(base))?;
         let (storage, mut snapshot) = config.open_storage(base)?;
+        let virtual_records = std::mem::take(&mut snapshot.virtual_servers);
         log::info!(
             "{} database {}: {} device(s), {} group(s)",
             storage.backend(),
@@ -577,15 +607,36 @@ impl AdminServer {
         let sync_for_tick = sync.clone();
         let service = AdminService::new(
             ServiceConfig::new(),
-            ca,
+            ca.clone(),
             storage,
             snapshot.registry,
             sync,
             objects,
         );
-        let (tx, dispatch) = service.dispatcher(1024);
+        let sessions = crate::SessionConfig::default().with_ttl(Duration::from_secs(
+            config.api.as_ref().map_or(3600, |a| a.session_secs),
+        ));
+        let servers = crate::VirtualServers::start(
+            crate::Tenant::main(
+                service.clone(),
+                fleet.clone(),
+                updates.clone(),
+                accounts,
+                sessions,
+            ),
+            &config,
+            base,
+            ca,
+            ServiceConfig::new(),
+            sessions,
+            &virtual_records,
+        )?;
+        if !virtual_records.is_empty() {
+            log::info!("{} virtual server(s) loaded", virtual_records.len());
+        }
+        let (tx, dispatch) = servers.dispatcher(1024);
         let tunnels = outpost_gateway::TunnelPolicy::Registered(Arc::new(RegisteredTunnels(
-            Arc::downgrade(&service),
+            Arc::downgrade(&servers),
         )));
         let listener = DeviceListener::start(
             config.listen,
@@ -597,20 +648,22 @@ impl AdminServer {
         .await?;
         // Gateways registered in the registry are dialled too.
         let mut connector_config = config.connector.clone();
-        service.with_registry(|reg| {
-            for (id, g) in reg.gateways() {
-                if let crate::GatewayRegistration::Dmz { addr, dns_names } = g
-                    && let Some(name) = dns_names.first()
-                    && !connector_config.gateways.iter().any(|e| &e.id == id)
-                {
-                    connector_config.gateways.push(DmzGatewayEntry::new(
-                        id.clone(),
-                        *addr,
-                        name.clone(),
-                    ));
+        for t in servers.all() {
+            t.service().with_registry(|reg| {
+                for (id, g) in reg.gateways() {
+                    if let crate::GatewayRegistration::Dmz { addr, dns_names } = g
+                        && let Some(name) = dns_names.first()
+                        && !connector_config.gateways.iter().any(|e| &e.id == id)
+                    {
+                        connector_config.gateways.push(DmzGatewayEntry::new(
+                            id.clone(),
+                            *addr,
+                            name.clone(),
+                        ));
+                    }
                 }
-            }
-        });
+            });
+        }
         let connector = ServerConnector::start(connector_config, &tls, tx)?;
         let crl = CrlWatch::new(config.data_path(base));
         let gateways = GatewayWatch {
@@ -623,14 +676,10 @@ impl AdminServer {
                     api,
                     api_tls,
                     crate::api::ApiParts {
-                        service: service.clone(),
-                        accounts,
+                        servers: servers.clone(),
                         gateways: connector.gateways_up(),
                         gateway_control: connector.control(),
                         configured_gateways: config.connector.gateways.clone(),
-                        data_dir: config.data_path(base),
-                        fleet: fleet.clone(),
-                        updates: updates.clone(),
                         import_dir: api.import_dir.as_ref().map(|d| base.join(d)),
                     },
                 )
@@ -638,8 +687,9 @@ impl AdminServer {
             ),
             _ => None,
         };
-        let ticker = tokio::spawn(tick(service.clone(), sync_for_tick, crl, gateways));
+        let ticker = tokio::spawn(tick(servers.clone(), sync_for_tick, crl, gateways));
         Ok(AdminServer {
+            servers,
             push: SyncNowSigner::new(tls.identity),
             service,
             fleet,
@@ -656,6 +706,11 @@ impl AdminServer {
     /// The device service (registry, push, counters).
     pub fn service(&self) -> &Arc<AdminService> {
         &self.service
+    }
+
+    /// The main server and its virtual servers.
+    pub fn virtual_servers(&self) -> &Arc<crate::VirtualServers> {
+        &self.servers
     }
 
     /// The sync source built from the configuration (policies, distribution points,
@@ -743,16 +798,19 @@ impl AdminServer {
     }
 }
 
-/// Tunnels are taken from the remote-office gateways registered with their certificate, as
-/// the registry holds them when the tunnel opens.
-struct RegisteredTunnels(std::sync::Weak<AdminService>);
+/// Tunnels are taken from the remote-office gateways registered with their certificate (on
+/// the main server or any virtual server), as the registries hold them when the tunnel
+/// opens.
+struct RegisteredTunnels(std::sync::Weak<crate::VirtualServers>);
 
 impl outpost_gateway::TunnelAuthority for RegisteredTunnels {
     fn gateway_for(&self, certificate: &outpost_pki::PeerIdentity) -> Option<String> {
-        let service = self.0.upgrade()?;
-        service.with_registry(|r| {
-            r.remote_office_gateway_for(&certificate.sha256)
-                .map(str::to_owned)
+        let servers = self.0.upgrade()?;
+        servers.all().iter().find_map(|t| {
+            t.service().with_registry(|r| {
+                r.remote_office_gateway_for(&certificate.sha256)
+                    .map(str::to_owned)
+            })
         })
     }
 }

@@ -185,6 +185,9 @@ pub struct ServiceConfig {
     /// How soon a device may be issued another reserve certificate after one (default 1 h):
     /// each costs a signature and a commit, and a device needs one per certificate life.
     pub min_renewal_interval: Duration,
+    /// The virtual server this service serves (`None`: the main server). Its devices'
+    /// certificates are bound to it, and a certificate bound to another is refused.
+    pub virtual_server: Option<String>,
 }
 
 impl ServiceConfig {
@@ -201,8 +204,23 @@ impl ServiceConfig {
             min_renewal_interval: Duration::from_secs(3600),
             enroll_failures_per_source: 10,
             enroll_failure_window: Duration::from_secs(60),
+            virtual_server: None,
         }
     }
+
+    /// These settings for the service of virtual server `id`.
+    pub fn for_virtual_server(mut self, id: impl Into<String>) -> Self {
+        self.virtual_server = Some(id.into());
+        self
+    }
+}
+
+/// Finds the virtual server that holds an enrollment token: the main server's service
+/// serves every enrollment connection and hands a request it holds no token for to the
+/// service this names.
+pub trait EnrollmentRouter: Send + Sync {
+    /// The service of the (virtual) server holding `token` for `device`, if another does.
+    fn service_for_token(&self, token: &str, device: &str) -> Option<Arc<AdminService>>;
 }
 
 impl Default for ServiceConfig {
@@ -258,6 +276,10 @@ pub struct AdminService {
     revoked: RwLock<HashSet<String>>,
     /// When each device was last issued a reserve certificate.
     renewed: Mutex<HashMap<String, Instant>>,
+    /// Disabled (a virtual server): its devices are refused with `ServerDisabled`.
+    disabled: std::sync::atomic::AtomicBool,
+    /// Where enrollments for tokens this service does not hold go.
+    router: std::sync::OnceLock<std::sync::Weak<dyn EnrollmentRouter>>,
 }
 
 /// A device's kept connection: its id, where pushes go, the path it came by.
@@ -321,6 +343,8 @@ impl AdminService {
         Arc::new(AdminService {
             revoked: RwLock::new(revoked),
             renewed: Mutex::new(HashMap::new()),
+            disabled: std::sync::atomic::AtomicBool::new(false),
+            router: std::sync::OnceLock::new(),
             enrolling: AdmissionPool::new(config.max_enrolling, config.max_enrolling_per_source),
             throttle: Mutex::new(EnrollThrottle::new(
                 config.enroll_failures_per_source,
@@ -390,6 +414,53 @@ impl AdminService {
             ));
         }
         n
+    }
+
+    /// The virtual server this service serves (`None`: the main server).
+    pub fn virtual_server(&self) -> Option<&str> {
+        self.config.virtual_server.as_deref()
+    }
+
+    /// Sets where enrollments for tokens this service does not hold are handed (once).
+    pub fn set_enrollment_router(&self, router: std::sync::Weak<dyn EnrollmentRouter>) {
+        let _ = self.router.set(router);
+    }
+
+    /// Whether `token` (for `device`) is one of this service's.
+    pub fn holds_token(&self, token: &str, device: &str) -> bool {
+        lock(&self.registry).holds_token(token, device)
+    }
+
+    /// Whether the service is disabled.
+    pub fn is_disabled(&self) -> bool {
+        self.disabled.load(Ordering::Acquire)
+    }
+
+    /// Disables (its devices are refused with `ServerDisabled`, their kept connections
+    /// closed) or enables the service. Returns how many connections were closed.
+    pub fn set_disabled(&self, disabled: bool) -> usize {
+        self.disabled.store(disabled, Ordering::Release);
+        if !disabled {
+            return 0;
+        }
+        let cut: Vec<mpsc::Sender<Message>> = lock(&self.online)
+            .values()
+            .map(|(_, tx, _)| tx.clone())
+            .collect();
+        for tx in &cut {
+            let _ = tx.try_send(self.disabled_refusal());
+        }
+        cut.len()
+    }
+
+    fn disabled_refusal(&self) -> Message {
+        refusal(
+            RefusalCode::ServerDisabled,
+            format!(
+                "virtual server {:?} is disabled by an administrator; retry later",
+                self.virtual_server().unwrap_or_default()
+            ),
+        )
     }
 
     /// Closes the kept connections that came through gateway `id` (it was unregistered):
@@ -678,7 +749,9 @@ impl AdminService {
                     )
                 }
                 Ok(Some(Ok(Message::EnrollRequest(req)))) => {
-                    match self.enroll(&req, &peer.remote_addr).await {
+                    let elsewhere = self.enrollment_elsewhere(&req);
+                    let target = elsewhere.as_deref().unwrap_or(self);
+                    match target.enroll(&req, &peer.remote_addr).await {
                         Ok(resp) => Message::from(resp),
                         Err(e) if e.is_retryable() => refusal(
                             refusal_code(&e),
@@ -696,6 +769,22 @@ impl AdminService {
             return;
         }
 
+        // A certificate bound to another virtual server is never looked up here.
+        if peer.virtual_server.as_deref() != self.virtual_server() {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            let _ = framed
+                .send(refusal(
+                    RefusalCode::NotAuthorized,
+                    format!("certificate {} is not enrolled here", peer.fingerprint()),
+                ))
+                .await;
+            return;
+        }
+        if self.is_disabled() {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            let _ = framed.send(self.disabled_refusal()).await;
+            return;
+        }
         // An authenticated device: who it is comes from its certificate.
         let known = peer.cert_sha256.as_ref().and_then(|fp| self.known(fp));
         // A device enrolled before serials were kept gets the serial of the certificate it
@@ -830,6 +919,18 @@ impl AdminService {
         }
     }
 
+    /// The service of another (virtual) server holding the token of `req`, if this one
+    /// does not hold it.
+    fn enrollment_elsewhere(&self, req: &EnrollRequest) -> Option<Arc<AdminService>> {
+        if self.holds_token(&req.enrollment_token, &req.device_id) {
+            return None;
+        }
+        self.router
+            .get()?
+            .upgrade()?
+            .service_for_token(&req.enrollment_token, &req.device_id)
+    }
+
     /// Issues `device` its reserve certificate for the key of `req` (the connection
     /// authenticated the device; the request's own names are ignored). The reserve is
     /// committed before it is answered, so the device can present it from then on. At most
@@ -855,7 +956,12 @@ impl AdminService {
             csr_der: req.csr_der.clone(),
             ..Default::default()
         };
-        let signed = sign_enrollment(&self.ca, &as_enrollment, SystemTime::now())?;
+        let signed = sign_enrollment(
+            &self.ca,
+            &as_enrollment,
+            self.virtual_server(),
+            SystemTime::now(),
+        )?;
         let reserve = crate::ReserveCertificate::new(
             &signed.sha256,
             signed.serial.clone(),
@@ -895,9 +1001,15 @@ impl AdminService {
         req: &EnrollRequest,
         remote_addr: &str,
     ) -> Result<EnrollResponse, ServerError> {
+        if self.is_disabled() {
+            return Err(ServerError::Disabled(
+                self.virtual_server().unwrap_or_default().into(),
+            ));
+        }
         let now = SystemTime::now();
         let admitted = admit(&lock(&self.registry), req, now);
-        let signed = admitted.and_then(|_| sign_enrollment(&self.ca, req, now));
+        let signed =
+            admitted.and_then(|_| sign_enrollment(&self.ca, req, self.virtual_server(), now));
         let result = match signed {
             Ok(signed) => {
                 self.update_registry(|reg| record_enrollment(reg, req, signed, now))

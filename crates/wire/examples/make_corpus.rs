@@ -29,6 +29,7 @@ fn main() -> std::io::Result<()> {
         remote_addr: "127.0.0.1:40000".into(),
         channel: ChannelKind::Agent as i32,
         cert_serial: "1f2e3d4c5b6a7988".into(),
+        virtual_server: String::new(),
     };
     let seeds: Vec<(&str, Vec<u8>)> = vec![
         (

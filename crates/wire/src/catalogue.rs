@@ -244,6 +244,18 @@ fn check_peer(
                 ),
             });
         }
+        if p.virtual_server.len() > crate::messages::MAX_VIRTUAL_SERVER_ID {
+            return Err(WireError::InvalidField {
+                offset,
+                message,
+                field: "peer.virtual_server",
+                reason: format!(
+                    "a virtual server id is at most {} bytes, got {}",
+                    crate::messages::MAX_VIRTUAL_SERVER_ID,
+                    p.virtual_server.len()
+                ),
+            });
+        }
     }
     Ok(())
 }

@@ -62,6 +62,9 @@ pub enum RefusalCode {
     NotFound = 10,
     /// An internal failure on the refusing side.
     Internal = 11,
+    /// The (virtual) server the device belongs to is disabled by an administrator: its
+    /// data is kept and the device is served again once it is enabled (retry later).
+    ServerDisabled = 12,
 }
 
 /// What kind of device connection a gateway relays.
@@ -191,7 +194,15 @@ pub struct PeerIdentity {
     /// digits; empty without a certificate), so the server can check revocation without the certificate itself.
     #[prost(string, tag = "5")]
     pub cert_serial: String,
+    /// The virtual server the certificate is bound to (its subjectAltName
+    /// `urn:outpost:virtual-server:<id>`; empty: the main server). At most
+    /// [`MAX_VIRTUAL_SERVER_ID`] bytes.
+    #[prost(string, tag = "6")]
+    pub virtual_server: String,
 }
+
+/// The longest [`PeerIdentity::virtual_server`], bytes (an id's limit).
+pub const MAX_VIRTUAL_SERVER_ID: usize = 64;
 
 /// The most hex digits of a [`PeerIdentity::cert_serial`]: an X.509 serial is at most 20
 /// bytes.

@@ -31,13 +31,15 @@ fn peer() -> impl Strategy<Value = PeerIdentity> {
         s(),
         e(),
         "[0-9a-f]{0,40}",
+        "[a-z0-9-]{0,64}",
     )
-        .prop_map(|(c, subject, a, ch, serial)| PeerIdentity {
+        .prop_map(|(c, subject, a, ch, serial, vs)| PeerIdentity {
             cert_sha256: c,
             subject,
             remote_addr: a,
             channel: ch,
             cert_serial: serial,
+            virtual_server: vs,
         })
 }
 fn scope() -> impl Strategy<Value = ScopeRef> {
@@ -532,6 +534,33 @@ fn documented_keepalive_bytes() {
         &[
             0x4f, 0x50, 0x01, 0x01, 0x00, 0x32, 0x00, 0x00, 0x00, 0x02, 0x08, 0x01
         ]
+    );
+}
+
+#[test]
+fn a_forwarded_virtual_server_id_is_bounded() {
+    let request = |vs: String| {
+        Message::from(ConnectRequest {
+            ticket: Some(Ticket::from_u128(7)),
+            peer: Some(PeerIdentity {
+                virtual_server: vs,
+                ..PeerIdentity::default()
+            }),
+            expires_in_ms: 1000,
+        })
+    };
+    assert!(request("acme".into()).validate(0).is_ok());
+    assert!(request("a".repeat(64)).validate(0).is_ok());
+    let err = request("a".repeat(65)).validate(0).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::InvalidField {
+                field: "peer.virtual_server",
+                ..
+            }
+        ),
+        "{err}"
     );
 }
 

@@ -51,18 +51,18 @@ pub(super) async fn list_devices(
     headers: HeaderMap,
     query: Result<Query<DevicePage>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
-    caller(&st, &headers)?;
+    let who = caller(&st, &headers)?;
     let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     let limit = page_limit(q.limit)?;
     let with_issue: Option<HashSet<String>> = match q.issue {
         Some(_) => {
-            let storage = st.service.storage().clone();
+            let storage = who.vs.service.storage().clone();
             let issues = blocking(move || storage.security_issues()).await?;
             Some(issues.into_iter().map(|i| i.device).collect())
         }
         None => None,
     };
-    let (devices, more) = st.service.with_registry(|r| {
+    let (devices, more) = who.vs.service.with_registry(|r| {
         use std::ops::Bound;
         let start = match &q.after {
             Some(a) => Bound::Excluded(a.clone()),
@@ -75,7 +75,7 @@ pub(super) async fn list_devices(
                     .is_none_or(|t| d.last_seen_unix >= t && d.last_seen_unix > 0)
                 && q.seen_before.is_none_or(|t| d.last_seen_unix < t)
                 && q.dp.is_none_or(|dp| r.dps().contains_key(id) == dp)
-                && q.online.is_none_or(|on| st.service.is_online(id) == on)
+                && q.online.is_none_or(|on| who.vs.service.is_online(id) == on)
                 && with_issue
                     .as_ref()
                     .zip(q.issue)
@@ -96,7 +96,7 @@ pub(super) async fn list_devices(
                 group: d.group.clone(),
                 enrolled_at_unix: d.enrolled_at_unix,
                 last_seen_unix: (d.last_seen_unix > 0).then_some(d.last_seen_unix),
-                online: st.service.is_online(id),
+                online: who.vs.service.is_online(id),
                 certificate_sha256: d.cert_sha256.clone(),
                 tags: d.tags.clone(),
             });
@@ -128,13 +128,18 @@ pub(super) async fn move_device(
 ) -> Result<Response, Problem> {
     let who = writer(&st, &headers)?;
     let m: MoveTo = json_body(bytes)?;
-    let pushed = st.service.move_device(&id, &m.group).await.map_err(|e| {
-        let field = match &e {
-            ServerError::UnknownGroup(_) => Some("group"),
-            _ => None,
-        };
-        Problem::from_error(&e, field)
-    })?;
+    let pushed = who
+        .vs
+        .service
+        .move_device(&id, &m.group)
+        .await
+        .map_err(|e| {
+            let field = match &e {
+                ServerError::UnknownGroup(_) => Some("group"),
+                _ => None,
+            };
+            Problem::from_error(&e, field)
+        })?;
     audit(
         &st,
         &who,
@@ -154,19 +159,8 @@ pub(super) async fn remove_device(
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Response, Problem> {
     let who = writer(&st, &headers)?;
-    let revoke = |serials: &[String]| -> Result<outpost_pki::ServerCa, ServerError> {
-        use outpost_pki::{CaKind, PkiConfig, Serial, store};
-        let _one_at_a_time = lock(&st.crl);
-        let now = SystemTime::now();
-        let mut ca = store::load_server_ca(&st.data_dir, PkiConfig::default())?;
-        for serial in serials {
-            ca.authority_mut(CaKind::Server)
-                .revoke(Serial::from_hex(serial)?, now)?;
-        }
-        store::save_crl(&mut ca, CaKind::Server, &st.data_dir, now)?;
-        Ok(ca)
-    };
-    st.service.remove_device(&id, revoke).await?;
+    let revoke = |serials: &[String]| st.servers.revoke(serials);
+    who.vs.service.remove_device(&id, revoke).await?;
     audit(
         &st,
         &who,
@@ -182,8 +176,8 @@ pub(super) async fn device_settings(
     headers: HeaderMap,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Response, Problem> {
-    caller(&st, &headers)?;
-    let settings = policies_of(&st)?
+    let who = caller(&st, &headers)?;
+    let settings = policies_of(&who.vs)?
         .effective(&id)
         .ok_or_else(|| Problem::not_found(format!("no device {id:?}")))?;
     let mut apps = serde_json::Map::new();
@@ -222,12 +216,12 @@ pub(super) async fn explain_settings(
     axum::extract::Path(id): axum::extract::Path<String>,
     query: Result<Query<ExplainQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
-    caller(&st, &headers)?;
+    let who = caller(&st, &headers)?;
     let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     if q.path.is_some() && q.app.is_none() {
         return Err(Problem::invalid("a setting path needs its application (app=)").field("app"));
     }
-    let policies = policies_of(&st)?;
+    let policies = policies_of(&who.vs)?;
     if policies.effective(&id).is_none() {
         return Err(Problem::not_found(format!("no device {id:?}")));
     }
@@ -253,8 +247,9 @@ pub(super) async fn device_details(
     headers: HeaderMap,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Response, Problem> {
-    caller(&st, &headers)?;
-    let (d, scopes) = st
+    let who = caller(&st, &headers)?;
+    let (d, scopes) = who
+        .vs
         .service
         .with_registry(|r| {
             r.device(&id)
@@ -262,16 +257,17 @@ pub(super) async fn device_details(
                 .map(|d| (d, r.dps().get(&id).cloned().unwrap_or_default()))
         })
         .ok_or_else(|| Problem::from(ServerError::UnknownDevice(id.clone())))?;
-    let storage = st.service.storage().clone();
+    let storage = who.vs.service.storage().clone();
     let issues: Vec<serde_json::Value> = blocking(move || storage.security_issues())
         .await?
         .into_iter()
         .filter(|i| i.device == id)
         .map(|i| issue_out(&i))
         .collect();
-    let via = st.service.connected_via(&id);
+    let via = who.vs.service.connected_via(&id);
     // The broadcast domain the discovery reports put it in (named by its lowest member).
-    let domain = st
+    let domain = who
+        .vs
         .fleet
         .as_deref()
         .and_then(|f| f.with_dps(|c| c.broadcast_domain_of(&id)))
@@ -339,7 +335,8 @@ pub(super) async fn change_device(
         ));
     }
     let (tags, location) = (c.tags.clone(), c.network_location.clone());
-    st.service
+    who.vs
+        .service
         .update_registry(|r| {
             if let Some(t) = tags {
                 r.set_tags(&id, t)?;
@@ -365,14 +362,15 @@ pub(super) async fn change_device(
         what.push(format!("tags {t:?}"));
     }
     if let Some(l) = &c.network_location {
-        if let Some(Err(e)) = st
+        if let Some(Err(e)) = who
+            .vs
             .fleet
             .as_deref()
             .and_then(|f| f.with_dps(|d| d.set_location(&id, l.as_deref())))
         {
             log::warn!("device {id:?}: network location not given to the election: {e}");
         }
-        push_changed(&st, &[id.as_str()], "network location changed");
+        push_changed(&who.vs, &[id.as_str()], "network location changed");
         what.push(format!("network location {l:?}"));
     }
     audit(
@@ -382,7 +380,7 @@ pub(super) async fn change_device(
         format!("set {} of device {id:?}", what.join(" and ")),
     )
     .await;
-    let (tags, location) = st.service.with_registry(|r| {
+    let (tags, location) = who.vs.service.with_registry(|r| {
         r.device(&id)
             .map(|d| (d.tags.clone(), d.network_location.clone()))
             .unwrap_or_default()

@@ -4,7 +4,7 @@
 
 use super::*;
 
-fn fleet_of(st: &ApiState) -> Result<&crate::FleetSync, Problem> {
+fn fleet_of(st: &crate::Tenant) -> Result<&crate::FleetSync, Problem> {
     st.fleet.as_deref().ok_or_else(|| {
         Problem::not_found(
             "this server answers syncs from another source: it elects no distribution points",
@@ -16,9 +16,11 @@ pub(super) async fn dp_report(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    caller(&st, &headers)?;
-    let rows = fleet_of(&st)?.with_dps(|c| c.report()).unwrap_or_default();
-    let out: Vec<serde_json::Value> = st.service.with_registry(|r| {
+    let who = caller(&st, &headers)?;
+    let rows = fleet_of(&who.vs)?
+        .with_dps(|c| c.report())
+        .unwrap_or_default();
+    let out: Vec<serde_json::Value> = who.vs.service.with_registry(|r| {
         rows.iter()
             .map(|row| {
                 let seen = r
@@ -114,8 +116,9 @@ pub(super) async fn assign_dp(
     let who = writer(&st, &headers)?;
     let a: DpScope = json_body(bytes)?;
     let scope = a.scope()?;
-    let fleet = fleet_of(&st)?;
-    st.service
+    let fleet = fleet_of(&who.vs)?;
+    who.vs
+        .service
         .update_registry(|r| r.register_dp_scope(&a.device, &scope))
         .await
         .map_err(scope_problem)?;
@@ -124,7 +127,7 @@ pub(super) async fn assign_dp(
         .transpose()
         .map_err(scope_problem)?
         .flatten();
-    let pushed = push_changed(&st, &[a.device.as_str()], "distribution point assigned");
+    let pushed = push_changed(&who.vs, &[a.device.as_str()], "distribution point assigned");
     audit(
         &st,
         &who,
@@ -156,14 +159,15 @@ pub(super) async fn unassign_dp(
 ) -> Result<Response, Problem> {
     let who = writer(&st, &headers)?;
     let scope = path_scope(&key)?;
-    let fleet = fleet_of(&st)?;
-    st.service
+    let fleet = fleet_of(&who.vs)?;
+    who.vs
+        .service
         .update_registry(|r| r.unregister_dp_scope(&device, &scope))
         .await?;
     if let Some(Err(e)) = fleet.with_dps(|c| c.unregister(&device, &scope)) {
         log::warn!("distribution point {device:?} of {key:?}: {e}");
     }
-    push_changed(&st, &[device.as_str()], "distribution point removed");
+    push_changed(&who.vs, &[device.as_str()], "distribution point removed");
     audit(
         &st,
         &who,
@@ -183,12 +187,16 @@ pub(super) async fn activate_dp(
 ) -> Result<Response, Problem> {
     let who = writer(&st, &headers)?;
     let scope = path_scope(&key)?;
-    let fleet = fleet_of(&st)?;
+    let fleet = fleet_of(&who.vs)?;
     let epoch = fleet
         .with_dps(|c| c.make_active(&device, &scope, Instant::now()))
         .transpose()?
         .unwrap_or_default();
-    push_changed(&st, &[device.as_str()], "distribution point made active");
+    push_changed(
+        &who.vs,
+        &[device.as_str()],
+        "distribution point made active",
+    );
     audit(
         &st,
         &who,

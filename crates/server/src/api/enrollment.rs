@@ -21,7 +21,8 @@ pub(super) async fn issue_enrollment_token(
     let t: NewEnrollmentToken = json_body(bytes)?;
     let ttl = Duration::from_secs(t.ttl_secs.unwrap_or(86_400));
     let now = SystemTime::now();
-    let token = st
+    let token = who
+        .vs
         .service
         .update_registry(|r| r.issue_token(&t.group, t.device.as_deref(), ttl, now))
         .await
@@ -58,8 +59,8 @@ pub(super) async fn list_enrollment_tokens(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    caller(&st, &headers)?;
-    let tokens: Vec<serde_json::Value> = st.service.with_registry(|r| {
+    let who = caller(&st, &headers)?;
+    let tokens: Vec<serde_json::Value> = who.vs.service.with_registry(|r| {
         r.tokens()
             .iter()
             .map(|(id, t)| {
@@ -84,7 +85,10 @@ pub(super) async fn revoke_enrollment_token(
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Response, Problem> {
     let who = writer(&st, &headers)?;
-    st.service.update_registry(|r| r.revoke_token(&id)).await?;
+    who.vs
+        .service
+        .update_registry(|r| r.revoke_token(&id))
+        .await?;
     audit(
         &st,
         &who,

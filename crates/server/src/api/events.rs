@@ -6,8 +6,8 @@ pub(super) async fn status(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    caller(&st, &headers)?;
-    let (instance, devices, groups, tokens) = st.service.with_registry(|r| {
+    let who = caller(&st, &headers)?;
+    let (instance, devices, groups, tokens) = who.vs.service.with_registry(|r| {
         (
             r.instance_id.clone(),
             r.devices().len(),
@@ -21,11 +21,11 @@ pub(super) async fn status(
         &serde_json::json!({
             "instance_id": instance,
             "devices": devices,
-            "devices_online": st.service.online().len(),
+            "devices_online": who.vs.service.online().len(),
             "groups": groups,
             "pending_enrollment_tokens": tokens,
             "dmz_gateways_up": gateways,
-            "database": st.service.storage().backend().to_string(),
+            "database": who.vs.service.storage().backend().to_string(),
         }),
     ))
 }
@@ -48,13 +48,13 @@ pub(super) async fn list_events(
     headers: HeaderMap,
     query: Result<Query<EventPage>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
-    caller(&st, &headers)?;
+    let who = caller(&st, &headers)?;
     let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     let limit = page_limit(q.limit)?;
     let mut query = crate::EventQuery::after(q.after.unwrap_or(0), limit + 1);
     query.kind = q.kind;
     query.device = q.device;
-    let storage = st.service.storage().clone();
+    let storage = who.vs.service.storage().clone();
     let mut events = blocking(move || storage.events(&query)).await?;
     let more = events.len() > limit;
     events.truncate(limit);
@@ -89,12 +89,13 @@ pub(super) async fn metrics(
 ) -> Result<Response, Problem> {
     use std::fmt::Write;
     use std::sync::atomic::Ordering::Relaxed;
-    caller(&st, &headers)?;
-    let s = st.service.stats();
-    let (devices, tokens) = st
+    let who = caller(&st, &headers)?;
+    let s = who.vs.service.stats();
+    let (devices, tokens) = who
+        .vs
         .service
         .with_registry(|r| (r.devices().len(), r.pending_tokens()));
-    let storage = st.service.storage().clone();
+    let storage = who.vs.service.storage().clone();
     let events = blocking(move || storage.counts()).await?.events;
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
@@ -113,7 +114,7 @@ pub(super) async fn metrics(
         "outpost_devices_online",
         "gauge",
         "Devices with a kept connection.",
-        st.service.online().len() as u64,
+        who.vs.service.online().len() as u64,
     );
     metric(
         "outpost_enrollment_tokens_pending",
@@ -167,7 +168,7 @@ pub(super) async fn metrics(
         "outpost_devices_relayed",
         "gauge",
         "Devices with a kept connection through a connection gateway.",
-        st.service.relayed().values().sum::<usize>() as u64,
+        who.vs.service.relayed().values().sum::<usize>() as u64,
     );
     metric(
         "outpost_reserve_certificates_issued_total",
@@ -176,7 +177,8 @@ pub(super) async fn metrics(
         s.renewed.load(Relaxed),
     );
     // Distribution point roles, one series per role (a DP counts once per scope).
-    let rows = st
+    let rows = who
+        .vs
         .fleet
         .as_deref()
         .and_then(|f| f.with_dps(|c| c.report()))

@@ -8,9 +8,9 @@ pub(super) async fn list_gateways(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    caller(&st, &headers)?;
+    let who = caller(&st, &headers)?;
     let up = st.gateways.now();
-    let relayed = st.service.relayed();
+    let relayed = who.vs.service.relayed();
     let status = |id: &str| {
         serde_json::json!({
             "signal_up": up.contains_key(id),
@@ -18,7 +18,7 @@ pub(super) async fn list_gateways(
             "devices_relayed": relayed.get(id).copied().unwrap_or(0),
         })
     };
-    let mut out: Vec<serde_json::Value> = st.service.with_registry(|r| {
+    let mut out: Vec<serde_json::Value> = who.vs.service.with_registry(|r| {
         r.gateways()
             .iter()
             .map(|(id, g)| {
@@ -96,7 +96,9 @@ fn gateway_certificate(st: &ApiState, pem: &str) -> Result<[u8; 32], Problem> {
             who.subject
         )));
     }
-    st.service
+    st.servers
+        .main()
+        .service
         .verify_issued(first)
         .map_err(|e| field(format!("not issued by this server's CA: {e}")))?;
     Ok(who.sha256)
@@ -118,6 +120,29 @@ pub(super) async fn register_gateway(
             Some("id"),
         ));
     }
+    // Gateways are shared by every (virtual) server: an id or certificate is registered once.
+    let digest_of = |pem: &str| gateway_certificate(&st, pem);
+    let remote_digest = match (g.kind.as_str(), g.certificate_pem.as_deref()) {
+        ("remote_office", Some(pem)) => Some(digest_of(pem)?),
+        _ => None,
+    };
+    for t in st.servers.all() {
+        let taken = t.service.with_registry(|r| {
+            r.gateways().contains_key(&g.id)
+                || remote_digest
+                    .as_ref()
+                    .is_some_and(|d| r.remote_office_gateway_for(d).is_some())
+        });
+        if taken && t.id() != who.vs.id() {
+            return Err(Problem::from_error(
+                &ServerError::Duplicate {
+                    kind: "gateway (on another virtual server)",
+                    id: g.id.clone(),
+                },
+                Some("id"),
+            ));
+        }
+    }
     let field_of = |e: &ServerError| match e {
         ServerError::InvalidId { what, .. } if what.contains("DNS") => "dns_names",
         ServerError::UnknownDevice(_) => "device",
@@ -131,7 +156,8 @@ pub(super) async fn register_gateway(
                 .ok_or_else(|| Problem::invalid("a DMZ gateway needs its addr").field("addr"))?;
             let name = g.dns_names.first().cloned().unwrap_or_default();
             let entry = outpost_gateway::DmzGatewayEntry::new(g.id.clone(), addr, name);
-            st.service
+            who.vs
+                .service
                 .update_registry(|r| r.register_dmz_gateway(&g.id, addr, g.dns_names.clone()))
                 .await
                 .map_err(|e| Problem::from_error(&e, Some(field_of(&e))))?;
@@ -148,8 +174,12 @@ pub(super) async fn register_gateway(
                 Problem::invalid("a remote-office gateway needs its certificate (PEM)")
                     .field("certificate_pem")
             })?;
-            let digest = gateway_certificate(&st, pem)?;
-            st.service
+            let digest = match remote_digest {
+                Some(d) => d,
+                None => gateway_certificate(&st, pem)?,
+            };
+            who.vs
+                .service
                 .update_registry(|r| r.register_remote_office_gateway(&g.id, &device, &digest))
                 .await
                 .map_err(|e| Problem::from_error(&e, Some(field_of(&e))))?;
@@ -185,14 +215,21 @@ pub(super) async fn unregister_gateway(
             "gateway {id:?} is named in the configuration file: remove it there"
         ))));
     }
-    let was = st
+    let was = who
+        .vs
         .service
         .update_registry(|r| r.unregister_gateway(&id))
         .await?;
     if matches!(was, crate::GatewayRegistration::Dmz { .. }) {
         st.gateway_control.remove(&id).await;
     }
-    let cut = st.service.disconnect_gateway(&id);
+    // Devices of every (virtual) server may have come through it.
+    let cut: usize = st
+        .servers
+        .all()
+        .iter()
+        .map(|t| t.service.disconnect_gateway(&id))
+        .sum();
     audit(
         &st,
         &who,

@@ -13,8 +13,8 @@ pub(super) async fn list_groups(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    caller(&st, &headers)?;
-    let groups: Vec<GroupOut> = st.service.with_registry(|r| {
+    let who = caller(&st, &headers)?;
+    let groups: Vec<GroupOut> = who.vs.service.with_registry(|r| {
         r.groups()
             .iter()
             .map(|(id, g)| GroupOut {
@@ -46,7 +46,8 @@ pub(super) async fn create_group(
 ) -> Result<Response, Problem> {
     let who = writer(&st, &headers)?;
     let g: NewGroup = json_body(bytes)?;
-    st.service
+    who.vs
+        .service
         .add_group(&g.id, &g.name, g.parent.as_deref())
         .await
         .map_err(|e| {
@@ -104,7 +105,8 @@ pub(super) async fn change_group(
         ));
     }
     if let Some(name) = &c.name {
-        st.service
+        who.vs
+            .service
             .update_registry(|r| r.rename_group(&id, name))
             .await
             .map_err(|e| {
@@ -121,7 +123,7 @@ pub(super) async fn change_group(
     }
     let mut pushed = 0;
     if let Some(parent) = &c.parent {
-        pushed = st.service.move_group(&id, parent).await.map_err(|e| {
+        pushed = who.vs.service.move_group(&id, parent).await.map_err(|e| {
             let field = match &e {
                 ServerError::UnknownGroup(g) if g == parent => Some("parent"),
                 ServerError::Cycle { .. } => Some("parent"),
@@ -137,7 +139,8 @@ pub(super) async fn change_group(
         )
         .await;
     }
-    let (name, parent) = st
+    let (name, parent) = who
+        .vs
         .service
         .with_registry(|r| {
             r.groups()
@@ -157,7 +160,10 @@ pub(super) async fn remove_group(
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Response, Problem> {
     let who = writer(&st, &headers)?;
-    st.service.update_registry(|r| r.remove_group(&id)).await?;
+    who.vs
+        .service
+        .update_registry(|r| r.remove_group(&id))
+        .await?;
     audit(
         &st,
         &who,

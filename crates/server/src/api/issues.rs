@@ -43,10 +43,10 @@ pub(super) async fn list_issues(
     headers: HeaderMap,
     query: Result<Query<IssueQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
-    caller(&st, &headers)?;
+    let who = caller(&st, &headers)?;
     let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     let limit = page_limit(q.limit)?;
-    let storage = st.service.storage().clone();
+    let storage = who.vs.service.storage().clone();
     let all = blocking(move || storage.security_issues()).await?;
     let mut page = Vec::new();
     let mut next = None;
@@ -76,7 +76,7 @@ pub(super) async fn acknowledge_issue(
     axum::extract::Path((device, kind)): axum::extract::Path<(String, String)>,
 ) -> Result<Response, Problem> {
     let who = writer(&st, &headers)?;
-    let storage = st.service.storage().clone();
+    let storage = who.vs.service.storage().clone();
     let open = blocking(move || storage.security_issues())
         .await?
         .into_iter()
@@ -88,7 +88,8 @@ pub(super) async fn acknowledge_issue(
             })
         })?;
     let at_unix = crate::registry::unix(SystemTime::now());
-    st.service
+    who.vs
+        .service
         .storage()
         .commit(vec![crate::Op::AcknowledgeSecurityIssue {
             device: device.clone(),

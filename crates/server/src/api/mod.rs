@@ -62,6 +62,7 @@ mod problem;
 mod session;
 mod spec;
 mod updates;
+mod virtual_servers;
 
 use devices::*;
 use dps::*;
@@ -75,6 +76,7 @@ use session::*;
 
 pub use spec::openapi;
 use updates::*;
+use virtual_servers::*;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -92,10 +94,7 @@ use tokio::task::JoinHandle;
 
 pub use problem::Problem;
 
-use crate::{
-    AccountBook, AdminService, EnrollThrottle, EventRecord, Role, ServerError, SessionConfig,
-    Sessions,
-};
+use crate::{EnrollThrottle, EventRecord, Role, ServerError};
 
 /// The administration API's default port.
 pub const DEFAULT_API_PORT: u16 = 13299;
@@ -189,29 +188,19 @@ impl ApiConfig {
 
 /// What the API's handlers share.
 pub(crate) struct ApiState {
-    service: Arc<AdminService>,
-    accounts: Mutex<AccountBook>,
-    sessions: Mutex<Sessions>,
+    /// The main server and its virtual servers (each with its service, sync source,
+    /// updates, accounts and sessions).
+    servers: Arc<crate::VirtualServers>,
     by_account: Mutex<EnrollThrottle>,
     by_source: Mutex<EnrollThrottle>,
     gateways: outpost_gateway::GatewaysUp,
     gateway_control: outpost_gateway::GatewayControl,
     configured_gateways: Vec<outpost_gateway::DmzGatewayEntry>,
     session_ttl: Duration,
-    /// The data directory (the CA files, whose revocation list a removal rewrites).
-    data_dir: std::path::PathBuf,
-    /// Held while the revocation list is rewritten, so two removals never race.
-    crl: Mutex<()>,
-    /// The server's own sync source (policies), if it runs one.
-    fleet: Option<Arc<crate::FleetSync>>,
-    /// The server's own update store, if it runs one.
-    updates: Option<Arc<crate::StoredObjects>>,
     /// The largest update upload, bytes.
     max_upload: u64,
     /// Where `import` may read update files from (none: not at all).
     import_dir: Option<std::path::PathBuf>,
-    /// Held for the whole of a policy edit, so edits (and their undo) never interleave.
-    policy_edit: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -226,17 +215,12 @@ pub(crate) struct ApiHandle {
 
 /// What the API works on.
 pub(crate) struct ApiParts {
-    pub(crate) service: Arc<AdminService>,
-    pub(crate) accounts: AccountBook,
+    pub(crate) servers: Arc<crate::VirtualServers>,
     pub(crate) gateways: outpost_gateway::GatewaysUp,
     /// Adds and removes the DMZ gateways the server dials.
     pub(crate) gateway_control: outpost_gateway::GatewayControl,
     /// The DMZ gateways the configuration file names (not registered, not removable here).
     pub(crate) configured_gateways: Vec<outpost_gateway::DmzGatewayEntry>,
-    /// The data directory (the CA files, whose revocation list a removal rewrites).
-    pub(crate) data_dir: std::path::PathBuf,
-    pub(crate) fleet: Option<Arc<crate::FleetSync>>,
-    pub(crate) updates: Option<Arc<crate::StoredObjects>>,
     /// [`ApiConfig::import_dir`], resolved against the configuration's directory.
     pub(crate) import_dir: Option<std::path::PathBuf>,
 }
@@ -259,24 +243,16 @@ pub(crate) async fn start(
         source,
     })?;
     let window = Duration::from_secs(config.login_window_secs);
-    let sessions = SessionConfig::default().with_ttl(Duration::from_secs(config.session_secs));
     let state = Arc::new(ApiState {
-        service: parts.service,
-        accounts: Mutex::new(parts.accounts),
-        sessions: Mutex::new(Sessions::new(sessions)),
+        servers: parts.servers,
         by_account: Mutex::new(EnrollThrottle::new(config.login_failures, window, 4096)),
         by_source: Mutex::new(EnrollThrottle::new(config.login_failures, window, 4096)),
         gateways: parts.gateways,
         gateway_control: parts.gateway_control,
         configured_gateways: parts.configured_gateways,
-        session_ttl: sessions.ttl,
-        data_dir: parts.data_dir,
-        crl: Mutex::new(()),
-        fleet: parts.fleet,
-        updates: parts.updates,
+        session_ttl: Duration::from_secs(config.session_secs),
         max_upload: config.max_upload_bytes,
         import_dir: parts.import_dir,
-        policy_edit: tokio::sync::Mutex::new(()),
     });
     let app = router(state);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -338,10 +314,42 @@ fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
-/// Who is calling.
+/// Who is calling, and the (virtual) server the request is about.
 struct Caller {
     account: String,
     role: Role,
+    /// The server the request reads and writes: the caller's own, or (for the main
+    /// server's accounts) the virtual server the `Outpost-Virtual-Server` header names.
+    vs: Arc<crate::Tenant>,
+    /// The account is one of the main server's.
+    main: bool,
+}
+
+/// The header naming the virtual server a request is about.
+pub const VIRTUAL_SERVER_HEADER: &str = "outpost-virtual-server";
+
+/// The virtual server a request names (`None`: none named).
+fn named_server(headers: &HeaderMap) -> Result<Option<&str>, Problem> {
+    match headers.get(VIRTUAL_SERVER_HEADER) {
+        None => Ok(None),
+        Some(v) => v.to_str().map(Some).map_err(|_| {
+            Problem::bad_request("the Outpost-Virtual-Server header is not visible ASCII")
+                .field(VIRTUAL_SERVER_HEADER)
+        }),
+    }
+}
+
+fn no_virtual_server(id: &str) -> Problem {
+    Problem::not_found(format!("no virtual server {id:?}"))
+}
+
+/// The (virtual) server a request without a session names: the main server, or the one of
+/// the header.
+fn target(st: &ApiState, headers: &HeaderMap) -> Result<Arc<crate::Tenant>, Problem> {
+    match named_server(headers)? {
+        None => Ok(st.servers.main().clone()),
+        Some(id) => st.servers.get(id).ok_or_else(|| no_virtual_server(id)),
+    }
 }
 
 impl Caller {
@@ -366,25 +374,62 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .strip_prefix("Bearer ")
 }
 
+/// The account a session or API token belongs to, with its (virtual) server.
+fn account_of(st: &ApiState, token: &str) -> Option<(String, Role, Arc<crate::Tenant>)> {
+    let now = Instant::now();
+    st.servers.all().into_iter().find_map(|t| {
+        let found = lock(&t.sessions)
+            .check(token, now)
+            .map(|(a, r)| (a.to_string(), r))
+            .or_else(|| {
+                lock(&t.accounts)
+                    .check_api_token(token)
+                    .map(|(a, r)| (a.to_string(), r))
+            });
+        found.map(|(a, r)| (a, r, t))
+    })
+}
+
 fn caller(st: &ApiState, headers: &HeaderMap) -> Result<Caller, Problem> {
     let token = bearer(headers).ok_or_else(|| {
         Problem::unauthenticated("send Authorization: Bearer <session or API token>")
     })?;
-    if let Some((account, role)) = lock(&st.sessions).check(token, Instant::now()) {
+    let named = named_server(headers)?;
+    let (account, role, home) = account_of(st, token).ok_or_else(|| {
+        Problem::unauthenticated("the session expired or the token is not valid (log in again)")
+    })?;
+    if !home.is_virtual() {
+        // The main server's accounts manage every virtual server.
+        let vs = match named {
+            None => home,
+            Some(id) => st.servers.get(id).ok_or_else(|| no_virtual_server(id))?,
+        };
         return Ok(Caller {
-            account: account.to_string(),
+            account,
             role,
+            vs,
+            main: true,
         });
     }
-    match lock(&st.accounts).check_api_token(token) {
-        Some((account, role)) => Ok(Caller {
-            account: account.to_string(),
-            role,
-        }),
-        None => Err(Problem::unauthenticated(
-            "the session expired or the token is not valid (log in again)",
-        )),
+    // A virtual server's account sees its own server only: another one it names is "not
+    // found", as one that does not exist, so ids of other tenants do not leak.
+    if let Some(id) = named
+        && id != home.id()
+    {
+        return Err(no_virtual_server(id));
     }
+    if home.record().is_some_and(|r| r.disabled) {
+        return Err(Problem::forbidden(format!(
+            "virtual server {:?} is disabled",
+            home.id()
+        )));
+    }
+    Ok(Caller {
+        account,
+        role,
+        vs: home,
+        main: false,
+    })
 }
 
 /// A page size asked for (100 if none), refused outside 1..=[`MAX_PAGE`].
@@ -444,7 +489,8 @@ async fn audit(st: &ApiState, who: &Caller, kind: &'static str, what: String) {
         kind,
         format!("{} ({}): {what}", who.account, who.role.as_str()),
     );
-    if let Err(e) = st.service.storage().record_events(vec![e]).await {
+    let _ = st;
+    if let Err(e) = who.vs.service.storage().record_events(vec![e]).await {
         log::error!("audit event {kind} not stored: {e}");
     }
 }
@@ -475,6 +521,8 @@ const BODIES: &[&str] = &[
     "update import",
     "policy",
     "policy status",
+    "virtual server",
+    "virtual server change",
 ];
 
 /// Parses `data[1..]` as the request body `data[0]` selects (see the list in the source:
@@ -500,7 +548,9 @@ pub fn fuzz_body(data: &[u8]) -> Result<&'static str, u16> {
         10 => body::<NewGateway>(rest).map(drop),
         11 => body::<ImportRequest>(rest).map(drop),
         12 => body::<outpost_policy::Policy>(rest).map(drop),
-        _ => body::<StatusChange>(rest).map(drop),
+        13 => body::<StatusChange>(rest).map(drop),
+        14 => body::<NewVirtualServer>(rest).map(drop),
+        _ => body::<VirtualServerChange>(rest).map(drop),
     };
     match r {
         Ok(()) => Ok(BODIES[i]),

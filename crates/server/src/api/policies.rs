@@ -2,7 +2,7 @@
 
 use super::*;
 
-pub(super) fn policies_of(st: &ApiState) -> Result<&crate::PolicySync, Problem> {
+pub(super) fn policies_of(st: &crate::Tenant) -> Result<&crate::PolicySync, Problem> {
     st.fleet.as_ref().and_then(|f| f.policy()).ok_or_else(|| {
         Problem::not_found("this server answers syncs from another source: it serves no policies")
     })
@@ -12,8 +12,8 @@ pub(super) async fn list_policies(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    caller(&st, &headers)?;
-    let storage = st.service.storage().clone();
+    let who = caller(&st, &headers)?;
+    let storage = who.vs.service.storage().clone();
     let rows = blocking(move || storage.policy_objects(crate::PolicyObjectKind::Policy)).await?;
     let policies: Vec<serde_json::Value> = rows
         .iter()
@@ -30,8 +30,8 @@ pub(super) async fn get_policy(
     headers: HeaderMap,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Response, Problem> {
-    caller(&st, &headers)?;
-    let storage = st.service.storage().clone();
+    let who = caller(&st, &headers)?;
+    let storage = who.vs.service.storage().clone();
     let key = id.clone();
     let doc = blocking(move || storage.policy_object(crate::PolicyObjectKind::Policy, &key))
         .await?
@@ -57,18 +57,18 @@ pub(super) fn invalid_policy(e: &outpost_policy::PolicyError) -> Problem {
 /// Applies `change` to the policies, commits `row`, and on a failed commit puts the policy
 /// back as the database has it (`old`). Returns the devices whose settings changed.
 pub(super) async fn edit_policy(
-    st: &ApiState,
+    vs: &crate::Tenant,
     id: &str,
     change: outpost_policy::Change,
     row: crate::Op,
 ) -> Result<Vec<Arc<str>>, Problem> {
     use crate::PolicyObjectKind::Policy as Kind;
-    let policies = policies_of(st)?;
-    let storage = st.service.storage().clone();
+    let policies = policies_of(vs)?;
+    let storage = vs.service.storage().clone();
     let key = id.to_string();
     let old = blocking(move || storage.policy_object(Kind, &key)).await?;
     let changed = policies.apply(change).map_err(|e| invalid_policy(&e))?;
-    if let Err(e) = st.service.storage().commit(vec![row]).await {
+    if let Err(e) = vs.service.storage().commit(vec![row]).await {
         let undo = match old
             .as_deref()
             .map(serde_json::from_str::<outpost_policy::Policy>)
@@ -86,11 +86,15 @@ pub(super) async fn edit_policy(
 
 /// Pushes "sync now" to the online devices among `changed`; returns how many.
 /// (`push_all` reaches only the devices with a kept connection.)
-pub(super) fn push_changed<S: AsRef<str>>(st: &ApiState, changed: &[S], reason: &str) -> usize {
+pub(super) fn push_changed<S: AsRef<str>>(
+    vs: &crate::Tenant,
+    changed: &[S],
+    reason: &str,
+) -> usize {
     let nonce = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
-    st.service.push_all(changed, reason, nonce)
+    vs.service.push_all(changed, reason, nonce)
 }
 
 pub(super) async fn put_policy(
@@ -109,14 +113,20 @@ pub(super) async fn put_policy(
         .field("id"));
     }
     let document = serde_json::to_string(&policy).map_err(Problem::internal)?;
-    let _one_at_a_time = st.policy_edit.lock().await;
+    let _one_at_a_time = who.vs.policy_edit.lock().await;
     let row = crate::Op::PutPolicyObject {
         kind: crate::PolicyObjectKind::Policy,
         id: id.clone(),
         document,
     };
-    let changed = edit_policy(&st, &id, outpost_policy::Change::UpsertPolicy(policy), row).await?;
-    let pushed = push_changed(&st, &changed, "policy changed");
+    let changed = edit_policy(
+        &who.vs,
+        &id,
+        outpost_policy::Change::UpsertPolicy(policy),
+        row,
+    )
+    .await?;
+    let pushed = push_changed(&who.vs, &changed, "policy changed");
     audit(
         &st,
         &who,
@@ -139,13 +149,13 @@ pub(super) async fn delete_policy(
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Response, Problem> {
     let who = writer(&st, &headers)?;
-    let _one_at_a_time = st.policy_edit.lock().await;
+    let _one_at_a_time = who.vs.policy_edit.lock().await;
     let row = crate::Op::DeletePolicyObject {
         kind: crate::PolicyObjectKind::Policy,
         id: id.clone(),
     };
     let changed = edit_policy(
-        &st,
+        &who.vs,
         &id,
         outpost_policy::Change::RemovePolicy(id.clone()),
         row,
@@ -158,7 +168,7 @@ pub(super) async fn delete_policy(
             p
         }
     })?;
-    let pushed = push_changed(&st, &changed, "policy removed");
+    let pushed = push_changed(&who.vs, &changed, "policy removed");
     audit(
         &st,
         &who,
@@ -220,8 +230,8 @@ pub(super) async fn set_policy_status(
     let who = writer(&st, &headers)?;
     let StatusChange { status: name } = json_body(bytes)?;
     let status = outpost_policy::PolicyStatus::from(name);
-    let policies = policies_of(&st)?;
-    let _one_at_a_time = st.policy_edit.lock().await;
+    let policies = policies_of(&who.vs)?;
+    let _one_at_a_time = who.vs.policy_edit.lock().await;
     let before = policies
         .policy(&id)
         .ok_or_else(|| Problem::not_found(format!("no policy {id:?}")))?;
@@ -241,7 +251,7 @@ pub(super) async fn set_policy_status(
         })?;
         rows.push(policy_row(&now)?);
     }
-    if let Err(e) = st.service.storage().commit(rows).await {
+    if let Err(e) = who.vs.service.storage().commit(rows).await {
         // Put both back as the database has them: the target first (it frees the slot), then
         // the policy it displaced.
         for p in std::iter::once(before).chain(displaced_before) {
@@ -254,7 +264,7 @@ pub(super) async fn set_policy_status(
         }
         return Err(Problem::from_error(&e, None));
     }
-    let pushed = push_changed(&st, &changed, "policy status changed");
+    let pushed = push_changed(&who.vs, &changed, "policy status changed");
     audit(
         &st,
         &who,

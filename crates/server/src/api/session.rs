@@ -12,14 +12,24 @@ pub(super) struct Login {
 pub(super) async fn login(
     State(st): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     let req: Login = json_body(bytes)?;
+    // The accounts of the virtual server the header names (the main server's without one).
+    let vs = target(&st, &headers)?;
+    if vs.record().is_some_and(|r| r.disabled) {
+        return Err(Problem::forbidden(format!(
+            "virtual server {:?} is disabled; its accounts cannot log in until it is enabled",
+            vs.id()
+        )));
+    }
     let now = Instant::now();
     let source = peer.ip().to_string();
     let name: String = req.name.chars().take(128).collect();
+    let throttle_key = format!("{}/{name}", vs.id());
     let throttled =
-        !lock(&st.by_source).admit(&source, now) || !lock(&st.by_account).admit(&name, now);
+        !lock(&st.by_source).admit(&source, now) || !lock(&st.by_account).admit(&throttle_key, now);
     if throttled {
         return Err(Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -28,7 +38,7 @@ pub(super) async fn login(
         ));
     }
     // The hash check is slow on purpose: off the async threads.
-    let book = lock(&st.accounts).clone();
+    let book = lock(&vs.accounts).clone();
     let password = req.password;
     let checked_name = name.clone();
     let role = tokio::task::spawn_blocking(move || book.check_password(&checked_name, &password))
@@ -37,18 +47,24 @@ pub(super) async fn login(
         .flatten();
     let Some(role) = role else {
         lock(&st.by_source).failed(&source, now);
-        lock(&st.by_account).failed(&name, now);
-        log::warn!("administration API: failed login for {name:?} from {peer}");
+        lock(&st.by_account).failed(&throttle_key, now);
+        log::warn!(
+            "administration API: failed login for {name:?} of {:?} from {peer}",
+            vs.id()
+        );
         return Err(Problem::unauthenticated("wrong name or password"));
     };
-    let token = lock(&st.sessions).open(&name, role, now).map_err(|e| {
+    let token = lock(&vs.sessions).open(&name, role, now).map_err(|e| {
         Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "Too many sessions",
             e.to_string(),
         )
     })?;
-    log::info!("administration API: {name:?} logged in from {peer}");
+    log::info!(
+        "administration API: {name:?} of {:?} logged in from {peer}",
+        vs.id()
+    );
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({
@@ -64,7 +80,12 @@ pub(super) async fn logout(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let token = bearer(&headers).ok_or_else(|| Problem::unauthenticated("no session"))?;
-    if lock(&st.sessions).close(token) {
+    if st
+        .servers
+        .all()
+        .iter()
+        .any(|t| lock(&t.sessions).close(token))
+    {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(Problem::unauthenticated("no such session"))
@@ -84,15 +105,15 @@ pub(super) async fn issue_api_token(
 ) -> Result<Response, Problem> {
     let who = writer(&st, &headers)?;
     let t: NewApiToken = json_body(bytes)?;
-    let (secret, op) = lock(&st.accounts)
+    let (secret, op) = lock(&who.vs.accounts)
         .issue_api_token(&who.account, &t.label, SystemTime::now())
         .map_err(|e| Problem::from_error(&e, Some("label")))?;
     let id = match &op {
         crate::Op::PutApiToken(t) => t.id.clone(),
         _ => String::new(),
     };
-    st.service.storage().commit(vec![op.clone()]).await?;
-    lock(&st.accounts).apply(&op);
+    who.vs.service.storage().commit(vec![op.clone()]).await?;
+    lock(&who.vs.accounts).apply(&op);
     audit(
         &st,
         &who,
@@ -110,8 +131,8 @@ pub(super) async fn list_api_tokens(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    caller(&st, &headers)?;
-    let tokens: Vec<serde_json::Value> = lock(&st.accounts)
+    let who = caller(&st, &headers)?;
+    let tokens: Vec<serde_json::Value> = lock(&who.vs.accounts)
         .tokens()
         .into_iter()
         .map(|t| {
@@ -136,9 +157,9 @@ pub(super) async fn revoke_api_token(
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Response, Problem> {
     let who = writer(&st, &headers)?;
-    let op = lock(&st.accounts).revoke_api_token(&id, SystemTime::now())?;
-    st.service.storage().commit(vec![op.clone()]).await?;
-    lock(&st.accounts).apply(&op);
+    let op = lock(&who.vs.accounts).revoke_api_token(&id, SystemTime::now())?;
+    who.vs.service.storage().commit(vec![op.clone()]).await?;
+    lock(&who.vs.accounts).apply(&op);
     audit(
         &st,
         &who,
@@ -162,8 +183,8 @@ pub(super) async fn list_accounts(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    caller(&st, &headers)?;
-    let book = lock(&st.accounts);
+    let who = caller(&st, &headers)?;
+    let book = lock(&who.vs.accounts);
     let mut accounts: Vec<&crate::Account> = book.accounts().collect();
     accounts.sort_by(|a, b| a.name.cmp(&b.name));
     let out: Vec<serde_json::Value> = accounts.into_iter().map(account_out).collect();
@@ -199,7 +220,7 @@ pub(super) async fn create_account(
     let a: NewAccount = json_body(bytes)?;
     let role = role_of(&a.role)?;
     // Hashing is slow on purpose: off the async threads.
-    let book = lock(&st.accounts).clone();
+    let book = lock(&who.vs.accounts).clone();
     let name = a.name.clone();
     let op = tokio::task::spawn_blocking(move || {
         book.create(&name, role, &a.password, SystemTime::now())
@@ -213,8 +234,8 @@ pub(super) async fn create_account(
         };
         Problem::from_error(&e, Some(field))
     })?;
-    st.service.storage().commit(vec![op.clone()]).await?;
-    lock(&st.accounts).apply(&op);
+    who.vs.service.storage().commit(vec![op.clone()]).await?;
+    lock(&who.vs.accounts).apply(&op);
     audit(
         &st,
         &who,
@@ -250,7 +271,7 @@ pub(super) async fn change_account(
     let who = writer(&st, &headers)?;
     let c: AccountChange = json_body(bytes)?;
     let role = c.role.as_deref().map(role_of).transpose()?;
-    let book = lock(&st.accounts).clone();
+    let book = lock(&who.vs.accounts).clone();
     let key = name.clone();
     let password = c.password.clone();
     let op = tokio::task::spawn_blocking(move || {
@@ -262,9 +283,9 @@ pub(super) async fn change_account(
         let field = matches!(e, ServerError::InvalidId { .. }).then_some("password");
         Problem::from_error(&e, field)
     })?;
-    st.service.storage().commit(vec![op.clone()]).await?;
-    lock(&st.accounts).apply(&op);
-    let closed = lock(&st.sessions).close_all_of(&name);
+    who.vs.service.storage().commit(vec![op.clone()]).await?;
+    lock(&who.vs.accounts).apply(&op);
+    let closed = lock(&who.vs.sessions).close_all_of(&name);
     let out = match &op {
         crate::Op::PutAccount(a) => account_out(a),
         _ => serde_json::Value::Null,

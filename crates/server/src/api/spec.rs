@@ -74,6 +74,11 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
         ep!(get "/api/v1/api-tokens", "List API tokens", Nothing, None, 200, true, list_api_tokens),
         ep!(post "/api/v1/api-tokens", "Issue an API token (its secret shown once)", Json(schema::<NewApiToken>), None, 201, true, issue_api_token),
         ep!(delete "/api/v1/api-tokens/{id}", "Revoke an API token", Nothing, None, 204, true, revoke_api_token),
+        ep!(get "/api/v1/virtual-servers", "List virtual servers (main server accounts)", Nothing, None, 200, true, list_virtual_servers),
+        ep!(post "/api/v1/virtual-servers", "Create a virtual server", Json(schema::<NewVirtualServer>), None, 201, true, create_virtual_server),
+        ep!(get "/api/v1/virtual-servers/{id}", "A virtual server", Nothing, None, 200, true, get_virtual_server),
+        ep!(patch "/api/v1/virtual-servers/{id}", "Rename, disable or enable a virtual server", Json(schema::<VirtualServerChange>), None, 200, true, change_virtual_server),
+        ep!(delete "/api/v1/virtual-servers/{id}", "Delete a virtual server: its devices' certificates revoked, its data removed", Nothing, None, 200, true, delete_virtual_server),
         ep!(get "/api/v1/groups", "The group tree", Nothing, None, 200, true, list_groups),
         ep!(post "/api/v1/groups", "Create a group", Json(schema::<NewGroup>), None, 201, true, create_group),
         ep!(patch "/api/v1/groups/{id}", "Rename a group, or move it with its subgroups and devices", Json(schema::<GroupChange>), None, 200, true, change_group),
@@ -154,6 +159,14 @@ pub fn openapi() -> Value {
                     params.push(p);
                 }
             }
+        }
+        if (e.auth || e.path == "/api/v1/login") && !e.path.starts_with("/api/v1/virtual-servers") {
+            params.push(json!({
+                "name": "Outpost-Virtual-Server", "in": "header", "required": false,
+                "description": "The virtual server the request is about (the main server without it; \
+                                a virtual server's own accounts may name only their own)",
+                "schema": {"type": "string"},
+            }));
         }
         let mut op = json!({
             "operationId": format!("{} {}", e.method, e.path),

@@ -3,7 +3,7 @@
 
 use super::*;
 
-fn updates_of(st: &ApiState) -> Result<(&crate::StoredObjects, &crate::FleetSync), Problem> {
+fn updates_of(st: &crate::Tenant) -> Result<(&crate::StoredObjects, &crate::FleetSync), Problem> {
     match (&st.updates, &st.fleet) {
         (Some(u), Some(f)) => Ok((u, f)),
         _ => Err(Problem::not_found(
@@ -16,8 +16,8 @@ pub(super) async fn list_updates(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    caller(&st, &headers)?;
-    let (objects, fleet) = updates_of(&st)?;
+    let who = caller(&st, &headers)?;
+    let (objects, fleet) = updates_of(&who.vs)?;
     let out: Vec<serde_json::Value> = objects
         .list()
         .iter()
@@ -96,7 +96,7 @@ pub(super) async fn upload_update(
     let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     check_upload(&q)?;
     crate::check_id("update object id", &id).map_err(|e| Problem::from_error(&e, Some("id")))?;
-    let (objects, fleet) = updates_of(&st)?;
+    let (objects, fleet) = updates_of(&who.vs)?;
     let max = st.max_upload;
     let too_large = || {
         Problem::new(
@@ -185,7 +185,7 @@ pub(super) async fn import_update(
         version: r.version,
     })?;
     crate::check_id("update object id", &id).map_err(|e| Problem::from_error(&e, Some("id")))?;
-    let (objects, fleet) = updates_of(&st)?;
+    let (objects, fleet) = updates_of(&who.vs)?;
     let dir = st.import_dir.clone().ok_or_else(|| {
         Problem::new(
             StatusCode::FORBIDDEN,

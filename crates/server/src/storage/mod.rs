@@ -161,6 +161,14 @@ pub enum Op {
     PutAccount(crate::Account),
     /// Inserts or replaces an API token (revoking one is a put with its revocation time).
     PutApiToken(crate::ApiToken),
+    /// Creates or updates a virtual server of this server (its row, and its root group
+    /// when it is new).
+    PutVirtualServer(VirtualServerRecord),
+    /// Removes a virtual server and every row it owns.
+    DeleteVirtualServer {
+        /// Its id.
+        id: String,
+    },
     /// Sets a marker of a one-time step.
     PutMeta {
         /// Its key.
@@ -241,6 +249,35 @@ impl UpdateObject {
             size,
             sha256: sha256.into(),
             published_at_unix,
+        }
+    }
+}
+
+/// A virtual server, as its parent server stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VirtualServerRecord {
+    /// Its id (the `server_id` of every row it owns).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Disabled: its devices are refused, its data kept.
+    pub disabled: bool,
+    /// Its block of multicast group addresses (unique among the server's virtual servers).
+    pub multicast_block: u32,
+    /// When it was created, seconds since the Unix epoch.
+    pub created_at_unix: u64,
+}
+
+impl VirtualServerRecord {
+    /// An enabled virtual server created now.
+    pub fn new(id: impl Into<String>, name: impl Into<String>, multicast_block: u32) -> Self {
+        VirtualServerRecord {
+            id: id.into(),
+            name: name.into(),
+            disabled: false,
+            multicast_block,
+            created_at_unix: crate::registry::unix(SystemTime::now()),
         }
     }
 }
@@ -405,6 +442,8 @@ pub struct Snapshot {
     pub accounts: Vec<crate::Account>,
     /// API tokens, revoked ones included.
     pub api_tokens: Vec<crate::ApiToken>,
+    /// The virtual servers of this server, by id.
+    pub virtual_servers: Vec<VirtualServerRecord>,
 }
 
 /// Row counts, for reports and tests.
@@ -440,9 +479,8 @@ enum Job {
 }
 
 struct Inner {
-    jobs: mpsc::UnboundedSender<Job>,
+    jobs: mpsc::UnboundedSender<(Arc<str>, Job)>,
     backend: Backend,
-    server_id: String,
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -457,17 +495,20 @@ impl Drop for Inner {
     }
 }
 
-/// The server's storage: cheap to clone, every clone the same database.
+/// The server's storage: cheap to clone, every clone the same database and the same
+/// (virtual) server's rows; [`scoped`](Storage::scoped) gives another server's rows
+/// through the same writer.
 #[derive(Clone)]
 pub struct Storage {
     inner: Arc<Inner>,
+    server_id: Arc<str>,
 }
 
 impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Storage")
             .field("backend", &self.inner.backend)
-            .field("server_id", &self.inner.server_id)
+            .field("server_id", &self.server_id)
             .finish()
     }
 }
@@ -529,9 +570,9 @@ impl Storage {
             inner: Arc::new(Inner {
                 jobs,
                 backend: config.backend(),
-                server_id: server_id.to_string(),
                 thread: std::sync::Mutex::new(Some(thread)),
             }),
+            server_id: server_id.into(),
         })
     }
 
@@ -542,7 +583,16 @@ impl Storage {
 
     /// The server instance whose rows this storage reads and writes.
     pub fn server_id(&self) -> &str {
-        &self.inner.server_id
+        &self.server_id
+    }
+
+    /// The storage of (virtual) server `id`: the same database and writer (so its writes
+    /// are grouped with every other server's), reading and writing only `id`'s rows.
+    pub fn scoped(&self, id: &str) -> Storage {
+        Storage {
+            inner: self.inner.clone(),
+            server_id: id.into(),
+        }
     }
 
     fn send<T>(
@@ -551,7 +601,7 @@ impl Storage {
     ) -> oneshot::Receiver<Result<T, ServerError>> {
         let (tx, rx) = oneshot::channel();
         // A send fails only when the writer ended; the receiver then reports it.
-        let _ = self.inner.jobs.send(job(tx));
+        let _ = self.inner.jobs.send((self.server_id.clone(), job(tx)));
         rx
     }
 
@@ -601,7 +651,10 @@ impl Storage {
     /// Queues last-seen times (and reported free disk) of devices, written in the next
     /// group; not waited for.
     pub fn touch(&self, seen: Vec<(String, u64, Option<u64>)>) {
-        let _ = self.inner.jobs.send(Job::Touch(seen));
+        let _ = self
+            .inner
+            .jobs
+            .send((self.server_id.clone(), Job::Touch(seen)));
     }
 
     /// Writes every last-seen time queued so far ([`touch`](Self::touch)) and returns once

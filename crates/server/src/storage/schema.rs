@@ -9,7 +9,7 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use super::Backend;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 type Step = (i64, &'static str, &'static str);
 
@@ -39,6 +39,11 @@ const SQLITE: &[Step] = &[
         "certificates and scopes",
         include_str!("../../migrations/sqlite/0005_certificates_and_scopes.sql"),
     ),
+    (
+        6,
+        "virtual servers",
+        include_str!("../../migrations/sqlite/0006_virtual_servers.sql"),
+    ),
 ];
 
 const POSTGRES: &[Step] = &[
@@ -66,6 +71,11 @@ const POSTGRES: &[Step] = &[
         5,
         "certificates and scopes",
         include_str!("../../migrations/postgres/0005_certificates_and_scopes.sql"),
+    ),
+    (
+        6,
+        "virtual servers",
+        include_str!("../../migrations/postgres/0006_virtual_servers.sql"),
     ),
 ];
 

@@ -10,11 +10,12 @@ use tokio::sync::mpsc;
 
 use super::{
     Backend, Counts, DatabaseConfig, EventRecord, Job, Op, PolicyObjectKind, SecurityIssue,
-    Snapshot, StoredEvent, UpdateObject,
+    Snapshot, StoredEvent, UpdateObject, VirtualServerRecord,
 };
 use crate::error::StorageError;
 use crate::registry::{Device, GatewayRegistration, Group, ReserveCertificate, TokenRecord, unix};
 use crate::{ROOT_GROUP, Registry, ServerError};
+use std::sync::Arc;
 
 /// How long last-seen times wait to be written at most.
 const TOUCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -38,7 +39,7 @@ pub(super) fn run(
     config: DatabaseConfig,
     server_id: String,
     up_to: Option<i64>,
-    jobs: mpsc::UnboundedReceiver<Job>,
+    jobs: mpsc::UnboundedReceiver<(Arc<str>, Job)>,
     ready: std::sync::mpsc::SyncSender<Result<(), ServerError>>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -113,17 +114,18 @@ struct Writer {
     broken: bool,
     backend: Backend,
     config: DatabaseConfig,
+    /// The server whose rows the read being served concerns (set per job).
     server_id: String,
-    /// Last-seen times not written yet: device → (seconds, free disk).
-    touched: HashMap<String, (u64, Option<u64>)>,
+    /// Last-seen times not written yet: (server, device) → (seconds, free disk).
+    touched: HashMap<(Arc<str>, String), (u64, Option<u64>)>,
     touched_since: Option<Instant>,
     last_trim: Instant,
 }
 
 /// A write job taken from the queue, with where its answer goes.
 enum Write {
-    Ops(Vec<Op>),
-    Events(Vec<EventRecord>),
+    Ops(Arc<str>, Vec<Op>),
+    Events(Arc<str>, Vec<EventRecord>),
 }
 
 impl Writer {
@@ -183,7 +185,9 @@ impl Writer {
             touched_since: None,
             last_trim: Instant::now(),
         };
-        w.ensure_server().await?;
+        // Virtual servers came with version 6: a database held at an older version (to test
+        // upgrades) has no `parent` column.
+        w.ensure_server(up_to.is_none_or(|v| v >= 6)).await?;
         Ok(w)
     }
 
@@ -199,16 +203,19 @@ impl Writer {
     }
 
     /// The server instance's row and its root group.
-    async fn ensure_server(&mut self) -> Result<(), ServerError> {
+    async fn ensure_server(&mut self, virtual_servers: bool) -> Result<(), ServerError> {
         let err = self.query_error("creating the server instance");
         let mut tx = begin(&mut self.conn, self.backend).await.map_err(&err)?;
         // A database holds one server's state (its virtual servers are added by it): a
         // configuration naming another instance is refused, not given an empty fleet.
-        let known: Vec<String> =
-            sqlx::query_scalar("SELECT id FROM servers ORDER BY created_at, id")
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(&err)?;
+        let known: Vec<String> = sqlx::query_scalar(if virtual_servers {
+            "SELECT id FROM servers WHERE parent IS NULL ORDER BY created_at, id"
+        } else {
+            "SELECT id FROM servers ORDER BY created_at, id"
+        })
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(&err)?;
         if let Some(first) = known.first()
             && !known.contains(&self.server_id)
         {
@@ -239,7 +246,7 @@ impl Writer {
         tx.commit().await.map_err(&err)
     }
 
-    async fn serve(mut self, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    async fn serve(mut self, mut jobs: mpsc::UnboundedReceiver<(Arc<str>, Job)>) {
         loop {
             let wait = self
                 .touched_since
@@ -306,29 +313,32 @@ impl Writer {
         }
     }
 
-    async fn process(&mut self, batch: Vec<Job>) {
+    async fn process(&mut self, batch: Vec<(Arc<str>, Job)>) {
         if self.broken {
             self.heal().await;
         }
         let mut writes = Vec::new();
         let mut reads = Vec::new();
-        for job in batch {
+        for (sid, job) in batch {
             match job {
-                Job::Commit(ops, reply) => writes.push((Write::Ops(ops), reply)),
-                Job::Events(events, reply) => writes.push((Write::Events(events), reply)),
+                Job::Commit(ops, reply) => writes.push((Write::Ops(sid, ops), reply)),
+                Job::Events(events, reply) => writes.push((Write::Events(sid, events), reply)),
                 Job::Touch(seen) => {
                     for (device, at, disk) in seen {
-                        self.touched.insert(device, (at, disk));
+                        self.touched.insert((sid.clone(), device), (at, disk));
                     }
                     self.touched_since.get_or_insert_with(Instant::now);
                 }
-                other => reads.push(other),
+                other => reads.push((sid, other)),
             }
         }
         if !writes.is_empty() {
             self.commit_group(writes).await;
         }
-        for job in reads {
+        for (sid, job) in reads {
+            if *self.server_id != *sid {
+                self.server_id = sid.to_string();
+            }
             self.read(job).await;
         }
     }
@@ -337,7 +347,7 @@ impl Writer {
     /// write fails only its caller.
     async fn commit_group(&mut self, writes: Vec<(Write, super::Reply<()>)>) {
         let all: Vec<&Write> = writes.iter().map(|(w, _)| w).collect();
-        let events = all.iter().any(|w| matches!(w, Write::Events(_)));
+        let events = all.iter().any(|w| matches!(w, Write::Events(..)));
         let mut first = self.transaction(&all).await;
         if first.is_err() {
             // A connection lost since the last job fails the first statement: once more
@@ -372,14 +382,13 @@ impl Writer {
     async fn transaction(&mut self, writes: &[&Write]) -> Result<(), ServerError> {
         let err = self.query_error("committing changes");
         let events_err = self.query_error("storing events");
-        let sid = self.server_id.clone();
         let backend = self.backend;
         let mut tx = begin(&mut self.conn, self.backend).await.map_err(&err)?;
         for w in writes {
             match w {
-                Write::Ops(ops) => {
+                Write::Ops(sid, ops) => {
                     for op in ops {
-                        apply(&mut tx, &sid, op).await.map_err(|source| {
+                        apply(&mut tx, sid, op).await.map_err(|source| {
                             ServerError::Storage(StorageError::Query {
                                 backend,
                                 what: op_name(op),
@@ -388,7 +397,7 @@ impl Writer {
                         })?;
                     }
                 }
-                Write::Events(events) => insert_events(&mut tx, &sid, events)
+                Write::Events(sid, events) => insert_events(&mut tx, sid, events)
                     .await
                     .map_err(&events_err)?,
             }
@@ -401,11 +410,11 @@ impl Writer {
         if self.touched.is_empty() {
             return;
         }
-        let touched: Vec<(String, (u64, Option<u64>))> =
+        let touched: Vec<((Arc<str>, String), (u64, Option<u64>))> =
             if self.touched.len() <= TOUCHES_PER_TRANSACTION {
                 self.touched.drain().collect()
             } else {
-                let keys: Vec<String> = self
+                let keys: Vec<(Arc<str>, String)> = self
                     .touched
                     .keys()
                     .take(TOUCHES_PER_TRANSACTION)
@@ -420,17 +429,16 @@ impl Writer {
             };
         let n = touched.len();
         let err = self.query_error("writing last-seen times");
-        let sid = self.server_id.clone();
         let r: Result<(), ServerError> = async {
             let mut tx = begin(&mut self.conn, self.backend).await.map_err(&err)?;
-            for (device, (at, disk)) in &touched {
+            for ((sid, device), (at, disk)) in &touched {
                 sqlx::query(
                     "UPDATE devices SET last_seen = $1, free_disk_bytes = COALESCE($2, free_disk_bytes) \
                      WHERE server_id = $3 AND id = $4",
                 )
                 .bind(i64_of(*at))
                 .bind(disk.map(i64_of))
-                .bind(&sid)
+                .bind(&**sid)
                 .bind(device)
                 .execute(&mut *tx)
                 .await
@@ -808,9 +816,32 @@ impl Writer {
                     .map(u64_of),
             });
         }
+        let mut virtual_servers = Vec::new();
+        for r in fetch(
+            &mut self.conn,
+            "SELECT id, name, disabled, multicast_block, created_at FROM servers \
+             WHERE parent = $1 ORDER BY id",
+        )
+        .await
+        .map_err(&err)?
+        {
+            virtual_servers.push(VirtualServerRecord {
+                id: r.try_get("id").map_err(&err)?,
+                name: r.try_get("name").map_err(&err)?,
+                disabled: r.try_get::<i64, _>("disabled").map_err(&err)? != 0,
+                multicast_block: u32::try_from(
+                    r.try_get::<Option<i64>, _>("multicast_block")
+                        .map_err(&err)?
+                        .unwrap_or(0),
+                )
+                .unwrap_or(0),
+                created_at_unix: u64_of(r.try_get("created_at").map_err(&err)?),
+            });
+        }
         // What loading applied is the state itself, not changes to commit.
         let _ = registry.take_journal();
         Ok(Snapshot {
+            virtual_servers,
             accounts,
             api_tokens,
             registry,
@@ -912,11 +943,93 @@ fn op_name(op: &Op) -> &'static str {
         Op::PutMeta { .. } => "writing a marker",
         Op::PutAccount(_) => "writing an account",
         Op::PutApiToken(_) => "writing an API token",
+        Op::PutVirtualServer(_) => "writing a virtual server",
+        Op::DeleteVirtualServer { .. } => "removing a virtual server",
     }
+}
+
+/// The tables holding a server's rows, children before parents.
+const SERVER_TABLES: &[&str] = &[
+    "api_tokens",
+    "accounts",
+    "dp_scope_refs",
+    "dp_scopes",
+    "dp_epochs",
+    "security_issues",
+    "events",
+    "policy_objects",
+    "update_objects",
+    "server_meta",
+    "gateways",
+    "enrollment_tokens",
+    "devices",
+    "admin_groups",
+];
+
+async fn put_virtual_server(
+    conn: &mut AnyConnection,
+    parent: &str,
+    v: &VirtualServerRecord,
+) -> Result<(), sqlx::Error> {
+    // Never turns another server's row (the main server's) into a virtual server.
+    sqlx::query(
+        "INSERT INTO servers (id, created_at, parent, name, disabled, multicast_block) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, disabled = excluded.disabled \
+         WHERE servers.parent = excluded.parent",
+    )
+    .bind(&v.id)
+    .bind(i64_of(v.created_at_unix))
+    .bind(parent)
+    .bind(&v.name)
+    .bind(i64::from(v.disabled))
+    .bind(i64::from(v.multicast_block))
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO admin_groups (server_id, id, name, parent) VALUES ($1, $2, $3, NULL) \
+         ON CONFLICT (server_id, id) DO NOTHING",
+    )
+    .bind(&v.id)
+    .bind(ROOT_GROUP)
+    .bind("Managed devices")
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn delete_virtual_server(
+    conn: &mut AnyConnection,
+    parent: &str,
+    id: &str,
+) -> Result<(), sqlx::Error> {
+    let ours: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM servers WHERE id = $1 AND parent = $2")
+            .bind(id)
+            .bind(parent)
+            .fetch_one(&mut *conn)
+            .await?;
+    if ours == 0 {
+        return Ok(());
+    }
+    for table in SERVER_TABLES {
+        sqlx::query(&format!("DELETE FROM {table} WHERE server_id = $1"))
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query("DELETE FROM servers WHERE id = $1 AND parent = $2")
+        .bind(id)
+        .bind(parent)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 async fn apply(conn: &mut AnyConnection, sid: &str, op: &Op) -> Result<(), sqlx::Error> {
     let q = match op {
+        Op::PutVirtualServer(v) => return put_virtual_server(conn, sid, v).await,
+        Op::DeleteVirtualServer { id } => return delete_virtual_server(conn, sid, id).await,
         Op::PutGroup { id, group } => sqlx::query(
             "INSERT INTO admin_groups (server_id, id, name, parent) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (server_id, id) DO UPDATE SET name = excluded.name, parent = excluded.parent",

@@ -375,7 +375,7 @@ impl VirtualServers {
     }
 
     /// Creates virtual server `id` named `name`: its row and root group committed, its
-    /// multicast block the lowest free one.
+    /// multicast block the lowest free one, the main server's application schemas copied.
     pub async fn create(&self, id: &str, name: &str) -> Result<VirtualServerRecord, ServerError> {
         let _one = self.lifecycle.lock().await;
         check_virtual_id(id)?;
@@ -399,10 +399,28 @@ impl VirtualServers {
         }
         let block = (0..).find(|b| !used.contains(b)).unwrap_or(0);
         let record = VirtualServerRecord::new(id, name, block);
-        self.main
-            .service
-            .storage()
-            .commit(vec![Op::PutVirtualServer(record.clone())])
+        let main = self.main.service.storage().clone();
+        main.commit(vec![Op::PutVirtualServer(record.clone())])
+            .await?;
+        // Application schemas describe the software, not the tenant: a new virtual server
+        // starts with the main server's, so its policies can be written at once.
+        let read = main.clone();
+        let schemas = tokio::task::spawn_blocking(move || {
+            read.policy_objects(crate::PolicyObjectKind::Schema)
+        })
+        .await
+        .map_err(|e| ServerError::Config(format!("reading the schemas: {e}")))??;
+        main.scoped(id)
+            .commit(
+                schemas
+                    .into_iter()
+                    .map(|(app, document)| Op::PutPolicyObject {
+                        kind: crate::PolicyObjectKind::Schema,
+                        id: app,
+                        document,
+                    })
+                    .collect(),
+            )
             .await?;
         let t = self.build_tenant(record.clone())?;
         self.write().insert(id.to_string(), t);

@@ -12,9 +12,12 @@ use outpost_server::{AccountBook, AdminServer, Role, Storage};
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 
+#[derive(Clone)]
 struct Client {
     addr: SocketAddr,
     tls: tokio_rustls::TlsConnector,
+    /// The virtual server every request names (`Outpost-Virtual-Server`).
+    virtual_server: Option<String>,
 }
 
 struct Answer {
@@ -33,6 +36,15 @@ impl Client {
         Client {
             addr,
             tls: tokio_rustls::TlsConnector::from(cfg),
+            virtual_server: None,
+        }
+    }
+
+    /// This client, naming virtual server `id` in every request.
+    fn in_virtual_server(&self, id: &str) -> Client {
+        Client {
+            virtual_server: Some(id.into()),
+            ..self.clone()
         }
     }
 
@@ -70,6 +82,9 @@ impl Client {
             .header("host", "server.test");
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(vs) = &self.virtual_server {
+            req = req.header("outpost-virtual-server", vs);
         }
         if !bytes.is_empty() {
             req = req.header("content-type", content_type);
@@ -2528,5 +2543,483 @@ async fn an_auditor_is_refused_every_write() {
         }
     }
     assert!(writes >= 20, "only {writes} writes listed");
+    running.shutdown().await;
+}
+
+/// Enrolls `device` over the device port's enrollment channel with `token`; returns a TLS
+/// configuration to connect as it, and its certificate.
+async fn enroll_over_the_network(
+    running: &AdminServer,
+    base: &std::path::Path,
+    device: &str,
+    token: &str,
+) -> Result<(std::sync::Arc<rustls::ClientConfig>, Vec<u8>), outpost_wire::messages::Refusal> {
+    use outpost_pki::tls::{TlsOptions, agent_client_config, enrollment_client_config};
+    let ca_cert = outpost_pki::store::read_ca_certificate(&base.join("state/ca.crt")).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::new(vec![])
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap();
+    let req = outpost_wire::messages::EnrollRequest {
+        device_id: device.into(),
+        csr_der: csr.der().to_vec().into(),
+        enrollment_token: token.into(),
+        group_hint: String::new(),
+    };
+    let answer = common::exchange(
+        enrollment_client_config(&ca_cert, &TlsOptions::default()).unwrap(),
+        running.local_addr(),
+        req.into(),
+    )
+    .await;
+    let r = match answer {
+        outpost_wire::Message::EnrollResponse(r) => r,
+        outpost_wire::Message::Refusal(r) => return Err(r),
+        other => panic!("{other:?}"),
+    };
+    let me = outpost_pki::IssuedCert::from_parts(
+        vec![
+            CertificateDer::from(r.certificate_der.to_vec()),
+            CertificateDer::from(r.ca_der.to_vec()),
+        ],
+        PrivatePkcs8KeyDer::from(key.serialize_der()),
+    )
+    .unwrap();
+    let cfg = agent_client_config(&me, &ca_cert, &TlsOptions::default()).unwrap();
+    Ok((cfg, r.certificate_der.to_vec()))
+}
+
+/// A sync as the device `cfg` connects: the answer, or the refusal.
+async fn sync_as(
+    running: &AdminServer,
+    cfg: std::sync::Arc<rustls::ClientConfig>,
+) -> outpost_wire::Message {
+    use futures_util::{SinkExt, StreamExt};
+    let mut f = common::dial_device(cfg, running.local_addr(), "server.test").await;
+    let first = f.next().await.unwrap().unwrap();
+    if matches!(first, outpost_wire::Message::Refusal(_)) {
+        return first;
+    }
+    f.send(outpost_wire::Message::from(
+        outpost_wire::messages::SyncRequest::default(),
+    ))
+    .await
+    .unwrap();
+    f.next().await.unwrap().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtual_servers_are_isolated_tenants() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    std::fs::write(
+        base.join("policies.json"),
+        json!({"schemas": [{"app": "endpoint", "settings": {"usb.block": {"type": "bool", "default": false}}}],
+               "groups": [{"id": "root"}]})
+        .to_string(),
+    )
+    .unwrap();
+    let (running, api) = server_with(base, 0, r#"policy_state = "policies.json""#).await;
+    let admin = admin_token(&api).await;
+
+    // Created by the main server's administrator, each with its own multicast block.
+    for (id, name) in [("acme", "Acme Corp"), ("globex", "Globex")] {
+        let a = api
+            .call(
+                "POST",
+                "/api/v1/virtual-servers",
+                Some(&admin),
+                Some(json!({"id": id, "name": name})),
+            )
+            .await;
+        assert_eq!(a.status, 201, "{}", a.body);
+        assert_eq!(a.body["name"], name);
+    }
+    let dup = api
+        .call(
+            "POST",
+            "/api/v1/virtual-servers",
+            Some(&admin),
+            Some(json!({"id": "acme"})),
+        )
+        .await;
+    assert_eq!(dup.status, 409, "{}", dup.body);
+    let bad = api
+        .call(
+            "POST",
+            "/api/v1/virtual-servers",
+            Some(&admin),
+            Some(json!({"id": "a/b"})),
+        )
+        .await;
+    assert_eq!(
+        (bad.status, bad.body["field"].as_str()),
+        (422, Some("id")),
+        "{}",
+        bad.body
+    );
+    let list = api
+        .call("GET", "/api/v1/virtual-servers", Some(&admin), None)
+        .await;
+    let vs = list.body["virtual_servers"].as_array().unwrap();
+    assert_eq!(vs.len(), 2);
+    assert_ne!(vs[0]["multicast_first"], vs[1]["multicast_first"]);
+
+    // The main administrator works inside a virtual server by naming it.
+    let acme = api.in_virtual_server("acme");
+    let globex = api.in_virtual_server("globex");
+    for (c, group) in [(&acme, "sales"), (&globex, "sales")] {
+        let a = c
+            .call(
+                "POST",
+                "/api/v1/groups",
+                Some(&admin),
+                Some(json!({"id": group, "name": "Sales"})),
+            )
+            .await;
+        assert_eq!(a.status, 201, "{}", a.body);
+    }
+    let a = acme
+        .call(
+            "POST",
+            "/api/v1/groups",
+            Some(&admin),
+            Some(json!({"id": "acme-only", "name": "A"})),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let groups = |v: &Value| -> Vec<String> {
+        v["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let main_groups = groups(
+        &api.call("GET", "/api/v1/groups", Some(&admin), None)
+            .await
+            .body,
+    );
+    assert!(
+        !main_groups.contains(&"sales".to_string()),
+        "{main_groups:?}"
+    );
+    let g = groups(
+        &globex
+            .call("GET", "/api/v1/groups", Some(&admin), None)
+            .await
+            .body,
+    );
+    assert!(!g.contains(&"acme-only".to_string()), "{g:?}");
+    let nowhere = api.in_virtual_server("initech");
+    let a = nowhere
+        .call("GET", "/api/v1/groups", Some(&admin), None)
+        .await;
+    assert_eq!(a.status, 404, "{}", a.body);
+
+    // An account of acme: sees acme only; another tenant is "not found", never "forbidden".
+    let a = acme
+        .call(
+            "POST",
+            "/api/v1/accounts",
+            Some(&admin),
+            Some(json!({"name": "acme-admin", "role": "administrator", "password": "acme secret pass"})),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let main_login = api.login("acme-admin", "acme secret pass").await;
+    assert_eq!(
+        main_login.status, 401,
+        "no role on the main server: {}",
+        main_login.body
+    );
+    let l = acme.login("acme-admin", "acme secret pass").await;
+    assert_eq!(l.status, 200, "{}", l.body);
+    let tenant = l.body["token"].as_str().unwrap().to_string();
+    let own = api.call("GET", "/api/v1/groups", Some(&tenant), None).await;
+    assert!(
+        groups(&own.body).contains(&"acme-only".to_string()),
+        "{}",
+        own.body
+    );
+    let other = globex
+        .call("GET", "/api/v1/groups", Some(&tenant), None)
+        .await;
+    assert_eq!(other.status, 404, "{}", other.body);
+    assert_eq!(
+        other.body["detail"],
+        nowhere
+            .call("GET", "/api/v1/groups", Some(&tenant), None)
+            .await
+            .body["detail"]
+            .as_str()
+            .unwrap()
+            .replace("initech", "globex"),
+        "another tenant answers as one that does not exist"
+    );
+    let manage = api
+        .call("GET", "/api/v1/virtual-servers", Some(&tenant), None)
+        .await;
+    assert_eq!(manage.status, 403, "{}", manage.body);
+
+    // Enrollment tokens of each tenant; devices enrolled over the network land in theirs.
+    let token_in = |c: Client, device: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let t = c
+                .call(
+                    "POST",
+                    "/api/v1/enrollment-tokens",
+                    Some(&admin),
+                    Some(json!({"group": "sales", "device": device})),
+                )
+                .await;
+            assert_eq!(t.status, 201, "{}", t.body);
+            t.body["token"].as_str().unwrap().to_string()
+        }
+    };
+    let ta = token_in(acme.clone(), "pc-1").await;
+    let tg = token_in(globex.clone(), "pc-1").await;
+    let (cfg_a, cert_a) = enroll_over_the_network(&running, base, "pc-1", &ta)
+        .await
+        .unwrap();
+    let (cfg_g, cert_g) = enroll_over_the_network(&running, base, "pc-1", &tg)
+        .await
+        .unwrap();
+    let id_a = outpost_pki::PeerIdentity::from_der(&cert_a).unwrap();
+    let id_g = outpost_pki::PeerIdentity::from_der(&cert_g).unwrap();
+    assert_eq!(id_a.virtual_server.as_deref(), Some("acme"));
+    assert_eq!(id_g.virtual_server.as_deref(), Some("globex"));
+    // Same device id in both, two devices; none on the main server.
+    for c in [&acme, &globex] {
+        let d = c
+            .call("GET", "/api/v1/devices/pc-1", Some(&admin), None)
+            .await;
+        assert_eq!(d.status, 200, "{}", d.body);
+        assert_eq!(d.body["group"], "sales");
+    }
+    assert_eq!(
+        api.call("GET", "/api/v1/devices/pc-1", Some(&admin), None)
+            .await
+            .status,
+        404
+    );
+    let a_fp = acme
+        .call("GET", "/api/v1/devices/pc-1", Some(&admin), None)
+        .await
+        .body["certificate"]["sha256"]
+        .clone();
+    let g_fp = globex
+        .call("GET", "/api/v1/devices/pc-1", Some(&admin), None)
+        .await
+        .body["certificate"]["sha256"]
+        .clone();
+    assert_ne!(a_fp, g_fp);
+
+    // A policy of acme reaches acme's device only.
+    let policy = json!({"id": "usb", "app": "endpoint", "group": "sales",
+                        "settings": {"usb.block": {"value": true, "locked": true}}});
+    let schema_put = acme
+        .call("PUT", "/api/v1/policies/usb", Some(&admin), Some(policy))
+        .await;
+    let a_sync = sync_as(&running, cfg_a.clone()).await;
+    let g_sync = sync_as(&running, cfg_g.clone()).await;
+    // The value of usb.block a sync hands out.
+    let settings = |m: &outpost_wire::Message| match m {
+        outpost_wire::Message::SyncResponse(s) => s
+            .settings
+            .iter()
+            .map(|d| {
+                serde_json::from_slice::<Value>(&d.json).unwrap()["values"]["usb"]["block"].clone()
+            })
+            .collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(schema_put.status, 200, "{}", schema_put.body);
+    assert_eq!(
+        settings(&a_sync),
+        [json!(true)],
+        "acme's device has acme's policy"
+    );
+    assert_eq!(
+        settings(&g_sync),
+        [json!(false)],
+        "globex's device has none of acme's"
+    );
+    // Its events land in its tenant.
+    let ev = |c: Client| {
+        let admin = admin.clone();
+        async move {
+            c.call(
+                "GET",
+                "/api/v1/events?kind=audit.group.create",
+                Some(&admin),
+                None,
+            )
+            .await
+            .body["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["body"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let acme_events = ev(acme.clone()).await;
+    assert!(
+        acme_events.iter().any(|b| b.contains("acme-only")),
+        "{acme_events:?}"
+    );
+    assert!(
+        !ev(globex.clone())
+            .await
+            .iter()
+            .any(|b| b.contains("acme-only"))
+    );
+    assert!(
+        !ev(api.clone())
+            .await
+            .iter()
+            .any(|b| b.contains("acme-only"))
+    );
+
+    // A token of acme never enrolls into globex, and a used one is refused.
+    let again = enroll_over_the_network(&running, base, "pc-2", &ta)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        again.code,
+        outpost_wire::messages::RefusalCode::BadEnrollmentToken as i32
+    );
+
+    // Disabled: its device refused with ServerDisabled, its data kept, its accounts shut out.
+    let off = api
+        .call(
+            "PATCH",
+            "/api/v1/virtual-servers/acme",
+            Some(&admin),
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(
+        (off.status, off.body["disabled"].as_bool()),
+        (200, Some(true)),
+        "{}",
+        off.body
+    );
+    match sync_as(&running, cfg_a.clone()).await {
+        outpost_wire::Message::Refusal(r) => {
+            assert_eq!(
+                r.code,
+                outpost_wire::messages::RefusalCode::ServerDisabled as i32,
+                "{}",
+                r.reason
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        settings(&sync_as(&running, cfg_g.clone()).await),
+        [json!(false)],
+        "globex still served"
+    );
+    assert_eq!(
+        api.call("GET", "/api/v1/groups", Some(&tenant), None)
+            .await
+            .status,
+        403
+    );
+    let kept = acme
+        .call("GET", "/api/v1/devices/pc-1", Some(&admin), None)
+        .await;
+    assert_eq!(kept.status, 200, "data kept: {}", kept.body);
+    let ta2 = token_in(acme.clone(), "pc-3").await;
+    let refused = enroll_over_the_network(&running, base, "pc-3", &ta2)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code,
+        outpost_wire::messages::RefusalCode::ServerDisabled as i32
+    );
+    let on = api
+        .call(
+            "PATCH",
+            "/api/v1/virtual-servers/acme",
+            Some(&admin),
+            Some(json!({"disabled": false})),
+        )
+        .await;
+    assert_eq!(on.status, 200, "{}", on.body);
+    assert!(matches!(
+        sync_as(&running, cfg_a.clone()).await,
+        outpost_wire::Message::SyncResponse(_)
+    ));
+
+    // A restart keeps every tenant and its data.
+    running.shutdown().await;
+    let (running, api) = server_again_with(base, r#"policy_state = "policies.json""#).await;
+    let admin = admin_token(&api).await;
+    let acme = api.in_virtual_server("acme");
+    assert_eq!(
+        acme.call("GET", "/api/v1/devices/pc-1", Some(&admin), None)
+            .await
+            .status,
+        200
+    );
+    assert!(matches!(
+        sync_as(&running, cfg_a.clone()).await,
+        outpost_wire::Message::SyncResponse(_)
+    ));
+
+    // Deleted: its devices' certificates revoked, its data gone.
+    let del = api
+        .call("DELETE", "/api/v1/virtual-servers/acme", Some(&admin), None)
+        .await;
+    assert_eq!(
+        (del.status, del.body["revoked_certificates"].as_u64()),
+        (200, Some(1)),
+        "{}",
+        del.body
+    );
+    assert_eq!(
+        acme.call("GET", "/api/v1/groups", Some(&admin), None)
+            .await
+            .status,
+        404
+    );
+    match sync_as(&running, cfg_a).await {
+        outpost_wire::Message::Refusal(r) => {
+            assert_eq!(
+                r.code,
+                outpost_wire::messages::RefusalCode::NotAuthorized as i32,
+                "{}",
+                r.reason
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        sync_as(&running, cfg_g).await,
+        outpost_wire::Message::SyncResponse(_)
+    ));
+    let storage = running.service().storage().scoped("acme");
+    let rows = storage.load().unwrap();
+    assert!(rows.registry.devices().is_empty() && rows.accounts.is_empty());
+    running.shutdown().await;
+    // Created again with the same id: empty.
+    let (running, api) = server_again(base).await;
+    let admin = admin_token(&api).await;
+    let a = api
+        .call(
+            "POST",
+            "/api/v1/virtual-servers",
+            Some(&admin),
+            Some(json!({"id": "acme"})),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(a.body["devices"], 0);
     running.shutdown().await;
 }

@@ -749,9 +749,7 @@ impl AdminService {
                     )
                 }
                 Ok(Some(Ok(Message::EnrollRequest(req)))) => {
-                    let elsewhere = self.enrollment_elsewhere(&req);
-                    let target = elsewhere.as_deref().unwrap_or(self);
-                    match target.enroll(&req, &peer.remote_addr).await {
+                    match self.enroll_routed(&req, &peer.remote_addr).await {
                         Ok(resp) => Message::from(resp),
                         Err(e) if e.is_retryable() => refusal(
                             refusal_code(&e),
@@ -916,6 +914,19 @@ impl AdminService {
             .is_some_and(|(id, _, _)| *id == conn_id)
         {
             online.remove(&device_id);
+        }
+    }
+
+    /// [`enroll`](Self::enroll) on the (virtual) server holding the token of `req`: this
+    /// one, or the one its [`EnrollmentRouter`] names.
+    pub async fn enroll_routed(
+        &self,
+        req: &EnrollRequest,
+        remote_addr: &str,
+    ) -> Result<EnrollResponse, ServerError> {
+        match self.enrollment_elsewhere(req) {
+            Some(other) => other.enroll(req, remote_addr).await,
+            None => self.enroll(req, remote_addr).await,
         }
     }
 

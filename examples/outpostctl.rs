@@ -46,6 +46,10 @@ struct Cli {
     /// A session token (from `login`) or an API token.
     #[arg(long, env = "OUTPOST_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Work on this virtual server (sent as the `Outpost-Virtual-Server` header; the main
+    /// server without it).
+    #[arg(long, env = "OUTPOST_VIRTUAL_SERVER", global = true)]
+    virtual_server: Option<String>,
     /// Print the API's JSON answer instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -111,6 +115,39 @@ enum Command {
     /// API tokens, for automation.
     #[command(subcommand)]
     ApiTokens(ApiTokens),
+    /// Virtual servers (the main server's accounts).
+    #[command(subcommand)]
+    VirtualServers(VirtualServers),
+}
+
+#[derive(Subcommand)]
+enum VirtualServers {
+    /// Every virtual server.
+    List,
+    /// A new virtual server.
+    Create {
+        /// Its id: letters, digits, - _ . (at most 64).
+        id: String,
+        /// Its display name (the id if none).
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Rename, disable or enable a virtual server.
+    Set {
+        /// Its id.
+        id: String,
+        /// A new display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Disable it (its devices are refused, its data kept) or enable it (`false`).
+        #[arg(long)]
+        disabled: Option<bool>,
+    },
+    /// Delete a virtual server: its devices' certificates are revoked and its data removed.
+    Delete {
+        /// Its id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -523,6 +560,7 @@ struct Api {
     port: u16,
     tls: tokio_rustls::TlsConnector,
     token: Option<String>,
+    virtual_server: Option<String>,
 }
 
 /// A refusal or failure, printed as the API's problem detail.
@@ -559,6 +597,7 @@ impl Api {
             port,
             tls: tokio_rustls::TlsConnector::from(cfg),
             token: cli.token.clone(),
+            virtual_server: cli.virtual_server.clone(),
         })
     }
 
@@ -590,6 +629,9 @@ impl Api {
             .header("content-type", content_type);
         if let Some(t) = &self.token {
             req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(vs) = &self.virtual_server {
+            req = req.header("outpost-virtual-server", vs);
         }
         let resp = send
             .send_request(req.body(Full::new(bytes::Bytes::from(body)))?)
@@ -1093,6 +1135,46 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 let body = json!({"role": role, "disabled": disabled, "password": password});
                 let path = format!("/api/v1/accounts/{}", seg(&name));
                 print(&api.send("PATCH", &path, body).await?, Show::Object, j)
+            }
+        },
+        Command::VirtualServers(v) => match v {
+            VirtualServers::List => print(
+                &api.get("/api/v1/virtual-servers").await?,
+                Show::Table(
+                    "virtual_servers",
+                    &[
+                        "id",
+                        "name",
+                        "disabled",
+                        "devices",
+                        "online",
+                        "multicast_first",
+                    ],
+                ),
+                j,
+            ),
+            VirtualServers::Create { id, name } => print(
+                &api.send(
+                    "POST",
+                    "/api/v1/virtual-servers",
+                    json!({"id": id, "name": name}),
+                )
+                .await?,
+                Show::Object,
+                j,
+            ),
+            VirtualServers::Set { id, name, disabled } => {
+                let path = format!("/api/v1/virtual-servers/{}", seg(&id));
+                let body = json!({"name": name, "disabled": disabled});
+                print(&api.send("PATCH", &path, body).await?, Show::Object, j)
+            }
+            VirtualServers::Delete { id } => {
+                let path = format!("/api/v1/virtual-servers/{}", seg(&id));
+                print(
+                    &api.send("DELETE", &path, Value::Null).await?,
+                    Show::Object,
+                    j,
+                )
             }
         },
         Command::ApiTokens(t) => match t {

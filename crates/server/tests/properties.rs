@@ -98,7 +98,11 @@ async fn tenants_run(ops: Vec<TenantOp>) -> Result<(), TestCaseError> {
         servers.create(id, id).await.unwrap();
     }
     let tenant = |t: usize| -> std::sync::Arc<Tenant> {
-        if t == 0 { servers.main().clone() } else { servers.get(TENANTS[t]).unwrap() }
+        if t == 0 {
+            servers.main().clone()
+        } else {
+            servers.get(TENANTS[t]).unwrap()
+        }
     };
     // The model: what each tenant holds.
     let mut groups: Vec<BTreeSet<String>> = vec![BTreeSet::new(); TENANTS.len()];
@@ -120,22 +124,38 @@ async fn tenants_run(ops: Vec<TenantOp>) -> Result<(), TestCaseError> {
                 });
                 let Ok(token) = token.await else { continue };
                 let key = rcgen::KeyPair::generate().unwrap();
-                let csr = rcgen::CertificateParams::new(vec![]).unwrap().serialize_request(&key).unwrap();
+                let csr = rcgen::CertificateParams::new(vec![])
+                    .unwrap()
+                    .serialize_request(&key)
+                    .unwrap();
                 let req = outpost_wire::messages::EnrollRequest {
                     device_id: device.clone(),
                     csr_der: csr.der().to_vec().into(),
                     enrollment_token: token,
                     group_hint: String::new(),
                 };
-                match servers.main().service().enroll_routed(&req, "127.0.0.1:1").await {
+                match servers
+                    .main()
+                    .service()
+                    .enroll_routed(&req, "127.0.0.1:1")
+                    .await
+                {
                     Ok(resp) => {
-                        let who = outpost_pki::PeerIdentity::from_der(&resp.certificate_der).unwrap();
+                        let who =
+                            outpost_pki::PeerIdentity::from_der(&resp.certificate_der).unwrap();
                         let bound = who.virtual_server.as_deref().unwrap_or("main");
-                        prop_assert_eq!(bound, TENANTS[t], "the certificate names the token's tenant");
+                        prop_assert_eq!(
+                            bound,
+                            TENANTS[t],
+                            "the certificate names the token's tenant"
+                        );
                         prop_assert!(!devices[t].contains_key(&device));
                         devices[t].insert(device, who.sha256);
                     }
-                    Err(_) => prop_assert!(devices[t].contains_key(&device), "only a duplicate is refused"),
+                    Err(_) => prop_assert!(
+                        devices[t].contains_key(&device),
+                        "only a duplicate is refused"
+                    ),
                 }
             }
             TenantOp::Policy(t, g, v) => {
@@ -146,17 +166,31 @@ async fn tenants_run(ops: Vec<TenantOp>) -> Result<(), TestCaseError> {
                 }))
                 .unwrap();
                 let fleet = tenant(t).fleet().unwrap().clone();
-                let _ = fleet.policy().unwrap().apply(outpost_policy::Change::UpsertPolicy(p));
+                let _ = fleet
+                    .policy()
+                    .unwrap()
+                    .apply(outpost_policy::Change::UpsertPolicy(p));
             }
             TenantOp::Dp(t, d) => {
                 let device = format!("pc-{d}");
                 let vs = tenant(t);
-                let Some(group) = vs.service().with_registry(|r| r.device(&device).map(|x| x.group.clone())) else {
+                let Some(group) = vs
+                    .service()
+                    .with_registry(|r| r.device(&device).map(|x| x.group.clone()))
+                else {
                     continue;
                 };
                 let scope = outpost_server::DpScope::parse(&group).unwrap();
-                if vs.service().update_registry(|r| r.register_dp_scope(&device, &scope)).await.is_ok() {
-                    let _ = vs.fleet().unwrap().with_dps(|c| c.register(&device, &scope));
+                if vs
+                    .service()
+                    .update_registry(|r| r.register_dp_scope(&device, &scope))
+                    .await
+                    .is_ok()
+                {
+                    let _ = vs
+                        .fleet()
+                        .unwrap()
+                        .with_dps(|c| c.register(&device, &scope));
                 }
             }
             TenantOp::Update(t, u) => {
@@ -175,32 +209,69 @@ async fn tenants_run(ops: Vec<TenantOp>) -> Result<(), TestCaseError> {
             let vs = tenant(t);
             let (held_groups, held_devices) = vs.service().with_registry(|r| {
                 (
-                    r.groups().keys().filter(|g| *g != outpost_server::ROOT_GROUP).cloned().collect::<BTreeSet<_>>(),
+                    r.groups()
+                        .keys()
+                        .filter(|g| *g != outpost_server::ROOT_GROUP)
+                        .cloned()
+                        .collect::<BTreeSet<_>>(),
                     r.devices().keys().cloned().collect::<BTreeSet<_>>(),
                 )
             });
             prop_assert_eq!(&held_groups, &groups[t]);
-            prop_assert_eq!(&held_devices, &devices[t].keys().cloned().collect::<BTreeSet<_>>());
-            let block = vs.record().map(|r| servers.config().block(r.multicast_block).unwrap());
+            prop_assert_eq!(
+                &held_devices,
+                &devices[t].keys().cloned().collect::<BTreeSet<_>>()
+            );
+            let block = vs
+                .record()
+                .map(|r| servers.config().block(r.multicast_block).unwrap());
             for (device, sha) in &devices[t] {
                 // Another tenant's registry never knows this certificate.
                 for (o, other) in servers.all().iter().enumerate() {
-                    let known = other.service().sync_known(sha, &Default::default()).is_some();
-                    prop_assert_eq!(known, other.id() == vs.id(), "{} of {} in tenant {}", device, TENANTS[t], o);
+                    let known = other
+                        .service()
+                        .sync_known(sha, &Default::default())
+                        .is_some();
+                    prop_assert_eq!(
+                        known,
+                        other.id() == vs.id(),
+                        "{} of {} in tenant {}",
+                        device,
+                        TENANTS[t],
+                        o
+                    );
                 }
                 let answer = vs.service().sync_known(sha, &Default::default()).unwrap();
                 for s in &answer.settings {
                     let doc: serde_json::Value = serde_json::from_slice(&s.json).unwrap();
                     let l = doc["values"]["scan"]["level"].as_i64().unwrap();
-                    prop_assert!(l == 0 || l / 1000 == t as i64 + 1, "{device} of {} holds level {l}", TENANTS[t]);
+                    prop_assert!(
+                        l == 0 || l / 1000 == t as i64 + 1,
+                        "{device} of {} holds level {l}",
+                        TENANTS[t]
+                    );
                 }
                 for u in &answer.updates {
-                    prop_assert!(updates[t].contains(&u.object_id), "{device} of {} offered {}", TENANTS[t], u.object_id);
+                    prop_assert!(
+                        updates[t].contains(&u.object_id),
+                        "{device} of {} offered {}",
+                        TENANTS[t],
+                        u.object_id
+                    );
                 }
                 for a in &answer.assignments {
-                    prop_assert!(devices[t].contains_key(&a.dp_device_id), "DP {} of another tenant", a.dp_device_id);
-                    if let (Some(b), Ok(ip)) = (block, a.multicast_group.parse::<std::net::IpAddr>()) {
-                        prop_assert!(b.first <= ip && ip <= b.last, "multicast {ip} outside {b:?}");
+                    prop_assert!(
+                        devices[t].contains_key(&a.dp_device_id),
+                        "DP {} of another tenant",
+                        a.dp_device_id
+                    );
+                    if let (Some(b), Ok(ip)) =
+                        (block, a.multicast_group.parse::<std::net::IpAddr>())
+                    {
+                        prop_assert!(
+                            b.first <= ip && ip <= b.last,
+                            "multicast {ip} outside {b:?}"
+                        );
                     }
                 }
             }

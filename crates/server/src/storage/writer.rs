@@ -17,6 +17,9 @@ use crate::registry::{Device, GatewayRegistration, Group, ReserveCertificate, To
 use crate::{ROOT_GROUP, Registry, ServerError};
 use std::sync::Arc;
 
+/// A last-seen time's (server, device).
+type TouchKey = (Arc<str>, String);
+
 /// How long last-seen times wait to be written at most.
 const TOUCH_INTERVAL: Duration = Duration::from_secs(1);
 /// Last-seen times written per transaction at most, so a whole fleet's worth (after a
@@ -117,7 +120,7 @@ struct Writer {
     /// The server whose rows the read being served concerns (set per job).
     server_id: String,
     /// Last-seen times not written yet: (server, device) → (seconds, free disk).
-    touched: HashMap<(Arc<str>, String), (u64, Option<u64>)>,
+    touched: HashMap<TouchKey, (u64, Option<u64>)>,
     touched_since: Option<Instant>,
     last_trim: Instant,
 }
@@ -410,11 +413,11 @@ impl Writer {
         if self.touched.is_empty() {
             return;
         }
-        let touched: Vec<((Arc<str>, String), (u64, Option<u64>))> =
+        let touched: Vec<(TouchKey, (u64, Option<u64>))> =
             if self.touched.len() <= TOUCHES_PER_TRANSACTION {
                 self.touched.drain().collect()
             } else {
-                let keys: Vec<(Arc<str>, String)> = self
+                let keys: Vec<TouchKey> = self
                     .touched
                     .keys()
                     .take(TOUCHES_PER_TRANSACTION)

@@ -652,7 +652,42 @@ fn update_objects(fresh: Fresh<'_>) {
     assert!(objects.read("agent", 0, 64).is_none());
 }
 
+/// Blocking commits from inside a tokio task, more of them in one poll than tokio's
+/// cooperative budget allows (128): each still completes (a budgeted wait would spin on
+/// "not ready" for ever once the budget is spent). Checked on a thread of its own, waited
+/// for at most a minute, so a regression fails instead of hanging.
+fn blocking_commits_inside_a_task_past_its_budget(fresh: Fresh<'_>) {
+    let storage = Storage::open(&fresh("budget"), "server-1").unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    let s = storage.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let n = rt.block_on(async move {
+            let mut n = 0;
+            for i in 0..300u64 {
+                s.commit_blocking(vec![Op::PutMeta {
+                    key: format!("k{i}"),
+                    value: "v".into(),
+                }])
+                .unwrap();
+                n += 1;
+            }
+            n
+        });
+        let _ = done.send(n);
+    });
+    let n = finished
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("blocking commits inside a task never finished");
+    assert_eq!(n, 300);
+    assert_eq!(storage.load().unwrap().meta.len(), 300);
+}
+
 fn suite(fresh: Fresh<'_>) {
+    blocking_commits_inside_a_task_past_its_budget(fresh);
     update_objects(fresh);
     a_failing_database_refuses_enrollments_retryably_and_syncs_go_on(fresh);
     round_trip(fresh);

@@ -779,8 +779,12 @@ impl std::task::Wake for Unpark {
 }
 
 /// Runs `f` to completion on this thread, parking it while `f` waits.
+///
+/// Outside tokio's cooperative budget: called from inside a task whose budget is spent
+/// (many syncs answered in one poll), a budgeted receiver would answer "not ready" and wake
+/// itself at once, forever, and this loop would spin while the answer waits in the channel.
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
+    let mut f = std::pin::pin!(tokio::task::unconstrained(f));
     let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
     let mut cx = std::task::Context::from_waker(&waker);
     loop {

@@ -9,8 +9,11 @@
 //! ```text
 //! cargo run --release --example demo -- [--agents 200] [--groups 4] [--mib 64]
 //!     [--rate-mbps 150] [--symbol 8192] [--kill-at 0.5 | --no-kill] [--port 15001]
-//!     [--timeout-secs 900] [--dir PATH] [--seed N]
+//!     [--timeout-secs 900] [--dir PATH] [--seed N] [--virtual-servers 1]
 //! ```
+//!
+//! `--virtual-servers N` spreads the agents over the main server and N-1 virtual servers,
+//! each with its own policies, DPs, multicast groups and copy of the update.
 //!
 //! Multicast stays on 127.0.0.1 (groups joined there, IP_MULTICAST_IF 127.0.0.1, TTL 1).
 //! The fleet's files go to a temporary directory removed at the end, or to `--dir`, kept.
@@ -52,6 +55,7 @@ fn main() {
             "timeout-secs",
             "dir",
             "seed",
+            "virtual-servers",
         ],
         &["no-kill"],
     );
@@ -70,6 +74,7 @@ fn main() {
     cfg.multicast_port = number(&flags, "port", d.multicast_port);
     cfg.timeout = Duration::from_secs(number(&flags, "timeout-secs", d.timeout.as_secs()));
     cfg.seed = number(&flags, "seed", d.seed);
+    cfg.virtual_servers = number(&flags, "virtual-servers", d.virtual_servers);
 
     let (base, _keep) = match flags.get("dir") {
         Some(p) => (std::path::PathBuf::from(p), None),
@@ -84,9 +89,10 @@ fn main() {
         .unwrap_or_else(|e| die(PROGRAM, e));
     let t0 = Instant::now();
     eprintln!(
-        "demo: {} agents in {} groups, a {} MiB update, files in {}",
+        "demo: {} agents in {} groups of {} server(s), a {} MiB update, files in {}",
         cfg.agents,
         cfg.groups,
+        cfg.virtual_servers,
         cfg.update_bytes >> 20,
         base.display()
     );

@@ -6,6 +6,12 @@
 //! takes over, and checks that every device ends with the byte-exact update and the
 //! effective settings the server computed for it.
 //!
+//! With [`FleetConfig::virtual_servers`] above 1 the agents are spread over the main server
+//! and virtual servers (`tenant-2`, ...), each with the same groups, device ids and DPs but
+//! its own policies (its own `update.window`) and its own copy of the update, spread by
+//! its own DPs on its own multicast groups: every device must end with its own server's
+//! settings.
+//!
 //! The `demo` example is this function with flags; the end-to-end tests run it small.
 //!
 //! ```no_run
@@ -23,7 +29,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use outpost_agent::distribution::{DistributionStatus, Via};
@@ -33,6 +38,10 @@ use outpost_gateway::{Gateway, GatewayConfig, GatewayHandle, TlsMaterial};
 use outpost_pki::store;
 use outpost_server::{AdminServer, AdminServerConfig};
 use outpost_wire::messages::DpRole;
+
+#[path = "fleet_tenants.rs"]
+mod tenants;
+use tenants::{add_virtual_server, fill_registry, served, tenant_id, window};
 
 const SERVER_NAME: &str = "server.outpost.test";
 const GATEWAY_NAME: &str = "gw.outpost.test";
@@ -92,6 +101,9 @@ pub struct FleetConfig {
     pub timeout: Duration,
     /// Seed of the update's bytes.
     pub seed: u64,
+    /// Servers the agents are spread over (default 1: the main server only); the others
+    /// are virtual servers.
+    pub virtual_servers: usize,
 }
 
 impl Default for FleetConfig {
@@ -108,6 +120,7 @@ impl Default for FleetConfig {
             multicast_port: 15001,
             timeout: Duration::from_secs(900),
             seed: 1,
+            virtual_servers: 1,
         }
     }
 }
@@ -118,11 +131,17 @@ impl FleetConfig {
         if self.groups == 0 || self.groups > 64 {
             return bad(format!("groups: {} is outside 1..=64", self.groups));
         }
-        if self.agents < 3 * self.groups || self.agents > 5000 {
+        if self.virtual_servers == 0 || self.virtual_servers > 500 {
             return bad(format!(
-                "agents: {} must be 3 per group ({}) to 5000",
+                "virtual_servers: {} is outside 1..=500",
+                self.virtual_servers
+            ));
+        }
+        let least = 3 * self.groups * self.virtual_servers;
+        if self.agents < least || self.agents > 5000 {
+            return bad(format!(
+                "agents: {} must be 3 per group of each server ({least}) to 5000",
                 self.agents,
-                3 * self.groups
             ));
         }
         if self.update_bytes == 0 || self.update_bytes > 4 << 30 {
@@ -159,6 +178,8 @@ pub struct Stage {
 pub struct FleetReport {
     /// Devices run.
     pub devices: usize,
+    /// Servers they were spread over (the main one and virtual ones).
+    pub servers: usize,
     /// Devices connected through the DMZ gateway.
     pub via_gateway: usize,
     /// Time per stage.
@@ -203,6 +224,9 @@ impl FleetReport {
         let mut t = String::new();
         let mut row = |k: &str, v: String| t.push_str(&format!("| {k:<48} | {v:>16} |\n"));
         row("devices", self.devices.to_string());
+        if self.servers > 1 {
+            row("  over servers (main + virtual)", self.servers.to_string());
+        }
         row("  through the DMZ gateway", self.via_gateway.to_string());
         row("  tagged kiosk, profile applied", self.kiosks.to_string());
         for s in &self.stages {
@@ -258,6 +282,8 @@ impl FleetReport {
 }
 
 struct Member {
+    /// The server it belongs to: 0 the main server, `k` virtual server [`tenant_id`]`(k)`.
+    tenant: usize,
     id: String,
     group: String,
     dp: bool,
@@ -269,16 +295,24 @@ struct Member {
 fn members(cfg: &FleetConfig, base: &Path) -> Vec<Member> {
     let mut out = Vec::with_capacity(cfg.agents);
     for i in 0..cfg.agents {
-        let g = i % cfg.groups;
-        let k = i / cfg.groups;
+        // Consecutive agents go to consecutive servers; within a server, as before.
+        let tenant = i % cfg.virtual_servers;
+        let j = i / cfg.virtual_servers;
+        let g = j % cfg.groups;
+        let k = j / cfg.groups;
         let group = format!("site-{}", g + 1);
         let id = match k {
             0 => format!("{group}-dp-a"),
             1 => format!("{group}-dp-b"),
             _ => format!("{group}-dev-{:04}", k - 1),
         };
+        let dir = match tenant {
+            0 => base.join("agents").join(&id),
+            t => base.join("agents").join(tenant_id(t)).join(&id),
+        };
         out.push(Member {
-            dir: base.join("agents").join(&id),
+            tenant,
+            dir,
             dp: k < 2,
             via_gateway: cfg.via_gateway_every > 0 && i % cfg.via_gateway_every == 3,
             kiosk: cfg.kiosk_every > 0 && k >= 2 && i % cfg.kiosk_every == 0,
@@ -289,7 +323,9 @@ fn members(cfg: &FleetConfig, base: &Path) -> Vec<Member> {
     out
 }
 
-fn policy_state(cfg: &FleetConfig, fleet: &[Member]) -> serde_json::Value {
+/// The policies of server `tenant` for its members of `fleet`: the same for every server,
+/// but for its own `update.window`.
+fn policy_state(cfg: &FleetConfig, fleet: &[Member], tenant: usize) -> serde_json::Value {
     use serde_json::json;
     let mut groups = vec![json!({"id": "fleet"})];
     for g in 1..=cfg.groups {
@@ -297,6 +333,7 @@ fn policy_state(cfg: &FleetConfig, fleet: &[Member]) -> serde_json::Value {
     }
     let devices: Vec<_> = fleet
         .iter()
+        .filter(|m| m.tenant == tenant)
         .map(|m| {
             let tags: Vec<&str> = if m.kiosk { vec!["kiosk"] } else { vec![] };
             json!({"id": m.id, "group": m.group, "tags": tags})
@@ -317,7 +354,7 @@ fn policy_state(cfg: &FleetConfig, fleet: &[Member]) -> serde_json::Value {
                 "id": "fleet-baseline", "app": APP, "group": "fleet",
                 "settings": {
                     "scan.level": {"value": 3, "locked": true},
-                    "update.window": {"value": "night"}
+                    "update.window": {"value": window(tenant)}
                 },
                 "profiles": [{
                     "name": "kiosks",
@@ -444,6 +481,7 @@ pub async fn run(
     let left = || deadline.saturating_duration_since(Instant::now());
     let mut report = FleetReport {
         devices: cfg.agents,
+        servers: cfg.virtual_servers,
         update_bytes: cfg.update_bytes,
         ..Default::default()
     };
@@ -482,31 +520,53 @@ pub async fn run(
     let config =
         AdminServerConfig::from_toml(&server_toml(cfg)).map_err(|e| setup("server config")(&e))?;
     // The policies first: the server imports the file into its database at its first start.
-    let policy = serde_json::to_vec_pretty(&policy_state(cfg, &fleet))
+    let policy = serde_json::to_vec_pretty(&policy_state(cfg, &fleet, 0))
         .map_err(|e| setup("policy state")(&e))?;
     std::fs::write(base.join("policy.json"), policy).map_err(|e| setup("policy state")(&e))?;
-    let tokens = config
+    let mut tokens = config
         .edit_registry(base, |reg| {
-            reg.add_group("fleet", "Fleet", None)?;
-            for g in 1..=cfg.groups {
-                reg.add_group(&format!("site-{g}"), &format!("Site {g}"), Some("fleet"))?;
-            }
-            let mut tokens = HashMap::new();
-            for m in &fleet {
-                let t = reg.issue_token(&m.group, Some(&m.id), Duration::from_secs(3600), now)?;
-                tokens.insert(m.id.clone(), t);
-            }
+            let tokens = fill_registry(cfg, reg, &fleet, 0, now)?;
             reg.register_dmz_gateway("dmz-1", gateway.local_addr(), vec![GATEWAY_NAME.into()])?;
             Ok(tokens)
         })
         .map_err(|e| setup("registry")(&e))?;
+    // The virtual servers, written into the database before the server starts (it loads
+    // them all): each its row, groups, tokens and policies.
+    if cfg.virtual_servers > 1 {
+        let storage = outpost_server::Storage::open(&config.database(base), "fleet-server")
+            .map_err(|e| setup("virtual servers")(&e))?;
+        for t in 1..cfg.virtual_servers {
+            tokens.extend(
+                add_virtual_server(cfg, &storage, &fleet, t, now)
+                    .map_err(|e| setup("virtual servers")(&e))?,
+            );
+        }
+    }
     let server = AdminServer::start(config, base, None, None)
         .await
         .map_err(|e| setup("start server")(&e))?;
-    let sync = server
-        .fleet()
-        .cloned()
-        .ok_or_else(|| setup("policies and election")(&"no sync source"))?;
+    // Each server's sync source and device service, by tenant index.
+    let mut syncs = vec![
+        server
+            .fleet()
+            .cloned()
+            .ok_or_else(|| setup("policies and election")(&"no sync source"))?,
+    ];
+    let mut services = vec![server.service().clone()];
+    let mut stores = vec![None];
+    for t in 1..cfg.virtual_servers {
+        let vs = server
+            .virtual_servers()
+            .get(&tenant_id(t))
+            .ok_or_else(|| setup("virtual servers")(&"not loaded"))?;
+        syncs.push(
+            vs.fleet()
+                .cloned()
+                .ok_or_else(|| setup("virtual servers")(&"no sync source"))?,
+        );
+        services.push(vs.service().clone());
+        stores.push(vs.updates().cloned());
+    }
     if !until(Duration::from_secs(15), || {
         server.gateways_connected().contains_key("dmz-1")
     })
@@ -526,7 +586,7 @@ pub async fn run(
                 base,
                 server.local_addr(),
                 gateway.local_addr(),
-                &tokens[&m.id],
+                &tokens[&(m.tenant, m.id.clone())],
             );
             Agent::start(c)
         });
@@ -550,11 +610,11 @@ pub async fn run(
     if !until(left(), || all_synced(&agents)).await {
         return Err(setup("first sync")(&"not every agent got its settings"));
     }
-    let policies = sync
-        .policy()
-        .ok_or_else(|| setup("policies")(&"none loaded"))?;
     for (m, a) in fleet.iter().zip(&agents) {
         let a = a.as_ref().ok_or_else(|| setup("agents")(&"missing"))?;
+        let policies = syncs[m.tenant]
+            .policy()
+            .ok_or_else(|| setup("policies")(&"none loaded"))?;
         let want = policies
             .effective(&m.id)
             .and_then(|e| outpost_server::settings_document(&e, APP));
@@ -567,6 +627,16 @@ pub async fn run(
                 .failures
                 .push(format!("{}: settings {got:?}, expected {want_doc:?}", m.id));
             continue;
+        }
+        // Its own server's baseline, never another's.
+        let own = got
+            .as_ref()
+            .and_then(|(_, d)| d.pointer("/values/update/window").cloned());
+        if m.group != "site-1" && own != Some(serde_json::Value::String(window(m.tenant))) {
+            report.failures.push(format!(
+                "{} of server {}: update.window {own:?}, not its server's",
+                m.id, m.tenant
+            ));
         }
         let lockdown = got
             .as_ref()
@@ -589,27 +659,35 @@ pub async fn run(
     end_stage("first sync, effective settings", &mut report, &mut log);
 
     // Distribution points: two per group, registered now that they are enrolled.
-    let service = server.service().clone();
     let dps: Vec<&Member> = fleet.iter().filter(|m| m.dp).collect();
     for m in &dps {
-        service
+        services[m.tenant]
             .update_registry(|r| r.register_dp(&m.id, &m.group))
             .await
             .map_err(|e| setup("register DP")(&e))?;
-        sync.with_dps(|c| c.register_group_dp(&m.id, &m.group))
+        syncs[m.tenant]
+            .with_dps(|c| c.register_group_dp(&m.id, &m.group))
             .transpose()
             .map_err(|e| setup("register DP")(&e))?;
     }
-    let dp_ids: Vec<String> = dps.iter().map(|m| m.id.clone()).collect();
-    service.push_all(&dp_ids, "registered as distribution point", 1);
+    for (t, svc) in services.iter().enumerate() {
+        let ids: Vec<&str> = dps
+            .iter()
+            .filter(|m| m.tenant == t)
+            .map(|m| m.id.as_str())
+            .collect();
+        svc.push_all(&ids, "registered as distribution point", 1);
+    }
     let settled = || {
-        sync.with_dps(|c| {
-            let d = c.election().decisions();
-            d.len() == cfg.groups
-                && d.iter()
-                    .all(|d| d.active.is_some() && !d.standbys.is_empty())
+        syncs.iter().all(|sync| {
+            sync.with_dps(|c| {
+                let d = c.election().decisions();
+                d.len() == cfg.groups
+                    && d.iter()
+                        .all(|d| d.active.is_some() && !d.standbys.is_empty())
+            })
+            .unwrap_or(false)
         })
-        .unwrap_or(false)
     };
     if !until(Duration::from_secs(30).min(left()), settled).await {
         return Err(setup("election")(
@@ -617,17 +695,17 @@ pub async fn run(
         ));
     }
     // The DPs know their roles (the answer that made them so came to them).
-    let index: HashMap<&str, usize> = fleet
+    let index: HashMap<(usize, &str), usize> = fleet
         .iter()
         .enumerate()
-        .map(|(i, m)| (m.id.as_str(), i))
+        .map(|(i, m)| ((m.tenant, m.id.as_str()), i))
         .collect();
     let roles_known = |agents: &[Option<AgentHandle>]| {
-        (1..=cfg.groups).all(|g| {
-            let group = format!("site-{g}");
+        (0..cfg.virtual_servers * cfg.groups).all(|n| {
+            let (t, group) = (n / cfg.groups, format!("site-{}", n % cfg.groups + 1));
             let roles: Vec<DpRole> = ["a", "b"]
                 .iter()
-                .filter_map(|s| agents[index[format!("{group}-dp-{s}").as_str()]].as_ref())
+                .filter_map(|s| agents[index[&(t, format!("{group}-dp-{s}").as_str())]].as_ref())
                 .filter_map(|a| a.distribution())
                 .filter_map(|d| role_in(&d, &group).map(|r| r.0))
                 .collect();
@@ -649,8 +727,21 @@ pub async fn run(
         .publish_update(UPDATE_ID, UPDATE_ID, 1, &data)
         .await
         .map_err(|e| setup("publish the update")(&e))?;
-    let online = service.online();
-    let pushed = service.push_all(&online, "update published", 2);
+    // Each virtual server publishes its own copy, from its own store.
+    for (t, store) in stores.iter().enumerate().skip(1) {
+        let store = store
+            .as_ref()
+            .ok_or_else(|| setup("publish the update")(&"no store"))?;
+        let a = store
+            .publish(UPDATE_ID, UPDATE_ID, 1, &data)
+            .await
+            .map_err(|e| setup("publish the update")(&e))?;
+        syncs[t].publish_update(a);
+    }
+    let pushed: usize = services
+        .iter()
+        .map(|svc| svc.push_all(&svc.online(), "update published", 2))
+        .sum();
     log(format!(
         "published {UPDATE_ID} ({:.1} MiB), pushed to {pushed} devices",
         cfg.update_bytes as f64 / 1048576.0
@@ -687,7 +778,7 @@ pub async fn run(
                 100.0 * bytes as f64 / (cfg.update_bytes as f64 * agents.len() as f64),
                 agents.len(),
                 mcast as f64 / 1048576.0,
-                service.stats().bytes_served.load(Ordering::Relaxed) as f64 / 1048576.0
+                served(&services) as f64 / 1048576.0
             ));
         }
         if done == agents.len() {
@@ -698,13 +789,14 @@ pub async fn run(
             let devs: Vec<usize> = fleet
                 .iter()
                 .enumerate()
-                .filter(|(_, m)| m.group == victim_group && !m.dp)
+                .filter(|(_, m)| m.tenant == 0 && m.group == victim_group && !m.dp)
                 .map(|(i, _)| i)
                 .collect();
             let frac = devs.iter().map(|&i| progress(i).0).sum::<u64>() as f64
                 / (cfg.update_bytes as f64 * devs.len() as f64);
             let active = fleet.iter().enumerate().find(|(i, m)| {
-                m.group == victim_group
+                m.tenant == 0
+                    && m.group == victim_group
                     && m.dp
                     && snapshots[*i]
                         .as_ref()
@@ -732,7 +824,7 @@ pub async fn run(
             let standby = fleet
                 .iter()
                 .enumerate()
-                .find(|(i, m)| *i != k && m.group == victim_group && m.dp);
+                .find(|(i, m)| *i != k && m.tenant == 0 && m.group == victim_group && m.dp);
             if let Some((s, _)) = standby
                 && let Some(st) = &snapshots[s]
             {
@@ -808,7 +900,7 @@ pub async fn run(
             *report.via.entry(via.into()).or_default() += 1;
         }
     }
-    report.server_egress_bytes = service.stats().bytes_served.load(Ordering::Relaxed);
+    report.server_egress_bytes = served(&services);
     end_stage("verification (every file hashed)", &mut report, &mut log);
 
     for a in agents.into_iter().flatten() {

@@ -74,6 +74,53 @@ async fn a_small_fleet_ends_byte_exact_through_a_dp_failover() {
     );
 }
 
+/// The fleet spread over the main server and two virtual servers: the same groups and
+/// device ids in each, each with its own policies (its own `update.window`, checked per
+/// device), its own DPs on its own multicast groups and its own copy of the update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_over_three_virtual_servers_stays_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = FleetConfig::default();
+    cfg.agents = 18;
+    cfg.groups = 2;
+    cfg.virtual_servers = 3;
+    cfg.update_bytes = 2 << 20;
+    cfg.rate_mbps = 30;
+    cfg.kill_at = None;
+    cfg.multicast_port = free_udp_port();
+    cfg.timeout = Duration::from_secs(240);
+    let mut lines = Vec::new();
+    let r = fleet::run(&cfg, dir.path(), |l| lines.push(l))
+        .await
+        .unwrap();
+    assert!(
+        r.ok(),
+        "{:?}\n{}\n{}",
+        r.failures,
+        r.table(),
+        lines.join("\n")
+    );
+    assert_eq!((r.devices, r.servers), (18, 3));
+    assert_eq!(r.delivered_bytes, 18 * (2 << 20), "every copy verified");
+    // Each server's two active DPs took the update from their own server once each.
+    assert_eq!(r.server_egress_bytes, 3 * 2 * (2 << 20), "{}", r.table());
+    assert!(
+        r.via.get("multicast").copied().unwrap_or(0) >= 6,
+        "{}",
+        r.table()
+    );
+    // Each virtual server keeps its own devices under its own directory.
+    for t in ["tenant-2", "tenant-3"] {
+        assert!(
+            dir.path()
+                .join("agents")
+                .join(t)
+                .join("site-1-dp-a")
+                .is_dir()
+        );
+    }
+}
+
 fn agent(
     base: &std::path::Path,
     id: &str,

@@ -192,6 +192,58 @@ async fn outpostctl_administers_a_running_server() {
         "{tokens}"
     );
 
+    // Virtual servers: created, worked in with --virtual-server, disabled, deleted.
+    ctl.ok(&["virtual-servers", "create", "acme", "--name", "Acme Corp"])
+        .await;
+    let listed = ctl.ok(&["virtual-servers", "list"]).await;
+    assert!(
+        listed.contains("acme") && listed.contains("Acme Corp"),
+        "{listed}"
+    );
+    ctl.ok(&[
+        "--virtual-server",
+        "acme",
+        "groups",
+        "create",
+        "sales",
+        "--name",
+        "Sales",
+    ])
+    .await;
+    let inside = ctl
+        .ok(&["--virtual-server", "acme", "groups", "list"])
+        .await;
+    let main = ctl.ok(&["groups", "list"]).await;
+    assert!(
+        inside.contains("sales") && !inside.contains("paris"),
+        "{inside}"
+    );
+    assert!(!main.contains("sales"), "{main}");
+    let off = ctl
+        .ok(&[
+            "--json",
+            "virtual-servers",
+            "set",
+            "acme",
+            "--disabled",
+            "true",
+        ])
+        .await;
+    assert!(off.contains("\"disabled\": true"), "{off}");
+    let nowhere = ctl
+        .run(&["--virtual-server", "initech", "groups", "list"], "")
+        .await;
+    assert!(
+        String::from_utf8_lossy(&nowhere.stderr).contains("404"),
+        "{}",
+        String::from_utf8_lossy(&nowhere.stderr)
+    );
+    let gone = ctl
+        .ok(&["--json", "virtual-servers", "delete", "acme"])
+        .await;
+    assert!(gone.contains("revoked_certificates"), "{gone}");
+    assert!(!ctl.ok(&["virtual-servers", "list"]).await.contains("acme"));
+
     // Without a token: refused.
     ctl.token = None;
     let anon = ctl.run(&["groups", "list"], "").await;

@@ -282,6 +282,32 @@ pub struct AdminService {
     router: std::sync::OnceLock<std::sync::Weak<dyn EnrollmentRouter>>,
 }
 
+/// A queue for device connections and the task that serves each with the service `route`
+/// picks for it. Connections are served in a set the task owns: aborting the task (server
+/// shutdown) closes every connection it serves.
+pub(crate) fn dispatch(
+    capacity: usize,
+    route: impl Fn(&DeviceConnection) -> Arc<AdminService> + Send + 'static,
+) -> (mpsc::Sender<DeviceConnection>, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<DeviceConnection>(capacity);
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                c = rx.recv() => match c {
+                    Some(c) => {
+                        conns.spawn(route(&c).serve(c));
+                    }
+                    None => break,
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+        while conns.join_next().await.is_some() {}
+    });
+    (tx, task)
+}
+
 /// A device's kept connection: its id, where pushes go, the path it came by.
 type KeptConnection = (u64, mpsc::Sender<Message>, Via);
 
@@ -609,26 +635,8 @@ impl AdminService {
         self: &Arc<Self>,
         capacity: usize,
     ) -> (mpsc::Sender<DeviceConnection>, tokio::task::JoinHandle<()>) {
-        let (tx, mut rx) = mpsc::channel::<DeviceConnection>(capacity);
         let service = self.clone();
-        // Connections are served in a set the task owns: aborting the task (server shutdown)
-        // closes every connection it serves.
-        let task = tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            loop {
-                tokio::select! {
-                    c = rx.recv() => match c {
-                        Some(c) => {
-                            conns.spawn(service.clone().serve(c));
-                        }
-                        None => break,
-                    },
-                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                }
-            }
-            while conns.join_next().await.is_some() {}
-        });
-        (tx, task)
+        dispatch(capacity, move |_| service.clone())
     }
 
     /// Serves one device connection until it closes.
@@ -767,24 +775,19 @@ impl AdminService {
             return;
         }
 
-        // A certificate bound to another virtual server is never looked up here.
-        if peer.virtual_server.as_deref() != self.virtual_server() {
-            self.stats.refused.fetch_add(1, Ordering::Relaxed);
-            let _ = framed
-                .send(refusal(
-                    RefusalCode::NotAuthorized,
-                    format!("certificate {} is not enrolled here", peer.fingerprint()),
-                ))
-                .await;
-            return;
-        }
-        if self.is_disabled() {
+        let ours = peer.virtual_server.as_deref() == self.virtual_server();
+        if ours && self.is_disabled() {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
             let _ = framed.send(self.disabled_refusal()).await;
             return;
         }
-        // An authenticated device: who it is comes from its certificate.
-        let known = peer.cert_sha256.as_ref().and_then(|fp| self.known(fp));
+        // An authenticated device: who it is comes from its certificate (one bound to
+        // another virtual server is never looked up here).
+        let known = peer
+            .cert_sha256
+            .as_ref()
+            .filter(|_| ours)
+            .and_then(|fp| self.known(fp));
         // A device enrolled before serials were kept gets the serial of the certificate it
         // presents (the fingerprint matched, so it is that certificate).
         let Some((device_id, group, recorded_serial, fleet_size)) = known else {

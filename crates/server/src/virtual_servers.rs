@@ -557,24 +557,8 @@ impl VirtualServers {
         self: &Arc<Self>,
         capacity: usize,
     ) -> (mpsc::Sender<DeviceConnection>, tokio::task::JoinHandle<()>) {
-        let (tx, mut rx) = mpsc::channel::<DeviceConnection>(capacity);
         let set = self.clone();
-        let task = tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            loop {
-                tokio::select! {
-                    c = rx.recv() => match c {
-                        Some(c) => {
-                            conns.spawn(set.route(&c).serve(c));
-                        }
-                        None => break,
-                    },
-                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                }
-            }
-            while conns.join_next().await.is_some() {}
-        });
-        (tx, task)
+        crate::service::dispatch(capacity, move |c| set.route(c))
     }
 }
 

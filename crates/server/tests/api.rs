@@ -250,17 +250,7 @@ async fn enroll_device(
             Some(json!({"group": "lab", "device": device})),
         )
         .await;
-    let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::new(vec![])
-        .unwrap()
-        .serialize_request(&key)
-        .unwrap();
-    let req = outpost_wire::messages::EnrollRequest {
-        device_id: device.into(),
-        csr_der: csr.der().to_vec().into(),
-        enrollment_token: t.body["token"].as_str().unwrap().into(),
-        group_hint: String::new(),
-    };
+    let (key, req) = common::enroll_request_with_key(device, t.body["token"].as_str().unwrap());
     let resp = running.service().enroll(&req, "127.0.0.1:1").await.unwrap();
     let me = outpost_pki::IssuedCert::from_parts(
         vec![
@@ -2556,17 +2546,7 @@ async fn enroll_over_the_network(
 ) -> Result<(std::sync::Arc<rustls::ClientConfig>, Vec<u8>), outpost_wire::messages::Refusal> {
     use outpost_pki::tls::{TlsOptions, agent_client_config, enrollment_client_config};
     let ca_cert = outpost_pki::store::read_ca_certificate(&base.join("state/ca.crt")).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::new(vec![])
-        .unwrap()
-        .serialize_request(&key)
-        .unwrap();
-    let req = outpost_wire::messages::EnrollRequest {
-        device_id: device.into(),
-        csr_der: csr.der().to_vec().into(),
-        enrollment_token: token.into(),
-        group_hint: String::new(),
-    };
+    let (key, req) = common::enroll_request_with_key(device, token);
     let answer = common::exchange(
         enrollment_client_config(&ca_cert, &TlsOptions::default()).unwrap(),
         running.local_addr(),
@@ -2590,6 +2570,27 @@ async fn enroll_over_the_network(
     Ok((cfg, r.certificate_der.to_vec()))
 }
 
+/// The code of a refusal (panics on any other answer).
+fn refused_with(m: outpost_wire::Message) -> outpost_wire::messages::RefusalCode {
+    match m {
+        outpost_wire::Message::Refusal(r) => {
+            outpost_wire::messages::RefusalCode::try_from(r.code).unwrap()
+        }
+        other => panic!("not refused: {other:?}"),
+    }
+}
+
+/// Disables or enables virtual server `id` as `admin`.
+async fn set_disabled(api: &Client, admin: &str, id: &str, disabled: bool) -> Answer {
+    api.call(
+        "PATCH",
+        &format!("/api/v1/virtual-servers/{id}"),
+        Some(admin),
+        Some(json!({ "disabled": disabled })),
+    )
+    .await
+}
+
 /// A sync as the device `cfg` connects: the answer, or the refusal.
 async fn sync_as(
     running: &AdminServer,
@@ -2611,6 +2612,7 @@ async fn sync_as(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn virtual_servers_are_isolated_tenants() {
+    use outpost_wire::messages::RefusalCode;
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path();
     std::fs::write(
@@ -2895,31 +2897,17 @@ async fn virtual_servers_are_isolated_tenants() {
     );
 
     // Disabled: its device refused with ServerDisabled, its data kept, its accounts shut out.
-    let off = api
-        .call(
-            "PATCH",
-            "/api/v1/virtual-servers/acme",
-            Some(&admin),
-            Some(json!({"disabled": true})),
-        )
-        .await;
+    let off = set_disabled(&api, &admin, "acme", true).await;
     assert_eq!(
         (off.status, off.body["disabled"].as_bool()),
         (200, Some(true)),
         "{}",
         off.body
     );
-    match sync_as(&running, cfg_a.clone()).await {
-        outpost_wire::Message::Refusal(r) => {
-            assert_eq!(
-                r.code,
-                outpost_wire::messages::RefusalCode::ServerDisabled as i32,
-                "{}",
-                r.reason
-            )
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(
+        refused_with(sync_as(&running, cfg_a.clone()).await),
+        RefusalCode::ServerDisabled
+    );
     assert_eq!(
         settings(&sync_as(&running, cfg_g.clone()).await),
         [json!(false)],
@@ -2943,14 +2931,7 @@ async fn virtual_servers_are_isolated_tenants() {
         refused.code,
         outpost_wire::messages::RefusalCode::ServerDisabled as i32
     );
-    let on = api
-        .call(
-            "PATCH",
-            "/api/v1/virtual-servers/acme",
-            Some(&admin),
-            Some(json!({"disabled": false})),
-        )
-        .await;
+    let on = set_disabled(&api, &admin, "acme", false).await;
     assert_eq!(on.status, 200, "{}", on.body);
     assert!(matches!(
         sync_as(&running, cfg_a.clone()).await,
@@ -2989,17 +2970,10 @@ async fn virtual_servers_are_isolated_tenants() {
             .status,
         404
     );
-    match sync_as(&running, cfg_a).await {
-        outpost_wire::Message::Refusal(r) => {
-            assert_eq!(
-                r.code,
-                outpost_wire::messages::RefusalCode::NotAuthorized as i32,
-                "{}",
-                r.reason
-            )
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(
+        refused_with(sync_as(&running, cfg_a).await),
+        RefusalCode::NotAuthorized
+    );
     assert!(matches!(
         sync_as(&running, cfg_g).await,
         outpost_wire::Message::SyncResponse(_)

@@ -123,17 +123,7 @@ async fn tenants_run(ops: Vec<TenantOp>) -> Result<(), TestCaseError> {
                     r.issue_token(&group, None, Duration::from_secs(60), SystemTime::now())
                 });
                 let Ok(token) = token.await else { continue };
-                let key = rcgen::KeyPair::generate().unwrap();
-                let csr = rcgen::CertificateParams::new(vec![])
-                    .unwrap()
-                    .serialize_request(&key)
-                    .unwrap();
-                let req = outpost_wire::messages::EnrollRequest {
-                    device_id: device.clone(),
-                    csr_der: csr.der().to_vec().into(),
-                    enrollment_token: token,
-                    group_hint: String::new(),
-                };
+                let req = common::enroll_request(&device, &token);
                 match servers
                     .main()
                     .service()

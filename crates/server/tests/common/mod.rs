@@ -7,17 +7,26 @@ pub mod postgres;
 /// An enrollment request for `device` with `token` and a fresh key's CSR, as an agent
 /// makes one.
 pub fn enroll_request(device: &str, token: &str) -> outpost_wire::messages::EnrollRequest {
+    enroll_request_with_key(device, token).1
+}
+
+/// [`enroll_request`], with the key it is for (to connect as the device afterwards).
+pub fn enroll_request_with_key(
+    device: &str,
+    token: &str,
+) -> (rcgen::KeyPair, outpost_wire::messages::EnrollRequest) {
     let key = rcgen::KeyPair::generate().unwrap();
     let csr = rcgen::CertificateParams::new(vec![])
         .unwrap()
         .serialize_request(&key)
         .unwrap();
-    outpost_wire::messages::EnrollRequest {
+    let req = outpost_wire::messages::EnrollRequest {
         device_id: device.into(),
         csr_der: csr.der().to_vec().into(),
         enrollment_token: token.into(),
         group_hint: String::new(),
-    }
+    };
+    (key, req)
 }
 
 /// A fresh server state directory under `base` (CA for `server.test`).

@@ -27,21 +27,22 @@ fn free_udp_port() -> u16 {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_small_fleet_ends_byte_exact_through_a_dp_failover() {
-    let dir = tempfile::tempdir().unwrap();
+/// `agents` agents in 2 groups, an update of `bytes`, DPs at 30 Mbit/s on a free port.
+fn small_fleet(agents: usize, bytes: u64) -> FleetConfig {
     let mut cfg = FleetConfig::default();
-    cfg.agents = 14;
+    cfg.agents = agents;
     cfg.groups = 2;
-    cfg.update_bytes = 6 << 20;
+    cfg.update_bytes = bytes;
     cfg.rate_mbps = 30;
-    cfg.kill_at = Some(0.3);
     cfg.multicast_port = free_udp_port();
     cfg.timeout = Duration::from_secs(240);
+    cfg
+}
+
+/// Runs `cfg` in `dir`; every device must end right.
+async fn run_ok(cfg: &FleetConfig, dir: &std::path::Path) -> fleet::FleetReport {
     let mut lines = Vec::new();
-    let r = fleet::run(&cfg, dir.path(), |l| lines.push(l))
-        .await
-        .unwrap();
+    let r = fleet::run(cfg, dir, |l| lines.push(l)).await.unwrap();
     assert!(
         r.ok(),
         "{:?}\n{}\n{}",
@@ -49,6 +50,15 @@ async fn a_small_fleet_ends_byte_exact_through_a_dp_failover() {
         r.table(),
         lines.join("\n")
     );
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_fleet_ends_byte_exact_through_a_dp_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_fleet(14, 6 << 20);
+    cfg.kill_at = Some(0.3);
+    let r = run_ok(&cfg, dir.path()).await;
     assert_eq!(r.devices, 14);
     assert_eq!(r.delivered_bytes, 14 * (6 << 20), "every copy verified");
     assert!(r.via_gateway > 0 && r.kiosks > 0, "{}", r.table());
@@ -80,26 +90,10 @@ async fn a_small_fleet_ends_byte_exact_through_a_dp_failover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_over_three_virtual_servers_stays_apart() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = FleetConfig::default();
-    cfg.agents = 18;
-    cfg.groups = 2;
+    let mut cfg = small_fleet(18, 2 << 20);
     cfg.virtual_servers = 3;
-    cfg.update_bytes = 2 << 20;
-    cfg.rate_mbps = 30;
     cfg.kill_at = None;
-    cfg.multicast_port = free_udp_port();
-    cfg.timeout = Duration::from_secs(240);
-    let mut lines = Vec::new();
-    let r = fleet::run(&cfg, dir.path(), |l| lines.push(l))
-        .await
-        .unwrap();
-    assert!(
-        r.ok(),
-        "{:?}\n{}\n{}",
-        r.failures,
-        r.table(),
-        lines.join("\n")
-    );
+    let r = run_ok(&cfg, dir.path()).await;
     assert_eq!((r.devices, r.servers), (18, 3));
     assert_eq!(r.delivered_bytes, 18 * (2 << 20), "every copy verified");
     // Each server's two active DPs took the update from their own server once each.

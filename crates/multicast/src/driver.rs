@@ -945,13 +945,27 @@ const SOCKET_DROPS_EVERY: Duration = Duration::from_millis(4);
 const SOCKET_DROPS_SLOWEST: Duration = Duration::from_millis(250);
 
 /// Options for [`run_receiver`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ReceiveOptions {
     /// Drop this fraction of incoming datagrams (seeded), to measure repair under loss.
     pub inject_loss: f64,
     /// Seed for the injected loss.
     pub loss_seed: u64,
+    /// After the file is committed, how long at most the receiver stays on the session to
+    /// answer polls with its report again (a `Done` lost on the way), while the session
+    /// still asks for it ([`Receiver::session_alive`]; default 30 s, zero: not at all).
+    pub linger: Duration,
+}
+
+impl Default for ReceiveOptions {
+    fn default() -> Self {
+        ReceiveOptions {
+            inject_loss: 0.0,
+            loss_seed: 0,
+            linger: Duration::from_secs(30),
+        }
+    }
 }
 
 impl ReceiveOptions {
@@ -960,6 +974,7 @@ impl ReceiveOptions {
         ReceiveOptions {
             inject_loss: loss,
             loss_seed: seed,
+            ..ReceiveOptions::default()
         }
     }
 }
@@ -1060,7 +1075,8 @@ impl<J: Send + 'static, R: Send + 'static> Worker<J, R> {
     }
 }
 
-/// Runs a receiver until the file is complete, verified, committed and reported.
+/// Runs a receiver until the file is complete, verified, committed and reported, and the
+/// session no longer asks for its report (or [`ReceiveOptions::linger`] passed).
 /// Wrap in `tokio::time::timeout` to bound the wait for a session to appear.
 ///
 /// With [`crate::ReceiverConfig::offload_block_work`] set, block decoding and hashing run
@@ -1085,6 +1101,7 @@ pub async fn run_receiver(
     let mut head = [0u8; DATA_HEADER_LEN];
     let mut worker = Worker::new("multicast-blocks", BlockJob::run);
     let mut socket_drops = DropWatch::new(group_sock);
+    let mut finished_at: Option<Instant> = None;
     loop {
         // Before the datagrams: a poll among them is answered with the drops counted so far.
         if let Some(n) = socket_drops.poll(Instant::now()) {
@@ -1154,7 +1171,13 @@ pub async fn run_receiver(
             last_progress = now;
             progress(rx);
         }
-        if rx.is_finished() {
+        // Finished: committed and reported. The receiver stays while the session still
+        // asks for it (a poll after a lost `Done` is answered), up to `linger`.
+        let finished = rx.is_finished() && {
+            let at = *finished_at.get_or_insert(now);
+            !rx.session_alive(now) || now >= at + opts.linger
+        };
+        if finished {
             progress(rx);
             let manifest = rx
                 .manifest()

@@ -419,6 +419,17 @@ impl Receiver {
         self.active.as_ref().is_some_and(|a| a.ended)
     }
 
+    /// Whether the session may still ask for this receiver (no End heard, and something of
+    /// it arrived within `idle_timeout_ms` of `now`). A driver keeps feeding a finished
+    /// receiver datagrams while this holds, so a sender that lost its `Done` and polls again
+    /// is answered.
+    pub fn session_alive(&self, now: Instant) -> bool {
+        self.active.as_ref().is_some_and(|a| !a.ended)
+            && self
+                .last_activity
+                .is_some_and(|t| now < t + Duration::from_millis(self.cfg.idle_timeout_ms))
+    }
+
     /// Next event, if any.
     pub fn poll_event(&mut self) -> Option<ReceiverEvent> {
         self.events.pop_front()

@@ -205,6 +205,9 @@ struct Node {
     /// Time per job of a slow receiver, and when its worker is free again.
     job_time: Option<Duration>,
     worker_free: Duration,
+    /// Finished and no longer read, as a driver stops once the session no longer asks for
+    /// it ([`Receiver::session_alive`]).
+    left: bool,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -268,6 +271,7 @@ pub fn run(cfg: &SimConfig, data: &[u8]) -> Result<SimOutcome> {
             jobs: Vec::new(),
             job_time: cfg.slow.iter().find(|(r, _)| *r == i).map(|(_, d)| *d),
             worker_free: Duration::ZERO,
+            left: false,
         });
     }
     let pk = key.public_key();
@@ -323,7 +327,9 @@ pub fn run(cfg: &SimConfig, data: &[u8]) -> Result<SimOutcome> {
             }
             if ev.to == usize::MAX {
                 sender.handle_datagram(t, addr_of(ev.from), &bytes);
-            } else if let Some(rx) = nodes[ev.to].rx.as_mut() {
+            } else if !nodes[ev.to].left
+                && let Some(rx) = nodes[ev.to].rx.as_mut()
+            {
                 // Even receivers read as the Linux driver does (symbols straight into their
                 // block), odd ones whole datagrams: both paths run in every simulation.
                 if ev.to % 2 == 0 {
@@ -456,6 +462,16 @@ pub fn run(cfg: &SimConfig, data: &[u8]) -> Result<SimOutcome> {
                         from: i,
                     }));
                 }
+            }
+        }
+        // A finished receiver whose session no longer asks for it is left, as its driver
+        // returns then: a `Done` it sent and lost is not sent again.
+        for n in nodes.iter_mut() {
+            if let Some(rx) = n.rx.as_ref()
+                && rx.is_finished()
+                && !rx.session_alive(t)
+            {
+                n.left = true;
             }
         }
         let all_done = nodes

@@ -385,3 +385,29 @@ fn a_receiver_without_a_fetcher_that_missed_the_start_still_finishes() {
         assert_eq!(out.sender.receivers_done, 2, "seed {seed}");
     }
 }
+
+/// Receivers that stop as their driver does (once the session no longer asks for them),
+/// over links losing 20% both ways: a `Done` lost on the way is sent again when the sender
+/// polls, so the sender hears every expected receiver, and none is left with a report
+/// nobody heard.
+#[test]
+fn a_lost_done_is_sent_again_while_the_session_asks() {
+    let data = file(300_000, 22);
+    for seed in 0..8 {
+        let mut cfg = SimConfig::new(seed, 6, LinkModel::lossy(0.20));
+        cfg.receiver.unicast_fallback = false;
+        cfg.sender.expect_receivers = 6;
+        cfg.sender.done_linger_ms = 30_000;
+        let out = sim::run(&cfg, &data).unwrap();
+        for (i, r) in out.receivers.iter().enumerate() {
+            assert!(r.finished, "seed {seed}: receiver {i}: {:?}", r.stats);
+            assert!(r.data == data, "seed {seed}: receiver {i} differs");
+        }
+        assert!(out.sender_finished, "seed {seed}");
+        assert_eq!(
+            out.sender.receivers_done, 6,
+            "seed {seed}: {:?}",
+            out.sender
+        );
+    }
+}

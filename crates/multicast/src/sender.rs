@@ -169,6 +169,9 @@ enum Phase {
 
 const ENCODER_CACHE: usize = 32;
 
+/// How much more loss (per mille) than at the last loss-driven cut makes another cut.
+const LOSS_GROWTH_PERMILLE: u16 = 50;
+
 /// While lingering, the End is repeated this often.
 const LINGER_END_INTERVAL: Duration = Duration::from_millis(25);
 
@@ -295,6 +298,10 @@ pub struct Sender {
     announce_every: Duration,
     phase: Phase,
     last_backoff: Option<Instant>,
+    /// The loss (per mille) that made the last loss-driven cut, while reports stay above
+    /// `loss_backoff_permille`: loss that does not fall when the rate does is the link's,
+    /// not congestion, and cuts again only when it grows past this.
+    loss_at_cut: Option<u16>,
     last_reannounce: Option<Instant>,
     /// A receiver reported loss above `loss_backoff_permille` or its load since the last
     /// poll: the rate is not raised at the next one (even when the cut itself was held).
@@ -378,6 +385,7 @@ impl Sender {
             announce_every,
             phase: Phase::Data,
             last_backoff: None,
+            loss_at_cut: None,
             last_reannounce: None,
             slowdown_since_poll: false,
             events: VecDeque::new(),
@@ -946,7 +954,9 @@ impl Sender {
             self.control.push_back(p);
         }
         if loss_permille > self.cfg.loss_backoff_permille {
-            self.slow_down(now);
+            self.slow_down(now, loss_permille);
+        } else {
+            self.loss_at_cut = None;
         }
     }
 
@@ -988,12 +998,23 @@ impl Sender {
         }
     }
 
-    /// Loss above `loss_backoff_permille`: cuts the rate at most once per poll interval.
-    fn slow_down(&mut self, now: Instant) {
+    /// Loss above `loss_backoff_permille`: cuts the rate at most once per poll interval,
+    /// and after a loss-driven cut again only when the loss grew by more than
+    /// [`LOSS_GROWTH_PERMILLE`]: random loss that stays where it was however slow the
+    /// sender goes (a lossy radio link, a filter) would otherwise cut it to its floor and
+    /// keep it there, while repair needs the rate most.
+    fn slow_down(&mut self, now: Instant, loss_permille: u16) {
         self.slowdown_since_poll = true;
+        if self
+            .loss_at_cut
+            .is_some_and(|l| loss_permille <= l.saturating_add(LOSS_GROWTH_PERMILLE))
+        {
+            return;
+        }
         let hold = Duration::from_millis(self.cfg.poll_interval_ms);
         if self.last_backoff.is_none_or(|t| now >= t + hold) {
             self.cut_rate(now);
+            self.loss_at_cut = Some(loss_permille);
         }
     }
 

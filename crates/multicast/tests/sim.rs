@@ -411,3 +411,28 @@ fn a_lost_done_is_sent_again_while_the_session_asks() {
         );
     }
 }
+
+/// Random loss that stays at 20% however slow the sender goes is the link's, not
+/// congestion: after a cut it is not cut again and again to its floor (which left a
+/// 256 MiB session at 1 Mbit/s for minutes on a bridge with 20% loss).
+#[test]
+fn steady_random_loss_does_not_drive_the_rate_to_its_floor() {
+    let data = file(2_000_000, 23);
+    for seed in 0..4 {
+        let mut cfg = SimConfig::new(seed, 2, LinkModel::lossy(0.20));
+        cfg.receiver.unicast_fallback = false;
+        cfg.sender.expect_receivers = 2;
+        let out = sim::run(&cfg, &data).unwrap();
+        assert!(
+            out.receivers.iter().all(|r| r.finished && r.data == data),
+            "seed {seed}"
+        );
+        let floor = cfg.sender.min_rate_bps;
+        assert!(
+            out.sender.rate_bps >= 4 * floor && out.sender.backoffs <= 4,
+            "seed {seed}: rate {} bit/s after {} cuts (floor {floor})",
+            out.sender.rate_bps,
+            out.sender.backoffs
+        );
+    }
+}

@@ -115,6 +115,25 @@ impl<S> ChunkedLink<S> {
         self.broken = true;
         Poll::Ready(Err(io::Error::new(kind, what.to_string())))
     }
+
+    /// What one write to the connection took: a write that took nothing, or failed,
+    /// breaks the link.
+    fn took(&mut self, written: io::Result<usize>) -> io::Result<usize> {
+        match written {
+            Ok(0) => {
+                self.broken = true;
+                Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "the connection took no bytes",
+                ))
+            }
+            Ok(k) => Ok(k),
+            Err(e) => {
+                self.broken = true;
+                Err(e)
+            }
+        }
+    }
 }
 
 impl<S: AsyncWrite + Unpin> ChunkedLink<S> {
@@ -220,32 +239,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ChunkedLink<S> {
             }
             if this.owed > 0 {
                 let n = this.owed.min(data.len());
-                let k = match ready!(Pin::new(&mut this.inner).poll_write(cx, &data[..n])) {
-                    Ok(0) => {
-                        return this.fail(io::ErrorKind::WriteZero, "the connection took no bytes");
-                    }
-                    Ok(k) => k,
-                    Err(e) => {
-                        this.broken = true;
-                        return Poll::Ready(Err(e));
-                    }
-                };
+                let r = ready!(Pin::new(&mut this.inner).poll_write(cx, &data[..n]));
+                let k = this.took(r)?;
                 this.owed -= k;
                 return Poll::Ready(Ok(k));
             }
             let n = data.len().min(MAX_CHUNK);
             let head = (n as u32).to_be_bytes();
             let bufs = [io::IoSlice::new(&head), io::IoSlice::new(&data[..n])];
-            let k = match ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, &bufs)) {
-                Ok(0) => {
-                    return this.fail(io::ErrorKind::WriteZero, "the connection took no bytes");
-                }
-                Ok(k) => k,
-                Err(e) => {
-                    this.broken = true;
-                    return Poll::Ready(Err(e));
-                }
-            };
+            let r = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, &bufs));
+            let k = this.took(r)?;
             // The chunk is committed from its first byte on.
             this.head = head;
             this.head_sent = k.min(4);

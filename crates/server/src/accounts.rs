@@ -130,6 +130,11 @@ pub(crate) fn random_hex(n: usize) -> Result<String, ServerError> {
     Ok(hex(&raw))
 }
 
+/// The SHA-256 (hex) an API token is kept as; `None` for a secret too long to be one.
+pub fn api_token_sha256(secret: &str) -> Option<String> {
+    (secret.len() <= 128).then(|| sha256_hex(secret))
+}
+
 fn sha256_hex(s: &str) -> String {
     hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s.as_bytes()).as_ref())
 }
@@ -310,7 +315,13 @@ impl AccountBook {
         if secret.len() > 128 {
             return None;
         }
-        let t = self.tokens.get(&sha256_hex(secret))?;
+        self.check_api_token_sha256(&sha256_hex(secret))
+    }
+
+    /// [`check_api_token`](Self::check_api_token) for a secret already hashed
+    /// ([`api_token_sha256`]): one hash for a token looked up in many books.
+    pub fn check_api_token_sha256(&self, sha256: &str) -> Option<(&str, Role)> {
+        let t = self.tokens.get(sha256)?;
         let a = self.accounts.get(&t.account)?;
         (t.revoked_at_unix.is_none() && !a.disabled).then_some((a.name.as_str(), a.role))
     }

@@ -377,13 +377,15 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// The account a session or API token belongs to, with its (virtual) server.
 fn account_of(st: &ApiState, token: &str) -> Option<(String, Role, Arc<crate::Tenant>)> {
     let now = Instant::now();
+    // Hashed once, not once per (virtual) server.
+    let digest = crate::accounts::api_token_sha256(token);
     st.servers.all().into_iter().find_map(|t| {
         let found = lock(&t.sessions)
             .check(token, now)
             .map(|(a, r)| (a.to_string(), r))
             .or_else(|| {
                 lock(&t.accounts)
-                    .check_api_token(token)
+                    .check_api_token_sha256(digest.as_deref()?)
                     .map(|(a, r)| (a.to_string(), r))
             });
         found.map(|(a, r)| (a, r, t))

@@ -22,9 +22,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use outpost::multicast::driver::{
-    self, Fetcher, FileSink, LocalFileFetcher, NoFetcher, ReceiveOptions, SocketConfig,
-};
+use outpost::multicast::driver::{self, ReceiveOptions, SocketConfig};
+use outpost::multicast::files::{self, Fetcher, FileSink, LocalFileFetcher, NoFetcher};
 use outpost::multicast::manifest::hex;
 use outpost::multicast::{
     DEFAULT_PORT, Receiver, ReceiverConfig, Sender, SenderConfig, SenderEvent, SigningKey,
@@ -223,7 +222,7 @@ async fn send(a: Args) -> Result<(), String> {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(1);
     let manifest =
-        driver::manifest_for_file(&file, session, &name, cfg.symbol_size, cfg.block_symbols)
+        files::manifest_for_file(&file, session, &name, cfg.symbol_size, cfg.block_symbols)
             .map_err(|e| e.to_string())?;
     let size = manifest.file_size;
     eprintln!(
@@ -235,7 +234,7 @@ async fn send(a: Args) -> Result<(), String> {
         hex(&key.public_key())
     );
     let signed = manifest.sign(key.key_pair());
-    let source = driver::FileSource::open(&file).map_err(|e| e.to_string())?;
+    let source = files::FileSource::open(&file).map_err(|e| e.to_string())?;
     let mut sender = Sender::new(cfg, manifest, &signed, Box::new(source), Instant::now())
         .map_err(|e| e.to_string())?;
     let sock = driver::send_socket(&sc).map_err(|e| e.to_string())?;
@@ -381,7 +380,9 @@ fn keygen(a: Args) -> Result<(), String> {
     Ok(())
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+// One thread: the socket is polled where it is read (a multi-thread runtime would wake this
+// thread from a worker for every readiness event); hashing and decoding have their own thread.
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let r = match parse_args() {
         Ok(a) => match a.cmd.as_str() {

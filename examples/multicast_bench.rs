@@ -42,9 +42,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdp};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outpost::multicast::driver::{
-    self, DiscardSink, FetchFuture, Fetcher, ReceiveOptions, SocketConfig,
-};
+use outpost::multicast::driver::{self, ReceiveOptions, SocketConfig};
+use outpost::multicast::files::{DiscardSink, FetchFuture, Fetcher};
 use outpost::multicast::{Manifest, Receiver, ReceiverConfig, Sender, SenderConfig, SigningKey};
 
 struct Opts {

@@ -8,16 +8,19 @@
 # --fetch-from (repair by NAK only) at each rate of RATES. Every received file is checked
 # by SHA-256; a run with a missing or different file counts as failed. Prints one table:
 # wall time per run (sender start to the last receiver done), goodput (file size / median
-# wall), bytes sent per file byte (outpost's repair overhead), and the ratio against UFTP.
+# wall), bytes sent per file byte (outpost's repair overhead), the most datagrams the
+# receivers' sockets dropped in one run (all receivers together), and the ratio against UFTP.
 #
 #   crates/multicast/scripts/vs_uftp.sh
 #   MODE=reliability crates/multicast/scripts/vs_uftp.sh   # outpost only: 30 runs at 5%,
 #                                                           # 10 at 20%, every file checked
+#   MODE=profile LOSSES=5 crates/multicast/scripts/vs_uftp.sh  # one run of each under perf
 #
 # Environment: RECEIVERS (2), SIZE_MIB (256), LOSSES ("0 1 5"), ROUNDS (3),
-# RATES ("8000 3000", Mbit/s ceilings), BIN (target/release/examples/multicast).
+# RATES ("8000 3000", Mbit/s ceilings), BIN (target/release/examples/multicast), PERF_KEEP
+# (a directory to keep MODE=profile's recordings in).
 # Run by hand as root; not part of CI. Requires ip, nft, uftp/uftpd (Debian: uftp,
-# nftables) and `cargo build --release --example multicast`.
+# nftables; perf, from linux-perf, for MODE=profile) and `cargo build --release --example multicast`.
 set -euo pipefail
 
 N=${RECEIVERS:-2}
@@ -111,9 +114,10 @@ run_outpost() {
     end=$(now)
     all_exact "$dir" || status=1
     grep -q "fetched blocks 0," "$dir"/r*.log || status=1
-    local over
+    local over drops
     over=$(grep -o '([0-9.]*x)' "$dir/send.log" | tr -d '()x' | tail -n 1)
-    awk "BEGIN { printf \"%.2f %s\n\", $end - $start, \"${over:-?}\" }"
+    drops=$(cat "$dir"/r*.log | grep -o 'socket drops [0-9]*' | awk '{ n += $3 } END { print n + 0 }')
+    awk "BEGIN { printf \"%.2f %s %s\n\", $end - $start, \"${over:-?}\", \"$drops\" }"
     rm -rf "$dir"
     return "$status"
 }
@@ -142,6 +146,26 @@ run_uftp() {
 
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
+if [ "$MODE" = profile ]; then
+    # One run of each under a system-wide sampling profile (software clock: the counters are
+    # often not available in a VM); prints where the CPU went by program and function.
+    set_loss "${LOSSES%% *}"
+    for what in outpost uftp; do
+        perf record -q -a -e cpu-clock -F 1999 -o "$WORK/$what.perf" -- bash -c \
+            "$(declare -f run_outpost run_uftp all_exact now ns addr); $(declare -p N WORK BIN PK WANT GROUP PFX); \
+             $( [ $what = outpost ] && echo "run_outpost ${RATES%% *}" || echo run_uftp )" \
+            > "$WORK/$what.wall" 2> /dev/null || echo "$what run failed" >&2
+        echo "== $what: $(cat "$WORK/$what.wall") (wall s, overhead) =="
+        for sort in comm comm,dso comm,symbol; do
+            perf report -q -i "$WORK/$what.perf" --sort "$sort" --percent-limit 1 2> /dev/null \
+                | sed 's/ *$//' | head -n 30
+            echo
+        done
+        [ -z "${PERF_KEEP:-}" ] || cp "$WORK/$what.perf" "$PERF_KEEP/$what.perf"
+    done
+    exit 0
+fi
+
 if [ "$MODE" = reliability ]; then
     for spec in "5 30" "20 10"; do
         set -- $spec
@@ -155,18 +179,21 @@ if [ "$MODE" = reliability ]; then
     exit 0
 fi
 
-echo "| loss | UFTP wall ($ROUNDS runs) | UFTP MB/s | $(for r in $RATES; do printf 'outpost --rate %s wall | MB/s | bytes/file byte | ratio | ' "$r"; done)"
+echo "| loss | UFTP wall ($ROUNDS runs) | UFTP MB/s | $(for r in $RATES; do printf 'outpost --rate %s wall | MB/s | bytes/file byte | socket drops | ratio | ' "$r"; done)"
 failed=0
 for loss in $LOSSES; do
     set_loss "$loss"
     declare -A walls=()
     declare -A overs=()
+    declare -A drops=()
     for round in $(seq 1 "$ROUNDS"); do
         if w=$(run_uftp); then walls[uftp]+="$w "; else walls[uftp]+="$w "; failed=$((failed + 1)); echo "UFTP run failed at ${loss}%" >&2; fi
         for r in $RATES; do
             if out=$(run_outpost "$r"); then :; else failed=$((failed + 1)); echo "outpost run failed at ${loss}% (rate $r)" >&2; fi
-            walls[$r]+="${out%% *} "
-            overs[$r]+="${out##* } "
+            read -r w o d <<< "$out"
+            walls[$r]+="$w "
+            overs[$r]+="$o "
+            drops[$r]+="$d "
         done
     done
     range() { echo "$1" | tr ' ' '\n' | grep . | sort -n | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.1f–%.1f s", lo, hi }'; }
@@ -175,10 +202,11 @@ for loss in $LOSSES; do
     for r in $RATES; do
         m=$(echo "${walls[$r]}" | tr ' ' '\n' | grep . | median)
         o=$(echo "${overs[$r]}" | tr ' ' '\n' | grep . | sort -n | tail -n 1)
-        line+="$(range "${walls[$r]}") | $(awk "BEGIN { printf \"%.0f\", $SIZE * 1.048576 / $m }") | ≤ $o | $(awk "BEGIN { printf \"%.2fx\", $mu / $m }") | "
+        d=$(echo "${drops[$r]}" | tr ' ' '\n' | grep . | sort -n | tail -n 1)
+        line+="$(range "${walls[$r]}") | $(awk "BEGIN { printf \"%.0f\", $SIZE * 1.048576 / $m }") | ≤ $o | ≤ $d | $(awk "BEGIN { printf \"%.2fx\", $mu / $m }") | "
     done
     echo "$line"
-    unset walls overs
+    unset walls overs drops
 done
 echo "($N receivers, $SIZE MiB, ratio = UFTP median wall / outpost median wall: above 1 is faster than UFTP; $failed failed runs)"
 [ "$failed" -eq 0 ]

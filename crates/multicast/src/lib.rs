@@ -17,8 +17,10 @@
 //! * [`sim`]: a deterministic in-memory network (seeded loss, bursts, reordering,
 //!   duplication, partitions) driving one sender and many receivers.
 //! * [`driver`]: socket2/tokio sockets (group join, interface, TTL, loopback, buffers; IPv4
-//!   and IPv6), file source and sink with temporary name, whole-file check, rename and resume,
-//!   and a pluggable unicast [`driver::Fetcher`] for blocks the session did not deliver.
+//!   and IPv6) and the loops that run the cores over them.
+//! * [`files`]: the file source and the sink (temporary name, whole-file check, writeback
+//!   while the session runs, rename and resume), and a pluggable unicast
+//!   [`files::Fetcher`] for blocks the session did not deliver.
 //!   With [`SenderConfig::offload_encoding`] and [`ReceiverConfig::offload_block_work`] the
 //!   cores hand their FEC and hashing work out as [`EncodeJob`]s / [`BlockJob`]s, which the
 //!   driver runs on worker threads so the sockets keep being served.
@@ -40,6 +42,7 @@
 pub mod config;
 pub mod driver;
 pub mod error;
+pub mod files;
 pub mod manifest;
 pub mod packet;
 pub mod rate;

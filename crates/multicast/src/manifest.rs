@@ -313,8 +313,21 @@ impl ManifestBuilder {
         self.file_size += block.len() as u64;
     }
 
+    /// Adds the next block to the block list only: the whole-file hash is taken elsewhere
+    /// and given to [`ManifestBuilder::finish_with`] (on another thread, at the same time).
+    pub(crate) fn push_block_hash_only(&mut self, block: &[u8]) {
+        self.blocks.push(block_hash(block));
+        self.file_size += block.len() as u64;
+    }
+
     /// Finishes the manifest.
     pub fn finish(mut self) -> Result<Manifest> {
+        let file = std::mem::take(&mut self.file);
+        self.finish_with(file.finish())
+    }
+
+    /// Finishes the manifest with a whole-file hash taken elsewhere.
+    pub(crate) fn finish_with(mut self, file_hash: [u8; 32]) -> Result<Manifest> {
         if self.blocks.is_empty() {
             self.blocks.push(block_hash(&[]));
         }
@@ -324,7 +337,7 @@ impl ManifestBuilder {
             file_size: self.file_size,
             symbol_size: self.symbol_size,
             block_symbols: self.block_symbols,
-            file_hash: self.file.finish(),
+            file_hash,
             block_hashes: self.blocks,
         })
     }

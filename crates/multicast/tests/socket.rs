@@ -4,7 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdp};
 use std::time::{Duration, Instant};
 
-use outpost_multicast::driver::{self, FileSink, LocalFileFetcher, NoFetcher, ReceiveOptions};
+use outpost_multicast::driver::{self, ReceiveOptions};
+use outpost_multicast::files::{self, FileSink, LocalFileFetcher, NoFetcher};
 use outpost_multicast::{Receiver, ReceiverConfig, Sender, SenderConfig, SigningKey};
 
 mod common;
@@ -97,7 +98,7 @@ async fn late_receiver_fetches_and_crash_resumes() {
     scfg.announce_interval_ms = 20;
     scfg.block_symbols = 64;
     let manifest =
-        driver::manifest_for_file(&src, 0x77, "pkg.bin", scfg.symbol_size, scfg.block_symbols)
+        files::manifest_for_file(&src, 0x77, "pkg.bin", scfg.symbol_size, scfg.block_symbols)
             .unwrap();
     let signed = manifest.sign(key.key_pair());
 
@@ -105,7 +106,7 @@ async fn late_receiver_fetches_and_crash_resumes() {
     let out = tempfile::tempdir().unwrap();
     let part = out
         .path()
-        .join(driver::part_file_name("pkg.bin", &manifest.file_hash));
+        .join(files::part_file_name("pkg.bin", &manifest.file_hash));
     let mut partial = vec![0u8; data.len()];
     let half = manifest.block_offset(manifest.block_count() / 2) as usize;
     partial[..half].copy_from_slice(&data[..half]);
@@ -117,7 +118,7 @@ async fn late_receiver_fetches_and_crash_resumes() {
         scfg,
         manifest.clone(),
         &signed,
-        Box::new(driver::FileSource::open(&src).unwrap()),
+        Box::new(files::FileSource::open(&src).unwrap()),
         Instant::now(),
     )
     .unwrap();
@@ -159,7 +160,7 @@ async fn late_receiver_fetches_and_crash_resumes() {
     send.await.unwrap();
 
     // Without a fetcher, a missing block is a clear error naming the block.
-    use outpost_multicast::driver::Fetcher;
+    use outpost_multicast::files::Fetcher;
     let err = NoFetcher
         .fetch_block(&manifest, 3)
         .await

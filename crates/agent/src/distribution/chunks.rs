@@ -286,7 +286,7 @@ pub async fn download<T: AsyncRead + AsyncWrite + Unpin>(
     let id = &ann.object_id;
     let done = dir.join(id);
     let part = dir.join(format!("{id}.{}.download", hex(&ann.sha256[..8])));
-    // (A multicast reception of the same update uses `driver::part_file_name`; the two
+    // (A multicast reception of the same update uses `files::part_file_name`; the two
     // layouts differ: this one is a prefix, that one a sparse file.)
     let mut f = tokio::fs::OpenOptions::new()
         .read(true)

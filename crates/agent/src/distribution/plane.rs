@@ -9,9 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use outpost_multicast::driver::{
-    self, FetchFuture, Fetcher, FileSink, FileSource, ReceiveOptions, Sink, SocketConfig,
-};
+use outpost_multicast::driver::{self, ReceiveOptions, SocketConfig};
+use outpost_multicast::files::{self, FetchFuture, Fetcher, FileSink, FileSource, Sink};
 use outpost_multicast::{Manifest, Receiver, ReceiverConfig, Sender, SenderConfig, SigningKey};
 use outpost_wire::MessageCodec;
 use outpost_wire::messages::{DpStatus, ScopeRef, UpdateAnnouncement};
@@ -403,7 +402,7 @@ async fn obtain(ctx: &Ctx, ann: &UpdateAnnouncement, mut plan: watch::Receiver<A
             r = attempt(ctx, ann, &route) => match r {
                 Ok(via) => {
                     // A partial multicast file left by an earlier route is of no use now.
-                    let part = ctx.dir.join(driver::part_file_name(&ann.object_id, &ann.sha256));
+                    let part = ctx.dir.join(files::part_file_name(&ann.object_id, &ann.sha256));
                     let _ = tokio::fs::remove_file(part).await;
                     log::info!("agent {id}: update {:?} complete from {source}", ann.object_id);
                     return via;
@@ -635,7 +634,7 @@ async fn multicast(
     );
     let session = random_u64();
     let manifest =
-        tokio::task::spawn_blocking(move || driver::manifest_for_file(&p, session, &name, sym, bs))
+        tokio::task::spawn_blocking(move || files::manifest_for_file(&p, session, &name, sym, bs))
             .await
             .map_err(dist)?
             .map_err(dist)?;

@@ -5,9 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdp};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use outpost_multicast::driver::{
-    self, Fetcher, FileSink, ReceiveOptions, ReceiveOutcome, SocketConfig,
-};
+use outpost_multicast::driver::{self, ReceiveOptions, ReceiveOutcome, SocketConfig};
+use outpost_multicast::files::{self, Fetcher, FileSink};
 use outpost_multicast::packet::Packet;
 use outpost_multicast::{
     Manifest, Receiver, ReceiverConfig, Sender, SenderConfig, SenderStats, SigningKey,
@@ -80,7 +79,7 @@ pub fn spawn_receivers(
             } else {
                 ReceiveOptions::default()
             };
-            spawn_receiver(g, c, rcfg, sender_key, opts, Box::new(driver::NoFetcher))
+            spawn_receiver(g, c, rcfg, sender_key, opts, Box::new(files::NoFetcher))
         })
         .collect()
 }
@@ -135,7 +134,7 @@ pub async fn send_file(
     session: u64,
     scfg: SenderConfig,
 ) -> SenderStats {
-    let manifest = driver::manifest_for_file(
+    let manifest = files::manifest_for_file(
         src,
         session,
         "update.bin",
@@ -144,7 +143,7 @@ pub async fn send_file(
     )
     .unwrap();
     let signed = manifest.sign(key.key_pair());
-    let source = driver::FileSource::open(src).unwrap();
+    let source = files::FileSource::open(src).unwrap();
     let mut sender =
         Sender::new(scfg, manifest, &signed, Box::new(source), Instant::now()).unwrap();
     tokio::time::timeout(

@@ -5,6 +5,7 @@
 //! cargo run --release --example multicast -- send --group 239.255.0.1 --iface 127.0.0.1 --key KEYFILE FILE
 //! cargo run --release --example multicast -- receive --group 239.255.0.1 --iface 127.0.0.1 \
 //!     --sender-key HEX --out DIR [--fetch-from FILE] [--loss 0.05]
+//! cargo run --release --example multicast -- send --help
 //! ```
 //!
 //! `--group` takes `ADDR` or `ADDR:PORT` (default port 15001). `--iface` is the IPv4 address
@@ -22,6 +23,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use clap::{Parser, Subcommand};
+
 use outpost::multicast::driver::{self, ReceiveOptions, SocketConfig};
 use outpost::multicast::files::{self, Fetcher, FileSink, LocalFileFetcher, NoFetcher};
 use outpost::multicast::manifest::hex;
@@ -29,27 +32,89 @@ use outpost::multicast::{
     DEFAULT_PORT, Receiver, ReceiverConfig, Sender, SenderConfig, SenderEvent, SigningKey,
 };
 
-const USAGE: &str = "usage:
-  multicast keygen --out KEYFILE
-  multicast send --group ADDR[:PORT] --iface IF --key KEYFILE [--rate MBIT] [--ttl N] [--loopback] [--expect N] [--expect-timeout-ms MS] [--linger-ms MS] FILE
-  multicast receive --group ADDR[:PORT] --iface IF --sender-key HEX --out DIR [--fetch-from FILE] [--loss FRACTION] [--loopback]";
+/// Send or receive one file over UDP multicast.
+#[derive(Parser)]
+#[command(name = "multicast", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
 
-struct Args {
-    cmd: String,
-    group: Option<SocketAddr>,
-    iface: Option<String>,
-    key: Option<PathBuf>,
-    sender_key: Option<Vec<u8>>,
-    out: Option<PathBuf>,
-    fetch_from: Option<PathBuf>,
-    rate_mbit: u64,
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write a new sender key (a 64-hex-digit Ed25519 seed, mode 0600) and print the public
+    /// key receivers are given.
+    Keygen {
+        /// Key file to create (must not exist).
+        #[arg(long, value_name = "KEYFILE")]
+        out: PathBuf,
+    },
+    /// Send FILE to the group, repair what receivers ask for, report who finished.
+    Send(SendArgs),
+    /// Receive one file from the group into a directory.
+    Receive(ReceiveArgs),
+}
+
+#[derive(clap::Args)]
+struct GroupArgs {
+    /// Multicast group, ADDR or ADDR:PORT (port 15001 when left out).
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_group)]
+    group: SocketAddr,
+    /// IPv4 address of the interface to use; for an IPv6 group, the interface index.
+    #[arg(long, value_name = "IF")]
+    iface: String,
+    /// Multicast TTL / hop limit (1 keeps the traffic on the local link).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=255))]
     ttl: u32,
-    loss: f64,
+    /// Deliver to listeners on this host too (set by itself for a loopback --iface).
+    #[arg(long)]
     loopback: bool,
+}
+
+#[derive(clap::Args)]
+struct SendArgs {
+    #[command(flatten)]
+    group: GroupArgs,
+    /// The sender's key file (from `keygen`).
+    #[arg(long, value_name = "KEYFILE")]
+    key: PathBuf,
+    /// Rate ceiling, Mbit/s.
+    #[arg(long = "rate", value_name = "MBIT", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    rate_mbit: u64,
+    /// Keep polling and repairing until this many receivers reported done (a receiver
+    /// without --fetch-from asks by NAK for everything it lacks); exit non-zero, naming
+    /// those that did report, if fewer did.
+    #[arg(long, value_name = "N", default_value_t = 0)]
     expect: u32,
+    /// How long after the data went out to wait for the --expect receivers, ms.
+    #[arg(long, value_name = "MS", default_value_t = 600_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
     expect_timeout_ms: u64,
+    /// How long to listen for completion reports after the session, ms.
+    #[arg(long, value_name = "MS", default_value_t = 3000)]
     linger_ms: u64,
-    file: Option<PathBuf>,
+    /// The file to send.
+    file: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct ReceiveArgs {
+    #[command(flatten)]
+    group: GroupArgs,
+    /// The sender's public key, 64 hex digits (printed by `keygen`).
+    #[arg(long, value_name = "HEX", value_parser = parse_public_key)]
+    sender_key: [u8; 32],
+    /// Directory to write the file into.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// A local copy to fetch blocks from that the session did not deliver (without it,
+    /// every missing block is asked for by NAK).
+    #[arg(long, value_name = "FILE")]
+    fetch_from: Option<PathBuf>,
+    /// Drop this fraction of the datagrams received, in [0, 1) (loss injection).
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.0, value_parser = parse_loss)]
+    loss: f64,
 }
 
 fn parse_hex(s: &str, what: &str) -> Result<Vec<u8>, String> {
@@ -62,118 +127,41 @@ fn parse_hex(s: &str, what: &str) -> Result<Vec<u8>, String> {
         .collect()
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut it = std::env::args().skip(1);
-    let cmd = it.next().ok_or("missing command")?;
-    let mut a = Args {
-        cmd,
-        group: None,
-        iface: None,
-        key: None,
-        sender_key: None,
-        out: None,
-        fetch_from: None,
-        rate_mbit: 100,
-        ttl: 1,
-        loss: 0.0,
-        loopback: false,
-        expect: 0,
-        expect_timeout_ms: 600_000,
-        linger_ms: 3000,
-        file: None,
-    };
-    while let Some(flag) = it.next() {
-        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
-        match flag.as_str() {
-            "--group" => {
-                let v = value("--group")?;
-                let g = v
-                    .parse::<SocketAddr>()
-                    .or_else(|_| {
-                        v.parse::<IpAddr>()
-                            .map(|ip| SocketAddr::new(ip, DEFAULT_PORT))
-                    })
-                    .map_err(|_| format!("--group: {v:?} is not ADDR or ADDR:PORT"))?;
-                if !g.ip().is_multicast() {
-                    return Err(format!("--group: {} is not a multicast address", g.ip()));
-                }
-                a.group = Some(g);
-            }
-            "--iface" => a.iface = Some(value("--iface")?),
-            "--key" => a.key = Some(value("--key")?.into()),
-            "--sender-key" => {
-                let v = value("--sender-key")?;
-                let k = parse_hex(&v, "--sender-key")?;
-                if k.len() != 32 {
-                    return Err(format!("--sender-key: {} bytes, expected 32", k.len()));
-                }
-                a.sender_key = Some(k);
-            }
-            "--out" => a.out = Some(value("--out")?.into()),
-            "--fetch-from" => a.fetch_from = Some(value("--fetch-from")?.into()),
-            "--rate" => {
-                let v = value("--rate")?;
-                a.rate_mbit = v
-                    .parse()
-                    .ok()
-                    .filter(|r| *r > 0)
-                    .ok_or(format!("--rate: {v:?} is not a positive number of Mbit/s"))?;
-            }
-            "--ttl" => {
-                let v = value("--ttl")?;
-                a.ttl = v
-                    .parse()
-                    .ok()
-                    .filter(|t| *t <= 255)
-                    .ok_or(format!("--ttl: {v:?} not in 0..=255"))?;
-            }
-            "--loss" => {
-                let v = value("--loss")?;
-                a.loss = v
-                    .parse()
-                    .ok()
-                    .filter(|l: &f64| (0.0..1.0).contains(l))
-                    .ok_or(format!("--loss: {v:?} not in [0, 1)"))?;
-            }
-            "--loopback" => a.loopback = true,
-            "--expect-timeout-ms" => {
-                let v = value("--expect-timeout-ms")?;
-                a.expect_timeout_ms = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                    format!("--expect-timeout-ms: {v:?} is not a positive number of milliseconds")
-                })?;
-            }
-            "--expect" => {
-                let v = value("--expect")?;
-                a.expect = v
-                    .parse()
-                    .map_err(|_| format!("--expect: {v:?} is not a number of receivers"))?;
-            }
-            "--linger-ms" => {
-                let v = value("--linger-ms")?;
-                // The range is checked with the rest of the sender's settings.
-                a.linger_ms = v
-                    .parse()
-                    .map_err(|_| format!("--linger-ms: {v:?} is not a number of ms"))?;
-            }
-            f if f.starts_with("--") => return Err(format!("unknown flag {f}")),
-            f => {
-                if a.file.replace(f.into()).is_some() {
-                    return Err(format!("unexpected extra argument {f:?}"));
-                }
-            }
-        }
+fn parse_group(v: &str) -> Result<SocketAddr, String> {
+    let g = v
+        .parse::<SocketAddr>()
+        .or_else(|_| {
+            v.parse::<IpAddr>()
+                .map(|ip| SocketAddr::new(ip, DEFAULT_PORT))
+        })
+        .map_err(|_| format!("{v:?} is not ADDR or ADDR:PORT"))?;
+    if !g.ip().is_multicast() {
+        return Err(format!("{} is not a multicast address", g.ip()));
     }
-    Ok(a)
+    Ok(g)
 }
 
-fn socket_config(a: &Args) -> Result<SocketConfig, String> {
-    let group = a.group.ok_or("--group is required")?;
-    let iface = a.iface.as_deref().ok_or("--iface is required")?;
+fn parse_public_key(v: &str) -> Result<[u8; 32], String> {
+    let k = parse_hex(v, "key")?;
+    k.as_slice()
+        .try_into()
+        .map_err(|_| format!("{} bytes, expected 32", k.len()))
+}
+
+fn parse_loss(v: &str) -> Result<f64, String> {
+    v.parse()
+        .ok()
+        .filter(|l: &f64| (0.0..1.0).contains(l))
+        .ok_or(format!("{v:?} not in [0, 1)"))
+}
+
+fn socket_config(a: &GroupArgs) -> Result<SocketConfig, String> {
+    let iface = &a.iface;
     let mut c = SocketConfig::default();
-    c.group = group;
+    c.group = a.group;
     c.ttl = a.ttl;
     c.loopback = a.loopback;
-    match group {
+    match a.group {
         SocketAddr::V4(_) => {
             c.iface_v4 = iface
                 .parse::<Ipv4Addr>()
@@ -197,10 +185,10 @@ fn mbit(bytes: u64, secs: f64) -> f64 {
     bytes as f64 * 8.0 / secs.max(1e-9) / 1e6
 }
 
-async fn send(a: Args) -> Result<(), String> {
-    let sc = socket_config(&a)?;
-    let file = a.file.clone().ok_or("send needs a FILE")?;
-    let key_path = a.key.clone().ok_or("--key is required")?;
+async fn send(a: SendArgs) -> Result<(), String> {
+    let sc = socket_config(&a.group)?;
+    let file = a.file.clone();
+    let key_path = a.key.clone();
     let seed_hex = std::fs::read_to_string(&key_path)
         .map_err(|e| format!("--key {}: {e}", key_path.display()))?;
     let key = SigningKey::from_seed(&parse_hex(seed_hex.trim(), "key file")?)
@@ -230,7 +218,7 @@ async fn send(a: Args) -> Result<(), String> {
         manifest.block_count(),
         hex(&manifest.file_hash),
         sc.group,
-        a.iface.as_deref().unwrap_or("?"),
+        a.group.iface,
         hex(&key.public_key())
     );
     let signed = manifest.sign(key.key_pair());
@@ -294,10 +282,10 @@ async fn send(a: Args) -> Result<(), String> {
     Ok(())
 }
 
-async fn receive(a: Args) -> Result<(), String> {
-    let sc = socket_config(&a)?;
-    let out = a.out.clone().ok_or("--out is required")?;
-    let pk = a.sender_key.clone().ok_or("--sender-key is required")?;
+async fn receive(a: ReceiveArgs) -> Result<(), String> {
+    let sc = socket_config(&a.group)?;
+    let out = a.out.clone();
+    let pk = a.sender_key;
     let mut rcfg = ReceiverConfig::default();
     rcfg.seed = u64::from(std::process::id());
     // Blocks are decoded and hashed on a worker thread while the socket keeps being read.
@@ -313,11 +301,7 @@ async fn receive(a: Args) -> Result<(), String> {
     let g = driver::group_socket(&sc).map_err(|e| e.to_string())?;
     let c = driver::control_socket(&sc).map_err(|e| e.to_string())?;
     let opts = ReceiveOptions::with_loss(a.loss, u64::from(std::process::id()));
-    eprintln!(
-        "listening on {} via {}",
-        sc.group,
-        a.iface.as_deref().unwrap_or("?")
-    );
+    eprintln!("listening on {} via {}", sc.group, a.group.iface);
     // First time the manifest was seen, and the bytes held then.
     let mut start: Option<(Instant, u64)> = None;
     let res = driver::run_receiver(&g, &c, &mut rx, &mut sink, fetcher.as_mut(), &opts, |r| {
@@ -354,8 +338,7 @@ async fn receive(a: Args) -> Result<(), String> {
     Ok(())
 }
 
-fn keygen(a: Args) -> Result<(), String> {
-    let out = a.out.ok_or("--out is required")?;
+fn keygen(out: PathBuf) -> Result<(), String> {
     let mut seed = [0u8; 32];
     use std::io::Read;
     std::fs::File::open("/dev/urandom")
@@ -384,17 +367,13 @@ fn keygen(a: Args) -> Result<(), String> {
 // thread from a worker for every readiness event); hashing and decoding have their own thread.
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let r = match parse_args() {
-        Ok(a) => match a.cmd.as_str() {
-            "send" => send(a).await,
-            "receive" => receive(a).await,
-            "keygen" => keygen(a),
-            other => Err(format!("unknown command {other:?}")),
-        },
-        Err(e) => Err(e),
+    let r = match Cli::parse().cmd {
+        Cmd::Send(a) => send(a).await,
+        Cmd::Receive(a) => receive(a).await,
+        Cmd::Keygen { out } => keygen(out),
     };
     if let Err(e) = r {
-        eprintln!("error: {e}\n{USAGE}");
-        std::process::exit(2);
+        eprintln!("error: {e}");
+        std::process::exit(1);
     }
 }

@@ -146,7 +146,7 @@ impl<W> TicketTable<W> {
     }
 
     /// The earliest expiry among waiting tickets, for the caller's timer.
-    pub fn next_expiry(&self) -> Option<Instant> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         self.pending.values().map(|p| p.expires).min()
     }
 
@@ -337,7 +337,7 @@ mod tests {
         let gone = t.drop_session(1);
         assert_eq!(gone, vec![(1, "a")]);
         assert_eq!(t.pending(), 1);
-        assert_eq!(t.next_expiry(), Some(t0 + Duration::from_secs(5)));
+        assert_eq!(t.poll_timeout(), Some(t0 + Duration::from_secs(5)));
     }
 
     proptest! {

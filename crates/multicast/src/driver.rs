@@ -308,7 +308,7 @@ pub async fn run_sender(
             return Ok(sender.stats().clone());
         }
         let deadline = sender
-            .next_timeout()
+            .poll_timeout()
             .unwrap_or(now + Duration::from_millis(50));
         if deadline > Instant::now() {
             tokio::select! {
@@ -823,7 +823,7 @@ pub async fn run_receiver(
             worker.submit(job)?;
         }
         let now = Instant::now();
-        if rx.next_timeout().is_some_and(|t| t <= now) {
+        if rx.poll_timeout().is_some_and(|t| t <= now) {
             rx.handle_timeout(now);
         }
         while let Some(ev) = rx.poll_event() {
@@ -897,7 +897,7 @@ pub async fn run_receiver(
             });
         }
         let deadline = rx
-            .next_timeout()
+            .poll_timeout()
             .unwrap_or(now + Duration::from_millis(250))
             .min(now + Duration::from_millis(250));
         tokio::select! {

@@ -356,7 +356,7 @@ pub fn run(cfg: &SimConfig, data: &[u8]) -> Result<SimOutcome> {
         // Timers.
         for n in nodes.iter_mut() {
             if let Some(rx) = n.rx.as_mut()
-                && rx.next_timeout().is_some_and(|d| d <= t)
+                && rx.poll_timeout().is_some_and(|d| d <= t)
             {
                 rx.handle_timeout(t);
             }
@@ -485,7 +485,7 @@ pub fn run(cfg: &SimConfig, data: &[u8]) -> Result<SimOutcome> {
         if let Some(Reverse(e)) = queue.peek() {
             next = next.min(e.at);
         }
-        if let Some(s) = sender.next_timeout() {
+        if let Some(s) = sender.poll_timeout() {
             next = next.min(s.saturating_duration_since(base));
         }
         let job_dues = sender_jobs.iter().map(|(d, _)| *d);
@@ -495,7 +495,7 @@ pub fn run(cfg: &SimConfig, data: &[u8]) -> Result<SimOutcome> {
         for n in &nodes {
             match &n.rx {
                 Some(rx) => {
-                    if let Some(d) = rx.next_timeout() {
+                    if let Some(d) = rx.poll_timeout() {
                         next = next.min(d.saturating_duration_since(base));
                     }
                 }

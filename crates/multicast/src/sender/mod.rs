@@ -1,4 +1,12 @@
-//! The sans-IO sender state machine.
+//! The sans-IO sender state machine: the manifest, then every block's source symbols at the
+//! paced rate, polls, and repair symbols for the worst NAK. Encoders are built by
+//! [`EncodeJob`]s (on another thread when the driver offloads them); the rate's reaction to
+//! loss and load is in `rate_control`.
+
+mod encode;
+mod rate_control;
+
+pub use encode::{EncodeJob, EncodeResult};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -190,65 +198,6 @@ const MAX_ENCODE_JOBS: usize = 2;
 /// overflows), past its buffer budget in the end.
 const MAX_BLOCKS_AWAITING_ENCODER: usize = 4;
 
-/// Building one block's RaptorQ encoder (the work before its first repair symbol), handed
-/// out by [`Sender::poll_job`] when [`SenderConfig::offload_encoding`] is set so the driver
-/// can run it on another thread while source data keeps flowing. Give the result to
-/// [`Sender::complete_job`].
-pub struct EncodeJob {
-    block: u32,
-    symbol_size: u16,
-    data: Vec<u8>,
-}
-
-impl std::fmt::Debug for EncodeJob {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EncodeJob")
-            .field("block", &self.block)
-            .field("bytes", &self.data.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl EncodeJob {
-    /// The block this job encodes.
-    pub fn block(&self) -> u32 {
-        self.block
-    }
-
-    /// Builds the encoder. Pure computation: no IO, no clock.
-    pub fn run(self) -> EncodeResult {
-        let oti = ObjectTransmissionInformation::new(0, self.symbol_size, 0, 1, 1);
-        EncodeResult {
-            block: self.block,
-            encoder: SourceBlockEncoder::new(0, &oti, &self.data),
-            spare: self.data,
-        }
-    }
-}
-
-/// A built encoder from an [`EncodeJob`].
-pub struct EncodeResult {
-    block: u32,
-    encoder: SourceBlockEncoder,
-    /// The block's bytes, free for the next job (the encoder holds its own copy).
-    spare: Vec<u8>,
-}
-
-impl std::fmt::Debug for EncodeResult {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EncodeResult")
-            .field("block", &self.block)
-            .finish_non_exhaustive()
-    }
-}
-
-impl EncodeResult {
-    /// The block the encoder is for.
-    pub fn block(&self) -> u32 {
-        self.block
-    }
-}
-
 /// The sender of one session.
 pub struct Sender {
     cfg: SenderConfig,
@@ -419,7 +368,7 @@ impl Sender {
     }
 
     /// When the driver should call [`Sender::poll_transmit`] next (if nothing arrives before).
-    pub fn next_timeout(&self) -> Option<Instant> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
             Phase::Finished => None,
             Phase::Ending => Some(self.bucket.ready_at(0)),
@@ -464,7 +413,7 @@ impl Sender {
     }
 
     /// Writes the next datagram to send to the group into `out` (cleared first).
-    /// Returns `Ok(false)` when nothing may be sent now; see [`Sender::next_timeout`].
+    /// Returns `Ok(false)` when nothing may be sent now; see [`Sender::poll_timeout`].
     pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> Result<bool> {
         out.clear();
         if self.phase == Phase::Finished {
@@ -958,74 +907,5 @@ impl Sender {
         } else {
             self.loss_at_cut = None;
         }
-    }
-
-    fn handle_load(&mut self, now: Instant, from: SocketAddr, poll: u32, jobs: u32, dropped: u32) {
-        // Only while data flows at the rate the report is about, and only for a poll that
-        // was sent and is recent enough to say something about the current rate.
-        let current = matches!(self.phase, Phase::Data | Phase::Drain)
-            && poll <= self.poll_seq
-            && self.poll_high.iter().any(|(p, _)| *p == poll);
-        if !current {
-            self.stats.stale_load_reports += 1;
-            return;
-        }
-        self.stats.load_reports += 1;
-        // No increase while any receiver is behind. A cut when its socket dropped
-        // datagrams, or when the same receiver reported for the previous poll too and its
-        // backlog has not shrunk since (one report alone may be a burst of blocks completed
-        // by the same round of repair; a shrinking backlog is already below the rate it
-        // can check). At most once per poll round: a report answering a poll sent before
-        // the last cut is about the rate before it.
-        self.slowdown_since_poll = true;
-        let prev = self.load_from.get(&from).copied();
-        if prev.is_none() && self.load_from.len() >= MAX_LOAD_TRACKED {
-            // Receivers whose last report answers a poll no longer tracked have stopped
-            // reporting: room for new ones. (Whoever can keep thousands of forged
-            // addresses reporting can as well cut the rate to its floor with forged drop
-            // counts, the harm forged reports are bounded by.)
-            let oldest = self.poll_high.front().map_or(0, |(p, _)| *p);
-            self.load_from
-                .retain(|_, (p, _)| p.saturating_add(1) >= oldest);
-        }
-        let tracked = prev.is_some() || self.load_from.len() < MAX_LOAD_TRACKED;
-        let growing = prev.is_some_and(|(p, j)| p.checked_add(1) == Some(poll) && jobs >= j);
-        if tracked && prev.is_none_or(|(p, _)| poll > p) {
-            self.load_from.insert(from, (poll, jobs));
-        }
-        if (dropped > 0 || growing) && poll > self.cut_poll {
-            self.cut_rate(now);
-        }
-    }
-
-    /// Loss above `loss_backoff_permille`: cuts the rate at most once per poll interval,
-    /// and after a loss-driven cut again only when the loss grew by more than
-    /// [`LOSS_GROWTH_PERMILLE`]: random loss that stays where it was however slow the
-    /// sender goes (a lossy radio link, a filter) would otherwise cut it to its floor and
-    /// keep it there, while repair needs the rate most.
-    fn slow_down(&mut self, now: Instant, loss_permille: u16) {
-        self.slowdown_since_poll = true;
-        if self
-            .loss_at_cut
-            .is_some_and(|l| loss_permille <= l.saturating_add(LOSS_GROWTH_PERMILLE))
-        {
-            return;
-        }
-        let hold = Duration::from_millis(self.cfg.poll_interval_ms);
-        if self.last_backoff.is_none_or(|t| now >= t + hold) {
-            self.cut_rate(now);
-            self.loss_at_cut = Some(loss_permille);
-        }
-    }
-
-    /// Multiplies the rate by `backoff_factor` (not below `min_rate_bps`).
-    fn cut_rate(&mut self, now: Instant) {
-        let min = self.cfg.min_rate_bps as f64 / 8.0;
-        let r = (self.bucket.rate() * self.cfg.backoff_factor).max(min);
-        self.bucket.set_rate(now, r);
-        self.stats.rate_bps = (r * 8.0) as u64;
-        self.stats.backoffs += 1;
-        self.last_backoff = Some(now);
-        self.cut_poll = self.poll_seq;
     }
 }

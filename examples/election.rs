@@ -2,58 +2,63 @@
 //!
 //! ```text
 //! cargo run --release --example election -- --seed 7 --dps 3000 --groups 1000 --devices 20000 --steps 200
+//! cargo run --release --example election -- --help
 //! ```
 //!
-//! Flags (all optional): `--seed N`, `--dps N`, `--groups N`, `--devices N`, `--steps N`,
-//! `--missed N` (missed heartbeats before a DP is down). Exits with status 1 if any invariant
-//! was broken, 2 on a bad flag.
+//! Exits with status 1 if any invariant was broken, 2 on a bad flag.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
+use clap::Parser;
+use clap::builder::TypedValueParser;
 use outpost::election::sim::{Sim, SimConfig};
 
-fn parse(args: &[String]) -> Result<SimConfig, String> {
-    let mut c = SimConfig::default();
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| format!("flag {flag} needs a value"))?;
-        let number = |max: u64| -> Result<u64, String> {
-            let n: u64 = value
-                .parse()
-                .map_err(|_| format!("flag {flag}: {value:?} is not a whole number"))?;
-            if n > max {
-                return Err(format!("flag {flag}: {n} is above the limit of {max}"));
-            }
-            Ok(n)
-        };
-        match flag.as_str() {
-            "--seed" => c.seed = number(u64::MAX)?,
-            "--dps" => c.dps = number(60_000)? as usize,
-            "--groups" => c.groups = number(1_000_000)? as usize,
-            "--devices" => c.devices = number(10_000_000)? as usize,
-            "--steps" => c.steps = number(100_000)? as usize,
-            "--missed" => {
-                c.election.missed_heartbeats = u32::try_from(number(1_000)?)
-                    .map_err(|_| format!("flag {flag}: {value} is too large"))?;
-            }
-            other => return Err(format!("unknown flag {other:?}")),
-        }
+/// Run the deterministic election simulation (crashes, partitions, rejoins, full disks,
+/// administrator switches) and check its invariants.
+#[derive(Parser)]
+#[command(name = "election", version)]
+struct Cli {
+    /// Seed of the simulation: the same seed gives the same run and digest.
+    #[arg(long, default_value_t = SimConfig::default().seed)]
+    seed: u64,
+    /// Distribution points.
+    #[arg(long, default_value_t = SimConfig::default().dps,
+          value_parser = clap::value_parser!(u32).range(0..=60_000).map(|n| n as usize))]
+    dps: usize,
+    /// Groups the distribution points serve.
+    #[arg(long, default_value_t = SimConfig::default().groups,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000).map(|n| n as usize))]
+    groups: usize,
+    /// Devices.
+    #[arg(long, default_value_t = SimConfig::default().devices,
+          value_parser = clap::value_parser!(u32).range(0..=10_000_000).map(|n| n as usize))]
+    devices: usize,
+    /// Rounds to run.
+    #[arg(long, default_value_t = SimConfig::default().steps,
+          value_parser = clap::value_parser!(u32).range(0..=100_000).map(|n| n as usize))]
+    steps: usize,
+    /// Missed heartbeats before a distribution point counts as down.
+    #[arg(long, default_value_t = SimConfig::default().election.missed_heartbeats,
+          value_parser = clap::value_parser!(u32).range(0..=1_000))]
+    missed: u32,
+}
+
+impl Cli {
+    fn config(&self) -> SimConfig {
+        let mut c = SimConfig::default();
+        c.seed = self.seed;
+        c.dps = self.dps;
+        c.groups = self.groups;
+        c.devices = self.devices;
+        c.steps = self.steps;
+        c.election.missed_heartbeats = self.missed;
+        c
     }
-    Ok(c)
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let config = match parse(&args) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("election: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let config = Cli::parse().config();
     let started = Instant::now();
     let sim = match Sim::new(config.clone()) {
         Ok(s) => s,

@@ -34,19 +34,16 @@ impl FileSource {
 
 impl BlockSource for FileSource {
     fn read_block(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.file
-            .seek(SeekFrom::Start(offset))
-            .and_then(|_| self.file.read_exact(buf))
-            .map_err(|e| {
-                Error::io(
-                    format!(
-                        "read {} bytes at {offset} of {}",
-                        buf.len(),
-                        self.path.display()
-                    ),
-                    e,
-                )
-            })
+        read_at(&mut self.file, offset, buf).map_err(|e| {
+            Error::io(
+                format!(
+                    "read {} bytes at {offset} of {}",
+                    buf.len(),
+                    self.path.display()
+                ),
+                e,
+            )
+        })
     }
 }
 

@@ -319,7 +319,7 @@ impl AccountBook {
     }
 
     /// [`check_api_token`](Self::check_api_token) for a secret already hashed
-    /// ([`api_token_sha256`]): one hash for a token looked up in many books.
+    /// (`api_token_sha256`): one hash for a token looked up in many books.
     pub fn check_api_token_sha256(&self, sha256: &str) -> Option<(&str, Role)> {
         let t = self.tokens.get(sha256)?;
         let a = self.accounts.get(&t.account)?;

@@ -7,10 +7,10 @@ use super::Partial;
 use crate::manifest::block_hash;
 
 /// The work that completes one block: FEC decoding when source symbols are missing, then
-/// the check against the block's hash. Handed out by [`Receiver::poll_job`] when
-/// [`ReceiverConfig::offload_block_work`] is set, so the driver can run it on another
+/// the check against the block's hash. Handed out by [`Receiver::poll_job`](crate::Receiver::poll_job) when
+/// [`ReceiverConfig::offload_block_work`](crate::ReceiverConfig::offload_block_work) is set, so the driver can run it on another
 /// thread while it keeps reading the socket; the result goes back through
-/// [`Receiver::complete_job`].
+/// [`Receiver::complete_job`](crate::Receiver::complete_job).
 pub struct BlockJob {
     pub(super) block: u32,
     pub(super) k: u32,
@@ -89,7 +89,7 @@ impl BlockJob {
     }
 }
 
-/// What a [`BlockJob`] ended with; hand it to [`Receiver::complete_job`].
+/// What a [`BlockJob`] ended with; hand it to [`Receiver::complete_job`](crate::Receiver::complete_job).
 pub struct BlockResult {
     pub(super) block: u32,
     pub(super) outcome: Outcome,

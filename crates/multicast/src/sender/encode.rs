@@ -3,9 +3,9 @@
 use raptorq::{ObjectTransmissionInformation, SourceBlockEncoder};
 
 /// Building one block's RaptorQ encoder (the work before its first repair symbol), handed
-/// out by [`Sender::poll_job`] when [`SenderConfig::offload_encoding`] is set so the driver
+/// out by [`Sender::poll_job`](crate::Sender::poll_job) when [`SenderConfig::offload_encoding`](crate::SenderConfig::offload_encoding) is set so the driver
 /// can run it on another thread while source data keeps flowing. Give the result to
-/// [`Sender::complete_job`].
+/// [`Sender::complete_job`](crate::Sender::complete_job).
 pub struct EncodeJob {
     pub(super) block: u32,
     pub(super) symbol_size: u16,

@@ -9,83 +9,136 @@
 //! cargo run --example pki -- sign-csr --dir D --csr FILE --dns NAME [--dns NAME ...] --out PREFIX
 //! cargo run --example pki -- revoke --dir D --cert FILE
 //! cargo run --example pki -- verify-gateway --dir D --cert FILE --dns NAME
+//! cargo run --example pki -- issue-gateway --help
 //! ```
 //!
 //! `PREFIX.crt` is the certificate, `PREFIX.chain.pem` the certificate followed by its CA,
 //! `PREFIX.key` the private key (mode 0600). Any failure exits non-zero with a one-line reason.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
+use clap::{Parser, Subcommand};
 use outpost_pki::store::{self, files};
 use outpost_pki::{CertChecker, CertProfile, IssuedCert, PkiConfig, ServerCa, SignedCert};
 
-const USAGE: &str = "usage: pki <init|issue-gateway|issue-server|issue-agent|issue-mobile|sign-csr|revoke|verify-gateway> --dir D [flags] (see the example's header for each command's flags)";
-
-/// Parsed `--flag value` pairs.
-struct Flags {
-    pairs: Vec<(String, String)>,
+/// Drive the outpost CA from the command line; writes standard PEM files.
+#[derive(Parser)]
+#[command(name = "pki", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
 }
 
-impl Flags {
-    fn parse(args: &[String], allowed: &[&str], repeatable: &[&str]) -> Result<Self, String> {
-        let mut pairs: Vec<(String, String)> = Vec::new();
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            let Some(name) = arg.strip_prefix("--") else {
-                return Err(format!(
-                    "unexpected argument {arg:?} (flags look like --name VALUE)"
-                ));
-            };
-            if !allowed.contains(&name) {
-                return Err(format!(
-                    "unknown flag --{name} (allowed: --{})",
-                    allowed.join(", --")
-                ));
-            }
-            let value = it
-                .next()
-                .ok_or_else(|| format!("flag --{name} needs a value"))?;
-            if !repeatable.contains(&name) && pairs.iter().any(|(n, _)| n == name) {
-                return Err(format!("flag --{name} given twice"));
-            }
-            pairs.push((name.to_owned(), value.clone()));
-        }
-        Ok(Self { pairs })
-    }
+/// The CA's directory (`ca.key`, `ca.crt`, the CRLs, the mobile CA).
+#[derive(clap::Args)]
+struct Dir {
+    /// The CA's directory.
+    #[arg(long, value_name = "D")]
+    dir: PathBuf,
+}
 
-    fn one(&self, name: &str) -> Result<&str, String> {
-        self.pairs
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .ok_or_else(|| format!("missing required flag --{name}"))
-    }
+/// Where an issued certificate goes.
+#[derive(clap::Args)]
+struct Out {
+    /// Writes PREFIX.crt, PREFIX.chain.pem (and PREFIX.key, mode 0600, for a new key).
+    #[arg(long, value_name = "PREFIX")]
+    out: String,
+}
 
-    fn all(&self, name: &str) -> Vec<String> {
-        self.pairs
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-            .collect()
-    }
+/// The names a gateway or server certificate carries.
+#[derive(clap::Args)]
+struct Names {
+    /// A DNS name (repeat for more).
+    #[arg(long = "dns", value_name = "NAME", required = true)]
+    dns: Vec<String>,
+    /// An IP address (repeat for more).
+    #[arg(long = "ip", value_name = "ADDR")]
+    ip: Vec<IpAddr>,
+}
 
-    fn ips(&self) -> Result<Vec<IpAddr>, String> {
-        self.all("ip")
-            .iter()
-            .map(|s| {
-                s.parse::<IpAddr>()
-                    .map_err(|_| format!("--ip {s:?} is not an IPv4 or IPv6 address"))
-            })
-            .collect()
-    }
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a server CA and a mobile CA in --dir (refuses to overwrite one).
+    Init(Dir),
+    /// Issue a gateway certificate with the given DNS names (and IPs) embedded.
+    IssueGateway {
+        #[command(flatten)]
+        dir: Dir,
+        #[command(flatten)]
+        names: Names,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Issue a server certificate.
+    IssueServer {
+        #[command(flatten)]
+        dir: Dir,
+        /// The certificate's common name.
+        #[arg(long, value_name = "CN")]
+        name: String,
+        #[command(flatten)]
+        names: Names,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Issue a device (agent) certificate.
+    IssueAgent {
+        #[command(flatten)]
+        dir: Dir,
+        /// The device id.
+        #[arg(long, value_name = "ID")]
+        device: String,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Issue a mobile device certificate (from the mobile CA).
+    IssueMobile {
+        #[command(flatten)]
+        dir: Dir,
+        /// The device id.
+        #[arg(long, value_name = "ID")]
+        device: String,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Sign a gateway's CSR with the given names (names the CSR asks for are ignored).
+    SignCsr {
+        #[command(flatten)]
+        dir: Dir,
+        /// The certificate signing request (PEM or DER).
+        #[arg(long, value_name = "FILE")]
+        csr: PathBuf,
+        #[command(flatten)]
+        names: Names,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Revoke a certificate and write the new CRL.
+    Revoke {
+        #[command(flatten)]
+        dir: Dir,
+        /// The certificate (or chain; its first certificate is revoked).
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+    },
+    /// Check a gateway certificate chain against the CA, its CRL and a DNS name.
+    VerifyGateway {
+        #[command(flatten)]
+        dir: Dir,
+        /// The certificate chain to check.
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// The name the gateway must carry.
+        #[arg(long, value_name = "NAME")]
+        dns: String,
+    },
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
+    match run(Cli::parse().cmd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(reason) => {
             eprintln!("pki: {reason}");
@@ -94,14 +147,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &[String]) -> Result<(), String> {
-    let (cmd, rest) = args.split_first().ok_or_else(|| USAGE.to_owned())?;
+fn run(cmd: Cmd) -> Result<(), String> {
     let now = SystemTime::now();
     let e = |e: outpost_pki::PkiError| e.to_string();
-    match cmd.as_str() {
-        "init" => {
-            let f = Flags::parse(rest, &["dir"], &[])?;
-            let dir = PathBuf::from(f.one("dir")?);
+    match cmd {
+        Cmd::Init(Dir { dir }) => {
             if dir.join(files::CA_KEY).exists() {
                 return Err(format!(
                     "{} already holds a CA; refusing to overwrite it",
@@ -114,38 +164,41 @@ fn run(args: &[String]) -> Result<(), String> {
             println!("mobile CA: {}", dir.join(files::MOBILE_CA_CERT).display());
             Ok(())
         }
-        "issue-gateway" => {
-            let f = Flags::parse(rest, &["dir", "dns", "ip", "out"], &["dns", "ip"])?;
-            let ca = load(&f)?;
-            let cert = ca.issue_gateway(&f.all("dns"), &f.ips()?, now).map_err(e)?;
-            write_issued(&cert, f.one("out")?)
+        Cmd::IssueGateway { dir, names, out } => {
+            let ca = load(&dir)?;
+            let cert = ca.issue_gateway(&names.dns, &names.ip, now).map_err(e)?;
+            write_issued(&cert, &out.out)
         }
-        "issue-server" => {
-            let f = Flags::parse(rest, &["dir", "name", "dns", "ip", "out"], &["dns", "ip"])?;
-            let ca = load(&f)?;
+        Cmd::IssueServer {
+            dir,
+            name,
+            names,
+            out,
+        } => {
+            let ca = load(&dir)?;
             let cert = ca
-                .issue_server(f.one("name")?, &f.all("dns"), &f.ips()?, now)
+                .issue_server(&name, &names.dns, &names.ip, now)
                 .map_err(e)?;
-            write_issued(&cert, f.one("out")?)
+            write_issued(&cert, &out.out)
         }
-        "issue-agent" | "issue-mobile" => {
-            let f = Flags::parse(rest, &["dir", "device", "out"], &[])?;
-            let ca = load(&f)?;
-            let device = f.one("device")?;
-            let cert = if cmd == "issue-agent" {
-                ca.issue_agent(device, now)
-            } else {
-                ca.issue_mobile(device, now)
-            }
-            .map_err(e)?;
-            write_issued(&cert, f.one("out")?)
+        Cmd::IssueAgent { dir, device, out } => {
+            let cert = load(&dir)?.issue_agent(&device, now).map_err(e)?;
+            write_issued(&cert, &out.out)
         }
-        "sign-csr" => {
-            let f = Flags::parse(rest, &["dir", "csr", "dns", "ip", "out"], &["dns", "ip"])?;
-            let ca = load(&f)?;
-            let csr = store::read_csr_file(Path::new(f.one("csr")?)).map_err(e)?;
+        Cmd::IssueMobile { dir, device, out } => {
+            let cert = load(&dir)?.issue_mobile(&device, now).map_err(e)?;
+            write_issued(&cert, &out.out)
+        }
+        Cmd::SignCsr {
+            dir,
+            csr,
+            names,
+            out,
+        } => {
+            let ca = load(&dir)?;
+            let csr = store::read_csr_file(&csr).map_err(e)?;
             let info = outpost_pki::decode_csr(&csr).map_err(e)?;
-            let profile = CertProfile::gateway(&f.all("dns"), &f.ips()?).map_err(e)?;
+            let profile = CertProfile::gateway(&names.dns, &names.ip).map_err(e)?;
             let cert = ca.sign_decoded_csr(&info, &profile, now).map_err(e)?;
             if !info.requested_names.is_empty() {
                 println!(
@@ -153,16 +206,13 @@ fn run(args: &[String]) -> Result<(), String> {
                     info.requested_names.join(", ")
                 );
             }
-            write_signed(&cert, f.one("out")?)
+            write_signed(&cert, &out.out)
         }
-        "revoke" => {
-            let f = Flags::parse(rest, &["dir", "cert"], &[])?;
-            let mut ca = load(&f)?;
-            let path = Path::new(f.one("cert")?);
-            let cert = store::read_certificates(path).map_err(e)?;
-            let (kind, serial, fresh) = ca.revoke(&cert[0], now).map_err(e)?;
-            let dir = PathBuf::from(f.one("dir")?);
-            let crl = store::save_crl(&mut ca, kind, &dir, now).map_err(e)?;
+        Cmd::Revoke { dir, cert } => {
+            let mut ca = load(&dir)?;
+            let certs = store::read_certificates(&cert).map_err(e)?;
+            let (kind, serial, fresh) = ca.revoke(&certs[0], now).map_err(e)?;
+            let crl = store::save_crl(&mut ca, kind, &dir.dir, now).map_err(e)?;
             println!(
                 "{} serial {serial}; CRL: {}",
                 if fresh { "revoked" } else { "already revoked" },
@@ -170,18 +220,16 @@ fn run(args: &[String]) -> Result<(), String> {
             );
             Ok(())
         }
-        "verify-gateway" => {
-            let f = Flags::parse(rest, &["dir", "cert", "dns"], &[])?;
-            let dir = PathBuf::from(f.one("dir")?);
+        Cmd::VerifyGateway { dir, cert, dns } => {
+            let dir = dir.dir;
             let ca_cert = store::read_ca_certificate(&dir.join(files::CA_CERT)).map_err(e)?;
             let crls = vec![store::read_crl(&dir.join(files::CA_CRL)).map_err(e)?];
-            let cert = store::read_certificates(Path::new(f.one("cert")?)).map_err(e)?;
-            let host = f.one("dns")?;
+            let cert = store::read_certificates(&cert).map_err(e)?;
             let id = CertChecker::new(&ca_cert, &crls)
-                .and_then(|c| c.check_server_chain(&cert, host, now))
+                .and_then(|c| c.check_server_chain(&cert, &dns, now))
                 .map_err(e)?;
             println!(
-                "OK: {} is signed by {}, names {host}, valid until {}; SHA-256 {}",
+                "OK: {} is signed by {}, names {dns}, valid until {}; SHA-256 {}",
                 id.subject,
                 ca_cert.subject(),
                 id.not_after,
@@ -189,12 +237,11 @@ fn run(args: &[String]) -> Result<(), String> {
             );
             Ok(())
         }
-        other => Err(format!("unknown command {other:?}; {USAGE}")),
     }
 }
 
-fn load(f: &Flags) -> Result<ServerCa, String> {
-    store::load_server_ca(Path::new(f.one("dir")?), PkiConfig::default()).map_err(|e| e.to_string())
+fn load(d: &Dir) -> Result<ServerCa, String> {
+    store::load_server_ca(&d.dir, PkiConfig::default()).map_err(|e| e.to_string())
 }
 
 fn write_signed(cert: &SignedCert, prefix: &str) -> Result<(), String> {

@@ -59,6 +59,18 @@ struct Names {
     ip: Vec<IpAddr>,
 }
 
+/// A device certificate to issue.
+#[derive(clap::Args)]
+struct DeviceCert {
+    #[command(flatten)]
+    dir: Dir,
+    /// The device id.
+    #[arg(long, value_name = "ID")]
+    device: String,
+    #[command(flatten)]
+    out: Out,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Create a server CA and a mobile CA in --dir (refuses to overwrite one).
@@ -85,25 +97,9 @@ enum Cmd {
         out: Out,
     },
     /// Issue a device (agent) certificate.
-    IssueAgent {
-        #[command(flatten)]
-        dir: Dir,
-        /// The device id.
-        #[arg(long, value_name = "ID")]
-        device: String,
-        #[command(flatten)]
-        out: Out,
-    },
+    IssueAgent(DeviceCert),
     /// Issue a mobile device certificate (from the mobile CA).
-    IssueMobile {
-        #[command(flatten)]
-        dir: Dir,
-        /// The device id.
-        #[arg(long, value_name = "ID")]
-        device: String,
-        #[command(flatten)]
-        out: Out,
-    },
+    IssueMobile(DeviceCert),
     /// Sign a gateway's CSR with the given names (names the CSR asks for are ignored).
     SignCsr {
         #[command(flatten)]
@@ -181,13 +177,13 @@ fn run(cmd: Cmd) -> Result<(), String> {
                 .map_err(e)?;
             write_issued(&cert, &out.out)
         }
-        Cmd::IssueAgent { dir, device, out } => {
-            let cert = load(&dir)?.issue_agent(&device, now).map_err(e)?;
-            write_issued(&cert, &out.out)
+        Cmd::IssueAgent(d) => {
+            let cert = load(&d.dir)?.issue_agent(&d.device, now).map_err(e)?;
+            write_issued(&cert, &d.out.out)
         }
-        Cmd::IssueMobile { dir, device, out } => {
-            let cert = load(&dir)?.issue_mobile(&device, now).map_err(e)?;
-            write_issued(&cert, &out.out)
+        Cmd::IssueMobile(d) => {
+            let cert = load(&d.dir)?.issue_mobile(&d.device, now).map_err(e)?;
+            write_issued(&cert, &d.out.out)
         }
         Cmd::SignCsr {
             dir,

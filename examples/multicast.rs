@@ -187,10 +187,9 @@ fn mbit(bytes: u64, secs: f64) -> f64 {
 
 async fn send(a: SendArgs) -> Result<(), String> {
     let sc = socket_config(&a.group)?;
-    let file = a.file.clone();
-    let key_path = a.key.clone();
-    let seed_hex = std::fs::read_to_string(&key_path)
-        .map_err(|e| format!("--key {}: {e}", key_path.display()))?;
+    let file = &a.file;
+    let seed_hex =
+        std::fs::read_to_string(&a.key).map_err(|e| format!("--key {}: {e}", a.key.display()))?;
     let key = SigningKey::from_seed(&parse_hex(seed_hex.trim(), "key file")?)
         .map_err(|e| e.to_string())?;
     let name = file
@@ -210,7 +209,7 @@ async fn send(a: SendArgs) -> Result<(), String> {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(1);
     let manifest =
-        files::manifest_for_file(&file, session, &name, cfg.symbol_size, cfg.block_symbols)
+        files::manifest_for_file(file, session, &name, cfg.symbol_size, cfg.block_symbols)
             .map_err(|e| e.to_string())?;
     let size = manifest.file_size;
     eprintln!(
@@ -222,7 +221,7 @@ async fn send(a: SendArgs) -> Result<(), String> {
         hex(&key.public_key())
     );
     let signed = manifest.sign(key.key_pair());
-    let source = files::FileSource::open(&file).map_err(|e| e.to_string())?;
+    let source = files::FileSource::open(file).map_err(|e| e.to_string())?;
     let mut sender = Sender::new(cfg, manifest, &signed, Box::new(source), Instant::now())
         .map_err(|e| e.to_string())?;
     let sock = driver::send_socket(&sc).map_err(|e| e.to_string())?;
@@ -284,16 +283,14 @@ async fn send(a: SendArgs) -> Result<(), String> {
 
 async fn receive(a: ReceiveArgs) -> Result<(), String> {
     let sc = socket_config(&a.group)?;
-    let out = a.out.clone();
-    let pk = a.sender_key;
     let mut rcfg = ReceiverConfig::default();
     rcfg.seed = u64::from(std::process::id());
     // Blocks are decoded and hashed on a worker thread while the socket keeps being read.
     rcfg.offload_block_work = true;
     // Without a unicast source, every missing block is asked for by NAK, from the first.
     rcfg.unicast_fallback = a.fetch_from.is_some();
-    let mut rx = Receiver::new(rcfg, &pk).map_err(|e| e.to_string())?;
-    let mut sink = FileSink::new(&out).map_err(|e| e.to_string())?;
+    let mut rx = Receiver::new(rcfg, &a.sender_key).map_err(|e| e.to_string())?;
+    let mut sink = FileSink::new(&a.out).map_err(|e| e.to_string())?;
     let mut fetcher: Box<dyn Fetcher> = match &a.fetch_from {
         Some(p) => Box::new(LocalFileFetcher::open(p).map_err(|e| e.to_string())?),
         None => Box::new(NoFetcher),

@@ -312,10 +312,7 @@ impl AccountBook {
     /// The account and role an API token acts as, if it is known, not revoked, and its
     /// account enabled.
     pub fn check_api_token(&self, secret: &str) -> Option<(&str, Role)> {
-        if secret.len() > 128 {
-            return None;
-        }
-        self.check_api_token_sha256(&sha256_hex(secret))
+        self.check_api_token_sha256(&api_token_sha256(secret)?)
     }
 
     /// [`check_api_token`](Self::check_api_token) for a secret already hashed

@@ -24,6 +24,7 @@ use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor, TlsConnector};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::admission::{Admission, AdmissionPool};
 use crate::chunked::ChunkedLink;
@@ -314,6 +315,14 @@ impl Gateway {
         config: GatewayConfig,
         tls: TlsMaterial,
     ) -> Result<GatewayHandle, GatewayError> {
+        let span = tracing::info_span!("gateway", gateway = %config.gateway_id);
+        Gateway::start_in_span(config, tls).instrument(span).await
+    }
+
+    async fn start_in_span(
+        config: GatewayConfig,
+        tls: TlsMaterial,
+    ) -> Result<GatewayHandle, GatewayError> {
         config.validate()?;
         let configs = TlsConfigs::build(&config, &tls)?;
         let remote = match &config.mode {
@@ -343,9 +352,8 @@ impl Gateway {
         }
         if let Some(addr) = config.mobile_unauthenticated_listen {
             let l = bind(addr).await?;
-            log::warn!(
-                "gateway {}: mobile port WITHOUT client authentication is open on {} (explicitly enabled)",
-                config.gateway_id,
+            tracing::warn!(
+                "mobile port WITHOUT client authentication is open on {} (explicitly enabled)",
                 l.local_addr()?
             );
             extra.push((l, DevicePort::MobileUnauthenticated));
@@ -353,13 +361,9 @@ impl Gateway {
         if let Some(addr) = config.web_console_listen {
             let l = bind(addr).await?;
             if let Some(warning) = web_console_exposure(l.local_addr()?) {
-                log::warn!("gateway {}: {warning}", config.gateway_id);
+                tracing::warn!("{warning}");
             }
-            log::info!(
-                "gateway {}: Web Console tunnel on {}",
-                config.gateway_id,
-                l.local_addr()?
-            );
+            tracing::info!("Web Console tunnel on {}", l.local_addr()?);
             extra.push((l, DevicePort::WebConsole));
         }
         let limits = &config.limits;
@@ -409,7 +413,9 @@ impl Gateway {
             main: main.local_addr()?,
             ..LocalAddrs::default()
         };
-        let mut accept_tasks = vec![tokio::spawn(accept_loop(shared.clone(), main, None))];
+        let mut accept_tasks = vec![tokio::spawn(
+            accept_loop(shared.clone(), main, None).in_current_span(),
+        )];
         for (l, port) in extra {
             let a = l.local_addr()?;
             match port {
@@ -417,24 +423,29 @@ impl Gateway {
                 DevicePort::MobileUnauthenticated => addrs.mobile_unauthenticated = Some(a),
                 DevicePort::WebConsole => addrs.web_console = Some(a),
             }
-            accept_tasks.push(tokio::spawn(accept_loop(shared.clone(), l, Some(port))));
+            accept_tasks.push(tokio::spawn(
+                accept_loop(shared.clone(), l, Some(port)).in_current_span(),
+            ));
         }
         if let Some(pool) = shared.remote_pool.clone()
             && pool.with_book(|b| b.target()) > 0
         {
-            accept_tasks.push(tokio::spawn(shared.clone().keep_remote_pool(pool)));
+            accept_tasks.push(tokio::spawn(
+                shared.clone().keep_remote_pool(pool).in_current_span(),
+            ));
         }
         let crl_files = lock(&shared.material).crl_files.clone();
         if !crl_files.is_empty() {
-            accept_tasks.push(tokio::spawn(watch_crls(shared.clone(), crl_files)));
+            accept_tasks.push(tokio::spawn(
+                watch_crls(shared.clone(), crl_files).in_current_span(),
+            ));
         }
-        log::info!(
-            "gateway {} ({}) listening on {}",
-            shared.config.gateway_id,
+        tracing::info!(
+            "{} gateway listening on {}",
             if shared.config.mode.is_dmz() {
                 "DMZ"
             } else {
-                "remote office"
+                "remote-office"
             },
             addrs.main
         );
@@ -545,10 +556,7 @@ impl GatewayHandle {
         s.tracker.close();
         let drain = Duration::from_millis(s.config.limits.drain_timeout_ms);
         if tokio::time::timeout(drain, s.tracker.wait()).await.is_err() {
-            log::warn!(
-                "gateway {}: drain timeout, closing remaining connections",
-                s.config.gateway_id
-            );
+            tracing::warn!("drain timeout, closing remaining connections");
             s.hard_stop.cancel();
             s.tracker.wait().await;
         }
@@ -589,11 +597,11 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, port: Option<De
                         () = serve => {}
                         () = evicted.cancelled() => {}
                     }
-                });
+                }.instrument(tracing::info_span!("connection", peer = %addr, session = tracing::field::Empty)));
             }
             Err(e) => {
                 // Out of descriptors or similar: back off briefly instead of spinning.
-                log::warn!("gateway {}: accept failed: {e}", shared.config.gateway_id);
+                tracing::warn!("accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -609,7 +617,6 @@ async fn watch_crls(shared: Arc<Shared>, files: Vec<std::path::PathBuf>) {
     let mut seen = FileStamps::of(&files);
     let mut every = tokio::time::interval(CRL_CHECK_INTERVAL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let id = &shared.config.gateway_id;
     loop {
         tokio::select! {
             () = shared.shutdown.cancelled() => return,
@@ -621,7 +628,7 @@ async fn watch_crls(shared: Arc<Shared>, files: Vec<std::path::PathBuf>) {
         }
         if now.lost_since(&seen) {
             // Revocations are not dropped because a file went away.
-            log::warn!("gateway {id}: a revocation list file is gone; keeping the lists in force");
+            tracing::warn!("a revocation list file is gone; keeping the lists in force");
             seen = now;
             continue;
         }
@@ -632,9 +639,9 @@ async fn watch_crls(shared: Arc<Shared>, files: Vec<std::path::PathBuf>) {
         }) {
             Ok(n) => {
                 seen = now;
-                log::info!("gateway {id}: revocation lists reloaded ({n} file(s))");
+                tracing::info!("revocation lists reloaded ({n} file(s))");
             }
-            Err(e) => log::warn!("gateway {id}: a revocation list changed but does not load: {e}"),
+            Err(e) => tracing::warn!("a revocation list changed but does not load: {e}"),
         }
     }
 }
@@ -752,10 +759,7 @@ impl Shared {
             Ok(Err(e)) => e.to_string(),
             Err(_) => "timed out".to_string(),
         };
-        log::debug!(
-            "gateway {}: TLS handshake failed: {why}",
-            self.config.gateway_id
-        );
+        tracing::debug!("TLS handshake failed: {why}");
         self.counters
             .handshake_failures
             .fetch_add(1, Ordering::Relaxed);
@@ -905,12 +909,7 @@ impl Shared {
                     _ => &self.counters.refused_unreachable,
                 }
                 .fetch_add(1, Ordering::Relaxed);
-                log::info!(
-                    "gateway {}: refusing {} ({}): {reason}",
-                    self.config.gateway_id,
-                    peer.remote_addr,
-                    peer.subject
-                );
+                tracing::info!("refusing {} ({}): {reason}", peer.remote_addr, peer.subject);
                 if speaks_wire {
                     let refusal = Refusal {
                         code: code as i32,
@@ -964,7 +963,7 @@ impl Shared {
             r = relay => match r {
                 Ok(_) => { self.counters.relays_finished.fetch_add(1, Ordering::Relaxed); }
                 Err(e) => {
-                    log::debug!("gateway {}: relay ended: {e}", self.config.gateway_id);
+                    tracing::debug!("relay ended: {e}");
                     self.counters.relay_errors.fetch_add(1, Ordering::Relaxed);
                 }
             },
@@ -1032,16 +1031,12 @@ impl Shared {
                     }
                     Ok(Err(Opening::Broken(why))) => {
                         pool.discarded(lent);
-                        log::debug!(
-                            "gateway {}: a pooled connection was dead ({why}); trying another",
-                            self.config.gateway_id
-                        );
+                        tracing::debug!("a pooled connection was dead ({why}); trying another");
                     }
                     Err(_) => {
                         pool.discarded(lent);
-                        log::debug!(
-                            "gateway {}: a pooled connection did not answer within {} ms; trying another",
-                            self.config.gateway_id,
+                        tracing::debug!(
+                            "a pooled connection did not answer within {} ms; trying another",
                             limit.as_millis()
                         );
                     }
@@ -1256,36 +1251,39 @@ impl Shared {
                 let id = next_id;
                 pool.with_book(|b| b.opening(id, now + limit + Duration::from_secs(1)));
                 let (this, pool, done) = (self.clone(), pool.clone(), done_tx.clone());
-                self.tracker.spawn(async move {
-                    let Some(ro) = this.remote.as_ref() else {
-                        return;
-                    };
-                    let dialled = tokio::select! {
-                        () = pool.closed.cancelled() => return,
-                        r = this.dial_server(ro) => r,
-                    };
-                    match dialled {
-                        Ok(tls) => {
-                            this.counters
-                                .data_connections
-                                .fetch_add(1, Ordering::Relaxed);
-                            let parked = Instant::now();
-                            let taken = pool
-                                .park(id, Box::new(tls), this.config.limits.pool_idle())
-                                .await;
-                            // A tunnel the server closes at once (it refuses this gateway,
-                            // or is shutting down) is a failed dial: the next waits the
-                            // backoff instead of redialling in a loop.
-                            let held = taken || parked.elapsed() >= Duration::from_secs(1);
-                            let _ = done.send(held).await;
-                        }
-                        Err((_, why)) => {
-                            pool.with_book(|b| b.failed(id));
-                            log::warn!("gateway {}: warm pool: {why}", this.config.gateway_id);
-                            let _ = done.send(false).await;
+                self.tracker.spawn(
+                    async move {
+                        let Some(ro) = this.remote.as_ref() else {
+                            return;
+                        };
+                        let dialled = tokio::select! {
+                            () = pool.closed.cancelled() => return,
+                            r = this.dial_server(ro) => r,
+                        };
+                        match dialled {
+                            Ok(tls) => {
+                                this.counters
+                                    .data_connections
+                                    .fetch_add(1, Ordering::Relaxed);
+                                let parked = Instant::now();
+                                let taken = pool
+                                    .park(id, Box::new(tls), this.config.limits.pool_idle())
+                                    .await;
+                                // A tunnel the server closes at once (it refuses this gateway,
+                                // or is shutting down) is a failed dial: the next waits the
+                                // backoff instead of redialling in a loop.
+                                let held = taken || parked.elapsed() >= Duration::from_secs(1);
+                                let _ = done.send(held).await;
+                            }
+                            Err((_, why)) => {
+                                pool.with_book(|b| b.failed(id));
+                                tracing::warn!("warm pool: {why}");
+                                let _ = done.send(false).await;
+                            }
                         }
                     }
-                });
+                    .instrument(tracing::Span::current()),
+                );
             }
             // The book's next deadline, or the end of the backoff, whichever comes first.
             let deadline = match (retry_at, pool.poll_timeout()) {
@@ -1314,6 +1312,7 @@ impl Shared {
         let limits = &self.config.limits;
         let mut framed = Framed::new(tls, MessageCodec::with_max_frame_len(limits.max_frame_len));
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        tracing::Span::current().record("session", session);
         let mut sig = SignalSession::gateway(
             &self.config.gateway_id,
             session,
@@ -1387,9 +1386,8 @@ impl Shared {
                         self.counters
                             .signal_sessions_total
                             .fetch_add(1, Ordering::Relaxed);
-                        log::info!(
-                            "gateway {}: signal connection {session} from server {peer_id:?} at {addr} is up",
-                            self.config.gateway_id
+                        tracing::info!(
+                            "signal connection {session} from server {peer_id:?} at {addr} is up"
                         );
                     }
                     SignalEvent::ConnectRefusal(r) => {
@@ -1442,10 +1440,7 @@ impl Shared {
             }
         };
         if !registered {
-            log::warn!(
-                "gateway {}: signal connection from {addr} ended before it was up: {why}",
-                self.config.gateway_id
-            );
+            tracing::warn!("signal connection from {addr} ended before it was up: {why}");
         }
         // Order matters: stop new requests reaching this session, then fail those pending.
         drop(rx);
@@ -1463,10 +1458,7 @@ impl Shared {
         self.pool_high_water
             .fetch_max(pool.sizes().1, Ordering::Relaxed);
         if registered {
-            log::info!(
-                "gateway {}: signal connection {session} ended: {why}",
-                self.config.gateway_id
-            );
+            tracing::info!("signal connection {session} ended: {why}");
         }
     }
 
@@ -1518,10 +1510,7 @@ impl Shared {
                 None => return,
             },
             _ => {
-                log::warn!(
-                    "gateway {}: {addr} opened a data connection without DataAttach",
-                    self.config.gateway_id
-                );
+                tracing::warn!("{addr} opened a data connection without DataAttach");
                 return;
             }
         };
@@ -1570,10 +1559,7 @@ impl Shared {
                 let _ = tx.send(Outcome::Link(Box::new(tls)));
             }
             Err(why) => {
-                log::warn!(
-                    "gateway {}: refused ticket from {addr}: {why:?}",
-                    self.config.gateway_id
-                );
+                tracing::warn!("refused ticket from {addr}: {why:?}");
                 let refusal = Refusal {
                     code: RefusalCode::BadTicket as i32,
                     reason: format!("ticket refused: {why:?}"),

@@ -227,11 +227,10 @@ impl SyncSource for PolicySync {
             // Every enrolled device is placed in the resolver (at start from the registry, at
             // enrollment as it happens), so this is a server fault, not a reason for the device
             // to drop its security settings: it keeps what it holds.
-            log::error!(
-                "device {:?} (group {:?}) is enrolled but unknown to the policies: \
-                 its settings are left as they are",
-                device.device_id,
-                device.group
+            tracing::error!(
+                device = %device.device_id,
+                group = ?device.group,
+                "enrolled but unknown to the policies: its settings are left as they are"
             );
             return resp;
         };

@@ -19,6 +19,7 @@ use outpost_wire::messages::*;
 use outpost_wire::{Message, MessageCodec, VersionRange, negotiate};
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
+use tracing::Instrument;
 
 use crate::{
     EnrollThrottle, EventRecord, Registry, ServerError, Storage, admit, record_enrollment,
@@ -296,7 +297,12 @@ pub(crate) fn dispatch(
             tokio::select! {
                 c = rx.recv() => match c {
                     Some(c) => {
-                        conns.spawn(route(&c).serve(c));
+                        let span = tracing::info_span!(
+                            "device_connection",
+                            peer = %c.peer.remote_addr,
+                            device = tracing::field::Empty
+                        );
+                        conns.spawn(route(&c).serve(c).instrument(span));
                     }
                     None => break,
                 },
@@ -433,7 +439,7 @@ impl AdminService {
         };
         *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = revoked;
         for (id, tx) in cut {
-            log::warn!("device {id:?}: its certificate was revoked; closing its connection");
+            tracing::warn!(device = %id, "its certificate was revoked; closing its connection");
             let _ = tx.try_send(refusal(
                 RefusalCode::NotAuthorized,
                 format!("the certificate of {id:?} is revoked"),
@@ -501,8 +507,8 @@ impl AdminService {
             .map(|(device, (_, tx, _))| (device.clone(), tx.clone()))
             .collect();
         for (device, tx) in &cut {
-            log::info!(
-                "device {device:?}: gateway {id:?} was unregistered; closing its connection"
+            tracing::info!(
+                device = %device, gateway = %id, "its gateway was unregistered; closing its connection"
             );
             let _ = tx.try_send(refusal(
                 RefusalCode::NotAuthorized,
@@ -800,6 +806,7 @@ impl AdminService {
                 .await;
             return;
         };
+        tracing::Span::current().record("device", device_id.as_str());
         // A device presenting its reserve certificate has switched to it: it becomes the
         // current one (committed before the device is served).
         let mut recorded_serial = recorded_serial;
@@ -816,15 +823,11 @@ impl AdminService {
                 .await
             {
                 Ok(_) => {
-                    log::info!(
-                        "device {device_id:?}: switched to its reserve certificate (serial {serial})"
-                    );
+                    tracing::info!("switched to its reserve certificate (serial {serial})");
                     recorded_serial = serial;
                 }
                 Err(e) => {
-                    log::warn!(
-                        "device {device_id:?}: its reserve certificate not recorded as current: {e}"
-                    );
+                    tracing::warn!("its reserve certificate not recorded as current: {e}");
                     let _ = framed
                         .send(refusal(
                             RefusalCode::Overloaded,
@@ -843,7 +846,7 @@ impl AdminService {
                     .update_registry(|reg| Ok(reg.record_serial(&device_id, presented)))
                     .await;
                 if let Err(e) = recorded {
-                    log::warn!("device {device_id:?}: cannot record its certificate serial: {e}");
+                    tracing::warn!("cannot record its certificate serial: {e}");
                 }
                 presented.clone()
             }
@@ -858,10 +861,7 @@ impl AdminService {
             .contains(&serial)
         {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
-            log::warn!(
-                "device {device_id:?} from {} ({via}): its certificate (serial {serial}) is revoked",
-                peer.remote_addr
-            );
+            tracing::warn!(%via, "its certificate (serial {serial}) is revoked");
             let _ = framed
                 .send(refusal(
                     RefusalCode::NotAuthorized,
@@ -995,7 +995,7 @@ impl AdminService {
             ),
         );
         if let Err(e) = self.storage.record_events(vec![e]).await {
-            log::warn!("device {device:?}: reserve certificate event not stored: {e}");
+            tracing::warn!("reserve certificate event not stored: {e}");
         }
         let r = signed.response;
         Ok(RenewResponse {
@@ -1035,17 +1035,17 @@ impl AdminService {
             Ok(resp) => {
                 self.sync.on_enrolled(&req.device_id, &resp.group);
                 self.stats.enrolled.fetch_add(1, Ordering::Relaxed);
-                log::info!("enrolled device {:?} from {remote_addr}", req.device_id);
+                tracing::info!("enrolled device {:?} from {remote_addr}", req.device_id);
             }
             Err(e) if e.is_retryable() => {
                 // Not the agent's fault: no failure counted against its address.
                 self.stats.enroll_refused.fetch_add(1, Ordering::Relaxed);
-                log::error!("enrollment from {remote_addr} not recorded: {e}");
+                tracing::error!("enrollment from {remote_addr} not recorded: {e}");
             }
             Err(e) => {
                 self.stats.enroll_refused.fetch_add(1, Ordering::Relaxed);
                 let source = source_of(remote_addr).to_string();
-                log::warn!("enrollment from {remote_addr} refused: {e}");
+                tracing::warn!("enrollment from {remote_addr} refused: {e}");
                 self.server_event(EventRecord::server(
                     None,
                     Severity::Warning,
@@ -1053,7 +1053,7 @@ impl AdminService {
                     format!("from {remote_addr}: {e}"),
                 ));
                 if lock(&self.throttle).failed(&source, Instant::now()) {
-                    log::warn!(
+                    tracing::warn!(
                         "enrollment from {source}: {} failures within {:?}; its \
                          attempts are refused unchecked until the window ends",
                         self.config.enroll_failures_per_source,
@@ -1220,7 +1220,7 @@ impl AdminService {
                     .collect();
                 // Acknowledged only once stored: an agent keeps what is not acknowledged.
                 if let Err(e) = self.storage.record_events(rows).await {
-                    log::error!("events of {:?} not stored: {e}", ctx.device_id);
+                    tracing::error!("events not stored: {e}");
                     return Some(refusal(
                         RefusalCode::Overloaded,
                         format!("events not stored; send them again later ({e})"),

@@ -284,7 +284,7 @@ impl Writer {
             if self.last_trim.elapsed() >= TRIM_INTERVAL {
                 self.last_trim = Instant::now();
                 if let Err(e) = self.trim_by_age(SystemTime::now()).await {
-                    log::warn!("dropping old events failed: {e}");
+                    tracing::warn!("dropping old events failed: {e}");
                 }
             }
         }
@@ -302,14 +302,14 @@ impl Writer {
         match open_connection(&self.options, self.backend).await {
             Ok(conn) => {
                 if self.broken {
-                    log::info!("{} database reachable again", self.backend);
+                    tracing::info!("{} database reachable again", self.backend);
                 }
                 self.conn = conn;
                 self.broken = false;
             }
             Err(e) => {
                 if !self.broken {
-                    log::error!("{} database unreachable: {e}", self.backend);
+                    tracing::error!("{} database unreachable: {e}", self.backend);
                 }
                 self.broken = true;
             }
@@ -378,7 +378,7 @@ impl Writer {
             }
         }
         if events && let Err(e) = self.trim_by_count().await {
-            log::warn!("dropping events past the count limit failed: {e}");
+            tracing::warn!("dropping events past the count limit failed: {e}");
         }
     }
 
@@ -451,7 +451,7 @@ impl Writer {
         }
         .await;
         if let Err(e) = r {
-            log::warn!("last-seen times of {n} device(s) not written: {e}");
+            tracing::warn!("last-seen times of {n} device(s) not written: {e}");
         }
     }
 

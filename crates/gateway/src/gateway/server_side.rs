@@ -36,35 +36,8 @@ impl Shared {
             if registered {
                 self.grant_pool(&mut sig, &pool, binding);
             }
-            // What the session has to say, each write bounded (a server that stops reading
-            // must not hold the session past its deadlines); a goodbye gets a second.
-            while let Some(m) = sig.poll_transmit() {
-                let ty = m.message_type().name();
-                let limit = if sig.end().is_some() {
-                    Duration::from_secs(1)
-                } else {
-                    write_limit
-                };
-                let until = sig
-                    .poll_timeout()
-                    .map_or(Instant::now() + limit, |t| t.min(Instant::now() + limit));
-                tokio::select! {
-                    () = self.hard_stop.cancelled() => break 'session "hard stop".to_string(),
-                    r = tokio::time::timeout_at(until.into(), framed.send(m)) => match r {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => break 'session format!("writing {ty} failed: {e}"),
-                        Err(_) if sig.end().is_some() => break,
-                        Err(_) => {
-                            sig.handle_timeout(Instant::now());
-                            if sig.end().is_none() {
-                                break 'session format!(
-                                    "the server did not take {ty} within {} ms",
-                                    limit.as_millis()
-                                );
-                            }
-                        }
-                    },
-                }
+            if let Err(why) = self.flush_signal(&mut sig, &mut framed, write_limit).await {
+                break 'session why;
             }
             while let Some(event) = sig.poll_event() {
                 match event {
@@ -142,6 +115,55 @@ impl Shared {
         }
         // Order matters: stop new requests reaching this session, then fail those pending.
         drop(rx);
+        self.end_signal(session, &pool);
+        if registered {
+            tracing::info!("signal connection {session} ended: {why}");
+        }
+    }
+
+    /// Sends what the session has to say, each write bounded (a server that stops reading
+    /// must not hold the session past its deadlines); a goodbye gets a second. `Err` with
+    /// the reason when the session is over.
+    async fn flush_signal(
+        &self,
+        sig: &mut SignalSession,
+        framed: &mut Framed<ServerLink, MessageCodec>,
+        write_limit: Duration,
+    ) -> Result<(), String> {
+        while let Some(m) = sig.poll_transmit() {
+            let ty = m.message_type().name();
+            let limit = if sig.end().is_some() {
+                Duration::from_secs(1)
+            } else {
+                write_limit
+            };
+            let until = sig
+                .poll_timeout()
+                .map_or(Instant::now() + limit, |t| t.min(Instant::now() + limit));
+            tokio::select! {
+                () = self.hard_stop.cancelled() => return Err("hard stop".to_string()),
+                r = tokio::time::timeout_at(until.into(), framed.send(m)) => match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(format!("writing {ty} failed: {e}")),
+                    Err(_) if sig.end().is_some() => return Ok(()),
+                    Err(_) => {
+                        sig.handle_timeout(Instant::now());
+                        if sig.end().is_none() {
+                            return Err(format!(
+                                "the server did not take {ty} within {} ms",
+                                limit.as_millis()
+                            ));
+                        }
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets an ended session: devices waiting on its tickets are refused, its pool's
+    /// high water kept.
+    fn end_signal(&self, session: u64, pool: &Parking) {
         lock(&self.sessions).remove(&session);
         let orphans = lock(&self.tickets).drop_session(session);
         for (_, w) in orphans {
@@ -155,9 +177,6 @@ impl Shared {
         // Its parked connections close with it (the guard), and its high water is kept.
         self.pool_high_water
             .fetch_max(pool.sizes().1, Ordering::Relaxed);
-        if registered {
-            tracing::info!("signal connection {session} ended: {why}");
-        }
     }
 
     /// Grants the server the pool tickets its session's pool wants now.

@@ -12,7 +12,7 @@ use super::parse::parse_cert;
 use super::profile::VIRTUAL_SERVER_URI_PREFIX;
 use super::{CaCertificate, CertInfo, CertProfile, Revocation, Serial, SignedCert};
 use crate::config::PkiConfig;
-use crate::error::{PkiError, Result};
+use crate::error::{CertError, KeyError, PkiError, Result};
 use crate::names::validate_identity;
 use crate::time::Timestamp;
 
@@ -76,13 +76,13 @@ impl CertificateAuthority {
     /// is a CA and that the key belongs to it.
     ///
     /// # Errors
-    /// [`PkiError::NotACa`], [`PkiError::CaCannotSign`], [`PkiError::KeyMismatch`],
-    /// [`PkiError::MalformedCertificate`] or [`PkiError::MalformedKey`].
+    /// [`CertError::NotACa`], [`CertError::CaCannotSign`], [`KeyError::Mismatch`],
+    /// [`CertError::Malformed`] or [`KeyError::Malformed`].
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self> {
         let cert = CaCertificate::from_pem(cert_pem)?;
-        let key = KeyPair::from_pem(key_pem).map_err(|e| PkiError::MalformedKey {
+        let key = KeyPair::from_pem(key_pem).map_err(|source| KeyError::Malformed {
             what: "CA key".to_owned(),
-            reason: e.to_string(),
+            source,
         })?;
         Self::from_parts(cert, key)
     }
@@ -90,13 +90,13 @@ impl CertificateAuthority {
     /// As [`CertificateAuthority::from_pem`], from an already checked certificate and a key.
     ///
     /// # Errors
-    /// [`PkiError::KeyMismatch`] if the key does not belong to the certificate.
+    /// [`KeyError::Mismatch`] if the key does not belong to the certificate.
     pub fn from_parts(cert: CaCertificate, key: KeyPair) -> Result<Self> {
         let parsed = parse_cert(cert.der(), "CA certificate")?;
         if key.subject_public_key_info() != parsed.public_key().raw {
-            return Err(PkiError::KeyMismatch {
+            return Err(PkiError::Key(KeyError::Mismatch {
                 subject: cert.subject().to_owned(),
-            });
+            }));
         }
         let issuer =
             Issuer::from_ca_cert_der(cert.der(), key).map_err(PkiError::generation("CA issuer"))?;
@@ -120,12 +120,12 @@ impl CertificateAuthority {
 
     fn check_valid_at(&self, now: Timestamp) -> Result<()> {
         if now < self.cert.not_before() || now > self.cert.not_after() {
-            return Err(PkiError::CaNotValid {
+            return Err(PkiError::Cert(CertError::CaNotValid {
                 subject: self.cert.subject().to_owned(),
                 now,
                 not_before: self.cert.not_before(),
                 not_after: self.cert.not_after(),
-            });
+            }));
         }
         Ok(())
     }

@@ -8,7 +8,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::CertProfile;
 use super::parse::parse_cert;
-use crate::error::{PkiError, Result};
+use crate::error::{CertError, InputError, KeyError, PkiError, Result};
 use crate::pem_util::{encode_pem, single_pem_block};
 use crate::time::Timestamp;
 
@@ -30,9 +30,11 @@ impl Serial {
     /// A fresh random 16-byte serial.
     pub(super) fn random() -> Result<Self> {
         let mut b = [0u8; 16];
-        aws_lc_rs::rand::fill(&mut b).map_err(|_| PkiError::Generation {
-            what: "serial number",
-            source: rcgen::Error::RingUnspecified,
+        aws_lc_rs::rand::fill(&mut b).map_err(|_| {
+            PkiError::Cert(CertError::Generation {
+                what: "serial number",
+                source: rcgen::Error::RingUnspecified,
+            })
         })?;
         // Positive and without a leading zero byte, so the DER encoding is exactly 16 bytes.
         b[0] = (b[0] & 0x7f) | 0x40;
@@ -42,22 +44,22 @@ impl Serial {
     /// From big-endian bytes (leading zero bytes are dropped).
     ///
     /// # Errors
-    /// [`PkiError::InvalidSerial`] if empty or longer than 20 significant bytes.
+    /// [`InputError::InvalidSerial`] if empty or longer than 20 significant bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
         let b = &bytes[start..];
         let shown = || bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
         if b.is_empty() {
-            return Err(PkiError::InvalidSerial {
+            return Err(PkiError::Input(InputError::InvalidSerial {
                 value: shown(),
                 reason: "zero",
-            });
+            }));
         }
         if b.len() > 20 {
-            return Err(PkiError::InvalidSerial {
+            return Err(PkiError::Input(InputError::InvalidSerial {
                 value: shown(),
                 reason: "longer than 20 bytes",
-            });
+            }));
         }
         Ok(Self(b.to_vec()))
     }
@@ -65,12 +67,14 @@ impl Serial {
     /// Parses hex (colons allowed between bytes).
     ///
     /// # Errors
-    /// [`PkiError::InvalidSerial`] naming the value.
+    /// [`InputError::InvalidSerial`] naming the value.
     pub fn from_hex(s: &str) -> Result<Self> {
         let clean: String = s.chars().filter(|c| *c != ':').collect();
-        let bad = |reason| PkiError::InvalidSerial {
-            value: s.to_owned(),
-            reason,
+        let bad = |reason| {
+            PkiError::Input(InputError::InvalidSerial {
+                value: s.to_owned(),
+                reason,
+            })
         };
         if clean.is_empty() || clean.len() > 40 || !clean.len().is_multiple_of(2) {
             return Err(bad("expected 2 to 40 hex digits, an even number"));
@@ -189,29 +193,30 @@ impl IssuedCert {
     /// [`crate::store::read_certificates`] and [`crate::store::read_private_key`]).
     ///
     /// # Errors
-    /// [`PkiError::MalformedCertificate`] for an empty chain or an unreadable certificate,
-    /// [`PkiError::KeyMismatch`] if the key does not belong to the first certificate.
+    /// [`CertError::Malformed`] for an empty chain or an unreadable certificate,
+    /// [`KeyError::Mismatch`] if the key does not belong to the first certificate.
     pub fn from_parts(
         chain: Vec<CertificateDer<'static>>,
         key_der: PrivatePkcs8KeyDer<'static>,
     ) -> Result<Self> {
-        let first = chain
-            .first()
-            .ok_or_else(|| PkiError::MalformedCertificate {
+        let first = chain.first().ok_or_else(|| {
+            PkiError::Cert(CertError::Malformed {
                 what: "certificate chain".to_owned(),
                 reason: "empty".to_owned(),
-            })?;
+            })
+        })?;
         let cert_der = first.clone();
         let parsed = parse_cert(&cert_der, "certificate")?;
-        let key =
-            KeyPair::try_from(key_der.secret_pkcs8_der()).map_err(|e| PkiError::MalformedKey {
+        let key = KeyPair::try_from(key_der.secret_pkcs8_der()).map_err(|source| {
+            KeyError::Malformed {
                 what: "certificate key".to_owned(),
-                reason: e.to_string(),
-            })?;
+                source,
+            }
+        })?;
         if key.subject_public_key_info() != parsed.public_key().raw {
-            return Err(PkiError::KeyMismatch {
+            return Err(PkiError::Key(KeyError::Mismatch {
                 subject: parsed.subject().to_string(),
-            });
+            }));
         }
         let info = CertInfo::of_certificate(&cert_der)?;
         Ok(Self {
@@ -246,28 +251,30 @@ impl CaCertificate {
     /// Checks and wraps a DER certificate.
     ///
     /// # Errors
-    /// [`PkiError::MalformedCertificate`], [`PkiError::NotACa`] or [`PkiError::CaCannotSign`].
+    /// [`CertError::Malformed`], [`CertError::NotACa`] or [`CertError::CaCannotSign`].
     pub fn from_der(der: CertificateDer<'static>) -> Result<Self> {
         let cert = parse_cert(&der, "CA certificate")?;
         let subject = cert.subject().to_string();
         let is_ca = cert
             .basic_constraints()
-            .map_err(|e| PkiError::MalformedCertificate {
-                what: "CA certificate".to_owned(),
-                reason: format!("basicConstraints: {e}"),
+            .map_err(|e| {
+                PkiError::Cert(CertError::Malformed {
+                    what: "CA certificate".to_owned(),
+                    reason: format!("basicConstraints: {e}"),
+                })
             })?
             .is_some_and(|bc| bc.value.ca);
         if !is_ca {
-            return Err(PkiError::NotACa { subject });
+            return Err(PkiError::Cert(CertError::NotACa { subject }));
         }
-        let ku = cert
-            .key_usage()
-            .map_err(|e| PkiError::MalformedCertificate {
+        let ku = cert.key_usage().map_err(|e| {
+            PkiError::Cert(CertError::Malformed {
                 what: "CA certificate".to_owned(),
                 reason: format!("keyUsage: {e}"),
-            })?;
+            })
+        })?;
         if ku.is_some_and(|ku| !ku.value.key_cert_sign()) {
-            return Err(PkiError::CaCannotSign { subject });
+            return Err(PkiError::Cert(CertError::CaCannotSign { subject }));
         }
         let not_before = Timestamp::from_unix_seconds(cert.validity().not_before.timestamp());
         let not_after = Timestamp::from_unix_seconds(cert.validity().not_after.timestamp());
@@ -282,13 +289,13 @@ impl CaCertificate {
     /// Checks and wraps the first `CERTIFICATE` block of a PEM text.
     ///
     /// # Errors
-    /// As [`CaCertificate::from_der`], or [`PkiError::MalformedCertificate`] for bad PEM.
+    /// As [`CaCertificate::from_der`], or [`CertError::Malformed`] for bad PEM.
     pub fn from_pem(pem: &str) -> Result<Self> {
         let der = single_pem_block(pem, "CERTIFICATE").map_err(|reason| {
-            PkiError::MalformedCertificate {
+            PkiError::Cert(CertError::Malformed {
                 what: "CA certificate PEM".to_owned(),
                 reason,
-            }
+            })
         })?;
         Self::from_der(CertificateDer::from(der))
     }

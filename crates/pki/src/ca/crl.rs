@@ -8,7 +8,7 @@ use x509_parser::prelude::FromDer;
 
 use super::parse::parse_cert;
 use super::{CertificateAuthority, Serial};
-use crate::error::{PkiError, Result};
+use crate::error::{CrlError, PkiError, Result};
 use crate::pem_util::{encode_pem, single_pem_block};
 use crate::time::Timestamp;
 
@@ -37,11 +37,13 @@ impl Crl {
     /// Reads the first `X509 CRL` block of a PEM text.
     ///
     /// # Errors
-    /// [`PkiError::MalformedCrl`] for bad PEM.
+    /// [`CrlError::Malformed`] for bad PEM.
     pub fn from_pem(pem: &str) -> Result<Self> {
-        let der = single_pem_block(pem, "X509 CRL").map_err(|reason| PkiError::MalformedCrl {
-            what: "CRL PEM".to_owned(),
-            reason,
+        let der = single_pem_block(pem, "X509 CRL").map_err(|reason| {
+            PkiError::Crl(CrlError::Malformed {
+                what: "CRL PEM".to_owned(),
+                reason,
+            })
         })?;
         Ok(Self::from_der(der))
     }
@@ -59,7 +61,7 @@ impl CertificateAuthority {
     /// Adds `serial` to the revocation list. Returns `false` if it was already revoked.
     ///
     /// # Errors
-    /// [`PkiError::TimeOutOfRange`] for an unusable `now`.
+    /// [`InputError::TimeOutOfRange`](crate::InputError::TimeOutOfRange) for an unusable `now`.
     pub fn revoke(&mut self, serial: Serial, now: SystemTime) -> Result<bool> {
         let revoked_at = Timestamp::from_system_time(now)?;
         if self.is_revoked(&serial) {
@@ -121,11 +123,13 @@ impl CertificateAuthority {
     /// Restores the revocation list (and CRL number) from a CRL this CA signed earlier.
     ///
     /// # Errors
-    /// [`PkiError::MalformedCrl`] if the CRL cannot be decoded or was not signed by this CA.
+    /// [`CrlError::Malformed`] if the CRL cannot be decoded or was not signed by this CA.
     pub fn load_crl(&mut self, crl: &Crl) -> Result<()> {
-        let bad = |reason: String| PkiError::MalformedCrl {
-            what: format!("CRL of {}", self.cert.subject()),
-            reason,
+        let bad = |reason: String| {
+            PkiError::Crl(CrlError::Malformed {
+                what: format!("CRL of {}", self.cert.subject()),
+                reason,
+            })
         };
         let (rest, parsed) =
             x509_parser::revocation_list::CertificateRevocationList::from_der(crl.der())

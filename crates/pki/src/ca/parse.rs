@@ -9,19 +9,20 @@ use x509_parser::prelude::FromDer;
 
 use super::Role;
 use super::profile::VIRTUAL_SERVER_URI_PREFIX;
-use crate::error::{PkiError, Result};
+use crate::error::{CertError, PkiError, Result};
 
 pub(crate) fn parse_cert<'a>(der: &'a [u8], what: &str) -> Result<X509Certificate<'a>> {
-    let (rest, cert) =
-        X509Certificate::from_der(der).map_err(|e| PkiError::MalformedCertificate {
+    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| {
+        PkiError::Cert(CertError::Malformed {
             what: what.to_owned(),
             reason: e.to_string(),
-        })?;
+        })
+    })?;
     if !rest.is_empty() {
-        return Err(PkiError::MalformedCertificate {
+        return Err(PkiError::Cert(CertError::Malformed {
             what: what.to_owned(),
             reason: format!("{} trailing bytes", rest.len()),
-        });
+        }));
     }
     Ok(cert)
 }

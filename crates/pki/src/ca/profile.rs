@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use super::Role;
 use super::parse::{common_name_of, parse_cert, role_of, san_of, virtual_server_of};
-use crate::error::{PkiError, Result};
+use crate::error::{CertError, NameError, PkiError, Result};
 use crate::names::{validate_device_id, validate_identity, validate_san_set};
 
 /// Longest common name written into a certificate (X.520 ub-common-name).
@@ -35,7 +35,7 @@ impl CertProfile {
         validate_identity("common name", common_name)?;
         let (dns_names, ip_addresses) = validate_san_set(dns_names, ips)?;
         if dns_names.is_empty() && ip_addresses.is_empty() {
-            return Err(PkiError::NoNames { role: "server" });
+            return Err(PkiError::Name(NameError::NoNames { role: "server" }));
         }
         Ok(Self {
             role: Role::Server,
@@ -52,12 +52,12 @@ impl CertProfile {
     /// subjectAltName, never the common name.
     ///
     /// # Errors
-    /// [`PkiError::InvalidDnsName`] naming the first bad name, [`PkiError::DuplicateName`],
-    /// or [`PkiError::NoNames`].
+    /// [`NameError::InvalidDnsName`] naming the first bad name, [`NameError::Duplicate`],
+    /// or [`NameError::NoNames`].
     pub fn gateway(dns_names: &[String], ips: &[IpAddr]) -> Result<Self> {
         let (dns_names, ip_addresses) = validate_san_set(dns_names, ips)?;
         if dns_names.is_empty() && ip_addresses.is_empty() {
-            return Err(PkiError::NoNames { role: "gateway" });
+            return Err(PkiError::Name(NameError::NoNames { role: "gateway" }));
         }
         let common_name = dns_names
             .iter()
@@ -77,7 +77,7 @@ impl CertProfile {
     /// A Network Agent bound to `device_id` (the common name).
     ///
     /// # Errors
-    /// [`PkiError::InvalidIdentity`] for a bad device id.
+    /// [`NameError::InvalidIdentity`] for a bad device id.
     pub fn agent(device_id: &str) -> Result<Self> {
         Self::device(Role::Agent, device_id)
     }
@@ -85,7 +85,7 @@ impl CertProfile {
     /// A mobile device bound to `device_id`; issued by the mobile CA.
     ///
     /// # Errors
-    /// [`PkiError::InvalidIdentity`] for a bad device id.
+    /// [`NameError::InvalidIdentity`] for a bad device id.
     pub fn mobile(device_id: &str) -> Result<Self> {
         Self::device(Role::Mobile, device_id)
     }
@@ -106,7 +106,7 @@ impl CertProfile {
     /// connections to that virtual server only.
     ///
     /// # Errors
-    /// [`PkiError::InvalidIdentity`] for a bad id, or a profile that is not a device's
+    /// [`NameError::InvalidIdentity`] for a bad id, or a profile that is not a device's
     /// (servers and gateways serve every virtual server).
     pub fn in_virtual_server(mut self, id: &str) -> Result<Self> {
         validate_identity("virtual server id", id)?;
@@ -114,18 +114,18 @@ impl CertProfile {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         {
-            return Err(PkiError::InvalidIdentity {
+            return Err(PkiError::Name(NameError::InvalidIdentity {
                 what: "virtual server id",
                 value: id.to_owned(),
                 reason: "only letters, digits and - _ . are allowed",
-            });
+            }));
         }
         if !matches!(self.role, Role::Agent | Role::Mobile) {
-            return Err(PkiError::InvalidIdentity {
+            return Err(PkiError::Name(NameError::InvalidIdentity {
                 what: "virtual server id",
                 value: id.to_owned(),
                 reason: "only device certificates are bound to a virtual server",
-            });
+            }));
         }
         self.virtual_server = Some(id.to_owned());
         Ok(self)
@@ -135,12 +135,14 @@ impl CertProfile {
     /// identity from the `CN`, names from the subjectAltName), re-validating every part.
     ///
     /// # Errors
-    /// [`PkiError::MalformedCertificate`] if the certificate is unreadable or carries no role.
+    /// [`CertError::Malformed`] if the certificate is unreadable or carries no role.
     pub fn from_certificate(der: &[u8]) -> Result<Self> {
         let cert = parse_cert(der, "certificate")?;
-        let malformed = |reason: String| PkiError::MalformedCertificate {
-            what: "certificate".to_owned(),
-            reason,
+        let malformed = |reason: String| {
+            PkiError::Cert(CertError::Malformed {
+                what: "certificate".to_owned(),
+                reason,
+            })
         };
         let role =
             role_of(&cert).ok_or_else(|| malformed("no outpost role in subject OU".into()))?;

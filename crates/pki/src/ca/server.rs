@@ -11,7 +11,7 @@ use super::{
 };
 use crate::config::{CsrCaRequestPolicy, PkiConfig};
 use crate::csr::CsrInfo;
-use crate::error::{PkiError, Result};
+use crate::error::{CsrError, InputError, PkiError, Result, VerifyError};
 use crate::time::Timestamp;
 
 /// Which of the server's two CAs.
@@ -48,7 +48,7 @@ impl ServerCa {
     /// Creates both CAs with fresh keys.
     ///
     /// # Errors
-    /// [`PkiError::InvalidConfig`] or a generation failure.
+    /// [`InputError::InvalidConfig`] or a generation failure.
     pub fn create(config: PkiConfig, now: SystemTime) -> Result<Self> {
         config.validate()?;
         let validity = crate::time::DAY * config.ca_validity_days;
@@ -80,7 +80,7 @@ impl ServerCa {
     /// Assembles a `ServerCa` from two loaded CAs.
     ///
     /// # Errors
-    /// [`PkiError::InvalidConfig`] for a bad config or if both CAs are the same certificate.
+    /// [`InputError::InvalidConfig`] for a bad config or if both CAs are the same certificate.
     pub fn from_parts(
         config: PkiConfig,
         root: CertificateAuthority,
@@ -88,10 +88,11 @@ impl ServerCa {
     ) -> Result<Self> {
         config.validate()?;
         if root.certificate().der() == mobile.certificate().der() {
-            return Err(PkiError::InvalidConfig {
+            return Err(PkiError::Input(InputError::InvalidConfig {
                 field: "mobile CA",
-                reason: "the mobile CA is the same certificate as the server CA".to_owned(),
-            });
+                value: format!("{:?}", mobile.certificate().subject()),
+                reason: "is the same certificate as the server CA".to_owned(),
+            }));
         }
         Ok(Self {
             config,
@@ -145,7 +146,8 @@ impl ServerCa {
     /// CA, the rest from the server CA). Also how a reserve certificate is made.
     ///
     /// # Errors
-    /// [`PkiError::CaNotValid`] if the CA is not valid at `now`, or a generation failure.
+    /// [`CertError::CaNotValid`](crate::CertError::CaNotValid) if the CA is not valid at `now`,
+    /// or a generation failure.
     pub fn issue(&self, profile: &CertProfile, now: SystemTime) -> Result<IssuedCert> {
         let key = self.config.leaf_key_algorithm.generate()?;
         let signed = self
@@ -176,8 +178,9 @@ impl ServerCa {
     /// A connection gateway certificate holding every given DNS name and address.
     ///
     /// # Errors
-    /// [`PkiError::InvalidDnsName`] naming a bad name, [`PkiError::DuplicateName`],
-    /// [`PkiError::NoNames`], or as [`ServerCa::issue`].
+    /// [`NameError::InvalidDnsName`](crate::NameError::InvalidDnsName) naming a bad name,
+    /// [`NameError::Duplicate`](crate::NameError::Duplicate),
+    /// [`NameError::NoNames`](crate::NameError::NoNames), or as [`ServerCa::issue`].
     pub fn issue_gateway(
         &self,
         dns_names: &[String],
@@ -190,7 +193,8 @@ impl ServerCa {
     /// A Network Agent client certificate bound to `device_id`.
     ///
     /// # Errors
-    /// [`PkiError::InvalidIdentity`], or as [`ServerCa::issue`].
+    /// [`NameError::InvalidIdentity`](crate::NameError::InvalidIdentity), or as
+    /// [`ServerCa::issue`].
     pub fn issue_agent(&self, device_id: &str, now: SystemTime) -> Result<IssuedCert> {
         self.issue(&CertProfile::agent(device_id)?, now)
     }
@@ -198,7 +202,8 @@ impl ServerCa {
     /// A mobile device client certificate bound to `device_id`, from the mobile CA.
     ///
     /// # Errors
-    /// [`PkiError::InvalidIdentity`], or as [`ServerCa::issue`].
+    /// [`NameError::InvalidIdentity`](crate::NameError::InvalidIdentity), or as
+    /// [`ServerCa::issue`].
     pub fn issue_mobile(&self, device_id: &str, now: SystemTime) -> Result<IssuedCert> {
         self.issue(&CertProfile::mobile(device_id)?, now)
     }
@@ -209,7 +214,7 @@ impl ServerCa {
     /// [`CsrCaRequestPolicy::Ignore`], issued without them).
     ///
     /// # Errors
-    /// Any [`crate::decode_csr`] error, [`PkiError::CsrRequestsCa`], or as [`ServerCa::issue`].
+    /// Any [`crate::decode_csr`] error, [`CsrError::RequestsCa`], or as [`ServerCa::issue`].
     pub fn sign_csr(
         &self,
         csr: &[u8],
@@ -223,7 +228,7 @@ impl ServerCa {
     /// As [`ServerCa::sign_csr`], for a request already decoded with [`crate::decode_csr`].
     ///
     /// # Errors
-    /// [`PkiError::CsrRequestsCa`], or as [`ServerCa::issue`].
+    /// [`CsrError::RequestsCa`], or as [`ServerCa::issue`].
     pub fn sign_decoded_csr(
         &self,
         csr: &CsrInfo,
@@ -233,10 +238,10 @@ impl ServerCa {
         if let (Some(what), CsrCaRequestPolicy::Reject) =
             (csr.requests_ca, self.config.csr_ca_request)
         {
-            return Err(PkiError::CsrRequestsCa {
+            return Err(PkiError::Csr(CsrError::RequestsCa {
                 subject: csr.subject.clone(),
                 what,
-            });
+            }));
         }
         self.ca_for(profile.role())
             .sign(profile, &csr.public_key, &self.config, now)
@@ -247,7 +252,8 @@ impl ServerCa {
     /// Returns which CA it belonged to, its serial, and whether it was newly revoked.
     ///
     /// # Errors
-    /// [`PkiError::MalformedCertificate`], or [`PkiError::WrongIssuer`] if neither CA signed it.
+    /// [`CertError::Malformed`](crate::CertError::Malformed), or [`VerifyError::WrongIssuer`] if
+    /// neither CA signed it.
     pub fn revoke(&mut self, cert_der: &[u8], now: SystemTime) -> Result<(CaKind, Serial, bool)> {
         let cert = parse_cert(cert_der, "certificate")?;
         let serial = Serial::from_bytes(cert.raw_serial())?;
@@ -256,14 +262,14 @@ impl ServerCa {
         } else if self.mobile.signed(cert_der) {
             CaKind::Mobile
         } else {
-            return Err(PkiError::WrongIssuer {
+            return Err(PkiError::Verify(VerifyError::WrongIssuer {
                 subject: cert.subject().to_string(),
                 ca: format!(
                     "{} or {}",
                     self.root.certificate().subject(),
                     self.mobile.certificate().subject()
                 ),
-            });
+            }));
         };
         let fresh = self.authority_mut(kind).revoke(serial.clone(), now)?;
         Ok((kind, serial, fresh))

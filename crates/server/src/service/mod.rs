@@ -414,10 +414,12 @@ impl AdminService {
             .unwrap_or_else(|e| e.into_inner())
             .contains(&who.serial.to_string())
         {
-            return Err(ServerError::Pki(outpost_pki::PkiError::Revoked {
-                subject: who.subject.clone(),
-                serial: who.serial.to_string(),
-            }));
+            return Err(ServerError::Pki(outpost_pki::PkiError::Verify(
+                outpost_pki::VerifyError::Revoked {
+                    subject: who.subject.clone(),
+                    serial: who.serial.to_string(),
+                },
+            )));
         }
         Ok(who)
     }

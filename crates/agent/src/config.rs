@@ -13,8 +13,8 @@ use crate::AgentError;
 
 /// Largest configuration file read.
 pub const MAX_CONFIG_FILE: u64 = 1024 * 1024;
-/// Longest device id accepted (also the discovery format's bound).
-pub const MAX_DEVICE_ID: usize = 128;
+/// Longest application or update name accepted (names are file names in the data directory).
+pub const MAX_NAME: usize = 128;
 
 /// One place the agent can connect to: the server itself or a connection gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -294,12 +294,13 @@ impl Default for AgentConfig {
     }
 }
 
-/// Whether `id` may be used as a device id: 1 to [`MAX_DEVICE_ID`] bytes of ASCII letters,
-/// digits, `.`, `-`, `_`.
-pub fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_DEVICE_ID
-        && id
+/// Whether `name` may name an application or an update (it becomes a file name): 1 to
+/// [`MAX_NAME`] bytes of ASCII letters, digits, `.`, `-`, `_`. Device ids have their own
+/// rule, [`outpost_wire::DeviceId`].
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
@@ -355,14 +356,8 @@ impl AgentConfig {
     /// # Errors
     /// [`AgentError::Config`] naming the first bad field and its value.
     pub fn validate(&self) -> Result<(), AgentError> {
-        if !valid_id(&self.device_id) {
-            return Err(AgentError::config(
-                "device_id",
-                format!(
-                    "{:?} must be 1 to {MAX_DEVICE_ID} letters, digits, '.', '-' or '_'",
-                    self.device_id
-                ),
-            ));
+        if let Err(e) = outpost_wire::DeviceId::check(&self.device_id) {
+            return Err(AgentError::config("device_id", e.to_string()));
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(AgentError::config("data_dir", "must not be empty"));
@@ -370,7 +365,7 @@ impl AgentConfig {
         self.validate_connection()?;
         self.validate_renewal()?;
         for app in self.local_settings.keys() {
-            if !valid_id(app) {
+            if !valid_name(app) {
                 return Err(AgentError::config(
                     format!("local_settings.{app}"),
                     "application names are 1 to 128 letters, digits, '.', '-' or '_'",

@@ -22,21 +22,22 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use crate::AgentError;
-use crate::config::{DiscoveryConfig, MAX_DEVICE_ID, valid_id};
+use crate::config::DiscoveryConfig;
+use outpost_wire::{DeviceId, MAX_DEVICE_ID_LEN};
 
 /// The datagram's magic.
 pub const MAGIC: [u8; 4] = *b"OPDA";
 /// The format version.
 pub const VERSION: u8 = 1;
 /// The largest datagram of the format.
-pub const MAX_DATAGRAM: usize = 6 + MAX_DEVICE_ID;
+pub const MAX_DATAGRAM: usize = 6 + MAX_DEVICE_ID_LEN;
 
 /// Encodes an announcement of `device_id`.
 ///
 /// # Errors
 /// [`AgentError::Discovery`] if `device_id` is not a valid device id.
 pub fn encode(device_id: &str) -> Result<Vec<u8>, AgentError> {
-    if !valid_id(device_id) {
+    if DeviceId::check(device_id).is_err() {
         return Err(AgentError::Discovery(format!(
             "device id {device_id:?} cannot be announced"
         )));
@@ -78,9 +79,9 @@ pub fn decode(datagram: &[u8]) -> Result<String, AgentError> {
         return err(format!("format version {} is not {VERSION}", datagram[4]));
     }
     let n = usize::from(datagram[5]);
-    if n == 0 || n > MAX_DEVICE_ID {
+    if n == 0 || n > MAX_DEVICE_ID_LEN {
         return err(format!(
-            "device id length {n} is outside 1..={MAX_DEVICE_ID}"
+            "device id length {n} is outside 1..={MAX_DEVICE_ID_LEN}"
         ));
     }
     if datagram.len() != 6 + n {
@@ -92,9 +93,9 @@ pub fn decode(datagram: &[u8]) -> Result<String, AgentError> {
     }
     let id = std::str::from_utf8(&datagram[6..])
         .ok()
-        .filter(|id| valid_id(id))
+        .filter(|id| DeviceId::check(id).is_ok())
         .ok_or_else(|| {
-            AgentError::Discovery("the device id has characters outside [A-Za-z0-9._-]".into())
+            AgentError::Discovery("the device id has characters outside [A-Za-z0-9._:-]".into())
         })?;
     Ok(id.to_string())
 }
@@ -313,7 +314,7 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             if let Ok(id) = decode(&bytes) {
-                prop_assert!(valid_id(&id));
+                prop_assert!(DeviceId::check(&id).is_ok());
                 prop_assert_eq!(encode(&id).unwrap(), bytes);
             }
         }

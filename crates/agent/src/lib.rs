@@ -65,7 +65,7 @@ pub mod store;
 
 pub use config::{
     AgentConfig, BackoffConfig, DiscoveryConfig, DistributionConfig, Endpoint, EnrollmentConfig,
-    MAX_CONFIG_FILE, MAX_DEVICE_ID, RenewalConfig, valid_id,
+    MAX_CONFIG_FILE, MAX_NAME, RenewalConfig, valid_name,
 };
 pub use error::AgentError;
 pub use runtime::{Agent, AgentHandle, AgentStatus};

@@ -148,7 +148,7 @@ impl SettingsStore {
             application: application.to_string(),
             reason,
         };
-        if !crate::config::valid_id(application) {
+        if !crate::config::valid_name(application) {
             return Err(bad("not a valid application name".into()));
         }
         if json.len() as u64 > MAX_SETTINGS_BYTES {

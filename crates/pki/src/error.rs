@@ -78,10 +78,13 @@ pub enum NameError {
         /// The role of the certificate being made.
         role: &'static str,
     },
+    /// A device id breaks the rule of [`outpost_wire::DeviceId`].
+    #[error(transparent)]
+    InvalidDeviceId(outpost_wire::WireError),
     /// A device identity or common name is empty, too long or holds characters not allowed.
     #[error("invalid {what} {value:?}: {reason}")]
     InvalidIdentity {
-        /// Which identity (`device id`, `common name`, ...).
+        /// Which identity (`common name`, `organization`, ...).
         what: &'static str,
         /// The value as given.
         value: String,

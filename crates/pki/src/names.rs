@@ -75,13 +75,13 @@ pub fn validate_dns_name(name: &str) -> Result<String> {
     Ok(name.to_ascii_lowercase())
 }
 
-/// Checks a device identity (an agent's or a mobile device's): 1 to 64 characters of
-/// letters, digits and `-`, `_`, `.`, `:`, `@`.
+/// Checks a device id (an agent's or a mobile device's) by the one rule of
+/// [`outpost_wire::DeviceId`]: 1 to 64 bytes of letters, digits and `.`, `_`, `:`, `-`.
 ///
 /// # Errors
-/// [`NameError::InvalidIdentity`] naming the value and the rule it breaks.
+/// [`NameError::InvalidDeviceId`] naming the value and the rule it breaks.
 pub fn validate_device_id(id: &str) -> Result<()> {
-    Ok(validate_identity("device id", id)?)
+    outpost_wire::DeviceId::check(id).map_err(|e| PkiError::Name(NameError::InvalidDeviceId(e)))
 }
 
 /// Checks an identity (a device id, a common name, ...; `what` names it in the error).

@@ -607,11 +607,20 @@ fn invalid_dns_name_is_refused_by_name() {
 #[test]
 fn invalid_device_ids_are_refused() {
     let ca = ca();
-    for bad in ["", "a/b", "x\ny", &"d".repeat(65)] {
+    // The one rule of a device id everywhere: `laptop:7` is one, `alice@corp` is not.
+    assert!(ca.issue_agent("laptop:7", t0()).is_ok());
+    for bad in [
+        "",
+        "a/b",
+        "x\ny",
+        "alice@corp",
+        "two words",
+        &"d".repeat(65),
+    ] {
         assert!(
             matches!(
                 ca.issue_agent(bad, t0()),
-                Err(PkiError::Name(NameError::InvalidIdentity { .. }))
+                Err(PkiError::Name(NameError::InvalidDeviceId(_)))
             ),
             "{bad:?}"
         );

@@ -45,7 +45,7 @@ pub fn sign_enrollment(
     now: SystemTime,
 ) -> Result<SignedEnrollment, ServerError> {
     let device = req.device_id.as_str();
-    crate::registry::check_id("device id", device)?;
+    crate::registry::check_device_id(device)?;
     let refuse = |reason| refusal(device, reason);
     let mut profile =
         CertProfile::agent(device).map_err(|e| refuse(EnrollmentRefusal::BadCsr(e.to_string())))?;
@@ -119,7 +119,7 @@ pub fn admit(
     now: SystemTime,
 ) -> Result<String, ServerError> {
     let device = req.device_id.as_str();
-    crate::registry::check_id("device id", device)?;
+    crate::registry::check_device_id(device)?;
     // An enrollment committed whose answer was lost: the same token enrolls it again
     // (a new certificate replaces the one nobody received).
     if let Some(d) = registry.unanswered_enrollment(&req.enrollment_token, device) {

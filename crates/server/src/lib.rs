@@ -86,7 +86,8 @@ pub use objects::{Staged, StoredObjects, announcement};
 pub use policy_sync::{PolicySync, place_registry_devices, settings_document};
 pub use registry::{
     Changes, Device, DpScope, FORMAT, GatewayRegistration, Group, MAX_REGISTRY_BYTES, MAX_TAGS,
-    MAX_TOKEN_TTL, ROOT_GROUP, Registry, ReserveCertificate, TokenRecord, check_id,
+    MAX_TOKEN_TTL, ROOT_GROUP, Registry, ReserveCertificate, TokenRecord, check_device_id,
+    check_id,
 };
 pub use runtime::{AdminServer, AdminServerConfig};
 pub use service::{

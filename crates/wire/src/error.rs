@@ -9,6 +9,14 @@ use crate::version::VersionRange;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WireError {
+    /// A device id breaks the rule (see [`DeviceId`](crate::DeviceId)).
+    #[error("device id {value:?}: {reason}")]
+    InvalidDeviceId {
+        /// The value (at most its first 100 characters).
+        value: String,
+        /// The part of the rule it breaks.
+        reason: &'static str,
+    },
     /// A settings document is not JSON.
     #[error("settings document is not JSON: {0}")]
     SettingsJson(#[source] serde_json::Error),

@@ -19,6 +19,7 @@
 //! - [`negotiate`]: the highest protocol version both sides speak.
 //! - [`push`]: the signed "sync now" datagram for UDP port 15000.
 //! - [`backoff`]: the jittered reconnect schedule every redialling peer uses.
+//! - [`DeviceId`]: the device identifier and its one rule.
 //! - [`settings`]: the settings document an application's settings travel in.
 //!
 //! The byte-by-byte format is in `docs/protocol.md`.
@@ -57,6 +58,7 @@ mod catalogue;
 mod codec;
 mod error;
 pub mod frame;
+mod id;
 pub mod messages;
 pub mod push;
 pub mod settings;
@@ -66,6 +68,7 @@ pub use catalogue::{Message, MessageType};
 pub use codec::MessageCodec;
 pub use error::WireError;
 pub use frame::{DEFAULT_MAX_FRAME_LEN, Frame, FrameCodec, MAX_RESERVE_AHEAD};
+pub use id::{DeviceId, MAX_DEVICE_ID_LEN};
 pub use version::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, VersionRange, negotiate};
 
 #[doc(hidden)]

@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
 
 use crate::AgentError;
-use crate::config::valid_id;
+use crate::config::valid_name;
 
 /// The largest chunk served or asked for.
 pub const MAX_CHUNK: u32 = 1 << 20;
@@ -242,7 +242,7 @@ pub async fn holds(dir: &Path, ann: &UpdateAnnouncement) -> bool {
 /// Whether `id` can name an update file: a valid id, not hidden, and not the name of a
 /// partial file (`.part`, `.download`).
 pub fn plain_update_id(id: &str) -> bool {
-    valid_id(id) && !id.starts_with('.') && !id.ends_with(".part") && !id.ends_with(".download")
+    valid_name(id) && !id.starts_with('.') && !id.ends_with(".part") && !id.ends_with(".download")
 }
 
 /// Checks what an announcement names before it is used for a path.

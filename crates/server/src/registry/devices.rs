@@ -51,7 +51,7 @@ impl Registry {
     /// Inserts or replaces the record of `id` as it is (an import, a repair): its group
     /// must exist.
     pub fn put_device(&mut self, id: &str, device: Device) -> Result<(), ServerError> {
-        check_id("device id", id)?;
+        check_device_id(id)?;
         if !self.groups.contains_key(&device.group) {
             return Err(ServerError::UnknownGroup(device.group.clone()));
         }

@@ -19,7 +19,7 @@ impl Registry {
             return Err(ServerError::UnknownGroup(group.into()));
         }
         if let Some(d) = device {
-            check_id("device id", d)?;
+            check_device_id(d)?;
         }
         if ttl > MAX_TOKEN_TTL {
             return Err(ServerError::Config(format!(

@@ -334,6 +334,26 @@ fn token_key(token: &str) -> String {
 /// The most tags one device has.
 pub const MAX_TAGS: usize = 32;
 
+/// Checks a device id by the one rule of [`outpost_wire::DeviceId`] (the agent, the
+/// certificate authority and the policies check the same).
+pub fn check_device_id(value: &str) -> Result<(), ServerError> {
+    match outpost_wire::DeviceId::check(value) {
+        Ok(()) => Ok(()),
+        Err(outpost_wire::WireError::InvalidDeviceId { value, reason }) => {
+            Err(ServerError::InvalidId {
+                what: "device id",
+                value,
+                reason,
+            })
+        }
+        Err(_) => Err(ServerError::InvalidId {
+            what: "device id",
+            value: value.chars().take(200).collect(),
+            reason: "not a device id",
+        }),
+    }
+}
+
 /// Checks an identifier (ids of groups, devices, tags): 1 to 128 letters, digits, `.`, `_`, `:`, `-`.
 pub fn check_id(what: &'static str, value: &str) -> Result<(), ServerError> {
     let bad = |reason| {
@@ -458,7 +478,7 @@ impl Registry {
             }
         }
         for (id, d) in &self.devices {
-            check_id("device id", id)?;
+            check_device_id(id)?;
             if !self.groups.contains_key(&d.group) {
                 return Err(ServerError::UnknownGroup(d.group.clone()));
             }

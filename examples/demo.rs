@@ -38,10 +38,8 @@ fn number<T: std::str::FromStr>(flags: &Flags, name: &str, default: T) -> T {
 }
 
 fn main() {
-    common::init_logger();
-    if std::env::var_os("OUTPOST_LOG").is_none() {
-        log::set_max_level(log::LevelFilter::Warn);
-    }
+    // Warnings only unless asked: 200 agents at `info` drown the progress lines.
+    common::init_logger_or("outpost=warn");
     let flags = Flags::parse(
         PROGRAM,
         &[

@@ -16,9 +16,8 @@
 //! (`--ca`, the `ca.crt` of the server's data directory), and its name against the URL's
 //! host.
 
-mod common;
-
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use http_body_util::{BodyExt, Full};
@@ -1348,9 +1347,13 @@ fn print_explanations(v: &Value) {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(Failure(e)) = run(cli).await {
-        common::die(PROGRAM, e);
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(e)) => {
+            eprintln!("{PROGRAM}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -367,6 +367,24 @@ impl AgentConfig {
         if self.data_dir.as_os_str().is_empty() {
             return Err(AgentError::config("data_dir", "must not be empty"));
         }
+        self.validate_connection()?;
+        self.validate_renewal()?;
+        for app in self.local_settings.keys() {
+            if !valid_id(app) {
+                return Err(AgentError::config(
+                    format!("local_settings.{app}"),
+                    "application names are 1 to 128 letters, digits, '.', '-' or '_'",
+                ));
+            }
+        }
+        if self.discovery.enabled {
+            self.discovery.validate()?;
+        }
+        self.distribution.validate()
+    }
+
+    /// Endpoints, backoff, sync interval, timeouts and the event queue.
+    fn validate_connection(&self) -> Result<(), AgentError> {
         if self.endpoints.is_empty() {
             return Err(AgentError::config(
                 "endpoints",
@@ -398,43 +416,20 @@ impl AgentConfig {
                 format!("{} is more than a day", b.max_ms),
             ));
         }
-        if !(crate::core::MIN_SYNC.as_secs()..=crate::core::MAX_SYNC.as_secs())
-            .contains(&self.default_sync_secs)
-        {
-            return Err(AgentError::config(
-                "default_sync_secs",
-                format!(
-                    "{} is outside {}..={}",
-                    self.default_sync_secs,
-                    crate::core::MIN_SYNC.as_secs(),
-                    crate::core::MAX_SYNC.as_secs()
-                ),
-            ));
-        }
-        for (field, v) in [
-            ("connect_timeout_ms", self.connect_timeout_ms),
-            ("request_timeout_ms", self.request_timeout_ms),
-            ("keepalive_ms", self.keepalive_ms),
-        ] {
-            if !(1..=3_600_000).contains(&v) {
-                return Err(AgentError::config(
-                    field,
-                    format!("{v} is outside 1..=3600000"),
-                ));
-            }
-        }
-        if !(1..=1_000_000).contains(&self.event_queue) {
-            return Err(AgentError::config(
-                "event_queue",
-                format!("{} is outside 1..=1000000", self.event_queue),
-            ));
-        }
-        if !(1..=10_000).contains(&self.event_batch) {
-            return Err(AgentError::config(
-                "event_batch",
-                format!("{} is outside 1..=10000", self.event_batch),
-            ));
-        }
+        in_range(
+            "default_sync_secs",
+            self.default_sync_secs,
+            crate::core::MIN_SYNC.as_secs(),
+            crate::core::MAX_SYNC.as_secs(),
+        )?;
+        in_range("connect_timeout_ms", self.connect_timeout_ms, 1, 3_600_000)?;
+        in_range("request_timeout_ms", self.request_timeout_ms, 1, 3_600_000)?;
+        in_range("keepalive_ms", self.keepalive_ms, 1, 3_600_000)?;
+        in_range("event_queue", self.event_queue, 1, 1_000_000)?;
+        in_range("event_batch", self.event_batch, 1, 10_000)
+    }
+
+    fn validate_renewal(&self) -> Result<(), AgentError> {
         let r = &self.renewal;
         if r.switch_before_secs == 0 || r.switch_before_secs >= r.reserve_before_secs {
             return Err(AgentError::config(
@@ -445,105 +440,7 @@ impl AgentConfig {
                 ),
             ));
         }
-        if !(1..=86_400).contains(&r.retry_after_secs) {
-            return Err(AgentError::config(
-                "renewal.retry_after_secs",
-                format!("{} is outside 1..=86400", r.retry_after_secs),
-            ));
-        }
-        for app in self.local_settings.keys() {
-            if !valid_id(app) {
-                return Err(AgentError::config(
-                    format!("local_settings.{app}"),
-                    "application names are 1 to 128 letters, digits, '.', '-' or '_'",
-                ));
-            }
-        }
-        let d = &self.discovery;
-        if d.enabled {
-            if d.targets.is_empty() {
-                return Err(AgentError::config(
-                    "discovery.targets",
-                    "needs at least one address when discovery is enabled",
-                ));
-            }
-            if d.interval_ms == 0 {
-                return Err(AgentError::config(
-                    "discovery.interval_ms",
-                    "0 must be at least 1",
-                ));
-            }
-            if d.window_ms < d.interval_ms {
-                return Err(AgentError::config(
-                    "discovery.window_ms",
-                    format!(
-                        "{} is below discovery.interval_ms {}",
-                        d.window_ms, d.interval_ms
-                    ),
-                ));
-            }
-            if !(1..=1_000_000).contains(&d.max_peers) {
-                return Err(AgentError::config(
-                    "discovery.max_peers",
-                    format!("{} is outside 1..=1000000", d.max_peers),
-                ));
-            }
-        }
-        let t = &self.distribution;
-        if t.max_rate_mbps == 0 || t.max_rate_mbps > 100_000 {
-            return Err(AgentError::config(
-                "distribution.max_rate_mbps",
-                format!("{} is outside 1..=100000", t.max_rate_mbps),
-            ));
-        }
-        if !(512..=16_384).contains(&t.symbol_size) {
-            return Err(AgentError::config(
-                "distribution.symbol_size",
-                format!("{} is outside 512..=16384", t.symbol_size),
-            ));
-        }
-        if !(1..=8192).contains(&t.block_symbols) {
-            return Err(AgentError::config(
-                "distribution.block_symbols",
-                format!("{} is outside 1..=8192", t.block_symbols),
-            ));
-        }
-        if t.multicast_ttl > 255 {
-            return Err(AgentError::config(
-                "distribution.multicast_ttl",
-                format!("{} is above 255", t.multicast_ttl),
-            ));
-        }
-        if !(4096..=(1 << 20)).contains(&t.chunk_bytes) {
-            return Err(AgentError::config(
-                "distribution.chunk_bytes",
-                format!("{} is outside 4096..=1048576", t.chunk_bytes),
-            ));
-        }
-        for (field, v) in [
-            ("distribution.start_delay_ms", t.start_delay_ms),
-            ("distribution.session_wait_ms", t.session_wait_ms),
-            ("distribution.session_idle_ms", t.session_idle_ms),
-        ] {
-            if v > 3_600_000 {
-                return Err(AgentError::config(field, format!("{v} is above 3600000")));
-            }
-        }
-        if t.session_idle_ms == 0 {
-            return Err(AgentError::config(
-                "distribution.session_idle_ms",
-                "0 must be at least 1",
-            ));
-        }
-        if let Some(a) = &t.unicast_advertise
-            && (a.is_empty() || a.len() > 255 || !a.contains(':'))
-        {
-            return Err(AgentError::config(
-                "distribution.unicast_advertise",
-                format!("{a:?} is not host:port"),
-            ));
-        }
-        Ok(())
+        in_range("renewal.retry_after_secs", r.retry_after_secs, 1, 86_400)
     }
 
     /// The connect timeout.
@@ -566,6 +463,88 @@ fn check_endpoint(field: &str, e: &Endpoint) -> Result<(), AgentError> {
         ));
     }
     Ok(())
+}
+
+/// `Ok` when `value` is within `lo..=hi`, else a configuration error naming `field`.
+fn in_range<T: PartialOrd + std::fmt::Display>(
+    field: &str,
+    value: T,
+    lo: T,
+    hi: T,
+) -> Result<(), AgentError> {
+    if value < lo || value > hi {
+        return Err(AgentError::config(
+            field.to_owned(),
+            format!("{value} is outside {lo}..={hi}"),
+        ));
+    }
+    Ok(())
+}
+
+impl DiscoveryConfig {
+    fn validate(&self) -> Result<(), AgentError> {
+        if self.targets.is_empty() {
+            return Err(AgentError::config(
+                "discovery.targets",
+                "needs at least one address when discovery is enabled",
+            ));
+        }
+        if self.interval_ms == 0 {
+            return Err(AgentError::config(
+                "discovery.interval_ms",
+                "0 must be at least 1",
+            ));
+        }
+        if self.window_ms < self.interval_ms {
+            return Err(AgentError::config(
+                "discovery.window_ms",
+                format!(
+                    "{} is below discovery.interval_ms {}",
+                    self.window_ms, self.interval_ms
+                ),
+            ));
+        }
+        in_range("discovery.max_peers", self.max_peers, 1, 1_000_000)
+    }
+}
+
+impl DistributionConfig {
+    fn validate(&self) -> Result<(), AgentError> {
+        in_range("distribution.max_rate_mbps", self.max_rate_mbps, 1, 100_000)?;
+        in_range("distribution.symbol_size", self.symbol_size, 512, 16_384)?;
+        in_range("distribution.block_symbols", self.block_symbols, 1, 8192)?;
+        if self.multicast_ttl > 255 {
+            return Err(AgentError::config(
+                "distribution.multicast_ttl",
+                format!("{} is above 255", self.multicast_ttl),
+            ));
+        }
+        in_range("distribution.chunk_bytes", self.chunk_bytes, 4096, 1 << 20)?;
+        for (field, v) in [
+            ("distribution.start_delay_ms", self.start_delay_ms),
+            ("distribution.session_wait_ms", self.session_wait_ms),
+            ("distribution.session_idle_ms", self.session_idle_ms),
+        ] {
+            if v > 3_600_000 {
+                return Err(AgentError::config(field, format!("{v} is above 3600000")));
+            }
+        }
+        if self.session_idle_ms == 0 {
+            return Err(AgentError::config(
+                "distribution.session_idle_ms",
+                "0 must be at least 1",
+            ));
+        }
+        if let Some(a) = &self.unicast_advertise
+            && (a.is_empty() || a.len() > 255 || !a.contains(':'))
+        {
+            return Err(AgentError::config(
+                "distribution.unicast_advertise",
+                format!("{a:?} is not host:port"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

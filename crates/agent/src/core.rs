@@ -44,6 +44,18 @@ pub enum Input {
     Received(Message),
 }
 
+impl Input {
+    /// The input's kind, without its contents (for [`Notice::InputIgnored`]).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Input::Connected => "connected",
+            Input::ConnectFailed(_) => "connect failed",
+            Input::Disconnected(_) => "disconnected",
+            Input::Received(m) => m.message_type().name(),
+        }
+    }
+}
+
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -83,6 +95,39 @@ pub enum Action {
         reason: String,
     },
 }
+
+/// Something the operator may want to know, from [`AgentCore::poll_notice`]. The core does
+/// not log; its driver turns these into log records. Only the latest
+/// [`NOTICES_KEPT`] are kept when nobody polls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Notice {
+    /// An input that does not fit the current phase was ignored.
+    InputIgnored {
+        /// The input's kind.
+        input: &'static str,
+        /// The phase it arrived in.
+        phase: Phase,
+    },
+    /// A "sync now" push repeated a nonce already seen, and was ignored.
+    NonceRepeated(u64),
+    /// The next connection round starts after this delay.
+    Retrying {
+        /// The backoff delay.
+        delay: Duration,
+        /// Why the previous round ended, if known.
+        after: Option<String>,
+    },
+    /// The connection was lost or given up.
+    ConnectionLost(String),
+    /// The server refused this agent as not authorized; the agent stops.
+    NotAuthorized(String),
+    /// The server asked for a sync now.
+    SyncRequested(String),
+}
+
+/// How many notices are kept for [`AgentCore::poll_notice`].
+pub const NOTICES_KEPT: usize = 64;
 
 /// The connection state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,6 +251,7 @@ pub struct AgentCore {
     handshake_since: Option<Instant>,
     backoff: Backoff,
     actions: VecDeque<Action>,
+    notices: VecDeque<Notice>,
     held: BTreeMap<String, u64>,
     held_updates: BTreeMap<String, u64>,
     dp_status: Vec<DpStatus>,
@@ -263,6 +309,7 @@ impl AgentCore {
             handshake_since: None,
             backoff,
             actions: VecDeque::new(),
+            notices: VecDeque::new(),
             held,
             held_updates: BTreeMap::new(),
             dp_status: Vec::new(),
@@ -300,6 +347,18 @@ impl AgentCore {
     /// The next action to carry out, if any.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
+    }
+
+    /// The next notice for the operator, oldest first.
+    pub fn poll_notice(&mut self) -> Option<Notice> {
+        self.notices.pop_front()
+    }
+
+    fn notice(&mut self, n: Notice) {
+        if self.notices.len() == NOTICES_KEPT {
+            self.notices.pop_front();
+        }
+        self.notices.push_back(n);
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must be called next.
@@ -451,19 +510,17 @@ impl AgentCore {
                 self.last_traffic = now;
                 self.received(m, now);
             }
-            other => {
-                log::debug!("agent core: {other:?} ignored in phase {:?}", self.phase);
-            }
+            other => self.notice(Notice::InputIgnored {
+                input: other.kind(),
+                phase: self.phase,
+            }),
         }
     }
 
     /// Whether `nonce` is new (and remembers it); a push with a nonce seen before is ignored.
     fn fresh_nonce(&mut self, nonce: u64) -> bool {
         if !self.nonce_set.insert(nonce) {
-            log::debug!(
-                "agent {}: sync-now nonce {nonce} seen before",
-                self.cfg.device_id
-            );
+            self.notice(Notice::NonceRepeated(nonce));
             return false;
         }
         self.nonces.push_back(nonce);
@@ -550,15 +607,14 @@ impl AgentCore {
         self.phase = Phase::Waiting;
         let delay = self.backoff.next_delay();
         self.retry_at = Some(now + delay);
-        log::info!(
-            "agent {}: retrying in {delay:?} ({})",
-            self.cfg.device_id,
-            self.last_error.as_deref().unwrap_or("")
-        );
+        self.notice(Notice::Retrying {
+            delay,
+            after: self.last_error.clone(),
+        });
     }
 
     fn lost(&mut self, reason: String, now: Instant, close: bool) {
-        log::warn!("agent {}: {reason}", self.cfg.device_id);
+        self.notice(Notice::ConnectionLost(reason.clone()));
         if self.renew_sent.take().is_some() {
             self.actions
                 .push_back(Action::RenewalFailed(format!("no answer: {reason}")));
@@ -634,11 +690,7 @@ impl AgentCore {
         let code = RefusalCode::try_from(r.code).unwrap_or(RefusalCode::Unspecified);
         let name = format!("{code:?}");
         if code == RefusalCode::NotAuthorized {
-            log::error!(
-                "agent {}: refused, not authorized: {}",
-                self.cfg.device_id,
-                r.reason
-            );
+            self.notice(Notice::NotAuthorized(r.reason.clone()));
             self.last_error = Some(format!("refused ({name}): {}", r.reason));
             self.phase = Phase::Stopped;
             self.actions.push_back(Action::Close);
@@ -727,7 +779,7 @@ impl AgentCore {
                     return;
                 }
                 self.pushes += 1;
-                log::info!("agent {}: sync now ({})", self.cfg.device_id, s.reason);
+                self.notice(Notice::SyncRequested(s.reason.clone()));
                 self.sync_soon(now);
             }
             Message::Keepalive(k) if k.reply => {

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use crate::AgentError;
 use crate::config::{DiscoveryConfig, MAX_DEVICE_ID, valid_id};
@@ -258,7 +259,7 @@ pub fn spawn_with_pushes(
                 _ = tick.tick() => {
                     for target in &targets {
                         if let Err(e) = socket.send_to(&datagram, target).await {
-                            log::debug!("discovery: send to {target}: {e}");
+                            tracing::debug!("discovery: send to {target}: {e}");
                         }
                     }
                 }
@@ -267,26 +268,26 @@ pub fn spawn_with_pushes(
                         if let Some(p) = &pushes
                             && p.try_send(buf[..n].to_vec()).is_err()
                         {
-                            log::debug!("discovery: push datagram from {from} dropped (queue full)");
+                            tracing::debug!("discovery: push datagram from {from} dropped (queue full)");
                         }
                     }
                     Ok((n, from)) => {
                         let now = Instant::now();
                         let mut table = t.lock().unwrap_or_else(|e| e.into_inner());
                         if n > MAX_DATAGRAM {
-                            log::debug!("discovery: oversized datagram from {from}");
+                            tracing::debug!("discovery: oversized datagram from {from}");
                         } else if table.on_datagram(&buf[..n], now).is_none() {
-                            log::trace!("discovery: ignored datagram from {from}");
+                            tracing::trace!("discovery: ignored datagram from {from}");
                         }
                     }
                     Err(e) => {
-                        log::debug!("discovery: receive: {e}");
+                        tracing::debug!("discovery: receive: {e}");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
             }
         }
-    });
+    }.instrument(tracing::info_span!("discovery", device = %device_id)));
     Ok(DiscoveryHandle { table, local, task })
 }
 

@@ -96,7 +96,7 @@ pub fn load(dir: &Path) -> Result<Option<Identity>, AgentError> {
         // A switch to the reserve stopped between its two files: finish it.
         Err(e) => match load_reserve(dir) {
             Ok(Some(reserve)) => {
-                log::warn!(
+                tracing::warn!(
                     "agent identity in {}: {e}; finishing the switch to the reserve certificate",
                     dir.display()
                 );
@@ -319,11 +319,7 @@ pub async fn enroll(config: &AgentConfig) -> Result<Identity, AgentError> {
     let cert = IssuedCert::from_parts(chain, PrivatePkcs8KeyDer::from(key.serialize_der()))?;
     let id = Identity { cert, ca: new_ca };
     save(&config.data_dir, &id)?;
-    log::info!(
-        "agent {}: enrolled in group {:?}",
-        config.device_id,
-        resp.group
-    );
+    tracing::info!("enrolled in group {:?}", resp.group);
     Ok(id)
 }
 
@@ -352,9 +348,8 @@ pub async fn load_or_enroll(config: &AgentConfig) -> Result<(Identity, bool), Ag
                 if std::time::Instant::now() + delay > give_up {
                     return Err(e);
                 }
-                log::warn!(
-                    "agent {}: enrollment failed, trying again in {} ms: {e}",
-                    config.device_id,
+                tracing::warn!(
+                    "enrollment failed, trying again in {} ms: {e}",
                     delay.as_millis()
                 );
                 tokio::time::sleep(delay).await;

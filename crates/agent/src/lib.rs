@@ -97,7 +97,7 @@ pub async fn run(
                 let now = (s.core.phase, s.core.syncs);
                 if now != last {
                     last = now;
-                    log::info!(
+                    tracing::info!(
                         "agent: {:?} via {}, {} syncs, {} events queued{}",
                         s.core.phase,
                         s.core.endpoint.map_or_else(String::new, |e| format!("{} ({})", e.name, e.addr)),

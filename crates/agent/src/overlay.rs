@@ -3,12 +3,11 @@
 //!
 //! ## The lock convention
 //!
-//! A received document with a top-level `"locked"` array is
-//! `{"values": {...}, "locked": ["path/a", "path/b/c", ...]}`: the settings are under
-//! `"values"` (an empty object if absent) and each entry of `"locked"` is a path of object
-//! keys joined by `/` or by `.` (`"path.b.c"`, as `outpost-policy` and the server's
-//! policy-backed sync write them; both mean the same). Locking a path locks everything beneath it. Any other document (no
-//! `"locked"` array) is itself the values, and every path is locked: the server wins.
+//! A received document is an [`outpost_wire::settings::SettingsDocument`]:
+//! `{"locked": ["path.a", "path/b/c", ...], "values": {...}}`, each lock a path of object
+//! keys joined by `.` or `/`. Locking a path locks everything beneath it. Any other
+//! document (no `"locked"` array) is itself the values, and every path is locked: the
+//! server wins.
 //!
 //! A local value (the agent configuration's `local_settings` for the application) is merged
 //! into the values object by object: a local object is merged key by key (replacing a
@@ -21,30 +20,18 @@
 //! The empty path `""` locks the whole document. Keys containing `/` or `.` cannot be named
 //! by a lock (policy setting paths never contain them).
 
+use outpost_wire::settings::{LOCK_SEPARATORS, SettingsDocument};
 use serde_json::{Map, Value};
-
-/// What separates the keys of a locked path: `/`, or `.` as `outpost-policy` writes paths.
-pub const SEPARATORS: [char; 2] = ['/', '.'];
 
 /// Whether `doc` follows the values-and-locks form, and if so its values and locks.
 fn split(doc: &Value) -> Option<(Value, Vec<Vec<String>>)> {
-    let locked = doc.as_object()?.get("locked")?.as_array()?;
-    let values = doc
-        .get("values")
-        .cloned()
-        .unwrap_or_else(|| Value::Object(Map::new()));
-    let locks = locked
-        .iter()
-        .filter_map(Value::as_str)
-        .map(|p| {
-            if p.is_empty() {
-                Vec::new()
-            } else {
-                p.split(SEPARATORS).map(str::to_string).collect()
-            }
-        })
+    doc.as_object()?.get("locked")?.as_array()?;
+    let d = SettingsDocument::from_json(doc);
+    let locks = d
+        .lock_paths()
+        .map(|keys| keys.into_iter().map(str::to_owned).collect())
         .collect();
-    Some((values, locks))
+    Some((d.values, locks))
 }
 
 /// Whether a lock at `lock` covers anything at or beneath `path`, or `path` itself.
@@ -167,6 +154,6 @@ pub fn get_path<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
     if path.is_empty() {
         return Some(v);
     }
-    path.split(SEPARATORS)
+    path.split(LOCK_SEPARATORS)
         .try_fold(v, |cur, k| cur.as_object()?.get(k))
 }

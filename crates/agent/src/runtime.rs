@@ -14,10 +14,11 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::rustls::ClientConfig;
+use tracing::Instrument;
 
 use crate::AgentError;
 use crate::config::AgentConfig;
-use crate::core::{Action, AgentCore, CoreConfig, CoreStatus, Input, LocalStatus};
+use crate::core::{Action, AgentCore, CoreConfig, CoreStatus, Input, LocalStatus, Notice};
 use crate::discovery::{self, DiscoveryHandle};
 use crate::distribution::DistributionStatus;
 use crate::distribution::plane::{self, Done, Plane};
@@ -92,15 +93,17 @@ impl Agent {
         config: AgentConfig,
         clock: Clock,
     ) -> Result<AgentHandle, AgentError> {
+        let span = tracing::info_span!("agent", device = %config.device_id);
+        Agent::start_in_span(config, clock).instrument(span).await
+    }
+
+    async fn start_in_span(config: AgentConfig, clock: Clock) -> Result<AgentHandle, AgentError> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(AgentError::io("create", &config.data_dir))?;
         let (id, enrolled) = identity::load_or_enroll(&config).await?;
         let reserve = identity::load_reserve(&config.data_dir).unwrap_or_else(|e| {
-            log::warn!(
-                "agent {}: the reserve certificate is unusable and is asked for again: {e}",
-                config.device_id
-            );
+            tracing::warn!("the reserve certificate is unusable and is asked for again: {e}");
             None
         });
         let renewal = Renewal::new(
@@ -192,7 +195,7 @@ impl Agent {
             conn: None,
             status: status_tx,
         };
-        let task = tokio::spawn(driver.run(cmd_rx));
+        let task = tokio::spawn(driver.run(cmd_rx).in_current_span());
         Ok(AgentHandle {
             cmd,
             status,
@@ -420,9 +423,8 @@ impl Driver {
             Step::RequestReserve => match identity::reserve_request() {
                 Ok((key, csr)) => {
                     if self.core.request_renewal(csr.into(), Instant::now()) {
-                        log::info!(
-                            "agent {}: asking for the certificate that succeeds the one ending {}",
-                            self.config.device_id,
+                        tracing::info!(
+                            "asking for the certificate that succeeds the one ending {}",
                             unix_time(self.renewal.active().not_after)
                         );
                         self.pending_key = Some(key);
@@ -431,7 +433,7 @@ impl Driver {
                     }
                 }
                 Err(e) => {
-                    log::error!("agent {}: {e}", self.config.device_id);
+                    tracing::error!("{e}");
                     self.renewal.request_failed(now);
                 }
             },
@@ -443,18 +445,16 @@ impl Driver {
                         *lock(&self.tls) = tls;
                         self.renewal.switched();
                         self.switches += 1;
-                        log::info!(
-                            "agent {}: switched to the reserve certificate (valid until {})",
-                            self.config.device_id,
+                        tracing::info!(
+                            "switched to the reserve certificate (valid until {})",
                             unix_time(self.renewal.active().not_after)
                         );
                         self.core
                             .reconnect_now("switched to the reserve certificate", Instant::now());
                     }
                     Err(e) => {
-                        log::error!(
-                            "agent {}: cannot switch to the reserve certificate, asking for another: {e}",
-                            self.config.device_id
+                        tracing::error!(
+                            "cannot switch to the reserve certificate, asking for another: {e}"
                         );
                         self.renewal.reserve_lost(now);
                     }
@@ -481,29 +481,22 @@ impl Driver {
         let cert = match checked {
             Ok(c) => c,
             Err(e) => {
-                log::warn!(
-                    "agent {}: the reserve certificate is refused: {e}",
-                    self.config.device_id
-                );
+                tracing::warn!("the reserve certificate is refused: {e}");
                 self.renewal.request_failed(now);
                 return;
             }
         };
         if let Err(e) = self.renewal.reserve_received(Validity::of(&cert)) {
-            log::warn!("agent {}: {e}", self.config.device_id);
+            tracing::warn!("{e}");
             return;
         }
         match identity::save_reserve(&self.config.data_dir, &cert) {
-            Ok(()) => log::info!(
-                "agent {}: reserve certificate stored (valid until {})",
-                self.config.device_id,
+            Ok(()) => tracing::info!(
+                "reserve certificate stored (valid until {})",
                 unix_time(Validity::of(&cert).not_after)
             ),
             Err(e) => {
-                log::error!(
-                    "agent {}: the reserve certificate could not be stored: {e}",
-                    self.config.device_id
-                );
+                tracing::error!("the reserve certificate could not be stored: {e}");
                 self.renewal.reserve_lost(now);
             }
         }
@@ -527,7 +520,9 @@ impl Driver {
         self.core.start(Instant::now());
         loop {
             self.renew();
-            if let Err(e) = self.act().await {
+            let acted = self.act().await;
+            self.log_notices();
+            if let Err(e) = acted {
                 self.publish(Some(e.to_string()));
                 return Err(e);
             }
@@ -569,7 +564,7 @@ impl Driver {
                     let verified = self.pushes.as_ref().map(|(_, v)| v.verify(&d, SystemTime::now()));
                     match verified {
                         Some(Ok(nonce)) => self.core.sync_now_from_outside(nonce, now),
-                        Some(Err(e)) => log::warn!("agent {}: {e}", self.config.device_id),
+                        Some(Err(e)) => tracing::warn!("{e}"),
                         None => {}
                     }
                 }
@@ -602,6 +597,28 @@ impl Driver {
     }
 
     /// Carries out every pending action.
+    /// Turns the core's notices into log records.
+    fn log_notices(&mut self) {
+        while let Some(n) = self.core.poll_notice() {
+            match n {
+                Notice::InputIgnored { input, phase } => {
+                    tracing::debug!(input, ?phase, "input ignored in this phase");
+                }
+                Notice::NonceRepeated(nonce) => {
+                    tracing::debug!(nonce, "sync-now nonce seen before; ignored");
+                }
+                Notice::Retrying { delay, after } => {
+                    tracing::info!("retrying in {delay:?} ({})", after.as_deref().unwrap_or(""));
+                }
+                Notice::ConnectionLost(reason) => tracing::warn!("{reason}"),
+                Notice::NotAuthorized(reason) => {
+                    tracing::error!("refused, not authorized: {reason}");
+                }
+                Notice::SyncRequested(reason) => tracing::info!("sync now ({reason})"),
+            }
+        }
+    }
+
     async fn act(&mut self) -> Result<(), AgentError> {
         while let Some(a) = self.core.poll_action() {
             match a {
@@ -612,12 +629,7 @@ impl Driver {
                     let now = Instant::now();
                     match r {
                         Ok(c) => {
-                            log::info!(
-                                "agent {}: connected to {} at {}",
-                                self.config.device_id,
-                                ep.name,
-                                ep.addr
-                            );
+                            tracing::info!("connected to {} at {}", ep.name, ep.addr);
                             self.conn = Some(c);
                             self.core.handle(Input::Connected, now);
                         }
@@ -652,13 +664,13 @@ impl Driver {
                     let mut store = lock(&self.settings);
                     for s in settings {
                         if let Err(e) = store.put(&s.application, s.version, &s.json) {
-                            log::error!("agent {}: {e}", self.config.device_id);
+                            tracing::error!("{e}");
                             self.core.forget_settings(&s.application);
                         }
                     }
                     for app in removed {
                         if let Err(e) = store.remove(&app) {
-                            log::error!("agent {}: {e}", self.config.device_id);
+                            tracing::error!("{e}");
                         }
                     }
                 }
@@ -673,10 +685,7 @@ impl Driver {
                 }
                 Action::Renewed(resp) => self.take_reserve(&resp),
                 Action::RenewalFailed(reason) => {
-                    log::warn!(
-                        "agent {}: no reserve certificate: {reason}",
-                        self.config.device_id
-                    );
+                    tracing::warn!("no reserve certificate: {reason}");
                     self.pending_key = None;
                     self.renewal.request_failed((self.clock)());
                 }

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use outpost_agent::core::{Action, AgentCore, CoreConfig, Input, LocalStatus, Phase};
+use outpost_agent::core::{
+    Action, AgentCore, CoreConfig, Input, LocalStatus, NOTICES_KEPT, Notice, Phase,
+};
 use outpost_agent::{AgentConfig, Endpoint};
 use outpost_wire::Message;
 use outpost_wire::messages::*;
@@ -26,6 +28,10 @@ fn config(endpoints: usize) -> AgentConfig {
 
 fn drain(core: &mut AgentCore) -> Vec<Action> {
     std::iter::from_fn(|| core.poll_action()).collect()
+}
+
+fn notices(core: &mut AgentCore) -> Vec<Notice> {
+    std::iter::from_fn(|| core.poll_notice()).collect()
 }
 
 /// Feeds a HelloAck choosing `version` at `t` and returns what the core does.
@@ -293,6 +299,50 @@ fn sync_now_syncs_at_once_once_per_nonce_and_waits_for_one_in_flight() {
     let a = drain(&mut core);
     assert!(matches!(sent(&a)[..], [Message::SyncRequest(_)]));
     assert_eq!(core.status().pushes, 2);
+}
+
+#[test]
+fn what_the_operator_should_know_comes_back_as_notices_and_is_bounded() {
+    let c = config(1);
+    let t0 = Instant::now();
+    let mut core = ready(&c, BTreeMap::new(), t0);
+    notices(&mut core);
+    let push = Input::Received(
+        SyncNow {
+            reason: "policy".into(),
+            nonce: 9,
+        }
+        .into(),
+    );
+    core.handle(push.clone(), t0);
+    core.handle(push, t0);
+    assert_eq!(
+        notices(&mut core),
+        [
+            Notice::SyncRequested("policy".into()),
+            Notice::NonceRepeated(9)
+        ]
+    );
+    core.handle(Input::Disconnected("reset by peer".into()), t0);
+    let n = notices(&mut core);
+    assert!(
+        matches!(&n[..], [Notice::ConnectionLost(r), Notice::Retrying { after: Some(a), .. }]
+            if r.contains("reset by peer") && a.contains("reset by peer")),
+        "{n:?}"
+    );
+    // Nobody polling: only the latest are kept.
+    for _ in 0..NOTICES_KEPT + 10 {
+        core.handle(Input::Connected, t0);
+    }
+    let n = notices(&mut core);
+    assert_eq!(n.len(), NOTICES_KEPT);
+    assert!(n.iter().all(|x| matches!(
+        x,
+        Notice::InputIgnored {
+            input: "connected",
+            phase: Phase::Waiting
+        }
+    )));
 }
 
 #[test]

@@ -24,6 +24,7 @@ use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::GatewayError;
 use crate::chunked::{ChunkedLink, Lending};
@@ -112,7 +113,13 @@ impl GatewayControl {
         }
         let stop = self.link.shutdown.child_token();
         let id = gw.id.clone();
-        let task = tokio::spawn(self.link.clone().keep(gw, stop.clone()));
+        let span = tracing::info_span!(
+            "gateway_link",
+            gateway = %gw.id,
+            addr = %gw.addr,
+            session = tracing::field::Empty
+        );
+        let task = tokio::spawn(self.link.clone().keep(gw, stop.clone()).instrument(span));
         kept.insert(id, (stop, task));
         Ok(())
     }
@@ -311,10 +318,8 @@ impl Link {
                     }
                     let delay = backoff.next_delay();
                     self.stats.signal_failures.fetch_add(1, Ordering::Relaxed);
-                    log::warn!(
-                        "signal connection to gateway {} ({}): {e}; retrying in {} ms",
-                        gw.id,
-                        gw.addr,
+                    tracing::warn!(
+                        "signal connection: {e}; retrying in {} ms",
                         delay.as_millis()
                     );
                     delay
@@ -369,11 +374,8 @@ impl Link {
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .insert(gw.id.clone(), session_id);
-                        log::info!(
-                            "signal connection to gateway {} ({}) is up, session {session_id}",
-                            gw.id,
-                            gw.addr
-                        );
+                        tracing::Span::current().record("session", session_id);
+                        tracing::info!("signal connection is up");
                         session = Some(session_id);
                     }
                     SignalEvent::PoolTickets(grant) => {
@@ -388,16 +390,16 @@ impl Link {
                                 let this = self.clone();
                                 let gw = gw.clone();
                                 let refuse = refuse_tx.clone();
-                                self.tracker.spawn(async move {
-                                    this.answer(gw, id, req, refuse, permit).await
-                                });
+                                self.tracker.spawn(
+                                    async move { this.answer(gw, id, req, refuse, permit).await }
+                                        .instrument(tracing::Span::current()),
+                                );
                             }
                             Err(_) => {
                                 self.stats.data_failures.fetch_add(1, Ordering::Relaxed);
                                 let max = self.config.max_data_in_flight;
-                                log::warn!(
-                                    "gateway {}: {max} data connections are already being opened; refusing a connect request",
-                                    gw.id
+                                tracing::warn!(
+                                    "{max} data connections are already being opened; refusing a connect request"
                                 );
                                 if let Some(ticket) = req.ticket {
                                     sig.refuse_connection(ConnectRefusal {
@@ -505,7 +507,7 @@ impl Link {
             Ok(x) => x,
             Err(e) => {
                 self.stats.data_failures.fetch_add(1, Ordering::Relaxed);
-                log::warn!("data connection to gateway {}: {e}", gw.id);
+                tracing::warn!("data connection: {e}");
                 return;
             }
         };
@@ -566,7 +568,7 @@ impl Link {
             .web_console_tunnels
             .fetch_add(1, Ordering::Relaxed);
         let Ok(console) = TcpStream::connect(target).await else {
-            log::warn!("Web Console target {target} unreachable");
+            tracing::warn!("Web Console target {target} unreachable");
             return false;
         };
         let _ = console.set_nodelay(true);
@@ -575,7 +577,7 @@ impl Link {
             r = splice(link, console, 16 * 1024, idle, None) => match r {
                 Ok(_) => true,
                 Err(e) => {
-                    log::debug!("Web Console tunnel ended: {e}");
+                    tracing::debug!("Web Console tunnel ended: {e}");
                     false
                 }
             },
@@ -605,7 +607,7 @@ impl Link {
                 Ok(tls) => tls,
                 Err(e) => {
                     self.stats.data_failures.fetch_add(1, Ordering::Relaxed);
-                    log::warn!("warm-pool connection to gateway {}: {e}", gw.id);
+                    tracing::warn!("warm-pool connection: {e}");
                     return;
                 }
             },
@@ -613,7 +615,7 @@ impl Link {
         self.stats.pool_opened.fetch_add(1, Ordering::Relaxed);
         let mut place = Some(place);
         loop {
-            let Some((open, web_target)) = self.claimed(&gw, &mut tls, &stop).await else {
+            let Some((open, web_target)) = self.claimed(&mut tls, &stop).await else {
                 return;
             };
             drop(place.take());
@@ -658,7 +660,6 @@ impl Link {
     /// it is a console tunnel.
     async fn claimed(
         &self,
-        gw: &DmzGatewayEntry,
         tls: &mut DataLink,
         stop: &CancellationToken,
     ) -> Option<(TunnelOpen, Option<SocketAddr>)> {
@@ -675,13 +676,12 @@ impl Link {
             Ok(Message::TunnelOpen(open)) => open,
             // The gateway refused the ticket, closed the connection, or spoke out of turn.
             Ok(Message::Refusal(r)) => {
-                log::warn!("gateway {} refused a pool ticket: {}", gw.id, r.reason);
+                tracing::warn!("the gateway refused a pool ticket: {}", r.reason);
                 return None;
             }
             Ok(other) => {
-                log::warn!(
-                    "gateway {}: {} on an idle pooled connection",
-                    gw.id,
+                tracing::warn!(
+                    "{} on an idle pooled connection",
                     other.message_type().name()
                 );
                 return None;
@@ -760,21 +760,24 @@ impl SessionPool {
             };
             let (this, gw, stop) = (link.clone(), gw.clone(), self.stop.clone());
             let slots = self.slots.clone();
-            link.tracker.spawn(async move {
-                let slot = tokio::select! {
-                    () = stop.cancelled() => return,
-                    r = tokio::time::timeout(expires, slots.clone().acquire_owned()) => r,
-                };
-                drop(wait);
-                let Ok(Ok(slot)) = slot else {
-                    this.stats
-                        .pool_tickets_unused
-                        .fetch_add(1, Ordering::Relaxed);
-                    return;
-                };
-                let place = PoolPlace::new(slot, &this.stats);
-                this.pooled(gw, session, ticket, place, stop, slots).await
-            });
+            link.tracker.spawn(
+                async move {
+                    let slot = tokio::select! {
+                        () = stop.cancelled() => return,
+                        r = tokio::time::timeout(expires, slots.clone().acquire_owned()) => r,
+                    };
+                    drop(wait);
+                    let Ok(Ok(slot)) = slot else {
+                        this.stats
+                            .pool_tickets_unused
+                            .fetch_add(1, Ordering::Relaxed);
+                        return;
+                    };
+                    let place = PoolPlace::new(slot, &this.stats);
+                    this.pooled(gw, session, ticket, place, stop, slots).await
+                }
+                .instrument(tracing::Span::current()),
+            );
         }
     }
 }

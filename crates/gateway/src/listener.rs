@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::admission::AdmissionPool;
 use crate::chunked::{ChunkedLink, Lending};
@@ -279,26 +280,29 @@ impl DeviceListener {
             limits.max_pooled_tunnels,
             limits.max_pooled_tunnels_per_source,
         );
-        let task = tokio::spawn(accept_devices(
-            listener,
-            Configs {
-                direct,
-                tunnel,
-                enroll,
-            },
-            Admitting {
-                timeout: limits.handshake_timeout,
-                pooled_idle: limits.pooled_tunnel_idle,
-                pooled,
-                pool: handshakes.clone(),
-                refused: refused.clone(),
-                failures: failures.clone(),
-                tunnels,
-            },
-            out,
-            shutdown.clone(),
-            tracker.clone(),
-        ));
+        let task = tokio::spawn(
+            accept_devices(
+                listener,
+                Configs {
+                    direct,
+                    tunnel,
+                    enroll,
+                },
+                Admitting {
+                    timeout: limits.handshake_timeout,
+                    pooled_idle: limits.pooled_tunnel_idle,
+                    pooled,
+                    pool: handshakes.clone(),
+                    refused: refused.clone(),
+                    failures: failures.clone(),
+                    tunnels,
+                },
+                out,
+                shutdown.clone(),
+                tracker.clone(),
+            )
+            .instrument(tracing::info_span!("device_port", addr = %bound)),
+        );
         Ok(ListenerHandle {
             addr: bound,
             shutdown,
@@ -357,7 +361,7 @@ async fn accept_devices(
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    log::warn!("server port: accept failed: {e}");
+                    tracing::warn!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -371,44 +375,47 @@ async fn accept_devices(
         let (configs, out, admitting) = (configs.clone(), out.clone(), admitting.clone());
         let stop = shutdown.clone();
         let evicted = admission.eviction();
-        tracker.spawn(async move {
-            let handshake = tokio::time::timeout(
-                admitting.timeout,
-                handshake(tcp, addr, &configs, &admitting.tunnels),
-            );
-            // A full pool evicts its oldest handshake to make room for a newer one.
-            let accepted = tokio::select! {
-                r = handshake => r,
-                () = evicted.cancelled() => {
-                    admitting.failures.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            };
-            // Known (or gone) by now: the place goes back before the hand-over, which may
-            // wait for the server.
-            drop(admission);
-            let conn = match accepted {
-                Ok(Ok(Accepted::Device(conn))) => Ok(conn),
-                Ok(Ok(Accepted::Tunnel { tls, gateway })) => {
-                    serve_tunnel(*tls, addr, gateway, &admitting, &out, &stop).await;
-                    return;
-                }
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(GatewayError::Timeout {
-                    what: "the TLS handshake on the server port",
-                    millis: admitting.timeout.as_millis() as u64,
-                }),
-            };
-            match conn {
-                Ok(conn) => {
-                    let _ = out.send(conn).await;
-                }
-                Err(e) => {
-                    admitting.failures.fetch_add(1, Ordering::Relaxed);
-                    log::debug!("server port: {addr}: {e}");
+        tracker.spawn(
+            async move {
+                let handshake = tokio::time::timeout(
+                    admitting.timeout,
+                    handshake(tcp, addr, &configs, &admitting.tunnels),
+                );
+                // A full pool evicts its oldest handshake to make room for a newer one.
+                let accepted = tokio::select! {
+                    r = handshake => r,
+                    () = evicted.cancelled() => {
+                        admitting.failures.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                };
+                // Known (or gone) by now: the place goes back before the hand-over, which may
+                // wait for the server.
+                drop(admission);
+                let conn = match accepted {
+                    Ok(Ok(Accepted::Device(conn))) => Ok(conn),
+                    Ok(Ok(Accepted::Tunnel { tls, gateway })) => {
+                        serve_tunnel(*tls, addr, gateway, &admitting, &out, &stop).await;
+                        return;
+                    }
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(GatewayError::Timeout {
+                        what: "the TLS handshake on the server port",
+                        millis: admitting.timeout.as_millis() as u64,
+                    }),
+                };
+                match conn {
+                    Ok(conn) => {
+                        let _ = out.send(conn).await;
+                    }
+                    Err(e) => {
+                        admitting.failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!("{e}");
+                    }
                 }
             }
-        });
+            .instrument(tracing::info_span!("connection", peer = %addr)),
+        );
     }
 }
 
@@ -472,7 +479,7 @@ async fn handshake(
 
 /// Tells a tunnel it is not authorised (`reason`), and gives the error it ends with.
 async fn refuse_tunnel(tls: &mut TunnelLink, addr: SocketAddr, reason: String) -> GatewayError {
-    log::warn!("server port: tunnel from {addr} refused: {reason}");
+    tracing::warn!("tunnel refused: {reason}");
     let refusal = Refusal {
         code: RefusalCode::NotAuthorized as i32,
         reason: reason.clone(),
@@ -501,7 +508,7 @@ async fn serve_tunnel(
             Ok(o) => o,
             Err(e) => {
                 admitting.failures.fetch_add(1, Ordering::Relaxed);
-                log::debug!("server port: {addr}: {e}");
+                tracing::debug!("{e}");
                 return;
             }
         };

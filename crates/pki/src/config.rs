@@ -6,7 +6,7 @@ use std::time::Duration;
 use rcgen::KeyPair;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{PkiError, Result};
+use crate::error::{InputError, KeyError, PkiError, Result};
 use crate::time::DAY;
 
 /// Longest lifetime of an issued (non-CA) certificate, in days.
@@ -60,18 +60,22 @@ impl KeyAlgorithm {
     /// Parses a configuration name.
     ///
     /// # Errors
-    /// [`PkiError::UnsupportedKeyAlgorithm`] naming the value.
+    /// [`KeyError::UnsupportedAlgorithm`] naming the value.
     pub fn from_name(name: &str) -> Result<Self> {
         Self::ALL
             .into_iter()
             .find(|a| a.name() == name)
-            .ok_or_else(|| PkiError::UnsupportedKeyAlgorithm(name.to_owned()))
+            .ok_or_else(|| {
+                PkiError::Key(KeyError::UnsupportedAlgorithm {
+                    name: name.to_owned(),
+                })
+            })
     }
 
     /// Generates a fresh key pair of this algorithm.
     ///
     /// # Errors
-    /// [`PkiError::Generation`] if the crypto provider fails.
+    /// [`CertError::Generation`](crate::CertError::Generation) if the crypto provider fails.
     pub fn generate(self) -> Result<KeyPair> {
         let gen_err = PkiError::generation("key pair");
         match self {
@@ -103,7 +107,7 @@ impl fmt::Display for KeyAlgorithm {
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum CsrCaRequestPolicy {
-    /// Refuse the request with [`PkiError::CsrRequestsCa`] (the default).
+    /// Refuse the request with [`CsrError::RequestsCa`](crate::CsrError::RequestsCa) (the default).
     #[default]
     Reject,
     /// Issue anyway, as an end-entity certificate: the request gets none of what it asked for.
@@ -169,14 +173,16 @@ impl PkiConfig {
     /// Checks every field.
     ///
     /// # Errors
-    /// [`PkiError::InvalidConfig`] naming the first field that is out of range and its value.
+    /// [`InputError::InvalidConfig`] naming the first field that is out of range and its value,
+    /// or [`InputError::InvalidConfigName`] for a name that cannot go into a certificate.
     pub fn validate(&self) -> Result<()> {
         fn range(field: &'static str, v: u32, lo: u32, hi: u32) -> Result<()> {
             if v < lo || v > hi {
-                return Err(PkiError::InvalidConfig {
+                return Err(PkiError::Input(InputError::InvalidConfig {
                     field,
-                    reason: format!("{v} is outside {lo}..={hi}"),
-                });
+                    value: v.to_string(),
+                    reason: format!("is outside {lo}..={hi}"),
+                }));
             }
             Ok(())
         }
@@ -185,19 +191,15 @@ impl PkiConfig {
             ("ca_common_name", &self.ca_common_name),
             ("mobile_ca_common_name", &self.mobile_ca_common_name),
         ] {
-            crate::names::validate_identity("name", v).map_err(|e| PkiError::InvalidConfig {
-                field,
-                reason: e.to_string(),
-            })?;
+            crate::names::validate_identity("name", v)
+                .map_err(|source| InputError::InvalidConfigName { field, source })?;
         }
         if self.ca_common_name == self.mobile_ca_common_name {
-            return Err(PkiError::InvalidConfig {
+            return Err(PkiError::Input(InputError::InvalidConfig {
                 field: "mobile_ca_common_name",
-                reason: format!(
-                    "{:?} is also the server CA's name; the two CAs need distinct names",
-                    self.mobile_ca_common_name
-                ),
-            });
+                value: format!("{:?}", self.mobile_ca_common_name),
+                reason: "is also the server CA's name; the two CAs need distinct names".to_owned(),
+            }));
         }
         range("ca_validity_days", self.ca_validity_days, 1, 36_500)?;
         range(
@@ -240,7 +242,7 @@ mod tests {
         }
         assert!(matches!(
             KeyAlgorithm::from_name("dsa1024"),
-            Err(PkiError::UnsupportedKeyAlgorithm(n)) if n == "dsa1024"
+            Err(PkiError::Key(KeyError::UnsupportedAlgorithm { name })) if name == "dsa1024"
         ));
     }
 
@@ -292,7 +294,10 @@ mod tests {
         ];
         for (cfg, want) in cases {
             match cfg.validate() {
-                Err(PkiError::InvalidConfig { field, .. }) => assert_eq!(field, want),
+                Err(PkiError::Input(
+                    InputError::InvalidConfig { field, .. }
+                    | InputError::InvalidConfigName { field, .. },
+                )) => assert_eq!(field, want),
                 other => panic!("expected error on {want}, got {other:?}"),
             }
         }

@@ -8,7 +8,7 @@ use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 
-use crate::error::{PkiError, Result};
+use crate::error::{CsrError, KeyError, PkiError, Result};
 use crate::pem_util::all_pem_blocks;
 
 /// Largest CSR accepted, PEM or DER, in bytes. Real requests are under 4 KiB even with
@@ -39,16 +39,16 @@ pub struct CsrInfo {
 /// `NEW CERTIFICATE REQUEST`) or DER, checks its self-signature and its key.
 ///
 /// # Errors
-/// [`PkiError::CsrTooLarge`], [`PkiError::MalformedCsr`], [`PkiError::CsrBadSignature`],
-/// [`PkiError::UnsupportedKeyAlgorithm`] or [`PkiError::RsaKeyTooSmall`].
+/// [`CsrError::TooLarge`], [`CsrError::Malformed`], [`CsrError::BadSignature`],
+/// [`KeyError::UnsupportedAlgorithm`] or [`KeyError::RsaTooSmall`].
 pub fn decode_csr(input: &[u8]) -> Result<CsrInfo> {
     if input.len() > MAX_CSR_LEN {
-        return Err(PkiError::CsrTooLarge {
+        return Err(PkiError::Csr(CsrError::TooLarge {
             len: input.len(),
             max: MAX_CSR_LEN,
-        });
+        }));
     }
-    let malformed = |reason: String| PkiError::MalformedCsr { reason };
+    let malformed = |reason: String| PkiError::Csr(CsrError::Malformed { reason });
     let trimmed = input.trim_ascii_start();
     let der_owned;
     let der: &[u8] = if trimmed.starts_with(b"-----BEGIN") {
@@ -77,16 +77,18 @@ pub fn decode_csr(input: &[u8]) -> Result<CsrInfo> {
     let info = &csr.certification_request_info;
     let spki = &info.subject_pki;
     let public_key = rcgen::SubjectPublicKeyInfo::from_der(spki.raw).map_err(|_| {
-        PkiError::UnsupportedKeyAlgorithm(format!(
-            "public key algorithm {}",
-            spki.algorithm.algorithm.to_id_string()
-        ))
+        PkiError::Key(KeyError::UnsupportedAlgorithm {
+            name: format!(
+                "public key algorithm {}",
+                spki.algorithm.algorithm.to_id_string()
+            ),
+        })
     })?;
     let key_algorithm = match spki.parsed() {
         Ok(PublicKey::RSA(rsa)) => {
             let bits = rsa_modulus_bits(rsa.modulus);
             if bits < 2048 {
-                return Err(PkiError::RsaKeyTooSmall { bits });
+                return Err(PkiError::Key(KeyError::RsaTooSmall { bits }));
             }
             format!("rsa-{bits}")
         }
@@ -102,16 +104,16 @@ pub fn decode_csr(input: &[u8]) -> Result<CsrInfo> {
             } else if alg == &rcgen::PKCS_ED25519 {
                 "ed25519".to_owned()
             } else {
-                return Err(PkiError::UnsupportedKeyAlgorithm(format!("{alg:?}")));
+                return Err(PkiError::Key(KeyError::UnsupportedAlgorithm {
+                    name: format!("{alg:?}"),
+                }));
             }
         }
     };
 
     // The key is checked first so that a weak key gets the clearer error.
     csr.verify_signature()
-        .map_err(|e| PkiError::CsrBadSignature {
-            reason: e.to_string(),
-        })?;
+        .map_err(|source| CsrError::BadSignature { source })?;
 
     let mut requests_ca = None;
     let mut requested_names = Vec::new();

@@ -24,7 +24,7 @@
 //!
 //! ```
 //! use std::time::{Duration, SystemTime};
-//! use outpost_pki::{PkiConfig, PkiError, ServerCa, check_server_certificate};
+//! use outpost_pki::{PkiConfig, PkiError, ServerCa, VerifyError, check_server_certificate};
 //!
 //! let now = SystemTime::now();
 //! let mut ca = ServerCa::create(PkiConfig::default(), now)?;
@@ -34,18 +34,18 @@
 //! // A mobile device checks the gateway certificate against the server CA.
 //! check_server_certificate(&gw.cert_der, "dmz.example.com", ca.server_ca(), &[], now)?;
 //! let err = check_server_certificate(&gw.cert_der, "evil.example.com", ca.server_ca(), &[], now);
-//! assert!(matches!(err, Err(PkiError::NameMismatch { .. })));
+//! assert!(matches!(err, Err(PkiError::Verify(VerifyError::NameMismatch { .. }))));
 //!
 //! // Revoked certificates fail once the CRL is known.
 //! ca.revoke(&gw.cert_der, now)?;
 //! let crl = ca.crl(outpost_pki::CaKind::Server, now)?;
 //! let err = check_server_certificate(&gw.cert_der, "gw.example.com", ca.server_ca(), &[crl], now);
-//! assert!(matches!(err, Err(PkiError::Revoked { .. })));
+//! assert!(matches!(err, Err(PkiError::Verify(VerifyError::Revoked { .. }))));
 //!
 //! // Four hundred days later it has expired anyway.
 //! let later = now + Duration::from_secs(400 * 86_400);
 //! let err = check_server_certificate(&gw.cert_der, "gw.example.com", ca.server_ca(), &[], later);
-//! assert!(matches!(err, Err(PkiError::Expired { .. })));
+//! assert!(matches!(err, Err(PkiError::Verify(VerifyError::Expired { .. }))));
 //! # Ok::<(), PkiError>(())
 //! ```
 
@@ -68,7 +68,10 @@ pub use ca::{
 };
 pub use config::{CsrCaRequestPolicy, KeyAlgorithm, MAX_LEAF_VALIDITY_DAYS, PkiConfig};
 pub use csr::{CsrInfo, MAX_CSR_LEN, decode_csr, fuzz_decode_csr};
-pub use error::{PkiError, Result};
+pub use error::{
+    CertError, CrlError, CsrError, FileError, InputError, KeyError, NameError, PkiError, Result,
+    TlsError, VerifyError,
+};
 pub use names::{
     MAX_DEVICE_ID_LEN, MAX_DNS_LABEL_LEN, MAX_DNS_NAME_LEN, MAX_SAN_ENTRIES, validate_device_id,
     validate_dns_name,

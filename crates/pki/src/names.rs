@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use crate::error::{PkiError, Result};
+use crate::error::{InputError, NameError, PkiError, Result};
 
 /// Longest DNS name accepted (RFC 1035 §2.3.4, without the trailing dot).
 pub const MAX_DNS_NAME_LEN: usize = 253;
@@ -23,16 +23,18 @@ pub const MAX_SAN_ENTRIES: usize = 100;
 /// IP address: give those as addresses), no wildcards, no trailing dot.
 ///
 /// # Errors
-/// [`PkiError::InvalidDnsName`] naming the value and the rule it breaks.
+/// [`NameError::InvalidDnsName`] naming the value and the rule it breaks.
 ///
 /// ```
 /// assert_eq!(outpost_pki::validate_dns_name("GW1.Example.com").unwrap(), "gw1.example.com");
 /// assert!(outpost_pki::validate_dns_name("gw_1.example.com").is_err());
 /// ```
 pub fn validate_dns_name(name: &str) -> Result<String> {
-    let bad = |reason| PkiError::InvalidDnsName {
-        name: name.to_owned(),
-        reason,
+    let bad = |reason| {
+        PkiError::Name(NameError::InvalidDnsName {
+            name: name.to_owned(),
+            reason,
+        })
     };
     if name.is_empty() {
         return Err(bad("empty"));
@@ -77,13 +79,14 @@ pub fn validate_dns_name(name: &str) -> Result<String> {
 /// letters, digits and `-`, `_`, `.`, `:`, `@`.
 ///
 /// # Errors
-/// [`PkiError::InvalidIdentity`] naming the value and the rule it breaks.
+/// [`NameError::InvalidIdentity`] naming the value and the rule it breaks.
 pub fn validate_device_id(id: &str) -> Result<()> {
-    validate_identity("device id", id)
+    Ok(validate_identity("device id", id)?)
 }
 
-pub(crate) fn validate_identity(what: &'static str, value: &str) -> Result<()> {
-    let bad = |reason| PkiError::InvalidIdentity {
+/// Checks an identity (a device id, a common name, ...; `what` names it in the error).
+pub(crate) fn validate_identity(what: &'static str, value: &str) -> Result<(), NameError> {
+    let bad = |reason| NameError::InvalidIdentity {
         what,
         value: value.to_owned(),
         reason,
@@ -114,29 +117,27 @@ pub(crate) fn validate_san_set(
     ips: &[IpAddr],
 ) -> Result<(Vec<String>, Vec<IpAddr>)> {
     if dns_names.len().saturating_add(ips.len()) > MAX_SAN_ENTRIES {
-        return Err(PkiError::InvalidConfig {
+        return Err(PkiError::Input(InputError::InvalidConfig {
             field: "subject alternative names",
-            reason: format!(
-                "{} names and addresses given, at most {MAX_SAN_ENTRIES} allowed",
-                dns_names.len() + ips.len()
-            ),
-        });
+            value: (dns_names.len() + ips.len()).to_string(),
+            reason: format!("names and addresses given, at most {MAX_SAN_ENTRIES} allowed"),
+        }));
     }
     let mut seen = BTreeSet::new();
     let mut names = Vec::with_capacity(dns_names.len());
     for n in dns_names {
         let v = validate_dns_name(n)?;
         if !seen.insert(v.clone()) {
-            return Err(PkiError::DuplicateName { name: n.clone() });
+            return Err(PkiError::Name(NameError::Duplicate { name: n.clone() }));
         }
         names.push(v);
     }
     let mut seen_ip = BTreeSet::new();
     for ip in ips {
         if !seen_ip.insert(*ip) {
-            return Err(PkiError::DuplicateName {
+            return Err(PkiError::Name(NameError::Duplicate {
                 name: ip.to_string(),
-            });
+            }));
         }
     }
     Ok((names, ips.to_vec()))
@@ -189,7 +190,7 @@ mod tests {
         ];
         for (name, why) in cases {
             match validate_dns_name(name) {
-                Err(PkiError::InvalidDnsName { name: n, reason }) => {
+                Err(PkiError::Name(NameError::InvalidDnsName { name: n, reason })) => {
                     assert_eq!(n, name);
                     assert_eq!(reason, why, "{name}");
                 }
@@ -207,7 +208,9 @@ mod tests {
     fn san_set_refuses_duplicates() {
         let names = vec!["gw.example".to_owned(), "GW.example".to_owned()];
         let err = validate_san_set(&names, &[]).unwrap_err();
-        assert!(matches!(err, PkiError::DuplicateName { name } if name == "GW.example"));
+        assert!(
+            matches!(err, PkiError::Name(NameError::Duplicate { name }) if name == "GW.example")
+        );
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         assert!(validate_san_set(&[], &[ip, ip]).is_err());
     }

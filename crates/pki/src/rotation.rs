@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::ca::{IssuedCert, ServerCa};
 use crate::config::PkiConfig;
-use crate::error::{PkiError, Result};
+use crate::error::{CertError, PkiError, Result};
 use crate::time::{DAY, Timestamp};
 
 /// Where a certificate stands in its life.
@@ -123,10 +123,10 @@ impl Rotation {
     /// switch is due and none exists yet, so the switch never leaves a gap. A reserve is only
     /// made, and a switch only happens, if the new certificate ends later than the active
     /// one; once the issuing CA itself ends no later than the active certificate, that is
-    /// impossible and [`PkiError::CaExpiresFirst`] says so.
+    /// impossible and [`CertError::CaExpiresFirst`] says so.
     ///
     /// # Errors
-    /// [`PkiError::CaExpiresFirst`], or as [`ServerCa::issue`]; the state is unchanged on
+    /// [`CertError::CaExpiresFirst`], or as [`ServerCa::issue`]; the state is unchanged on
     /// error.
     pub fn poll(&mut self, ca: &ServerCa, now: SystemTime) -> Result<RotationEvent> {
         let ts = Timestamp::from_system_time(now)?;
@@ -143,12 +143,12 @@ impl Rotation {
         let (ca_cert, new_end) = ca.issuance_end(profile.role(), ts);
         if new_end <= active_end {
             if ca_cert.not_after() <= active_end {
-                return Err(PkiError::CaExpiresFirst {
+                return Err(PkiError::Cert(CertError::CaExpiresFirst {
                     subject: crate::sign::subject_of(&self.active.cert_der),
                     not_after: active_end,
                     ca: ca_cert.subject().to_owned(),
                     ca_not_after: ca_cert.not_after(),
-                });
+                }));
             }
             return Ok(RotationEvent::Idle);
         }

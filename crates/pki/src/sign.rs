@@ -19,7 +19,7 @@
 use rcgen::{KeyPair, SigningKey};
 use webpki::EndEntityCert;
 
-use crate::error::{PkiError, Result};
+use crate::error::{CertError, KeyError, PkiError, Result};
 use crate::{IssuedCert, PeerIdentity};
 
 /// The subject of a certificate, for messages.
@@ -33,15 +33,16 @@ pub(crate) fn subject_of(cert_der: &[u8]) -> String {
 /// SHA-384 in ASN.1 form, Ed25519, or RSA PKCS#1 with SHA-256, as the key is).
 ///
 /// # Errors
-/// [`PkiError::SigningFailed`].
+/// [`KeyError::SigningFailed`].
 pub fn sign_with(identity: &IssuedCert, msg: &[u8]) -> Result<Vec<u8>> {
-    let failed = |reason: String| PkiError::SigningFailed {
-        subject: subject_of(&identity.cert_der),
-        reason,
+    let failed = |source| {
+        PkiError::from(KeyError::SigningFailed {
+            subject: subject_of(&identity.cert_der),
+            source,
+        })
     };
-    let key = KeyPair::try_from(identity.key_der.secret_pkcs8_der())
-        .map_err(|e| failed(e.to_string()))?;
-    key.sign(msg).map_err(|e| failed(e.to_string()))
+    let key = KeyPair::try_from(identity.key_der.secret_pkcs8_der()).map_err(failed)?;
+    key.sign(msg).map_err(failed)
 }
 
 /// Checks that `sig` over `msg` was made with the key of the certificate `cert_der`, with
@@ -49,12 +50,14 @@ pub fn sign_with(identity: &IssuedCert, msg: &[u8]) -> Result<Vec<u8>> {
 /// certificate itself.
 ///
 /// # Errors
-/// [`PkiError::MalformedCertificate`] or [`PkiError::BadSignature`].
+/// [`CertError::Malformed`] or [`KeyError::BadSignature`].
 pub fn verify_signature(cert_der: &[u8], msg: &[u8], sig: &[u8]) -> Result<()> {
     let der = rustls_pki_types::CertificateDer::from(cert_der);
-    let cert = EndEntityCert::try_from(&der).map_err(|e| PkiError::MalformedCertificate {
-        what: "signing certificate".to_owned(),
-        reason: format!("{e:?}"),
+    let cert = EndEntityCert::try_from(&der).map_err(|e| {
+        PkiError::Cert(CertError::Malformed {
+            what: "signing certificate".to_owned(),
+            reason: format!("{e:?}"),
+        })
     })?;
     let algorithms = [
         webpki::aws_lc_rs::ECDSA_P256_SHA256,
@@ -68,7 +71,7 @@ pub fn verify_signature(cert_der: &[u8], msg: &[u8], sig: &[u8]) -> Result<()> {
     {
         return Ok(());
     }
-    Err(PkiError::BadSignature {
+    Err(PkiError::Key(KeyError::BadSignature {
         subject: subject_of(cert_der),
-    })
+    }))
 }

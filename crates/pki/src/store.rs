@@ -14,7 +14,7 @@ use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 
 use crate::ca::{CaCertificate, CaKind, CertificateAuthority, Crl, ServerCa};
 use crate::config::PkiConfig;
-use crate::error::{PkiError, Result};
+use crate::error::{CertError, CrlError, FileError, KeyError, PkiError, Result};
 use crate::pem_util::all_pem_blocks;
 
 /// Largest key file accepted (an RSA-4096 PKCS#8 PEM is about 3.3 KiB).
@@ -46,7 +46,7 @@ pub mod files {
 /// or the new one, never a truncated key.
 ///
 /// # Errors
-/// [`PkiError::Io`] naming the path.
+/// [`FileError::Io`] naming the path.
 pub fn write_private_key(path: &Path, pem: &str) -> Result<()> {
     write_atomic(path, pem.as_bytes(), 0o600)
 }
@@ -55,7 +55,7 @@ pub fn write_private_key(path: &Path, pem: &str) -> Result<()> {
 /// atomically as [`write_private_key`] does.
 ///
 /// # Errors
-/// [`PkiError::Io`] naming the path.
+/// [`FileError::Io`] naming the path.
 pub fn write_public(path: &Path, pem: &str) -> Result<()> {
     write_atomic(path, pem.as_bytes(), 0o644)
 }
@@ -66,9 +66,11 @@ fn create_temp(dir: &Path, name: &str, mode: u32) -> Result<(PathBuf, fs::File)>
     let mut attempt = 0;
     loop {
         let mut suffix = [0u8; 8];
-        aws_lc_rs::rand::fill(&mut suffix).map_err(|_| PkiError::Generation {
-            what: "temporary file name",
-            source: rcgen::Error::RingUnspecified,
+        aws_lc_rs::rand::fill(&mut suffix).map_err(|_| {
+            PkiError::Cert(CertError::Generation {
+                what: "temporary file name",
+                source: rcgen::Error::RingUnspecified,
+            })
         })?;
         let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
         let tmp = dir.join(format!(".{name}.{suffix}.tmp"));
@@ -132,7 +134,7 @@ pub fn remove_stale_temporaries(dir: &Path) -> Result<usize> {
 /// workspace's state files (registry, settings, epochs) are written this way too.
 ///
 /// # Errors
-/// [`PkiError::Io`] naming the file and the step that failed.
+/// [`FileError::Io`] naming the file and the step that failed.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     let name = path
         .file_name()
@@ -177,11 +179,13 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
 fn read_bounded_bytes(path: &Path, max: u64, what: &'static str) -> Result<Vec<u8>> {
     let f = fs::File::open(path).map_err(PkiError::io("open", path))?;
     let len = f.metadata().map_err(PkiError::io("stat", path))?.len();
-    let too_large = |len: u64| PkiError::FileTooLarge {
-        path: path.to_path_buf(),
-        len,
-        max,
-        what,
+    let too_large = |len: u64| {
+        PkiError::File(FileError::TooLarge {
+            path: path.to_path_buf(),
+            len,
+            max,
+            what,
+        })
     };
     if len > max {
         return Err(too_large(len));
@@ -207,8 +211,8 @@ fn read_bounded(path: &Path, max: u64, what: &'static str) -> Result<String> {
 /// not hold a well-formed key.
 ///
 /// # Errors
-/// [`PkiError::KeyFileTooOpen`], [`PkiError::FileTooLarge`], [`PkiError::MalformedKey`] or
-/// [`PkiError::Io`], each naming the path.
+/// [`FileError::KeyTooOpen`], [`FileError::TooLarge`], [`KeyError::Malformed`] or
+/// [`FileError::Io`], each naming the path.
 pub fn read_private_key(path: &Path) -> Result<KeyPair> {
     #[cfg(unix)]
     {
@@ -216,22 +220,23 @@ pub fn read_private_key(path: &Path) -> Result<KeyPair> {
         let meta = fs::metadata(path).map_err(PkiError::io("stat", path))?;
         let mode = meta.permissions().mode() & 0o7777;
         if mode & 0o077 != 0 {
-            return Err(PkiError::KeyFileTooOpen {
+            return Err(PkiError::File(FileError::KeyTooOpen {
                 path: path.to_path_buf(),
                 mode,
-            });
+            }));
         }
     }
     let text = read_bounded(path, MAX_KEY_FILE, "private key")?;
     if !text.contains("-----BEGIN") {
-        return Err(PkiError::MalformedKey {
+        return Err(PkiError::Key(KeyError::NoPemBlock {
             what: path.display().to_string(),
-            reason: "no PEM block".to_owned(),
-        });
+        }));
     }
-    KeyPair::from_pem(&text).map_err(|e| PkiError::MalformedKey {
-        what: path.display().to_string(),
-        reason: e.to_string(),
+    KeyPair::from_pem(&text).map_err(|source| {
+        PkiError::Key(KeyError::Malformed {
+            what: path.display().to_string(),
+            source,
+        })
     })
 }
 
@@ -247,7 +252,7 @@ pub fn read_private_key_der(path: &Path) -> Result<PrivatePkcs8KeyDer<'static>> 
 /// Reads every `CERTIFICATE` block of a PEM file, in order (a chain file reads as a chain).
 ///
 /// # Errors
-/// [`PkiError::MalformedPem`] if there is none, [`PkiError::FileTooLarge`] or [`PkiError::Io`].
+/// [`FileError::MalformedPem`] if there is none, [`FileError::TooLarge`] or [`FileError::Io`].
 pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let text = read_bounded(path, MAX_CERT_FILE, "certificate")?;
     parse_certificates(&text, path)
@@ -257,12 +262,14 @@ pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
 /// text came from in an error (a file, or a request's field).
 ///
 /// # Errors
-/// [`PkiError::MalformedPem`] if there is none or a block is malformed.
+/// [`FileError::MalformedPem`] if there is none or a block is malformed.
 pub fn parse_certificates(text: &str, origin: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let bad = |reason: String| PkiError::MalformedPem {
-        path: origin.to_path_buf(),
-        what: "CERTIFICATE",
-        reason,
+    let bad = |reason: String| {
+        PkiError::File(FileError::MalformedPem {
+            path: origin.to_path_buf(),
+            what: "CERTIFICATE",
+            reason,
+        })
     };
     let blocks = all_pem_blocks(text, "CERTIFICATE").map_err(bad)?;
     if blocks.is_empty() {
@@ -276,36 +283,38 @@ pub fn parse_certificates(text: &str, origin: &Path) -> Result<Vec<CertificateDe
 /// # Errors
 /// As [`read_certificates`] and [`CaCertificate::from_der`].
 pub fn read_ca_certificate(path: &Path) -> Result<CaCertificate> {
-    let first =
-        read_certificates(path)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| PkiError::MalformedPem {
-                path: path.to_path_buf(),
-                what: "CERTIFICATE",
-                reason: "empty".to_owned(),
-            })?;
+    let first = read_certificates(path)?.into_iter().next().ok_or_else(|| {
+        PkiError::File(FileError::MalformedPem {
+            path: path.to_path_buf(),
+            what: "CERTIFICATE",
+            reason: "empty".to_owned(),
+        })
+    })?;
     CaCertificate::from_der(first)
 }
 
 /// Reads a CRL PEM file.
 ///
 /// # Errors
-/// [`PkiError::MalformedPem`], [`PkiError::FileTooLarge`] or [`PkiError::Io`].
+/// [`FileError::MalformedPem`], [`FileError::TooLarge`] or [`FileError::Io`].
 pub fn read_crl(path: &Path) -> Result<Crl> {
     let text = read_bounded(path, MAX_CRL_FILE, "CRL")?;
     let der = all_pem_blocks(&text, "X509 CRL")
-        .map_err(|reason| PkiError::MalformedPem {
-            path: path.to_path_buf(),
-            what: "X509 CRL",
-            reason,
+        .map_err(|reason| {
+            PkiError::File(FileError::MalformedPem {
+                path: path.to_path_buf(),
+                what: "X509 CRL",
+                reason,
+            })
         })?
         .into_iter()
         .next()
-        .ok_or_else(|| PkiError::MalformedPem {
-            path: path.to_path_buf(),
-            what: "X509 CRL",
-            reason: "no X509 CRL block".to_owned(),
+        .ok_or_else(|| {
+            PkiError::File(FileError::MalformedPem {
+                path: path.to_path_buf(),
+                what: "X509 CRL",
+                reason: "no X509 CRL block".to_owned(),
+            })
         })?;
     Ok(Crl::from_der(der))
 }
@@ -313,7 +322,7 @@ pub fn read_crl(path: &Path) -> Result<Crl> {
 /// Reads a CSR file (PEM or DER), bounded by [`crate::MAX_CSR_LEN`].
 ///
 /// # Errors
-/// [`PkiError::FileTooLarge`] or [`PkiError::Io`].
+/// [`FileError::TooLarge`] or [`FileError::Io`].
 pub fn read_csr_file(path: &Path) -> Result<Vec<u8>> {
     read_bounded_bytes(path, crate::csr::MAX_CSR_LEN as u64, "CSR")
 }
@@ -368,7 +377,7 @@ impl FileStamps {
 /// Each file is replaced atomically (see [`write_private_key`]).
 ///
 /// # Errors
-/// [`PkiError::Io`] naming the path, or a CRL signing failure.
+/// [`FileError::Io`] naming the path, or a CRL signing failure.
 pub fn save_server_ca(ca: &mut ServerCa, dir: &Path, now: SystemTime) -> Result<()> {
     fs::create_dir_all(dir).map_err(PkiError::io("create directory", dir))?;
     for kind in [CaKind::Server, CaKind::Mobile] {
@@ -387,7 +396,7 @@ pub fn save_server_ca(ca: &mut ServerCa, dir: &Path, now: SystemTime) -> Result<
 /// disk: keys and certificates are left alone.
 ///
 /// # Errors
-/// [`PkiError::Io`] naming the path, or a CRL signing failure.
+/// [`FileError::Io`] naming the path, or a CRL signing failure.
 pub fn save_crl(ca: &mut ServerCa, kind: CaKind, dir: &Path, now: SystemTime) -> Result<PathBuf> {
     let list = ca.crl(kind, now)?;
     let path = join(dir, files_of(kind).2);
@@ -419,8 +428,9 @@ pub fn init_server_dir(
 /// forget every revocation.
 ///
 /// # Errors
-/// Any read error naming the file, [`PkiError::CrlMissing`], [`PkiError::NotACa`],
-/// [`PkiError::KeyMismatch`], [`PkiError::MalformedCrl`] or [`PkiError::InvalidConfig`].
+/// Any read error naming the file, [`CrlError::Missing`], [`CertError::NotACa`],
+/// [`KeyError::Mismatch`], [`CrlError::Malformed`] or
+/// [`InputError::InvalidConfig`](crate::InputError::InvalidConfig).
 pub fn load_server_ca(dir: &Path, config: PkiConfig) -> Result<ServerCa> {
     let load = |kind: CaKind| -> Result<CertificateAuthority> {
         let (cert, key, crl) = files_of(kind);
@@ -429,8 +439,10 @@ pub fn load_server_ca(dir: &Path, config: PkiConfig) -> Result<ServerCa> {
         let mut auth = CertificateAuthority::from_parts(cert, key)?;
         let crl_path = join(dir, crl);
         let list = match read_crl(&crl_path) {
-            Err(PkiError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return Err(PkiError::CrlMissing { path: crl_path });
+            Err(PkiError::File(FileError::Io { source, .. }))
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Err(PkiError::Crl(CrlError::Missing { path: crl_path }));
             }
             other => other?,
         };

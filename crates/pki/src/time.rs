@@ -10,7 +10,7 @@ use rustls_pki_types::UnixTime;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::error::{PkiError, Result};
+use crate::error::{InputError, PkiError, Result};
 
 /// Seconds in one day.
 pub const DAY: Duration = Duration::from_secs(86_400);
@@ -26,15 +26,16 @@ impl Timestamp {
     /// Converts a wall-clock time, truncating to whole seconds.
     ///
     /// # Errors
-    /// [`PkiError::TimeOutOfRange`] for a time before 1970 or after the year 9999.
+    /// [`InputError::TimeOutOfRange`] for a time before 1970 or after the year 9999.
     pub fn from_system_time(t: SystemTime) -> Result<Self> {
         let secs = t
             .duration_since(UNIX_EPOCH)
-            .map_err(|_| PkiError::TimeOutOfRange(t))?
+            .map_err(|_| PkiError::Input(InputError::TimeOutOfRange { time: t }))?
             .as_secs();
-        let secs = i64::try_from(secs).map_err(|_| PkiError::TimeOutOfRange(t))?;
+        let secs = i64::try_from(secs)
+            .map_err(|_| PkiError::Input(InputError::TimeOutOfRange { time: t }))?;
         if secs > MAX_SECS {
-            return Err(PkiError::TimeOutOfRange(t));
+            return Err(PkiError::Input(InputError::TimeOutOfRange { time: t }));
         }
         Ok(Self(secs))
     }
@@ -98,7 +99,7 @@ mod tests {
         let far = UNIX_EPOCH + Duration::from_secs(400_000_000_000);
         assert!(matches!(
             Timestamp::from_system_time(far),
-            Err(PkiError::TimeOutOfRange(_))
+            Err(PkiError::Input(InputError::TimeOutOfRange { .. }))
         ));
     }
 }

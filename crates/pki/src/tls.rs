@@ -34,7 +34,7 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::ca::{CaCertificate, Crl, IssuedCert, Role, parse_cert, role_of};
-use crate::error::{PkiError, Result};
+use crate::error::{CertError, PkiError, Result, TlsError, VerifyError};
 use crate::verify::PeerIdentity;
 
 /// ALPN protocol of the signal connection (server to DMZ gateway; never carries data).
@@ -117,7 +117,7 @@ fn roots(ca: &CaCertificate, what: &'static str) -> Result<Arc<RootCertStore>> {
     let mut store = RootCertStore::empty();
     store
         .add(ca.der().clone())
-        .map_err(|source| PkiError::Tls { what, source })?;
+        .map_err(|source| PkiError::Tls(TlsError::Config { what, source }))?;
     Ok(Arc::new(store))
 }
 
@@ -131,10 +131,7 @@ fn client_verifier(
         .only_check_end_entity_revocation()
         .allow_unknown_revocation_status()
         .build()
-        .map_err(|e| PkiError::VerifierBuild {
-            what,
-            reason: e.to_string(),
-        })
+        .map_err(|source| TlsError::VerifierBuild { what, source }.into())
 }
 
 fn server_verifier(
@@ -147,10 +144,7 @@ fn server_verifier(
         .only_check_end_entity_revocation()
         .allow_unknown_revocation_status()
         .build()
-        .map_err(|e| PkiError::VerifierBuild {
-            what,
-            reason: e.to_string(),
-        })
+        .map_err(|source| TlsError::VerifierBuild { what, source }.into())
 }
 
 fn server_config(
@@ -160,7 +154,7 @@ fn server_config(
     alpn: Vec<Vec<u8>>,
     what: &'static str,
 ) -> Result<Arc<ServerConfig>> {
-    let tls = |source| PkiError::Tls { what, source };
+    let tls = |source| PkiError::Tls(TlsError::Config { what, source });
     let builder = ServerConfig::builder_with_details(provider(), opts.time())
         .with_safe_default_protocol_versions()
         .map_err(tls)?;
@@ -182,7 +176,7 @@ fn client_config(
     alpn: Vec<Vec<u8>>,
     what: &'static str,
 ) -> Result<Arc<ClientConfig>> {
-    let tls = |source| PkiError::Tls { what, source };
+    let tls = |source| PkiError::Tls(TlsError::Config { what, source });
     let builder = ClientConfig::builder_with_details(provider(), opts.time())
         .with_safe_default_protocol_versions()
         .map_err(tls)?
@@ -203,7 +197,7 @@ fn client_config(
 /// certificate from the same CA cannot pose as a device).
 ///
 /// # Errors
-/// [`PkiError::Tls`] if the key does not fit the certificate, [`PkiError::VerifierBuild`] for
+/// [`TlsError::Config`] if the key does not fit the certificate, [`TlsError::VerifierBuild`] for
 /// an unusable CRL.
 pub fn agent_port_server_config(
     identity: &IssuedCert,
@@ -264,7 +258,7 @@ pub fn mobile_port_server_config(
 /// when the administrator explicitly opened such a port, and say so in the log.
 ///
 /// # Errors
-/// [`PkiError::Tls`] if the key does not fit the certificate.
+/// [`TlsError::Config`] if the key does not fit the certificate.
 pub fn mobile_port_server_config_without_client_auth(
     identity: &IssuedCert,
     opts: &TlsOptions,
@@ -450,7 +444,7 @@ pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 /// token), and offers ALPN [`ALPN_HTTP1`] unless `opts` says otherwise.
 ///
 /// # Errors
-/// [`PkiError::Tls`] if the key does not fit the certificate.
+/// [`TlsError::Config`] if the key does not fit the certificate.
 pub fn api_server_config(identity: &IssuedCert, opts: &TlsOptions) -> Result<Arc<ServerConfig>> {
     server_config(
         identity,
@@ -503,15 +497,14 @@ pub fn mobile_client_config(
 /// from `peer_certificates()` of a rustls connection.
 ///
 /// # Errors
-/// [`PkiError::MalformedCertificate`] if the peer sent no certificate or an unreadable one.
+/// [`CertError::Malformed`] if the peer sent no certificate or an unreadable one.
 pub fn peer_identity(peer_certificates: Option<&[CertificateDer<'_>]>) -> Result<PeerIdentity> {
-    let first =
-        peer_certificates
-            .and_then(<[_]>::first)
-            .ok_or_else(|| PkiError::MalformedCertificate {
-                what: "peer certificate".to_owned(),
-                reason: "the peer presented no certificate".to_owned(),
-            })?;
+    let first = peer_certificates.and_then(<[_]>::first).ok_or_else(|| {
+        PkiError::Cert(CertError::Malformed {
+            what: "peer certificate".to_owned(),
+            reason: "the peer presented no certificate".to_owned(),
+        })
+    })?;
     PeerIdentity::from_der(first)
 }
 
@@ -529,11 +522,11 @@ fn check_role(cert: &CertificateDer<'_>, allowed: &[Role]) -> Result<(), rustls:
         [Role::Mobile] => "mobile",
         _ => "server or gateway",
     };
-    let err = PkiError::WrongRole {
+    let err = PkiError::Verify(VerifyError::WrongRole {
         subject: parsed.subject().to_string(),
         found: found.map(|r| r.to_string()),
         expected,
-    };
+    });
     Err(rustls::Error::InvalidCertificate(CertificateError::Other(
         OtherError(Arc::new(err)),
     )))

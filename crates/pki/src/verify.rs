@@ -13,7 +13,7 @@ use webpki::{
 };
 
 use crate::ca::{CaCertificate, Crl, Role, Serial, common_name_of, parse_cert, role_of, san_of};
-use crate::error::{PkiError, Result};
+use crate::error::{CertError, CrlError, NameError, PkiError, Result, VerifyError};
 use crate::time::Timestamp;
 
 /// Who is at the other end of a connection: what the gateway forwards to the server about a
@@ -41,7 +41,7 @@ impl PeerIdentity {
     /// Reads the identity of a certificate (no trust decision is made here).
     ///
     /// # Errors
-    /// [`PkiError::MalformedCertificate`].
+    /// [`CertError::Malformed`].
     pub fn from_der(der: &[u8]) -> Result<Self> {
         let cert = parse_cert(der, "peer certificate")?;
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
@@ -76,10 +76,10 @@ impl PeerIdentity {
 /// CRLs are then decoded once, not on every call).
 ///
 /// # Errors
-/// [`PkiError::WrongIssuer`], [`PkiError::NameMismatch`], [`PkiError::Expired`],
-/// [`PkiError::NotYetValid`], [`PkiError::Revoked`], [`PkiError::IssuerNotCa`],
-/// [`PkiError::WrongUsage`], [`PkiError::InvalidHost`], [`PkiError::MalformedCertificate`],
-/// [`PkiError::MalformedCrl`] or [`PkiError::Rejected`].
+/// [`VerifyError::WrongIssuer`], [`VerifyError::NameMismatch`], [`VerifyError::Expired`],
+/// [`VerifyError::NotYetValid`], [`VerifyError::Revoked`], [`VerifyError::IssuerNotCa`],
+/// [`VerifyError::WrongUsage`], [`NameError::InvalidHost`], [`CertError::Malformed`],
+/// [`CrlError::Malformed`] or [`VerifyError::Rejected`].
 pub fn check_server_certificate(
     cert_der: &[u8],
     host: &str,
@@ -129,16 +129,18 @@ impl CertChecker {
     /// Decodes the CRLs once.
     ///
     /// # Errors
-    /// [`PkiError::MalformedCrl`] for a CRL that cannot be decoded.
+    /// [`CrlError::Malformed`] for a CRL that cannot be decoded.
     pub fn new(ca: &CaCertificate, crls: &[Crl]) -> Result<Self> {
         let crls = crls
             .iter()
             .map(|c| {
                 OwnedCertRevocationList::from_der(c.der())
                     .map(CertRevocationList::from)
-                    .map_err(|e| PkiError::MalformedCrl {
-                        what: "CRL given for the check".to_owned(),
-                        reason: format!("{e:?}"),
+                    .map_err(|e| {
+                        PkiError::Crl(CrlError::Malformed {
+                            what: "CRL given for the check".to_owned(),
+                            reason: format!("{e:?}"),
+                        })
                     })
             })
             .collect::<Result<_>>()?;
@@ -165,8 +167,8 @@ impl CertChecker {
     /// first, then any intermediates (the CA certificate itself may be included).
     ///
     /// # Errors
-    /// As [`check_server_certificate`]; [`PkiError::IssuerNotCa`] when a certificate in the
-    /// chain that signed the one before it is not a CA; [`PkiError::MalformedCertificate`]
+    /// As [`check_server_certificate`]; [`VerifyError::IssuerNotCa`] when a certificate in the
+    /// chain that signed the one before it is not a CA; [`CertError::Malformed`]
     /// for an empty chain.
     pub fn check_server_chain(
         &self,
@@ -175,8 +177,10 @@ impl CertChecker {
         now: SystemTime,
     ) -> Result<PeerIdentity> {
         let cert_der: &[u8] = first(chain)?;
-        let server_name = ServerName::try_from(host).map_err(|_| PkiError::InvalidHost {
-            host: host.to_owned(),
+        let server_name = ServerName::try_from(host).map_err(|_| {
+            PkiError::Name(NameError::InvalidHost {
+                host: host.to_owned(),
+            })
         })?;
         self.check(
             chain,
@@ -194,11 +198,11 @@ impl CertChecker {
                                     .collect()
                             })
                             .unwrap_or_default();
-                        PkiError::NameMismatch {
+                        PkiError::Verify(VerifyError::NameMismatch {
                             subject: identity.subject.clone(),
                             host: host.to_owned(),
                             names,
-                        }
+                        })
                     })
             },
         )
@@ -238,15 +242,17 @@ impl CertChecker {
         let cert_der: &[u8] = cert;
         let identity = PeerIdentity::from_der(cert_der)?;
         let now_ts = Timestamp::from_system_time(now)?;
-        let ee = EndEntityCert::try_from(cert).map_err(|e| PkiError::MalformedCertificate {
-            what: "certificate".to_owned(),
-            reason: format!("{e:?}"),
+        let ee = EndEntityCert::try_from(cert).map_err(|e| {
+            PkiError::Cert(CertError::Malformed {
+                what: "certificate".to_owned(),
+                reason: format!("{e:?}"),
+            })
         })?;
         let anchor = webpki::anchor_from_trusted_cert(self.ca.der()).map_err(|e| {
-            PkiError::MalformedCertificate {
+            PkiError::Cert(CertError::Malformed {
                 what: format!("CA certificate {}", self.ca.subject()),
                 reason: format!("{e:?}"),
-            }
+            })
         })?;
         let refs: Vec<&CertRevocationList<'_>> = self.crls.iter().collect();
         let revocation = RevocationOptionsBuilder::new(&refs).ok().map(|b| {
@@ -271,9 +277,11 @@ impl CertChecker {
 }
 
 fn first<'a, 'b>(chain: &'a [CertificateDer<'b>]) -> Result<&'a CertificateDer<'b>> {
-    chain.first().ok_or_else(|| PkiError::MalformedCertificate {
-        what: "certificate chain".to_owned(),
-        reason: "empty".to_owned(),
+    chain.first().ok_or_else(|| {
+        PkiError::Cert(CertError::Malformed {
+            what: "certificate chain".to_owned(),
+            reason: "empty".to_owned(),
+        })
     })
 }
 
@@ -308,32 +316,32 @@ pub(crate) fn map_webpki_error(
     match e {
         webpki::Error::UnknownIssuer
         | webpki::Error::InvalidSignatureForPublicKey
-        | webpki::Error::SignatureAlgorithmMismatch => PkiError::WrongIssuer {
+        | webpki::Error::SignatureAlgorithmMismatch => PkiError::Verify(VerifyError::WrongIssuer {
             subject,
             ca: ca.subject().to_owned(),
-        },
-        webpki::Error::CertExpired { .. } => PkiError::Expired {
+        }),
+        webpki::Error::CertExpired { .. } => PkiError::Verify(VerifyError::Expired {
             subject,
             not_after: validity.map_or(now, |v| v.1),
             now,
-        },
-        webpki::Error::CertNotValidYet { .. } => PkiError::NotYetValid {
+        }),
+        webpki::Error::CertNotValidYet { .. } => PkiError::Verify(VerifyError::NotYetValid {
             subject,
             not_before: validity.map_or(now, |v| v.0),
             now,
-        },
-        webpki::Error::CertRevoked => PkiError::Revoked {
+        }),
+        webpki::Error::CertRevoked => PkiError::Verify(VerifyError::Revoked {
             subject,
             serial: identity.serial.to_string(),
-        },
-        webpki::Error::EndEntityUsedAsCa => PkiError::IssuerNotCa { subject },
+        }),
+        webpki::Error::EndEntityUsedAsCa => PkiError::Verify(VerifyError::IssuerNotCa { subject }),
         #[allow(deprecated)]
         webpki::Error::RequiredEkuNotFound | webpki::Error::RequiredEkuNotFoundContext(_) => {
-            PkiError::WrongUsage { subject, usage }
+            PkiError::Verify(VerifyError::WrongUsage { subject, usage })
         }
-        other => PkiError::Rejected {
+        other => PkiError::Verify(VerifyError::Rejected {
             subject,
             reason: format!("{other:?}"),
-        },
+        }),
     }
 }

@@ -6,9 +6,10 @@ use std::net::IpAddr;
 
 use common::*;
 use outpost_pki::{
-    CaCertificate, CaKind, CertProfile, CertificateAuthority, CsrCaRequestPolicy, KeyAlgorithm,
-    PeerIdentity, PkiConfig, PkiError, Role, ServerCa, check_client_certificate,
-    check_server_certificate, decode_csr,
+    CaCertificate, CaKind, CertError, CertProfile, CertificateAuthority, CrlError,
+    CsrCaRequestPolicy, CsrError, KeyAlgorithm, KeyError, NameError, PeerIdentity, PkiConfig,
+    PkiError, Role, ServerCa, VerifyError, check_client_certificate, check_server_certificate,
+    decode_csr,
 };
 
 #[test]
@@ -85,7 +86,10 @@ fn agent_certificate_is_client_only_and_bound_to_device() {
     // Not usable as a TLS server certificate.
     let err = check_server_certificate(&a.cert_der, "device-7f3a", ca.server_ca(), &[], t0())
         .unwrap_err();
-    assert!(matches!(err, PkiError::WrongUsage { .. }), "{err}");
+    assert!(
+        matches!(err, PkiError::Verify(VerifyError::WrongUsage { .. })),
+        "{err}"
+    );
 }
 
 #[test]
@@ -96,7 +100,10 @@ fn mobile_certificate_comes_from_the_mobile_ca() {
     assert_eq!(eku(&m.cert_der), (false, true));
     check_client_certificate(&m.cert_der, ca.mobile_ca(), &[], t0()).unwrap();
     let err = check_client_certificate(&m.cert_der, ca.server_ca(), &[], t0()).unwrap_err();
-    assert!(matches!(err, PkiError::WrongIssuer { .. }), "{err}");
+    assert!(
+        matches!(err, PkiError::Verify(VerifyError::WrongIssuer { .. })),
+        "{err}"
+    );
 }
 
 #[test]
@@ -130,7 +137,10 @@ fn leaf_lifetime_is_capped_at_the_ca_lifetime() {
     assert_eq!(a.info.not_before, ca.server_ca().not_before());
     // After the CA expired nothing is issued.
     let err = ca.issue_agent("dev", t0() + days(31)).unwrap_err();
-    assert!(matches!(err, PkiError::CaNotValid { .. }), "{err}");
+    assert!(
+        matches!(err, PkiError::Cert(CertError::CaNotValid { .. })),
+        "{err}"
+    );
 }
 
 #[test]
@@ -167,7 +177,10 @@ fn issued_cert_reads_back_from_parts() {
         .unwrap();
     let err = outpost_pki::IssuedCert::from_parts(gw.chain.clone(), other.key_der.clone_key())
         .unwrap_err();
-    assert!(matches!(err, PkiError::KeyMismatch { .. }), "{err}");
+    assert!(
+        matches!(err, PkiError::Key(KeyError::Mismatch { .. })),
+        "{err}"
+    );
 }
 
 #[test]
@@ -232,7 +245,10 @@ fn csr_gets_only_what_the_server_decides() {
         t0(),
     )
     .unwrap_err();
-    assert!(matches!(err, PkiError::NameMismatch { .. }), "{err}");
+    assert!(
+        matches!(err, PkiError::Verify(VerifyError::NameMismatch { .. })),
+        "{err}"
+    );
     check_server_certificate(
         &signed.cert_der,
         "gw.example.com",
@@ -257,10 +273,10 @@ fn csr_asking_for_ca_rights_is_refused_or_gets_none() {
     assert!(
         matches!(
             err,
-            PkiError::CsrRequestsCa {
+            PkiError::Csr(CsrError::RequestsCa {
                 what: "basicConstraints CA:TRUE",
                 ..
-            }
+            })
         ),
         "{err}"
     );
@@ -271,7 +287,10 @@ fn csr_asking_for_ca_rights_is_refused_or_gets_none() {
     assert!(!is_ca(&signed.cert_der));
     // It cannot be used as a trust anchor.
     let err = CaCertificate::from_der(signed.cert_der.clone()).unwrap_err();
-    assert!(matches!(err, PkiError::NotACa { .. }), "{err}");
+    assert!(
+        matches!(err, PkiError::Cert(CertError::NotACa { .. })),
+        "{err}"
+    );
 }
 
 #[test]
@@ -299,17 +318,17 @@ fn openssl_csrs_from_the_corpus_sign_correctly() {
     let asks_ca = std::fs::read(dir.join("asks_ca.pem")).unwrap();
     assert!(matches!(
         ca.sign_csr(&asks_ca, &profile, t0()),
-        Err(PkiError::CsrRequestsCa { .. })
+        Err(PkiError::Csr(CsrError::RequestsCa { .. }))
     ));
     let weak = std::fs::read(dir.join("rsa1024_too_small.pem")).unwrap();
     assert!(matches!(
         decode_csr(&weak),
-        Err(PkiError::RsaKeyTooSmall { bits: 1024 })
+        Err(PkiError::Key(KeyError::RsaTooSmall { bits: 1024 }))
     ));
     let bad_sig = std::fs::read(dir.join("bad_signature.der")).unwrap();
     assert!(matches!(
         decode_csr(&bad_sig),
-        Err(PkiError::CsrBadSignature { .. })
+        Err(PkiError::Csr(CsrError::BadSignature { .. }))
     ));
 }
 
@@ -318,7 +337,7 @@ fn oversized_csr_is_refused_before_parsing() {
     let big = vec![0x30u8; outpost_pki::MAX_CSR_LEN + 1];
     assert!(matches!(
         decode_csr(&big),
-        Err(PkiError::CsrTooLarge { len, .. }) if len == outpost_pki::MAX_CSR_LEN + 1
+        Err(PkiError::Csr(CsrError::TooLarge { len, .. })) if len == outpost_pki::MAX_CSR_LEN + 1
     ));
 }
 
@@ -333,10 +352,16 @@ fn wrong_ca_is_refused() {
         .unwrap();
     let err = check_server_certificate(&gw.cert_der, "gw.example.com", ca_b.server_ca(), &[], t0())
         .unwrap_err();
-    assert!(matches!(err, PkiError::WrongIssuer { .. }), "{err}");
+    assert!(
+        matches!(err, PkiError::Verify(VerifyError::WrongIssuer { .. })),
+        "{err}"
+    );
     let err = check_server_certificate(&gw.cert_der, "gw.example.com", ca_a.mobile_ca(), &[], t0())
         .unwrap_err();
-    assert!(matches!(err, PkiError::WrongIssuer { .. }), "{err}");
+    assert!(
+        matches!(err, PkiError::Verify(VerifyError::WrongIssuer { .. })),
+        "{err}"
+    );
 }
 
 #[test]
@@ -356,7 +381,7 @@ fn name_not_in_certificate_is_refused() {
         "192.0.2.2",
     ] {
         match check_server_certificate(&gw.cert_der, host, ca.server_ca(), &[], t0()) {
-            Err(PkiError::NameMismatch { host: h, names, .. }) => {
+            Err(PkiError::Verify(VerifyError::NameMismatch { host: h, names, .. })) => {
                 assert_eq!(h, host);
                 assert_eq!(names, ["gw.example.com", "192.0.2.1"]);
             }
@@ -365,7 +390,10 @@ fn name_not_in_certificate_is_refused() {
     }
     let err =
         check_server_certificate(&gw.cert_der, "bad host!", ca.server_ca(), &[], t0()).unwrap_err();
-    assert!(matches!(err, PkiError::InvalidHost { .. }), "{err}");
+    assert!(
+        matches!(err, PkiError::Name(NameError::InvalidHost { .. })),
+        "{err}"
+    );
 }
 
 #[test]
@@ -378,11 +406,15 @@ fn expired_and_not_yet_valid_are_refused() {
         |t| check_server_certificate(&gw.cert_der, "gw.example.com", ca.server_ca(), &[], t);
     check(t0() + days(396)).unwrap();
     match check(t0() + days(398)) {
-        Err(PkiError::Expired { not_after, .. }) => assert_eq!(not_after, gw.info.not_after),
+        Err(PkiError::Verify(VerifyError::Expired { not_after, .. })) => {
+            assert_eq!(not_after, gw.info.not_after)
+        }
         other => panic!("{other:?}"),
     }
     match check(t0() - days(1)) {
-        Err(PkiError::NotYetValid { not_before, .. }) => assert_eq!(not_before, gw.info.not_before),
+        Err(PkiError::Verify(VerifyError::NotYetValid { not_before, .. })) => {
+            assert_eq!(not_before, gw.info.not_before)
+        }
         other => panic!("{other:?}"),
     }
     // A certificate issued ahead of time for a later start is not valid yet either.
@@ -392,7 +424,10 @@ fn expired_and_not_yet_valid_are_refused() {
     let err =
         check_server_certificate(&later.cert_der, "gw.example.com", ca.server_ca(), &[], t0())
             .unwrap_err();
-    assert!(matches!(err, PkiError::NotYetValid { .. }), "{err}");
+    assert!(
+        matches!(err, PkiError::Verify(VerifyError::NotYetValid { .. })),
+        "{err}"
+    );
 }
 
 #[test]
@@ -419,7 +454,9 @@ fn revoked_is_refused_and_others_are_not() {
     let mcrl = ca.crl(CaKind::Mobile, t0()).unwrap();
     let crls = [crl.clone(), mcrl.clone()];
     match check_server_certificate(&gw.cert_der, "gw.example.com", ca.server_ca(), &crls, t0()) {
-        Err(PkiError::Revoked { serial, .. }) => assert_eq!(serial, gw.info.serial.to_string()),
+        Err(PkiError::Verify(VerifyError::Revoked { serial, .. })) => {
+            assert_eq!(serial, gw.info.serial.to_string())
+        }
         other => panic!("{other:?}"),
     }
     check_server_certificate(
@@ -432,11 +469,11 @@ fn revoked_is_refused_and_others_are_not() {
     .unwrap();
     assert!(matches!(
         check_client_certificate(&agent.cert_der, ca.server_ca(), &crls, t0()),
-        Err(PkiError::Revoked { .. })
+        Err(PkiError::Verify(VerifyError::Revoked { .. }))
     ));
     assert!(matches!(
         check_client_certificate(&mobile.cert_der, ca.mobile_ca(), &crls, t0()),
-        Err(PkiError::Revoked { .. })
+        Err(PkiError::Verify(VerifyError::Revoked { .. }))
     ));
     // The CRL restores the revocation list into a freshly loaded CA.
     let root = ca.authority(CaKind::Server);
@@ -447,12 +484,15 @@ fn revoked_is_refused_and_others_are_not() {
     assert_eq!(loaded.revocations(), root.revocations());
     // A CRL signed by another CA is refused.
     let err = loaded.load_crl(&mcrl).unwrap_err();
-    assert!(matches!(err, PkiError::MalformedCrl { .. }), "{err}");
+    assert!(
+        matches!(err, PkiError::Crl(CrlError::Malformed { .. })),
+        "{err}"
+    );
     // A certificate from a foreign CA cannot be revoked here.
     let foreign = common::ca().issue_agent("x", t0()).unwrap();
     assert!(matches!(
         ca.revoke(&foreign.cert_der, t0()),
-        Err(PkiError::WrongIssuer { .. })
+        Err(PkiError::Verify(VerifyError::WrongIssuer { .. }))
     ));
 }
 
@@ -463,9 +503,15 @@ fn ca_false_certificate_cannot_be_an_issuer() {
         .issue_gateway(&names(&["gw.example.com"]), &[], t0())
         .unwrap();
     let err = CaCertificate::from_pem(&gw.cert_pem()).unwrap_err();
-    assert!(matches!(err, PkiError::NotACa { .. }), "{err}");
+    assert!(
+        matches!(err, PkiError::Cert(CertError::NotACa { .. })),
+        "{err}"
+    );
     let err = CertificateAuthority::from_pem(&gw.cert_pem(), &gw.key_pem()).unwrap_err();
-    assert!(matches!(err, PkiError::NotACa { .. }), "{err}");
+    assert!(
+        matches!(err, PkiError::Cert(CertError::NotACa { .. })),
+        "{err}"
+    );
     // A certificate signed by the CA:false gateway key does not chain to the server CA.
     let gw_key = rcgen::KeyPair::try_from(gw.key_der.secret_pkcs8_der()).unwrap();
     let fake_issuer = rcgen::Issuer::from_ca_cert_der(&gw.cert_der, gw_key).unwrap();
@@ -482,7 +528,10 @@ fn ca_false_certificate_cannot_be_an_issuer() {
         t0(),
     )
     .unwrap_err();
-    assert!(matches!(err, PkiError::WrongIssuer { .. }), "{err}");
+    assert!(
+        matches!(err, PkiError::Verify(VerifyError::WrongIssuer { .. })),
+        "{err}"
+    );
     // Sent with the gateway certificate as intermediate, the chain is refused because that
     // intermediate is not a CA.
     let checker = outpost_pki::CertChecker::new(ca.server_ca(), &[]).unwrap();
@@ -490,14 +539,17 @@ fn ca_false_certificate_cannot_be_an_issuer() {
     let err = checker
         .check_server_chain(&chain, "victim.example.com", t0())
         .unwrap_err();
-    assert!(matches!(err, PkiError::IssuerNotCa { .. }), "{err}");
+    assert!(
+        matches!(err, PkiError::Verify(VerifyError::IssuerNotCa { .. })),
+        "{err}"
+    );
     // The chain an issued certificate carries (certificate, CA) verifies as a chain.
     checker
         .check_server_chain(&gw.chain, "gw.example.com", t0())
         .unwrap();
     assert!(matches!(
         checker.check_server_chain(&[], "gw.example.com", t0()),
-        Err(PkiError::MalformedCertificate { .. })
+        Err(PkiError::Cert(CertError::Malformed { .. }))
     ));
 }
 
@@ -513,10 +565,16 @@ fn key_that_does_not_match_the_ca_is_refused() {
     let err =
         CertificateAuthority::from_pem(&root.certificate().to_pem(), &mobile.private_key_pem())
             .unwrap_err();
-    assert!(matches!(err, PkiError::KeyMismatch { .. }), "{err}");
+    assert!(
+        matches!(err, PkiError::Key(KeyError::Mismatch { .. })),
+        "{err}"
+    );
     let err =
         CertificateAuthority::from_pem(&root.certificate().to_pem(), "not a key").unwrap_err();
-    assert!(matches!(err, PkiError::MalformedKey { .. }), "{err}");
+    assert!(
+        matches!(err, PkiError::Key(KeyError::Malformed { .. })),
+        "{err}"
+    );
 }
 
 #[test]
@@ -531,13 +589,13 @@ fn invalid_dns_name_is_refused_by_name() {
         "gw..example",
     ] {
         match ca.issue_gateway(&names(&["ok.example.com", bad]), &[], t0()) {
-            Err(PkiError::InvalidDnsName { name, .. }) => assert_eq!(name, bad),
+            Err(PkiError::Name(NameError::InvalidDnsName { name, .. })) => assert_eq!(name, bad),
             other => panic!("{bad:?}: {other:?}"),
         }
     }
     assert!(matches!(
         ca.issue_gateway(&[], &[], t0()),
-        Err(PkiError::NoNames { role: "gateway" })
+        Err(PkiError::Name(NameError::NoNames { role: "gateway" }))
     ));
     let msg = ca
         .issue_gateway(&names(&["gw_1.example.com"]), &[], t0())
@@ -553,7 +611,7 @@ fn invalid_device_ids_are_refused() {
         assert!(
             matches!(
                 ca.issue_agent(bad, t0()),
-                Err(PkiError::InvalidIdentity { .. })
+                Err(PkiError::Name(NameError::InvalidIdentity { .. }))
             ),
             "{bad:?}"
         );
@@ -581,7 +639,10 @@ fn messages_signed_with_an_identity_verify_only_with_its_certificate() {
         outpost_pki::verify_signature(&server.cert_der, b"sync now 42", &sig).unwrap();
         let e = outpost_pki::verify_signature(&other.cert_der, b"sync now 42", &sig).unwrap_err();
         assert!(
-            matches!(e, outpost_pki::PkiError::BadSignature { .. }),
+            matches!(
+                e,
+                outpost_pki::PkiError::Key(outpost_pki::KeyError::BadSignature { .. })
+            ),
             "{e}"
         );
         let mut tampered = sig.clone();
@@ -604,7 +665,7 @@ fn p384_and_rsa_signatures_verify_and_tampered_data_is_refused() {
         outpost_pki::verify_signature(&agent.cert_der, b"sync now 42", &sig)
             .unwrap_or_else(|e| panic!("{alg}: {e}"));
         match outpost_pki::verify_signature(&agent.cert_der, b"sync now 43", &sig) {
-            Err(PkiError::BadSignature { subject }) => {
+            Err(PkiError::Key(KeyError::BadSignature { subject })) => {
                 assert!(subject.contains("device-1"), "{alg}: {subject}")
             }
             other => panic!("{alg}: tampered data: {other:?}"),
@@ -673,10 +734,10 @@ fn a_device_certificate_bound_to_a_virtual_server_names_it_and_still_verifies() 
     let gw = CertProfile::gateway(&names(&["gw.example"]), &[]).unwrap();
     assert!(matches!(
         gw.in_virtual_server("acme"),
-        Err(PkiError::InvalidIdentity { .. })
+        Err(PkiError::Name(NameError::InvalidIdentity { .. }))
     ));
     assert!(matches!(
         CertProfile::agent("x").unwrap().in_virtual_server("bad id"),
-        Err(PkiError::InvalidIdentity { .. })
+        Err(PkiError::Name(NameError::InvalidIdentity { .. }))
     ));
 }

@@ -9,8 +9,9 @@ use std::path::Path;
 use common::*;
 use outpost_pki::store::{self, files};
 use outpost_pki::{
-    CaKind, IssuedCert, PkiConfig, PkiError, Rotation, RotationEvent, RotationSchedule,
-    RotationState, ServerCa, Timestamp, check_server_certificate,
+    CaKind, CertError, CrlError, FileError, InputError, IssuedCert, KeyError, PkiConfig, PkiError,
+    Rotation, RotationEvent, RotationSchedule, RotationState, ServerCa, Timestamp,
+    check_server_certificate,
 };
 
 fn inode(path: &Path) -> u64 {
@@ -93,7 +94,7 @@ fn readable_key_file_is_refused() {
     for mode in [0o644, 0o640, 0o604, 0o660] {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
         match store::read_private_key(&path) {
-            Err(PkiError::KeyFileTooOpen { path: p, mode: m }) => {
+            Err(PkiError::File(FileError::KeyTooOpen { path: p, mode: m })) => {
                 assert_eq!(p, path);
                 assert_eq!(m, mode);
             }
@@ -118,31 +119,31 @@ fn malformed_missing_and_oversized_files_are_clear_errors() {
     .unwrap();
     assert!(matches!(
         store::read_private_key(&key),
-        Err(PkiError::MalformedKey { .. })
+        Err(PkiError::Key(KeyError::Malformed { .. }))
     ));
     store::write_private_key(&key, "just text").unwrap();
     assert!(matches!(
         store::read_private_key(&key),
-        Err(PkiError::MalformedKey { .. })
+        Err(PkiError::Key(KeyError::NoPemBlock { .. }))
     ));
     store::write_private_key(&key, &"A".repeat(store::MAX_KEY_FILE as usize + 1)).unwrap();
     assert!(matches!(
         store::read_private_key(&key),
-        Err(PkiError::FileTooLarge {
+        Err(PkiError::File(FileError::TooLarge {
             what: "private key",
             ..
-        })
+        }))
     ));
     let missing = dir.path().join("missing.crt");
     match store::read_certificates(&missing) {
-        Err(PkiError::Io { path, .. }) => assert_eq!(path, missing),
+        Err(PkiError::File(FileError::Io { path, .. })) => assert_eq!(path, missing),
         other => panic!("{other:?}"),
     }
     let not_pem = dir.path().join("x.crt");
     std::fs::write(&not_pem, "hello").unwrap();
     assert!(matches!(
         store::read_certificates(&not_pem),
-        Err(PkiError::MalformedPem { .. })
+        Err(PkiError::File(FileError::MalformedPem { .. }))
     ));
     // A directory whose CA key is readable by others does not load.
     let ca_dir = dir.path().join("ca");
@@ -155,7 +156,7 @@ fn malformed_missing_and_oversized_files_are_clear_errors() {
     .unwrap();
     assert!(matches!(
         store::load_server_ca(&ca_dir, PkiConfig::default()),
-        Err(PkiError::KeyFileTooOpen { .. })
+        Err(PkiError::File(FileError::KeyTooOpen { .. }))
     ));
 }
 
@@ -254,10 +255,10 @@ fn config_loads_from_toml_with_defaults_and_names_bad_fields() {
     // ServerCa refuses an invalid configuration.
     assert!(matches!(
         outpost_pki::ServerCa::create(too_long, t0()),
-        Err(PkiError::InvalidConfig {
+        Err(PkiError::Input(InputError::InvalidConfig {
             field: "leaf_validity_days",
             ..
-        })
+        }))
     ));
 }
 
@@ -366,8 +367,8 @@ fn a_ca_without_its_crl_file_does_not_load() {
         let path = dir.path().join(crl);
         std::fs::remove_file(&path).unwrap();
         match store::load_server_ca(dir.path(), PkiConfig::default()) {
-            Err(e @ PkiError::CrlMissing { .. }) => {
-                let PkiError::CrlMissing { path: p } = &e else {
+            Err(e @ PkiError::Crl(CrlError::Missing { .. })) => {
+                let PkiError::Crl(CrlError::Missing { path: p }) = &e else {
                     unreachable!()
                 };
                 assert_eq!(p, &path);
@@ -400,7 +401,7 @@ fn rotation_stops_switching_when_the_ca_ends_first() {
     for step in 0..2 {
         let now = last_day + std::time::Duration::from_secs(step * 3600);
         match rot.poll(&ca, now) {
-            Err(e @ PkiError::CaExpiresFirst { .. }) => {
+            Err(e @ PkiError::Cert(CertError::CaExpiresFirst { .. })) => {
                 let msg = e.to_string();
                 assert!(
                     msg.contains("renew the CA") && msg.contains("gw.example.com"),
@@ -420,7 +421,7 @@ fn rotation_stops_switching_when_the_ca_ends_first() {
     );
     assert!(matches!(
         rot.poll(&ca, t0() + days(350)),
-        Err(PkiError::CaExpiresFirst { .. })
+        Err(PkiError::Cert(CertError::CaExpiresFirst { .. }))
     ));
     assert!(rot.reserve().is_none());
 }

@@ -290,7 +290,7 @@ impl DpCoordinator {
         let domains = match BroadcastDomains::derive(&reports, max) {
             Ok(d) => d,
             Err(e) => {
-                log::warn!("broadcast domains not derived: {e}");
+                tracing::warn!("broadcast domains not derived: {e}");
                 return;
             }
         };
@@ -323,9 +323,9 @@ impl DpCoordinator {
             if let Some(n) = now
                 && let Err(e) = self.election.register(dp, n, Origin::Manual)
             {
-                log::warn!(
-                    "distribution point {:?}: not registered for its broadcast domain: {e}",
-                    self.devices.name(dp.0)
+                tracing::warn!(
+                    dp = ?self.devices.name(dp.0),
+                    "not registered for its broadcast domain: {e}"
                 );
             }
             self.own_domain.insert(dp, now);
@@ -726,7 +726,7 @@ impl DpCoordinator {
         match file.storage.commit_blocking(ops) {
             Ok(()) => {
                 if file.failing {
-                    log::info!("distribution point epochs saved again");
+                    tracing::info!("distribution point epochs saved again");
                 }
                 for (key, epoch) in raised {
                     file.kept.insert(key, epoch);
@@ -734,7 +734,7 @@ impl DpCoordinator {
                 file.failing = false;
             }
             Err(e) if !file.failing => {
-                log::warn!("distribution point epochs not saved (retried every round): {e}");
+                tracing::warn!("distribution point epochs not saved (retried every round): {e}");
                 file.failing = true;
             }
             Err(_) => {}

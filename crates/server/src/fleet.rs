@@ -131,20 +131,22 @@ impl SyncSource for FleetSync {
         if let Some(p) = &self.policy
             && let Err(e) = p.add_group(group, parent)
         {
-            log::error!("policies do not take group {group:?} under {parent:?}: {e}");
+            tracing::error!("policies do not take group {group:?} under {parent:?}: {e}");
         }
         if let Some(Err(e)) = self.with_dps(|c| c.add_group(group, parent)) {
-            log::error!("distribution points do not take group {group:?}: {e}");
+            tracing::error!("distribution points do not take group {group:?}: {e}");
         }
     }
 
     fn on_group_moved(&self, group: &str, parent: &str) -> Vec<std::sync::Arc<str>> {
         if let Some(Err(e)) = self.with_dps(|c| c.move_group(group, parent)) {
-            log::error!("distribution points do not move group {group:?} under {parent:?}: {e}");
+            tracing::error!(
+                "distribution points do not move group {group:?} under {parent:?}: {e}"
+            );
         }
         match &self.policy {
             Some(p) => p.move_group(group, parent).unwrap_or_else(|e| {
-                log::error!("policies do not move group {group:?} under {parent:?}: {e}");
+                tracing::error!("policies do not move group {group:?} under {parent:?}: {e}");
                 Vec::new()
             }),
             None => Vec::new(),
@@ -155,7 +157,7 @@ impl SyncSource for FleetSync {
         if let Some(p) = &self.policy
             && let Err(e) = p.remove(device)
         {
-            log::warn!("policies do not let device {device:?} go: {e}");
+            tracing::warn!("policies do not let device {device:?} go: {e}");
         }
         self.with_dps(|c| c.remove(device));
         self.holders
@@ -168,10 +170,10 @@ impl SyncSource for FleetSync {
         if let Some(p) = &self.policy
             && let Err(e) = p.place(device, group)
         {
-            log::error!("policies do not take device {device:?} in group {group:?}: {e}");
+            tracing::error!("policies do not take device {device:?} in group {group:?}: {e}");
         }
         if let Some(Err(e)) = self.with_dps(|c| c.place(device, group)) {
-            log::warn!("distribution points do not take device {device:?}: {e}");
+            tracing::warn!("distribution points do not take device {device:?}: {e}");
         }
     }
 }

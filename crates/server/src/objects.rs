@@ -306,9 +306,10 @@ impl ObjectStore for StoredObjects {
         let path = self.path_of(&meta.sha256);
         if !verified {
             if let Err(why) = Self::verify(&path, &meta) {
-                log::error!(
-                    "update object {object_id:?} ({}): {why}; not served",
-                    path.display()
+                tracing::error!(
+                    object = %object_id,
+                    path = %path.display(),
+                    "{why}; not served"
                 );
                 return None;
             }
@@ -332,7 +333,7 @@ impl ObjectStore for StoredObjects {
         match read {
             Ok(()) => Some((Bytes::from(buf), total)),
             Err(e) => {
-                log::error!("update object {object_id:?} ({}): {e}", path.display());
+                tracing::error!(object = %object_id, path = %path.display(), "{e}");
                 None
             }
         }

@@ -2,8 +2,8 @@
 //! (from `outpost-policy`) that differ from the versions it holds, and a sync interval that
 //! grows with the fleet (from `outpost-election`'s rule).
 //!
-//! Each application's settings travel as one JSON document:
-//! `{"values": {<nested settings>}, "locked": ["path.a", ...]}`. `values` is the policy crate's
+//! Each application's settings travel as one [`SettingsDocument`]:
+//! `{"locked": ["path.a", ...], "values": {<nested settings>}}`. `values` is the policy crate's
 //! effective settings for the application; `locked` lists the paths a policy locked, so the
 //! agent overlays its local settings only on the other paths. A document's version is the
 //! first 8 bytes of its SHA-256, so it changes exactly when the document does.
@@ -15,6 +15,7 @@ use bytes::Bytes;
 use outpost_election::SyncIntervalPolicy;
 use outpost_policy::{Change, EffectiveSettings, PolicyError, Resolver, State};
 use outpost_wire::messages::{AppSettings, ObjectKind, SyncRequest, SyncResponse};
+use outpost_wire::settings::SettingsDocument;
 
 use crate::{DeviceContext, ROOT_GROUP, Registry, SyncSource};
 
@@ -67,13 +68,12 @@ pub struct PolicySync {
 /// One application's settings document and its version.
 pub fn settings_document(settings: &EffectiveSettings, app: &str) -> Option<(u64, Bytes)> {
     let values = settings.app_json(app)?;
-    let locked: Vec<&str> = settings
+    let locked = settings
         .iter(app)
         .filter(|(_, _, locked)| *locked)
-        .map(|(p, _, _)| p)
+        .map(|(p, _, _)| p.to_owned())
         .collect();
-    let doc = serde_json::json!({ "values": values, "locked": locked });
-    let bytes = serde_json::to_vec(&doc).ok()?;
+    let bytes = SettingsDocument::new(values, locked).to_vec();
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
     let mut v = [0u8; 8];
     v.copy_from_slice(&digest.as_ref()[..8]);
@@ -227,11 +227,10 @@ impl SyncSource for PolicySync {
             // Every enrolled device is placed in the resolver (at start from the registry, at
             // enrollment as it happens), so this is a server fault, not a reason for the device
             // to drop its security settings: it keeps what it holds.
-            log::error!(
-                "device {:?} (group {:?}) is enrolled but unknown to the policies: \
-                 its settings are left as they are",
-                device.device_id,
-                device.group
+            tracing::error!(
+                device = %device.device_id,
+                group = ?device.group,
+                "enrolled but unknown to the policies: its settings are left as they are"
             );
             return resp;
         };

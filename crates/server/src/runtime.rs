@@ -49,7 +49,7 @@ fn default_max_handshakes_per_source() -> usize {
 fn remove_stale_temporaries(dir: &Path) -> Result<(), ServerError> {
     let n = store::remove_stale_temporaries(dir)?;
     if n > 0 {
-        log::info!(
+        tracing::info!(
             "{}: removed {n} temporary file(s) left by an interrupted write",
             dir.display()
         );
@@ -300,12 +300,12 @@ impl AdminServerConfig {
             let from = self.registry_path(base);
             let to = from.with_extension("json.imported");
             match std::fs::rename(&from, &to) {
-                Ok(()) => log::info!(
+                Ok(()) => tracing::info!(
                     "{} imported into the database; kept as {}",
                     from.display(),
                     to.display()
                 ),
-                Err(e) => log::warn!("{} imported, but not renamed: {e}", from.display()),
+                Err(e) => tracing::warn!("{} imported, but not renamed: {e}", from.display()),
             }
         }
         let snapshot = storage.load()?;
@@ -451,10 +451,10 @@ impl CrlWatch {
                 for t in servers.all() {
                     n = t.service().set_revocations(&ca);
                 }
-                log::info!("revocation list reloaded: {n} certificate(s) revoked");
+                tracing::info!("revocation list reloaded: {n} certificate(s) revoked");
             }
             // Perhaps caught between writes; tried again at the next tick.
-            Err(e) => log::warn!("revocation list changed but does not load: {e}"),
+            Err(e) => tracing::warn!("revocation list changed but does not load: {e}"),
         }
     }
 }
@@ -530,9 +530,9 @@ async fn tick(
         for (svc, changed) in rounds.into_iter().filter(|(_, c)| !c.is_empty()) {
             nonce = nonce.wrapping_add(1);
             let n = svc.push_all(&changed, "distribution point roles changed", nonce);
-            log::info!(
-                "{}: distribution point roles changed for {} device(s): pushed sync-now to the {n} online",
-                svc.storage().server_id(),
+            tracing::info!(
+                virtual_server = %svc.storage().server_id(),
+                "distribution point roles changed for {} device(s): pushed sync-now to the {n} online",
                 changed.len()
             );
         }
@@ -567,7 +567,7 @@ impl AdminServer {
         remove_stale_temporaries(&config.data_path(base))?;
         let (storage, mut snapshot) = config.open_storage(base)?;
         let virtual_records = std::mem::take(&mut snapshot.virtual_servers);
-        log::info!(
+        tracing::info!(
             "{} database {}: {} device(s), {} group(s)",
             storage.backend(),
             config.database(base).redacted_url(),
@@ -632,7 +632,7 @@ impl AdminServer {
             &virtual_records,
         )?;
         if !virtual_records.is_empty() {
-            log::info!("{} virtual server(s) loaded", virtual_records.len());
+            tracing::info!("{} virtual server(s) loaded", virtual_records.len());
         }
         let (tx, dispatch) = servers.dispatcher(1024);
         let tunnels = outpost_gateway::TunnelPolicy::Registered(Arc::new(RegisteredTunnels(

@@ -424,7 +424,7 @@ impl VirtualServers {
             .await?;
         let t = self.build_tenant(record.clone())?;
         self.write().insert(id.to_string(), t);
-        log::info!("virtual server {id:?} created (multicast block {block})");
+        tracing::info!(virtual_server = %id, "created (multicast block {block})");
         Ok(record)
     }
 
@@ -463,8 +463,8 @@ impl VirtualServers {
             *lock(r) = record.clone();
         }
         let cut = t.service.set_disabled(record.disabled);
-        log::info!(
-            "virtual server {id:?} {}; {cut} device connection(s) closed",
+        tracing::info!(
+            virtual_server = %id, "{}; {cut} device connection(s) closed",
             if record.disabled {
                 "disabled"
             } else {
@@ -510,13 +510,13 @@ impl VirtualServers {
             && let Err(e) = std::fs::remove_dir_all(dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
-            log::warn!(
-                "virtual server {id:?}: its directory {} not removed: {e}",
+            tracing::warn!(
+                virtual_server = %id, "its directory {} not removed: {e}",
                 dir.display()
             );
         }
-        log::info!(
-            "virtual server {id:?} deleted; {} certificate(s) revoked",
+        tracing::info!(
+            virtual_server = %id, "deleted; {} certificate(s) revoked",
             serials.len()
         );
         Ok(serials.len())

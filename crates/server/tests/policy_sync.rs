@@ -65,6 +65,12 @@ fn only_changed_documents_are_sent_with_their_locks() {
         endpoint["locked"],
         serde_json::json!(["device_control.flash_drives"])
     );
+    // The bytes are those of the object with sorted keys that servers have always sent:
+    // versions are their digest, so an upgraded server does not resend every document.
+    let legacy = serde_json::json!({"values": endpoint["values"], "locked": endpoint["locked"]});
+    assert_eq!(first.settings[1].json, serde_json::to_vec(&legacy).unwrap());
+    let doc = outpost_wire::settings::SettingsDocument::parse(&first.settings[1].json).unwrap();
+    assert_eq!(doc.locked, ["device_control.flash_drives"]);
     // Holding what it was given, the device gets nothing new.
     let again = sync.sync(
         &ctx("pc-junior", 1),

@@ -9,6 +9,9 @@ use crate::version::VersionRange;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WireError {
+    /// A settings document is not JSON.
+    #[error("settings document is not JSON: {0}")]
+    SettingsJson(#[source] serde_json::Error),
     /// The frame did not start with the magic bytes `"OP"`.
     #[error("bad magic at stream offset {offset}: expected \"OP\" (4f 50), found {:02x} {:02x}", found[0], found[1])]
     BadMagic {

@@ -19,6 +19,7 @@
 //! - [`negotiate`]: the highest protocol version both sides speak.
 //! - [`push`]: the signed "sync now" datagram for UDP port 15000.
 //! - [`backoff`]: the jittered reconnect schedule every redialling peer uses.
+//! - [`settings`]: the settings document an application's settings travel in.
 //!
 //! The byte-by-byte format is in `docs/protocol.md`.
 //!
@@ -58,6 +59,7 @@ mod error;
 pub mod frame;
 pub mod messages;
 pub mod push;
+pub mod settings;
 mod version;
 
 pub use catalogue::{Message, MessageType};

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tracing::Instrument;
 
 use futures_util::{SinkExt, StreamExt};
 use outpost_multicast::manifest::{FileHasher, hex};
@@ -406,30 +407,36 @@ impl ChunkService {
         let served = Arc::new(AtomicU64::new(0));
         let counter = served.clone();
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let task = tokio::spawn(async move {
-            let dir = Arc::new(dir);
-            let device_id = Arc::new(device_id);
-            loop {
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                let (stream, peer) = match listener.accept().await {
-                    Ok(x) => x,
-                    Err(e) => {
-                        log::warn!("block service {addr}: accept: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let (dir, id, counter) = (dir.clone(), device_id.clone(), counter.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = serve(stream, &dir, &id, &counter, idle).await {
-                        log::debug!("block service {addr}: {peer}: {e}");
-                    }
-                    drop(permit);
-                });
+        let task = tokio::spawn(
+            async move {
+                let dir = Arc::new(dir);
+                let device_id = Arc::new(device_id);
+                loop {
+                    let Ok(permit) = slots.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let (stream, peer) = match listener.accept().await {
+                        Ok(x) => x,
+                        Err(e) => {
+                            tracing::warn!("block service {addr}: accept: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let (dir, id, counter) = (dir.clone(), device_id.clone(), counter.clone());
+                    tokio::spawn(
+                        async move {
+                            if let Err(e) = serve(stream, &dir, &id, &counter, idle).await {
+                                tracing::debug!("block service {addr}: {peer}: {e}");
+                            }
+                            drop(permit);
+                        }
+                        .instrument(tracing::info_span!("fetch", %peer)),
+                    );
+                }
             }
-        });
+            .instrument(tracing::info_span!("block_service", %addr)),
+        );
         Ok(ChunkService { addr, served, task })
     }
 

@@ -182,10 +182,9 @@ impl Planner {
             if !self.can_serve {
                 if !self.warned {
                     self.warned = true;
-                    log::warn!(
-                        "agent {}: the server names this device a distribution point, but \
-                         distribution.serve is off; the role is ignored",
-                        self.device_id
+                    tracing::warn!(
+                        "the server names this device a distribution point, but \
+                         distribution.serve is off; the role is ignored"
                     );
                 }
                 continue;
@@ -198,9 +197,8 @@ impl Planner {
             match self.fence.apply_role(scope.clone(), role, a.epoch) {
                 FenceOutcome::Stale { known, got } => {
                     stale += 1;
-                    log::info!(
-                        "agent {}: role message for {scope:?} at epoch {got} ignored (epoch {known} known)",
-                        self.device_id
+                    tracing::info!(
+                        "role message for {scope:?} at epoch {got} ignored (epoch {known} known)"
                     );
                 }
                 FenceOutcome::Accepted {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use bytes::Bytes;
 use outpost_multicast::driver::{self, ReceiveOptions, SocketConfig};
@@ -143,7 +144,7 @@ impl Plane {
                     format!("{}:{}", p.cfg.multicast_iface, bound.port())
                 }
                 None => {
-                    log::warn!(
+                    tracing::warn!(
                         "agent {}: block service on {bound} has no address to advertise \
                          (set distribution.unicast_advertise); devices will fetch missed \
                          blocks from the server",
@@ -237,10 +238,7 @@ impl Plane {
     ) {
         let plan = self.planner.plan(assignments, updates);
         if plan.stepped_down {
-            log::warn!(
-                "agent {}: replaced as active distribution point; sending stops",
-                self.ctx.p.device_id
-            );
+            tracing::warn!("replaced as active distribution point; sending stops");
         }
         lock(&self.ctx.status).roles = plan.roles.clone();
         let fresh: Vec<UpdateAnnouncement> = plan
@@ -249,7 +247,7 @@ impl Plane {
             .filter(|u| match chunks::check_announcement(u) {
                 Ok(()) => true,
                 Err(e) => {
-                    log::warn!("agent {}: {e}; ignored", self.ctx.p.device_id);
+                    tracing::warn!("{e}; ignored");
                     false
                 }
             })
@@ -267,9 +265,8 @@ impl Plane {
                 // Published again under the same id while the old content was on its way:
                 // the server serves only the new content now.
                 Some((_, old)) => {
-                    log::info!(
-                        "agent {}: {:?} replaced by version {} while being obtained",
-                        self.ctx.p.device_id,
+                    tracing::info!(
+                        "{:?} replaced by version {} while being obtained",
                         u.object_id,
                         u.version
                     );
@@ -292,15 +289,18 @@ impl Plane {
             );
             let (ctx, plan, done) = (self.ctx.clone(), self.plan.subscribe(), self.done.clone());
             let (id, sha) = (u.object_id.clone(), u.sha256.clone());
-            let h = self.tasks.spawn(async move {
-                let r = obtain(&ctx, &u, plan).await;
-                ctx.progress(&u.object_id, |p| {
-                    p.via = Some(r);
-                    p.done_bytes = u.size;
-                    p.last_error = None;
-                });
-                let _ = done.send(Done { ann: u });
-            });
+            let h = self.tasks.spawn(
+                async move {
+                    let r = obtain(&ctx, &u, plan).await;
+                    ctx.progress(&u.object_id, |p| {
+                        p.via = Some(r);
+                        p.done_bytes = u.size;
+                        p.last_error = None;
+                    });
+                    let _ = done.send(Done { ann: u });
+                }
+                .instrument(tracing::info_span!("update", object = %id)),
+            );
             self.fetching.insert(id, (sha, h));
         }
         self.reconcile_senders();
@@ -351,21 +351,21 @@ impl Plane {
                 st.sent.len() - 1
             };
             let (ctx, ann, key, group) = (self.ctx.clone(), ann.clone(), key.clone(), serve.group);
-            let h = self.tasks.spawn(async move {
-                let r = multicast(&ctx, &ann, group, &key, slot).await;
-                let mut st = lock(&ctx.status);
-                if let Some(s) = st.sent.get_mut(slot) {
-                    s.finished = true;
-                    if let Err(e) = r {
-                        log::warn!(
-                            "agent {}: multicast of {:?}: {e}",
-                            ctx.p.device_id,
-                            ann.object_id
-                        );
-                        s.error = Some(e.to_string());
+            let span = tracing::info_span!("multicast", object = %ann.object_id);
+            let h = self.tasks.spawn(
+                async move {
+                    let r = multicast(&ctx, &ann, group, &key, slot).await;
+                    let mut st = lock(&ctx.status);
+                    if let Some(s) = st.sent.get_mut(slot) {
+                        s.finished = true;
+                        if let Err(e) = r {
+                            tracing::warn!("multicast of {:?}: {e}", ann.object_id);
+                            s.error = Some(e.to_string());
+                        }
                     }
                 }
-            });
+                .instrument(span),
+            );
             self.senders.insert(id.clone(), (serve.scopes.clone(), h));
         }
     }
@@ -386,7 +386,6 @@ async fn route_change(plan: &mut watch::Receiver<Arc<Plan>>, current: &Route) {
 /// Obtains one update by whatever route the plan names, switching when it changes, retrying
 /// while it fails; ends only with the verified file in place.
 async fn obtain(ctx: &Ctx, ann: &UpdateAnnouncement, mut plan: watch::Receiver<Arc<Plan>>) -> Via {
-    let id = &ctx.p.device_id;
     if chunks::holds(&ctx.dir, ann).await {
         return Via::Disk;
     }
@@ -404,11 +403,11 @@ async fn obtain(ctx: &Ctx, ann: &UpdateAnnouncement, mut plan: watch::Receiver<A
                     // A partial multicast file left by an earlier route is of no use now.
                     let part = ctx.dir.join(files::part_file_name(&ann.object_id, &ann.sha256));
                     let _ = tokio::fs::remove_file(part).await;
-                    log::info!("agent {id}: update {:?} complete from {source}", ann.object_id);
+                    tracing::info!("update {:?} complete from {source}", ann.object_id);
                     return via;
                 }
                 Err(e) => {
-                    log::info!("agent {id}: update {:?} from {source}: {e}", ann.object_id);
+                    tracing::info!("update {:?} from {source}: {e}", ann.object_id);
                     ctx.progress(&ann.object_id, |p| p.last_error = Some(e.to_string()));
                     tokio::select! {
                         () = tokio::time::sleep(RETRY) => {}
@@ -417,8 +416,8 @@ async fn obtain(ctx: &Ctx, ann: &UpdateAnnouncement, mut plan: watch::Receiver<A
                 }
             },
             () = route_change(&mut plan, &route) => {
-                log::info!(
-                    "agent {id}: update {:?}: source changed from {source}",
+                tracing::info!(
+                    "update {:?}: source changed from {source}",
                     ann.object_id
                 );
             }
@@ -603,9 +602,8 @@ async fn receive(ctx: &Ctx, ann: &UpdateAnnouncement, src: &Source) -> Result<Vi
                     src.dp, cfg.session_wait_ms
                 )));
             };
-            log::info!(
-                "agent {}: no session from {} within {} ms; fetching {:?} by unicast",
-                ctx.p.device_id, src.dp, cfg.session_wait_ms, ann.object_id
+            tracing::info!(
+                "no session from {} within {} ms; fetching {:?} by unicast", src.dp, cfg.session_wait_ms, ann.object_id
             );
             let mut c = chunks::dial_dp(addr, &ctx.p.device_id, ctx.p.timeout).await?;
             let progress = |n: u64| ctx.progress(&ann.object_id, |p| p.done_bytes = n);
@@ -654,11 +652,7 @@ async fn multicast(
     let source = FileSource::open(&path).map_err(dist)?;
     let mut sender =
         Sender::new(sc, manifest, &signed, Box::new(source), Instant::now()).map_err(dist)?;
-    log::info!(
-        "agent {}: sending {:?} to {group}",
-        ctx.p.device_id,
-        ann.object_id
-    );
+    tracing::info!("sending {:?} to {group}", ann.object_id);
     driver::run_sender(&socket, group, &mut sender, |st, _| {
         if let Some(s) = lock(&ctx.status).sent.get_mut(slot) {
             s.bytes_sent = st.bytes_sent;

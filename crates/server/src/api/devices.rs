@@ -368,7 +368,7 @@ pub(super) async fn change_device(
             .as_deref()
             .and_then(|f| f.with_dps(|d| d.set_location(&id, l.as_deref())))
         {
-            log::warn!("device {id:?}: network location not given to the election: {e}");
+            tracing::warn!(device = %id, "network location not given to the election: {e}");
         }
         push_changed(&who.vs, &[id.as_str()], "network location changed");
         what.push(format!("network location {l:?}"));

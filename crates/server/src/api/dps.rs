@@ -165,7 +165,7 @@ pub(super) async fn unassign_dp(
         .update_registry(|r| r.unregister_dp_scope(&device, &scope))
         .await?;
     if let Some(Err(e)) = fleet.with_dps(|c| c.unregister(&device, &scope)) {
-        log::warn!("distribution point {device:?} of {key:?}: {e}");
+        tracing::warn!(dp = %device, scope = %key, "not unregistered from the election: {e}");
     }
     push_changed(&who.vs, &[device.as_str()], "distribution point removed");
     audit(

@@ -162,7 +162,7 @@ pub(super) async fn register_gateway(
                 .await
                 .map_err(|e| Problem::from_error(&e, Some(field_of(&e))))?;
             if let Err(e) = st.gateway_control.add(entry) {
-                log::error!("gateway {:?} registered but not dialled: {e}", g.id);
+                tracing::error!("gateway {:?} registered but not dialled: {e}", g.id);
                 return Err(Problem::internal(e));
             }
         }

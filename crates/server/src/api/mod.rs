@@ -91,6 +91,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 pub use problem::Problem;
 
@@ -256,7 +257,7 @@ pub(crate) async fn start(
     });
     let app = router(state);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    log::info!("administration API on https://{addr}/api/v1/");
+    tracing::info!("administration API on https://{addr}/api/v1/");
     let task = tokio::spawn(async move {
         let mut conns = tokio::task::JoinSet::new();
         loop {
@@ -264,7 +265,7 @@ pub(crate) async fn start(
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
                     Err(e) => {
-                        log::warn!("administration API: accept failed: {e}");
+                        tracing::warn!("administration API: accept failed: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -273,28 +274,32 @@ pub(crate) async fn start(
             };
             let acceptor = acceptor.clone();
             let app = app.clone();
-            conns.spawn(async move {
-                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-                    .await
-                {
-                    Ok(Ok(tls)) => tls,
-                    _ => return,
-                };
-                let svc = hyper::service::service_fn(
-                    move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                        req.extensions_mut().insert(ConnectInfo(peer));
-                        let mut app = app.clone();
-                        async move { tower_service::Service::call(&mut app, req).await }
-                    },
-                );
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
-                if let Err(e) = conn.await {
-                    log::debug!("administration API connection from {peer}: {e}");
+            conns.spawn(
+                async move {
+                    let tls =
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                            .await
+                        {
+                            Ok(Ok(tls)) => tls,
+                            _ => return,
+                        };
+                    let svc = hyper::service::service_fn(
+                        move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                            req.extensions_mut().insert(ConnectInfo(peer));
+                            let mut app = app.clone();
+                            async move { tower_service::Service::call(&mut app, req).await }
+                        },
+                    );
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(10))
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
+                    if let Err(e) = conn.await {
+                        tracing::debug!("connection ended: {e}");
+                    }
                 }
-            });
+                .instrument(tracing::info_span!("api_connection", %peer)),
+            );
         }
     });
     Ok(ApiHandle { addr, task })
@@ -493,7 +498,7 @@ async fn audit(st: &ApiState, who: &Caller, kind: &'static str, what: String) {
     );
     let _ = st;
     if let Err(e) = who.vs.service.storage().record_events(vec![e]).await {
-        log::error!("audit event {kind} not stored: {e}");
+        tracing::error!("audit event {kind} not stored: {e}");
     }
 }
 

@@ -77,7 +77,7 @@ pub(super) async fn edit_policy(
             _ => outpost_policy::Change::RemovePolicy(id.to_string()),
         };
         if let Err(u) = policies.apply(undo) {
-            log::error!("policy {id:?}: commit failed and the change could not be undone: {u}");
+            tracing::error!(policy = %id, "commit failed and the change could not be undone: {u}");
         }
         return Err(Problem::from_error(&e, None));
     }
@@ -257,8 +257,8 @@ pub(super) async fn set_policy_status(
         for p in std::iter::once(before).chain(displaced_before) {
             let pid = p.id.clone();
             if let Err(u) = policies.apply(outpost_policy::Change::UpsertPolicy(p)) {
-                log::error!(
-                    "policy {pid:?}: commit failed and the change could not be undone: {u}"
+                tracing::error!(
+                    policy = %pid, "commit failed and the change could not be undone: {u}"
                 );
             }
         }

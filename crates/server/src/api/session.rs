@@ -48,7 +48,7 @@ pub(super) async fn login(
     let Some(role) = role else {
         lock(&st.by_source).failed(&source, now);
         lock(&st.by_account).failed(&throttle_key, now);
-        log::warn!(
+        tracing::warn!(
             "administration API: failed login for {name:?} of {:?} from {peer}",
             vs.id()
         );
@@ -61,7 +61,7 @@ pub(super) async fn login(
             e.to_string(),
         )
     })?;
-    log::info!(
+    tracing::info!(
         "administration API: {name:?} of {:?} logged in from {peer}",
         vs.id()
     );

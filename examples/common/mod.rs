@@ -1,11 +1,11 @@
 //! Shared by the example binaries: the log output and reading a configuration file.
 //!
-//! Log records go to stderr through `tracing-subscriber`, both `tracing` events and the
-//! `log` records the library crates emit. What is shown is chosen by `OUTPOST_LOG`, else
-//! `RUST_LOG`, in `EnvFilter`'s directive syntax (`info`, `outpost_gateway=debug`,
-//! `warn,outpost=info`); a bare level in `OUTPOST_LOG` (`OUTPOST_LOG=debug`) applies to the
-//! project's own crates only. With neither set, [`DEFAULT_LOG`]: `info` from the project's
-//! crates, nothing from the others.
+//! Log records go to stderr through `tracing-subscriber`: the libraries' `tracing` events,
+//! with their spans, and the `log` records of dependencies that use `log`. What is shown is
+//! chosen by `OUTPOST_LOG`, else `RUST_LOG`, in `EnvFilter`'s directive syntax (`info`,
+//! `outpost_gateway=debug`, `warn,outpost=info`); a bare level in `OUTPOST_LOG`
+//! (`OUTPOST_LOG=debug`) applies to the project's own crates only. With neither set,
+//! [`DEFAULT_LOG`]: `info` from the project's crates, nothing from the others.
 
 #![allow(dead_code)]
 

@@ -1,29 +1,38 @@
 //! A connection gateway, DMZ or remote office, from a TOML file.
 //!
-//! `cargo run --release --example connection_gateway -- --config examples/config/gateway-dmz.toml`
+//! ```text
+//! cargo run --release --example connection_gateway -- --config examples/config/gateway-dmz.toml
+//! cargo run --example connection_gateway -- --help
+//! ```
 //!
 //! Stops gracefully (draining relayed connections) on Ctrl-C.
 
 mod common;
 
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::Parser;
 use outpost::gateway::{Gateway, GatewayConfig};
 
-const PROGRAM: &str = "connection_gateway";
+/// A connection gateway, DMZ or remote office, from a TOML file; Ctrl-C stops it, draining
+/// the connections it relays.
+#[derive(Parser)]
+#[command(name = "connection_gateway", version, args_override_self = true)]
+struct Cli {
+    /// The gateway's configuration (TOML; relative paths in it start from its directory).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+}
 
-#[tokio::main]
-async fn main() {
-    common::init_logger();
-    let flags = common::Flags::parse(PROGRAM, &["config"], &[]);
-    let (text, base) = flags.config(PROGRAM);
-    let config = GatewayConfig::from_toml(&text).unwrap_or_else(|e| common::die(PROGRAM, e));
-    let tls = config
-        .load_tls(&base)
-        .unwrap_or_else(|e| common::die(PROGRAM, e));
+async fn run(cli: Cli) -> Result<(), String> {
+    let (text, base) = common::read_config(&cli.config)?;
+    let config = GatewayConfig::from_toml(&text).map_err(|e| e.to_string())?;
+    let tls = config.load_tls(&base).map_err(|e| e.to_string())?;
     let gw = Gateway::start(config, tls)
         .await
-        .unwrap_or_else(|e| common::die(PROGRAM, e));
+        .map_err(|e| e.to_string())?;
     println!("agent port: {}", gw.local_addr());
     if let Some(a) = gw.mobile_addr() {
         println!("mobile port (client certificates from the mobile CA): {a}");
@@ -44,4 +53,18 @@ async fn main() {
     }
     println!("shutting down: {:?}", gw.stats());
     gw.shutdown().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    common::init_logger();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(reason) => {
+            eprintln!("connection_gateway: {reason}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -9,7 +9,10 @@
 //! - N concurrent device sessions held through the gateway: held, failures, setup median/p99,
 //!   and the gateway's resident memory.
 //!
-//! `cargo run --release --example gateway_load -- [--sessions 10000] [--mib 256] [--samples 300] [--relay-kib 16]`
+//! ```text
+//! cargo run --release --example gateway_load -- [--sessions 10000] [--mib 256] [--samples 300] [--relay-kib 16]
+//! cargo run --example gateway_load -- --help
+//! ```
 //!
 //! A gateway holds two sockets per session (the device's and the server's data connection),
 //! so N sessions need 2N descriptors in the gateway process; the example raises its
@@ -22,6 +25,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use clap::builder::TypedValueParser;
+use clap::{CommandFactory, Parser};
 use outpost::gateway::{
     ConnectorConfig, DeviceConnection, DeviceListener, DmzGatewayEntry, Gateway, GatewayConfig,
     ListenerLimits, ServerConnector, TlsFiles,
@@ -44,53 +49,56 @@ enum Role {
     Server(PathBuf, SocketAddr),
 }
 
+/// Load test of a DMZ connection gateway over loopback with real TLS, in three processes
+/// (the gateway, the server side, the devices): connection setup and throughput through the
+/// gateway against directly to the server, then N concurrent sessions held through it and
+/// the gateway's memory.
+#[derive(Parser)]
+#[command(name = "gateway_load", version, args_override_self = true)]
 struct Args {
+    /// Concurrent device sessions held through the gateway (2 descriptors each in the
+    /// gateway process).
+    #[arg(long, value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..=100_000).map(|n| n as usize))]
     sessions: usize,
+    /// Bytes one device streams to the server for the throughput figures, MiB.
+    #[arg(long, value_name = "M", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=65_536).map(|n| n as usize))]
     mib: usize,
+    /// Connection setups timed each way, through the gateway and directly.
+    #[arg(long, value_name = "S", default_value_t = 300,
+          value_parser = clap::value_parser!(u32).range(1..=100_000).map(|n| n as usize))]
     samples: usize,
+    /// The gateway's relay buffer per direction, KiB.
+    #[arg(long, value_name = "K", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=16_384).map(|n| n as usize))]
     relay_kib: usize,
-    role: Role,
+    /// Run as the gateway process, on the files in DIR (started by the devices process).
+    #[arg(long, value_name = "DIR", hide = true, conflicts_with = "role_server")]
+    role_gateway: Option<PathBuf>,
+    /// Run as the server process, on the files in DIR, dialling the gateway at ADDR
+    /// (started by the devices process).
+    #[arg(long, hide = true, num_args = 2, value_names = ["DIR", "ADDR"])]
+    role_server: Option<Vec<String>>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        sessions: 10_000,
-        mib: 256,
-        samples: 300,
-        relay_kib: 16,
-        role: Role::Devices,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
-        let num = |name: &str, v: String, max: usize| -> Result<usize, String> {
-            v.parse()
-                .ok()
-                .filter(|n| (1..=max).contains(n))
-                .ok_or(format!("{name} must be 1..={max}, got {v:?}"))
-        };
-        match flag.as_str() {
-            "--sessions" => a.sessions = num("--sessions", value("--sessions")?, 100_000)?,
-            "--mib" => a.mib = num("--mib", value("--mib")?, 65_536)?,
-            "--samples" => a.samples = num("--samples", value("--samples")?, 100_000)?,
-            "--relay-kib" => a.relay_kib = num("--relay-kib", value("--relay-kib")?, 16_384)?,
-            "--role-gateway" => a.role = Role::Gateway(value("--role-gateway")?.into()),
-            "--role-server" => {
-                let dir = value("--role-server")?;
-                let gw = value("--role-server")?;
-                let gw = gw
-                    .parse()
-                    .map_err(|e| format!("gateway address {gw:?}: {e}"))?;
-                a.role = Role::Server(dir.into(), gw);
+impl Args {
+    /// Which of the three processes this is.
+    fn role(&self) -> Result<Role, clap::Error> {
+        Ok(match (&self.role_gateway, self.role_server.as_deref()) {
+            (Some(dir), _) => Role::Gateway(dir.clone()),
+            (None, Some([dir, gw])) => {
+                let gw = gw.parse().map_err(|e| {
+                    Args::command().error(
+                        clap::error::ErrorKind::ValueValidation,
+                        format!("--role-server: gateway address {gw:?}: {e}"),
+                    )
+                })?;
+                Role::Server(dir.into(), gw)
             }
-            other => {
-                return Err(format!(
-                    "unknown flag {other:?} (flags: --sessions N, --mib M, --samples S, --relay-kib K)"
-                ));
-            }
-        }
+            (None, _) => Role::Devices,
+        })
     }
-    Ok(a)
 }
 
 fn fail(msg: impl std::fmt::Display) -> ! {
@@ -350,14 +358,12 @@ fn raise_fd_limit(want: u64) -> u64 {
 
 #[tokio::main]
 async fn main() {
-    let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("gateway_load: {e}");
-        std::process::exit(2)
-    });
+    let args = Args::parse();
+    let role = args.role().unwrap_or_else(|e| e.exit());
     // The gateway holds two sockets per session; the others one.
     let want = (args.sessions as u64) * 2 + 1_024;
     let limit = raise_fd_limit(want);
-    match &args.role {
+    match &role {
         Role::Gateway(dir) => {
             if limit < want {
                 eprintln!(

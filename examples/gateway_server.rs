@@ -3,12 +3,18 @@
 //! it came, is answered with the wire protocol's hello and sync exchange and logged with the
 //! identity that was authenticated for it.
 //!
-//! `cargo run --release --example gateway_server -- --config examples/config/server.toml`
+//! ```text
+//! cargo run --release --example gateway_server -- --config examples/config/server.toml
+//! cargo run --example gateway_server -- --help
+//! ```
 
 mod common;
 
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use outpost::gateway::{DeviceConnection, DeviceListener, ServerConnector, ServerSideConfig};
 use outpost::wire::messages::{ChannelKind, HelloAck, Refusal, RefusalCode, Role, SyncResponse};
@@ -16,7 +22,17 @@ use outpost::wire::{Message, MessageCodec, VersionRange, negotiate};
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 
-const PROGRAM: &str = "gateway_server";
+/// The server's side of the gateways: its device port and the DMZ gateways it dials, from
+/// a TOML file; answers every device's hello and sync and prints who it was. Ctrl-C stops it.
+#[derive(Parser)]
+#[command(name = "gateway_server", version, args_override_self = true)]
+struct Cli {
+    /// The server side's configuration (TOML; relative paths in it start from its
+    /// directory).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+}
+
 /// Largest message taken from a device: hellos and sync requests are small.
 const MAX_MESSAGE: usize = 64 * 1024;
 /// A device that sends nothing for this long is let go.
@@ -81,22 +97,12 @@ async fn answer(conn: DeviceConnection) {
     }
 }
 
-#[tokio::main]
-async fn main() {
-    common::init_logger();
-    let flags = common::Flags::parse(PROGRAM, &["config"], &[]);
-    let (text, base) = flags.config(PROGRAM);
-    let config = ServerSideConfig::from_toml(&text).unwrap_or_else(|e| common::die(PROGRAM, e));
-    config
-        .validate()
-        .unwrap_or_else(|e| common::die(PROGRAM, e));
-    let tls = config
-        .tls
-        .load(&base)
-        .unwrap_or_else(|e| common::die(PROGRAM, e));
-    let tunnels = config
-        .tunnel_policy(&base)
-        .unwrap_or_else(|e| common::die(PROGRAM, e));
+async fn run(cli: Cli) -> Result<(), String> {
+    let (text, base) = common::read_config(&cli.config)?;
+    let config = ServerSideConfig::from_toml(&text).map_err(|e| e.to_string())?;
+    config.validate().map_err(|e| e.to_string())?;
+    let tls = config.tls.load(&base).map_err(|e| e.to_string())?;
+    let tunnels = config.tunnel_policy(&base).map_err(|e| e.to_string())?;
     let (tx, mut rx) = mpsc::channel(1024);
     let listener = DeviceListener::start(
         config.listen,
@@ -106,10 +112,10 @@ async fn main() {
         tx.clone(),
     )
     .await
-    .unwrap_or_else(|e| common::die(PROGRAM, e));
+    .map_err(|e| e.to_string())?;
     println!("device port: {}", listener.local_addr());
-    let connector = ServerConnector::start(config.connector.clone(), &tls, tx)
-        .unwrap_or_else(|e| common::die(PROGRAM, e));
+    let connector =
+        ServerConnector::start(config.connector.clone(), &tls, tx).map_err(|e| e.to_string())?;
     for g in &config.connector.gateways {
         println!("dialling DMZ gateway {} at {} ({})", g.id, g.addr, g.name);
     }
@@ -124,4 +130,18 @@ async fn main() {
     }
     connector.shutdown().await;
     listener.shutdown().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    common::init_logger();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(reason) => {
+            eprintln!("gateway_server: {reason}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -3,7 +3,9 @@
 //!
 //! ```text
 //! cargo run --example mobile_device -- --connect 127.0.0.1:13001 --name gw.outpost.test \
-//!     --ca target/walkthrough/ca.crt [--cert phone-1.chain.pem --key phone-1.key] [--agent]
+//!     --ca target/walkthrough/ca.crt [--cert phone-1.chain.pem --key phone-1.key] [--agent] \
+//!     [--device ID]
+//! cargo run --example mobile_device -- --help
 //! ```
 //! Without `--cert` it connects without a client certificate (only the unauthenticated mobile
 //! port accepts that). `--agent` presents the certificate as a Network Agent would.
@@ -11,8 +13,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
+use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use outpost::pki::tls::{TlsOptions, agent_client_config, mobile_client_config};
 use outpost::pki::{IssuedCert, PeerIdentity, store};
@@ -25,51 +29,76 @@ use tokio_util::codec::Framed;
 
 const PROGRAM: &str = "mobile_device";
 
-#[tokio::main]
-async fn main() {
-    common::init_logger();
-    let flags = common::Flags::parse(
-        PROGRAM,
-        &["connect", "name", "ca", "cert", "key", "device"],
-        &["agent"],
-    );
-    let addr: SocketAddr = flags
-        .need(PROGRAM, "connect")
-        .parse()
-        .unwrap_or_else(|e| common::die(PROGRAM, format!("--connect: {e}")));
-    let name = flags.need(PROGRAM, "name");
-    let ca = store::read_ca_certificate(Path::new(flags.need(PROGRAM, "ca")))
-        .unwrap_or_else(|e| common::die(PROGRAM, e));
-    let identity: Option<IssuedCert> = match (flags.get("cert"), flags.get("key")) {
+/// Connect to a gateway (or the server) as a device: check that its certificate is signed
+/// by the server CA and names the host dialled, say hello and sync once.
+#[derive(Parser)]
+#[command(name = "mobile_device", version, args_override_self = true)]
+struct Cli {
+    /// The address to dial.
+    #[arg(long, value_name = "ADDR:PORT")]
+    connect: SocketAddr,
+    /// The host name the gateway's certificate must carry.
+    #[arg(long, value_name = "HOST", value_parser = parse_server_name)]
+    name: ServerName<'static>,
+    /// The server CA's certificate, which the gateway's must be signed by.
+    #[arg(long, value_name = "FILE")]
+    ca: PathBuf,
+    /// The device's certificate chain, presented as its client certificate (without it, no
+    /// client certificate: only an unauthenticated mobile port accepts that).
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The private key of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// Present the certificate as a Network Agent would (and say hello as one), not as a
+    /// mobile device.
+    #[arg(long, requires = "cert")]
+    agent: bool,
+    /// The device id sent in the hello and the sync.
+    #[arg(long, value_name = "ID", default_value = "device")]
+    device: String,
+}
+
+fn parse_server_name(v: &str) -> Result<ServerName<'static>, String> {
+    ServerName::try_from(v.to_string()).map_err(|e| e.to_string())
+}
+
+/// The answer's name, for a message that was not the one expected.
+fn unexpected(m: Option<Result<Message, impl std::fmt::Display>>, failed: &str) -> String {
+    match m {
+        Some(Ok(other)) => format!("unexpected answer {}", other.message_type().name()),
+        Some(Err(e)) => format!("{failed}: {e}"),
+        None => "the peer closed the connection".into(),
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let e = |e: outpost::pki::PkiError| e.to_string();
+    let addr = cli.connect;
+    let name = cli.name.to_str().into_owned();
+    let ca = store::read_ca_certificate(&cli.ca).map_err(e)?;
+    let identity: Option<IssuedCert> = match (&cli.cert, &cli.key) {
         (Some(c), Some(k)) => {
-            let chain =
-                store::read_certificates(Path::new(c)).unwrap_or_else(|e| common::die(PROGRAM, e));
-            let key = store::read_private_key_der(Path::new(k))
-                .unwrap_or_else(|e| common::die(PROGRAM, e));
-            Some(IssuedCert::from_parts(chain, key).unwrap_or_else(|e| common::die(PROGRAM, e)))
+            let chain = store::read_certificates(c).map_err(e)?;
+            let key = store::read_private_key_der(k).map_err(e)?;
+            Some(IssuedCert::from_parts(chain, key).map_err(e)?)
         }
-        (None, None) => None,
-        _ => common::die(PROGRAM, "--cert and --key go together"),
+        // clap makes --cert and --key go together, and --agent need them.
+        _ => None,
     };
     let opts = TlsOptions::default();
-    let cfg = if flags.has("agent") {
-        let id = identity
-            .as_ref()
-            .unwrap_or_else(|| common::die(PROGRAM, "--agent needs --cert and --key"));
-        agent_client_config(id, &ca, &opts)
-    } else {
-        mobile_client_config(identity.as_ref(), &ca, &opts)
+    let cfg = match (&identity, cli.agent) {
+        (Some(id), true) => agent_client_config(id, &ca, &opts),
+        _ => mobile_client_config(identity.as_ref(), &ca, &opts),
     }
-    .unwrap_or_else(|e| common::die(PROGRAM, e));
-    let server_name = ServerName::try_from(name.to_string())
-        .unwrap_or_else(|e| common::die(PROGRAM, format!("--name: {e}")));
+    .map_err(e)?;
     let tcp = TcpStream::connect(addr)
         .await
-        .unwrap_or_else(|e| common::die(PROGRAM, format!("{addr}: {e}")));
+        .map_err(|e| format!("{addr}: {e}"))?;
     let tls = TlsConnector::from(cfg)
-        .connect(server_name, tcp)
+        .connect(cli.name, tcp)
         .await
-        .unwrap_or_else(|e| common::die(PROGRAM, format!("TLS with {addr} refused: {e}")));
+        .map_err(|e| format!("TLS with {addr} refused: {e}"))?;
     if let Some(peer) = tls
         .get_ref()
         .1
@@ -83,57 +112,57 @@ async fn main() {
         );
         println!("fingerprint: {}", peer.fingerprint());
     }
-    let device = flags.get("device").unwrap_or("device").to_string();
     let mut framed = Framed::new(tls, MessageCodec::new());
     let hello = Hello {
         min_version: PROTOCOL_VERSION_MIN,
         max_version: PROTOCOL_VERSION_MAX,
-        role: if flags.has("agent") {
-            Role::Agent
-        } else {
-            Role::Mobile
-        } as i32,
-        node_id: device.clone(),
+        role: if cli.agent { Role::Agent } else { Role::Mobile } as i32,
+        node_id: cli.device.clone(),
         software: PROGRAM.into(),
     };
-    let send = framed.send(Message::from(hello)).await;
-    send.unwrap_or_else(|e| common::die(PROGRAM, e));
+    framed
+        .send(Message::from(hello))
+        .await
+        .map_err(|e| e.to_string())?;
     match framed.next().await {
         Some(Ok(Message::HelloAck(a))) => {
             println!("server answered: protocol version {}", a.version)
         }
-        Some(Ok(Message::Refusal(r))) => common::die(
-            PROGRAM,
-            format!(
+        Some(Ok(Message::Refusal(r))) => {
+            return Err(format!(
                 "refused: {:?}: {}",
                 RefusalCode::try_from(r.code).unwrap_or(RefusalCode::Unspecified),
                 r.reason
-            ),
-        ),
-        Some(Ok(other)) => common::die(
-            PROGRAM,
-            format!("unexpected answer {}", other.message_type().name()),
-        ),
-        Some(Err(e)) => common::die(PROGRAM, format!("the connection was refused: {e}")),
-        None => common::die(PROGRAM, "the peer closed the connection"),
+            ));
+        }
+        other => return Err(unexpected(other, "the connection was refused")),
     }
     let sync = SyncRequest {
-        device_id: device,
+        device_id: cli.device,
         ..Default::default()
     };
     framed
         .send(Message::from(sync))
         .await
-        .unwrap_or_else(|e| common::die(PROGRAM, e));
+        .map_err(|e| e.to_string())?;
     match framed.next().await {
         Some(Ok(Message::SyncResponse(s))) => {
-            println!("synced: next sync in {} s", s.next_sync_secs)
+            println!("synced: next sync in {} s", s.next_sync_secs);
+            Ok(())
         }
-        Some(Ok(other)) => common::die(
-            PROGRAM,
-            format!("unexpected answer {}", other.message_type().name()),
-        ),
-        Some(Err(e)) => common::die(PROGRAM, format!("the connection failed: {e}")),
-        None => common::die(PROGRAM, "the peer closed the connection"),
+        other => Err(unexpected(other, "the connection failed")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    common::init_logger();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(reason) => {
+            eprintln!("{PROGRAM}: {reason}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! cargo run --release --example multicast_bench -- [--size MIB] [--receivers 2,8,32]
 //!     [--loss 0,0.01,0.05] [--symbol BYTES] [--block SYMBOLS] [--rate MBIT[,MBIT..]] [--seed N]
 //!     [--margin SYMBOLS] [--sim] [--inline-blocks] [--pairs N]
+//! cargo run --release --example multicast_bench -- --help
 //! ```
 //!
 //! Receivers decode and hash blocks on a worker thread each
@@ -42,90 +43,104 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdp};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
+use clap::{ArgAction, CommandFactory, Parser};
 use outpost::multicast::driver::{self, ReceiveOptions, SocketConfig};
 use outpost::multicast::files::{DiscardSink, FetchFuture, Fetcher};
 use outpost::multicast::{Manifest, Receiver, ReceiverConfig, Sender, SenderConfig, SigningKey};
 
+/// Distribute an in-memory file over loopback multicast to N receivers in this process:
+/// goodput per receiver, repair overhead, CPU time, and the raw-blast ceiling of the same
+/// sockets, measured in the same run (or, with --sim, the protocol's overhead in the
+/// network model). Lists are comma-separated.
+#[derive(Parser)]
+#[command(name = "multicast_bench", version, args_override_self = true)]
 struct Opts {
+    /// Size of the file, MiB.
+    #[arg(long = "size", value_name = "MIB", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=65_536).map(|n| n as usize))]
     size_mib: usize,
+    /// Receiver counts: the grid's rows are run for each.
+    #[arg(long, value_name = "N[,N..]", value_delimiter = ',', action = ArgAction::Set,
+          default_value = "2,8,32",
+          value_parser = clap::value_parser!(u32).range(1..=1000).map(|n| n as usize))]
     receivers: Vec<usize>,
+    /// Loss injected at each receiver, in [0, 1): a row for each, per receiver count.
+    #[arg(long = "loss", value_name = "FRACTION[,FRACTION..]", value_delimiter = ',',
+          action = ArgAction::Set, default_value = "0,0.01,0.05",
+          value_parser = parse_loss)]
     losses: Vec<f64>,
+    /// Payload bytes per datagram.
+    #[arg(long, value_name = "BYTES", default_value_t = 1400,
+          value_parser = clap::value_parser!(u16).range(16..=65_479))]
     symbol: u16,
+    /// Source symbols per FEC block.
+    #[arg(long, value_name = "SYMBOLS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=56_403))]
     block: u32,
+    /// Rate ceiling, Mbit/s: one for every receiver count, or one per entry of --receivers.
+    #[arg(long = "rate", value_name = "MBIT[,MBIT..]", value_delimiter = ',',
+          action = ArgAction::Set, default_value = "2500",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     rate_mbit: Vec<u64>,
+    /// Seed of the file's bytes and of each receiver's loss.
+    #[arg(long, value_name = "N", default_value_t = 1)]
     seed: u64,
+    /// Repair symbols the sender adds beyond the worst loss reported for a block.
+    #[arg(long, value_name = "SYMBOLS", default_value_t = SenderConfig::default().repair_margin)]
     margin: u32,
+    /// Run the grid through the in-memory network model instead of sockets (independent
+    /// seeded loss, no CPU contention) and report the protocol's repair overhead.
+    #[arg(long)]
     sim: bool,
+    /// Decode and hash blocks (receivers) and build encoders (sender) inside the socket
+    /// loops instead of on worker threads, for comparison.
+    #[arg(long)]
     inline_blocks: bool,
+    /// Instead of the grid: per receiver count, N loss-free transfers, each between two raw
+    /// blasts, and the median of their goodput / raw ratios (0: the grid).
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).map(|n| n as usize))]
     pairs: usize,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long = "bench", hide = true, num_args = 0..=1, default_missing_value = "")]
+    _bench: Option<String>,
 }
 
-fn list<T: std::str::FromStr>(v: &str, flag: &str) -> Result<Vec<T>, String> {
-    v.split(',')
-        .map(|x| {
-            x.trim()
-                .parse()
-                .map_err(|_| format!("{flag}: {x:?} is not a number"))
-        })
-        .collect()
+fn parse_loss(v: &str) -> Result<f64, String> {
+    v.trim()
+        .parse()
+        .ok()
+        .filter(|l: &f64| (0.0..1.0).contains(l))
+        .ok_or(format!("{v:?} not in [0, 1)"))
 }
 
-fn parse() -> Result<Opts, String> {
-    let mut o = Opts {
-        size_mib: 256,
-        receivers: vec![2, 8, 32],
-        losses: vec![0.0, 0.01, 0.05],
-        symbol: 1400,
-        block: 1024,
-        rate_mbit: vec![2500],
-        seed: 1,
-        margin: SenderConfig::default().repair_margin,
-        sim: false,
-        inline_blocks: false,
-        pairs: 0,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(f) = it.next() {
-        if f == "--sim" {
-            o.sim = true;
-            continue;
-        }
-        if f == "--inline-blocks" {
-            o.inline_blocks = true;
-            continue;
-        }
-        let v = it.next().ok_or(format!("{f} needs a value"))?;
-        let num = |x: &str| {
-            x.parse::<u64>()
-                .map_err(|_| format!("{f}: {x:?} is not a number"))
-        };
-        match f.as_str() {
-            "--size" => o.size_mib = num(&v)? as usize,
-            "--receivers" => o.receivers = list(&v, "--receivers")?,
-            "--loss" => o.losses = list(&v, "--loss")?,
-            "--symbol" => {
-                o.symbol =
-                    u16::try_from(num(&v)?).map_err(|_| format!("--symbol: {v} too large"))?
-            }
-            "--block" => o.block = num(&v)? as u32,
-            "--rate" => o.rate_mbit = list(&v, "--rate")?,
-            "--seed" => o.seed = num(&v)?,
-            "--margin" => o.margin = num(&v)? as u32,
-            "--pairs" => o.pairs = num(&v)? as usize,
-            "--bench" => {}
-            _ => return Err(format!("unknown flag {f}")),
+/// The flags, with what no one flag's range shows checked: the sender's configuration at
+/// each rate, and a block the receivers take.
+fn parse() -> Opts {
+    let o = Opts::parse();
+    let fail = |m: String| -> ! { Opts::command().error(ErrorKind::ValueValidation, m).exit() };
+    for &rate in &o.rate_mbit {
+        let mut cfg = SenderConfig::default();
+        cfg.symbol_size = o.symbol;
+        cfg.block_symbols = o.block;
+        cfg.max_rate_bps = rate * 1_000_000;
+        cfg.burst_bytes = 1 << 20;
+        cfg.repair_margin = o.margin;
+        if let Err(e) = cfg.validate() {
+            fail(format!("--rate {rate}: {e}"));
         }
     }
-    if o.size_mib == 0 || o.receivers.is_empty() || o.receivers.contains(&0) {
-        return Err("--size and --receivers must be positive".into());
+    let block = u64::from(o.symbol) * u64::from(o.block);
+    let most = ReceiverConfig::default().limits.max_block_bytes;
+    if block > most {
+        fail(format!(
+            "--symbol {} x --block {}: {block} bytes per block, more than a receiver takes ({most})",
+            o.symbol, o.block
+        ));
     }
-    if o.rate_mbit.is_empty() || o.rate_mbit.contains(&0) {
-        return Err("--rate values must be positive".into());
-    }
-    if o.losses.iter().any(|l| !(0.0..1.0).contains(l)) {
-        return Err("--loss values must be in [0, 1)".into());
-    }
-    Ok(o)
+    o
 }
 
 /// Process CPU time (user + system) from /proc/self/stat, in seconds (100 Hz ticks).
@@ -530,13 +545,7 @@ fn simulate(o: &Opts, data: &[u8]) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let o = match parse() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    };
+    let o = parse();
     let size = o.size_mib << 20;
     let mut x = o.seed | 1;
     let data: Arc<[u8]> = (0..size)
@@ -555,11 +564,23 @@ async fn main() {
         simulate(&o, &data);
         return;
     }
-    fec_cost(&o, &data);
     let key = SigningKey::from_seed(&[3u8; 32]).expect("key");
-    let manifest =
-        Manifest::for_bytes(o.seed, "bench.bin", &data, o.symbol, o.block).expect("manifest");
+    let layout = |m: String| -> ! { Opts::command().error(ErrorKind::ValueValidation, m).exit() };
+    let manifest = Manifest::for_bytes(o.seed, "bench.bin", &data, o.symbol, o.block)
+        .unwrap_or_else(|e| layout(format!("--size, --symbol, --block: {e}")));
     let signed = manifest.sign(key.key_pair());
+    let most = ReceiverConfig::default().limits.max_manifest_len;
+    if signed.len() as u64 > u64::from(most) {
+        layout(format!(
+            "--size {} MiB in blocks of --symbol {} x --block {}: {} blocks, a manifest of {} bytes, more than a receiver takes ({most})",
+            o.size_mib,
+            o.symbol,
+            o.block,
+            manifest.block_count(),
+            signed.len()
+        ));
+    }
+    fec_cost(&o, &data);
     let session = Session {
         manifest: &manifest,
         signed: &signed,

@@ -2,11 +2,16 @@
 //! Administration Server negotiate a protocol version, sync once, and the agent fetches an
 //! update in chunks and checks it byte for byte.
 //!
-//! `cargo run --release --example wire_loopback [-- --size-mib N --chunk-kib K]`
+//! ```text
+//! cargo run --release --example wire_loopback [-- --size-mib N --chunk-kib K]
+//! cargo run --example wire_loopback -- --help
+//! ```
 
 use std::time::Instant;
 
 use bytes::Bytes;
+use clap::Parser;
+use clap::builder::TypedValueParser;
 use futures_util::{SinkExt, StreamExt};
 use outpost::wire::messages::*;
 use outpost::wire::{Message, MessageCodec, VersionRange, WireError, negotiate};
@@ -16,47 +21,19 @@ use tokio_util::codec::Framed;
 /// The largest chunk asked for: a chunk and its message header must fit one frame.
 const MAX_CHUNK_KIB: u32 = (outpost::wire::DEFAULT_MAX_FRAME_LEN / 1024) as u32 - 1;
 
+/// The wire protocol over a loopback TCP connection: an agent and a server negotiate a
+/// version, sync once, and the agent fetches an update in chunks and checks it byte for byte.
+#[derive(Parser)]
+#[command(name = "wire_loopback", version, args_override_self = true)]
 struct Args {
+    /// Size of the update, MiB.
+    #[arg(long, value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=4096).map(|n| n as usize))]
     size_mib: usize,
+    /// Bytes asked for per chunk request, KiB (a chunk and its header fit one frame).
+    #[arg(long, value_name = "K", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CHUNK_KIB)))]
     chunk_kib: u32,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        size_mib: 64,
-        chunk_kib: 256,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
-        match flag.as_str() {
-            "--size-mib" => {
-                let v = value("--size-mib")?;
-                args.size_mib = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=4096).contains(n))
-                    .ok_or(format!("--size-mib must be 1..=4096, got {v:?}"))?;
-            }
-            "--chunk-kib" => {
-                let v = value("--chunk-kib")?;
-                args.chunk_kib = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=MAX_CHUNK_KIB).contains(n))
-                    .ok_or(format!(
-                        "--chunk-kib must be 1..={MAX_CHUNK_KIB} (a chunk and its header fit \
-                         one frame), got {v:?}"
-                    ))?;
-            }
-            other => {
-                return Err(format!(
-                    "unknown flag {other:?} (flags: --size-mib N, --chunk-kib K)"
-                ));
-            }
-        }
-    }
-    Ok(args)
 }
 
 type Conn = Framed<TcpStream, MessageCodec>;
@@ -215,13 +192,7 @@ async fn agent(
 
 #[tokio::main]
 async fn main() {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("wire_loopback: {e}");
-            std::process::exit(2);
-        }
-    };
+    let args = Args::parse();
     let size = args.size_mib * 1024 * 1024;
     let update: Bytes = (0..size)
         .map(|i| (i.wrapping_mul(31) >> 3) as u8)

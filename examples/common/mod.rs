@@ -1,116 +1,77 @@
-//! Shared by the example binaries: flag parsing helpers and a stderr logger.
+//! Shared by the example binaries: the log output and reading a configuration file.
+//!
+//! Log records go to stderr through `tracing-subscriber`: the libraries' `tracing` events,
+//! with their spans, and the `log` records of dependencies that use `log`. What is shown is
+//! chosen by `OUTPOST_LOG`, else `RUST_LOG`, in `EnvFilter`'s directive syntax (`info`,
+//! `outpost_gateway=debug`, `warn,outpost=info`); a bare level in `OUTPOST_LOG`
+//! (`OUTPOST_LOG=debug`) applies to the project's own crates only. With neither set,
+//! [`DEFAULT_LOG`]: `info` from the project's crates, nothing from the others.
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 
-struct StderrLogger;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 
-static LOGGER: StderrLogger = StderrLogger;
+/// The filter when neither `OUTPOST_LOG` nor `RUST_LOG` is set: `info` and above from every
+/// target starting with `outpost` (a directive's target matches by prefix, so this covers
+/// `outpost_server`, `outpost_gateway` and the rest), nothing from third-party crates.
+pub const DEFAULT_LOG: &str = "outpost=info";
 
-impl log::Log for StderrLogger {
-    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.level() <= log::max_level() && m.target().starts_with("outpost")
-    }
-    fn log(&self, r: &log::Record<'_>) {
-        if self.enabled(r.metadata()) {
-            eprintln!("{:<5} {}", r.level(), r.args());
-        }
-    }
-    fn flush(&self) {}
-}
-
-/// Logs `outpost*` records to stderr at the level in `OUTPOST_LOG` (default `info`).
+/// Sends log records to stderr, filtered by `OUTPOST_LOG`, else `RUST_LOG`, else
+/// [`DEFAULT_LOG`]. Harmless if called again.
 pub fn init_logger() {
-    let level = std::env::var("OUTPOST_LOG")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(log::LevelFilter::Info);
-    if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(level);
-    }
+    init_logger_or(DEFAULT_LOG);
 }
 
-/// Prints `program: message` and exits with status 1.
-pub fn die(program: &str, message: impl std::fmt::Display) -> ! {
-    eprintln!("{program}: {message}");
-    std::process::exit(1);
-}
-
-/// Flags as `--name value` pairs; a name may repeat.
-pub struct Flags(Vec<(String, String)>);
-
-impl Flags {
-    /// Parses the process arguments; `switches` are flags without a value.
-    pub fn parse(program: &str, allowed: &[&str], switches: &[&str]) -> Flags {
-        Self::parse_from(program, std::env::args().skip(1), allowed, switches)
-    }
-
-    /// Parses `args` (without the program name).
-    pub fn parse_from(
-        program: &str,
-        args: impl IntoIterator<Item = String>,
-        allowed: &[&str],
-        switches: &[&str],
-    ) -> Flags {
-        let mut out = Vec::new();
-        let mut it = args.into_iter();
-        while let Some(f) = it.next() {
-            let Some(name) = f.strip_prefix("--") else {
-                die(program, format!("unexpected argument {f:?}"));
-            };
-            if switches.contains(&name) {
-                out.push((name.to_string(), String::new()));
-                continue;
-            }
-            if !allowed.contains(&name) {
-                die(
-                    program,
-                    format!(
-                        "unknown flag --{name} (flags: {})",
-                        allowed
-                            .iter()
-                            .chain(switches)
-                            .map(|a| format!("--{a}"))
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    ),
-                );
-            }
-            let Some(v) = it.next() else {
-                die(program, format!("--{name} needs a value"));
-            };
-            out.push((name.to_string(), v));
+/// As [`init_logger`], with `default` (a filter directive) when neither variable is set.
+pub fn init_logger_or(default: &str) {
+    let filter = match log_filter() {
+        None => EnvFilter::new(default),
+        Some(Ok(f)) => f,
+        Some(Err(reason)) => {
+            eprintln!("{reason}; logging with {default:?}");
+            EnvFilter::new(default)
         }
-        Flags(out)
-    }
+    };
+    // A second call finds a subscriber installed and changes nothing.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
 
-    /// The value of a flag that may appear once.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+/// The filter the environment asks for: `None` when it asks for none.
+fn log_filter() -> Option<Result<EnvFilter, String>> {
+    for var in ["OUTPOST_LOG", "RUST_LOG"] {
+        let value = match std::env::var(var) {
+            Ok(v) if v.trim().is_empty() => continue,
+            Ok(v) => v,
+            Err(std::env::VarError::NotPresent) => continue,
+            Err(std::env::VarError::NotUnicode(v)) => {
+                return Some(Err(format!("{var}={v:?} is not UTF-8")));
+            }
+        };
+        // A bare level in OUTPOST_LOG is for the project's crates, not every crate's.
+        let directives = match value.trim().parse::<LevelFilter>() {
+            Ok(level) if var == "OUTPOST_LOG" => format!("outpost={level}"),
+            _ => value.clone(),
+        };
+        return Some(
+            EnvFilter::builder()
+                .parse(&directives)
+                .map_err(|e| format!("{var}={value:?} is not a log filter ({e})")),
+        );
     }
+    None
+}
 
-    /// The value of a required flag.
-    pub fn need(&self, program: &str, name: &str) -> &str {
-        self.get(name)
-            .unwrap_or_else(|| die(program, format!("--{name} is required")))
-    }
-
-    /// Whether a switch is present.
-    pub fn has(&self, name: &str) -> bool {
-        self.0.iter().any(|(n, _)| n == name)
-    }
-
-    /// Reads the file named by `--config`, returning its text and directory.
-    pub fn config(&self, program: &str) -> (String, PathBuf) {
-        let path = PathBuf::from(self.need(program, "config"));
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| die(program, format!("{}: {e}", path.display())));
-        let base = path.parent().map(PathBuf::from).unwrap_or_default();
-        (text, base)
-    }
+/// Reads a configuration file: its text, and the directory its relative paths start from.
+pub fn read_config(path: &Path) -> Result<(String, PathBuf), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let base = path.parent().map(PathBuf::from).unwrap_or_default();
+    Ok((text, base))
 }

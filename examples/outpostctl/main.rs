@@ -16,15 +16,13 @@
 //! (`--ca`, the `ca.crt` of the server's data directory), and its name against the URL's
 //! host.
 
-#[path = "../common/mod.rs"]
-mod common;
-
 mod api;
 mod cli;
 mod commands;
 mod output;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use http_body_util::{BodyExt, Full};
@@ -192,9 +190,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(Failure(e)) = run(cli).await {
-        common::die(PROGRAM, e);
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(e)) => {
+            eprintln!("{PROGRAM}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

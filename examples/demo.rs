@@ -24,7 +24,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Flags, die};
-use outpost::fleet::{self, FleetConfig};
+use outpost_fleet::FleetConfig;
 
 const PROGRAM: &str = "demo";
 
@@ -97,7 +97,7 @@ fn main() {
         base.display()
     );
     let report = runtime
-        .block_on(fleet::run(&cfg, &base, |line| {
+        .block_on(outpost_fleet::run(&cfg, &base, |line| {
             eprintln!("[{:7.2} s] {line}", t0.elapsed().as_secs_f64());
         }))
         .unwrap_or_else(|e| die(PROGRAM, e));

@@ -15,12 +15,12 @@
 //! The `demo` example is this function with flags; the end-to-end tests run it small.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), outpost::fleet::FleetError> {
+//! # async fn demo() -> Result<(), outpost_fleet::FleetError> {
 //! let dir = std::env::temp_dir().join("outpost-fleet");
-//! let mut config = outpost::fleet::FleetConfig::default();
+//! let mut config = outpost_fleet::FleetConfig::default();
 //! config.agents = 20;
 //! config.update_bytes = 4 << 20;
-//! let report = outpost::fleet::run(&config, &dir, |line| eprintln!("{line}")).await?;
+//! let report = outpost_fleet::run(&config, &dir, |line| eprintln!("{line}")).await?;
 //! println!("{}", report.table());
 //! assert!(report.ok(), "{:?}", report.failures);
 //! # Ok(()) }
@@ -39,7 +39,6 @@ use outpost_pki::store;
 use outpost_server::{AdminServer, AdminServerConfig};
 use outpost_wire::messages::DpRole;
 
-#[path = "fleet_tenants.rs"]
 mod tenants;
 use tenants::{add_virtual_server, fill_registry, served, tenant_id, window};
 
@@ -954,7 +953,7 @@ mod tests {
     async fn a_missing_short_or_different_copy_fails_the_report() {
         let dir = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 255) as u8).collect();
-        let sha = crate::multicast::manifest::sha256(&data);
+        let sha = outpost_multicast::manifest::sha256(&data);
         let put = |name: &str, bytes: &[u8]| {
             let p = dir.path().join(name);
             std::fs::write(&p, bytes).unwrap();

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use clap::builder::TypedValueParser;
-use outpost::fleet::{self, FleetConfig};
+use outpost_fleet::FleetConfig;
 
 /// The whole system in one process on loopback: an Administration Server, a DMZ gateway and
 /// a fleet of agents; policies, DP election, an update by multicast with a DP failover.
@@ -132,7 +132,7 @@ fn run(cli: Cli) -> Result<bool, String> {
         base.display()
     );
     let report = runtime
-        .block_on(fleet::run(&cfg, &base, |line| {
+        .block_on(outpost_fleet::run(&cfg, &base, |line| {
             eprintln!("[{:7.2} s] {line}", t0.elapsed().as_secs_f64());
         }))
         .map_err(|e| e.to_string())?;

@@ -12,11 +12,6 @@
 //! | [`gateway`] | `outpost-gateway` | connection gateway relay (DMZ and remote office) and the server-side connector |
 //! | [`server`] | `outpost-server` | Administration Server core: persistent registry, enrollment |
 //! | [`agent`] | `outpost-agent` | Network Agent core: enrollment, connection with backoff, sync, settings overlay, discovery, update distribution and the DP role |
-//!
-//! [`fleet`] composes them: a server, a DMZ gateway and a fleet of agents in one process,
-//! run by the `demo` example and the end-to-end tests.
-
-pub mod fleet;
 
 pub use outpost_agent as agent;
 pub use outpost_election as election;

@@ -11,10 +11,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use outpost::agent::{Agent, AgentConfig, AgentHandle, Endpoint};
-use outpost::fleet::{self, FleetConfig};
 use outpost::gateway::{Gateway, GatewayConfig, TlsMaterial};
 use outpost::pki::store;
 use outpost::server::{AdminServer, AdminServerConfig, MemoryObjects};
+use outpost_fleet::{FleetConfig, FleetReport};
 
 #[path = "../crates/server/tests/common/postgres.rs"]
 mod postgres;
@@ -40,9 +40,11 @@ fn small_fleet(agents: usize, bytes: u64) -> FleetConfig {
 }
 
 /// Runs `cfg` in `dir`; every device must end right.
-async fn run_ok(cfg: &FleetConfig, dir: &std::path::Path) -> fleet::FleetReport {
+async fn run_ok(cfg: &FleetConfig, dir: &std::path::Path) -> FleetReport {
     let mut lines = Vec::new();
-    let r = fleet::run(cfg, dir, |l| lines.push(l)).await.unwrap();
+    let r = outpost_fleet::run(cfg, dir, |l| lines.push(l))
+        .await
+        .unwrap();
     assert!(
         r.ok(),
         "{:?}\n{}\n{}",

@@ -1,18 +1,22 @@
 //! The fleet's servers: the main one and the virtual servers its agents are spread over.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use super::{FleetConfig, Member, policy_state};
+use outpost_server::{AdminServer, AdminService, FleetSync, StoredObjects};
+
+use crate::config::{FleetConfig, FleetError, setup};
+use crate::plan::{Member, policy_state};
 
 /// The id of virtual server `k` (1 and up).
-pub(super) fn tenant_id(k: usize) -> String {
+pub(crate) fn tenant_id(k: usize) -> String {
     format!("tenant-{}", k + 1)
 }
 
 /// The baseline `update.window` of server `tenant`.
-pub(super) fn window(tenant: usize) -> String {
+pub(crate) fn window(tenant: usize) -> String {
     match tenant {
         0 => "night".into(),
         t => format!("night-{}", tenant_id(t)),
@@ -20,17 +24,18 @@ pub(super) fn window(tenant: usize) -> String {
 }
 
 /// Update bytes the servers sent, all of them.
-pub(super) fn served(services: &[std::sync::Arc<outpost_server::AdminService>]) -> u64 {
+pub(crate) fn served(services: &[Arc<AdminService>]) -> u64 {
     services
         .iter()
         .map(|s| s.stats().bytes_served.load(Ordering::Relaxed))
         .sum()
 }
 
-pub(super) type Tokens = HashMap<(usize, String), String>;
+/// One-time enrollment tokens by server (tenant index) and device id.
+pub(crate) type Tokens = HashMap<(usize, String), String>;
 
 /// Adds the fleet's groups and one-time tokens for the members of server `tenant` to `reg`.
-pub(super) fn fill_registry(
+pub(crate) fn fill_registry(
     cfg: &FleetConfig,
     reg: &mut outpost_server::Registry,
     fleet: &[Member],
@@ -51,7 +56,7 @@ pub(super) fn fill_registry(
 
 /// Writes virtual server `tenant` (its row, multicast block `tenant - 1`, groups, tokens
 /// and policies) into `storage`, the main server's, before the server starts.
-pub(super) fn add_virtual_server(
+pub(crate) fn add_virtual_server(
     cfg: &FleetConfig,
     storage: &outpost_server::Storage,
     fleet: &[Member],
@@ -72,4 +77,42 @@ pub(super) fn add_virtual_server(
     ops.extend(outpost_server::policy_ops(&state, &BTreeMap::new())?);
     storage.scoped(&id).commit_blocking(ops)?;
     Ok(tokens)
+}
+
+/// Each server's sync source, device service and update store, by tenant index.
+pub(crate) struct Handles {
+    pub(crate) syncs: Vec<Arc<FleetSync>>,
+    pub(crate) services: Vec<Arc<AdminService>>,
+    /// `None` for the main server, which publishes through [`AdminServer::publish_update`].
+    pub(crate) stores: Vec<Option<Arc<StoredObjects>>>,
+}
+
+/// The [`Handles`] of `server` and of its virtual servers, as `cfg` has them.
+pub(crate) fn handles(cfg: &FleetConfig, server: &AdminServer) -> Result<Handles, FleetError> {
+    let mut syncs = vec![
+        server
+            .fleet()
+            .cloned()
+            .ok_or_else(|| setup("policies and election")(&"no sync source"))?,
+    ];
+    let mut services = vec![server.service().clone()];
+    let mut stores = vec![None];
+    for t in 1..cfg.virtual_servers {
+        let vs = server
+            .virtual_servers()
+            .get(&tenant_id(t))
+            .ok_or_else(|| setup("virtual servers")(&"not loaded"))?;
+        syncs.push(
+            vs.fleet()
+                .cloned()
+                .ok_or_else(|| setup("virtual servers")(&"no sync source"))?,
+        );
+        services.push(vs.service().clone());
+        stores.push(vs.updates().cloned());
+    }
+    Ok(Handles {
+        syncs,
+        services,
+        stores,
+    })
 }

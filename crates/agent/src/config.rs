@@ -568,6 +568,12 @@ mod tests {
         c.device_id = "a/b".into();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("device_id") && e.contains("a/b"), "{e}");
+        // The device id rule is the one the server and the certificate authority check.
+        let mut c = base();
+        c.device_id = "laptop:7".into();
+        c.validate().unwrap();
+        c.device_id = "x".repeat(65);
+        assert!(c.validate().is_err());
         let mut c = base();
         c.endpoints[0].name = "not a name!".into();
         let e = c.validate().unwrap_err().to_string();

@@ -408,6 +408,26 @@ fn line_col(input: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// Checks a device id by the one rule of [`outpost_wire::DeviceId`], which the server, the
+/// certificate authority and the agent check too.
+pub(crate) fn check_device_id(id: &str) -> Result<(), PolicyError> {
+    match outpost_wire::DeviceId::check(id) {
+        Ok(()) => Ok(()),
+        Err(outpost_wire::WireError::InvalidDeviceId { value, reason }) => {
+            Err(PolicyError::InvalidId {
+                kind: "device",
+                id: value,
+                reason,
+            })
+        }
+        Err(_) => Err(PolicyError::InvalidId {
+            kind: "device",
+            id: id.chars().take(100).collect(),
+            reason: "not a device id",
+        }),
+    }
+}
+
 /// Checks an identifier: 1..=[`MAX_ID_LEN`] bytes, no control characters and no `/`.
 pub(crate) fn check_id(kind: &'static str, id: &str) -> Result<(), PolicyError> {
     let reason = if id.is_empty() {

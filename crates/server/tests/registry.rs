@@ -310,3 +310,19 @@ fn an_enrollment_whose_answer_was_lost_can_be_made_again_until_the_device_connec
         EnrollmentRefusal::UnknownToken
     );
 }
+
+#[test]
+fn device_ids_follow_the_one_rule_of_the_system() {
+    for ok in ["laptop:7", "pc-1.corp_x"] {
+        outpost_server::check_device_id(ok).unwrap();
+        outpost_wire::DeviceId::check(ok).unwrap();
+    }
+    for bad in ["", "a/b", "alice@corp", "two words"] {
+        let e = outpost_server::check_device_id(bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("device id"), "{bad:?}: {e}");
+    }
+    let long = "d".repeat(65);
+    assert!(outpost_server::check_device_id(&long).is_err());
+}

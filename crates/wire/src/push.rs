@@ -37,7 +37,7 @@
 
 use bytes::Bytes;
 
-use crate::WireError;
+use crate::{DeviceId, MAX_DEVICE_ID_LEN, WireError};
 
 /// The datagram's magic.
 pub const MAGIC: [u8; 4] = *b"OPSN";
@@ -45,10 +45,8 @@ pub const MAGIC: [u8; 4] = *b"OPSN";
 pub const VERSION: u8 = 1;
 /// The largest certificate carried.
 pub const MAX_CERT: usize = 2048;
-/// The largest target device id.
-pub const MAX_DEVICE_ID: usize = 128;
 /// The largest datagram of the format.
-pub const MAX_DATAGRAM: usize = 25 + MAX_DEVICE_ID + MAX_CERT + 255;
+pub const MAX_DATAGRAM: usize = 25 + MAX_DEVICE_ID_LEN + MAX_CERT + 255;
 
 /// A "sync now" datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,11 +94,8 @@ impl<'a> Cursor<'a> {
 impl PushDatagram {
     /// The bytes the signature covers.
     pub fn signed_part(&self) -> Result<Vec<u8>, WireError> {
-        if self.device_id.len() > MAX_DEVICE_ID {
-            return Err(bad(format!(
-                "device id of {} bytes, at most {MAX_DEVICE_ID}",
-                self.device_id.len()
-            )));
+        if !self.device_id.is_empty() {
+            DeviceId::check(&self.device_id)?;
         }
         if self.signer_cert_der.len() > MAX_CERT {
             return Err(bad(format!(
@@ -162,14 +157,17 @@ impl PushDatagram {
         let nonce = u64_at(c.take(8, "nonce")?);
         let issued_at_unix = u64_at(c.take(8, "issue time")?);
         let n = usize::from(c.take(1, "device id length")?[0]);
-        if n > MAX_DEVICE_ID {
+        if n > MAX_DEVICE_ID_LEN {
             return Err(bad(format!(
-                "device id length {n}, at most {MAX_DEVICE_ID}"
+                "device id length {n}, at most {MAX_DEVICE_ID_LEN}"
             )));
         }
         let device_id = std::str::from_utf8(c.take(n, "device id")?)
             .map_err(|_| bad("device id is not UTF-8".into()))?
             .to_string();
+        if !device_id.is_empty() {
+            DeviceId::check(&device_id)?;
+        }
         let m = c.take(2, "certificate length")?;
         let m = usize::from(u16::from_be_bytes([m[0], m[1]]));
         if m > MAX_CERT {
@@ -274,7 +272,18 @@ mod tests {
                 .encode()
                 .unwrap_err()
                 .to_string()
-                .contains("at most 128")
+                .contains("longer than 64 bytes")
+        );
+        let not_an_id = PushDatagram {
+            device_id: "a b".into(),
+            ..too_long
+        };
+        assert!(
+            not_an_id
+                .encode()
+                .unwrap_err()
+                .to_string()
+                .contains("only letters")
         );
     }
 }

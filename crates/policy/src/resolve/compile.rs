@@ -10,7 +10,7 @@ use crate::PolicyError;
 use crate::condition::{Compiled, Condition, Facts, MAX_CONDITION_DEPTH, MAX_CONDITION_NODES};
 use crate::error::SchemaViolation;
 use crate::explain::AppValues;
-use crate::model::{Device, Group, Policy, PolicyStatus, check_id};
+use crate::model::{Device, Group, Policy, PolicyStatus, check_device_id, check_id};
 use crate::schema::{AppSchema, SettingSpec};
 use crate::value::Value;
 
@@ -427,7 +427,7 @@ impl Resolver {
     /// Checks and compiles device `d`: its group, its local values against the schemas, and
     /// its facts interned.
     pub(super) fn compile_device(&mut self, d: &Device) -> Result<DeviceRec, PolicyError> {
-        check_id("device", &d.id)?;
+        check_device_id(&d.id)?;
         let group =
             *self
                 .group_index

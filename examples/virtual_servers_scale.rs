@@ -220,8 +220,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .effective(&format!("pc-{d:04}"))
                 .ok_or("not placed")?;
             let doc = outpost_server::settings_document(&e, "endpoint").ok_or("no settings")?;
-            let v: serde_json::Value = serde_json::from_slice(&doc.1)?;
-            let level = v["values"]["scan"]["level"].as_i64().ok_or("no level")?;
+            let doc = outpost::wire::settings::SettingsDocument::parse(&doc.1)?;
+            let level = doc.values["scan"]["level"].as_i64().ok_or("no level")?;
             assert_eq!(
                 level / 100,
                 s as i64,

@@ -9,6 +9,7 @@ mod distribution;
 mod election;
 mod verify;
 
+use outpost_wire::settings::SettingsDocument;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -157,15 +158,15 @@ impl<'a, L: FnMut(String)> Fleet<'a, L> {
             let got = a.settings(APP);
             let want_doc = want
                 .as_ref()
-                .and_then(|(_, b)| serde_json::from_slice::<serde_json::Value>(b).ok());
-            if want_doc.is_none() || got.as_ref().map(|g| &g.1) != want_doc.as_ref() {
+                .and_then(|(_, b)| SettingsDocument::parse(b).ok());
+            let got_doc = got.as_ref().map(|(_, d)| SettingsDocument::from_json(d));
+            if want_doc.is_none() || got_doc != want_doc {
                 self.report
                     .failures
                     .push(format!("{}: settings {got:?}, expected {want_doc:?}", m.id));
                 continue;
             }
-            let doc = got.as_ref().map(|(_, d)| d);
-            check_window_and_profile(m, doc, &mut self.report);
+            check_window_and_profile(m, got_doc.as_ref(), &mut self.report);
         }
         self.end_stage("first sync, effective settings");
         Ok(())
@@ -259,18 +260,16 @@ fn write_state(
 /// computed) against what the policies say outright: its own server's `update.window`
 /// (never another's) outside `site-1`, and the kiosk profile where it is tagged, counted in
 /// [`FleetReport::kiosks`].
-fn check_window_and_profile(m: &Member, doc: Option<&serde_json::Value>, report: &mut FleetReport) {
+fn check_window_and_profile(m: &Member, doc: Option<&SettingsDocument>, report: &mut FleetReport) {
     // Its own server's baseline, never another's.
-    let own = doc.and_then(|d| d.pointer("/values/update/window").cloned());
+    let own = doc.and_then(|d| d.values.pointer("/update/window").cloned());
     if m.group != "site-1" && own != Some(serde_json::Value::String(window(m.tenant))) {
         report.failures.push(format!(
             "{} of server {}: update.window {own:?}, not its server's",
             m.id, m.tenant
         ));
     }
-    let lockdown = doc
-        .and_then(|d| d.pointer("/values/kiosk/lockdown").cloned())
-        .or_else(|| doc.and_then(|d| d.pointer("/values/kiosk.lockdown").cloned()));
+    let lockdown = doc.and_then(|d| d.values.pointer("/kiosk/lockdown").cloned());
     if m.kiosk {
         if lockdown == Some(serde_json::Value::Bool(true)) {
             report.kiosks += 1;

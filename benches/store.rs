@@ -17,7 +17,7 @@
 //! PostgreSQL runs in a throwaway cluster this program starts (fsync on), when its server
 //! binaries are installed; without them its lines are skipped.
 
-#[path = "../crates/server/tests/common/postgres.rs"]
+#[path = "../crates/server/tests/it/common/postgres.rs"]
 mod postgres;
 
 use std::sync::Arc;

@@ -19,7 +19,7 @@
 //! hashed.
 //!
 //! The `demo` example of the `outpost` package is this function with flags; its end-to-end
-//! tests (`tests/fleet.rs`) run it small. Not published: it is a harness, not a library.
+//! tests (`tests/it/fleet.rs`) run it small. Not published: it is a harness, not a library.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), outpost_fleet::FleetError> {

@@ -1,0 +1,9 @@
+//! The integration tests, in one binary: each module was a test file of its own.
+
+mod core;
+mod distribution;
+mod fuzz_corpus;
+mod loopback;
+mod overlay;
+mod renewal;
+mod republish;

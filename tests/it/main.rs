@@ -1,0 +1,7 @@
+//! The integration tests, in one binary: each module was a test file of its own.
+
+mod common;
+mod fleet;
+mod outpostctl;
+mod readme;
+mod renewal;

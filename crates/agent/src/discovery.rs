@@ -298,7 +298,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn id() -> impl Strategy<Value = String> {
-        "[A-Za-z0-9._-]{1,128}"
+        "[A-Za-z0-9._:-]{1,64}"
     }
 
     proptest! {

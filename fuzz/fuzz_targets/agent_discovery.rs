@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = outpost_agent::discovery::fuzz_decode(data);
+    let _ = outpost_agent::fuzz::discovery_datagram(data);
 });

@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = outpost_server::api::fuzz_body(data);
+    let _ = outpost_server::fuzz::api_body(data);
 });

@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Some(out) = outpost_gateway::chunked::fuzz_decode(data) {
+    if let Some(out) = outpost_gateway::fuzz::chunked_stream(data) {
         // What a clean stream carries is never more than what came in.
         assert!(out.len() <= data.len());
     }

@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    outpost_multicast::fuzz_decode(data);
+    outpost_multicast::fuzz::packet(data);
 });

@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    outpost_pki::fuzz_decode_csr(data);
+    outpost_pki::fuzz::csr(data);
 });

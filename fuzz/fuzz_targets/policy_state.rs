@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok((explained, agreed)) = outpost_policy::fuzz_state(data) {
+    if let Ok((explained, agreed)) = outpost_policy::fuzz::state(data) {
         assert_eq!(explained, agreed, "explain disagrees with effective settings");
     }
 });

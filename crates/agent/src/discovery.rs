@@ -50,16 +50,6 @@ pub fn encode(device_id: &str) -> Result<Vec<u8>, AgentError> {
     Ok(out)
 }
 
-/// The fuzz target's entry point: decodes arbitrary bytes; whatever decodes must encode back
-/// to the same bytes. Panics only if that invariant breaks.
-#[doc(hidden)]
-pub fn fuzz_decode(datagram: &[u8]) -> Option<String> {
-    let id = decode(datagram).ok()?;
-    let again = encode(&id).expect("a decoded device id is valid");
-    assert_eq!(again, datagram, "decode and encode disagree");
-    Some(id)
-}
-
 /// Decodes an announcement, returning the device id.
 ///
 /// # Errors

@@ -56,6 +56,9 @@ pub mod core;
 pub mod discovery;
 pub mod distribution;
 mod error;
+#[cfg(any(fuzzing, test))]
+#[doc(hidden)]
+pub mod fuzz;
 pub mod identity;
 pub mod overlay;
 pub mod push;

@@ -34,46 +34,8 @@ use crate::health::{Heartbeat, NodeFacts, OsClass};
 use crate::ids::{BroadcastDomainId, DeviceId, DpId, GroupId, LocationId, ScopeId};
 use crate::tree::{GroupEdge, GroupTree};
 
-/// SplitMix64: a tiny, fast, seedable PRNG. Not for cryptography.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SplitMix64 {
-    state: u64,
-}
-
-impl SplitMix64 {
-    /// A generator seeded with `seed`.
-    pub fn new(seed: u64) -> Self {
-        Self { state: seed }
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n` (0 when `n` is 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            return 0;
-        }
-        // Multiply-shift: unbiased enough for simulation purposes.
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
-    }
-
-    /// An index into a collection of `len` items (0 when `len` is 0).
-    pub fn index(&mut self, len: usize) -> usize {
-        usize::try_from(self.below(len as u64)).unwrap_or(0)
-    }
-
-    /// True with probability `per_million / 1_000_000`.
-    pub fn chance(&mut self, per_million: u32) -> bool {
-        self.below(1_000_000) < u64::from(per_million)
-    }
-}
+/// The simulation's generator: the one seedable PRNG of the workspace.
+pub use outpost_wire::rng::SplitMix64;
 
 /// A virtual clock: a fixed base instant plus simulated elapsed time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

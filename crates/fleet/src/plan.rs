@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use outpost_agent::{AgentConfig, Endpoint};
-use outpost_election::sim::SplitMix64;
+use outpost_wire::rng::SplitMix64;
 
 use crate::config::FleetConfig;
 use crate::tenants::{tenant_id, window};
@@ -185,12 +185,7 @@ pub(crate) fn agent_config(
 
 /// Fills `n` bytes from `seed` (fast, not cryptographic).
 pub(crate) fn update_bytes(n: u64, seed: u64) -> Vec<u8> {
-    let mut r = SplitMix64::new(seed);
-    let mut v = Vec::with_capacity(n as usize);
-    while (v.len() as u64) < n {
-        let w = r.next_u64().to_le_bytes();
-        let take = (n - v.len() as u64).min(8) as usize;
-        v.extend_from_slice(&w[..take]);
-    }
+    let mut v = vec![0u8; usize::try_from(n).unwrap_or(usize::MAX)];
+    SplitMix64::new(seed).fill(&mut v);
     v
 }

@@ -384,26 +384,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Lending<S> {
     }
 }
 
-/// Reads `data` as one direction of a chunked stream: the bytes carried if it ends with its
-/// empty chunk, `None` if it is cut short or has an oversized chunk. For the fuzz target
-/// and its corpus replay.
-#[doc(hidden)]
-pub fn fuzz_decode(data: &[u8]) -> Option<Vec<u8>> {
-    let mut link = ChunkedLink::new(data);
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
-    loop {
-        let mut rb = ReadBuf::new(&mut buf);
-        match Pin::new(&mut link).poll_read(&mut cx, &mut rb) {
-            Poll::Ready(Ok(())) if rb.filled().is_empty() => return Some(out),
-            Poll::Ready(Ok(())) => out.extend_from_slice(rb.filled()),
-            // A byte slice never waits.
-            Poll::Ready(Err(_)) | Poll::Pending => return None,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

@@ -46,6 +46,9 @@ pub mod chunked;
 mod config;
 mod connector;
 mod error;
+#[cfg(any(fuzzing, test))]
+#[doc(hidden)]
+pub mod fuzz;
 mod gateway;
 pub mod io;
 mod listener;

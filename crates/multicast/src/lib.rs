@@ -43,6 +43,9 @@ pub mod config;
 pub mod driver;
 pub mod error;
 pub mod files;
+#[cfg(any(fuzzing, test))]
+#[doc(hidden)]
+pub mod fuzz;
 pub mod manifest;
 pub mod packet;
 pub mod rate;
@@ -53,6 +56,6 @@ pub mod sim;
 pub use config::{DEFAULT_PORT, Limits, ReceiverConfig, SenderConfig};
 pub use error::{Error, Result};
 pub use manifest::{Manifest, ManifestBuilder, SigningKey};
-pub use packet::{Packet, fuzz_decode};
+pub use packet::Packet;
 pub use receiver::{BlockJob, BlockResult, Receiver, ReceiverEvent, ReceiverStats};
 pub use sender::{BlockSource, EncodeJob, EncodeResult, Sender, SenderEvent, SenderStats};

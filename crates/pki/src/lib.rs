@@ -53,6 +53,9 @@ mod ca;
 mod config;
 mod csr;
 mod error;
+#[cfg(any(fuzzing, test))]
+#[doc(hidden)]
+pub mod fuzz;
 mod names;
 mod pem_util;
 mod rotation;
@@ -67,7 +70,7 @@ pub use ca::{
     Revocation, Role, Serial, ServerCa, SignedCert,
 };
 pub use config::{CsrCaRequestPolicy, KeyAlgorithm, MAX_LEAF_VALIDITY_DAYS, PkiConfig};
-pub use csr::{CsrInfo, MAX_CSR_LEN, decode_csr, fuzz_decode_csr};
+pub use csr::{CsrInfo, MAX_CSR_LEN, decode_csr};
 pub use error::{
     CertError, CrlError, CsrError, FileError, InputError, KeyError, NameError, PkiError, Result,
     TlsError, VerifyError,

@@ -142,6 +142,9 @@
 mod condition;
 mod error;
 mod explain;
+#[cfg(any(fuzzing, test))]
+#[doc(hidden)]
+pub mod fuzz;
 mod model;
 mod resolve;
 mod schema;
@@ -217,39 +220,4 @@ pub fn render_explain(
         }
     }
     Ok(out)
-}
-
-/// Loads a state document from untrusted bytes (JSON, or TOML when it is not JSON), builds a
-/// resolver and explains every setting of the first devices. Never panics on any input; used
-/// by the fuzz target and the corpus replay test. Returns `(explained, agreed)`: how many
-/// settings were explained and for how many the explanation's value equals the effective
-/// value (the two must be equal).
-#[doc(hidden)]
-pub fn fuzz_state(data: &[u8]) -> Result<(usize, usize), PolicyError> {
-    let state = match State::from_json(data) {
-        Ok(s) => s,
-        Err(json_err) => match std::str::from_utf8(data) {
-            Ok(text) => State::from_toml(text).map_err(|_| json_err)?,
-            Err(_) => return Err(json_err),
-        },
-    };
-    let resolver = Resolver::new(&state)?;
-    let mut n = 0;
-    let mut agreed = 0;
-    for d in state.devices.iter().take(8) {
-        let eff = resolver.effective(&d.id)?;
-        for s in &state.schemas {
-            for path in s.settings.keys() {
-                let why = resolver.explain(&d.id, &s.app, path)?;
-                n += 1;
-                if eff.get(&s.app, path) == Some(&why.value)
-                    && eff.is_locked(&s.app, path) == Some(why.locked)
-                {
-                    agreed += 1;
-                }
-            }
-            let _ = eff.app_json(&s.app);
-        }
-    }
-    Ok((n, agreed))
 }

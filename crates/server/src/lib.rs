@@ -58,6 +58,9 @@ mod dp;
 mod enroll;
 mod error;
 mod fleet;
+#[cfg(any(fuzzing, test))]
+#[doc(hidden)]
+pub mod fuzz;
 mod lock;
 mod objects;
 mod policy_sync;

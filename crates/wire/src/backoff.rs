@@ -13,6 +13,7 @@
 //! assert_eq!(b.step(), Duration::from_millis(200));
 //! ```
 
+use crate::rng::SplitMix64;
 use std::time::Duration;
 
 /// A jitter seed for `id` (a device or gateway id) when the configuration sets none: the id
@@ -39,29 +40,6 @@ pub struct Backoff {
     rng: SplitMix64,
 }
 
-/// The jitter source: SplitMix64, small, fast and fully determined by its seed (jitter
-/// spreads retries; it guards nothing, so it needs no cryptographic generator).
-#[derive(Debug, Clone)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..=max` (the modulo bias is below 2^-40 for the spans used here).
-    fn up_to(&mut self, max: u64) -> u64 {
-        match max.checked_add(1) {
-            Some(span) => self.next() % span,
-            None => self.next(),
-        }
-    }
-}
-
 impl Backoff {
     /// A schedule from `initial` to `max`, jitter seeded with `seed`.
     pub fn new(initial: Duration, max: Duration, seed: u64) -> Self {
@@ -69,7 +47,7 @@ impl Backoff {
             initial,
             max: max.max(initial),
             attempt: 0,
-            rng: SplitMix64(seed),
+            rng: SplitMix64::new(seed),
         }
     }
 

@@ -1,4 +1,5 @@
-//! Entry points shared by the fuzz targets under `fuzz/` and the corpus replay test.
+//! The fuzz targets' entry points (`fuzz/fuzz_targets/wire_*.rs`, built with `--cfg fuzzing`),
+//! and the replay of their seed corpus in this crate's unit tests.
 
 use bytes::BytesMut;
 use tokio_util::codec::{Decoder, Encoder};
@@ -52,5 +53,41 @@ pub fn decode_push(data: &[u8]) -> bool {
             true
         }
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_wire_decode_corpus_replays() {
+        let decoded: usize = outpost_testkit::corpus("wire_decode")
+            .iter()
+            .map(|(_, data)| super::decode_stream(data).len())
+            .sum();
+        assert!(decoded > 0, "no seed decodes to any message");
+    }
+
+    #[test]
+    fn the_wire_push_corpus_replays() {
+        let decoded: Vec<String> = outpost_testkit::corpus("wire_push")
+            .into_iter()
+            .filter(|(_, data)| super::decode_push(data))
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(
+            decoded.len(),
+            2,
+            "the two valid seeds decode, the broken ones do not: {decoded:?}"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_keep_the_invariants(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = super::decode_stream(&data);
+            let _ = super::decode_push(&data);
+        }
     }
 }

@@ -20,6 +20,7 @@
 //! - [`push`]: the signed "sync now" datagram for UDP port 15000.
 //! - [`backoff`]: the jittered reconnect schedule every redialling peer uses.
 //! - [`DeviceId`]: the device identifier and its one rule.
+//! - [`rng`]: the seedable generator of the jitter, the simulations and test payloads.
 //! - [`settings`]: the settings document an application's settings travel in.
 //!
 //! The byte-by-byte format is in `docs/protocol.md`.
@@ -61,6 +62,7 @@ pub mod frame;
 mod id;
 pub mod messages;
 pub mod push;
+pub mod rng;
 pub mod settings;
 mod version;
 
@@ -71,5 +73,6 @@ pub use frame::{DEFAULT_MAX_FRAME_LEN, Frame, FrameCodec, MAX_RESERVE_AHEAD};
 pub use id::{DeviceId, MAX_DEVICE_ID_LEN};
 pub use version::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, VersionRange, negotiate};
 
+#[cfg(any(fuzzing, test))]
 #[doc(hidden)]
 pub mod fuzz;

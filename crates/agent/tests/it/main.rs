@@ -2,7 +2,6 @@
 
 mod core;
 mod distribution;
-mod fuzz_corpus;
 mod loopback;
 mod overlay;
 mod renewal;

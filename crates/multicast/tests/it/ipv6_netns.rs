@@ -93,9 +93,7 @@ async fn inner_ipv6_two_receivers_over_a_veth_pair() {
 
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("update.bin");
-    let data: Vec<u8> = (0..2_500_000u32)
-        .map(|i| (i.wrapping_mul(2_246_822_519) >> 11) as u8)
-        .collect();
+    let data = outpost_testkit::payload(2, 2_500_000);
     std::fs::write(&src, &data).unwrap();
     let key = SigningKey::from_seed(&[9u8; 32]).unwrap();
     let pk = key.public_key();

@@ -7,9 +7,7 @@ use outpost_multicast::sim::{self, LinkModel, SimConfig};
 use proptest::prelude::*;
 
 fn file(len: usize, seed: u32) -> Vec<u8> {
-    (0..len as u32)
-        .map(|i| (i.wrapping_mul(seed | 1).rotate_left(7) >> 3) as u8)
-        .collect()
+    outpost_testkit::payload(u64::from(seed), len)
 }
 
 fn check(out: &sim::SimOutcome, data: &[u8]) {

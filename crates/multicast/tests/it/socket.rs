@@ -14,9 +14,7 @@ use crate::common;
 async fn three_receivers_over_loopback_multicast() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("update.bin");
-    let data: Vec<u8> = (0..3_000_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let data = outpost_testkit::payload(1, 3_000_000);
     std::fs::write(&src, &data).unwrap();
     let sock_cfg = common::loopback_config(1);
     let key = SigningKey::from_seed(&[7u8; 32]).unwrap();

@@ -512,6 +512,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(Problem::from)
 }
 
+#[cfg(any(fuzzing, test))]
 /// The request bodies the API parses, by the byte [`fuzz_body`] takes first.
 const BODIES: &[&str] = &[
     "login",
@@ -535,8 +536,8 @@ const BODIES: &[&str] = &[
 /// Parses `data[1..]` as the request body `data[0]` selects (see the list in the source:
 /// every body a handler reads), as the handlers do; for fuzzing and its seed corpus. `Ok`
 /// names the body parsed; a refusal is the problem's status, always a 4xx with a detail.
-#[doc(hidden)]
-pub fn fuzz_body(data: &[u8]) -> Result<&'static str, u16> {
+#[cfg(any(fuzzing, test))]
+pub(crate) fn fuzz_body(data: &[u8]) -> Result<&'static str, u16> {
     let Some((&which, rest)) = data.split_first() else {
         return Err(400);
     };

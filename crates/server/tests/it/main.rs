@@ -5,7 +5,6 @@ mod api;
 mod common;
 mod dp;
 mod fleet;
-mod fuzz_corpus;
 mod openapi;
 mod policy_sync;
 mod properties;

@@ -2,7 +2,6 @@
 
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -15,6 +14,7 @@ use outpost_pki::tls::{
     TlsOptions, agent_client_config, gateway_signal_client_config, mobile_client_config,
 };
 use outpost_pki::{IssuedCert, PkiConfig, ServerCa};
+pub use outpost_testkit::{bounded, payload};
 use outpost_wire::messages::SignalHello;
 use outpost_wire::{Message, MessageCodec};
 use rustls::pki_types::ServerName;
@@ -160,19 +160,6 @@ pub fn echo_server(mut rx: mpsc::Receiver<DeviceConnection>) -> Arc<Mutex<Seen>>
     seen
 }
 
-/// Deterministic bytes for device `seed`.
-pub fn payload(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Writes `data` while reading the echo concurrently, half-closes, and checks the echo is
 /// byte-exact and followed by end of stream.
 pub async fn echo_roundtrip<S>(stream: S, data: Vec<u8>) -> Result<(), String>
@@ -206,21 +193,8 @@ where
 }
 
 /// Polls `cond` every 20 ms for up to 15 s.
-pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..750 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-/// Bounds a test step so a bug shows as a failure, not a hang.
-pub async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(60), f)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish"))
+pub async fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    outpost_testkit::wait_until(what, Duration::from_secs(15), cond).await;
 }
 
 pub fn sha256(der: &[u8]) -> [u8; 32] {

@@ -320,26 +320,3 @@ async fn short_connections_reuse_the_pool_and_a_long_one_is_replaced_after_its_g
     conn.shutdown().await;
     gw.shutdown().await;
 }
-
-/// Replays the committed seed corpus of the `gateway_chunks` fuzz target through the same
-/// entry point.
-#[test]
-fn the_chunk_corpus_replays() {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus/gateway_chunks");
-    let mut clean = Vec::new();
-    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let path = entry.unwrap().path();
-        let data = std::fs::read(&path).unwrap();
-        if let Some(out) = outpost_gateway::chunked::fuzz_decode(&data) {
-            assert!(out.len() <= data.len());
-            clean.push(path.file_name().unwrap().to_string_lossy().into_owned());
-        }
-    }
-    clean.sort();
-    assert_eq!(
-        clean,
-        ["empty_stream", "max_chunk", "one_chunk", "two_chunks"],
-        "the streams that end with their empty chunk decode; cut and oversized ones do not"
-    );
-}

@@ -157,9 +157,7 @@ pub async fn send_file(
 
 /// A file of `len` bytes that differs with `seed`.
 pub fn file(len: usize, seed: u32) -> Vec<u8> {
-    (0..len as u32)
-        .map(|i| (i.wrapping_mul(seed | 1).rotate_left(5) >> 2) as u8)
-        .collect()
+    outpost_testkit::payload(u64::from(seed), len)
 }
 
 /// Source symbol `esi` of `block` for symbols of `t` bytes, `k` per block (zero-padded past

@@ -188,11 +188,5 @@ async fn main() -> ExitCode {
     let Some(cmd) = cli.cmd.or(cli.run.map(Cmd::Run)) else {
         return ExitCode::from(2);
     };
-    match run(cmd).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(reason) => {
-            eprintln!("admin_server: {reason}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit_code("admin_server", run(cmd).await)
 }

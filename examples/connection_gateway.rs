@@ -60,11 +60,5 @@ async fn run(cli: Cli) -> Result<(), String> {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     common::init_logger();
-    match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(reason) => {
-            eprintln!("connection_gateway: {reason}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit_code("connection_gateway", run(cli).await)
 }

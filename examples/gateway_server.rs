@@ -137,11 +137,5 @@ async fn run(cli: Cli) -> Result<(), String> {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     common::init_logger();
-    match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(reason) => {
-            eprintln!("gateway_server: {reason}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit_code("gateway_server", run(cli).await)
 }

@@ -158,11 +158,5 @@ async fn run(cli: Cli) -> Result<(), String> {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     common::init_logger();
-    match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(reason) => {
-            eprintln!("{PROGRAM}: {reason}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit_code(PROGRAM, run(cli).await)
 }

@@ -15,6 +15,8 @@
 //! `PREFIX.crt` is the certificate, `PREFIX.chain.pem` the certificate followed by its CA,
 //! `PREFIX.key` the private key (mode 0600). Any failure exits non-zero with a one-line reason.
 
+mod common;
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -134,13 +136,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse().cmd) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(reason) => {
-            eprintln!("pki: {reason}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit_code("pki", run(Cli::parse().cmd))
 }
 
 fn run(cmd: Cmd) -> Result<(), String> {

@@ -11,6 +11,7 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
@@ -74,4 +75,16 @@ pub fn read_config(path: &Path) -> Result<(String, PathBuf), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let base = path.parent().map(PathBuf::from).unwrap_or_default();
     Ok((text, base))
+}
+
+/// The exit status of a run: success, or status 1 with the failure on stderr as
+/// `program: reason`.
+pub fn exit_code(program: &str, outcome: Result<(), impl std::fmt::Display>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(reason) => {
+            eprintln!("{program}: {reason}");
+            ExitCode::FAILURE
+        }
+    }
 }

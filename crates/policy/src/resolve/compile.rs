@@ -122,18 +122,7 @@ pub(super) fn compile_groups(
     }
     let mut groups: Vec<GroupInfo> = Vec::with_capacity(group_list.len());
     for g in &group_list {
-        let parent = match &g.parent {
-            None => None,
-            Some(p) => Some(
-                *group_index
-                    .get(p)
-                    .ok_or_else(|| PolicyError::UnknownReference {
-                        referrer: format!("group {:?}", g.id),
-                        kind: "group",
-                        id: p.clone(),
-                    })?,
-            ),
-        };
+        let parent = parent_index(&group_index, g)?;
         groups.push(GroupInfo {
             id: g.id.clone(),
             parent,
@@ -465,4 +454,24 @@ impl Resolver {
             own: Vec::new(),
         })
     }
+}
+
+/// The index of `g`'s parent group, `None` for a root group.
+pub(super) fn parent_index(
+    group_index: &HashMap<String, usize>,
+    g: &Group,
+) -> Result<Option<usize>, PolicyError> {
+    g.parent
+        .as_ref()
+        .map(|p| {
+            group_index
+                .get(p)
+                .copied()
+                .ok_or_else(|| PolicyError::UnknownReference {
+                    referrer: format!("group {:?}", g.id),
+                    kind: "group",
+                    id: p.clone(),
+                })
+        })
+        .transpose()
 }

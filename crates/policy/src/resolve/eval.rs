@@ -60,7 +60,24 @@ struct PathCtx<'a> {
     mask: &'a [u64],
 }
 
-impl PathCtx<'_> {
+impl<'a> PathCtx<'a> {
+    /// The context of path `i` of `app`.
+    fn new(
+        groups: &'a [GroupInfo],
+        app: &'a AppInfo,
+        chain: &'a Chain,
+        mask: &'a [u64],
+        i: usize,
+    ) -> Self {
+        PathCtx {
+            groups,
+            chain,
+            default: &app.defaults[i],
+            merge: app.specs[i].merge,
+            mask,
+        }
+    }
+
     fn policy_source(&self, level: usize, locked: bool) -> Source {
         let rec = &self.chain.levels[level];
         Source::Policy {
@@ -277,13 +294,7 @@ fn resolve_value(
     layers: &PathLayers,
     local: Option<&Arc<Value>>,
 ) -> (Arc<Value>, bool) {
-    let ctx = PathCtx {
-        groups,
-        chain,
-        default: &app.defaults[i],
-        merge: app.specs[i].merge,
-        mask,
-    };
+    let ctx = PathCtx::new(groups, app, chain, mask, i);
     let mut rec = Recorder {
         cands: None,
         winner: None,
@@ -325,13 +336,7 @@ pub(super) fn explain_value(
     i: usize,
     local: Option<&Arc<Value>>,
 ) -> (Arc<Value>, bool, Source, Vec<Candidate>) {
-    let ctx = PathCtx {
-        groups,
-        chain,
-        default: &app.defaults[i],
-        merge: app.specs[i].merge,
-        mask,
-    };
+    let ctx = PathCtx::new(groups, app, chain, mask, i);
     let mut rec = Recorder {
         cands: Some(Vec::new()),
         winner: None,

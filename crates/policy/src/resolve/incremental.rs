@@ -309,21 +309,7 @@ impl Resolver {
                 id: g.id.clone(),
             });
         }
-        let parent = match &g.parent {
-            None => None,
-            Some(p) => {
-                Some(
-                    *self
-                        .group_index
-                        .get(p)
-                        .ok_or_else(|| PolicyError::UnknownReference {
-                            referrer: format!("group {:?}", g.id),
-                            kind: "group",
-                            id: p.clone(),
-                        })?,
-                )
-            }
-        };
+        let parent = super::compile::parent_index(&self.group_index, &g)?;
         let depth = parent.map_or(0, |p| self.groups[p].depth) + 1;
         if depth > MAX_GROUP_DEPTH {
             return Err(PolicyError::HierarchyTooDeep {

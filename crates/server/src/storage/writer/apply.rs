@@ -67,16 +67,24 @@ pub(super) async fn put_virtual_server(
     .bind(i64::from(v.multicast_block))
     .execute(&mut *conn)
     .await?;
+    ensure_root_group(conn, &v.id).await
+}
+
+/// Server `sid`'s root group, unless it has one.
+pub(super) async fn ensure_root_group(
+    conn: &mut AnyConnection,
+    sid: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO admin_groups (server_id, id, name, parent) VALUES ($1, $2, $3, NULL) \
          ON CONFLICT (server_id, id) DO NOTHING",
     )
-    .bind(&v.id)
+    .bind(sid)
     .bind(ROOT_GROUP)
     .bind("Managed devices")
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    .execute(conn)
+    .await
+    .map(drop)
 }
 
 pub(super) async fn delete_virtual_server(

@@ -241,16 +241,9 @@ impl Writer {
         .execute(&mut *tx)
         .await
         .map_err(&err)?;
-        sqlx::query(
-            "INSERT INTO admin_groups (server_id, id, name, parent) VALUES ($1, $2, $3, NULL) \
-             ON CONFLICT (server_id, id) DO NOTHING",
-        )
-        .bind(&self.server_id)
-        .bind(ROOT_GROUP)
-        .bind("Managed devices")
-        .execute(&mut *tx)
-        .await
-        .map_err(&err)?;
+        apply::ensure_root_group(&mut tx, &self.server_id)
+            .await
+            .map_err(&err)?;
         tx.commit().await.map_err(&err)
     }
 

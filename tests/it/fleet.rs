@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use outpost::agent::{Agent, AgentConfig, AgentHandle, Endpoint};
+use outpost::agent::{Agent, AgentConfig, Endpoint};
 use outpost::gateway::{Gateway, GatewayConfig, TlsMaterial};
 use outpost::pki::store;
 use outpost::server::{AdminServer, AdminServerConfig, MemoryObjects};
@@ -135,7 +135,7 @@ fn agent(
     c
 }
 
-async fn syncs_past(a: &AgentHandle, n: u64) {
+async fn syncs_past(a: &Agent, n: u64) {
     a.wait_for(Duration::from_secs(60), |s| s.core.syncs > n)
         .await
         .unwrap_or_else(|e| panic!("no sync past {n}: {e}"));
@@ -146,7 +146,7 @@ async fn syncs_past(a: &AgentHandle, n: u64) {
 async fn state_and_dmz_gateway(
     base: &std::path::Path,
     now: SystemTime,
-) -> (outpost::pki::ServerCa, outpost::gateway::GatewayHandle) {
+) -> (outpost::pki::ServerCa, outpost::gateway::Gateway) {
     let ca = store::init_server_dir(
         &base.join("state"),
         "server-1",

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
-use outpost::agent::{Agent, AgentConfig, AgentHandle, Endpoint};
+use outpost::agent::{Agent, AgentConfig, Endpoint};
 use outpost::server::AdminServer;
 
 use crate::common;
@@ -70,11 +70,7 @@ fn file_sha256(path: &Path) -> String {
     sha256_hex(&chain[0])
 }
 
-async fn wait(
-    agent: &AgentHandle,
-    what: &str,
-    pred: impl FnMut(&outpost::agent::AgentStatus) -> bool,
-) {
+async fn wait(agent: &Agent, what: &str, pred: impl FnMut(&outpost::agent::AgentStatus) -> bool) {
     agent
         .wait_for(Duration::from_secs(30), pred)
         .await
@@ -83,7 +79,7 @@ async fn wait(
 
 /// A server, and an agent enrolled with it whose renewal clock runs `ahead` seconds past the
 /// system's, after its first sync; with the agent's configuration.
-async fn enrolled_agent(base: &Path) -> (AdminServer, AgentHandle, Arc<AtomicU64>, AgentConfig) {
+async fn enrolled_agent(base: &Path) -> (AdminServer, Agent, Arc<AtomicU64>, AgentConfig) {
     let server = start_server(base).await;
     let token = server
         .service()

@@ -71,7 +71,7 @@ pub use config::{
     MAX_CONFIG_FILE, MAX_NAME, RenewalConfig, valid_name,
 };
 pub use error::AgentError;
-pub use runtime::{Agent, AgentHandle, AgentStatus};
+pub use runtime::{Agent, AgentStatus};
 
 /// Starts the agent with `config` and runs it until it is refused for good or `shutdown`
 /// completes, logging its state as it changes.

@@ -49,13 +49,10 @@ enum Command {
     Shutdown,
 }
 
-/// The Network Agent runtime. See [`Agent::start`].
+/// A running Network Agent, started by [`Agent::start`]. Dropping it stops its task at
+/// once; [`shutdown`](Agent::shutdown) stops it in order.
 #[derive(Debug)]
-pub struct Agent;
-
-/// Control of a running agent.
-#[derive(Debug)]
-pub struct AgentHandle {
+pub struct Agent {
     cmd: mpsc::Sender<Command>,
     pub(crate) status: watch::Receiver<AgentStatus>,
     settings: Arc<Mutex<SettingsStore>>,
@@ -78,8 +75,8 @@ impl Agent {
     ///
     /// # Errors
     /// A configuration, file, enrollment or discovery error; connection failures after
-    /// this point are retried with backoff and show in [`AgentHandle::status`].
-    pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
+    /// this point are retried with backoff and show in [`Agent::status`].
+    pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
         Agent::start_with_clock(config, renewal::system_clock()).await
     }
 
@@ -89,15 +86,12 @@ impl Agent {
     ///
     /// # Errors
     /// As [`Agent::start`].
-    pub async fn start_with_clock(
-        config: AgentConfig,
-        clock: Clock,
-    ) -> Result<AgentHandle, AgentError> {
+    pub async fn start_with_clock(config: AgentConfig, clock: Clock) -> Result<Agent, AgentError> {
         let span = tracing::info_span!("agent", device = %config.device_id);
         Agent::start_in_span(config, clock).instrument(span).await
     }
 
-    async fn start_in_span(config: AgentConfig, clock: Clock) -> Result<AgentHandle, AgentError> {
+    async fn start_in_span(config: AgentConfig, clock: Clock) -> Result<Agent, AgentError> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(AgentError::io("create", &config.data_dir))?;
@@ -196,7 +190,7 @@ impl Agent {
             status: status_tx,
         };
         let task = tokio::spawn(driver.run(cmd_rx).in_current_span());
-        Ok(AgentHandle {
+        Ok(Agent {
             cmd,
             status,
             settings,
@@ -210,7 +204,7 @@ impl Agent {
     }
 }
 
-impl AgentHandle {
+impl Agent {
     /// Whether this start enrolled (rather than loading a stored identity).
     pub fn enrolled(&self) -> bool {
         self.enrolled
@@ -320,7 +314,7 @@ impl AgentHandle {
     }
 }
 
-impl Drop for AgentHandle {
+impl Drop for Agent {
     fn drop(&mut self) {
         if let Some(t) = &self.task {
             t.abort();

@@ -64,11 +64,8 @@ pub struct ConnectorStats {
     pub pool_open: AtomicU64,
 }
 
-/// The server-side connector. See [`ServerConnector::start`].
-pub struct ServerConnector;
-
 /// Which DMZ gateways' signal connections are up, as the connector sees them now; cheap
-/// to clone (see [`ConnectorHandle::gateways_up`]).
+/// to clone (see [`ServerConnector::gateways_up`]).
 #[derive(Clone, Debug)]
 pub struct GatewaysUp(Arc<Mutex<BTreeMap<String, u64>>>);
 
@@ -79,8 +76,9 @@ impl GatewaysUp {
     }
 }
 
-/// Control of a running connector.
-pub struct ConnectorHandle {
+/// The server-side connector, started by [`ServerConnector::start`]. Its tasks outlive
+/// this value when it is dropped; [`shutdown`](ServerConnector::shutdown) stops them.
+pub struct ServerConnector {
     stats: Arc<ConnectorStats>,
     up: Arc<Mutex<BTreeMap<String, u64>>>,
     shutdown: CancellationToken,
@@ -92,7 +90,7 @@ pub struct ConnectorHandle {
 type Kept = Arc<Mutex<BTreeMap<String, (CancellationToken, JoinHandle<()>)>>>;
 
 /// Adds and removes DMZ gateways of a running connector (see
-/// [`ConnectorHandle::control`]); cheap to clone.
+/// [`ServerConnector::control`]); cheap to clone.
 #[derive(Clone)]
 pub struct GatewayControl {
     link: Arc<Link>,
@@ -156,7 +154,7 @@ impl GatewayControl {
     }
 }
 
-impl ConnectorHandle {
+impl ServerConnector {
     /// Counters.
     pub fn stats(&self) -> &ConnectorStats {
         &self.stats
@@ -224,7 +222,7 @@ impl ServerConnector {
         config: ConnectorConfig,
         tls: &TlsMaterial,
         out: mpsc::Sender<DeviceConnection>,
-    ) -> Result<ConnectorHandle, GatewayError> {
+    ) -> Result<ServerConnector, GatewayError> {
         config.validate()?;
         let opts = TlsOptions::default().with_crls(tls.crls.clone());
         let signal = pki_tls::gateway_signal_client_config(&tls.identity, &tls.server_ca, &opts)?;
@@ -246,7 +244,7 @@ impl ServerConnector {
         for gw in link.config.gateways.iter().cloned() {
             gateways.add(gw)?;
         }
-        Ok(ConnectorHandle {
+        Ok(ServerConnector {
             stats: link.stats.clone(),
             up: link.up.clone(),
             shutdown: link.shutdown.clone(),

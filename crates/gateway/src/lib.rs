@@ -63,10 +63,10 @@ pub use config::{
     ConnectorConfig, DmzGatewayEntry, GatewayConfig, GatewayMode, Limits, RemoteOfficeEntry,
     ServerSideConfig, StaticTunnels, TlsFiles, TlsMaterial,
 };
-pub use connector::{ConnectorHandle, ConnectorStats, GatewayControl, GatewaysUp, ServerConnector};
+pub use connector::{ConnectorStats, GatewayControl, GatewaysUp, ServerConnector};
 pub use error::GatewayError;
-pub use gateway::{CRL_CHECK_INTERVAL, Gateway, GatewayHandle, GatewayStats, web_console_exposure};
-pub use listener::{DeviceListener, ListenerHandle, ListenerLimits, TunnelAuthority, TunnelPolicy};
+pub use gateway::{CRL_CHECK_INTERVAL, Gateway, GatewayStats, web_console_exposure};
+pub use listener::{DeviceListener, ListenerLimits, TunnelAuthority, TunnelPolicy};
 pub use peer::{BoxStream, DeviceConnection, DeviceIo, DevicePeer, Via};
 
 /// TLS ALPN protocol of a remote-office gateway's tunnel to the server.

@@ -26,14 +26,6 @@ use crate::io::{read_message, write_message};
 use crate::peer::{DeviceConnection, DevicePeer, Via, offered_alpn};
 use crate::{ALPN_ENROLL, ALPN_TUNNEL, GatewayError};
 
-/// The server's own TLS port: devices that connect directly (agent port rules: a client
-/// certificate from the server CA), remote-office gateways that open tunnels for their
-/// devices (TLS ALPN `outpost-tunnel/1`, gateway certificate required), and devices without a
-/// certificate yet on the enrollment channel (TLS ALPN `outpost-enroll/1`, no client
-/// certificate; handed over with [`ChannelKind::Enrollment`], which the server must restrict
-/// to enrollment).
-pub struct DeviceListener;
-
 /// Which remote-office gateways may open tunnels through a [`DeviceListener`].
 #[derive(Clone)]
 #[non_exhaustive]
@@ -111,8 +103,15 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Control of a running [`DeviceListener`].
-pub struct ListenerHandle {
+/// The server's own TLS port: devices that connect directly (agent port rules: a client
+/// certificate from the server CA), remote-office gateways that open tunnels for their
+/// devices (TLS ALPN `outpost-tunnel/1`, gateway certificate required), and devices without a
+/// certificate yet on the enrollment channel (TLS ALPN `outpost-enroll/1`, no client
+/// certificate; handed over with [`ChannelKind::Enrollment`], which the server must restrict
+/// to enrollment).
+///
+/// Started by [`DeviceListener::start`].
+pub struct DeviceListener {
     addr: SocketAddr,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
@@ -213,7 +212,7 @@ impl ListenerLimits {
     }
 }
 
-impl ListenerHandle {
+impl DeviceListener {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
@@ -254,7 +253,7 @@ impl DeviceListener {
         limits: &ListenerLimits,
         tunnels: TunnelPolicy,
         out: mpsc::Sender<DeviceConnection>,
-    ) -> Result<ListenerHandle, GatewayError> {
+    ) -> Result<DeviceListener, GatewayError> {
         let opts = TlsOptions::default().with_crls(tls.crls.clone());
         let direct = pki_tls::agent_port_server_config(&tls.identity, &tls.server_ca, &opts)?;
         let tunnel = pki_tls::tunnel_server_config(
@@ -303,7 +302,7 @@ impl DeviceListener {
             )
             .instrument(tracing::info_span!("device_port", addr = %bound)),
         );
-        Ok(ListenerHandle {
+        Ok(DeviceListener {
             addr: bound,
             shutdown,
             task,

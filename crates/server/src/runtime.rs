@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outpost_gateway::{
-    ConnectorConfig, ConnectorHandle, DeviceListener, DmzGatewayEntry, ListenerHandle,
-    ListenerLimits, ServerConnector, TlsFiles,
+    ConnectorConfig, DeviceListener, DmzGatewayEntry, ListenerLimits, ServerConnector, TlsFiles,
 };
 use outpost_pki::{PkiConfig, store};
 use serde::{Deserialize, Serialize};
@@ -414,8 +413,8 @@ pub struct AdminServer {
     /// The update objects kept in the data directory (when no other store was given).
     updates: Option<Arc<crate::StoredObjects>>,
     push: SyncNowSigner,
-    listener: ListenerHandle,
-    connector: ConnectorHandle,
+    listener: DeviceListener,
+    connector: ServerConnector,
     dispatch: JoinHandle<()>,
     ticker: JoinHandle<()>,
     api: Option<crate::api::ApiHandle>,

@@ -27,7 +27,8 @@ use crate::WireError;
 /// The longest device id, in bytes: the most a certificate's common name holds.
 pub const MAX_DEVICE_ID_LEN: usize = 64;
 
-/// A device's identifier, checked (see the [module documentation](self)).
+/// A device's identifier, checked by [`DeviceId::check`]: 1 to [`MAX_DEVICE_ID_LEN`] bytes of
+/// ASCII letters, digits and `.`, `_`, `:`, `-`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct DeviceId(String);

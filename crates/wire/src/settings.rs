@@ -1,5 +1,5 @@
 //! The settings document: one application's settings as the server sends them in
-//! [`AppSettings::document`](crate::messages::AppSettings::document), and as the agent reads
+//! [`AppSettings::json`](crate::messages::AppSettings::json), and as the agent reads
 //! them.
 //!
 //! The document is JSON, `{"locked": ["path.a", ...], "values": {<nested settings>}}`:

@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use outpost_agent::core::Phase;
-use outpost_agent::{Agent, AgentConfig, AgentError, AgentHandle, Endpoint, discovery};
+use outpost_agent::{Agent, AgentConfig, AgentError, Endpoint, discovery};
 use outpost_gateway::{
     ConnectorConfig, DeviceConnection, DeviceListener, DmzGatewayEntry, Gateway, GatewayConfig,
-    GatewayHandle, ListenerLimits, ServerConnector, TlsMaterial,
+    ListenerLimits, ServerConnector, TlsMaterial,
 };
 use outpost_pki::{PkiConfig, ServerCa};
 use outpost_server::{
@@ -83,7 +83,7 @@ impl SyncSource for Source {
 
 struct Server {
     service: Arc<AdminService>,
-    listener: outpost_gateway::ListenerHandle,
+    listener: outpost_gateway::DeviceListener,
     tx: mpsc::Sender<DeviceConnection>,
     source: Arc<Source>,
 }
@@ -175,7 +175,7 @@ fn agent_config(s: &Setup, device: &str, server: SocketAddr, token: &str) -> Age
     c
 }
 
-async fn synced(agent: &AgentHandle, n: u64) {
+async fn synced(agent: &Agent, n: u64) {
     agent
         .wait_for(WAIT, |s| s.core.syncs >= n)
         .await
@@ -350,7 +350,7 @@ async fn enroll_sync_push_persist_events_discovery_and_restart_directly() {
     );
 }
 
-async fn start_gateway(ca: &ServerCa, addr: SocketAddr) -> GatewayHandle {
+async fn start_gateway(ca: &ServerCa, addr: SocketAddr) -> Gateway {
     let id = ca
         .issue_gateway(&[GATEWAY.to_string()], &[], SystemTime::now())
         .unwrap();
@@ -511,7 +511,7 @@ async fn a_signed_udp_push_makes_the_agent_sync_now_and_forgeries_do_not() {
     synced(&agent, 1).await;
     let to = agent.discovery_addr().expect("discovery on");
     let now = SystemTime::now();
-    let pushes = |a: &AgentHandle| a.status().core.pushes;
+    let pushes = |a: &Agent| a.status().core.pushes;
 
     // Forged: a server certificate from another CA, and one for another device. Neither
     // makes the agent sync (the server asked for a sync every 900 s).

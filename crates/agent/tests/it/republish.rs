@@ -115,7 +115,7 @@ async fn an_update_republished_while_being_obtained_ends_as_the_new_content() {
     cfg.backoff.max_ms = 300;
     cfg.distribution.unicast_bind = "127.0.0.1:0".parse().unwrap();
     let agent = Agent::start(cfg).await.unwrap();
-    let progress = |agent: &outpost_agent::AgentHandle| {
+    let progress = |agent: &outpost_agent::Agent| {
         agent
             .distribution()
             .and_then(|d| d.updates.get(ID).cloned())

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use outpost_agent::AgentHandle;
+use outpost_agent::Agent;
 use outpost_wire::messages::DpRole;
 
 use super::{Fleet, role_in, until};
@@ -40,7 +40,7 @@ impl<L: FnMut(String)> Fleet<'_, L> {
             .enumerate()
             .map(|(i, m)| ((m.tenant, m.id.as_str()), i))
             .collect();
-        let roles_known = |agents: &[Option<AgentHandle>]| {
+        let roles_known = |agents: &[Option<Agent>]| {
             (0..cfg.virtual_servers * cfg.groups).all(|n| {
                 let (t, group) = (n / cfg.groups, format!("site-{}", n % cfg.groups + 1));
                 let roles: Vec<DpRole> = ["a", "b"]

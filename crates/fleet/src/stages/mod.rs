@@ -15,9 +15,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use outpost_agent::Agent;
 use outpost_agent::distribution::DistributionStatus;
-use outpost_agent::{Agent, AgentHandle};
-use outpost_gateway::{Gateway, GatewayConfig, GatewayHandle, TlsMaterial};
+use outpost_gateway::{Gateway, GatewayConfig, TlsMaterial};
 use outpost_pki::store;
 use outpost_server::{AdminServer, AdminServerConfig, AdminService, FleetSync, StoredObjects};
 use outpost_wire::messages::DpRole;
@@ -40,7 +40,7 @@ pub(crate) struct Fleet<'a, L> {
     /// When the current stage began.
     stage: Instant,
     server: AdminServer,
-    gateway: GatewayHandle,
+    gateway: Gateway,
     members: Vec<Member>,
     tokens: Tokens,
     /// Each server's sync source, by tenant index.
@@ -51,7 +51,7 @@ pub(crate) struct Fleet<'a, L> {
     /// which publishes itself).
     stores: Vec<Option<Arc<StoredObjects>>>,
     /// One per member, in the same order; `None` once killed.
-    agents: Vec<Option<AgentHandle>>,
+    agents: Vec<Option<Agent>>,
     /// The members' last distribution status, in the same order.
     snapshots: Vec<Option<DistributionStatus>>,
 }
@@ -141,9 +141,8 @@ impl<'a, L: FnMut(String)> Fleet<'a, L> {
     /// First sync: every agent holds its settings document, the one its own server computed
     /// for it (its server's `update.window`, the kiosk profile where it is tagged).
     pub(crate) async fn first_sync(&mut self) -> Result<(), FleetError> {
-        let all_synced = |agents: &[Option<AgentHandle>]| {
-            agents.iter().flatten().all(|a| a.settings(APP).is_some())
-        };
+        let all_synced =
+            |agents: &[Option<Agent>]| agents.iter().flatten().all(|a| a.settings(APP).is_some());
         if !until(self.left(), || all_synced(&self.agents)).await {
             return Err(setup("first sync")(&"not every agent got its settings"));
         }
@@ -198,7 +197,7 @@ impl<'a, L: FnMut(String)> Fleet<'a, L> {
 
 /// The server's state directory under `base` (CAs and its certificate) and the DMZ
 /// gateway, started with its certificate.
-async fn start_gateway(base: &Path, now: SystemTime) -> Result<GatewayHandle, FleetError> {
+async fn start_gateway(base: &Path, now: SystemTime) -> Result<Gateway, FleetError> {
     std::fs::create_dir_all(base).map_err(|e| setup("create base directory")(&e))?;
     let ca = store::init_server_dir(
         &base.join("state"),

@@ -311,16 +311,10 @@ enum DevicePort {
     WebConsole,
 }
 
-/// A running gateway. See [`Gateway::start`].
-pub struct Gateway;
-
 impl Gateway {
     /// Validates the configuration, builds every TLS configuration, binds every configured
     /// port and starts serving. Returns once the ports are bound.
-    pub async fn start(
-        config: GatewayConfig,
-        tls: TlsMaterial,
-    ) -> Result<GatewayHandle, GatewayError> {
+    pub async fn start(config: GatewayConfig, tls: TlsMaterial) -> Result<Gateway, GatewayError> {
         let span = tracing::info_span!("gateway", gateway = %config.gateway_id);
         Gateway::start_in_span(config, tls).instrument(span).await
     }
@@ -328,7 +322,7 @@ impl Gateway {
     async fn start_in_span(
         config: GatewayConfig,
         tls: TlsMaterial,
-    ) -> Result<GatewayHandle, GatewayError> {
+    ) -> Result<Gateway, GatewayError> {
         config.validate()?;
         let configs = TlsConfigs::build(&config, &tls)?;
         let remote = match &config.mode {
@@ -455,7 +449,7 @@ impl Gateway {
             },
             addrs.main
         );
-        Ok(GatewayHandle {
+        Ok(Gateway {
             shared,
             addrs,
             accept_tasks,
@@ -482,14 +476,15 @@ impl Default for LocalAddrs {
     }
 }
 
-/// Control of a running gateway.
-pub struct GatewayHandle {
+/// A running gateway, started by [`Gateway::start`]. Its tasks outlive this value when it
+/// is dropped; [`shutdown`](Gateway::shutdown) drains and stops them.
+pub struct Gateway {
     shared: Arc<Shared>,
     addrs: LocalAddrs,
     accept_tasks: Vec<JoinHandle<()>>,
 }
 
-impl GatewayHandle {
+impl Gateway {
     /// The agent port's bound address (also where the server dials in DMZ mode).
     pub fn local_addr(&self) -> SocketAddr {
         self.addrs.main

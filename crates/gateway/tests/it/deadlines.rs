@@ -11,8 +11,7 @@ use bytes::BytesMut;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use outpost_gateway::{
-    ConnectorConfig, ConnectorHandle, DeviceConnection, DmzGatewayEntry, Gateway, GatewayConfig,
-    ServerConnector,
+    ConnectorConfig, DeviceConnection, DmzGatewayEntry, Gateway, GatewayConfig, ServerConnector,
 };
 use outpost_pki::tls::{
     ALPN_DATA, ALPN_SIGNAL, TlsOptions, gateway_data_server_config, gateway_signal_server_config,
@@ -113,7 +112,7 @@ fn connect_request(ticket: u128, expires_in_ms: u32) -> Message {
     .into()
 }
 
-fn data_failures(conn: &ConnectorHandle) -> u64 {
+fn data_failures(conn: &ServerConnector) -> u64 {
     conn.stats().data_failures.load(Ordering::Relaxed)
 }
 
@@ -172,7 +171,7 @@ async fn a_silent_server_is_declared_dead_while_devices_keep_arriving() {
 async fn gateway_with_a_stalled_server(
     handshake_timeout_ms: u64,
     drain_timeout_ms: Option<u64>,
-) -> (outpost_gateway::GatewayHandle, impl Sized) {
+) -> (outpost_gateway::Gateway, impl Sized) {
     let pki = Pki::new();
     let mut cfg = GatewayConfig::dmz("gw-dmz", local());
     cfg.limits.handshake_timeout_ms = handshake_timeout_ms;

@@ -10,9 +10,8 @@ use std::time::Duration;
 use common::*;
 use futures_util::StreamExt;
 use outpost_gateway::{
-    ConnectorConfig, ConnectorHandle, DeviceConnection, DeviceListener, DmzGatewayEntry, Gateway,
-    GatewayConfig, GatewayHandle, ListenerLimits, ServerConnector, TlsFiles, TlsMaterial,
-    TunnelPolicy, Via,
+    ConnectorConfig, DeviceConnection, DeviceListener, DmzGatewayEntry, Gateway, GatewayConfig,
+    ListenerLimits, ServerConnector, TlsFiles, TlsMaterial, TunnelPolicy, Via,
 };
 use outpost_pki::tls::{TlsOptions, gateway_data_client_config};
 use outpost_wire::Message;
@@ -30,7 +29,7 @@ async fn dmz_pair(
     cfg: GatewayConfig,
     tx: mpsc::Sender<DeviceConnection>,
     tweak: impl FnOnce(&mut ConnectorConfig),
-) -> (GatewayHandle, ConnectorHandle) {
+) -> (Gateway, ServerConnector) {
     dmz_pair_with(pki, cfg, pki.gateway(), tx, tweak).await
 }
 
@@ -41,7 +40,7 @@ async fn dmz_pair_with(
     material: TlsMaterial,
     tx: mpsc::Sender<DeviceConnection>,
     tweak: impl FnOnce(&mut ConnectorConfig),
-) -> (GatewayHandle, ConnectorHandle) {
+) -> (Gateway, ServerConnector) {
     let gw = Gateway::start(cfg, material).await.unwrap();
     let mut cc = connector_config(vec![DmzGatewayEntry::new(
         "gw-dmz",
@@ -55,10 +54,7 @@ async fn dmz_pair_with(
 }
 
 /// [`dmz_pair`] with an echoing server behind it.
-async fn dmz_echo(
-    pki: &Pki,
-    cfg: GatewayConfig,
-) -> (GatewayHandle, ConnectorHandle, Arc<Mutex<Seen>>) {
+async fn dmz_echo(pki: &Pki, cfg: GatewayConfig) -> (Gateway, ServerConnector, Arc<Mutex<Seen>>) {
     let (tx, rx) = mpsc::channel(64);
     let seen = echo_server(rx);
     let (gw, conn) = dmz_pair(pki, cfg, tx, |_| {}).await;
@@ -550,7 +546,7 @@ async fn server_restart_and_gateway_restart_recover_by_themselves() {
         ServerConnector::start(connector_config(entry.clone()), &pki.server(), tx.clone()).unwrap()
     };
     // One device session through the gateway, once the signal connection is up.
-    let echo = |seed: u64, gw: &GatewayHandle| {
+    let echo = |seed: u64, gw: &Gateway| {
         let up = gw.stats().signal_sessions;
         let (pki, cert) = (&pki, &cert);
         async move {

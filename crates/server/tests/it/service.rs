@@ -115,7 +115,7 @@ async fn enroll(
 
 struct Server {
     service: Arc<AdminService>,
-    listener: outpost_gateway::ListenerHandle,
+    listener: outpost_gateway::DeviceListener,
     tx: mpsc::Sender<DeviceConnection>,
 }
 

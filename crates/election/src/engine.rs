@@ -29,7 +29,7 @@ pub enum Origin {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
-pub enum Role {
+pub enum DpRole {
     /// Takes files from the server and serves the scope.
     Active,
     /// Eligible; takes files from the active DP and stands ready to take over.
@@ -64,7 +64,7 @@ pub struct Assignment {
     /// The scope.
     pub scope: ScopeId,
     /// Its role there.
-    pub role: Role,
+    pub role: DpRole,
     /// The scope's epoch; a DP that holds a lower epoch for this scope has been replaced.
     pub epoch: u64,
     /// The DP's own multicast group address.
@@ -409,7 +409,7 @@ impl Election {
             self.retired.push(Assignment {
                 dp,
                 scope,
-                role: Role::Inactive,
+                role: DpRole::Inactive,
                 epoch: 0, // filled in with the scope's epoch after the round decides it
                 multicast_group: addr,
             });
@@ -594,9 +594,9 @@ impl Election {
         let roles = d
             .active
             .iter()
-            .map(|&a| (a, Role::Active))
-            .chain(d.standbys.iter().map(|&s| (s, Role::Standby)))
-            .chain(d.inactive.iter().map(|&s| (s, Role::Inactive)));
+            .map(|&a| (a, DpRole::Active))
+            .chain(d.standbys.iter().map(|&s| (s, DpRole::Standby)))
+            .chain(d.inactive.iter().map(|&s| (s, DpRole::Inactive)));
         for (dp, role) in roles {
             if let Some(addr) = self.multicast.get(dp) {
                 out.push(Assignment {

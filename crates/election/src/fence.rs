@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Assignment, Role};
+use crate::engine::{Assignment, DpRole};
 use crate::ids::ScopeId;
 
 /// What [`RoleFence::apply`] did with a role message.
@@ -15,7 +15,7 @@ pub enum FenceOutcome {
     /// The message was as new as or newer than what the DP knew; its role is now `role`.
     Accepted {
         /// The role now held.
-        role: Role,
+        role: DpRole,
         /// Whether this message took the active role away (the DP must stop pulling from the
         /// server and start pulling from the new active DP).
         stepped_down: bool,
@@ -38,7 +38,7 @@ pub enum FenceOutcome {
 /// scope on the DP's side (the agent keys by the scope as the wire names it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoleFence<S: Ord = ScopeId> {
-    roles: BTreeMap<S, (Role, u64)>,
+    roles: BTreeMap<S, (DpRole, u64)>,
 }
 
 impl<S: Ord> Default for RoleFence<S> {
@@ -63,11 +63,12 @@ impl<S: Ord + Clone> RoleFence<S> {
     }
 
     /// Applies a role message for `scope` carrying `role` at `epoch`.
-    pub fn apply_role(&mut self, scope: S, role: Role, epoch: u64) -> FenceOutcome {
+    pub fn apply_role(&mut self, scope: S, role: DpRole, epoch: u64) -> FenceOutcome {
         match self.roles.get(&scope) {
             Some(&(_, known)) if known > epoch => FenceOutcome::Stale { known, got: epoch },
             prev => {
-                let stepped_down = matches!(prev, Some(&(Role::Active, _))) && role != Role::Active;
+                let stepped_down =
+                    matches!(prev, Some(&(DpRole::Active, _))) && role != DpRole::Active;
                 self.roles.insert(scope, (role, epoch));
                 FenceOutcome::Accepted { role, stepped_down }
             }
@@ -75,17 +76,17 @@ impl<S: Ord + Clone> RoleFence<S> {
     }
 
     /// The role and epoch held for `scope`.
-    pub fn role(&self, scope: &S) -> Option<(Role, u64)> {
+    pub fn role(&self, scope: &S) -> Option<(DpRole, u64)> {
         self.roles.get(scope).copied()
     }
 
     /// Whether this DP believes it is active in `scope`.
     pub fn is_active(&self, scope: &S) -> bool {
-        matches!(self.roles.get(scope), Some(&(Role::Active, _)))
+        matches!(self.roles.get(scope), Some(&(DpRole::Active, _)))
     }
 
     /// Every scope with its role and epoch.
-    pub fn iter(&self) -> impl Iterator<Item = (&S, Role, u64)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (&S, DpRole, u64)> + '_ {
         self.roles.iter().map(|(s, &(r, e))| (s, r, e))
     }
 }
@@ -95,7 +96,7 @@ mod tests {
     use super::*;
     use crate::ids::{DeviceId, GroupId};
 
-    fn msg(role: Role, epoch: u64) -> Assignment {
+    fn msg(role: DpRole, epoch: u64) -> Assignment {
         Assignment {
             dp: DeviceId(1),
             scope: ScopeId::Group(GroupId(1)),
@@ -110,26 +111,26 @@ mod tests {
         let mut f = RoleFence::new();
         let s = ScopeId::Group(GroupId(1));
         assert_eq!(
-            f.apply(&msg(Role::Active, 3)),
+            f.apply(&msg(DpRole::Active, 3)),
             FenceOutcome::Accepted {
-                role: Role::Active,
+                role: DpRole::Active,
                 stepped_down: false
             }
         );
         assert!(f.is_active(&s));
         assert_eq!(
-            f.apply(&msg(Role::Standby, 4)),
+            f.apply(&msg(DpRole::Standby, 4)),
             FenceOutcome::Accepted {
-                role: Role::Standby,
+                role: DpRole::Standby,
                 stepped_down: true
             }
         );
         // A delayed message from epoch 3 cannot make it active again.
         assert_eq!(
-            f.apply(&msg(Role::Active, 3)),
+            f.apply(&msg(DpRole::Active, 3)),
             FenceOutcome::Stale { known: 4, got: 3 }
         );
-        assert_eq!(f.role(&s), Some((Role::Standby, 4)));
+        assert_eq!(f.role(&s), Some((DpRole::Standby, 4)));
         assert!(!f.is_active(&s));
     }
 }

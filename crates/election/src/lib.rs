@@ -71,7 +71,7 @@ pub use config::{
     SyncIntervalPolicy,
 };
 pub use engine::{
-    Assignment, DevicePlacement, Election, IssueEvent, Origin, Recompute, Role, Round,
+    Assignment, DevicePlacement, DpRole, Election, IssueEvent, Origin, Recompute, Round,
     ScopeDecision, Serving, Severity,
 };
 pub use error::{ElectionError, Ineligibility, Result};

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{ElectionConfig, GIB};
 use crate::engine::{
-    Assignment, DevicePlacement, Election, IssueEvent, Origin, Role, ScopeDecision,
+    Assignment, DevicePlacement, DpRole, Election, IssueEvent, Origin, ScopeDecision,
 };
 use crate::error::Result;
 use crate::fence::{FenceOutcome, RoleFence};
@@ -217,9 +217,9 @@ pub enum Violation {
         /// The scope.
         scope: ScopeId,
         /// What it believes.
-        believed: Option<(Role, u64)>,
+        believed: Option<(DpRole, u64)>,
         /// What the engine says.
-        actual: (Role, u64),
+        actual: (DpRole, u64),
     },
     /// A device's serving DP was not the active DP of the scope named.
     ServingMismatch {
@@ -625,7 +625,7 @@ impl Sim {
         let mut believers: BTreeMap<(ScopeId, u64), DpId> = BTreeMap::new();
         for n in &self.nodes {
             for (&scope, role, epoch) in n.believed.iter() {
-                if role == Role::Active
+                if role == DpRole::Active
                     && let Some(&other) = believers.get(&(scope, epoch))
                     && other != n.dp
                 {
@@ -634,7 +634,7 @@ impl Sim {
                         epoch,
                         dps: (other, n.dp),
                     });
-                } else if role == Role::Active {
+                } else if role == DpRole::Active {
                     believers.insert((scope, epoch), n.dp);
                 }
             }
@@ -690,12 +690,12 @@ impl Sim {
     }
 }
 
-fn role_in(d: &ScopeDecision, dp: DpId) -> Role {
+fn role_in(d: &ScopeDecision, dp: DpId) -> DpRole {
     if d.active == Some(dp) {
-        Role::Active
+        DpRole::Active
     } else if d.standbys.contains(&dp) {
-        Role::Standby
+        DpRole::Standby
     } else {
-        Role::Inactive
+        DpRole::Inactive
     }
 }

@@ -21,10 +21,11 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use outpost_election::{
-    BroadcastDomainId, BroadcastDomains, DeviceId, DevicePlacement, Election, ElectionConfig,
-    GroupEdge, GroupId, GroupTree, LocationId, NodeFacts, Origin, PeerReport, Role, ScopeId,
+    BroadcastDomainId, BroadcastDomains, DeviceId, DevicePlacement, DpRole, Election,
+    ElectionConfig, GroupEdge, GroupId, GroupTree, LocationId, NodeFacts, Origin, PeerReport,
+    ScopeId,
 };
-use outpost_wire::messages::{DpAssignment, DpRole, ScopeKind, ScopeRef, SyncRequest};
+use outpost_wire::messages::{self, DpAssignment, ScopeKind, ScopeRef, SyncRequest};
 
 use crate::{DpScope, Op, Registry, ServerError, Storage};
 
@@ -782,16 +783,16 @@ impl DpCoordinator {
                 continue;
             };
             let role = if d.active == Some(id) {
-                Role::Active
+                DpRole::Active
             } else if d.standbys.contains(&id) {
-                Role::Standby
+                DpRole::Standby
             } else {
-                Role::Inactive
+                DpRole::Inactive
             };
             out.push(self.assignment(id, scope, role, d.epoch, d.active));
         }
         if let Ok(Some(s)) = self.election.serving(id) {
-            out.push(self.assignment(s.dp, s.scope, Role::Active, s.epoch, Some(s.dp)));
+            out.push(self.assignment(s.dp, s.scope, DpRole::Active, s.epoch, Some(s.dp)));
         }
         out
     }
@@ -800,7 +801,7 @@ impl DpCoordinator {
         &self,
         dp: DeviceId,
         scope: ScopeId,
-        role: Role,
+        role: DpRole,
         epoch: u64,
         active: Option<DeviceId>,
     ) -> DpAssignment {
@@ -814,13 +815,13 @@ impl DpCoordinator {
             _ => (ScopeKind::Unspecified, scope.raw().to_string()),
         };
         let wire_role = match role {
-            Role::Active => DpRole::Active,
-            Role::Standby => DpRole::Standby,
-            _ => DpRole::None,
+            DpRole::Active => messages::DpRole::Active,
+            DpRole::Standby => messages::DpRole::Standby,
+            _ => messages::DpRole::None,
         };
         let upstream = match (role, active) {
-            (Role::Standby, Some(a)) => self.devices.name(a.0).to_string(),
-            (Role::Active, _) => "server".to_string(),
+            (DpRole::Standby, Some(a)) => self.devices.name(a.0).to_string(),
+            (DpRole::Active, _) => "server".to_string(),
             _ => String::new(),
         };
         DpAssignment {

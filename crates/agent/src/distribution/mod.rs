@@ -64,7 +64,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
-use outpost_election::{FenceOutcome, Role, RoleFence};
+use outpost_election::{self as election, FenceOutcome, RoleFence};
 use outpost_wire::messages::{DpAssignment, DpRole, ScopeRef, UpdateAnnouncement};
 
 /// A scope as the wire names it: its kind and id.
@@ -190,9 +190,9 @@ impl Planner {
                 continue;
             }
             let role = match DpRole::try_from(a.role) {
-                Ok(DpRole::Active) => Role::Active,
-                Ok(DpRole::Standby) => Role::Standby,
-                _ => Role::Inactive,
+                Ok(DpRole::Active) => election::DpRole::Active,
+                Ok(DpRole::Standby) => election::DpRole::Standby,
+                _ => election::DpRole::Inactive,
             };
             match self.fence.apply_role(scope.clone(), role, a.epoch) {
                 FenceOutcome::Stale { known, got } => {
@@ -206,7 +206,7 @@ impl Planner {
                 } => {
                     stepped_down |= s;
                     own_groups.insert(scope, parse_group(a));
-                    if role == Role::Standby && !a.upstream.is_empty() {
+                    if role == election::DpRole::Standby && !a.upstream.is_empty() {
                         standby_of = Some(a.upstream.clone());
                     }
                 }
@@ -217,12 +217,12 @@ impl Planner {
         let mut roles = Vec::new();
         for (scope, role, epoch) in self.fence.iter() {
             let wire = match role {
-                Role::Active => DpRole::Active,
-                Role::Standby => DpRole::Standby,
+                election::DpRole::Active => DpRole::Active,
+                election::DpRole::Standby => DpRole::Standby,
                 _ => DpRole::None,
             };
             roles.push((scope.clone(), wire, epoch));
-            if role == Role::Active
+            if role == election::DpRole::Active
                 && let Some(Some(group)) = own_groups.get(scope)
             {
                 let s = serve.get_or_insert_with(|| Serve {

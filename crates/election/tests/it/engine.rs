@@ -6,9 +6,9 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use outpost_election::{
-    BroadcastDomainId, BroadcastDomains, DeviceId, DevicePlacement, Election, ElectionConfig,
-    ElectionError, GIB, GroupEdge, GroupId, GroupTree, Heartbeat, Ineligibility, IssueEvent,
-    LocationId, MulticastRange, NodeFacts, Origin, PeerReport, Role, ScopeId,
+    BroadcastDomainId, BroadcastDomains, DeviceId, DevicePlacement, DpRole, Election,
+    ElectionConfig, ElectionError, GIB, GroupEdge, GroupId, GroupTree, Heartbeat, Ineligibility,
+    IssueEvent, LocationId, MulticastRange, NodeFacts, Origin, PeerReport, ScopeId,
 };
 
 const MIN: Duration = Duration::from_secs(60);
@@ -178,7 +178,7 @@ fn one_active_the_rest_standby_and_ranking_picks_the_first_active() {
     assert_eq!(dec.active, Some(d(2)));
     assert_eq!(dec.standbys, vec![d(3), d(1)]);
     assert_eq!(dec.epoch, 1);
-    let roles: Vec<(u64, Role, u64)> = r
+    let roles: Vec<(u64, DpRole, u64)> = r
         .assignments
         .iter()
         .map(|a| (a.dp.0, a.role, a.epoch))
@@ -186,9 +186,9 @@ fn one_active_the_rest_standby_and_ranking_picks_the_first_active() {
     assert_eq!(
         roles,
         vec![
-            (2, Role::Active, 1),
-            (3, Role::Standby, 1),
-            (1, Role::Standby, 1)
+            (2, DpRole::Active, 1),
+            (3, DpRole::Standby, 1),
+            (1, DpRole::Standby, 1)
         ]
     );
     // Nothing changed: an empty round.
@@ -250,7 +250,7 @@ fn failed_active_is_replaced_after_the_configured_missed_heartbeats_with_a_new_e
     let r = e.round(after + MIN);
     assert_eq!(e.active(s), Some((d(2), 2)));
     let back = r.assignments.iter().find(|a| a.dp == d(1)).unwrap();
-    assert_eq!((back.role, back.epoch), (Role::Standby, 2));
+    assert_eq!((back.role, back.epoch), (DpRole::Standby, 2));
 }
 
 #[test]
@@ -367,7 +367,7 @@ fn unregistering_the_active_elects_a_successor_and_tells_the_old_one() {
     let old = r.assignments.iter().find(|a| a.dp == d(1)).unwrap();
     assert_eq!(
         (old.role, old.epoch, old.multicast_group),
-        (Role::Inactive, 2, addr1)
+        (DpRole::Inactive, 2, addr1)
     );
     assert_eq!(
         e.unregister(d(1), s),
@@ -525,7 +525,7 @@ fn a_freed_address_goes_to_no_other_dp_before_its_holder_is_told_to_stop() {
     assert_ne!(a, b, "DP 1 may still be sending to {a}");
     let r = e.round(Instant::now());
     let stop = r.assignments.iter().find(|x| x.dp == d(1)).unwrap();
-    assert_eq!((stop.role, stop.multicast_group), (Role::Inactive, a));
+    assert_eq!((stop.role, stop.multicast_group), (DpRole::Inactive, a));
     // Told now: the address is free again.
     let c = e
         .register(d(3), ScopeId::Group(g(3)), Origin::Manual)
@@ -558,7 +558,7 @@ fn unregistered_and_registered_again_before_the_round_the_dp_stays_active() {
     }
     let r = e.round(t);
     assert!(
-        r.assignments.iter().all(|a| a.role != Role::Inactive),
+        r.assignments.iter().all(|a| a.role != DpRole::Inactive),
         "no stale stop: {:?}",
         r.assignments
     );

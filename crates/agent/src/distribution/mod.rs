@@ -268,10 +268,11 @@ impl Planner {
     }
 }
 
-/// How an update reached this device.
+/// How an update reached this device (not to be confused with `outpost_gateway::Via`, the
+/// path a device connected by).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Via {
+pub enum Delivery {
     /// It was already on disk, verified.
     Disk,
     /// Downloaded from the server.
@@ -293,7 +294,7 @@ pub struct UpdateProgress {
     /// Where it is being taken from (`server`, or a DP's device id).
     pub source: String,
     /// Set once the file is complete and verified.
-    pub via: Option<Via>,
+    pub via: Option<Delivery>,
     /// Blocks fetched by unicast during multicast reception.
     pub fetched_blocks: u32,
     /// Blocks found on disk from an earlier attempt.

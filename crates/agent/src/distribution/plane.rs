@@ -21,7 +21,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::codec::Framed;
 
 use super::chunks::{self, ChunkService};
-use super::{DistributionStatus, Plan, Planner, Route, ScopeKey, SentSession, Source, Via};
+use super::{Delivery, DistributionStatus, Plan, Planner, Route, ScopeKey, SentSession, Source};
 use crate::AgentError;
 use crate::config::{DistributionConfig, Endpoint};
 use crate::identity;
@@ -385,9 +385,13 @@ async fn route_change(plan: &mut watch::Receiver<Arc<Plan>>, current: &Route) {
 
 /// Obtains one update by whatever route the plan names, switching when it changes, retrying
 /// while it fails; ends only with the verified file in place.
-async fn obtain(ctx: &Ctx, ann: &UpdateAnnouncement, mut plan: watch::Receiver<Arc<Plan>>) -> Via {
+async fn obtain(
+    ctx: &Ctx,
+    ann: &UpdateAnnouncement,
+    mut plan: watch::Receiver<Arc<Plan>>,
+) -> Delivery {
     if chunks::holds(&ctx.dir, ann).await {
-        return Via::Disk;
+        return Delivery::Disk;
     }
     loop {
         let route = plan.borrow_and_update().route.clone();
@@ -440,19 +444,23 @@ async fn dial_server(ctx: &Ctx) -> Result<identity::Connection, AgentError> {
     Err(last.unwrap_or_else(|| dist("no endpoints")))
 }
 
-async fn attempt(ctx: &Ctx, ann: &UpdateAnnouncement, route: &Route) -> Result<Via, AgentError> {
+async fn attempt(
+    ctx: &Ctx,
+    ann: &UpdateAnnouncement,
+    route: &Route,
+) -> Result<Delivery, AgentError> {
     let chunk = ctx.p.cfg.chunk_bytes;
     let progress = |n: u64| ctx.progress(&ann.object_id, |p| p.done_bytes = n);
     match route {
         Route::Server => {
             let mut c = dial_server(ctx).await?;
             chunks::download(&mut c, ann, &ctx.dir, chunk, ctx.p.timeout, progress).await?;
-            Ok(Via::Server)
+            Ok(Delivery::Server)
         }
         Route::ActiveDp { addr, .. } => {
             let mut c = chunks::dial_dp(addr, &ctx.p.device_id, ctx.p.timeout).await?;
             chunks::download(&mut c, ann, &ctx.dir, chunk, ctx.p.timeout, progress).await?;
-            Ok(Via::Dp)
+            Ok(Delivery::Dp)
         }
         Route::Multicast(src) => receive(ctx, ann, src).await,
     }
@@ -552,7 +560,11 @@ impl Fetcher for DpFetcher<'_> {
 
 /// Receives the serving DP's session; fetches the whole update from it by unicast if no
 /// session shows up within `session_wait_ms`.
-async fn receive(ctx: &Ctx, ann: &UpdateAnnouncement, src: &Source) -> Result<Via, AgentError> {
+async fn receive(
+    ctx: &Ctx,
+    ann: &UpdateAnnouncement,
+    src: &Source,
+) -> Result<Delivery, AgentError> {
     let cfg = &ctx.p.cfg;
     let sc = socket_config(cfg, src.group);
     let group = driver::group_socket(&sc).map_err(dist)?;
@@ -593,7 +605,7 @@ async fn receive(ctx: &Ctx, ann: &UpdateAnnouncement, src: &Source) -> Result<Vi
                 p.fetched_blocks += out.fetched_blocks;
                 p.resumed_blocks += out.resumed_blocks;
             });
-            Ok(Via::Multicast)
+            Ok(Delivery::Multicast)
         }
         () = wait => {
             let Some(addr) = &src.unicast else {
@@ -608,7 +620,7 @@ async fn receive(ctx: &Ctx, ann: &UpdateAnnouncement, src: &Source) -> Result<Vi
             let mut c = chunks::dial_dp(addr, &ctx.p.device_id, ctx.p.timeout).await?;
             let progress = |n: u64| ctx.progress(&ann.object_id, |p| p.done_bytes = n);
             chunks::download(&mut c, ann, &ctx.dir, cfg.chunk_bytes, ctx.p.timeout, progress).await?;
-            Ok(Via::Dp)
+            Ok(Delivery::Dp)
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use outpost_agent::distribution::Via;
+use outpost_agent::distribution::Delivery;
 use outpost_wire::messages::{DpRole, UpdateAnnouncement};
 
 use super::{Fleet, role_in};
@@ -212,7 +212,7 @@ impl<L: FnMut(String)> Fleet<'_, L> {
                 "{}: killed before it held the update",
                 self.members[k.index].id
             ));
-            u.via = Some(Via::Disk);
+            u.via = Some(Delivery::Disk);
         }
     }
 

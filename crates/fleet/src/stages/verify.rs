@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use outpost_agent::distribution::Via;
+use outpost_agent::distribution::Delivery;
 
 use super::Fleet;
 use crate::UPDATE_ID;
@@ -31,10 +31,10 @@ impl<L: FnMut(String)> Fleet<'_, L> {
                 report.fetched_blocks += u64::from(u.fetched_blocks);
                 report.resumed_blocks += u64::from(u.resumed_blocks);
                 let via = match u.via {
-                    Some(Via::Multicast) => "multicast",
-                    Some(Via::Dp) => "DP unicast",
-                    Some(Via::Server) => "server",
-                    Some(Via::Disk) => "disk",
+                    Some(Delivery::Multicast) => "multicast",
+                    Some(Delivery::Dp) => "DP unicast",
+                    Some(Delivery::Server) => "server",
+                    Some(Delivery::Disk) => "disk",
                     Some(_) | None => "nothing",
                 };
                 *report.via.entry(via.into()).or_default() += 1;

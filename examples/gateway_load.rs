@@ -356,32 +356,8 @@ fn raise_fd_limit(want: u64) -> u64 {
     Resource::NOFILE.get().map(|(soft, _)| soft).unwrap_or(0)
 }
 
-#[tokio::main]
-async fn main() {
-    let args = Args::parse();
-    let role = args.role().unwrap_or_else(|e| e.exit());
-    // The gateway holds two sockets per session; the others one.
-    let want = (args.sessions as u64) * 2 + 1_024;
-    let limit = raise_fd_limit(want);
-    match &role {
-        Role::Gateway(dir) => {
-            if limit < want {
-                eprintln!(
-                    "gateway_load: the gateway process may open {limit} files, {want} wanted for {} sessions (2 per session); the hard limit can only be raised with CAP_SYS_RESOURCE",
-                    args.sessions
-                );
-            }
-            return run_gateway(dir, args.sessions, args.relay_kib).await;
-        }
-        Role::Server(dir, gw) => return run_server(dir, *gw).await,
-        Role::Devices => {}
-    }
-
-    // PKI in memory; the files the other two processes need.
-    let now = SystemTime::now();
-    let ca = ServerCa::create(PkiConfig::default(), now).unwrap_or_else(|e| fail(e));
-    let dir = std::env::temp_dir().join(format!("outpost-gateway-load-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| fail(format!("{}: {e}", dir.display())));
+/// The certificates and keys the gateway and server processes read from `dir`.
+fn write_role_files(ca: &ServerCa, dir: &std::path::Path, now: SystemTime) {
     let write = |name: &str, pem: String, secret: bool| {
         let path = dir.join(name);
         let r = if secret {
@@ -406,37 +382,17 @@ async fn main() {
     write("server.chain.pem", server_cert.chain_pem(), false);
     write("server.key.pem", server_cert.key_pem(), true);
     write("ca.pem", ca.server_ca().to_pem(), false);
+}
 
-    let dir_arg = dir.to_string_lossy().into_owned();
-    let (mut gw_child, mut gw_out, gw_addr) = spawn_role(&[
-        "--role-gateway".into(),
-        dir_arg.clone(),
-        "--sessions".into(),
-        args.sessions.to_string(),
-        "--relay-kib".into(),
-        args.relay_kib.to_string(),
-    ])
-    .await;
-    let mut gw_rss = Rss::open(gw_child.id().unwrap_or(0));
-    let (mut server_child, _server_out, direct_addr) =
-        spawn_role(&["--role-server".into(), dir_arg, gw_addr.to_string()]).await;
-    let _ = std::fs::remove_dir_all(&dir);
-
-    let agent = ca
-        .issue_agent("load-device", now)
-        .unwrap_or_else(|e| fail(e));
-    let client = Arc::new(Client {
-        cfg: agent_client_config(&agent, ca.server_ca(), &TlsOptions::default())
-            .unwrap_or_else(|e| fail(e)),
-    });
-    println!(
-        "gateway {gw_addr}, server port {direct_addr}, relay buffer {} KiB per direction",
-        args.relay_kib
-    );
-
-    // 1. Connection setup, interleaved.
+/// Connection setup through the gateway and directly, interleaved, `samples` of each.
+async fn measure_setup(
+    client: &Client,
+    samples: usize,
+    gw_addr: SocketAddr,
+    direct_addr: SocketAddr,
+) {
     let (mut via_gw, mut via_direct) = (Vec::new(), Vec::new());
-    for _ in 0..args.samples {
+    for _ in 0..samples {
         via_direct.push(
             client
                 .setup(direct_addr, SERVER_NAME)
@@ -456,16 +412,23 @@ async fn main() {
     let (dm, d99) = (percentile(&via_direct, 0.5), percentile(&via_direct, 0.99));
     println!(
         "setup ({} samples each): direct median {:.2} ms p99 {:.2} ms; via gateway median {:.2} ms p99 {:.2} ms; ratio {:.2}x",
-        args.samples,
+        samples,
         ms(dm),
         ms(d99),
         ms(gm),
         ms(g99),
         ms(gm) / ms(dm)
     );
+}
 
-    // 2. Throughput, interleaved, median of 3.
-    let bytes = args.mib * 1024 * 1024;
+/// Throughput of `mib` MiB through the gateway and directly, interleaved, median of 3.
+async fn measure_throughput(
+    client: &Client,
+    mib: usize,
+    gw_addr: SocketAddr,
+    direct_addr: SocketAddr,
+) {
+    let bytes = mib * 1024 * 1024;
     let (mut tg, mut td) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         td.push(
@@ -486,24 +449,32 @@ async fn main() {
     let mibs = |b: f64| b / (1024.0 * 1024.0);
     println!(
         "throughput ({} MiB, median of 3): direct {:.0} MiB/s; via gateway {:.0} MiB/s; ratio {:.0}%",
-        args.mib,
+        mib,
         mibs(td[1]),
         mibs(tg[1]),
         100.0 * tg[1] / td[1]
     );
+}
 
-    // 3. Concurrent sessions held through the gateway.
+/// `sessions` devices held through the gateway at once, and its memory meanwhile; returns
+/// how many were held and how many failed.
+async fn hold_sessions(
+    client: &Arc<Client>,
+    sessions: usize,
+    gw_addr: SocketAddr,
+    gw_rss: &mut Rss,
+) -> (usize, u64) {
     let rss_before = gw_rss.kib().unwrap_or(0);
     let handshakes = Arc::new(Semaphore::new(128));
     let (close_tx, close_rx) = watch::channel(false);
     let failures = Arc::new(AtomicU64::new(0));
     let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
-    let (held_tx, mut held_rx) = mpsc::channel::<Duration>(args.sessions);
+    let (held_tx, mut held_rx) = mpsc::channel::<Duration>(sessions);
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(args.sessions);
-    for i in 0..args.sessions {
+    let mut tasks = Vec::with_capacity(sessions);
+    for i in 0..sessions {
         let (client, handshakes, mut close_rx) =
-            (client.clone(), handshakes.clone(), close_rx.clone());
+            (Arc::clone(client), handshakes.clone(), close_rx.clone());
         let (failures, first_error, held_tx) =
             (failures.clone(), first_error.clone(), held_tx.clone());
         // Spread source addresses over 127.0.0.2-127.0.0.201 so ephemeral ports never run out.
@@ -534,8 +505,8 @@ async fn main() {
         }));
     }
     drop(held_tx);
-    let mut setups = Vec::with_capacity(args.sessions);
-    while setups.len() + (failures.load(Ordering::Relaxed) as usize) < args.sessions {
+    let mut setups = Vec::with_capacity(sessions);
+    while setups.len() + (failures.load(Ordering::Relaxed) as usize) < sessions {
         match tokio::time::timeout(Duration::from_secs(60), held_rx.recv()).await {
             Ok(Some(d)) => setups.push(d),
             Ok(None) | Err(_) => break,
@@ -547,7 +518,7 @@ async fn main() {
     setups.sort();
     println!(
         "sessions: {held} of {} held at once, {} failures, ramp-up {:.1} s, setup median {:.2} ms p99 {:.2} ms (128 handshakes in flight)",
-        args.sessions,
+        sessions,
         failures.load(Ordering::Relaxed),
         ramp.as_secs_f64(),
         ms(percentile(&setups, 0.5)),
@@ -570,6 +541,67 @@ async fn main() {
     for t in tasks {
         let _ = t.await;
     }
+    (held, failures.load(Ordering::Relaxed))
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let role = args.role().unwrap_or_else(|e| e.exit());
+    // The gateway holds two sockets per session; the others one.
+    let want = (args.sessions as u64) * 2 + 1_024;
+    let limit = raise_fd_limit(want);
+    match &role {
+        Role::Gateway(dir) => {
+            if limit < want {
+                eprintln!(
+                    "gateway_load: the gateway process may open {limit} files, {want} wanted for {} sessions (2 per session); the hard limit can only be raised with CAP_SYS_RESOURCE",
+                    args.sessions
+                );
+            }
+            return run_gateway(dir, args.sessions, args.relay_kib).await;
+        }
+        Role::Server(dir, gw) => return run_server(dir, *gw).await,
+        Role::Devices => {}
+    }
+
+    // PKI in memory; the files the other two processes need.
+    let now = SystemTime::now();
+    let ca = ServerCa::create(PkiConfig::default(), now).unwrap_or_else(|e| fail(e));
+    let dir = std::env::temp_dir().join(format!("outpost-gateway-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| fail(format!("{}: {e}", dir.display())));
+    write_role_files(&ca, &dir, now);
+
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let (mut gw_child, mut gw_out, gw_addr) = spawn_role(&[
+        "--role-gateway".into(),
+        dir_arg.clone(),
+        "--sessions".into(),
+        args.sessions.to_string(),
+        "--relay-kib".into(),
+        args.relay_kib.to_string(),
+    ])
+    .await;
+    let mut gw_rss = Rss::open(gw_child.id().unwrap_or(0));
+    let (mut server_child, _server_out, direct_addr) =
+        spawn_role(&["--role-server".into(), dir_arg, gw_addr.to_string()]).await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let agent = ca
+        .issue_agent("load-device", now)
+        .unwrap_or_else(|e| fail(e));
+    let client = Arc::new(Client {
+        cfg: agent_client_config(&agent, ca.server_ca(), &TlsOptions::default())
+            .unwrap_or_else(|e| fail(e)),
+    });
+    println!(
+        "gateway {gw_addr}, server port {direct_addr}, relay buffer {} KiB per direction",
+        args.relay_kib
+    );
+
+    measure_setup(&client, args.samples, gw_addr, direct_addr).await;
+    measure_throughput(&client, args.mib, gw_addr, direct_addr).await;
+    let (held, failed) = hold_sessions(&client, args.sessions, gw_addr, &mut gw_rss).await;
     drop(gw_child.stdin.take());
     if let Ok(Some(l)) = gw_out.next_line().await {
         println!(
@@ -580,7 +612,7 @@ async fn main() {
     let _ = gw_child.wait().await;
     drop(server_child.stdin.take());
     let _ = server_child.wait().await;
-    if failures.load(Ordering::Relaxed) > 0 || held < args.sessions {
+    if failed > 0 || held < args.sessions {
         std::process::exit(1);
     }
 }

@@ -24,10 +24,10 @@ pub enum AgentError {
         reason: String,
     },
     /// Reading or writing a file failed.
-    #[error("{action} {path}: {source}")]
+    #[error("{op} {path}: {source}", path = path.display())]
     Io {
-        /// What was being done.
-        action: &'static str,
+        /// The operation (`read`, `create`, `rename`, ...).
+        op: &'static str,
         /// The file or directory.
         path: PathBuf,
         /// Why.
@@ -138,14 +138,10 @@ impl AgentError {
     }
 
     pub(crate) fn io(
-        action: &'static str,
+        op: &'static str,
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(std::io::Error) -> AgentError {
         let path = path.into();
-        move |source| AgentError::Io {
-            action,
-            path,
-            source,
-        }
+        move |source| AgentError::Io { op, path, source }
     }
 }

@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -37,27 +36,14 @@ pub const MAX_SETTINGS_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Reads a whole file, refusing one larger than `max` before reading it.
 pub(crate) fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, AgentError> {
-    let f = fs::File::open(path).map_err(AgentError::io("open", path))?;
-    let len = f.metadata().map_err(AgentError::io("stat", path))?.len();
-    if len > max {
-        return Err(AgentError::FileTooLarge {
-            path: path.to_path_buf(),
-            len,
-            max,
-        });
-    }
-    let mut buf = Vec::with_capacity(len as usize);
-    f.take(max + 1)
-        .read_to_end(&mut buf)
-        .map_err(AgentError::io("read", path))?;
-    if buf.len() as u64 > max {
-        return Err(AgentError::FileTooLarge {
-            path: path.to_path_buf(),
-            len: buf.len() as u64,
-            max,
-        });
-    }
-    Ok(buf)
+    use outpost_pki::{FileError, PkiError};
+    outpost_pki::store::read_bounded(path, max, "file").map_err(|e| match e {
+        PkiError::File(FileError::TooLarge { path, len, max, .. }) => {
+            AgentError::FileTooLarge { path, len, max }
+        }
+        PkiError::File(FileError::Io { op, path, source }) => AgentError::Io { op, path, source },
+        other => AgentError::from(other),
+    })
 }
 
 /// Writes `data` to `path` atomically (mode 0644), with

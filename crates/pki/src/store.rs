@@ -176,7 +176,14 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
-fn read_bounded_bytes(path: &Path, max: u64, what: &'static str) -> Result<Vec<u8>> {
+/// Reads `path`, refusing a file over `max` bytes before reading it, and reading at most
+/// `max + 1` bytes of one that grows meanwhile: the one bounded read of the workspace (the
+/// server's state files and the agent's configuration and settings read through it too).
+///
+/// # Errors
+/// [`FileError::Io`] (open, stat or read) or [`FileError::TooLarge`] naming `what`, each
+/// naming the path.
+pub fn read_bounded(path: &Path, max: u64, what: &'static str) -> Result<Vec<u8>> {
     let f = fs::File::open(path).map_err(PkiError::io("open", path))?;
     let len = f.metadata().map_err(PkiError::io("stat", path))?.len();
     let too_large = |len: u64| {
@@ -201,8 +208,8 @@ fn read_bounded_bytes(path: &Path, max: u64, what: &'static str) -> Result<Vec<u
     Ok(buf)
 }
 
-fn read_bounded(path: &Path, max: u64, what: &'static str) -> Result<String> {
-    String::from_utf8(read_bounded_bytes(path, max, what)?).map_err(|e| {
+fn read_bounded_text(path: &Path, max: u64, what: &'static str) -> Result<String> {
+    String::from_utf8(read_bounded(path, max, what)?).map_err(|e| {
         PkiError::io("read", path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     })
 }
@@ -226,7 +233,7 @@ pub fn read_private_key(path: &Path) -> Result<KeyPair> {
             }));
         }
     }
-    let text = read_bounded(path, MAX_KEY_FILE, "private key")?;
+    let text = read_bounded_text(path, MAX_KEY_FILE, "private key")?;
     if !text.contains("-----BEGIN") {
         return Err(PkiError::Key(KeyError::NoPemBlock {
             what: path.display().to_string(),
@@ -254,7 +261,7 @@ pub fn read_private_key_der(path: &Path) -> Result<PrivatePkcs8KeyDer<'static>> 
 /// # Errors
 /// [`FileError::MalformedPem`] if there is none, [`FileError::TooLarge`] or [`FileError::Io`].
 pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let text = read_bounded(path, MAX_CERT_FILE, "certificate")?;
+    let text = read_bounded_text(path, MAX_CERT_FILE, "certificate")?;
     parse_certificates(&text, path)
 }
 
@@ -298,7 +305,7 @@ pub fn read_ca_certificate(path: &Path) -> Result<CaCertificate> {
 /// # Errors
 /// [`FileError::MalformedPem`], [`FileError::TooLarge`] or [`FileError::Io`].
 pub fn read_crl(path: &Path) -> Result<Crl> {
-    let text = read_bounded(path, MAX_CRL_FILE, "CRL")?;
+    let text = read_bounded_text(path, MAX_CRL_FILE, "CRL")?;
     let der = all_pem_blocks(&text, "X509 CRL")
         .map_err(|reason| {
             PkiError::File(FileError::MalformedPem {
@@ -324,7 +331,7 @@ pub fn read_crl(path: &Path) -> Result<Crl> {
 /// # Errors
 /// [`FileError::TooLarge`] or [`FileError::Io`].
 pub fn read_csr_file(path: &Path) -> Result<Vec<u8>> {
-    read_bounded_bytes(path, crate::csr::MAX_CSR_LEN as u64, "CSR")
+    read_bounded(path, crate::csr::MAX_CSR_LEN as u64, "CSR")
 }
 
 fn join(dir: &Path, name: &str) -> PathBuf {

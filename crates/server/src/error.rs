@@ -6,12 +6,23 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServerError {
-    /// Reading or writing the state file failed.
-    #[error("{path}: {source}")]
+    /// A file or directory operation failed.
+    #[error("cannot {op} {path}: {source}", path = path.display())]
     Io {
-        /// The file.
+        /// The operation (`read`, `create`, `rename`, ...).
+        op: &'static str,
+        /// The file or directory.
         path: PathBuf,
-        /// Why.
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A socket, thread or runtime the server needs could not be set up.
+    #[error("cannot {what}: {source}")]
+    Os {
+        /// What was being set up (`bind the administration API`, ...).
+        what: &'static str,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
@@ -139,6 +150,20 @@ pub enum ServerError {
 }
 
 impl ServerError {
+    /// A mapper of an I/O error from `op` on `path` (`.map_err(ServerError::io("read", p))`).
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| ServerError::Io { op, path, source }
+    }
+
+    /// A mapper of an I/O error setting up `what`.
+    pub(crate) fn os(what: &'static str) -> impl Fn(std::io::Error) -> Self + Copy {
+        move |source| ServerError::Os { what, source }
+    }
+
     /// Whether the same request may succeed later unchanged (the database was unreachable,
     /// full or busy): devices are told to retry.
     pub fn is_retryable(&self) -> bool {

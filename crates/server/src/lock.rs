@@ -41,6 +41,7 @@ impl DataDirLock {
     pub fn acquire(dir: &Path, role: &str) -> Result<Self, ServerError> {
         let path = dir.join(LOCK_FILE);
         let io = |source| ServerError::Io {
+            op: "lock",
             path: path.clone(),
             source,
         };

@@ -69,10 +69,7 @@ impl StoredObjects {
         stored: &[UpdateObject],
     ) -> Result<Self, ServerError> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir).map_err(|source| ServerError::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&dir).map_err(ServerError::io("create", &dir))?;
         let index = stored
             .iter()
             .map(|u| {
@@ -116,9 +113,8 @@ impl StoredObjects {
             Ok::<_, ServerError>(staged)
         })
         .await
-        .map_err(|e| ServerError::Io {
-            path: self.dir.clone(),
-            source: std::io::Error::other(e),
+        .map_err(|e| {
+            ServerError::io("stage an upload in", &self.dir)(std::io::Error::other(e))
         })??;
         self.publish_staged(staged, object_id, name, version).await
     }
@@ -128,15 +124,9 @@ impl StoredObjects {
     /// unpublished, the file is removed.
     pub fn stage(&self) -> Result<Staged, ServerError> {
         let dir = self.dir.join(".staging");
-        std::fs::create_dir_all(&dir).map_err(|source| ServerError::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&dir).map_err(ServerError::io("create", &dir))?;
         let path = dir.join(crate::accounts::random_hex(12)?);
-        let file = std::fs::File::create_new(&path).map_err(|source| ServerError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let file = std::fs::File::create_new(&path).map_err(ServerError::io("create", &path))?;
         Ok(Staged {
             path,
             file: Some(file),
@@ -161,10 +151,7 @@ impl StoredObjects {
         // Flushes and renames are blocking: off the async threads.
         tokio::task::spawn_blocking(move || staged.persist(&target))
             .await
-            .map_err(|e| ServerError::Io {
-                path: path.clone(),
-                source: std::io::Error::other(e),
-            })??;
+            .map_err(|e| ServerError::io("publish", &path)(std::io::Error::other(e)))??;
         let meta = UpdateObject {
             id: object_id.into(),
             name: name.into(),
@@ -243,15 +230,11 @@ impl Staged {
         let path = &self.path;
         self.file
             .as_mut()
-            .ok_or_else(|| ServerError::Io {
-                path: path.clone(),
-                source: std::io::Error::other("already published"),
+            .ok_or_else(|| {
+                ServerError::io("publish", &path)(std::io::Error::other("already published"))
             })?
             .write_all(chunk)
-            .map_err(|source| ServerError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(ServerError::io("publish", &path))?;
         self.hash.update(chunk);
         self.len += chunk.len() as u64;
         Ok(())
@@ -269,20 +252,16 @@ impl Staged {
 
     /// Flushes the content and renames it to `target` (blocking).
     fn persist(&mut self, target: &Path) -> Result<(), ServerError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| ServerError::Io { path, source }
-        };
         if let Some(f) = self.file.take() {
-            f.sync_all().map_err(io(&self.path))?;
+            f.sync_all().map_err(ServerError::io("sync", &self.path))?;
         }
         let parent = target.parent().unwrap_or(target);
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
-        std::fs::rename(&self.path, target).map_err(io(target))?;
+        std::fs::create_dir_all(parent).map_err(ServerError::io("create", parent))?;
+        std::fs::rename(&self.path, target).map_err(ServerError::io("rename to", target))?;
         // The rename is durable once the directory is.
         std::fs::File::open(parent)
             .and_then(|d| d.sync_all())
-            .map_err(io(parent))?;
+            .map_err(ServerError::io("sync", parent))?;
         self.path = target.to_path_buf();
         Ok(())
     }

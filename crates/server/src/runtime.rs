@@ -341,6 +341,7 @@ impl AdminServerConfig {
         let _lock = DataDirLock::acquire(&self.data_path(base), "offline command")?;
         let (storage, _) = self.open_storage(base)?;
         let old = Registry::load(path)?.ok_or_else(|| ServerError::Io {
+            op: "read",
             path: path.to_path_buf(),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such registry file"),
         })?;
@@ -755,10 +756,7 @@ impl AdminServer {
             Some(SocketAddr::V6(_)) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
             _ => SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)),
         };
-        let io = |e: std::io::Error| ServerError::Io {
-            path: "UDP sync-now socket".into(),
-            source: e,
-        };
+        let io = ServerError::os("open the UDP sync-now socket");
         let socket = std::net::UdpSocket::bind(bind).map_err(io)?;
         socket.set_broadcast(true).map_err(io)?;
         let mut sent = 0;

@@ -4,18 +4,9 @@
 //! renamed over the old file (and the directory is flushed), so a crash leaves either the old
 //! or the new state, never a torn one. A read is bounded before anything is allocated.
 
-use std::fs::File;
-use std::io::Read;
 use std::path::Path;
 
 use crate::ServerError;
-
-fn io(path: &Path) -> impl Fn(std::io::Error) -> ServerError + '_ {
-    move |source| ServerError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
 
 /// Replaces `path` with `bytes` atomically (mode 0644), with
 /// [`outpost_pki::store::write_atomic`].
@@ -26,28 +17,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ServerError> {
 /// Reads `path`, refusing a file larger than `max` bytes before reading it. `Ok(None)` if the
 /// file does not exist.
 pub fn read_bounded(path: &Path, max: u64) -> Result<Option<Vec<u8>>, ServerError> {
-    let f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(path)(e)),
-    };
-    let len = f.metadata().map_err(io(path))?.len();
-    if len > max {
-        return Err(ServerError::StateTooLarge {
-            path: path.to_path_buf(),
-            len,
-            max,
-        });
+    use outpost_pki::{FileError, PkiError};
+    match outpost_pki::store::read_bounded(path, max, "state file") {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(PkiError::File(FileError::Io { source, .. }))
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Ok(None)
+        }
+        Err(PkiError::File(FileError::TooLarge { path, len, max, .. })) => {
+            Err(ServerError::StateTooLarge { path, len, max })
+        }
+        Err(PkiError::File(FileError::Io { op, path, source })) => {
+            Err(ServerError::Io { op, path, source })
+        }
+        Err(other) => Err(ServerError::Pki(other)),
     }
-    let mut buf = Vec::with_capacity(len as usize);
-    // The file may grow between the check and the read: read at most max + 1 bytes.
-    f.take(max + 1).read_to_end(&mut buf).map_err(io(path))?;
-    if buf.len() as u64 > max {
-        return Err(ServerError::StateTooLarge {
-            path: path.to_path_buf(),
-            len: buf.len() as u64,
-            max,
-        });
-    }
-    Ok(Some(buf))
 }

@@ -235,14 +235,10 @@ pub(crate) async fn start(
     config.validate()?;
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| ServerError::Io {
-            path: format!("administration API {}", config.listen).into(),
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| ServerError::Io {
-        path: "administration API".into(),
-        source,
-    })?;
+        .map_err(ServerError::os("bind the administration API's address"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(ServerError::os("read the administration API's address"))?;
     let window = Duration::from_secs(config.login_window_secs);
     let state = Arc::new(ApiState {
         servers: parts.servers,

@@ -31,10 +31,7 @@ impl AdminService {
             storage.policy_object(crate::PolicyObjectKind::Group, &key)
         })
         .await
-        .map_err(|e| ServerError::Io {
-            path: "policy state".into(),
-            source: std::io::Error::other(e),
-        })??;
+        .map_err(|e| ServerError::os("apply the policy change")(std::io::Error::other(e)))??;
         let mut group = stored
             .as_deref()
             .and_then(|d| serde_json::from_str::<outpost_policy::Group>(d).ok())

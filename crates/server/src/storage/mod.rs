@@ -551,10 +551,7 @@ impl Storage {
         let thread = std::thread::Builder::new()
             .name("outpost-storage".into())
             .spawn(move || writer::run(cfg, id, up_to, rx, ready_tx))
-            .map_err(|e| ServerError::Io {
-                path: "storage thread".into(),
-                source: e,
-            })?;
+            .map_err(ServerError::os("start the storage thread"))?;
         match ready_rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {

@@ -56,10 +56,7 @@ pub(super) fn run(
     {
         Ok(rt) => rt,
         Err(e) => {
-            let _ = ready.send(Err(ServerError::Io {
-                path: "storage runtime".into(),
-                source: e,
-            }));
+            let _ = ready.send(Err(ServerError::os("start the storage runtime")(e)));
             return;
         }
     };
@@ -165,6 +162,7 @@ impl Writer {
             && !dir.is_dir()
         {
             return Err(ServerError::Io {
+                op: "open",
                 path: dir.to_path_buf(),
                 source: std::io::Error::new(
                     std::io::ErrorKind::NotFound,

@@ -118,8 +118,11 @@ impl Default for DiscoveryConfig {
     fn default() -> Self {
         DiscoveryConfig {
             enabled: false,
-            bind: SocketAddr::from(([0, 0, 0, 0], 15000)),
-            targets: vec![SocketAddr::from(([255, 255, 255, 255], 15000))],
+            bind: SocketAddr::from(([0, 0, 0, 0], outpost_wire::ports::DISCOVERY)),
+            targets: vec![SocketAddr::from((
+                [255, 255, 255, 255],
+                outpost_wire::ports::DISCOVERY,
+            ))],
             interval_ms: 30_000,
             window_ms: 120_000,
             max_peers: 4096,

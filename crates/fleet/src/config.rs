@@ -73,7 +73,7 @@ impl Default for FleetConfig {
             rate_mbps: 150,
             symbol_size: 8192,
             kill_at: Some(0.5),
-            multicast_port: 15001,
+            multicast_port: outpost_wire::ports::MULTICAST,
             timeout: Duration::from_secs(900),
             seed: 1,
             virtual_servers: 1,

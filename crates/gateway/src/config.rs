@@ -377,7 +377,7 @@ pub(crate) fn read_crls(files: &[PathBuf], missing_ok: bool) -> Result<Vec<Crl>,
 }
 
 fn default_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 13000))
+    SocketAddr::from(([0, 0, 0, 0], outpost_wire::ports::DEVICE))
 }
 
 /// Configuration of a connection gateway.
@@ -791,7 +791,7 @@ mod tests {
 }
 
 fn default_server_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 13000))
+    SocketAddr::from(([0, 0, 0, 0], outpost_wire::ports::DEVICE))
 }
 
 /// Configuration of the Administration Server's side of the gateways: its own device port

@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::manifest::{validate_block_symbols, validate_symbol_size};
 
-/// Default UDP port for multicast distribution.
-pub const DEFAULT_PORT: u16 = 15001;
+/// Default UDP port for multicast distribution ([`outpost_wire::ports::MULTICAST`]).
+pub const DEFAULT_PORT: u16 = outpost_wire::ports::MULTICAST;
 
 /// Sender settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

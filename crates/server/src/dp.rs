@@ -56,9 +56,8 @@ impl Names {
     }
 }
 
-/// The multicast UDP port assignments name unless told otherwise (the same as
-/// `outpost_multicast::DEFAULT_PORT`).
-pub const DEFAULT_MULTICAST_PORT: u16 = 15001;
+/// The multicast UDP port assignments name unless told otherwise.
+pub const DEFAULT_MULTICAST_PORT: u16 = outpost_wire::ports::MULTICAST;
 
 fn election_error(e: outpost_election::ElectionError) -> ServerError {
     ServerError::Config(format!("distribution points: {e}"))

@@ -26,7 +26,7 @@ const IMPORTED_REGISTRY: &str = "import.registry";
 const IMPORTED_POLICY: &str = "import.policy";
 
 fn default_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 13000))
+    SocketAddr::from(([0, 0, 0, 0], outpost_wire::ports::DEVICE))
 }
 fn default_multicast_port() -> u16 {
     crate::dp::DEFAULT_MULTICAST_PORT

@@ -20,6 +20,7 @@
 //! - [`push`]: the signed "sync now" datagram for UDP port 15000.
 //! - [`backoff`]: the jittered reconnect schedule every redialling peer uses.
 //! - [`DeviceId`]: the device identifier and its one rule.
+//! - [`ports`]: the well-known ports.
 //! - [`rng`]: the seedable generator of the jitter, the simulations and test payloads.
 //! - [`settings`]: the settings document an application's settings travel in.
 //!
@@ -61,6 +62,7 @@ mod error;
 pub mod frame;
 mod id;
 pub mod messages;
+pub mod ports;
 pub mod push;
 pub mod rng;
 pub mod settings;

@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use outpost::agent::core::{Action, AgentCore, CoreConfig, Input};
+use outpost::agent::protocol::{Action, AgentCore, CoreConfig, Input};
 use outpost::agent::{AgentConfig, Endpoint, discovery, overlay};
 use outpost::wire::Message;
 use outpost::wire::messages::{AppSettings, HelloAck, SyncResponse};

@@ -253,7 +253,7 @@ async fn a_restarted_server_keeps_its_state_and_its_agents_come_back() {
     let (d0, b0) = (direct.status().core.syncs, behind.status().core.syncs);
     direct
         .wait_for(Duration::from_secs(30), |s| {
-            s.core.phase != outpost::agent::core::Phase::Ready
+            s.core.phase != outpost::agent::protocol::Phase::Ready
         })
         .await
         .unwrap();
@@ -510,7 +510,7 @@ async fn device_settings_survive_a_server_crash_and_a_restart() {
         }
         laptop
             .wait_for(Duration::from_secs(30), |s| {
-                s.core.phase != outpost::agent::core::Phase::Ready
+                s.core.phase != outpost::agent::protocol::Phase::Ready
             })
             .await
             .unwrap();

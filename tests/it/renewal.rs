@@ -229,7 +229,7 @@ async fn the_certificate_switched_from_is_refused() {
     )
     .await
     .unwrap();
-    conn.send(outpost::agent::core::hello("laptop-1"))
+    conn.send(outpost::agent::protocol::hello("laptop-1"))
         .await
         .unwrap();
     let answer = tokio::time::timeout(Duration::from_secs(5), async {

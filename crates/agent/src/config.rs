@@ -417,8 +417,8 @@ impl AgentConfig {
         in_range(
             "default_sync_secs",
             self.default_sync_secs,
-            crate::core::MIN_SYNC.as_secs(),
-            crate::core::MAX_SYNC.as_secs(),
+            crate::protocol::MIN_SYNC.as_secs(),
+            crate::protocol::MAX_SYNC.as_secs(),
         )?;
         in_range("connect_timeout_ms", self.connect_timeout_ms, 1, 3_600_000)?;
         in_range("request_timeout_ms", self.request_timeout_ms, 1, 3_600_000)?;

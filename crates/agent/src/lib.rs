@@ -5,7 +5,7 @@
 //! - [`identity`]: the agent's key, certificate chain and server CA, loaded from its data
 //!   directory, or obtained by enrolling directly with the server (enrollment is not relayed
 //!   by gateways).
-//! - [`core::AgentCore`]: the sans-IO state machine. It connects to the configured endpoints
+//! - [`protocol::AgentCore`]: the sans-IO state machine. It connects to the configured endpoints
 //!   (the server or connection gateways) in order with exponential backoff and seeded
 //!   jitter ([`outpost_wire::backoff`]), negotiates the protocol version, syncs at once and then every
 //!   interval the server gives (clamped to 1 s..=24 h) or when the server pushes "sync now",
@@ -24,7 +24,7 @@
 //! ```
 //! use std::collections::BTreeMap;
 //! use std::time::{Duration, Instant};
-//! use outpost_agent::core::{Action, AgentCore, CoreConfig, Input};
+//! use outpost_agent::protocol::{Action, AgentCore, CoreConfig, Input};
 //! use outpost_agent::{AgentConfig, Endpoint};
 //! use outpost_wire::Message;
 //! use outpost_wire::messages::{HelloAck, SyncResponse};
@@ -52,7 +52,6 @@
 //! ```
 
 mod config;
-pub mod core;
 pub mod discovery;
 pub mod distribution;
 mod error;
@@ -61,6 +60,7 @@ mod error;
 pub mod fuzz;
 pub mod identity;
 pub mod overlay;
+pub mod protocol;
 pub mod push;
 pub mod renewal;
 mod runtime;
@@ -85,7 +85,7 @@ pub async fn run(
     let agent = Agent::start(config).await?;
     let mut status = agent.status.clone();
     tokio::pin!(shutdown);
-    let mut last = (core::Phase::Waiting, 0u64);
+    let mut last = (protocol::Phase::Waiting, 0u64);
     loop {
         tokio::select! {
             () = &mut shutdown => {

@@ -18,12 +18,12 @@ use tracing::Instrument;
 
 use crate::AgentError;
 use crate::config::AgentConfig;
-use crate::core::{Action, AgentCore, CoreConfig, CoreStatus, Input, LocalStatus, Notice};
 use crate::discovery::{self, DiscoveryHandle};
 use crate::distribution::DistributionStatus;
 use crate::distribution::plane::{self, Done, Plane};
 use crate::identity::{self, Connection};
 use crate::overlay;
+use crate::protocol::{Action, AgentCore, CoreConfig, CoreStatus, Input, LocalStatus, Notice};
 use crate::push::PushVerifier;
 use crate::renewal::{self, Clock, Renewal, RenewalStatus, Step, Validity};
 use crate::store::{SettingsStore, free_disk_bytes};
@@ -404,7 +404,8 @@ impl Driver {
     /// Whether the renewal schedule can act now: a reserve is asked for on a ready
     /// connection; a switch needs none.
     fn renewal_can_act(&self) -> bool {
-        self.renewal.reserve().is_some() || self.core.status().phase == crate::core::Phase::Ready
+        self.renewal.reserve().is_some()
+            || self.core.status().phase == crate::protocol::Phase::Ready
     }
 
     /// Carries out what the renewal schedule says at the clock's time.

@@ -90,7 +90,7 @@ pub async fn hello<T: AsyncRead + AsyncWrite + Unpin>(
     device_id: &str,
     timeout: Duration,
 ) -> Result<(), AgentError> {
-    send(conn, crate::core::hello(device_id)).await?;
+    send(conn, crate::protocol::hello(device_id)).await?;
     match next_within(conn, timeout, "HelloAck").await? {
         Message::HelloAck(a) if VersionRange::CURRENT.contains(a.version) => Ok(()),
         Message::HelloAck(a) => Err(protocol(format!(

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use outpost_agent::core::Phase;
+use outpost_agent::protocol::Phase;
 use outpost_agent::{Agent, AgentConfig, AgentError, Endpoint, discovery};
 use outpost_gateway::{
     ConnectorConfig, DeviceConnection, DeviceListener, DmzGatewayEntry, Gateway, GatewayConfig,

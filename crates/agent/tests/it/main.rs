@@ -1,8 +1,8 @@
 //! The integration tests, in one binary: each module was a test file of its own.
 
-mod core;
 mod distribution;
 mod loopback;
 mod overlay;
+mod protocol;
 mod renewal;
 mod republish;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use outpost_agent::core::{
+use outpost_agent::protocol::{
     Action, AgentCore, CoreConfig, Input, LocalStatus, NOTICES_KEPT, Notice, Phase,
 };
 use outpost_agent::{AgentConfig, Endpoint};

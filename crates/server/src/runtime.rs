@@ -539,6 +539,55 @@ async fn tick(
     }
 }
 
+/// The connector's configuration: the configured DMZ gateways, and those registered in any
+/// server's registry (dialled too).
+fn dialled_gateways(
+    config: &AdminServerConfig,
+    servers: &crate::VirtualServers,
+) -> ConnectorConfig {
+    let mut connector_config = config.connector.clone();
+    for t in servers.all() {
+        t.service().with_registry(|reg| {
+            for (id, g) in reg.gateways() {
+                if let crate::GatewayRegistration::Dmz { addr, dns_names } = g
+                    && let Some(name) = dns_names.first()
+                    && !connector_config.gateways.iter().any(|e| &e.id == id)
+                {
+                    connector_config.gateways.push(DmzGatewayEntry::new(
+                        id.clone(),
+                        *addr,
+                        name.clone(),
+                    ));
+                }
+            }
+        });
+    }
+    connector_config
+}
+
+/// The administration API on its own TLS configuration.
+async fn start_api(
+    api: &crate::ApiConfig,
+    api_tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    config: &AdminServerConfig,
+    base: &Path,
+    servers: &Arc<crate::VirtualServers>,
+    connector: &ServerConnector,
+) -> Result<crate::api::ApiHandle, ServerError> {
+    crate::api::start(
+        api,
+        api_tls,
+        crate::api::ApiParts {
+            servers: servers.clone(),
+            gateways: connector.gateways_up(),
+            gateway_control: connector.control(),
+            configured_gateways: config.connector.gateways.clone(),
+            import_dir: api.import_dir.as_ref().map(|d| base.join(d)),
+        },
+    )
+    .await
+}
+
 impl AdminServer {
     /// Loads the CA, opens the database (importing what older servers kept in files), binds
     /// the device port, starts dialling the DMZ gateways and serves every device. `sync`
@@ -646,45 +695,16 @@ impl AdminServer {
             tx.clone(),
         )
         .await?;
-        // Gateways registered in the registry are dialled too.
-        let mut connector_config = config.connector.clone();
-        for t in servers.all() {
-            t.service().with_registry(|reg| {
-                for (id, g) in reg.gateways() {
-                    if let crate::GatewayRegistration::Dmz { addr, dns_names } = g
-                        && let Some(name) = dns_names.first()
-                        && !connector_config.gateways.iter().any(|e| &e.id == id)
-                    {
-                        connector_config.gateways.push(DmzGatewayEntry::new(
-                            id.clone(),
-                            *addr,
-                            name.clone(),
-                        ));
-                    }
-                }
-            });
-        }
-        let connector = ServerConnector::start(connector_config, &tls, tx)?;
+        let connector = ServerConnector::start(dialled_gateways(&config, &servers), &tls, tx)?;
         let crl = CrlWatch::new(config.data_path(base));
         let gateways = GatewayWatch {
             up: connector.gateways_up(),
             seen: Default::default(),
         };
         let api = match (&config.api, api_tls) {
-            (Some(api), Some(api_tls)) => Some(
-                crate::api::start(
-                    api,
-                    api_tls,
-                    crate::api::ApiParts {
-                        servers: servers.clone(),
-                        gateways: connector.gateways_up(),
-                        gateway_control: connector.control(),
-                        configured_gateways: config.connector.gateways.clone(),
-                        import_dir: api.import_dir.as_ref().map(|d| base.join(d)),
-                    },
-                )
-                .await?,
-            ),
+            (Some(api), Some(api_tls)) => {
+                Some(start_api(api, api_tls, &config, base, &servers, &connector).await?)
+            }
             _ => None,
         };
         let ticker = tokio::spawn(tick(servers.clone(), sync_for_tick, crl, gateways));

@@ -116,19 +116,26 @@ fn parse_loss(v: &str) -> Result<f64, String> {
         .ok_or(format!("{v:?} not in [0, 1)"))
 }
 
+impl Opts {
+    /// The sender's settings at `rate_mbit` Mbit/s with these flags' symbol, block and margin.
+    fn sender_config(&self, rate_mbit: u64) -> SenderConfig {
+        let mut cfg = SenderConfig::default();
+        cfg.symbol_size = self.symbol;
+        cfg.block_symbols = self.block;
+        cfg.max_rate_bps = rate_mbit * 1_000_000;
+        cfg.burst_bytes = 1 << 20;
+        cfg.repair_margin = self.margin;
+        cfg
+    }
+}
+
 /// The flags, with what no one flag's range shows checked: the sender's configuration at
 /// each rate, and a block the receivers take.
 fn parse() -> Opts {
     let o = Opts::parse();
     let fail = |m: String| -> ! { Opts::command().error(ErrorKind::ValueValidation, m).exit() };
     for &rate in &o.rate_mbit {
-        let mut cfg = SenderConfig::default();
-        cfg.symbol_size = o.symbol;
-        cfg.block_symbols = o.block;
-        cfg.max_rate_bps = rate * 1_000_000;
-        cfg.burst_bytes = 1 << 20;
-        cfg.repair_margin = o.margin;
-        if let Err(e) = cfg.validate() {
+        if let Err(e) = o.sender_config(rate).validate() {
             fail(format!("--rate {rate}: {e}"));
         }
     }
@@ -379,12 +386,7 @@ async fn distribute(
         }));
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let mut cfg = SenderConfig::default();
-    cfg.symbol_size = o.symbol;
-    cfg.block_symbols = o.block;
-    cfg.max_rate_bps = rate_mbit * 1_000_000;
-    cfg.burst_bytes = 1 << 20;
-    cfg.repair_margin = o.margin;
+    let mut cfg = o.sender_config(rate_mbit);
     cfg.offload_encoding = !o.inline_blocks;
     // The sender ends once every receiver reported done (else it lingers a second).
     cfg.expect_receivers = n as u32;

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::files::{Fetcher, Sink};
 use crate::manifest::{Manifest, block_hash};
 use crate::packet::{DATA_HEADER_LEN, MAX_DATAGRAM};
-use crate::receiver::{BlockJob, Receiver, ReceiverEvent};
+use crate::receiver::{BlockJob, BlockResult, Receiver, ReceiverEvent};
 use crate::sender::{EncodeJob, Sender, SenderEvent, SenderStats};
 use drops::DropWatch;
 
@@ -653,53 +653,107 @@ pub async fn run_receiver(
     opts: &ReceiveOptions,
     mut progress: impl FnMut(&Receiver),
 ) -> Result<ReceiveOutcome> {
-    let mut rbuf = vec![0u8; MAX_DATAGRAM];
-    let mut rng = ChaCha8Rng::seed_from_u64(opts.loss_seed);
-    let loss = opts.inject_loss.clamp(0.0, 1.0);
-    let mut drops = 0u64;
-    let mut fetched = 0u32;
-    let mut resumed = 0u32;
-    let mut last_progress = Instant::now();
-    let mut head = [0u8; DATA_HEADER_LEN];
-    let mut worker = Worker::new("multicast-blocks", BlockJob::run);
-    let mut socket_drops = DropWatch::new(group_sock);
-    let mut finished_at: Option<Instant> = None;
+    let mut run = ReceiveLoop::new(group_sock, opts);
     loop {
-        // Before the datagrams: a poll among them is answered with the drops counted so far.
-        if let Some(n) = socket_drops.poll(Instant::now()) {
-            rx.note_socket_drops(n);
-        }
-        drain_receiver(group_sock, rx, &mut head, &mut rbuf, || {
-            let drop = loss > 0.0 && rng.random_bool(loss);
-            drops += u64::from(drop);
-            !drop
-        })?;
-        while let Some(r) = worker.try_result() {
-            rx.complete_job(r);
-        }
-        while let Some(job) = rx.poll_job() {
-            worker.submit(job)?;
-        }
+        run.read_group(group_sock, rx)?;
+        run.exchange_jobs(rx)?;
         let now = Instant::now();
         if rx.poll_timeout().is_some_and(|t| t <= now) {
             rx.handle_timeout(now);
         }
+        run.answer_events(rx, sink, fetcher, &mut progress).await?;
+        while let Some((to, p)) = rx.poll_transmit() {
+            send_retrying(control_sock, &p, to).await?;
+        }
+        if now >= run.last_progress + Duration::from_millis(250) {
+            run.last_progress = now;
+            progress(rx);
+        }
+        if run.finished(rx, now, opts.linger) {
+            progress(rx);
+            return run.outcome(rx);
+        }
+        run.wait(group_sock, rx, now).await?;
+    }
+}
+
+/// What [`run_receiver`] keeps from one turn of its loop to the next: the receive
+/// buffers, the injected loss, the block worker, the socket's drop count and the counts
+/// it reports.
+struct ReceiveLoop {
+    rbuf: Vec<u8>,
+    head: [u8; DATA_HEADER_LEN],
+    rng: ChaCha8Rng,
+    loss: f64,
+    drops: u64,
+    fetched: u32,
+    resumed: u32,
+    last_progress: Instant,
+    worker: Worker<BlockJob, BlockResult>,
+    socket_drops: DropWatch,
+    /// When the receiver was first seen finished.
+    finished_at: Option<Instant>,
+}
+
+impl ReceiveLoop {
+    /// Before the first turn: nothing read, counted or handed out yet; the injected loss
+    /// seeded from `opts`.
+    fn new(group_sock: &UdpSocket, opts: &ReceiveOptions) -> ReceiveLoop {
+        ReceiveLoop {
+            rbuf: vec![0u8; MAX_DATAGRAM],
+            head: [0u8; DATA_HEADER_LEN],
+            rng: ChaCha8Rng::seed_from_u64(opts.loss_seed),
+            loss: opts.inject_loss.clamp(0.0, 1.0),
+            drops: 0,
+            fetched: 0,
+            resumed: 0,
+            last_progress: Instant::now(),
+            worker: Worker::new("multicast-blocks", BlockJob::run),
+            socket_drops: DropWatch::new(group_sock),
+            finished_at: None,
+        }
+    }
+
+    /// Hands `rx` what is waiting on the group socket, less the injected loss.
+    fn read_group(&mut self, group_sock: &UdpSocket, rx: &mut Receiver) -> Result<()> {
+        // Before the datagrams: a poll among them is answered with the drops counted so far.
+        if let Some(n) = self.socket_drops.poll(Instant::now()) {
+            rx.note_socket_drops(n);
+        }
+        let loss = self.loss;
+        drain_receiver(group_sock, rx, &mut self.head, &mut self.rbuf, || {
+            let drop = loss > 0.0 && self.rng.random_bool(loss);
+            self.drops += u64::from(drop);
+            !drop
+        })
+    }
+
+    /// Hands `rx` the results of its block jobs that are back, and the worker its new jobs.
+    fn exchange_jobs(&mut self, rx: &mut Receiver) -> Result<()> {
+        while let Some(r) = self.worker.try_result() {
+            rx.complete_job(r);
+        }
+        while let Some(job) = rx.poll_job() {
+            self.worker.submit(job)?;
+        }
+        Ok(())
+    }
+
+    /// Carries out what `rx` asks for: opens the file and resumes the blocks already in
+    /// it once the manifest is in, writes verified blocks, fetches missing ones, and
+    /// checks, reports and commits the whole file at the end.
+    async fn answer_events(
+        &mut self,
+        rx: &mut Receiver,
+        sink: &mut dyn Sink,
+        fetcher: &mut dyn Fetcher,
+        progress: &mut impl FnMut(&Receiver),
+    ) -> Result<()> {
         while let Some(ev) = rx.poll_event() {
             match ev {
                 ReceiverEvent::ManifestAccepted(m) => {
                     sink.begin(&m)?;
-                    resumed += heavy(|| -> Result<u32> {
-                        let mut n = 0;
-                        for b in 0..m.block_count() {
-                            if let Some(d) = sink.stored_block(&m, b)?
-                                && block_hash(&d) == m.block_hashes[b as usize]
-                                && rx.offer_block(b, &d)?
-                            {
-                                n += 1;
-                            }
-                        }
-                        Ok(n)
-                    })?;
+                    self.resumed += heavy(|| offer_stored(rx, sink, &m))?;
                     // The session's start (and what was resumed) is a progress point.
                     progress(rx);
                 }
@@ -708,16 +762,7 @@ pub async fn run_receiver(
                     rx.recycle(data);
                 }
                 ReceiverEvent::FetchNeeded { blocks } => {
-                    let Some(m) = rx.manifest().cloned() else {
-                        continue;
-                    };
-                    for b in blocks {
-                        let data = fetcher.fetch_block(&m, b).await?;
-                        if rx.offer_block(b, &data)? {
-                            sink.write_block(m.block_offset(b), &data)?;
-                            fetched += 1;
-                        }
-                    }
+                    self.fetched += fetch_blocks(rx, sink, fetcher, blocks).await?;
                 }
                 ReceiverEvent::Complete { .. } => {
                     let h = heavy(|| sink.file_hash())?;
@@ -726,42 +771,87 @@ pub async fn run_receiver(
                 }
             }
         }
-        while let Some((to, p)) = rx.poll_transmit() {
-            send_retrying(control_sock, &p, to).await?;
+        Ok(())
+    }
+
+    /// Finished: committed and reported. The receiver stays while the session still
+    /// asks for it (a poll after a lost `Done` is answered), up to `linger`.
+    fn finished(&mut self, rx: &Receiver, now: Instant, linger: Duration) -> bool {
+        rx.is_finished() && {
+            let at = *self.finished_at.get_or_insert(now);
+            !rx.session_alive(now) || now >= at + linger
         }
-        if now >= last_progress + Duration::from_millis(250) {
-            last_progress = now;
-            progress(rx);
-        }
-        // Finished: committed and reported. The receiver stays while the session still
-        // asks for it (a poll after a lost `Done` is answered), up to `linger`.
-        let finished = rx.is_finished() && {
-            let at = *finished_at.get_or_insert(now);
-            !rx.session_alive(now) || now >= at + opts.linger
-        };
-        if finished {
-            progress(rx);
-            let manifest = rx
-                .manifest()
-                .cloned()
-                .ok_or_else(|| Error::invalid("finished without manifest", 0))?;
-            return Ok(ReceiveOutcome {
-                manifest,
-                fetched_blocks: fetched,
-                resumed_blocks: resumed,
-                injected_drops: drops,
-                socket_drops: socket_drops.during(),
-                stats: rx.stats().clone(),
-            });
-        }
+    }
+
+    /// What the run ended with.
+    fn outcome(&self, rx: &Receiver) -> Result<ReceiveOutcome> {
+        let manifest = rx
+            .manifest()
+            .cloned()
+            .ok_or_else(|| Error::invalid("finished without manifest", 0))?;
+        Ok(ReceiveOutcome {
+            manifest,
+            fetched_blocks: self.fetched,
+            resumed_blocks: self.resumed,
+            injected_drops: self.drops,
+            socket_drops: self.socket_drops.during(),
+            stats: rx.stats().clone(),
+        })
+    }
+
+    /// Waits for group data, a block job's result or `rx`'s next timer, at most 250 ms
+    /// from `now`.
+    async fn wait(
+        &mut self,
+        group_sock: &UdpSocket,
+        rx: &mut Receiver,
+        now: Instant,
+    ) -> Result<()> {
         let deadline = rx
             .poll_timeout()
             .unwrap_or(now + Duration::from_millis(250))
             .min(now + Duration::from_millis(250));
         tokio::select! {
             r = group_sock.readable() => r.map_err(|e| Error::io("wait for group data", e))?,
-            r = worker.next_result() => rx.complete_job(r?),
+            r = self.worker.next_result() => rx.complete_job(r?),
             _ = tokio::time::sleep_until(deadline.into()) => {}
         }
+        Ok(())
     }
+}
+
+/// Resuming: offers `rx` every block of `m` that `sink` already holds verified; returns
+/// how many it took.
+fn offer_stored(rx: &mut Receiver, sink: &mut dyn Sink, m: &Manifest) -> Result<u32> {
+    let mut n = 0;
+    for b in 0..m.block_count() {
+        if let Some(d) = sink.stored_block(m, b)?
+            && block_hash(&d) == m.block_hashes[b as usize]
+            && rx.offer_block(b, &d)?
+        {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Fetches `blocks` by unicast for `rx` and writes those it takes; returns how many.
+async fn fetch_blocks(
+    rx: &mut Receiver,
+    sink: &mut dyn Sink,
+    fetcher: &mut dyn Fetcher,
+    blocks: Vec<u32>,
+) -> Result<u32> {
+    let Some(m) = rx.manifest().cloned() else {
+        return Ok(0);
+    };
+    let mut fetched = 0;
+    for b in blocks {
+        let data = fetcher.fetch_block(&m, b).await?;
+        if rx.offer_block(b, &data)? {
+            sink.write_block(m.block_offset(b), &data)?;
+            fetched += 1;
+        }
+    }
+    Ok(fetched)
 }

@@ -462,8 +462,18 @@ impl Sender {
                 self.write_source(out)?;
                 Ok(self.sent(out.len()))
             }
-            Phase::Drain if repair_waiting => Ok(false),
-            Phase::Drain => self.write_drain_poll_or_end(now, out),
+            Phase::Drain => {
+                if repair_waiting || !self.drain_poll_due(now) {
+                    return Ok(false);
+                }
+                if self.drain_done(now) {
+                    self.queue_end();
+                    return self.poll_transmit(now, out);
+                }
+                self.drain_polls += 1;
+                self.write_poll(now, out);
+                Ok(self.sent(out.len()))
+            }
             Phase::Ending | Phase::Lingering(_) | Phase::Finished => Ok(false),
         }
     }
@@ -479,6 +489,7 @@ impl Sender {
     /// once every expected receiver reported. Meanwhile a round of the manifest goes out
     /// when a receiver asked for it, and the End now and then. Returns whether a datagram
     /// was written.
+    #[inline]
     fn write_lingering(&mut self, now: Instant, until: Instant, out: &mut Vec<u8>) -> bool {
         if now >= until || self.all_expected_done() {
             self.phase = Phase::Finished;
@@ -524,28 +535,23 @@ impl Sender {
         .encode(out);
     }
 
-    /// Draining, with no repair ready or waiting: once per poll interval a poll goes out
-    /// or, when the session is done, the End packets are queued and the first of them is
-    /// written.
-    fn write_drain_poll_or_end(&mut self, now: Instant, out: &mut Vec<u8>) -> Result<bool> {
-        let due = self
-            .last_poll
-            .is_none_or(|t| now >= t + Duration::from_millis(self.cfg.poll_interval_ms));
-        if !due {
-            return Ok(false);
+    /// Draining, with no repair ready or waiting: whether the next poll (or the End) is
+    /// due at `now`, one poll interval after the last poll.
+    #[inline]
+    fn drain_poll_due(&self, now: Instant) -> bool {
+        self.last_poll
+            .is_none_or(|t| now >= t + Duration::from_millis(self.cfg.poll_interval_ms))
+    }
+
+    /// The session is done: the End packets are queued (`end_copies` of them), to go out
+    /// first.
+    fn queue_end(&mut self) {
+        for _ in 0..self.cfg.end_copies {
+            let mut p = Vec::new();
+            self.write_end(&mut p);
+            self.control.push_back(p);
         }
-        if self.drain_done(now) {
-            for _ in 0..self.cfg.end_copies {
-                let mut p = Vec::new();
-                self.write_end(&mut p);
-                self.control.push_back(p);
-            }
-            self.phase = Phase::Ending;
-            return self.poll_transmit(now, out);
-        }
-        self.drain_polls += 1;
-        self.write_poll(now, out);
-        Ok(self.sent(out.len()))
+        self.phase = Phase::Ending;
     }
 
     /// At a drain poll due at `now`, counts the polls in a row that brought no NAK and

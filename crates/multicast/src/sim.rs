@@ -384,32 +384,34 @@ impl Network {
         id
     }
 
-    /// Puts datagram `id` on `link` at `now`: queues its deliveries (none when lost, two
-    /// when duplicated) and returns how many.
-    fn route(
+    /// The fate of a datagram put on `link` at `now` (see [`LinkState::fate`]).
+    fn fate(&mut self, link: &mut LinkState, now: Duration) -> Vec<Duration> {
+        link.fate(now, &mut self.rng)
+    }
+
+    /// Queues a delivery of datagram `id` for each delay of its `fate`, from `now`.
+    fn queue_deliveries(
         &mut self,
-        link: &mut LinkState,
+        fate: Vec<Duration>,
         now: Duration,
         id: u64,
         to: usize,
         from: usize,
-    ) -> usize {
-        let fate = link.fate(now, &mut self.rng);
-        for d in &fate {
+    ) {
+        for d in fate {
             self.queue.push(Reverse(Ev {
-                at: now + *d,
+                at: now + d,
                 seq: id,
                 to,
                 from,
             }));
         }
-        fate.len()
     }
 
-    /// Keeps the payload of datagram `id` until its `copies` deliveries are made.
-    fn hold(&mut self, id: u64, bytes: &[u8], copies: usize) {
+    /// Keeps the `payload` of datagram `id` until its `copies` deliveries are made.
+    fn hold(&mut self, id: u64, payload: Arc<[u8]>, copies: usize) {
         if copies > 0 {
-            self.payloads.insert(id, (Arc::from(bytes), copies));
+            self.payloads.insert(id, (payload, copies));
         }
     }
 
@@ -511,12 +513,10 @@ impl<'a> Sim<'a> {
             Box::new(source),
             base,
         )?;
-        let nodes = cfg
-            .links
-            .iter()
-            .enumerate()
-            .map(|(i, link)| Node::new(cfg, i, link, data.len()))
-            .collect();
+        let mut nodes = Vec::new();
+        for (i, link) in cfg.links.iter().enumerate() {
+            nodes.push(Node::new(cfg, i, link, data.len()));
+        }
         Ok(Sim {
             cfg,
             data,
@@ -603,14 +603,19 @@ impl<'a> Sim<'a> {
     /// over its link; hands out its encoder jobs and drops its events.
     fn send_from_sender(&mut self, t: Instant) -> Result<()> {
         while self.sender.poll_transmit(t, &mut self.buf)? {
+            // The payload before the fates, a reply's after its fate: the heap's layout, and
+            // with it the time a run takes (page faults), follows the order of allocations.
+            let payload: Arc<[u8]> = Arc::from(self.buf.as_slice());
             let id = self.net.next_id();
             let mut copies = 0;
             for (i, n) in self.nodes.iter_mut().enumerate() {
                 if n.rx.is_some() {
-                    copies += self.net.route(&mut n.link, self.now, id, i, SENDER);
+                    let fate = self.net.fate(&mut n.link, self.now);
+                    copies += fate.len();
+                    self.net.queue_deliveries(fate, self.now, id, i, SENDER);
                 }
             }
-            self.net.hold(id, &self.buf, copies);
+            self.net.hold(id, payload, copies);
         }
         while let Some(job) = self.sender.poll_job() {
             self.sender_jobs.push((self.now + self.cfg.job_delay, job));
@@ -630,8 +635,11 @@ impl<'a> Sim<'a> {
             let Some(rx) = n.rx.as_mut() else { continue };
             while let Some((_, bytes)) = rx.poll_transmit() {
                 let id = self.net.next_id();
-                let copies = self.net.route(&mut n.link, self.now, id, SENDER, i);
-                self.net.hold(id, &bytes, copies);
+                let fate = self.net.fate(&mut n.link, self.now);
+                if !fate.is_empty() {
+                    self.net.hold(id, Arc::from(bytes.as_slice()), fate.len());
+                }
+                self.net.queue_deliveries(fate, self.now, id, SENDER, i);
             }
         }
         Ok(())

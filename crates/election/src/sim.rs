@@ -300,68 +300,12 @@ impl Sim {
     pub fn new(cfg: SimConfig) -> Result<Self> {
         let mut rng = SplitMix64::new(cfg.seed);
         let groups = cfg.groups.max(1);
-        let mut edges = Vec::with_capacity(groups);
-        for i in 0..groups {
-            let parent = if i == 0 {
-                None
-            } else {
-                Some(GroupId(rng.below(i as u64) + 1))
-            };
-            edges.push(GroupEdge {
-                group: GroupId(i as u64 + 1),
-                parent,
-            });
-        }
-        let tree = GroupTree::from_edges(edges)?;
+        let tree = random_tree(&mut rng, groups)?;
         let mut engine = Election::new(cfg.election.clone(), tree)?;
         let scope_count = (cfg.dps / cfg.dps_per_scope.max(1)).max(1);
-        let domains = (scope_count / 10).max(1) as u64;
-        let mut scopes = Vec::with_capacity(scope_count);
-        for i in 0..scope_count {
-            let scope = match rng.below(10) {
-                0 => ScopeId::BroadcastDomain(BroadcastDomainId(i as u64)),
-                1 => ScopeId::NetworkLocation(LocationId(i as u64)),
-                _ => ScopeId::Group(GroupId(rng.below(groups as u64) + 1)),
-            };
-            if !scopes.contains(&scope) {
-                scopes.push(scope);
-            }
-        }
-        let mut nodes = Vec::with_capacity(cfg.dps);
-        for i in 0..cfg.dps {
-            let dp = DeviceId(1_000_000 + i as u64);
-            // Every scope gets at least one DP, the rest are spread at random.
-            let first = if i < scopes.len() {
-                scopes[i]
-            } else {
-                scopes[rng.index(scopes.len())]
-            };
-            engine.register(dp, first, Origin::Manual)?;
-            if rng.below(10) == 0 {
-                let second = scopes[rng.index(scopes.len())];
-                if second != first {
-                    engine.register(dp, second, Origin::Manual)?;
-                }
-            }
-            nodes.push(SimNode {
-                dp,
-                status: NodeStatus::Up,
-                free_disk_bytes: (5 + rng.below(56)) * GIB,
-                believed: RoleFence::new(),
-                last_heartbeat: None,
-            });
-        }
-        for i in 0..cfg.devices {
-            let d = DeviceId(i as u64 + 1);
-            let mut p = DevicePlacement::in_group(GroupId(rng.below(groups as u64) + 1));
-            if rng.below(10) == 0 {
-                p = p.with_location(LocationId(rng.below(scope_count as u64)));
-            }
-            if rng.below(2) == 0 {
-                p = p.with_broadcast_domain(BroadcastDomainId(rng.below(domains * 10)));
-            }
-            engine.place_device(d, p)?;
-        }
+        let scopes = random_scopes(&mut rng, scope_count, groups);
+        let nodes = register_dps(&mut engine, &mut rng, cfg.dps, &scopes)?;
+        place_devices(&mut engine, &mut rng, cfg.devices, groups, scope_count)?;
         Ok(Self {
             clock: VirtualClock::new(Instant::now()),
             rng,
@@ -430,9 +374,32 @@ impl Sim {
         self.clock.advance(tick);
         let now = self.clock.now();
         let at = self.clock.elapsed();
-        let c = self.cfg.clone();
         self.heard.clear();
-        if self.rng.chance(c.site_partition_per_million) && !self.scopes.is_empty() {
+        self.maybe_partition_a_site();
+        for i in 0..self.nodes.len() {
+            self.change_status(i);
+            self.change_disk(i);
+            if self.nodes[i].status == NodeStatus::Up
+                && !self.rng.chance(self.cfg.heartbeat_loss_per_million)
+            {
+                self.heartbeat(i, now, at);
+            }
+        }
+        self.maybe_switch_by_admin(now, at);
+        let round = self.engine.round(now);
+        self.report.low_disk_issues += round
+            .issues
+            .iter()
+            .filter(|i| matches!(i, IssueEvent::LowDiskRaised { .. }))
+            .count() as u64;
+        self.absorb(&round.decisions, &round.assignments, at);
+        self.check(now, at);
+        self.report.steps += 1;
+    }
+
+    /// By chance, every up DP of one random scope is cut off at once.
+    fn maybe_partition_a_site(&mut self) {
+        if self.rng.chance(self.cfg.site_partition_per_million) && !self.scopes.is_empty() {
             let scope = self.scopes[self.rng.index(self.scopes.len())];
             self.report.site_partitions += 1;
             for (dp, _) in self.engine.members(scope) {
@@ -445,88 +412,96 @@ impl Sim {
                 }
             }
         }
-        for i in 0..self.nodes.len() {
-            match self.nodes[i].status {
-                NodeStatus::Up => {
-                    if self.rng.chance(c.crash_per_million) {
-                        self.nodes[i].status = NodeStatus::Crashed;
-                        self.report.crashes += 1;
-                        self.node_failed(i);
-                    } else if self.rng.chance(c.partition_per_million) {
-                        self.nodes[i].status = NodeStatus::Partitioned;
-                        self.report.partitions += 1;
-                        self.node_failed(i);
-                    }
-                }
-                NodeStatus::Crashed => {
-                    if self.rng.chance(c.recover_per_million) {
-                        self.nodes[i].status = NodeStatus::Up;
-                        self.report.rejoins += 1;
-                    }
-                }
-                NodeStatus::Partitioned => {
-                    if self.rng.chance(c.heal_per_million) {
-                        self.nodes[i].status = NodeStatus::Up;
-                        self.report.rejoins += 1;
-                    }
+    }
+
+    /// By chance, node `i` crashes or is cut off (when up), or comes back (when crashed or
+    /// cut off).
+    fn change_status(&mut self, i: usize) {
+        match self.nodes[i].status {
+            NodeStatus::Up => {
+                if self.rng.chance(self.cfg.crash_per_million) {
+                    self.nodes[i].status = NodeStatus::Crashed;
+                    self.report.crashes += 1;
+                    self.node_failed(i);
+                } else if self.rng.chance(self.cfg.partition_per_million) {
+                    self.nodes[i].status = NodeStatus::Partitioned;
+                    self.report.partitions += 1;
+                    self.node_failed(i);
                 }
             }
-            if self.rng.chance(c.disk_fill_per_million) {
-                let fill = (1 + self.rng.below(8)) * GIB;
-                let n = &mut self.nodes[i];
-                n.free_disk_bytes = n.free_disk_bytes.saturating_sub(fill);
-                self.report.disk_fills += 1;
-            } else if self.rng.chance(c.disk_cleanup_per_million) {
-                self.nodes[i].free_disk_bytes = 40 * GIB;
+            NodeStatus::Crashed => {
+                if self.rng.chance(self.cfg.recover_per_million) {
+                    self.nodes[i].status = NodeStatus::Up;
+                    self.report.rejoins += 1;
+                }
             }
-            if self.nodes[i].status == NodeStatus::Up
-                && !self.rng.chance(c.heartbeat_loss_per_million)
-            {
-                let n = &self.nodes[i];
-                let facts = NodeFacts::new(n.free_disk_bytes)
-                    .with_uptime_secs(at.as_secs())
-                    .with_os(if n.dp.0.is_multiple_of(7) {
-                        OsClass::Workstation
-                    } else {
-                        OsClass::Server
-                    });
-                let dp = n.dp;
-                if self
-                    .engine
-                    .heartbeat(Heartbeat::new(dp, facts), now)
-                    .is_ok()
-                {
-                    self.nodes[i].last_heartbeat = Some(at);
-                    self.heard.push(i);
-                    // A node that is heard again is not failed any more.
-                    self.pending.retain(|(_, d), _| *d != dp);
-                    // The reply to a heartbeat carries the node's current roles.
-                    for scope in self.engine.scopes_of(dp) {
-                        if let Some(d) = self.engine.decision(scope)
-                            && let Some(addr) = self.engine.multicast_group(dp)
-                        {
-                            let outcome = self.nodes[i].believed.apply(&Assignment {
-                                dp,
-                                scope,
-                                role: role_in(&d, dp),
-                                epoch: d.epoch,
-                                multicast_group: addr,
-                            });
-                            if matches!(
-                                outcome,
-                                FenceOutcome::Accepted {
-                                    stepped_down: true,
-                                    ..
-                                }
-                            ) {
-                                self.report.stepped_down += 1;
-                            }
-                        }
-                    }
+            NodeStatus::Partitioned => {
+                if self.rng.chance(self.cfg.heal_per_million) {
+                    self.nodes[i].status = NodeStatus::Up;
+                    self.report.rejoins += 1;
                 }
             }
         }
-        if self.rng.chance(c.admin_switch_per_million) && !self.scopes.is_empty() {
+    }
+
+    /// By chance, node `i`'s disk fills by 1 to 8 GiB, or else is cleaned up.
+    fn change_disk(&mut self, i: usize) {
+        if self.rng.chance(self.cfg.disk_fill_per_million) {
+            let fill = (1 + self.rng.below(8)) * GIB;
+            let n = &mut self.nodes[i];
+            n.free_disk_bytes = n.free_disk_bytes.saturating_sub(fill);
+            self.report.disk_fills += 1;
+        } else if self.rng.chance(self.cfg.disk_cleanup_per_million) {
+            self.nodes[i].free_disk_bytes = 40 * GIB;
+        }
+    }
+
+    /// Node `i`'s heartbeat at `now` (`at` into the run). Once the engine takes it, the
+    /// node is heard, not failed any more, and learns its current roles from the reply.
+    fn heartbeat(&mut self, i: usize, now: Instant, at: Duration) {
+        let n = &self.nodes[i];
+        let facts = NodeFacts::new(n.free_disk_bytes)
+            .with_uptime_secs(at.as_secs())
+            .with_os(if n.dp.0.is_multiple_of(7) {
+                OsClass::Workstation
+            } else {
+                OsClass::Server
+            });
+        let dp = n.dp;
+        if self
+            .engine
+            .heartbeat(Heartbeat::new(dp, facts), now)
+            .is_err()
+        {
+            return;
+        }
+        self.nodes[i].last_heartbeat = Some(at);
+        self.heard.push(i);
+        // A node that is heard again is not failed any more.
+        self.pending.retain(|(_, d), _| *d != dp);
+        // The reply to a heartbeat carries the node's current roles.
+        for scope in self.engine.scopes_of(dp) {
+            if let Some(d) = self.engine.decision(scope)
+                && let Some(addr) = self.engine.multicast_group(dp)
+            {
+                self.tell(
+                    i,
+                    &Assignment {
+                        dp,
+                        scope,
+                        role: role_in(&d, dp),
+                        epoch: d.epoch,
+                        multicast_group: addr,
+                    },
+                );
+            }
+        }
+    }
+
+    /// By chance, the administrator makes a random standby of a random scope active
+    /// (at `now`, `at` into the run).
+    fn maybe_switch_by_admin(&mut self, now: Instant, at: Duration) {
+        if self.rng.chance(self.cfg.admin_switch_per_million) && !self.scopes.is_empty() {
             let scope = self.scopes[self.rng.index(self.scopes.len())];
             if let Some(d) = self.engine.decision(scope)
                 && !d.standbys.is_empty()
@@ -538,15 +513,21 @@ impl Sim {
                 }
             }
         }
-        let round = self.engine.round(now);
-        self.report.low_disk_issues += round
-            .issues
-            .iter()
-            .filter(|i| matches!(i, IssueEvent::LowDiskRaised { .. }))
-            .count() as u64;
-        self.absorb(&round.decisions, &round.assignments, at);
-        self.check(now, at);
-        self.report.steps += 1;
+    }
+
+    /// Node `i` takes role message `a` (its fence decides); one that tells a DP believing
+    /// itself active that it was replaced is counted.
+    fn tell(&mut self, i: usize, a: &Assignment) {
+        let outcome = self.nodes[i].believed.apply(a);
+        if matches!(
+            outcome,
+            FenceOutcome::Accepted {
+                stepped_down: true,
+                ..
+            }
+        ) {
+            self.report.stepped_down += 1;
+        }
     }
 
     fn absorb(&mut self, decisions: &[ScopeDecision], assignments: &[Assignment], at: Duration) {
@@ -593,22 +574,30 @@ impl Sim {
             if let Ok(i) = self.nodes.binary_search_by_key(&a.dp, |n| n.dp)
                 && self.nodes[i].status == NodeStatus::Up
             {
-                let outcome = self.nodes[i].believed.apply(a);
-                if matches!(
-                    outcome,
-                    FenceOutcome::Accepted {
-                        stepped_down: true,
-                        ..
-                    }
-                ) {
-                    self.report.stepped_down += 1;
-                }
+                self.tell(i, a);
             }
         }
     }
 
+    /// The invariant checks after a round (at `now`, `at` into the run): what is broken
+    /// goes into the report.
     fn check(&mut self, now: Instant, at: Duration) {
         let mut violations = Vec::new();
+        self.check_actives(now, at, &mut violations);
+        self.check_beliefs(&mut violations);
+        self.check_heard(&mut violations);
+        self.check_failovers(at, &mut violations);
+        // Nearest-DP answers name an active DP with its current epoch, and the one-pass
+        // table agrees with the per-device lookup.
+        if self.report.steps.is_multiple_of(10) {
+            self.check_serving(&mut violations);
+        }
+        self.report.violations.extend(violations);
+    }
+
+    /// Every scope with an eligible member has an active DP, and that DP is eligible (at
+    /// `now`, `at` into the run).
+    fn check_actives(&self, now: Instant, at: Duration, violations: &mut Vec<Violation>) {
         for &scope in &self.scopes {
             let members = self.engine.members(scope);
             let eligible = |dp: DpId| self.engine.eligibility(dp, now).is_ok_and(|r| r.is_ok());
@@ -621,7 +610,10 @@ impl Sim {
                 _ => {}
             }
         }
-        // Nodes' own view: at most one node believes it is active per (scope, epoch).
+    }
+
+    /// Nodes' own view: at most one node believes it is active per (scope, epoch).
+    fn check_beliefs(&self, violations: &mut Vec<Violation>) {
         let mut believers: BTreeMap<(ScopeId, u64), DpId> = BTreeMap::new();
         for n in &self.nodes {
             for (&scope, role, epoch) in n.believed.iter() {
@@ -639,8 +631,11 @@ impl Sim {
                 }
             }
         }
-        // Fencing: every node heard in this step knows its current role and epoch, i.e. the
-        // round's role messages covered every change.
+    }
+
+    /// Fencing: every node heard in this step knows its current role and epoch, i.e. the
+    /// round's role messages covered every change.
+    fn check_heard(&self, violations: &mut Vec<Violation>) {
         for &i in &self.heard {
             let n = &self.nodes[i];
             for scope in self.engine.scopes_of(n.dp) {
@@ -658,7 +653,11 @@ impl Sim {
                 }
             }
         }
-        // Failed actives must be gone by their deadline.
+    }
+
+    /// Failed actives must be gone by their deadline (`at` into the run): those replaced
+    /// are counted as failovers, those still active and not yet due stay pending.
+    fn check_failovers(&mut self, at: Duration, violations: &mut Vec<Violation>) {
         let pending = std::mem::take(&mut self.pending);
         for ((scope, dp), deadline) in pending {
             if self.engine.active(scope).map(|a| a.0) != Some(dp) {
@@ -673,20 +672,20 @@ impl Sim {
                 self.pending.insert((scope, dp), deadline);
             }
         }
-        // Nearest-DP answers name an active DP with its current epoch, and the one-pass
-        // table agrees with the per-device lookup.
-        if self.report.steps.is_multiple_of(10) {
-            let table = self.engine.serving_table();
-            for (d, s) in table {
-                let single = self.engine.serving(d).ok().flatten();
-                let consistent = single == s
-                    && s.is_none_or(|s| self.engine.active(s.scope) == Some((s.dp, s.epoch)));
-                if !consistent {
-                    violations.push(Violation::ServingMismatch { device: d });
-                }
+    }
+
+    /// Every device's serving DP from the one-pass table is the one the per-device lookup
+    /// names, and the active DP of its scope with its current epoch.
+    fn check_serving(&self, violations: &mut Vec<Violation>) {
+        let table = self.engine.serving_table();
+        for (d, s) in table {
+            let single = self.engine.serving(d).ok().flatten();
+            let consistent = single == s
+                && s.is_none_or(|s| self.engine.active(s.scope) == Some((s.dp, s.epoch)));
+            if !consistent {
+                violations.push(Violation::ServingMismatch { device: d });
             }
         }
-        self.report.violations.extend(violations);
     }
 }
 
@@ -698,4 +697,98 @@ fn role_in(d: &ScopeDecision, dp: DpId) -> DpRole {
     } else {
         DpRole::Inactive
     }
+}
+
+/// A random tree of `groups` groups (ids from 1), each below one of the groups before it.
+fn random_tree(rng: &mut SplitMix64, groups: usize) -> Result<GroupTree> {
+    let mut edges = Vec::with_capacity(groups);
+    for i in 0..groups {
+        let parent = if i == 0 {
+            None
+        } else {
+            Some(GroupId(rng.below(i as u64) + 1))
+        };
+        edges.push(GroupEdge {
+            group: GroupId(i as u64 + 1),
+            parent,
+        });
+    }
+    GroupTree::from_edges(edges)
+}
+
+/// Up to `count` distinct scopes: mostly groups' (of `groups`), one in ten a broadcast
+/// domain's, one in ten a network location's.
+fn random_scopes(rng: &mut SplitMix64, count: usize, groups: usize) -> Vec<ScopeId> {
+    let mut scopes = Vec::with_capacity(count);
+    for i in 0..count {
+        let scope = match rng.below(10) {
+            0 => ScopeId::BroadcastDomain(BroadcastDomainId(i as u64)),
+            1 => ScopeId::NetworkLocation(LocationId(i as u64)),
+            _ => ScopeId::Group(GroupId(rng.below(groups as u64) + 1)),
+        };
+        if !scopes.contains(&scope) {
+            scopes.push(scope);
+        }
+    }
+    scopes
+}
+
+/// Registers `dps` DPs in `scopes` (every scope gets one, the rest go at random, one in
+/// ten in a second scope too) and returns their simulated nodes, up, with 5 to 60 GiB
+/// free.
+fn register_dps(
+    engine: &mut Election,
+    rng: &mut SplitMix64,
+    dps: usize,
+    scopes: &[ScopeId],
+) -> Result<Vec<SimNode>> {
+    let mut nodes = Vec::with_capacity(dps);
+    for i in 0..dps {
+        let dp = DeviceId(1_000_000 + i as u64);
+        // Every scope gets at least one DP, the rest are spread at random.
+        let first = if i < scopes.len() {
+            scopes[i]
+        } else {
+            scopes[rng.index(scopes.len())]
+        };
+        engine.register(dp, first, Origin::Manual)?;
+        if rng.below(10) == 0 {
+            let second = scopes[rng.index(scopes.len())];
+            if second != first {
+                engine.register(dp, second, Origin::Manual)?;
+            }
+        }
+        nodes.push(SimNode {
+            dp,
+            status: NodeStatus::Up,
+            free_disk_bytes: (5 + rng.below(56)) * GIB,
+            believed: RoleFence::new(),
+            last_heartbeat: None,
+        });
+    }
+    Ok(nodes)
+}
+
+/// Places `devices` devices in random groups (of `groups`), one in ten at a network
+/// location too (of `scope_count`), one in two in a broadcast domain.
+fn place_devices(
+    engine: &mut Election,
+    rng: &mut SplitMix64,
+    devices: usize,
+    groups: usize,
+    scope_count: usize,
+) -> Result<()> {
+    let domains = (scope_count / 10).max(1) as u64;
+    for i in 0..devices {
+        let d = DeviceId(i as u64 + 1);
+        let mut p = DevicePlacement::in_group(GroupId(rng.below(groups as u64) + 1));
+        if rng.below(10) == 0 {
+            p = p.with_location(LocationId(rng.below(scope_count as u64)));
+        }
+        if rng.below(2) == 0 {
+            p = p.with_broadcast_domain(BroadcastDomainId(rng.below(domains * 10)));
+        }
+        engine.place_device(d, p)?;
+    }
+    Ok(())
 }

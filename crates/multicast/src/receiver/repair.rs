@@ -5,6 +5,10 @@
 use super::*;
 
 impl Receiver {
+    /// Answers the sender's poll `poll` (blocks sent: before `upto`; its sequence number:
+    /// `high_seq`): the `Done` again once finished; otherwise the loss is counted, a load
+    /// report goes out at once when falling behind, and a NAK for what is missing is
+    /// scheduled after a random back-off (or withheld from a receiver losing too much).
     pub(super) fn handle_poll(
         &mut self,
         now: Instant,
@@ -24,34 +28,13 @@ impl Receiver {
         if a.finished {
             // Still polled after reporting: the report may have been lost, so it goes again
             // (one small datagram per poll, only to the sender that polls).
-            let mut out = Vec::new();
-            Packet::Done {
-                session: a.manifest.session_id,
-                file_hash: a.manifest.file_hash,
-            }
-            .encode(&mut out);
-            self.transmit.push_back((from, out));
+            self.transmit.push_back((from, a.done_report()));
             return;
         }
         if a.complete || a.ended {
             return;
         }
-        // Loss seen since the last report, from the sender's sequence numbers.
-        a.high_seq = a.high_seq.max(high_seq);
-        let expected = a.high_seq.saturating_sub(a.report_seq);
-        let loss_permille = if expected == 0 {
-            0
-        } else {
-            let got = a.received_since.min(expected);
-            ((expected - got) * 1000 / expected) as u16
-        };
-        a.report_seq = a.high_seq;
-        a.total_expected += expected;
-        a.total_received += a.received_since.min(expected);
-        a.received_since = 0;
-        let total_loss_permille = ((a.total_expected - a.total_received) * 1000)
-            .checked_div(a.total_expected)
-            .unwrap_or(0);
+        let (loss_permille, total_loss_permille) = a.count_loss(high_seq);
         // Blocks that went by before this receiver joined are fetched by unicast, and so is
         // everything for a receiver losing more than the configured share: repair sized for
         // it would cost every other receiver.
@@ -75,61 +58,15 @@ impl Receiver {
         let dropped = self
             .socket_drops
             .map_or(0, |(total, reported)| total - reported);
-        let backlog = self.cfg.backlog_report_blocks;
-        if (dropped > 0 || (backlog > 0 && a.jobs_out >= backlog))
-            && let Some(to) = a.sender
-        {
-            let mut out = Vec::new();
-            Packet::Load {
-                session: a.manifest.session_id,
-                poll,
-                jobs: a.jobs_out,
-                dropped: u32::try_from(dropped).unwrap_or(u32::MAX),
-            }
-            .encode(&mut out);
-            self.transmit.push_back((to, out));
+        if let Some(report) = a.load_report(poll, dropped, self.cfg.backlog_report_blocks) {
+            self.transmit.push_back(report);
             self.stats.load_reports += 1;
             if let Some((total, reported)) = self.socket_drops.as_mut() {
                 *reported = *total;
             }
         }
-        let max_entries =
-            (usize::from(a.manifest.symbol_size) / 8).clamp(16, crate::packet::MAX_ENTRIES);
-        let mut entries = Vec::new();
-        for b in join..upto.min(a.manifest.block_count()) {
-            if entries.len() >= max_entries {
-                break;
-            }
-            let have = match a.state[b as usize] {
-                // A block whose job is out holds at least K symbols already.
-                BlockState::Done | BlockState::Working => continue,
-                BlockState::Missing => 0,
-                BlockState::Partial => a
-                    .partial
-                    .get(&b)
-                    .map_or(0, |p| p.sources + p.repairs.len() as u32),
-            };
-            let k = a.manifest.symbols_in_block(b);
-            entries.push(BlockCount {
-                block: b,
-                count: k.saturating_sub(have).max(1),
-            });
-        }
-        // A newer poll replaces a NAK not yet sent, but never postpones it.
-        let due = a
-            .pending_nak
-            .as_ref()
-            .map_or(now + delay, |p| p.due.min(now + delay));
-        a.pending_nak = if entries.is_empty() {
-            None
-        } else {
-            Some(PendingNak {
-                poll,
-                due,
-                entries,
-                loss_permille,
-            })
-        };
+        let entries = a.missing_entries(join, upto);
+        a.schedule_nak(now + delay, poll, entries, loss_permille);
     }
 
     pub(super) fn handle_ncf(&mut self, poll: u32, confirmed: &[BlockCount]) {
@@ -149,5 +86,110 @@ impl Receiver {
             a.pending_nak = None;
             self.stats.naks_suppressed += 1;
         }
+    }
+}
+
+impl Active {
+    /// The report that the file is complete and checked.
+    fn done_report(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        Packet::Done {
+            session: self.manifest.session_id,
+            file_hash: self.manifest.file_hash,
+        }
+        .encode(&mut out);
+        out
+    }
+
+    /// Loss seen from the sender's sequence numbers up to `high_seq`, per mille: since the
+    /// last report, and since this receiver joined. The next report counts from here.
+    #[inline]
+    fn count_loss(&mut self, high_seq: u64) -> (u16, u64) {
+        self.high_seq = self.high_seq.max(high_seq);
+        let expected = self.high_seq.saturating_sub(self.report_seq);
+        let loss_permille = if expected == 0 {
+            0
+        } else {
+            let got = self.received_since.min(expected);
+            ((expected - got) * 1000 / expected) as u16
+        };
+        self.report_seq = self.high_seq;
+        self.total_expected += expected;
+        self.total_received += self.received_since.min(expected);
+        self.received_since = 0;
+        let total_loss_permille = ((self.total_expected - self.total_received) * 1000)
+            .checked_div(self.total_expected)
+            .unwrap_or(0);
+        (loss_permille, total_loss_permille)
+    }
+
+    /// A load report answering `poll`, for the sender, when the socket `dropped`
+    /// datagrams since the last one or `backlog` block jobs or more are out (`backlog`
+    /// 0: never for jobs).
+    fn load_report(&self, poll: u32, dropped: u64, backlog: u32) -> Option<(SocketAddr, Vec<u8>)> {
+        if dropped == 0 && (backlog == 0 || self.jobs_out < backlog) {
+            return None;
+        }
+        let to = self.sender?;
+        let mut out = Vec::new();
+        Packet::Load {
+            session: self.manifest.session_id,
+            poll,
+            jobs: self.jobs_out,
+            dropped: u32::try_from(dropped).unwrap_or(u32::MAX),
+        }
+        .encode(&mut out);
+        Some((to, out))
+    }
+
+    /// What a NAK asks for: the symbols still missing of each block from `join` to
+    /// before `upto` that is not done (nor being checked), as many blocks as one NAK
+    /// holds.
+    fn missing_entries(&self, join: u32, upto: u32) -> Vec<BlockCount> {
+        let max_entries =
+            (usize::from(self.manifest.symbol_size) / 8).clamp(16, crate::packet::MAX_ENTRIES);
+        let mut entries = Vec::new();
+        for b in join..upto.min(self.manifest.block_count()) {
+            if entries.len() >= max_entries {
+                break;
+            }
+            let have = match self.state[b as usize] {
+                // A block whose job is out holds at least K symbols already.
+                BlockState::Done | BlockState::Working => continue,
+                BlockState::Missing => 0,
+                BlockState::Partial => self
+                    .partial
+                    .get(&b)
+                    .map_or(0, |p| p.sources + p.repairs.len() as u32),
+            };
+            let k = self.manifest.symbols_in_block(b);
+            entries.push(BlockCount {
+                block: b,
+                count: k.saturating_sub(have).max(1),
+            });
+        }
+        entries
+    }
+
+    /// The NAK answering `poll` goes out at `due` (none when nothing is missing). A newer
+    /// poll replaces a NAK not yet sent, but never postpones it.
+    fn schedule_nak(
+        &mut self,
+        due: Instant,
+        poll: u32,
+        entries: Vec<BlockCount>,
+        loss_permille: u16,
+    ) {
+        let due = self.pending_nak.as_ref().map_or(due, |p| p.due.min(due));
+        self.pending_nak = if entries.is_empty() {
+            None
+        } else {
+            Some(PendingNak {
+                poll,
+                due,
+                entries,
+                loss_permille,
+            })
+        };
     }
 }

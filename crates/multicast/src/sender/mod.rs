@@ -426,50 +426,18 @@ impl Sender {
             return Ok(self.sent(out.len()));
         }
         if self.phase == Phase::Ending {
-            let linger = Duration::from_millis(self.cfg.done_linger_ms);
-            self.phase = Phase::Lingering(now + linger);
-            self.next_linger_end = now + LINGER_END_INTERVAL;
+            self.start_lingering(now);
         }
         if let Phase::Lingering(until) = self.phase {
-            if now >= until || self.all_expected_done() {
-                self.phase = Phase::Finished;
-                self.events.push_back(SenderEvent::Finished);
-                return Ok(false);
-            }
-            if self.linger_announce && self.bucket.has(self.data_len()) {
-                out.extend_from_slice(&self.announce[self.announce_pos]);
-                self.announce_pos += 1;
-                if self.announce_pos == self.announce.len() {
-                    self.announce_pos = 0;
-                    self.linger_announce = false;
-                }
-                self.stats.announce_packets += 1;
-                return Ok(self.sent(out.len()));
-            }
-            // The End again now and then: a receiver that heard nothing of the session
-            // (a burst of loss covering it) learns of it and asks for the manifest.
-            if now >= self.next_linger_end {
-                self.next_linger_end = now + LINGER_END_INTERVAL;
-                Packet::End {
-                    session: self.manifest.session_id,
-                    high_seq: self.seq,
-                }
-                .encode(out);
-                return Ok(self.sent(out.len()));
-            }
-            return Ok(false);
+            return Ok(self.write_lingering(now, until, out));
         }
         if !self.bucket.has(self.data_len()) {
             return Ok(false);
         }
         if now >= self.next_announce {
-            out.extend_from_slice(&self.announce[self.announce_pos]);
-            self.announce_pos += 1;
-            if self.announce_pos == self.announce.len() {
-                self.announce_pos = 0;
+            if self.write_announce_piece(out) {
                 self.next_announce = now + self.announce_every;
             }
-            self.stats.announce_packets += 1;
             return Ok(self.sent(out.len()));
         }
         if let Some(pos) = self.ready_repair() {
@@ -495,43 +463,11 @@ impl Sender {
                 Ok(self.sent(out.len()))
             }
             Phase::Drain => {
-                if repair_waiting {
+                if repair_waiting || !self.drain_poll_due(now) {
                     return Ok(false);
                 }
-                let due = self
-                    .last_poll
-                    .is_none_or(|t| now >= t + Duration::from_millis(self.cfg.poll_interval_ms));
-                if !due {
-                    return Ok(false);
-                }
-                if self.naks_since_poll == 0 {
-                    self.quiet += 1;
-                } else {
-                    self.quiet = 0;
-                }
-                // Expecting receivers that have not reported, the session goes on (polls
-                // and repair) until they do or the expectation's deadline passes.
-                let since = *self.drain_since.get_or_insert(now);
-                let waiting = self.cfg.expect_receivers > 0
-                    && now < since + Duration::from_millis(self.cfg.expect_timeout_ms);
-                let done = if waiting {
-                    self.all_expected_done()
-                } else {
-                    self.quiet >= self.cfg.quiet_polls
-                        || self.drain_polls >= self.cfg.max_drain_polls
-                        || self.all_expected_done()
-                };
-                if done {
-                    for _ in 0..self.cfg.end_copies {
-                        let mut p = Vec::new();
-                        Packet::End {
-                            session: self.manifest.session_id,
-                            high_seq: self.seq,
-                        }
-                        .encode(&mut p);
-                        self.control.push_back(p);
-                    }
-                    self.phase = Phase::Ending;
+                if self.drain_done(now) {
+                    self.queue_end();
                     return self.poll_transmit(now, out);
                 }
                 self.drain_polls += 1;
@@ -539,6 +475,105 @@ impl Sender {
                 Ok(self.sent(out.len()))
             }
             Phase::Ending | Phase::Lingering(_) | Phase::Finished => Ok(false),
+        }
+    }
+
+    /// The End packets are out: the sender lingers for `done_linger_ms` from `now`.
+    fn start_lingering(&mut self, now: Instant) {
+        let linger = Duration::from_millis(self.cfg.done_linger_ms);
+        self.phase = Phase::Lingering(now + linger);
+        self.next_linger_end = now + LINGER_END_INTERVAL;
+    }
+
+    /// Lingering until `until`, collecting `Done` reports: the session finishes then, or
+    /// once every expected receiver reported. Meanwhile a round of the manifest goes out
+    /// when a receiver asked for it, and the End now and then. Returns whether a datagram
+    /// was written.
+    #[inline]
+    fn write_lingering(&mut self, now: Instant, until: Instant, out: &mut Vec<u8>) -> bool {
+        if now >= until || self.all_expected_done() {
+            self.phase = Phase::Finished;
+            self.events.push_back(SenderEvent::Finished);
+            return false;
+        }
+        if self.linger_announce && self.bucket.has(self.data_len()) {
+            if self.write_announce_piece(out) {
+                self.linger_announce = false;
+            }
+            return self.sent(out.len());
+        }
+        // The End again now and then: a receiver that heard nothing of the session
+        // (a burst of loss covering it) learns of it and asks for the manifest.
+        if now >= self.next_linger_end {
+            self.next_linger_end = now + LINGER_END_INTERVAL;
+            self.write_end(out);
+            return self.sent(out.len());
+        }
+        false
+    }
+
+    /// Writes the next piece of the manifest into `out`. Returns whether it was the last
+    /// of the round (the next round starts from the first piece).
+    #[inline]
+    fn write_announce_piece(&mut self, out: &mut Vec<u8>) -> bool {
+        out.extend_from_slice(&self.announce[self.announce_pos]);
+        self.announce_pos += 1;
+        self.stats.announce_packets += 1;
+        let last = self.announce_pos == self.announce.len();
+        if last {
+            self.announce_pos = 0;
+        }
+        last
+    }
+
+    /// Writes the End of the session into `out`.
+    fn write_end(&self, out: &mut Vec<u8>) {
+        Packet::End {
+            session: self.manifest.session_id,
+            high_seq: self.seq,
+        }
+        .encode(out);
+    }
+
+    /// Draining, with no repair ready or waiting: whether the next poll (or the End) is
+    /// due at `now`, one poll interval after the last poll.
+    #[inline]
+    fn drain_poll_due(&self, now: Instant) -> bool {
+        self.last_poll
+            .is_none_or(|t| now >= t + Duration::from_millis(self.cfg.poll_interval_ms))
+    }
+
+    /// The session is done: the End packets are queued (`end_copies` of them), to go out
+    /// first.
+    fn queue_end(&mut self) {
+        for _ in 0..self.cfg.end_copies {
+            let mut p = Vec::new();
+            self.write_end(&mut p);
+            self.control.push_back(p);
+        }
+        self.phase = Phase::Ending;
+    }
+
+    /// At a drain poll due at `now`, counts the polls in a row that brought no NAK and
+    /// tells whether the session is done: every expected receiver reported or, when none
+    /// is expected or their deadline passed, enough quiet polls or the most drain polls.
+    fn drain_done(&mut self, now: Instant) -> bool {
+        if self.naks_since_poll == 0 {
+            self.quiet += 1;
+        } else {
+            self.quiet = 0;
+        }
+        // Expecting receivers that have not reported, the session goes on (polls
+        // and repair) until they do or the expectation's deadline passes.
+        let since = *self.drain_since.get_or_insert(now);
+        let waiting = self.cfg.expect_receivers > 0
+            && now < since + Duration::from_millis(self.cfg.expect_timeout_ms);
+        if waiting {
+            self.all_expected_done()
+        } else {
+            self.quiet >= self.cfg.quiet_polls
+                || self.drain_polls >= self.cfg.max_drain_polls
+                || self.all_expected_done()
         }
     }
 
@@ -833,19 +868,7 @@ impl Sender {
             self.naks_since_poll += 1;
         }
         if entries.is_empty() {
-            // A receiver lacks (part of) the manifest: one more round, at most once per poll
-            // interval. While lingering too: a receiver that missed the manifest for the
-            // whole session then fetches the blocks by unicast.
-            let hold = Duration::from_millis(self.cfg.poll_interval_ms);
-            if self.last_reannounce.is_none_or(|t| now >= t + hold) {
-                self.last_reannounce = Some(now);
-                self.announce_pos = 0;
-                if lingering {
-                    self.linger_announce = true;
-                } else {
-                    self.next_announce = now;
-                }
-            }
+            self.reannounce(now, lingering);
             return;
         }
         // Repair sent after the poll was not counted by the NAK's sender: it is on its way,
@@ -858,38 +881,8 @@ impl Sender {
         let oldest_high = self.poll_high.front().map_or(0, |(_, h)| *h);
         let mut confirmed = Vec::with_capacity(entries.len());
         for e in entries {
-            if e.block >= self.next_block || e.count == 0 {
-                self.stats.bad_nak_entries += 1;
-                continue;
-            }
-            let k = self.manifest.symbols_in_block(e.block);
-            let missing = e.count.min(k);
-            let inflate = (u64::from(missing) * u64::from(loss_permille)).div_ceil(1000) as u32;
-            let cap =
-                (u64::from(k) * u64::from(self.cfg.max_repair_permille)).div_ceil(1000) as u32;
-            let want = (missing + inflate + self.cfg.repair_margin).min(cap.max(1));
-            let st = &mut self.blocks[e.block as usize];
-            if poll < st.plan_poll {
-                continue;
-            }
-            let extra = if poll == st.plan_poll {
-                let extra = want.saturating_sub(st.plan_count);
-                st.plan_count = st.plan_count.max(want);
-                extra
-            } else {
-                // A poll carries the sequence number the next data packet gets.
-                st.sent_seqs.retain(|s| *s >= oldest_high);
-                let unseen = st.sent_seqs.iter().filter(|s| **s >= poll_high).count() as u32;
-                st.plan_poll = poll;
-                st.plan_count = want;
-                want.saturating_sub(st.pending.saturating_add(unseen))
-            };
-            confirmed.push(BlockCount {
-                block: e.block,
-                count: st.plan_count,
-            });
-            if extra > 0 {
-                self.add_repair(e.block, extra);
+            if let Some(c) = self.plan_repair(e, poll, poll_high, oldest_high, loss_permille) {
+                confirmed.push(c);
             }
         }
         if !confirmed.is_empty() {
@@ -907,5 +900,73 @@ impl Sender {
         } else {
             self.loss_at_cut = None;
         }
+    }
+
+    /// A receiver lacks (part of) the manifest: one more round, at most once per poll
+    /// interval. While lingering too: a receiver that missed the manifest for the whole
+    /// session then fetches the blocks by unicast.
+    fn reannounce(&mut self, now: Instant, lingering: bool) {
+        let hold = Duration::from_millis(self.cfg.poll_interval_ms);
+        if self.last_reannounce.is_none_or(|t| now >= t + hold) {
+            self.last_reannounce = Some(now);
+            self.announce_pos = 0;
+            if lingering {
+                self.linger_announce = true;
+            } else {
+                self.next_announce = now;
+            }
+        }
+    }
+
+    /// Plans the repair of one NAK entry answering `poll` with `loss_permille`: the symbols
+    /// missing, inflated by the loss and the margin, capped at `max_repair_permille`. A
+    /// later NAK for the same poll adds what it wants beyond the plan; the first for a
+    /// newer poll replaces the plan, less the repair still pending and the repair sent
+    /// since the poll (`poll_high`: the poll's `high_seq`; `oldest_high`: the oldest
+    /// tracked poll's, before which sent repair is forgotten). Returns the block's planned
+    /// count to confirm, or `None` for an entry out of range or answering a poll older
+    /// than the plan's.
+    #[inline]
+    fn plan_repair(
+        &mut self,
+        e: &BlockCount,
+        poll: u32,
+        poll_high: u64,
+        oldest_high: u64,
+        loss_permille: u16,
+    ) -> Option<BlockCount> {
+        if e.block >= self.next_block || e.count == 0 {
+            self.stats.bad_nak_entries += 1;
+            return None;
+        }
+        let k = self.manifest.symbols_in_block(e.block);
+        let missing = e.count.min(k);
+        let inflate = (u64::from(missing) * u64::from(loss_permille)).div_ceil(1000) as u32;
+        let cap = (u64::from(k) * u64::from(self.cfg.max_repair_permille)).div_ceil(1000) as u32;
+        let want = (missing + inflate + self.cfg.repair_margin).min(cap.max(1));
+        let st = &mut self.blocks[e.block as usize];
+        if poll < st.plan_poll {
+            return None;
+        }
+        let extra = if poll == st.plan_poll {
+            let extra = want.saturating_sub(st.plan_count);
+            st.plan_count = st.plan_count.max(want);
+            extra
+        } else {
+            // A poll carries the sequence number the next data packet gets.
+            st.sent_seqs.retain(|s| *s >= oldest_high);
+            let unseen = st.sent_seqs.iter().filter(|s| **s >= poll_high).count() as u32;
+            st.plan_poll = poll;
+            st.plan_count = want;
+            want.saturating_sub(st.pending.saturating_add(unseen))
+        };
+        let confirmed = BlockCount {
+            block: e.block,
+            count: st.plan_count,
+        };
+        if extra > 0 {
+            self.add_repair(e.block, extra);
+        }
+        Some(confirmed)
     }
 }

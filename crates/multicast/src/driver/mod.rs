@@ -1,6 +1,10 @@
 //! Thin tokio driver: socket2 sockets for the group, the send and receive loops that run
 //! the sans-IO cores over them, the worker threads for FEC and hashing, and the kernel's
-//! drop counters. The files at both ends are in [`crate::files`].
+//! drop counters (in `drops`). The files at both ends are in [`crate::files`].
+
+mod drops;
+
+pub use drops::socket_drops;
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -16,8 +20,9 @@ use crate::error::{Error, Result};
 use crate::files::{Fetcher, Sink};
 use crate::manifest::{Manifest, block_hash};
 use crate::packet::{DATA_HEADER_LEN, MAX_DATAGRAM};
-use crate::receiver::{BlockJob, Receiver, ReceiverEvent};
+use crate::receiver::{BlockJob, BlockResult, Receiver, ReceiverEvent};
 use crate::sender::{EncodeJob, Sender, SenderEvent, SenderStats};
+use drops::DropWatch;
 
 /// Socket settings for one group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -492,145 +497,6 @@ fn drain_receiver(
     })
 }
 
-/// The kernel's count of datagrams this UDP socket dropped for want of receive-buffer
-/// room since it was opened: on Linux the `drops` column of `/proc/net/udp` (or `udp6`),
-/// found by the socket's inode. `None` elsewhere, or when the table cannot be read (no
-/// `/proc`). One call reads the whole table: some tens of microseconds.
-pub fn socket_drops(socket: &UdpSocket) -> Option<u64> {
-    #[cfg(target_os = "linux")]
-    {
-        let (slot, inode) = socket_id(socket)?;
-        udp_table_all_drops(&std::fs::read_to_string(UDP_TABLES[slot]).ok()?)
-            .get(&inode)
-            .copied()
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = socket;
-        None
-    }
-}
-
-/// The kernel's UDP tables, IPv4 then IPv6.
-#[cfg(target_os = "linux")]
-const UDP_TABLES: [&str; 2] = ["/proc/net/udp", "/proc/net/udp6"];
-
-/// Which of [`UDP_TABLES`] lists `socket` (0 for IPv4, 1 for IPv6), and its inode there.
-#[cfg(target_os = "linux")]
-fn socket_id(socket: &UdpSocket) -> Option<(usize, u64)> {
-    let slot = usize::from(socket.local_addr().ok()?.is_ipv6());
-    Some((slot, rustix::fs::fstat(socket).ok()?.st_ino))
-}
-
-/// The kernel's UDP tables as last read, shared by every receiver of the process: one
-/// read gives the drop counts of all sockets, and a process running many receivers (a
-/// test bed, a simulation of a fleet) would otherwise read the table once per receiver,
-/// each read as long as the table.
-#[cfg(target_os = "linux")]
-struct DropTable {
-    read_at: Option<Instant>,
-    every: Duration,
-    drops: std::collections::HashMap<u64, u64>,
-}
-
-#[cfg(target_os = "linux")]
-static DROP_TABLES: std::sync::Mutex<[Option<DropTable>; 2]> = std::sync::Mutex::new([None, None]);
-
-/// A socket's drop count through the process-wide [`DropTable`]s (`slot` 0 for IPv4,
-/// 1 for IPv6), each read again at most every `SOCKET_DROPS_EVERY`, or less often (up to
-/// `SOCKET_DROPS_SLOWEST`) when the table is so long that reading it would take more than
-/// 1% of a core. A table that cannot be read is tried again after `SOCKET_DROPS_SLOWEST`.
-#[cfg(target_os = "linux")]
-fn shared_socket_drops(slot: usize, inode: u64, now: Instant) -> Option<u64> {
-    let path = UDP_TABLES[slot];
-    let mut tables = DROP_TABLES.lock().unwrap_or_else(|e| e.into_inner());
-    let t = tables[slot].get_or_insert_with(|| DropTable {
-        read_at: None,
-        every: SOCKET_DROPS_EVERY,
-        drops: std::collections::HashMap::new(),
-    });
-    if t.read_at.is_none_or(|at| now >= at + t.every) {
-        let started = Instant::now();
-        t.read_at = Some(now);
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                t.drops = udp_table_all_drops(&text);
-                t.every = (started.elapsed() * 100).clamp(SOCKET_DROPS_EVERY, SOCKET_DROPS_SLOWEST);
-            }
-            Err(_) => {
-                t.drops.clear();
-                t.every = SOCKET_DROPS_SLOWEST;
-            }
-        }
-    }
-    t.drops.get(&inode).copied()
-}
-
-/// Every socket's `drops` of a `/proc/net/udp` table, by inode.
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-fn udp_table_all_drops(table: &str) -> std::collections::HashMap<u64, u64> {
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            Some((cols.get(9)?.parse().ok()?, cols.get(12)?.parse().ok()?))
-        })
-        .collect()
-}
-
-/// The drop count of one receiver's socket over its run (see [`DropTable`]), looked up
-/// at most every `SOCKET_DROPS_EVERY`.
-struct DropWatch {
-    /// Table slot and inode of the socket (Linux).
-    socket: Option<(usize, u64)>,
-    next: Instant,
-    first: Option<u64>,
-    last: Option<u64>,
-}
-
-impl DropWatch {
-    fn new(socket: &UdpSocket) -> DropWatch {
-        #[cfg(target_os = "linux")]
-        let id = socket_id(socket);
-        #[cfg(not(target_os = "linux"))]
-        let id = {
-            let _ = socket;
-            None
-        };
-        DropWatch {
-            socket: id,
-            next: Instant::now(),
-            first: None,
-            last: None,
-        }
-    }
-
-    /// The current count, when due and readable.
-    fn poll(&mut self, now: Instant) -> Option<u64> {
-        let (slot, inode) = self.socket?;
-        if now < self.next {
-            return None;
-        }
-        self.next = now + SOCKET_DROPS_EVERY;
-        #[cfg(target_os = "linux")]
-        let count = shared_socket_drops(slot, inode, now);
-        #[cfg(not(target_os = "linux"))]
-        let count = {
-            let _ = (slot, inode);
-            None
-        };
-        self.first = self.first.or(count);
-        self.last = count.or(self.last);
-        count
-    }
-
-    /// Drops between the first and the last count read.
-    fn during(&self) -> Option<u64> {
-        Some(self.last?.saturating_sub(self.first?))
-    }
-}
-
 /// Runs synchronous file work (reading back and hashing a whole file) without holding up the
 /// other tasks of a multi-threaded runtime: they move to another worker meanwhile.
 fn heavy<T>(f: impl FnOnce() -> T) -> T {
@@ -639,14 +505,6 @@ fn heavy<T>(f: impl FnOnce() -> T) -> T {
         _ => f(),
     }
 }
-
-/// How often the kernel's UDP table is read at most for [`run_receiver`]'s drop counts (a
-/// read costs some tens of microseconds with a short table).
-const SOCKET_DROPS_EVERY: Duration = Duration::from_millis(4);
-/// The longest the kernel's UDP table goes unread while receivers run (see
-/// `shared_socket_drops`).
-#[cfg(target_os = "linux")]
-const SOCKET_DROPS_SLOWEST: Duration = Duration::from_millis(250);
 
 /// Options for [`run_receiver`].
 #[derive(Debug, Clone)]
@@ -795,53 +653,107 @@ pub async fn run_receiver(
     opts: &ReceiveOptions,
     mut progress: impl FnMut(&Receiver),
 ) -> Result<ReceiveOutcome> {
-    let mut rbuf = vec![0u8; MAX_DATAGRAM];
-    let mut rng = ChaCha8Rng::seed_from_u64(opts.loss_seed);
-    let loss = opts.inject_loss.clamp(0.0, 1.0);
-    let mut drops = 0u64;
-    let mut fetched = 0u32;
-    let mut resumed = 0u32;
-    let mut last_progress = Instant::now();
-    let mut head = [0u8; DATA_HEADER_LEN];
-    let mut worker = Worker::new("multicast-blocks", BlockJob::run);
-    let mut socket_drops = DropWatch::new(group_sock);
-    let mut finished_at: Option<Instant> = None;
+    let mut run = ReceiveLoop::new(group_sock, opts);
     loop {
-        // Before the datagrams: a poll among them is answered with the drops counted so far.
-        if let Some(n) = socket_drops.poll(Instant::now()) {
-            rx.note_socket_drops(n);
-        }
-        drain_receiver(group_sock, rx, &mut head, &mut rbuf, || {
-            let drop = loss > 0.0 && rng.random_bool(loss);
-            drops += u64::from(drop);
-            !drop
-        })?;
-        while let Some(r) = worker.try_result() {
-            rx.complete_job(r);
-        }
-        while let Some(job) = rx.poll_job() {
-            worker.submit(job)?;
-        }
+        run.read_group(group_sock, rx)?;
+        run.exchange_jobs(rx)?;
         let now = Instant::now();
         if rx.poll_timeout().is_some_and(|t| t <= now) {
             rx.handle_timeout(now);
         }
+        run.answer_events(rx, sink, fetcher, &mut progress).await?;
+        while let Some((to, p)) = rx.poll_transmit() {
+            send_retrying(control_sock, &p, to).await?;
+        }
+        if now >= run.last_progress + Duration::from_millis(250) {
+            run.last_progress = now;
+            progress(rx);
+        }
+        if run.finished(rx, now, opts.linger) {
+            progress(rx);
+            return run.outcome(rx);
+        }
+        run.wait(group_sock, rx, now).await?;
+    }
+}
+
+/// What [`run_receiver`] keeps from one turn of its loop to the next: the receive
+/// buffers, the injected loss, the block worker, the socket's drop count and the counts
+/// it reports.
+struct ReceiveLoop {
+    rbuf: Vec<u8>,
+    head: [u8; DATA_HEADER_LEN],
+    rng: ChaCha8Rng,
+    loss: f64,
+    drops: u64,
+    fetched: u32,
+    resumed: u32,
+    last_progress: Instant,
+    worker: Worker<BlockJob, BlockResult>,
+    socket_drops: DropWatch,
+    /// When the receiver was first seen finished.
+    finished_at: Option<Instant>,
+}
+
+impl ReceiveLoop {
+    /// Before the first turn: nothing read, counted or handed out yet; the injected loss
+    /// seeded from `opts`.
+    fn new(group_sock: &UdpSocket, opts: &ReceiveOptions) -> ReceiveLoop {
+        ReceiveLoop {
+            rbuf: vec![0u8; MAX_DATAGRAM],
+            head: [0u8; DATA_HEADER_LEN],
+            rng: ChaCha8Rng::seed_from_u64(opts.loss_seed),
+            loss: opts.inject_loss.clamp(0.0, 1.0),
+            drops: 0,
+            fetched: 0,
+            resumed: 0,
+            last_progress: Instant::now(),
+            worker: Worker::new("multicast-blocks", BlockJob::run),
+            socket_drops: DropWatch::new(group_sock),
+            finished_at: None,
+        }
+    }
+
+    /// Hands `rx` what is waiting on the group socket, less the injected loss.
+    fn read_group(&mut self, group_sock: &UdpSocket, rx: &mut Receiver) -> Result<()> {
+        // Before the datagrams: a poll among them is answered with the drops counted so far.
+        if let Some(n) = self.socket_drops.poll(Instant::now()) {
+            rx.note_socket_drops(n);
+        }
+        let loss = self.loss;
+        drain_receiver(group_sock, rx, &mut self.head, &mut self.rbuf, || {
+            let drop = loss > 0.0 && self.rng.random_bool(loss);
+            self.drops += u64::from(drop);
+            !drop
+        })
+    }
+
+    /// Hands `rx` the results of its block jobs that are back, and the worker its new jobs.
+    fn exchange_jobs(&mut self, rx: &mut Receiver) -> Result<()> {
+        while let Some(r) = self.worker.try_result() {
+            rx.complete_job(r);
+        }
+        while let Some(job) = rx.poll_job() {
+            self.worker.submit(job)?;
+        }
+        Ok(())
+    }
+
+    /// Carries out what `rx` asks for: opens the file and resumes the blocks already in
+    /// it once the manifest is in, writes verified blocks, fetches missing ones, and
+    /// checks, reports and commits the whole file at the end.
+    async fn answer_events(
+        &mut self,
+        rx: &mut Receiver,
+        sink: &mut dyn Sink,
+        fetcher: &mut dyn Fetcher,
+        progress: &mut impl FnMut(&Receiver),
+    ) -> Result<()> {
         while let Some(ev) = rx.poll_event() {
             match ev {
                 ReceiverEvent::ManifestAccepted(m) => {
                     sink.begin(&m)?;
-                    resumed += heavy(|| -> Result<u32> {
-                        let mut n = 0;
-                        for b in 0..m.block_count() {
-                            if let Some(d) = sink.stored_block(&m, b)?
-                                && block_hash(&d) == m.block_hashes[b as usize]
-                                && rx.offer_block(b, &d)?
-                            {
-                                n += 1;
-                            }
-                        }
-                        Ok(n)
-                    })?;
+                    self.resumed += heavy(|| offer_stored(rx, sink, &m))?;
                     // The session's start (and what was resumed) is a progress point.
                     progress(rx);
                 }
@@ -850,16 +762,7 @@ pub async fn run_receiver(
                     rx.recycle(data);
                 }
                 ReceiverEvent::FetchNeeded { blocks } => {
-                    let Some(m) = rx.manifest().cloned() else {
-                        continue;
-                    };
-                    for b in blocks {
-                        let data = fetcher.fetch_block(&m, b).await?;
-                        if rx.offer_block(b, &data)? {
-                            sink.write_block(m.block_offset(b), &data)?;
-                            fetched += 1;
-                        }
-                    }
+                    self.fetched += fetch_blocks(rx, sink, fetcher, blocks).await?;
                 }
                 ReceiverEvent::Complete { .. } => {
                     let h = heavy(|| sink.file_hash())?;
@@ -868,66 +771,87 @@ pub async fn run_receiver(
                 }
             }
         }
-        while let Some((to, p)) = rx.poll_transmit() {
-            send_retrying(control_sock, &p, to).await?;
+        Ok(())
+    }
+
+    /// Finished: committed and reported. The receiver stays while the session still
+    /// asks for it (a poll after a lost `Done` is answered), up to `linger`.
+    fn finished(&mut self, rx: &Receiver, now: Instant, linger: Duration) -> bool {
+        rx.is_finished() && {
+            let at = *self.finished_at.get_or_insert(now);
+            !rx.session_alive(now) || now >= at + linger
         }
-        if now >= last_progress + Duration::from_millis(250) {
-            last_progress = now;
-            progress(rx);
-        }
-        // Finished: committed and reported. The receiver stays while the session still
-        // asks for it (a poll after a lost `Done` is answered), up to `linger`.
-        let finished = rx.is_finished() && {
-            let at = *finished_at.get_or_insert(now);
-            !rx.session_alive(now) || now >= at + opts.linger
-        };
-        if finished {
-            progress(rx);
-            let manifest = rx
-                .manifest()
-                .cloned()
-                .ok_or_else(|| Error::invalid("finished without manifest", 0))?;
-            return Ok(ReceiveOutcome {
-                manifest,
-                fetched_blocks: fetched,
-                resumed_blocks: resumed,
-                injected_drops: drops,
-                socket_drops: socket_drops.during(),
-                stats: rx.stats().clone(),
-            });
-        }
+    }
+
+    /// What the run ended with.
+    fn outcome(&self, rx: &Receiver) -> Result<ReceiveOutcome> {
+        let manifest = rx
+            .manifest()
+            .cloned()
+            .ok_or_else(|| Error::invalid("finished without manifest", 0))?;
+        Ok(ReceiveOutcome {
+            manifest,
+            fetched_blocks: self.fetched,
+            resumed_blocks: self.resumed,
+            injected_drops: self.drops,
+            socket_drops: self.socket_drops.during(),
+            stats: rx.stats().clone(),
+        })
+    }
+
+    /// Waits for group data, a block job's result or `rx`'s next timer, at most 250 ms
+    /// from `now`.
+    async fn wait(
+        &mut self,
+        group_sock: &UdpSocket,
+        rx: &mut Receiver,
+        now: Instant,
+    ) -> Result<()> {
         let deadline = rx
             .poll_timeout()
             .unwrap_or(now + Duration::from_millis(250))
             .min(now + Duration::from_millis(250));
         tokio::select! {
             r = group_sock.readable() => r.map_err(|e| Error::io("wait for group data", e))?,
-            r = worker.next_result() => rx.complete_job(r?),
+            r = self.worker.next_result() => rx.complete_job(r?),
             _ = tokio::time::sleep_until(deadline.into()) => {}
         }
+        Ok(())
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::udp_table_all_drops;
-
-    fn udp_table_drops(table: &str, inode: u64) -> Option<u64> {
-        udp_table_all_drops(table).get(&inode).copied()
+/// Resuming: offers `rx` every block of `m` that `sink` already holds verified; returns
+/// how many it took.
+fn offer_stored(rx: &mut Receiver, sink: &mut dyn Sink, m: &Manifest) -> Result<u32> {
+    let mut n = 0;
+    for b in 0..m.block_count() {
+        if let Some(d) = sink.stored_block(m, b)?
+            && block_hash(&d) == m.block_hashes[b as usize]
+            && rx.offer_block(b, &d)?
+        {
+            n += 1;
+        }
     }
+    Ok(n)
+}
 
-    #[test]
-    fn udp_table_drops_finds_the_socket_by_inode() {
-        let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops            \n\
-  1: 0100007F:3A99 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 41234 2 0000000000000000 0          \n\
-  7: 0100007F:3A98 00000000:0000 07 00000000:0001F400 00:00000000 00000000     0        0 41240 2 0000000000000000 17         \n";
-        assert_eq!(udp_table_drops(table, 41240), Some(17));
-        assert_eq!(udp_table_drops(table, 41234), Some(0));
-        assert_eq!(udp_table_drops(table, 99), None);
-        assert_eq!(udp_table_drops("", 41240), None);
-        assert_eq!(
-            udp_table_drops("header\n  1: short line 41240\n", 41240),
-            None
-        );
+/// Fetches `blocks` by unicast for `rx` and writes those it takes; returns how many.
+async fn fetch_blocks(
+    rx: &mut Receiver,
+    sink: &mut dyn Sink,
+    fetcher: &mut dyn Fetcher,
+    blocks: Vec<u32>,
+) -> Result<u32> {
+    let Some(m) = rx.manifest().cloned() else {
+        return Ok(0);
+    };
+    let mut fetched = 0;
+    for b in blocks {
+        let data = fetcher.fetch_block(&m, b).await?;
+        if rx.offer_block(b, &data)? {
+            sink.write_block(m.block_offset(b), &data)?;
+            fetched += 1;
+        }
     }
+    Ok(fetched)
 }

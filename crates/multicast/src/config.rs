@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{MulticastError, Result};
 use crate::manifest::{validate_block_symbols, validate_symbol_size};
 
 /// Default UDP port for multicast distribution ([`outpost_wire::ports::MULTICAST`]).
@@ -103,25 +103,25 @@ impl SenderConfig {
     /// Checks every field; the error names the field.
     pub fn validate(&self) -> Result<()> {
         validate_symbol_size(self.symbol_size, "symbol_size").map_err(|_| {
-            Error::config(
+            MulticastError::config(
                 "symbol_size",
                 format!("{} not in 16..=65479", self.symbol_size),
             )
         })?;
         validate_block_symbols(self.block_symbols, "block_symbols").map_err(|_| {
-            Error::config(
+            MulticastError::config(
                 "block_symbols",
                 format!("{} not in 1..=56403", self.block_symbols),
             )
         })?;
         if self.max_rate_bps < 8_000 {
-            return Err(Error::config(
+            return Err(MulticastError::config(
                 "max_rate_bps",
                 format!("{} below 8000", self.max_rate_bps),
             ));
         }
         if self.min_rate_bps == 0 || self.min_rate_bps > self.max_rate_bps {
-            return Err(Error::config(
+            return Err(MulticastError::config(
                 "min_rate_bps",
                 format!(
                     "{} not in 1..=max_rate_bps ({})",
@@ -130,37 +130,46 @@ impl SenderConfig {
             ));
         }
         if self.burst_bytes < 65_536 {
-            return Err(Error::config(
+            return Err(MulticastError::config(
                 "burst_bytes",
                 format!("{} below 65536", self.burst_bytes),
             ));
         }
         if self.loss_backoff_permille > 1000 {
-            return Err(Error::config(
+            return Err(MulticastError::config(
                 "loss_backoff_permille",
                 format!("{} above 1000", self.loss_backoff_permille),
             ));
         }
         if !(self.backoff_factor > 0.0 && self.backoff_factor < 1.0) {
-            return Err(Error::config(
+            return Err(MulticastError::config(
                 "backoff_factor",
                 format!("{} not in (0, 1)", self.backoff_factor),
             ));
         }
         if self.announce_interval_ms == 0 {
-            return Err(Error::config("announce_interval_ms", "must be positive"));
+            return Err(MulticastError::config(
+                "announce_interval_ms",
+                "must be positive",
+            ));
         }
         if self.poll_every_blocks == 0 {
-            return Err(Error::config("poll_every_blocks", "must be positive"));
+            return Err(MulticastError::config(
+                "poll_every_blocks",
+                "must be positive",
+            ));
         }
         if self.poll_interval_ms == 0 {
-            return Err(Error::config("poll_interval_ms", "must be positive"));
+            return Err(MulticastError::config(
+                "poll_interval_ms",
+                "must be positive",
+            ));
         }
         if self.quiet_polls == 0 {
-            return Err(Error::config("quiet_polls", "must be positive"));
+            return Err(MulticastError::config("quiet_polls", "must be positive"));
         }
         if self.max_drain_polls < self.quiet_polls {
-            return Err(Error::config(
+            return Err(MulticastError::config(
                 "max_drain_polls",
                 format!(
                     "{} below quiet_polls ({})",
@@ -169,25 +178,25 @@ impl SenderConfig {
             ));
         }
         if self.proactive_fec_permille > 1000 {
-            return Err(Error::config(
+            return Err(MulticastError::config(
                 "proactive_fec_permille",
                 format!("{} above 1000", self.proactive_fec_permille),
             ));
         }
         if self.max_repair_permille == 0 || self.max_repair_permille > 2000 {
-            return Err(Error::config(
+            return Err(MulticastError::config(
                 "max_repair_permille",
                 format!("{} not in 1..=2000", self.max_repair_permille),
             ));
         }
         if self.done_linger_ms > 600_000 {
-            return Err(Error::config(
+            return Err(MulticastError::config(
                 "done_linger_ms",
                 format!("{} above 600000 (10 minutes)", self.done_linger_ms),
             ));
         }
         if self.end_copies == 0 || self.end_copies > 100 {
-            return Err(Error::config(
+            return Err(MulticastError::config(
                 "end_copies",
                 format!("{} not in 1..=100", self.end_copies),
             ));
@@ -200,7 +209,7 @@ impl SenderConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
-pub struct Limits {
+pub struct ManifestLimits {
     /// Largest file accepted, bytes.
     pub max_file_size: u64,
     /// Largest signed manifest accepted, bytes.
@@ -209,9 +218,9 @@ pub struct Limits {
     pub max_block_bytes: u64,
 }
 
-impl Default for Limits {
+impl Default for ManifestLimits {
     fn default() -> Self {
-        Limits {
+        ManifestLimits {
             max_file_size: 64 << 30,
             max_manifest_len: 4 << 20,
             max_block_bytes: 64 << 20,
@@ -225,7 +234,7 @@ impl Default for Limits {
 #[non_exhaustive]
 pub struct ReceiverConfig {
     /// Bounds on what a manifest may claim.
-    pub limits: Limits,
+    pub limits: ManifestLimits,
     /// Most bytes held in not-yet-verified blocks; symbols beyond it are dropped and repaired later.
     pub max_buffered_bytes: u64,
     /// A NAK is sent after a random delay up to this many milliseconds (suppression window).
@@ -266,7 +275,7 @@ pub struct ReceiverConfig {
 impl Default for ReceiverConfig {
     fn default() -> Self {
         ReceiverConfig {
-            limits: Limits::default(),
+            limits: ManifestLimits::default(),
             max_buffered_bytes: 256 << 20,
             nak_backoff_ms: 5,
             idle_timeout_ms: 5_000,
@@ -283,34 +292,37 @@ impl ReceiverConfig {
     /// Checks every field; the error names the field.
     pub fn validate(&self) -> Result<()> {
         if self.limits.max_manifest_len < 256 {
-            return Err(Error::config(
+            return Err(MulticastError::config(
                 "limits.max_manifest_len",
                 format!("{} below 256", self.limits.max_manifest_len),
             ));
         }
         if self.limits.max_block_bytes < 16 {
-            return Err(Error::config(
+            return Err(MulticastError::config(
                 "limits.max_block_bytes",
                 format!("{} below 16", self.limits.max_block_bytes),
             ));
         }
         if self.max_buffered_bytes < self.limits.max_block_bytes.min(1 << 20) {
-            return Err(Error::config(
+            return Err(MulticastError::config(
                 "max_buffered_bytes",
                 format!("{} below one block", self.max_buffered_bytes),
             ));
         }
         if self.nak_max_loss_permille > 1000 {
-            return Err(Error::config(
+            return Err(MulticastError::config(
                 "nak_max_loss_permille",
                 format!("{} above 1000", self.nak_max_loss_permille),
             ));
         }
         if self.idle_timeout_ms == 0 {
-            return Err(Error::config("idle_timeout_ms", "must be positive"));
+            return Err(MulticastError::config(
+                "idle_timeout_ms",
+                "must be positive",
+            ));
         }
         if self.nak_backoff_ms >= self.idle_timeout_ms {
-            return Err(Error::config(
+            return Err(MulticastError::config(
                 "nak_backoff_ms",
                 format!(
                     "{} not below idle_timeout_ms ({})",

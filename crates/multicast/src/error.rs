@@ -7,7 +7,7 @@ use std::path::PathBuf;
 /// Each variant names what was wrong and carries the offending value.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {
+pub enum MulticastError {
     /// A datagram was shorter than its fixed header or than a length it declared.
     #[error("packet truncated: {what} needs {needed} bytes, {available} available")]
     Truncated {
@@ -99,23 +99,23 @@ pub enum Error {
     },
 }
 
-impl Error {
+impl MulticastError {
     pub(crate) fn invalid(field: &'static str, value: impl std::fmt::Display) -> Self {
-        Error::InvalidField {
+        MulticastError::InvalidField {
             field,
             value: value.to_string(),
         }
     }
 
     pub(crate) fn config(field: &'static str, reason: impl Into<String>) -> Self {
-        Error::Config {
+        MulticastError::Config {
             field,
             reason: reason.into(),
         }
     }
 
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io {
+        MulticastError::Io {
             context: context.into(),
             source,
         }
@@ -123,4 +123,4 @@ impl Error {
 }
 
 /// Result alias for this crate.
-pub type Result<T> = std::result::Result<T, Error>;
+pub type Result<T> = std::result::Result<T, MulticastError>;

@@ -10,7 +10,7 @@ use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
-use crate::error::{Error, Result};
+use crate::error::{MulticastError, Result};
 use crate::manifest::{FileHasher, Manifest, ManifestBuilder};
 use crate::sender::BlockSource;
 
@@ -23,8 +23,8 @@ pub struct FileSource {
 impl FileSource {
     /// Opens `path`.
     pub fn open(path: &Path) -> Result<FileSource> {
-        let file =
-            File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+        let file = File::open(path)
+            .map_err(|e| MulticastError::io(format!("open {}", path.display()), e))?;
         Ok(FileSource {
             file,
             path: path.to_owned(),
@@ -35,7 +35,7 @@ impl FileSource {
 impl BlockSource for FileSource {
     fn read_block(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         read_at(&mut self.file, offset, buf).map_err(|e| {
-            Error::io(
+            MulticastError::io(
                 format!(
                     "read {} bytes at {offset} of {}",
                     buf.len(),
@@ -59,21 +59,22 @@ pub fn manifest_for_file(
 ) -> Result<Manifest> {
     let mut b = ManifestBuilder::new(session_id, name, symbol_size, block_symbols)?;
     let block_bytes = b.block_bytes();
-    let open = || File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e));
+    let open =
+        || File::open(path).map_err(|e| MulticastError::io(format!("open {}", path.display()), e));
     let (mut blocks_file, mut whole_file) = (open()?, open()?);
     let (blocks, file_hash) = std::thread::scope(|s| {
         let whole = s.spawn(move || {
             let mut h = FileHasher::default();
             let mut buf = vec![0u8; 1 << 20];
             for_each_piece(&mut whole_file, path, &mut buf, |p| h.update(p))?;
-            Ok::<_, Error>(h.finish())
+            Ok::<_, MulticastError>(h.finish())
         });
         let mut buf = vec![0u8; block_bytes];
         let blocks = for_each_piece(&mut blocks_file, path, &mut buf, |block| {
             b.push_block_hash_only(block)
         });
         let whole = whole.join().unwrap_or_else(|_| {
-            Err(Error::io(
+            Err(MulticastError::io(
                 format!("hash {}", path.display()),
                 std::io::Error::other("the hashing thread panicked"),
             ))
@@ -99,7 +100,7 @@ fn for_each_piece(
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
+                Err(e) => return Err(MulticastError::io(format!("read {}", path.display()), e)),
             }
         }
         if filled > 0 {
@@ -166,7 +167,7 @@ impl FileSink {
     /// A sink writing into directory `dir`.
     pub fn new(dir: &Path) -> Result<FileSink> {
         if !dir.is_dir() {
-            return Err(Error::BadPath(dir.to_owned()));
+            return Err(MulticastError::BadPath(dir.to_owned()));
         }
         Ok(FileSink {
             dir: dir.to_owned(),
@@ -184,7 +185,7 @@ impl FileSink {
 
     fn open(&mut self) -> Result<&mut OpenPart> {
         let p = self.part.clone();
-        self.open.as_mut().ok_or(Error::BadPath(p))
+        self.open.as_mut().ok_or(MulticastError::BadPath(p))
     }
 }
 
@@ -200,9 +201,9 @@ impl Sink for FileSink {
             .create(true)
             .truncate(false)
             .open(&self.part)
-            .map_err(|e| Error::io(format!("open {}", self.part.display()), e))?;
+            .map_err(|e| MulticastError::io(format!("open {}", self.part.display()), e))?;
         f.set_len(m.file_size).map_err(|e| {
-            Error::io(
+            MulticastError::io(
                 format!("size {} to {}", self.part.display(), m.file_size),
                 e,
             )
@@ -225,8 +226,9 @@ impl Sink for FileSink {
         let off = m.block_offset(block);
         let part = self.part.clone();
         let f = &mut self.open()?.file;
-        read_at(f, off, &mut buf)
-            .map_err(|e| Error::io(format!("read block {block} of {}", part.display()), e))?;
+        read_at(f, off, &mut buf).map_err(|e| {
+            MulticastError::io(format!("read block {block} of {}", part.display()), e)
+        })?;
         Ok(Some(buf))
     }
 
@@ -237,7 +239,7 @@ impl Sink for FileSink {
             .seek(SeekFrom::Start(offset))
             .and_then(|_| o.file.write_all(data))
             .map_err(|e| {
-                Error::io(
+                MulticastError::io(
                     format!(
                         "write {} bytes at {offset} of {}",
                         data.len(),
@@ -249,7 +251,7 @@ impl Sink for FileSink {
         o.writeback.wrote(data.len() as u64);
         o.hash
             .wrote(&mut o.file, offset, data)
-            .map_err(|e| Error::io(format!("read back {}", part.display()), e))
+            .map_err(|e| MulticastError::io(format!("read back {}", part.display()), e))
     }
 
     fn file_hash(&mut self) -> Result<[u8; 32]> {
@@ -258,17 +260,17 @@ impl Sink for FileSink {
         o.writeback.finish()?;
         o.file
             .sync_all()
-            .map_err(|e| Error::io(format!("sync {}", part.display()), e))?;
+            .map_err(|e| MulticastError::io(format!("sync {}", part.display()), e))?;
         let size = o.size;
         std::mem::take(&mut o.hash)
             .finish(&mut o.file, size)
-            .map_err(|e| Error::io(format!("read {}", part.display()), e))
+            .map_err(|e| MulticastError::io(format!("read {}", part.display()), e))
     }
 
     fn commit(&mut self) -> Result<()> {
         self.open = None;
         std::fs::rename(&self.part, &self.done).map_err(|e| {
-            Error::io(
+            MulticastError::io(
                 format!("rename {} to {}", self.part.display(), self.done.display()),
                 e,
             )
@@ -358,7 +360,7 @@ impl Writeback {
     fn start(file: &File, path: &Path, every: u64) -> Result<Writeback> {
         let clone = file
             .try_clone()
-            .map_err(|e| Error::io(format!("open {} again", path.display()), e))?;
+            .map_err(|e| MulticastError::io(format!("open {} again", path.display()), e))?;
         let (kick, kicks) = std::sync::mpsc::sync_channel::<()>(1);
         let thread = std::thread::Builder::new()
             .name("multicast-writeback".into())
@@ -368,7 +370,7 @@ impl Writeback {
                 }
                 Ok(())
             })
-            .map_err(|e| Error::io("start the writeback thread", e))?;
+            .map_err(|e| MulticastError::io("start the writeback thread", e))?;
         Ok(Writeback {
             every,
             unflushed: 0,
@@ -394,8 +396,11 @@ impl Writeback {
         self.kick = None;
         match self.thread.take().map(|t| t.join()) {
             None | Some(Ok(Ok(()))) => Ok(()),
-            Some(Ok(Err(e))) => Err(Error::io(format!("sync {}", self.path.display()), e)),
-            Some(Err(_)) => Err(Error::io(
+            Some(Ok(Err(e))) => Err(MulticastError::io(
+                format!("sync {}", self.path.display()),
+                e,
+            )),
+            Some(Err(_)) => Err(MulticastError::io(
                 format!("sync {}", self.path.display()),
                 std::io::Error::other("the writeback thread panicked"),
             )),
@@ -449,7 +454,7 @@ pub struct NoFetcher;
 impl Fetcher for NoFetcher {
     fn fetch_block<'a>(&'a mut self, _: &'a Manifest, block: u32) -> FetchFuture<'a> {
         Box::pin(async move {
-            Err(Error::Fetch {
+            Err(MulticastError::Fetch {
                 block,
                 reason: "no unicast source configured".into(),
             })

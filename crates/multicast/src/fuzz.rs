@@ -33,7 +33,10 @@ pub fn packet(data: &[u8]) {
         }
     }
     // The manifest parser sees the same untrusted bytes when reassembled.
-    let _ = crate::manifest::Manifest::decode_unverified(data, &crate::config::Limits::default());
+    let _ = crate::manifest::Manifest::decode_unverified(
+        data,
+        &crate::config::ManifestLimits::default(),
+    );
 }
 
 #[cfg(test)]

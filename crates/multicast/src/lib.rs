@@ -36,7 +36,7 @@
 //!     assert!(r.finished);
 //!     assert_eq!(r.data, data);
 //! }
-//! # Ok::<(), outpost_multicast::Error>(())
+//! # Ok::<(), outpost_multicast::MulticastError>(())
 //! ```
 
 pub mod config;
@@ -53,8 +53,8 @@ pub mod receiver;
 pub mod sender;
 pub mod sim;
 
-pub use config::{DEFAULT_PORT, Limits, ReceiverConfig, SenderConfig};
-pub use error::{Error, Result};
+pub use config::{DEFAULT_PORT, ManifestLimits, ReceiverConfig, SenderConfig};
+pub use error::{MulticastError, Result};
 pub use manifest::{Manifest, ManifestBuilder, SigningKey};
 pub use packet::Packet;
 pub use receiver::{BlockJob, BlockResult, Receiver, ReceiverEvent, ReceiverStats};

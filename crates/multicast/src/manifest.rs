@@ -4,8 +4,8 @@
 use aws_lc_rs::digest;
 use aws_lc_rs::signature::{self, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 
-use crate::config::Limits;
-use crate::error::{Error, Result};
+use crate::config::ManifestLimits;
+use crate::error::{MulticastError, Result};
 use crate::packet::Reader;
 
 /// Length of an Ed25519 signature.
@@ -149,13 +149,17 @@ impl Manifest {
     }
 
     /// Parses a signed manifest and verifies it with `sender_key` (raw Ed25519 public key).
-    pub fn decode_verified(bytes: &[u8], sender_key: &[u8], limits: &Limits) -> Result<Manifest> {
+    pub fn decode_verified(
+        bytes: &[u8],
+        sender_key: &[u8],
+        limits: &ManifestLimits,
+    ) -> Result<Manifest> {
         let m = Manifest::decode_unverified(bytes, limits)?;
         let body = &bytes[..bytes.len() - SIGNATURE_LEN];
         let sig = &bytes[bytes.len() - SIGNATURE_LEN..];
         UnparsedPublicKey::new(&signature::ED25519, sender_key)
             .verify(&signing_input(body), sig)
-            .map_err(|_| Error::BadSignature {
+            .map_err(|_| MulticastError::BadSignature {
                 session_id: m.session_id,
             })?;
         Ok(m)
@@ -164,12 +168,12 @@ impl Manifest {
     /// Parses a manifest and checks its layout against `limits`, without checking the
     /// signature. Used by [`Manifest::decode_verified`] and by the fuzz target.
     #[doc(hidden)]
-    pub fn decode_unverified(bytes: &[u8], limits: &Limits) -> Result<Manifest> {
+    pub fn decode_unverified(bytes: &[u8], limits: &ManifestLimits) -> Result<Manifest> {
         if bytes.len() > limits.max_manifest_len as usize {
-            return Err(Error::invalid("manifest length", bytes.len()));
+            return Err(MulticastError::invalid("manifest length", bytes.len()));
         }
         if bytes.len() < SIGNATURE_LEN {
-            return Err(Error::Truncated {
+            return Err(MulticastError::Truncated {
                 what: "manifest signature",
                 needed: SIGNATURE_LEN,
                 available: bytes.len(),
@@ -179,17 +183,17 @@ impl Manifest {
         let mut r = Reader { buf: body, pos: 0 };
         let version = r.u8("manifest version")?;
         if version != MANIFEST_VERSION {
-            return Err(Error::UnsupportedVersion(version));
+            return Err(MulticastError::UnsupportedVersion(version));
         }
         let session_id = r.u64("manifest session")?;
         let name_len = r.u16("manifest name length")? as usize;
         let name = std::str::from_utf8(r.take("manifest name", name_len)?)
-            .map_err(|_| Error::invalid("manifest name", "not UTF-8"))?
+            .map_err(|_| MulticastError::invalid("manifest name", "not UTF-8"))?
             .to_owned();
         validate_name(&name)?;
         let file_size = r.u64("manifest file size")?;
         if file_size > limits.max_file_size {
-            return Err(Error::invalid("manifest file_size", file_size));
+            return Err(MulticastError::invalid("manifest file_size", file_size));
         }
         let symbol_size = r.u16("manifest symbol size")?;
         validate_symbol_size(symbol_size, "manifest symbol_size")?;
@@ -197,12 +201,12 @@ impl Manifest {
         validate_block_symbols(block_symbols, "manifest block_symbols")?;
         let block_bytes = u64::from(symbol_size) * u64::from(block_symbols);
         if block_bytes > limits.max_block_bytes {
-            return Err(Error::invalid("manifest block bytes", block_bytes));
+            return Err(MulticastError::invalid("manifest block bytes", block_bytes));
         }
         let block_count = r.u32("manifest block count")?;
         let expected = file_size.div_ceil(block_bytes).max(1);
         if u64::from(block_count) != expected {
-            return Err(Error::invalid(
+            return Err(MulticastError::invalid(
                 "manifest block_count",
                 format!("{block_count} (file_size {file_size} needs {expected})"),
             ));
@@ -249,13 +253,13 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::invalid("object name", format!("{name:?}")))
+        Err(MulticastError::invalid("object name", format!("{name:?}")))
     }
 }
 
 pub(crate) fn validate_symbol_size(s: u16, field: &'static str) -> Result<()> {
     if !(16..=(crate::packet::MAX_DATAGRAM - crate::packet::DATA_HEADER_LEN) as u16).contains(&s) {
-        return Err(Error::invalid(field, s));
+        return Err(MulticastError::invalid(field, s));
     }
     Ok(())
 }
@@ -263,7 +267,7 @@ pub(crate) fn validate_symbol_size(s: u16, field: &'static str) -> Result<()> {
 pub(crate) fn validate_block_symbols(k: u32, field: &'static str) -> Result<()> {
     // RaptorQ supports up to 56403 source symbols per block.
     if !(1..=56_403).contains(&k) {
-        return Err(Error::invalid(field, k));
+        return Err(MulticastError::invalid(field, k));
     }
     Ok(())
 }
@@ -351,14 +355,16 @@ impl SigningKey {
     pub fn from_seed(seed: &[u8]) -> Result<SigningKey> {
         Ed25519KeyPair::from_seed_unchecked(seed)
             .map(SigningKey)
-            .map_err(|e| Error::Key(format!("seed of {} bytes rejected: {e}", seed.len())))
+            .map_err(|e| MulticastError::Key(format!("seed of {} bytes rejected: {e}", seed.len())))
     }
 
     /// Loads a PKCS#8 v1 or v2 encoded key.
     pub fn from_pkcs8(der: &[u8]) -> Result<SigningKey> {
         Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
             .map(SigningKey)
-            .map_err(|e| Error::Key(format!("PKCS#8 of {} bytes rejected: {e}", der.len())))
+            .map_err(|e| {
+                MulticastError::Key(format!("PKCS#8 of {} bytes rejected: {e}", der.len()))
+            })
     }
 
     /// The raw 32-byte public key receivers are configured with.

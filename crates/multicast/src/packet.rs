@@ -12,7 +12,7 @@
 //! | 7    | Done     | `file_hash [u8; 32]`                                            |
 //! | 8    | Load     | `poll u32, jobs u32, dropped u32`                               |
 
-use crate::error::{Error, Result};
+use crate::error::{MulticastError, Result};
 
 /// Protocol magic ("OM").
 pub const MAGIC: u16 = 0x4f4d;
@@ -219,7 +219,7 @@ impl Packet<'_> {
         }
     }
 
-    /// Decodes one datagram. Never panics; every malformed input is an [`Error`].
+    /// Decodes one datagram. Never panics; every malformed input is an [`MulticastError`].
     pub fn decode(buf: &[u8]) -> Result<Packet<'_>> {
         let mut r = Reader { buf, pos: 0 };
         let (ty, session) = r.common_header()?;
@@ -228,7 +228,7 @@ impl Packet<'_> {
                 let (seq, block, esi) = r.data_fields()?;
                 let symbol = r.rest();
                 if symbol.is_empty() {
-                    return Err(Error::invalid("symbol length", 0));
+                    return Err(MulticastError::invalid("symbol length", 0));
                 }
                 Packet::Data {
                     session,
@@ -243,14 +243,14 @@ impl Packet<'_> {
                 let chunks = r.u16("announce chunks")?;
                 let total = r.u32("announce total")?;
                 if chunks == 0 || chunk >= chunks {
-                    return Err(Error::invalid(
+                    return Err(MulticastError::invalid(
                         "announce chunk",
                         format!("{chunk}/{chunks}"),
                     ));
                 }
                 let bytes = r.rest();
                 if bytes.is_empty() {
-                    return Err(Error::invalid("announce piece length", 0));
+                    return Err(MulticastError::invalid("announce piece length", 0));
                 }
                 Packet::Announce {
                     session,
@@ -276,7 +276,7 @@ impl Packet<'_> {
                 let poll = r.u32("nak poll")?;
                 let loss_permille = r.u16("nak loss")?;
                 if loss_permille > 1000 {
-                    return Err(Error::invalid("nak loss_permille", loss_permille));
+                    return Err(MulticastError::invalid("nak loss_permille", loss_permille));
                 }
                 let entries = r.entries("nak")?;
                 r.finish("nak")?;
@@ -321,7 +321,7 @@ impl Packet<'_> {
                     dropped,
                 }
             }
-            other => return Err(Error::UnknownPacketType(other)),
+            other => return Err(MulticastError::UnknownPacketType(other)),
         };
         Ok(packet)
     }
@@ -345,12 +345,12 @@ pub struct DataHeader {
 
 impl DataHeader {
     /// Decodes exactly [`DATA_HEADER_LEN`] bytes as a data packet's header. Never panics;
-    /// anything else (another packet type, a short or long buffer) is an [`Error`].
+    /// anything else (another packet type, a short or long buffer) is an [`MulticastError`].
     pub fn decode(head: &[u8]) -> Result<DataHeader> {
         let mut r = Reader { buf: head, pos: 0 };
         let (ty, session) = r.common_header()?;
         if ty != 1 {
-            return Err(Error::invalid("data header type", ty));
+            return Err(MulticastError::invalid("data header type", ty));
         }
         let (seq, block, esi) = r.data_fields()?;
         r.finish("data header")?;
@@ -396,7 +396,7 @@ impl<'a> Reader<'a> {
     pub(crate) fn take(&mut self, what: &'static str, n: usize) -> Result<&'a [u8]> {
         let available = self.buf.len() - self.pos;
         if available < n {
-            return Err(Error::Truncated {
+            return Err(MulticastError::Truncated {
                 what,
                 needed: n,
                 available,
@@ -431,7 +431,7 @@ impl<'a> Reader<'a> {
     pub(crate) fn finish(&self, what: &'static str) -> Result<()> {
         let left = self.buf.len() - self.pos;
         if left != 0 {
-            return Err(Error::TrailingBytes(left, what));
+            return Err(MulticastError::TrailingBytes(left, what));
         }
         Ok(())
     }
@@ -439,11 +439,11 @@ impl<'a> Reader<'a> {
     fn common_header(&mut self) -> Result<(u8, u64)> {
         let magic = self.u16("magic")?;
         if magic != MAGIC {
-            return Err(Error::BadMagic(magic));
+            return Err(MulticastError::BadMagic(magic));
         }
         let version = self.u8("version")?;
         if version != VERSION {
-            return Err(Error::UnsupportedVersion(version));
+            return Err(MulticastError::UnsupportedVersion(version));
         }
         let ty = self.u8("type")?;
         let session = self.u64("session")?;
@@ -456,14 +456,14 @@ impl<'a> Reader<'a> {
         let block = self.u32("data block")?;
         let esi = self.u32("data esi")?;
         if esi > MAX_ESI {
-            return Err(Error::invalid("esi", esi));
+            return Err(MulticastError::invalid("esi", esi));
         }
         Ok((seq, block, esi))
     }
     fn entries(&mut self, what: &'static str) -> Result<Vec<BlockCount>> {
         let n = self.u16(what)? as usize;
         if n > MAX_ENTRIES {
-            return Err(Error::invalid("entry count", n));
+            return Err(MulticastError::invalid("entry count", n));
         }
         // The length is checked against the bytes present before allocating.
         let body = self.take(what, n * 8)?;

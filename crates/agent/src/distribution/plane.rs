@@ -487,7 +487,7 @@ impl Sink for CheckedSink<'_> {
             || m.file_size != self.ann.size
             || m.file_hash[..] != self.ann.sha256[..]
         {
-            return Err(outpost_multicast::Error::InvalidField {
+            return Err(outpost_multicast::MulticastError::InvalidField {
                 field: "manifest",
                 value: format!(
                     "session {:#x} sends {:?} of {} bytes, not the announced {:?} of {}",
@@ -525,7 +525,7 @@ struct DpFetcher<'a> {
 impl Fetcher for DpFetcher<'_> {
     fn fetch_block<'a>(&'a mut self, m: &'a Manifest, block: u32) -> FetchFuture<'a> {
         Box::pin(async move {
-            let fail = |reason: String| outpost_multicast::Error::Fetch { block, reason };
+            let fail = |reason: String| outpost_multicast::MulticastError::Fetch { block, reason };
             let addr = self
                 .addr
                 .clone()

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
-use crate::error::{Error, Result};
+use crate::error::{MulticastError, Result};
 use crate::files::{Fetcher, Sink};
 use crate::manifest::{Manifest, block_hash};
 use crate::packet::{DATA_HEADER_LEN, MAX_DATAGRAM};
@@ -72,19 +72,19 @@ impl SocketConfig {
     /// Checks the fields; the error names the field.
     pub fn validate(&self) -> Result<()> {
         if !self.group.ip().is_multicast() {
-            return Err(Error::config(
+            return Err(MulticastError::config(
                 "group",
                 format!("{} is not a multicast address", self.group.ip()),
             ));
         }
         if self.group.port() == 0 {
-            return Err(Error::config("group", "port 0"));
+            return Err(MulticastError::config("group", "port 0"));
         }
         if let SocketAddr::V6(g) = self.group
             && link_scoped(g.ip())
             && self.iface_v6 == 0
         {
-            return Err(Error::config(
+            return Err(MulticastError::config(
                 "iface_v6",
                 format!(
                     "{} is an interface- or link-scoped group: name the interface index",
@@ -93,10 +93,16 @@ impl SocketConfig {
             ));
         }
         if self.ttl > 255 {
-            return Err(Error::config("ttl", format!("{} above 255", self.ttl)));
+            return Err(MulticastError::config(
+                "ttl",
+                format!("{} above 255", self.ttl),
+            ));
         }
         if self.recv_buffer == 0 || self.send_buffer == 0 {
-            return Err(Error::config("recv_buffer/send_buffer", "must be positive"));
+            return Err(MulticastError::config(
+                "recv_buffer/send_buffer",
+                "must be positive",
+            ));
         }
         Ok(())
     }
@@ -109,9 +115,9 @@ impl SocketConfig {
     }
 }
 
-fn sockerr(what: &str, cfg: &SocketConfig) -> impl FnOnce(std::io::Error) -> Error {
+fn sockerr(what: &str, cfg: &SocketConfig) -> impl FnOnce(std::io::Error) -> MulticastError {
     let ctx = format!("{what} (group {})", cfg.group);
-    move |e| Error::io(ctx, e)
+    move |e| MulticastError::io(ctx, e)
 }
 
 fn new_socket(cfg: &SocketConfig) -> Result<Socket> {
@@ -317,7 +323,7 @@ pub async fn run_sender(
             .unwrap_or(now + Duration::from_millis(50));
         if deadline > Instant::now() {
             tokio::select! {
-                r = socket.readable() => r.map_err(|e| Error::io("wait for NAKs", e))?,
+                r = socket.readable() => r.map_err(|e| MulticastError::io("wait for NAKs", e))?,
                 r = worker.next_result() => sender.complete_job(r?),
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
@@ -362,13 +368,13 @@ pub async fn send_batch(socket: &UdpSocket, bufs: &[Vec<u8>], to: SocketAddr) ->
             Err(e) if e.kind() == ErrorKind::WouldBlock => socket
                 .writable()
                 .await
-                .map_err(|e| Error::io(format!("wait to send to {to}"), e))?,
+                .map_err(|e| MulticastError::io(format!("wait to send to {to}"), e))?,
             Err(e) if e.raw_os_error() == Some(ENOBUFS) && no_buffer < NOBUFS_RETRIES => {
                 no_buffer += 1;
                 tokio::time::sleep(NOBUFS_WAIT).await;
             }
             Err(e) => {
-                return Err(Error::io(
+                return Err(MulticastError::io(
                     format!("send {} datagrams to {to}", bufs.len() - sent),
                     e,
                 ));
@@ -398,10 +404,15 @@ async fn send_retrying(socket: &UdpSocket, buf: &[u8], to: SocketAddr) -> Result
         match socket.send_to(buf, to).await {
             Ok(_) => return Ok(()),
             Err(e) if e.raw_os_error() == Some(ENOBUFS) => tokio::time::sleep(NOBUFS_WAIT).await,
-            Err(e) => return Err(Error::io(format!("send {} bytes to {to}", buf.len()), e)),
+            Err(e) => {
+                return Err(MulticastError::io(
+                    format!("send {} bytes to {to}", buf.len()),
+                    e,
+                ));
+            }
         }
     }
-    Err(Error::io(
+    Err(MulticastError::io(
         format!("send to {to}"),
         std::io::Error::other(format!("no buffer space after {NOBUFS_RETRIES} retries")),
     ))
@@ -415,7 +426,7 @@ fn drain(socket: &UdpSocket, rbuf: &mut [u8], mut f: impl FnMut(SocketAddr, &[u8
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
             // An ICMP error for an earlier datagram (peer gone): not fatal.
             Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
-            Err(e) => return Err(Error::io("receive", e)),
+            Err(e) => return Err(MulticastError::io("receive", e)),
         }
     }
     Ok(())
@@ -463,7 +474,7 @@ fn drain_receiver(
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
             // An ICMP error for an earlier datagram (peer gone): not fatal.
             Err(e) if e.kind() == ErrorKind::ConnectionRefused => continue,
-            Err(e) => return Err(Error::io("receive", e)),
+            Err(e) => return Err(MulticastError::io("receive", e)),
         };
         // UDP always reports the source; without one the datagram cannot be answered.
         let Some(from) = msg.address.and_then(|a| SocketAddr::try_from(a).ok()) else {
@@ -590,7 +601,7 @@ impl<J: Send + 'static, R: Send + 'static> Worker<J, R> {
             let rtx = self
                 .results_tx
                 .take()
-                .ok_or_else(|| Error::invalid("worker thread", self.name))?;
+                .ok_or_else(|| MulticastError::invalid("worker thread", self.name))?;
             let run = self.run;
             std::thread::Builder::new()
                 .name(self.name.into())
@@ -602,13 +613,13 @@ impl<J: Send + 'static, R: Send + 'static> Worker<J, R> {
                         }
                     }
                 })
-                .map_err(|e| Error::io(format!("start {} thread", self.name), e))?;
+                .map_err(|e| MulticastError::io(format!("start {} thread", self.name), e))?;
             self.jobs = Some(jtx);
         }
         self.jobs
             .as_ref()
             .and_then(|j| j.send(job).ok())
-            .ok_or_else(|| Error::invalid("worker thread stopped", self.name))?;
+            .ok_or_else(|| MulticastError::invalid("worker thread stopped", self.name))?;
         self.out += 1;
         Ok(())
     }
@@ -629,7 +640,7 @@ impl<J: Send + 'static, R: Send + 'static> Worker<J, R> {
                 self.out -= 1;
                 Ok(r)
             }
-            None => Err(Error::invalid(
+            None => Err(MulticastError::invalid(
                 "worker thread",
                 format!("{} stopped with {} jobs out", self.name, self.out),
             )),
@@ -788,7 +799,7 @@ impl ReceiveLoop {
         let manifest = rx
             .manifest()
             .cloned()
-            .ok_or_else(|| Error::invalid("finished without manifest", 0))?;
+            .ok_or_else(|| MulticastError::invalid("finished without manifest", 0))?;
         Ok(ReceiveOutcome {
             manifest,
             fetched_blocks: self.fetched,
@@ -812,7 +823,7 @@ impl ReceiveLoop {
             .unwrap_or(now + Duration::from_millis(250))
             .min(now + Duration::from_millis(250));
         tokio::select! {
-            r = group_sock.readable() => r.map_err(|e| Error::io("wait for group data", e))?,
+            r = group_sock.readable() => r.map_err(|e| MulticastError::io("wait for group data", e))?,
             r = self.worker.next_result() => rx.complete_job(r?),
             _ = tokio::time::sleep_until(deadline.into()) => {}
         }

@@ -225,13 +225,16 @@ impl Receiver {
     /// (and nothing kept) if it does not match the manifest.
     pub fn offer_block(&mut self, block: u32, data: &[u8]) -> Result<bool> {
         let Some(a) = self.active.as_ref() else {
-            return Err(Error::invalid("offered block without manifest", block));
+            return Err(MulticastError::invalid(
+                "offered block without manifest",
+                block,
+            ));
         };
         if block >= a.manifest.block_count() {
-            return Err(Error::invalid("offered block index", block));
+            return Err(MulticastError::invalid("offered block index", block));
         }
         if data.len() != a.manifest.block_len(block) {
-            return Err(Error::invalid(
+            return Err(MulticastError::invalid(
                 "offered block length",
                 format!(
                     "{} for block {block}, expected {}",
@@ -245,7 +248,7 @@ impl Receiver {
         }
         if block_hash(data) != a.manifest.block_hashes[block as usize] {
             self.stats.blocks_rejected += 1;
-            return Err(Error::BlockHashMismatch { block });
+            return Err(MulticastError::BlockHashMismatch { block });
         }
         self.stats.blocks_offered += 1;
         self.mark_done(block);
@@ -257,10 +260,13 @@ impl Receiver {
     /// queues the completion report to the sender.
     pub fn finish(&mut self, computed: [u8; 32]) -> Result<()> {
         let Some(a) = self.active.as_mut() else {
-            return Err(Error::invalid("finish without manifest", hex(&computed)));
+            return Err(MulticastError::invalid(
+                "finish without manifest",
+                hex(&computed),
+            ));
         };
         if computed != a.manifest.file_hash {
-            return Err(Error::FileHashMismatch {
+            return Err(MulticastError::FileHashMismatch {
                 expected: hex(&a.manifest.file_hash),
                 actual: hex(&computed),
             });

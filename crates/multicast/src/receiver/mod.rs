@@ -19,7 +19,7 @@ use rand_chacha::ChaCha8Rng;
 use raptorq::{EncodingPacket, PayloadId};
 
 use crate::config::ReceiverConfig;
-use crate::error::{Error, Result};
+use crate::error::{MulticastError, Result};
 use crate::manifest::{Manifest, block_hash, hex};
 use crate::packet::{BlockCount, DataHeader, Packet};
 
@@ -233,7 +233,7 @@ impl Receiver {
     pub fn new(cfg: ReceiverConfig, sender_key: &[u8]) -> Result<Receiver> {
         cfg.validate()?;
         if sender_key.len() != crate::manifest::PUBLIC_KEY_LEN {
-            return Err(Error::config(
+            return Err(MulticastError::config(
                 "sender_key",
                 format!("{} bytes, expected 32", sender_key.len()),
             ));

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use raptorq::{ObjectTransmissionInformation, SourceBlockEncoder};
 
 use crate::config::SenderConfig;
-use crate::error::{Error, Result};
+use crate::error::{MulticastError, Result};
 use crate::manifest::Manifest;
 use crate::packet::{self, BlockCount, DATA_HEADER_LEN, MAX_ESI, Packet};
 use crate::rate::TokenBucket;
@@ -66,10 +66,11 @@ pub fn announce_packets(
     max_piece: usize,
 ) -> Result<Vec<Vec<u8>>> {
     let len = signed_manifest.len();
-    let (chunks, piece) =
-        manifest_pieces(len, max_piece).ok_or_else(|| Error::invalid("manifest length", len))?;
-    let chunks = u16::try_from(chunks).map_err(|_| Error::invalid("manifest pieces", chunks))?;
-    let total = u32::try_from(len).map_err(|_| Error::invalid("manifest length", len))?;
+    let (chunks, piece) = manifest_pieces(len, max_piece)
+        .ok_or_else(|| MulticastError::invalid("manifest length", len))?;
+    let chunks =
+        u16::try_from(chunks).map_err(|_| MulticastError::invalid("manifest pieces", chunks))?;
+    let total = u32::try_from(len).map_err(|_| MulticastError::invalid("manifest length", len))?;
     Ok(signed_manifest
         .chunks(piece)
         .enumerate()
@@ -89,11 +90,12 @@ pub fn announce_packets(
 }
 
 fn read_from_slice(data: &[u8], offset: u64, buf: &mut [u8]) -> Result<()> {
-    let start = usize::try_from(offset).map_err(|_| Error::invalid("read offset", offset))?;
+    let start =
+        usize::try_from(offset).map_err(|_| MulticastError::invalid("read offset", offset))?;
     let end = start
         .checked_add(buf.len())
         .filter(|e| *e <= data.len())
-        .ok_or_else(|| Error::invalid("read range", format!("{start}+{}", buf.len())))?;
+        .ok_or_else(|| MulticastError::invalid("read range", format!("{start}+{}", buf.len())))?;
     buf.copy_from_slice(&data[start..end]);
     Ok(())
 }
@@ -788,7 +790,7 @@ impl Sender {
         let pkt = enc
             .repair_packets(st.next_repair, 1)
             .pop()
-            .ok_or_else(|| Error::invalid("repair symbol", block))?;
+            .ok_or_else(|| MulticastError::invalid("repair symbol", block))?;
         let esi = pkt.payload_id().encoding_symbol_id();
         st.sent_seqs.push(self.seq);
         packet::write_header(out, 1, self.manifest.session_id);

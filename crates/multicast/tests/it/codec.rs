@@ -1,7 +1,7 @@
 //! Packet and manifest codecs: round trips, arbitrary bytes, the fuzz corpus.
 
 use outpost_multicast::packet::{BlockCount, Packet};
-use outpost_multicast::{Limits, Manifest, SigningKey};
+use outpost_multicast::{Manifest, ManifestLimits, SigningKey};
 use proptest::prelude::*;
 
 fn entries() -> impl Strategy<Value = Vec<BlockCount>> {
@@ -119,7 +119,7 @@ proptest! {
         let key = SigningKey::from_seed(&[seed; 32]).unwrap();
         let m = Manifest::for_bytes(session, "file-1.bin", &data, symbol, k).unwrap();
         let signed = m.sign(key.key_pair());
-        let back = Manifest::decode_verified(&signed, &key.public_key(), &Limits::default()).unwrap();
+        let back = Manifest::decode_verified(&signed, &key.public_key(), &ManifestLimits::default()).unwrap();
         prop_assert_eq!(&back, &m);
         // Block layout covers the file exactly.
         let total: usize = (0..m.block_count()).map(|b| m.block_len(b)).sum();
@@ -128,7 +128,7 @@ proptest! {
         let mut bad = signed.clone();
         let i = (session as usize) % bad.len();
         bad[i] ^= 1 << (seed % 8);
-        prop_assert!(Manifest::decode_verified(&bad, &key.public_key(), &Limits::default()).is_err());
+        prop_assert!(Manifest::decode_verified(&bad, &key.public_key(), &ManifestLimits::default()).is_err());
     }
 }
 

@@ -25,8 +25,7 @@ use serde_json::{Map, Value};
 
 /// Whether `doc` follows the values-and-locks form, and if so its values and locks.
 fn split(doc: &Value) -> Option<(Value, Vec<Vec<String>>)> {
-    doc.as_object()?.get("locked")?.as_array()?;
-    let d = SettingsDocument::from_json(doc);
+    let d = SettingsDocument::from_locked_form(doc)?;
     let locks = d
         .lock_paths()
         .map(|keys| keys.into_iter().map(str::to_owned).collect())

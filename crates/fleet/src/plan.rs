@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use outpost_agent::{AgentConfig, Endpoint};
-use outpost_wire::rng::SplitMix64;
 
 use crate::config::FleetConfig;
 use crate::tenants::{tenant_id, window};
@@ -181,11 +180,4 @@ pub(crate) fn agent_config(
     d.session_idle_ms = 2000;
     d.session_wait_ms = 20_000;
     c
-}
-
-/// Fills `n` bytes from `seed` (fast, not cryptographic).
-pub(crate) fn update_bytes(n: u64, seed: u64) -> Vec<u8> {
-    let mut v = vec![0u8; usize::try_from(n).unwrap_or(usize::MAX)];
-    SplitMix64::new(seed).fill(&mut v);
-    v
 }

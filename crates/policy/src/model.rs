@@ -411,19 +411,12 @@ fn line_col(input: &str, offset: usize) -> (usize, usize) {
 /// Checks a device id by the one rule of [`outpost_wire::DeviceId`], which the server, the
 /// certificate authority and the agent check too.
 pub(crate) fn check_device_id(id: &str) -> Result<(), PolicyError> {
-    match outpost_wire::DeviceId::check(id) {
-        Ok(()) => Ok(()),
-        Err(outpost_wire::WireError::InvalidDeviceId { value, reason }) => {
-            Err(PolicyError::InvalidId {
-                kind: "device",
-                id: value,
-                reason,
-            })
-        }
-        Err(_) => Err(PolicyError::InvalidId {
+    match outpost_wire::DeviceId::rule_broken(id) {
+        None => Ok(()),
+        Some(reason) => Err(PolicyError::InvalidId {
             kind: "device",
-            id: id.chars().take(100).collect(),
-            reason: "not a device id",
+            id: id.chars().take(MAX_ID_LEN).collect(),
+            reason,
         }),
     }
 }

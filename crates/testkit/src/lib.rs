@@ -20,7 +20,9 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use outpost_wire::rng::SplitMix64;
 
@@ -60,7 +62,8 @@ pub fn payload(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
-/// Waits until `cond` holds, looking every 20 ms for at most `limit`.
+/// Waits until `cond` holds, looking every 20 ms for at most `limit` of tokio's clock (so a
+/// test on a paused clock waits in virtual time).
 ///
 /// # Panics
 /// Naming `what` when `limit` passes first.

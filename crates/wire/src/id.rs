@@ -40,22 +40,30 @@ impl DeviceId {
     /// [`WireError::InvalidDeviceId`] naming the value (at most its first 100 characters) and
     /// the part of the rule it breaks.
     pub fn check(id: &str) -> Result<(), WireError> {
-        let reason = if id.is_empty() {
-            "empty"
+        match Self::rule_broken(id) {
+            None => Ok(()),
+            Some(reason) => Err(WireError::InvalidDeviceId {
+                value: id.chars().take(100).collect(),
+                reason,
+            }),
+        }
+    }
+
+    /// The part of the rule `id` breaks, `None` for a valid id: for a crate that reports it
+    /// in an error of its own.
+    pub fn rule_broken(id: &str) -> Option<&'static str> {
+        if id.is_empty() {
+            Some("empty")
         } else if id.len() > MAX_DEVICE_ID_LEN {
-            "longer than 64 bytes"
+            Some("longer than 64 bytes")
         } else if !id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
         {
-            "only letters, digits and . _ : - are allowed"
+            Some("only letters, digits and . _ : - are allowed")
         } else {
-            return Ok(());
-        };
-        Err(WireError::InvalidDeviceId {
-            value: id.chars().take(100).collect(),
-            reason,
-        })
+            None
+        }
     }
 
     /// A device id from `id`, checked.

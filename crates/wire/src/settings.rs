@@ -72,23 +72,25 @@ impl SettingsDocument {
     /// `locked` array (entries that are not strings are skipped; no `values` means none),
     /// and otherwise the whole value as the values, with everything locked.
     pub fn from_json(doc: &Value) -> Self {
-        match doc
-            .as_object()
-            .and_then(|o| Some((o, o.get("locked")?.as_array()?)))
-        {
-            Some((o, locked)) => SettingsDocument {
-                locked: locked
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect(),
-                values: o.get("values").cloned().unwrap_or_else(empty_object),
-            },
-            None => SettingsDocument {
-                locked: vec![String::new()],
-                values: doc.clone(),
-            },
-        }
+        Self::from_locked_form(doc).unwrap_or_else(|| SettingsDocument {
+            locked: vec![String::new()],
+            values: doc.clone(),
+        })
+    }
+
+    /// Reads `doc` only if it is in the values-and-locks form (a top-level `locked` array);
+    /// `None` for any other value.
+    pub fn from_locked_form(doc: &Value) -> Option<Self> {
+        let o = doc.as_object()?;
+        let locked = o.get("locked")?.as_array()?;
+        Some(SettingsDocument {
+            locked: locked
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            values: o.get("values").cloned().unwrap_or_else(empty_object),
+        })
     }
 
     /// Parses a received document (see [`from_json`](Self::from_json)).

@@ -44,23 +44,8 @@ impl ObjectStore for Published {
     }
 }
 
-/// Waits until `done` holds, checking every 25 ms, for at most `limit`.
-async fn until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no {what} within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 fn content(version: u8) -> Bytes {
-    (0..3u32 << 20)
-        .map(|i| (i % 251) as u8 ^ version)
-        .collect::<Vec<u8>>()
-        .into()
+    outpost_testkit::payload(u64::from(version), 3 << 20).into()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,9 +105,9 @@ async fn an_update_republished_while_being_obtained_ends_as_the_new_content() {
             .distribution()
             .and_then(|d| d.updates.get(ID).cloned())
     };
-    until(
-        Duration::from_secs(30),
+    outpost_testkit::wait_until(
         "a failed attempt at version 1",
+        Duration::from_secs(30),
         || progress(&agent).is_some_and(|u| u.last_error.is_some()),
     )
     .await;
@@ -141,7 +126,7 @@ async fn an_update_republished_while_being_obtained_ends_as_the_new_content() {
     assert_eq!(service.push_all(&["pc-1"], "republished", 7), 1);
 
     let path = dir.path().join("pc-1/updates").join(ID);
-    until(Duration::from_secs(60), "version 2 held", || {
+    outpost_testkit::wait_until("version 2 held", Duration::from_secs(60), || {
         progress(&agent).is_some_and(|u| u.via.is_some())
             && std::fs::read(&path).is_ok_and(|b| b == new)
     })

@@ -11,7 +11,6 @@ use outpost_wire::messages::{DpRole, UpdateAnnouncement};
 use super::{Fleet, role_in};
 use crate::UPDATE_ID;
 use crate::config::{FleetError, setup};
-use crate::plan::update_bytes;
 use crate::tenants::served;
 
 /// The group of the main server whose active DP is killed.
@@ -67,7 +66,7 @@ impl<L: FnMut(String)> Fleet<'_, L> {
     /// The update: published by the main server and by each virtual server from its own
     /// store, and announced to every device online in one push per server.
     async fn publish(&mut self) -> Result<UpdateAnnouncement, FleetError> {
-        let data = update_bytes(self.cfg.update_bytes, self.cfg.seed);
+        let data = outpost_testkit::payload(self.cfg.seed, self.cfg.update_bytes as usize);
         let ann = self
             .server
             .publish_update(UPDATE_ID, UPDATE_ID, 1, &data)

@@ -337,19 +337,12 @@ pub const MAX_TAGS: usize = 32;
 /// Checks a device id by the one rule of [`outpost_wire::DeviceId`] (the agent, the
 /// certificate authority and the policies check the same).
 pub fn check_device_id(value: &str) -> Result<(), ServerError> {
-    match outpost_wire::DeviceId::check(value) {
-        Ok(()) => Ok(()),
-        Err(outpost_wire::WireError::InvalidDeviceId { value, reason }) => {
-            Err(ServerError::InvalidId {
-                what: "device id",
-                value,
-                reason,
-            })
-        }
-        Err(_) => Err(ServerError::InvalidId {
+    match outpost_wire::DeviceId::rule_broken(value) {
+        None => Ok(()),
+        Some(reason) => Err(ServerError::InvalidId {
             what: "device id",
             value: value.chars().take(200).collect(),
-            reason: "not a device id",
+            reason,
         }),
     }
 }
